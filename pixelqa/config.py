@@ -1,0 +1,335 @@
+"""Recipe loading: a defaults chain of presets, dotlist overrides, a typed schema check, printing.
+
+A recipe is a YAML file in `recipes/` (e.g. `recipes/stage3.yaml`). Its `defaults:` list names one preset per
+group, each a YAML file in a sub-folder (`recipes/model/tiny.yaml`, `recipes/data/synthetic.yaml`, ...). The
+recipe body is merged over its presets, and command-line arguments over both:
+
+    python -m pixelqa.fit recipe=stage3 model=unipixel-3b model.path=/ckpt/qwen trainer.max_steps=100
+
+`group=preset` swaps a preset; `a.b.c=value` sets a key. The result is checked against the `Recipe` dataclass
+schema: an unknown key or a value of the wrong type fails with a message naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
+
+from pixelqa.model.config import UniPixelConfig
+
+GROUPS: tuple[str, ...] = ("model", "data", "trainer", "optim", "tracking", "eval", "scale")
+# Presets of these groups set keys anywhere in the recipe (merged at the root, not under the group name).
+ROOT_GROUPS: tuple[str, ...] = ("scale",)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be loaded: unknown key, wrong type, missing preset or invalid choice."""
+
+
+@dataclass
+class SourceConfig:
+    """One source of a data mixture: its registry name, split and repeat factor (paper Table 12)."""
+
+    name: str = "synthetic"
+    split: str = "train"
+    repeat: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Which shards feed training and validation, and how samples become batches."""
+
+    name: str = "synthetic"
+    shards: str = "shards"  # root of built shards: <shards>/<source>/<split>/*.tar
+    raw_root: str | None = None  # root of the raw datasets (needed to build missing shards of real sources)
+    build_if_missing: bool = True  # build missing shards on first use (always possible for `synthetic`)
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    val_sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(split="val")])
+    num_frames: int = 8  # frames sampled per training video (paper: 8)
+    min_pixels: int = 128 * 28 * 28  # per-frame visual-token budget (paper: 128 to 256 tokens)
+    max_pixels: int = 256 * 28 * 28
+    max_tokens: int = 4096  # sequence cap (paper: 4K)
+    batch_size: int = 1  # per device
+    global_batch_size: int | None = None  # if set: accumulate = global / (batch_size * devices * nodes)
+    val_batch_size: int = 1
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    val_samples: int | None = None  # cap on validation samples (None = the whole split, exactly once)
+    synthetic_train: int = 512  # size of the synthetic splits when they are built on first use
+    synthetic_val: int = 64
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of `lightning.Trainer` that recipes set."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed (see recipes/trainer/*.yaml)
+    precision: str = "32-true"  # 32-true | bf16-mixed
+    max_steps: int = 100
+    accumulate_grad_batches: int = 1
+    val_check_interval: Any = None  # None = once at the end of the run
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    limit_val_batches: Any = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up over `warmup_ratio` of the steps, then cosine decay."""
+
+    lr: float = 2e-5
+    decoder_lr: float = 5e-6  # mask decoder (stage 3)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: SQLite store in the working directory and an explicit artifact folder by default."""
+
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlruns.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "pixelqa"
+    run_name: str | None = None
+    log_overlays: bool = True
+    num_overlays: int = 4
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after (or without) training."""
+
+    after_fit: bool = True  # run the validation metrics at the end of `fit`
+    benchmark: str = "synthetic"
+    split: str = "val"
+    max_samples: int | None = None
+
+
+@dataclass
+class Recipe:
+    """The whole run description: one object, checked, printed and logged."""
+
+    name: str = "recipe"
+    stage: int = 3
+    seed: int = 0
+    output_dir: str = "runs/${name}"
+    init_from: str | None = None  # checkpoint of the previous stage
+    ckpt: str | None = None  # `last` or a path: resume this run
+    presets: dict[str, str] = field(default_factory=dict)  # filled by load_recipe: group -> chosen preset
+    model: UniPixelConfig = field(default_factory=UniPixelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Keys whose value must be one of a closed set.
+CHOICES: dict[str, tuple] = {
+    "stage": (1, 2, 3),
+    "model.preset": ("tiny", "unipixel-3b", "unipixel-7b"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.mask_decoder.arch": ("micro", "hiera_t", "hiera_s", "hiera_b+", "hiera_l"),
+    "model.mask_decoder.mode": ("propagate", "independent"),
+    "model.memory.variant": ("ref_only", "ref_seg", "ref_seg_pool", "memory_bank"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+}
+
+
+def recipes_dir() -> Path:
+    """The folder holding recipes: $PIXELQA_RECIPES, else `recipes/` at the repository root."""
+    env = os.environ.get("PIXELQA_RECIPES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _read_yaml(path: Path, what: str) -> DictConfig:
+    if not path.is_file():
+        raise RecipeError(f"{what}: file {path} does not exist")
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{what}: {path} must hold a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def available_presets(group: str, root: Path | None = None) -> list[str]:
+    """Names of the presets of a group (`model`, `data`, ...)."""
+    folder = (root or recipes_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def available_recipes(root: Path | None = None) -> list[str]:
+    """Names of the top-level recipes."""
+    return sorted(p.stem for p in (root or recipes_dir()).glob("*.yaml"))
+
+
+def _load_preset(group: str, name: str, root: Path) -> DictConfig:
+    path = root / group / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{group}={name}: no such preset; valid choices: {', '.join(available_presets(group, root))}")
+    cfg = _read_yaml(path, f"{group}={name}")
+    cfg.pop("defaults", None)
+    return cfg
+
+
+def _split_args(args: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+    """(recipe name, group selections, dotlist overrides) of command-line arguments."""
+    recipe, groups, dotlist = None, {}, []
+    for arg in args:
+        if "=" not in arg:
+            raise RecipeError(f"argument {arg!r}: expected key=value (e.g. trainer.max_steps=10 or model=tiny)")
+        key, value = arg.split("=", 1)
+        if key == "recipe":
+            recipe = value
+        elif key in GROUPS and "." not in key:
+            groups[key] = value
+        else:
+            dotlist.append(arg)
+    return recipe, groups, dotlist
+
+
+def _recipe_path(recipe: str, root: Path) -> Path:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = root / f"{recipe}.yaml"
+    if not candidate.is_file():
+        raise RecipeError(f"recipe={recipe}: no such recipe; valid choices: {', '.join(available_recipes(root))}")
+    return candidate
+
+
+def _defaults_of(cfg: DictConfig, where: str) -> list[tuple[str, str]]:
+    """The `defaults:` list as (group, preset) pairs in order; ("_self_", "") marks where the body goes."""
+    defaults = cfg.pop("defaults", [])
+    chosen: list[tuple[str, str]] = []
+    for entry in defaults or []:
+        if entry == "_self_":
+            chosen.append(("_self_", ""))
+            continue
+        if not isinstance(entry, DictConfig) or len(entry) != 1:
+            raise RecipeError(f"{where}: defaults entries must be `_self_` or single `group: preset` pairs, got {entry}")
+        ((group, name),) = entry.items()
+        if group not in GROUPS:
+            raise RecipeError(f"{where}: defaults group {group!r} unknown; valid groups: {', '.join(GROUPS)}")
+        chosen.append((str(group), str(name)))
+    if ("_self_", "") not in chosen:
+        chosen.append(("_self_", ""))  # as in Hydra: without `_self_`, the body overrides its presets
+    return chosen
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            raise RecipeError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, valid))}")
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
+    """The keys that exist beside (or, failing that, above) an unknown dotted key."""
+    parts = str(dotted).split(".")[:-1]
+    while True:
+        parent = ".".join(parts)
+        node = OmegaConf.select(schema, parent) if parent else schema
+        if isinstance(node, DictConfig):
+            return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+        if not parts:
+            return []
+        parts.pop()
+
+
+def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str) -> DictConfig:
+    """`schema` with `layer` (a config, or `key=value` overrides) merged in; schema violations become RecipeError."""
+    key: Any = "?"
+    try:
+        if not isinstance(layer, list):
+            return OmegaConf.merge(schema, layer)
+        cfg = schema.copy()
+        for item in layer:
+            key, raw = item.split("=", 1)
+            value = OmegaConf.from_dotlist([f"v={raw}"])["v"]  # YAML typing of the value, as Hydra does
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise ConfigKeyError(key)
+            OmegaConf.update(cfg, key, value, merge=True)
+        return cfg
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "full_key", None) or (key if key != "?" else str(err))
+        valid = _valid_keys(schema, key)
+        raise RecipeError(f"{where}: unknown key {key!r}; valid keys here: {', '.join(valid)}") from None
+    except (ValidationError, ConfigTypeError) as err:
+        key = getattr(err, "full_key", None) or key
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise RecipeError(f"{where}: key {key!r} has a value of the wrong type or shape ({reason})") from None
+
+
+def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictConfig:
+    """Compose and check a recipe from command-line style arguments (`recipe=stage3 model=tiny a.b=1`).
+
+    Layers merge in the order of the recipe's `defaults:` list, where `_self_` stands for the recipe body:
+    presets listed after `_self_` override the body (the stage recipes use this so that the tiny/synthetic demo
+    presets override the paper-scale settings, which apply as soon as a paper-scale preset is chosen).
+    """
+    root = recipes_dir()
+    recipe, groups, dotlist = _split_args(list(args or []))
+    path = _recipe_path(recipe or default, root)
+    body = _read_yaml(path, f"recipe={recipe or default}")
+    order = _defaults_of(body, f"recipe {path.name}")
+    listed = {g for g, _ in order}
+    order = [(g, groups.get(g, n)) for g, n in order] + [(g, n) for g, n in groups.items() if g not in listed]
+    cfg = OmegaConf.structured(Recipe)
+    cfg.name = path.stem
+    for group, name in order:
+        if group == "_self_":
+            cfg = _merge_checked(cfg, body, f"recipe {path.name}")
+        else:
+            preset = _load_preset(group, name, root)
+            layer = preset if group in ROOT_GROUPS else OmegaConf.create({group: preset})
+            cfg = _merge_checked(cfg, layer, f"{group}={name}")
+    cfg = _merge_checked(cfg, dotlist, "command line")
+    _check_choices(cfg)
+    cfg.presets = {g: n for g, n in order if g != "_self_"}
+    return cfg
+
+
+def to_object(cfg: DictConfig) -> Recipe:
+    """The recipe as a typed `Recipe` dataclass instance (interpolations resolved)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def print_config(cfg: DictConfig) -> str:
+    """The resolved recipe as YAML (returned, and printed to stdout)."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    print(text, end="")
+    return text
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """The recipe as flat `a.b.c -> value` pairs (for MLflow params)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        else:
+            flat[key] = node
+
+    walk(container, prefix)
+    return flat
