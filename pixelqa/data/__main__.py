@@ -1,0 +1,117 @@
+"""python -m pixelqa.data build|inspect|stats|mixture|sources|cards
+
+build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|skip]
+      [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
+inspect SHARDS [--n 4] [--out DIR]        print samples and render mask overlays to PNG
+stats SHARDS                              counts per source / split / task
+mixture recipe=sft1m [--shards SHARDS]    the weighted mixture of a recipe (paper Table 12)
+sources / cards                           list registered converters / dataset cards
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _build(args: argparse.Namespace) -> None:
+    from pixelqa.data.shards import build_shards
+
+    m = build_shards(
+        args.source,
+        args.root,
+        args.out,
+        split=args.split,
+        workers=args.workers,
+        on_error=args.on_error,
+        node_rank=args.node_rank,
+        num_nodes=args.num_nodes,
+        max_samples=args.max_samples,
+        max_count=args.max_count,
+        max_bytes=args.max_bytes,
+        progress=not args.quiet,
+    )
+    print(
+        f"{m['source']}/{m['split']}: {m['num_samples']} samples in {len(m['shards'])} shards, "
+        f"{m['num_bytes'] / 2**20:.1f} MiB, {m['num_rejects']} rejected"
+    )
+    for r in m["rejects"][:20]:
+        print(f"  rejected item {r['item']} sample {r['offset']} ({r['key']}): {r['reason']}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from pixelqa.data.inspect_shards import inspect_shards
+
+    inspect_shards(args.shards, n=args.n, out=args.out)
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from pixelqa.data.inspect_shards import print_stats
+
+    print_stats(args.shards)
+
+
+def _mixture(args: argparse.Namespace) -> None:
+    from pixelqa.data.mixture import load_mixture, print_mixture
+
+    recipe = args.recipe.split("=", 1)[1] if args.recipe.startswith("recipe=") else args.recipe
+    print_mixture(load_mixture(recipe), shards_root=args.shards)
+
+
+def _sources(args: argparse.Namespace) -> None:
+    from pixelqa.data.registry import list_sources
+
+    print("\n".join(list_sources()))
+
+
+def _cards(args: argparse.Namespace) -> None:
+    from pixelqa.data.registry import list_cards, load_card
+
+    for name in list_cards():
+        c = load_card(name)
+        stages = " ".join(f"{k}x{v.repeat}" for k, v in c.stages.items())
+        print(f"{c.name:32s} {','.join(c.tasks):40s} {c.license:24s} {stages}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m pixelqa.data`."""
+    p = argparse.ArgumentParser(
+        prog="python -m pixelqa.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="convert a raw source into shards")
+    b.add_argument("source")
+    b.add_argument("--root", default=".", help="raw files as downloaded (see datasets/<source>.yaml)")
+    b.add_argument("--out", required=True, help="shard root; shards go to OUT/<source>/<split>/")
+    b.add_argument("--split", default="train")
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    b.add_argument("--node-rank", type=int, default=0)
+    b.add_argument("--num-nodes", type=int, default=1)
+    b.add_argument("--max-samples", type=int, default=None, help="at most this many samples (per node)")
+    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(fn=_build)
+    i = sub.add_parser("inspect", help="print samples and render mask overlays")
+    i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")
+    i.add_argument("--n", type=int, default=4)
+    i.add_argument("--out", default=None, help="folder for overlay PNGs")
+    i.set_defaults(fn=_inspect)
+    s = sub.add_parser("stats", help="counts per source / split / task")
+    s.add_argument("shards", nargs="+")
+    s.set_defaults(fn=_stats)
+    m = sub.add_parser("mixture", help="print a data mixture recipe")
+    m.add_argument("recipe", help="recipe=NAME or NAME (recipes/data/NAME.yaml)")
+    m.add_argument("--shards", default=None, help="shard root: use manifest sample counts")
+    m.set_defaults(fn=_mixture)
+    sub.add_parser("sources", help="list registered converters").set_defaults(fn=_sources)
+    sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,157 @@
+"""Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pixelqa.data import masks
+from pixelqa.data.schema import Sample, encode_frame
+from pixelqa.data.shards import iter_records
+
+# Distinct overlay colours (RGB) for object ids 1, 2, ...
+PALETTE = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230), (255, 140, 0)]
+
+
+def find_shards(paths: Sequence[str | Path]) -> list[Path]:
+    """Tar files named directly, or found (recursively) under folders, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix == ".tar":
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(p.rglob("*.tar")))
+        else:
+            raise FileNotFoundError(f"shards: {p} is neither a .tar file nor a folder")
+    if not found:
+        raise FileNotFoundError(f"shards: no .tar files under {[str(p) for p in paths]}")
+    return found
+
+
+def describe(sample: Sample) -> str:
+    """A few human-readable lines about a sample."""
+    m = sample.media
+    lines = [
+        f"{sample.key}  [{sample.source}/{sample.split}, task {sample.task}]  {m.kind}: {m.num_frames} "
+        f"frame(s) {m.size[0]}x{m.size[1]} {m.ext}" + (f" @ {m.fps:g} fps" if m.fps else "")
+    ]
+    for oid, o in sorted(sample.objects.items()):
+        areas = [masks.area(r) for _, r in sorted(o.masks.items())]
+        label = o.category or o.caption or ""
+        lines.append(f"  object [{oid}] {label}: {len(o.masks)} annotated frame(s), areas {areas[:8]}")
+    for i, p in enumerate(sample.prompts):
+        where = f"coords {[round(c, 1) for c in p.coords]}" if p.coords else f"mask area {masks.area(p.rle)}"
+        lines.append(f"  prompt {i}: {p.type} on frame {p.frame}, object {p.object_id}, {where}")
+    for t in sample.turns:
+        extra = f"  (seg -> {t.seg_objects})" if t.seg_objects else ""
+        extra += f"  (memory of {t.memory_objects})" if t.memory_objects else ""
+        lines.append(f"  {t.role}: {t.text}{extra}")
+    if sample.choices:
+        lines.append(f"  choices: {sample.choices}")
+    if sample.answer is not None:
+        lines.append(f"  answer: {sample.answer}")
+    return "\n".join(lines)
+
+
+def render_overlay(sample: Sample, max_frames: int = 8) -> np.ndarray:
+    """Frames side by side with every object's mask tinted and the prompts drawn; (H, W*T, 3) uint8 RGB."""
+    t = min(sample.media.num_frames, max_frames)
+    frames = sample.decode_frames(range(t)).astype(np.float32)  # (T, H, W, 3)
+    for oid, o in sorted(sample.objects.items()):
+        colour = np.array(PALETTE[(oid - 1) % len(PALETTE)], dtype=np.float32)
+        for f, rle in o.masks.items():
+            if f < t:
+                m = masks.decode(rle)
+                frames[f][m] = 0.5 * frames[f][m] + 0.5 * colour
+    out = frames.clip(0, 255).astype(np.uint8)
+    for p in sample.prompts:
+        if p.frame >= t:
+            continue
+        img = np.ascontiguousarray(out[p.frame])
+        colour = PALETTE[((p.object_id or 1) - 1) % len(PALETTE)]
+        if p.type == "point":
+            cv2.circle(img, (int(p.coords[0]), int(p.coords[1])), 3, (255, 255, 255), -1)
+            cv2.circle(img, (int(p.coords[0]), int(p.coords[1])), 2, colour, -1)
+        elif p.type == "box":
+            x1, y1, x2, y2 = (round(c) for c in p.coords)
+            cv2.rectangle(img, (x1, y1), (x2, y2), (255, 255, 255), 1)
+        else:
+            contours, _ = cv2.findContours(
+                masks.decode(p.rle).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(img, contours, -1, (255, 255, 255), 1)
+        out[p.frame] = img
+    return np.concatenate(list(out), axis=1)  # (T, H, W, 3) -> (H, T*W, 3)
+
+
+def iter_samples(paths: Sequence[str | Path]) -> Iterator[Sample]:
+    """Samples of the shards found under `paths`, in order."""
+    for record in iter_records(find_shards(paths)):
+        yield Sample.from_record(record)
+
+
+def inspect_shards(paths: Sequence[str | Path], n: int = 4, out: str | Path | None = None) -> list[Path]:
+    """Print the first `n` samples; with `out`, write `<out>/<key>.png` overlays. Returns the PNG paths."""
+    written: list[Path] = []
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    for i, sample in enumerate(iter_samples(paths)):
+        if i >= n:
+            break
+        print(describe(sample))
+        if out is not None:
+            path = Path(out) / f"{sample.key}.png"
+            path.write_bytes(encode_frame(render_overlay(sample), ext="png"))
+            written.append(path)
+            print(f"  overlay: {path}")
+    return written
+
+
+def shard_stats(paths: Sequence[str | Path]) -> dict:
+    """Counts per (source, split), per task, frames and objects, reading only the JSON members."""
+    per_source: Counter = Counter()
+    per_task: Counter = Counter()
+    frames = objects = n = 0
+    nbytes = 0
+    for shard in find_shards(paths):
+        nbytes += shard.stat().st_size
+        with tarfile.open(shard) as tf:
+            for m in tf:
+                if not m.name.endswith(".json"):
+                    continue
+                d = json.loads(tf.extractfile(m).read())
+                per_source[(d["source"], d["split"])] += 1
+                per_task[d["task"]] += 1
+                frames += d["media"]["num_frames"]
+                objects += len(d["objects"])
+                n += 1
+    return {
+        "samples": n,
+        "bytes": nbytes,
+        "per_source": per_source,
+        "per_task": per_task,
+        "mean_frames": frames / n if n else 0.0,
+        "mean_objects": objects / n if n else 0.0,
+    }
+
+
+def print_stats(paths: Sequence[str | Path]) -> dict:
+    """Print `shard_stats` as a table; returns it."""
+    st = shard_stats(paths)
+    print(f"{'source':32s} {'split':10s} {'samples':>9s}")
+    for (src, split), c in sorted(st["per_source"].items()):
+        print(f"{src:32s} {split:10s} {c:9d}")
+    print(f"{'task':32s} {'':10s} {'samples':>9s}")
+    for task, c in sorted(st["per_task"].items()):
+        print(f"{task:32s} {'':10s} {c:9d}")
+    print(
+        f"samples: {st['samples']}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
+        f"mean objects: {st['mean_objects']:.2f}"
+    )
+    return st

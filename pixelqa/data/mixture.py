@@ -1,0 +1,155 @@
+"""Data mixtures: which sources a stage trains on and with which repeat factor (paper Table 12).
+
+A mixture is ``recipes/data/<name>.yaml`` with ``sources: [{name, split, repeat}]``. When no such file
+exists, the mixture of a stage (``stage1``, ``stage2``, ``stage3``; ``sft1m`` = stage 3) is assembled from
+the cards in ``datasets/``. A source's share of training samples is repeat x samples / sum over sources.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pixelqa.data.registry import datasets_dir, list_cards, list_sources, load_card
+
+STAGE_ALIASES = {"sft1m": "stage3", "stage1-mix": "stage1", "stage2-mix": "stage2"}
+
+# Paper Table 12 sample counts (thousands -> samples), used only to print expected shares when neither a
+# manifest nor a card gives a count. Keys are the converter names.
+PAPER_SAMPLES: dict[str, int] = {
+    "osprey_conversation": 1_400,
+    "osprey_detail_description": 29_000,
+    "osprey_pos_neg": 20_000,
+    "videorefer_detailed_caption": 120_000,
+    "videorefer_qa": 69_000,
+    "instit_video_qa": 159_000,
+    "videorefer_qa_memory": 69_000,
+    "instit_qa_memory": 158_000,
+    "refcoco": 17_000,
+    "refcoco_plus": 17_000,
+    "refcocog": 22_000,
+    "refclef": 18_000,
+    "reasonseg": 1_600,
+    "ade20k": 20_000,
+    "cocostuff": 118_000,
+    "mapillary": 18_000,
+    "paco_lvis": 46_000,
+    "pascal_part": 4_400,
+    "ref_youtube_vos": 13_000,
+    "ref_davis17": 600,
+    "ref_sav": 56_000,
+    "mevis": 23_000,
+    "lvvis": 11_000,
+    "vicas": 41_000,
+    "revos": 29_000,
+    "groundmore": 5_600,
+    "llava_mix665k": 647_000,
+    "videogpt_plus": 573_000,
+    "instit_image_short_caption": 351_000,
+    "videorefer_short_caption": 500_000,
+}
+
+
+@dataclass
+class MixtureEntry:
+    """One source of a mixture."""
+
+    name: str
+    split: str = "train"
+    repeat: float = 1.0
+
+
+def recipes_dir() -> Path:
+    """The repository's `recipes/data/` folder."""
+    return datasets_dir().parent / "recipes" / "data"
+
+
+def parse_mixture(data: dict, where: str = "mixture") -> list[MixtureEntry]:
+    """Validate ``{sources: [{name, split, repeat}, ...]}`` and return its entries."""
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
+        raise ValueError(f"{where}: expected a mapping with a non-empty 'sources' list of {{name, split, repeat}}")
+    entries = []
+    for i, s in enumerate(data["sources"]):
+        if not isinstance(s, dict) or "name" not in s:
+            raise ValueError(f"{where}.sources[{i}]: got {s!r}, expected {{name, split, repeat}}")
+        unknown = set(s) - {"name", "split", "repeat"}
+        if unknown:
+            raise ValueError(f"{where}.sources[{i}]: unknown keys {sorted(unknown)}, expected name, split, repeat")
+        repeat = s.get("repeat", 1)
+        if not isinstance(repeat, (int, float)) or isinstance(repeat, bool) or repeat <= 0:
+            raise ValueError(f"{where}.sources[{i}].repeat: got {repeat!r}, expected a positive number")
+        entries.append(MixtureEntry(str(s["name"]), str(s.get("split", "train")), float(repeat)))
+    return entries
+
+
+def load_mixture(name: str) -> list[MixtureEntry]:
+    """The mixture `name`: recipes/data/<name>.yaml if it exists, else the stage's repeat factors in the cards."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
+    if path.is_file():
+        return parse_mixture(yaml.safe_load(path.read_text()), where=str(path))
+    stage = STAGE_ALIASES.get(name, name)
+    entries = [
+        MixtureEntry(card.name, use.split, float(use.repeat))
+        for card in (load_card(c) for c in list_cards())
+        for st, use in card.stages.items()
+        if st == stage
+    ]
+    if not entries:
+        raise ValueError(f"mixture: got {name!r}; no {path} and no card uses stage {stage!r}")
+    return entries
+
+
+def source_samples(entry: MixtureEntry, shards_root: str | Path | None = None) -> tuple[int | None, str]:
+    """(sample count, where it came from): manifests under shards_root, else the card, else the paper table."""
+    if shards_root is not None:
+        folder = Path(shards_root) / entry.name / entry.split
+        manifests = sorted(folder.glob("manifest*.json"))
+        if manifests:
+            return sum(json.loads(m.read_text())["num_samples"] for m in manifests), "manifest"
+    if entry.name in list_cards():
+        n = load_card(entry.name).samples.get(entry.split)
+        if n is not None:
+            return n, "card"
+    if entry.name in PAPER_SAMPLES:
+        return PAPER_SAMPLES[entry.name], "paper"
+    return None, "unknown"
+
+
+def mixture_table(entries: list[MixtureEntry], shards_root: str | Path | None = None) -> list[dict]:
+    """Rows name, split, repeat, samples, origin, effective (= repeat x samples), share, registered."""
+    known = set(list_sources())
+    rows = []
+    for e in entries:
+        n, origin = source_samples(e, shards_root)
+        rows.append(
+            {
+                "name": e.name,
+                "split": e.split,
+                "repeat": e.repeat,
+                "samples": n,
+                "origin": origin,
+                "effective": e.repeat * n if n is not None else None,
+                "registered": e.name in known,
+            }
+        )
+    total = sum(r["effective"] for r in rows if r["effective"] is not None)
+    for r in rows:
+        r["share"] = r["effective"] / total if r["effective"] is not None and total else None
+    return rows
+
+
+def print_mixture(entries: list[MixtureEntry], shards_root: str | Path | None = None) -> None:
+    """Print the mixture as a table with each source's share of training samples."""
+    rows = mixture_table(entries, shards_root)
+    print(f"{'source':32s} {'split':8s} {'repeat':>6s} {'samples':>9s} {'from':8s} {'effective':>10s} {'share':>6s}")
+    for r in rows:
+        n = f"{r['samples']:,}" if r["samples"] is not None else "?"
+        eff = f"{r['effective']:,.0f}" if r["effective"] is not None else "?"
+        share = f"{100 * r['share']:5.1f}%" if r["share"] is not None else "?"
+        flag = "" if r["registered"] else "  (no converter registered under this name)"
+        print(f"{r['name']:32s} {r['split']:8s} {r['repeat']:6g} {n:>9s} {r['origin']:8s} {eff:>10s} {share:>6s}{flag}")
+    total = sum(r["effective"] for r in rows if r["effective"] is not None)
+    print(f"total effective samples per epoch: {total:,.0f}")

@@ -1,0 +1,471 @@
+"""The sample schema: one training or evaluation example, the same for every source.
+
+API summary (stable; converters build these objects and yield `Sample`s):
+
+    SCHEMA_VERSION: int                 bumped when the JSON layout changes
+    TASKS: frozenset[str]               res rec rvos reasonseg reason_vos region_caption region_qa memory_qa
+                                        video_qa image_qa mcq pixelqa caption semseg
+    PROMPT_TYPES = ("point", "box", "mask");  MEDIA_KINDS = ("image", "video");  ROLES = ("user", "assistant")
+
+    Media(kind, frames: list[bytes], size: (H, W), ext="jpg", fps=None, frame_ids=None)
+        frames are ENCODED images (JPEG or PNG bytes, all with extension `ext`), in temporal order; an image
+        is kind="image" with exactly one frame. Frame indices everywhere below are 0-based positions in
+        `frames`. `frame_ids` optionally keeps the source's own frame numbers/names (len == len(frames)).
+    ObjectTrack(masks: dict[int, Rle], category=None, caption=None)
+        per-frame COCO RLE masks (`pixelqa.data.masks.encode`), keyed by frame index; absent frames allowed
+        (= not annotated). An annotated but empty mask means "annotated, object not visible".
+    Prompt(type, frame, object_id=None, coords=None, rle=None)
+        a visual prompt in SOURCE PIXELS: point coords [x, y]; box coords [x1, y1, x2, y2] (x2 >= x1);
+        mask `rle`. Prompts are listed in the order of the <REF> tokens across the user turns.
+    Turn(role, text, seg_objects=[], memory_objects=[])
+        role "user" | "assistant". User text holds one <REF> per prompt (in order over all user turns).
+        Assistant text may hold <SEG>: `seg_objects[i]` is the object id whose masks the i-th <SEG> of
+        that turn must produce (so len(seg_objects) == text.count("<SEG>")); collate builds `seg_masks`
+        from these in <SEG> order over the whole conversation. Stored text never holds <MEM>: a user turn
+        lists `memory_objects` (object ids) and collate renders the memory preamble
+        (`prompt_format.memory_prompt`) in front of that turn AFTER frame sampling, so frame tags stay right.
+    Sample(key, source, split, task, media, objects: dict[int, ObjectTrack], prompts, turns,
+           answer=None, choices=None, meta={})
+        .validate(check_frames=False) -> Sample    raises SampleError (a ValueError) naming field, value,
+                                                   expectation; check_frames=True also decodes every frame
+        .to_record() -> dict                       webdataset record {"__key__", "json", "000.jpg", ...}
+        Sample.from_record(record) -> Sample       inverse (record values bytes; "json" bytes/str/dict)
+        .to_json() -> dict / Sample.from_json(d, frames)   the JSON part alone
+        .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB
+    make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts
+    encode_frame(rgb, ext="jpg", quality=95) -> bytes;  decode_frame(data) -> (H, W, 3) uint8 RGB
+
+Object ids are integers >= 1 (they become the ``[k]`` tags of the memory bank).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pixelqa.prompt_format import MEM, REF, SEG, count_ref, count_seg
+
+SCHEMA_VERSION = 1
+
+# One constant for every task name a source may use; extend here (and nowhere else).
+TASKS: frozenset[str] = frozenset(
+    {
+        "res",  # referring expression segmentation (image)
+        "rec",  # referring expression comprehension (box from mask)
+        "rvos",  # referring video object segmentation
+        "reasonseg",  # reasoning segmentation (image)
+        "reason_vos",  # reasoning video object segmentation (ReVOS, GroundMoRe)
+        "region_caption",  # describe the prompted region(s)
+        "region_qa",  # free-form QA about prompted regions
+        "memory_qa",  # pre-fill (segment the prompted objects) then answer with memory injection
+        "video_qa",
+        "image_qa",
+        "mcq",  # multiple choice, `choices` set
+        "pixelqa",  # MCQ + segmentation of the prompted objects (the paper's PixelQA)
+        "caption",
+        "semseg",  # class-name segmentation from semantic / part datasets (ADE20K, COCO-Stuff, PACO, ...)
+    }
+)
+PROMPT_TYPES: tuple[str, ...] = ("point", "box", "mask")
+MEDIA_KINDS: tuple[str, ...] = ("image", "video")
+ROLES: tuple[str, ...] = ("user", "assistant")
+FRAME_EXTS: tuple[str, ...] = ("jpg", "png")
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+class SampleError(ValueError):
+    """A sample that breaks the schema; the message names the field, the value and the expectation."""
+
+
+def _fail(field_name: str, value: Any, expected: str) -> None:
+    """Raise a SampleError with the house format."""
+    shown = repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    raise SampleError(f"{field_name}: got {shown}, expected {expected}")
+
+
+def make_key(*parts: Any) -> str:
+    """A shard-safe key from arbitrary parts: non [A-Za-z0-9_-] runs become '_', parts joined by '-'."""
+    cleaned = [_KEY_BAD.sub("_", str(p)).strip("_") for p in parts]
+    key = "-".join(p for p in cleaned if p)
+    if not key or not _KEY.match(key):
+        raise ValueError(f"parts: got {parts!r}, expected parts that leave at least one [A-Za-z0-9] character")
+    return key
+
+
+def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB array as JPEG or PNG bytes."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb: got shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8")
+    if ext not in FRAME_EXTS:
+        raise ValueError(f"ext: got {ext!r}, expected one of {FRAME_EXTS}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode("." + ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"rgb: OpenCV could not encode an array of shape {rgb.shape} as {ext}")
+    return buf.tobytes()
+
+
+def decode_frame(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class Media:
+    """The pixels of a sample: encoded frames in order plus their common size (H, W)."""
+
+    kind: str
+    frames: list[bytes]
+    size: tuple[int, int]
+    ext: str = "jpg"
+    fps: float | None = None
+    frame_ids: list[Any] | None = None
+
+    @property
+    def num_frames(self) -> int:
+        """Number of frames."""
+        return len(self.frames)
+
+
+@dataclass
+class ObjectTrack:
+    """One object: COCO RLE masks keyed by frame index (absent frames allowed), optional category/caption."""
+
+    masks: dict[int, dict] = field(default_factory=dict)
+    category: str | None = None
+    caption: str | None = None
+
+
+@dataclass
+class Prompt:
+    """One visual prompt in source pixels: point [x, y], box [x1, y1, x2, y2] or mask RLE, on one frame."""
+
+    type: str
+    frame: int
+    object_id: int | None = None
+    coords: list[float] | None = None
+    rle: dict | None = None
+
+
+@dataclass
+class Turn:
+    """One conversation turn; see the module docstring for seg_objects / memory_objects."""
+
+    role: str
+    text: str
+    seg_objects: list[int] = field(default_factory=list)
+    memory_objects: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Sample:
+    """One example of any source; `validate()` before writing, `to_record()` / `from_record()` for shards."""
+
+    key: str
+    source: str
+    split: str
+    task: str
+    media: Media
+    objects: dict[int, ObjectTrack] = field(default_factory=dict)
+    prompts: list[Prompt] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    answer: str | None = None
+    choices: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, check_frames: bool = False) -> Sample:
+        """Check every field; raise SampleError naming field, value and expectation. Returns self."""
+        if not isinstance(self.key, str) or not _KEY.match(self.key):
+            _fail("key", self.key, "a non-empty string of [A-Za-z0-9_-] (no dots or slashes); see make_key()")
+        for name in ("source", "split"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v or not _KEY.match(v):
+                _fail(name, v, "a non-empty string of [A-Za-z0-9_-]")
+        if self.task not in TASKS:
+            _fail("task", self.task, f"one of {sorted(TASKS)}")
+        self._validate_media(check_frames)
+        h, w = self.media.size
+        t = self.media.num_frames
+        self._validate_objects(h, w, t)
+        self._validate_prompts(h, w, t)
+        self._validate_turns()
+        if self.answer is not None and not isinstance(self.answer, str):
+            _fail("answer", self.answer, "a string or None")
+        if self.choices is not None:
+            if not isinstance(self.choices, list) or not all(isinstance(c, str) for c in self.choices):
+                _fail("choices", self.choices, "a list of strings or None")
+            if len(self.choices) < 2:
+                _fail("choices", self.choices, "at least 2 choices")
+        if not isinstance(self.meta, dict):
+            _fail("meta", self.meta, "a dict")
+        try:
+            json.dumps(self.meta)
+        except (TypeError, ValueError) as e:
+            _fail("meta", self.meta, f"JSON-serialisable values ({e})")
+        return self
+
+    def _validate_media(self, check_frames: bool) -> None:
+        m = self.media
+        if not isinstance(m, Media):
+            _fail("media", m, "a Media")
+        if m.kind not in MEDIA_KINDS:
+            _fail("media.kind", m.kind, f"one of {MEDIA_KINDS}")
+        if not isinstance(m.frames, list) or not m.frames:
+            _fail("media.frames", m.frames, "a non-empty list of encoded images")
+        for i, f in enumerate(m.frames):
+            if not isinstance(f, (bytes, bytearray)) or not f:
+                _fail(f"media.frames[{i}]", type(f).__name__, "non-empty encoded image bytes")
+        if m.kind == "image" and len(m.frames) != 1:
+            _fail("media.frames", f"{len(m.frames)} frames", "exactly 1 frame for kind 'image'")
+        size = tuple(m.size) if isinstance(m.size, (list, tuple)) else m.size
+        if (
+            not isinstance(size, tuple)
+            or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)
+        ):
+            _fail("media.size", m.size, "(H, W), two positive integers")
+        m.size = (int(size[0]), int(size[1]))
+        if m.ext not in FRAME_EXTS:
+            _fail("media.ext", m.ext, f"one of {FRAME_EXTS}")
+        if m.fps is not None and not (isinstance(m.fps, (int, float)) and m.fps > 0):
+            _fail("media.fps", m.fps, "a positive number or None")
+        if m.frame_ids is not None and (not isinstance(m.frame_ids, list) or len(m.frame_ids) != len(m.frames)):
+            _fail("media.frame_ids", m.frame_ids, f"None or a list of {len(m.frames)} ids (one per frame)")
+        if check_frames:
+            for i, f in enumerate(m.frames):
+                try:
+                    arr = decode_frame(bytes(f))
+                except ValueError:
+                    _fail(f"media.frames[{i}]", f"{len(f)} bytes", "a decodable JPEG or PNG image")
+                if arr.shape[:2] != m.size:
+                    _fail(f"media.frames[{i}]", f"decoded size {arr.shape[:2]}", f"media.size {m.size}")
+
+    def _validate_rle(self, name: str, rle: Any, h: int, w: int) -> None:
+        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+            _fail(name, rle, "a COCO RLE dict {'size': [H, W], 'counts': str} (pixelqa.data.masks.encode)")
+        if list(rle["size"]) != [h, w]:
+            _fail(f"{name}.size", list(rle["size"]), f"the frame size [{h}, {w}]")
+        if not isinstance(rle["counts"], str):
+            _fail(f"{name}.counts", type(rle["counts"]).__name__, "a compressed RLE string (masks.encode)")
+
+    def _validate_objects(self, h: int, w: int, t: int) -> None:
+        if not isinstance(self.objects, dict):
+            _fail("objects", self.objects, "a dict object id -> ObjectTrack")
+        for oid, obj in self.objects.items():
+            if not isinstance(oid, (int, np.integer)) or isinstance(oid, bool) or oid < 1:
+                _fail("objects (id)", oid, "integer object ids >= 1")
+            if not isinstance(obj, ObjectTrack):
+                _fail(f"objects[{oid}]", obj, "an ObjectTrack")
+            for fi, rle in obj.masks.items():
+                if not isinstance(fi, (int, np.integer)) or not 0 <= fi < t:
+                    _fail(f"objects[{oid}].masks (frame)", fi, f"a frame index in [0, {t - 1}]")
+                self._validate_rle(f"objects[{oid}].masks[{fi}]", rle, h, w)
+            for attr in ("category", "caption"):
+                v = getattr(obj, attr)
+                if v is not None and not isinstance(v, str):
+                    _fail(f"objects[{oid}].{attr}", v, "a string or None")
+
+    def _validate_prompts(self, h: int, w: int, t: int) -> None:
+        for i, p in enumerate(self.prompts):
+            name = f"prompts[{i}]"
+            if not isinstance(p, Prompt):
+                _fail(name, p, "a Prompt")
+            if p.type not in PROMPT_TYPES:
+                _fail(f"{name}.type", p.type, f"one of {PROMPT_TYPES}")
+            if not isinstance(p.frame, (int, np.integer)) or not 0 <= p.frame < t:
+                _fail(f"{name}.frame", p.frame, f"a frame index in [0, {t - 1}]")
+            if p.object_id is not None and p.object_id not in self.objects:
+                _fail(f"{name}.object_id", p.object_id, f"None or one of the object ids {sorted(self.objects)}")
+            if p.type == "mask":
+                if p.rle is None:
+                    _fail(f"{name}.rle", None, "an RLE for a mask prompt")
+                self._validate_rle(f"{name}.rle", p.rle, h, w)
+                continue
+            n = 2 if p.type == "point" else 4
+            if not isinstance(p.coords, (list, tuple)) or len(p.coords) != n:
+                _fail(f"{name}.coords", p.coords, f"{n} numbers for a {p.type} prompt")
+            if not all(isinstance(c, (int, float, np.number)) and np.isfinite(c) for c in p.coords):
+                _fail(f"{name}.coords", p.coords, "finite numbers")
+            xs, ys = p.coords[0::2], p.coords[1::2]
+            if min(xs) < 0 or max(xs) > w or min(ys) < 0 or max(ys) > h:
+                _fail(f"{name}.coords", list(p.coords), f"source pixels inside the frame: x in [0, {w}], y in [0, {h}]")
+            if p.type == "box" and (p.coords[2] < p.coords[0] or p.coords[3] < p.coords[1]):
+                _fail(f"{name}.coords", list(p.coords), "a box [x1, y1, x2, y2] with x2 >= x1 and y2 >= y1")
+
+    def _validate_turns(self) -> None:
+        if not isinstance(self.turns, list) or not self.turns:
+            _fail("turns", self.turns, "a non-empty list of Turn")
+        refs = 0
+        for i, turn in enumerate(self.turns):
+            name = f"turns[{i}]"
+            if not isinstance(turn, Turn):
+                _fail(name, turn, "a Turn")
+            if turn.role not in ROLES:
+                _fail(f"{name}.role", turn.role, f"one of {ROLES}")
+            expected_role = ROLES[i % 2]
+            if turn.role != expected_role:
+                _fail(f"{name}.role", turn.role, f"'{expected_role}' (turns alternate, starting with 'user')")
+            if not isinstance(turn.text, str):
+                _fail(f"{name}.text", turn.text, "a string")
+            if MEM in turn.text:
+                _fail(f"{name}.text", turn.text, f"no {MEM} (list memory_objects; collate renders the preamble)")
+            n_seg = count_seg(turn.text)
+            if turn.role == "user":
+                refs += count_ref(turn.text)
+                if n_seg:
+                    _fail(f"{name}.text", turn.text, f"no {SEG} in a user turn")
+                if turn.seg_objects:
+                    _fail(f"{name}.seg_objects", turn.seg_objects, "[] on a user turn")
+                for oid in turn.memory_objects:
+                    if oid not in self.objects:
+                        _fail(f"{name}.memory_objects", turn.memory_objects, f"ids among {sorted(self.objects)}")
+            else:
+                if count_ref(turn.text):
+                    _fail(f"{name}.text", turn.text, f"no {REF} in an assistant turn")
+                if turn.memory_objects:
+                    _fail(f"{name}.memory_objects", turn.memory_objects, "[] on an assistant turn")
+                if len(turn.seg_objects) != n_seg:
+                    _fail(f"{name}.seg_objects", turn.seg_objects, f"{n_seg} object ids, one per {SEG} in the text")
+                for oid in turn.seg_objects:
+                    if oid not in self.objects:
+                        _fail(f"{name}.seg_objects", turn.seg_objects, f"ids among {sorted(self.objects)}")
+        if refs != len(self.prompts):
+            _fail(f"{REF} count in user turns", refs, f"{len(self.prompts)} (one per prompt)")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def seg_object_ids(self) -> list[int]:
+        """Object id of every <SEG> of the conversation, in order."""
+        return [oid for turn in self.turns if turn.role == "assistant" for oid in turn.seg_objects]
+
+    def to_json(self) -> dict:
+        """Everything but the pixels, as a JSON-ready dict (object ids and frame keys become strings)."""
+        m = self.media
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "key": self.key,
+            "source": self.source,
+            "split": self.split,
+            "task": self.task,
+            "media": {
+                "kind": m.kind,
+                "num_frames": m.num_frames,
+                "size": [int(m.size[0]), int(m.size[1])],
+                "ext": m.ext,
+                "fps": m.fps,
+                "frame_ids": m.frame_ids,
+            },
+            "objects": {
+                str(oid): {
+                    "masks": {str(fi): dict(rle) for fi, rle in sorted(obj.masks.items())},
+                    "category": obj.category,
+                    "caption": obj.caption,
+                }
+                for oid, obj in sorted(self.objects.items())
+            },
+            "prompts": [
+                {"type": p.type, "frame": int(p.frame), "object_id": p.object_id, "coords": p.coords, "rle": p.rle}
+                for p in self.prompts
+            ],
+            "turns": [
+                {
+                    "role": t.role,
+                    "text": t.text,
+                    "seg_objects": list(t.seg_objects),
+                    "memory_objects": list(t.memory_objects),
+                }
+                for t in self.turns
+            ],
+            "answer": self.answer,
+            "choices": self.choices,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, frames: Sequence[bytes]) -> Sample:
+        """Rebuild a Sample from `to_json()` output plus the encoded frames (not validated)."""
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            _fail("schema_version", version, f"{SCHEMA_VERSION} (rebuild the shards with this version)")
+        md = d["media"]
+        if len(frames) != md["num_frames"]:
+            _fail("frames", f"{len(frames)} frame files", f"media.num_frames = {md['num_frames']}")
+        media = Media(
+            kind=md["kind"],
+            frames=[bytes(f) for f in frames],
+            size=(int(md["size"][0]), int(md["size"][1])),
+            ext=md["ext"],
+            fps=md.get("fps"),
+            frame_ids=md.get("frame_ids"),
+        )
+        objects = {
+            int(oid): ObjectTrack(
+                masks={int(fi): rle for fi, rle in o["masks"].items()},
+                category=o.get("category"),
+                caption=o.get("caption"),
+            )
+            for oid, o in d["objects"].items()
+        }
+        prompts = [
+            Prompt(p["type"], p["frame"], p.get("object_id"), p.get("coords"), p.get("rle")) for p in d["prompts"]
+        ]
+        turns = [
+            Turn(t["role"], t["text"], list(t.get("seg_objects", [])), list(t.get("memory_objects", [])))
+            for t in d["turns"]
+        ]
+        return cls(
+            key=d["key"],
+            source=d["source"],
+            split=d["split"],
+            task=d["task"],
+            media=media,
+            objects=objects,
+            prompts=prompts,
+            turns=turns,
+            answer=d.get("answer"),
+            choices=d.get("choices"),
+            meta=d.get("meta") or {},
+        )
+
+    def to_record(self) -> dict:
+        """A webdataset record: __key__, json (UTF-8 bytes, sorted keys) and one file per frame 000.jpg, ..."""
+        rec: dict[str, Any] = {
+            "__key__": self.key,
+            "json": json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode("utf-8"),
+        }
+        for i, f in enumerate(self.media.frames):
+            rec[f"{i:03d}.{self.media.ext}"] = bytes(f)
+        return rec
+
+    @classmethod
+    def from_record(cls, record: dict) -> Sample:
+        """Rebuild a Sample from a raw webdataset record (values are bytes; `json` may be bytes, str or dict)."""
+        if "json" not in record:
+            _fail("record", sorted(k for k in record if not k.startswith("_")), "a 'json' entry")
+        raw = record["json"]
+        d = raw if isinstance(raw, dict) else json.loads(raw)
+        ext = d["media"]["ext"]
+        frame_keys = [k for k in record if k.endswith("." + ext) and k.split(".", 1)[0].isdigit()]
+        frame_keys.sort(key=lambda k: int(k.split(".", 1)[0]))
+        if [int(k.split(".", 1)[0]) for k in frame_keys] != list(range(len(frame_keys))):
+            _fail("record frames", frame_keys, f"files 000.{ext}, 001.{ext}, ... without gaps")
+        return cls.from_json(d, [record[k] for k in frame_keys])
+
+    def decode_frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """Decode frames (all, or `indices`) to (T, H, W, 3) uint8 RGB."""
+        idx = range(self.media.num_frames) if indices is None else indices
+        arrays = [decode_frame(self.media.frames[i]) for i in idx]
+        return np.stack(arrays, axis=0)

@@ -1,0 +1,459 @@
+"""Atomic, resumable, deterministic shard building: converter -> validated Samples -> WebDataset tars.
+
+Layout: ``OUT/<source>/<split>/<source>-<split>-%06d.tar`` plus a manifest (``manifest.json``; with
+several nodes one ``manifest-node%03d-of%03d.json`` per node). Each shard is written by webdataset's
+`TarWriter` to ``<name>.partial`` and renamed when complete; tar members carry fixed mtime/uid/gid/mode,
+so a rebuild gives byte-identical shards. A progress file (``.progress-node%03d-of%03d.json``) records
+every completed shard with the converter position where the next shard starts; a rerun after a kill
+keeps the complete shards (checked by SHA-256) and resumes from there.
+
+Work division: the converter's `items` are split into `num_nodes` contiguous blocks; node r converts
+block r and numbers its shards r, r + N, r + 2N, ... so nodes never collide. Within a node, `workers`
+processes convert and validate items in order (multiprocessing imap), the parent writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from pixelqa.data.registry import get_source
+from pixelqa.data.schema import SCHEMA_VERSION, Sample
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("fail", "skip")
+TAR_USER = "pixelqa"
+TAR_MTIME = 0  # fixed, so rebuilt shards are byte-identical
+ITEMS_PER_TASK = 8  # items a worker converts per task: amortises inter-process overhead
+
+
+@dataclass
+class BuildConfig:
+    """Everything that determines the content of a build (part of the progress/manifest files)."""
+
+    source: str
+    split: str
+    max_count: int = 1000  # samples per shard
+    max_bytes: int = 256 * 2**20  # bytes per shard (tar size, approximate to a few KiB)
+    max_samples: int | None = None  # per node: this node writes at most this many samples
+    node_rank: int = 0
+    num_nodes: int = 1
+    check_frames: bool = True  # decode every frame during validation
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass
+class ShardInfo:
+    """A completed shard."""
+
+    index: int
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    next_item: int  # converter position where the next shard starts: item index ...
+    next_offset: int  # ... and samples of that item already written
+    tasks: dict[str, int] = field(default_factory=dict)
+
+
+class BuildError(RuntimeError):
+    """A sample or item failed with --on-error fail; the message says which and why."""
+
+
+def shard_dir(out: Path, source: str, split: str) -> Path:
+    """The folder of one source split's shards."""
+    return Path(out) / source / split
+
+
+def shard_name(source: str, split: str, index: int) -> str:
+    """File name of shard `index`."""
+    return f"{source}-{split}-{index:06d}.tar"
+
+
+def manifest_name(node_rank: int, num_nodes: int) -> str:
+    """The manifest file name of one node's build."""
+    return "manifest.json" if num_nodes == 1 else f"manifest-node{node_rank:03d}-of{num_nodes:03d}.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tar_member_bytes(record: dict) -> int:
+    """Bytes a record occupies in a tar: a 512-byte header plus padded payload per member."""
+    total = 0
+    for k, v in record.items():
+        if k.startswith("__"):
+            continue
+        total += 512 + (len(v) + 511) // 512 * 512
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+_WORKER_SOURCE: Any = None
+
+
+def _convert_items(args: tuple[str, str, str, bool, list[tuple[int, Any, int]]]) -> list[tuple]:
+    """Worker task: convert items, validate and serialise their samples.
+
+    Returns, per sample, ("ok", item_pos, offset, key, task, record) or ("reject", item_pos, offset, key, reason);
+    an item whose converter raises gives ("reject", item_pos, -1, None, reason).
+    """
+    source, root, split, check_frames, batch = args
+    global _WORKER_SOURCE
+    if _WORKER_SOURCE is None or _WORKER_SOURCE.name != source:
+        _WORKER_SOURCE = get_source(source)
+    out: list[tuple] = []
+    for pos, item, skip in batch:
+        offset = -1
+        try:
+            for offset, sample in enumerate(_WORKER_SOURCE.convert(Path(root), split, item)):
+                if offset < skip:
+                    continue
+                key = getattr(sample, "key", None)
+                try:
+                    if not isinstance(sample, Sample):
+                        raise TypeError(f"converter yielded {type(sample).__name__}, expected a Sample")
+                    sample.validate(check_frames=check_frames)
+                    if sample.source != source or sample.split != split:
+                        raise ValueError(
+                            f"source/split: got {sample.source!r}/{sample.split!r}, expected {source!r}/{split!r}"
+                        )
+                    out.append(("ok", pos, offset, sample.key, sample.task, sample.to_record()))
+                except (ValueError, TypeError) as e:
+                    out.append(("reject", pos, offset, key, f"{type(e).__name__}: {e}"))
+        except Exception as e:  # noqa: BLE001 - a broken raw item is reported (or fails the build), never lost
+            out.append(("reject", pos, -1, None, f"item {item!r} after sample {offset}: {type(e).__name__}: {e}"))
+    return out
+
+
+def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
+    """Run `_convert_items` over batches, in order, in `workers` processes (0/1 = in this process)."""
+    if workers <= 1:
+        for b in batches:
+            yield _convert_items(b)
+        return
+    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(_convert_items, batches, chunksize=1)
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+
+class _ShardSink:
+    """Writes records into numbered shards with count/byte bounds, atomically."""
+
+    def __init__(self, folder: Path, cfg: BuildConfig, first_local: int) -> None:
+        self.folder, self.cfg = folder, cfg
+        self.local = first_local  # this node's k-th shard -> global index k * N + r
+        self.stream = None
+        self.writer: wds.TarWriter | None = None
+        self.count = 0
+        self.bytes = 0
+        self.tasks: Counter = Counter()
+
+    @property
+    def index(self) -> int:
+        """Global index of the shard being written."""
+        return self.local * self.cfg.num_nodes + self.cfg.node_rank
+
+    def _open(self) -> None:
+        self.path = self.folder / shard_name(self.cfg.source, self.cfg.split, self.index)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.stream = open(self.tmp, "wb")  # noqa: SIM115 - stays open across add() calls until close()
+        self.writer = wds.TarWriter(
+            self.stream,
+            user=TAR_USER,
+            group=TAR_USER,
+            mode=0o444,
+            mtime=TAR_MTIME,
+            format=tarfile.USTAR_FORMAT,
+            encoder=False,
+        )
+
+    def add(self, record: dict, task: str, size: int) -> bool:
+        """Write one record; True when the shard is now full (the caller then closes it)."""
+        if self.writer is None:
+            self._open()
+        self.writer.write(record)
+        self.count += 1
+        self.bytes += size
+        self.tasks[task] += 1
+        return self.count >= self.cfg.max_count
+
+    def fits(self, size: int) -> bool:
+        """Whether a record of `size` bytes still fits the open shard (an empty shard takes anything)."""
+        return self.count == 0 or self.bytes + size + 1024 <= self.cfg.max_bytes
+
+    def close(self, next_item: int, next_offset: int) -> ShardInfo | None:
+        """Finish the open shard (rename into place); None when nothing was written."""
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        os.replace(self.tmp, self.path)
+        info = ShardInfo(
+            index=self.index,
+            name=self.path.name,
+            samples=self.count,
+            bytes=self.path.stat().st_size,
+            sha256=sha256_file(self.path),
+            next_item=next_item,
+            next_offset=next_offset,
+            tasks=dict(self.tasks),
+        )
+        self.writer, self.stream, self.count, self.bytes = None, None, 0, 0
+        self.tasks = Counter()
+        self.local += 1
+        return info
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def _node_block(n_items: int, node_rank: int, num_nodes: int) -> tuple[int, int]:
+    """[start, stop) of node `node_rank`'s contiguous block of items."""
+    return n_items * node_rank // num_nodes, n_items * (node_rank + 1) // num_nodes
+
+
+def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
+    """SHA-256 of each raw annotation file the converter lists (paths relative to root when possible)."""
+    sums: dict[str, str] = {}
+    for p in src.raw_files(root, split):
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
+        try:
+            name = str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            name = str(p)
+        sums[name] = sha256_file(p)
+    return dict(sorted(sums.items()))
+
+
+def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[ShardInfo], list[dict]]:
+    """Shards and rejects recorded by an interrupted build with the same config ([] when none)."""
+    if not path.is_file():
+        return [], []
+    state = json.loads(path.read_text())
+    if state.get("config") != asdict(cfg):
+        raise ValueError(
+            f"{path}: an interrupted build with config {state.get('config')} exists, expected {asdict(cfg)}; "
+            "delete that folder or build into another --out"
+        )
+    shards = [ShardInfo(**s) for s in state["shards"]]
+    kept: list[ShardInfo] = []
+    for s in shards:  # keep the longest prefix of intact shards
+        p = folder / s.name
+        if not p.is_file() or p.stat().st_size != s.bytes or sha256_file(p) != s.sha256:
+            log.warning("shard %s is missing or changed; rebuilding from there", p)
+            break
+        kept.append(s)
+    if kept:
+        resume = (kept[-1].next_item, kept[-1].next_offset)
+        rejects = [r for r in state["rejects"] if (r["item"], max(r["offset"], 0)) < resume]
+    else:
+        rejects = []
+    return kept, rejects
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def build_shards(
+    source: str,
+    root: str | Path,
+    out: str | Path,
+    split: str = "train",
+    workers: int = 1,
+    on_error: str = "fail",
+    node_rank: int = 0,
+    num_nodes: int = 1,
+    max_samples: int | None = None,
+    max_count: int = 1000,
+    max_bytes: int = 256 * 2**20,
+    check_frames: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Convert `source`'s `split` under `root` into shards under `out`; returns the manifest dict."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error: got {on_error!r}, expected one of {ON_ERROR}")
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node_rank/num_nodes: got {node_rank}/{num_nodes}, expected 0 <= node_rank < num_nodes")
+    if max_count < 1 or max_bytes < 1024:
+        raise ValueError(f"max_count/max_bytes: got {max_count}/{max_bytes}, expected >= 1 / >= 1024")
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples: got {max_samples}, expected None or >= 0")
+    root, out = Path(root), Path(out)
+    src = get_source(source)
+    src.check_split(split)
+    cfg = BuildConfig(source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames)
+    folder = shard_dir(out, source, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / manifest_name(node_rank, num_nodes)
+    progress_path = folder / f".progress-node{node_rank:03d}-of{num_nodes:03d}.json"
+
+    if manifest_path.is_file() and not progress_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("config") == asdict(cfg) and all(
+            (folder / s["name"]).is_file() and (folder / s["name"]).stat().st_size == s["bytes"]
+            for s in manifest["shards"]
+        ):
+            log.info("%s is complete; nothing to do", manifest_path)
+            return manifest
+        raise ValueError(
+            f"{manifest_path} exists from a different or damaged build; delete {folder} or use another --out"
+        )
+
+    raw_sums = _raw_checksums(src, root, split)
+    items = list(src.items(root, split))
+    start, stop = _node_block(len(items), node_rank, num_nodes)
+    done, rejects = _load_progress(progress_path, cfg, folder)
+    cursor_item, cursor_offset = (done[-1].next_item, done[-1].next_offset) if done else (start, 0)
+    written = sum(s.samples for s in done)
+    if done:
+        log.info("resuming %s/%s after %d complete shards (%d samples)", source, split, len(done), written)
+
+    def batches() -> Iterator[tuple]:
+        todo = [(pos, items[pos], cursor_offset if pos == cursor_item else 0) for pos in range(cursor_item, stop)]
+        for i in range(0, len(todo), ITEMS_PER_TASK):
+            yield (source, str(root), split, check_frames, todo[i : i + ITEMS_PER_TASK])
+
+    def save_progress() -> None:
+        _write_json(progress_path, {"config": asdict(cfg), "shards": [asdict(s) for s in done], "rejects": rejects})
+
+    sink = _ShardSink(folder, cfg, first_local=len(done))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop - start, initial=cursor_item - start, desc=f"{source}/{split}", unit="item")
+    seen_keys: set[str] = set()
+    if done:  # keys of kept shards, so duplicates across the resume point are still caught
+        for s in done:
+            with tarfile.open(folder / s.name) as tf:
+                seen_keys.update(m.name.split(".", 1)[0] for m in tf.getmembers())
+    limit_hit = max_samples is not None and written >= max_samples
+    last_pos = cursor_item
+    for results in [] if limit_hit else _tasks(batches(), workers):
+        for res in results:
+            status, pos, offset = res[0], res[1], res[2]
+            if status == "ok":
+                _, _, _, key, task, record = res
+                if key in seen_keys:
+                    status, res = (
+                        "reject",
+                        ("reject", pos, offset, key, f"key: got duplicate {key!r}, expected unique keys"),
+                    )
+                else:
+                    seen_keys.add(key)
+                    size = _tar_member_bytes(record)
+                    if not sink.fits(size):
+                        done.append(sink.close(pos, offset))
+                        save_progress()
+                    written += 1
+                    if sink.add(record, task, size):
+                        done.append(sink.close(pos, offset + 1))
+                        save_progress()
+            if status == "reject":
+                reason = res[4]
+                msg = f"{source}/{split} item {pos} sample {offset} (key {res[3]}): {reason}"
+                if on_error == "fail":
+                    sink_tmp = getattr(sink, "tmp", None)
+                    if sink.writer is not None and sink_tmp is not None:
+                        sink.writer.close()
+                        sink.stream.close()
+                        sink_tmp.unlink(missing_ok=True)
+                    raise BuildError(msg + " (use --on-error skip to record and skip such samples)")
+                log.warning("rejected %s", msg)
+                rejects.append({"item": pos, "offset": offset, "key": res[3], "reason": reason})
+            if max_samples is not None and written >= max_samples:
+                limit_hit = True
+                break
+        if bar is not None and results:
+            bar.update(results[-1][1] + 1 - last_pos)
+            last_pos = results[-1][1] + 1
+        if limit_hit:
+            break
+    if bar is not None:
+        bar.close()
+    last = sink.close(stop, 0)
+    if last is not None:
+        done.append(last)
+    tasks: Counter = Counter()
+    for s in done:
+        tasks.update(s.tasks)
+    manifest = {
+        "source": source,
+        "split": split,
+        "schema_version": SCHEMA_VERSION,
+        "config": asdict(cfg),
+        "num_samples": sum(s.samples for s in done),
+        "num_bytes": sum(s.bytes for s in done),
+        "shards": [
+            {"name": s.name, "index": s.index, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256} for s in done
+        ],
+        "tasks": dict(sorted(tasks.items())),
+        "raw_files": raw_sums,
+        "items": {"total": len(items), "node_start": start, "node_stop": stop},
+        "num_rejects": len(rejects),
+        "rejects": rejects,
+    }
+    _write_json(manifest_path, manifest)
+    progress_path.unlink(missing_ok=True)
+    return manifest
+
+
+def read_manifests(folder: str | Path) -> list[dict]:
+    """All manifests (one per building node) in a shard folder."""
+    folder = Path(folder)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("manifest*.json"))]
+
+
+def list_shards(folder: str | Path) -> list[Path]:
+    """Complete shard files of a folder, sorted by name (partial files excluded)."""
+    return sorted(Path(folder).glob("*.tar"))
+
+
+def iter_records(paths: Sequence[str | Path]) -> Iterator[dict]:
+    """Raw records of tar shards, in order (no shuffling, no error handling: for tools and tests)."""
+    for path in paths:
+        with tarfile.open(path) as tf:
+            record: dict = {}
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = m.name.split(".", 1)
+                if record and record["__key__"] != key:
+                    yield record
+                    record = {}
+                record["__key__"] = key
+                record["__url__"] = str(path)
+                record[ext] = tf.extractfile(m).read()
+            if record:
+                yield record

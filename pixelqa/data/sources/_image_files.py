@@ -1,0 +1,145 @@
+"""File access shared by the image-source converters: images, cached annotation files, COCO segmentations.
+
+A JPEG or PNG on disk is carried over byte for byte (no re-encoding) unless it carries an EXIF rotation,
+which OpenCV (the schema's decoder) would apply while the annotations are in stored-pixel order; such
+files, and other formats (GIF, BMP, WebP, ...), are decoded without rotation and re-encoded as JPEG.
+This module registers no source (its name starts with '_').
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pixelqa.data import masks
+from pixelqa.data.schema import Media, encode_frame
+
+_EXIF_ORIENTATION = 0x0112
+_PASSTHROUGH = {"JPEG": "jpg", "PNG": "png"}
+
+
+@dataclass
+class ImageFile:
+    """One encoded image ready for `Media`: bytes, schema extension and (H, W)."""
+
+    data: bytes
+    ext: str
+    size: tuple[int, int]
+
+    def media(self, frame_id: Any = None) -> Media:
+        """A one-frame image `Media` of this file."""
+        return Media(
+            kind="image",
+            frames=[self.data],
+            size=self.size,
+            ext=self.ext,
+            frame_ids=None if frame_id is None else [frame_id],
+        )
+
+
+def read_image(path: Path | str) -> ImageFile:
+    """Read an image file as schema-ready bytes; see the module docstring for when it is re-encoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            w, h = im.size
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            if fmt in _PASSTHROUGH and orientation in (None, 1):
+                return ImageFile(data=data, ext=_PASSTHROUGH[fmt], size=(int(h), int(w)))
+            rgb = np.asarray(im.convert("RGB"))  # PIL does not apply EXIF rotation: stored pixel order
+    except OSError as e:
+        raise ValueError(f"image file {path}: cannot be decoded ({e}), expected a JPEG/PNG/other PIL image") from e
+    return ImageFile(data=encode_frame(np.ascontiguousarray(rgb), "jpg"), ext="jpg", size=(int(h), int(w)))
+
+
+def check_size(found: tuple[int, int], height: Any, width: Any, where: str) -> None:
+    """Raise when an annotation's declared height/width disagree with the image's real (H, W)."""
+    if height is None or width is None:
+        return
+    if (int(height), int(width)) != tuple(found):
+        raise ValueError(f"{where}: got height/width ({height}, {width}), expected the image size {tuple(found)}")
+
+
+def first_existing(candidates: Sequence[Path], what: str) -> Path:
+    """The first candidate path that exists; FileNotFoundError naming every candidate otherwise."""
+    for c in candidates:
+        if c.exists():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"{what} not found; looked for: {tried}")
+
+
+def read_json(path: Path | str) -> Any:
+    """Parse a JSON file; FileNotFoundError / ValueError name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"annotation file not found: {p}")
+    with open(p, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from e
+
+
+@functools.lru_cache(maxsize=4)
+def cached_json(path: str) -> Any:
+    """A big JSON file parsed once per process (workers convert many items of the same annotation file)."""
+    return read_json(path)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_pickle(path: str) -> Any:
+    """A pickle parsed once per process; latin1 lets Python-2 pickles (the refer release) load too."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"annotation file not found: {p}")
+    with open(p, "rb") as f:
+        try:
+            return pickle.load(f, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError) as e:
+            raise ValueError(f"{p}: not a readable pickle ({e})") from e
+
+
+def require(record: Any, key: str, where: str) -> Any:
+    """record[key]; TypeError if record is not a dict, ValueError naming the record if the field is missing."""
+    if not isinstance(record, dict):
+        raise TypeError(f"{where}: got {type(record).__name__}, expected a JSON object with field {key!r}")
+    if key not in record:
+        raise ValueError(f"{where}: missing field {key!r} (has {sorted(record)[:12]})")
+    return record[key]
+
+
+def segmentation_rle(seg: Any, height: int, width: int, where: str) -> dict:
+    """A COCO `segmentation` (polygons, one RLE, or a list of RLEs) -> one canonical RLE of (height, width)."""
+    if isinstance(seg, dict):
+        rles = [seg]
+    elif isinstance(seg, list) and seg and all(isinstance(s, dict) for s in seg):
+        rles = list(seg)  # refclef stores a list of RLE parts
+    elif isinstance(seg, list) and all(isinstance(p, (list, tuple)) for p in seg):
+        for p in seg:
+            if len(p) % 2 or not all(isinstance(v, (int, float)) for v in p):
+                raise ValueError(f"{where}: got polygon {p!r:.60}, expected a flat list [x1, y1, x2, y2, ...]")
+        return masks.from_polygons(seg, height, width)
+    else:
+        raise ValueError(f"{where}: got {seg!r:.80}, expected COCO polygons, an RLE dict or a list of RLE dicts")
+    out = []
+    for rle in rles:
+        if "size" not in rle or "counts" not in rle:
+            raise ValueError(f"{where}: got RLE {rle!r:.80}, expected keys 'size' and 'counts'")
+        if [int(s) for s in rle["size"]] != [height, width]:
+            raise ValueError(f"{where}.size: got {list(rle['size'])}, expected the image size [{height}, {width}]")
+        out.append(masks.normalize(rle))
+    return out[0] if len(out) == 1 else masks.merge(out)

@@ -1,0 +1,122 @@
+"""Instruction and answer wording for the image-source converters, chosen deterministically per sample.
+
+The choice hashes the sample key and turn index (CRC-32), so a rebuilt shard is byte-identical and the
+wording still varies across samples. The raw expressions always go into `meta` as well, so later code can
+re-phrase them. Segmentation groups (all expressions of one image) become one sample whose turn pairs
+are independent of each other (`meta["independent_turns"] = True`), at most MAX_PAIRS pairs per sample.
+This module registers no source (its name starts with '_').
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from pixelqa.data.schema import Turn
+from pixelqa.prompt_format import SEG
+
+MAX_PAIRS = 32  # turn pairs per sample before a group is split into several samples
+
+# a noun phrase: class name, part name or short referring expression
+PHRASE_QUERIES: tuple[str, ...] = (
+    "Please segment the {} in this image.",
+    "Can you find the {} in the image and give its mask?",
+    "Where is the {} in this picture? Answer with a segmentation mask.",
+    "Segment the {} shown in the image.",
+    "Show me the {} with a segmentation mask.",
+    "Could you outline the {} in this image?",
+)
+
+# a full sentence or question (ReasonSeg long queries)
+SENTENCE_QUERIES: tuple[str, ...] = (
+    "{} Please answer with the segmentation mask.",
+    "{} Output the segmentation mask.",
+    "{} Respond with a segmentation mask of the target.",
+    "{} Give me the mask of the relevant region.",
+)
+
+# a sentence whose answer is a mask plus an explanation (ReasonSeg explanatory)
+EXPLAIN_QUERIES: tuple[str, ...] = (
+    "{} Please give the segmentation mask and explain why.",
+    "{} Output the segmentation mask, then explain your reasoning.",
+    "{} Segment the target and tell me the reason.",
+)
+
+SEG_ANSWERS: tuple[str, ...] = (
+    f"Sure, it is {SEG}.",
+    f"The segmentation mask is {SEG}.",
+    f"Here is the mask: {SEG}.",
+    f"It is {SEG}.",
+    f"{SEG}.",
+)
+
+# detailed description of one region; {} is an object tag like [2]
+DESCRIBE_REGION: tuple[str, ...] = (
+    "Please describe {} in detail.",
+    "Give a detailed description of the region {}.",
+    "What can you tell me about {}? Describe it thoroughly.",
+    "Describe everything you can see in the region {}.",
+    "Write a detailed account of {} in this image.",
+)
+
+
+def choose(options: Sequence[str], *parts: Any) -> str:
+    """One of `options`, picked by a stable hash of `parts` (same parts -> same choice, on every machine)."""
+    if not options:
+        raise ValueError("options: got an empty sequence, expected at least one template")
+    h = zlib.crc32("|".join(str(p) for p in parts).encode("utf-8"))
+    return options[h % len(options)]
+
+
+def clean_phrase(text: str) -> str:
+    """A noun phrase ready for a template: trimmed, trailing period dropped, leading article removed."""
+    text = " ".join(text.split()).strip().rstrip(".").strip()
+    lowered = text.lower()
+    for article in ("the ", "an ", "a "):
+        if lowered.startswith(article):
+            text = text[len(article) :]
+            break
+    return text
+
+
+def phrase_query(phrase: str, *parts: Any) -> str:
+    """A segmentation request for a noun phrase."""
+    return choose(PHRASE_QUERIES, "phrase", *parts).format(clean_phrase(phrase))
+
+
+def sentence_query(sentence: str, *parts: Any) -> str:
+    """A segmentation request for a full sentence or question."""
+    return choose(SENTENCE_QUERIES, "sentence", *parts).format(" ".join(sentence.split()))
+
+
+def explain_query(sentence: str, *parts: Any) -> str:
+    """A segmentation request that also asks for the reason."""
+    return choose(EXPLAIN_QUERIES, "explain", *parts).format(" ".join(sentence.split()))
+
+
+def seg_answer(*parts: Any) -> str:
+    """An assistant answer holding exactly one <SEG>."""
+    return choose(SEG_ANSWERS, "answer", *parts)
+
+
+def describe_region(tag: str, *parts: Any) -> str:
+    """A request for a detailed description of the region tagged `tag` (e.g. "[2]")."""
+    return choose(DESCRIBE_REGION, "describe", *parts).format(tag)
+
+
+def seg_turns(queries: Sequence[tuple[str, int]], key: str, sentence: bool = False) -> list[Turn]:
+    """User/assistant turn pairs, one per (text, object id): the request, then one <SEG> for that object."""
+    turns: list[Turn] = []
+    for i, (text, oid) in enumerate(queries):
+        ask = sentence_query(text, key, i) if sentence else phrase_query(text, key, i)
+        turns.append(Turn("user", ask))
+        turns.append(Turn("assistant", seg_answer(key, i), seg_objects=[oid]))
+    return turns
+
+
+def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """`items` split in order into lists of at most `size` (one per sample when a group is too long)."""
+    if size < 1:
+        raise ValueError(f"size: got {size}, expected >= 1")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]

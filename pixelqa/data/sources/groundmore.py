@@ -1,0 +1,133 @@
+"""GroundMoRe (Deng et al., CVPR 2025): motion-grounded video reasoning — answer a question and segment the
+object(s) it is about.
+
+Raw layout (as UniPixel reads the release)::
+
+    <root>/trainval_v2.json, <root>/test_v2.json   {"videos": {vid: {"questions": {qid: {"question", "answer",
+                                                     "q_type", "obj_id": "1, 2", ...}}}}}
+    <root>/annotations/<vid>/images/<frame>.jpg
+    <root>/annotations/<vid>/masks/<frame>.png     palette PNG, pixel value = object id (annotated frames only)
+
+train keeps only the frames that have a mask; test keeps 20 frames spread evenly over the video (the
+benchmark protocol), masks where they exist. Videos without an annotation folder are skipped, as in the
+reference loader. Target = union of the question's objects; meta keeps q_type (Causal / Sequential /
+Counterfactual / Descriptive) and the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pixelqa.data import masks, prompts
+from pixelqa.data.registry import Source, register_source
+from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources.video_io import read_frame_files, read_label_png, uniform_indices
+from pixelqa.data.sources.vos import cached_json, key_rng, videos_of
+from pixelqa.prompt_format import SEG
+
+SPLIT_FILES = {"train": "trainval_v2.json", "test": "test_v2.json"}
+TEST_FRAMES = 20
+
+
+def _frame_number(path: Path) -> int:
+    """Numeric part of a frame file name (names are not zero-padded consistently)."""
+    digits = re.sub(r"^\D*", "", path.stem)
+    return int(digits) if digits.isdigit() else -1
+
+
+@register_source("groundmore")
+class GroundMoRe(Source):
+    """One sample per question."""
+
+    splits = ("train", "test")
+    task = "reason_vos"
+
+    def meta_path(self, root: Path, split: str) -> Path:
+        """The questions JSON of a split."""
+        self.check_split(split)
+        p = Path(root) / SPLIT_FILES[split]
+        if not p.is_file():
+            raise FileNotFoundError(f"groundmore {split}: expected {p}")
+        return p
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The questions JSON."""
+        return [self.meta_path(root, split)]
+
+    def items(self, root: Path, split: str) -> Sequence[str]:
+        """Video ids in file order (those with an annotation folder)."""
+        p = self.meta_path(root, split)
+        return [v for v in videos_of(cached_json(str(p)), str(p)) if (Path(root) / "annotations" / v).is_dir()]
+
+    def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
+        """All questions of video `item`."""
+        p = self.meta_path(root, split)
+        video = videos_of(cached_json(str(p)), str(p))[item]
+        questions = video.get("questions")
+        if not isinstance(questions, dict):
+            raise TypeError(f"{p}: videos[{item!r}].questions: got {type(questions).__name__}, expected a mapping")
+        adir = Path(root) / "annotations" / item
+        mask_files = {m.stem: m for m in (adir / "masks").glob("*.png")}
+        if split == "train":
+            names = sorted(mask_files, key=lambda n: _frame_number(Path(n)))
+            if not names:
+                return
+            image_paths = [adir / "images" / f"{n}.jpg" for n in names]
+        else:
+            all_images = sorted((adir / "images").glob("*.jpg"), key=_frame_number)
+            if not all_images:
+                raise FileNotFoundError(f"groundmore {split}: no frames in {adir / 'images'}")
+            image_paths = [all_images[i] for i in uniform_indices(len(all_images), TEST_FRAMES)]
+            names = [q.stem for q in image_paths]
+        frames = read_frame_files([str(q) for q in image_paths])
+        labels = {t: read_label_png(str(mask_files[n])) for t, n in enumerate(names) if n in mask_files}
+        for t, lab in labels.items():
+            if lab.shape != frames.size:
+                raise ValueError(f"{mask_files[names[t]]}: size {lab.shape}, expected the frame size {frames.size}")
+        for qid, q in questions.items():
+            for k in ("question", "answer", "obj_id"):
+                if not isinstance(q, dict) or k not in q:
+                    raise ValueError(f"{p}: videos[{item!r}].questions[{qid!r}] has no {k!r}")
+            try:
+                obj_ids = [int(o) for o in str(q["obj_id"]).split(",") if o.strip()]
+            except ValueError as e:
+                raise ValueError(f"{p}: {item}/{qid}: obj_id {q['obj_id']!r}, expected comma-separated integers") from e
+            question = " ".join(str(q["question"]).split())
+            if not question.endswith("?"):
+                question += "?"
+            answer = str(q["answer"]).strip()
+            key = make_key(item, qid)
+            target = {t: masks.encode(np.isin(lab, obj_ids)) for t, lab in labels.items()}
+            turns = [
+                Turn("user", f"{question} {prompts.pick(prompts.REASON_SUFFIXES, key_rng(key))}"),
+                Turn("assistant", f"{answer.rstrip('.')} {SEG}." if answer else f"{SEG}.", seg_objects=[1]),
+            ]
+            yield Sample(
+                key=key,
+                source=self.name,
+                split=split,
+                task=self.task,
+                media=Media(
+                    "video" if len(frames.frames) > 1 else "image",
+                    frames.frames,
+                    frames.size,
+                    frames.ext,
+                    None,
+                    list(names),
+                ),
+                objects={1: ObjectTrack(masks=target)},
+                turns=turns,
+                answer=answer,
+                meta={
+                    "video": item,
+                    "question_id": str(qid),
+                    "question": question,
+                    "question_type": q.get("q_type"),
+                    "obj_ids": obj_ids,
+                    "answer": answer,
+                },
+            )

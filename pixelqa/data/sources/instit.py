@@ -1,0 +1,255 @@
+"""Inst-IT (Peng et al., 2024): instance-centric image captions and video QA, with instance masks.
+
+Raw layout (Inst-IT-Dataset with the instance masks, the files UniPixel-SFT-1M uses)::
+
+    <root>/inst_it_dataset_image_51k_w_mask.json   [{"image_id", "image_path": "<any>/<rest>",
+                                                     "instance_level_caption": {oid: {"short", "long"}},
+                                                     "segmentations": {oid: {"mask": RLE}}}]
+    <root>/images_raw/<rest>                       the images without drawn visual prompts
+    <root>/inst_it_dataset_video_21k_w_mask.json   [{"video_id", "video_path": "<any>/<rest>",
+                                                     "question_answer_pairs": [{"question", "answer"}],
+                                                     "segmentations": {<frame file name>: {oid: {"mask": RLE}}}}]
+    <root>/videos_raw/<rest>/<frames>.{jpg,png}    frames numbered in their file names
+
+Questions name instances ``[k]`` and frames ``<t>`` (1-based). Known annotation slips are repaired as in
+the reference loader ("[0k]" -> "[k]", "<0>" -> "<1>"); pairs that still name "[0]" or no instance are
+skipped. Videos keep all their frames (the questions' <t> tags count them): meta "keep_all_frames".
+
+Sources: ``instit_image_short_caption`` (stage 1: one instance, <REF> prompt, short caption),
+``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory
+from <REF> prompts, then answer with it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pixelqa.data import masks, prompts
+from pixelqa.data.registry import Source, register_source
+from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources.video_io import read_frame_files
+from pixelqa.data.sources.videorefer import key_frame, localize, mask_prompt
+from pixelqa.data.sources.vos import cached_json, first_existing, key_rng
+from pixelqa.prompt_format import REF, object_ids_in, prefill_answer
+
+IMAGE_FILES = ("inst_it_dataset_image_51k_w_mask.json", "inst_it_dataset_image_51k.json")
+VIDEO_FILES = ("inst_it_dataset_video_21k_w_mask.json", "inst_it_dataset_video_21k.json")
+MAX_OBJECTS = 5
+_NUM = re.compile(r"(\d+)")
+
+
+def repair(text: str) -> str:
+    """The reference loader's fixes of known slips: '<0>' -> '<1>', '[0k]' -> '[k]'."""
+    text = text.replace("<0>", "<1>")
+    return re.sub(r"\[0(\d)\]", r"[\1]", text)
+
+
+def rest_of(path: str) -> str:
+    """A release path without its first component (the release's own root folder)."""
+    parts = path.replace("\\", "/").split("/", 1)
+    return parts[1] if len(parts) == 2 else parts[0]
+
+
+def frame_number(p: Path) -> int:
+    """The number in a frame file name (frames sort by it, not lexically)."""
+    m = _NUM.findall(p.stem)
+    return int(m[-1]) if m else -1
+
+
+class InstITBase(Source):
+    """Shared JSON access: entries are the work items."""
+
+    splits = ("train",)
+    files: tuple[str, ...] = VIDEO_FILES
+
+    def path(self, root: Path) -> Path:
+        """The annotation JSON."""
+        return first_existing([Path(root) / f for f in self.files], f"{self.name} annotations")
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The annotation JSON."""
+        self.check_split(split)
+        return [self.path(root)]
+
+    def entries(self, root: Path) -> list:
+        """The parsed entries (cached per process)."""
+        p = self.path(root)
+        data = cached_json(str(p))
+        if not isinstance(data, list):
+            raise TypeError(f"{p}: got {type(data).__name__}, expected a list of entries")
+        return data
+
+    def items(self, root: Path, split: str) -> Sequence[int]:
+        """Entry indices."""
+        self.check_split(split)
+        return range(len(self.entries(root)))
+
+
+@register_source("instit_image_short_caption")
+class InstITImageShortCaption(InstITBase):
+    """Stage 1: one sample per annotated instance: <REF> (mask prompt) -> its short caption."""
+
+    files = IMAGE_FILES
+    task = "region_caption"
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """The instance captions of one image."""
+        root = Path(root)
+        e = self.entries(root)[int(item)]
+        where = f"{self.path(root).name}[{item}]"
+        for k in ("image_id", "image_path", "instance_level_caption", "segmentations"):
+            if not isinstance(e, dict) or k not in e:
+                raise ValueError(f"{where}: missing {k!r} (the '_w_mask' release has instance masks)")
+        frames = read_frame_files([str(root / "images_raw" / rest_of(e["image_path"]))])
+        h, w = frames.size
+        for oid, cap in e["instance_level_caption"].items():
+            seg = e["segmentations"].get(str(oid))
+            if not isinstance(seg, dict) or "mask" not in seg:
+                raise ValueError(f"{where}.segmentations[{oid!r}]: missing, expected {{'mask': RLE}}")
+            caption = (cap.get("short") if isinstance(cap, dict) else None) or ""
+            if not caption.strip():
+                continue
+            rle = masks.normalize(seg["mask"])
+            if list(rle["size"]) != [h, w]:
+                raise ValueError(
+                    f"{where}.segmentations[{oid!r}]: size {rle['size']}, expected the image size {[h, w]}"
+                )
+            if masks.area(rle) == 0:
+                continue
+            key = make_key(e["image_id"], oid)
+            yield Sample(
+                key=key,
+                source=self.name,
+                split=split,
+                task=self.task,
+                media=Media("image", frames.frames, frames.size, frames.ext, None, [str(e["image_id"])]),
+                objects={1: ObjectTrack(masks={0: rle})},
+                prompts=[Prompt("mask", 0, 1, rle=rle)],
+                turns=[
+                    Turn("user", prompts.pick(prompts.REGION_CAPTION_QUESTIONS, key_rng(key), ref=REF, media="image")),
+                    Turn("assistant", caption.strip()),
+                ],
+                answer=caption.strip(),
+                meta={"image_id": str(e["image_id"]), "instance_id": str(oid)},
+            )
+
+
+class InstITVideoBase(InstITBase):
+    """Video entries: frames, per-frame instance masks and question/answer pairs."""
+
+    files = VIDEO_FILES
+    max_frames = 10
+
+    def talk(
+        self, question: str, answer: str, objects: dict[int, ObjectTrack], key: str
+    ) -> tuple[list[Prompt], list[Turn]]:
+        """(prompts, turns) of one QA pair."""
+        raise NotImplementedError
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """One sample per usable QA pair of a video."""
+        root = Path(root)
+        e = self.entries(root)[int(item)]
+        where = f"{self.path(root).name}[{item}]"
+        for k in ("video_id", "video_path", "question_answer_pairs", "segmentations"):
+            if not isinstance(e, dict) or k not in e:
+                raise ValueError(f"{where}: missing {k!r} (the '_w_mask' release has instance masks)")
+        folder = root / "videos_raw" / rest_of(e["video_path"])
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{where}: frame folder not found: {folder}")
+        paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")), key=frame_number)
+        if not paths or len(paths) > self.max_frames:
+            return
+        segs = e["segmentations"]
+        frames = None
+        for i, qa in enumerate(e["question_answer_pairs"]):
+            q, a = repair(str(qa.get("question", ""))), repair(str(qa.get("answer", "")))
+            ids = object_ids_in(q + " " + a)
+            if not ids or 0 in ids or len(ids) > MAX_OBJECTS:
+                continue
+            if frames is None:
+                frames = read_frame_files([str(p) for p in paths])
+            h, w = frames.size
+            objects: dict[int, ObjectTrack] = {}
+            for oid in ids:
+                ms = {}
+                for t, p in enumerate(paths):
+                    per = segs.get(p.name)
+                    if per is None:
+                        continue  # frame not annotated
+                    m = per.get(str(oid))
+                    rle = masks.normalize(m["mask"]) if isinstance(m, dict) and "mask" in m else masks.empty(h, w)
+                    if list(rle["size"]) != [h, w]:
+                        raise ValueError(
+                            f"{where}.segmentations[{p.name!r}][{oid}]: size {rle['size']}, expected {[h, w]}"
+                        )
+                    ms[t] = rle
+                objects[oid] = ObjectTrack(masks=ms)
+            if any(key_frame(o) is None for o in objects.values()):
+                continue  # a named instance without any mask cannot be remembered
+            key = make_key(e["video_id"], i)
+            prompts, turns = self.talk(q, a, objects, key)
+            yield Sample(
+                key=key,
+                source=self.name,
+                split=split,
+                task=self.task,
+                media=Media(
+                    "video" if len(paths) > 1 else "image",
+                    frames.frames,
+                    frames.size,
+                    frames.ext,
+                    None,
+                    [p.name for p in paths],
+                ),
+                objects=objects,
+                prompts=prompts,
+                turns=turns,
+                answer=a,
+                meta={"video_id": str(e["video_id"]), "qa_index": i, "keep_all_frames": True},
+            )
+
+
+@register_source("instit_video_qa")
+class InstITVideoQA(InstITVideoBase):
+    """Region QA: the named instances are injected as memory."""
+
+    task = "region_qa"
+
+    def talk(
+        self, question: str, answer: str, objects: dict[int, ObjectTrack], key: str
+    ) -> tuple[list[Prompt], list[Turn]]:
+        """Question as is (it names [k]); memory of every named instance."""
+        return [], [Turn("user", question, memory_objects=sorted(objects)), Turn("assistant", answer)]
+
+
+@register_source("instit_qa_memory")
+class InstITQAMemory(InstITVideoBase):
+    """Memory QA: pre-fill (prompted instances -> [k] <SEG>), then the question answered with memory."""
+
+    task = "memory_qa"
+    max_frames = 8
+
+    def talk(
+        self, question: str, answer: str, objects: dict[int, ObjectTrack], key: str
+    ) -> tuple[list[Prompt], list[Turn]]:
+        """[k] <REF> after the first mention of each instance in the question."""
+        ids = sorted(objects)
+        with_ref, order = question, []
+        for k in object_ids_in(question):
+            with_ref = with_ref.replace(f"[{k}]", f"[{k}] {REF}", 1)
+            order.append(k)
+        for k in ids:  # instances named only in the answer are still prompted (appended to the question)
+            if k not in order:
+                with_ref += f" [{k}] {REF}"
+                order.append(k)
+        prompts = [mask_prompt(objects[k], k) for k in order]
+        turns = [
+            Turn("user", localize(with_ref, key)),
+            Turn("assistant", prefill_answer(ids), seg_objects=ids),
+            Turn("user", question, memory_objects=ids),
+            Turn("assistant", answer),
+        ]
+        return prompts, turns

@@ -1,0 +1,149 @@
+"""ReasonSeg (LISA): reasoning segmentation on images, LabelMe-style polygon JSON next to each image.
+
+Raw layout (as released by LISA; UniPixel-SFT-1M ships it as `lisa/reason_seg/ReasonSeg/`)::
+
+    <root>/{train,val,test}/<name>.jpg
+    <root>/{train,val,test}/<name>.json     {"text": [query, ...], "is_sentence": bool,
+                                             "shapes": [{"label": "target"|"ignore"|"flag",
+                                                         "shape_type": "polygon", "points": [[x, y], ...]}]}
+    <root>/explanatory/train.json           [{"image": "<name>.jpg", "query": str, "outputs": str}, ...]
+
+The mask follows LISA's rule: polygons ('flag' shapes skipped) are painted largest first with their outline,
+'target' as foreground and 'ignore' as a don't-care region, so a smaller polygon drawn later wins where they
+overlap. One sample per query (plus one explanatory sample per train image that has one); the ignore region
+goes to `meta["ignore_rle"]` because gIoU / cIoU leave those pixels out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pixelqa.data import masks
+from pixelqa.data.registry import Source, register_source
+from pixelqa.data.schema import ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json, first_existing, read_image, read_json, require
+from pixelqa.data.sources._instructions import explain_query, phrase_query, seg_answer, sentence_query
+
+_TARGET, _IGNORE = 1, 255
+
+
+def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """LISA's painting of ReasonSeg shapes -> (target, ignore) bool masks of (height, width)."""
+    if not isinstance(shapes, list):
+        raise TypeError(f"{where}.shapes: got {type(shapes).__name__}, expected a list of polygon shapes")
+    polys: list[tuple[int, int, np.ndarray]] = []  # (area, value, (N, 1, 2) int32 points)
+    for i, shape in enumerate(shapes):
+        label = str(require(shape, "label", f"{where}.shapes[{i}]")).lower()
+        if label == "flag":
+            continue
+        if "ignore" in label:
+            value = _IGNORE
+        elif "target" in label:
+            value = _TARGET
+        else:
+            raise ValueError(f"{where}.shapes[{i}].label: got {label!r}, expected 'target', 'ignore' or 'flag'")
+        pts = np.asarray(require(shape, "points", f"{where}.shapes[{i}]"), dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 1:
+            raise ValueError(f"{where}.shapes[{i}].points: got shape {pts.shape}, expected a list of [x, y]")
+        pts = pts.astype(np.int32).reshape(-1, 1, 2)  # LISA truncates coordinates to integers
+        tmp = np.zeros((height, width), dtype=np.uint8)
+        cv2.polylines(tmp, [pts], True, 1, 1)
+        cv2.fillPoly(tmp, [pts], 1)
+        polys.append((int(tmp.sum()), value, pts))
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    for _, value, pts in sorted(polys, key=lambda p: -p[0]):  # largest first: small regions stay visible
+        cv2.polylines(canvas, [pts], True, value, 1)
+        cv2.fillPoly(canvas, [pts], value)
+    return canvas == _TARGET, canvas == _IGNORE
+
+
+@register_source("reasonseg")
+class ReasonSeg(Source):
+    """ReasonSeg train / val / test; see the module docstring."""
+
+    splits = ("train", "val", "test")
+
+    def split_dir(self, root: Path, split: str) -> Path:
+        """<root>/<split>, the folder of images and their JSON files."""
+        self.check_split(split)
+        return first_existing([Path(root) / split], f"ReasonSeg {split} folder")
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """Every per-image JSON of the split (small), plus the explanatory file for train."""
+        files = sorted(self.split_dir(root, split).glob("*.json"))
+        exp = Path(root) / "explanatory" / "train.json"
+        return files + ([exp] if split == "train" and exp.is_file() else [])
+
+    def items(self, root: Path, split: str) -> list[str]:
+        """Image names (without .jpg), sorted."""
+        return sorted(p.stem for p in self.split_dir(root, split).glob("*.jpg"))
+
+    def _explanations(self, root: Path) -> dict[str, dict]:
+        """image name (no extension) -> explanatory record; empty when the file is absent."""
+        path = Path(root) / "explanatory" / "train.json"
+        if not path.is_file():
+            return {}
+        data = cached_json(str(path))
+        if not isinstance(data, list):
+            raise TypeError(f"{path}: got {type(data).__name__}, expected a list of records")
+        out = {}
+        for i, rec in enumerate(data):
+            out[Path(str(require(rec, "image", f"{path}[{i}]"))).stem] = rec
+        return out
+
+    def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
+        """One sample per query of one image (train: empty targets skipped; plus the explanatory one)."""
+        d = self.split_dir(root, split)
+        json_path = d / f"{item}.json"
+        if not json_path.is_file():
+            raise FileNotFoundError(f"ReasonSeg annotation not found: {json_path} (next to {item}.jpg)")
+        ann = read_json(json_path)
+        where = str(json_path)
+        texts = require(ann, "text", where)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        is_sentence = bool(require(ann, "is_sentence", where))
+        image = read_image(d / f"{item}.jpg")
+        h, w = image.size
+        target, ignore = polygon_masks(require(ann, "shapes", where), h, w, where)
+        if split == "train" and not target.any():
+            return
+        rle = masks.encode(target)
+        base_meta: dict[str, Any] = {"image": item, "is_sentence": is_sentence}
+        if ignore.any():
+            base_meta["ignore_rle"] = masks.encode(ignore)
+        objects = {1: ObjectTrack(masks={0: rle})}
+        for qi, text in enumerate(texts):
+            key = make_key(item, qi)
+            ask = sentence_query(text, key) if is_sentence else phrase_query(text, key)
+            yield Sample(
+                key=key,
+                source=self.name,
+                split=split,
+                task="reasonseg",
+                media=image.media(item),
+                objects=objects,
+                turns=[Turn("user", ask), Turn("assistant", seg_answer(key), seg_objects=[1])],
+                meta={**base_meta, "query_index": qi, "query": text, "explanatory": False},
+            )
+        if split == "train":
+            rec = self._explanations(root).get(item)
+            if rec is not None:
+                key = make_key(item, "exp")
+                query = str(require(rec, "query", f"explanatory record of {item}"))
+                outputs = str(require(rec, "outputs", f"explanatory record of {item}"))
+                answer = f"{seg_answer(key)} {' '.join(outputs.split())}"
+                yield Sample(
+                    key=key,
+                    source=self.name,
+                    split=split,
+                    task="reasonseg",
+                    media=image.media(item),
+                    objects=objects,
+                    turns=[Turn("user", explain_query(query, key)), Turn("assistant", answer, seg_objects=[1])],
+                    meta={**base_meta, "query": query, "explanatory": True},
+                )

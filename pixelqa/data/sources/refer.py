@@ -1,0 +1,218 @@
+"""The refer family (RefCOCO, RefCOCO+, RefCOCOg, RefClef): `refs(<splitBy>).p` + `instances.json`.
+
+Raw layout (the refer toolkit's `data/` folder; LISA / UniPixel-SFT-1M ship it unchanged as
+`lisa/refer_seg/`)::
+
+    <root>/<dataset>/refs(<splitBy>).p     pickle: list of refs {ref_id, ann_id, image_id, category_id,
+                                           split, sentences: [{sent_id, sent, raw, tokens}], ...}
+    <root>/<dataset>/instances.json        COCO-style {images, annotations, categories}; segmentation is
+                                           polygons (refcoco*) or a list of RLE dicts (refclef)
+    <root>/images/mscoco/images/train2014/ COCO_train2014_*.jpg        (refcoco, refcoco+, refcocog)
+    <root>/images/saiapr_tc-12/            <file_name> of instances.json (refclef)
+
+`<root>` may also be the `<dataset>` folder itself. Training groups all expressions of an image into one
+sample (independent turn pairs, as UniPixel samples a few expressions per image per visit); other splits
+give one sample per expression with the ids and the ground-truth box that RES / REC evaluation needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixelqa.data import masks
+from pixelqa.data.registry import Source
+from pixelqa.data.schema import ObjectTrack, Sample, make_key
+from pixelqa.data.sources._image_files import (
+    cached_json,
+    cached_pickle,
+    check_size,
+    first_existing,
+    read_image,
+    require,
+    segmentation_rle,
+)
+from pixelqa.data.sources._instructions import MAX_PAIRS, chunked, seg_turns
+
+log = logging.getLogger(__name__)
+
+COCO_IMAGE_DIRS: tuple[str, ...] = ("images/mscoco/images/train2014", "images/train2014", "train2014")
+CLEF_IMAGE_DIRS: tuple[str, ...] = ("images/saiapr_tc-12", "saiapr_tc-12")
+
+
+@dataclass
+class ReferIndex:
+    """The parsed annotation files of one (dataset, splitBy)."""
+
+    images: dict[int, dict]
+    anns: dict[int, dict]
+    cats: dict[int, str]
+    refs: list[dict]
+
+
+@functools.lru_cache(maxsize=2)
+def load_refer(dataset_dir: str, split_by: str) -> ReferIndex:
+    """Parse refs(<split_by>).p and instances.json of a dataset folder (once per process)."""
+    d = Path(dataset_dir)
+    refs_path = d / f"refs({split_by}).p"
+    refs = cached_pickle(str(refs_path))
+    if not isinstance(refs, list):
+        raise TypeError(f"{refs_path}: got a {type(refs).__name__}, expected a list of refs")
+    inst_path = d / "instances.json"
+    inst = cached_json(str(inst_path))
+    where = str(inst_path)
+    images = {int(require(im, "id", f"{where} images[]")): im for im in require(inst, "images", where)}
+    anns = {int(require(a, "id", f"{where} annotations[]")): a for a in require(inst, "annotations", where)}
+    cats = {int(c["id"]): str(c.get("name", c["id"])) for c in inst.get("categories", [])}
+    return ReferIndex(images=images, anns=anns, cats=cats, refs=refs)
+
+
+def ref_in_split(ref_split: str, split: str) -> bool:
+    """The refer toolkit's split matching: testA/testB/testC also match combined splits like 'testAB'."""
+    if split in ("testA", "testB", "testC"):
+        return ref_split.startswith("test") and split[-1] in ref_split[4:]
+    if split == "test":
+        return ref_split.startswith("test")
+    return ref_split == split
+
+
+def xywh_to_xyxy(box: Any, where: str) -> list[float]:
+    """COCO [x, y, w, h] -> [x1, y1, x2, y2]."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise ValueError(f"{where}: got {box!r}, expected a COCO box [x, y, w, h]")
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+class ReferSource(Source):
+    """Converter base for one refer dataset; subclasses set `dataset`, `split_by`, `image_dirs`, `splits`."""
+
+    dataset: str = ""
+    split_by: str = "unc"
+    image_dirs: tuple[str, ...] = COCO_IMAGE_DIRS
+
+    def dataset_dir(self, root: Path) -> Path:
+        """The folder holding refs(<splitBy>).p: <root>/<dataset>, or <root> itself."""
+        root = Path(root)
+        refs_name = f"refs({self.split_by}).p"
+        return first_existing([root / self.dataset / refs_name, root / refs_name], f"{self.dataset} {refs_name}").parent
+
+    def image_dir(self, root: Path) -> Path:
+        """The image folder: searched under <root> and, for a <dataset>-folder root, under its parent."""
+        root = Path(root)
+        bases = [root] if (root / self.dataset).is_dir() else [root, root.parent]
+        return first_existing([b / d for b in bases for d in self.image_dirs], f"{self.dataset} image folder")
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The refs pickle and instances.json."""
+        d = self.dataset_dir(root)
+        return [d / f"refs({self.split_by}).p", d / "instances.json"]
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a few (root, split) pairs per process, sources live forever
+    def _refs_by_image(self, root: Path, split: str) -> dict[int, list[dict]]:
+        """Refs of a split grouped by image id (each group sorted by ref_id)."""
+        self.check_split(split)
+        index = load_refer(str(self.dataset_dir(root)), self.split_by)
+        groups: dict[int, list[dict]] = defaultdict(list)
+        for i, ref in enumerate(index.refs):
+            where = f"refs({self.split_by}).p[{i}]"
+            if ref_in_split(str(require(ref, "split", where)), split):
+                groups[int(require(ref, "image_id", where))].append(ref)
+        return {k: sorted(v, key=lambda r: int(r["ref_id"])) for k, v in groups.items()}
+
+    def items(self, root: Path, split: str) -> list[int]:
+        """Image ids that have refs in `split`, sorted."""
+        return sorted(self._refs_by_image(Path(root), split))
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """The samples of one image: one grouped sample (train) or one per expression (other splits)."""
+        root = Path(root)
+        index = load_refer(str(self.dataset_dir(root)), self.split_by)
+        refs = self._refs_by_image(root, split).get(int(item), [])
+        if int(item) not in index.images:
+            raise ValueError(f"{self.dataset} instances.json: image id {item} of the refs is not in 'images'")
+        img = index.images[int(item)]
+        file_name = str(require(img, "file_name", f"instances.json image {item}"))
+        image = read_image(self.image_dir(root) / file_name)
+        check_size(image.size, img.get("height"), img.get("width"), f"instances.json image {item}")
+        h, w = image.size
+        entries = []  # (ref, ann, rle, sentences)
+        for ref in refs:
+            where = f"refs({self.split_by}).p ref {ref.get('ref_id')}"
+            ann_id = int(require(ref, "ann_id", where))
+            if ann_id not in index.anns:
+                raise ValueError(f"{where}: ann_id {ann_id} is not in instances.json 'annotations'")
+            ann = index.anns[ann_id]
+            rle = segmentation_rle(require(ann, "segmentation", f"annotation {ann_id}"), h, w, f"annotation {ann_id}")
+            entries.append((ref, ann, rle, require(ref, "sentences", where)))
+        if split == "train":
+            yield from self._grouped(split, item, file_name, image, index, entries)
+        else:
+            yield from self._per_expression(split, item, file_name, image, index, entries)
+
+    def _grouped(self, split, item, file_name, image, index, entries) -> Iterator[Sample]:
+        """One sample per image (split in chunks of MAX_PAIRS pairs); refs with empty masks are skipped."""
+        objects: dict[int, ObjectTrack] = {}
+        queries: list[tuple[str, int, dict]] = []
+        for ref, ann, rle, sentences in entries:
+            if masks.area(rle) == 0:
+                log.debug("%s: ref %s has an empty mask, skipped", self.name, ref.get("ref_id"))
+                continue
+            oid = len(objects) + 1
+            objects[oid] = ObjectTrack(masks={0: rle}, category=index.cats.get(int(ann.get("category_id", -1))))
+            for s in sentences:
+                info = {"ref_id": int(ref["ref_id"]), "ann_id": int(ref["ann_id"]), "sent_id": int(s["sent_id"])}
+                queries.append((str(s["sent"]), oid, info))
+        parts = chunked(queries, MAX_PAIRS)
+        for ci, chunk in enumerate(parts):
+            key = make_key(item) if len(parts) == 1 else make_key(item, ci)
+            used = sorted({oid for _, oid, _ in chunk})
+            yield Sample(
+                key=key,
+                source=self.name,
+                split=split,
+                task="res",
+                media=image.media(file_name),
+                objects={oid: objects[oid] for oid in used},
+                turns=seg_turns([(text, oid) for text, oid, _ in chunk], key),
+                meta={
+                    "image_id": int(item),
+                    "file_name": file_name,
+                    "independent_turns": True,
+                    "expressions": [{**info, "object_id": oid, "text": text} for text, oid, info in chunk],
+                },
+            )
+
+    def _per_expression(self, split, item, file_name, image, index, entries) -> Iterator[Sample]:
+        """One sample per sentence, with ids and the ground-truth box for RES / REC evaluation."""
+        for ref, ann, rle, sentences in entries:
+            category = index.cats.get(int(ann.get("category_id", -1)))
+            box = xywh_to_xyxy(require(ann, "bbox", f"annotation {ann['id']}"), f"annotation {ann['id']}.bbox")
+            for s in sentences:
+                sent_id = int(require(s, "sent_id", f"ref {ref['ref_id']} sentence"))
+                text = str(require(s, "sent", f"ref {ref['ref_id']} sentence {sent_id}"))
+                key = make_key(sent_id)
+                yield Sample(
+                    key=key,
+                    source=self.name,
+                    split=split,
+                    task="res",
+                    media=image.media(file_name),
+                    objects={1: ObjectTrack(masks={0: rle}, category=category)},
+                    turns=seg_turns([(text, 1)], key),
+                    meta={
+                        "image_id": int(item),
+                        "file_name": file_name,
+                        "ref_id": int(ref["ref_id"]),
+                        "ann_id": int(ref["ann_id"]),
+                        "sent_id": sent_id,
+                        "expression": text,
+                        "category": category,
+                        "box_xyxy": box,
+                    },
+                )

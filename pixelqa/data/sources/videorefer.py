@@ -1,0 +1,515 @@
+"""VideoRefer-700K (short caption, detailed caption, QA, QA-memory) and VideoRefer-Bench (D, Q).
+
+Raw layout of VideoRefer-700K (the release)::
+
+    <root>/videorefer-short-caption-500k.json     [{"id", "video": <path under videos/>, "conversations": [
+    <root>/videorefer-detailed-caption-125k.json     {"from": "human", "value": "<video>\\n... <region> ..."},
+    <root>/videorefer-qa-75k.json                    {"from": "gpt", "value": ...}],
+                                                     "annotation": [{<frame index>: {"segmentation": RLE}}  # per object
+                                                     ], "ratio"?: float}]
+    <root>/videos/<video>                          mp4 (or a folder of frames)
+
+UniPixel-SFT-1M re-packs the JSONs without masks (``...-wo-masks.json``) and stores each entry's masks in
+``<root>/masks_<kind>/<entry index>.json`` as [object][annotated frame, sorted][RLE or null]; both are read.
+
+VideoRefer-Bench (``<root>/VideoRefer-Bench-{D,Q}.json``, videos under ``<root>/videos`` or
+``<root>/videos/Panda-70M-part``): Q entries have "Question", "options" ["(A) ...", ...], "Answer" "(B) ...",
+"type", "frame_idx" (the key frame) and "annotation"; D entries have "caption", "frame_idx", "annotation".
+
+Regions: ``<region>`` marks the i-th object of "annotation"; multi-object QA names objects
+``<objectK><region>`` then ``<objectK>``. Object K (0-based) becomes id K + 1 (``[K+1]``).
+
+How each source talks (UniPixel's recipe): the short caption (stage 1) puts a visual prompt in place of
+``<REF>`` (a mask prompt on the key frame here; point/box sampling happens when batches are built);
+detailed caption and QA inject the objects' masks as memory (the user turn lists `memory_objects`); QA-memory
+first pre-fills the memory (``[k] <REF>`` -> ``[k] <SEG>``) then answers with the memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixelqa.data import masks
+from pixelqa.data.registry import Source, register_source
+from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
+from pixelqa.data.sources.vos import cached_json, load_json, pick
+from pixelqa.prompt_format import REF, object_tag, prefill_answer
+
+CONTEXT_FRAMES = 16  # frames spread over the video besides the annotated ones
+MAX_OBJECTS = 5  # the paper puts mask losses on up to 5 objects; UniPixel drops entries with more
+MIN_RATIO = 0.3  # UniPixel drops entries whose masks cover < 30% of the frames they should ("ratio")
+
+LOCALIZE_INSTRUCTIONS: tuple[str, ...] = (
+    "Please segment the objects mentioned, with their IDs.",
+    "First locate every referred object and give its ID.",
+    "Find and track the referred objects, with their IDs.",
+)
+_OBJ_REGION = re.compile(r"<object(\d+)><region>")
+_OBJ = re.compile(r"<object(\d+)>")
+_LETTER = re.compile(r"^\(([A-Z])\)\s*")
+
+
+@dataclass
+class Region:
+    """One annotated object of a VideoRefer entry: per source-frame-index RLE (None = not visible)."""
+
+    object_id: int
+    masks: dict[int, Any]
+
+
+def strip_video_tag(text: str) -> str:
+    """Drop the LLaVA-style <video> / <image> placeholder lines."""
+    text = text.strip()
+    for tag in ("<video>", "<image>"):
+        if text.startswith(tag + "\n"):
+            text = text[len(tag) + 1 :]
+        if text.endswith("\n" + tag):
+            text = text[: -len(tag) - 1]
+    return text.replace("<video>", "").strip()
+
+
+def region_text(text: str, num_objects: int, with_ref: bool, where: str) -> str:
+    """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[K+1]`` (+ `` <REF>``)."""
+    suffix = f" {REF}" if with_ref else ""
+    if _OBJ_REGION.search(text):
+        ks = [int(k) for k in _OBJ_REGION.findall(text)]
+        if sorted(ks) != list(range(num_objects)):
+            raise ValueError(
+                f"{where}: region markers for objects {ks}, expected objects 0..{num_objects - 1} once each"
+            )
+        text = _OBJ_REGION.sub(lambda m: f"{object_tag(int(m.group(1)) + 1)}{suffix}", text)
+        text = _OBJ.sub(lambda m: object_tag(int(m.group(1)) + 1), text)
+    else:
+        n = text.count("<region>")
+        if n != num_objects:
+            raise ValueError(f"{where}: {n} <region> markers, expected one per annotated object ({num_objects})")
+        parts = text.split("<region>")
+        text = parts[0] + "".join(f"{object_tag(i + 1)}{suffix}{p}" for i, p in enumerate(parts[1:]))
+    if "<region>" in text or "<object" in text:
+        raise ValueError(f"{where}: unmatched region markers left in {text!r:.120}")
+    return text
+
+
+def object_text(text: str) -> str:
+    """Object names in an answer: ``<objectK>`` -> ``[K+1]``."""
+    return _OBJ.sub(lambda m: object_tag(int(m.group(1)) + 1), text)
+
+
+def parse_regions(annotation: Any, where: str, repacked: list | None = None) -> list[Region]:
+    """Objects of an entry; with `repacked` (UniPixel's mask file) the RLEs come from there."""
+    if not isinstance(annotation, list):
+        raise TypeError(f"{where}.annotation: got {type(annotation).__name__}, expected a list (one dict per object)")
+    if len(annotation) == 1 and isinstance(annotation[0], dict) and len(annotation[0]) == 1:
+        ((frame, value),) = annotation[0].items()
+        if isinstance(value, list):  # the ytb_vos entries of the QA file: {frame: [object, object, ...]}
+            annotation = [{frame: v} for v in value]
+    regions = []
+    for k, obj in enumerate(annotation):
+        if not isinstance(obj, dict) or not obj:
+            raise ValueError(
+                f"{where}.annotation[{k}]: got {obj!r:.80}, expected {{frame index: {{'segmentation': RLE}}}}"
+            )
+        frames = sorted(int(f) for f in obj)
+        ms: dict[int, Any] = {}
+        for pos, f in enumerate(frames):
+            v = obj[str(f)] if str(f) in obj else obj[f]
+            if isinstance(v, dict) and "segmentation" in v:
+                ms[f] = v["segmentation"]
+            elif repacked is not None:
+                cell = repacked[k][pos] if k < len(repacked) and pos < len(repacked[k]) else None
+                ms[f] = cell[0] if isinstance(cell, list) and cell else cell
+            else:
+                raise ValueError(f"{where}.annotation[{k}][{f}]: no 'segmentation' and no re-packed mask file")
+        regions.append(Region(k + 1, ms))
+    return regions
+
+
+def to_rle(seg: Any, size: tuple[int, int], where: str) -> dict:
+    """A VideoRefer segmentation (RLE dict or polygon list) as a canonical RLE of the frame size."""
+    h, w = size
+    if seg is None:
+        return masks.empty(h, w)
+    if isinstance(seg, list):
+        return masks.from_polygons(seg, h, w)
+    if not isinstance(seg, dict):
+        raise TypeError(f"{where}: got {type(seg).__name__}, expected an RLE dict or polygons")
+    rle = masks.normalize(seg)
+    if list(rle["size"]) != [h, w]:  # masks annotated at another resolution are resized, as the reference does
+        rle = masks.resize_rle(rle, (h, w))
+    return rle
+
+
+def resolve_video(candidates: Sequence[Path]) -> Path:
+    """The first existing video file / frame folder."""
+    for c in candidates:
+        if c.exists():
+            return c
+    raise FileNotFoundError(f"video not found: tried {[str(c) for c in candidates]}")
+
+
+def read_media(video: Path, needed: Sequence[int], context: int = CONTEXT_FRAMES) -> tuple[FrameSet, list[int]]:
+    """Frames `needed` (source frame indices) plus `context` frames spread over the video, in time order."""
+    if video.is_dir():
+        files = sorted(p for p in video.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        total = len(files)
+    else:
+        total, _, _ = video_info(str(video))
+    bad = [i for i in needed if not 0 <= i < max(total, 1)]
+    if total < 1 or bad:
+        raise ValueError(f"video {video}: has {total} frames, annotation needs frames {bad or list(needed)[:5]}")
+    ids = sorted(set(needed) | set(uniform_indices(total, context)))
+    if video.is_dir():
+        return read_frame_files([str(files[i]) for i in ids]), ids
+    return encode_video_frames(str(video), ids), ids
+
+
+def build_objects(
+    regions: Sequence[Region], ids: list[int], size: tuple[int, int], where: str, only_frame: int | None = None
+) -> dict[int, ObjectTrack]:
+    """ObjectTracks keyed by object id, masks re-indexed to positions in `ids` (optionally one source frame only)."""
+    pos = {f: t for t, f in enumerate(ids)}
+    out = {}
+    for r in regions:
+        ms = {}
+        for f, seg in r.masks.items():
+            if only_frame is not None and f != only_frame:
+                continue
+            ms[pos[f]] = to_rle(seg, size, f"{where}[object {r.object_id - 1}][frame {f}]")
+        out[r.object_id] = ObjectTrack(masks=ms)
+    return out
+
+
+def key_frame(track: ObjectTrack) -> int | None:
+    """The first frame position where the object is visible."""
+    for t in sorted(track.masks):
+        if masks.area(track.masks[t]) > 0:
+            return t
+    return None
+
+
+def mask_prompt(track: ObjectTrack, object_id: int, frame: int | None = None) -> Prompt:
+    """A mask prompt of an object on `frame` (default: the first frame where it is visible)."""
+    t = key_frame(track) if frame is None else frame
+    if t is None or t not in track.masks:
+        raise ValueError(f"object {object_id}: no visible mask to prompt with")
+    return Prompt("mask", t, object_id, rle=track.masks[t])
+
+
+def split_options(options: Sequence[str], where: str) -> tuple[list[str], list[str]]:
+    """["(A) x", "(B) <object0>"] -> (["A", "B"], ["x", "[1]"])."""
+    letters, texts = [], []
+    for o in options:
+        m = _LETTER.match(str(o).strip())
+        if not m:
+            raise ValueError(f"{where}.options: got {o!r}, expected options like '(A) text'")
+        letters.append(m.group(1))
+        texts.append(object_text(str(o).strip()[m.end() :].strip()))  # options may name <objectK> too
+    return letters, texts
+
+
+# ------------------------------------------------------------------------------------------- 700K
+
+KINDS = {
+    "short_caption": ("videorefer-short-caption-500k", "masks_short_caption"),
+    "detailed_caption": ("videorefer-detailed-caption-125k", "masks_detailed_caption"),
+    "qa": ("videorefer-qa-75k", "masks_qa"),
+}
+
+
+class VideoRefer700K(Source):
+    """Shared reader of the VideoRefer-700K JSONs; subclasses set `kind` and implement `talk`."""
+
+    splits = ("train",)
+    kind = "qa"
+    task = "region_qa"
+    min_annotated_frames = 1
+
+    def anno_path(self, root: Path) -> tuple[Path, Path | None]:
+        """(entries JSON, re-packed mask folder or None)."""
+        stem, mask_dir = KINDS[self.kind]
+        for name, md in ((f"{stem}.json", None), (f"{stem}-wo-masks.json", root / mask_dir)):
+            if (root / name).is_file():
+                return root / name, md
+        raise FileNotFoundError(
+            f"videorefer {self.kind}: expected {root / (stem + '.json')} (or UniPixel's {stem}-wo-masks.json)"
+        )
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The entries JSON."""
+        self.check_split(split)
+        return [self.anno_path(Path(root))[0]]
+
+    def entries(self, root: Path) -> list:
+        """The parsed entries list (cached per process)."""
+        path = self.anno_path(Path(root))[0]
+        data = cached_json(str(path))
+        if not isinstance(data, list):
+            raise TypeError(f"{path}: got {type(data).__name__}, expected a list of entries")
+        return data
+
+    def items(self, root: Path, split: str) -> Sequence[int]:
+        """Entry indices."""
+        self.check_split(split)
+        return range(len(self.entries(root)))
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """The sample of entry `item` (none when UniPixel's filters drop it)."""
+        root = Path(root)
+        path, mask_dir = self.anno_path(root)
+        e = self.entries(root)[int(item)]
+        where = f"{path.name}[{item}]"
+        for k in ("video", "conversations", "annotation"):
+            if not isinstance(e, dict) or k not in e:
+                raise ValueError(f"{where}: missing {k!r}, expected video, conversations and annotation")
+        n_obj = len(e["annotation"]) if isinstance(e["annotation"], list) else -1
+        if n_obj < 1 or n_obj > MAX_OBJECTS or float(e.get("ratio", 1.0)) < MIN_RATIO:
+            return
+        conv = e["conversations"]
+        if not isinstance(conv, list) or len(conv) < 2:
+            raise ValueError(f"{where}.conversations: expected a human and a gpt turn, got {conv!r:.80}")
+        question, response = strip_video_tag(str(conv[0]["value"])), str(conv[1]["value"]).strip()
+        repacked = load_json(mask_dir / f"{item}.json") if mask_dir is not None else None
+        regions = parse_regions(e["annotation"], where, repacked)
+        needed = sorted({f for r in regions for f in r.masks})
+        if len(needed) < self.min_annotated_frames:
+            return
+        video = resolve_video([root / "videos" / e["video"], root / e["video"]])
+        frames, ids = read_media(video, needed)
+        objects = build_objects(regions, ids, frames.size, where)
+        if any(key_frame(o) is None for o in objects.values()):
+            return  # an object never visible cannot be prompted or remembered
+        key = make_key(self.kind, e.get("id", item))
+        prompts, turns, answer = self.talk(question, response, objects, key, where)
+        yield Sample(
+            key=key,
+            source=self.name,
+            split=split,
+            task=self.task,
+            media=Media("video", frames.frames, frames.size, frames.ext, frames.fps, ids),
+            objects=objects,
+            prompts=prompts,
+            turns=turns,
+            answer=answer,
+            meta={"id": str(e.get("id", item)), "video": str(e["video"]), "annotated_frames": needed},
+        )
+
+    def talk(
+        self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
+    ) -> tuple[list[Prompt], list[Turn], str]:
+        """(prompts, turns, answer) of one entry."""
+        raise NotImplementedError
+
+
+@register_source("videorefer_short_caption")
+class VideoReferShortCaption(VideoRefer700K):
+    """Stage-1 region captions: one visual prompt (<REF>) and a short caption."""
+
+    kind = "short_caption"
+    task = "region_caption"
+
+    def talk(
+        self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
+    ) -> tuple[list[Prompt], list[Turn], str]:
+        """The question with <REF> for the object; mask prompt on its first visible frame."""
+        text = region_text(question, len(objects), with_ref=False, where=where).replace(object_tag(1), REF, 1)
+        if text.count(REF) != 1:
+            raise ValueError(f"{where}: expected one region in a short-caption question, got {question!r:.80}")
+        return [mask_prompt(objects[1], 1)], [Turn("user", text), Turn("assistant", response)], response
+
+
+@register_source("videorefer_detailed_caption")
+class VideoReferDetailedCaption(VideoRefer700K):
+    """Stage-3 detailed region captions, the object given as memory."""
+
+    kind = "detailed_caption"
+    task = "region_caption"
+
+    def talk(
+        self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
+    ) -> tuple[list[Prompt], list[Turn], str]:
+        """The question naming [1]; the object's masks are injected as memory."""
+        text = region_text(question, len(objects), with_ref=False, where=where)
+        return [], [Turn("user", text, memory_objects=sorted(objects)), Turn("assistant", response)], response
+
+
+@register_source("videorefer_qa")
+class VideoReferQA(VideoRefer700K):
+    """Stage-3 region QA, the objects given as memory."""
+
+    kind = "qa"
+    task = "region_qa"
+
+    def talk(
+        self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
+    ) -> tuple[list[Prompt], list[Turn], str]:
+        """The question naming [k]; answer with objects renamed the same way."""
+        text = region_text(question, len(objects), with_ref=False, where=where)
+        answer = object_text(response)
+        return [], [Turn("user", text, memory_objects=sorted(objects)), Turn("assistant", answer)], answer
+
+
+@register_source("videorefer_qa_memory")
+class VideoReferQAMemory(VideoRefer700K):
+    """Stage-3 QA with memory pre-filling: segment the prompted objects, then answer with their memory."""
+
+    kind = "qa"
+    task = "memory_qa"
+    min_annotated_frames = 2  # as UniPixel: single-frame entries teach nothing about tracking
+
+    def talk(
+        self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
+    ) -> tuple[list[Prompt], list[Turn], str]:
+        """Pre-fill turn ([k] <REF> -> [k] <SEG>), then the question answered with memory."""
+        return memory_turns(question, object_text(response), objects, key, where)
+
+
+def localize(question: str, key: str) -> str:
+    """The pre-fill request: the question (with its <REF>s) followed by an instruction to segment them with IDs."""
+    sep = "\n" if "\n" in question else " "  # multi-line questions (options) get the instruction on its own line
+    return f"{question}{sep}{pick(LOCALIZE_INSTRUCTIONS, key)}"
+
+
+def memory_turns(
+    question: str, answer: str, objects: dict[int, ObjectTrack], key: str, where: str, prompt_frame: int | None = None
+) -> tuple[list[Prompt], list[Turn], str]:
+    """The two-round memory conversation for a region question (VideoRefer markers)."""
+    ids = sorted(objects)
+    with_ref = region_text(question, len(objects), with_ref=True, where=where)
+    plain = region_text(question, len(objects), with_ref=False, where=where)
+    order = [int(m) for m in re.findall(r"\[(\d+)\] " + re.escape(REF), with_ref)]
+    prompts = [mask_prompt(objects[k], k, prompt_frame) for k in order]
+    turns = [
+        Turn("user", localize(with_ref, key)),
+        Turn("assistant", prefill_answer(ids), seg_objects=ids),
+        Turn("user", plain, memory_objects=ids),
+        Turn("assistant", answer),
+    ]
+    return prompts, turns, answer
+
+
+# ------------------------------------------------------------------------------------------- Bench
+
+
+class VideoReferBench(Source):
+    """Shared reader of VideoRefer-Bench-D / -Q; splits choose the mask protocol.
+
+    single_frame: each object keeps only its mask on the key frame ("frame_idx"); multi_frame: all masks.
+    """
+
+    splits = ("single_frame", "multi_frame")
+    file = "VideoRefer-Bench-Q.json"
+
+    def path(self, root: Path) -> Path:
+        """The benchmark JSON."""
+        p = Path(root) / self.file
+        if not p.is_file():
+            raise FileNotFoundError(f"{self.name}: expected {p}")
+        return p
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The benchmark JSON."""
+        self.check_split(split)
+        return [self.path(root)]
+
+    def items(self, root: Path, split: str) -> Sequence[int]:
+        """Entry indices."""
+        self.check_split(split)
+        data = cached_json(str(self.path(root)))
+        if not isinstance(data, list):
+            raise TypeError(f"{self.path(root)}: got {type(data).__name__}, expected a list of entries")
+        return range(len(data))
+
+    def load(self, root: Path, item: int) -> tuple[dict, str, list[Region], int, FrameSet, list[int]]:
+        """(entry, where, regions, key frame, frames, source frame ids) of one entry."""
+        root = Path(root)
+        e = cached_json(str(self.path(root)))[int(item)]
+        where = f"{self.file}[{item}]"
+        for k in ("video", "annotation", "frame_idx"):
+            if not isinstance(e, dict) or k not in e:
+                raise ValueError(f"{where}: missing {k!r}")
+        regions = parse_regions(e["annotation"], where)
+        kf = int(e["frame_idx"])
+        needed = sorted({f for r in regions for f in r.masks} | {kf})
+        video = resolve_video(
+            [root / "videos" / e["video"], root / "videos" / "Panda-70M-part" / e["video"], root / e["video"]]
+        )
+        frames, ids = read_media(video, needed)
+        return e, where, regions, kf, frames, ids
+
+
+@register_source("videorefer_bench_q")
+class VideoReferBenchQ(VideoReferBench):
+    """VideoRefer-Bench-Q: multiple-choice questions about masked objects (memory injection)."""
+
+    file = "VideoRefer-Bench-Q.json"
+    task = "mcq"
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """One MCQ sample."""
+        e, where, regions, kf, frames, ids = self.load(root, item)
+        only = kf if split == "single_frame" else None
+        objects = build_objects(regions, ids, frames.size, where, only_frame=only)
+        letters, texts = split_options(e.get("options", []), where)
+        correct = _LETTER.match(str(e.get("Answer", "")).strip())
+        if not correct or correct.group(1) not in letters:
+            raise ValueError(f"{where}.Answer: got {e.get('Answer')!r}, expected one of the options' letters {letters}")
+        question = region_text(str(e.get("Question", "")).strip(), len(regions), with_ref=False, where=where)
+        text = mcq_text(question, letters, texts)
+        key = make_key("q", item, os.path.splitext(str(e["video"]))[0])
+        yield Sample(
+            key=key,
+            source=self.name,
+            split=split,
+            task=self.task,
+            media=Media("video", frames.frames, frames.size, frames.ext, frames.fps, ids),
+            objects=objects,
+            turns=[Turn("user", text, memory_objects=sorted(objects)), Turn("assistant", correct.group(1))],
+            answer=correct.group(1),
+            choices=texts,
+            meta={
+                "question_type": e.get("type"),
+                "key_frame": ids.index(kf),
+                "video": str(e["video"]),
+                "answer_text": str(e.get("Answer")),
+                "index": int(item),
+            },
+        )
+
+
+def mcq_text(question: str, letters: Sequence[str], texts: Sequence[str]) -> str:
+    """Question + lettered options + the answer-format instruction."""
+    opts = "\n".join(f"({x}) {t}" for x, t in zip(letters, texts))
+    return f"{question}\nOptions:\n{opts}\nAnswer with the option's letter."
+
+
+@register_source("videorefer_bench_d")
+class VideoReferBenchD(VideoReferBench):
+    """VideoRefer-Bench-D: detailed description of one masked object (scored by a GPT judge)."""
+
+    file = "VideoRefer-Bench-D.json"
+    task = "region_caption"
+
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """One description sample."""
+        e, where, regions, kf, frames, ids = self.load(root, item)
+        objects = build_objects(regions, ids, frames.size, where, only_frame=kf if split == "single_frame" else None)
+        caption = str(e.get("caption", "")).strip()
+        ask = f"Please give a detailed description of the highlighted object {object_tag(1)} in the video."
+        key = make_key("d", item, os.path.splitext(str(e["video"]))[0])
+        yield Sample(
+            key=key,
+            source=self.name,
+            split=split,
+            task=self.task,
+            media=Media("video", frames.frames, frames.size, frames.ext, frames.fps, ids),
+            objects=objects,
+            turns=[Turn("user", ask, memory_objects=sorted(objects)), Turn("assistant", caption)],
+            answer=caption,
+            meta={"key_frame": ids.index(kf), "video": str(e["video"]), "index": int(item)},
+        )

@@ -1,0 +1,413 @@
+"""The referring-VOS family: expression JSONs + frame folders + masks, shared by Ref-YouTube-VOS, Ref-DAVIS17,
+MeViS, ReVOS, LV-VIS and Ref-SAV (valid).
+
+Two mask layouts occur in the releases:
+
+- palette PNGs (Ref-YouTube-VOS, Ref-DAVIS17): ``Annotations/<video>/<frame>.png``, pixel value = object id;
+  a frame without a PNG is not annotated;
+- a mask dict (MeViS, ReVOS, LV-VIS, Ref-SAV valid, and UniPixel-SFT-1M's re-pack of Ref-YouTube-VOS /
+  Ref-DAVIS17): ``{anno_id: [RLE or null per frame]}`` (JSON) or ``{expression index: [...]}`` (pickle);
+  every frame is annotated, null = object not visible.
+
+Every expression becomes one sample with one target object (id 1) whose masks are the union of the
+expression's instances, as the J&F protocols of these benchmarks score it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixelqa.data import masks, prompts
+from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
+
+TARGET_ID = 1
+
+
+def pick(options: Sequence[str], key: str) -> str:
+    """A deterministic choice among `options`, seeded by the sample key (stable across processes)."""
+    return options[zlib.crc32(key.encode("utf-8")) % len(options)]
+
+
+def key_rng(key: str) -> np.random.Generator:
+    """A generator seeded by the sample key, for `pixelqa.data.prompts.pick` (same key, same wording)."""
+    return np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+
+
+def is_question(text: str) -> bool:
+    """Questions and long sentences (ReVOS reasoning, GroundMoRe) are asked as they are, not as a phrase."""
+    return text.endswith("?") or len(text.split()) > 15
+
+
+def seg_turns(expression: str, key: str, object_ids: Sequence[int] = (TARGET_ID,), media: str = "video") -> list[Turn]:
+    """User instruction for an expression or question (the shared templates), and the answer segmenting it."""
+    text = " ".join(expression.split())
+    if not text:
+        raise ValueError(f"expression: got {expression!r} for sample {key}, expected non-empty text")
+    rng = key_rng(key)
+    if is_question(text):
+        user = f"{text} {prompts.pick(prompts.REASON_SUFFIXES, rng)}"
+    else:
+        user = prompts.pick(prompts.SEG_QUESTIONS, rng, expr=text.rstrip("."), media=media)
+    return [Turn("user", user), Turn("assistant", prompts.seg_answer(list(object_ids)), seg_objects=list(object_ids))]
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse a JSON file, naming the path when it is missing or broken."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+@functools.lru_cache(maxsize=4)
+def cached_json(path: str) -> Any:
+    """`load_json`, cached per process: a worker converting many videos parses a big mask dict once."""
+    return load_json(path)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_pickle(path: str) -> Any:
+    """A pickled mask dict, cached per process."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def first_existing(candidates: Sequence[Path], what: str) -> Path:
+    """The first path of `candidates` that exists; FileNotFoundError listing them all otherwise."""
+    for c in candidates:
+        if c.exists():
+            return c
+    raise FileNotFoundError(f"{what}: none of {[str(c) for c in candidates]} exists")
+
+
+@dataclass
+class Expression:
+    """One referring expression of a video, as the meta_expressions JSONs store it."""
+
+    exp_id: str
+    text: str
+    obj_ids: list[Any] = field(default_factory=list)
+    anno_ids: list[Any] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def videos_of(meta: Any, path: str) -> dict:
+    """The ``videos`` mapping of a meta_expressions JSON, checked."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise TypeError(
+            f"{path}: got {type(meta).__name__} without a 'videos' mapping, expected {{\"videos\": {{video id: entry}}}}"
+        )
+    return meta["videos"]
+
+
+def as_list(value: Any) -> list:
+    """obj_id / anno_id fields come as a scalar (Ref-YouTube-VOS) or a list (MeViS style)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expressions_of(video: dict, vid: str, path: str) -> list[Expression]:
+    """The expressions of one video entry, in file order."""
+    exps = video.get("expressions")
+    if not isinstance(exps, dict):
+        raise TypeError(f"{path}: videos[{vid!r}].expressions: got {type(exps).__name__}, expected a mapping")
+    out = []
+    for exp_id, e in exps.items():
+        if not isinstance(e, dict) or "exp" not in e:
+            raise ValueError(
+                f"{path}: videos[{vid!r}].expressions[{exp_id!r}]: got {e!r:.80}, expected a dict with 'exp'"
+            )
+        out.append(Expression(str(exp_id), str(e["exp"]), as_list(e.get("obj_id")), as_list(e.get("anno_id")), e))
+    return out
+
+
+def frames_of(video: dict, vid: str, path: str) -> list[str]:
+    """The frame names of one video entry."""
+    frames = video.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f"{path}: videos[{vid!r}].frames: got {frames!r:.80}, expected a non-empty list of names")
+    return [str(f) for f in frames]
+
+
+def read_video_folder(folder: Path, names: Sequence[str], ext: str = ".jpg") -> FrameSet:
+    """The frames `names` of a frame folder (``<folder>/<name><ext>``)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"frame folder not found: {folder}")
+    return read_frame_files([str(folder / f"{n}{ext}") for n in names])
+
+
+def palette_masks(
+    ann_dir: Path, names: Sequence[str], obj_ids: Sequence[Any], size: tuple[int, int]
+) -> dict[int, dict]:
+    """Masks of the union of `obj_ids` from palette PNGs; frames without a PNG stay unannotated."""
+    ids = [int(o) for o in obj_ids]
+    out: dict[int, dict] = {}
+    for t, n in enumerate(names):
+        p = ann_dir / f"{n}.png"
+        if not p.is_file():
+            continue
+        label = read_label_png(str(p))
+        if label.shape != size:
+            raise ValueError(f"annotation {p}: size {label.shape}, expected the frame size {size}")
+        out[t] = masks.encode(np.isin(label, ids))
+    return out
+
+
+def union_rles(
+    per_instance: Sequence[Sequence[Any]], num_frames: int, size: tuple[int, int], where: str
+) -> dict[int, dict]:
+    """Per-frame union of instance RLE lists (null = not visible); every frame counts as annotated."""
+    h, w = size
+    out: dict[int, dict] = {}
+    for seq in per_instance:
+        if not isinstance(seq, (list, tuple)) or len(seq) != num_frames:
+            n = len(seq) if isinstance(seq, (list, tuple)) else type(seq).__name__
+            raise ValueError(f"{where}: got {n} masks, expected one per frame ({num_frames})")
+    for t in range(num_frames):
+        present = [masks.normalize(seq[t]) for seq in per_instance if seq[t] is not None]
+        for r in present:
+            if list(r["size"]) != [h, w]:
+                raise ValueError(f"{where}: frame {t} RLE size {r['size']}, expected the frame size {[h, w]}")
+        out[t] = masks.merge(present) if present else masks.empty(h, w)
+    return out
+
+
+def rvos_sample(
+    *,
+    source: str,
+    split: str,
+    task: str,
+    vid: str,
+    exp: Expression,
+    frames: FrameSet,
+    frame_ids: list[str],
+    target_masks: dict[int, dict],
+    meta: dict,
+) -> Sample:
+    """One referring-segmentation sample: the video, one target object and a segment-it conversation."""
+    key = make_key(vid, exp.exp_id)
+    full_meta = {
+        "video": vid,
+        "exp_id": exp.exp_id,
+        "expression": exp.text,
+        "obj_ids": [str(o) for o in exp.obj_ids],
+        "anno_ids": [str(a) for a in exp.anno_ids],
+        **meta,
+    }
+    kind = "video" if len(frames.frames) > 1 else "image"
+    media = Media(kind, frames.frames, frames.size, frames.ext, frames.fps, list(frame_ids))
+    return Sample(
+        key=key,
+        source=source,
+        split=split,
+        task=task,
+        media=media,
+        objects={TARGET_ID: ObjectTrack(masks=target_masks)},
+        turns=seg_turns(exp.text, key),
+        meta=full_meta,
+    )
+
+
+class MaskDictVOS:
+    """Shared reader of the MeViS-style layout: meta_expressions JSON + mask_dict.json + JPEG frame folders.
+
+    Subclasses (Source subclasses) set `task` and implement `paths(root, split)` returning
+    (meta JSON, mask dict JSON or None, frame-folder root). Videos are the work items.
+    """
+
+    task = "rvos"
+    skip_empty_in_train = True  # the training recipes skip expressions that refer to nothing
+
+    def paths(self, root: Path, split: str) -> tuple[Path, Path | None, Path]:
+        """(meta_expressions JSON, mask_dict JSON or None when the split has no masks, frame root)."""
+        raise NotImplementedError
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The meta JSON and the mask dict."""
+        self.check_split(split)  # type: ignore[attr-defined]
+        meta, mask_dict, _ = self.paths(Path(root), split)
+        return [p for p in (meta, mask_dict) if p is not None]
+
+    def items(self, root: Path, split: str) -> Sequence[str]:
+        """Video ids in file order."""
+        self.check_split(split)  # type: ignore[attr-defined]
+        meta_path, _, _ = self.paths(Path(root), split)
+        return list(videos_of(cached_json(str(meta_path)), str(meta_path)))
+
+    def extra_meta(self, root: Path, split: str, vid: str, video: dict, exp: Expression) -> dict:
+        """Source-specific meta of one expression (default: none)."""
+        return {}
+
+    def expression_text(self, exp: Expression) -> str:
+        """The expression as shown to the model (LV-VIS overrides: its 'expressions' are class names)."""
+        return exp.text
+
+    def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
+        """All expression samples of video `item`."""
+        root = Path(root)
+        meta_path, mask_path, frame_root = self.paths(root, split)
+        vids = videos_of(cached_json(str(meta_path)), str(meta_path))
+        if item not in vids:
+            raise ValueError(f"item: got video {item!r}, expected a video of {meta_path}")
+        video = vids[item]
+        names = frames_of(video, item, str(meta_path))
+        exps = expressions_of(video, item, str(meta_path))
+        mask_dict = cached_json(str(mask_path)) if mask_path is not None else None
+        train = split.startswith("train")
+        frames: FrameSet | None = None
+        for exp in exps:
+            if len(exp.obj_ids) != len(exp.anno_ids) and mask_dict is not None:
+                raise ValueError(
+                    f"{meta_path}: {item}/{exp.exp_id}: obj_id {exp.obj_ids} and anno_id {exp.anno_ids} "
+                    "differ in length, expected one anno_id per object"
+                )
+            if train and self.skip_empty_in_train and not exp.anno_ids and not exp.obj_ids:
+                continue
+            if frames is None:  # read the frames once per video, only when an expression needs them
+                frames = read_video_folder(self.frame_folder(frame_root, item), names)
+            target: dict[int, dict] = {}
+            if mask_dict is not None:
+                per_inst = []
+                for a in exp.anno_ids:
+                    if str(a) not in mask_dict:
+                        raise ValueError(
+                            f"{mask_path}: anno_id {a!r} (video {item}, expression {exp.exp_id}) is missing"
+                        )
+                    per_inst.append(mask_dict[str(a)])
+                target = union_rles(per_inst, len(names), frames.size, f"{mask_path}[{item}/{exp.exp_id}]")
+            span = self.crop(split, item, target, len(names))
+            if span is None:
+                sample_frames, sample_names = frames, names
+            else:
+                s, e = span
+                if e - s < 2:
+                    continue  # the object is visible on fewer than 2 frames of a cropped video
+                sample_frames = FrameSet(frames.frames[s:e], frames.ext, frames.size, frames.fps)
+                sample_names = names[s:e]
+                target = {t - s: r for t, r in target.items() if s <= t < e}
+            shown = Expression(exp.exp_id, self.expression_text(exp), exp.obj_ids, exp.anno_ids, exp.raw)
+            known = mask_dict is not None or "obj_id" in exp.raw or "anno_id" in exp.raw
+            meta = {
+                "no_target": (not exp.anno_ids and not exp.obj_ids) if known else None,
+                "has_masks": mask_dict is not None,
+            }
+            meta.update(self.extra_meta(root, split, item, video, exp))
+            yield rvos_sample(
+                source=self.name,
+                split=split,
+                task=self.task,
+                vid=item,
+                exp=shown,  # type: ignore[attr-defined]
+                frames=sample_frames,
+                frame_ids=sample_names,
+                target_masks=target,
+                meta=meta,
+            )
+
+    def crop(self, split: str, vid: str, target: dict[int, dict], num_frames: int) -> tuple[int, int] | None:
+        """Frame span [start, end) to keep for one expression, or None to keep the whole video (default)."""
+        return None
+
+    def frame_folder(self, frame_root: Path, vid: str) -> Path:
+        """The folder of one video's frames."""
+        return frame_root / vid
+
+
+class PaletteVOS:
+    """Shared reader of the Ref-YouTube-VOS / Ref-DAVIS17 layout: meta_expressions JSON + JPEGImages +
+    palette-PNG Annotations, or UniPixel-SFT-1M's ``mask_dict.pkl`` (one RLE list per expression, indexed by
+    the expression's position over the whole meta file) in place of the PNGs.
+
+    Subclasses set `task` and implement `layout(root, split)`.
+    """
+
+    task = "rvos"
+
+    def layout(self, root: Path, split: str) -> tuple[Path, Path, Path | None, Path | None]:
+        """(meta JSON, frame root, Annotations root or None, mask_dict.pkl or None)."""
+        raise NotImplementedError
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        """The meta JSON (and the pickled mask dict when that is the mask source)."""
+        self.check_split(split)  # type: ignore[attr-defined]
+        meta, _, _, pkl = self.layout(Path(root), split)
+        return [meta] + ([pkl] if pkl is not None else [])
+
+    def items(self, root: Path, split: str) -> Sequence[str]:
+        """Video ids in file order."""
+        self.check_split(split)  # type: ignore[attr-defined]
+        meta_path = self.layout(Path(root), split)[0]
+        return list(videos_of(cached_json(str(meta_path)), str(meta_path)))
+
+    def extra_meta(self, vid: str, video: dict, exp: Expression, position: int) -> dict:
+        """Source-specific meta (default: none); `position` is the expression's index within its video."""
+        return {}
+
+    def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
+        """All expression samples of video `item`."""
+        meta_path, frame_root, ann_root, pkl = self.layout(Path(root), split)
+        vids = videos_of(cached_json(str(meta_path)), str(meta_path))
+        if item not in vids:
+            raise ValueError(f"item: got video {item!r}, expected a video of {meta_path}")
+        video = vids[item]
+        names = frames_of(video, item, str(meta_path))
+        exps = expressions_of(video, item, str(meta_path))
+        frames = read_video_folder(frame_root / item, names)
+        offset = None
+        if pkl is not None and ann_root is None:
+            offset = _pickle_offsets(str(meta_path))[item]
+            mask_dict = cached_pickle(str(pkl))
+        for pos, exp in enumerate(exps):
+            if ann_root is not None:
+                if not exp.obj_ids:
+                    raise ValueError(f"{meta_path}: {item}/{exp.exp_id}: no obj_id, expected the annotated object id")
+                target = palette_masks(ann_root / item, names, exp.obj_ids, frames.size)
+                has_masks = True
+            elif offset is not None:
+                idx = str(offset + pos)
+                if idx not in mask_dict:
+                    raise ValueError(f"{pkl}: expression index {idx} ({item}/{exp.exp_id}) is missing")
+                target = union_rles([mask_dict[idx]], len(names), frames.size, f"{pkl}[{idx}]")
+                has_masks = True
+            else:
+                target, has_masks = {}, False
+            meta = {"has_masks": has_masks, "no_target": False, **self.extra_meta(item, video, exp, pos)}
+            yield rvos_sample(
+                source=self.name,
+                split=split,
+                task=self.task,
+                vid=item,
+                exp=exp,  # type: ignore[attr-defined]
+                frames=frames,
+                frame_ids=names,
+                target_masks=target,
+                meta=meta,
+            )
+
+
+@functools.lru_cache(maxsize=4)
+def _pickle_offsets(meta_path: str) -> dict[str, int]:
+    """Index of each video's first expression over the whole meta file (the mask_dict.pkl numbering)."""
+    offsets, n = {}, 0
+    for vid, video in videos_of(cached_json(meta_path), meta_path).items():
+        offsets[vid] = n
+        n += len(video.get("expressions") or {})
+    return offsets

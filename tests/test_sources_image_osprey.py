@@ -1,0 +1,74 @@
+"""Osprey-724K converters on fixtures in the release's JSON format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures_image import H, W, build_osprey, rect_mask
+from pycocotools import mask as mask_utils
+
+from pixelqa.data import masks
+from pixelqa.data.registry import get_source
+from pixelqa.data.sources._image_files import cached_json
+from pixelqa.prompt_format import MEM, REF, SEG
+
+
+def _region1() -> np.ndarray:
+    rle = mask_utils.frPyObjects([[2, 2, 12, 2, 12, 10, 2, 10]], H, W)
+    return mask_utils.decode(rle)[:, :, 0].astype(bool)
+
+
+def test_osprey_conversation_tags_memory_and_masks(tmp_path):
+    build_osprey(tmp_path)
+    src = get_source("osprey_conversation")
+    samples = [s.validate(check_frames=True) for s in src.samples(tmp_path, "train")]
+    assert [s.key for s in samples] == ["0", "2"]  # record 1 names a region that does not exist
+    s = samples[0]
+    assert s.task == "region_qa" and s.meta == {"id": 101, "file_name": "COCO_train2014_000000000009.jpg"}
+    assert [t.text for t in s.turns] == [
+        "What is [1] doing next to [2]?",
+        "The person in [1] is sitting.",
+        "And [2]?",
+        "It sleeps.",
+    ]
+    assert s.turns[0].memory_objects == [1, 2] and all(not t.memory_objects for t in s.turns[1:])
+    np.testing.assert_array_equal(masks.decode(s.objects[1].masks[0]), _region1())
+    np.testing.assert_array_equal(masks.decode(s.objects[2].masks[0]), rect_mask(16, 8, 30, 20))
+    assert not any(tok in t.text for t in s.turns for tok in (REF, MEM, SEG, "<image>"))
+    # the image is found under train2017 by the id part of the 2014-style name
+    assert s.media.frames[0] == (tmp_path / "coco/train2017/000000000009.jpg").read_bytes()
+    short = samples[1]
+    assert len(short.turns) == 2 and sorted(short.objects) == [2] and short.turns[0].memory_objects == [2]
+
+
+def test_osprey_detail_description_and_pos_neg(tmp_path):
+    build_osprey(tmp_path)
+    (d,) = [s.validate() for s in get_source("osprey_detail_description").samples(tmp_path, "train")]
+    assert d.task == "region_caption" and len(d.turns) == 4
+    assert "[1]" in d.turns[0].text and d.turns[1].text == "A man in a red shirt."
+    assert "[2]" in d.turns[2].text and d.turns[3].text == "A sleeping dog."
+    assert d.turns[0].memory_objects == [1, 2]
+    (p,) = [s.validate() for s in get_source("osprey_pos_neg").samples(tmp_path, "train")]
+    assert [t.text for t in p.turns] == ["Is [1] a cat?", "No"] and sorted(p.objects) == [1]
+    np.testing.assert_array_equal(masks.decode(p.objects[1].masks[0]), _region1())
+
+
+def test_osprey_missing_field_and_file(tmp_path):
+    build_osprey(tmp_path)
+    path = tmp_path / "Osprey-724K" / "osprey_conversation.json"
+    data = json.loads(path.read_text())
+    del data[0]["conversations"]
+    bad = tmp_path / "bad"
+    (bad / "Osprey-724K").mkdir(parents=True)
+    (bad / "Osprey-724K" / "osprey_conversation.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="conversations"):
+        list(get_source("osprey_conversation").convert(bad, "train", 0))
+    with pytest.raises(FileNotFoundError, match="osprey_short_form.json"):
+        get_source("osprey_short_form").items(tmp_path, "train")
+    data[0]["conversations"] = [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "<region1>"}]
+    (bad / "Osprey-724K" / "osprey_conversation.json").write_text(json.dumps(data))
+    cached_json.cache_clear()  # the JSON of this path was cached by the call above
+    with pytest.raises(ValueError, match="alternating"):
+        list(get_source("osprey_conversation").convert(bad, "train", 0))

@@ -1,0 +1,71 @@
+"""ReasonSeg converter on a fixture in LISA's release format (jpg + LabelMe-style json, explanatory json)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures_image import build_reasonseg, rect_mask
+
+from pixelqa.data import masks
+from pixelqa.data.registry import get_source
+from pixelqa.prompt_format import SEG
+
+
+def _incl(x1, y1, x2, y2):
+    """Pixels of a rectangle polygon as cv2 fills it (boundary included)."""
+    return rect_mask(x1, y1, x2 + 1, y2 + 1)
+
+
+def test_reasonseg_train_masks_queries_and_explanatory(tmp_path):
+    build_reasonseg(tmp_path)
+    src = get_source("reasonseg")
+    assert src.items(tmp_path, "train") == ["a_1", "b_2", "c_3"]
+    samples = [s.validate(check_frames=True) for s in src.samples(tmp_path, "train")]
+    assert [s.key for s in samples] == ["a_1-0", "a_1-1", "a_1-exp", "b_2-0"]  # c_3 has no target
+    a0, a1, aexp, b0 = samples
+    assert all(s.task == "reasonseg" for s in samples)
+    # big target painted first, the smaller ignore polygon on top of it
+    want_a = _incl(2, 2, 20, 15) & ~_incl(5, 5, 8, 8)
+    np.testing.assert_array_equal(masks.decode(a0.objects[1].masks[0]), want_a)
+    np.testing.assert_array_equal(masks.decode(a0.meta["ignore_rle"]), _incl(5, 5, 8, 8))
+    assert a0.meta["is_sentence"] is True and a0.meta["query_index"] == 0
+    assert (
+        a0.turns[0].text.startswith("What keeps the room warm?") and a1.meta["query"] == "Which thing would you sit on?"
+    )
+    assert a0.turns[1].seg_objects == [1] and a0.turns[1].text.count(SEG) == 1
+    # explanatory: the answer carries the explanation after the <SEG> answer
+    assert aexp.meta["explanatory"] is True
+    assert aexp.turns[1].text.endswith("The fireplace heats the room.")
+    # ignore everywhere, small target on top; the 'flag' shape is not painted
+    np.testing.assert_array_equal(masks.decode(b0.objects[1].masks[0]), _incl(10, 10, 14, 12))
+    np.testing.assert_array_equal(masks.decode(b0.meta["ignore_rle"]), ~_incl(10, 10, 14, 12))
+    assert b0.meta["is_sentence"] is False and "red cup" in b0.turns[0].text
+
+
+def test_reasonseg_val_keeps_queries_without_target(tmp_path):
+    build_reasonseg(tmp_path)
+    val = [s.validate() for s in get_source("reasonseg").samples(tmp_path, "val")]
+    assert [s.key for s in val] == ["d_4-0"]
+    assert masks.area(val[0].objects[1].masks[0]) == 0
+    assert masks.area(val[0].meta["ignore_rle"]) == 25
+
+
+def test_reasonseg_malformed_json_raises_naming_field(tmp_path):
+    build_reasonseg(tmp_path)
+    p = tmp_path / "train" / "a_1.json"
+    ann = json.loads(p.read_text())
+    del ann["shapes"]
+    p.write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="shapes"):
+        list(get_source("reasonseg").convert(tmp_path, "train", "a_1"))
+    ann["shapes"] = [{"label": "object", "points": [[0, 0], [1, 1], [2, 0]]}]
+    p.write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="label"):
+        list(get_source("reasonseg").convert(tmp_path, "train", "a_1"))
+
+
+def test_reasonseg_missing_split_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val"):
+        get_source("reasonseg").items(tmp_path, "val")

@@ -1,0 +1,118 @@
+"""The refer family converters (RefCOCO, RefCOCO+, RefCOCOg, RefClef) on fixtures in the release's format."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from fixtures_image import H, W, build_refer, rect_mask
+from pycocotools import mask as mask_utils
+
+from pixelqa.data import masks
+from pixelqa.data.registry import get_source
+from pixelqa.data.schema import decode_frame
+from pixelqa.prompt_format import REF, SEG
+
+
+def _poly_truth(x1, y1, x2, y2) -> np.ndarray:
+    """The refer toolkit's own decoding of a rectangle polygon (pycocotools frPyObjects + decode)."""
+    rle = mask_utils.frPyObjects([[x1, y1, x2, y1, x2, y2, x1, y2]], H, W)
+    return mask_utils.decode(rle)[:, :, 0].astype(bool)
+
+
+def test_refcoco_train_groups_expressions_per_image(tmp_path):
+    fx = build_refer(tmp_path)
+    src = get_source("refcoco")
+    assert src.items(tmp_path, "train") == [1]
+    samples = list(src.samples(tmp_path, "train"))
+    assert len(samples) == 1
+    s = samples[0].validate(check_frames=True)
+    assert (s.source, s.split, s.task, s.key) == ("refcoco", "train", "res", "1")
+    # the JPEG bytes are carried over unchanged
+    assert s.media.frames[0] == (fx["image_dir"] / fx["files"][1]).read_bytes()
+    assert s.media.size == (H, W) and s.media.kind == "image"
+    # two refs -> two objects; three sentences -> three turn pairs, one <SEG> each
+    assert sorted(s.objects) == [1, 2]
+    np.testing.assert_array_equal(masks.decode(s.objects[1].masks[0]), _poly_truth(2, 3, 10, 8))
+    np.testing.assert_array_equal(masks.decode(s.objects[2].masks[0]), _poly_truth(15, 10, 30, 20))
+    assert s.objects[1].category == "person" and s.objects[2].category == "dog"
+    assert len(s.turns) == 6
+    assert [t.seg_objects for t in s.turns[1::2]] == [[1], [1], [2]]
+    assert "man on the left" in s.turns[0].text and "guy in red" in s.turns[2].text
+    assert "brown dog" in s.turns[4].text and "the the" not in s.turns[4].text  # article dropped
+    assert all(t.text.count(SEG) == 1 for t in s.turns[1::2]) and not any(REF in t.text for t in s.turns)
+    assert s.meta["independent_turns"] is True
+    assert [e["sent_id"] for e in s.meta["expressions"]] == [1000, 1001, 1010]
+    assert [e["object_id"] for e in s.meta["expressions"]] == [1, 1, 2]
+
+
+def test_refcoco_eval_split_one_sample_per_expression_with_box(tmp_path):
+    build_refer(tmp_path)
+    src = get_source("refcoco")
+    val = [s.validate() for s in src.samples(tmp_path, "val")]
+    assert [s.key for s in val] == ["2000"]
+    s = val[0]
+    assert s.meta["ref_id"] == 200 and s.meta["ann_id"] == 21 and s.meta["sent_id"] == 2000
+    assert s.meta["expression"] == "top left person"
+    assert s.meta["box_xyxy"] == [0.0, 0.0, 8.0, 8.0]
+    np.testing.assert_array_equal(masks.decode(s.objects[1].masks[0]), _poly_truth(0, 0, 8, 8))
+    test_b = list(src.samples(tmp_path, "testB"))
+    assert [x.meta["ref_id"] for x in test_b] == [201]
+    assert list(src.samples(tmp_path, "testA")) == []
+
+
+def test_refcocog_umd_and_refcoco_plus_read_their_folders(tmp_path):
+    build_refer(tmp_path, dataset="refcocog", split_by="umd")
+    build_refer(tmp_path, dataset="refcoco+", split_by="unc")
+    g = list(get_source("refcocog").samples(tmp_path, "train"))
+    p = list(get_source("refcoco_plus").samples(tmp_path, "train"))
+    assert len(g) == len(p) == 1
+    assert g[0].source == "refcocog" and p[0].source == "refcoco_plus"
+    # root may also be the dataset folder itself
+    assert len(list(get_source("refcocog").samples(tmp_path / "refcocog", "train"))) == 1
+
+
+def test_refclef_rle_list_segmentation_decodes_to_drawn_pixels(tmp_path):
+    fx = build_refer(tmp_path, dataset="refclef")
+    s = next(iter(get_source("refclef").samples(tmp_path, "train"))).validate(check_frames=True)
+    for oid, aid in ((1, 11), (2, 12)):
+        np.testing.assert_array_equal(masks.decode(s.objects[oid].masks[0]), rect_mask(*fx["rects"][aid]))
+    assert s.meta["file_name"] == "25/images/25008.jpg"
+    rgb = decode_frame(s.media.frames[0])
+    assert rgb.shape == (H, W, 3)
+
+
+def test_refer_missing_refs_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"refs\(unc\)\.p"):
+        get_source("refcoco").items(tmp_path, "train")
+
+
+def test_refer_malformed_inputs_raise_clear_errors(tmp_path):
+    build_refer(tmp_path)
+    src = get_source("refcoco")
+    with pytest.raises(ValueError, match="split"):
+        src.items(tmp_path, "testC")
+    # a ref pointing at an annotation that instances.json lacks
+    refs_path = tmp_path / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    refs[0]["ann_id"] = 999
+    broken = tmp_path / "broken"
+    (broken / "refcoco").mkdir(parents=True)
+    (broken / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (broken / "refcoco" / "instances.json").write_text((tmp_path / "refcoco" / "instances.json").read_text())
+    (broken / "images").symlink_to(tmp_path / "images")
+    with pytest.raises(ValueError, match="ann_id 999"):
+        list(src.samples(broken, "train"))
+
+
+def test_refer_long_groups_split_into_several_samples(tmp_path, monkeypatch):
+    import pixelqa.data.sources.refer as refer_module
+
+    build_refer(tmp_path)
+    monkeypatch.setattr(refer_module, "MAX_PAIRS", 2)
+    samples = [s.validate() for s in get_source("refcoco").samples(tmp_path, "train")]
+    assert [s.key for s in samples] == ["1-0", "1-1"]
+    assert [len(s.turns) for s in samples] == [4, 2]
+    assert sorted(samples[0].objects) == [1] and sorted(samples[1].objects) == [2]  # only the objects used
+    assert [e["sent_id"] for s in samples for e in s.meta["expressions"]] == [1000, 1001, 1010]

@@ -1,0 +1,69 @@
+"""VideoGPT+ instruction and MVBench converters (LLaVA-style / MVBench JSON, mp4 and frame folders)."""
+
+from __future__ import annotations
+
+import pytest
+from fixtures_video import build_mvbench, build_videogpt_plus, write_json
+
+from pixelqa.data.registry import get_source
+from pixelqa.data.sources.mvbench import TASKS, bounded
+
+
+def convert_all(name, root, split):
+    """Every sample of a split, validated."""
+    src = get_source(name)
+    return [s.validate(check_frames=True) for item in src.items(root, split) for s in src.convert(root, split, item)]
+
+
+def test_videogpt_plus(tmp_path):
+    build_videogpt_plus(tmp_path)
+    samples = convert_all("videogpt_plus", tmp_path, "train")
+    assert [s.meta["id"] for s in samples] == ["c0", "v0"]  # files sorted by name; the image entry is skipped
+    c0, v0 = samples
+    assert c0.turns[0].text == "Describe the video." and c0.media.frame_ids == [0, 1, 2] and c0.answer == "Noise."
+    assert [t.role for t in v0.turns] == ["user", "assistant", "user", "assistant"]
+    assert v0.turns[0].text == "What happens?" and v0.answer == "Yes."
+    # 2 s at 2 fps -> 4 frames spread over 16: centres of 4 segments of 4.
+    assert v0.media.frame_ids == [2, 6, 10, 14] and v0.media.fps == pytest.approx(2.0)
+    levels = [round((f.mean() - 10) / 14) for f in v0.decode_frames()]
+    assert levels == [2, 6, 10, 14]
+
+
+def test_videogpt_plus_bad_roles(tmp_path):
+    build_videogpt_plus(tmp_path)
+    write_json(
+        tmp_path / "instruction_tuning" / "caption.json",
+        [
+            {
+                "id": "c0",
+                "video": "frames_b",
+                "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}],
+            }
+        ],
+    )
+    from pixelqa.data.sources.vos import cached_json
+
+    cached_json.cache_clear()
+    with pytest.raises(ValueError, match="expected 'human' / 'gpt' alternating"):
+        convert_all("videogpt_plus", tmp_path, "train")
+    cached_json.cache_clear()
+
+
+def test_mvbench(tmp_path):
+    build_mvbench(tmp_path, TASKS)
+    a, e = convert_all("mvbench", tmp_path, "test")
+    assert a.meta["task_type"] == "Action Sequence" and a.answer == "B" and a.choices == ["Sat.", "Stood.", "Ran."]
+    assert a.turns[0].text.startswith("What did the person do first?\nOptions:\n(A) Sat.\n(B) Stood.\n(C) Ran.")
+    assert a.turns[1].text == "B"
+    # 2 fps video bounded to [1 s, 3 s] -> frames 2..6, all 5 of them (fewer than 16).
+    assert a.media.frame_ids == [2, 3, 4, 5, 6]
+    assert [round((f.mean() - 10) / 24) for f in a.decode_frames()] == [2, 3, 4, 5, 6]
+    assert e.meta["task_type"] == "Episodic Reasoning" and len(e.media.frames) == 16 and e.answer == "A"
+    assert bounded(100, 10.0, 2.0, 50.0) == (20, 99) and bounded(10, 1.0, None, None) == (0, 9)
+
+
+def test_mvbench_missing_task_file(tmp_path):
+    build_mvbench(tmp_path, TASKS)
+    (tmp_path / "json" / "moving_count.json").unlink()
+    with pytest.raises(FileNotFoundError, match="moving_count.json"):
+        get_source("mvbench").items(tmp_path, "test")

@@ -1,0 +1,201 @@
+"""VideoRefer-700K, VideoRefer-Bench and PixelQA converters on fixtures in the real JSON + mp4 formats."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from fixtures_video import box_mask, build_videorefer_700k, build_videorefer_bench, write_json
+
+from pixelqa.data import masks
+from pixelqa.data.registry import get_source
+from pixelqa.data.sources.pixelqa_bench import center_point, prompt_kinds
+from pixelqa.prompt_format import REF, SEG, parse_prefill
+
+
+def convert_all(name, root, split):
+    """Every sample of a split, validated."""
+    src = get_source(name)
+    return [s.validate(check_frames=True) for item in src.items(root, split) for s in src.convert(root, split, item)]
+
+
+def frame_pos(sample, source_frame: int) -> int:
+    """Position of a source frame index among the sample's frames."""
+    return sample.media.frame_ids.index(source_frame)
+
+
+def test_short_caption_prompt_and_frames(tmp_path):
+    build_videorefer_700k(tmp_path)
+    (s,) = convert_all("videorefer_short_caption", tmp_path, "train")  # s1 dropped (ratio 0.1 < 0.3)
+    assert s.task == "region_caption" and s.answer == "A small box."
+    assert s.turns[0].text == f"What is {REF} in the video?" and "<video>" not in s.turns[0].text
+    assert s.media.frame_ids == list(range(10))  # 10 frames <= 16 context frames: all of them
+    t = frame_pos(s, 3)
+    assert sorted(s.objects[1].masks) == [t]
+    (p,) = s.prompts
+    assert p.type == "mask" and p.frame == t and p.object_id == 1
+    np.testing.assert_array_equal(masks.decode(p.rle), box_mask(3, 1))
+    # The frame behind the prompt really is source frame 3 (flat grey 10 + 24 * 3).
+    assert round((s.decode_frames([t])[0].mean() - 10) / 24) == 3
+
+
+def test_detailed_caption_and_qa_use_memory(tmp_path):
+    build_videorefer_700k(tmp_path)
+    (d,) = convert_all("videorefer_detailed_caption", tmp_path, "train")
+    assert d.turns[0].text == "Describe [1] in detail." and d.turns[0].memory_objects == [1] and not d.prompts
+    for f in (2, 4, 6):
+        np.testing.assert_array_equal(masks.decode(d.objects[1].masks[frame_pos(d, f)]), box_mask(f, 1))
+    q0, q1 = convert_all("videorefer_qa", tmp_path, "train")
+    assert q0.turns[0].text == "There are 2 objects in the video: [1], [2].\nDoes [1] move faster than [2]?"
+    assert q0.turns[0].memory_objects == [1, 2] and q0.answer == "No, [1] moves as fast as [2]."
+    np.testing.assert_array_equal(masks.decode(q0.objects[2].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+    assert q1.turns[0].text == "What colour is [1]?"
+
+
+def test_qa_memory_prefill_then_answer(tmp_path):
+    build_videorefer_700k(tmp_path)
+    (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")  # q1 has one annotated frame: dropped
+    assert m.task == "memory_qa"
+    u0, a0, u1, a1 = m.turns
+    assert u0.text.count(REF) == 2 and "[1] " + REF in u0.text and "[2] " + REF in u0.text
+    assert parse_prefill(a0.text) == [1, 2] and a0.seg_objects == [1, 2] and a0.text.count(SEG) == 2
+    assert u1.memory_objects == [1, 2] and REF not in u1.text and a1.text == m.answer
+    assert [p.object_id for p in m.prompts] == [1, 2] and all(p.type == "mask" for p in m.prompts)
+    assert m.prompts[1].frame == frame_pos(m, 4)  # object 2 first visible on source frame 4
+
+
+def test_bench_q_single_and_multi_frame(tmp_path):
+    build_videorefer_bench(tmp_path)
+    single = convert_all("videorefer_bench_q", tmp_path, "single_frame")
+    multi = convert_all("videorefer_bench_q", tmp_path, "multi_frame")
+    s, m = single[0], multi[0]
+    assert s.task == "mcq" and s.answer == "A" and s.choices == ["[1]", "[2]", "Neither", "Both"]
+    assert s.turns[0].text.startswith("[1] and [2] are boxes. Which is higher, [1] or [2]?\nOptions:\n(A) [1]")
+    assert s.turns[0].memory_objects == [1, 2] and s.turns[1].text == "A"
+    kf = frame_pos(s, 4)
+    assert s.meta["key_frame"] == kf and s.meta["question_type"] == "Relationship Question"
+    assert sorted(s.objects[1].masks) == [kf] and sorted(m.objects[1].masks) == [frame_pos(m, f) for f in (0, 4, 8)]
+    assert single[1].answer == "B" and single[1].choices == ["Circle", "Rectangle"]
+
+
+def test_bench_d(tmp_path):
+    build_videorefer_bench(tmp_path)
+    (d,) = convert_all("videorefer_bench_d", tmp_path, "multi_frame")  # found under videos/Panda-70M-part
+    assert d.answer == "A box slides right." and d.turns[0].memory_objects == [1]
+    assert sorted(d.objects[1].masks) == [frame_pos(d, 3), frame_pos(d, 7)]
+
+
+def test_pixelqa_point_box_mix(tmp_path):
+    build_videorefer_bench(tmp_path)
+    pts = convert_all("pixelqa", tmp_path, "point")
+    boxes = convert_all("pixelqa", tmp_path, "box")
+    s = pts[0]
+    assert s.task == "pixelqa" and s.answer == "A" and len(s.prompts) == 2
+    kf = frame_pos(s, 4)
+    for p, obj in zip(s.prompts, (1, 2)):
+        assert p.type == "point" and p.frame == kf
+        m = box_mask(4, obj)
+        assert m[int(p.coords[1]), int(p.coords[0])]  # inside the object
+    # Hand-computed: a 5x6 box at rows 2..6, cols 6..11 -> the centre row 4, first of the two centre columns 8.
+    assert s.prompts[0].coords == [8.5, 4.5]
+    b = boxes[0].prompts[1]
+    assert b.type == "box" and b.coords == [
+        16.0,
+        10.0,
+        22.0,
+        15.0,
+    ]  # object 2, frame 4: x 16..21, y 10..14 (exclusive edges)
+    # Targets: all annotated frames; pre-fill then MCQ with memory.
+    assert sorted(s.objects[2].masks) == [frame_pos(s, 4), frame_pos(s, 8)]
+    assert parse_prefill(s.turns[1].text) == [1, 2] and s.turns[2].memory_objects == [1, 2]
+    assert "Options:" in s.turns[0].text and s.turns[3].text == "A"
+    mix = convert_all("pixelqa", tmp_path, "mix")
+    assert sorted(mix[0].meta["prompt_kinds"]) == ["box", "point"]  # 2 objects: exactly one point
+    assert [p.type for p in mix[0].prompts] == mix[0].meta["prompt_kinds"]
+    again = convert_all("pixelqa", tmp_path, "mix")
+    assert [a.meta["prompt_kinds"] for a in again] == [x.meta["prompt_kinds"] for x in mix]
+
+
+def test_center_point_matches_distance_transform_definition():
+    m = np.zeros((9, 12), bool)
+    m[1:8, 2:5] = True  # thin vertical bar: the deepest pixels lie on its middle column
+    m[3:6, 5:11] = True  # and a horizontal arm
+    x, y = center_point(m)
+    # Brute force: the pixel whose nearest background pixel (border = background) is farthest.
+    bg = [(i, j) for i in range(-1, 10) for j in range(-1, 13) if not (0 <= i < 9 and 0 <= j < 12 and m[i, j])]
+    best = max(
+        (min((i - a) ** 2 + (j - b) ** 2 for a, b in bg), -i, -j) for i in range(9) for j in range(12) if m[i, j]
+    )
+    assert (int(y), int(x)) == (-best[1], -best[2])
+    assert (
+        prompt_kinds(3, "mix", "k") == prompt_kinds(3, "mix", "k") and prompt_kinds(3, "mix", "k").count("point") == 2
+    )
+    with pytest.raises(ValueError, match="protocol"):
+        prompt_kinds(1, "scribble", "k")
+    assert cv2 is not None
+
+
+def test_malformed_region_markers(tmp_path):
+    from fixtures_video import videorefer_annotation
+
+    from pixelqa.data.sources.vos import cached_json
+
+    build_videorefer_700k(tmp_path)
+    conv = [{"from": "human", "value": "What is <region>?"}, {"from": "gpt", "value": "?"}]
+    cases = [
+        ([{"1": {"segmentation": None}}, {"2": {}}], r"annotation\[1\]\[2\]: no 'segmentation'"),
+        (videorefer_annotation({1: [1], 2: [2]}), r"1 <region> markers, expected one per annotated object \(2\)"),
+    ]
+    for annotation, message in cases:
+        write_json(
+            tmp_path / "videorefer-qa-75k.json",
+            [{"id": "x", "video": "clipA.mp4", "annotation": annotation, "conversations": conv}],
+        )
+        cached_json.cache_clear()
+        with pytest.raises(ValueError, match=message):
+            convert_all("videorefer_qa", tmp_path, "train")
+    cached_json.cache_clear()
+
+
+def test_pixelqa_through_the_shard_builder(tmp_path):
+    from pixelqa.data.schema import Sample
+    from pixelqa.data.shards import build_shards, iter_records, list_shards
+
+    build_videorefer_bench(tmp_path / "raw")
+    direct = convert_all("pixelqa", tmp_path / "raw", "mix")
+    manifest = build_shards("pixelqa", tmp_path / "raw", tmp_path / "out", split="mix", workers=2, progress=False)
+    assert manifest["num_samples"] == 2 and manifest["num_rejects"] == 0
+    back = [Sample.from_record(r) for r in iter_records(list_shards(tmp_path / "out" / "pixelqa" / "mix"))]
+    assert [b.to_json() for b in back] == [d.to_json() for d in direct]
+
+
+def test_unipixel_repack_without_inline_masks(tmp_path):
+    import json
+
+    from fixtures_video import coco_rle
+
+    build_videorefer_700k(tmp_path)
+    entries = json.loads((tmp_path / "videorefer-qa-75k.json").read_text())
+    (tmp_path / "videorefer-qa-75k.json").unlink()
+    for idx, e in enumerate(entries):
+        # Re-pack: [object][annotated frame, sorted][RLE]; the JSON keeps only the frame keys.
+        cells = [
+            [[coco_rle(box_mask(int(f), k + 1))] for f in sorted(obj, key=int)] for k, obj in enumerate(e["annotation"])
+        ]
+        write_json(tmp_path / "masks_qa" / f"{idx}.json", cells)
+        e["annotation"] = [{f: {} for f in obj} for obj in e["annotation"]]
+    write_json(tmp_path / "videorefer-qa-75k-wo-masks.json", entries)
+    q0, _ = convert_all("videorefer_qa", tmp_path, "train")
+    np.testing.assert_array_equal(masks.decode(q0.objects[2].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+    assert sorted(q0.objects[1].masks) == [frame_pos(q0, 0), frame_pos(q0, 4)]
+
+
+def test_qa_ytb_vos_layout_one_frame_many_objects(tmp_path):
+    from fixtures_video import coco_rle
+
+    from pixelqa.data.sources.videorefer import parse_regions
+
+    ann = [{"3": [{"segmentation": coco_rle(box_mask(3, 1))}, {"segmentation": coco_rle(box_mask(3, 2))}]}]
+    regions = parse_regions(ann, "qa[0]")
+    assert [r.object_id for r in regions] == [1, 2] and all(list(r.masks) == [3] for r in regions)
+    np.testing.assert_array_equal(masks.decode(regions[1].masks[3]), box_mask(3, 2))
