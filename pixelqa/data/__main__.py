@@ -2,6 +2,7 @@
 
 build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|skip]
       [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
+      [--no-check-frames] [--quiet]
 inspect SHARDS [--n 4] [--out DIR]        print samples and render mask overlays to PNG
 stats SHARDS                              counts per source / split / task
 mixture recipe=sft1m [--shards SHARDS]    the weighted mixture of a recipe (paper Table 12)
@@ -30,6 +31,7 @@ def _build(args: argparse.Namespace) -> None:
         max_samples=args.max_samples,
         max_count=args.max_count,
         max_bytes=args.max_bytes,
+        check_frames=not args.no_check_frames,
         progress=not args.quiet,
     )
     print(
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--max-samples", type=int, default=None, help="at most this many samples (per node)")
     b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard")
+    b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=_build)
     i = sub.add_parser("inspect", help="print samples and render mask overlays")

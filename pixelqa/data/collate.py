@@ -35,7 +35,7 @@ from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.data import masks
 from pixelqa.data.loader import frame_indices, select_frames
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
-from pixelqa.data.schema import Prompt, Sample
+from pixelqa.data.schema import FrameDecodeError, Prompt, Sample
 from pixelqa.prompt_format import MEM, REF, SEG, count_ref, memory_prompt, object_tag, parse_memory_prompt
 
 log = logging.getLogger(__name__)
@@ -311,9 +311,7 @@ class Collator:
         for s in samples:
             try:
                 enc = self._encode(s)
-            except ValueError as e:
-                if "decode" not in str(e):
-                    raise
+            except FrameDecodeError as e:
                 enc = self._drop(s, str(e))  # an undecodable frame: skip the sample, loudly
             if enc is not None:
                 encs.append(enc)

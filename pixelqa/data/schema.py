@@ -30,10 +30,12 @@ API summary (stable; converters build these objects and yield `Sample`s):
                                                    expectation; check_frames=True also decodes every frame
         .to_record() -> dict                       webdataset record {"__key__", "json", "000.jpg", ...}
         Sample.from_record(record) -> Sample       inverse (record values bytes; "json" bytes/str/dict)
+        .seg_object_ids() -> list[int]             object id of every <SEG> of the conversation, in order
         .to_json() -> dict / Sample.from_json(d, frames)   the JSON part alone
         .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB
     make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts
     encode_frame(rgb, ext="jpg", quality=95) -> bytes;  decode_frame(data) -> (H, W, 3) uint8 RGB
+    SampleError(ValueError): schema violations;  FrameDecodeError(ValueError): undecodable frame bytes
 
 Object ids are integers >= 1 (they become the ``[k]`` tags of the memory bank).
 """
@@ -85,6 +87,10 @@ class SampleError(ValueError):
     """A sample that breaks the schema; the message names the field, the value and the expectation."""
 
 
+class FrameDecodeError(ValueError):
+    """Encoded frame bytes that OpenCV cannot decode."""
+
+
 def _fail(field_name: str, value: Any, expected: str) -> None:
     """Raise a SampleError with the house format."""
     shown = repr(value)
@@ -119,7 +125,7 @@ def decode_frame(data: bytes) -> np.ndarray:
     """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array."""
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if arr is None:
-        raise ValueError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
+        raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
@@ -249,7 +255,7 @@ class Sample:
             for i, f in enumerate(m.frames):
                 try:
                     arr = decode_frame(bytes(f))
-                except ValueError:
+                except FrameDecodeError:
                     _fail(f"media.frames[{i}]", f"{len(f)} bytes", "a decodable JPEG or PNG image")
                 if arr.shape[:2] != m.size:
                     _fail(f"media.frames[{i}]", f"decoded size {arr.shape[:2]}", f"media.size {m.size}")

@@ -145,6 +145,13 @@ def _convert_items(args: tuple[str, str, str, bool, list[tuple[int, Any, int]]])
     return out
 
 
+def _init_worker() -> None:
+    """One OpenCV thread per build process: the processes are the parallelism (no oversubscription)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     """Run `_convert_items` over batches, in order, in `workers` processes (0/1 = in this process)."""
     if workers <= 1:
@@ -152,7 +159,7 @@ def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
             yield _convert_items(b)
         return
     ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=_init_worker) as pool:
         yield from pool.imap(_convert_items, batches, chunksize=1)
 
 

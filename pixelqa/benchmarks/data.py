@@ -1,0 +1,176 @@
+"""Data benchmark: shard build throughput, and shard loading vs a raw JSON + image-file baseline.
+
+`python -m pixelqa.bench data [--samples N] [--size PX] [--workers 0 2]`
+
+- build: `build_shards` of the synthetic source (generate, validate with frame decoding, write tars), in
+  samples/s with 1 and 2 worker processes.
+- loader: one pass over the shards with `make_dataset(train=False)`, each sample decoded to tensors (frames
+  (T, 3, H, W) uint8, all object masks (K, T, H, W) bool), through a DataLoader with 0 and 2 workers.
+- baseline: the reference code's way: one JSON list of samples loaded up front, per sample the frame image
+  files opened and decoded from disk and the masks decoded from RLE, to the same tensors.
+Loader rates are steady-state (timed from the first sample, so DataLoader worker start-up is excluded), best
+of --repeats interleaved passes. The last lines are the headline figures (`name: value`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from pixelqa.data import masks
+from pixelqa.data.loader import make_dataset
+from pixelqa.data.registry import get_source
+from pixelqa.data.schema import Sample
+from pixelqa.data.shards import build_shards, iter_records
+
+
+def to_tensors(frames: np.ndarray, rles: list[list[dict | None]], size: tuple[int, int]) -> dict:
+    """Frames (T, H, W, 3) and per-object per-frame RLEs -> the tensors a collate needs."""
+    t = frames.shape[0]
+    m = np.zeros((len(rles), t, *size), dtype=bool)
+    for k, per_frame in enumerate(rles):
+        for f, rle in enumerate(per_frame):
+            if rle is not None:
+                m[k, f] = masks.decode(rle)
+    return {"frames": torch.from_numpy(frames).permute(0, 3, 1, 2), "masks": torch.from_numpy(m)}
+
+
+def sample_tensors(sample: Sample) -> dict:
+    """A Sample from the shards -> tensors."""
+    t = sample.media.num_frames
+    rles = [[o.masks.get(f) for f in range(t)] for _, o in sorted(sample.objects.items())]
+    return to_tensors(sample.decode_frames(), rles, sample.media.size)
+
+
+class TensorStream(IterableDataset):
+    """The shard loader, decoded to tensors in the workers."""
+
+    def __init__(self, shard_dir: Path) -> None:
+        self.ds = make_dataset([shard_dir], train=False, num_frames=1000)
+
+    def __iter__(self):
+        for s in self.ds:
+            yield sample_tensors(s)
+
+
+class RawJsonDataset(Dataset):
+    """The baseline: a JSON list of samples; frames are image files decoded per sample, masks RLE-decoded."""
+
+    def __init__(self, annotation: Path) -> None:
+        self.root = annotation.parent
+        with open(annotation) as f:
+            self.items = json.load(f)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        frames = np.stack([cv2.imread(str(self.root / p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in item["frames"]])
+        return to_tensors(np.ascontiguousarray(frames), item["masks"], tuple(item["size"]))
+
+
+def write_raw_copy(shard_dir: Path, out: Path) -> Path:
+    """Write the shards' samples as the baseline layout: frame image files + one annotation JSON list."""
+    items = []
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    for record in iter_records(sorted(shard_dir.glob("*.tar"))):
+        s = Sample.from_record(record)
+        paths = []
+        for f, data in enumerate(s.media.frames):
+            rel = f"frames/{s.key}_{f:03d}.{s.media.ext}"
+            (out / rel).write_bytes(data)
+            paths.append(rel)
+        t = s.media.num_frames
+        items.append(
+            {
+                "key": s.key,
+                "frames": paths,
+                "size": list(s.media.size),
+                "masks": [[o.masks.get(f) for f in range(t)] for _, o in sorted(s.objects.items())],
+                "turns": [{"role": x.role, "text": x.text} for x in s.turns],
+            }
+        )
+    path = out / "annotations.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def drain(dataset, workers: int) -> tuple[int, float, float]:
+    """(samples, seconds, steady samples/s) of one full pass through a DataLoader without batching.
+
+    Steady throughput is timed from the first sample on, so worker start-up is left out of it.
+    """
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    start = time.perf_counter()
+    n = 0
+    first = None
+    for item in loader:
+        n += int(item["frames"].shape[0] > 0)
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    steady = (n - 1) / (end - first) if n > 1 and end > first else 0.0
+    return n, end - start, steady
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the data benchmark and print its figures."""
+    p = argparse.ArgumentParser(
+        prog="python -m pixelqa.bench data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
+    p.add_argument("--size", type=int, default=112, help="synthetic frame size in pixels")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    get_source("synthetic").size = args.size  # inherited by forked build workers
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for w in (1, 2):  # the same shards either way (tested); parallel building pays off on many cores
+            start = time.perf_counter()
+            m = build_shards(
+                "synthetic",
+                ".",
+                tmp / f"build{w}",
+                "train",
+                workers=w,
+                max_samples=args.samples,
+                max_count=max(args.samples // 8, 1),
+                progress=False,
+            )
+            sec = time.perf_counter() - start
+            results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
+            print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({m['num_bytes'] / 2**20:.1f} MiB)")
+        shard_dir = tmp / "build1" / "synthetic" / "train"
+        annotation = write_raw_copy(shard_dir, tmp / "raw")
+        drain(TensorStream(shard_dir), 0)  # warm the page cache for both readers alike
+        drain(RawJsonDataset(annotation), 0)
+        for w in args.workers:
+            best, best_b = 0.0, 0.0
+            for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
+                n, _, rate = drain(TensorStream(shard_dir), w)
+                nb, _, rate_b = drain(RawJsonDataset(annotation), w)
+                if n != nb:
+                    raise RuntimeError(f"loader read {n} samples but the baseline {nb}: expected the same pass")
+                best, best_b = max(best, rate), max(best_b, rate_b)
+            results[f"loader_samples_per_s_w{w}"] = best
+            results[f"baseline_samples_per_s_w{w}"] = best_b
+            print(f"{w} DataLoader worker(s): shards {best:.0f} samples/s, raw JSON + files {best_b:.0f} samples/s")
+        for w in args.workers:
+            results[f"loader_vs_baseline_w{w}"] = (
+                results[f"loader_samples_per_s_w{w}"] / results[f"baseline_samples_per_s_w{w}"]
+            )
+    print(f"synthetic {args.size}x{args.size}, {args.samples} samples")
+    for k, v in results.items():
+        print(f"{k}: {v:.2f}")

@@ -1,0 +1,206 @@
+"""Sample schema, masks and registry: round trips against the real file formats, and every rejection."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelqa.data import masks
+from pixelqa.data.registry import Source, datasets_dir, get_source, list_cards, list_sources, load_card, parse_card
+from pixelqa.data.schema import (
+    TASKS,
+    Media,
+    ObjectTrack,
+    Prompt,
+    Sample,
+    SampleError,
+    Turn,
+    decode_frame,
+    encode_frame,
+    make_key,
+)
+
+
+def _sample(h: int = 20, w: int = 30, frames: int = 2) -> Sample:
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = 200
+    m = np.zeros((h, w), bool)
+    m[2:6, 3:10] = True
+    return Sample(
+        key="s-1",
+        source="unit",
+        split="train",
+        task="memory_qa",
+        media=Media("video", [encode_frame(rgb, "png")] * frames, (h, w), ext="png", fps=2.0),
+        objects={
+            1: ObjectTrack({0: masks.encode(m), 1: masks.encode(m)}, category="box"),
+            2: ObjectTrack({1: masks.encode(~m)}),
+        },
+        prompts=[Prompt("point", 0, 1, [4.0, 3.0]), Prompt("box", 1, 2, [0, 0, 30, 20])],
+        turns=[
+            Turn("user", "Compare <REF> with <REF>."),
+            Turn("assistant", "The relevant regions for this question are [1] <SEG> [2] <SEG>.", seg_objects=[1, 2]),
+            Turn("user", "Is [1] red?", memory_objects=[1, 2]),
+            Turn("assistant", "Yes."),
+        ],
+        answer="Yes.",
+        meta={"question_type": "unit"},
+    )
+
+
+def test_masks_match_numpy_truth():
+    m = np.zeros((7, 9), bool)
+    m[1:4, 2:7] = True
+    m[5, 8] = True
+    rle = masks.encode(m)
+    assert isinstance(rle["counts"], str) and rle["size"] == [7, 9]
+    assert (masks.decode(rle) == m).all()
+    assert masks.area(rle) == int(m.sum()) == 16
+    assert masks.to_box(rle) == (2.0, 1.0, 9.0, 6.0)  # xs 2..8, ys 1..5 -> exclusive max
+    assert masks.to_box(masks.empty(3, 3)) is None
+    json.dumps(rle)  # JSON-ready
+    # uncompressed COCO RLE (column-major run lengths) of a 2x2 mask with only (row 1, col 0) set
+    assert masks.decode({"size": [2, 2], "counts": [1, 1, 2]}).tolist() == [[False, False], [True, False]]
+
+
+def test_polygon_rectangle_area_and_merge_iou():
+    rle = masks.from_polygons([[2, 2, 8, 2, 8, 6, 2, 6]], 10, 12)  # a 6 x 4 rectangle
+    assert abs(masks.area(rle) - 24) <= 8  # rasterisation boundary convention
+    a = masks.encode(np.pad(np.ones((2, 2), bool), ((0, 2), (0, 2))))
+    b = masks.encode(np.pad(np.ones((2, 2), bool), ((1, 1), (1, 1))))
+    assert masks.area(masks.merge([a, b])) == 7
+    assert masks.iou(a, b) == pytest.approx(1 / 7)
+    r = masks.resize(np.eye(4, dtype=bool), (8, 8))
+    assert r.shape == (8, 8) and r.sum() == 16 and r[7, 7] and not r[0, 7]
+
+
+def test_frame_codec_roundtrip():
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 6, 3), dtype=np.uint8)
+    assert (decode_frame(encode_frame(rgb, "png")) == rgb).all()
+    assert (np.asarray(Image.open(io.BytesIO(encode_frame(rgb, "png")))) == rgb).all()  # RGB order for PIL too
+    with pytest.raises(ValueError, match="rgb"):
+        encode_frame(rgb[..., 0])
+
+
+def test_make_key():
+    assert make_key("coco", "train2014/0001.jpg", 3) == "coco-train2014_0001_jpg-3"
+    with pytest.raises(ValueError):
+        make_key("..", "/")
+
+
+def test_valid_sample_roundtrips_through_a_real_tar(tmp_path: Path):
+    s = _sample().validate(check_frames=True)
+    rec = s.to_record()
+    assert sorted(rec) == ["000.png", "001.png", "__key__", "json"]
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tf:
+        for k, v in rec.items():
+            if k == "__key__":
+                continue
+            ti = tarfile.TarInfo(f"{rec['__key__']}.{k}")
+            ti.size = len(v)
+            tf.addfile(ti, io.BytesIO(v))
+    with tarfile.open(path) as tf:
+        back = {m.name.split(".", 1)[1]: tf.extractfile(m).read() for m in tf.getmembers()}
+    back["__key__"] = "s-1"
+    s2 = Sample.from_record(back)
+    assert s2 == s
+    assert s2.seg_object_ids() == [1, 2]
+    assert s2.decode_frames().shape == (2, 20, 30, 3)
+    d = json.loads(rec["json"])
+    assert d["schema_version"] == 1 and "frames" not in d["media"]
+
+
+BREAKS = [
+    ("task", lambda s: setattr(s, "task", "dance"), "task"),
+    ("key with dot", lambda s: setattr(s, "key", "a.b"), "key"),
+    ("rle size", lambda s: s.objects[1].masks.__setitem__(0, masks.empty(10, 10)), r"objects\[1\]\.masks\[0\]\.size"),
+    ("mask frame", lambda s: s.objects[1].masks.__setitem__(5, masks.empty(20, 30)), "frame"),
+    ("prompt outside", lambda s: setattr(s.prompts[0], "coords", [31.0, 3.0]), r"prompts\[0\]\.coords"),
+    ("prompt frame", lambda s: setattr(s.prompts[1], "frame", 2), r"prompts\[1\]\.frame"),
+    ("prompt type", lambda s: setattr(s.prompts[0], "type", "scribble"), r"prompts\[0\]\.type"),
+    ("box order", lambda s: setattr(s.prompts[1], "coords", [10, 0, 5, 5]), "x2 >= x1"),
+    ("ref count", lambda s: s.prompts.pop(), "<REF> count"),
+    ("seg count", lambda s: s.turns[1].seg_objects.pop(), r"turns\[1\]\.seg_objects"),
+    ("seg unknown object", lambda s: setattr(s.turns[1], "seg_objects", [1, 7]), "seg_objects"),
+    ("seg in user", lambda s: setattr(s.turns[0], "text", "<REF> <REF> <SEG>"), "user turn"),
+    ("mem in text", lambda s: setattr(s.turns[2], "text", "[1]: <MEM>"), "memory_objects"),
+    ("role order", lambda s: setattr(s.turns[1], "role", "user"), r"turns\[1\]\.role"),
+    ("image frames", lambda s: setattr(s.media, "kind", "image"), "media.frames"),
+    ("size", lambda s: setattr(s.media, "size", (20, 0)), "media.size"),
+    ("object id", lambda s: s.objects.__setitem__(0, ObjectTrack()), "objects"),
+    ("choices", lambda s: setattr(s, "choices", ["only"]), "choices"),
+    ("meta", lambda s: setattr(s, "meta", {"x": object()}), "meta"),
+]
+
+
+@pytest.mark.parametrize("name,breaker,field", BREAKS, ids=[b[0] for b in BREAKS])
+def test_validate_rejects_with_field_in_message(name, breaker, field):
+    s = _sample()
+    breaker(s)
+    with pytest.raises(SampleError, match=field):
+        s.validate()
+
+
+def test_check_frames_catches_wrong_size_and_garbage():
+    s = _sample()
+    s.media.frames[1] = encode_frame(np.zeros((20, 31, 3), np.uint8))
+    s.validate()  # cheap check does not decode
+    with pytest.raises(SampleError, match=r"media.frames\[1\]"):
+        s.validate(check_frames=True)
+    s.media.frames[1] = b"not an image"
+    with pytest.raises(SampleError, match="decodable"):
+        s.validate(check_frames=True)
+
+
+def test_tasks_constant_has_the_issue_tasks():
+    need = "res rec rvos reasonseg reason_vos region_caption region_qa memory_qa video_qa image_qa mcq pixelqa caption"
+    assert set(need.split()) <= TASKS
+
+
+def test_registry_and_cards():
+    assert "synthetic" in list_sources()
+    src = get_source("synthetic")
+    assert isinstance(src, Source) and src.name == "synthetic"
+    with pytest.raises(ValueError, match="nope"):
+        get_source("nope")
+    with pytest.raises(ValueError, match="split"):
+        list(src.items(Path("."), "bogus"))
+    assert datasets_dir().name == "datasets" and "synthetic" in list_cards()
+    card = load_card("synthetic")
+    assert card.stages["stage3"].repeat == 1 and "res" in card.tasks
+    for name in list_cards():  # every card in the repository validates
+        load_card(name)
+
+
+def test_card_validation_messages():
+    good = {
+        "name": "x",
+        "tasks": ["res"],
+        "license": "MIT",
+        "homepage": "h",
+        "citation": "c",
+        "raw_layout": "r",
+        "splits": ["train"],
+        "stages": {"stage3": {"repeat": 5}},
+    }
+    assert parse_card(good).stages["stage3"].repeat == 5
+    for patch, msg in [
+        ({"tasks": ["dance"]}, "tasks"),
+        ({"stages": {"stage9": {"repeat": 1}}}, "stage9"),
+        ({"stages": {"stage3": {"repeat": 0}}}, "repeat"),
+        ({"colour": 1}, "unknown keys"),
+        ({"stages": {"stage2": {"repeat": 1, "split": "val"}}}, "split"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_card({**good, **patch})
+    bad = dict(good)
+    del bad["license"]
+    with pytest.raises(ValueError, match="license"):
+        parse_card(bad)
