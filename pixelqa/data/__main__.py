@@ -5,7 +5,9 @@ build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|
       [--no-check-frames] [--quiet]
 inspect SHARDS [--n 4] [--out DIR]        print samples and render mask overlays to PNG
 stats SHARDS                              counts per source / split / task
-mixture recipe=sft1m [--shards SHARDS]    the weighted mixture of a recipe (paper Table 12)
+mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
+mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
+                                          build every source of the mixture (resumable), write its spec
 sources / cards                           list registered converters / dataset cards
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -58,7 +61,27 @@ def _mixture(args: argparse.Namespace) -> None:
     from pixelqa.data.mixture import load_mixture, print_mixture
 
     recipe = args.recipe.split("=", 1)[1] if args.recipe.startswith("recipe=") else args.recipe
-    print_mixture(load_mixture(recipe), shards_root=args.shards)
+    entries = load_mixture(recipe)
+    if args.out is None:
+        print_mixture(entries, shards_root=args.shards)
+        return
+    from pixelqa.data.mixture import build_mixture, write_mixture_spec
+
+    if args.root is None:
+        raise SystemExit("mixture: --out needs --root RAW (each source is read from RAW/<source> or --roots)")
+    roots = {}
+    for item in args.roots:
+        if "=" not in item:
+            raise SystemExit(f"--roots: got {item!r}, expected NAME=PATH")
+        name, path = item.split("=", 1)
+        roots[name] = path
+    build_mixture(
+        entries, args.root, args.out, roots=roots, workers=args.workers, on_error=args.on_error,
+        node_rank=args.node_rank, num_nodes=args.num_nodes, max_samples=args.max_samples, progress=not args.quiet,
+    )
+    print_mixture(entries, shards_root=args.out)
+    name = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    print(f"mixture spec: {write_mixture_spec(name, entries, args.out)}")
 
 
 def _sources(args: argparse.Namespace) -> None:
@@ -105,9 +128,18 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("stats", help="counts per source / split / task")
     s.add_argument("shards", nargs="+")
     s.set_defaults(fn=_stats)
-    m = sub.add_parser("mixture", help="print a data mixture recipe")
+    m = sub.add_parser("mixture", help="print (or, with --out, build) a data mixture")
     m.add_argument("recipe", help="recipe=NAME or NAME (recipes/data/NAME.yaml)")
     m.add_argument("--shards", default=None, help="shard root: use manifest sample counts")
+    m.add_argument("--root", default=None, help="raw root: source NAME is read from ROOT/NAME")
+    m.add_argument("--roots", nargs="*", default=[], help="NAME=PATH raw roots that differ from ROOT/NAME")
+    m.add_argument("--out", default=None, help="build every source into this shard root")
+    m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    m.add_argument("--node-rank", type=int, default=0)
+    m.add_argument("--num-nodes", type=int, default=1)
+    m.add_argument("--max-samples", type=int, default=None)
+    m.add_argument("--quiet", action="store_true")
     m.set_defaults(fn=_mixture)
     sub.add_parser("sources", help="list registered converters").set_defaults(fn=_sources)
     sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)

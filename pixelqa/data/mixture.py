@@ -153,3 +153,60 @@ def print_mixture(entries: list[MixtureEntry], shards_root: str | Path | None = 
         print(f"{r['name']:32s} {r['split']:8s} {r['repeat']:6g} {n:>9s} {r['origin']:8s} {eff:>10s} {share:>6s}{flag}")
     total = sum(r["effective"] for r in rows if r["effective"] is not None)
     print(f"total effective samples per epoch: {total:,.0f}")
+
+
+def source_root(raw_root: str | Path, name: str, roots: dict[str, str] | None = None) -> Path:
+    """Where a source's raw files live: an explicit `roots[name]`, else `<raw_root>/<name>`."""
+    if roots and name in roots:
+        return Path(roots[name])
+    return Path(raw_root) / name
+
+
+def build_mixture(
+    entries: list[MixtureEntry],
+    raw_root: str | Path,
+    out: str | Path,
+    roots: dict[str, str] | None = None,
+    workers: int = 1,
+    on_error: str = "fail",
+    node_rank: int = 0,
+    num_nodes: int = 1,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Build (or resume) the shards of every source of a mixture; returns `name/split` -> manifest.
+
+    With on_error="skip", a source whose raw files are missing is reported and skipped, and the others go on;
+    with "fail" the first missing source stops the build (complete shards stay and a rerun resumes).
+    """
+    from pixelqa.data.shards import build_shards
+
+    unknown = [e.name for e in entries if e.name not in set(list_sources())]
+    if unknown:
+        raise ValueError(f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`")
+    manifests: dict[str, dict] = {}
+    for e in entries:
+        root = source_root(raw_root, e.name, roots)
+        try:
+            manifests[f"{e.name}/{e.split}"] = build_shards(
+                e.name, root, out, split=e.split, workers=workers, on_error=on_error, node_rank=node_rank,
+                num_nodes=num_nodes, max_samples=max_samples, progress=progress,
+            )
+        except FileNotFoundError as err:
+            if on_error == "fail":
+                raise FileNotFoundError(f"mixture: source {e.name} (raw root {root}): {err}") from None
+            print(f"skipped {e.name}/{e.split}: {err}")
+    return manifests
+
+
+def write_mixture_spec(name: str, entries: list[MixtureEntry], out: str | Path) -> Path:
+    """Write `<out>/mixture-<name>.json`: every source with split, repeat, sample count and share (atomic)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = mixture_table(entries, shards_root=out)
+    spec = {"mixture": name, "sources": rows, "total_effective": sum(r["effective"] or 0 for r in rows)}
+    path = out / f"mixture-{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(spec, indent=1))
+    tmp.replace(path)
+    return path
