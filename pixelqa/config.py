@@ -81,6 +81,8 @@ class TrainerConfig:
     limit_val_batches: Any = None
     enable_progress_bar: bool = True
     deterministic: bool = False
+    checkpoint_every_n_steps: int | None = None  # None = a checkpoint (and last.ckpt) at the end only
+    cpu_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
 
 
 @dataclass
@@ -92,6 +94,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Parameter-name substrings trained in addition to the stage's groups, at `lr` (e.g. the random-init tiny
+    # demo trains `lm_head`: a frozen random LM head caps every logit near 1 and nothing but <SEG> can win).
+    extra_trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +117,7 @@ class EvalConfig:
     """Evaluation after (or without) training."""
 
     after_fit: bool = True  # run the validation metrics at the end of `fit`
+    before_fit: bool = False  # also score the untrained model first (reported as untrained/val/...)
     benchmark: str = "synthetic"
     split: str = "val"
     max_samples: int | None = None

@@ -35,6 +35,7 @@ class MaskDecoderConfig:
     mode: str = "propagate"  # propagate | independent
     checkpoint: str | None = None  # local SAM 2.1 checkpoint (.pt); None = random init
     pred_obj_scores: bool = True
+    train_image_encoder: bool = False  # SAM's Hiera image encoder runs without gradients unless True
 
 
 @dataclass

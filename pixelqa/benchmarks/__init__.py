@@ -1,0 +1,1 @@
+"""Benchmarks: timed comparisons printed as `name: value` lines (python -m pixelqa.bench <name>)."""

@@ -1,0 +1,170 @@
+"""Benchmark: DAVIS J / F / J&F, our torch implementation against the per-frame numpy/OpenCV reference port.
+
+Both run on the same clips in one process: the DAVIS 2017 result masks in ``shared/data/davis2017-results`` when
+present (each OSVOS object against the RVOS object overlapping it most on frame 0), else a synthetic 480x854 clip of
+50 frames with moving ellipses. Results are checked equal (1e-6) before timing. The last lines are the headline
+figures, one per line: ``jaccard_speedup: 3.1x`` and so on.
+
+    python -m pixelqa.bench metrics [--device cuda] [--threads 1] [--repeats 3] [--synthetic]
+
+The reference is single-threaded numpy, so by default both sides get one thread (``--threads 0`` keeps the
+libraries' defaults; on a shared, busy machine torch's thread pool then loses more to contention than it gains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelqa.benchmarks.davis_reference import (
+    reference_boundary_f,
+    reference_jaccard,
+    reference_statistics,
+)
+from pixelqa.metrics import JAndF, boundary_f, jaccard
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "davis2017-results"
+
+
+def synthetic_clip(frames: int = 50, height: int = 480, width: int = 854, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """A moving-ellipse target clip and a prediction that drifts and deforms around it: two (T, H, W) bool arrays."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    target = np.zeros((frames, height, width), dtype=bool)
+    preds = np.zeros_like(target)
+    for t in range(frames):
+        cx, cy = 200 + 8 * t, 240 + 60 * np.sin(t / 8)
+        target[t] = ((xx - cx) / 120) ** 2 + ((yy - cy) / 80) ** 2 <= 1
+        px, py = cx + rng.normal(0, 6), cy + rng.normal(0, 6)
+        preds[t] = ((xx - px) / (115 + 10 * np.sin(t))) ** 2 + ((yy - py) / 85) ** 2 <= 1
+        preds[t] |= ((xx - 650 + 4 * t) / 40) ** 2 + ((yy - 100) / 30) ** 2 <= 1  # a false-positive blob
+    return preds, target
+
+
+def davis_clips(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, preds, target) for every OSVOS object of every sequence under ``root``."""
+    from PIL import Image
+
+    def load(method: str, sequence: str) -> np.ndarray:
+        return np.stack([np.array(Image.open(p)) for p in sorted((root / method / sequence).glob("*.png"))])
+
+    clips = []
+    for sequence in sorted(p.name for p in (root / "osvos").iterdir() if p.is_dir()):
+        osvos, rvos = load("osvos", sequence), load("rvos", sequence)
+        for obj in (int(i) for i in np.unique(osvos) if i != 0):
+            target = osvos == obj
+            best = max((i for i in np.unique(rvos) if i != 0), key=lambda i: int((target[0] & (rvos[0] == i)).sum()))
+            clips.append((f"{sequence}/{obj}", rvos == best, target))
+    return clips
+
+
+def _best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    """Best wall time in seconds over ``repeats`` runs (after one warm-up run)."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print a table, then the headline speedups as the last lines."""
+    parser = argparse.ArgumentParser(prog="python -m pixelqa.bench metrics", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="device for our implementation (cpu, cuda, cuda:1, ...)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and OpenCV threads (default 1: one core each; 0: library defaults)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DAVIS 2017 result masks (osvos/ and rvos/)")
+    parser.add_argument("--synthetic", action="store_true", help="use the synthetic ellipse clip even if data exists")
+    args = parser.parse_args(argv)
+
+    import cv2
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    if args.data.is_dir() and not args.synthetic:
+        clips = davis_clips(args.data)
+        source = f"DAVIS 2017 results ({len(clips)} object clips, {sum(c[1].shape[0] for c in clips)} frames)"
+    else:
+        clips = [("ellipses", *synthetic_clip())]
+        source = "synthetic moving ellipses (1 clip, 50 frames, 480x854)"
+    torch_clips = [(torch.from_numpy(p).to(device), torch.from_numpy(t).to(device)) for _, p, t in clips]
+
+    # Equality first: a fast wrong answer is no result.
+    worst = 0.0
+    for (_, p, t), (tp, tt) in zip(clips, torch_clips):
+        worst = max(worst, float(np.abs(jaccard(tp, tt).cpu().numpy() - reference_jaccard(t, p)).max()))
+        worst = max(worst, float(np.abs(boundary_f(tp, tt).cpu().numpy() - reference_boundary_f(t, p)).max()))
+    if worst > 1e-6:
+        raise SystemExit(f"results differ from the reference by {worst:.3g} (> 1e-6): not timing")
+
+    def ref_j() -> None:
+        for _, p, t in clips:
+            reference_jaccard(t, p)
+
+    def ref_f() -> None:
+        for _, p, t in clips:
+            reference_boundary_f(t, p)
+
+    def ref_jandf() -> None:
+        j_means, f_means = [], []
+        for _, p, t in clips:
+            j_means.append(reference_statistics(np.asarray(reference_jaccard(t, p)))[0])
+            f_means.append(reference_statistics(reference_boundary_f(t, p))[0])
+        (np.mean(j_means) + np.mean(f_means)) / 2
+
+    def ours_j() -> None:
+        for tp, tt in torch_clips:
+            jaccard(tp, tt)
+
+    def ours_f() -> None:
+        for tp, tt in torch_clips:
+            boundary_f(tp, tt)
+
+    def ours_jandf() -> None:
+        metric = JAndF().to(device)
+        for tp, tt in torch_clips:
+            metric.update(tp, tt)
+        metric.compute()
+
+    rows = []
+    for name, ref_fn, ours_fn in [
+        ("jaccard", ref_j, ours_j),
+        ("boundary_f", ref_f, ours_f),
+        ("jandf", ref_jandf, ours_jandf),
+    ]:
+        ref_s = _best_time(ref_fn, args.repeats, lambda: None)
+        ours_s = _best_time(ours_fn, args.repeats, sync)
+        rows.append((name, ref_s, ours_s))
+
+    print(f"clips: {source}")
+    print(
+        f"reference: numpy/OpenCV per frame on cpu; ours: torch on {device} "
+        f"(torch threads {torch.get_num_threads()}, max abs difference {worst:.1e})"
+    )
+    print(f"{'metric':<12} {'reference ms':>13} {'ours ms':>9} {'speedup':>8}")
+    for name, ref_s, ours_s in rows:
+        print(f"{name:<12} {ref_s * 1e3:>13.1f} {ours_s * 1e3:>9.1f} {ref_s / ours_s:>7.1f}x")
+    for name, ref_s, ours_s in rows:
+        print(f"{name}_speedup: {ref_s / ours_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

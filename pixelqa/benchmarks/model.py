@@ -1,0 +1,247 @@
+"""Model benchmark: one UniPixel training step vs a plain Qwen2.5-VL training step on the same batch.
+
+`python -m pixelqa.bench model [--preset tiny|unipixel-3b|unipixel-7b] [--path DIR] [--device cpu|cuda]
+[--batch B] [--frames T] [--size PX] [--steps N]`
+
+Both sides train the same LoRA-adapted backbone with AdamW on the same tokenised batch (video samples with a
+mask prompt, a memory turn and a <SEG> answer). The plain step is Qwen2.5-VL's own forward with labels; the
+UniPixel step adds prompt / memory tokens, <SEG> decoding through SAM 2.1 with propagation and the mask losses.
+tiny: tiny Qwen + micro SAM at 128 px (the demo setting). unipixel-3b / -7b: the real architectures with random
+weights (SAM 2.1 Hiera-B+ at 768 px, bfloat16 Qwen); `--path` may name a local Qwen2.5-VL directory, otherwise a
+config.json with the published sizes is written to a temp dir. Peak memory is reported on CUDA only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.model.config import LoraConfig, MaskDecoderConfig, UniPixelConfig
+
+# Published Qwen2.5-VL sizes (config.json of the 3B / 7B Instruct releases), for random-init benchmarks.
+_VISION = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "hidden_act": "silu",
+    "in_chans": 3,
+}
+REAL_CONFIGS = {
+    "unipixel-3b": {
+        "text": {
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        },
+        "vision": dict(_VISION, out_hidden_size=2048),
+        "tie": True,
+    },
+    "unipixel-7b": {
+        "text": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        },
+        "vision": dict(_VISION, out_hidden_size=3584),
+        "tie": False,
+    },
+}
+
+
+def write_config_dir(preset: str, root: Path) -> Path:
+    """Write a config.json of a real Qwen2.5-VL size into `root` (weights-free: random init)."""
+    from transformers import Qwen2_5_VLConfig
+
+    spec = REAL_CONFIGS[preset]
+    cfg = Qwen2_5_VLConfig(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=spec["tie"])
+    cfg.save_pretrained(root)
+    return root
+
+
+def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batch:
+    """B video samples: a mask prompt, a two-frame memory preamble, a <SEG> answer with per-frame targets."""
+    g = torch.Generator().manual_seed(seed)
+    proc = model.processor
+    texts, videos, prompts, memory, seg, valid = [], [], [], [], [], []
+    for b in range(batch):
+        vid = torch.randint(0, 256, (frames, 3, size, size), generator=g, dtype=torch.uint8)
+        obj = torch.zeros(frames, size, size, dtype=torch.bool)
+        for t in range(frames):
+            y = (size // 8) * (1 + t % 4)
+            obj[t, y : y + size // 3, size // 4 : size // 2 + size // 8] = True
+        user = (
+            f"Here is a video with {frames} frames denoted as <1> to <{frames}>. The highlighted regions are as "
+            f"follows:\n[1]: <1> <MEM> <2> <MEM>\nWhat does [1] do next to <REF>? Please segment it."
+        )
+        msgs = [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "It moves down. [1] <SEG>"}]},
+        ]
+        texts.append(proc.apply_chat_template(msgs, tokenize=False))
+        videos.append(vid)
+        box = torch.zeros(size, size, dtype=torch.bool)
+        box[size // 2 :, size // 2 :] = True
+        prompts.append([VisualPrompt("mask", 0, (), box)])
+        memory.append([MemoryRef(1, 0, obj[0]), MemoryRef(1, 1, obj[1])])
+        seg.append(obj[None])
+        valid.append(torch.ones(1, frames, dtype=torch.bool))
+    enc = proc(text=texts, videos=videos, padding=True, return_tensors="pt")
+    ids = enc["input_ids"]
+    labels = ids.clone()
+    labels[enc["attention_mask"] == 0] = -100
+    labels[enc["mm_token_type_ids"] != 0] = -100
+    return Batch(
+        input_ids=ids,
+        attention_mask=enc["attention_mask"],
+        labels=labels,
+        mm_token_type_ids=enc["mm_token_type_ids"],
+        frames=videos,
+        pixel_values_videos=enc["pixel_values_videos"],
+        video_grid_thw=enc["video_grid_thw"],
+        second_per_grid_ts=enc.get("second_per_grid_ts"),
+        prompts=prompts,
+        memory=memory,
+        seg_masks=seg,
+        seg_valid=valid,
+    )
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, steps: int, device: str) -> tuple[float, float]:
+    """Median seconds per step after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
+    step()
+    _sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return statistics.median(times), peak
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures; the last lines are `name: value`."""
+    ap = argparse.ArgumentParser(prog="python -m pixelqa.bench model")
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
+    ap.add_argument("--path", default=None, help="local Qwen2.5-VL dir (real presets); default: random init")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--size", type=int, default=None, help="frame size in px (tiny 112, real 448)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sam-arch", default=None, help="SAM 2.1 arch (default: micro for tiny, hiera_b+ otherwise)")
+    ap.add_argument("--sam-size", type=int, default=None, help="SAM input size (default: 128 tiny, 768 otherwise)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from pixelqa.model import UniPixel
+
+    tiny = args.preset == "tiny"
+    size = args.size or (112 if tiny else 448)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.path
+        if not tiny and path is None:
+            path = str(write_config_dir(args.preset, Path(tmp)))
+        cfg = UniPixelConfig(
+            preset=args.preset,
+            path=path,
+            dtype="float32" if tiny else "bfloat16",
+            gradient_checkpointing=not tiny,
+            lora=LoraConfig(enabled=True, rank=8 if tiny else 128, alpha=16 if tiny else 256, dropout=0.0),
+            mask_decoder=MaskDecoderConfig(
+                arch=args.sam_arch or ("micro" if tiny else "hiera_b+"),
+                image_size=args.sam_size or (128 if tiny else 768),
+            ),
+        )
+        model = UniPixel(cfg, random_init=not tiny).to(args.device).train()
+    batch = make_batch(model, args.batch, args.frames, size).to(args.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    opt_plain = torch.optim.AdamW(backbone_params, lr=1e-5)
+
+    def plain_step():
+        out = model.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.labels,
+            mm_token_type_ids=batch.mm_token_type_ids,
+            pixel_values_videos=batch.pixel_values_videos,
+            video_grid_thw=batch.video_grid_thw,
+            second_per_grid_ts=batch.second_per_grid_ts,
+            use_cache=False,
+        )
+        out.loss.backward()
+        opt_plain.step()
+        opt_plain.zero_grad(set_to_none=True)
+
+    def unipixel_step():
+        out = model(batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    plain_s, plain_mem = time_steps(plain_step, args.steps, args.device)
+    ours_s, ours_mem = time_steps(unipixel_step, args.steps, args.device)
+    n_ours = sum(p.numel() for p in params)
+    n_all = sum(p.numel() for p in model.parameters())
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "device": args.device,
+                "batch": args.batch,
+                "frames": args.frames,
+                "size": size,
+                "threads": args.threads,
+                "tokens": int(batch.input_ids.numel()),
+                "trainable_params": n_ours,
+                "all_params": n_all,
+            }
+        )
+    )
+    print(f"plain_qwen_step_s: {plain_s:.4f}")
+    print(f"unipixel_step_s: {ours_s:.4f}")
+    if args.device == "cuda":
+        print(f"plain_qwen_peak_mem_gib: {plain_mem:.2f}")
+        print(f"unipixel_peak_mem_gib: {ours_mem:.2f}")
+        print(f"peak_mem_ratio: {ours_mem / max(plain_mem, 1e-9):.2f}")
+    print(f"step_time_ratio: {ours_s / plain_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()

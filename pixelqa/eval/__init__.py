@@ -1,0 +1,40 @@
+"""Benchmark protocols (one module per benchmark family) and the scores they share.
+
+    get_protocol(name) -> Callable[[model, recipe], EvalResult]
+    list_benchmarks() -> list[str]
+
+Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`), video segmentation
+(ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe: J, F, J&F, R; `pixelqa.eval.video_seg`) and
+image segmentation (RefCOCO/+/g, RefClef, ReasonSeg: cIoU, gIoU, REC accuracy; `pixelqa.eval.image_seg`).
+Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS, evaluate_image_seg
+from pixelqa.eval.runner import EvalResult
+from pixelqa.eval.synthetic import evaluate_synthetic
+from pixelqa.eval.video_seg import VIDEO_SEG_BENCHMARKS, evaluate_video_seg
+
+
+def list_benchmarks() -> list[str]:
+    """Every benchmark name `get_protocol` knows."""
+    return ["synthetic", *VIDEO_SEG_BENCHMARKS, *IMAGE_SEG_BENCHMARKS]
+
+
+def get_protocol(name: str) -> Callable[..., EvalResult]:
+    """The protocol function of a benchmark: fn(model, recipe, num_overlays=4) -> EvalResult."""
+    if name == "synthetic":
+        return evaluate_synthetic
+    if name in VIDEO_SEG_BENCHMARKS:
+        return partial(evaluate_video_seg, source=name)
+    if name in IMAGE_SEG_BENCHMARKS:
+        return partial(evaluate_image_seg, source=name)
+    raise ValueError(f"eval.benchmark: got {name!r}, expected one of {list_benchmarks()}")
+
+
+__all__: list[Any] = ["EvalResult", "get_protocol", "list_benchmarks"]

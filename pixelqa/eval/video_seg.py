@@ -1,0 +1,72 @@
+"""Video referring / reasoning segmentation benchmarks (ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV,
+GroundMoRe): J, F, J&F per object sequence (DAVIS definition, bound_th 0.008), plus ReVOS's robustness R.
+
+Rows of the result table: one per expression type when the source records one (ReVOS: referring / reasoning),
+and `all`. R needs the video's foreground union per frame, which ReVOS shards keep in `meta.foreground_rles`.
+Masks are compared on the frames the protocol samples (`data.num_frames`, segment centres).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelqa.eval.runner import EvalResult, eval_batches
+
+VIDEO_SEG_BENCHMARKS: tuple[str, ...] = ("revos", "mevis", "ref_youtube_vos", "ref_davis17", "ref_sav", "groundmore")
+
+
+def _foreground(sample: Any, target: torch.Tensor) -> torch.Tensor | None:
+    """(T, H, W) bool union of all annotated objects per sampled frame (ReVOS meta), or None when absent."""
+    rles = (sample.meta or {}).get("foreground_rles") if sample is not None else None
+    if not rles:
+        return None
+    from pixelqa.data import masks
+
+    frames = sample.meta.get("source_frames") or list(range(target.shape[0]))
+    fg = np.stack([masks.decode(rles[f]) for f in frames])
+    return torch.from_numpy(fg).to(target.device)
+
+
+def evaluate_video_seg(model: Any, recipe: Any, source: str, num_overlays: int = 4) -> EvalResult:
+    """Score `model` on `source`'s split `recipe.eval.split` from its shards."""
+    from pixelqa.metrics import JAndF
+    from pixelqa.train.module import overlay_items
+
+    groups: dict[str, Any] = {}
+    overlays: list[dict] = []
+    for batch, out, samples in eval_batches(model, recipe, source, recipe.eval.split, recipe.eval.max_samples):
+        for i in range(batch.size):
+            sample = samples.get(batch.keys[i])
+            kind = str((sample.meta or {}).get("expression_type", "all")) if sample is not None else "all"
+            pred = out.pred_masks[i] > 0  # (K, T, H, W)
+            target = batch.seg_masks[i].bool()
+            valid = batch.seg_valid[i]
+            for k in range(target.shape[0]):
+                frames = valid[k]
+                if not frames.any():
+                    continue
+                p, t = pred[k][frames], target[k][frames]
+                fg = _foreground(sample, target[k])
+                for name in {kind, "all"}:
+                    if name not in groups:
+                        groups[name] = JAndF(robustness=fg is not None)
+                    metric = groups[name]
+                    if metric.robustness:
+                        metric.update(p, t, (fg[frames] if fg is not None else t) | t)
+                    else:
+                        metric.update(p, t)
+        if len(overlays) < num_overlays:
+            overlays.extend(overlay_items(batch, out.pred_masks, num_overlays - len(overlays)))
+    if "all" not in groups:
+        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <SEG> samples")
+    rows = []
+    for name in sorted(groups, key=lambda n: (n == "all", n)):
+        scores = {k: float(v) for k, v in groups[name].compute().items()}
+        row = {"subset": name, "objects": int(groups[name].num_objects)}
+        row.update({k: scores[k] for k in ("J", "F", "J&F", "R") if k in scores})
+        rows.append(row)
+    metrics = {k: v for k, v in rows[-1].items() if k in ("J", "F", "J&F", "R")}
+    return EvalResult(metrics, rows, overlays)

@@ -1,0 +1,113 @@
+"""Evaluate a checkpoint on a benchmark: `python -m pixelqa.evaluate recipe=stage3 ckpt=PATH eval.benchmark=synthetic`.
+
+`ckpt` is a Lightning checkpoint of `pixelqa.fit` (or `last` for <output_dir>/checkpoints/last.ckpt); without it
+the untrained model is scored (a baseline). The result table goes to MLflow as CSV and Markdown
+(`tables/<benchmark>.csv|md`), with overlays of the first samples; the last lines printed are the headline
+metrics, `name: value`. Grid runners call `run(args, parent_run_id=...)`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pixelqa.config import RecipeError, flatten, load_recipe, to_object
+
+
+def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
+    """The checkpoint to score: None (untrained), `last`, or a path; checked to exist."""
+    if ckpt in (None, "", "none", "null"):
+        return None
+    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(ckpt)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise RecipeError(f"ckpt={ckpt}: no checkpoint at {path}; give a .ckpt written by pixelqa.fit")
+    return path
+
+
+def load_model(recipe, ckpt_path: Path | None):
+    """The UniPixel network of the recipe, with the checkpoint's weights (stage taken from the checkpoint)."""
+    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
+
+    from omegaconf import OmegaConf
+
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    stage = (checkpoint_stage(ckpt) if ckpt is not None else None) or recipe.stage
+    model_cfg = OmegaConf.to_container(OmegaConf.structured(recipe.model))
+    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=recipe.seed)
+    if ckpt is not None:
+        load_init_weights(module, ckpt, str(ckpt_path))
+    return module.model
+
+
+def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
+    """Score a checkpoint on `eval.benchmark`; returns {"<benchmark>/<metric>": value}."""
+    from pixelqa import tracking
+    from pixelqa.eval import get_protocol
+    from pixelqa.viz import save_overlay
+
+    start = time.time()
+    cfg = load_recipe(list(args))
+    recipe = to_object(cfg)
+    bench = recipe.eval.benchmark
+    try:
+        protocol = get_protocol(bench)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
+    print(f"PixelQA evaluate: benchmark={bench} split={recipe.eval.split} ckpt={ckpt_path or 'none (untrained model)'}")
+    if recipe.trainer.cpu_threads:
+        torch.set_num_threads(int(recipe.trainer.cpu_threads))
+    torch.manual_seed(recipe.seed)
+    model = load_model(recipe, ckpt_path)
+    if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
+        model = model.cuda()
+    num_overlays = recipe.tracking.num_overlays if recipe.tracking.log_overlays else 0
+    result = protocol(model, recipe, num_overlays=num_overlays)
+    metrics = {f"{bench}/{k}": float(v) for k, v in result.metrics.items()}
+    metrics["time/eval_s"] = time.time() - start
+
+    out_dir = Path(recipe.output_dir) / "eval" / bench
+    logger = tracking.build_logger(
+        recipe.tracking, run_name=f"eval-{bench}", parent_run_id=parent_run_id,
+        tags={"benchmark": bench, "checkpoint": str(ckpt_path.resolve()) if ckpt_path else "none"},
+    )
+    tracking.log_table(logger, result.rows, bench, out_dir)
+    paths = [
+        save_overlay(it["frames"], it["pred"], it["target"], out_dir / "overlays" / f"{i:02d}_{it['key']}")
+        for i, it in enumerate(result.overlays)
+    ]
+    if logger is not None:
+        tracking.log_recipe_params(logger, flatten(cfg))
+        logger.log_metrics(metrics)
+        if paths:
+            tracking.log_artifact(logger, out_dir / "overlays", "overlays")
+        logger.finalize("success")
+    from pixelqa.tracking import table_markdown
+
+    print(table_markdown(result.rows), end="")
+    print(f"\n==== PixelQA evaluate summary ({bench}) ====")
+    for k in sorted(metrics, key=lambda k: (not k.startswith("time/"), k)):
+        print(f"{k}: {metrics[k]:.6g}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m pixelqa.evaluate`: recipe errors exit with status 2 and the message."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        run(args)
+    except RecipeError as err:
+        print(f"recipe error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Train one stage: `python -m pixelqa.fit recipe=stage3 [group=preset] [a.b=value ...]`.
+
+Without presets on the command line a stage recipe runs the embedded demo (tiny random-init model, synthetic
+shards built on first use, 2 CPU cores, a few minutes). Each recipe's header shows its paper setting.
+
+    python -m pixelqa.fit recipe=stage1                           # demo, stage 1
+    python -m pixelqa.fit recipe=stage2 init_from=runs/stage1     # stage 2 from stage 1's last checkpoint
+    python -m pixelqa.fit recipe=stage3 ckpt=last                 # resume runs/stage3 (same MLflow run)
+
+Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflow child of that parent.
+The last lines printed are the final metrics, one `name: value` per line.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_config, to_object
+
+DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
+
+
+def world_size(trainer_cfg: Any) -> int:
+    """Number of processes a trainer config asks for (devices x nodes); -1 / "auto" count visible GPUs."""
+    devices = trainer_cfg.devices
+    if isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif devices in (-1, "-1", "auto"):
+        gpu = trainer_cfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        n = torch.cuda.device_count() if gpu else 1
+    else:
+        try:
+            n = int(devices)
+        except (TypeError, ValueError):
+            raise RecipeError(f"trainer.devices={devices!r}: expected an int, -1, 'auto' or a list of ids") from None
+    return max(1, n) * max(1, int(trainer_cfg.num_nodes))
+
+
+def accumulation(recipe: Recipe) -> int:
+    """Micro-batches per optimizer step: data.global_batch_size / (batch_size x processes), else the trainer's."""
+    gbs = recipe.data.global_batch_size
+    if gbs is None:
+        return int(recipe.trainer.accumulate_grad_batches)
+    per_step = recipe.data.batch_size * world_size(recipe.trainer)
+    if gbs % per_step:
+        raise RecipeError(
+            f"data.global_batch_size={gbs} is not a multiple of data.batch_size x processes = "
+            f"{recipe.data.batch_size} x {world_size(recipe.trainer)}; choose a global batch size divisible by {per_step}"
+        )
+    return gbs // per_step
+
+
+def resolve_ckpt(recipe: Recipe) -> Path | None:
+    """The checkpoint to resume (`ckpt=last` -> <output_dir>/checkpoints/last.ckpt), checked to exist."""
+    if recipe.ckpt in (None, "", "none", "null"):
+        return None
+    path = Path(recipe.output_dir) / "checkpoints" / "last.ckpt" if recipe.ckpt == "last" else Path(recipe.ckpt)
+    if not path.is_file():
+        raise RecipeError(f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path")
+    return path
+
+
+def set_aside_previous(ckpt_dir: Path) -> Path | None:
+    """A fresh run in a folder with checkpoints moves them to `checkpoints.previous/` (replacing older ones there)."""
+    import shutil
+
+    if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+        return None
+    previous = ckpt_dir.with_name(ckpt_dir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    ckpt_dir.rename(previous)
+    return previous
+
+
+def check_model(recipe: Recipe) -> None:
+    """A real preset needs a local model directory (nothing is downloaded)."""
+    m = recipe.model
+    if m.preset != "tiny":
+        if not m.path or not Path(m.path).is_dir() or not (Path(m.path) / "config.json").is_file():
+            raise RecipeError(
+                f"model.path={m.path!r}: model={m.preset} needs a local Qwen2.5-VL directory with config.json; "
+                f"set model.path=/local/Qwen2.5-VL-... (nothing is downloaded)"
+            )
+        ckpt = m.mask_decoder.checkpoint
+        if ckpt and not Path(ckpt).is_file():
+            raise RecipeError(f"model.mask_decoder.checkpoint={ckpt!r}: no such file; give a local SAM 2.1 .pt file")
+
+
+def check_init_from(recipe: Recipe) -> dict | None:
+    """Load and check `init_from` (a stage N-1 checkpoint); returns the checkpoint dict."""
+    if not recipe.init_from:
+        return None
+    from pixelqa.train.module import check_init_stage, read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(recipe.init_from)
+        check_init_stage(ckpt, recipe.stage, recipe.init_from)
+    except (FileNotFoundError, ValueError) as err:
+        raise RecipeError(str(err)) from None
+    return ckpt
+
+
+def preflight(recipe: Recipe) -> dict | None:
+    """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
+    from pixelqa.train.datamodule import check_sources
+
+    if recipe.trainer.max_steps < 1:
+        raise RecipeError(f"trainer.max_steps={recipe.trainer.max_steps}: expected >= 1")
+    check_model(recipe)
+    check_sources(recipe.data)
+    accumulation(recipe)
+    resolve_ckpt(recipe)
+    return check_init_from(recipe)
+
+
+def banner(recipe: Recipe) -> str:
+    """What this run is: the embedded demo (and how to run the paper setting) or a user setting."""
+    demo = all(recipe.presets.get(g) == p for g, p in DEMO_PRESETS.items())
+    if not demo:
+        return f"PixelQA fit: recipe={recipe.name}, stage {recipe.stage}, model={recipe.model.preset}, data={recipe.data.name}"
+    header = []
+    for line in (Path(__file__).resolve().parents[1] / "recipes" / f"{recipe.name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    paper = "\n".join(header) if header else f"# see recipes/{recipe.name}.yaml"
+    return (
+        f"PixelQA fit: running the EMBEDDED DEMO of stage {recipe.stage} (tiny random-init model, synthetic data, "
+        f"scale={recipe.presets.get('scale', '?')}).\nTo run the paper setting, see the recipe header:\n{paper}"
+    )
+
+
+def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int):
+    """The Lightning Trainer of a recipe (validation only on demand: `trainer.val_check_interval` steps or at the end)."""
+    import lightning as L
+
+    t = recipe.trainer
+    interval = t.val_check_interval
+    # An int interval counts optimizer steps in recipes; Lightning counts micro-batches.
+    val_every = int(interval) * accumulate if interval else 10**12
+    limit_val = t.limit_val_batches if t.limit_val_batches is not None else 1.0
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=accumulate,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=limit_val,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        default_root_dir=recipe.output_dir,
+        use_distributed_sampler=False,  # the datamodule splits its streams by rank itself
+        enable_model_summary=False,
+    )
+
+
+def metrics_of(trainer: Any, prefix: str = "") -> dict[str, float]:
+    """The trainer's current logged metrics as floats (optionally renamed with a prefix)."""
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        val = float(v.item() if isinstance(v, torch.Tensor) else v)
+        out[f"{prefix}{k}"] = val
+    return out
+
+
+def print_summary(metrics: dict[str, float]) -> None:
+    """The final metrics, one `name: value` per line, validation metrics last (headline last: J&F, QA accuracy)."""
+    order = sorted(metrics, key=lambda k: (k.startswith("val/"), k in ("val/J&F", "val/qa_acc"), k))
+    print("\n==== PixelQA fit summary ====")
+    for k in order:
+        print(f"{k}: {metrics[k]:.6g}")
+
+
+def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
+    """Train one stage from command-line style args; returns the final metrics (val/J&F, val/qa_acc, ...)."""
+    import lightning as L
+
+    from pixelqa import tracking
+    from pixelqa.train.callbacks import build_callbacks
+    from pixelqa.train.datamodule import ShardDataModule
+    from pixelqa.train.module import load_init_weights, module_class
+
+    start = time.time()
+    cfg = load_recipe(list(args))
+    recipe = to_object(cfg)
+    init_ckpt = preflight(recipe)
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        print(banner(recipe))
+        print("---- resolved recipe ----")
+        recipe_yaml = print_config(cfg)
+        print("-------------------------", flush=True)
+    else:
+        from omegaconf import OmegaConf
+
+        recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if recipe.trainer.cpu_threads:
+        torch.set_num_threads(int(recipe.trainer.cpu_threads))
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    accumulate = accumulation(recipe)
+    resume = resolve_ckpt(recipe)
+    ckpt_dir = Path(recipe.output_dir) / "checkpoints"
+    if resume is None and rank_zero:
+        moved = set_aside_previous(ckpt_dir)
+        if moved is not None:
+            print(f"fresh run: the previous checkpoints of {ckpt_dir} moved to {moved} (resume with ckpt=last instead)")
+
+    module = module_class(recipe.stage)(
+        model=_plain(cfg.model),
+        optim=_plain(cfg.optim),
+        total_steps=recipe.trainer.max_steps,
+        seed=recipe.seed,
+        accumulate=accumulate,
+        num_overlays=recipe.tracking.num_overlays if recipe.tracking.log_overlays else 0,
+    )
+    if init_ckpt is not None and resume is None:
+        load_init_weights(module, init_ckpt, recipe.init_from)
+        if rank_zero:
+            print(f"initialised from {recipe.init_from} (stage {init_ckpt.get('pixelqa_stage')})")
+    datamodule = ShardDataModule(recipe.data, module.model.processor, recipe.model.memory.variant, seed=recipe.seed)
+
+    run_id = tracking.load_run_id(ckpt_dir) if resume is not None else None
+    logger = tracking.build_logger(
+        recipe.tracking, run_name=recipe.name, run_id=run_id, parent_run_id=parent_run_id,
+        tags={"stage": str(recipe.stage), "output_dir": str(Path(recipe.output_dir).resolve())},
+    )
+    callbacks = build_callbacks(recipe, ckpt_dir, logger)
+    trainer = build_trainer(recipe, logger, callbacks, accumulate)
+    if trainer.is_global_zero and logger is not None:
+        if run_id is None:
+            tracking.log_recipe_params(logger, flatten(cfg))
+            tracking.log_text(logger, recipe_yaml, "recipe.yaml")
+        tracking.save_run_id(ckpt_dir, logger.run_id)
+
+    results: dict[str, float] = {}
+    if recipe.eval.before_fit and resume is None:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        results.update(metrics_of(trainer, prefix="untrained/"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("train/")})
+    if recipe.eval.after_fit:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
+    results["train/steps"] = float(trainer.global_step)
+    results["time/fit_s"] = time.time() - start
+    if trainer.is_global_zero:
+        if logger is not None:
+            ckpts = {"last": str((ckpt_dir / "last.ckpt").resolve()), "dir": str(ckpt_dir.resolve())}
+            tracking.log_checkpoint_paths(logger, ckpts)
+            rows = [{"metric": k, "value": v} for k, v in sorted(results.items())]
+            tracking.log_table(logger, rows, "final_metrics", Path(recipe.output_dir) / "tables")
+            logger.experiment.log_metric(logger.run_id, "time/fit_s", results["time/fit_s"])
+            logger.finalize("success")
+        print_summary(results)
+    return results
+
+
+def _plain(node: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m pixelqa.fit`: recipe errors exit with status 2 and the message."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        run(args)
+    except RecipeError as err:
+        print(f"recipe error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

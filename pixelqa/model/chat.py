@@ -1,0 +1,245 @@
+"""Multi-round inference for UniPixel: prompts, memory pre-filling / injection, greedy generation.
+
+One `chat_turn` per user message. The conversation lives in a `ChatState` (media, turns as fed to the model,
+the visual prompts and memory refs of those turns in text order, the object memory bank). What each memory
+variant does is documented in `pixelqa.model.memory`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.model.memory import ObjectMemoryBank, inject
+from pixelqa.prompt_format import MEM, REF, SEG, count_ref, count_seg, object_ids_in, parse_prefill, prefill_answer
+
+
+@dataclass
+class Point:
+    """A point prompt, normalised (x, y) in [0, 1], on a 0-based frame."""
+
+    x: float
+    y: float
+    frame: int = 0
+    object_id: int | None = None
+
+
+@dataclass
+class Box:
+    """A box prompt, normalised (x1, y1, x2, y2) in [0, 1], on a 0-based frame."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    frame: int = 0
+    object_id: int | None = None
+
+
+@dataclass
+class Mask:
+    """A mask prompt: (H, W) bool on a 0-based frame."""
+
+    mask: torch.Tensor
+    frame: int = 0
+    object_id: int | None = None
+
+
+def to_visual_prompt(p, object_id: int) -> VisualPrompt:
+    """Point / Box / Mask / VisualPrompt -> VisualPrompt with its object id."""
+    if isinstance(p, VisualPrompt):
+        return VisualPrompt(p.kind, p.frame, tuple(p.coords), p.mask, object_id)
+    if isinstance(p, Point):
+        return VisualPrompt("point", p.frame, (p.x, p.y), None, object_id)
+    if isinstance(p, Box):
+        return VisualPrompt("box", p.frame, (p.x1, p.y1, p.x2, p.y2), None, object_id)
+    if isinstance(p, Mask):
+        return VisualPrompt("mask", p.frame, (), p.mask, object_id)
+    raise TypeError(f"prompts: got {type(p).__name__}, expected Point, Box, Mask or VisualPrompt")
+
+
+def _messages(state, user_text: str, answer: str | None) -> list[dict]:
+    """Chat-template messages: media in the first user message, history turns, the new turn."""
+    turns = list(state.turns) + [(user_text, answer)]
+    msgs = []
+    for i, (u, a) in enumerate(turns):
+        content = [{"type": state.kind}] if i == 0 else []
+        content.append({"type": "text", "text": u})
+        msgs.append({"role": "user", "content": content})
+        if a is not None:
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+    return msgs
+
+
+def build_batch(
+    model, state, user_text: str, answer: str | None, prompts: list[VisualPrompt], memory: list[MemoryRef]
+) -> Batch:
+    """Tokenise history + this turn (answer teacher-forced, or a generation prompt) into a one-sample Batch."""
+    proc = model.processor
+    text = proc.apply_chat_template(
+        _messages(state, user_text, answer), tokenize=False, add_generation_prompt=answer is None
+    )
+    media = state.media
+    if state.kind == "image":
+        enc = proc(text=[text], images=[media[0]], return_tensors="pt")
+    else:
+        enc = proc(text=[text], videos=[media], return_tensors="pt")
+    ids = enc["input_ids"]
+    batch = Batch(
+        input_ids=ids,
+        attention_mask=enc["attention_mask"],
+        labels=torch.full_like(ids, -100),
+        mm_token_type_ids=enc["mm_token_type_ids"],
+        frames=[media],
+        pixel_values=enc.get("pixel_values"),
+        image_grid_thw=enc.get("image_grid_thw"),
+        pixel_values_videos=enc.get("pixel_values_videos"),
+        video_grid_thw=enc.get("video_grid_thw"),
+        second_per_grid_ts=enc.get("second_per_grid_ts"),
+        prompts=[list(prompts)],
+        memory=[list(memory)],
+    )
+    return batch.to(model.new_token_embed.device)
+
+
+def _append(batch: Batch, token: int) -> Batch:
+    """The batch with one more text token at the end."""
+    one = torch.tensor([[token]], device=batch.input_ids.device)
+    batch.input_ids = torch.cat([batch.input_ids, one], 1)
+    batch.attention_mask = torch.cat([batch.attention_mask, torch.ones_like(one)], 1)
+    batch.labels = torch.cat([batch.labels, torch.full_like(one, -100)], 1)
+    batch.mm_token_type_ids = torch.cat([batch.mm_token_type_ids, torch.zeros_like(one)], 1)
+    return batch
+
+
+@torch.no_grad()
+def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
+    """Greedy decoding (no KV cache: <REF>/<MEM> embeddings are rebuilt each step); <REF>/<MEM> never emitted."""
+    tok = model.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    banned = [model.token_ids[REF], model.token_ids[MEM]]
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        out = model.forward(batch, decode_masks=False)
+        logits = out.logits[0, -1].float()
+        logits[banned] = float("-inf")
+        nxt = int(logits.argmax())
+        if nxt == eos:
+            break
+        new.append(nxt)
+        batch = _append(batch, nxt)
+    return tok.decode(new, skip_special_tokens=False), batch
+
+
+def _seg_masks(model, batch: Batch) -> list[torch.Tensor]:
+    """(T, H, W) bool masks of every <SEG> in the batch's single sample, in text order."""
+    out = model.forward(batch)
+    return [m for m in (out.pred_masks[0] > 0)]
+
+
+def _free_id(bank: ObjectMemoryBank, taken: list[int]) -> int:
+    """The smallest object id >= 1 used neither in the bank nor in `taken`."""
+    k = 1
+    while k in bank or k in taken:
+        k += 1
+    return k
+
+
+def _memory_refs(bank: ObjectMemoryBank, object_ids: list[int]) -> tuple[ObjectMemoryBank, list[MemoryRef]]:
+    """A bank restricted to `object_ids` and the MemoryRefs of its preamble, in text order."""
+    sub = ObjectMemoryBank(bank.num_frames, {k: bank.masks[k] for k in sorted(object_ids) if k in bank})
+    return sub, [MemoryRef(k, t, sub.masks[k][t]) for k, t in sub.memory_refs()]
+
+
+def check_media(media: torch.Tensor) -> None:
+    """Raise unless media is (T, 3, H, W) uint8."""
+    if not isinstance(media, torch.Tensor) or media.dim() != 4 or media.shape[1] != 3 or media.dtype != torch.uint8:
+        got = tuple(media.shape) if isinstance(media, torch.Tensor) else type(media).__name__
+        raise ValueError(f"media: got {got}, expected a (T, 3, H, W) uint8 tensor")
+
+
+@torch.no_grad()
+def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
+    """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state)."""
+    from pixelqa.model.unipixel import ChatResult, ChatState
+
+    was = model.training
+    model.eval()
+    try:
+        if history is None:
+            check_media(media)
+            kind = kind or ("image" if media.shape[0] == 1 else "video")
+            if kind not in ("image", "video"):
+                raise ValueError(f"kind: got {kind!r}, expected 'image' or 'video'")
+            state = ChatState(media=media, kind=kind, bank=ObjectMemoryBank(int(media.shape[0])))
+        else:
+            state = history
+        T = state.bank.num_frames
+        if count_ref(text) != len(prompts):
+            raise ValueError(f"text has {count_ref(text)} {REF} tokens but {len(prompts)} prompts were given")
+        ids: list[int] = []
+        vps: list[VisualPrompt] = []
+        for p in prompts:
+            oid = getattr(p, "object_id", None) or _free_id(state.bank, ids)
+            ids.append(oid)
+            vp = to_visual_prompt(p, oid)
+            if not 0 <= vp.frame < T:
+                raise ValueError(f"prompt frame: got {vp.frame}, expected 0 <= frame < {T}")
+            vps.append(vp)
+        variant = model.cfg.memory.variant
+        masks: dict[int, torch.Tensor] = {}
+        user_text, turn_prompts, turn_memory = text, vps, []
+        if vps and variant == "memory_bank":
+            # pre-filling: the answer's content is fixed by the prompts, so it is teacher-forced
+            pre = build_batch(model, state, text, prefill_answer(ids), state.prompts + vps, state.memory)
+            segs = _seg_masks(model, pre)[-len(ids) :]
+            for oid, m in zip(ids, segs):
+                state.bank.put(oid, m)
+                masks[oid] = m
+            sub, turn_memory = _memory_refs(state.bank, ids)
+            user_text = inject(text, sub, state.kind, ids)
+            turn_prompts = []
+            state.injected.update(ids)
+        elif vps and variant in ("ref_seg", "ref_seg_pool"):
+            # ref_seg_pool pools under the prompt-side <SEG> masks inside the model's forward (same text)
+            user_text = text.replace(REF, REF + SEG)
+        if variant == "memory_bank":
+            # later turns may name bank objects that are not yet in the context: inject them now
+            named = [k for k in object_ids_in(user_text) if k in state.bank and k not in state.injected]
+            if named:
+                sub, extra_refs = _memory_refs(state.bank, named)
+                pre = sub.preamble(state.kind)
+                if pre:
+                    user_text = f"{pre}\n{user_text}"
+                    turn_memory = extra_refs + turn_memory
+                state.injected.update(named)
+        batch = build_batch(model, state, user_text, None, state.prompts + turn_prompts, state.memory + turn_memory)
+        answer, _ = generate(model, batch, max_new_tokens)
+        n_before = sum(count_seg(u) + count_seg(a) for u, a in state.turns)
+        n_user = count_seg(user_text)
+        n_answer = count_seg(answer)
+        if n_user or n_answer:
+            full = build_batch(
+                model, state, user_text, answer, state.prompts + turn_prompts, state.memory + turn_memory
+            )
+            segs = _seg_masks(model, full)[n_before:]
+            if variant in ("ref_seg", "ref_seg_pool") and n_user:
+                for oid, m in zip(ids, segs[:n_user]):
+                    state.bank.put(oid, m)
+                    masks[oid] = m
+            answer_ids = parse_prefill(answer)
+            if len(answer_ids) != n_answer:
+                answer_ids = []
+                for _ in range(n_answer):
+                    answer_ids.append(_free_id(state.bank, answer_ids))
+            for oid, m in zip(answer_ids, segs[n_user:]):
+                state.bank.put(oid, m)
+                masks[oid] = m
+        state.turns.append((user_text, answer))
+        state.prompts = state.prompts + turn_prompts
+        state.memory = state.memory + turn_memory
+        return ChatResult(answer, masks, state.bank, state, user_text)
+    finally:
+        model.train(was)

@@ -1,0 +1,344 @@
+"""SAM 2.1 mask decoder (the `sam2` package): decode on the prompted frame, propagate through memory.
+
+The prompt is a set of sparse prompt embeddings (K, n, 256) per object, e.g. the L->M tokens of a <SEG>.
+`propagate` decodes them on frame 0 (SAM 2's init-conditioning step) and tracks the objects through the
+later frames with SAM 2's memory attention, all with gradients (training path). `independent` decodes
+every frame from the same tokens with no memory (frames as a batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCH_CONFIGS = {
+    "micro": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "hiera_s": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "hiera_b+": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+# A 7.5 M-parameter SAM 2.1 for tests and the demo: Hiera trunk of width 32, one memory-attention layer.
+MICRO_OVERRIDES = [
+    "++model.image_encoder.trunk.embed_dim=32",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.dim_feedforward=256",
+    "++model.num_maskmem=3",
+]
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def sam_overrides(arch: str, image_size: int, pred_obj_scores: bool = True) -> list[str]:
+    """Hydra overrides of the SAM 2.1 config for an arch, input size and object-score setting."""
+    if arch not in ARCH_CONFIGS:
+        raise ValueError(f"mask_decoder.arch: got {arch!r}, expected one of {sorted(ARCH_CONFIGS)}")
+    if image_size % 16:
+        raise ValueError(f"mask_decoder.image_size: got {image_size}, expected a multiple of 16")
+    feat = image_size // 16
+    overrides = list(MICRO_OVERRIDES) if arch == "micro" else []
+    overrides += [
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes=[{feat},{feat}]",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{feat},{feat}]",
+    ]
+    if not pred_obj_scores:
+        overrides += ["++model.pred_obj_scores=false", "++model.pred_obj_scores_mlp=false"]
+        overrides += ["++model.fixed_no_obj_ptr=false", "++model.no_obj_embed_spatial=false"]
+    return overrides
+
+
+def build_sam(arch: str, image_size: int, checkpoint: str | None = None, pred_obj_scores: bool = True) -> nn.Module:
+    """A `sam2.modeling.sam2_base.SAM2Base` (training build, no eval-time postprocessing), on CPU."""
+    import os
+
+    from sam2.build_sam import build_sam2
+
+    overrides = sam_overrides(arch, image_size, pred_obj_scores)
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"mask_decoder.checkpoint: {checkpoint!r} is not a local SAM 2.1 .pt file")
+    return build_sam2(
+        ARCH_CONFIGS[arch],
+        ckpt_path=checkpoint,
+        device="cpu",
+        mode="train",
+        hydra_overrides_extra=overrides,
+        apply_postprocessing=False,
+    )
+
+
+@dataclass
+class FrameFeatures:
+    """SAM image features of a set of frames, flattened as SAM 2 expects ((HW), N, C per level)."""
+
+    vision_feats: list[torch.Tensor]
+    vision_pos: list[torch.Tensor]
+    feat_sizes: list[tuple[int, int]]
+
+    def select(self, index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Features of frames `index` (K,), one per object: lists of (HW, K, C)."""
+        feats = [x[:, index] for x in self.vision_feats]
+        pos = [x[:, index] for x in self.vision_pos]
+        return feats, pos
+
+
+@dataclass
+class DecodedMasks:
+    """Decoder outputs for K objects over T frames."""
+
+    low_res: torch.Tensor  # (K, T, h, w) mask logits at image_size / 4 (-1024 where judged object-free)
+    raw: torch.Tensor  # (K, T, h, w) the same logits before the object-score gating (for mask losses)
+    ious: torch.Tensor  # (K, T) predicted IoU of the selected mask
+    object_scores: torch.Tensor  # (K, T) objectness logits
+
+
+class MaskDecoder(nn.Module):
+    """SAM 2.1 wrapped for prompt-embedding decoding and memory propagation."""
+
+    def __init__(
+        self,
+        arch: str = "micro",
+        image_size: int = 128,
+        mode: str = "propagate",
+        checkpoint: str | None = None,
+        pred_obj_scores: bool = True,
+        train_image_encoder: bool = False,
+    ):
+        super().__init__()
+        self.train_image_encoder = train_image_encoder
+        if mode not in ("propagate", "independent"):
+            raise ValueError(f"mask_decoder.mode: got {mode!r}, expected 'propagate' or 'independent'")
+        self.mode, self.image_size = mode, image_size
+        self.sam = build_sam(arch, image_size, checkpoint, pred_obj_scores)
+        if not train_image_encoder:
+            self.sam.image_encoder.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def prompt_width(self) -> int:
+        """Width of SAM's prompt tokens (256)."""
+        return self.sam.sam_prompt_embed_dim
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 -> (N, 3, S, S) normalised float, S = image_size."""
+        x = frames.float() / 255.0
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that training updates (all of SAM but the image encoder, unless that is trained too)."""
+        frozen = set() if self.train_image_encoder else {id(p) for p in self.sam.image_encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def encode_frames(self, frames: torch.Tensor) -> FrameFeatures:
+        """(N, 3, H, W) uint8 frames -> SAM image features of all N frames.
+
+        Without `train_image_encoder` the Hiera trunk + FPN neck run under no_grad (the paper fine-tunes the
+        mask decoder; this also saves most of SAM's activation memory). The conv_s0/conv_s1 projections of the
+        high-resolution features belong to the mask decoder and keep their gradients.
+        """
+        if self.train_image_encoder:
+            backbone_out = self.sam.image_encoder(self.preprocess(frames))
+        else:
+            with torch.no_grad():
+                backbone_out = self.sam.image_encoder(self.preprocess(frames))
+        if self.sam.use_high_res_features_in_sam:
+            # as SAM2Base.forward_image: project levels 0 and 1 once for the mask decoder
+            fpn = list(backbone_out["backbone_fpn"])
+            fpn[0] = self.sam.sam_mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.sam.sam_mask_decoder.conv_s1(fpn[1])
+            backbone_out = dict(backbone_out, backbone_fpn=fpn)
+        _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
+        return FrameFeatures(feats, pos, sizes)
+
+    def point_embeddings(self, points: torch.Tensor) -> torch.Tensor:
+        """SAM's own prompt encoder on positive points (K, P, 2) in SAM input pixels -> (K, P+1, 256)."""
+        labels = torch.ones(points.shape[:2], dtype=torch.int32, device=points.device)
+        sparse, _ = self.sam.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        return sparse
+
+    def _heads(
+        self, pix_feat: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None, multimask: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """SAM 2's `_forward_sam_heads` with given sparse prompt embeddings (and no mask prompt)."""
+        sam = self.sam
+        B = pix_feat.shape[0]
+        h, w = sam.sam_prompt_encoder.image_embedding_size
+        dense = sam.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(B, -1, h, w)
+        low_multi, ious, tokens, obj_logits = sam.sam_mask_decoder(
+            image_embeddings=pix_feat,
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse.to(pix_feat.dtype),
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=False,
+            high_res_features=high_res,
+        )
+        raw_multi = low_multi.float()
+        if sam.pred_obj_scores:
+            # as in SAM 2: a frame judged object-free outputs the "no object" score everywhere
+            low_multi = torch.where(obj_logits[:, :, None, None] > 0, low_multi, -1024.0)
+        low_multi = low_multi.float()
+        high_multi = F.interpolate(
+            low_multi, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False
+        )
+        token = tokens[:, 0]
+        if multimask:
+            best = torch.argmax(ious, dim=-1)
+            rows = torch.arange(B, device=pix_feat.device)
+            low, high = low_multi[rows, best].unsqueeze(1), high_multi[rows, best].unsqueeze(1)
+            raw = raw_multi[rows, best].unsqueeze(1)
+            if tokens.shape[1] > 1:
+                token = tokens[rows, best]
+            ious = ious[rows, best].unsqueeze(1)
+        else:
+            low, high, raw = low_multi, high_multi, raw_multi
+        obj_ptr = sam.obj_ptr_proj(token)
+        if sam.pred_obj_scores:
+            appear = obj_logits.sigmoid() if sam.soft_no_obj_ptr else (obj_logits > 0).float()
+            if sam.fixed_no_obj_ptr:
+                obj_ptr = appear * obj_ptr
+            obj_ptr = obj_ptr + (1 - appear) * sam.no_obj_ptr
+        return low, high, ious, obj_ptr, obj_logits, raw
+
+    def _prompted_step(
+        self,
+        feats: list[torch.Tensor],
+        pos: list[torch.Tensor],
+        sizes: list[tuple[int, int]],
+        sparse: torch.Tensor,
+        output_dict: dict,
+        num_frames: int,
+        frame_idx: int,
+        run_mem_encoder: bool,
+    ) -> dict:
+        """SAM 2's `track_step` on an init-conditioning frame, prompted by sparse embeddings (K, n, 256)."""
+        sam = self.sam
+        K = sparse.shape[0]
+        high_res = [x.permute(1, 2, 0).view(K, x.shape[2], *s) for x, s in zip(feats[:-1], sizes[:-1])] or None
+        pix_feat = sam._prepare_memory_conditioned_features(
+            frame_idx=frame_idx,
+            is_init_cond_frame=True,
+            current_vision_feats=feats[-1:],
+            current_vision_pos_embeds=pos[-1:],
+            feat_sizes=sizes[-1:],
+            output_dict=output_dict,
+            num_frames=num_frames,
+        )  # (K, C, h, w)
+        multimask = sam._use_multimask(True, None)
+        low, high, ious, obj_ptr, obj_logits, raw = self._heads(pix_feat, sparse, high_res, multimask)
+        out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
+        out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
+        sam._encode_memory_in_output(feats, sizes, None, run_mem_encoder, high, obj_logits, out)
+        return out
+
+    def forward(
+        self,
+        features: FrameFeatures,
+        frame_ids: list[int] | torch.Tensor,
+        sparse: torch.Tensor,
+        memory_dtype: torch.dtype | None = None,
+    ) -> DecodedMasks:
+        """Decode K objects over T frames; objects of several videos of equal length decode as one batch.
+
+        frame_ids: indices into `features` in time order, a list shared by all objects or (K, T) per object.
+        sparse: (K, n, 256) prompt embeddings applied on each object's first frame. `memory_dtype` rounds the
+        stored memory features (SAM2VideoPredictor keeps them in bfloat16; used by equivalence tests).
+        """
+        K = sparse.shape[0]
+        index = torch.as_tensor(frame_ids, device=sparse.device)
+        if index.dim() == 1:
+            index = index[None].expand(K, -1)  # (T,) -> (K, T)
+        if index.shape[0] != K:
+            raise ValueError(f"frame_ids: got {tuple(index.shape)}, expected ({K}, T) or (T,)")
+        T = index.shape[1]
+        if self.mode == "independent":
+            return self._independent(features, index, sparse)
+        output_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        lows, raws, ious, scores = [], [], [], []
+        for t in range(T):
+            feats, pos = features.select(index[:, t])
+            if t == 0:
+                out = self._prompted_step(feats, pos, features.feat_sizes, sparse, output_dict, T, 0, T > 1)
+                iou = out["ious"][:, 0]
+            else:
+                out = self._tracked_step(feats, pos, features.feat_sizes, output_dict, T, t)
+                iou = out["ious"][:, 0]
+            if memory_dtype is not None and out.get("maskmem_features") is not None:
+                out["maskmem_features"] = out["maskmem_features"].to(memory_dtype).float()
+            key = "cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"
+            output_dict[key][t] = out
+            lows.append(out["pred_masks"][:, 0])
+            raws.append(out["raw_masks"][:, 0])
+            ious.append(iou)
+            scores.append(out["object_score_logits"][:, 0])
+        return DecodedMasks(torch.stack(lows, 1), torch.stack(raws, 1), torch.stack(ious, 1), torch.stack(scores, 1))
+
+    def _tracked_step(
+        self,
+        feats: list[torch.Tensor],
+        pos: list[torch.Tensor],
+        sizes: list[tuple[int, int]],
+        output_dict: dict,
+        num_frames: int,
+        frame_idx: int,
+    ) -> dict:
+        """SAM 2's `track_step` on a later frame (memory-conditioned, no prompt), keeping the IoU estimate."""
+        sam = self.sam
+        K = feats[-1].shape[1]
+        high_res = [x.permute(1, 2, 0).view(K, x.shape[2], *s) for x, s in zip(feats[:-1], sizes[:-1])] or None
+        pix_feat = sam._prepare_memory_conditioned_features(
+            frame_idx=frame_idx,
+            is_init_cond_frame=False,
+            current_vision_feats=feats[-1:],
+            current_vision_pos_embeds=pos[-1:],
+            feat_sizes=sizes[-1:],
+            output_dict=output_dict,
+            num_frames=num_frames,
+        )
+        multimask = sam._use_multimask(False, None)
+        # no prompt on tracked frames: SAM pads with one "not a point" embedding, exactly as in track_step
+        sparse, _ = sam.sam_prompt_encoder(
+            points=(
+                torch.zeros(K, 1, 2, device=pix_feat.device),
+                -torch.ones(K, 1, dtype=torch.int32, device=pix_feat.device),
+            ),
+            boxes=None,
+            masks=None,
+        )
+        low, high, ious, obj_ptr, obj_logits, raw = self._heads(pix_feat, sparse, high_res, multimask)
+        out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
+        out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
+        sam._encode_memory_in_output(feats, sizes, None, True, high, obj_logits, out)
+        return out
+
+    def _independent(self, features: FrameFeatures, index: torch.Tensor, sparse: torch.Tensor) -> DecodedMasks:
+        """Every frame decoded from the same prompt, no memory: frames x objects as one batch."""
+        K, T = index.shape
+        idx = index.t().reshape(-1)  # (K, T) -> (T*K,) frame-major
+        feats = [x[:, idx] for x in features.vision_feats]
+        pos = [x[:, idx] for x in features.vision_pos]
+        sparse_tk = sparse.repeat(T, 1, 1)  # (T*K, n, 256)
+        out = self._prompted_step(feats, pos, features.feat_sizes, sparse_tk, {}, 1, 0, False)
+        low = out["pred_masks"][:, 0].view(T, K, *out["pred_masks"].shape[-2:]).transpose(0, 1)
+        raw = out["raw_masks"][:, 0].view(T, K, *out["raw_masks"].shape[-2:]).transpose(0, 1)
+        ious = out["ious"][:, 0].view(T, K).transpose(0, 1)
+        scores = out["object_score_logits"][:, 0].view(T, K).transpose(0, 1)
+        return DecodedMasks(low, raw, ious, scores)
+
+    def upsample(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(..., h, w) low-res logits -> (..., H, W) at a frame's source size (as SAM2VideoPredictor does)."""
+        lead = low_res.shape[:-2]
+        x = low_res.reshape(-1, 1, *low_res.shape[-2:])
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.view(*lead, *size)

@@ -1,0 +1,50 @@
+"""M->L (pooled visual features -> LLM token) and L->M (<SEG> hidden state -> SAM prompt tokens) projectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MaskToLanguage(nn.Module):
+    """M->L: pooled pre-merger visual features (4 * vit width) -> LLM width; Linear -> GELU -> Linear.
+
+    Same shapes as Qwen2.5-VL's V->L merger MLP, so it starts from the merger's weights.
+    """
+
+    def __init__(self, in_dim: int, llm_width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, llm_width))
+
+    @torch.no_grad()
+    def init_from_merger(self, merger_mlp: nn.Sequential) -> bool:
+        """Copy Qwen's merger MLP weights where the shapes match; True if everything was copied."""
+        copied = True
+        for ours, theirs in ((self.mlp[0], merger_mlp[0]), (self.mlp[2], merger_mlp[2])):
+            if ours.weight.shape == theirs.weight.shape:
+                ours.weight.copy_(theirs.weight.float())
+                ours.bias.copy_(theirs.bias.float())
+            else:
+                copied = False
+        return copied
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> (N, llm_width)."""
+        return self.mlp(pooled)
+
+
+class LanguageToMask(nn.Module):
+    """L->M: a <SEG> hidden state (LLM width) -> `num_tokens` SAM prompt tokens of `sam_width`."""
+
+    def __init__(self, llm_width: int, num_tokens: int = 2, sam_width: int = 256):
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"hidden_tokens: got {num_tokens}, expected >= 1")
+        self.num_tokens, self.sam_width = num_tokens, sam_width
+        self.mlp = nn.Sequential(
+            nn.Linear(llm_width, llm_width), nn.GELU(), nn.Linear(llm_width, num_tokens * sam_width)
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, llm_width) -> (N, num_tokens, sam_width)."""
+        return self.mlp(hidden).view(hidden.shape[0], self.num_tokens, self.sam_width)

@@ -1,0 +1,611 @@
+"""UniPixel: Qwen2.5-VL + visual prompt tokens + SAM 2.1 mask decoding + an object memory bank.
+
+Token handling in `forward` (one pass, teacher-forced; a second LLM pass for memory.variant=ref_seg_pool):
+- <REF>: replaced by its visual prompt's token (sparse encoder for points/boxes, masked pooling + M->L for masks);
+- <MEM>: replaced by the masked-pooled visual feature of its object on its frame, through M->L;
+- <SEG>: its last-layer (post-norm) hidden state -> L->M -> `hidden_tokens` SAM prompt tokens, decoded on the
+  sample's first frame and propagated to the others by SAM 2's memory.
+The new token rows (input embedding and LM-head row of <REF> <MEM> <SEG>) are our own parameters, so the
+base Qwen weights stay frozen (only LoRA adapts them); the base model's own rows for these ids are unused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.model import backbone as bb
+from pixelqa.model.config import (
+    LoraConfig,
+    LossConfig,
+    MaskDecoderConfig,
+    MemoryConfig,
+    PromptEncoderConfig,
+    UniPixelConfig,
+)
+from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses
+from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
+from pixelqa.model.memory import ObjectMemoryBank, check_variant
+from pixelqa.model.projectors import LanguageToMask, MaskToLanguage
+from pixelqa.model.prompt_encoder import SparsePromptEncoder, masked_pool
+from pixelqa.prompt_format import MEM, REF, SEG
+
+WEIGHTS_FILE = "unipixel.pt"
+CONFIG_FILE = "unipixel_config.json"
+
+
+@dataclass
+class UniPixelOutput:
+    """Outputs of one forward pass."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]  # lm, focal, dice, iou, objectness (unweighted)
+    logits: torch.Tensor  # (B, L, V)
+    pred_masks: list[torch.Tensor]  # per sample (K, T, H, W) mask logits at source resolution
+    pred_ious: list[torch.Tensor]  # per sample (K, T)
+    object_scores: list[torch.Tensor]  # per sample (K, T) objectness logits
+
+
+@dataclass
+class FrameGrid:
+    """Pre-merger visual features of one frame: (h*w, 4*vit_width) in raster order of its (h, w) token grid."""
+
+    features: torch.Tensor
+    grid_hw: tuple[int, int]
+
+
+def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
+    """Per sample, the (kind, index) of the image / video entries its visual tokens belong to, in order."""
+    out: list[list[tuple[str, int]]] = []
+    cursor = {"image": 0, "video": 0}
+    grids = {"image": batch.image_grid_thw, "video": batch.video_grid_thw}
+    for b in range(batch.size):
+        items = []
+        for kind, code in (("image", 1), ("video", 2)):
+            need = int((batch.mm_token_type_ids[b] == code).sum())
+            while need > 0:
+                g = grids[kind]
+                if g is None or cursor[kind] >= g.shape[0]:
+                    raise ValueError(f"sample {b}: {need} {kind} tokens left but no {kind}_grid_thw entry for them")
+                n = int(g[cursor[kind]].prod()) // merge_unit
+                items.append((kind, cursor[kind]))
+                cursor[kind] += 1
+                need -= n
+            if need < 0:
+                raise ValueError(f"sample {b}: {kind} token count does not match {kind}_grid_thw")
+        out.append(items)
+    return out
+
+
+class UniPixel(nn.Module):
+    """The UniPixel network. Submodules: backbone, sparse_prompt_encoder, m2l, l2m, mask_decoder."""
+
+    def __init__(self, cfg: UniPixelConfig, random_init: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        check_variant(cfg.memory.variant)
+        self.processor = bb.build_processor(cfg.preset, cfg.path)
+        self.tokenizer = self.processor.tokenizer
+        self.token_ids = bb.add_special_tokens(self.processor)  # {"<REF>": id, "<MEM>": id, "<SEG>": id}
+        qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init=random_init)
+        bb.resize_for_tokens(qwen, self.tokenizer, cfg.seed)
+        qwen.requires_grad_(False)
+        qcfg = qwen.config
+        llm_width = qcfg.text_config.hidden_size
+        vit = qcfg.vision_config
+        self.merge_unit = vit.spatial_merge_size**2
+        new_ids = torch.tensor([self.token_ids[t] for t in (REF, MEM, SEG)])
+        self.register_buffer("new_ids", new_ids, persistent=False)
+        self.new_token_embed = nn.Parameter(qwen.get_input_embeddings().weight[new_ids].detach().float().clone())
+        self.new_token_head = nn.Parameter(qwen.get_output_embeddings().weight[new_ids].detach().float().clone())
+        with bb.fork_rng(cfg.seed + 1):
+            self.mask_decoder = MaskDecoder(
+                cfg.mask_decoder.arch,
+                cfg.mask_decoder.image_size,
+                cfg.mask_decoder.mode,
+                cfg.mask_decoder.checkpoint,
+                cfg.mask_decoder.pred_obj_scores,
+                cfg.mask_decoder.train_image_encoder,
+            )
+            pe = cfg.prompt_encoder
+            self.sparse_prompt_encoder = SparsePromptEncoder(llm_width, pe.hidden, pe.temporal, pe.max_frames)
+            self.sparse_prompt_encoder.init_from_sam(self.mask_decoder.sam.sam_prompt_encoder)
+            self.m2l = MaskToLanguage(vit.hidden_size * self.merge_unit, llm_width)
+            self.m2l.init_from_merger(qwen.model.visual.merger.mlp)
+            self.l2m = LanguageToMask(llm_width, cfg.hidden_tokens, self.mask_decoder.prompt_width)
+        if cfg.lora.enabled:
+            lc = cfg.lora
+            with bb.fork_rng(cfg.seed + 2):
+                qwen = bb.apply_lora(qwen, lc.rank, lc.alpha, lc.dropout, lc.vit, lc.llm)
+        self.backbone = qwen
+        if cfg.gradient_checkpointing:
+            self.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- structure -------------------------------------------------------------------------------------------
+    @property
+    def qwen(self) -> nn.Module:
+        """The `Qwen2_5_VLForConditionalGeneration` (peft wrapper removed; LoRA layers stay in place)."""
+        return bb.unwrap_qwen(self.backbone)
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        """Dtype of the Qwen weights."""
+        return self.qwen.get_input_embeddings().weight.dtype
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameter groups by role (LoRA, new token rows, prompt encoder, projectors, SAM)."""
+        lora = [p for n, p in self.backbone.named_parameters() if "lora_" in n]
+        return {
+            "backbone_lora": lora,
+            "new_token_rows": [self.new_token_embed, self.new_token_head],
+            "sparse_prompt_encoder": list(self.sparse_prompt_encoder.parameters()),
+            "m2l": list(self.m2l.parameters()),
+            "l2m": list(self.l2m.parameters()),
+            "mask_decoder": self.mask_decoder.trainable_parameters(),
+        }
+
+    def set_trainable(self, groups: list[str] | tuple[str, ...]) -> None:
+        """Freeze everything, then unfreeze the named `parameter_groups` (e.g. stage 3: all six groups).
+
+        Prefer this to `module.requires_grad_(True)`: that would also unfreeze the base Qwen weights under
+        `backbone` and SAM's image encoder (which runs without gradients unless train_image_encoder is set).
+        """
+        table = self.parameter_groups()
+        unknown = [g for g in groups if g not in table]
+        if unknown:
+            raise ValueError(f"groups: unknown {unknown}, expected names from {sorted(table)}")
+        self.requires_grad_(False)
+        for g in groups:
+            for p in table[g]:
+                p.requires_grad_(True)
+
+    # ---- visual features ------------------------------------------------------------------------------------
+    def _encode_visual(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        """Run Qwen's ViT: (merged LLM-width features per item, pre-merger raster features per item)."""
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.qwen.model.visual
+        out = visual(pixel_values.type(visual.dtype), grid_thw=grid_thw)
+        # last_hidden_state is in window-attention order; the merger's input groups merge_unit rows per token.
+        window_index, _ = get_vision_window_index(
+            grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
+        )
+        pre = visual.merger.ln_q(out.last_hidden_state).view(-1, visual.merger.hidden_size)
+        pre = pre[torch.argsort(window_index.to(pre.device))]  # (N_merged, 4*vit) in raster order
+        sizes = (grid_thw.prod(-1) // self.merge_unit).tolist()
+        out.pooler_output = torch.split(out.pooler_output, sizes)
+        return out, torch.split(pre, sizes)
+
+    def _frame_grids(self, pre: list[torch.Tensor], grid_thw: torch.Tensor, kind: str, index: int) -> list[FrameGrid]:
+        """Per temporal grid step of one media item, its token grid (frames map to step t // temporal_patch)."""
+        t, h, w = (int(v) for v in grid_thw[index])
+        m = int(self.merge_unit**0.5)
+        feats = pre[index].view(t, (h // m) * (w // m), -1)
+        return [FrameGrid(feats[i], (h // m, w // m)) for i in range(t)]
+
+    def _sample_frames(self, batch: Batch, media, visual_pre: dict) -> list[list[FrameGrid]]:
+        """Per sample, per source frame, the visual token grid it was encoded into."""
+        tps = self.qwen.config.vision_config.temporal_patch_size
+        out = []
+        for b, items in enumerate(media):
+            T = int(batch.frames[b].shape[0]) if batch.frames else 0
+            grids: list[FrameGrid] = []
+            for kind, idx in items:
+                g = batch.image_grid_thw if kind == "image" else batch.video_grid_thw
+                steps = self._frame_grids(visual_pre[kind], g, kind, idx)
+                if kind == "image":
+                    grids.extend(steps)
+                else:
+                    # a video grid step covers temporal_patch_size consecutive frames
+                    grids.extend(steps[min(f // tps, len(steps) - 1)] for f in range(len(steps) * tps))
+            if T and len(grids) > T:
+                grids = grids[:T]
+            out.append(grids)
+        return out
+
+    def _pool(
+        self, grids: list[FrameGrid], frame: int, mask: torch.Tensor, where: str, num_frames: int
+    ) -> torch.Tensor:
+        """Masked-pooled pre-merger feature of `mask` on `frame` -> (4*vit,)."""
+        if not 0 <= frame < num_frames:
+            raise ValueError(f"{where}.frame: got {frame}, expected 0 <= frame < {num_frames} (frames of the sample)")
+        if frame >= len(grids):
+            raise ValueError(f"{where}.frame: frame {frame} has no visual tokens (sample has {len(grids)} encoded)")
+        if mask is None or mask.dim() != 2:
+            shape = None if mask is None else tuple(mask.shape)
+            raise ValueError(f"{where}.mask: got {shape}, expected an (H, W) bool tensor")
+        g = grids[frame]
+        return masked_pool(g.features.float(), mask.to(g.features.device), g.grid_hw, where=f"{where}.mask")
+
+    # ---- embeddings -----------------------------------------------------------------------------------------
+    def _input_embeddings(self, batch: Batch, frame_grids: list[list[FrameGrid]]) -> torch.Tensor:
+        """Token embeddings with new-token rows, <REF> prompt tokens and <MEM> memory tokens filled in."""
+        ids = batch.input_ids
+        emb = self.qwen.get_input_embeddings()(ids).float()  # (B, L, D)
+        is_new = ids[..., None] == self.new_ids  # (B, L, 3)
+        new_rows = is_new.float() @ self.new_token_embed  # (B, L, D)
+        emb = torch.where(is_new.any(-1, keepdim=True), new_rows, emb)
+        ref_id, mem_id = self.token_ids[REF], self.token_ids[MEM]
+        sparse_kinds, sparse_coords, sparse_frames, sparse_pos = [], [], [], []
+        pooled, pooled_pos = [], []
+        for b in range(batch.size):
+            T = int(batch.frames[b].shape[0]) if batch.frames else 1
+            ref_pos = (ids[b] == ref_id).nonzero().flatten().tolist()
+            prompts = batch.prompts[b] if batch.prompts else []
+            if len(ref_pos) != len(prompts):
+                raise ValueError(f"sample {b}: {len(ref_pos)} {REF} tokens but {len(prompts)} visual prompts")
+            for j, (p, pos) in enumerate(zip(prompts, ref_pos)):
+                where = f"prompts[{b}][{j}]"
+                if not 0 <= p.frame < T:
+                    raise ValueError(f"{where}.frame: got {p.frame}, expected 0 <= frame < {T} (frames of the sample)")
+                if p.kind in ("point", "box"):
+                    sparse_kinds.append(p.kind)
+                    sparse_coords.append(tuple(p.coords))
+                    sparse_frames.append(p.frame)
+                    sparse_pos.append((b, pos))
+                elif p.kind == "mask":
+                    pooled.append(self._pool(frame_grids[b], p.frame, p.mask, where, T))
+                    pooled_pos.append((b, pos))
+                else:
+                    raise ValueError(f"{where}.kind: got {p.kind!r}, expected 'point', 'box' or 'mask'")
+            mem_pos = (ids[b] == mem_id).nonzero().flatten().tolist()
+            mems = batch.memory[b] if batch.memory else []
+            if len(mem_pos) != len(mems):
+                raise ValueError(f"sample {b}: {len(mem_pos)} {MEM} tokens but {len(mems)} memory refs")
+            for j, (m, pos) in enumerate(zip(mems, mem_pos)):
+                pooled.append(self._pool(frame_grids[b], m.frame, m.mask, f"memory[{b}][{j}]", T))
+                pooled_pos.append((b, pos))
+        values, positions = [], []
+        if sparse_pos:
+            values.append(self.sparse_prompt_encoder(sparse_kinds, sparse_coords, sparse_frames))
+            positions += sparse_pos
+        if pooled_pos:
+            values.append(self.m2l(torch.stack(pooled)))  # (N, 4*vit) -> (N, D)
+            positions += pooled_pos
+        if positions:
+            bi = torch.tensor([p[0] for p in positions], device=emb.device)
+            li = torch.tensor([p[1] for p in positions], device=emb.device)
+            emb = emb.index_put((bi, li), torch.cat(values).to(emb.dtype))
+        return emb
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def _trainable_anchor(self) -> torch.Tensor:
+        """0 * one element of every trainable parameter of our modules, so unused ones stay in the graph."""
+        anchor = self.new_token_embed.sum() * 0.0
+        params = [
+            *self.sparse_prompt_encoder.parameters(),
+            *self.m2l.parameters(),
+            *self.l2m.parameters(),
+            *self.mask_decoder.trainable_parameters(),
+        ]
+        for p in params:
+            if p.requires_grad:
+                anchor = anchor + p.view(-1)[0] * 0.0
+        return anchor
+
+    def forward(self, batch: Batch, decode_masks: bool = True) -> UniPixelOutput:
+        """Teacher-forced pass: LM logits and loss, masks for every <SEG> (capped in training), mask losses.
+
+        In training mode only the first `loss.max_objects` <SEG>s of a sample are decoded (they are the ones
+        with mask losses); in eval mode all are. decode_masks=False skips SAM (used while generating), except
+        for the prompt-side <SEG>s that memory.variant=ref_seg_pool needs (then only those are returned).
+        """
+        qwen = self.qwen
+        media = _split_media(batch, self.merge_unit)
+        enc_outputs, visual_pre = {}, {}
+        if batch.pixel_values is not None:
+            enc_outputs["image"], visual_pre["image"] = self._encode_visual(batch.pixel_values, batch.image_grid_thw)
+        if batch.pixel_values_videos is not None:
+            enc_outputs["video"], visual_pre["video"] = self._encode_visual(
+                batch.pixel_values_videos, batch.video_grid_thw
+            )
+        frame_grids = self._sample_frames(batch, media, visual_pre)
+        emb = self._input_embeddings(batch, frame_grids)
+        hidden = self._run_llm(batch, emb, enc_outputs)  # (B, L, D), after the final norm
+        pooled_segs = self._prompt_seg_positions(batch) if self.cfg.memory.variant == "ref_seg_pool" else {}
+        masks, ious, scores, sums, picks = self._decode_segs(batch, hidden, decode_masks, pooled_segs)
+        if pooled_segs:
+            # ref_seg_pool: a second LLM pass whose prompt-side <SEG> inputs also carry the M->L pooled feature
+            # of the mask just predicted for them; the answer (logits, LM loss) comes from this pass
+            emb = self._add_pooled_masks(emb, frame_grids, masks, picks, pooled_segs)
+            hidden = self._run_llm(batch, emb, enc_outputs)
+        logits = qwen.lm_head(hidden)
+        new_logits = hidden.float() @ self.new_token_head.t()  # (B, L, 3)
+        # in place: Linear's backward does not need its output, and a (B, L, V) copy is large for real vocabularies
+        logits.index_copy_(-1, self.new_ids, new_logits.to(logits.dtype))
+        losses = {"lm": lm_loss(logits, batch.labels) if batch.labels is not None else logits.sum() * 0.0}
+        w = self.cfg.loss
+        n_mask = sums["n_mask"].clamp(min=1)
+        n_obj = sums["n_obj"].clamp(min=1)
+        anchor = self._trainable_anchor()
+        losses["focal"] = sums["focal"] / n_mask + anchor
+        losses["dice"] = sums["dice"] / n_mask
+        losses["iou"] = sums["iou"] / n_mask
+        losses["objectness"] = sums["objectness"] / n_obj
+        total = (
+            w.lm * losses["lm"]
+            + w.focal * losses["focal"]
+            + w.dice * losses["dice"]
+            + w.iou * losses["iou"]
+            + w.objectness * losses["objectness"]
+        )
+        return UniPixelOutput(total, losses, logits, masks, ious, scores)
+
+    def _run_llm(self, batch: Batch, emb: torch.Tensor, enc_outputs: dict) -> torch.Tensor:
+        """Qwen's LLM on our input embeddings (media features scattered by Qwen itself) -> (B, L, D) hidden."""
+        out = self.qwen.model(
+            input_ids=batch.input_ids,
+            inputs_embeds=emb.to(self.llm_dtype),
+            attention_mask=batch.attention_mask,
+            mm_token_type_ids=batch.mm_token_type_ids,
+            image_grid_thw=batch.image_grid_thw,
+            video_grid_thw=batch.video_grid_thw,
+            second_per_grid_ts=batch.second_per_grid_ts,
+            mm_encoder_outputs=enc_outputs or None,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def _prompt_seg_positions(self, batch: Batch) -> dict[int, dict[int, int]]:
+        """Per sample, {position of a <SEG> right after a <REF>: that prompt's frame} (ref_seg_pool)."""
+        ref_id, seg_id = self.token_ids[REF], self.token_ids[SEG]
+        out: dict[int, dict[int, int]] = {}
+        for b in range(batch.size):
+            ids = batch.input_ids[b]
+            refs = (ids == ref_id).nonzero().flatten().tolist()
+            prompts = batch.prompts[b] if batch.prompts else []
+            found = {
+                r + 1: prompts[j].frame for j, r in enumerate(refs) if r + 1 < ids.shape[0] and ids[r + 1] == seg_id
+            }
+            if found:
+                out[b] = found
+        return out
+
+    def _add_pooled_masks(
+        self,
+        emb: torch.Tensor,
+        frame_grids: list[list[FrameGrid]],
+        masks: list[torch.Tensor],
+        picks: list[list[int]],
+        pooled_segs: dict[int, dict[int, int]],
+    ) -> torch.Tensor:
+        """Add M->L(features pooled under each prompt-side <SEG>'s predicted mask, on its prompt frame) to its input."""
+        feats, where = [], []
+        for b, found in pooled_segs.items():
+            for i, pos in enumerate(picks[b]):  # masks[b][i] is the mask of the <SEG> at picks[b][i]
+                if pos not in found:
+                    continue
+                g = frame_grids[b][found[pos]]
+                prob = masks[b][i, found[pos]].detach().sigmoid()  # (H, W); the mask is an input here, not trained
+                w = F.adaptive_avg_pool2d(prob[None, None], g.grid_hw).flatten().to(g.features.dtype)  # (h*w,)
+                feats.append((w[:, None] * g.features).sum(0) / w.sum().clamp(min=1e-6))
+                where.append((b, pos))
+        if not feats:
+            return emb
+        bi = torch.tensor([p[0] for p in where], device=emb.device)
+        li = torch.tensor([p[1] for p in where], device=emb.device)
+        return emb.index_put((bi, li), self.m2l(torch.stack(feats).float()).to(emb.dtype), accumulate=True)
+
+    def _seg_positions(self, batch: Batch, decode: bool, always: dict[int, dict[int, int]]) -> list[list[int]]:
+        """Per sample, the token positions of the <SEG>s to decode (the first max_objects in training).
+
+        Positions in `always` (ref_seg_pool's prompt-side <SEG>s) are decoded even when decode is False.
+        """
+        seg_id = self.token_ids[SEG]
+        cap = self.cfg.loss.max_objects if self.training else None
+        picks = []
+        for b in range(batch.size):
+            pos = (batch.input_ids[b] == seg_id).nonzero().flatten().tolist()
+            n_targets = batch.seg_masks[b].shape[0] if batch.seg_masks else 0
+            if n_targets and n_targets != len(pos):  # 0 targets = an unsupervised sample (e.g. evaluation)
+                raise ValueError(
+                    f"sample {b}: {len(pos)} {SEG} tokens but seg_masks has {batch.seg_masks[b].shape[0]} objects"
+                )
+            chosen = (pos[:cap] if cap is not None else pos) if decode else []
+            extra = [p for p in always.get(b, {}) if p not in chosen]
+            picks.append(sorted(chosen + extra) if extra else chosen)
+        return picks
+
+    def _run_decoder(self, batch: Batch, hidden: torch.Tensor, picks: list[list[int]]) -> dict[int, DecodedMasks]:
+        """SAM decoding of the picked <SEG>s: per sample with any, its (k, T) DecodedMasks.
+
+        All frames go through SAM's image encoder in one call; samples with the same frame count decode as one
+        SAM batch (their objects stacked), so propagation costs T steps per distinct video length.
+        """
+        need = [b for b in range(batch.size) if picks[b]]
+        if not need:
+            return {}
+        device = hidden.device
+        frames = torch.cat([batch.frames[b] for b in need]).to(device)  # (sum T, 3, H, W)
+        features = self.mask_decoder.encode_frames(frames)
+        lengths = [int(batch.frames[b].shape[0]) for b in need]
+        frame_start = dict(zip(need, torch.tensor([0, *lengths]).cumsum(0).tolist()))
+        row_start = dict(zip(need, torch.tensor([0] + [len(picks[b]) for b in need]).cumsum(0).tolist()))
+        seg_hidden = torch.cat([hidden[b, picks[b]] for b in need]).float()  # (N, D)
+        tokens = self.l2m(seg_hidden)  # (N, D) -> (N, hidden_tokens, 256)
+        by_len: dict[int, list[int]] = {}
+        for b, T in zip(need, lengths):
+            by_len.setdefault(T, []).append(b)
+        decoded: dict[int, DecodedMasks] = {}
+        for T, group in by_len.items():
+            rows = torch.cat([torch.arange(row_start[b], row_start[b] + len(picks[b])) for b in group]).to(device)
+            index = torch.cat([(frame_start[b] + torch.arange(T)).expand(len(picks[b]), T) for b in group])
+            dec = self.mask_decoder(features, index.to(device), tokens[rows])  # index: (K_group, T)
+            at = 0
+            for b in group:
+                k = len(picks[b])
+                part = slice(at, at + k)
+                decoded[b] = DecodedMasks(dec.low_res[part], dec.raw[part], dec.ious[part], dec.object_scores[part])
+                at += k
+        return decoded
+
+    def _decode_segs(
+        self, batch: Batch, hidden: torch.Tensor, decode: bool = True, always: dict | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor], list[list[int]]]:
+        """Masks for the <SEG> tokens of every sample; mask-loss sums against batch.seg_masks when given.
+
+        Returns per-sample masks / IoUs / object scores, the loss sums, and the decoded <SEG> positions.
+        """
+        picks = self._seg_positions(batch, decode, always or {})
+        decoded = self._run_decoder(batch, hidden, picks)
+        zero = hidden.sum() * 0.0
+        sums = {k: zero for k in ("focal", "dice", "iou", "objectness")}
+        sums["n_mask"] = torch.zeros((), device=hidden.device)
+        sums["n_obj"] = torch.zeros((), device=hidden.device)
+        masks, ious, scores = [], [], []
+        for b in range(batch.size):
+            T, _, H, W = batch.frames[b].shape
+            k = len(picks[b])
+            if k == 0:
+                masks.append(hidden.new_zeros((0, T, H, W), dtype=torch.float32))
+                ious.append(hidden.new_zeros((0, T), dtype=torch.float32))
+                scores.append(hidden.new_zeros((0, T), dtype=torch.float32))
+                continue
+            dec = decoded[b]
+            full = self.mask_decoder.upsample(dec.low_res, (H, W))  # (k, T, h, w) -> (k, T, H, W)
+            masks.append(full)
+            ious.append(dec.ious)
+            scores.append(dec.object_scores)
+            if batch.seg_masks and batch.seg_masks[b].shape[0]:
+                all_pos = (batch.input_ids[b] == self.token_ids[SEG]).nonzero().flatten().tolist()
+                rows = torch.tensor([all_pos.index(p) for p in picks[b]])  # target row of each decoded <SEG>
+                tgt = batch.seg_masks[b][rows].to(full.device)
+                valid = batch.seg_valid[b][rows] if batch.seg_valid else torch.ones(k, T, dtype=torch.bool)
+                # losses on the logits before SAM's hard "no object" gating, so masks learn even where the
+                # (still untrained) object score says absent; objectness is trained by its own loss
+                raw = self.mask_decoder.upsample(dec.raw, (H, W))
+                part = mask_losses(raw, tgt, valid.to(full.device), dec.ious, dec.object_scores)
+                sums = {key: value + part[key] for key, value in sums.items()}
+        return masks, ious, scores, sums, picks
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[torch.Tensor]:
+        """Binary masks (K, T, H, W) bool for every <SEG> of each sample's (teacher-forced) text."""
+        was = self.training
+        self.eval()
+        try:
+            out = self.forward(_without_targets(batch))
+        finally:
+            self.train(was)
+        return [m > 0 for m in out.pred_masks]
+
+    # ---- chat -----------------------------------------------------------------------------------------------
+    def chat(
+        self,
+        media: torch.Tensor,
+        text: str,
+        prompts: list | None = None,
+        history: ChatState | None = None,
+        max_new_tokens: int = 64,
+        kind: str | None = None,
+    ) -> ChatResult:
+        """One user turn of a multi-round chat; see `pixelqa.model.chat` for the protocol."""
+        from pixelqa.model.chat import chat_turn
+
+        return chat_turn(self, media, text, prompts or [], history, max_new_tokens, kind)
+
+    # ---- save / load ----------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that is ours: prompt encoder, projectors, SAM, new token rows, LoRA adapters."""
+        return {
+            k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.") or "lora_" in k
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config + our weights atomically (temp dir + rename); the base model is referenced by config."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
+            torch.save(self.trainable_state_dict(), tmp / WEIGHTS_FILE)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> UniPixel:
+        """Rebuild the base (tiny: deterministically; real: from cfg.path) and load our weights."""
+        root = Path(directory)
+        if not (root / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"directory: {str(root)!r} holds no {CONFIG_FILE}; not a saved UniPixel")
+        cfg = config_from_dict(json.loads((root / CONFIG_FILE).read_text()))
+        cfg.mask_decoder.checkpoint = None  # SAM weights come from our file
+        for key, value in overrides.items():
+            if not hasattr(cfg, key):
+                raise ValueError(f"override {key!r}: not a UniPixelConfig field")
+            setattr(cfg, key, value)
+        model = cls(cfg)
+        state = torch.load(root / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        ours = set(model.trainable_state_dict())
+        missing = [k for k in missing if k in ours]
+        if missing or unexpected:
+            raise RuntimeError(f"{root / WEIGHTS_FILE}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        return model
+
+
+def config_from_dict(d: dict) -> UniPixelConfig:
+    """UniPixelConfig from its `asdict` form."""
+    sub = {
+        "lora": LoraConfig,
+        "prompt_encoder": PromptEncoderConfig,
+        "mask_decoder": MaskDecoderConfig,
+        "memory": MemoryConfig,
+        "loss": LossConfig,
+    }
+    kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
+    return UniPixelConfig(**kwargs)
+
+
+def _without_targets(batch: Batch) -> Batch:
+    """A shallow copy of the batch with no mask targets (so every <SEG> is decoded, no losses)."""
+    import copy
+
+    b = copy.copy(batch)
+    b.seg_masks, b.seg_valid = [], []
+    return b
+
+
+@dataclass
+class ChatState:
+    """A conversation: media, turns so far, their prompts and memory refs (text order), and the memory bank."""
+
+    media: torch.Tensor  # (T, 3, H, W) uint8
+    kind: str  # image | video
+    bank: ObjectMemoryBank
+    turns: list[tuple[str, str]] = field(default_factory=list)  # (user text, assistant text) as fed to the model
+    prompts: list[VisualPrompt] = field(default_factory=list)
+    memory: list[MemoryRef] = field(default_factory=list)
+    injected: set[int] = field(default_factory=set)  # object ids whose memory is already in the context
+
+
+@dataclass
+class ChatResult:
+    """What one chat turn returns."""
+
+    text: str  # the assistant's answer
+    masks: dict[int, torch.Tensor]  # object id -> (T, H, W) bool, masks predicted in this turn
+    bank: ObjectMemoryBank
+    state: ChatState
+    user_text: str = ""  # the user text actually fed to the model (after memory injection)
+
+
+__all__ = ["IGNORE_INDEX", "ChatResult", "ChatState", "UniPixel", "UniPixelOutput", "config_from_dict"]

@@ -1,0 +1,199 @@
+"""MLflow tracking: logger factory, parent/child runs, params, artifacts and result tables.
+
+Every fit or evaluation is one MLflow run in a local SQLite store (`mlruns.db` in the working directory by
+default) with an explicit artifact folder. A grid (`pixelqa.grid`) is one parent run with one child run per cell:
+
+    parent = start_parent_run("my-grid", tracking_cfg)          # returns the parent's run id
+    for cell in cells:
+        pixelqa.fit.run(cell_args, parent_run_id=parent)         # the child run is tagged mlflow.parentRunId
+    end_run(parent, tracking_cfg)
+
+Metric names may use '&' (e.g. `val/J&F`); MLflow refuses it, so it is logged as `val/J_and_F`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_ID_FILE = "mlflow_run_id.txt"
+EXCLUDED_PARAMS = ("ckpt", "presets")  # differ between a run and its resume: MLflow forbids changing a param
+
+
+def mlflow_key(name: str) -> str:
+    """A metric name MLflow accepts ('&' is not allowed): `val/J&F` -> `val/J_and_F`."""
+    return name.replace("&", "_and_")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
+
+def resolve_uris(tracking: Any, workdir: str | Path | None = None) -> tuple[str, str]:
+    """(tracking URI, artifact location URI) with relative paths anchored at `workdir` (default: the cwd)."""
+    root = Path(workdir or Path.cwd()).resolve()
+    uri = str(_get(tracking, "tracking_uri", "sqlite:///mlruns.db"))
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(root / uri[len(prefix) :])
+    artifacts = str(_get(tracking, "artifact_location", "mlartifacts"))
+    if "://" not in artifacts:
+        path = Path(artifacts)
+        artifacts = (path if path.is_absolute() else root / path).resolve().as_uri()
+    return uri, artifacts
+
+
+class PixelQALogger(MLFlowLogger):
+    """Lightning's MLFlowLogger with MLflow-safe metric names (see `mlflow_key`)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics under MLflow-safe names."""
+        super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
+
+
+def build_logger(
+    tracking: Any,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> PixelQALogger | None:
+    """The run's logger (None when `tracking.enabled` is false); `run_id` continues an existing run."""
+    if not _get(tracking, "enabled", True):
+        return None
+    uri, artifacts = resolve_uris(tracking)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    logger = PixelQALogger(
+        experiment_name=str(_get(tracking, "experiment", "pixelqa")),
+        run_name=_get(tracking, "run_name") or run_name,
+        tracking_uri=uri,
+        artifact_location=artifacts,
+        tags=all_tags or None,
+        run_id=run_id,
+    )
+    return logger
+
+
+def _client(tracking: Any):
+    from mlflow import MlflowClient
+
+    uri, _ = resolve_uris(tracking)
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_parent_run(name: str, tracking: Any, params: Mapping[str, Any] | None = None) -> str:
+    """Create a parent run (e.g. one per grid) in the tracking experiment; returns its run id."""
+    client = _client(tracking)
+    _, artifacts = resolve_uris(tracking)
+    exp_name = str(_get(tracking, "experiment", "pixelqa"))
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name, artifact_location=artifacts)
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    run = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name})
+    for key, value in (params or {}).items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    return run.info.run_id
+
+
+def end_run(run_id: str, tracking: Any, status: str = "FINISHED") -> None:
+    """Mark a run (e.g. a grid's parent) as terminated with `status` (FINISHED | FAILED | KILLED)."""
+    _client(tracking).set_terminated(run_id, status)
+
+
+def log_recipe_params(logger: MLFlowLogger | None, flat: Mapping[str, Any]) -> None:
+    """Log the flattened resolved recipe as params (keys that change on resume are left out)."""
+    if logger is None:
+        return
+    keep = {k: v for k, v in flat.items() if k.split(".", 1)[0] not in EXCLUDED_PARAMS}
+    logger.log_hyperparams(keep)
+
+
+def log_artifact(logger: MLFlowLogger | None, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a local file or folder to the run's artifacts."""
+    if logger is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path)
+    else:
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def log_text(logger: MLFlowLogger | None, text: str, artifact_file: str) -> None:
+    """Store `text` as the artifact `artifact_file` (e.g. `recipe.yaml`)."""
+    if logger is None:
+        return
+    logger.experiment.log_text(logger.run_id, text, artifact_file)
+
+
+def table_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows (dicts with the same keys) as CSV text."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as a GitHub Markdown table; floats with 4 decimals."""
+    if not rows:
+        return ""
+    cols = list(rows[0].keys())
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def log_table(
+    logger: MLFlowLogger | None, rows: Sequence[Mapping[str, Any]], name: str, out_dir: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Write `name.csv` and `name.md` (to `out_dir`, else a temp folder) and log both as artifacts."""
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="pixelqa-table-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / f"{name}.csv", folder / f"{name}.md"
+    csv_path.write_text(table_csv(rows))
+    md_path.write_text(table_markdown(rows))
+    for p in (csv_path, md_path):
+        log_artifact(logger, p, "tables")
+    return csv_path, md_path
+
+
+def save_run_id(folder: str | Path, run_id: str) -> Path:
+    """Store the MLflow run id next to the checkpoints so that a resume continues the same run."""
+    path = Path(folder) / RUN_ID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return path
+
+
+def load_run_id(folder: str | Path) -> str | None:
+    """The run id stored by `save_run_id` in `folder`, or None."""
+    path = Path(folder) / RUN_ID_FILE
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def log_checkpoint_paths(logger: MLFlowLogger | None, paths: Mapping[str, str]) -> None:
+    """Record where the checkpoints are (they stay on disk; only their paths go to MLflow)."""
+    if logger is None:
+        return
+    logger.experiment.log_text(logger.run_id, json.dumps(dict(paths), indent=2), "checkpoints.json")
+    for name, path in paths.items():
+        logger.experiment.set_tag(logger.run_id, f"checkpoint.{name}", str(path)[:5000])

@@ -1,0 +1,420 @@
+"""ShardDataModule: a recipe's weighted source mixture as deterministic, resumable batches.
+
+Training stream: slot j of the run (j = 0, 1, 2, ...) draws a source with probability proportional to
+`num_samples x repeat` (paper Table 12), then that source's next sample in a per-epoch permutation. Every
+choice comes from generators seeded by (seed, source, epoch), so the stream is a pure function of the seed:
+resuming at optimizer step s skips the first s x accumulate batches without reading them and continues exactly.
+Processes split the stream by slot (rank r of W takes slots j with j % W == r), DataLoader workers by batch.
+Samples are read by random access into the tar shards (an index of member offsets built once per shard).
+
+Validation: every sample of `data.val_sources` exactly once, in shard order (capped by `data.val_samples`),
+split across processes by index.
+
+Collation (`pixelqa.data.collate.Collator`) runs under an RNG seeded by (seed, batch index), so prompt sampling
+and any other data randomness repeat after a resume too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pixelqa.config import RecipeError
+from pixelqa.data.schema import Sample
+
+SYNTHETIC = "synthetic"
+
+
+# ---------------------------------------------------------------------------------------------- shard access
+
+
+def shard_folder(root: str | Path, source: str, split: str) -> Path:
+    """Where the shards of (source, split) live: <root>/<source>/<split>/."""
+    return Path(root) / source / split
+
+
+def _shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.tar"))
+
+
+def check_sources(data: Any) -> None:
+    """Fail before any work when a real source's shard folder is missing or empty (synthetic ones are built)."""
+    for group in ("sources", "val_sources"):
+        for i, src in enumerate(getattr(data, group)):
+            if src.repeat <= 0:
+                raise RecipeError(f"data.{group}[{i}].repeat={src.repeat}: expected a positive repeat factor")
+            folder = shard_folder(data.shards, src.name, src.split)
+            if _shards(folder):
+                continue
+            if src.name == SYNTHETIC and data.build_if_missing:
+                continue
+            hint = (
+                f"build them with: python -m pixelqa.data build {src.name} --root RAW --out {data.shards} --split {src.split}"
+                if src.name != SYNTHETIC
+                else "set data.build_if_missing=true to build them on first use"
+            )
+            raise RecipeError(f"data.{group}[{i}] ({src.name}/{src.split}): no shards in {folder}; {hint}")
+
+
+def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
+    """Build the synthetic shards of `split` (num_samples samples) unless they exist; returns the folder."""
+    folder = shard_folder(root, SYNTHETIC, split)
+    if _shards(folder) and list(folder.glob("manifest*.json")):
+        return folder
+    from pixelqa.data.shards import build_shards
+
+    print(f"building synthetic/{split} shards ({num_samples} samples) in {folder} (first use only)", flush=True)
+    per_shard = max(8, num_samples // 8)  # several shards: enough to split across processes and workers
+    build_shards(SYNTHETIC, ".", root, split=split, max_samples=num_samples, max_count=per_shard, progress=False)
+    return folder
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where one sample's record lives: shard path and (member suffix, data offset, size) of each file."""
+
+    shard: str
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+@lru_cache(maxsize=4096)
+def shard_index(path: str) -> tuple[RecordRef, ...]:
+    """The records of a tar shard in order, with byte offsets for random access."""
+    refs: list[RecordRef] = []
+    key, members = None, []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            k, ext = m.name.split(".", 1)
+            if key is not None and k != key:
+                refs.append(RecordRef(path, key, tuple(members)))
+                members = []
+            key = k
+            members.append((ext, m.offset_data, m.size))
+    if key is not None:
+        refs.append(RecordRef(path, key, tuple(members)))
+    return tuple(refs)
+
+
+def read_sample(ref: RecordRef) -> Sample:
+    """Read one sample by random access."""
+    record: dict[str, Any] = {"__key__": ref.key}
+    with open(ref.shard, "rb") as f:
+        for ext, offset, size in ref.members:
+            f.seek(offset)
+            record[ext] = f.read(size)
+    return Sample.from_record(record)
+
+
+class SourceIndex:
+    """All records of one (source, split), in shard order."""
+
+    def __init__(self, root: str | Path, name: str, split: str, repeat: float = 1.0) -> None:
+        self.name, self.split, self.repeat = name, split, float(repeat)
+        self.folder = shard_folder(root, name, split)
+        paths = _shards(self.folder)
+        if not paths:
+            raise FileNotFoundError(f"{name}/{split}: no shards in {self.folder}")
+        self.refs: list[RecordRef] = [r for p in paths for r in shard_index(str(p))]
+        if not self.refs:
+            raise ValueError(f"{name}/{split}: shards in {self.folder} hold no samples")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+# ---------------------------------------------------------------------------------------------- streams
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run a block with python, numpy and torch RNGs seeded by `seed`; the outer states are restored after."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(th)
+
+
+def batch_seed(seed: int, batch_index: int, salt: int = 0) -> int:
+    """The RNG seed of one batch's collation."""
+    return (int(seed) * 2_654_435_761 + int(batch_index) * 40_503 + salt * 97 + 1) % (2**31 - 1)
+
+
+class MixtureSchedule:
+    """The deterministic sequence of (source index, record index) of a training mixture, slot by slot."""
+
+    CHUNK = 4096  # source choices are drawn in chunks: slot j uses chunk j // CHUNK
+
+    def __init__(self, sizes: Sequence[int], repeats: Sequence[float], seed: int) -> None:
+        if not sizes:
+            raise ValueError("data.sources: got an empty list, expected at least one source")
+        weights = np.asarray(sizes, dtype=np.float64) * np.asarray(repeats, dtype=np.float64)
+        self.probs = weights / weights.sum()
+        self.sizes = list(sizes)
+        self.seed = int(seed)
+
+    def _choices(self, chunk: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 17, chunk])
+        return rng.choice(len(self.sizes), size=self.CHUNK, p=self.probs)
+
+    def _perm(self, source: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 29, source, epoch]).permutation(self.sizes[source])
+
+    def iterate(self, start_slot: int = 0) -> Iterator[tuple[int, int, int]]:
+        """(slot, source, record index) for slots start_slot, start_slot + 1, ... (forever)."""
+        counts = [0] * len(self.sizes)  # draws of each source before the current slot
+        chunk = 0
+        while (chunk + 1) * self.CHUNK <= start_slot:  # fast-forward whole chunks by counting
+            counts = [c + int(n) for c, n in zip(counts, np.bincount(self._choices(chunk), minlength=len(counts)))]
+            chunk += 1
+        perms: dict[tuple[int, int], np.ndarray] = {}
+        slot = chunk * self.CHUNK
+        while True:
+            choices = self._choices(chunk)
+            for s in choices:
+                s = int(s)
+                k = counts[s]
+                counts[s] += 1
+                if slot >= start_slot:
+                    epoch, pos = divmod(k, self.sizes[s])
+                    if (s, epoch) not in perms:
+                        perms = {key: v for key, v in perms.items() if key[0] != s}
+                        perms[(s, epoch)] = self._perm(s, epoch)
+                    yield slot, s, int(perms[(s, epoch)][pos])
+                slot += 1
+            chunk += 1
+
+
+def _worker() -> tuple[int, int]:
+    """(number of DataLoader workers, this worker's id); (1, 0) in the main process."""
+    info = get_worker_info()
+    workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+    return workers, worker
+
+
+def prepare_sample(sample: Sample, num_frames: int, rng: np.random.Generator | None) -> Sample:
+    """Frame sampling as the data loader does it: random segments with `rng` (training), centres without."""
+    from pixelqa.data.loader import frame_indices, select_frames
+
+    if sample.media.num_frames > num_frames:
+        keep = frame_indices(sample.media.num_frames, num_frames, rng, must_include=[p.frame for p in sample.prompts])
+        sample = select_frames(sample, keep)
+    return sample
+
+
+class TrainBatches(IterableDataset):
+    """Collated training batches of this process, starting at `start_batch` (batches already consumed)."""
+
+    def __init__(
+        self,
+        sources: Sequence[SourceIndex],
+        collate: Callable[[list[Sample]], Any],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        num_frames: int = 8,
+    ) -> None:
+        self.sources = list(sources)
+        self.num_frames = int(num_frames)
+        self.collate = collate
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank, self.world = int(rank), int(world)
+        self.start_batch = int(start_batch)
+        self.schedule = MixtureSchedule([len(s) for s in self.sources], [s.repeat for s in self.sources], seed)
+
+    def slots(self, batch: int) -> range:
+        """Global mixture slots of this process's `batch`-th batch."""
+        first = (batch * self.batch_size) * self.world + self.rank
+        return range(first, first + self.batch_size * self.world, self.world)
+
+    def __iter__(self) -> Iterator[Any]:
+        workers, worker = _worker()
+        batch = self.start_batch
+        while True:
+            if batch % workers == worker:
+                samples = [self._sample(slot) for slot in self.slots(batch)]
+                with seeded(batch_seed(self.seed, batch * self.world + self.rank)):
+                    yield self.collate(samples)
+            batch += 1
+
+    def _sample(self, slot: int) -> Sample:
+        s, idx = self._lookup(slot)
+        rng = np.random.default_rng([self.seed, 31, slot])  # per slot: frames repeat after a resume
+        return prepare_sample(read_sample(self.sources[s].refs[idx]), self.num_frames, rng)
+
+    def _lookup(self, slot: int) -> tuple[int, int]:
+        # The schedule is walked forward lazily; a cached iterator serves increasing slots in O(1) each.
+        it = getattr(self, "_it", None)
+        if it is None or slot < self._it_next:
+            self._it = self.schedule.iterate(slot)
+            self._it_next = slot
+        while True:
+            j, s, idx = next(self._it)
+            self._it_next = j + 1
+            if j == slot:
+                return s, idx
+
+
+class EvalBatches(IterableDataset):
+    """Every sample of the given sources once, in order, split across processes by index and workers by batch."""
+
+    def __init__(
+        self,
+        sources: Sequence[SourceIndex],
+        collate: Callable[[list[Sample]], Any],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        limit: int | None = None,
+        num_frames: int = 8,
+    ) -> None:
+        self.num_frames = int(num_frames)
+        refs = [r for s in sources for r in s.refs]
+        refs = refs[:limit] if limit is not None else refs
+        self.refs = refs[rank::world]
+        self.collate = collate
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return (len(self.refs) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        workers, worker = _worker()
+        for b in range(len(self)):
+            if b % workers != worker:
+                continue
+            chunk = self.refs[b * self.batch_size : (b + 1) * self.batch_size]
+            samples = [prepare_sample(read_sample(r), self.num_frames, None) for r in chunk]
+            with seeded(batch_seed(self.seed, b, salt=1)):
+                yield self.collate(samples)
+
+
+# ---------------------------------------------------------------------------------------------- collate
+
+
+def make_collator(processor: Any, data: Any, memory_variant: str) -> Callable[[list[Sample]], Any]:
+    """The data package's Collator with the recipe's frames, token cap and per-frame pixel budget."""
+    from pixelqa.data.collate import Collator
+
+    for name in ("image_processor", "video_processor"):
+        proc = getattr(processor, name, None)
+        if proc is None:
+            continue
+        for key, value in (("min_pixels", data.min_pixels), ("max_pixels", data.max_pixels)):
+            if hasattr(proc, key):
+                setattr(proc, key, value)
+        size = getattr(proc, "size", None)
+        if isinstance(size, dict) and "shortest_edge" in size:
+            proc.size = {"shortest_edge": data.min_pixels, "longest_edge": data.max_pixels}
+    return Collator(processor, num_frames=data.num_frames, max_tokens=data.max_tokens, memory_variant=memory_variant)
+
+
+# ---------------------------------------------------------------------------------------------- module
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Training mixture and validation pass of a recipe's `data` section, as collated `Batch`es."""
+
+    def __init__(
+        self,
+        data: Any,
+        processor: Any,
+        memory_variant: str = "memory_bank",
+        seed: int = 0,
+        collate: Callable[[list[Sample]], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.data = data
+        self.processor = processor
+        self.memory_variant = memory_variant
+        self.seed = int(seed)
+        self._collate = collate
+        self.train_sources: list[SourceIndex] = []
+        self.val_sources: list[SourceIndex] = []
+
+    @property
+    def collate(self) -> Callable[[list[Sample]], Any]:
+        """The collate function (built on first use)."""
+        if self._collate is None:
+            self._collate = make_collator(self.processor, self.data, self.memory_variant)
+        return self._collate
+
+    def prepare_data(self) -> None:
+        """Build the synthetic shards on first use (local rank 0 only)."""
+        check_sources(self.data)
+        sizes = {"train": self.data.synthetic_train, "val": self.data.synthetic_val}
+        for src in list(self.data.sources) + list(self.data.val_sources):
+            if src.name == SYNTHETIC and self.data.build_if_missing:
+                build_synthetic(self.data.shards, src.split, sizes.get(src.split, self.data.synthetic_val))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the shards of every source."""
+        if not self.train_sources and stage in (None, "fit"):
+            self.train_sources = [SourceIndex(self.data.shards, s.name, s.split, s.repeat) for s in self.data.sources]
+        if not self.val_sources:
+            self.val_sources = [SourceIndex(self.data.shards, s.name, s.split) for s in self.data.val_sources]
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches from the resume position: global_step x accumulate batches are skipped (not read)."""
+        rank, world = self._rank_world()
+        trainer = self.trainer
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        ds = TrainBatches(
+            self.train_sources, self.collate, self.data.batch_size, self.seed, rank, world, start, self.data.num_frames
+        )
+        return self._loader(ds)
+
+    def val_dataloader(self) -> DataLoader:
+        """One exact pass over the validation split(s)."""
+        rank, world = self._rank_world()
+        ds = EvalBatches(
+            self.val_sources,
+            self.collate,
+            self.data.val_batch_size,
+            self.seed,
+            rank,
+            world,
+            self.data.val_samples,
+            self.data.num_frames,
+        )
+        return self._loader(ds)
+
+    def _loader(self, ds: IterableDataset) -> DataLoader:
+        n = int(self.data.num_workers)
+        return DataLoader(ds, batch_size=None, num_workers=n, persistent_workers=False, prefetch_factor=2 if n else None)
+
+
+def shard_stats(root: str | Path, name: str, split: str) -> dict:
+    """The manifest of a shard folder (for printing); {} when it has none."""
+    folder = shard_folder(root, name, split)
+    manifests = sorted(folder.glob("manifest*.json"))
+    return json.loads(manifests[0].read_text()) if manifests else {}

@@ -1,0 +1,358 @@
+"""Lightning glue of the three training stages: what is trainable, optimizer groups, the step, validation scores.
+
+Which parameters each stage trains (groups of `UniPixel.parameter_groups()`):
+
+| stage | trains                                                                                | lr                  |
+|-------|---------------------------------------------------------------------------------------|---------------------|
+| 1     | sparse_prompt_encoder                                                                 | optim.lr            |
+| 2     | l2m, new_token_rows                                                                   | optim.lr            |
+| 3     | backbone_lora, new_token_rows, sparse_prompt_encoder, m2l, l2m | mask_decoder          | optim.lr / decoder_lr |
+
+New special-token rows (<REF> <MEM> <SEG> in the embedding and LM head): stage 1 does not need them (every <REF>
+input embedding is replaced by the prompt encoder's output and captions hold no special token); stage 2 trains
+them because the model must learn to emit <SEG> (LM head row) and the <SEG> input row shapes the hidden state the
+L->M projector reads; stage 3 keeps training them with everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from pixelqa.batch import Batch
+from pixelqa.eval.scoring import QA_TASKS, TaskAccuracy, answer_exact_match
+from pixelqa.model.config import UniPixelConfig
+from pixelqa.train.schedule import build_scheduler
+
+GROUPS: tuple[str, ...] = ("backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder")
+
+
+def model_config(model: Mapping[str, Any] | UniPixelConfig) -> UniPixelConfig:
+    """A `UniPixelConfig` from a plain (nested) dict, as stored in checkpoints, or the config itself."""
+    if isinstance(model, UniPixelConfig):
+        return model
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(UniPixelConfig), dict(model)))
+
+
+def step_seed(seed: int, micro_step: int) -> int:
+    """The RNG seed of one micro-batch: a pure function of (run seed, micro-batch index), so resume repeats it."""
+    return (int(seed) * 1_000_003 + int(micro_step) * 7_919 + 12_345) % (2**31 - 1)
+
+
+class UniPixelModule(L.LightningModule):
+    """A UniPixel network plus one stage's trainable set, optimizer groups, schedule and validation scores."""
+
+    stage: int = 0
+    trainable: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        total_steps: int,
+        seed: int = 0,
+        accumulate: int = 1,
+        num_overlays: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.hparams["stage"] = self.stage
+        from pixelqa.model.unipixel import UniPixel  # heavy import, kept out of module import time
+
+        self.model_cfg = model_config(model)
+        self.model = UniPixel(self.model_cfg)
+        self.optim_cfg = dict(optim)
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+        self.accumulate = int(accumulate)
+        self.num_overlays = int(num_overlays)
+        self.val_jf = _jandf_metric()
+        self.val_acc = TaskAccuracy()
+        self.overlays: list[dict[str, np.ndarray | str]] = []  # first val samples, for the overlay callback
+        self._micro_step = 0
+        self.configure_trainable()
+        # Checkpoints hold only our weights (not the frozen base backbone, rebuilt from model.path / the tiny
+        # seed), so resume loads them non-strictly; `on_load_checkpoint` checks nothing of ours is missing.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ what trains
+    def groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The model's parameter groups, checked against the names this module knows."""
+        groups = self.model.parameter_groups()
+        unknown = set(groups) - set(GROUPS)
+        missing = set(self.trainable) - set(groups)
+        if unknown or missing:
+            raise ValueError(
+                f"UniPixel.parameter_groups(): got keys {sorted(groups)}, expected {list(GROUPS)} "
+                f"(unknown {sorted(unknown)}, missing {sorted(missing)})"
+            )
+        return groups
+
+    def configure_trainable(self) -> None:
+        """Freeze everything, then unfreeze this stage's groups."""
+        self.model.requires_grad_(False)
+        groups = self.groups()
+        for name in self.trainable:
+            for p in groups[name]:
+                p.requires_grad_(True)
+        extra = list(self.optim_cfg.get("extra_trainable") or [])
+        hits = {pat: 0 for pat in extra}
+        for pname, p in self.model.named_parameters():
+            for pat in extra:
+                if pat in pname:
+                    p.requires_grad_(True)
+                    hits[pat] += 1
+        unmatched = [pat for pat, n in hits.items() if n == 0]
+        if unmatched:
+            raise ValueError(f"optim.extra_trainable: {unmatched} match no parameter name of the model")
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError(f"stage {self.stage}: groups {self.trainable} hold no parameters; nothing would train")
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """AdamW param groups: the mask decoder at optim.decoder_lr, every other trainable parameter at optim.lr."""
+        in_decoder = {id(p) for p in self.groups()["mask_decoder"]}
+        decoder: list[torch.nn.Parameter] = []
+        rest: list[torch.nn.Parameter] = []
+        for p in self.model.parameters():  # unique parameters, extra_trainable ones included
+            if p.requires_grad:
+                (decoder if id(p) in in_decoder else rest).append(p)
+        out = []
+        if rest:
+            out.append({"params": rest, "lr": float(self.optim_cfg["lr"]), "name": "main"})
+        if decoder:
+            out.append({"params": decoder, "lr": float(self.optim_cfg["decoder_lr"]), "name": "mask_decoder"})
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + per-step warm-up/cosine schedule over the run's optimizer steps."""
+        betas = tuple(float(b) for b in self.optim_cfg.get("betas", (0.9, 0.999)))
+        opt = torch.optim.AdamW(
+            self.optimizer_groups(), betas=betas, weight_decay=float(self.optim_cfg.get("weight_decay", 0.0))
+        )
+        sched = build_scheduler(opt, self.total_steps, float(self.optim_cfg.get("warmup_ratio", 0.03)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ steps
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Move the Batch dataclass (tensors inside prompt and memory lists too)."""
+        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_train_start(self) -> None:
+        """Position the micro-batch counter (a resumed run starts where its checkpoint stopped)."""
+        self._micro_step = self.trainer.global_step * self.accumulate
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """Seed every RNG from (seed, micro-batch index): dropout and sampling repeat exactly after a resume."""
+        seed = step_seed(self.seed, self._micro_step)
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+        self._micro_step += 1
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """One teacher-forced forward; logs the total and each loss term."""
+        out = self.model(batch)
+        n = batch.size
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        for name, value in (out.losses or {}).items():
+            self.log(f"train/{name}", value, batch_size=n)
+        return out.loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Teacher-forced forward: val loss, J&F of the <SEG> masks, exact-match answers per task."""
+        out = self.model(batch)
+        n = batch.size
+        self.log("val/loss", out.loss, batch_size=n, sync_dist=True)
+        for name, value in (out.losses or {}).items():
+            self.log(f"val/{name}", value, batch_size=n, sync_dist=True)
+        update_mask_metric(self.val_jf, out.pred_masks, batch)
+        if out.logits is not None:
+            correct, scored = answer_exact_match(out.logits, batch.labels)
+            keep = [i for i in range(n) if scored[i] and batch.tasks[i] in self.val_acc.tasks]
+            if keep:
+                self.val_acc.update(correct[keep], [batch.tasks[i] for i in keep])
+        if len(self.overlays) < self.num_overlays and self.trainer.is_global_zero:
+            self.overlays.extend(overlay_items(batch, out.pred_masks, self.num_overlays - len(self.overlays)))
+
+    def on_validation_epoch_start(self) -> None:
+        """Collect fresh overlays each validation."""
+        self.overlays = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Log J, F, J&F and the accuracies (per task, and pooled over QA tasks as `val/qa_acc`)."""
+        jf = self.val_jf.compute() if self.val_jf.update_count > 0 else {}
+        for name, value in jf.items():
+            self.log(f"val/{name}", value, prog_bar=name == "J&F")
+        self.val_jf.reset()
+        acc = self.val_acc.compute()
+        for name, value in acc.items():
+            self.log("val/qa_acc" if name == "qa" else f"val/acc/{name}", value, prog_bar=name == "qa")
+        self.val_acc.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the stage (for `init_from` checks) and drop the frozen base backbone weights."""
+        checkpoint["pixelqa_stage"] = self.stage
+        ours = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        ours |= {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}  # extra_trainable
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in ours}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint that lacks any of our weights (the base backbone is not stored)."""
+        missing = [f"model.{k}" for k in self.model.trainable_state_dict() if f"model.{k}" not in checkpoint["state_dict"]]
+        if missing:
+            raise ValueError(
+                f"checkpoint: {len(missing)} weights of this model are absent (e.g. {missing[:3]}); expected a "
+                f"stage-{self.stage} checkpoint of the same model config (for another stage use init_from=)"
+            )
+
+
+class Stage1Module(UniPixelModule):
+    """Stage 1: pre-train the sparse prompt encoder on regional captioning."""
+
+    stage = 1
+    trainable = ("sparse_prompt_encoder",)
+
+
+class Stage2Module(UniPixelModule):
+    """Stage 2: train the L->M projector (and the new token rows, to emit <SEG>) on referring segmentation."""
+
+    stage = 2
+    trainable = ("l2m", "new_token_rows")
+
+
+class Stage3Module(UniPixelModule):
+    """Stage 3: LoRA on ViT + LLM, M->L, L->M, prompt encoder, new rows and the mask decoder, jointly."""
+
+    stage = 3
+    trainable = ("backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder")
+
+
+STAGE_MODULES: dict[int, type[UniPixelModule]] = {1: Stage1Module, 2: Stage2Module, 3: Stage3Module}
+
+
+def module_class(stage: int) -> type[UniPixelModule]:
+    """The LightningModule class of a stage."""
+    if stage not in STAGE_MODULES:
+        raise ValueError(f"stage: got {stage!r}, expected one of {sorted(STAGE_MODULES)}")
+    return STAGE_MODULES[stage]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _jandf_metric():
+    from pixelqa.metrics import JAndF
+
+    return JAndF()
+
+
+def update_mask_metric(metric, pred_masks: list[torch.Tensor] | None, batch: Batch) -> int:
+    """Feed every <SEG> object of the batch to a J&F metric (annotated frames only); returns objects added."""
+    if not pred_masks:
+        return 0
+    added = 0
+    for i, target in enumerate(batch.seg_masks):
+        if i >= len(pred_masks) or target.numel() == 0:
+            continue
+        pred = pred_masks[i] > 0  # (K, T, H, W) logits -> bool
+        valid = batch.seg_valid[i] if i < len(batch.seg_valid) else torch.ones(target.shape[:2], dtype=torch.bool)
+        for k in range(min(pred.shape[0], target.shape[0])):
+            frames = valid[k].to(target.device)  # (T,) annotated frames
+            if frames.any():
+                metric.update(pred[k][frames], target[k][frames].bool())
+                added += 1
+    return added
+
+
+def overlay_items(batch: Batch, pred_masks: list[torch.Tensor] | None, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` samples with masks as numpy: frames (T, H, W, 3) uint8, pred / target (K, T, H, W) bool."""
+    items: list[dict[str, Any]] = []
+    for i in range(batch.size):
+        if len(items) >= limit:
+            break
+        if not pred_masks or i >= len(pred_masks) or i >= len(batch.seg_masks) or batch.seg_masks[i].numel() == 0:
+            continue
+        frames = batch.frames[i].permute(0, 2, 3, 1).cpu().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
+        items.append(
+            {
+                "key": batch.keys[i] if i < len(batch.keys) else f"sample{i}",
+                "frames": frames.astype(np.uint8),
+                "pred": (pred_masks[i] > 0).cpu().numpy(),
+                "target": batch.seg_masks[i].bool().cpu().numpy(),
+            }
+        )
+    return items
+
+
+def _normalise_key(key: str) -> str:
+    """A state-dict key with peft wrapping removed, so weights move between LoRA and plain backbones."""
+    return key.replace("base_model.model.", "").replace(".base_layer", "")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load a Lightning checkpoint on CPU, with a clear error for a missing file."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+            if candidate.is_file():
+                path = candidate
+                break
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {str(path)!r} is not a checkpoint file (or a run folder holding one)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_stage(ckpt: Mapping[str, Any]) -> int | None:
+    """The stage a checkpoint was trained in (None when it does not say)."""
+    if "pixelqa_stage" in ckpt:
+        return int(ckpt["pixelqa_stage"])
+    stage = (ckpt.get("hyper_parameters") or {}).get("stage")
+    return int(stage) if stage is not None else None
+
+
+def check_init_stage(ckpt: Mapping[str, Any], stage: int, path: str) -> None:
+    """Stage N starts from stage N-1 (or continues from stage N); anything else is an error naming both."""
+    got = checkpoint_stage(ckpt)
+    if got is None:
+        raise ValueError(f"init_from={path}: the checkpoint records no stage; expected a PixelQA stage checkpoint")
+    if got not in (stage - 1, stage):
+        raise ValueError(
+            f"init_from={path}: checkpoint of stage {got}, but this is stage {stage}; expected a stage-{stage - 1} "
+            f"checkpoint (stage {stage} starts from stage {stage - 1}) or a stage-{stage} one"
+        )
+
+
+def load_init_weights(module: UniPixelModule, ckpt: Mapping[str, Any], path: str) -> dict[str, list[str]]:
+    """Copy a previous stage's weights into `module`; LoRA keys missing from the source start fresh.
+
+    Returns {"missing": [...], "skipped": [...]} (target keys left at init, source keys not used).
+    """
+    source = {_normalise_key(k): v for k, v in ckpt["state_dict"].items()}
+    target = module.state_dict()
+    new_state, missing = {}, []
+    for key, value in target.items():
+        norm = _normalise_key(key)
+        if norm in source and tuple(source[norm].shape) == tuple(value.shape):
+            new_state[key] = source[norm]
+        elif norm in source:
+            raise ValueError(
+                f"init_from={path}: weight {key} has shape {tuple(source[norm].shape)} in the checkpoint but "
+                f"{tuple(value.shape)} here; expected the same model preset/config as the previous stage"
+            )
+        else:
+            missing.append(key)
+    base = set(target) - {f"model.{k}" for k in module.model.trainable_state_dict()}  # rebuilt, never stored
+    bad = [k for k in missing if "lora_" not in k and k not in base]
+    if bad:
+        raise ValueError(
+            f"init_from={path}: {len(bad)} weights of this model are absent from the checkpoint (e.g. {bad[:3]}); "
+            "expected a checkpoint of the same model preset/config"
+        )
+    module.load_state_dict(new_state, strict=False)
+    used = {_normalise_key(k) for k in new_state}
+    return {"missing": missing, "skipped": sorted(set(source) - used)}

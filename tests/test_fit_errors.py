@@ -1,0 +1,63 @@
+"""Bad recipes fail before any work (no model built, no shard built) with a message that says what to fix."""
+
+import pytest
+import torch
+
+from pixelqa import fit
+from pixelqa.config import RecipeError
+
+
+@pytest.fixture(autouse=True)
+def _no_model(monkeypatch):
+    """Building the network would be 'work': make it impossible, so a test passes only by failing earlier."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built before the recipe error was found")
+
+    monkeypatch.setattr("pixelqa.model.unipixel.UniPixel.__init__", refuse)
+
+
+def _run(tmp_path, *args):
+    return fit.run([f"data.shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}", "tracking=none", *args])
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown key 'trainer.max_step'.*trainer.max_steps"):
+        _run(tmp_path, "trainer.max_step=3")
+
+
+def test_missing_shards_of_a_real_source(tmp_path):
+    with pytest.raises(RecipeError, match=r"no shards in .*refcoco.*python -m pixelqa.data build refcoco"):
+        _run(tmp_path, "data=stage2-mix")
+    assert not (tmp_path / "shards").exists()
+
+
+def test_absent_model_path(tmp_path):
+    with pytest.raises(RecipeError, match=r"model.path='/nowhere/qwen'.*local Qwen2.5-VL directory"):
+        _run(tmp_path, "model=unipixel-3b", "model.path=/nowhere/qwen")
+
+
+def test_init_from_of_the_wrong_stage(tmp_path):
+    ckpt = tmp_path / "s1.ckpt"
+    torch.save({"pixelqa_stage": 1, "state_dict": {}}, ckpt)
+    with pytest.raises(RecipeError, match="checkpoint of stage 1, but this is stage 3; expected a stage-2"):
+        _run(tmp_path, f"init_from={ckpt}")
+    with pytest.raises(RecipeError, match="not a checkpoint file"):
+        _run(tmp_path, f"init_from={tmp_path / 'missing.ckpt'}")
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    with pytest.raises(RecipeError, match=r"ckpt=last: no checkpoint at .*last.ckpt"):
+        _run(tmp_path, "ckpt=last")
+
+
+def test_global_batch_not_divisible(tmp_path):
+    with pytest.raises(RecipeError, match="data.global_batch_size=6 is not a multiple of data.batch_size x processes = 4 x 1"):
+        _run(tmp_path, "data.global_batch_size=6")
+
+
+def test_cli_exits_with_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fit.main(["trainer.max_step=3", "tracking=none"])
+    assert exc.value.code == 2
+    assert "recipe error: command line: unknown key 'trainer.max_step'" in capsys.readouterr().err

@@ -1,0 +1,16 @@
+"""The embedded demo learns: after the default demo run (fixed seed), val J&F and answer accuracy on the
+synthetic split are far above the untrained model's (scored in the same run with eval.before_fit=true)."""
+
+import pytest
+
+from pixelqa import fit
+
+
+@pytest.mark.slow
+def test_default_demo_beats_the_untrained_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = fit.run(["recipe=stage3", "eval.before_fit=true", "tracking=none", "trainer.enable_progress_bar=false"])
+    print({k: round(v, 4) for k, v in m.items() if k.endswith(("J&F", "qa_acc"))})
+    assert m["val/J&F"] >= m["untrained/val/J&F"] + 0.10
+    assert m["val/qa_acc"] >= m["untrained/val/qa_acc"] + 0.08
+    assert m["val/lm"] < 0.5 * m["untrained/val/lm"]

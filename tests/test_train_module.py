@@ -1,0 +1,101 @@
+"""Stage modules on the tiny UniPixel: what trains, optimizer groups, init_from across stages, answer scoring."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pixelqa.config import load_recipe
+from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
+from pixelqa.train.module import (
+    Stage1Module,
+    Stage2Module,
+    Stage3Module,
+    check_init_stage,
+    load_init_weights,
+)
+
+
+def _cfg(stage: int, *extra: str):
+    cfg = load_recipe([f"recipe=stage{stage}", "optim.lr=2e-5", "optim.decoder_lr=5e-6", *extra])
+    return OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optim, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def stage3():
+    torch.set_num_threads(1)
+    model, optim = _cfg(3)
+    return Stage3Module(model, optim, total_steps=10)
+
+
+def _trainable_ids(module):
+    return {id(p) for p in module.model.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("cls", [Stage1Module, Stage2Module, Stage3Module])
+def test_each_stage_trains_exactly_its_groups(stage3, cls):
+    stage3.trainable = cls.trainable  # same network, another stage's choice
+    try:
+        stage3.configure_trainable()
+        groups = stage3.model.parameter_groups()
+        expected = {id(p) for name in cls.trainable for p in groups[name]}
+        assert _trainable_ids(stage3) == expected
+        base = [p for n, p in stage3.model.backbone.named_parameters() if "lora_" not in n]
+        assert base and not any(p.requires_grad for p in base)  # the Qwen base weights never train
+    finally:
+        stage3.trainable = Stage3Module.trainable
+        stage3.configure_trainable()
+    assert {"backbone_lora", "mask_decoder", "m2l"} <= set(Stage3Module.trainable)
+    assert Stage1Module.trainable == ("sparse_prompt_encoder",)
+
+
+def test_stage3_optimizer_groups_use_decoder_lr(stage3):
+    opt = stage3.configure_optimizers()["optimizer"]
+    by_name = {g["name"]: g for g in opt.param_groups}
+    decoder = {id(p) for p in stage3.model.parameter_groups()["mask_decoder"]}
+    assert {id(p) for p in by_name["mask_decoder"]["params"]} == decoder
+    assert not decoder & {id(p) for p in by_name["main"]["params"]}
+    # the scheduler's first warm-up step already scaled the base lrs: 1 / ceil(0.03 x 10) of 2e-5 and 5e-6
+    assert by_name["main"]["initial_lr"] == pytest.approx(2e-5)
+    assert by_name["mask_decoder"]["initial_lr"] == pytest.approx(5e-6)
+    n_main = sum(p.numel() for p in by_name["main"]["params"])
+    assert n_main == sum(p.numel() for p in stage3.model.parameters() if p.requires_grad) - sum(
+        p.numel() for p in stage3.model.parameter_groups()["mask_decoder"]
+    )
+
+
+def test_init_from_checks_the_stage():
+    check_init_stage({"pixelqa_stage": 2}, 3, "x.ckpt")
+    with pytest.raises(ValueError, match="checkpoint of stage 1, but this is stage 3"):
+        check_init_stage({"pixelqa_stage": 1}, 3, "x.ckpt")
+    with pytest.raises(ValueError, match="records no stage"):
+        check_init_stage({"state_dict": {}}, 2, "x.ckpt")
+
+
+def test_stage2_weights_move_into_a_lora_stage3(stage3):
+    model, optim = _cfg(2)
+    s2 = Stage2Module(model, optim, total_steps=10)
+    with torch.no_grad():
+        for p in s2.model.l2m.parameters():
+            p.add_(1.0)  # something a fresh stage-3 model cannot have
+    ckpt = {"state_dict": s2.state_dict(), "pixelqa_stage": 2}
+    s2.on_save_checkpoint(ckpt)  # as Lightning does: drops the frozen base backbone
+    assert not any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
+    report = load_init_weights(stage3, ckpt, "s2.ckpt")
+    for a, b in zip(s2.model.l2m.parameters(), stage3.model.l2m.parameters()):
+        assert torch.equal(a, b)
+    assert report["missing"] and all("lora_" in k or k.startswith("model.backbone.") for k in report["missing"])
+
+
+def test_answer_exact_match_by_hand():
+    # vocab 3, L 4; position i's logits predict token i+1
+    logits = torch.full((2, 4, 3), -1.0)
+    logits[0, 1, 2] = logits[0, 2, 0] = 1.0  # predicts 2 then 0
+    logits[1, 1, 2] = logits[1, 2, 1] = 1.0  # predicts 2 then 1
+    labels = torch.tensor([[-100, -100, 2, 0], [-100, -100, 2, 0]])
+    correct, scored = answer_exact_match(logits, labels)
+    assert correct.tolist() == [True, False] and scored.tolist() == [True, True]
+    acc = TaskAccuracy()
+    acc.update(correct, ["mcq", "region_qa"])
+    acc.update(torch.tensor([True]), ["res"])
+    out = {k: float(v) for k, v in acc.compute().items()}
+    assert out == {"mcq": 1.0, "region_qa": 0.0, "res": 1.0, "qa": 0.5}  # res is not a QA task
