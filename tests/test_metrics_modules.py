@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,32 @@ def test_metrics_reset_and_empty_compute() -> None:
     metric.reset()
     with pytest.warns(UserWarning, match="before the ``update``"):
         assert torch.isnan(metric.compute()["J"])
+
+
+def test_jandf_on_davis_equals_reference_statistics() -> None:
+    pytest.importorskip("skimage", reason="scikit-image (dev extra) is needed for the DAVIS reference port")
+    from pixelqa.benchmarks.davis_reference import (
+        reference_boundary_f,
+        reference_jaccard,
+        reference_statistics,
+    )
+    from pixelqa.benchmarks.metrics import davis_clips
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis2017-results"
+    if not root.is_dir():
+        pytest.skip(f"DAVIS 2017 result masks not found at {root} (shared/ beside the repo)")
+    clips = davis_clips(root, ["blackswan", "judo"])
+    assert len(clips) == 3
+    metric = JAndF()
+    stats = {"J": [], "F": []}
+    for _, preds, target in clips:
+        metric.update(torch.from_numpy(preds), torch.from_numpy(target))
+        stats["J"].append(reference_statistics(reference_jaccard(target, preds)))
+        stats["F"].append(reference_statistics(reference_boundary_f(target, preds)))
+    out = metric.compute()
+    for measure in ("J", "F"):
+        mean, recall, decay = np.mean(stats[measure], axis=0)  # over objects, as the DAVIS toolkit reports
+        assert out[measure].item() == pytest.approx(mean, abs=1e-6)
+        assert out[f"{measure}-recall"].item() == pytest.approx(recall, abs=1e-6)
+        assert out[f"{measure}-decay"].item() == pytest.approx(decay, abs=1e-6)
+    assert out["J&F"].item() == pytest.approx((out["J"].item() + out["F"].item()) / 2, abs=1e-7)

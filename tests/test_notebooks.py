@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -59,4 +60,12 @@ def test_quickstart_runs(tmp_path):
     if not path.exists():
         pytest.fail("notebooks/quickstart.ipynb is missing")
     text = execute("quickstart.ipynb", tmp_path, {"PIXELQA_QUICKSTART_DIR": str(tmp_path)})
-    assert "memory bank" in text
+    lines = {line.split(":")[0]: line for line in text.splitlines() if ":" in line}
+    assert lines["memory bank objects"].endswith("[1]")  # round 1 pre-filled the bank from the point prompt
+    # Round 2 injects one <MEM> per frame where [2] is visible: every frame of the synthetic track.
+    frames = int(re.search(r"rvos video \((\d+), 112, 112, 3\)", text).group(1))
+    assert lines["<MEM> tokens in round 2"] == (
+        f"<MEM> tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
+    )
+    assert "[2]: <1> <MEM>" in text
+    assert (tmp_path / "sample.gif").stat().st_size > 0 and (tmp_path / "chat.gif").stat().st_size > 0

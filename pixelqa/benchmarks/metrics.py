@@ -46,15 +46,16 @@ def synthetic_clip(frames: int = 50, height: int = 480, width: int = 854, seed: 
     return preds, target
 
 
-def davis_clips(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, preds, target) for every OSVOS object of every sequence under ``root``."""
+def davis_clips(root: Path, sequences: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, preds, target) for every OSVOS object of every sequence (or of ``sequences``) under ``root``."""
     from PIL import Image
 
     def load(method: str, sequence: str) -> np.ndarray:
         return np.stack([np.array(Image.open(p)) for p in sorted((root / method / sequence).glob("*.png"))])
 
     clips = []
-    for sequence in sorted(p.name for p in (root / "osvos").iterdir() if p.is_dir()):
+    names = sorted(p.name for p in (root / "osvos").iterdir() if p.is_dir()) if sequences is None else sequences
+    for sequence in names:
         osvos, rvos = load("osvos", sequence), load("rvos", sequence)
         for obj in (int(i) for i in np.unique(osvos) if i != 0):
             target = osvos == obj
