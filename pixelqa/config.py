@@ -51,6 +51,7 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     val_sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(split="val")])
     num_frames: int = 8  # frames sampled per training video (paper: 8)
+    prompt_mode: str = "keep"  # training prompts: keep | point_box (stage 1: point or box from the mask) | point | box
     min_pixels: int = 128 * 28 * 28  # per-frame visual-token budget (paper: 128 to 256 tokens)
     max_pixels: int = 256 * 28 * 28
     max_tokens: int = 4096  # sequence cap (paper: 4K)
@@ -152,6 +153,7 @@ CHOICES: dict[str, tuple] = {
     "model.memory.variant": ("ref_only", "ref_seg", "ref_seg_pool", "memory_bank"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+    "data.prompt_mode": ("keep", "point_box", "point", "box"),
 }
 
 

@@ -31,9 +31,9 @@ def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
 
 def load_model(recipe, ckpt_path: Path | None):
     """The UniPixel network of the recipe, with the checkpoint's weights (stage taken from the checkpoint)."""
-    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
-
     from omegaconf import OmegaConf
+
+    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path) if ckpt_path is not None else None
     stage = (checkpoint_stage(ckpt) if ckpt is not None else None) or recipe.stage
@@ -73,7 +73,9 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     out_dir = Path(recipe.output_dir) / "eval" / bench
     logger = tracking.build_logger(
-        recipe.tracking, run_name=f"eval-{bench}", parent_run_id=parent_run_id,
+        recipe.tracking,
+        run_name=f"eval-{bench}",
+        parent_run_id=parent_run_id,
         tags={"benchmark": bench, "checkpoint": str(ckpt_path.resolve()) if ckpt_path else "none"},
     )
     tracking.log_table(logger, result.rows, bench, out_dir)

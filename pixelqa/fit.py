@@ -13,7 +13,6 @@ The last lines printed are the final metrics, one `name: value` per line.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,8 @@ def accumulation(recipe: Recipe) -> int:
     if gbs % per_step:
         raise RecipeError(
             f"data.global_batch_size={gbs} is not a multiple of data.batch_size x processes = "
-            f"{recipe.data.batch_size} x {world_size(recipe.trainer)}; choose a global batch size divisible by {per_step}"
+            f"{recipe.data.batch_size} x {world_size(recipe.trainer)}; "
+            f"choose a global batch size divisible by {per_step}"
         )
     return gbs // per_step
 
@@ -62,7 +62,9 @@ def resolve_ckpt(recipe: Recipe) -> Path | None:
         return None
     path = Path(recipe.output_dir) / "checkpoints" / "last.ckpt" if recipe.ckpt == "last" else Path(recipe.ckpt)
     if not path.is_file():
-        raise RecipeError(f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path")
+        raise RecipeError(
+            f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path"
+        )
     return path
 
 
@@ -123,7 +125,10 @@ def banner(recipe: Recipe) -> str:
     """What this run is: the embedded demo (and how to run the paper setting) or a user setting."""
     demo = all(recipe.presets.get(g) == p for g, p in DEMO_PRESETS.items())
     if not demo:
-        return f"PixelQA fit: recipe={recipe.name}, stage {recipe.stage}, model={recipe.model.preset}, data={recipe.data.name}"
+        return (
+            f"PixelQA fit: recipe={recipe.name}, stage {recipe.stage}, "
+            f"model={recipe.model.preset}, data={recipe.data.name}"
+        )
     header = []
     for line in (Path(__file__).resolve().parents[1] / "recipes" / f"{recipe.name}.yaml").read_text().splitlines():
         if not line.startswith("#"):
@@ -137,7 +142,7 @@ def banner(recipe: Recipe) -> str:
 
 
 def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int):
-    """The Lightning Trainer of a recipe (validation only on demand: `trainer.val_check_interval` steps or at the end)."""
+    """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
 
     t = recipe.trainer
@@ -236,7 +241,10 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     run_id = tracking.load_run_id(ckpt_dir) if resume is not None else None
     logger = tracking.build_logger(
-        recipe.tracking, run_name=recipe.name, run_id=run_id, parent_run_id=parent_run_id,
+        recipe.tracking,
+        run_name=recipe.name,
+        run_id=run_id,
+        parent_run_id=parent_run_id,
         tags={"stage": str(recipe.stage), "output_dir": str(Path(recipe.output_dir).resolve())},
     )
     callbacks = build_callbacks(recipe, ckpt_dir, logger)
@@ -279,7 +287,10 @@ def _plain(node: Any) -> dict:
 def _is_rank_zero() -> bool:
     import os
 
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    return (
+        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+        and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

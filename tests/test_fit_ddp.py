@@ -4,11 +4,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     args = [
         "recipe=stage3",
@@ -28,7 +26,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pixelqa.fit", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pixelqa.fit", *args],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

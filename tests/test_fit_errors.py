@@ -52,7 +52,9 @@ def test_resume_without_a_checkpoint(tmp_path):
 
 
 def test_global_batch_not_divisible(tmp_path):
-    with pytest.raises(RecipeError, match="data.global_batch_size=6 is not a multiple of data.batch_size x processes = 4 x 1"):
+    with pytest.raises(
+        RecipeError, match="data.global_batch_size=6 is not a multiple of data.batch_size x processes = 4 x 1"
+    ):
         _run(tmp_path, "data.global_batch_size=6")
 
 

@@ -84,3 +84,19 @@ def test_stage_mismatch_of_init_from_fails_before_work(work):
         pytest.skip("needs the stage-1 checkpoint of test_stage1_then_stage2_from_it")
     with pytest.raises(RecipeError, match="checkpoint of stage 1, but this is stage 3"):
         fit.run(tiny_args(work, 3, f"init_from={ckpt}"))
+
+
+def test_bf16_mixed_and_gradient_checkpointing_switches(work):
+    metrics = fit.run(
+        tiny_args(
+            work,
+            3,
+            "tracking=none",
+            "trainer.precision=bf16-mixed",
+            "model.gradient_checkpointing=true",
+            "output_dir=" + str(work / "runs" / "bf16"),
+            "eval.after_fit=false",
+        )
+    )
+    assert metrics["train/steps"] == 2 and metrics["train/loss"] == metrics["train/loss"]  # finite, not NaN
+    assert (work / "runs" / "bf16" / "checkpoints" / "last.ckpt").is_file()

@@ -38,7 +38,12 @@ def _args(work: Path, name: str, *extra: str) -> list[str]:
 def _fit(args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "pixelqa.fit", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "pixelqa.fit", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -63,7 +68,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline and victim.poll() is None:
         done = [p for p in ckpts.glob("step*.ckpt")]
-        if any(int(p.stem[4:10]) >= 8 for p in done):  # at least two checkpoints written: kill in the middle
+        # step-12 checkpoint started: last.ckpt of step 8 is complete (it is written after the step file)
+        if any(int(p.stem[4:10]) >= 12 for p in done):
             break
         time.sleep(0.05)
     assert victim.poll() is None, "the run finished before it could be killed"

@@ -14,7 +14,9 @@ from pixelqa.config import TrackingConfig
 def cfg(tmp_path_factory):
     # One store for the module: creating an MLflow SQLite schema takes seconds.
     root = tmp_path_factory.mktemp("mlflow")
-    return TrackingConfig(experiment="t", tracking_uri=f"sqlite:///{root}/mlruns.db", artifact_location=str(root / "art"))
+    return TrackingConfig(
+        experiment="t", tracking_uri=f"sqlite:///{root}/mlruns.db", artifact_location=str(root / "art")
+    )
 
 
 def test_uris_are_anchored_in_the_working_dir(tmp_path, monkeypatch):

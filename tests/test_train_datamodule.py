@@ -93,3 +93,19 @@ def test_missing_real_source_fails_with_build_hint(tmp_path):
     with pytest.raises(RecipeError, match=r"refcoco/train.*python -m pixelqa.data build refcoco"):
         check_sources(data)
     check_sources(DataConfig(shards=str(tmp_path)))  # synthetic: built on first use, no error
+
+
+def test_stage1_prompt_resampling_draws_points_and_boxes_repeatably(shards):
+    index = SourceIndex(shards, "synthetic", "train")
+
+    def prompts(samples):
+        return [(p.type, tuple(p.coords or ())) for s in samples for p in s.prompts]
+
+    def first(start, n):
+        it = iter(TrainBatches([index], prompts, 4, seed=0, start_batch=start, prompt_mode="point_box"))
+        return [next(it) for _ in range(n)]
+
+    batches = first(0, 8)
+    kinds = {t for b in batches for t, _ in b}
+    assert kinds == {"point", "box"}  # masks become points or boxes
+    assert first(5, 3) == batches[5:]  # the draw is a function of (seed, slot): identical after a resume

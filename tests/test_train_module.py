@@ -16,7 +16,9 @@ from pixelqa.train.module import (
 
 
 def _cfg(stage: int, *extra: str):
-    cfg = load_recipe([f"recipe=stage{stage}", "optim.lr=2e-5", "optim.decoder_lr=5e-6", *extra])
+    cfg = load_recipe(
+        [f"recipe=stage{stage}", "optim.lr=2e-5", "optim.decoder_lr=5e-6", "optim.extra_trainable=[]", *extra]
+    )
     return OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optim, resolve=True)
 
 
@@ -61,6 +63,25 @@ def test_stage3_optimizer_groups_use_decoder_lr(stage3):
     assert n_main == sum(p.numel() for p in stage3.model.parameters() if p.requires_grad) - sum(
         p.numel() for p in stage3.model.parameter_groups()["mask_decoder"]
     )
+
+
+def test_extra_trainable_parameters_join_the_main_group(stage3):
+    stage3.optim_cfg["extra_trainable"] = ["lm_head"]
+    try:
+        stage3.configure_trainable()
+        head = [p for n, p in stage3.model.named_parameters() if "lm_head" in n]
+        assert head and all(p.requires_grad for p in head)
+        main = next(g for g in stage3.optimizer_groups() if g["name"] == "main")
+        assert {id(p) for p in head} <= {id(p) for p in main["params"]}
+        ckpt = {"state_dict": stage3.state_dict()}
+        stage3.on_save_checkpoint(ckpt)  # a trained base weight is kept in checkpoints
+        assert any("lm_head" in k for k in ckpt["state_dict"])
+        stage3.optim_cfg["extra_trainable"] = ["no_such_module"]
+        with pytest.raises(ValueError, match=r"optim.extra_trainable: \['no_such_module'\] match no parameter"):
+            stage3.configure_trainable()
+    finally:
+        stage3.optim_cfg["extra_trainable"] = []
+        stage3.configure_trainable()
 
 
 def test_init_from_checks_the_stage():

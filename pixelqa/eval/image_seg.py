@@ -7,12 +7,19 @@ from typing import Any
 
 from pixelqa.eval.runner import EvalResult, eval_batches
 
-IMAGE_SEG_BENCHMARKS: tuple[str, ...] = ("refcoco", "refcoco_plus", "refcocog", "refcocog_google", "refclef", "reasonseg")
+IMAGE_SEG_BENCHMARKS: tuple[str, ...] = (
+    "refcoco",
+    "refcoco_plus",
+    "refcocog",
+    "refcocog_google",
+    "refclef",
+    "reasonseg",
+)
 
 
 def evaluate_image_seg(model: Any, recipe: Any, source: str, num_overlays: int = 4) -> EvalResult:
     """Score `model` on `source`'s split `recipe.eval.split`: one (H, W) mask per <SEG> target."""
-    from pixelqa.metrics import ImageSegIoU, RECAccuracy
+    from pixelqa.metrics import ImageSegIoU, RECAccuracy, mask_to_box
     from pixelqa.train.module import overlay_items
 
     iou = ImageSegIoU()
@@ -29,7 +36,7 @@ def evaluate_image_seg(model: Any, recipe: Any, source: str, num_overlays: int =
             iou.update(p, t)
             nonempty = t.flatten(1).any(1)
             if nonempty.any():
-                rec.update(p[nonempty], t[nonempty])
+                rec.update(p[nonempty], mask_to_box(t[nonempty]).reshape(-1, 4))  # GT box: the mask's tight box
             n += p.shape[0]
         if len(overlays) < num_overlays:
             overlays.extend(overlay_items(batch, out.pred_masks, num_overlays - len(overlays)))

@@ -40,7 +40,8 @@ def eval_batches(
         index = SourceIndex(data.shards, source, split)
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}; build them with: python -m pixelqa.data build {source} --root RAW --out {data.shards} --split {split}"
+            f"{err}; build them with: python -m pixelqa.data build {source} --root RAW --out {data.shards} "
+            f"--split {split}"
         ) from None
     collate = make_collator(model.processor, data, recipe.model.memory.variant)
     keep: dict[str, Sample] = {}

@@ -26,7 +26,9 @@ def answer_exact_match(logits: Tensor, labels: Tensor, ignore_index: int = -100)
     logits (B, L, V) predict the next token; labels (B, L) are aligned with the input ids (-100 = not scored).
     """
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits/labels: got {tuple(logits.shape)} / {tuple(labels.shape)}, expected (B, L, V) / (B, L)")
+        raise ValueError(
+            f"logits/labels: got {tuple(logits.shape)} / {tuple(labels.shape)}, expected (B, L, V) / (B, L)"
+        )
     pred = logits[:, :-1].argmax(-1)  # (B, L-1): token predicted for position i+1
     target = labels[:, 1:]
     scored = target != ignore_index

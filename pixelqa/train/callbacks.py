@@ -32,7 +32,8 @@ class OverlayLogger(Callback):
             return
         folder = self.out_dir / f"step{trainer.global_step:06d}"
         paths = [
-            save_overlay(it["frames"], it["pred"], it["target"], folder / f"{i:02d}_{it['key']}") for i, it in enumerate(items)
+            save_overlay(it["frames"], it["pred"], it["target"], folder / f"{i:02d}_{it['key']}")
+            for i, it in enumerate(items)
         ]
         self.written.extend(paths)
         if self.logger is not None:

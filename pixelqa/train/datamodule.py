@@ -60,8 +60,9 @@ def check_sources(data: Any) -> None:
                 continue
             if src.name == SYNTHETIC and data.build_if_missing:
                 continue
+            build = f"python -m pixelqa.data build {src.name} --root RAW --out {data.shards} --split {src.split}"
             hint = (
-                f"build them with: python -m pixelqa.data build {src.name} --root RAW --out {data.shards} --split {src.split}"
+                f"build them with: {build}"
                 if src.name != SYNTHETIC
                 else "set data.build_if_missing=true to build them on first use"
             )
@@ -235,9 +236,11 @@ class TrainBatches(IterableDataset):
         world: int = 1,
         start_batch: int = 0,
         num_frames: int = 8,
+        prompt_mode: str = "keep",
     ) -> None:
         self.sources = list(sources)
         self.num_frames = int(num_frames)
+        self.prompt_mode = prompt_mode
         self.collate = collate
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -262,8 +265,13 @@ class TrainBatches(IterableDataset):
 
     def _sample(self, slot: int) -> Sample:
         s, idx = self._lookup(slot)
-        rng = np.random.default_rng([self.seed, 31, slot])  # per slot: frames repeat after a resume
-        return prepare_sample(read_sample(self.sources[s].refs[idx]), self.num_frames, rng)
+        rng = np.random.default_rng([self.seed, 31, slot])  # per slot: frames and prompts repeat after a resume
+        sample = prepare_sample(read_sample(self.sources[s].refs[idx]), self.num_frames, rng)
+        if self.prompt_mode != "keep":
+            from pixelqa.data.prompts import resample_prompts
+
+            sample = resample_prompts(sample, rng, self.prompt_mode)
+        return sample
 
     def _lookup(self, slot: int) -> tuple[int, int]:
         # The schedule is walked forward lazily; a cached iterator serves increasing slots in O(1) each.
@@ -389,7 +397,15 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
         ds = TrainBatches(
-            self.train_sources, self.collate, self.data.batch_size, self.seed, rank, world, start, self.data.num_frames
+            self.train_sources,
+            self.collate,
+            self.data.batch_size,
+            self.seed,
+            rank,
+            world,
+            start,
+            self.data.num_frames,
+            self.data.prompt_mode,
         )
         return self._loader(ds)
 
@@ -410,7 +426,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def _loader(self, ds: IterableDataset) -> DataLoader:
         n = int(self.data.num_workers)
-        return DataLoader(ds, batch_size=None, num_workers=n, persistent_workers=False, prefetch_factor=2 if n else None)
+        return DataLoader(
+            ds, batch_size=None, num_workers=n, persistent_workers=False, prefetch_factor=2 if n else None
+        )
 
 
 def shard_stats(root: str | Path, name: str, split: str) -> dict:

@@ -6,7 +6,7 @@ Which parameters each stage trains (groups of `UniPixel.parameter_groups()`):
 |-------|---------------------------------------------------------------------------------------|---------------------|
 | 1     | sparse_prompt_encoder                                                                 | optim.lr            |
 | 2     | l2m, new_token_rows                                                                   | optim.lr            |
-| 3     | backbone_lora, new_token_rows, sparse_prompt_encoder, m2l, l2m | mask_decoder          | optim.lr / decoder_lr |
+| 3     | backbone_lora, new_token_rows, sparse_prompt_encoder, m2l, l2m | mask_decoder        | lr / decoder_lr     |
 
 New special-token rows (<REF> <MEM> <SEG> in the embedding and LM head): stage 1 does not need them (every <REF>
 input embedding is replaced by the prompt encoder's output and captions hold no special token); stage 2 trains
@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixelqa.batch import Batch
-from pixelqa.eval.scoring import QA_TASKS, TaskAccuracy, answer_exact_match
+from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.schedule import build_scheduler
 
@@ -141,7 +141,11 @@ class UniPixelModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         """Move the Batch dataclass (tensors inside prompt and memory lists too)."""
-        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return (
+            batch.to(device)
+            if isinstance(batch, Batch)
+            else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        )
 
     def on_train_start(self) -> None:
         """Position the micro-batch counter (a resumed run starts where its checkpoint stopped)."""
@@ -203,7 +207,9 @@ class UniPixelModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that lacks any of our weights (the base backbone is not stored)."""
-        missing = [f"model.{k}" for k in self.model.trainable_state_dict() if f"model.{k}" not in checkpoint["state_dict"]]
+        missing = [
+            f"model.{k}" for k in self.model.trainable_state_dict() if f"model.{k}" not in checkpoint["state_dict"]
+        ]
         if missing:
             raise ValueError(
                 f"checkpoint: {len(missing)} weights of this model are absent (e.g. {missing[:3]}); expected a "

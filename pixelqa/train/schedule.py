@@ -1,4 +1,4 @@
-"""Learning-rate schedule of every stage: linear warm-up over the first `warmup_ratio` of the steps, then cosine decay."""
+"""Learning-rate schedule of every stage: linear warm-up over the first `warmup_ratio` of steps, then cosine decay."""
 
 from __future__ import annotations
 
