@@ -17,8 +17,6 @@ stopped (same parent run). At the end the parent run gets the result table (CSV 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import itertools
 import json
 import os
@@ -30,6 +28,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pixelqa.config import RecipeError, load_recipe
+from pixelqa.tracking import end_run, log_parent_artifact, start_parent_run, table_csv, table_markdown
+
+GRID_TAG = "pixelqa.grid"  # tag of a grid's parent run (the ablation dashboard looks for it)
 
 
 @dataclass
@@ -97,20 +98,14 @@ def _write_atomic(path: Path, text: str) -> None:
 def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
     """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric."""
     metrics = grid.metrics or sorted({m for r in results.values() for m in r})
-    header = [*grid.axes, *metrics]
     rows = []
     for cell in grid.cells():
         found = results.get(cell_id(cell))
-        if found is None:
-            continue
-        rows.append([*(str(cell[k]) for k in grid.axes), *(f"{found.get(m, float('nan')):.4f}" for m in metrics)])
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    return buf.getvalue(), "\n".join(md) + "\n"
+        if found is not None:
+            row = {k: str(cell[k]) for k in grid.axes}
+            row.update({m: f"{found.get(m, float('nan')):.4f}" for m in metrics})
+            rows.append(row)
+    return table_csv(rows), table_markdown(rows)
 
 
 def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
@@ -147,24 +142,14 @@ def run_grid(path: str | Path, extra: list[str] | None = None, dry_run: bool = F
             print("python -m pixelqa.fit " + " ".join(cell_args(grid, cell, extra)))
         return {}
 
-    import mlflow
-
     from pixelqa.fit import run as fit_run
 
-    base = load_recipe(cell_args(grid, cells[0], extra))
+    tracking = load_recipe(cell_args(grid, cells[0], extra)).tracking
     state_path = Path(f"runs/grid/{grid.name}/state.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"parent_run_id": None, "results": {}}
-    client = mlflow.MlflowClient(tracking_uri=base.tracking.tracking_uri)
     if state["parent_run_id"] is None:
-        exp = client.get_experiment_by_name(base.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            base.tracking.experiment, artifact_location=str(Path(base.tracking.artifact_location).resolve())
-        )
-        parent = client.create_run(exp_id, run_name=f"grid:{grid.name}", tags={"pixelqa.grid": grid.name})
-        state["parent_run_id"] = parent.info.run_id
-        client.log_param(parent.info.run_id, "grid.recipe", grid.recipe)
-        for key, values in grid.axes.items():
-            client.log_param(parent.info.run_id, f"grid.{key}", json.dumps(values))
+        params = {"grid.recipe": grid.recipe, **{f"grid.{k}": json.dumps(v) for k, v in grid.axes.items()}}
+        state["parent_run_id"] = start_parent_run(f"grid:{grid.name}", tracking, params, tags={GRID_TAG: grid.name})
         _write_atomic(state_path, json.dumps(state, indent=1))
     parent_id = state["parent_run_id"]
     for i, cell in enumerate(cells):
@@ -182,8 +167,8 @@ def run_grid(path: str | Path, extra: list[str] | None = None, dry_run: bool = F
     _write_atomic(out / "results.md", md_text)
     _plot(grid, state["results"], out / "results.png")
     for name in ("results.csv", "results.md", "results.png"):
-        client.log_artifact(parent_id, str(out / name))
-    client.set_terminated(parent_id)
+        log_parent_artifact(parent_id, tracking, out / name)
+    end_run(parent_id, tracking)
     print(md_text, end="")
     return state["results"]
 

@@ -91,7 +91,9 @@ def _client(tracking: Any):
     return MlflowClient(tracking_uri=uri)
 
 
-def start_parent_run(name: str, tracking: Any, params: Mapping[str, Any] | None = None) -> str:
+def start_parent_run(
+    name: str, tracking: Any, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+) -> str:
     """Create a parent run (e.g. one per grid) in the tracking experiment; returns its run id."""
     client = _client(tracking)
     _, artifacts = resolve_uris(tracking)
@@ -100,10 +102,15 @@ def start_parent_run(name: str, tracking: Any, params: Mapping[str, Any] | None 
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name, artifact_location=artifacts)
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    run = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name})
+    run = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, **(tags or {})})
     for key, value in (params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id
+
+
+def log_parent_artifact(run_id: str, tracking: Any, path: str | Path) -> None:
+    """Upload a local file to a run that no logger holds (e.g. a grid's parent run)."""
+    _client(tracking).log_artifact(run_id, str(path))
 
 
 def end_run(run_id: str, tracking: Any, status: str = "FINISHED") -> None:

@@ -11,6 +11,6 @@ def test_default_demo_beats_the_untrained_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     m = fit.run(["recipe=stage3", "eval.before_fit=true", "tracking=none", "trainer.enable_progress_bar=false"])
     print({k: round(v, 4) for k, v in m.items() if k.endswith(("J&F", "qa_acc"))})
-    assert m["val/J&F"] >= m["untrained/val/J&F"] + 0.10
-    assert m["val/qa_acc"] >= m["untrained/val/qa_acc"] + 0.08
+    assert m["val/J&F"] >= m["untrained/val/J&F"] + 0.12  # measured: 0.0 -> 0.227
+    assert m["val/qa_acc"] >= m["untrained/val/qa_acc"] + 0.25  # measured: 0.0 -> 0.383
     assert m["val/lm"] < 0.5 * m["untrained/val/lm"]

@@ -72,3 +72,37 @@ def test_a_cell_with_an_invalid_key_fails_before_any_work(tmp_path):
     path.write_text("name: g\ngrid:\n  model.hidden_tokenz: [1, 2]\n")
     with pytest.raises(RecipeError, match="cell model.hidden_tokenz=1: command line: unknown key"):
         run_grid(path, dry_run=True)
+
+
+@pytest.mark.slow
+def test_a_grid_runs_each_cell_as_a_child_run_and_resumes(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: g\nrecipe: stage3\n"
+        "overrides: [data.synthetic_train=16, data.synthetic_val=4, data.val_samples=4, data.batch_size=2,"
+        " trainer.max_steps=1, trainer.enable_progress_bar=false, tracking.log_overlays=false]\n"
+        "grid:\n  model.hidden_tokens: [1, 2]\nmetrics: ['val/J&F']\n"
+    )
+    results = run_grid(path)
+    assert set(results) == {"model.hidden_tokens=1", "model.hidden_tokens=2"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("pixelqa")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`pixelqa.grid` = 'g'")
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.params["model.hidden_tokens"] for c in children) == ["1", "2"]
+    for child in children:
+        cid = f"model.hidden_tokens={child.data.params['model.hidden_tokens']}"
+        assert child.data.metrics["val/J_and_F"] == pytest.approx(results[cid]["val/J&F"])
+    table = (tmp_path / "runs" / "grid" / "g" / "results.csv").read_text().splitlines()
+    assert table[0] == "model.hidden_tokens,val/J&F" and len(table) == 3
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.md", "results.png"} <= artifacts
+    # A rerun finds every cell done: no new child runs, the same parent.
+    assert run_grid(path) == results
+    again = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    assert len(again) == 2

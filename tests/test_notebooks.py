@@ -43,9 +43,9 @@ def test_ablation_dashboard_tabulates_grid_children(tmp_path):
     for tokens, jf in ((2, 0.625), (1, 0.3125)):
         child = client.create_run(exp, run_name=f"cell{tokens}", tags={"mlflow.parentRunId": parent.info.run_id})
         client.log_param(child.info.run_id, "model.hidden_tokens", str(tokens))
-        client.log_metric(child.info.run_id, "val/JF", jf)
+        client.log_metric(child.info.run_id, "val/J_and_F", jf)
     unrelated = client.create_run(exp, run_name="plain-fit")
-    client.log_metric(unrelated.info.run_id, "val/JF", 0.99)
+    client.log_metric(unrelated.info.run_id, "val/J_and_F", 0.99)
     text = execute("ablation_dashboard.ipynb", tmp_path, {"PIXELQA_TRACKING_URI": uri, "PIXELQA_EXPERIMENT": "abl"})
     assert "== grid hidden-tokens ==" in text
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(("1 ", "2 "))]
