@@ -229,7 +229,9 @@ def _defaults_of(cfg: DictConfig, where: str) -> list[tuple[str, str]]:
             chosen.append(("_self_", ""))
             continue
         if not isinstance(entry, DictConfig) or len(entry) != 1:
-            raise RecipeError(f"{where}: defaults entries must be `_self_` or single `group: preset` pairs, got {entry}")
+            raise RecipeError(
+                f"{where}: defaults entries must be `_self_` or single `group: preset` pairs, got {entry}"
+            )
         ((group, name),) = entry.items()
         if group not in GROUPS:
             raise RecipeError(f"{where}: defaults group {group!r} unknown; valid groups: {', '.join(GROUPS)}")

@@ -73,7 +73,7 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float = 24.0) -> None:
 
 
 def flat_frames(n: int, h: int = H, w: int = W) -> list[np.ndarray]:
-    """Frames of one flat grey level each (10, 34, 58, ...; up to 10 frames), robust to video compression: frame t is identifiable."""
+    """Frames of one flat grey level each (10, 34, 58, ...; up to 10 frames): robust to video compression."""
     return [np.full((h, w, 3), 10 + 24 * t, dtype=np.uint8) for t in range(n)]
 
 
@@ -520,7 +520,7 @@ def build_videogpt_plus(root: Path) -> None:
 
 def build_mvbench(root: Path, tasks) -> None:
     """MVBench json/ (all 20 task files, two with one question) and the videos they name."""
-    for _, file, prefix, kind, _ in tasks:
+    for _, file, _prefix, _kind, _ in tasks:
         write_json(root / "json" / file, [])
     write_mp4(root / "video" / "star" / "Charades_v1_480" / "X1.mp4", flat_frames(10), fps=2.0)
     write_json(

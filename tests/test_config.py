@@ -53,7 +53,11 @@ def test_sft1m_mixture_matches_table_12():
     assert repeats["refcoco"] == 10 and repeats["instit_qa_memory"] == 3 and repeats["llava_mix665k"] == 1
     stage2 = load_recipe(["recipe=stage2", "data=stage2-mix"])
     assert {s.name: s.repeat for s in stage2.data.sources} == {
-        "refcoco": 5, "refcoco_plus": 5, "refcocog": 5, "refclef": 5, "ref_youtube_vos": 3
+        "refcoco": 5,
+        "refcoco_plus": 5,
+        "refcocog": 5,
+        "refclef": 5,
+        "ref_youtube_vos": 3,
     }
 
 

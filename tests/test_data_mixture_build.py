@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fixtures_video import build_revos
+
 from pixelqa.data.__main__ import main as data_main
 from pixelqa.data.mixture import MixtureEntry, build_mixture, write_mixture_spec
 

@@ -26,8 +26,10 @@ def test_every_shipped_experiment_expands_to_valid_recipes(capsys):
 
 def test_cells_are_the_cartesian_product_in_file_order(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text("name: g\nrecipe: stage3\noverrides: [trainer.max_steps=3]\n"
-                    "grid:\n  model.hidden_tokens: [1, 4]\n  model.prompt_encoder.temporal: [false, true]\n")
+    path.write_text(
+        "name: g\nrecipe: stage3\noverrides: [trainer.max_steps=3]\n"
+        "grid:\n  model.hidden_tokens: [1, 4]\n  model.prompt_encoder.temporal: [false, true]\n"
+    )
     grid = load_grid(path)
     assert grid.cells() == [
         {"model.hidden_tokens": 1, "model.prompt_encoder.temporal": False},

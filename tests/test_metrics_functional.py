@@ -23,7 +23,7 @@ from pixelqa.metrics.functional import (
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("skimage", reason="scikit-image (dev extra) is needed for the DAVIS reference port")
 
-from pixelqa.benchmarks.davis_reference import (
+from pixelqa.benchmarks.davis_reference import (  # noqa: E402 (after the importorskip guards)
     reference_boundary_f,
     reference_disk,
     reference_jaccard,

@@ -30,7 +30,9 @@ def execute(name: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> st
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            out.append(o.get("text", "") if o.get("output_type") == "stream" else str(o.get("data", {}).get("text/plain", "")))
+            out.append(
+                o.get("text", "") if o.get("output_type") == "stream" else str(o.get("data", {}).get("text/plain", ""))
+            )
     return "".join(out)
 
 

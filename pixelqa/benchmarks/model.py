@@ -88,7 +88,7 @@ def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batc
     g = torch.Generator().manual_seed(seed)
     proc = model.processor
     texts, videos, prompts, memory, seg, valid = [], [], [], [], [], []
-    for b in range(batch):
+    for _ in range(batch):
         vid = torch.randint(0, 256, (frames, 3, size, size), generator=g, dtype=torch.uint8)
         obj = torch.zeros(frames, size, size, dtype=torch.bool)
         for t in range(frames):

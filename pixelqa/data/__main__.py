@@ -76,8 +76,16 @@ def _mixture(args: argparse.Namespace) -> None:
         name, path = item.split("=", 1)
         roots[name] = path
     build_mixture(
-        entries, args.root, args.out, roots=roots, workers=args.workers, on_error=args.on_error,
-        node_rank=args.node_rank, num_nodes=args.num_nodes, max_samples=args.max_samples, progress=not args.quiet,
+        entries,
+        args.root,
+        args.out,
+        roots=roots,
+        workers=args.workers,
+        on_error=args.on_error,
+        node_rank=args.node_rank,
+        num_nodes=args.num_nodes,
+        max_samples=args.max_samples,
+        progress=not args.quiet,
     )
     print_mixture(entries, shards_root=args.out)
     name = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe

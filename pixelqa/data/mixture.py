@@ -183,14 +183,24 @@ def build_mixture(
 
     unknown = [e.name for e in entries if e.name not in set(list_sources())]
     if unknown:
-        raise ValueError(f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`")
+        raise ValueError(
+            f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
+        )
     manifests: dict[str, dict] = {}
     for e in entries:
         root = source_root(raw_root, e.name, roots)
         try:
             manifests[f"{e.name}/{e.split}"] = build_shards(
-                e.name, root, out, split=e.split, workers=workers, on_error=on_error, node_rank=node_rank,
-                num_nodes=num_nodes, max_samples=max_samples, progress=progress,
+                e.name,
+                root,
+                out,
+                split=e.split,
+                workers=workers,
+                on_error=on_error,
+                node_rank=node_rank,
+                num_nodes=num_nodes,
+                max_samples=max_samples,
+                progress=progress,
             )
         except FileNotFoundError as err:
             if on_error == "fail":

@@ -112,7 +112,8 @@ def videos_of(meta: Any, path: str) -> dict:
     """The ``videos`` mapping of a meta_expressions JSON, checked."""
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
         raise TypeError(
-            f"{path}: got {type(meta).__name__} without a 'videos' mapping, expected {{\"videos\": {{video id: entry}}}}"
+            f"{path}: got {type(meta).__name__} without a 'videos' mapping, "
+            f'expected {{"videos": {{video id: entry}}}}'
         )
     return meta["videos"]
 
