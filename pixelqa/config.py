@@ -13,6 +13,8 @@ schema: an unknown key or a value of the wrong type fails with a message naming 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,3 +345,16 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
     walk(container, prefix)
     return flat
+
+
+def run_cli(run: Callable[[list[str]], Any], doc: str | None, argv: list[str] | None = None) -> None:
+    """Shared entry of the recipe CLIs (fit, evaluate): `-h` prints `doc`, a RecipeError exits 2 with its message."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(doc)
+        return
+    try:
+        run(args)
+    except RecipeError as err:
+        print(f"recipe error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -8,13 +8,12 @@ metrics, `name: value`. Grid runners call `run(args, parent_run_id=...)`.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from pixelqa.config import RecipeError, flatten, load_recipe, to_object
+from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
 
 
 def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
@@ -100,15 +99,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pixelqa.evaluate`: recipe errors exit with status 2 and the message."""
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        run(args)
-    except RecipeError as err:
-        print(f"recipe error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

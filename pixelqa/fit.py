@@ -13,14 +13,13 @@ The last lines printed are the final metrics, one `name: value` per line.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_config, to_object
+from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_config, run_cli, to_object
 
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
 
@@ -295,15 +294,7 @@ def _is_rank_zero() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pixelqa.fit`: recipe errors exit with status 2 and the message."""
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        run(args)
-    except RecipeError as err:
-        print(f"recipe error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
-from pixelqa.data.schema import ObjectTrack, Sample, make_key
+from pixelqa.data.schema import ObjectTrack, Sample
 from pixelqa.data.sources._image_files import (
     cached_json,
     check_size,
@@ -31,7 +31,8 @@ from pixelqa.data.sources._image_files import (
     require,
     segmentation_rle,
 )
-from pixelqa.data.sources._instructions import MAX_PAIRS, choose, chunked, seg_turns
+from pixelqa.data.sources._instructions import choose
+from pixelqa.data.sources.semseg import class_samples
 
 
 def _clean(name: str) -> str:
@@ -139,26 +140,13 @@ class CocoPartSource(Source):
             phrase = part_phrase(index.cats[cid], item, cid)
             objects[oid] = ObjectTrack(masks={0: rle}, category=phrase)
             entries.append((phrase, oid, cid))
-        parts = chunked(entries, MAX_PAIRS)
-        for ci, chunk in enumerate(parts):
-            key = make_key(item) if len(parts) == 1 else make_key(item, ci)
-            yield Sample(
-                key=key,
-                source=self.name,
-                split=split,
-                task="semseg",
-                media=image.media(file_name),
-                objects={oid: objects[oid] for _, oid, _ in chunk},
-                turns=seg_turns([(phrase, oid) for phrase, oid, _ in chunk], key),
-                meta={
-                    "image_id": int(item),
-                    "file_name": file_name,
-                    "independent_turns": True,
-                    "classes": [
-                        {"category_id": cid, "name": index.cats[cid], "object_id": oid} for _, oid, cid in chunk
-                    ],
-                },
-            )
+        meta = {"image_id": int(item), "file_name": file_name}
+        for sample in class_samples(
+            self.name, split, item, image.media(file_name), objects, entries, meta, "category_id"
+        ):
+            for cls in sample.meta["classes"]:
+                cls["name"] = index.cats[cls["category_id"]]  # the category's own name, not the part phrase
+            yield sample
 
 
 @register_source("paco_lvis")

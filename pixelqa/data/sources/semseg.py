@@ -17,7 +17,7 @@ from PIL import Image
 
 from pixelqa.data import masks
 from pixelqa.data.registry import Source
-from pixelqa.data.schema import ObjectTrack, Sample, make_key
+from pixelqa.data.schema import Media, ObjectTrack, Sample, make_key
 from pixelqa.data.sources._image_files import read_image
 from pixelqa.data.sources._instructions import MAX_PAIRS, chunked, seg_turns
 
@@ -73,20 +73,37 @@ class SemSegSource(Source):
             i + 1: ObjectTrack(masks={0: masks.encode(label == v)}, category=names[v]) for i, v in enumerate(values)
         }
         entries = [(names[v], i + 1, v) for i, v in enumerate(values)]
-        parts = chunked(entries, MAX_PAIRS)
-        for ci, chunk in enumerate(parts):
-            key = make_key(item) if len(parts) == 1 else make_key(item, ci)
-            yield Sample(
-                key=key,
-                source=self.name,
-                split=split,
-                task="semseg",
-                media=image.media(item),
-                objects={oid: objects[oid] for _, oid, _ in chunk},
-                turns=seg_turns([(name, oid) for name, oid, _ in chunk], key),
-                meta={
-                    "image": item,
-                    "independent_turns": True,
-                    "classes": [{"value": v, "name": name, "object_id": oid} for name, oid, v in chunk],
-                },
-            )
+        yield from class_samples(self.name, split, item, image.media(item), objects, entries, {"image": item}, "value")
+
+
+def class_samples(
+    source: str,
+    split: str,
+    item: str,
+    media: Media,
+    objects: dict[int, ObjectTrack],
+    entries: list[tuple[str, int, int]],
+    meta: dict,
+    class_field: str,
+) -> Iterator[Sample]:
+    """Samples of one image whose objects are named classes: one request/<SEG> pair per class, <= MAX_PAIRS each.
+
+    entries are (class name, object id, class value); `class_field` names the value in meta["classes"].
+    """
+    parts = chunked(entries, MAX_PAIRS)
+    for ci, chunk in enumerate(parts):
+        key = make_key(item) if len(parts) == 1 else make_key(item, ci)
+        yield Sample(
+            key=key,
+            source=source,
+            split=split,
+            task="semseg",
+            media=media,
+            objects={oid: objects[oid] for _, oid, _ in chunk},
+            turns=seg_turns([(name, oid) for name, oid, _ in chunk], key),
+            meta={
+                **meta,
+                "independent_turns": True,
+                "classes": [{class_field: v, "name": name, "object_id": oid} for name, oid, v in chunk],
+            },
+        )
