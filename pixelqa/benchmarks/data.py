@@ -1,9 +1,11 @@
 """Data benchmark: shard build throughput, and shard loading vs a raw JSON + image-file baseline.
 
 `python -m pixelqa.bench data [--samples N] [--size PX] [--workers 0 2]`
+`python -m pixelqa.bench data --source revos --root RAW/revos --split train` (any registered source: real data, or
+the converters' test fixtures)
 
-- build: `build_shards` of the synthetic source (generate, validate with frame decoding, write tars), in
-  samples/s with 1 and 2 worker processes.
+- build: `build_shards` of the source (synthetic: generate; others: convert the raw files; validate with frame
+  decoding, write tars), in samples/s with 1 and 2 worker processes.
 - loader: one pass over the shards with `make_dataset(train=False)`, each sample decoded to tensors (frames
   (T, 3, H, W) uint8, all object masks (K, T, H, W) bool), through a DataLoader with 0 and 2 workers.
 - baseline: the reference code's way: one JSON list of samples loaded up front, per sample the frame image
@@ -131,19 +133,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
     p.add_argument("--size", type=int, default=112, help="synthetic frame size in pixels")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure")
+    p.add_argument("--source", default="synthetic", help="registered source to build and read")
+    p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic)")
+    p.add_argument("--split", default="train")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    get_source("synthetic").size = args.size  # inherited by forked build workers
+    if args.source == "synthetic":
+        get_source("synthetic").size = args.size  # inherited by forked build workers
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for w in (1, 2):  # the same shards either way (tested); parallel building pays off on many cores
             start = time.perf_counter()
             m = build_shards(
-                "synthetic",
-                ".",
+                args.source,
+                args.root,
                 tmp / f"build{w}",
-                "train",
+                args.split,
                 workers=w,
                 max_samples=args.samples,
                 max_count=max(args.samples // 8, 1),
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             sec = time.perf_counter() - start
             results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
             print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({m['num_bytes'] / 2**20:.1f} MiB)")
-        shard_dir = tmp / "build1" / "synthetic" / "train"
+        shard_dir = tmp / "build1" / args.source / args.split
         annotation = write_raw_copy(shard_dir, tmp / "raw")
         drain(TensorStream(shard_dir), 0)  # warm the page cache for both readers alike
         drain(RawJsonDataset(annotation), 0)
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             results[f"loader_vs_baseline_w{w}"] = (
                 results[f"loader_samples_per_s_w{w}"] / results[f"baseline_samples_per_s_w{w}"]
             )
-    print(f"synthetic {args.size}x{args.size}, {args.samples} samples")
+    size = f" {args.size}x{args.size}" if args.source == "synthetic" else ""
+    print(f"{args.source}/{args.split}{size}, {m['num_samples']} samples")
     for k, v in results.items():
         print(f"{k}: {v:.2f}")
