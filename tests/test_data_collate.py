@@ -194,3 +194,54 @@ def test_plain_chatml_without_a_chat_template_matches_the_template(processor, sa
     finally:
         processor.chat_template = saved
     assert torch.equal(plain.input_ids, with_template.input_ids) and torch.equal(plain.labels, with_template.labels)
+
+
+def _class_sample(n_pairs: int):
+    """An image sample in the converters' per-image group form: n independent request/<SEG> pairs."""
+    from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, encode_frame
+
+    frame = np.zeros((112, 112, 3), np.uint8)
+    objects, turns = {}, []
+    for k in range(1, n_pairs + 1):
+        m = np.zeros((112, 112), bool)
+        m[k * 10 : k * 10 + 8, 5:50] = True
+        objects[k] = ObjectTrack(masks={0: masks.encode(m)}, category=f"class {k}")
+        turns += [Turn("user", f"Please segment class {k}."), Turn("assistant", "It is <SEG>.", seg_objects=[k])]
+    return Sample(
+        key="img",
+        source="ade20k",
+        split="train",
+        task="semseg",
+        media=Media(kind="image", frames=[encode_frame(frame, "png")], size=(112, 112), ext="png"),
+        objects=objects,
+        turns=turns,
+        meta={"independent_turns": True},
+    )
+
+
+def test_independent_pairs_are_subsampled_to_max_pairs_in_order(processor):
+    sample = _class_sample(6)
+    np.random.seed(3)
+    b = Collator(processor, max_pairs=3)([sample])
+    ids = b.seg_object_ids[0]
+    assert len(ids) == 3 and ids == sorted(ids) and set(ids) <= set(range(1, 7))
+    text = processor.tokenizer.decode(b.input_ids[0])
+    assert [f"class {k}." in text for k in range(1, 7)] == [k in ids for k in range(1, 7)]
+    assert text.count("<|image_pad|>") == 16  # the image still opens the (new) first turn
+    for row, oid in enumerate(ids):  # each kept <SEG> targets its own class mask
+        assert torch.equal(b.seg_masks[0][row, 0], torch.from_numpy(masks.decode(sample.objects[oid].masks[0])))
+    np.random.seed(3)
+    assert Collator(processor, max_pairs=3)([sample]).seg_object_ids[0] == ids  # seeded: repeats
+    assert Collator(processor, max_pairs=None)([sample]).seg_object_ids[0] == [1, 2, 3, 4, 5, 6]
+    dependent = _class_sample(6)
+    dependent.meta = {}
+    assert len(Collator(processor, max_pairs=3)([dependent]).seg_object_ids[0]) == 6
+
+
+def test_keep_all_frames_samples_are_not_subsampled(processor):
+    s = next(make_sample(i) for i in range(6, 400, 13) if make_sample(i).media.num_frames == 8)
+    assert Collator(processor, num_frames=4)([s]).frames[0].shape[0] == 4
+    s.meta = {**s.meta, "keep_all_frames": True}  # e.g. Inst-IT: the text's <t> tags count every frame
+    b = Collator(processor, num_frames=4)([s])
+    assert b.frames[0].shape[0] == 8
+    assert "Here is a video with 8 frames denoted as <1> to <8>." in processor.tokenizer.decode(b.input_ids[0])

@@ -17,6 +17,10 @@ memory_variant (paper Tab. 11b):
 - "ref_seg_pool": the same text and targets as "ref_seg"; the model additionally pools features under
   the predicted masks (a model-side switch, nothing changes here).
 
+max_pairs (default 3, UniPixel's max_conv_turns): a sample whose request/answer pairs are independent
+(`meta["independent_turns"]`: the converters' per-image groups of referring expressions or classes) keeps a
+random, ordered subset of that many pairs per visit. Frame subsampling leaves `meta["keep_all_frames"]` samples whole.
+
 prompt_mode ("keep" | "point_box" | "point" | "box"): optionally redraw visual prompts from the GT masks here
 (stage 1: "point_box"), with numpy's global RNG, for pipelines that do not sample prompts in the loader.
 """
@@ -33,7 +37,7 @@ import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.data import masks
-from pixelqa.data.loader import frame_indices, select_frames
+from pixelqa.data.loader import subsample_frames
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import FrameDecodeError, Prompt, Sample
 from pixelqa.prompt_format import MEM, REF, SEG, count_ref, memory_prompt, object_tag, parse_memory_prompt
@@ -59,6 +63,7 @@ class Collator:
         system_prompt: str | None = None,
         prompt_mode: str = "keep",
         box_jitter: float = 0.1,
+        max_pairs: int | None = 3,
     ) -> None:
         if memory_variant not in MEMORY_VARIANTS:
             raise ValueError(f"memory_variant: got {memory_variant!r}, expected one of {MEMORY_VARIANTS}")
@@ -68,7 +73,9 @@ class Collator:
             raise ValueError(f"num_frames/max_tokens: got {num_frames}/{max_tokens}, expected >= 1 / >= 16")
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode: got {prompt_mode!r}, expected one of {PROMPT_MODES}")
-        self.prompt_mode, self.box_jitter = prompt_mode, box_jitter
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs: got {max_pairs}, expected None or >= 1")
+        self.prompt_mode, self.box_jitter, self.max_pairs = prompt_mode, box_jitter, max_pairs
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.num_frames, self.max_tokens = num_frames, max_tokens
@@ -88,6 +95,19 @@ class Collator:
         self.dropped = 0  # samples dropped so far (too long, nothing to learn, undecodable)
 
     # ------------------------------------------------------------------ text
+    def _subsample_pairs(self, sample: Sample) -> Sample:
+        """At most `max_pairs` request/answer pairs of a sample whose pairs are independent (UniPixel's
+        max_conv_turns = 3), drawn from numpy's global RNG (seeded per batch by the DataModule), in order."""
+        pairs = len(sample.turns) // 2
+        if self.max_pairs is None or not sample.meta.get("independent_turns") or pairs <= self.max_pairs:
+            return sample
+        if sample.prompts or len(sample.turns) % 2:
+            return sample  # pairs tied to visual prompts, or an odd turn count: not independent pairs
+        keep = sorted(np.random.choice(pairs, self.max_pairs, replace=False).tolist())
+        out = copy.copy(sample)
+        out.turns = [turn for k in keep for turn in sample.turns[2 * k : 2 * k + 2]]
+        return out
+
     def _object_prompt(self, sample: Sample, oid: int, visible: list[int]) -> Prompt:
         """The sample's own prompt of object `oid`, else a mask prompt on its first visible frame."""
         for p in sample.prompts:
@@ -197,10 +217,8 @@ class Collator:
     # ------------------------------------------------------------------ one sample
     def _encode(self, sample: Sample) -> dict | None:
         """Tensors of one sample, or None when it must be dropped."""
-        t = sample.media.num_frames
-        if t > self.num_frames:
-            keep = frame_indices(t, self.num_frames, None, must_include=[p.frame for p in sample.prompts])
-            sample = select_frames(sample, keep)
+        sample = subsample_frames(sample, self.num_frames)
+        sample = self._subsample_pairs(sample)
         if self.prompt_mode != "keep":
             # Drawn from numpy's global RNG so a caller seeding it per batch (the DataModule) repeats the draw.
             rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))

@@ -70,6 +70,17 @@ def frame_indices(
     return chosen
 
 
+def subsample_frames(sample: Sample, num_frames: int, rng: np.random.Generator | None = None) -> Sample:
+    """`sample` cut to `num_frames` frames (random segments with `rng`, centres without), prompt frames kept.
+
+    A sample whose text counts every frame (`meta["keep_all_frames"]`, e.g. Inst-IT's `<t>` tags) is left whole.
+    """
+    if sample.media.num_frames <= num_frames or sample.meta.get("keep_all_frames"):
+        return sample
+    keep = frame_indices(sample.media.num_frames, num_frames, rng, must_include=[p.frame for p in sample.prompts])
+    return select_frames(sample, keep)
+
+
 def select_frames(sample: Sample, indices: Sequence[int]) -> Sample:
     """A new Sample restricted to `indices` (sorted); masks and prompts are renumbered, fps scaled."""
     idx = list(indices)
@@ -240,14 +251,7 @@ class ShardDataset(IterableDataset):
 
     def _transform(self, sample: Sample, rng: np.random.Generator) -> Sample:
         """Frame sampling (random segments in training, uniform in evaluation) and prompt sampling."""
-        if sample.media.num_frames > self.num_frames:
-            keep = frame_indices(
-                sample.media.num_frames,
-                self.num_frames,
-                rng if self.train else None,
-                must_include=[p.frame for p in sample.prompts],
-            )
-            sample = select_frames(sample, keep)
+        sample = subsample_frames(sample, self.num_frames, rng if self.train else None)
         return resample_prompts(sample, rng, self.prompt_mode, self.box_jitter)
 
     def __iter__(self) -> Iterator[Sample]:

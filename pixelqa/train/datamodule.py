@@ -215,12 +215,9 @@ def _worker() -> tuple[int, int]:
 
 def prepare_sample(sample: Sample, num_frames: int, rng: np.random.Generator | None) -> Sample:
     """Frame sampling as the data loader does it: random segments with `rng` (training), centres without."""
-    from pixelqa.data.loader import frame_indices, select_frames
+    from pixelqa.data.loader import subsample_frames
 
-    if sample.media.num_frames > num_frames:
-        keep = frame_indices(sample.media.num_frames, num_frames, rng, must_include=[p.frame for p in sample.prompts])
-        sample = select_frames(sample, keep)
-    return sample
+    return subsample_frames(sample, num_frames, rng)
 
 
 class TrainBatches(IterableDataset):
