@@ -91,9 +91,18 @@ class RecordRef:
     members: tuple[tuple[str, int, int], ...]
 
 
-@lru_cache(maxsize=4096)
 def shard_index(path: str) -> tuple[RecordRef, ...]:
-    """The records of a tar shard in order, with byte offsets for random access."""
+    """The records of a tar shard in order, with byte offsets for random access.
+
+    Cached per (absolute path, mtime, size): a shard rebuilt at the same (or a relative) path is indexed anew.
+    """
+    real = Path(path).resolve()
+    st = real.stat()
+    return _shard_index(str(real), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4096)
+def _shard_index(path: str, mtime_ns: int, size: int) -> tuple[RecordRef, ...]:
     refs: list[RecordRef] = []
     key, members = None, []
     with tarfile.open(path) as tf:
