@@ -11,7 +11,6 @@ from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
 from pixelqa.data.registry import get_source
-from pixelqa.data.sources._image_files import cached_json
 from pixelqa.prompt_format import MEM, REF, SEG
 
 
@@ -69,6 +68,5 @@ def test_osprey_missing_field_and_file(tmp_path):
         get_source("osprey_short_form").items(tmp_path, "train")
     data[0]["conversations"] = [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "<region1>"}]
     (bad / "Osprey-724K" / "osprey_conversation.json").write_text(json.dumps(data))
-    cached_json.cache_clear()  # the JSON of this path was cached by the call above
     with pytest.raises(ValueError, match="alternating"):
         list(get_source("osprey_conversation").convert(bad, "train", 0))

@@ -52,9 +52,6 @@ def test_qa_memory(tmp_path):
 def test_missing_masks_named(tmp_path):
     build_instit(tmp_path)
     write_json(tmp_path / "inst_it_dataset_image_51k_w_mask.json", [{"image_id": "x", "image_path": "a/b.jpg"}])
-    from pixelqa.data.sources.vos import cached_json
 
-    cached_json.cache_clear()
     with pytest.raises(ValueError, match="missing 'instance_level_caption'"):
         convert_all("instit_image_short_caption", tmp_path)
-    cached_json.cache_clear()

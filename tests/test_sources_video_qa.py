@@ -41,12 +41,9 @@ def test_videogpt_plus_bad_roles(tmp_path):
             }
         ],
     )
-    from pixelqa.data.sources.vos import cached_json
 
-    cached_json.cache_clear()
     with pytest.raises(ValueError, match="expected 'human' / 'gpt' alternating"):
         convert_all("videogpt_plus", tmp_path, "train")
-    cached_json.cache_clear()
 
 
 def test_mvbench(tmp_path):

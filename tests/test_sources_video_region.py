@@ -138,8 +138,6 @@ def test_center_point_matches_distance_transform_definition():
 def test_malformed_region_markers(tmp_path):
     from fixtures_video import videorefer_annotation
 
-    from pixelqa.data.sources.vos import cached_json
-
     build_videorefer_700k(tmp_path)
     conv = [{"from": "human", "value": "What is <region>?"}, {"from": "gpt", "value": "?"}]
     cases = [
@@ -151,10 +149,8 @@ def test_malformed_region_markers(tmp_path):
             tmp_path / "videorefer-qa-75k.json",
             [{"id": "x", "video": "clipA.mp4", "annotation": annotation, "conversations": conv}],
         )
-        cached_json.cache_clear()
         with pytest.raises(ValueError, match=message):
             convert_all("videorefer_qa", tmp_path, "train")
-    cached_json.cache_clear()
 
 
 def test_pixelqa_through_the_shard_builder(tmp_path):

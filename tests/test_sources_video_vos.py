@@ -154,16 +154,13 @@ def test_malformed_inputs_name_the_problem(tmp_path):
     md["0"] = md["0"][:2]
     (tmp_path / "train" / "mask_dict.json").write_text(json.dumps(md))
     src = get_source("mevis")
-    from pixelqa.data.sources.vos import cached_json
 
-    cached_json.cache_clear()
     with pytest.raises(ValueError, match=r"v1/0.*2 masks, expected one per frame \(3\)"):
         list(src.convert(tmp_path, "train", "v1"))
     # A missing frame file is named.
     (tmp_path / "train" / "JPEGImages" / "v2" / "00001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="00001.jpg"):
         list(src.convert(tmp_path, "train", "v2"))
-    cached_json.cache_clear()
 
 
 def test_fixture_frames_are_random_enough():

@@ -94,15 +94,32 @@ def read_json(path: Path | str) -> Any:
             raise ValueError(f"{p}: not valid JSON ({e})") from e
 
 
-@functools.lru_cache(maxsize=4)
-def cached_json(path: str) -> Any:
+def _file_version(path: str | Path) -> tuple[str, int, int]:
+    """(absolute path, mtime, size): a cache key that a rewritten or relative-path file cannot alias."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"annotation file not found: {p}")
+    st = p.stat()
+    return str(p), st.st_mtime_ns, st.st_size
+
+
+def cached_json(path: str | Path) -> Any:
     """A big JSON file parsed once per process (workers convert many items of the same annotation file)."""
+    return _cached_json(*_file_version(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_json(path: str, mtime_ns: int, size: int) -> Any:
     return read_json(path)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_pickle(path: str) -> Any:
+def cached_pickle(path: str | Path) -> Any:
     """A pickle parsed once per process; latin1 lets Python-2 pickles (the refer release) load too."""
+    return _cached_pickle(*_file_version(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_pickle(path: str, mtime_ns: int, size: int) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"annotation file not found: {p}")

@@ -25,8 +25,9 @@ import numpy as np
 from pixelqa.data import masks, prompts
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import read_frame_files, read_label_png, uniform_indices
-from pixelqa.data.sources.vos import cached_json, key_rng, videos_of
+from pixelqa.data.sources.vos import key_rng, videos_of
 from pixelqa.prompt_format import SEG
 
 SPLIT_FILES = {"train": "trainval_v2.json", "test": "test_v2.json"}

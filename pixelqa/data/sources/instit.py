@@ -29,9 +29,10 @@ from pathlib import Path
 from pixelqa.data import masks, prompts
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
 from pixelqa.data.sources.videorefer import key_frame, localize, mask_prompt
-from pixelqa.data.sources.vos import cached_json, first_existing, key_rng
+from pixelqa.data.sources.vos import key_rng
 from pixelqa.prompt_format import REF, object_ids_in, prefill_answer
 
 IMAGE_FILES = ("inst_it_dataset_image_51k_w_mask.json", "inst_it_dataset_image_51k.json")

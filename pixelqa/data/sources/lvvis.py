@@ -27,8 +27,9 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Sample
+from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
-from pixelqa.data.sources.vos import Expression, MaskDictVOS, cached_json, first_existing, rvos_sample, union_rles
+from pixelqa.data.sources.vos import Expression, MaskDictVOS, rvos_sample, union_rles
 
 RELEASE_FILE = "train_instances.json"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.videorefer import mcq_text
-from pixelqa.data.sources.vos import cached_json
 
 # (task type, json file, video prefix, kind, bounded by start/end) - the MVBench task table.
 TASKS: tuple[tuple[str, str, str, str, bool], ...] = (

@@ -25,8 +25,10 @@ from pathlib import Path
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Sample
+from pixelqa.data.sources._image_files import cached_json, first_existing
+from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import encode_video_frames, uniform_indices, video_info
-from pixelqa.data.sources.vos import Expression, MaskDictVOS, cached_json, first_existing, load_json, rvos_sample
+from pixelqa.data.sources.vos import Expression, MaskDictVOS, rvos_sample
 
 TRAIN_JSONS = ("Ref-SAV.json", "Ref-SAV-Min-Ratio-0.3.json")
 SAV_STRIDE = 4  # SA-V annotates every 4th frame of its 24 fps videos

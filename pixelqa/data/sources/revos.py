@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
-from pixelqa.data.sources.vos import Expression, MaskDictVOS, cached_json
+from pixelqa.data.sources._image_files import cached_json
+from pixelqa.data.sources.vos import Expression, MaskDictVOS
 
 EXPRESSION_TYPES = {0: "referring", 1: "reasoning"}
 

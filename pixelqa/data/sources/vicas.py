@@ -22,8 +22,10 @@ from pathlib import Path
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Sample
+from pixelqa.data.sources._image_files import cached_json
+from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import read_frame_files
-from pixelqa.data.sources.vos import Expression, cached_json, load_json, rvos_sample
+from pixelqa.data.sources.vos import Expression, rvos_sample
 
 VERSIONS = ("v1.0", "v0.1")
 

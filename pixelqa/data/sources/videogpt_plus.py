@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.videorefer import resolve_video, strip_video_tag
-from pixelqa.data.sources.vos import cached_json
 
 MERGED = "llava_v1_5_mix665k_with_videogpt_plus_576k.json"
 SAMPLE_FPS = 2.0

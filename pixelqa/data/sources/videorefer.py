@@ -37,8 +37,10 @@ from typing import Any
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json
+from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
-from pixelqa.data.sources.vos import cached_json, load_json, pick
+from pixelqa.data.sources.vos import pick
 from pixelqa.prompt_format import REF, object_tag, prefill_answer
 
 CONTEXT_FRAMES = 16  # frames spread over the video besides the annotated ones

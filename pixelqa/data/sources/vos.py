@@ -16,9 +16,6 @@ expression's instances, as the J&F protocols of these benchmarks score it.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import pickle
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ import numpy as np
 
 from pixelqa.data import masks, prompts
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources._image_files import cached_json, cached_pickle
 from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
 
 TARGET_ID = 1
@@ -60,41 +58,6 @@ def seg_turns(expression: str, key: str, object_ids: Sequence[int] = (TARGET_ID,
     else:
         user = prompts.pick(prompts.SEG_QUESTIONS, rng, expr=text.rstrip("."), media=media)
     return [Turn("user", user), Turn("assistant", prompts.seg_answer(list(object_ids)), seg_objects=list(object_ids))]
-
-
-def load_json(path: str | Path) -> Any:
-    """Parse a JSON file, naming the path when it is missing or broken."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
-@functools.lru_cache(maxsize=4)
-def cached_json(path: str) -> Any:
-    """`load_json`, cached per process: a worker converting many videos parses a big mask dict once."""
-    return load_json(path)
-
-
-@functools.lru_cache(maxsize=4)
-def cached_pickle(path: str) -> Any:
-    """A pickled mask dict, cached per process."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def first_existing(candidates: Sequence[Path], what: str) -> Path:
-    """The first path of `candidates` that exists; FileNotFoundError listing them all otherwise."""
-    for c in candidates:
-        if c.exists():
-            return c
-    raise FileNotFoundError(f"{what}: none of {[str(c) for c in candidates]} exists")
 
 
 @dataclass
