@@ -113,6 +113,14 @@ def _cached_json(path: str, mtime_ns: int, size: int) -> Any:
     return read_json(path)
 
 
+def cached_json_list(path: str | Path) -> list:
+    """`cached_json` of a file that must hold a list of records (LLaVA, Osprey): TypeError naming it otherwise."""
+    data = cached_json(path)
+    if not isinstance(data, list):
+        raise TypeError(f"{path}: got {type(data).__name__}, expected a list of records")
+    return data
+
+
 def cached_pickle(path: str | Path) -> Any:
     """A pickle parsed once per process; latin1 lets Python-2 pickles (the refer release) load too."""
     return _cached_pickle(*_file_version(path))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Sample, Turn, make_key
-from pixelqa.data.sources._image_files import cached_json, first_existing, read_image, require
+from pixelqa.data.sources._image_files import cached_json_list, first_existing, read_image, require
 
 ANNOTATION = "llava_v1_5_mix665k.json"
 _ROLES = {"human": "user", "gpt": "assistant"}
@@ -60,11 +60,7 @@ class LLaVAMix665K(Source):
 
     def _records(self, root: Path, split: str) -> list:
         self.check_split(split)
-        path = self.annotation_file(root)
-        data = cached_json(str(path))
-        if not isinstance(data, list):
-            raise TypeError(f"{path}: got {type(data).__name__}, expected a list of records")
-        return data
+        return cached_json_list(self.annotation_file(root))
 
     def items(self, root: Path, split: str) -> list[int]:
         """Indices of the records that have an image."""

@@ -32,7 +32,7 @@ from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import (
-    cached_json,
+    cached_json_list,
     check_size,
     first_existing,
     read_image,
@@ -106,11 +106,7 @@ class OspreySource(Source):
 
     def _records(self, root: Path, split: str) -> list:
         self.check_split(split)
-        path = self.annotation_file(root)
-        data = cached_json(str(path))
-        if not isinstance(data, list):
-            raise TypeError(f"{path}: got {type(data).__name__}, expected a list of records")
-        return data
+        return cached_json_list(self.annotation_file(root))
 
     def items(self, root: Path, split: str) -> list[int]:
         """Record indices."""
