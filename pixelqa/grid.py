@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,11 +86,10 @@ def cell_args(grid: Grid, cell: dict[str, Any], extra: list[str]) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from pixelqa.data.shards import write_text_atomic  # heavy imports: not needed by --dry-run
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:

@@ -179,7 +179,7 @@ def build_mixture(
     With on_error="skip", a source whose raw files are missing is reported and skipped, and the others go on;
     with "fail" the first missing source stops the build (complete shards stay and a rerun resumes).
     """
-    from pixelqa.data.shards import build_shards
+    from pixelqa.data.shards import build_shards  # webdataset + torch: only when building
 
     unknown = [e.name for e in entries if e.name not in set(list_sources())]
     if unknown:
@@ -211,12 +211,12 @@ def build_mixture(
 
 def write_mixture_spec(name: str, entries: list[MixtureEntry], out: str | Path) -> Path:
     """Write `<out>/mixture-<name>.json`: every source with split, repeat, sample count and share (atomic)."""
+    from pixelqa.data.shards import write_text_atomic
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = mixture_table(entries, shards_root=out)
     spec = {"mixture": name, "sources": rows, "total_effective": sum(r["effective"] or 0 for r in rows)}
     path = out / f"mixture-{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(spec, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(spec, indent=1))
     return path

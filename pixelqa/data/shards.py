@@ -285,11 +285,15 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
     return kept, rejects
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file beside it + rename): readers never see half a file."""
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def build_shards(
