@@ -136,6 +136,46 @@ def build_palette_vos(
     return truth
 
 
+def stripe_mask(vid_index: int, exp: int, h: int = H, w: int = W) -> np.ndarray:
+    """A mask unique to (video, expression): column stripe 2*exp of width 2, rows shifted per video."""
+    m = np.zeros((h, w), dtype=bool)
+    m[2 * vid_index : 2 * vid_index + 6, 2 * exp : 2 * exp + 2] = True
+    return m
+
+
+def build_repacked_pickle_vos(root: Path, dataset: str, split: str, protocol: int = 2) -> dict:
+    """UniPixel-SFT-1M's re-pack of Ref-DAVIS17 ('davis') or Ref-YouTube-VOS ('ytvos'): JPEG frames, the
+    meta_expressions JSON and a mask_dict.pkl numbered over sorted video ids x sorted expression ids as strings.
+
+    Video 'zebra' (listed first in the JSON) has 12 expressions "0".."11" (ids "10", "11" sort before "2") and
+    video 'alpaca' 2; each expression's mask is a stripe unique to it on every frame. The pickle holds RLEs
+    with bytes counts, as pycocotools returns them, pickled with `protocol`. Returns {(vid, exp_id): mask}.
+    """
+    videos = {"zebra": 12, "alpaca": 2}  # file order is not sorted order
+    names = ["00000", "00005"]
+    meta: dict = {"videos": {}}
+    truth: dict = {}
+    for vi, (vid, n) in enumerate(videos.items()):
+        frame_dir = (
+            root / "DAVIS" / "JPEGImages" / "480p" / vid if dataset == "davis" else root / split / "JPEGImages" / vid
+        )
+        write_jpegs(frame_dir, names, rgb_frames(len(names), seed=vi))
+        exps = {str(e): {"exp": f"expression {e} of {vid}", "obj_id": str(e // 4 + 1)} for e in range(n)}
+        meta["videos"][vid] = {"expressions": exps, "frames": names}
+        for e in range(n):
+            truth[(vid, str(e))] = stripe_mask(vi, e)
+    write_json(root / "meta_expressions" / split / "meta_expressions.json", meta)
+    pkl: dict = {}
+    for vid in sorted(meta["videos"]):
+        for exp_id in sorted(meta["videos"][vid]["expressions"]):  # string order: "0", "1", "10", "11", "2", ...
+            rle = mask_utils.encode(np.asfortranarray(truth[(vid, exp_id)].astype(np.uint8)))
+            pkl[str(len(pkl))] = [rle for _ in names]
+    target = root / split / "mask_dict.pkl" if dataset == "davis" else root / "mask_dict.pkl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(pickle.dumps(pkl, protocol=protocol))
+    return truth
+
+
 def build_mask_dict_vos(
     root: Path,
     meta_path: Path,

@@ -6,10 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from fixtures_video import H, W, box_mask, build_mask_dict_vos, build_palette_vos, build_revos, rgb_frames
+from fixtures_video import (
+    H,
+    W,
+    box_mask,
+    build_mask_dict_vos,
+    build_palette_vos,
+    build_repacked_pickle_vos,
+    build_revos,
+    rgb_frames,
+)
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.registry import RecordError, RejectedSample, get_source
+from pixelqa.data.shards import build_shards
 from pixelqa.data.schema import decode_frame
 from pixelqa.prompt_format import SEG
 
@@ -154,13 +164,22 @@ def test_malformed_inputs_name_the_problem(tmp_path):
     md["0"] = md["0"][:2]
     (tmp_path / "train" / "mask_dict.json").write_text(json.dumps(md))
     src = get_source("mevis")
-
-    with pytest.raises(ValueError, match=r"v1/0.*2 masks, expected one per frame \(3\)"):
-        list(src.convert(tmp_path, "train", "v1"))
-    # A missing frame file is named.
+    # Only that expression's sample is rejected, naming the meta file, the record and the mask dict.
+    out = list(src.convert(tmp_path, "train", "v1"))
+    bad = [s for s in out if isinstance(s, RejectedSample)]
+    exps = json.loads(meta.read_text())["videos"]["v1"]["expressions"]
+    uses_anno_0 = [f"v1-{e}" for e, x in exps.items() if "0" in [str(a) for a in x.get("anno_id", [])]]
+    assert [s.key for s in bad] == uses_anno_0 and len(uses_anno_0) < len(exps)
+    assert "meta_expressions.json: videos['v1'].expressions['0']" in bad[0].reason
+    assert "mask_dict.json" in bad[0].reason and "2 masks, expected one per frame (3)" in bad[0].reason
+    with pytest.raises(RecordError, match="expected one per frame"):
+        bad[0].validate()
+    good = [s.validate(check_frames=True) for s in out if not isinstance(s, RejectedSample)]
+    assert good and all(s.meta["video"] == "v1" for s in good)
+    # A missing frame file rejects every expression of its video, each naming the frame file.
     (tmp_path / "train" / "JPEGImages" / "v2" / "00001.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="00001.jpg"):
-        list(src.convert(tmp_path, "train", "v2"))
+    out = list(src.convert(tmp_path, "train", "v2"))
+    assert out and all(isinstance(s, RejectedSample) and "00001.jpg" in s.reason for s in out)
 
 
 def test_fixture_frames_are_random_enough():
@@ -225,3 +244,41 @@ def test_ref_youtube_vos_train_without_masks_is_an_error(tmp_path):
     build_palette_vos(tmp_path, "train", with_pngs=False)
     with pytest.raises(FileNotFoundError, match="mask_dict.pkl"):
         convert_all("ref_youtube_vos", tmp_path, "train")
+
+
+@pytest.mark.parametrize(
+    ("source", "dataset", "split"), [("ref_davis17", "davis", "valid"), ("ref_youtube_vos", "ytvos", "train")]
+)
+def test_repacked_mask_dict_pkl_is_numbered_over_sorted_ids(tmp_path, source, dataset, split):
+    truth = build_repacked_pickle_vos(tmp_path, dataset, split)
+    # Guard on the fixture: every expression has its own mask, so a mis-numbered pickle entry cannot pass.
+    flat = [m.tobytes() for m in truth.values()]
+    assert len(set(flat)) == len(flat) == 14
+    samples = convert_all(source, tmp_path, split)
+    assert {(s.meta["video"], s.meta["exp_id"]) for s in samples} == set(truth)
+    for s in samples:
+        check_target(s, {0: truth[(s.meta["video"], s.meta["exp_id"])], 1: truth[(s.meta["video"], s.meta["exp_id"])]})
+    by = {(s.meta["video"], s.meta["exp_id"]): s for s in samples}
+    # alpaca sorts first (2 expressions); within zebra "10" and "11" sort before "2".
+    assert [by[("zebra", e)].meta["mask_index"] for e in ("0", "1", "10", "11", "2", "9")] == [2, 3, 4, 5, 6, 13]
+    # The JSON position would give zebra/10 the mask of another expression: the check above would fail on it.
+    assert not np.array_equal(truth[("zebra", "10")], truth[("zebra", "2")])
+
+
+def test_rejected_expressions_are_counted_in_the_manifest(tmp_path):
+    build_repacked_pickle_vos(tmp_path, "davis", "valid")
+    meta_path = tmp_path / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    meta["videos"]["zebra"]["frames"].append("00010")  # the pickle's mask lists are now one frame short for zebra
+    frames = tmp_path / "DAVIS" / "JPEGImages" / "480p" / "zebra"
+    (frames / "00010.jpg").write_bytes((frames / "00005.jpg").read_bytes())
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match=r"zebra.*expected one per frame"):
+        build_shards("ref_davis17", tmp_path, tmp_path / "fail", split="valid", progress=False)
+    manifest = build_shards("ref_davis17", tmp_path, tmp_path / "out", split="valid", on_error="skip", progress=False)
+    assert manifest["num_samples"] == 2 and manifest["num_rejects"] == 12
+    keys = sorted(r["key"] for r in manifest["rejects"])
+    assert keys == sorted(f"zebra-{e}" for e in range(12))
+    assert all(
+        "expected one per frame (3)" in r["reason"] and "mask_dict.pkl" in r["reason"] for r in manifest["rejects"]
+    )

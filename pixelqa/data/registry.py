@@ -29,6 +29,13 @@ every frame) whose checksums go into the shard manifest; a missing raw file rais
 naming the expected path. Samples need not be validated by the converter: the builder validates them
 (and rejects or fails according to --on-error).
 
+Bad records: a converter that cannot build one sample (a key frame without a mask, an empty or out-of-image
+region, a broken region marker, a missing anno_id, an unreadable frame) yields ``rejected(...)`` for it, with a
+reason naming the file and the record, and goes on with the item's other samples. The builder counts it like
+any sample that fails validation: in the manifest's ``rejects`` with its key and reason (``--on-error skip``),
+or as the error that stops the build (``--on-error fail``). Nothing is dropped silently; only the source's
+documented filters (the reference recipe's own selection rules) drop records without a reject.
+
 Cards
 -----
 ``datasets/<name>.yaml`` describes a source: name, tasks, license, homepage, citation, raw_layout,
@@ -46,7 +53,7 @@ from typing import Any
 import yaml
 
 import pixelqa
-from pixelqa.data.schema import TASKS, Sample
+from pixelqa.data.schema import TASKS, Media, Sample, SampleError
 
 STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3")
 CARD_KEYS_REQUIRED: tuple[str, ...] = ("name", "tasks", "license", "homepage", "citation", "raw_layout", "splits")
@@ -100,6 +107,33 @@ class _FunctionSource(Source):
     def samples(self, root: Path, split: str) -> Iterator[Sample]:
         """Delegates to the registered function."""
         yield from self._fn(root, split)
+
+
+class RecordError(SampleError):
+    """A raw record that cannot become a sample; its message names the file, the record and what is wrong."""
+
+
+@dataclass
+class RejectedSample(Sample):
+    """Stands in for a sample a converter could not build: `validate` raises RecordError(reason), so the
+    builder's reject path counts it (key + reason in the manifest) without ending the item's other samples."""
+
+    reason: str = ""
+
+    def validate(self, check_frames: bool = False) -> Sample:
+        """Always raises RecordError with the converter's reason."""
+        raise RecordError(self.reason)
+
+    def to_record(self) -> dict:
+        """Always raises: a rejected sample is never written."""
+        raise RecordError(self.reason)
+
+
+def rejected(source: str, split: str, task: str, key: str, reason: str) -> RejectedSample:
+    """A RejectedSample for `key` with `reason` (name the file and the record in it)."""
+    return RejectedSample(
+        key=key, source=source, split=split, task=task, media=Media("image", [], (0, 0)), reason=str(reason)
+    )
 
 
 _REGISTRY: dict[str, Source] = {}

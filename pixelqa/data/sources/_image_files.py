@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import json
-import pickle
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,11 @@ from PIL import Image
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Media, encode_frame
+from pixelqa.data.sources._safe_pickle import load_plain_pickle
 
+log = logging.getLogger(__name__)
+
+LEGACY_ENCODING = "cp1252"  # the fallback for text that is not UTF-8
 _EXIF_ORIENTATION = 0x0112
 _PASSTHROUGH = {"JPEG": "jpg", "PNG": "png"}
 
@@ -82,19 +86,35 @@ def first_existing(candidates: Sequence[Path], what: str) -> Path:
     raise FileNotFoundError(f"{what} not found; looked for: {tried}")
 
 
-def read_json(path: Path | str) -> Any:
-    """Parse a JSON file; FileNotFoundError / ValueError name the file."""
+def read_text(path: Path | str) -> str:
+    """A text file as UTF-8 (a BOM allowed), else cp1252: some releases (LISA's ReasonSeg JSONs) are Windows text,
+    and LISA's own loader falls back to cp1252 the same way. ValueError names the file when neither decodes."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"annotation file not found: {p}")
-    with open(p, encoding="utf-8") as f:
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as first:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from e
+            text = raw.decode(LEGACY_ENCODING)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not UTF-8 ({first}) nor {LEGACY_ENCODING} text ({e})") from e
+    log.info("%s: not UTF-8, read as %s", p, LEGACY_ENCODING)
+    return text
 
 
-def _file_version(path: str | Path) -> tuple[str, int, int]:
+def read_json(path: Path | str) -> Any:
+    """Parse a JSON file (UTF-8, or cp1252 as `read_text`); FileNotFoundError / ValueError name the file."""
+    p = Path(path)
+    text = read_text(p)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from e
+
+
+def file_version(path: str | Path) -> tuple[str, int, int]:
     """(absolute path, mtime, size): a cache key that a rewritten or relative-path file cannot alias."""
     p = Path(path).resolve()
     if not p.is_file():
@@ -105,7 +125,7 @@ def _file_version(path: str | Path) -> tuple[str, int, int]:
 
 def cached_json(path: str | Path) -> Any:
     """A big JSON file parsed once per process (workers convert many items of the same annotation file)."""
-    return _cached_json(*_file_version(path))
+    return _cached_json(*file_version(path))
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,20 +142,13 @@ def cached_json_list(path: str | Path) -> list:
 
 
 def cached_pickle(path: str | Path) -> Any:
-    """A pickle parsed once per process; latin1 lets Python-2 pickles (the refer release) load too."""
-    return _cached_pickle(*_file_version(path))
+    """A dataset pickle parsed once per process, admitting plain data only (see `_safe_pickle`)."""
+    return _cached_pickle(*file_version(path))
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_pickle(path: str, mtime_ns: int, size: int) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"annotation file not found: {p}")
-    with open(p, "rb") as f:
-        try:
-            return pickle.load(f, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError) as e:
-            raise ValueError(f"{p}: not a readable pickle ({e})") from e
+    return load_plain_pickle(path)
 
 
 def require(record: Any, key: str, where: str) -> Any:

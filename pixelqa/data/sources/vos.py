@@ -7,7 +7,13 @@ Two mask layouts occur in the releases:
   a frame without a PNG is not annotated;
 - a mask dict (MeViS, ReVOS, LV-VIS, Ref-SAV valid, and UniPixel-SFT-1M's re-pack of Ref-YouTube-VOS /
   Ref-DAVIS17): ``{anno_id: [RLE or null per frame]}`` (JSON) or ``{expression index: [...]}`` (pickle);
-  every frame is annotated, null = object not visible.
+  every frame is annotated, null = object not visible. The pickle's index counts over the **sorted** video
+  ids, and within a video over the **sorted** expression ids compared as strings ("10" before "2"), as the
+  official evaluator and VISA read these files (not the position in the JSON, which differs for videos with
+  11 or more expressions).
+
+One bad expression (a missing anno_id, a mask of the wrong size or length, unreadable frames) yields a
+`rejected` sample naming the file and the record; the video's other expressions are still converted.
 
 Every expression becomes one sample with one target object (id 1) whose masks are the union of the
 expression's instances, as the J&F protocols of these benchmarks score it.
@@ -25,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from pixelqa.data import masks, prompts
+from pixelqa.data.registry import rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
-from pixelqa.data.sources._image_files import cached_json, cached_pickle
+from pixelqa.data.sources._image_files import cached_json, cached_pickle, file_version
 from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
 
 TARGET_ID = 1
@@ -225,7 +232,7 @@ class MaskDictVOS:
         return exp.text
 
     def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
-        """All expression samples of video `item`."""
+        """All expression samples of video `item`; a bad expression yields a rejected sample, not an error."""
         root = Path(root)
         meta_path, mask_path, frame_root = self.paths(root, split)
         vids = videos_of(cached_json(str(meta_path)), str(meta_path))
@@ -236,34 +243,28 @@ class MaskDictVOS:
         exps = expressions_of(video, item, str(meta_path))
         mask_dict = cached_json(str(mask_path)) if mask_path is not None else None
         train = split.startswith("train")
-        frames: FrameSet | None = None
+        frames: FrameSet | str | None = None  # read once per video, when an expression needs them; str = error
         for exp in exps:
-            if len(exp.obj_ids) != len(exp.anno_ids) and mask_dict is not None:
-                raise ValueError(
-                    f"{meta_path}: {item}/{exp.exp_id}: obj_id {exp.obj_ids} and anno_id {exp.anno_ids} "
-                    "differ in length, expected one anno_id per object"
-                )
+            where = expression_where(meta_path, item, exp.exp_id)
             if train and self.skip_empty_in_train and not exp.anno_ids and not exp.obj_ids:
+                continue  # the reference recipe's filter: an expression that refers to nothing teaches nothing
+            if frames is None:
+                frames = read_frames_or_reason(self.frame_folder(frame_root, item), names)
+            if isinstance(frames, str):
+                yield rejected(self.name, split, self.task, make_key(item, exp.exp_id), f"{where}: {frames}")
                 continue
-            if frames is None:  # read the frames once per video, only when an expression needs them
-                frames = read_video_folder(self.frame_folder(frame_root, item), names)
-            target: dict[int, dict] = {}
-            if mask_dict is not None:
-                per_inst = []
-                for a in exp.anno_ids:
-                    if str(a) not in mask_dict:
-                        raise ValueError(
-                            f"{mask_path}: anno_id {a!r} (video {item}, expression {exp.exp_id}) is missing"
-                        )
-                    per_inst.append(mask_dict[str(a)])
-                target = union_rles(per_inst, len(names), frames.size, f"{mask_path}[{item}/{exp.exp_id}]")
+            try:
+                target = self.target_masks(exp, mask_dict, mask_path, names, frames.size, where)
+            except (ValueError, TypeError) as e:
+                yield rejected(self.name, split, self.task, make_key(item, exp.exp_id), f"{where}: {e}")
+                continue
             span = self.crop(split, item, target, len(names))
             if span is None:
                 sample_frames, sample_names = frames, names
             else:
                 s, e = span
                 if e - s < 2:
-                    continue  # the object is visible on fewer than 2 frames of a cropped video
+                    continue  # the reference recipe's filter: visible on fewer than 2 frames of a cropped video
                 sample_frames = FrameSet(frames.frames[s:e], frames.ext, frames.size, frames.fps)
                 sample_names = names[s:e]
                 target = {t - s: r for t, r in target.items() if s <= t < e}
@@ -273,7 +274,11 @@ class MaskDictVOS:
                 "no_target": (not exp.anno_ids and not exp.obj_ids) if known else None,
                 "has_masks": mask_dict is not None,
             }
-            meta.update(self.extra_meta(root, split, item, video, exp))
+            try:
+                meta.update(self.extra_meta(root, split, item, video, exp))
+            except (ValueError, TypeError) as e:
+                yield rejected(self.name, split, self.task, make_key(item, exp.exp_id), f"{where}: {e}")
+                continue
             yield rvos_sample(
                 source=self.name,
                 split=split,
@@ -286,6 +291,29 @@ class MaskDictVOS:
                 meta=meta,
             )
 
+    def target_masks(
+        self,
+        exp: Expression,
+        mask_dict: dict | None,
+        mask_path: Path | None,
+        names: Sequence[str],
+        size: tuple[int, int],
+        where: str,
+    ) -> dict[int, dict]:
+        """The union of the expression's instances from the mask dict ({} when the split has no masks)."""
+        if mask_dict is None:
+            return {}
+        if len(exp.obj_ids) != len(exp.anno_ids):
+            raise ValueError(
+                f"obj_id {exp.obj_ids} and anno_id {exp.anno_ids} differ in length, expected one anno_id per object"
+            )
+        per_inst = []
+        for a in exp.anno_ids:
+            if str(a) not in mask_dict:
+                raise ValueError(f"anno_id {a!r} is missing from {mask_path}")
+            per_inst.append(mask_dict[str(a)])
+        return union_rles(per_inst, len(names), size, f"{mask_path}[anno_id {', '.join(map(str, exp.anno_ids))}]")
+
     def crop(self, split: str, vid: str, target: dict[int, dict], num_frames: int) -> tuple[int, int] | None:
         """Frame span [start, end) to keep for one expression, or None to keep the whole video (default)."""
         return None
@@ -297,8 +325,8 @@ class MaskDictVOS:
 
 class PaletteVOS:
     """Shared reader of the Ref-YouTube-VOS / Ref-DAVIS17 layout: meta_expressions JSON + JPEGImages +
-    palette-PNG Annotations, or UniPixel-SFT-1M's ``mask_dict.pkl`` (one RLE list per expression, indexed by
-    the expression's position over the whole meta file) in place of the PNGs.
+    palette-PNG Annotations, or UniPixel-SFT-1M's ``mask_dict.pkl`` (one RLE list per expression, indexed over
+    sorted video ids x sorted expression ids, see `pickle_index`) in place of the PNGs.
 
     Subclasses set `task` and implement `layout(root, split)`.
     """
@@ -326,7 +354,7 @@ class PaletteVOS:
         return {}
 
     def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
-        """All expression samples of video `item`."""
+        """All expression samples of video `item`; a bad expression yields a rejected sample, not an error."""
         meta_path, frame_root, ann_root, pkl = self.layout(Path(root), split)
         vids = videos_of(cached_json(str(meta_path)), str(meta_path))
         if item not in vids:
@@ -334,32 +362,45 @@ class PaletteVOS:
         video = vids[item]
         names = frames_of(video, item, str(meta_path))
         exps = expressions_of(video, item, str(meta_path))
-        frames = read_video_folder(frame_root / item, names)
-        offset = None
+        frames = read_frames_or_reason(frame_root / item, names)
+        index, mask_dict = None, None
         if pkl is not None and ann_root is None:
-            offset = _pickle_offsets(str(meta_path))[item]
+            index = pickle_index(str(meta_path))
             mask_dict = cached_pickle(str(pkl))
+            if not isinstance(mask_dict, dict):
+                raise TypeError(f"{pkl}: got {type(mask_dict).__name__}, expected a dict expression index -> masks")
         for pos, exp in enumerate(exps):
-            if ann_root is not None:
-                if not exp.obj_ids:
-                    raise ValueError(f"{meta_path}: {item}/{exp.exp_id}: no obj_id, expected the annotated object id")
-                target = palette_masks(ann_root / item, names, exp.obj_ids, frames.size)
-                has_masks = True
-            elif offset is not None:
-                idx = str(offset + pos)
-                if idx not in mask_dict:
-                    raise ValueError(f"{pkl}: expression index {idx} ({item}/{exp.exp_id}) is missing")
-                target = union_rles([mask_dict[idx]], len(names), frames.size, f"{pkl}[{idx}]")
-                has_masks = True
-            else:
-                target, has_masks = {}, False
-            meta = {"has_masks": has_masks, "no_target": False, **self.extra_meta(item, video, exp, pos)}
+            where = expression_where(meta_path, item, exp.exp_id)
+            key = make_key(item, exp.exp_id)
+            if isinstance(frames, str):
+                yield rejected(self.name, split, self.task, key, f"{where}: {frames}")  # type: ignore[attr-defined]
+                continue
+            try:
+                if ann_root is not None:
+                    if not exp.obj_ids:
+                        raise ValueError("no obj_id, expected the annotated object id")
+                    target = palette_masks(ann_root / item, names, exp.obj_ids, frames.size)
+                elif index is not None:
+                    idx = index[(item, exp.exp_id)]
+                    entry = mask_dict.get(str(idx), mask_dict.get(idx))  # type: ignore[union-attr]
+                    if entry is None:
+                        raise ValueError(f"expression index {idx} is missing from {pkl}")
+                    target = union_rles([entry], len(names), frames.size, f"{pkl}[{idx!r}]")
+                else:
+                    target = {}
+                meta = {"has_masks": ann_root is not None or index is not None, "no_target": False}
+                meta.update(self.extra_meta(item, video, exp, pos))
+                if index is not None:
+                    meta["mask_index"] = index[(item, exp.exp_id)]
+            except (ValueError, TypeError) as e:
+                yield rejected(self.name, split, self.task, key, f"{where}: {e}")  # type: ignore[attr-defined]
+                continue
             yield rvos_sample(
-                source=self.name,
+                source=self.name,  # type: ignore[attr-defined]
                 split=split,
                 task=self.task,
                 vid=item,
-                exp=exp,  # type: ignore[attr-defined]
+                exp=exp,
                 frames=frames,
                 frame_ids=names,
                 target_masks=target,
@@ -367,11 +408,30 @@ class PaletteVOS:
             )
 
 
+def expression_where(meta_path: Path | str, vid: str, exp_id: str) -> str:
+    """The record of one expression in error messages: file and path inside it."""
+    return f"{meta_path}: videos[{vid!r}].expressions[{exp_id!r}]"
+
+
+def read_frames_or_reason(folder: Path, names: Sequence[str]) -> FrameSet | str:
+    """The video's frames, or the reason they cannot be read (naming the folder or frame file)."""
+    try:
+        return read_video_folder(folder, names)
+    except (OSError, ValueError) as e:
+        return f"frames: {type(e).__name__}: {e}"
+
+
+def pickle_index(meta_path: str | Path) -> dict[tuple[str, str], int]:
+    """(video id, expression id) -> its key in mask_dict.pkl: the running count over sorted video ids and, within
+    each, sorted expression ids as strings ("10" sorts before "2"), as the published readers number the file."""
+    return _pickle_index(*file_version(meta_path))
+
+
 @functools.lru_cache(maxsize=4)
-def _pickle_offsets(meta_path: str) -> dict[str, int]:
-    """Index of each video's first expression over the whole meta file (the mask_dict.pkl numbering)."""
-    offsets, n = {}, 0
-    for vid, video in videos_of(cached_json(meta_path), meta_path).items():
-        offsets[vid] = n
-        n += len(video.get("expressions") or {})
-    return offsets
+def _pickle_index(meta_path: str, mtime_ns: int, size: int) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    videos = videos_of(cached_json(meta_path), meta_path)
+    for vid in sorted(videos):
+        for exp_id in sorted(str(e) for e in (videos[vid].get("expressions") or {})):
+            out[(vid, exp_id)] = len(out)
+    return out
