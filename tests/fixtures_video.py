@@ -465,6 +465,45 @@ def build_videorefer_bench(root: Path) -> None:
     write_json(root / "VideoRefer-Bench-D.json", d)
 
 
+def build_videorefer_bench_tags_and_defects(root: Path) -> dict[int, str]:
+    """VideoRefer-Bench-Q entries as the release writes them, good and bad; returns {entry: what is wrong}.
+
+    0: the benchmark's first-question form, a single object tagged ``<object3><region>``;
+    1: two objects tagged in the order ``<object2>``, ``<object0>`` (annotation j is box_mask(f, j + 1));
+    2: a key frame (5) where the object has no mask (annotated on 2 and 6), bad only for single-frame / PixelQA;
+    3: a polygon region wholly outside the 32x24 image; 4: an empty region (all-zero RLE);
+    5: a broken region marker (one tag for two annotations).
+    """
+    write_mp4(root / "videos" / "clipA.mp4", flat_frames(10))
+    opts, ans = ["(A) Walking", "(B) Sitting"], "(A) Walking"
+    empty = {"2": {"segmentation": coco_rle(np.zeros((H, W), dtype=bool))}}
+    outside = {"2": {"segmentation": [[100.0, 100.0, 120.0, 100.0, 120.0, 120.0]]}}
+    q = [
+        {
+            "Question": "What is <object3><region> doing?",
+            "annotation": videorefer_annotation({1: [2, 4]}),
+            "frame_idx": "4",
+        },
+        {
+            "Question": "Is <object2><region> left of <object0><region>? Compare <object2> and <object0>.",
+            "annotation": videorefer_annotation({1: [4], 2: [4, 6]}),
+            "frame_idx": "4",
+        },
+        {"Question": "What is <region> doing?", "annotation": videorefer_annotation({1: [2, 6]}), "frame_idx": "5"},
+        {"Question": "What is <region> doing?", "annotation": [outside], "frame_idx": "2"},
+        {"Question": "What is <region> doing?", "annotation": [empty], "frame_idx": "2"},
+        {
+            "Question": "Is <object0><region> near the other one?",
+            "annotation": videorefer_annotation({1: [4], 2: [4]}),
+            "frame_idx": "4",
+        },
+    ]
+    for e in q:
+        e.update({"video": "clipA.mp4", "type": "Basic Questions", "options": opts, "Answer": ans})
+    write_json(root / "VideoRefer-Bench-Q.json", q)
+    return {2: "key frame", 3: "outside the image", 4: "empty region", 5: "tags"}
+
+
 # ------------------------------------------------------------------------------------------ Inst-IT
 
 

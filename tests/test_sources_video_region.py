@@ -5,10 +5,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from fixtures_video import box_mask, build_videorefer_700k, build_videorefer_bench, write_json
+from fixtures_video import (
+    box_mask,
+    build_videorefer_700k,
+    build_videorefer_bench,
+    build_videorefer_bench_tags_and_defects,
+    write_json,
+)
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.registry import RejectedSample, get_source
+from pixelqa.data.shards import build_shards
 from pixelqa.data.sources.pixelqa_bench import center_point, prompt_kinds
 from pixelqa.prompt_format import REF, SEG, parse_prefill
 
@@ -195,3 +202,62 @@ def test_qa_ytb_vos_layout_one_frame_many_objects(tmp_path):
     regions = parse_regions(ann, "qa[0]")
     assert [r.object_id for r in regions] == [1, 2] and all(list(r.masks) == [3] for r in regions)
     np.testing.assert_array_equal(masks.decode(regions[1].masks[3]), box_mask(3, 2))
+
+
+def convert_raw(name, root, split):
+    """Every sample of a split as the converter yields it, rejected ones included (not validated)."""
+    src = get_source(name)
+    return [s for item in src.items(root, split) for s in src.convert(root, split, item)]
+
+
+@pytest.mark.parametrize(("source", "split"), [("videorefer_bench_q", "single_frame"), ("pixelqa", "box")])
+def test_object_tags_pair_with_annotations_in_order_of_appearance(tmp_path, source, split):
+    build_videorefer_bench_tags_and_defects(tmp_path)
+    out = convert_raw(source, tmp_path, split)
+    single, double = out[0].validate(check_frames=True), out[1].validate(check_frames=True)
+    # <object3> with a single annotation: that annotation is object [4], whatever K says.
+    assert sorted(single.objects) == [4]
+    np.testing.assert_array_equal(masks.decode(single.objects[4].masks[frame_pos(single, 4)]), box_mask(4, 1))
+    assert "What is [4]" in single.turns[-2].text and single.turns[-2].memory_objects == [4]
+    # <object2> first, <object0> second: annotation 0 -> [3], annotation 1 -> [1]; later mentions keep the names.
+    assert sorted(double.objects) == [1, 3]
+    np.testing.assert_array_equal(masks.decode(double.objects[3].masks[frame_pos(double, 4)]), box_mask(4, 1))
+    np.testing.assert_array_equal(masks.decode(double.objects[1].masks[frame_pos(double, 4)]), box_mask(4, 2))
+    assert "Is [3] left of [1]? Compare [3] and [1]." in double.turns[-2].text
+    if source == "pixelqa":  # the box prompt of [3] comes from annotation 0's mask
+        (box3,) = [p for p in double.prompts if p.object_id == 3]
+        assert box3.coords == list(masks.to_box(masks.encode(box_mask(4, 1))))
+
+
+def test_bad_regions_are_counted_rejects_naming_file_and_entry(tmp_path):
+    defects = build_videorefer_bench_tags_and_defects(tmp_path)
+    json_path = str(tmp_path / "VideoRefer-Bench-Q.json")
+    out = convert_raw("videorefer_bench_q", tmp_path, "single_frame")
+    bad = {i: s for i, s in enumerate(out) if isinstance(s, RejectedSample)}
+    assert sorted(bad) == sorted(defects)
+    for i, s in bad.items():
+        assert s.reason.startswith(f"{json_path}[{i}]") and defects[i] in s.reason, s.reason
+    assert all(out[i].validate(check_frames=True) for i in range(len(out)) if i not in bad)
+    # multi-frame memory does not need the key frame's mask: entry 2 is fine there.
+    multi = convert_raw("videorefer_bench_q", tmp_path, "multi_frame")
+    assert sorted(i for i, s in enumerate(multi) if isinstance(s, RejectedSample)) == [3, 4, 5]
+    manifest = build_shards(
+        "pixelqa", tmp_path, tmp_path / "out", split="point", on_error="skip", workers=1, progress=False
+    )
+    assert manifest["num_samples"] == 2 and manifest["num_rejects"] == 4
+    assert sorted(int(r["key"].split("-")[1]) for r in manifest["rejects"]) == [2, 3, 4, 5]
+    assert all(json_path in r["reason"] for r in manifest["rejects"])
+
+
+def test_training_qa_pairs_tags_in_order(tmp_path):
+    build_videorefer_700k(tmp_path)
+    import json
+
+    entries = json.loads((tmp_path / "videorefer-qa-75k.json").read_text())
+    entries[0]["conversations"][0]["value"] = "<video>\nThere is <object3><region>.\nIs <object3> moving?"
+    entries[0]["conversations"][1]["value"] = "Yes, <object3> moves."
+    entries[0]["annotation"] = entries[0]["annotation"][1:]  # one object: the annotation drawn as box_mask(f, 2)
+    write_json(tmp_path / "videorefer-qa-75k.json", entries)
+    q0, _ = convert_all("videorefer_qa", tmp_path, "train")
+    assert sorted(q0.objects) == [4] and q0.answer == "Yes, [4] moves."
+    np.testing.assert_array_equal(masks.decode(q0.objects[4].masks[frame_pos(q0, 8)]), box_mask(8, 2))

@@ -160,6 +160,19 @@ def require(record: Any, key: str, where: str) -> Any:
     return record[key]
 
 
+def check_polygons_inside(polygons: Any, height: int, width: int, where: str) -> None:
+    """ValueError when COCO polygons lie wholly outside the (height, width) image (a partial overlap is clipped)."""
+    xs = [float(v) for p in polygons if isinstance(p, (list, tuple)) for v in p[0::2]]
+    ys = [float(v) for p in polygons if isinstance(p, (list, tuple)) for v in p[1::2]]
+    if not xs or not ys:
+        raise ValueError(f"{where}: got polygons {polygons!r:.60} without points, expected [x1, y1, x2, y2, ...]")
+    if max(xs) < 0 or min(xs) > width or max(ys) < 0 or min(ys) > height:
+        raise ValueError(
+            f"{where}: region outside the image (points span x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}), "
+            f"expected points within the image of width {width} and height {height}"
+        )
+
+
 def segmentation_rle(seg: Any, height: int, width: int, where: str) -> dict:
     """A COCO `segmentation` (polygons, one RLE, or a list of RLEs) -> one canonical RLE of (height, width)."""
     if isinstance(seg, dict):
@@ -170,6 +183,7 @@ def segmentation_rle(seg: Any, height: int, width: int, where: str) -> dict:
         for p in seg:
             if len(p) % 2 or not all(isinstance(v, (int, float)) for v in p):
                 raise ValueError(f"{where}: got polygon {p!r:.60}, expected a flat list [x1, y1, x2, y2, ...]")
+        check_polygons_inside(seg, height, width, where)
         return masks.from_polygons(seg, height, width)
     else:
         raise ValueError(f"{where}: got {seg!r:.80}, expected COCO polygons, an RLE dict or a list of RLE dicts")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import random
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -86,16 +85,19 @@ class PixelQA(VideoReferBench):
     file = "VideoRefer-Bench-Q.json"
     task = "pixelqa"
 
-    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+    def key(self, item: int, video: str) -> str:
+        """pixelqa-<index>-<video stem>."""
+        return make_key("pixelqa", item, os.path.splitext(video)[0])
+
+    def sample(self, root: Path, split: str, item: int) -> Sample:
         """One PixelQA sample."""
-        self.check_split(split)
         e, where, regions, kf, frames, ids = self.load(root, item)
         objects = build_objects(regions, ids, frames.size, where)
         letters, texts = split_options(e.get("options", []), where)
         correct = _LETTER.match(str(e.get("Answer", "")).strip())
         if not correct or correct.group(1) not in letters:
             raise ValueError(f"{where}.Answer: got {e.get('Answer')!r}, expected one of the options' letters {letters}")
-        key = make_key("pixelqa", item, os.path.splitext(str(e["video"]))[0])
+        key = self.key(item, str(e["video"]))
         question = str(e.get("Question", "")).strip()
         region_text(question, len(regions), with_ref=False, where=where)  # checks the markers early
         opts = "\n".join(f"({x}) {t}" for x, t in zip(letters, texts))
@@ -107,7 +109,7 @@ class PixelQA(VideoReferBench):
         kinds = dict(zip(sorted(objects), prompt_kinds(len(objects), split, key)))
         prompts = [geometric_prompt(objects[p.object_id], p.object_id, kf_pos, kinds[p.object_id]) for p in prompts]
         turns[2].text = mcq_text(region_text(question, len(regions), with_ref=False, where=where), letters, texts)
-        yield Sample(
+        return Sample(
             key=key,
             source=self.name,
             split=split,

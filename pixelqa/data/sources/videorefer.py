@@ -17,7 +17,15 @@ VideoRefer-Bench (``<root>/VideoRefer-Bench-{D,Q}.json``, videos under ``<root>/
 "type", "frame_idx" (the key frame) and "annotation"; D entries have "caption", "frame_idx", "annotation".
 
 Regions: ``<region>`` marks the i-th object of "annotation"; multi-object QA names objects
-``<objectK><region>`` then ``<objectK>``. Object K (0-based) becomes id K + 1 (``[K+1]``).
+``<objectK><region>`` then ``<objectK>``. The tags pair with the annotations **in order of appearance** (the
+j-th tag is the j-th annotation) whatever K says, as the reference readers do: the benchmark's first question
+tags its single object ``<object3>``. Object K becomes id K + 1 (``[K+1]``) in every mention; bare ``<region>``
+markers number the objects 1, 2, ... in order.
+
+Bad records are counted rejects (see `pixelqa.data.registry.rejected`), each naming the JSON file and the entry:
+broken region markers (a count that disagrees with the annotations, a K tagged twice, a leftover marker), a key
+frame where an object has no mask, an empty region, a polygon outside the image, a missing video or frame.
+Only the reference recipe's filters (over 5 objects, ratio < 0.3, too few annotated frames) drop entries silently.
 
 How each source talks (UniPixel's recipe): the short caption (stage 1) puts a visual prompt in place of
 ``<REF>`` (a mask prompt on the key frame here; point/box sampling happens when batches are built);
@@ -35,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
+from pixelqa.data.registry import RecordError, Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
-from pixelqa.data.sources._image_files import cached_json
+from pixelqa.data.sources._image_files import cached_json, check_polygons_inside
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.vos import pick
@@ -76,26 +84,44 @@ def strip_video_tag(text: str) -> str:
     return text.replace("<video>", "").strip()
 
 
-def region_text(text: str, num_objects: int, with_ref: bool, where: str) -> str:
-    """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[K+1]`` (+ `` <REF>``)."""
-    suffix = f" {REF}" if with_ref else ""
+def region_ids(text: str, num_objects: int, where: str) -> list[int]:
+    """Object id of each annotation, in annotation order: the j-th ``<objectK><region>`` tag names annotation j
+    (id K + 1, whatever K is); bare ``<region>`` markers give ids 1..n. RecordError on broken markers."""
     if _OBJ_REGION.search(text):
         ks = [int(k) for k in _OBJ_REGION.findall(text)]
-        if sorted(ks) != list(range(num_objects)):
-            raise ValueError(
-                f"{where}: region markers for objects {ks}, expected objects 0..{num_objects - 1} once each"
+        if len(ks) != num_objects:
+            raise RecordError(
+                f"{where}: {len(ks)} <objectK><region> tags {ks}, expected one per annotated object ({num_objects})"
             )
+        if len(set(ks)) != len(ks):
+            raise RecordError(f"{where}: <objectK><region> tags {ks} name an object twice, expected distinct K")
+        return [k + 1 for k in ks]
+    n = text.count("<region>")
+    if n != num_objects:
+        raise RecordError(f"{where}: {n} <region> markers, expected one per annotated object ({num_objects})")
+    return list(range(1, num_objects + 1))
+
+
+def region_text(text: str, num_objects: int, with_ref: bool, where: str) -> str:
+    """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[id]`` (+ `` <REF>``),
+    ids as `region_ids`; other ``<objectK>`` mentions -> ``[K+1]``."""
+    ids = region_ids(text, num_objects, where)
+    suffix = f" {REF}" if with_ref else ""
+    if _OBJ_REGION.search(text):
         text = _OBJ_REGION.sub(lambda m: f"{object_tag(int(m.group(1)) + 1)}{suffix}", text)
         text = _OBJ.sub(lambda m: object_tag(int(m.group(1)) + 1), text)
     else:
-        n = text.count("<region>")
-        if n != num_objects:
-            raise ValueError(f"{where}: {n} <region> markers, expected one per annotated object ({num_objects})")
         parts = text.split("<region>")
-        text = parts[0] + "".join(f"{object_tag(i + 1)}{suffix}{p}" for i, p in enumerate(parts[1:]))
+        text = parts[0] + "".join(f"{object_tag(ids[i])}{suffix}{p}" for i, p in enumerate(parts[1:]))
     if "<region>" in text or "<object" in text:
-        raise ValueError(f"{where}: unmatched region markers left in {text!r:.120}")
+        raise RecordError(f"{where}: unmatched region markers left in {text!r:.120}")
     return text
+
+
+def name_regions(regions: list[Region], text: str, where: str) -> list[Region]:
+    """The regions with the object ids their tags in `text` give them (see `region_ids`)."""
+    ids = region_ids(text, len(regions), where)
+    return [Region(i, r.masks) for i, r in zip(ids, regions)]
 
 
 def object_text(text: str) -> str:
@@ -138,6 +164,7 @@ def to_rle(seg: Any, size: tuple[int, int], where: str) -> dict:
     if seg is None:
         return masks.empty(h, w)
     if isinstance(seg, list):
+        check_polygons_inside(seg, h, w, where)
         return masks.from_polygons(seg, h, w)
     if not isinstance(seg, dict):
         raise TypeError(f"{where}: got {type(seg).__name__}, expected an RLE dict or polygons")
@@ -174,16 +201,23 @@ def read_media(video: Path, needed: Sequence[int], context: int = CONTEXT_FRAMES
 def build_objects(
     regions: Sequence[Region], ids: list[int], size: tuple[int, int], where: str, only_frame: int | None = None
 ) -> dict[int, ObjectTrack]:
-    """ObjectTracks keyed by object id, masks re-indexed to positions in `ids` (optionally one source frame only)."""
+    """ObjectTracks keyed by object id, masks re-indexed to positions in `ids` (optionally one source frame only).
+
+    RecordError when an object ends up with no visible mask (an empty region), or has none on `only_frame`."""
     pos = {f: t for t, f in enumerate(ids)}
     out = {}
-    for r in regions:
-        ms = {}
-        for f, seg in r.masks.items():
-            if only_frame is not None and f != only_frame:
-                continue
-            ms[pos[f]] = to_rle(seg, size, f"{where}[object {r.object_id - 1}][frame {f}]")
-        out[r.object_id] = ObjectTrack(masks=ms)
+    for j, r in enumerate(regions):
+        ms = {f: to_rle(seg, size, f"{where}.annotation[{j}][frame {f}]") for f, seg in r.masks.items()}
+        name = f"{where}.annotation[{j}] (object {object_tag(r.object_id)})"
+        if not any(masks.area(m) > 0 for m in ms.values()):
+            raise RecordError(f"{name}: empty region on every annotated frame {sorted(ms)}, expected a visible mask")
+        if only_frame is not None:
+            if only_frame not in ms or masks.area(ms[only_frame]) == 0:
+                raise RecordError(
+                    f"{name}: no mask on the key frame {only_frame}, expected one (annotated frames {sorted(ms)})"
+                )
+            ms = {only_frame: ms[only_frame]}
+        out[r.object_id] = ObjectTrack(masks={pos[f]: m for f, m in ms.items()})
     return out
 
 
@@ -261,32 +295,39 @@ class VideoRefer700K(Source):
         return range(len(self.entries(root)))
 
     def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
-        """The sample of entry `item` (none when UniPixel's filters drop it)."""
+        """The sample of entry `item` (none when UniPixel's filters drop it; a rejected sample when it is bad)."""
         root = Path(root)
         path, mask_dir = self.anno_path(root)
         e = self.entries(root)[int(item)]
-        where = f"{path.name}[{item}]"
+        where = f"{path}[{item}]"
+        key = make_key(self.kind, e.get("id", item) if isinstance(e, dict) else item)
+        try:
+            yield from self._convert(root, split, item, e, where, key, mask_dir)
+        except (ValueError, TypeError, OSError) as err:
+            yield rejected(self.name, split, self.task, key, str(err) if where in str(err) else f"{where}: {err}")
+
+    def _convert(
+        self, root: Path, split: str, item: int, e: Any, where: str, key: str, mask_dir: Path | None
+    ) -> Iterator[Sample]:
+        """`convert` of one parsed entry; raises on a bad entry."""
         for k in ("video", "conversations", "annotation"):
             if not isinstance(e, dict) or k not in e:
                 raise ValueError(f"{where}: missing {k!r}, expected video, conversations and annotation")
         n_obj = len(e["annotation"]) if isinstance(e["annotation"], list) else -1
         if n_obj < 1 or n_obj > MAX_OBJECTS or float(e.get("ratio", 1.0)) < MIN_RATIO:
-            return
+            return  # the reference recipe's filters
         conv = e["conversations"]
         if not isinstance(conv, list) or len(conv) < 2:
             raise ValueError(f"{where}.conversations: expected a human and a gpt turn, got {conv!r:.80}")
         question, response = strip_video_tag(str(conv[0]["value"])), str(conv[1]["value"]).strip()
         repacked = load_json(mask_dir / f"{item}.json") if mask_dir is not None else None
-        regions = parse_regions(e["annotation"], where, repacked)
+        regions = name_regions(parse_regions(e["annotation"], where, repacked), question, where)
         needed = sorted({f for r in regions for f in r.masks})
         if len(needed) < self.min_annotated_frames:
-            return
+            return  # the reference recipe's filter (memory pre-filling needs >= 2 annotated frames)
         video = resolve_video([root / "videos" / e["video"], root / e["video"]])
         frames, ids = read_media(video, needed)
         objects = build_objects(regions, ids, frames.size, where)
-        if any(key_frame(o) is None for o in objects.values()):
-            return  # an object never visible cannot be prompted or remembered
-        key = make_key(self.kind, e.get("id", item))
         prompts, turns, answer = self.talk(question, response, objects, key, where)
         yield Sample(
             key=key,
@@ -319,10 +360,11 @@ class VideoReferShortCaption(VideoRefer700K):
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
         """The question with <REF> for the object; mask prompt on its first visible frame."""
-        text = region_text(question, len(objects), with_ref=False, where=where).replace(object_tag(1), REF, 1)
-        if text.count(REF) != 1:
-            raise ValueError(f"{where}: expected one region in a short-caption question, got {question!r:.80}")
-        return [mask_prompt(objects[1], 1)], [Turn("user", text), Turn("assistant", response)], response
+        if len(objects) != 1:
+            raise RecordError(f"{where}: {len(objects)} regions, expected one in a short-caption question")
+        (oid,) = objects
+        text = region_text(question, 1, with_ref=False, where=where).replace(object_tag(oid), REF, 1)
+        return [mask_prompt(objects[oid], oid)], [Turn("user", text), Turn("assistant", response)], response
 
 
 @register_source("videorefer_detailed_caption")
@@ -427,15 +469,39 @@ class VideoReferBench(Source):
             raise TypeError(f"{self.path(root)}: got {type(data).__name__}, expected a list of entries")
         return range(len(data))
 
+    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+        """The sample of entry `item`, or a rejected sample naming the file and the entry when it is bad."""
+        self.check_split(split)
+        e = cached_json(str(self.path(root)))[int(item)]
+        video = str(e.get("video", "")) if isinstance(e, dict) else ""
+        key = self.key(item, video)
+        try:
+            yield self.sample(Path(root), split, item)
+        except (ValueError, TypeError, OSError) as err:
+            where = f"{self.path(root)}[{item}]"
+            yield rejected(self.name, split, self.task, key, str(err) if where in str(err) else f"{where}: {err}")
+
+    def key(self, item: int, video: str) -> str:
+        """The sample key of entry `item`."""
+        raise NotImplementedError
+
+    def sample(self, root: Path, split: str, item: int) -> Sample:
+        """The sample of entry `item`; raises on a bad entry."""
+        raise NotImplementedError
+
+    def question_text(self, e: dict) -> str:
+        """The text whose region tags name the annotations (default: none, bare <region> numbering)."""
+        return str(e.get("Question", "")).strip()
+
     def load(self, root: Path, item: int) -> tuple[dict, str, list[Region], int, FrameSet, list[int]]:
         """(entry, where, regions, key frame, frames, source frame ids) of one entry."""
         root = Path(root)
         e = cached_json(str(self.path(root)))[int(item)]
-        where = f"{self.file}[{item}]"
+        where = f"{self.path(root)}[{item}]"
         for k in ("video", "annotation", "frame_idx"):
             if not isinstance(e, dict) or k not in e:
                 raise ValueError(f"{where}: missing {k!r}")
-        regions = parse_regions(e["annotation"], where)
+        regions = name_regions(parse_regions(e["annotation"], where), self.question_text(e), where)
         kf = int(e["frame_idx"])
         needed = sorted({f for r in regions for f in r.masks} | {kf})
         video = resolve_video(
@@ -452,7 +518,11 @@ class VideoReferBenchQ(VideoReferBench):
     file = "VideoRefer-Bench-Q.json"
     task = "mcq"
 
-    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+    def key(self, item: int, video: str) -> str:
+        """q-<index>-<video stem>."""
+        return make_key("q", item, os.path.splitext(video)[0])
+
+    def sample(self, root: Path, split: str, item: int) -> Sample:
         """One MCQ sample."""
         e, where, regions, kf, frames, ids = self.load(root, item)
         only = kf if split == "single_frame" else None
@@ -463,8 +533,8 @@ class VideoReferBenchQ(VideoReferBench):
             raise ValueError(f"{where}.Answer: got {e.get('Answer')!r}, expected one of the options' letters {letters}")
         question = region_text(str(e.get("Question", "")).strip(), len(regions), with_ref=False, where=where)
         text = mcq_text(question, letters, texts)
-        key = make_key("q", item, os.path.splitext(str(e["video"]))[0])
-        yield Sample(
+        key = self.key(item, str(e["video"]))
+        return Sample(
             key=key,
             source=self.name,
             split=split,
@@ -497,14 +567,24 @@ class VideoReferBenchD(VideoReferBench):
     file = "VideoRefer-Bench-D.json"
     task = "region_caption"
 
-    def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
+    def key(self, item: int, video: str) -> str:
+        """d-<index>-<video stem>."""
+        return make_key("d", item, os.path.splitext(video)[0])
+
+    def question_text(self, e: dict) -> str:
+        """Bench-D entries hold one object and no question: bare numbering."""
+        return "<region>" * len(e.get("annotation") or [])
+
+    def sample(self, root: Path, split: str, item: int) -> Sample:
         """One description sample."""
         e, where, regions, kf, frames, ids = self.load(root, item)
         objects = build_objects(regions, ids, frames.size, where, only_frame=kf if split == "single_frame" else None)
         caption = str(e.get("caption", "")).strip()
+        if len(objects) != 1:
+            raise RecordError(f"{where}: {len(objects)} annotated objects, expected one to describe")
         ask = f"Please give a detailed description of the highlighted object {object_tag(1)} in the video."
-        key = make_key("d", item, os.path.splitext(str(e["video"]))[0])
-        yield Sample(
+        key = self.key(item, str(e["video"]))
+        return Sample(
             key=key,
             source=self.name,
             split=split,
