@@ -10,7 +10,7 @@ from fixtures_image import H, W, build_osprey, rect_mask
 from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.registry import RejectedSample, get_source
 from pixelqa.prompt_format import MEM, REF, SEG
 
 
@@ -22,8 +22,12 @@ def _region1() -> np.ndarray:
 def test_osprey_conversation_tags_memory_and_masks(tmp_path):
     build_osprey(tmp_path)
     src = get_source("osprey_conversation")
-    samples = [s.validate(check_frames=True) for s in src.samples(tmp_path, "train")]
-    assert [s.key for s in samples] == ["0", "2"]  # record 1 names a region that does not exist
+    out = list(src.samples(tmp_path, "train"))
+    samples = [s.validate(check_frames=True) for s in out if not isinstance(s, RejectedSample)]
+    assert [s.key for s in samples] == ["0", "2"]
+    # record 1 names a region that does not exist: a counted reject naming the file and the record
+    (bad,) = [s for s in out if isinstance(s, RejectedSample)]
+    assert bad.key == "1" and "osprey_conversation.json[1]: region 3 but only 2 annotations" in bad.reason
     s = samples[0]
     assert s.task == "region_qa" and s.meta == {"id": 101, "file_name": "COCO_train2014_000000000009.jpg"}
     assert [t.text for t in s.turns] == [
@@ -70,3 +74,22 @@ def test_osprey_missing_field_and_file(tmp_path):
     (bad / "Osprey-724K" / "osprey_conversation.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="alternating"):
         list(get_source("osprey_conversation").convert(bad, "train", 0))
+
+
+def test_osprey_bad_regions_are_counted_rejects(tmp_path):
+    build_osprey(tmp_path)
+    path = tmp_path / "Osprey-724K" / "osprey_conversation.json"
+    data = json.loads(path.read_text())
+    data[0]["annotation"] = [
+        {"segmentation": [[40.0, 30.0, 50.0, 30.0, 50.0, 40.0]]},  # wholly outside the 32x24 image
+        data[0]["annotation"][1],
+    ]
+    data[2]["annotation"] = [data[2]["annotation"][0], {"segmentation": [[3.0, 3.0, 3.0, 3.0, 3.0, 3.0]]}]  # empty
+    data[1]["conversations"] = [{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A cat."}]
+    path.write_text(json.dumps(data))
+    out = list(get_source("osprey_conversation").samples(tmp_path, "train"))
+    assert all(isinstance(s, RejectedSample) for s in out) and [s.key for s in out] == ["0", "1", "2"]
+    reasons = [s.reason for s in out]
+    assert "osprey_conversation.json[0].annotation[0].segmentation: region outside the image" in reasons[0]
+    assert "osprey_conversation.json[1]: mentions no region" in reasons[1]
+    assert "osprey_conversation.json[2].annotation[1] (<region2>): empty region" in reasons[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -10,7 +11,7 @@ from fixtures_image import H, W, build_refer, rect_mask
 from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.registry import RejectedSample, get_source
 from pixelqa.data.schema import decode_frame
 from pixelqa.prompt_format import REF, SEG
 
@@ -102,17 +103,41 @@ def test_refer_malformed_inputs_raise_clear_errors(tmp_path):
     (broken / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     (broken / "refcoco" / "instances.json").write_text((tmp_path / "refcoco" / "instances.json").read_text())
     (broken / "images").symlink_to(tmp_path / "images")
+    out = list(src.samples(broken, "train"))  # that ref alone is a rejected sample naming the file and the ref
+    (bad,) = [s for s in out if isinstance(s, RejectedSample)]
+    assert "refs(unc).p ref_id" in bad.reason and "ann_id 999 is not in instances.json" in bad.reason
     with pytest.raises(ValueError, match="ann_id 999"):
-        list(src.samples(broken, "train"))
+        bad.validate()
 
 
-def test_refer_long_groups_split_into_several_samples(tmp_path, monkeypatch):
-    import pixelqa.data.sources.refer as refer_module
-
+def test_refer_crowded_image_keeps_all_expressions_in_one_sample(tmp_path):
     build_refer(tmp_path)
-    monkeypatch.setattr(refer_module, "MAX_PAIRS", 2)
+    refs_path = tmp_path / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    first = next(r for r in refs if r["split"] == "train")
+    # 40 expressions on one object of one image: more than any per-sample cap would keep
+    first["sentences"] = [{"sent_id": 5000 + i, "sent": f"thing {i}", "raw": f"thing {i}"} for i in range(40)]
+    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
     samples = [s.validate() for s in get_source("refcoco").samples(tmp_path, "train")]
-    assert [s.key for s in samples] == ["1-0", "1-1"]
-    assert [len(s.turns) for s in samples] == [4, 2]
-    assert sorted(samples[0].objects) == [1] and sorted(samples[1].objects) == [2]  # only the objects used
-    assert [e["sent_id"] for s in samples for e in s.meta["expressions"]] == [1000, 1001, 1010]
+    (s,) = [s for s in samples if s.meta["image_id"] == first["image_id"]]
+    sent_ids = [e["sent_id"] for e in s.meta["expressions"]]
+    assert set(range(5000, 5040)) <= set(sent_ids) and len(s.turns) == 2 * len(sent_ids)
+    assert len({x.meta["image_id"] for x in samples}) == len(samples)  # one sample per image
+
+
+def test_refer_empty_ref_is_a_counted_reject_and_the_image_keeps_the_others(tmp_path):
+    build_refer(tmp_path)
+    inst_path = tmp_path / "refcoco" / "instances.json"
+    inst = json.loads(inst_path.read_text())
+    refs = pickle.loads((tmp_path / "refcoco" / "refs(unc).p").read_bytes())
+    first = next(r for r in refs if r["split"] == "train")
+    ann = next(a for a in inst["annotations"] if a["id"] == first["ann_id"])
+    ann["segmentation"] = [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]  # a degenerate polygon: no pixel
+    inst_path.write_text(json.dumps(inst))
+    out = list(get_source("refcoco").samples(tmp_path, "train"))
+    (bad,) = [s for s in out if isinstance(s, RejectedSample)]
+    assert bad.key == f"{first['image_id']}-ref-{first['ref_id']}"
+    assert "refs(unc).p ref_id" in bad.reason and "empty region" in bad.reason
+    kept = [s.validate() for s in out if not isinstance(s, RejectedSample)]
+    same = [s for s in kept if s.meta["image_id"] == first["image_id"]]
+    assert all(e["ref_id"] != first["ref_id"] for s in same for e in s.meta["expressions"])

@@ -3,7 +3,8 @@
 The choice hashes the sample key and turn index (CRC-32), so a rebuilt shard is byte-identical and the
 wording still varies across samples. The raw expressions always go into `meta` as well, so later code can
 re-phrase them. Segmentation groups (all expressions of one image) become one sample whose turn pairs
-are independent of each other (`meta["independent_turns"] = True`), at most MAX_PAIRS pairs per sample.
+are independent of each other (`meta["independent_turns"] = True`); a crowded image keeps all of them in one
+sample, as the released data does (collate picks a few pairs per visit).
 This module registers no source (its name starts with '_').
 """
 
@@ -15,8 +16,6 @@ from typing import Any
 
 from pixelqa.data.schema import Turn
 from pixelqa.prompt_format import SEG
-
-MAX_PAIRS = 32  # turn pairs per sample before a group is split into several samples
 
 # a noun phrase: class name, part name or short referring expression
 PHRASE_QUERIES: tuple[str, ...] = (
@@ -113,10 +112,3 @@ def seg_turns(queries: Sequence[tuple[str, int]], key: str, sentence: bool = Fal
         turns.append(Turn("user", ask))
         turns.append(Turn("assistant", seg_answer(key, i), seg_objects=[oid]))
     return turns
-
-
-def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:
-    """`items` split in order into lists of at most `size` (one per sample when a group is too long)."""
-    if size < 1:
-        raise ValueError(f"size: got {size}, expected >= 1")
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]

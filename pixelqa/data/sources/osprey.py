@@ -16,20 +16,20 @@ descriptions, "description": ["<region1>: text", ...]. Region k is annotation k-
 The regions are given to the model as masks through the object memory, as UniPixel does for its region
 data: every region the text mentions becomes object k, listed in the first user turn's `memory_objects`
 (collate renders "[k]: <MEM>" for it), and "<regionk>" in the text becomes the tag "[k]". Records whose
-markers are broken or point past the annotation list (a known defect of a small part of the release) are
-skipped; missing fields raise.
+markers are broken or point past the annotation list (a known defect of a small part of the release), that
+mention no region, or whose region is empty or outside the image become counted rejects (see
+`pixelqa.data.registry.rejected`) naming the file and the record; missing fields raise.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
+from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import (
     cached_json_list,
@@ -41,8 +41,6 @@ from pixelqa.data.sources._image_files import (
 )
 from pixelqa.data.sources._instructions import describe_region
 from pixelqa.prompt_format import object_tag
-
-log = logging.getLogger(__name__)
 
 # "<region3>" and the release's typos of it: "<region3]", "<region 3>", "<region of3>", "<Region3>", "<regin3>"
 _MARKER = re.compile(r"<\s*(?:region|regin)\s*(?:of\s*)?(\d+)\s*[>\].]", re.IGNORECASE)
@@ -61,7 +59,7 @@ _IMAGE_DIRS = (
 
 
 class InvalidRecord(Exception):
-    """A record with broken region markers (skipped, not an error)."""
+    """A record with broken region markers (a counted reject of that record)."""
 
 
 def replace_markers(text: str, num_regions: int, where: str) -> tuple[str, list[int]]:
@@ -123,18 +121,18 @@ class OspreySource(Source):
         raise NotImplementedError
 
     def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
-        """One sample per record; records with broken markers or empty regions yield nothing."""
+        """One sample per record; a record with broken markers or a bad region yields a rejected sample."""
         rec = self._records(root, split)[int(item)]
-        where = f"{self.file_name}[{item}]"
+        where = f"{self.annotation_file(root)}[{item}]"
         regions = require(rec, "annotation", where)
         key = make_key(item)
         try:
             turns, mentioned = self.turns(rec, len(regions), where, key)
         except InvalidRecord as e:
-            log.debug("skipped: %s", e)
+            yield rejected(self.name, split, self.task, key, f"broken region marker: {e}")
             return
         if not mentioned:
-            log.debug("skipped: %s mentions no region", where)
+            yield rejected(self.name, split, self.task, key, f"{where}: mentions no region, expected <regionK> markers")
             return
         file_name = str(require(rec, "file_name", where))
         image = read_image(self.image_path(Path(root), file_name))
@@ -143,9 +141,14 @@ class OspreySource(Source):
         objects: dict[int, ObjectTrack] = {}
         for k in sorted(set(mentioned)):
             seg = require(regions[k - 1], "segmentation", f"{where}.annotation[{k - 1}]")
-            rle = segmentation_rle(seg, h, w, f"{where}.annotation[{k - 1}].segmentation")
+            try:
+                rle = segmentation_rle(seg, h, w, f"{where}.annotation[{k - 1}].segmentation")
+            except ValueError as e:  # a polygon outside the image, an RLE of another size
+                yield rejected(self.name, split, self.task, key, str(e))
+                return
             if masks.area(rle) == 0:
-                log.debug("skipped: %s region %d has an empty mask", where, k)
+                reason = f"{where}.annotation[{k - 1}] (<region{k}>): empty region, expected a visible mask"
+                yield rejected(self.name, split, self.task, key, reason)
                 return
             objects[k] = ObjectTrack(masks={0: rle})
         turns[0].memory_objects = sorted(objects)

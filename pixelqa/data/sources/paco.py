@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
-from pixelqa.data.schema import ObjectTrack, Sample
+from pixelqa.data.registry import Source, register_source, rejected
+from pixelqa.data.schema import ObjectTrack, Sample, make_key
 from pixelqa.data.sources._image_files import (
     cached_json,
     check_size,
@@ -106,7 +106,7 @@ class CocoPartSource(Source):
         return sorted(self._index(root, split).anns_by_image)
 
     def convert(self, root: Path, split: str, item: int) -> Iterator[Sample]:
-        """One sample per image (more if it has over MAX_PAIRS categories)."""
+        """One sample per image, with all its categories."""
         root = Path(root)
         index = self._index(root, split)
         if int(item) not in index.images:
@@ -135,6 +135,10 @@ class CocoPartSource(Source):
             ]
             rle = rles[0] if len(rles) == 1 else masks.merge(rles)
             if masks.area(rle) == 0:
+                reason = (
+                    f"{self.name} image {item} ({file_name}): category {cid}: empty region, expected a visible mask"
+                )
+                yield rejected(self.name, split, "semseg", make_key(item, "category", cid), reason)
                 continue
             oid = len(objects) + 1
             phrase = part_phrase(index.cats[cid], item, cid)

@@ -18,7 +18,6 @@ give one sample per expression with the ids and the ground-truth box that RES / 
 from __future__ import annotations
 
 import functools
-import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source
+from pixelqa.data.registry import Source, rejected
 from pixelqa.data.schema import ObjectTrack, Sample, make_key
 from pixelqa.data.sources._image_files import (
     cached_json,
@@ -37,9 +36,7 @@ from pixelqa.data.sources._image_files import (
     require,
     segmentation_rle,
 )
-from pixelqa.data.sources._instructions import MAX_PAIRS, chunked, seg_turns
-
-log = logging.getLogger(__name__)
+from pixelqa.data.sources._instructions import seg_turns
 
 COCO_IMAGE_DIRS: tuple[str, ...] = ("images/mscoco/images/train2014", "images/train2014", "train2014")
 CLEF_IMAGE_DIRS: tuple[str, ...] = ("images/saiapr_tc-12", "saiapr_tc-12")
@@ -142,51 +139,66 @@ class ReferSource(Source):
         check_size(image.size, img.get("height"), img.get("width"), f"instances.json image {item}")
         h, w = image.size
         entries = []  # (ref, ann, rle, sentences)
+        refs_name = f"{self.dataset_dir(root) / f'refs({self.split_by}).p'}"
         for ref in refs:
-            where = f"refs({self.split_by}).p ref {ref.get('ref_id')}"
-            ann_id = int(require(ref, "ann_id", where))
-            if ann_id not in index.anns:
-                raise ValueError(f"{where}: ann_id {ann_id} is not in instances.json 'annotations'")
-            ann = index.anns[ann_id]
-            rle = segmentation_rle(require(ann, "segmentation", f"annotation {ann_id}"), h, w, f"annotation {ann_id}")
-            entries.append((ref, ann, rle, require(ref, "sentences", where)))
+            where = f"{refs_name} ref_id {ref.get('ref_id')} (image {item}, {file_name})"
+            try:
+                ann_id = int(require(ref, "ann_id", where))
+                if ann_id not in index.anns:
+                    raise ValueError(f"ann_id {ann_id} is not in instances.json 'annotations'")
+                ann = index.anns[ann_id]
+                seg = require(ann, "segmentation", f"annotation {ann_id}")
+                rle = segmentation_rle(seg, h, w, f"instances.json annotation {ann_id}.segmentation")
+                sentences = require(ref, "sentences", where)
+                if split == "train" and masks.area(rle) == 0:
+                    raise ValueError(f"instances.json annotation {ann_id}: empty region, expected a visible mask")
+            except (ValueError, TypeError) as e:
+                yield from self._rejects(split, item, ref, f"{where}: {e}" if where not in str(e) else str(e))
+                continue
+            entries.append((ref, ann, rle, sentences))
         if split == "train":
             yield from self._grouped(split, item, file_name, image, index, entries)
         else:
             yield from self._per_expression(split, item, file_name, image, index, entries)
 
+    def _rejects(self, split: str, item: int, ref: Any, reason: str) -> Iterator[Sample]:
+        """The samples a bad ref loses: its part of the image's group (train) or one per sentence (other splits)."""
+        if split == "train" or not isinstance(ref, dict) or not isinstance(ref.get("sentences"), list):
+            yield rejected(self.name, split, "res", make_key(item, "ref", ref.get("ref_id", "x")), reason)
+            return
+        for s in ref["sentences"]:
+            yield rejected(
+                self.name, split, "res", make_key(s.get("sent_id", "x") if isinstance(s, dict) else "x"), reason
+            )
+
     def _grouped(self, split, item, file_name, image, index, entries) -> Iterator[Sample]:
-        """One sample per image (split in chunks of MAX_PAIRS pairs); refs with empty masks are skipped."""
+        """One sample per image with all its expressions (a crowded image is not split)."""
+        if not entries:
+            return
         objects: dict[int, ObjectTrack] = {}
         queries: list[tuple[str, int, dict]] = []
         for ref, ann, rle, sentences in entries:
-            if masks.area(rle) == 0:
-                log.debug("%s: ref %s has an empty mask, skipped", self.name, ref.get("ref_id"))
-                continue
             oid = len(objects) + 1
             objects[oid] = ObjectTrack(masks={0: rle}, category=index.cats.get(int(ann.get("category_id", -1))))
             for s in sentences:
                 info = {"ref_id": int(ref["ref_id"]), "ann_id": int(ref["ann_id"]), "sent_id": int(s["sent_id"])}
                 queries.append((str(s["sent"]), oid, info))
-        parts = chunked(queries, MAX_PAIRS)
-        for ci, chunk in enumerate(parts):
-            key = make_key(item) if len(parts) == 1 else make_key(item, ci)
-            used = sorted({oid for _, oid, _ in chunk})
-            yield Sample(
-                key=key,
-                source=self.name,
-                split=split,
-                task="res",
-                media=image.media(file_name),
-                objects={oid: objects[oid] for oid in used},
-                turns=seg_turns([(text, oid) for text, oid, _ in chunk], key),
-                meta={
-                    "image_id": int(item),
-                    "file_name": file_name,
-                    "independent_turns": True,
-                    "expressions": [{**info, "object_id": oid, "text": text} for text, oid, info in chunk],
-                },
-            )
+        key = make_key(item)
+        yield Sample(
+            key=key,
+            source=self.name,
+            split=split,
+            task="res",
+            media=image.media(file_name),
+            objects=objects,
+            turns=seg_turns([(text, oid) for text, oid, _ in queries], key),
+            meta={
+                "image_id": int(item),
+                "file_name": file_name,
+                "independent_turns": True,
+                "expressions": [{**info, "object_id": oid, "text": text} for text, oid, info in queries],
+            },
+        )
 
     def _per_expression(self, split, item, file_name, image, index, entries) -> Iterator[Sample]:
         """One sample per sentence, with ids and the ground-truth box for RES / REC evaluation."""

@@ -19,7 +19,7 @@ from pixelqa.data import masks
 from pixelqa.data.registry import Source
 from pixelqa.data.schema import Media, ObjectTrack, Sample, make_key
 from pixelqa.data.sources._image_files import read_image
-from pixelqa.data.sources._instructions import MAX_PAIRS, chunked, seg_turns
+from pixelqa.data.sources._instructions import seg_turns
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -60,7 +60,7 @@ class SemSegSource(Source):
         return sorted(p.stem for p in self.label_dir(Path(root), split).glob("*.png"))
 
     def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
-        """One sample per image (more if it has over MAX_PAIRS classes); images with no class yield none."""
+        """One sample per image (all its classes); images with no class yield none."""
         root = Path(root)
         label_path = self.label_dir(root, split) / f"{item}.png"
         label = read_label_png(label_path)
@@ -86,24 +86,24 @@ def class_samples(
     meta: dict,
     class_field: str,
 ) -> Iterator[Sample]:
-    """Samples of one image whose objects are named classes: one request/<SEG> pair per class, <= MAX_PAIRS each.
+    """The sample of one image whose objects are named classes: one request/<SEG> pair per class, all in one sample.
 
     entries are (class name, object id, class value); `class_field` names the value in meta["classes"].
     """
-    parts = chunked(entries, MAX_PAIRS)
-    for ci, chunk in enumerate(parts):
-        key = make_key(item) if len(parts) == 1 else make_key(item, ci)
-        yield Sample(
-            key=key,
-            source=source,
-            split=split,
-            task="semseg",
-            media=media,
-            objects={oid: objects[oid] for _, oid, _ in chunk},
-            turns=seg_turns([(name, oid) for name, oid, _ in chunk], key),
-            meta={
-                **meta,
-                "independent_turns": True,
-                "classes": [{class_field: v, "name": name, "object_id": oid} for name, oid, v in chunk],
-            },
-        )
+    if not entries:
+        return  # an image showing none of the named classes (only ignore / unlabeled pixels) asks nothing
+    key = make_key(item)
+    yield Sample(
+        key=key,
+        source=source,
+        split=split,
+        task="semseg",
+        media=media,
+        objects={oid: objects[oid] for _, oid, _ in entries},
+        turns=seg_turns([(name, oid) for name, oid, _ in entries], key),
+        meta={
+            **meta,
+            "independent_turns": True,
+            "classes": [{class_field: v, "name": name, "object_id": oid} for name, oid, v in entries],
+        },
+    )
