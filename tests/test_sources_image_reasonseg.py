@@ -69,3 +69,22 @@ def test_reasonseg_malformed_json_raises_naming_field(tmp_path):
 def test_reasonseg_missing_split_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="val"):
         get_source("reasonseg").items(tmp_path, "val")
+
+
+def test_reasonseg_json_in_cp1252_is_read(tmp_path):
+    # Some ReasonSeg JSONs are Windows-1252 text (LISA's loader falls back to it): curly quotes, accents.
+    build_reasonseg(tmp_path)
+    path = tmp_path / "train" / "a_1.json"
+    ann = json.loads(path.read_text())
+    ann["text"] = ["Where’s the café’s warmest spot?", "Which thing would you sit on?"]
+    raw = json.dumps(ann, ensure_ascii=False).encode("cp1252")
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # guard: the file really is not UTF-8
+    path.write_bytes(raw)
+    a0 = next(s for s in get_source("reasonseg").samples(tmp_path, "train") if s.key == "a_1-0").validate()
+    assert a0.meta["query"] == "Where’s the café’s warmest spot?"
+    assert a0.turns[0].text.startswith("Where’s the café’s warmest spot?")
+    # Bytes that are neither UTF-8 nor cp1252 (0x81 is undefined in cp1252) name the file.
+    path.write_bytes(b'{"text": ["\x81"]}')
+    with pytest.raises(ValueError, match=r"a_1\.json: not UTF-8"):
+        list(get_source("reasonseg").convert(tmp_path, "train", "a_1"))
