@@ -18,7 +18,7 @@ from fixtures_video import (
 )
 
 from pixelqa.data import masks
-from pixelqa.data.registry import RecordError, RejectedSample, get_source
+from pixelqa.data.registry import RecordError, RejectedSample, get_source, load_card
 from pixelqa.data.schema import decode_frame
 from pixelqa.data.shards import build_shards
 from pixelqa.prompt_format import SEG
@@ -261,6 +261,7 @@ def test_repacked_mask_dict_pkl_is_numbered_over_sorted_ids(tmp_path, source, da
     by = {(s.meta["video"], s.meta["exp_id"]): s for s in samples}
     # alpaca sorts first (2 expressions); within zebra "10" and "11" sort before "2".
     assert [by[("zebra", e)].meta["mask_index"] for e in ("0", "1", "10", "11", "2", "9")] == [2, 3, 4, 5, 6, 13]
+    assert 'sorted expression ids compared as strings ("10" before "2")' in load_card(source).notes
     # The JSON position would give zebra/10 the mask of another expression: the check above would fail on it.
     assert not np.array_equal(truth[("zebra", "10")], truth[("zebra", "2")])
 
