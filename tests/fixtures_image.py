@@ -333,8 +333,11 @@ def build_pascal_part(root: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- Osprey
 
 
-def build_osprey(root: Path) -> dict:
+def build_osprey(root: Path, broken_record: bool = False) -> dict:
     """Osprey-724K files under <root>/Osprey-724K/ with COCO images under <root>/coco/{train2017,imgs}/.
+
+    With `broken_record`, the conversation file's record 1 names a region that does not exist (as a small part of
+    the release does): a counted reject, so a build with --on-error fail stops on it.
 
     Regions: region1 = rectangle (2,2)-(12,10) as a polygon, region2 = (16,8)-(30,20) as an uncompressed RLE.
     """
@@ -359,7 +362,7 @@ def build_osprey(root: Path) -> dict:
         {
             **base,
             "id": 102,
-            "conversations": [  # region 3 does not exist: skipped
+            "conversations": [  # region 3 does not exist: a counted reject
                 {"from": "human", "value": "Compare <region1> and <region3>."},
                 {"from": "gpt", "value": "No."},
             ],
@@ -374,6 +377,8 @@ def build_osprey(root: Path) -> dict:
             ],
         },
     ]
+    if not broken_record:
+        conv = [c for c in conv if c["id"] != 102]
     detail = [{**base, "id": 201, "description": ["<region1>: A man in a red shirt.", "<Region2>: A sleeping dog."]}]
     pos_neg = [
         {

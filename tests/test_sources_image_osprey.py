@@ -20,7 +20,7 @@ def _region1() -> np.ndarray:
 
 
 def test_osprey_conversation_tags_memory_and_masks(tmp_path):
-    build_osprey(tmp_path)
+    build_osprey(tmp_path, broken_record=True)
     src = get_source("osprey_conversation")
     out = list(src.samples(tmp_path, "train"))
     samples = [s.validate(check_frames=True) for s in out if not isinstance(s, RejectedSample)]
@@ -77,7 +77,7 @@ def test_osprey_missing_field_and_file(tmp_path):
 
 
 def test_osprey_bad_regions_are_counted_rejects(tmp_path):
-    build_osprey(tmp_path)
+    build_osprey(tmp_path, broken_record=True)
     path = tmp_path / "Osprey-724K" / "osprey_conversation.json"
     data = json.loads(path.read_text())
     data[0]["annotation"] = [

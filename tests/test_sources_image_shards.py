@@ -24,6 +24,7 @@ CASES = [
     ("ade20k", build_ade20k, "train"),
     ("paco_lvis", build_paco, "train"),
     ("osprey_conversation", build_osprey, "train"),
+    ("osprey_conversation", lambda root: build_osprey(root, broken_record=True), "train"),
     ("osprey_detail_description", build_osprey, "train"),
     ("llava_mix665k", build_llava, "train"),
 ]
