@@ -22,9 +22,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
 
+from pixelqa.launch.settings import EXECUTORS, LauncherConfig
 from pixelqa.model.config import UniPixelConfig
 
-GROUPS: tuple[str, ...] = ("model", "data", "trainer", "optim", "tracking", "eval", "scale")
+GROUPS: tuple[str, ...] = ("model", "data", "trainer", "optim", "tracking", "eval", "scale", "launcher")
 # Presets of these groups set keys anywhere in the recipe (merged at the root, not under the group name).
 ROOT_GROUPS: tuple[str, ...] = ("scale",)
 
@@ -144,6 +145,7 @@ class Recipe:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # grid cells as jobs (pixelqa.launch)
 
 # Keys whose value must be one of a closed set.
 CHOICES: dict[str, tuple] = {
@@ -157,6 +159,7 @@ CHOICES: dict[str, tuple] = {
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
 }
+    "launcher.executor": EXECUTORS,
 
 
 def recipes_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Ablation grids: `python -m pixelqa.grid experiments/hidden_tokens.yaml [--dry-run] [key=value ...]`.
+"""Ablation grids: `python -m pixelqa.grid experiments/X.yaml [launcher=local|subprocess|slurm] [key=value ...]`.
 
 A grid file names a recipe, overrides applied to every cell, and the keys to sweep:
 
@@ -9,9 +9,21 @@ A grid file names a recipe, overrides applied to every cell, and the keys to swe
       model.hidden_tokens: [1, 2, 4, 8]
     metrics: ["val/J&F", "val/qa_acc"]
 
-Every cell of the Cartesian product runs `pixelqa.fit` (train + evaluate) as a child MLflow run of one parent
-run. Finished cells are recorded in `runs/grid/<name>/state.json`, so a rerun after a kill resumes where it
-stopped (same parent run). At the end the parent run gets the result table (CSV + Markdown) and a plot.
+Runs the cells need first (e.g. a stage-2 model every stage-3 cell starts from) are `prerequisites`, each with
+its own recipe and overrides (and `init_from` another prerequisite); `init_from: NAME` starts every cell from
+NAME's `last.ckpt`. On a cluster these become job dependencies.
+
+    prerequisites:
+      stage2: {recipe: stage2, overrides: [trainer.max_steps=1000]}
+    init_from: stage2
+
+Every cell runs `pixelqa.fit` (train + evaluate) as a child MLflow run (named by the cell) of one parent run.
+`launcher=local` (the default) runs the cells here, one after another; finished cells are recorded in
+`runs/grid/<name>/state.json`, so a rerun after a kill resumes where it stopped (same parent run).
+`launcher=subprocess|slurm` submits each run as a job (pixelqa.launch) and returns: `--status` shows each run's
+job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
+`last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
+parent run gets the result table (CSV + Markdown) and a plot. See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,22 @@ from pixelqa.config import RecipeError, load_recipe
 from pixelqa.tracking import end_run, log_parent_artifact, start_parent_run, table_csv, table_markdown
 
 GRID_TAG = "pixelqa.grid"  # tag of a grid's parent run (the ablation dashboard looks for it)
+GRID_KEYS = ("name", "recipe", "overrides", "grid", "metrics", "description", "prerequisites", "init_from")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used: unknown key, bad value, unknown prerequisite."""
+
+
+@dataclass
+class Prerequisite:
+    """A run trained once before the cells (e.g. the stage-2 model that every stage-3 cell starts from)."""
+
+    name: str
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    init_from: str | None = None  # another prerequisite this one starts from
 
 
 @dataclass
@@ -40,11 +70,42 @@ class Grid:
     overrides: list[str] = field(default_factory=list)
     axes: dict[str, list[Any]] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
+    prerequisites: dict[str, Prerequisite] = field(default_factory=dict)  # in dependency order
+    init_from: str | None = None  # the prerequisite every cell starts from
 
     def cells(self) -> list[dict[str, Any]]:
         """Every combination of the swept values, in file order."""
         keys = list(self.axes)
         return [dict(zip(keys, values)) for values in itertools.product(*(self.axes[k] for k in keys))]
+
+
+def _prerequisites(raw: Any, where: str) -> dict[str, Prerequisite]:
+    """Parse `prerequisites:` and order it so that each comes after the one it starts from."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise GridError(f"{where}: `prerequisites` must map names to {{recipe, overrides, init_from}}, got {raw!r}")
+    found: dict[str, Prerequisite] = {}
+    for name, spec in raw.items():
+        name = str(name)
+        if not NAME_RE.match(name):
+            raise GridError(f"{where}: prerequisite name {name!r}: expected letters, digits, '_', '.', '-' only")
+        if not isinstance(spec, dict) or set(spec) - {"recipe", "overrides", "init_from"} or "recipe" not in spec:
+            raise GridError(f"{where}: prerequisites.{name} must be {{recipe, overrides, init_from}}, got {spec!r}")
+        found[name] = Prerequisite(
+            name, str(spec["recipe"]), [str(o) for o in spec.get("overrides") or []], spec.get("init_from")
+        )
+    ordered: dict[str, Prerequisite] = {}
+    while len(ordered) < len(found):
+        ready = [p for n, p in found.items() if n not in ordered and (p.init_from is None or p.init_from in ordered)]
+        if not ready:
+            left = {n: p.init_from for n, p in found.items() if n not in ordered}
+            bad = {n: f for n, f in left.items() if f not in found}
+            what = f"init_from names no prerequisite: {bad}" if bad else f"init_from forms a cycle: {left}"
+            raise GridError(f"{where}: prerequisites {what}; valid names: {sorted(found)}")
+        for p in ready:
+            ordered[p.name] = p
+    return ordered
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -54,22 +115,30 @@ def load_grid(path: str | Path) -> Grid:
         raise FileNotFoundError(f"grid file {path} does not exist")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with keys name, recipe, overrides, grid, metrics")
-    unknown = set(raw) - {"name", "recipe", "overrides", "grid", "metrics", "description"}
+        raise GridError(f"{path}: expected a mapping with keys name, recipe, overrides, grid, metrics")
+    unknown = set(raw) - set(GRID_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: name, recipe, overrides, grid, metrics")
+        raise GridError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(GRID_KEYS)}")
     axes = raw.get("grid") or {}
     if not isinstance(axes, dict) or not axes:
-        raise ValueError(f"{path}: `grid` must map at least one recipe key to a list of values, got {axes!r}")
+        raise GridError(f"{path}: `grid` must map at least one recipe key to a list of values, got {axes!r}")
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+            raise GridError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+    prerequisites = _prerequisites(raw.get("prerequisites"), str(path))
+    init_from = raw.get("init_from")
+    if init_from is not None and str(init_from) not in prerequisites:
+        raise GridError(
+            f"{path}: init_from={init_from!r} names no prerequisite; valid: {sorted(prerequisites) or 'none defined'}"
+        )
     return Grid(
         name=str(raw.get("name", path.stem)),
         recipe=str(raw.get("recipe", "stage3")),
         overrides=[str(o) for o in raw.get("overrides", [])],
         axes={str(k): list(v) for k, v in axes.items()},
         metrics=[str(m) for m in raw.get("metrics", [])],
+        prerequisites=prerequisites,
+        init_from=None if init_from is None else str(init_from),
     )
 
 
@@ -78,11 +147,55 @@ def cell_id(cell: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in cell.items()).replace("/", "_")
 
 
+def grid_dir(grid: Grid) -> Path:
+    """The grid's folder (relative to the working directory): state, results, one output folder per run."""
+    return Path("runs/grid") / grid.name
+
+
+def _last_ckpt_of(grid: Grid, prerequisite: str) -> str:
+    return str(grid_dir(grid) / prerequisite / "checkpoints" / "last.ckpt")
+
+
+def _run_name(name: str) -> str:
+    return "tracking.run_name='" + name.replace("'", "''") + "'"  # quoted: cell ids hold '=' and ','
+
+
 def cell_args(grid: Grid, cell: dict[str, Any], extra: list[str]) -> list[str]:
-    """The `pixelqa.fit` arguments of one cell (grid overrides, then the cell's values, then the command line)."""
+    """The `pixelqa.fit` arguments of one cell (grid overrides, then the command line, then the cell's values)."""
     values = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in cell.items()]
-    out = f"runs/grid/{grid.name}/{cell_id(cell)}"
-    return [f"recipe={grid.recipe}", *grid.overrides, *extra, *values, f"output_dir={out}"]
+    start = [f"init_from={_last_ckpt_of(grid, grid.init_from)}"] if grid.init_from else []
+    out = grid_dir(grid) / cell_id(cell)
+    name = _run_name(cell_id(cell))
+    return [f"recipe={grid.recipe}", *grid.overrides, *start, *extra, *values, name, f"output_dir={out}"]
+
+
+def prerequisite_args(grid: Grid, pre: Prerequisite, extra: list[str]) -> list[str]:
+    """The `pixelqa.fit` arguments of a prerequisite run (its overrides, then the command line)."""
+    start = [f"init_from={_last_ckpt_of(grid, pre.init_from)}"] if pre.init_from else []
+    out = grid_dir(grid) / pre.name
+    return [f"recipe={pre.recipe}", *pre.overrides, *start, *extra, _run_name(pre.name), f"output_dir={out}"]
+
+
+def fit_specs(grid: Grid, extra: list[str], launcher: Any = None) -> list[Any]:
+    """Every run of the grid as a `FitSpec`, prerequisites first; on SLURM the trainer follows the allocation."""
+    from pixelqa.launch.runs import FitSpec
+
+    hardware = []
+    if launcher is not None and launcher.executor == "slurm":
+        # Lightning checks its trainer against the SLURM environment: nodes and processes per node must match.
+        hardware = [f"trainer.num_nodes={launcher.nodes}"]
+        hardware += [f"trainer.devices={launcher.gpus_per_node}"] if launcher.gpus_per_node else []
+    specs = []
+    for pre in grid.prerequisites.values():
+        args = prerequisite_args(grid, pre, extra)
+        args[-1:-1] = hardware
+        specs.append(FitSpec(pre.name, args, str(grid_dir(grid) / pre.name), [pre.init_from] if pre.init_from else []))
+    for cell in grid.cells():
+        args = cell_args(grid, cell, extra)
+        args[-1:-1] = hardware
+        needs = [grid.init_from] if grid.init_from else []
+        specs.append(FitSpec(cell_id(cell), args, str(grid_dir(grid) / cell_id(cell)), needs))
+    return specs
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -94,7 +207,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
     """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric."""
-    metrics = grid.metrics or sorted({m for r in results.values() for m in r})
+    cells = {cell_id(c) for c in grid.cells()}
+    metrics = grid.metrics or sorted({m for k, r in results.items() if k in cells for m in r})
     rows = []
     for cell in grid.cells():
         found = results.get(cell_id(cell))
@@ -111,8 +225,8 @@ def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = grid.metrics or sorted({m for r in results.values() for m in r})
     cells = [c for c in grid.cells() if cell_id(c) in results]
+    metrics = grid.metrics or sorted({m for c in cells for m in results[cell_id(c)]})
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4 * max(len(metrics), 1), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ax.bar(range(len(cells)), [results[cell_id(c)].get(metric, float("nan")) for c in cells])
@@ -124,60 +238,244 @@ def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def run_grid(path: str | Path, extra: list[str] | None = None, dry_run: bool = False) -> dict[str, dict[str, float]]:
-    """Run (or resume) every cell of a grid; returns cell id -> final metrics."""
-    grid = load_grid(path)
-    extra = list(extra or [])
-    cells = grid.cells()
-    for cell in cells:  # fail before any work if a cell's recipe is invalid
+def _check_cells(grid: Grid, extra: list[str]) -> Any:
+    """Load every run's recipe (fail before any work if one is invalid); returns the first cell's recipe."""
+    for pre in grid.prerequisites.values():
         try:
-            load_recipe(cell_args(grid, cell, extra))
+            load_recipe(prerequisite_args(grid, pre, extra))
+        except RecipeError as err:
+            raise RecipeError(f"grid {grid.name}, prerequisite {pre.name}: {err}") from None
+    first = None
+    for cell in grid.cells():
+        try:
+            cfg = load_recipe(cell_args(grid, cell, extra))
         except RecipeError as err:
             raise RecipeError(f"grid {grid.name}, cell {cell_id(cell)}: {err}") from None
-    if dry_run:
-        for cell in cells:
-            print("python -m pixelqa.fit " + " ".join(cell_args(grid, cell, extra)))
-        return {}
+        first = cfg if first is None else first
+    return first
 
-    from pixelqa.fit import run as fit_run
 
-    tracking = load_recipe(cell_args(grid, cells[0], extra)).tracking
-    state_path = Path(f"runs/grid/{grid.name}/state.json")
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"parent_run_id": None, "results": {}}
+def _load_state(grid: Grid) -> dict[str, Any]:
+    path = grid_dir(grid) / "state.json"
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    return {"parent_run_id": None, "results": {}, "jobs": {}, **state}
+
+
+def _save_state(grid: Grid, state: dict[str, Any]) -> None:
+    _write_atomic(grid_dir(grid) / "state.json", json.dumps(state, indent=1))
+
+
+def _parent_run(grid: Grid, state: dict[str, Any], tracking: Any) -> str:
+    """The grid's parent MLflow run, created (and stored in the state) on first use."""
     if state["parent_run_id"] is None:
         params = {"grid.recipe": grid.recipe, **{f"grid.{k}": json.dumps(v) for k, v in grid.axes.items()}}
         state["parent_run_id"] = start_parent_run(f"grid:{grid.name}", tracking, params, tags={GRID_TAG: grid.name})
-        _write_atomic(state_path, json.dumps(state, indent=1))
-    parent_id = state["parent_run_id"]
-    for i, cell in enumerate(cells):
-        cid = cell_id(cell)
-        if cid in state["results"]:
-            print(f"[grid {grid.name}] cell {i + 1}/{len(cells)} {cid}: done before, skipped")
-            continue
-        print(f"[grid {grid.name}] cell {i + 1}/{len(cells)} {cid}")
-        metrics = fit_run(cell_args(grid, cell, extra), parent_run_id=parent_id)
-        state["results"][cid] = {k: float(v) for k, v in metrics.items()}
-        _write_atomic(state_path, json.dumps(state, indent=1))
+        _save_state(grid, state)
+    return state["parent_run_id"]
+
+
+def _finish(grid: Grid, state: dict[str, Any], tracking: Any) -> None:
+    """Write the result table and plot, attach them to the parent run and close it."""
     csv_text, md_text = result_table(grid, state["results"])
-    out = state_path.parent
+    out = grid_dir(grid)
     _write_atomic(out / "results.csv", csv_text)
     _write_atomic(out / "results.md", md_text)
     _plot(grid, state["results"], out / "results.png")
+    parent_id = state["parent_run_id"]
     for name in ("results.csv", "results.md", "results.png"):
         log_parent_artifact(parent_id, tracking, out / name)
     end_run(parent_id, tracking)
     print(md_text, end="")
+
+
+def sqlite_warning(tracking: Any, launcher: Any) -> str | None:
+    """A warning when cluster jobs would log to a file only this machine may see (None when fine)."""
+    from pixelqa.tracking import resolve_uris
+
+    if launcher.executor != "slurm" or not tracking.enabled:
+        return None
+    uri, artifacts = resolve_uris(tracking)
+    if not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+        return None
+    return (
+        f"warning: tracking.tracking_uri={uri} is a local SQLite file, and the jobs run on other nodes: they can "
+        f"log only if {Path(uri.split(':///', 1)[-1]).parent} (and artifacts {artifacts}) is on a filesystem "
+        "every node mounts, and SQLite over NFS with many writers corrupts or locks. Start an MLflow server "
+        "(`mlflow server --backend-store-uri sqlite:///mlruns.db --host 0.0.0.0`) and pass "
+        "tracking.tracking_uri=http://HOST:5000 (see docs/cluster.md)."
+    )
+
+
+def _launch_folder(grid: Grid, launcher: Any) -> Path:
+    return Path(launcher.folder) if launcher.folder else grid_dir(grid) / "jobs"
+
+
+def _prepare_shards(specs: list[Any]) -> None:
+    """Build missing synthetic shards here, once: parallel jobs building the same folder would collide."""
+    from pixelqa.config import to_object
+    from pixelqa.train.datamodule import build_synthetic, check_sources
+
+    seen = set()
+    for spec in specs:
+        data = to_object(load_recipe(spec.args)).data
+        check_sources(data)
+        sizes = {"train": data.synthetic_train, "val": data.synthetic_val}
+        for src in [*data.sources, *data.val_sources]:
+            key = (data.shards, src.split, sizes.get(src.split, data.synthetic_val))
+            if src.name == "synthetic" and data.build_if_missing and key not in seen:
+                seen.add(key)
+                build_synthetic(*key)
+
+
+def _close_dead_run(tracking: Any) -> Any:
+    """A hook for resubmission: a run killed before its first checkpoint cannot resume; mark its MLflow run."""
+
+    def close(spec: Any) -> None:
+        from pixelqa.launch.fit_job import last_checkpoint
+        from pixelqa.tracking import load_run_id
+
+        run_id = load_run_id(Path(spec.output_dir) / "checkpoints")
+        if run_id is None or last_checkpoint(spec.args).is_file() or not tracking.enabled:
+            return
+        from mlflow import MlflowClient
+
+        from pixelqa.tracking import resolve_uris
+
+        if MlflowClient(tracking_uri=resolve_uris(tracking)[0]).get_run(run_id).info.status == "RUNNING":
+            end_run(run_id, tracking, "KILLED")
+
+    return close
+
+
+def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
+    """Submit every run that failed or never ran as a job; with `launcher.wait`, wait and collect."""
+    from pixelqa.launch.runs import submit_runs, wait_runs
+
+    launcher, tracking = recipe.launcher, recipe.tracking
+    warning = sqlite_warning(tracking, launcher)
+    if warning:
+        print(warning, file=sys.stderr)
+    specs = fit_specs(grid, extra, launcher)
+    _prepare_shards(specs)
+    state = _load_state(grid)
+    parent_id = _parent_run(grid, state, tracking)
+    folder = _launch_folder(grid, launcher)
+    submitted = submit_runs(
+        specs,
+        state["jobs"],
+        launcher,
+        folder,
+        parent_id,
+        job_name=f"grid-{grid.name}",
+        on_submit=lambda: _save_state(grid, state),
+        before_resubmit=_close_dead_run(tracking),
+    )
+    print(f"[grid {grid.name}] {len(submitted)} job(s) submitted ({launcher.executor}); logs in {folder}")
+    if not launcher.wait:
+        print(f"[grid {grid.name}] follow with --status; write the results with --collect when every cell is done")
+        return {}
+    wait_runs(specs, state["jobs"], launcher, folder)
+    return collect_grid(grid, extra, recipe)
+
+
+def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
+    """Gather finished runs' metrics; when every cell is done, write the table and plot and close the parent."""
+    from pixelqa.launch.runs import run_results
+
+    specs = fit_specs(grid, extra, recipe.launcher)
+    state = _load_state(grid)
+    state["results"].update(run_results(specs))
+    _save_state(grid, state)
+    missing = [cell_id(c) for c in grid.cells() if cell_id(c) not in state["results"]]
+    if missing:
+        print(f"[grid {grid.name}] {len(missing)} cell(s) not done yet: {', '.join(missing)} (see --status)")
+        return state["results"]
+    if state["parent_run_id"] is None:
+        state["parent_run_id"] = _parent_run(grid, state, recipe.tracking)
+    _finish(grid, state, recipe.tracking)
     return state["results"]
 
 
+def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str]]:
+    """Print (and return) one row per run: job id, attempt, state, last metric."""
+    from pixelqa.launch.runs import DONE, status_table
+
+    specs = fit_specs(grid, extra, recipe.launcher)
+    state = _load_state(grid)
+    rows = status_table(
+        specs,
+        state["jobs"],
+        recipe.launcher,
+        _launch_folder(grid, recipe.launcher),
+        recipe.tracking,
+        grid.metrics or ["val/J&F", "train/loss"],
+    )
+    for row in rows:  # cells run inline are done without a job
+        if row["run"] in state["results"] and row["state"] != DONE:
+            row["state"] = DONE
+    print(table_markdown(rows), end="")
+    return rows
+
+
+def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
+    """Today's behaviour: every run in this process, one after another (a rerun skips finished ones)."""
+    from pixelqa.fit import run as fit_run
+
+    state = _load_state(grid)
+    parent_id = _parent_run(grid, state, recipe.tracking)
+    specs = fit_specs(grid, extra)
+    for i, spec in enumerate(specs):
+        if spec.key in state["results"]:
+            print(f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}: done before, skipped")
+            continue
+        print(f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}")
+        metrics = fit_run(spec.args, parent_run_id=parent_id)
+        state["results"][spec.key] = {k: float(v) for k, v in metrics.items()}
+        _save_state(grid, state)
+    _finish(grid, state, recipe.tracking)
+    return {k: v for k, v in state["results"].items() if k in {cell_id(c) for c in grid.cells()}}
+
+
+def run_grid(
+    path: str | Path, extra: list[str] | None = None, dry_run: bool = False, action: str = "run"
+) -> dict[str, dict[str, float]]:
+    """Run, submit (or resubmit) every cell of a grid; returns cell id -> final metrics of the finished cells.
+
+    `action` is `run` (the default), `status` (print each run's state) or `collect` (gather finished jobs).
+    """
+    grid = load_grid(path)
+    extra = list(extra or [])
+    recipe = _check_cells(grid, extra)
+    if dry_run:
+        for spec in fit_specs(grid, extra, recipe.launcher):
+            print("python -m pixelqa.fit " + " ".join(spec.args))
+        return {}
+    if action == "status":
+        grid_status(grid, extra, recipe)
+        return {}
+    if action == "collect":
+        return collect_grid(grid, extra, recipe)
+    if recipe.launcher.executor == "inline":
+        return _run_inline(grid, extra, recipe)
+    return submit_grid(grid, extra, recipe)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry."""
+    """Command-line entry: a bad grid file or recipe ends in one line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.grid", description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="grid file, e.g. experiments/hidden_tokens.yaml")
-    parser.add_argument("--dry-run", action="store_true", help="print the fit command of every cell and stop")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell")
+    parser.add_argument("--dry-run", action="store_true", help="print the fit command of every run and stop")
+    parser.add_argument("--status", action="store_true", help="show each run's job id, state and last metric")
+    parser.add_argument("--collect", action="store_true", help="gather finished jobs; write the table when all done")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell (launcher=... too)")
     args = parser.parse_args(argv)
-    run_grid(args.grid, args.overrides, dry_run=args.dry_run)
+    action = "status" if args.status else "collect" if args.collect else "run"
+    try:  # the grid file and every run's recipe are checked before any work: their errors are the user's
+        _check_cells(load_grid(args.grid), list(args.overrides))
+        run_grid(args.grid, args.overrides, dry_run=args.dry_run, action=action)
+    except (GridError, RecipeError, FileNotFoundError) as err:
+        print(f"grid error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
