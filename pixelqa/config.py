@@ -66,6 +66,7 @@ class DataConfig:
     val_samples: int | None = None  # cap on validation samples (None = the whole split, exactly once)
     synthetic_train: int = 512  # size of the synthetic splits when they are built on first use
     synthetic_val: int = 64
+    strict: bool = False  # damaged shard data is fatal (default: skipped with a warning, counted in the summary)
 
 
 @dataclass
@@ -356,6 +357,7 @@ def run_cli(run: Callable[[list[str]], Any], doc: str | None, argv: list[str] | 
     if args and args[0] in ("-h", "--help"):
         print(doc)
         return
+    args = ["data.strict=true" if a == "--strict" else a for a in args]  # the flag spelling of data.strict
     try:
         run(args)
     except RecipeError as err:

@@ -43,10 +43,29 @@ def load_model(recipe, ckpt_path: Path | None):
     return module.model
 
 
+def pass_metrics(bench: str, passes: list) -> dict[str, float]:
+    """Samples scored / expected and damaged records of a protocol's passes; a shortfall is printed, never silent."""
+    scored, expected = sum(p.scored for p in passes), sum(p.expected for p in passes)
+    damaged = sum(p.damaged for p in passes)
+    print(
+        f"scored {scored} / {expected} samples of {bench}"
+        + (f" ({damaged} damaged records skipped)" if damaged else "")
+    )
+    if scored < expected:
+        print(f"WARNING: {bench} is scored on {scored} of {expected} samples; the metrics cover that subset only")
+    return {
+        f"{bench}/samples_scored": float(scored),
+        f"{bench}/samples_expected": float(expected),
+        "data/damaged_records": float(damaged),
+    }
+
+
 def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     """Score a checkpoint on `eval.benchmark`; returns {"<benchmark>/<metric>": value}."""
     from pixelqa import tracking
     from pixelqa.eval import get_protocol
+    from pixelqa.eval.runner import counting_passes
+    from pixelqa.preflight import check_run
     from pixelqa.viz import save_overlay
 
     start = time.time()
@@ -58,6 +77,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     except ValueError as err:
         raise RecipeError(str(err)) from None
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
+    check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
     print(f"PixelQA evaluate: benchmark={bench} split={recipe.eval.split} ckpt={ckpt_path or 'none (untrained model)'}")
     if recipe.trainer.cpu_threads:
         torch.set_num_threads(int(recipe.trainer.cpu_threads))
@@ -66,8 +86,10 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
         model = model.cuda()
     num_overlays = recipe.tracking.num_overlays if recipe.tracking.log_overlays else 0
-    result = protocol(model, recipe, num_overlays=num_overlays)
+    with counting_passes() as passes:
+        result = protocol(model, recipe, num_overlays=num_overlays)
     metrics = {f"{bench}/{k}": float(v) for k, v in result.metrics.items()}
+    metrics.update(pass_metrics(bench, passes))
     metrics["time/eval_s"] = time.time() - start
 
     out_dir = Path(recipe.output_dir) / "eval" / bench

@@ -109,6 +109,7 @@ def check_init_from(recipe: Recipe) -> dict | None:
 
 def preflight(recipe: Recipe) -> dict | None:
     """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
+    from pixelqa.preflight import check_run
     from pixelqa.train.datamodule import check_sources
 
     if recipe.trainer.max_steps < 1:
@@ -117,6 +118,7 @@ def preflight(recipe: Recipe) -> dict | None:
     check_sources(recipe.data)
     accumulation(recipe)
     resolve_ckpt(recipe)
+    check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
     return check_init_from(recipe)
 
 
@@ -264,6 +266,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
     results["train/steps"] = float(trainer.global_step)
+    results.update(datamodule.damage_metrics())  # records lost to shard damage: summary, table and MLflow
     results["time/fit_s"] = time.time() - start
     if trainer.is_global_zero:
         if logger is not None:

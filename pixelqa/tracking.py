@@ -9,13 +9,22 @@ default) with an explicit artifact folder. A grid (`pixelqa.grid`) is one parent
     end_run(parent, tracking_cfg)
 
 Metric names may use '&' (e.g. `val/J&F`); MLflow refuses it, so it is logged as `val/J_and_F`.
+
+Before the first run of a process touches a store, `prepare_store` (under a file lock beside the SQLite file, so
+concurrent first starts on a fresh store do not race to create its tables or the experiment) creates the experiment,
+tags it as a model-training experiment (the MLflow UI then opens on its runs, not on GenAI traces), and marks
+KILLED every run of this host left RUNNING by a process that no longer exists (runs carry the pid, host and
+process start time of their owner).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +35,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID_FILE = "mlflow_run_id.txt"
 EXCLUDED_PARAMS = ("ckpt", "presets")  # differ between a run and its resume: MLflow forbids changing a param
+# The experiment tag MLflow 3's UI reads to choose its landing page ("custom_model_development": the runs table).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+OWNER_TAGS = ("pixelqa.host", "pixelqa.pid", "pixelqa.pid_start")
 
 
 def mlflow_key(name: str) -> str:
@@ -51,6 +64,89 @@ def resolve_uris(tracking: Any, workdir: str | Path | None = None) -> tuple[str,
     return uri, artifacts
 
 
+def _process_start(pid: int) -> str:
+    """Start time of process `pid` in clock ticks since boot ("" when unknown): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after the command name
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run (host, pid, process start), for `mark_dead_runs`."""
+    pid = os.getpid()
+    return {"pixelqa.host": socket.gethostname(), "pixelqa.pid": str(pid), "pixelqa.pid_start": _process_start(pid)}
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return not start or _process_start(pid) in ("", start)
+
+
+def mark_dead_runs(client: Any) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose owner process has exited; returns their run ids."""
+    from mlflow.entities import ViewType
+
+    host = socket.gethostname()
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    marked = []
+    if not exp_ids:
+        return marked
+    for run in client.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=50000):
+        tags = run.data.tags
+        if tags.get("pixelqa.host") != host or not tags.get("pixelqa.pid", "").isdigit():
+            continue  # not ours, or on another machine: its process cannot be checked from here
+        if _alive(int(tags["pixelqa.pid"]), tags.get("pixelqa.pid_start", "")):
+            continue
+        client.set_tag(
+            run.info.run_id, "pixelqa.end", f"marked KILLED at a later start: pid {tags['pixelqa.pid']} had exited"
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+class _StoreLock:
+    """An exclusive file lock beside a SQLite store (a no-op for other stores)."""
+
+    def __init__(self, uri: str) -> None:
+        self.path = Path(uri[len("sqlite:///") :] + ".lock") if uri.startswith("sqlite:///") else None
+        self.fd: int | None = None
+
+    def __enter__(self) -> _StoreLock:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
+def prepare_store(tracking: Any) -> str:
+    """Create the store and the tagged experiment if missing, mark dead runs KILLED; returns the experiment id."""
+    uri, artifacts = resolve_uris(tracking)
+    name = str(_get(tracking, "experiment", "pixelqa"))
+    from mlflow import MlflowClient
+
+    with _StoreLock(uri):
+        client = MlflowClient(tracking_uri=uri)  # a fresh SQLite store gets its tables here, one process at a time
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name, artifact_location=artifacts)
+        if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        mark_dead_runs(client)
+    return exp_id
+
+
 class PixelQALogger(MLFlowLogger):
     """Lightning's MLFlowLogger with MLflow-safe metric names (see `mlflow_key`)."""
 
@@ -70,7 +166,8 @@ def build_logger(
     if not _get(tracking, "enabled", True):
         return None
     uri, artifacts = resolve_uris(tracking)
-    all_tags = dict(tags or {})
+    prepare_store(tracking)
+    all_tags = {**(tags or {}), **owner_tags()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     logger = PixelQALogger(
@@ -81,6 +178,10 @@ def build_logger(
         tags=all_tags or None,
         run_id=run_id,
     )
+    if run_id is not None:  # a resumed run belongs to this process now, and runs again
+        for key, value in owner_tags().items():
+            logger.experiment.set_tag(run_id, key, value)
+        logger.experiment.update_run(run_id, status="RUNNING")
     return logger
 
 
@@ -95,14 +196,11 @@ def start_parent_run(
     name: str, tracking: Any, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
 ) -> str:
     """Create a parent run (e.g. one per grid) in the tracking experiment; returns its run id."""
+    exp_id = prepare_store(tracking)
     client = _client(tracking)
-    _, artifacts = resolve_uris(tracking)
-    exp_name = str(_get(tracking, "experiment", "pixelqa"))
-    exp = client.get_experiment_by_name(exp_name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name, artifact_location=artifacts)
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    run = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, **(tags or {})})
+    run = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, **(tags or {}), **owner_tags()})
     for key, value in (params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id

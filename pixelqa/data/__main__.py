@@ -2,9 +2,9 @@
 
 build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|skip]
       [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
-      [--no-check-frames] [--quiet]
-inspect SHARDS [--n 4] [--out DIR]        print samples and render mask overlays to PNG
-stats SHARDS                              counts per source / split / task
+      [--no-check-frames] [--quiet] [--wait]
+inspect SHARDS [--n 4] [--out DIR] [--strict]  print samples and render mask overlays to PNG
+stats SHARDS [--strict]                   counts per source / split / task (damaged records: counted, or fatal)
 mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
 mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
                                           build every source of the mixture (resumable), write its spec
@@ -36,6 +36,7 @@ def _build(args: argparse.Namespace) -> None:
         max_bytes=args.max_bytes,
         check_frames=not args.no_check_frames,
         progress=not args.quiet,
+        wait=args.wait,
     )
     print(
         f"{m['source']}/{m['split']}: {m['num_samples']} samples in {len(m['shards'])} shards, "
@@ -48,13 +49,13 @@ def _build(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from pixelqa.data.inspect_shards import inspect_shards
 
-    inspect_shards(args.shards, n=args.n, out=args.out)
+    inspect_shards(args.shards, n=args.n, out=args.out, strict=args.strict)
 
 
 def _stats(args: argparse.Namespace) -> None:
     from pixelqa.data.inspect_shards import print_stats
 
-    print_stats(args.shards)
+    print_stats(args.shards, strict=args.strict)
 
 
 def _mixture(args: argparse.Namespace) -> None:
@@ -127,14 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard")
     b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
     b.set_defaults(fn=_build)
     i = sub.add_parser("inspect", help="print samples and render mask overlays")
     i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")
     i.add_argument("--n", type=int, default=4)
     i.add_argument("--out", default=None, help="folder for overlay PNGs")
+    i.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
     i.set_defaults(fn=_inspect)
     s = sub.add_parser("stats", help="counts per source / split / task")
     s.add_argument("shards", nargs="+")
+    s.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
     s.set_defaults(fn=_stats)
     m = sub.add_parser("mixture", help="print (or, with --out, build) a data mixture")
     m.add_argument("recipe", help="recipe=NAME or NAME (recipes/data/NAME.yaml)")
@@ -153,7 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args.fn(args)
+    from pixelqa.data.shard_reader import ShardDamageError
+    from pixelqa.data.shards import BuildLocked
+
+    try:
+        args.fn(args)
+    except (ShardDamageError, BuildLocked) as err:  # user-facing conditions: one line, status 2
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task."""
+"""Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task.
+
+Both read through `pixelqa.data.shard_reader`: damaged records are skipped with a warning naming shard and byte
+offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError).
+"""
 
 from __future__ import annotations
 
 import json
-import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,7 +16,8 @@ import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Sample, encode_frame
-from pixelqa.data.shards import iter_records
+from pixelqa.data.shard_reader import Damage, DamageLog, iter_shard_records
+from pixelqa.data.shard_reader import iter_samples as iter_checked_samples
 
 # Distinct overlay colours (RGB) for object ids 1, 2, ...
 PALETTE = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230), (255, 140, 0)]
@@ -90,18 +94,20 @@ def render_overlay(sample: Sample, max_frames: int = 8) -> np.ndarray:
     return np.concatenate(list(out), axis=1)  # (T, H, W, 3) -> (H, T*W, 3)
 
 
-def iter_samples(paths: Sequence[str | Path]) -> Iterator[Sample]:
-    """Samples of the shards found under `paths`, in order."""
-    for record in iter_records(find_shards(paths)):
-        yield Sample.from_record(record)
+def iter_samples(paths: Sequence[str | Path], damage: DamageLog | None = None) -> Iterator[Sample]:
+    """Samples of the shards found under `paths`, in order; damaged records are skipped and go to `damage`."""
+    yield from iter_checked_samples(find_shards(paths), damage if damage is not None else DamageLog())
 
 
-def inspect_shards(paths: Sequence[str | Path], n: int = 4, out: str | Path | None = None) -> list[Path]:
+def inspect_shards(
+    paths: Sequence[str | Path], n: int = 4, out: str | Path | None = None, strict: bool = False
+) -> list[Path]:
     """Print the first `n` samples; with `out`, write `<out>/<key>.png` overlays. Returns the PNG paths."""
     written: list[Path] = []
+    damage = DamageLog(strict)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-    for i, sample in enumerate(iter_samples(paths)):
+    for i, sample in enumerate(iter_samples(paths, damage)):
         if i >= n:
             break
         print(describe(sample))
@@ -110,27 +116,33 @@ def inspect_shards(paths: Sequence[str | Path], n: int = 4, out: str | Path | No
             path.write_bytes(encode_frame(render_overlay(sample), ext="png"))
             written.append(path)
             print(f"  overlay: {path}")
+    if damage.count:
+        print(f"damaged records skipped: {damage.count} (see the warnings above)")
     return written
 
 
-def shard_stats(paths: Sequence[str | Path]) -> dict:
-    """Counts per (source, split), per task, frames and objects, reading only the JSON members."""
+def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
+    """Counts per (source, split), per task, frames and objects, and records lost to damage (JSON members only)."""
     per_source: Counter = Counter()
     per_task: Counter = Counter()
     frames = objects = n = 0
     nbytes = 0
+    damage = DamageLog(strict)
     for shard in find_shards(paths):
         nbytes += shard.stat().st_size
-        with tarfile.open(shard) as tf:
-            for m in tf:
-                if not m.name.endswith(".json"):
-                    continue
-                d = json.loads(tf.extractfile(m).read())
+        for ref, record in iter_shard_records(shard, damage):
+            try:
+                d = json.loads(record["json"])
                 per_source[(d["source"], d["split"])] += 1
                 per_task[d["task"]] += 1
                 frames += d["media"]["num_frames"]
                 objects += len(d["objects"])
-                n += 1
+            except (ValueError, KeyError, TypeError) as err:
+                damage.report(
+                    Damage(ref.shard, ref.start, f"record {ref.key!r} unreadable: {type(err).__name__}: {err}")
+                )
+                continue
+            n += 1
     return {
         "samples": n,
         "bytes": nbytes,
@@ -138,12 +150,13 @@ def shard_stats(paths: Sequence[str | Path]) -> dict:
         "per_task": per_task,
         "mean_frames": frames / n if n else 0.0,
         "mean_objects": objects / n if n else 0.0,
+        "damaged": damage.count,
     }
 
 
-def print_stats(paths: Sequence[str | Path]) -> dict:
+def print_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
     """Print `shard_stats` as a table; returns it."""
-    st = shard_stats(paths)
+    st = shard_stats(paths, strict)
     print(f"{'source':32s} {'split':10s} {'samples':>9s}")
     for (src, split), c in sorted(st["per_source"].items()):
         print(f"{src:32s} {split:10s} {c:9d}")
@@ -152,6 +165,6 @@ def print_stats(paths: Sequence[str | Path]) -> dict:
         print(f"{task:32s} {'':10s} {c:9d}")
     print(
         f"samples: {st['samples']}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
-        f"mean objects: {st['mean_objects']:.2f}"
+        f"mean objects: {st['mean_objects']:.2f}  damaged records skipped: {st['damaged']}"
     )
     return st

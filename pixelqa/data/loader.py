@@ -6,7 +6,10 @@ sources are mixed with probabilities proportional to ``repeat x samples`` (the p
 Evaluation streams are one exact pass: the sorted shard list is split by rank, then by worker, read in
 order, no shuffling; every shard is read by exactly one (rank, worker).
 
-A corrupt shard or record is skipped with a counted warning (logged), never silently.
+Shards are read through `pixelqa.data.shard_reader`: each is checked against its index file / manifest, and a
+damaged record is skipped with a warning naming the shard and byte offset and counted in `ShardDataset.damage`
+(`strict=True`: the first damage raises ShardDamageError). Records verified by their CRC-32 are not re-validated
+(the build validated them); records of shards without an index file are.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample
+from pixelqa.data.shard_reader import Damage, DamageLog, RecordDamaged, RecordRef, iter_shard_records, to_sample
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +158,6 @@ def manifest_samples(urls: Sequence[str]) -> int | None:
     return total if covered == names else None
 
 
-class SkipCounter:
-    """A webdataset error handler that logs and counts every skipped shard/record, then continues."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.count = 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        """Log and count; True tells webdataset to continue."""
-        self.count += 1
-        log.warning(
-            "skipped corrupt %s (%d so far in this process): %s: %s", self.what, self.count, type(exn).__name__, exn
-        )
-        return True
-
-
 def _rank_world() -> tuple[int, int]:
     """(rank, world size) from torch.distributed if initialised, else the RANK/WORLD_SIZE environment."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -205,6 +193,7 @@ class ShardDataset(IterableDataset):
         prompt_mode: str = "keep",
         box_jitter: float = 0.1,
         validate: bool = True,
+        strict: bool = False,
     ) -> None:
         if not sources:
             raise ValueError("sources: got none, expected at least one ShardSource")
@@ -223,7 +212,7 @@ class ShardDataset(IterableDataset):
             box_jitter,
             validate,
         )
-        self.skipped = SkipCounter("shard or record")
+        self.damage = DamageLog(strict).share()  # counts records lost to damage, DataLoader workers included
         weights = [s.repeat * (s.samples if s.samples is not None else 1) for s in self.sources]
         self.probs = [w / sum(weights) for w in weights]
 
@@ -234,17 +223,27 @@ class ShardDataset(IterableDataset):
             raise TypeError("len() is defined only for evaluation datasets whose shards have manifests")
         return int(sum(counts))
 
-    def _to_sample(self, record: dict) -> Sample:
-        sample = Sample.from_record(record)
-        if self.validate:
-            sample.validate()
+    def _to_sample(self, ref: RecordRef, record: dict) -> Sample:
+        sample = to_sample(record, ref)
+        if self.validate and ref.crc is None:  # a record that matches its CRC-32 is what the build validated
+            try:
+                sample.validate()
+            except ValueError as err:
+                raise RecordDamaged(
+                    Damage(ref.shard, ref.start, f"record {ref.key!r} fails validation: {err}")
+                ) from None
         return sample
 
-    def _records(self, urls: list[str], seed: int) -> Iterator[dict]:
+    def _expand(self, shards: Iterator[dict]) -> Iterator[tuple[RecordRef, dict]]:
+        """webdataset stage: shard urls -> checked (reference, record) pairs."""
+        for shard in shards:
+            yield from iter_shard_records(shard["url"], self.damage)
+
+    def _records(self, urls: list[str], seed: int) -> Iterator[tuple[RecordRef, dict]]:
         """An endless, resampled, shuffled record stream of one source (training)."""
         pipe = wds.DataPipeline(
             wds.ResampledShards(urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
-            wds.tarfile_to_samples(handler=self.skipped),
+            self._expand,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=random.Random(seed + 1)),
         )
         return iter(pipe)
@@ -270,25 +269,27 @@ class ShardDataset(IterableDataset):
         cum = np.cumsum(self.probs)
         while True:
             i = min(int(np.searchsorted(cum, mix.random(), side="right")), len(streams) - 1)
-            record = next(streams[i])
+            ref, record = next(streams[i])
             try:
-                sample = self._to_sample(record)
-                yield self._transform(sample, rng)
-            except (ValueError, TypeError, KeyError) as e:
-                self.skipped(e)
+                sample = self._to_sample(ref, record)
+            except RecordDamaged as err:
+                self.damage.report(err.damage)
+                continue
+            yield self._transform(sample, rng)
 
     def _iter_eval(self, rank: int, world: int, worker: int, workers: int) -> Iterator[Sample]:
         urls = sorted(u for s in self.sources for u in s.urls)
         mine = urls[rank::world][worker::workers]
-        pipe = wds.DataPipeline(wds.SimpleShardList(mine), wds.tarfile_to_samples(handler=self.skipped)) if mine else []
-        for record in pipe:
-            try:
-                sample = self._to_sample(record)
+        for url in mine:
+            for ref, record in iter_shard_records(url, self.damage):
+                try:
+                    sample = self._to_sample(ref, record)
+                except RecordDamaged as err:
+                    self.damage.report(err.damage)
+                    continue
                 # Per-sample seed from the key: the same prompts/frames whatever the rank/worker layout.
                 rng = np.random.default_rng([self.seed, zlib.crc32(sample.key.encode())])
                 yield self._transform(sample, rng)
-            except (ValueError, TypeError, KeyError) as e:
-                self.skipped(e)
 
 
 def make_dataset(
@@ -301,6 +302,7 @@ def make_dataset(
     shuffle_buffer: int = 1000,
     prompt_mode: str = "keep",
     box_jitter: float = 0.1,
+    strict: bool = False,
 ) -> ShardDataset:
     """An IterableDataset of Samples over shard folders; wrap it in a DataLoader with a `Collator`.
 
@@ -309,6 +311,7 @@ def make_dataset(
     mixing probability is proportional to repeat x its manifest sample count. train=True: infinite,
     shuffled, resampled; train=False: one exact, ordered pass split over ranks and workers.
     prompt_mode: "keep" | "point_box" | "point" | "box" (see `prompts.resample_prompts`).
+    strict: any damaged shard data raises ShardDamageError instead of being skipped and counted.
     """
     if isinstance(shard_dirs, Mapping):
         if weights is not None:
@@ -332,4 +335,5 @@ def make_dataset(
         shuffle_buffer=shuffle_buffer,
         prompt_mode=prompt_mode,
         box_jitter=box_jitter,
+        strict=strict,
     )

@@ -10,18 +10,28 @@ keeps the complete shards (checked by SHA-256) and resumes from there.
 Work division: the converter's `items` are split into `num_nodes` contiguous blocks; node r converts
 block r and numbers its shards r, r + N, r + 2N, ... so nodes never collide. Within a node, `workers`
 processes convert and validate items in order (multiprocessing imap), the parent writes.
+
+Beside each shard the build writes its record index (``<name>.idx.json``: byte span, member offsets and CRC-32 of
+every record), against which `pixelqa.data.shard_reader` checks what it reads. A node's build holds a lock on its
+shard folder (``.build-node%03d-of%03d.lock``, released by the kernel when the process dies): a second build of
+the same node's shards fails at once naming the holder, or waits for it (`wait=True`), so two builds never
+interleave records.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import socket
 import tarfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,7 @@ import webdataset as wds
 
 from pixelqa.data.registry import get_source
 from pixelqa.data.schema import SCHEMA_VERSION, Sample
+from pixelqa.data.shard_reader import index_path, make_index
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,10 @@ class ShardInfo:
 
 class BuildError(RuntimeError):
     """A sample or item failed with --on-error fail; the message says which and why."""
+
+
+class BuildLocked(BuildError):
+    """Another process is building the same shards; the message names it."""
 
 
 def shard_dir(out: Path, source: str, split: str) -> Path:
@@ -219,6 +234,7 @@ class _ShardSink:
         self.stream.flush()
         os.fsync(self.stream.fileno())
         self.stream.close()
+        write_index(self.tmp, self.path)
         os.replace(self.tmp, self.path)
         info = ShardInfo(
             index=self.index,
@@ -276,6 +292,8 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
         if not p.is_file() or p.stat().st_size != s.bytes or sha256_file(p) != s.sha256:
             log.warning("shard %s is missing or changed; rebuilding from there", p)
             break
+        if not index_path(p).is_file():  # kept from a build made before index files existed
+            write_index(p)
         kept.append(s)
     if kept:
         resume = (kept[-1].next_item, kept[-1].next_offset)
@@ -283,6 +301,41 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
     else:
         rejects = []
     return kept, rejects
+
+
+def write_index(shard: Path, final: Path | None = None) -> Path:
+    """Write the record index of a complete shard beside it (named after `final`, its name once renamed)."""
+    index = make_index(shard)
+    final = Path(final or shard)
+    index["shard"] = final.name
+    path = index_path(final)
+    write_text_atomic(path, json.dumps(index, separators=(",", ":")) + "\n")
+    return path
+
+
+@contextmanager
+def build_lock(folder: Path, node_rank: int = 0, num_nodes: int = 1, wait: bool = False) -> Iterator[Path]:
+    """Hold the build lock of one node's shards in `folder`; held elsewhere: wait, or BuildLocked naming the holder."""
+    path = folder / f".build-node{node_rank:03d}-of{num_nodes:03d}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "a process that has not said who"
+            if not wait:
+                raise BuildLocked(
+                    f"{folder} is being built by {holder} (lock {path.name}); wait for it to finish, "
+                    "rerun with --wait, or build into another --out"
+                ) from None
+            log.warning("waiting for the build of %s by %s", folder, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {stamp}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock (the file stays: unlinking it would race)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -310,8 +363,13 @@ def build_shards(
     max_bytes: int = 256 * 2**20,
     check_frames: bool = True,
     progress: bool = True,
+    wait: bool = False,
 ) -> dict:
-    """Convert `source`'s `split` under `root` into shards under `out`; returns the manifest dict."""
+    """Convert `source`'s `split` under `root` into shards under `out`; returns the manifest dict.
+
+    wait: when another process holds this build's lock, wait for it (then find its shards complete) instead of
+    failing at once with BuildLocked.
+    """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error: got {on_error!r}, expected one of {ON_ERROR}")
     if num_nodes < 1 or not 0 <= node_rank < num_nodes:
@@ -326,6 +384,16 @@ def build_shards(
     cfg = BuildConfig(source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames)
     folder = shard_dir(out, source, split)
     folder.mkdir(parents=True, exist_ok=True)
+    with build_lock(folder, node_rank, num_nodes, wait):
+        return _build_locked(src, Path(root), cfg, folder, workers, on_error, progress)
+
+
+def _build_locked(
+    src: Any, root: Path, cfg: BuildConfig, folder: Path, workers: int, on_error: str, progress: bool
+) -> dict:
+    """The build itself, run while holding the folder's lock."""
+    source, split, node_rank, num_nodes = cfg.source, cfg.split, cfg.node_rank, cfg.num_nodes
+    max_samples, check_frames = cfg.max_samples, cfg.check_frames
     manifest_path = folder / manifest_name(node_rank, num_nodes)
     progress_path = folder / f".progress-node{node_rank:03d}-of{num_nodes:03d}.json"
 

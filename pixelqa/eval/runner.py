@@ -4,11 +4,15 @@ Predictions are teacher-forced: the model reads the ground-truth conversation an
 answer is decoded into masks; answers are scored by exact match of the arg-max tokens (see `scoring`), which
 equals greedy decoding. (Free generation through `UniPixel.chat` would also score hallucinated or missing
 <SEG> tokens; that protocol is not implemented here.)
+
+Every pass counts the samples it scored against the samples the shards should hold (`counting_passes`), so a score
+on a subset (damaged records skipped, see `pixelqa.data.shard_reader`) is never silent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,17 +31,44 @@ class EvalResult:
     overlays: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class PassCount:
+    """Samples one evaluation pass scored, out of those its shards should hold; records lost to damage."""
+
+    source: str
+    split: str
+    expected: int
+    scored: int = 0
+    damaged: int = 0
+
+
+_COLLECTORS: list[list[PassCount]] = []
+
+
+@contextmanager
+def counting_passes() -> Iterator[list[PassCount]]:
+    """Collect the `PassCount` of every `eval_batches` pass run inside the block (protocols need not pass it on)."""
+    passes: list[PassCount] = []
+    _COLLECTORS.append(passes)
+    try:
+        yield passes
+    finally:
+        _COLLECTORS.remove(passes)
+
+
 def eval_batches(
     model: Any, recipe: Any, source: str, split: str, limit: int | None = None
 ) -> Iterator[tuple[Batch, Any, dict[str, Sample]]]:
     """(batch on the model's device, model output, samples by key) over one exact pass of source/split."""
+    from pixelqa.data.shard_reader import DamageLog
     from pixelqa.train.datamodule import EvalBatches, SourceIndex, build_synthetic, make_collator
 
     data = recipe.data
     if source == "synthetic" and data.build_if_missing:
         build_synthetic(data.shards, split, data.synthetic_val if split != "train" else data.synthetic_train)
+    damage = DamageLog(strict=bool(getattr(data, "strict", False)))
     try:
-        index = SourceIndex(data.shards, source, split)
+        index = SourceIndex(data.shards, source, split, damage=damage)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{err}; build them with: python -m pixelqa.data build {source} --root RAW --out {data.shards} "
@@ -52,6 +83,9 @@ def eval_batches(
         return collate(samples)
 
     ds = EvalBatches([index], remember, data.val_batch_size, recipe.seed, limit=limit, num_frames=data.num_frames)
+    count = PassCount(source, split, ds.expected)
+    for passes in _COLLECTORS:
+        passes.append(count)
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -60,6 +94,9 @@ def eval_batches(
             batch = batch.to(device)
             with torch.no_grad():
                 out = model(batch)
+            count.scored += len(keep)
+            count.damaged = damage.count
             yield batch, out, dict(keep)
+        count.damaged = damage.count
     finally:
         model.train(was)

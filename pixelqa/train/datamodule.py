@@ -12,17 +12,19 @@ split across processes by index.
 
 Collation (`pixelqa.data.collate.Collator`) runs under an RNG seeded by (seed, batch index), so prompt sampling
 and any other data randomness repeat after a resume too.
+
+Damage (`pixelqa.data.shard_reader`): records found damaged when a shard is opened (truncation, bad headers) are
+left out of the index, so the stream stays a pure function of (seed, step) over the intact records; a record found
+damaged when read (CRC-32, JSON) is replaced by the next intact record of its source, the same on every rerun.
+Either way it is logged with shard and byte offset and counted in `ShardDataModule.damage` (`data.strict`: fatal).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pixelqa.config import RecipeError
 from pixelqa.data.schema import Sample
+from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, open_shard, read_sample
+
+__all__ = ["RecordRef", "read_sample"]  # re-exported: random access is the shard reader's
 
 SYNTHETIC = "synthetic"
 
@@ -82,69 +87,45 @@ def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
-class RecordRef:
-    """Where one sample's record lives: shard path and (member suffix, data offset, size) of each file."""
-
-    shard: str
-    key: str
-    members: tuple[tuple[str, int, int], ...]
-
-
 def shard_index(path: str) -> tuple[RecordRef, ...]:
-    """The records of a tar shard in order, with byte offsets for random access.
-
-    Cached per (absolute path, mtime, size): a shard rebuilt at the same (or a relative) path is indexed anew.
-    """
-    real = Path(path).resolve()
-    st = real.stat()
-    return _shard_index(str(real), st.st_mtime_ns, st.st_size)
-
-
-@lru_cache(maxsize=4096)
-def _shard_index(path: str, mtime_ns: int, size: int) -> tuple[RecordRef, ...]:
-    refs: list[RecordRef] = []
-    key, members = None, []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            k, ext = m.name.split(".", 1)
-            if key is not None and k != key:
-                refs.append(RecordRef(path, key, tuple(members)))
-                members = []
-            key = k
-            members.append((ext, m.offset_data, m.size))
-    if key is not None:
-        refs.append(RecordRef(path, key, tuple(members)))
-    return tuple(refs)
-
-
-def read_sample(ref: RecordRef) -> Sample:
-    """Read one sample by random access."""
-    record: dict[str, Any] = {"__key__": ref.key}
-    with open(ref.shard, "rb") as f:
-        for ext, offset, size in ref.members:
-            f.seek(offset)
-            record[ext] = f.read(size)
-    return Sample.from_record(record)
+    """The intact records of a tar shard in order, with byte offsets for random access (cached per file state)."""
+    return open_shard(path).refs
 
 
 class SourceIndex:
-    """All records of one (source, split), in shard order."""
+    """All intact records of one (source, split), in shard order; damage found on opening goes to `damage`."""
 
-    def __init__(self, root: str | Path, name: str, split: str, repeat: float = 1.0) -> None:
+    def __init__(
+        self, root: str | Path, name: str, split: str, repeat: float = 1.0, damage: DamageLog | None = None
+    ) -> None:
         self.name, self.split, self.repeat = name, split, float(repeat)
         self.folder = shard_folder(root, name, split)
+        self.damage = damage if damage is not None else DamageLog()
         paths = _shards(self.folder)
         if not paths:
             raise FileNotFoundError(f"{name}/{split}: no shards in {self.folder}")
-        self.refs: list[RecordRef] = [r for p in paths for r in shard_index(str(p))]
+        self.refs: list[RecordRef] = []
+        self.expected = 0  # records the build wrote (index files / manifests), damaged ones included
+        for p in paths:
+            contents = open_shard(str(p))
+            for d in contents.damage:
+                self.damage.report(d)
+            self.refs.extend(contents.refs)
+            lost = sum(d.records for d in contents.damage)
+            self.expected += contents.expected if contents.expected is not None else len(contents.refs) + lost
         if not self.refs:
-            raise ValueError(f"{name}/{split}: shards in {self.folder} hold no samples")
+            raise ValueError(f"{name}/{split}: shards in {self.folder} hold no intact samples")
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def read(self, idx: int) -> Sample | None:
+        """Sample `idx`, or None (reported to `damage`) when its record is damaged."""
+        try:
+            return read_sample(self.refs[idx])
+        except RecordDamaged as err:
+            self.damage.report(err.damage)
+            return None
 
 
 # ---------------------------------------------------------------------------------------------- streams
@@ -272,7 +253,14 @@ class TrainBatches(IterableDataset):
     def _sample(self, slot: int) -> Sample:
         s, idx = self._lookup(slot)
         rng = np.random.default_rng([self.seed, 31, slot])  # per slot: frames and prompts repeat after a resume
-        sample = prepare_sample(read_sample(self.sources[s].refs[idx]), self.num_frames, rng)
+        source = self.sources[s]
+        for step in range(len(source)):  # a damaged record: the next intact one, the same on every rerun
+            sample = source.read((idx + step) % len(source))
+            if sample is not None:
+                break
+        else:
+            raise ValueError(f"{source.name}/{source.split}: every record in {source.folder} is damaged")
+        sample = prepare_sample(sample, self.num_frames, rng)
         if self.prompt_mode != "keep":
             from pixelqa.data.prompts import resample_prompts
 
@@ -307,9 +295,12 @@ class EvalBatches(IterableDataset):
         num_frames: int = 8,
     ) -> None:
         self.num_frames = int(num_frames)
-        refs = [r for s in sources for r in s.refs]
+        self.sources = list(sources)
+        refs = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
         refs = refs[:limit] if limit is not None else refs
         self.refs = refs[rank::world]
+        expected = sum(s.expected for s in self.sources)
+        self.expected = min(expected, limit) if limit is not None else expected  # all processes together
         self.collate = collate
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -323,7 +314,10 @@ class EvalBatches(IterableDataset):
             if b % workers != worker:
                 continue
             chunk = self.refs[b * self.batch_size : (b + 1) * self.batch_size]
-            samples = [prepare_sample(read_sample(r), self.num_frames, None) for r in chunk]
+            read = [self.sources[i].read(j) for i, j in chunk]
+            samples = [prepare_sample(x, self.num_frames, None) for x in read if x is not None]
+            if not samples:
+                continue  # every record of this batch is damaged (each reported)
             with seeded(batch_seed(self.seed, b, salt=1)):
                 yield self.collate(samples)
 
@@ -368,6 +362,7 @@ class ShardDataModule(L.LightningDataModule):
         self.memory_variant = memory_variant
         self.seed = int(seed)
         self._collate = collate
+        self.damage = DamageLog(strict=bool(getattr(data, "strict", False))).share()
         self.train_sources: list[SourceIndex] = []
         self.val_sources: list[SourceIndex] = []
 
@@ -389,9 +384,21 @@ class ShardDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Index the shards of every source."""
         if not self.train_sources and stage in (None, "fit"):
-            self.train_sources = [SourceIndex(self.data.shards, s.name, s.split, s.repeat) for s in self.data.sources]
+            self.train_sources = [
+                SourceIndex(self.data.shards, s.name, s.split, s.repeat, self.damage) for s in self.data.sources
+            ]
         if not self.val_sources:
-            self.val_sources = [SourceIndex(self.data.shards, s.name, s.split) for s in self.data.val_sources]
+            self.val_sources = [
+                SourceIndex(self.data.shards, s.name, s.split, damage=self.damage) for s in self.data.val_sources
+            ]
+
+    def damage_metrics(self) -> dict[str, float]:
+        """{"data/damaged_records": n} (records lost to shard damage, all workers), also logged to the run."""
+        metrics = {"data/damaged_records": float(self.damage.count)}
+        trainer = self.trainer
+        if trainer is not None and trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        return metrics
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

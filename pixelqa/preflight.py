@@ -1,0 +1,99 @@
+"""Preflight: the file-system checks a run can fail, done before it does any work.
+
+An unwritable output folder used to fail only after training had finished; `check_run` tries every place a fit or
+an evaluation will write (output folder, shard root when shards must be built, MLflow store and artifact folder)
+and reads the validation shards, and fails with one line naming the recipe key, the path and what was expected
+(`RecipeError`: the CLIs exit with status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pixelqa.config import RecipeError
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its nearest existing ancestor (the folder a run would create `path` in)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """`path` (a folder, created later if missing) can be written: a probe file is created and removed there."""
+    where = _nearest_existing(Path(path))
+    if not where.is_dir():
+        raise RecipeError(f"{key}={path}: {where} is not a folder; expected a writable folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pixelqa-preflight-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RecipeError(
+            f"{key}={path}: cannot write in {where} ({err.strerror}); expected a writable folder"
+        ) from None
+
+
+def check_tracking(tracking: Any) -> None:
+    """The MLflow store (SQLite file and its folder) and the artifact folder can be written."""
+    if not getattr(tracking, "enabled", True):
+        return
+    from pixelqa.tracking import resolve_uris
+
+    uri, artifacts = resolve_uris(tracking)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        check_writable(db.parent, "tracking.tracking_uri")
+        if db.exists():
+            try:
+                with open(db, "ab"):
+                    pass
+            except OSError as err:
+                raise RecipeError(
+                    f"tracking.tracking_uri={tracking.tracking_uri}: cannot write {db} ({err.strerror}); "
+                    "expected a writable SQLite file"
+                ) from None
+    parsed = urlparse(artifacts)
+    if parsed.scheme == "file":
+        check_writable(Path(unquote(parsed.path)), "tracking.artifact_location")
+
+
+def check_val_shards(data: Any) -> None:
+    """Every validation shard that exists can be opened and indexed (strict: and holds no damage)."""
+    from pixelqa.data.shard_reader import open_shard
+    from pixelqa.train.datamodule import shard_folder
+
+    strict = bool(getattr(data, "strict", False))
+    for i, src in enumerate(data.val_sources):
+        for tar in sorted(shard_folder(data.shards, src.name, src.split).glob("*.tar")):
+            try:
+                contents = open_shard(tar)
+            except OSError as err:
+                raise RecipeError(
+                    f"data.val_sources[{i}] ({src.name}/{src.split}): cannot read {tar} ({err.strerror})"
+                ) from None
+            if strict and contents.damage:
+                raise RecipeError(f"data.strict=true and data.val_sources[{i}] is damaged: {contents.damage[0]}")
+
+
+def check_run(recipe: Any) -> None:
+    """All preflight checks of a fit or an evaluation run of `recipe`."""
+    check_writable(recipe.output_dir, "output_dir")
+    from pixelqa.train.datamodule import SYNTHETIC, shard_folder
+
+    data = recipe.data
+    to_build = [
+        s
+        for s in list(data.sources) + list(data.val_sources)
+        if s.name == SYNTHETIC and not any(shard_folder(data.shards, s.name, s.split).glob("*.tar"))
+    ]
+    if data.build_if_missing and to_build:  # shards are built on first use: their folder must be writable
+        check_writable(data.shards, "data.shards")
+    check_val_shards(data)
+    check_tracking(recipe.tracking)
