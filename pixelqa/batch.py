@@ -31,11 +31,16 @@ class VisualPrompt:
 
 @dataclass
 class MemoryRef:
-    """One <MEM> token: the mask of object `object_id` on frame `frame`, (H, W) bool."""
+    """One <|mem|> token: object `object_id` on the frame pair starting at `frame`.
+
+    mask: (H, W) bool, the union of the pair's masks. cells: optional (h, w) bool mask already on the merged
+    token grid (the released data's `refer_mask` form); when given it is pooled as is.
+    """
 
     object_id: int
     frame: int
-    mask: torch.Tensor
+    mask: torch.Tensor | None
+    cells: torch.Tensor | None = None
 
 
 @dataclass
@@ -77,7 +82,7 @@ class Batch:
             if isinstance(x, VisualPrompt):
                 return VisualPrompt(x.kind, x.frame, x.coords, move(x.mask), x.object_id)
             if isinstance(x, MemoryRef):
-                return MemoryRef(x.object_id, x.frame, move(x.mask))
+                return MemoryRef(x.object_id, x.frame, move(x.mask), move(x.cells))
             return x
 
         return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})

@@ -9,21 +9,24 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-REF = "<REF>"  # placeholder for one visual prompt (point / box / mask) in the user text
-MEM = "<MEM>"  # placeholder for one object-memory feature (one object on one frame)
-SEG = "<SEG>"  # emitted by the model; its last hidden state is decoded into a mask
-SPECIAL_TOKENS: tuple[str, ...] = (REF, MEM, SEG)
+# The released UniPixel token strings (the paper writes <REF>, <MEM>, <SEG>); released ids 151665..151667.
+REF = "<|ref|>"  # placeholder for one visual prompt (point / box / mask) in the user text
+SEG = "<|seg|>"  # emitted by the model; the state that predicts it is decoded into a mask
+MEM = "<|mem|>"  # placeholder for one object-memory feature (one object on one pair of frames)
+RELEASED_TOKEN_IDS = {REF: 151665, SEG: 151666, MEM: 151667}
+# Qwen2.5's default system prompt, which the released model was trained and evaluated with.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+SPECIAL_TOKENS: tuple[str, ...] = (REF, SEG, MEM)  # added in this order: the released ids' order
 
 _OBJECT_ID = re.compile(r"\[(\d+)\]")
 _PREFILL = re.compile(r"\[(\d+)\]\s*" + re.escape(SEG))
-_MEMORY_LINE = re.compile(r"^\[(\d+)\]:((?:\s*<\d+>\s*" + re.escape(MEM) + r")+)\s*$")
-_FRAME_MEM = re.compile(r"<(\d+)>\s*" + re.escape(MEM))
+_PAIR_MEM = re.compile(r"<(\d+)>-<(\d+)>\s*" + re.escape(MEM))
 
 
 def object_tag(object_id: int) -> str:
-    """Text tag of an object in the memory bank, e.g. ``[3]``."""
-    if object_id < 1:
-        raise ValueError(f"object_id: got {object_id}, expected an integer >= 1")
+    """Text tag of an object in the memory bank, e.g. ``[3]`` (ids start at 0, as in the released data)."""
+    if object_id < 0:
+        raise ValueError(f"object_id: got {object_id}, expected an integer >= 0")
     return f"[{object_id}]"
 
 
@@ -35,11 +38,10 @@ def frame_tag(frame: int) -> str:
 
 
 def prefill_answer(object_ids: Sequence[int]) -> str:
-    """The memory pre-filling answer: ids followed by one <SEG> each."""
+    """The memory pre-filling answer as the released model was trained: ``[0] <|seg|> [1] <|seg|>``."""
     if not object_ids:
         return "There are no relevant regions for this question."
-    parts = " ".join(f"{object_tag(i)} {SEG}" for i in object_ids)
-    return f"The relevant regions for this question are {parts}."
+    return " ".join(f"{object_tag(i)} {SEG}" for i in object_ids)
 
 
 def parse_prefill(text: str) -> list[int]:
@@ -57,22 +59,32 @@ def count_ref(text: str) -> int:
     return text.count(REF)
 
 
-def memory_prompt(visible_frames: Mapping[int, Sequence[int]], num_frames: int, kind: str = "video") -> str:
-    """The memory-injection preamble: one line per object with a <MEM> per frame it is visible on.
+def frame_pairs(frames: Sequence[int]) -> list[int]:
+    """Frame-pair indices (frame // 2) of frames, sorted and unique: one <|mem|> per visible pair."""
+    return sorted({f // 2 for f in frames})
 
-    ``visible_frames`` maps object id -> 0-based frame indices where the object has a non-empty mask.
-    An object visible on no frame gets no line at all.
+
+def pair_frames(pair: int, num_frames: int) -> tuple[int, ...]:
+    """The frames of pair `pair` ((2g, 2g + 1); an odd clip's last pair repeats its last frame, as Qwen pads)."""
+    return tuple(f for f in (2 * pair, 2 * pair + 1) if f < num_frames) or (num_frames - 1,)
+
+
+def memory_prompt(visible_frames: Mapping[int, Sequence[int]], num_frames: int, kind: str = "video") -> str:
+    """The memory-injection preamble as released: one line per object, one <|mem|> per visible frame pair.
+
+    Video: ``Here is a video with N frames denoted as <1> to <N>. ...`` then ``[k]: <1>-<2> <|mem|> <3>-<4> <|mem|>``
+    (1-based tags, pairs where the object's mask is non-empty). Image: ``[k]: <|mem|>``. ``visible_frames`` maps
+    object id -> 0-based frames with a non-empty mask; an object visible on no frame gets no line.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames: got {num_frames}, expected >= 1")
-    lines = []
     if kind == "video":
-        lines.append(
+        lines = [
             f"Here is a video with {num_frames} frames denoted as {frame_tag(0)} to {frame_tag(num_frames - 1)}. "
             "The highlighted regions are as follows:"
-        )
+        ]
     else:
-        lines.append("Here is an image. The highlighted regions are as follows:")
+        lines = ["Here is an image with the following highlighted regions:"]
     for obj_id in sorted(visible_frames):
         frames = sorted(set(visible_frames[obj_id]))
         for f in frames:
@@ -81,17 +93,17 @@ def memory_prompt(visible_frames: Mapping[int, Sequence[int]], num_frames: int, 
         if not frames:
             continue
         if kind == "video":
-            body = " ".join(f"{frame_tag(f)} {MEM}" for f in frames)
+            body = " ".join(f"<{2 * g + 1}>-<{2 * g + 2}> {MEM}" for g in frame_pairs(frames))
         else:
-            body = " ".join(MEM for _ in frames)
+            body = MEM
         lines.append(f"{object_tag(obj_id)}: {body}")
     return "\n".join(lines)
 
 
 def parse_memory_prompt(text: str) -> list[tuple[int, int]]:
-    """(object id, 0-based frame) of every <MEM> in a memory preamble, in text order.
+    """(object id, first frame of its pair, 0-based) of every <|mem|> in a memory preamble, in text order.
 
-    Image preambles (``[k]: <MEM>``) give frame 0.
+    Image preambles (``[k]: <|mem|>``) give frame 0.
     """
     refs: list[tuple[int, int]] = []
     for line in text.splitlines():
@@ -100,13 +112,15 @@ def parse_memory_prompt(text: str) -> list[tuple[int, int]]:
         if not m or MEM not in m.group(2):
             continue
         obj_id, body = int(m.group(1)), m.group(2)
-        framed = _FRAME_MEM.findall(body)
-        if framed:
-            refs.extend((obj_id, int(f) - 1) for f in framed)
+        paired = _PAIR_MEM.findall(body)
+        if paired:
+            refs.extend((obj_id, int(a) - 1) for a, _ in paired)
         else:
             refs.extend((obj_id, 0) for _ in range(body.count(MEM)))
     if len(refs) != text.count(MEM):
-        raise ValueError(f"text has {text.count(MEM)} {MEM} tokens but only {len(refs)} sit in '[k]: <t> {MEM}' lines")
+        raise ValueError(
+            f"text has {text.count(MEM)} {MEM} tokens but only {len(refs)} sit in '[k]: <a>-<b> {MEM}' lines"
+        )
     return refs
 
 

@@ -5,9 +5,10 @@ Presets:
   trained on a fixed built-in corpus; everything is deterministic from ``seed``. Pixel budgets are small so
   that a 112 x 112 frame gives 8 x 8 patches = 4 x 4 merged visual tokens.
 - ``unipixel-3b`` / ``unipixel-7b``: weights, tokenizer and processor loaded from ``path`` (a local directory,
-  never the hub). If that directory holds a ``config.json`` but no weight files, or ``random_init=True``, the
-  real-size architecture is built with random weights (GPU benchmarks); the tokenizer/processor then fall back
-  to the tiny offline ones when the directory has none (token ids are then remapped to fit the vocabulary).
+  never the hub): a released UniPixel folder or a Qwen2.5-VL base folder, read by `pixelqa.model.release`. If that
+  directory holds a ``config.json`` but no weight files, or ``random_init=True``, the real-size architecture is
+  built with random weights (GPU benchmarks); the tokenizer/processor then fall back to the tiny offline ones when
+  the directory has none (token ids are then remapped to fit the vocabulary).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|video_pad|>",
 )
 
-# A Qwen-style chat template (no default system prompt, to keep tiny sequences short).
+# A Qwen-style chat template with Qwen's default system prompt (as the released model is trained and run).
 TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -62,6 +65,7 @@ _TINY_CORPUS = (
     "A red circle moves left. A blue square moves right. A green triangle stays still. yes no",
     "Sure, it is a person, a dog, a cat, a car, a ball, a bird on the left, the right, the top, the bottom.",
     "user assistant system 0 1 2 3 4 5 6 7 8 9 A B C D (A) (B) (C) (D) , . ? ! : ; ' \" - ( ) [ ] < >",
+    "You are a helpful assistant. [0] [1] <1>-<2> <3>-<4> <5>-<6> <7>-<8> The best option is (",
 )
 
 TINY_VOCAB_SIZE = 640
@@ -161,11 +165,6 @@ def _torch_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def _has_weights(path: Path) -> bool:
-    """True if a local model directory holds weight files."""
-    return any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.safetensors.index.json"))
-
-
 def build_processor(preset: str = "tiny", path: str | None = None):
     """The processor (tokenizer + image/video processors + chat template) for a preset, before special tokens."""
     if preset not in PRESETS:
@@ -177,9 +176,9 @@ def build_processor(preset: str = "tiny", path: str | None = None):
     if not has_tokenizer:
         # config-only directory (random-init benchmarks): tiny tokenizer, Qwen2.5-VL's real pixel budgets
         return build_tiny_processor(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
-    from transformers import AutoProcessor
+    from pixelqa.model import release
 
-    return AutoProcessor.from_pretrained(str(root), local_files_only=True)
+    return release.build_processor(release.inspect_folder(preset, str(root)))
 
 
 def _check_path(preset: str, path: str | None) -> Path:
@@ -206,7 +205,10 @@ def add_special_tokens(processor) -> dict[str, int]:
 
 def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, random_init: bool = False):
     """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    from pixelqa.model import release
 
     torch_dtype = _torch_dtype(dtype)
     if preset == "tiny":
@@ -215,10 +217,10 @@ def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, 
             model = Qwen2_5_VLForConditionalGeneration(config)
         return model.to(torch_dtype)
     root = _check_path(preset, path)
-    if random_init or not _has_weights(root):
-        config = Qwen2_5_VLConfig.from_pretrained(str(root), local_files_only=True)
-        config._attn_implementation = "sdpa"
-        if tokenizer is not None:
+    folder = release.inspect_folder(preset, str(root))
+    config = release.qwen_config(folder.config)  # from the JSON dict: from_pretrained misreads a release's config
+    if random_init or not folder.weight_map:
+        if tokenizer is not None and not (root / "tokenizer_config.json").exists():
             # a fallback tokenizer has other ids for the media tokens: point the config at the tokenizer's
             config.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
             config.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
@@ -228,9 +230,12 @@ def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, 
         with fork_rng(seed):
             model = Qwen2_5_VLForConditionalGeneration(config)
         return model.to(torch_dtype)
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(root), local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
-    )
+    with no_init_weights():  # every weight is read from the folder next
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch_dtype)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.get_input_embeddings().weight
+    release.load_qwen_weights(model, folder)
+    return model
 
 
 class fork_rng:

@@ -12,18 +12,24 @@ class LoraConfig:
     enabled: bool = False
     rank: int = 128
     alpha: int = 256
-    dropout: float = 0.05
+    dropout: float = 0.1  # as released
     vit: bool = True  # adapt visual.blocks.N.attn.qkv / .proj
     llm: bool = True  # adapt language_model.layers.N.self_attn.{q,k,v,o}_proj
 
 
 @dataclass
 class PromptEncoderConfig:
-    """Sparse (point / box + time) prompt encoder."""
+    """Sparse (point / box + time) prompt encoder.
 
+    kind=released: the released SAM-style encoder (`ref_encoder` + `ref_proj*` + `tem_*`), time normalised by the
+    clip length t / (T - 1). kind=fourier: our first encoder (Fourier features + type embedding, t / max_frames),
+    kept for models trained with it.
+    """
+
+    kind: str = "released"  # released | fourier
     hidden: int = 256  # SAM's prompt width
-    temporal: bool = True  # 1D Fourier embedding of the frame index (ablation: off)
-    max_frames: int = 64  # frame indices are normalised by this before the Fourier embedding
+    temporal: bool = True  # temporal encoding of the prompt's frame (ablation: off)
+    max_frames: int = 64  # kind=fourier only: frame indices are normalised by this
 
 
 @dataclass
@@ -36,6 +42,9 @@ class MaskDecoderConfig:
     checkpoint: str | None = None  # local SAM 2.1 checkpoint (.pt); None = random init
     pred_obj_scores: bool = True
     train_image_encoder: bool = False  # SAM's Hiera image encoder runs without gradients unless True
+    # released: the prompted frame gets SAM's two "not a point" tokens before the <|seg|> tokens; none: ours only
+    prompt_padding: str = "released"  # released | none
+    antialias: bool = True  # frames resized to image_size with antialiasing (as released)
 
 
 @dataclass
@@ -43,18 +52,26 @@ class MemoryConfig:
     """How referred objects reach the LLM (paper Tab. 11b)."""
 
     variant: str = "memory_bank"  # ref_only | ref_seg | ref_seg_pool | memory_bank
+    # window: pool the merger input in Qwen's window order under a raster cell mask (the released behaviour, an
+    # official bug the released weights were trained with); raster: pool the right cells (our fix)
+    pooling: str = "window"  # window | raster | area (our first: area-weighted cells, models trained with it)
 
 
 @dataclass
 class LossConfig:
-    """Loss weights (paper: 1 / 100 / 5 / 5 / 5) and the per-sample object cap for mask losses."""
+    """Loss weights (paper: 1 / 100 / 5 / 5 / 5) and the per-sample object cap for mask losses.
+
+    mask=released: SAM 2's multimask losses as the release trains them (focal + dice of the best of 3 candidates,
+    IoU head on all 3, per object and per frame at SAM's resolution); mask=single: ours (the selected mask only).
+    """
 
     lm: float = 1.0
     focal: float = 100.0
     dice: float = 5.0
     iou: float = 5.0
     objectness: float = 5.0
-    max_objects: int = 5
+    max_objects: int = 5  # drawn at random (seeded per step) when a sample has more
+    mask: str = "released"  # released | single
 
 
 @dataclass
@@ -62,8 +79,13 @@ class UniPixelConfig:
     """Everything needed to build a UniPixel network."""
 
     preset: str = "tiny"  # tiny | unipixel-3b | unipixel-7b
-    path: str | None = None  # local directory of Qwen2.5-VL weights (required unless preset=tiny)
+    # local directory: a released UniPixel folder (model_type pixel_qwen2_5_vl) or a plain Qwen2.5-VL-Instruct
+    # folder (the base for training from scratch); required unless preset=tiny
+    path: str | None = None
     hidden_tokens: int = 2  # L->M tokens per <SEG> (paper Tab. 15: 1/2/4/8)
+    # released: seg_head = RMSNorm -> Linear -> GELU -> Linear on the pre-final-norm state of the position before
+    # each <|seg|>; token: Linear -> GELU -> Linear on the post-norm state of the <|seg|> itself (ours, earlier)
+    seg_head: str = "released"  # released | token
     seed: int = 0  # seed of the tiny preset's random init
     dtype: str = "float32"  # float32 | bfloat16
     gradient_checkpointing: bool = False

@@ -91,3 +91,56 @@ def mask_losses(
     out["n_mask"] = use.sum()
     out["n_obj"] = v.sum()
     return out
+
+
+def released_mask_losses(
+    raw_multi: torch.Tensor,
+    ious_multi: torch.Tensor,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    image_size: int,
+    focal_weight: float = 100.0,
+    dice_weight: float = 5.0,
+) -> dict[str, torch.Tensor]:
+    """One sample's mask losses as the released training computes them (SAM 2's multimask losses).
+
+    raw_multi (K, T, M, h, w) every candidate's logits before object gating; ious_multi (K, T, M); scores (K, T)
+    objectness logits; targets (K, T, H, W) bool; valid (K, T) bool (frame annotated). Candidates and targets are
+    compared at SAM's input resolution (`image_size`). Per frame: focal, dice and IoU-L1 per object and candidate,
+    each divided by the object count K; the candidate with the lowest focal_weight * focal + dice_weight * dice
+    gets the focal and dice loss, the IoU head is trained on all M (their mean); all three only where the object
+    is present; objectness = BCE on every frame. Summed over objects, averaged over the T frames (frames not
+    annotated count as absent from every term). Returns {"focal", "dice", "iou", "objectness"} for the sample.
+    """
+    K, T, M = raw_multi.shape[:3]
+    if targets.shape[:2] != (K, T):
+        raise ValueError(f"seg_masks: got shape {tuple(targets.shape)}, expected ({K}, {T}, H, W)")
+    if valid.shape != (K, T):
+        raise ValueError(f"seg_valid: got shape {tuple(valid.shape)}, expected {(K, T)}")
+    size = (image_size, image_size)
+    # (K, T, M, h, w) -> (K*T, M, S, S): SAM 2 upsamples its low-res logits for the losses
+    x = F.interpolate(raw_multi.float().flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+    t = F.interpolate(targets.float().flatten(0, 1)[:, None], size=size, mode="bilinear", antialias=True) > 0
+    t = t.float().expand_as(x)  # (K*T, M, S, S)
+    prob = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = prob * t + (1 - prob) * (1 - t)
+    focal = ((0.25 * t + 0.75 * (1 - t)) * ce * (1 - p_t) ** 2).flatten(2).mean(-1) / K  # (K*T, M)
+    dice = 1 - (2 * (prob * t).flatten(2).sum(-1) + 1) / (prob.flatten(2).sum(-1) + t.flatten(2).sum(-1) + 1)
+    dice = dice / K
+    pred = (x.detach() > 0).flatten(2)
+    gt = t.flatten(2) > 0
+    actual = (pred & gt).sum(-1).float() / (pred | gt).sum(-1).float().clamp(min=1.0)
+    iou = (ious_multi.float().flatten(0, 1) - actual).abs() / K  # (K*T, M)
+    best = torch.argmin(focal_weight * focal + dice_weight * dice, dim=-1)  # (K*T,)
+    rows = torch.arange(best.shape[0], device=best.device)
+    present = t[:, 0].flatten(1).any(-1).float()  # (K*T,)
+    use = present * valid.flatten().float()
+    objectness = F.binary_cross_entropy_with_logits(scores.float().flatten(), present, reduction="none") / K
+    return {
+        "focal": (focal[rows, best] * use).sum() / T,
+        "dice": (dice[rows, best] * use).sum() / T,
+        "iou": (iou.mean(-1) * use).sum() / T,
+        "objectness": (objectness * valid.flatten().float()).sum() / T,
+    }

@@ -4,6 +4,10 @@ The prompt is a set of sparse prompt embeddings (K, n, 256) per object, e.g. the
 `propagate` decodes them on frame 0 (SAM 2's init-conditioning step) and tracks the objects through the
 later frames with SAM 2's memory attention, all with gradients (training path). `independent` decodes
 every frame from the same tokens with no memory (frames as a batch).
+
+As released: the prompted frame's sparse prompt is SAM's two "not a point" padding tokens followed by the
+<|seg|> tokens (`prompt_padding=released`); frames are resized with antialiasing; masks are gated to "no object"
+(-1024) by the object score only at inference (eval mode), so training losses and memory see the raw logits.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ class DecodedMasks:
     raw: torch.Tensor  # (K, T, h, w) the same logits before the object-score gating (for mask losses)
     ious: torch.Tensor  # (K, T) predicted IoU of the selected mask
     object_scores: torch.Tensor  # (K, T) objectness logits
+    raw_multi: torch.Tensor | None = None  # (K, T, M, h, w) every candidate's raw logits (M = 3 multimask)
+    ious_multi: torch.Tensor | None = None  # (K, T, M) every candidate's predicted IoU
 
 
 class MaskDecoder(nn.Module):
@@ -111,12 +117,17 @@ class MaskDecoder(nn.Module):
         checkpoint: str | None = None,
         pred_obj_scores: bool = True,
         train_image_encoder: bool = False,
+        prompt_padding: str = "released",
+        antialias: bool = True,
     ):
         super().__init__()
         self.train_image_encoder = train_image_encoder
         if mode not in ("propagate", "independent"):
             raise ValueError(f"mask_decoder.mode: got {mode!r}, expected 'propagate' or 'independent'")
+        if prompt_padding not in ("released", "none"):
+            raise ValueError(f"mask_decoder.prompt_padding: got {prompt_padding!r}, expected 'released' or 'none'")
         self.mode, self.image_size = mode, image_size
+        self.prompt_padding, self.antialias = prompt_padding, antialias
         self.sam = build_sam(arch, image_size, checkpoint, pred_obj_scores)
         if not train_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
@@ -132,7 +143,8 @@ class MaskDecoder(nn.Module):
         """(N, 3, H, W) uint8 -> (N, 3, S, S) normalised float, S = image_size."""
         x = frames.float() / 255.0
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
         return (x - self.mean) / self.std
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -170,7 +182,11 @@ class MaskDecoder(nn.Module):
     def _heads(
         self, pix_feat: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None, multimask: bool
     ) -> tuple[torch.Tensor, ...]:
-        """SAM 2's `_forward_sam_heads` with given sparse prompt embeddings (and no mask prompt)."""
+        """SAM 2's `_forward_sam_heads` with given sparse prompt embeddings (and no mask prompt).
+
+        Returns the selected low/high-res logits, IoU, object pointer, object score and raw logits, then every
+        candidate's raw logits (K, M, h, w) and IoUs (K, M).
+        """
         sam = self.sam
         B = pix_feat.shape[0]
         h, w = sam.sam_prompt_encoder.image_embedding_size
@@ -185,14 +201,15 @@ class MaskDecoder(nn.Module):
             high_res_features=high_res,
         )
         raw_multi = low_multi.float()
-        if sam.pred_obj_scores:
-            # as in SAM 2: a frame judged object-free outputs the "no object" score everywhere
+        if sam.pred_obj_scores and not self.training:
+            # as the released inference: a frame judged object-free outputs the "no object" score everywhere
             low_multi = torch.where(obj_logits[:, :, None, None] > 0, low_multi, -1024.0)
         low_multi = low_multi.float()
         high_multi = F.interpolate(
             low_multi, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False
         )
         token = tokens[:, 0]
+        all_ious = ious
         if multimask:
             best = torch.argmax(ious, dim=-1)
             rows = torch.arange(B, device=pix_feat.device)
@@ -209,7 +226,7 @@ class MaskDecoder(nn.Module):
             if sam.fixed_no_obj_ptr:
                 obj_ptr = appear * obj_ptr
             obj_ptr = obj_ptr + (1 - appear) * sam.no_obj_ptr
-        return low, high, ious, obj_ptr, obj_logits, raw
+        return low, high, ious, obj_ptr, obj_logits, raw, raw_multi, all_ious
 
     def _prompted_step(
         self,
@@ -236,9 +253,14 @@ class MaskDecoder(nn.Module):
             num_frames=num_frames,
         )  # (K, C, h, w)
         multimask = sam._use_multimask(True, None)
-        low, high, ious, obj_ptr, obj_logits, raw = self._heads(pix_feat, sparse, high_res, multimask)
+        if self.prompt_padding == "released":
+            sparse = torch.cat([self._padding_tokens(K, pix_feat.device).to(sparse.dtype), sparse], dim=1)
+        low, high, ious, obj_ptr, obj_logits, raw, raw_multi, all_ious = self._heads(
+            pix_feat, sparse, high_res, multimask
+        )
         out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
         out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
+        out["raw_multi"], out["ious_multi"] = raw_multi, all_ious
         sam._encode_memory_in_output(feats, sizes, None, run_mem_encoder, high, obj_logits, out)
         return out
 
@@ -265,7 +287,7 @@ class MaskDecoder(nn.Module):
         if self.mode == "independent":
             return self._independent(features, index, sparse)
         output_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        lows, raws, ious, scores = [], [], [], []
+        lows, raws, ious, scores, multis, multi_ious = [], [], [], [], [], []
         for t in range(T):
             feats, pos = features.select(index[:, t])
             if t == 0:
@@ -282,7 +304,16 @@ class MaskDecoder(nn.Module):
             raws.append(out["raw_masks"][:, 0])
             ious.append(iou)
             scores.append(out["object_score_logits"][:, 0])
-        return DecodedMasks(torch.stack(lows, 1), torch.stack(raws, 1), torch.stack(ious, 1), torch.stack(scores, 1))
+            multis.append(out["raw_multi"])
+            multi_ious.append(out["ious_multi"])
+        return DecodedMasks(
+            torch.stack(lows, 1),
+            torch.stack(raws, 1),
+            torch.stack(ious, 1),
+            torch.stack(scores, 1),
+            torch.stack(multis, 1),
+            torch.stack(multi_ious, 1),
+        )
 
     def _tracked_step(
         self,
@@ -307,20 +338,24 @@ class MaskDecoder(nn.Module):
             num_frames=num_frames,
         )
         multimask = sam._use_multimask(False, None)
-        # no prompt on tracked frames: SAM pads with one "not a point" embedding, exactly as in track_step
-        sparse, _ = sam.sam_prompt_encoder(
-            points=(
-                torch.zeros(K, 1, 2, device=pix_feat.device),
-                -torch.ones(K, 1, dtype=torch.int32, device=pix_feat.device),
-            ),
+        sparse = self._padding_tokens(K, pix_feat.device)  # no prompt on tracked frames, as in track_step
+        low, high, ious, obj_ptr, obj_logits, raw, raw_multi, all_ious = self._heads(
+            pix_feat, sparse, high_res, multimask
+        )
+        out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
+        out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
+        out["raw_multi"], out["ious_multi"] = raw_multi, all_ious
+        sam._encode_memory_in_output(feats, sizes, None, True, high, obj_logits, out)
+        return out
+
+    def _padding_tokens(self, K: int, device: torch.device) -> torch.Tensor:
+        """SAM's sparse tokens for "no point": its padding point plus the encoder's own pad, (K, 2, 256)."""
+        sparse, _ = self.sam.sam_prompt_encoder(
+            points=(torch.zeros(K, 1, 2, device=device), -torch.ones(K, 1, dtype=torch.int32, device=device)),
             boxes=None,
             masks=None,
         )
-        low, high, ious, obj_ptr, obj_logits, raw = self._heads(pix_feat, sparse, high_res, multimask)
-        out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
-        out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
-        sam._encode_memory_in_output(feats, sizes, None, True, high, obj_logits, out)
-        return out
+        return sparse
 
     def _independent(self, features: FrameFeatures, index: torch.Tensor, sparse: torch.Tensor) -> DecodedMasks:
         """Every frame decoded from the same prompt, no memory: frames x objects as one batch."""
@@ -334,7 +369,9 @@ class MaskDecoder(nn.Module):
         raw = out["raw_masks"][:, 0].view(T, K, *out["raw_masks"].shape[-2:]).transpose(0, 1)
         ious = out["ious"][:, 0].view(T, K).transpose(0, 1)
         scores = out["object_score_logits"][:, 0].view(T, K).transpose(0, 1)
-        return DecodedMasks(low, raw, ious, scores)
+        multi = out["raw_multi"].view(T, K, *out["raw_multi"].shape[1:]).transpose(0, 1)
+        multi_ious = out["ious_multi"].view(T, K, -1).transpose(0, 1)
+        return DecodedMasks(low, raw, ious, scores, multi, multi_ious)
 
     def upsample(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(..., h, w) low-res logits -> (..., H, W) at a frame's source size (as SAM2VideoPredictor does)."""

@@ -34,16 +34,30 @@ class MaskToLanguage(nn.Module):
 
 
 class LanguageToMask(nn.Module):
-    """L->M: a <SEG> hidden state (LLM width) -> `num_tokens` SAM prompt tokens of `sam_width`."""
+    """L->M: a <SEG> hidden state (LLM width) -> `num_tokens` SAM prompt tokens of `sam_width`.
 
-    def __init__(self, llm_width: int, num_tokens: int = 2, sam_width: int = 256):
+    norm=True is the released `seg_head`: Qwen's RMSNorm first (it reads the pre-final-norm residual stream), then
+    Linear -> GELU -> Linear; norm=False is the paper's Linear -> GELU -> Linear.
+    """
+
+    def __init__(self, llm_width: int, num_tokens: int = 2, sam_width: int = 256, norm: bool = True, eps: float = 1e-6):
         super().__init__()
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
+
         if num_tokens < 1:
             raise ValueError(f"hidden_tokens: got {num_tokens}, expected >= 1")
         self.num_tokens, self.sam_width = num_tokens, sam_width
-        self.mlp = nn.Sequential(
-            nn.Linear(llm_width, llm_width), nn.GELU(), nn.Linear(llm_width, num_tokens * sam_width)
-        )
+        layers = [Qwen2_5_VLRMSNorm(llm_width, eps=eps)] if norm else []
+        layers += [nn.Linear(llm_width, llm_width), nn.GELU(), nn.Linear(llm_width, num_tokens * sam_width)]
+        self.mlp = nn.Sequential(*layers)
+
+    @torch.no_grad()
+    def init_as_released(self) -> None:
+        """xavier-uniform weights and zero biases on the Linear layers, as the release's training starts."""
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, llm_width) -> (N, num_tokens, sam_width)."""

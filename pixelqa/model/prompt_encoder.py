@@ -1,6 +1,8 @@
-"""Visual prompts -> LLM tokens: the sparse (point / box + time) encoder and dense (mask) pooling.
+"""Visual prompts -> LLM tokens: the sparse (point / box + time) encoders and dense (mask) pooling.
 
 Coordinates are normalised to [0, 1] by the frame size (see `pixelqa.batch.VisualPrompt`).
+`RefPromptEncoder` is the released model's encoder (module names as in the release, so its weights load by name);
+`SparsePromptEncoder` is our first Fourier-feature encoder, kept as `prompt_encoder.kind=fourier`.
 """
 
 from __future__ import annotations
@@ -125,3 +127,98 @@ def masked_pool(
         raise ValueError(f"{where}: empty mask (no foreground pixel); expected at least one True pixel")
     weights = mask_to_grid(mask, grid_hw).flatten().to(features.dtype)  # (h*w,)
     return (weights[:, None] * features).sum(0) / weights.sum()
+
+
+class FourierTime(nn.Module):
+    """1D random Fourier features of a time in [0, 1] -> (..., 2 * num_feats) [sin, cos] (the released tem_pe)."""
+
+    def __init__(self, num_feats: int = 128):
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(1, num_feats))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, 1) times in [0, 1] -> (N, 2 * num_feats), computed in float32."""
+        proj = 2 * math.pi * ((2 * t.float() - 1) @ self.positional_encoding_gaussian_matrix.float())
+        return torch.cat([proj.sin(), proj.cos()], dim=-1)
+
+
+class RefPromptEncoder(nn.Module):
+    """The released `<|ref|>` encoder: points / boxes on a frame -> one LLM-width token each.
+
+    Spatial: a SAM 2 prompt encoder (`ref_encoder`, started from SAM's) embeds the point (+ SAM's padding point)
+    or the box corners (+ padding) at `image_size` pixels: (N, 2 or 3, 256), flattened and projected to 3 * 256
+    by `ref_proj_single` (points) or `ref_proj_double` (boxes). Temporal: Fourier features of t / (T - 1), with
+    T the clip's frame count as the LLM sees it (even-padded), plus `tem_emb`, projected by `tem_proj`.
+    [spatial, temporal] -> `ref_proj` (GELU -> Linear) -> LLM width.
+    """
+
+    def __init__(self, llm_width: int, image_size: int, hidden: int = 256, temporal: bool = True):
+        super().__init__()
+        from sam2.modeling.sam.prompt_encoder import PromptEncoder
+
+        if image_size % 16:
+            raise ValueError(f"mask_decoder.image_size: got {image_size}, expected a multiple of 16")
+        self.image_size, self.temporal = image_size, temporal
+        side = image_size // 16
+        self.ref_encoder = PromptEncoder(
+            embed_dim=hidden,
+            image_embedding_size=(side, side),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        )
+        width = 3 * hidden
+        self.ref_proj_single = nn.Linear(2 * hidden, width)
+        self.ref_proj_double = nn.Linear(3 * hidden, width)
+        self.tem_pe = FourierTime(hidden // 2)
+        self.tem_emb = nn.Embedding(1, hidden)
+        self.tem_proj = nn.Linear(hidden, width)
+        self.ref_proj = nn.Sequential(nn.GELU(), nn.Linear(2 * width, llm_width))
+
+    @torch.no_grad()
+    def init_as_released(self, sam_prompt_encoder: nn.Module) -> None:
+        """Initialise as the release's training does: SAM's prompt-encoder parameters, xavier-uniform projections."""
+        theirs = dict(sam_prompt_encoder.named_parameters())
+        for name, p in self.ref_encoder.named_parameters():
+            if name in theirs and theirs[name].shape == p.shape:
+                p.copy_(theirs[name])
+        for lin in (self.ref_proj_single, self.ref_proj_double, self.tem_proj, self.ref_proj[1]):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(
+        self, kinds: Sequence[str], coords: Sequence[Sequence[float]], frames: Sequence[int], clip_frames: Sequence[int]
+    ) -> torch.Tensor:
+        """Encode N prompts on `frames` of clips with `clip_frames` LLM frames each -> (N, llm_width)."""
+        if not (len(kinds) == len(coords) == len(frames) == len(clip_frames)):
+            raise ValueError(
+                f"kinds/coords/frames/clip_frames: lengths {len(kinds)}/{len(coords)}/{len(frames)}/{len(clip_frames)}"
+            )
+        weight = self.ref_proj_single.weight
+        device, n = weight.device, len(kinds)
+        spatial = torch.zeros(n, weight.shape[0], device=device, dtype=weight.dtype)
+        for kind, proj, check, width in (
+            ("point", self.ref_proj_single, check_point, 2),
+            ("box", self.ref_proj_double, check_box, 4),
+        ):
+            rows = [i for i, k in enumerate(kinds) if k == kind]
+            if not rows:
+                continue
+            for i in rows:
+                check(coords[i], f"prompts[{i}]")
+            xy = torch.tensor([list(coords[i]) for i in rows], dtype=torch.float32, device=device)
+            xy = xy.view(len(rows), width // 2, 2) * self.image_size  # normalised -> SAM input pixels
+            labels = torch.tensor([1] if kind == "point" else [2, 3], dtype=torch.int32, device=device)
+            with torch.autocast(device_type=device.type, enabled=False):
+                tokens, _ = self.ref_encoder(points=(xy, labels.expand(len(rows), -1)), boxes=None, masks=None)
+            spatial = spatial.index_copy(0, torch.tensor(rows, device=device), proj(tokens.flatten(1).to(weight.dtype)))
+        for i, k in enumerate(kinds):
+            if k not in ("point", "box"):
+                raise ValueError(f"prompts[{i}].kind: got {k!r}, expected 'point' or 'box' (masks are dense)")
+        for i, (f, t) in enumerate(zip(frames, clip_frames)):
+            if not 0 <= f < max(t, 1):
+                raise ValueError(f"prompts[{i}].frame: got {f}, expected 0 <= frame < {t} (frames of the clip)")
+        t = torch.tensor([[f / max(c - 1, 1)] for f, c in zip(frames, clip_frames)], device=device)  # (N, 1)
+        temporal = self.tem_proj((self.tem_pe(t) + self.tem_emb.weight.float()).to(weight.dtype))
+        if not self.temporal:
+            temporal = torch.zeros_like(temporal)
+        return self.ref_proj(torch.cat([spatial, temporal], dim=-1))  # (N, 2 * 3 * hidden) -> (N, llm_width)

@@ -1,12 +1,16 @@
 """UniPixel: Qwen2.5-VL + visual prompt tokens + SAM 2.1 mask decoding + an object memory bank.
 
-Token handling in `forward` (one pass, teacher-forced; a second LLM pass for memory.variant=ref_seg_pool):
-- <REF>: replaced by its visual prompt's token (sparse encoder for points/boxes, masked pooling + M->L for masks);
-- <MEM>: replaced by the masked-pooled visual feature of its object on its frame, through M->L;
-- <SEG>: its last-layer (post-norm) hidden state -> L->M -> `hidden_tokens` SAM prompt tokens, decoded on the
-  sample's first frame and propagated to the others by SAM 2's memory.
-The new token rows (input embedding and LM-head row of <REF> <MEM> <SEG>) are our own parameters, so the
-base Qwen weights stay frozen (only LoRA adapts them); the base model's own rows for these ids are unused.
+Token handling in `forward` (one pass, teacher-forced; a second LLM pass for memory.variant=ref_seg_pool), as the
+released model computes it (`docs/departures.md` lists the switches that depart from it):
+- <|ref|>: replaced by its visual prompt's token (the released SAM-style encoder for points/boxes; masked pooling
+  + M->L for masks);
+- <|mem|>: one per object and frame pair, replaced by M->L of the merger input pooled under the pair's binary cell
+  mask (in Qwen's window order, as released; `memory.pooling=raster` pools the right cells);
+- <|seg|>: the pre-final-norm state of the position *before* it -> `seg_head` (L->M) -> `hidden_tokens` SAM prompt
+  tokens, decoded on the sample's first frame and propagated to the others by SAM 2's memory.
+The new token rows (input embedding and LM-head row of the three tokens) are our own parameters, so the base Qwen
+weights can stay frozen (only LoRA adapts them); a released checkpoint's rows are copied into them on load and
+written back on export.
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from pixelqa.model.config import (
     PromptEncoderConfig,
     UniPixelConfig,
 )
-from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses
+from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses, released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
 from pixelqa.model.memory import ObjectMemoryBank, check_variant
 from pixelqa.model.projectors import LanguageToMask, MaskToLanguage
-from pixelqa.model.prompt_encoder import SparsePromptEncoder, masked_pool
+from pixelqa.model.prompt_encoder import RefPromptEncoder, SparsePromptEncoder, masked_pool
 from pixelqa.prompt_format import MEM, REF, SEG
 
 WEIGHTS_FILE = "unipixel.pt"
@@ -57,10 +61,47 @@ class UniPixelOutput:
 
 @dataclass
 class FrameGrid:
-    """Pre-merger visual features of one frame: (h*w, 4*vit_width) in raster order of its (h, w) token grid."""
+    """Pre-merger visual features of one frame: (h*w, 4*vit_width) in raster order of its (h, w) token grid.
+
+    window_index[i] is the raster cell of the i-th row of the merger input in Qwen's window order.
+    """
 
     features: torch.Tensor
     grid_hw: tuple[int, int]
+    window_index: torch.Tensor | None = None
+
+
+CHOICES = {
+    "seg_head": ("released", "token"),
+    "prompt_encoder.kind": ("released", "fourier"),
+    "memory.pooling": ("window", "raster", "area"),
+    "loss.mask": ("released", "single"),
+}
+
+
+def check_choices(cfg: UniPixelConfig) -> None:
+    """Raise on a closed-choice config value outside its choices."""
+    values = {
+        "seg_head": cfg.seg_head,
+        "prompt_encoder.kind": cfg.prompt_encoder.kind,
+        "memory.pooling": cfg.memory.pooling,
+        "loss.mask": cfg.loss.mask,
+    }
+    for key, value in values.items():
+        if value not in CHOICES[key]:
+            raise ValueError(f"model.{key}: got {value!r}, expected one of {CHOICES[key]}")
+
+
+def cell_mask(mask: torch.Tensor, grid_hw: tuple[int, int], patch: int = 14) -> torch.Tensor:
+    """(H, W) mask -> (h, w) bool cells of the merged token grid, as the release pools memory masks.
+
+    The mask is resized (bilinear, antialiased) to the processor's frame size (2h * patch, 2w * patch) and
+    max-pooled over each merged cell (2 * patch px); a cell counts if any of it is covered.
+    """
+    h, w = grid_hw
+    x = mask.float()[None, None]
+    x = F.interpolate(x, size=(2 * h * patch, 2 * w * patch), mode="bilinear", align_corners=False, antialias=True)
+    return F.max_pool2d(x, kernel_size=2 * patch)[0, 0] > 0
 
 
 def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
@@ -91,11 +132,20 @@ class UniPixel(nn.Module):
 
     def __init__(self, cfg: UniPixelConfig, random_init: bool = False):
         super().__init__()
+        from pixelqa.model import release
+
         self.cfg = cfg
         check_variant(cfg.memory.variant)
+        check_choices(cfg)
+        folder = release.inspect_folder(cfg.preset, cfg.path)  # kind of cfg.path: release | base | None
+        self.source = folder
+        if folder is not None and folder.kind == "release":
+            release.apply_release_config(cfg, folder)  # SAM arch / size and hidden tokens come from the release
         self.processor = bb.build_processor(cfg.preset, cfg.path)
         self.tokenizer = self.processor.tokenizer
-        self.token_ids = bb.add_special_tokens(self.processor)  # {"<REF>": id, "<MEM>": id, "<SEG>": id}
+        self.token_ids = bb.add_special_tokens(self.processor)  # {REF: id, MEM: id, SEG: id}
+        if folder is not None and folder.kind == "release":
+            release.check_token_ids(folder, self.token_ids)
         qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init=random_init)
         bb.resize_for_tokens(qwen, self.tokenizer, cfg.seed)
         qwen.requires_grad_(False)
@@ -103,30 +153,46 @@ class UniPixel(nn.Module):
         llm_width = qcfg.text_config.hidden_size
         vit = qcfg.vision_config
         self.merge_unit = vit.spatial_merge_size**2
+        self.patch_size = vit.patch_size
         new_ids = torch.tensor([self.token_ids[t] for t in (REF, MEM, SEG)])
         self.register_buffer("new_ids", new_ids, persistent=False)
+        self.register_buffer("mask_draws", torch.zeros((), dtype=torch.long))  # training steps that drew objects
         self.new_token_embed = nn.Parameter(qwen.get_input_embeddings().weight[new_ids].detach().float().clone())
         self.new_token_head = nn.Parameter(qwen.get_output_embeddings().weight[new_ids].detach().float().clone())
         with bb.fork_rng(cfg.seed + 1):
+            md = cfg.mask_decoder
             self.mask_decoder = MaskDecoder(
-                cfg.mask_decoder.arch,
-                cfg.mask_decoder.image_size,
-                cfg.mask_decoder.mode,
-                cfg.mask_decoder.checkpoint,
-                cfg.mask_decoder.pred_obj_scores,
-                cfg.mask_decoder.train_image_encoder,
+                md.arch,
+                md.image_size,
+                md.mode,
+                md.checkpoint,
+                md.pred_obj_scores,
+                md.train_image_encoder,
+                md.prompt_padding,
+                md.antialias,
             )
             pe = cfg.prompt_encoder
-            self.sparse_prompt_encoder = SparsePromptEncoder(llm_width, pe.hidden, pe.temporal, pe.max_frames)
-            self.sparse_prompt_encoder.init_from_sam(self.mask_decoder.sam.sam_prompt_encoder)
+            sam_prompts = self.mask_decoder.sam.sam_prompt_encoder
+            if pe.kind == "released":
+                self.sparse_prompt_encoder = RefPromptEncoder(llm_width, md.image_size, pe.hidden, pe.temporal)
+                self.sparse_prompt_encoder.init_as_released(sam_prompts)
+            else:
+                self.sparse_prompt_encoder = SparsePromptEncoder(llm_width, pe.hidden, pe.temporal, pe.max_frames)
+                self.sparse_prompt_encoder.init_from_sam(sam_prompts)
             self.m2l = MaskToLanguage(vit.hidden_size * self.merge_unit, llm_width)
             self.m2l.init_from_merger(qwen.model.visual.merger.mlp)
-            self.l2m = LanguageToMask(llm_width, cfg.hidden_tokens, self.mask_decoder.prompt_width)
+            released_head = cfg.seg_head == "released"
+            eps = getattr(qcfg.text_config, "rms_norm_eps", 1e-6)
+            self.l2m = LanguageToMask(llm_width, cfg.hidden_tokens, self.mask_decoder.prompt_width, released_head, eps)
+            if released_head:
+                self.l2m.init_as_released()
         if cfg.lora.enabled:
             lc = cfg.lora
             with bb.fork_rng(cfg.seed + 2):
                 qwen = bb.apply_lora(qwen, lc.rank, lc.alpha, lc.dropout, lc.vit, lc.llm)
         self.backbone = qwen
+        if folder is not None and folder.kind == "release":
+            release.load_release_modules(self, folder)  # seg_head, msk_proj, ref_*, tem_*, sam2
         if cfg.gradient_checkpointing:
             self.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -144,8 +210,15 @@ class UniPixel(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameter groups by role (LoRA, new token rows, prompt encoder, projectors, SAM)."""
         lora = [p for n, p in self.backbone.named_parameters() if "lora_" in n]
+        qwen = self.qwen
+        embeddings = [qwen.get_input_embeddings().weight]
+        if qwen.get_output_embeddings().weight is not embeddings[0]:
+            embeddings.append(qwen.get_output_embeddings().weight)
+        sam_encoder = list(self.mask_decoder.sam.image_encoder.parameters())
         return {
             "backbone_lora": lora,
+            "embeddings": embeddings,  # the full embedding and LM-head matrices (the release trains them in stage 3)
+            "mask_decoder_image_encoder": sam_encoder,
             "new_token_rows": [self.new_token_embed, self.new_token_head],
             "sparse_prompt_encoder": list(self.sparse_prompt_encoder.parameters()),
             "m2l": list(self.m2l.parameters()),
@@ -167,6 +240,8 @@ class UniPixel(nn.Module):
         for g in groups:
             for p in table[g]:
                 p.requires_grad_(True)
+        # SAM's image encoder runs under no_grad unless it is trained (a group of its own)
+        self.mask_decoder.train_image_encoder = "mask_decoder_image_encoder" in groups
 
     # ---- visual features ------------------------------------------------------------------------------------
     def _encode_visual(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
@@ -180,17 +255,35 @@ class UniPixel(nn.Module):
             grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
         )
         pre = visual.merger.ln_q(out.last_hidden_state).view(-1, visual.merger.hidden_size)
-        pre = pre[torch.argsort(window_index.to(pre.device))]  # (N_merged, 4*vit) in raster order
+        window_index = window_index.to(pre.device)
+        pre = pre[torch.argsort(window_index)]  # (N_merged, 4*vit) in raster order
         sizes = (grid_thw.prod(-1) // self.merge_unit).tolist()
         out.pooler_output = torch.split(out.pooler_output, sizes)
-        return out, torch.split(pre, sizes)
+        return out, (torch.split(pre, sizes), torch.split(window_index, sizes))
 
-    def _frame_grids(self, pre: list[torch.Tensor], grid_thw: torch.Tensor, kind: str, index: int) -> list[FrameGrid]:
+    def _frame_grids(self, pre: tuple, grid_thw: torch.Tensor, kind: str, index: int) -> list[FrameGrid]:
         """Per temporal grid step of one media item, its token grid (frames map to step t // temporal_patch)."""
         t, h, w = (int(v) for v in grid_thw[index])
         m = int(self.merge_unit**0.5)
-        feats = pre[index].view(t, (h // m) * (w // m), -1)
-        return [FrameGrid(feats[i], (h // m, w // m)) for i in range(t)]
+        feats_all, windows = pre
+        hw = (h // m) * (w // m)
+        feats = feats_all[index].view(t, hw, -1)
+        # the window index is global over the batch's items and frame-contiguous: make it local to each step
+        win = windows[index].view(t, hw)
+        win = win - win.min(dim=1, keepdim=True).values
+        return [FrameGrid(feats[i], (h // m, w // m), win[i]) for i in range(t)]
+
+    def _clip_frames(self, batch: Batch, media) -> list[int]:
+        """Per sample, its frame count as the LLM sees it: temporal_patch_size x temporal grid steps (even-padded)."""
+        tps = self.qwen.config.vision_config.temporal_patch_size
+        out = []
+        for items in media:
+            steps = 0
+            for kind, idx in items:
+                g = batch.image_grid_thw if kind == "image" else batch.video_grid_thw
+                steps += int(g[idx][0])
+            out.append(tps * max(steps, 1))
+        return out
 
     def _sample_frames(self, batch: Batch, media, visual_pre: dict) -> list[list[FrameGrid]]:
         """Per sample, per source frame, the visual token grid it was encoded into."""
@@ -213,21 +306,44 @@ class UniPixel(nn.Module):
         return out
 
     def _pool(
-        self, grids: list[FrameGrid], frame: int, mask: torch.Tensor, where: str, num_frames: int
+        self,
+        grids: list[FrameGrid],
+        frame: int,
+        mask: torch.Tensor | None,
+        where: str,
+        num_frames: int,
+        cells: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked-pooled pre-merger feature of `mask` on `frame` -> (4*vit,)."""
+        """Masked-pooled merger input under `mask` (or ready token-grid `cells`) on `frame` -> (4*vit,)."""
         if not 0 <= frame < num_frames:
             raise ValueError(f"{where}.frame: got {frame}, expected 0 <= frame < {num_frames} (frames of the sample)")
         if frame >= len(grids):
             raise ValueError(f"{where}.frame: frame {frame} has no visual tokens (sample has {len(grids)} encoded)")
-        if mask is None or mask.dim() != 2:
+        if cells is None and (mask is None or mask.dim() != 2):
             shape = None if mask is None else tuple(mask.shape)
             raise ValueError(f"{where}.mask: got {shape}, expected an (H, W) bool tensor")
         g = grids[frame]
-        return masked_pool(g.features.float(), mask.to(g.features.device), g.grid_hw, where=f"{where}.mask")
+        if self.cfg.memory.pooling == "area" and cells is None:
+            # our first pooling (area-weighted cells), kept for models trained with it
+            return masked_pool(g.features.float(), mask.to(g.features.device), g.grid_hw, where=f"{where}.mask")
+        if cells is None:
+            cells = cell_mask(mask.to(g.features.device), g.grid_hw, self.patch_size)
+        if tuple(cells.shape) != g.grid_hw:
+            raise ValueError(f"{where}.cells: got shape {tuple(cells.shape)}, expected the token grid {g.grid_hw}")
+        flat = cells.to(g.features.device).flatten().bool()
+        if not bool(flat.any()):
+            raise ValueError(f"{where}.mask: empty on the token grid (no covered cell); expected at least one")
+        if self.cfg.memory.pooling == "window":
+            # as released: rows of the window-ordered merger input picked by a raster-ordered cell mask
+            rows = g.window_index[flat]
+        else:
+            rows = flat.nonzero().flatten()
+        return g.features[rows].float().mean(0)
 
     # ---- embeddings -----------------------------------------------------------------------------------------
-    def _input_embeddings(self, batch: Batch, frame_grids: list[list[FrameGrid]]) -> torch.Tensor:
+    def _input_embeddings(
+        self, batch: Batch, frame_grids: list[list[FrameGrid]], clip_frames: list[int]
+    ) -> torch.Tensor:
         """Token embeddings with new-token rows, <REF> prompt tokens and <MEM> memory tokens filled in."""
         ids = batch.input_ids
         emb = self.qwen.get_input_embeddings()(ids).float()  # (B, L, D)
@@ -235,7 +351,7 @@ class UniPixel(nn.Module):
         new_rows = is_new.float() @ self.new_token_embed  # (B, L, D)
         emb = torch.where(is_new.any(-1, keepdim=True), new_rows, emb)
         ref_id, mem_id = self.token_ids[REF], self.token_ids[MEM]
-        sparse_kinds, sparse_coords, sparse_frames, sparse_pos = [], [], [], []
+        sparse_kinds, sparse_coords, sparse_frames, sparse_pos, sparse_clip = [], [], [], [], []
         pooled, pooled_pos = [], []
         for b in range(batch.size):
             T = int(batch.frames[b].shape[0]) if batch.frames else 1
@@ -251,6 +367,7 @@ class UniPixel(nn.Module):
                     sparse_kinds.append(p.kind)
                     sparse_coords.append(tuple(p.coords))
                     sparse_frames.append(p.frame)
+                    sparse_clip.append(clip_frames[b])
                     sparse_pos.append((b, pos))
                 elif p.kind == "mask":
                     pooled.append(self._pool(frame_grids[b], p.frame, p.mask, where, T))
@@ -262,11 +379,14 @@ class UniPixel(nn.Module):
             if len(mem_pos) != len(mems):
                 raise ValueError(f"sample {b}: {len(mem_pos)} {MEM} tokens but {len(mems)} memory refs")
             for j, (m, pos) in enumerate(zip(mems, mem_pos)):
-                pooled.append(self._pool(frame_grids[b], m.frame, m.mask, f"memory[{b}][{j}]", T))
+                pooled.append(self._pool(frame_grids[b], m.frame, m.mask, f"memory[{b}][{j}]", T, m.cells))
                 pooled_pos.append((b, pos))
         values, positions = [], []
         if sparse_pos:
-            values.append(self.sparse_prompt_encoder(sparse_kinds, sparse_coords, sparse_frames))
+            if isinstance(self.sparse_prompt_encoder, RefPromptEncoder):
+                values.append(self.sparse_prompt_encoder(sparse_kinds, sparse_coords, sparse_frames, sparse_clip))
+            else:
+                values.append(self.sparse_prompt_encoder(sparse_kinds, sparse_coords, sparse_frames))
             positions += sparse_pos
         if pooled_pos:
             values.append(self.m2l(torch.stack(pooled)))  # (N, 4*vit) -> (N, D)
@@ -309,15 +429,17 @@ class UniPixel(nn.Module):
                 batch.pixel_values_videos, batch.video_grid_thw
             )
         frame_grids = self._sample_frames(batch, media, visual_pre)
-        emb = self._input_embeddings(batch, frame_grids)
-        hidden = self._run_llm(batch, emb, enc_outputs)  # (B, L, D), after the final norm
+        emb = self._input_embeddings(batch, frame_grids, self._clip_frames(batch, media))
+        hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)  # (B, L, D) after / before the final norm
         pooled_segs = self._prompt_seg_positions(batch) if self.cfg.memory.variant == "ref_seg_pool" else {}
-        masks, ious, scores, sums, picks = self._decode_segs(batch, hidden, decode_masks, pooled_segs)
+        masks, ious, scores, sums, picks = self._decode_segs(
+            batch, self._seg_states(hidden, pre_norm), decode_masks, pooled_segs
+        )
         if pooled_segs:
             # ref_seg_pool: a second LLM pass whose prompt-side <SEG> inputs also carry the M->L pooled feature
             # of the mask just predicted for them; the answer (logits, LM loss) comes from this pass
             emb = self._add_pooled_masks(emb, frame_grids, masks, picks, pooled_segs)
-            hidden = self._run_llm(batch, emb, enc_outputs)
+            hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)
         logits = qwen.lm_head(hidden)
         new_logits = hidden.float() @ self.new_token_head.t()  # (B, L, 3)
         # in place: Linear's backward does not need its output, and a (B, L, V) copy is large for real vocabularies
@@ -340,20 +462,40 @@ class UniPixel(nn.Module):
         )
         return UniPixelOutput(total, losses, logits, masks, ious, scores)
 
-    def _run_llm(self, batch: Batch, emb: torch.Tensor, enc_outputs: dict) -> torch.Tensor:
-        """Qwen's LLM on our input embeddings (media features scattered by Qwen itself) -> (B, L, D) hidden."""
-        out = self.qwen.model(
-            input_ids=batch.input_ids,
-            inputs_embeds=emb.to(self.llm_dtype),
-            attention_mask=batch.attention_mask,
-            mm_token_type_ids=batch.mm_token_type_ids,
-            image_grid_thw=batch.image_grid_thw,
-            video_grid_thw=batch.video_grid_thw,
-            second_per_grid_ts=batch.second_per_grid_ts,
-            mm_encoder_outputs=enc_outputs or None,
-            use_cache=False,
-        )
-        return out.last_hidden_state
+    def _run_llm(self, batch: Batch, emb: torch.Tensor, enc_outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qwen's LLM on our input embeddings (media features scattered by Qwen itself).
+
+        Returns the (B, L, D) states after the final norm and the last layer's residual stream before it (what the
+        released `seg_head` reads), the latter caught by a pre-hook on the norm.
+        """
+        caught: list[torch.Tensor] = []
+        norm = self.qwen.model.language_model.norm
+        handle = norm.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+        try:
+            out = self.qwen.model(
+                input_ids=batch.input_ids,
+                inputs_embeds=emb.to(self.llm_dtype),
+                attention_mask=batch.attention_mask,
+                mm_token_type_ids=batch.mm_token_type_ids,
+                image_grid_thw=batch.image_grid_thw,
+                video_grid_thw=batch.video_grid_thw,
+                second_per_grid_ts=batch.second_per_grid_ts,
+                mm_encoder_outputs=enc_outputs or None,
+                use_cache=False,
+            )
+        finally:
+            handle.remove()
+        return out.last_hidden_state, caught[-1]
+
+    def _seg_states(self, hidden: torch.Tensor, pre_norm: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) states whose row at a <|seg|> position feeds its mask.
+
+        Released: the pre-norm state of the position before each <|seg|> (the one that predicts it), shifted so it
+        sits at the <|seg|>'s own position; seg_head=token: the post-norm state of the <|seg|> itself.
+        """
+        if self.cfg.seg_head != "released":
+            return hidden
+        return torch.cat([pre_norm[:, :1], pre_norm[:, :-1]], dim=1)
 
     def _prompt_seg_positions(self, batch: Batch) -> dict[int, dict[int, int]]:
         """Per sample, {position of a <SEG> right after a <REF>: that prompt's frame} (ref_seg_pool)."""
@@ -402,6 +544,10 @@ class UniPixel(nn.Module):
         """
         seg_id = self.token_ids[SEG]
         cap = self.cfg.loss.max_objects if self.training else None
+        if cap is not None:
+            # a seeded draw per training step, counted in a checkpointed buffer so a resumed run draws the same
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + int(self.mask_draws))
+            self.mask_draws += 1
         picks = []
         for b in range(batch.size):
             pos = (batch.input_ids[b] == seg_id).nonzero().flatten().tolist()
@@ -410,7 +556,10 @@ class UniPixel(nn.Module):
                 raise ValueError(
                     f"sample {b}: {len(pos)} {SEG} tokens but seg_masks has {batch.seg_masks[b].shape[0]} objects"
                 )
-            chosen = (pos[:cap] if cap is not None else pos) if decode else []
+            if cap is not None and len(pos) > cap:
+                keep = torch.randperm(len(pos), generator=gen)[:cap].sort().values.tolist()  # as released: random
+                pos = [pos[i] for i in keep]
+            chosen = pos if decode else []
             extra = [p for p in always.get(b, {}) if p not in chosen]
             picks.append(sorted(chosen + extra) if extra else chosen)
         return picks
@@ -444,7 +593,14 @@ class UniPixel(nn.Module):
             for b in group:
                 k = len(picks[b])
                 part = slice(at, at + k)
-                decoded[b] = DecodedMasks(dec.low_res[part], dec.raw[part], dec.ious[part], dec.object_scores[part])
+                decoded[b] = DecodedMasks(
+                    dec.low_res[part],
+                    dec.raw[part],
+                    dec.ious[part],
+                    dec.object_scores[part],
+                    dec.raw_multi[part] if dec.raw_multi is not None else None,
+                    dec.ious_multi[part] if dec.ious_multi is not None else None,
+                )
                 at += k
         return decoded
 
@@ -482,8 +638,23 @@ class UniPixel(nn.Module):
                 valid = batch.seg_valid[b][rows] if batch.seg_valid else torch.ones(k, T, dtype=torch.bool)
                 # losses on the logits before SAM's hard "no object" gating, so masks learn even where the
                 # (still untrained) object score says absent; objectness is trained by its own loss
-                raw = self.mask_decoder.upsample(dec.raw, (H, W))
-                part = mask_losses(raw, tgt, valid.to(full.device), dec.ious, dec.object_scores)
+                if self.cfg.loss.mask == "released":
+                    w = self.cfg.loss
+                    part = released_mask_losses(
+                        dec.raw_multi,
+                        dec.ious_multi,
+                        dec.object_scores,
+                        tgt,
+                        valid.to(full.device),
+                        self.mask_decoder.image_size,
+                        w.focal,
+                        w.dice,
+                    )
+                    # per-sample losses, averaged over the samples with masks (as released)
+                    part["n_mask"] = part["n_obj"] = torch.ones((), device=hidden.device)
+                else:
+                    raw = self.mask_decoder.upsample(dec.raw, (H, W))
+                    part = mask_losses(raw, tgt, valid.to(full.device), dec.ious, dec.object_scores)
                 sums = {key: value + part[key] for key, value in sums.items()}
         return masks, ious, scores, sums, picks
 
@@ -562,8 +733,26 @@ class UniPixel(nn.Module):
         return model
 
 
+# Values of the switches added with the released-model structure that a config saved before them implies.
+LEGACY_SWITCHES = {
+    ("seg_head",): "token",
+    ("prompt_encoder", "kind"): "fourier",
+    ("memory", "pooling"): "area",
+    ("mask_decoder", "prompt_padding"): "none",
+    ("mask_decoder", "antialias"): False,
+    ("loss", "mask"): "single",
+}
+
+
 def config_from_dict(d: dict) -> UniPixelConfig:
-    """UniPixelConfig from its `asdict` form."""
+    """UniPixelConfig from its `asdict` form; a config saved before the released structure keeps its blocks."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    if "seg_head" not in d:
+        for path, value in LEGACY_SWITCHES.items():
+            node = d
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node.setdefault(path[-1], value)
     sub = {
         "lora": LoraConfig,
         "prompt_encoder": PromptEncoderConfig,

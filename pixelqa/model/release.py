@@ -1,0 +1,317 @@
+"""The released UniPixel checkpoint format: read a folder directly, map its names to ours, write it back.
+
+A released folder (PolyU-ChenLab/UniPixel-3B / -7B) holds `config.json` with `model_type: pixel_qwen2_5_vl` (the
+Qwen2.5-VL keys flat at the top level plus `text_config` / `vision_config` and UniPixel's `sam2_*` and token-id
+fields), `model.safetensors` or shards with `model.safetensors.index.json`, and the tokenizer / processor files.
+Tensor names are transformers 4.x Qwen names (`model.layers.*`, `model.embed_tokens`, `model.norm`, `visual.*`,
+`lm_head.weight` only when untied) and UniPixel's modules (`seg_head`, `msk_proj`, `ref_encoder`, `ref_proj*`,
+`tem_*`, `sam2.*` with the memory fuser's `gamma` saved as `weight`). A plain Qwen2.5-VL-Instruct folder
+(`model_type: qwen2_5_vl`) is read the same way as the base for training from scratch.
+
+The config is built from the JSON dict: transformers 5.x `from_pretrained(folder)` misreads this config silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RELEASE_TYPE = "pixel_qwen2_5_vl"
+BASE_TYPE = "qwen2_5_vl"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# UniPixel module prefixes of the release -> ours (inside UniPixel)
+MODULE_PREFIXES = {
+    "seg_head.": "l2m.mlp.",
+    "msk_proj.": "m2l.mlp.",
+    "ref_encoder.": "sparse_prompt_encoder.ref_encoder.",
+    "ref_proj_single.": "sparse_prompt_encoder.ref_proj_single.",
+    "ref_proj_double.": "sparse_prompt_encoder.ref_proj_double.",
+    "ref_proj.": "sparse_prompt_encoder.ref_proj.",
+    "tem_pe.": "sparse_prompt_encoder.tem_pe.",
+    "tem_emb.": "sparse_prompt_encoder.tem_emb.",
+    "tem_proj.": "sparse_prompt_encoder.tem_proj.",
+    "sam2.": "mask_decoder.sam.",
+}
+SAM_ARCHS = {
+    "configs/sam2.1_hiera_b+": "hiera_b+",
+    "configs/sam2.1_hiera_t": "hiera_t",
+    "configs/sam2.1_hiera_s": "hiera_s",
+    "configs/sam2.1_hiera_l": "hiera_l",
+    "configs/sam2.1_hiera_micro": "micro",
+}
+TOKEN_KEYS = {"ref_token_id": "<|ref|>", "seg_token_id": "<|seg|>", "mem_token_id": "<|mem|>"}
+
+
+class ReleaseError(ValueError):
+    """A model folder that cannot be read: names the file and the key."""
+
+
+@dataclass
+class ModelFolder:
+    """A local model folder as found on disk."""
+
+    kind: str  # "release" | "base"
+    root: Path
+    config: dict
+    weight_map: dict[str, str] = field(default_factory=dict)  # tensor name -> file name (empty: config only)
+
+    def file(self, name: str) -> Path:
+        """Path of a file in the folder."""
+        return self.root / name
+
+
+def read_config(root: Path) -> dict:
+    """config.json of a folder, with a clear error when missing or not JSON."""
+    path = root / "config.json"
+    if not path.is_file():
+        raise ReleaseError(f"{path}: missing; a model folder needs config.json (nothing is fetched from the hub)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+
+
+def weight_map(root: Path) -> dict[str, str]:
+    """Tensor name -> safetensors file, from the shard index or the single file (checked to exist)."""
+    from safetensors import safe_open
+
+    index = root / INDEX_FILE
+    if index.is_file():
+        try:
+            mapping = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ReleaseError(f"{index}: expected JSON with a 'weight_map' object ({exc})") from None
+        for name in sorted(set(mapping.values())):
+            if not (root / name).is_file():
+                key = next(k for k, v in mapping.items() if v == name)
+                raise ReleaseError(f"{index}: shard {name!r} (holding {key!r}) is missing from {root}")
+        return dict(mapping)
+    single = root / SINGLE_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {k: SINGLE_FILE for k in f.keys()}
+    return {}
+
+
+def inspect_folder(preset: str, path: str | None) -> ModelFolder | None:
+    """The kind of the folder a model config names (None for the tiny preset without a path)."""
+    if path is None:
+        return None
+    root = Path(path)
+    if not root.is_dir():
+        raise ReleaseError(f"model.path: {path!r} is not a local directory (preset={preset!r})")
+    config = read_config(root)
+    model_type = config.get("model_type")
+    if model_type == RELEASE_TYPE:
+        kind = "release"
+    elif model_type == BASE_TYPE:
+        kind = "base"
+    else:
+        raise ReleaseError(
+            f"{root / 'config.json'}: model_type={model_type!r}; expected {RELEASE_TYPE!r} (a released UniPixel) "
+            f"or {BASE_TYPE!r} (a Qwen2.5-VL base)"
+        )
+    mapping = weight_map(root)
+    if kind == "release" and not mapping:
+        raise ReleaseError(f"{root}: a released UniPixel folder without {SINGLE_FILE} or {INDEX_FILE}")
+    return ModelFolder(kind, root, config, mapping)
+
+
+def qwen_config(config: dict, attn: str = "sdpa"):
+    """A transformers `Qwen2_5_VLConfig` built from a config.json dict (release or base)."""
+    from transformers import Qwen2_5_VLConfig
+
+    keep = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")}
+    # the release omits tie_word_embeddings when true (3B) and writes false with an lm_head (7B)
+    keep["tie_word_embeddings"] = bool(config.get("tie_word_embeddings", True))
+    cfg = Qwen2_5_VLConfig(**keep)
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def qwen_key(name: str) -> str | None:
+    """Our transformers-5 Qwen name of a checkpoint tensor (old or new naming); None for UniPixel modules."""
+    if name.startswith("model.language_model.") or name.startswith("model.visual."):
+        return name
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model.") :]
+    if name.startswith("visual."):
+        return "model." + name
+    if name == "lm_head.weight":
+        return name
+    return None
+
+
+def release_key(ours: str) -> str | None:
+    """The released name of one of our UniPixel module tensors (None if it has no released counterpart)."""
+    for theirs, mine in MODULE_PREFIXES.items():
+        if ours.startswith(mine):
+            rest = ours[len(mine) :]
+            if theirs == "sam2.":
+                rest = _fuser_name(rest, to_release=True)
+            return theirs + rest
+    return None
+
+
+def _fuser_name(name: str, to_release: bool) -> str:
+    """SAM's memory-fuser scale: `gamma` in sam2, `weight` in the release."""
+    if name.startswith("memory_encoder.fuser.layers."):
+        if to_release and name.endswith(".gamma"):
+            return name[: -len("gamma")] + "weight"
+        if not to_release and name.endswith(".weight") and name.count(".") == 4:
+            return name[: -len("weight")] + "gamma"
+    return name
+
+
+def our_key(theirs: str) -> str | None:
+    """Our UniPixel name of a released module tensor (None for Qwen tensors)."""
+    for prefix, mine in MODULE_PREFIXES.items():
+        if theirs.startswith(prefix):
+            rest = theirs[len(prefix) :]
+            if prefix == "sam2.":
+                rest = _fuser_name(rest, to_release=False)
+            return mine + rest
+    return None
+
+
+def read_tensors(folder: ModelFolder, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors, file by file (one open per shard)."""
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = {}
+    for n in names:
+        by_file.setdefault(folder.weight_map[n], []).append(n)
+    out = {}
+    for fname, keys in by_file.items():
+        with safe_open(str(folder.file(fname)), framework="pt") as f:
+            for k in keys:
+                out[k] = f.get_tensor(k)
+    return out
+
+
+def _copy_into(params: dict[str, torch.Tensor], tensors: dict[str, tuple[str, torch.Tensor]], folder: ModelFolder):
+    """Copy checkpoint tensors into our parameters/buffers, checking every shape against ours."""
+    with torch.no_grad():
+        for ours, (theirs, value) in tensors.items():
+            target = params[ours]
+            if tuple(target.shape) != tuple(value.shape):
+                raise ReleaseError(
+                    f"{folder.file(folder.weight_map[theirs])}: {theirs!r} has shape {tuple(value.shape)}, the model "
+                    f"built from {folder.file('config.json')} expects {tuple(target.shape)}"
+                )
+            target.copy_(value.to(target.dtype))
+
+
+def load_qwen_weights(qwen: nn.Module, folder: ModelFolder) -> None:
+    """Load the Qwen part of a release / base folder into a freshly built transformers model (strict)."""
+    params = dict(qwen.state_dict(keep_vars=True))
+    names = [n for n in folder.weight_map if qwen_key(n) is not None]
+    tied = qwen.get_output_embeddings().weight is qwen.get_input_embeddings().weight
+    wanted = {}
+    for n in names:
+        ours = qwen_key(n)
+        if ours not in params:
+            raise ReleaseError(f"{folder.file(folder.weight_map[n])}: unexpected tensor {n!r} for this config")
+        if tied and ours == "lm_head.weight":
+            continue  # tied: the embedding matrix is the head
+        wanted[ours] = n
+    expected = {k for k in params if not (tied and k == "lm_head.weight")}
+    missing = sorted(expected - set(wanted))
+    if missing:
+        where = folder.file(INDEX_FILE if (folder.root / INDEX_FILE).is_file() else SINGLE_FILE)
+        raise ReleaseError(f"{where}: no entry for {missing[0]!r} (and {len(missing) - 1} more) of the Qwen model")
+    loaded = read_tensors(folder, list(wanted.values()))
+    _copy_into(params, {ours: (n, loaded[n]) for ours, n in wanted.items()}, folder)
+
+
+def apply_release_config(cfg, folder: ModelFolder) -> None:
+    """Set what the release fixes (SAM arch / size, hidden tokens, released blocks) on a UniPixelConfig."""
+    c = folder.config
+    where = folder.file("config.json")
+    sam_config = c.get("sam2_config")
+    if sam_config not in SAM_ARCHS:
+        raise ReleaseError(f"{where}: sam2_config={sam_config!r}; expected one of {sorted(SAM_ARCHS)}")
+    cfg.mask_decoder.arch = SAM_ARCHS[sam_config]
+    cfg.mask_decoder.image_size = int(c.get("sam2_image_size", 1024))
+    cfg.mask_decoder.mode = "independent" if c.get("sam2_batch_mode") else "propagate"
+    cfg.mask_decoder.checkpoint = None  # SAM's weights are in the release
+    cfg.hidden_tokens = int(c.get("sam2_hidden_tokens", 2))
+    # the released blocks, whatever the preset says: our corrections are off when loading a release
+    cfg.seg_head = "released"
+    cfg.prompt_encoder.kind = "released"
+    cfg.mask_decoder.prompt_padding = "released"
+    cfg.mask_decoder.antialias = True
+    if cfg.memory.pooling == "area":
+        cfg.memory.pooling = "window"
+
+
+def check_token_ids(folder: ModelFolder, token_ids: dict[str, int]) -> None:
+    """The tokenizer's ids of the three tokens must be the ones the release's config records."""
+    for key, token in TOKEN_KEYS.items():
+        want = folder.config.get(key)
+        if want is None:
+            raise ReleaseError(f"{folder.file('config.json')}: missing {key!r} (the id of {token})")
+        if token_ids.get(token) != want:
+            raise ReleaseError(
+                f"{folder.file('config.json')}: {key}={want} but the folder's tokenizer maps {token} to "
+                f"{token_ids.get(token)}; tokenizer and weights do not belong together"
+            )
+
+
+def load_release_modules(model: nn.Module, folder: ModelFolder) -> None:
+    """Load a release's UniPixel modules (seg_head, msk_proj, ref_*, tem_*, sam2) into our UniPixel (strict)."""
+    params = dict(model.state_dict(keep_vars=True))
+    wanted: dict[str, str] = {}
+    for theirs in folder.weight_map:
+        if qwen_key(theirs) is not None:
+            continue
+        ours = our_key(theirs)
+        if ours is None or ours not in params:
+            raise ReleaseError(
+                f"{folder.file(folder.weight_map[theirs])}: unexpected tensor {theirs!r} (not a UniPixel module of "
+                f"this build: seg_head={model.cfg.seg_head}, prompt_encoder.kind={model.cfg.prompt_encoder.kind})"
+            )
+        wanted[ours] = theirs
+    expected = [k for k in params if release_key(k) is not None]
+    missing = [k for k in expected if k not in wanted]
+    if missing:
+        raise ReleaseError(
+            f"{folder.root}: no tensor {release_key(missing[0])!r} (and {len(missing) - 1} more) "
+            "in the released weights"
+        )
+    loaded = read_tensors(folder, list(wanted.values()))
+    _copy_into(params, {ours: (t, loaded[t]) for ours, t in wanted.items()}, folder)
+
+
+def build_processor(folder: ModelFolder):
+    """The Qwen2.5-VL processor of a folder, built from its parts (AutoProcessor returns only the tokenizer here).
+
+    Resizing is switched on (the release saves do_resize=false because its loader resizes frames beforehand), so
+    media of any size enter within the folder's pixel budget.
+    """
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    root = folder.root
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):
+        if not (root / name).is_file():
+            raise ReleaseError(f"{root / name}: missing; the folder's tokenizer and processor are needed")
+    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    image_processor = Qwen2VLImageProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
+    if (root / "video_preprocessor_config.json").is_file():
+        video_processor = Qwen2VLVideoProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
+    else:
+        video_processor = Qwen2VLVideoProcessor(size=dict(image_processor.size), do_sample_frames=False)
+    template_file = root / "chat_template.jinja"
+    template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise ReleaseError(f"{template_file}: missing, and the tokenizer has no chat template either")
+    tokenizer.chat_template = template
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
+    )
