@@ -9,6 +9,9 @@ mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe
 mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
                                           build every source of the mixture (resumable), write its spec
 sources / cards                           list registered converters / dataset cards
+
+build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`: --num-nodes N array tasks
+and a final verify job (see docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -155,7 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     m.set_defaults(fn=_mixture)
     sub.add_parser("sources", help="list registered converters").set_defaults(fn=_sources)
     sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)
+    from pixelqa.launch.shard_jobs import launch_shard_build, launcher_args_of
+
+    launcher_argv, argv = launcher_args_of(sys.argv[1:] if argv is None else list(argv))
     args = p.parse_args(argv)
+    if launcher_argv and args.command in ("build", "mixture") and launch_shard_build(args, argv, launcher_argv):
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pixelqa.data.shard_reader import ShardDamageError
     from pixelqa.data.shards import BuildLocked

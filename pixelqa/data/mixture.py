@@ -220,3 +220,40 @@ def write_mixture_spec(name: str, entries: list[MixtureEntry], out: str | Path) 
     path = out / f"mixture-{name}.json"
     write_text_atomic(path, json.dumps(spec, indent=1))
     return path
+
+
+def verify_shards(
+    entries: list[MixtureEntry], out: str | Path, num_nodes: int = 1, allow_missing: bool = False
+) -> list[str]:
+    """Problems with the built shards of `entries` (empty when sound): every node's manifest is there, built for
+    this partition, and every shard it lists exists with its size and SHA-256; no shard file listed twice.
+
+    With `allow_missing`, a source with no manifest at all (skipped by `--on-error skip`) is not a problem.
+    """
+    from pixelqa.data.shards import manifest_name, sha256_file, shard_dir
+
+    problems: list[str] = []
+    for e in entries:
+        folder = shard_dir(Path(out), e.name, e.split)
+        names = [manifest_name(r, num_nodes) for r in range(num_nodes)]
+        present = [n for n in names if (folder / n).is_file()]
+        if not present and allow_missing:
+            continue
+        missing = [n for n in names if n not in present]
+        problems += [f"{e.name}/{e.split}: no {n} (that node's build did not finish)" for n in missing]
+        seen: dict[str, str] = {}
+        for name in present:
+            manifest = json.loads((folder / name).read_text())
+            config = manifest.get("config", {})
+            if config.get("num_nodes") != num_nodes:
+                problems.append(f"{e.name}/{e.split}/{name}: built for num_nodes={config.get('num_nodes')}")
+            for shard in manifest.get("shards", []):
+                path = folder / shard["name"]
+                if shard["name"] in seen:
+                    problems.append(f"{path}: listed by {seen[shard['name']]} and {name}")
+                seen[shard["name"]] = name
+                if not path.is_file():
+                    problems.append(f"{path}: missing (listed by {name})")
+                elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+                    problems.append(f"{path}: size or SHA-256 differs from {name}")
+    return problems
