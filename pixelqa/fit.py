@@ -6,13 +6,19 @@ shards built on first use, 2 CPU cores, a few minutes). Each recipe's header sho
     python -m pixelqa.fit recipe=stage1                           # demo, stage 1
     python -m pixelqa.fit recipe=stage2 init_from=runs/stage1     # stage 2 from stage 1's last checkpoint
     python -m pixelqa.fit recipe=stage3 ckpt=last                 # resume runs/stage3 (same MLflow run)
+    python -m pixelqa.fit recipe=stage3 --print-config            # print the resolved recipe and exit
 
-Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflow child of that parent.
-The last lines printed are the final metrics, one `name: value` per line.
+Checkpoints are written during training (`trainer.checkpoint_every_n_steps`, by default a fifth of the run) and at
+the end; Ctrl-C prints the command that resumes. At the end the run prints its final metrics (one `name: value`
+per line after `==== PixelQA fit summary ====`), then where the checkpoint, the overlays and the MLflow store are,
+with the `mlflow ui` command that shows them. Grid runners call `run(args, parent_run_id=...)`: the run becomes an
+MLflow child of that parent.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ import torch
 from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_config, run_cli, to_object
 
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
+PRINT_CONFIG = "--print-config"
 
 
 def world_size(trainer_cfg: Any) -> int:
@@ -184,6 +191,55 @@ def metrics_of(trainer: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def python_command() -> str:
+    """How to call this interpreter from the working directory: `.venv/bin/python` for a venv below it, else python."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return "python"
+
+
+def fit_command(args: list[str], *extra: str, module: str = "pixelqa.fit") -> str:
+    """The shell command that runs `module` (a recipe CLI) with `args` (any `ckpt=` dropped) and `extra`."""
+    kept = [a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG]
+    return shlex.join([python_command(), "-m", module, *kept, *extra])
+
+
+def resume_hint(args: list[str]) -> str:
+    """What to type after an interrupted run: resume from its last checkpoint, or start again if it has none."""
+    try:
+        out = Path(str(load_recipe([a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG]).output_dir))
+    except RecipeError:
+        return f"interrupted. Run again with: {fit_command(args)}"
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"interrupted. Resume from its last checkpoint ({last}) with:\n  {fit_command(args, 'ckpt=last')}"
+    return f"interrupted before the first checkpoint. Start again with:\n  {fit_command(args)}"
+
+
+def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Path]) -> str:
+    """Where a finished run left its results: checkpoint, overlays, MLflow store, and the `mlflow ui` command."""
+    from pixelqa import tracking
+
+    out = Path(recipe.output_dir).resolve()
+    lines = ["", "==== PixelQA fit results ====", f"checkpoint: {out / 'checkpoints' / 'last.ckpt'}"]
+    if overlays:
+        lines.append(
+            f"overlays:   {overlays[-1].parent.resolve()}  (ground truth | prediction, PNG per image, GIF per video)"
+        )
+    if logger is not None:
+        uri, artifacts = tracking.resolve_uris(recipe.tracking)
+        lines += [
+            f"MLflow:     store {uri}, experiment {recipe.tracking.experiment!r}, run {logger.run_id}",
+            f"            artifacts {artifacts}; J&F is the metric 0_J_and_F (also val/J_and_F)",
+            f"view:       mlflow ui --backend-store-uri {uri}",
+            f"            then open http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
+        ]
+    lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', module='pixelqa.evaluate')}")
+    return "\n".join(lines)
+
+
 def print_summary(metrics: dict[str, float]) -> None:
     """The final metrics, one `name: value` per line, validation metrics last (headline last: J&F, QA accuracy)."""
     order = sorted(metrics, key=lambda k: (k.startswith("val/"), k in ("val/J&F", "val/qa_acc"), k))
@@ -193,28 +249,36 @@ def print_summary(metrics: dict[str, float]) -> None:
 
 
 def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
-    """Train one stage from command-line style args; returns the final metrics (val/J&F, val/qa_acc, ...)."""
+    """Train one stage from command-line style args; returns the final metrics (val/J&F, val/qa_acc, ...).
+
+    With `--print-config` among the args: print the resolved recipe, return {} and do nothing else.
+    """
+    if PRINT_CONFIG in args:
+        print_config(load_recipe([a for a in args if a != PRINT_CONFIG]))
+        return {}
     import lightning as L
+    from omegaconf import OmegaConf
 
     from pixelqa import tracking
-    from pixelqa.train.callbacks import build_callbacks
+    from pixelqa.data.shards import write_text_atomic
+    from pixelqa.quiet import silence_library_noise
+    from pixelqa.train.callbacks import OverlayLogger, build_callbacks
     from pixelqa.train.datamodule import ShardDataModule
     from pixelqa.train.module import load_init_weights, module_class
 
     start = time.time()
+    silence_library_noise()
     cfg = load_recipe(list(args))
     recipe = to_object(cfg)
     init_ckpt = preflight(recipe)
     rank_zero = _is_rank_zero()
+    recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if rank_zero:
+        recipe_file = Path(recipe.output_dir) / "recipe.yaml"
+        recipe_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(recipe_file, recipe_yaml)
         print(banner(recipe))
-        print("---- resolved recipe ----")
-        recipe_yaml = print_config(cfg)
-        print("-------------------------", flush=True)
-    else:
-        from omegaconf import OmegaConf
-
-        recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        print(f"resolved recipe: {recipe_file} (print it with {PRINT_CONFIG})", flush=True)
     if recipe.trainer.cpu_threads:
         torch.set_num_threads(int(recipe.trainer.cpu_threads))
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -260,7 +324,12 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     if recipe.eval.before_fit and resume is None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         results.update(metrics_of(trainer, prefix="untrained/"))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after its shutdown; main() says how to resume
+            raise KeyboardInterrupt from None
+        raise
     results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("train/")})
     if recipe.eval.after_fit:
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -277,6 +346,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
             logger.experiment.log_metric(logger.run_id, "time/fit_s", results["time/fit_s"])
             logger.finalize("success")
         print_summary(results)
+        overlays = next((c.written for c in callbacks if isinstance(c, OverlayLogger)), [])
+        print(where_report(recipe, list(args), logger, overlays), flush=True)
     return results
 
 
@@ -296,8 +367,13 @@ def _is_rank_zero() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m pixelqa.fit`: recipe errors exit with status 2 and the message."""
-    run_cli(run, __doc__, argv)
+    """Entry of `python -m pixelqa.fit`: a recipe error exits 2 with its message, Ctrl-C 130 with the resume command."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        run_cli(run, __doc__, args)
+    except KeyboardInterrupt:
+        print("\n" + resume_hint(args), file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

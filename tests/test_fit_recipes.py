@@ -57,8 +57,9 @@ def test_stage3_from_stage2_logs_to_mlflow_and_evaluates(work, capsys):
     _check(metrics, work, 3)
     out = capsys.readouterr().out
     assert "EMBEDDED DEMO" in out and "scale=paper" in out  # says what runs and how to run the paper setting
-    last = [line for line in out.strip().splitlines() if line][-2:]
-    assert [line.split(": ")[0] for line in last] == ["val/J&F", "val/qa_acc"]
+    summary = out.split("==== PixelQA fit summary ====", 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    assert [line.split(": ")[0] for line in summary[-2:]] == ["val/J&F", "val/qa_acc"]  # the headline last
+    assert f"mlflow ui --backend-store-uri sqlite:///{work / 'mlruns.db'}" in out
 
     run_id = (work / "runs" / "stage3" / "checkpoints" / "mlflow_run_id.txt").read_text().strip()
     client = MlflowClient(f"sqlite:///{work / 'mlruns.db'}")
@@ -66,6 +67,9 @@ def test_stage3_from_stage2_logs_to_mlflow_and_evaluates(work, capsys):
     params = run.data.params
     assert (params["stage"], params["trainer.max_steps"], params["data.batch_size"]) == ("3", "2", "2")
     assert run.data.metrics["val/J_and_F"] == pytest.approx(metrics["val/J&F"])
+    # J&F again under a name that sorts first (MLflow lists names sorted): byte order and case-insensitive alike
+    assert run.data.metrics["0_J_and_F"] == pytest.approx(metrics["val/J&F"])
+    assert sorted(run.data.metrics)[0] == sorted(run.data.metrics, key=str.lower)[0] == "0_J_and_F"
     assert len(client.get_metric_history(run_id, "train/loss")) >= 1
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"recipe.yaml", "checkpoints.json", "overlays", "tables"} <= top

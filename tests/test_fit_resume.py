@@ -49,7 +49,7 @@ def _fit(args: list[str], cwd: Path) -> subprocess.Popen:
 
 def _summary(output: str) -> dict[str, float]:
     """The `name: value` lines after the summary header."""
-    tail = output.split("==== PixelQA fit summary ====", 1)[1]
+    tail = output.split("==== PixelQA fit summary ====", 1)[1].split("==== PixelQA fit results ====", 1)[0]
     return {k: float(v) for k, v in (line.split(": ", 1) for line in tail.strip().splitlines())}
 
 

@@ -1,4 +1,5 @@
-"""Callbacks of a fit: checkpoints (with last.ckpt), learning-rate logging, mask overlays to MLflow."""
+"""Callbacks of a fit: checkpoints during training (with last.ckpt), learning-rate logging, mask overlays and the
+headline metric to MLflow."""
 
 from __future__ import annotations
 
@@ -9,6 +10,48 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from pixelqa import tracking
+
+# MLflow lists metrics alphabetically; J&F is logged as `val/J_and_F` (the module's name, '&' made MLflow-safe) and
+# again under this name: a leading digit sorts before every name that starts with a letter, in byte order,
+# case-insensitively and in locale collation alike.
+HEADLINE_METRICS = {"val/J&F": "0_J_and_F"}
+MAX_CHECKPOINT_INTERVAL = 1000  # steps: bounds the work lost to a kill on long runs
+
+
+def default_checkpoint_interval(max_steps: int) -> int:
+    """Steps between checkpoints when the recipe sets none: a fifth of the run, at least 10, at most 1000."""
+    return max(10, min(MAX_CHECKPOINT_INTERVAL, max_steps // 5))
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint every N optimizer steps that also saves the final step when it is not a multiple of N.
+
+    Lightning writes last.ckpt at the end only if no checkpoint was saved yet; a resume must start from the
+    final weights, so the end of training saves whenever the last save was at an earlier step.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the final step (top-k file and last.ckpt) unless it was just saved."""
+        if self._last_global_step_saved != trainer.global_step and not trainer.interrupted:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
+class HeadlineMetrics(Callback):
+    """After each validation, log the headline metrics again under names that sort first (`HEADLINE_METRICS`)."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Copy `val/J&F` to `0_J_and_F` in every logger, at the current step."""
+        values = {
+            new: float(trainer.callback_metrics[old])
+            for old, new in HEADLINE_METRICS.items()
+            if old in trainer.callback_metrics
+        }
+        if values and not trainer.sanity_checking:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
 
 
 class OverlayLogger(Callback):
@@ -41,10 +84,12 @@ class OverlayLogger(Callback):
 
 
 def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
-    """Checkpointing every `trainer.checkpoint_every_n_steps` (else at the end) plus last.ckpt; lr and overlays."""
-    every = recipe.trainer.checkpoint_every_n_steps or recipe.trainer.max_steps
+    """Checkpoints every `trainer.checkpoint_every_n_steps` (default: `default_checkpoint_interval`) and at the end,
+    with last.ckpt; lr, headline metrics and overlays."""
+    max_steps = int(recipe.trainer.max_steps)
+    every = recipe.trainer.checkpoint_every_n_steps or default_checkpoint_interval(max_steps)
     callbacks: list[Callback] = [
-        ModelCheckpoint(
+        StepCheckpoint(
             dirpath=str(ckpt_dir),
             filename="step{step:06d}",
             auto_insert_metric_name=False,
@@ -57,7 +102,7 @@ def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
     if recipe.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))  # plain text: readable in logs too
     if logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks += [LearningRateMonitor(logging_interval="step"), HeadlineMetrics()]
     if recipe.tracking.log_overlays and recipe.tracking.num_overlays > 0:
         callbacks.append(OverlayLogger(Path(recipe.output_dir) / "overlays", logger))
     return callbacks
