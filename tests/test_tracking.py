@@ -65,3 +65,45 @@ def test_run_id_file_and_resumed_logger_continue_the_run(cfg, tmp_path):
 
 def test_disabled_tracking_gives_no_logger():
     assert tracking.build_logger(TrackingConfig(enabled=False)) is None
+
+
+def test_experiment_opens_on_the_training_runs_view(cfg):
+    tracking.build_logger(cfg, run_name="kind").finalize("success")
+    exp = MlflowClient(tracking.resolve_uris(cfg)[0]).get_experiment_by_name("t")
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+CHILD = """
+import os, signal, sys
+from pixelqa import tracking
+from pixelqa.config import TrackingConfig
+cfg = TrackingConfig(experiment="race", tracking_uri=sys.argv[1], artifact_location=sys.argv[2])
+logger = tracking.build_logger(cfg, run_name="doomed")
+logger.log_metrics({"x": 1.0}, step=0)
+print(logger.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # killed mid-run: MLflow still says RUNNING
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_first_starts_then_killed_runs_are_marked_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    uri, art = f"sqlite:///{tmp_path}/fresh.db", str(tmp_path / "art")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD, uri, art], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]  # both create the store's tables and the experiment at once
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [-9, -9], [e.decode()[-2000:] for _, e in outs]
+    killed = [o.decode().strip() for o, _ in outs]
+    client = MlflowClient(uri)
+    assert all(len(r) == 32 for r in killed)
+    assert "RUNNING" in {client.get_run(r).info.status for r in killed}  # the last to die was seen by no start yet
+    cfg = TrackingConfig(experiment="race", tracking_uri=uri, artifact_location=art)
+    alive = tracking.build_logger(cfg, run_name="next start")  # the next start in that store
+    assert alive.run_id not in killed
+    assert {client.get_run(r).info.status for r in killed} == {"KILLED"}
+    assert client.get_run(alive.run_id).info.status == "RUNNING"  # this process is alive: its run is left alone
+    alive.finalize("success")

@@ -6,7 +6,6 @@ offset, counted, and the count is printed (`strict=True`: the first damage raise
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Sample, encode_frame
-from pixelqa.data.shard_reader import Damage, DamageLog, iter_shard_records
+from pixelqa.data.shard_reader import DamageLog, RecordDamaged, iter_shard_records, to_sample
 from pixelqa.data.shard_reader import iter_samples as iter_checked_samples
 
 # Distinct overlay colours (RGB) for object ids 1, 2, ...
@@ -122,7 +121,7 @@ def inspect_shards(
 
 
 def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
-    """Counts per (source, split), per task, frames and objects, and records lost to damage (JSON members only)."""
+    """Counts per (source, split), per task, frames and objects, and records lost to damage (frames not decoded)."""
     per_source: Counter = Counter()
     per_task: Counter = Counter()
     frames = objects = n = 0
@@ -132,16 +131,14 @@ def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
         nbytes += shard.stat().st_size
         for ref, record in iter_shard_records(shard, damage):
             try:
-                d = json.loads(record["json"])
-                per_source[(d["source"], d["split"])] += 1
-                per_task[d["task"]] += 1
-                frames += d["media"]["num_frames"]
-                objects += len(d["objects"])
-            except (ValueError, KeyError, TypeError) as err:
-                damage.report(
-                    Damage(ref.shard, ref.start, f"record {ref.key!r} unreadable: {type(err).__name__}: {err}")
-                )
+                sample = to_sample(record, ref)  # no frame decoding: JSON and frame files checked only
+            except RecordDamaged as err:
+                damage.report(err.damage)
                 continue
+            per_source[(sample.source, sample.split)] += 1
+            per_task[sample.task] += 1
+            frames += sample.media.num_frames
+            objects += len(sample.objects)
             n += 1
     return {
         "samples": n,

@@ -185,7 +185,8 @@ def scan_tar(buf: Any, shard: str) -> tuple[list[RecordRef], list[Damage]]:
         if group is None:
             return
         exts = {m[0] for m in group["members"]}
-        bad = group["bad"] or (None if "json" in exts else "record has no json member")
+        after = f" (bad tar header at byte {group['gap']})" if group.get("gap") is not None else ""
+        bad = group["bad"] or (None if "json" in exts else "record has no json member" + after)
         if bad:
             damage.append(Damage(shard, group["start"], f"record {group['key']!r}: {bad}"))
         else:
@@ -199,6 +200,8 @@ def scan_tar(buf: Any, shard: str) -> tuple[list[RecordRef], list[Damage]]:
         header = parse_header(block)
         if header is None:
             gap = pos if gap is None else gap
+            if group is not None and group.get("gap") is None:
+                group["gap"] = gap
             pos += BLOCK
             continue
         name, size, flag = header
@@ -329,12 +332,7 @@ def _open_shard(path: str, mtime_ns: int, size: int) -> ShardContents:
                 buf.close()
     expected = entry.get("samples") if entry else None
     if not whole_ok:
-        log.warning(
-            "%s differs from its manifest (size %d, manifest %s): checking its records one by one",
-            path,
-            size,
-            entry["bytes"],
-        )
+        log.warning("%s: size or SHA-256 differs from its manifest; checking its records one by one", path)
     if expected is not None:
         missing = expected - len(refs) - sum(d.records for d in damage)
         if missing > 0:

@@ -1,0 +1,73 @@
+"""Preflight: unwritable output folders, MLflow stores and unreadable validation shards fail before any work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pixelqa.config import RecipeError, load_recipe, to_object
+from pixelqa.preflight import check_run, check_writable
+
+
+def _recipe(tmp_path, *extra):
+    return to_object(
+        load_recipe(
+            [
+                "recipe=stage3",
+                f"output_dir={tmp_path / 'run'}",
+                f"data.shards={tmp_path / 'shards'}",
+                f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+                f"tracking.artifact_location={tmp_path / 'art'}",
+                *extra,
+            ]
+        )
+    )
+
+
+def test_writable_places_pass_and_nothing_is_left_behind(tmp_path):
+    check_run(_recipe(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # probes removed, nothing created
+
+
+def test_output_under_a_file_fails_naming_the_key(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RecipeError, match=r"output_dir=.*file/out: .* is not a folder"):
+        check_run(_recipe(tmp_path, f"output_dir={tmp_path / 'file' / 'out'}"))
+    with pytest.raises(RecipeError, match="tracking.tracking_uri"):
+        check_run(_recipe(tmp_path, f"tracking.tracking_uri=sqlite:///{tmp_path / 'file' / 'm.db'}"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_fails(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(RecipeError, match="cannot write"):
+            check_writable(ro / "out", "output_dir")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_cli_fails_at_once_with_one_line_and_status_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    if os.geteuid() != 0:  # a read-only folder where permissions bind; a path through a file for root
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        out = tmp_path / "ro" / "out"
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixelqa.fit", "recipe=stage3", f"output_dir={out}", f"data.shards={tmp_path / 's'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "output_dir=" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "mlruns.db").exists()  # no work was done
+    assert time.time() - start < 60
