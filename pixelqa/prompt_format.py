@@ -14,6 +14,8 @@ REF = "<|ref|>"  # placeholder for one visual prompt (point / box / mask) in the
 SEG = "<|seg|>"  # emitted by the model; the state that predicts it is decoded into a mask
 MEM = "<|mem|>"  # placeholder for one object-memory feature (one object on one pair of frames)
 RELEASED_TOKEN_IDS = {REF: 151665, SEG: 151666, MEM: 151667}
+# The memory pre-filling instruction of the released training data and PixelQA inference (first template).
+PREFILL_INSTRUCTION = "Please localize the relevant objects with IDs."
 # Qwen2.5's default system prompt, which the released model was trained and evaluated with.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS: tuple[str, ...] = (REF, SEG, MEM)  # added in this order: the released ids' order

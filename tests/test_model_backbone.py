@@ -73,8 +73,8 @@ def test_premerge_features_are_raster_ordered_and_merge_to_qwen_features():
     model.qwen.model.visual, saved = visual, model_qwen.model.visual
     try:
         with torch.no_grad():
-            out1, pre1 = model._encode_visual(enc1["pixel_values"], enc1["image_grid_thw"])
-            _, pre2 = model._encode_visual(enc2["pixel_values"], enc2["image_grid_thw"])
+            out1, (pre1, _) = model._encode_visual(enc1["pixel_values"], enc1["image_grid_thw"])
+            _, (pre2, _) = model._encode_visual(enc2["pixel_values"], enc2["image_grid_thw"])
             torch.testing.assert_close(visual.merger.mlp(pre1[0]), out1.pooler_output[0], atol=1e-5, rtol=1e-5)
     finally:
         model.qwen.model.visual = saved
@@ -97,10 +97,12 @@ def test_video_frames_map_to_temporal_grid_steps():
         _, pre = model._encode_visual(batch.pixel_values_videos, batch.video_grid_thw)
     grids = model._sample_frames(batch, media, {"video": pre})
     assert len(grids) == 1 and len(grids[0]) == 4
-    steps = pre[0].view(2, 16, -1)
+    steps = pre[0][0].view(2, 16, -1)
     for t in range(4):  # temporal_patch_size 2: frames (0, 1) -> step 0, (2, 3) -> step 1
         assert grids[0][t].grid_hw == (4, 4)
         torch.testing.assert_close(grids[0][t].features, steps[t // 2])
+        # each step's window order is a permutation of its own 16 cells (local, not global, indices)
+        assert sorted(grids[0][t].window_index.tolist()) == list(range(16))
 
 
 def test_tiny_preset_is_deterministic_and_has_special_tokens():
@@ -161,7 +163,7 @@ def test_config_only_directory_builds_random_init_real_path(tmp_path):
     assert model.qwen.get_input_embeddings().weight.shape[0] == 1000
     assert model.processor.image_processor.size["longest_edge"] == bb.QWEN_MAX_PIXELS
     batch = make_batch(
-        model.processor, [{"frames": frames(2, 56, 56), "kind": "video", "user": "Hi", "answer": "[1] <SEG>"}]
+        model.processor, [{"frames": frames(2, 56, 56), "kind": "video", "user": "Hi", "answer": "[1] <|seg|>"}]
     )
     with torch.no_grad():
         out = model(batch)

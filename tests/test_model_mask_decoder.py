@@ -43,7 +43,7 @@ def _predictor(decoder: MaskDecoder, pred_obj_scores: bool):
 @pytest.mark.parametrize("pred_obj_scores", [False, True])
 def test_point_propagation_matches_sam2_video_predictor(tmp_path, pred_obj_scores):
     torch.manual_seed(3)
-    decoder = MaskDecoder("micro", S, "propagate", None, pred_obj_scores).eval()
+    decoder = MaskDecoder("micro", S, "propagate", None, pred_obj_scores, prompt_padding="none").eval()
     if pred_obj_scores:
         # random object-score heads may call every frame empty; bias them to "present" so masks are compared
         with torch.no_grad():

@@ -6,41 +6,54 @@ import pytest
 
 from pixelqa.prompt_format import (
     MEM,
+    REF,
+    RELEASED_TOKEN_IDS,
     SEG,
+    SPECIAL_TOKENS,
     count_ref,
+    frame_pairs,
     memory_prompt,
     object_ids_in,
+    object_tag,
+    pair_frames,
     parse_memory_prompt,
     parse_prefill,
     prefill_answer,
 )
 
 
-def test_prefill_answer_matches_the_paper_format_and_parses_back():
-    text = prefill_answer([1, 2, 3, 4])
-    assert text == "The relevant regions for this question are [1] <SEG> [2] <SEG> [3] <SEG> [4] <SEG>."
-    assert parse_prefill(text) == [1, 2, 3, 4]
+def test_prefill_answer_matches_the_released_format_and_parses_back():
+    text = prefill_answer([0, 1, 3])
+    assert text == "[0] <|seg|> [1] <|seg|> [3] <|seg|>"
+    assert parse_prefill(text) == [0, 1, 3]
     assert parse_prefill("nothing here [3] without seg") == []
 
 
-def test_memory_prompt_is_the_papers_example():
-    text = memory_prompt({1: [0, 1, 2], 2: [0, 1, 2, 3]}, num_frames=4)
+def test_memory_prompt_is_the_released_format():
+    # one <|mem|> per frame pair with a visible mask: object 1 is seen on frames 0-2 (pairs 0, 1), object 2 on 3
+    text = memory_prompt({1: [0, 1, 2], 2: [3]}, num_frames=4)
     assert text == (
         "Here is a video with 4 frames denoted as <1> to <4>. The highlighted regions are as follows:\n"
-        "[1]: <1> <MEM> <2> <MEM> <3> <MEM>\n"
-        "[2]: <1> <MEM> <2> <MEM> <3> <MEM> <4> <MEM>"
+        "[1]: <1>-<2> <|mem|> <3>-<4> <|mem|>\n"
+        "[2]: <3>-<4> <|mem|>"
     )
     refs = parse_memory_prompt(text + "\nHow does [1] differ from [2]?")
-    assert refs == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3)]
-    assert len(refs) == text.count(MEM) == 7
+    assert refs == [(1, 0), (1, 2), (2, 2)]
+    assert len(refs) == text.count(MEM) == 3
 
 
 def test_invisible_objects_and_frames_get_no_mem():
     text = memory_prompt({3: [2], 5: []}, num_frames=3)
-    assert "[5]" not in text and text.count(MEM) == 1
+    assert "[5]" not in text and text.count(MEM) == 1 and "[3]: <3>-<4> <|mem|>" in text
     assert parse_memory_prompt(text) == [(3, 2)]
-    image = memory_prompt({1: [0]}, num_frames=1, kind="image")
-    assert image.endswith("[1]: <MEM>") and parse_memory_prompt(image) == [(1, 0)]
+    image = memory_prompt({0: [0]}, num_frames=1, kind="image")
+    assert image == "Here is an image with the following highlighted regions:\n[0]: <|mem|>"
+    assert parse_memory_prompt(image) == [(0, 0)]
+
+
+def test_pairs_cover_odd_clips():
+    assert frame_pairs([0, 1, 4]) == [0, 2]
+    assert pair_frames(2, 5) == (4,) and pair_frames(0, 5) == (0, 1)
 
 
 def test_bad_inputs_raise_with_the_field():
@@ -48,11 +61,15 @@ def test_bad_inputs_raise_with_the_field():
         memory_prompt({1: [4]}, num_frames=4)
     with pytest.raises(ValueError, match="num_frames: got 0"):
         memory_prompt({}, num_frames=0)
-    with pytest.raises(ValueError, match="2 <MEM> tokens but only 1"):
-        parse_memory_prompt("[1]: <1> <MEM>\nstray <MEM>")
+    with pytest.raises(ValueError, match=r"2 <\|mem\|> tokens but only 1"):
+        parse_memory_prompt("[1]: <1>-<2> <|mem|>\nstray <|mem|>")
+    with pytest.raises(ValueError, match="object_id: got -1"):
+        object_tag(-1)
 
 
-def test_counting_helpers():
-    assert count_ref("<REF> and <REF>") == 2
+def test_counting_helpers_and_released_tokens():
+    assert count_ref(f"{REF} and {REF}") == 2
     assert object_ids_in("What is [4] holding next to [2] and [4]?") == [4, 2]
-    assert SEG == "<SEG>"
+    assert (REF, SEG, MEM) == ("<|ref|>", "<|seg|>", "<|mem|>")
+    assert RELEASED_TOKEN_IDS == {REF: 151665, SEG: 151666, MEM: 151667}
+    assert SPECIAL_TOKENS == (REF, SEG, MEM)  # added to a Qwen tokenizer in this order they get the released ids

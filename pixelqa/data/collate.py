@@ -9,10 +9,10 @@ sample dropped) with prompts / memory / seg lists cut to the tokens that remain.
 
 memory_variant (paper Tab. 11b):
 - "memory_bank": a user turn with `memory_objects` gets the memory preamble (`prompt_format.memory_prompt`),
-  one <MEM> per object per visible frame; `Batch.memory` lists them in <MEM> order.
-- "ref_only": the preamble lists each object once as ``[k]: <REF>`` (its own prompt when the sample has one,
-  else a mask prompt on its first visible frame); no <MEM>.
-- "ref_seg": as ref_only, and every <REF> whose prompt names an object is followed by a <SEG> in the
+  one <|mem|> per object per visible frame; `Batch.memory` lists them in <|mem|> order.
+- "ref_only": the preamble lists each object once as ``[k]: <|ref|>`` (its own prompt when the sample has one,
+  else a mask prompt on its first visible frame); no <|mem|>.
+- "ref_seg": as ref_only, and every <|ref|> whose prompt names an object is followed by a <|seg|> in the
   user text, whose target is that object's masks (in `seg_masks` in sequence order; no LM loss on it).
 - "ref_seg_pool": the same text and targets as "ref_seg"; the model additionally pools features under
   the predicted masks (a model-side switch, nothing changes here).
@@ -40,7 +40,16 @@ from pixelqa.data import masks
 from pixelqa.data.loader import subsample_frames
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import FrameDecodeError, Prompt, Sample
-from pixelqa.prompt_format import MEM, REF, SEG, count_ref, memory_prompt, object_tag, parse_memory_prompt
+from pixelqa.prompt_format import (
+    MEM,
+    REF,
+    SEG,
+    count_ref,
+    memory_prompt,
+    object_tag,
+    pair_frames,
+    parse_memory_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,7 @@ class Collator:
         return Prompt("mask", visible[0], oid, rle=sample.objects[oid].masks[visible[0]])
 
     def render(self, sample: Sample) -> tuple[list[dict], list[Prompt], list[int], list[tuple[int, int]]]:
-        """Chat messages plus, in token order, the prompts (<REF>), seg object ids (<SEG>) and memory refs (<MEM>)."""
+        """Chat messages plus, in token order, the prompts (<|ref|>), seg object ids (<|seg|>), memory refs (<|mem|>)."""
         kind = "video" if sample.media.kind == "video" else "image"
         t = sample.media.num_frames
         ref_seg = self.memory_variant in ("ref_seg", "ref_seg_pool")
@@ -174,7 +183,7 @@ class Collator:
                 content.insert(0, {"type": kind})
             messages.append({"role": "user", "content": content})
         if cursor != len(sample.prompts):
-            raise ValueError(f"{sample.key}: {cursor} <REF> in user turns but {len(sample.prompts)} prompts")
+            raise ValueError(f"{sample.key}: {cursor} <|ref|> in user turns but {len(sample.prompts)} prompts")
         return messages, prompts, segs, mems
 
     def _chat_text(self, messages: list[dict]) -> str:
@@ -267,9 +276,9 @@ class Collator:
         if not (labels != IGNORE_INDEX).any():
             return self._drop(sample, "no assistant tokens left to learn from")
         for name, tok_id, items in (
-            ("<REF>", self.ref_id, prompts),
-            ("<MEM>", self.mem_id, mems),
-            ("<SEG>", self.seg_id, segs),
+            ("<|ref|>", self.ref_id, prompts),
+            ("<|mem|>", self.mem_id, mems),
+            ("<|seg|>", self.seg_id, segs),
         ):
             if int((ids == tok_id).sum()) != len(items):
                 raise ValueError(
@@ -283,9 +292,7 @@ class Collator:
             "mm": mm,
             "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),  # (T, H, W, 3) -> (T, 3, H, W)
             "prompts": [self._visual_prompt(p, h, w) for p in prompts],
-            "memory": [
-                MemoryRef(oid, f, torch.from_numpy(masks.decode(sample.objects[oid].masks[f]))) for oid, f in mems
-            ],
+            "memory": [MemoryRef(oid, f, self._pair_mask(sample, oid, f)) for oid, f in mems],
             "seg": self._seg_targets(sample, segs),
             "seg_ids": list(segs),
             "sample": sample,
@@ -294,6 +301,14 @@ class Collator:
             if k in out and out[k] is not None:
                 enc[k] = torch.as_tensor(out[k])
         return enc
+
+    @staticmethod
+    def _pair_mask(sample: Sample, oid: int, frame: int) -> torch.Tensor:
+        """(H, W) union of an object's masks on the frame pair starting at `frame` (one <|mem|> per pair)."""
+        t = sample.media.num_frames
+        own = sample.objects[oid].masks
+        parts = [torch.from_numpy(masks.decode(own[f])).bool() for f in pair_frames(frame // 2, t) if f in own]
+        return torch.stack(parts).any(0)
 
     def _drop(self, sample: Sample, why: str) -> None:
         self.dropped += 1
@@ -311,7 +326,7 @@ class Collator:
 
     @staticmethod
     def _seg_targets(sample: Sample, segs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, T, H, W) bool masks and (K, T) bool annotated-flags of the <SEG> targets."""
+        """(K, T, H, W) bool masks and (K, T) bool annotated-flags of the <|seg|> targets."""
         t = sample.media.num_frames
         h, w = sample.media.size
         m = np.zeros((len(segs), t, h, w), dtype=bool)

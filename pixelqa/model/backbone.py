@@ -195,7 +195,7 @@ def _check_path(preset: str, path: str | None) -> Path:
 
 
 def add_special_tokens(processor) -> dict[str, int]:
-    """Add <REF> <MEM> <SEG> to the processor's tokenizer (idempotent); returns their ids."""
+    """Add <|ref|> <|mem|> <|seg|> to the processor's tokenizer (idempotent); returns their ids."""
     tok = processor.tokenizer
     missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
     if missing:

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
-from pixelqa.model.memory import ObjectMemoryBank, inject
-from pixelqa.prompt_format import MEM, REF, SEG, count_ref, count_seg, object_ids_in, parse_prefill, prefill_answer
+from pixelqa.model.memory import ObjectMemoryBank, inject, tag_refs
+from pixelqa.prompt_format import (
+    MEM,
+    PREFILL_INSTRUCTION,
+    REF,
+    SEG,
+    count_ref,
+    count_seg,
+    object_ids_in,
+    parse_prefill,
+    prefill_answer,
+)
 
 
 @dataclass
@@ -116,7 +126,7 @@ def _append(batch: Batch, token: int) -> Batch:
 
 @torch.no_grad()
 def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
-    """Greedy decoding (no KV cache: <REF>/<MEM> embeddings are rebuilt each step); <REF>/<MEM> never emitted."""
+    """Greedy decoding without a KV cache (the <|ref|>/<|mem|> embeddings are rebuilt each step); neither is emitted."""
     tok = model.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     banned = [model.token_ids[REF], model.token_ids[MEM]]
@@ -134,14 +144,14 @@ def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
 
 
 def _seg_masks(model, batch: Batch) -> list[torch.Tensor]:
-    """(T, H, W) bool masks of every <SEG> in the batch's single sample, in text order."""
+    """(T, H, W) bool masks of every <|seg|> in the batch's single sample, in text order."""
     out = model.forward(batch)
     return [m for m in (out.pred_masks[0] > 0)]
 
 
 def _free_id(bank: ObjectMemoryBank, taken: list[int]) -> int:
-    """The smallest object id >= 1 used neither in the bank nor in `taken`."""
-    k = 1
+    """The smallest object id >= 0 used neither in the bank nor in `taken`."""
+    k = 0
     while k in bank or k in taken:
         k += 1
     return k
@@ -150,7 +160,7 @@ def _free_id(bank: ObjectMemoryBank, taken: list[int]) -> int:
 def _memory_refs(bank: ObjectMemoryBank, object_ids: list[int]) -> tuple[ObjectMemoryBank, list[MemoryRef]]:
     """A bank restricted to `object_ids` and the MemoryRefs of its preamble, in text order."""
     sub = ObjectMemoryBank(bank.num_frames, {k: bank.masks[k] for k in sorted(object_ids) if k in bank})
-    return sub, [MemoryRef(k, t, sub.masks[k][t]) for k, t in sub.memory_refs()]
+    return sub, [MemoryRef(k, t, sub.pair_mask(k, t)) for k, t in sub.memory_refs()]
 
 
 def check_media(media: torch.Tensor) -> None:
@@ -182,7 +192,8 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
         ids: list[int] = []
         vps: list[VisualPrompt] = []
         for p in prompts:
-            oid = getattr(p, "object_id", None) or _free_id(state.bank, ids)
+            oid = getattr(p, "object_id", None)
+            oid = _free_id(state.bank, ids) if oid is None else oid
             ids.append(oid)
             vp = to_visual_prompt(p, oid)
             if not 0 <= vp.frame < T:
@@ -193,7 +204,9 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
         user_text, turn_prompts, turn_memory = text, vps, []
         if vps and variant == "memory_bank":
             # pre-filling: the answer's content is fixed by the prompts, so it is teacher-forced
-            pre = build_batch(model, state, text, prefill_answer(ids), state.prompts + vps, state.memory)
+            # as released: the question with `[k] <|ref|>` markers plus the pre-filling instruction
+            prefill_text = f"{tag_refs(text, ids)} {PREFILL_INSTRUCTION}"
+            pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
             segs = _seg_masks(model, pre)[-len(ids) :]
             for oid, m in zip(ids, segs):
                 state.bank.put(oid, m)
@@ -203,7 +216,7 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
             turn_prompts = []
             state.injected.update(ids)
         elif vps and variant in ("ref_seg", "ref_seg_pool"):
-            # ref_seg_pool pools under the prompt-side <SEG> masks inside the model's forward (same text)
+            # ref_seg_pool pools under the prompt-side <|seg|> masks inside the model's forward (same text)
             user_text = text.replace(REF, REF + SEG)
         if variant == "memory_bank":
             # later turns may name bank objects that are not yet in the context: inject them now

@@ -82,7 +82,7 @@ class UniPixelConfig:
     # local directory: a released UniPixel folder (model_type pixel_qwen2_5_vl) or a plain Qwen2.5-VL-Instruct
     # folder (the base for training from scratch); required unless preset=tiny
     path: str | None = None
-    hidden_tokens: int = 2  # L->M tokens per <SEG> (paper Tab. 15: 1/2/4/8)
+    hidden_tokens: int = 2  # L->M tokens per <|seg|> (paper Tab. 15: 1/2/4/8)
     # released: seg_head = RMSNorm -> Linear -> GELU -> Linear on the pre-final-norm state of the position before
     # each <|seg|>; token: Linear -> GELU -> Linear on the post-norm state of the <|seg|> itself (ours, earlier)
     seg_head: str = "released"  # released | token

@@ -1,6 +1,6 @@
 """SAM 2.1 mask decoder (the `sam2` package): decode on the prompted frame, propagate through memory.
 
-The prompt is a set of sparse prompt embeddings (K, n, 256) per object, e.g. the L->M tokens of a <SEG>.
+The prompt is a set of sparse prompt embeddings (K, n, 256) per object, e.g. the L->M tokens of a <|seg|>.
 `propagate` decodes them on frame 0 (SAM 2's init-conditioning step) and tracks the objects through the
 later frames with SAM 2's memory attention, all with gradients (training path). `independent` decodes
 every frame from the same tokens with no memory (frames as a batch).

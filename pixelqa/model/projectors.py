@@ -1,4 +1,4 @@
-"""M->L (pooled visual features -> LLM token) and L->M (<SEG> hidden state -> SAM prompt tokens) projectors."""
+"""M->L (pooled visual features -> LLM token) and L->M (<|seg|> hidden state -> SAM prompt tokens) projectors."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class MaskToLanguage(nn.Module):
 
 
 class LanguageToMask(nn.Module):
-    """L->M: a <SEG> hidden state (LLM width) -> `num_tokens` SAM prompt tokens of `sam_width`.
+    """L->M: a <|seg|> hidden state (LLM width) -> `num_tokens` SAM prompt tokens of `sam_width`.
 
     norm=True is the released `seg_head`: Qwen's RMSNorm first (it reads the pre-final-norm residual stream), then
     Linear -> GELU -> Linear; norm=False is the paper's Linear -> GELU -> Linear.

@@ -332,7 +332,7 @@ class UniPixel(nn.Module):
             raise ValueError(f"{where}.cells: got shape {tuple(cells.shape)}, expected the token grid {g.grid_hw}")
         flat = cells.to(g.features.device).flatten().bool()
         if not bool(flat.any()):
-            raise ValueError(f"{where}.mask: empty on the token grid (no covered cell); expected at least one")
+            raise ValueError(f"{where}.mask: empty mask on the token grid (no covered cell); expected at least one")
         if self.cfg.memory.pooling == "window":
             # as released: rows of the window-ordered merger input picked by a raster-ordered cell mask
             rows = g.window_index[flat]
@@ -344,7 +344,7 @@ class UniPixel(nn.Module):
     def _input_embeddings(
         self, batch: Batch, frame_grids: list[list[FrameGrid]], clip_frames: list[int]
     ) -> torch.Tensor:
-        """Token embeddings with new-token rows, <REF> prompt tokens and <MEM> memory tokens filled in."""
+        """Token embeddings with new-token rows, <|ref|> prompt tokens and <|mem|> memory tokens filled in."""
         ids = batch.input_ids
         emb = self.qwen.get_input_embeddings()(ids).float()  # (B, L, D)
         is_new = ids[..., None] == self.new_ids  # (B, L, 3)
@@ -413,11 +413,11 @@ class UniPixel(nn.Module):
         return anchor
 
     def forward(self, batch: Batch, decode_masks: bool = True) -> UniPixelOutput:
-        """Teacher-forced pass: LM logits and loss, masks for every <SEG> (capped in training), mask losses.
+        """Teacher-forced pass: LM logits and loss, masks for every <|seg|> (capped in training), mask losses.
 
-        In training mode only the first `loss.max_objects` <SEG>s of a sample are decoded (they are the ones
+        In training mode only the first `loss.max_objects` <|seg|>s of a sample are decoded (they are the ones
         with mask losses); in eval mode all are. decode_masks=False skips SAM (used while generating), except
-        for the prompt-side <SEG>s that memory.variant=ref_seg_pool needs (then only those are returned).
+        for the prompt-side <|seg|>s that memory.variant=ref_seg_pool needs (then only those are returned).
         """
         qwen = self.qwen
         media = _split_media(batch, self.merge_unit)
@@ -436,7 +436,7 @@ class UniPixel(nn.Module):
             batch, self._seg_states(hidden, pre_norm), decode_masks, pooled_segs
         )
         if pooled_segs:
-            # ref_seg_pool: a second LLM pass whose prompt-side <SEG> inputs also carry the M->L pooled feature
+            # ref_seg_pool: a second LLM pass whose prompt-side <|seg|> inputs also carry the M->L pooled feature
             # of the mask just predicted for them; the answer (logits, LM loss) comes from this pass
             emb = self._add_pooled_masks(emb, frame_grids, masks, picks, pooled_segs)
             hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)
@@ -498,7 +498,7 @@ class UniPixel(nn.Module):
         return torch.cat([pre_norm[:, :1], pre_norm[:, :-1]], dim=1)
 
     def _prompt_seg_positions(self, batch: Batch) -> dict[int, dict[int, int]]:
-        """Per sample, {position of a <SEG> right after a <REF>: that prompt's frame} (ref_seg_pool)."""
+        """Per sample, {position of a <|seg|> right after a <|ref|>: that prompt's frame} (ref_seg_pool)."""
         ref_id, seg_id = self.token_ids[REF], self.token_ids[SEG]
         out: dict[int, dict[int, int]] = {}
         for b in range(batch.size):
@@ -520,10 +520,10 @@ class UniPixel(nn.Module):
         picks: list[list[int]],
         pooled_segs: dict[int, dict[int, int]],
     ) -> torch.Tensor:
-        """Add M->L(features pooled under each prompt-side <SEG>'s predicted mask, on its prompt frame) to its input."""
+        """Add M->L(features pooled under each prompt-side <|seg|>'s predicted mask, on its frame) to its input."""
         feats, where = [], []
         for b, found in pooled_segs.items():
-            for i, pos in enumerate(picks[b]):  # masks[b][i] is the mask of the <SEG> at picks[b][i]
+            for i, pos in enumerate(picks[b]):  # masks[b][i] is the mask of the <|seg|> at picks[b][i]
                 if pos not in found:
                     continue
                 g = frame_grids[b][found[pos]]
@@ -538,9 +538,9 @@ class UniPixel(nn.Module):
         return emb.index_put((bi, li), self.m2l(torch.stack(feats).float()).to(emb.dtype), accumulate=True)
 
     def _seg_positions(self, batch: Batch, decode: bool, always: dict[int, dict[int, int]]) -> list[list[int]]:
-        """Per sample, the token positions of the <SEG>s to decode (the first max_objects in training).
+        """Per sample, the token positions of the <|seg|>s to decode (the first max_objects in training).
 
-        Positions in `always` (ref_seg_pool's prompt-side <SEG>s) are decoded even when decode is False.
+        Positions in `always` (ref_seg_pool's prompt-side <|seg|>s) are decoded even when decode is False.
         """
         seg_id = self.token_ids[SEG]
         cap = self.cfg.loss.max_objects if self.training else None
@@ -565,7 +565,7 @@ class UniPixel(nn.Module):
         return picks
 
     def _run_decoder(self, batch: Batch, hidden: torch.Tensor, picks: list[list[int]]) -> dict[int, DecodedMasks]:
-        """SAM decoding of the picked <SEG>s: per sample with any, its (k, T) DecodedMasks.
+        """SAM decoding of the picked <|seg|>s: per sample with any, its (k, T) DecodedMasks.
 
         All frames go through SAM's image encoder in one call; samples with the same frame count decode as one
         SAM batch (their objects stacked), so propagation costs T steps per distinct video length.
@@ -607,9 +607,9 @@ class UniPixel(nn.Module):
     def _decode_segs(
         self, batch: Batch, hidden: torch.Tensor, decode: bool = True, always: dict | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor], list[list[int]]]:
-        """Masks for the <SEG> tokens of every sample; mask-loss sums against batch.seg_masks when given.
+        """Masks for the <|seg|> tokens of every sample; mask-loss sums against batch.seg_masks when given.
 
-        Returns per-sample masks / IoUs / object scores, the loss sums, and the decoded <SEG> positions.
+        Returns per-sample masks / IoUs / object scores, the loss sums, and the decoded <|seg|> positions.
         """
         picks = self._seg_positions(batch, decode, always or {})
         decoded = self._run_decoder(batch, hidden, picks)
@@ -633,7 +633,7 @@ class UniPixel(nn.Module):
             scores.append(dec.object_scores)
             if batch.seg_masks and batch.seg_masks[b].shape[0]:
                 all_pos = (batch.input_ids[b] == self.token_ids[SEG]).nonzero().flatten().tolist()
-                rows = torch.tensor([all_pos.index(p) for p in picks[b]])  # target row of each decoded <SEG>
+                rows = torch.tensor([all_pos.index(p) for p in picks[b]])  # target row of each decoded <|seg|>
                 tgt = batch.seg_masks[b][rows].to(full.device)
                 valid = batch.seg_valid[b][rows] if batch.seg_valid else torch.ones(k, T, dtype=torch.bool)
                 # losses on the logits before SAM's hard "no object" gating, so masks learn even where the
@@ -660,7 +660,7 @@ class UniPixel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[torch.Tensor]:
-        """Binary masks (K, T, H, W) bool for every <SEG> of each sample's (teacher-forced) text."""
+        """Binary masks (K, T, H, W) bool for every <|seg|> of each sample's (teacher-forced) text."""
         was = self.training
         self.eval()
         try:
@@ -765,7 +765,7 @@ def config_from_dict(d: dict) -> UniPixelConfig:
 
 
 def _without_targets(batch: Batch) -> Batch:
-    """A shallow copy of the batch with no mask targets (so every <SEG> is decoded, no losses)."""
+    """A shallow copy of the batch with no mask targets (so every <|seg|> is decoded, no losses)."""
     import copy
 
     b = copy.copy(batch)
