@@ -16,7 +16,7 @@ PromptKind = Literal["point", "box", "mask"]
 
 @dataclass
 class VisualPrompt:
-    """One visual prompt, in the order of the <REF> tokens of its sample.
+    """One visual prompt, in the order of the <|ref|> tokens of its sample.
 
     coords are normalised to [0, 1] by the frame size: (x, y) for a point, (x1, y1, x2, y2) for a box;
     mask is a (H, W) bool tensor for a mask prompt. frame is the 0-based index into the sample's frames.
@@ -57,11 +57,11 @@ class Batch:
     pixel_values_videos: torch.Tensor | None = None  # processor output for video samples
     video_grid_thw: torch.Tensor | None = None  # (num_videos, 3)
     second_per_grid_ts: torch.Tensor | None = None  # (num_videos,)
-    prompts: list[list[VisualPrompt]] = field(default_factory=list)  # per sample, <REF> order
-    memory: list[list[MemoryRef]] = field(default_factory=list)  # per sample, <MEM> order
-    seg_masks: list[torch.Tensor] = field(default_factory=list)  # per sample (K, T, H, W) bool, <SEG> order
+    prompts: list[list[VisualPrompt]] = field(default_factory=list)  # per sample, <|ref|> order
+    memory: list[list[MemoryRef]] = field(default_factory=list)  # per sample, <|mem|> order
+    seg_masks: list[torch.Tensor] = field(default_factory=list)  # per sample (K, T, H, W) bool, <|seg|> order
     seg_valid: list[torch.Tensor] = field(default_factory=list)  # per sample (K, T) bool: frame annotated
-    seg_object_ids: list[list[int]] = field(default_factory=list)  # per sample, object id of each <SEG>
+    seg_object_ids: list[list[int]] = field(default_factory=list)  # per sample, object id of each <|seg|>
     tasks: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     meta: list[dict] = field(default_factory=list)  # per sample: answer, choices, question type, ...

@@ -100,7 +100,7 @@ class OptimConfig:
     warmup_ratio: float = 0.03
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # Parameter-name substrings trained in addition to the stage's groups, at `lr` (e.g. the random-init tiny
-    # demo trains `lm_head`: a frozen random LM head caps every logit near 1 and nothing but <SEG> can win).
+    # demo trains `lm_head`: a frozen random LM head caps every logit near 1 and nothing but <|seg|> can win).
     extra_trainable: list[str] = field(default_factory=list)
 
 
@@ -145,8 +145,8 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
     launcher: LauncherConfig = field(default_factory=LauncherConfig)  # grid cells as jobs (pixelqa.launch)
+
 
 # Keys whose value must be one of a closed set.
 CHOICES: dict[str, tuple] = {
@@ -159,8 +159,8 @@ CHOICES: dict[str, tuple] = {
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
-}
     "launcher.executor": EXECUTORS,
+}
 
 
 def recipes_dir() -> Path:

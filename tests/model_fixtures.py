@@ -90,7 +90,7 @@ def make_batch(processor, samples: list[dict]) -> Batch:
 
 
 def training_batch(processor, t: int = 4, size: int = 112) -> Batch:
-    """An image sample (point + box prompts, one <SEG>) and a video sample (mask prompt, memory turn, <SEG>)."""
+    """An image sample (point + box prompts, one <|seg|>) and a video sample (mask prompt, memory turn, <|seg|>)."""
     img = frames(1, size, size, seed=1)
     vid = frames(t, size, size, seed=2)
     obj = torch.stack([rect(size, size, 20 + 4 * i, 60 + 4 * i, 30, 80) for i in range(t)])  # (T, H, W)
@@ -100,8 +100,8 @@ def training_batch(processor, t: int = 4, size: int = 112) -> Batch:
     image = {
         "frames": img,
         "kind": "image",
-        "user": "What is <REF> next to <REF>? Please segment it.",
-        "answer": "The relevant regions for this question are [1] <SEG>.",
+        "user": "What is <|ref|> next to <|ref|>? Please segment it.",
+        "answer": "The relevant regions for this question are [1] <|seg|>.",
         "prompts": [VisualPrompt("point", 0, (0.25, 0.5)), VisualPrompt("box", 0, (0.1, 0.2, 0.6, 0.9))],
         "seg_masks": rect(size, size, 10, 50, 10, 60)[None, None],
         "seg_valid": torch.ones(1, 1, dtype=torch.bool),
@@ -110,8 +110,8 @@ def training_batch(processor, t: int = 4, size: int = 112) -> Batch:
         "frames": vid,
         "kind": "video",
         "user": "Here is a video with 4 frames denoted as <1> to <4>. The highlighted regions are as follows:\n"
-        "[1]: <1> <MEM> <2> <MEM>\nWhat is [1] doing with <REF>?",
-        "answer": "It moves. [1] <SEG>",
+        "[1]: <1> <|mem|> <2> <|mem|>\nWhat is [1] doing with <|ref|>?",
+        "answer": "It moves. [1] <|seg|>",
         "prompts": [VisualPrompt("mask", 1, (), rect(size, size, 40, 90, 40, 90))],
         "memory": [MemoryRef(1, 0, obj[0]), MemoryRef(1, 1, obj[1])],
         "seg_masks": obj[None],

@@ -71,7 +71,7 @@ def test_labels_cover_exactly_the_answers(processor, samples):
 
 def test_special_token_counts_and_targets(processor, samples):
     b = Collator(processor)(samples)
-    ref, mem, seg = _ids(processor, "<REF>"), _ids(processor, "<MEM>"), _ids(processor, "<SEG>")
+    ref, mem, seg = _ids(processor, "<|ref|>"), _ids(processor, "<|mem|>"), _ids(processor, "<|seg|>")
     for i, s in enumerate(samples):
         ids = b.input_ids[i]
         assert int((ids == ref).sum()) == len(b.prompts[i]) == len(s.prompts)
@@ -114,9 +114,9 @@ def test_memory_variants(processor, samples, variant):
     s = samples[6]  # memory_qa: two prompts, pre-fill, then a memory turn over objects 1 and 2
     b = Collator(processor, memory_variant=variant)([s])
     ids = b.input_ids[0]
-    assert int((ids == _ids(processor, "<MEM>")).sum()) == 0 and b.memory[0] == []
-    assert int((ids == _ids(processor, "<REF>")).sum()) == len(b.prompts[0]) == 4
-    n_seg = int((ids == _ids(processor, "<SEG>")).sum())
+    assert int((ids == _ids(processor, "<|mem|>")).sum()) == 0 and b.memory[0] == []
+    assert int((ids == _ids(processor, "<|ref|>")).sum()) == len(b.prompts[0]) == 4
+    n_seg = int((ids == _ids(processor, "<|seg|>")).sum())
     assert n_seg == b.seg_masks[0].shape[0] == (2 if variant == "ref_only" else 6)
 
 
@@ -124,12 +124,12 @@ def test_truncate_and_drop(processor, samples, caplog):
     s = samples[6]
     full = Collator(processor)([s])
     n = int(full.attention_mask.sum())
-    # cut just before the last <MEM>: media survive, one <MEM>, the question and the last answer do not
-    cut = int(torch.nonzero(full.input_ids[0] == _ids(processor, "<MEM>")).max())
+    # cut just before the last <|mem|>: media survive, one <|mem|>, the question and the last answer do not
+    cut = int(torch.nonzero(full.input_ids[0] == _ids(processor, "<|mem|>")).max())
     assert cut < n
     b = Collator(processor, max_tokens=cut)([s])
     assert b.input_ids.shape[1] == cut
-    assert int((b.input_ids[0] == _ids(processor, "<MEM>")).sum()) == len(b.memory[0]) < len(full.memory[0])
+    assert int((b.input_ids[0] == _ids(processor, "<|mem|>")).sum()) == len(b.memory[0]) < len(full.memory[0])
     assert b.seg_masks[0].shape[0] == 2 and (b.labels[0] != -100).any()
     with caplog.at_level(logging.WARNING):
         c = Collator(processor, max_tokens=cut, overflow="drop")
@@ -197,7 +197,7 @@ def test_plain_chatml_without_a_chat_template_matches_the_template(processor, sa
 
 
 def _class_sample(n_pairs: int):
-    """An image sample in the converters' per-image group form: n independent request/<SEG> pairs."""
+    """An image sample in the converters' per-image group form: n independent request/<|seg|> pairs."""
     from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, encode_frame
 
     frame = np.zeros((112, 112, 3), np.uint8)
@@ -206,7 +206,7 @@ def _class_sample(n_pairs: int):
         m = np.zeros((112, 112), bool)
         m[k * 10 : k * 10 + 8, 5:50] = True
         objects[k] = ObjectTrack(masks={0: masks.encode(m)}, category=f"class {k}")
-        turns += [Turn("user", f"Please segment class {k}."), Turn("assistant", "It is <SEG>.", seg_objects=[k])]
+        turns += [Turn("user", f"Please segment class {k}."), Turn("assistant", "It is <|seg|>.", seg_objects=[k])]
     return Sample(
         key="img",
         source="ade20k",
@@ -228,7 +228,7 @@ def test_independent_pairs_are_subsampled_to_max_pairs_in_order(processor):
     text = processor.tokenizer.decode(b.input_ids[0])
     assert [f"class {k}." in text for k in range(1, 7)] == [k in ids for k in range(1, 7)]
     assert text.count("<|image_pad|>") == 16  # the image still opens the (new) first turn
-    for row, oid in enumerate(ids):  # each kept <SEG> targets its own class mask
+    for row, oid in enumerate(ids):  # each kept <|seg|> targets its own class mask
         assert torch.equal(b.seg_masks[0][row, 0], torch.from_numpy(masks.decode(sample.objects[oid].masks[0])))
     np.random.seed(3)
     assert Collator(processor, max_pairs=3)([sample]).seg_object_ids[0] == ids  # seeded: repeats

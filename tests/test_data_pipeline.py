@@ -35,8 +35,8 @@ def test_fixture_source_to_batch(tmp_path: Path, processor, builder, source, tas
     samples = list(make_dataset([tmp_path / "shards" / source / "train"], train=False, num_frames=4))
     assert len(samples) == m["num_samples"] and {s.task for s in samples} == {task}
     b = Collator(processor, num_frames=4)(samples)
-    seg = processor.tokenizer.convert_tokens_to_ids("<SEG>")
-    ref = processor.tokenizer.convert_tokens_to_ids("<REF>")
+    seg = processor.tokenizer.convert_tokens_to_ids("<|seg|>")
+    ref = processor.tokenizer.convert_tokens_to_ids("<|ref|>")
     for i, s in enumerate(samples):
         assert int((b.input_ids[i] == seg).sum()) == b.seg_masks[i].shape[0] == len(s.seg_object_ids())
         assert int((b.input_ids[i] == ref).sum()) == len(b.prompts[i]) == len(s.prompts)

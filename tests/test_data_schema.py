@@ -44,8 +44,10 @@ def _sample(h: int = 20, w: int = 30, frames: int = 2) -> Sample:
         },
         prompts=[Prompt("point", 0, 1, [4.0, 3.0]), Prompt("box", 1, 2, [0, 0, 30, 20])],
         turns=[
-            Turn("user", "Compare <REF> with <REF>."),
-            Turn("assistant", "The relevant regions for this question are [1] <SEG> [2] <SEG>.", seg_objects=[1, 2]),
+            Turn("user", "Compare <|ref|> with <|ref|>."),
+            Turn(
+                "assistant", "The relevant regions for this question are [1] <|seg|> [2] <|seg|>.", seg_objects=[1, 2]
+            ),
             Turn("user", "Is [1] red?", memory_objects=[1, 2]),
             Turn("assistant", "Yes."),
         ],
@@ -126,11 +128,11 @@ BREAKS = [
     ("prompt frame", lambda s: setattr(s.prompts[1], "frame", 2), r"prompts\[1\]\.frame"),
     ("prompt type", lambda s: setattr(s.prompts[0], "type", "scribble"), r"prompts\[0\]\.type"),
     ("box order", lambda s: setattr(s.prompts[1], "coords", [10, 0, 5, 5]), "x2 >= x1"),
-    ("ref count", lambda s: s.prompts.pop(), "<REF> count"),
+    ("ref count", lambda s: s.prompts.pop(), "<|ref|> count"),
     ("seg count", lambda s: s.turns[1].seg_objects.pop(), r"turns\[1\]\.seg_objects"),
     ("seg unknown object", lambda s: setattr(s.turns[1], "seg_objects", [1, 7]), "seg_objects"),
-    ("seg in user", lambda s: setattr(s.turns[0], "text", "<REF> <REF> <SEG>"), "user turn"),
-    ("mem in text", lambda s: setattr(s.turns[2], "text", "[1]: <MEM>"), "memory_objects"),
+    ("seg in user", lambda s: setattr(s.turns[0], "text", "<|ref|> <|ref|> <|seg|>"), "user turn"),
+    ("mem in text", lambda s: setattr(s.turns[2], "text", "[1]: <|mem|>"), "memory_objects"),
     ("role order", lambda s: setattr(s.turns[1], "role", "user"), r"turns\[1\]\.role"),
     ("image frames", lambda s: setattr(s.media, "kind", "image"), "media.frames"),
     ("size", lambda s: setattr(s.media, "size", (20, 0)), "media.size"),

@@ -32,7 +32,7 @@ def test_video_seg_protocol_reports_j_f_r_by_expression_type(revos):
     result = get_protocol("revos")(model, recipe, num_overlays=1)
     subsets = [r["subset"] for r in result.rows]
     assert subsets == ["reasoning", "referring", "all"]
-    # 3 expressions, each one <SEG>; the blank one ("the flying saucer") has an empty target: R counts its
+    # 3 expressions, each one <|seg|>; the blank one ("the flying saucer") has an empty target: R counts its
     # predicted area as false positives, J scores 1 only if the prediction is empty too
     assert result.rows[-1]["objects"] == 3 and result.rows[1]["objects"] == 2
     for key in ("J", "F", "J&F", "R"):

@@ -62,7 +62,7 @@ def test_batch_without_seg_keeps_mask_losses_zero_in_graph():
             {
                 "frames": frames(1),
                 "kind": "image",
-                "user": "What is <REF>?",
+                "user": "What is <|ref|>?",
                 "answer": "A cat.",
                 "prompts": [VisualPrompt("point", 0, (0.5, 0.5))],
             },
@@ -89,7 +89,7 @@ def test_max_objects_caps_decoded_segs_in_training_only():
                 "frames": frames(1),
                 "kind": "image",
                 "user": "Segment all.",
-                "answer": "[1] <SEG> [2] <SEG> [3] <SEG>",
+                "answer": "[1] <|seg|> [2] <|seg|> [3] <|seg|>",
                 "seg_masks": obj,
                 "seg_valid": torch.ones(3, 1, dtype=torch.bool),
             }
@@ -111,7 +111,7 @@ def _one(model, **kw):
     s = {
         "frames": frames(4),
         "kind": "video",
-        "user": "What is <REF>?",
+        "user": "What is <|ref|>?",
         "answer": "A cat.",
         "prompts": [VisualPrompt("point", 0, (0.5, 0.5))],
     }
@@ -122,13 +122,13 @@ def _one(model, **kw):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"prompts": []}, "1 <REF> tokens but 0 visual prompts"),
+        ({"prompts": []}, "1 <|ref|> tokens but 0 visual prompts"),
         ({"prompts": [VisualPrompt("point", 4, (0.5, 0.5))]}, "frame: got 4"),
         ({"prompts": [VisualPrompt("point", 0, (1.5, 0.5))]}, "outside the frame"),
         ({"prompts": [VisualPrompt("box", 0, (0.6, 0.1, 0.2, 0.5))]}, "x2 < x1"),
         ({"prompts": [VisualPrompt("mask", 0, (), torch.zeros(112, 112, dtype=torch.bool))]}, "empty mask"),
-        ({"user": "<MEM> what is <REF>?", "memory": []}, "1 <MEM> tokens but 0 memory refs"),
-        ({"user": "<MEM> <REF>?", "memory": [MemoryRef(1, 9, rect(112, 112, 0, 5, 0, 5))]}, "frame: got 9"),
+        ({"user": "<|mem|> what is <|ref|>?", "memory": []}, "1 <|mem|> tokens but 0 memory refs"),
+        ({"user": "<|mem|> <|ref|>?", "memory": [MemoryRef(1, 9, rect(112, 112, 0, 5, 0, 5))]}, "frame: got 9"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kw, match):
@@ -141,11 +141,11 @@ def test_seg_count_must_match_targets():
     model = cached_model().eval()
     batch = _one(
         model,
-        answer="[1] <SEG> [2] <SEG>",
+        answer="[1] <|seg|> [2] <|seg|>",
         seg_masks=torch.zeros(1, 4, 112, 112, dtype=torch.bool),
         seg_valid=torch.ones(1, 4, dtype=torch.bool),
     )
-    with pytest.raises(ValueError, match="2 <SEG> tokens but seg_masks has 1"):
+    with pytest.raises(ValueError, match="2 <|seg|> tokens but seg_masks has 1"):
         model(batch)
 
 
@@ -257,23 +257,23 @@ def test_ref_seg_pool_feeds_pooled_mask_into_later_tokens_only():
             {
                 "frames": frames(4, seed=7),
                 "kind": "video",
-                "user": "What is <REF><SEG> doing?",
-                "answer": "It moves. [2] <SEG>",
+                "user": "What is <|ref|><|seg|> doing?",
+                "answer": "It moves. [2] <|seg|>",
                 "prompts": [VisualPrompt("box", 2, (0.1, 0.1, 0.6, 0.7))],
             }
         ],
     )
-    seg_pos = int((batch.input_ids[0] == model.token_ids["<SEG>"]).nonzero()[0])
+    seg_pos = int((batch.input_ids[0] == model.token_ids["<|seg|>"]).nonzero()[0])
     try:
         with torch.no_grad():
             model.cfg.memory.variant = "ref_seg"
             plain = model(batch)
             model.cfg.memory.variant = "ref_seg_pool"
             pooled = model(batch)
-        # causal LM: tokens before the prompt-side <SEG> are unchanged, it and everything after see the feature
+        # causal LM: tokens before the prompt-side <|seg|> are unchanged, it and everything after see the feature
         torch.testing.assert_close(pooled.logits[0, :seg_pos], plain.logits[0, :seg_pos])
         assert not torch.allclose(pooled.logits[0, seg_pos:], plain.logits[0, seg_pos:], atol=1e-4)
-        # masks come from the first pass: the prompt-side <SEG> mask is the same in both variants
+        # masks come from the first pass: the prompt-side <|seg|> mask is the same in both variants
         torch.testing.assert_close(pooled.pred_masks[0][0], plain.pred_masks[0][0])
         # and the LM loss trains M->L through the pooled feature
         model.train()

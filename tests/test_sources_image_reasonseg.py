@@ -35,7 +35,7 @@ def test_reasonseg_train_masks_queries_and_explanatory(tmp_path):
         a0.turns[0].text.startswith("What keeps the room warm?") and a1.meta["query"] == "Which thing would you sit on?"
     )
     assert a0.turns[1].seg_objects == [1] and a0.turns[1].text.count(SEG) == 1
-    # explanatory: the answer carries the explanation after the <SEG> answer
+    # explanatory: the answer carries the explanation after the <|seg|> answer
     assert aexp.meta["explanatory"] is True
     assert aexp.turns[1].text.endswith("The fireplace heats the room.")
     # ignore everywhere, small target on top; the 'flag' shape is not painted

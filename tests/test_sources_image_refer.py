@@ -33,7 +33,7 @@ def test_refcoco_train_groups_expressions_per_image(tmp_path):
     # the JPEG bytes are carried over unchanged
     assert s.media.frames[0] == (fx["image_dir"] / fx["files"][1]).read_bytes()
     assert s.media.size == (H, W) and s.media.kind == "image"
-    # two refs -> two objects; three sentences -> three turn pairs, one <SEG> each
+    # two refs -> two objects; three sentences -> three turn pairs, one <|seg|> each
     assert sorted(s.objects) == [1, 2]
     np.testing.assert_array_equal(masks.decode(s.objects[1].masks[0]), _poly_truth(2, 3, 10, 8))
     np.testing.assert_array_equal(masks.decode(s.objects[2].masks[0]), _poly_truth(15, 10, 30, 20))

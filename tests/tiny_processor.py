@@ -1,7 +1,7 @@
 """A tiny, offline Qwen2.5-VL processor for tests: byte-level BPE trained in-process, real transformers classes.
 
 Not a mock: `Qwen2_5_VLProcessor` with `Qwen2VLImageProcessor` / `Qwen2VLVideoProcessor` and a
-`PreTrainedTokenizerFast` that keeps the Qwen special tokens and PixelQA's <REF> <MEM> <SEG> whole.
+`PreTrainedTokenizerFast` that keeps the Qwen special tokens and PixelQA's <|ref|> <|mem|> <|seg|> whole.
 """
 
 from __future__ import annotations

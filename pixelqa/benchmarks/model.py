@@ -4,8 +4,8 @@
 [--batch B] [--frames T] [--size PX] [--steps N]`
 
 Both sides train the same LoRA-adapted backbone with AdamW on the same tokenised batch (video samples with a
-mask prompt, a memory turn and a <SEG> answer). The plain step is Qwen2.5-VL's own forward with labels; the
-UniPixel step adds prompt / memory tokens, <SEG> decoding through SAM 2.1 with propagation and the mask losses.
+mask prompt, a memory turn and a <|seg|> answer). The plain step is Qwen2.5-VL's own forward with labels; the
+UniPixel step adds prompt / memory tokens, <|seg|> decoding through SAM 2.1 with propagation and the mask losses.
 tiny: tiny Qwen + micro SAM at 128 px (the demo setting). unipixel-3b / -7b: the real architectures with random
 weights (SAM 2.1 Hiera-B+ at 768 px, bfloat16 Qwen); `--path` may name a local Qwen2.5-VL directory, otherwise a
 config.json with the published sizes is written to a temp dir. Peak memory is reported on CUDA only.
@@ -84,7 +84,7 @@ def write_config_dir(preset: str, root: Path) -> Path:
 
 
 def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batch:
-    """B video samples: a mask prompt, a two-frame memory preamble, a <SEG> answer with per-frame targets."""
+    """B video samples: a mask prompt, a two-frame memory preamble, a <|seg|> answer with per-frame targets."""
     g = torch.Generator().manual_seed(seed)
     proc = model.processor
     texts, videos, prompts, memory, seg, valid = [], [], [], [], [], []
@@ -96,11 +96,11 @@ def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batc
             obj[t, y : y + size // 3, size // 4 : size // 2 + size // 8] = True
         user = (
             f"Here is a video with {frames} frames denoted as <1> to <{frames}>. The highlighted regions are as "
-            f"follows:\n[1]: <1> <MEM> <2> <MEM>\nWhat does [1] do next to <REF>? Please segment it."
+            f"follows:\n[1]: <1> <|mem|> <2> <|mem|>\nWhat does [1] do next to <|ref|>? Please segment it."
         )
         msgs = [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "It moves down. [1] <SEG>"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "It moves down. [1] <|seg|>"}]},
         ]
         texts.append(proc.apply_chat_template(msgs, tokenize=False))
         videos.append(vid)

@@ -100,7 +100,7 @@ def pick(templates: Sequence[str], rng: np.random.Generator, **fields: str) -> s
 
 
 def seg_answer(object_ids: Sequence[int]) -> str:
-    """Answer text of a segmentation request: 'It is <SEG>.' for one object, the pre-fill form for several."""
+    """Answer text of a segmentation request: 'It is <|seg|>.' for one object, the pre-fill form for several."""
     if len(object_ids) == 1:
         return f"It is {SEG}."
     return prefill_answer(list(object_ids))

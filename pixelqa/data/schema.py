@@ -16,12 +16,12 @@ API summary (stable; converters build these objects and yield `Sample`s):
         (= not annotated). An annotated but empty mask means "annotated, object not visible".
     Prompt(type, frame, object_id=None, coords=None, rle=None)
         a visual prompt in SOURCE PIXELS: point coords [x, y]; box coords [x1, y1, x2, y2] (x2 >= x1);
-        mask `rle`. Prompts are listed in the order of the <REF> tokens across the user turns.
+        mask `rle`. Prompts are listed in the order of the <|ref|> tokens across the user turns.
     Turn(role, text, seg_objects=[], memory_objects=[])
-        role "user" | "assistant". User text holds one <REF> per prompt (in order over all user turns).
-        Assistant text may hold <SEG>: `seg_objects[i]` is the object id whose masks the i-th <SEG> of
-        that turn must produce (so len(seg_objects) == text.count("<SEG>")); collate builds `seg_masks`
-        from these in <SEG> order over the whole conversation. Stored text never holds <MEM>: a user turn
+        role "user" | "assistant". User text holds one <|ref|> per prompt (in order over all user turns).
+        Assistant text may hold <|seg|>: `seg_objects[i]` is the object id whose masks the i-th <|seg|> of
+        that turn must produce (so len(seg_objects) == text.count("<|seg|>")); collate builds `seg_masks`
+        from these in <|seg|> order over the whole conversation. Stored text never holds <|mem|>: a user turn
         lists `memory_objects` (object ids) and collate renders the memory preamble
         (`prompt_format.memory_prompt`) in front of that turn AFTER frame sampling, so frame tags stay right.
     Sample(key, source, split, task, media, objects: dict[int, ObjectTrack], prompts, turns,
@@ -30,7 +30,7 @@ API summary (stable; converters build these objects and yield `Sample`s):
                                                    expectation; check_frames=True also decodes every frame
         .to_record() -> dict                       webdataset record {"__key__", "json", "000.jpg", ...}
         Sample.from_record(record) -> Sample       inverse (record values bytes; "json" bytes/str/dict)
-        .seg_object_ids() -> list[int]             object id of every <SEG> of the conversation, in order
+        .seg_object_ids() -> list[int]             object id of every <|seg|> of the conversation, in order
         .to_json() -> dict / Sample.from_json(d, frames)   the JSON part alone
         .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB
     make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts
@@ -354,7 +354,7 @@ class Sample:
 
     # ------------------------------------------------------------------ (de)serialisation
     def seg_object_ids(self) -> list[int]:
-        """Object id of every <SEG> of the conversation, in order."""
+        """Object id of every <|seg|> of the conversation, in order."""
         return [oid for turn in self.turns if turn.role == "assistant" for oid in turn.seg_objects]
 
     def to_json(self) -> dict:

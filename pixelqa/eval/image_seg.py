@@ -18,7 +18,7 @@ IMAGE_SEG_BENCHMARKS: tuple[str, ...] = (
 
 
 def evaluate_image_seg(model: Any, recipe: Any, source: str, num_overlays: int = 4) -> EvalResult:
-    """Score `model` on `source`'s split `recipe.eval.split`: one (H, W) mask per <SEG> target."""
+    """Score `model` on `source`'s split `recipe.eval.split`: one (H, W) mask per <|seg|> target."""
     from pixelqa.metrics import ImageSegIoU, RECAccuracy, mask_to_box
     from pixelqa.train.module import overlay_items
 
@@ -41,7 +41,7 @@ def evaluate_image_seg(model: Any, recipe: Any, source: str, num_overlays: int =
         if len(overlays) < num_overlays:
             overlays.extend(overlay_items(batch, out.pred_masks, num_overlays - len(overlays)))
     if n == 0:
-        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <SEG> samples")
+        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <|seg|> samples")
     scores = {k: float(v) for k, v in iou.compute().items()}
     scores["REC@0.5"] = float(rec.compute())
     rows = [{"subset": "all", "expressions": n, **scores}]

@@ -1,9 +1,9 @@
 """The evaluation loop shared by the benchmark protocols: shards -> collated batches -> one forward each.
 
-Predictions are teacher-forced: the model reads the ground-truth conversation and every <SEG> of the reference
+Predictions are teacher-forced: the model reads the ground-truth conversation and every <|seg|> of the reference
 answer is decoded into masks; answers are scored by exact match of the arg-max tokens (see `scoring`), which
 equals greedy decoding. (Free generation through `UniPixel.chat` would also score hallucinated or missing
-<SEG> tokens; that protocol is not implemented here.)
+<|seg|> tokens; that protocol is not implemented here.)
 
 Every pass counts the samples it scored against the samples the shards should hold (`counting_passes`), so a score
 on a subset (damaged records skipped, see `pixelqa.data.shard_reader`) is never silent.

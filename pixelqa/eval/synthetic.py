@@ -1,4 +1,4 @@
-"""The `synthetic` benchmark: J&F of every <SEG> object and exact-match answer accuracy, per task and overall."""
+"""The `synthetic` benchmark: J&F of every <|seg|> object and exact-match answer accuracy, per task and overall."""
 
 from __future__ import annotations
 

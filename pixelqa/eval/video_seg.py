@@ -61,7 +61,7 @@ def evaluate_video_seg(model: Any, recipe: Any, source: str, num_overlays: int =
         if len(overlays) < num_overlays:
             overlays.extend(overlay_items(batch, out.pred_masks, num_overlays - len(overlays)))
     if "all" not in groups:
-        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <SEG> samples")
+        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <|seg|> samples")
     rows = []
     for name in sorted(groups, key=lambda n: (n == "all", n)):
         scores = {k: float(v) for k, v in groups[name].compute().items()}

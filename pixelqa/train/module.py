@@ -8,9 +8,9 @@ Which parameters each stage trains (groups of `UniPixel.parameter_groups()`):
 | 2     | l2m, new_token_rows                                                                   | optim.lr            |
 | 3     | backbone_lora, new_token_rows, sparse_prompt_encoder, m2l, l2m | mask_decoder        | lr / decoder_lr     |
 
-New special-token rows (<REF> <MEM> <SEG> in the embedding and LM head): stage 1 does not need them (every <REF>
+New special-token rows (<|ref|> <|mem|> <|seg|> in the embedding and LM head): stage 1 does not need them (every <|ref|>
 input embedding is replaced by the prompt encoder's output and captions hold no special token); stage 2 trains
-them because the model must learn to emit <SEG> (LM head row) and the <SEG> input row shapes the hidden state the
+them because the model must learn to emit <|seg|> (LM head row) and the <|seg|> input row shapes the hidden state the
 L->M projector reads; stage 3 keeps training them with everything else.
 """
 
@@ -168,7 +168,7 @@ class UniPixelModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Teacher-forced forward: val loss, J&F of the <SEG> masks, exact-match answers per task."""
+        """Teacher-forced forward: val loss, J&F of the <|seg|> masks, exact-match answers per task."""
         out = self.model(batch)
         n = batch.size
         self.log("val/loss", out.loss, batch_size=n, sync_dist=True)
@@ -225,7 +225,7 @@ class Stage1Module(UniPixelModule):
 
 
 class Stage2Module(UniPixelModule):
-    """Stage 2: train the L->M projector (and the new token rows, to emit <SEG>) on referring segmentation."""
+    """Stage 2: train the L->M projector (and the new token rows, to emit <|seg|>) on referring segmentation."""
 
     stage = 2
     trainable = ("l2m", "new_token_rows")
@@ -258,7 +258,7 @@ def _jandf_metric():
 
 
 def update_mask_metric(metric, pred_masks: list[torch.Tensor] | None, batch: Batch) -> int:
-    """Feed every <SEG> object of the batch to a J&F metric (annotated frames only); returns objects added."""
+    """Feed every <|seg|> object of the batch to a J&F metric (annotated frames only); returns objects added."""
     if not pred_masks:
         return 0
     added = 0

@@ -95,7 +95,7 @@ def explain_query(sentence: str, *parts: Any) -> str:
 
 
 def seg_answer(*parts: Any) -> str:
-    """An assistant answer holding exactly one <SEG>."""
+    """An assistant answer holding exactly one <|seg|>."""
     return choose(SEG_ANSWERS, "answer", *parts)
 
 
@@ -105,7 +105,7 @@ def describe_region(tag: str, *parts: Any) -> str:
 
 
 def seg_turns(queries: Sequence[tuple[str, int]], key: str, sentence: bool = False) -> list[Turn]:
-    """User/assistant turn pairs, one per (text, object id): the request, then one <SEG> for that object."""
+    """User/assistant turn pairs, one per (text, object id): the request, then one <|seg|> for that object."""
     turns: list[Turn] = []
     for i, (text, oid) in enumerate(queries):
         ask = sentence_query(text, key, i) if sentence else phrase_query(text, key, i)

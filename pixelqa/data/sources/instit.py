@@ -15,9 +15,9 @@ Questions name instances ``[k]`` and frames ``<t>`` (1-based). Known annotation 
 the reference loader ("[0k]" -> "[k]", "<0>" -> "<1>"); pairs that still name "[0]" or no instance are
 skipped. Videos keep all their frames (the questions' <t> tags count them): meta "keep_all_frames".
 
-Sources: ``instit_image_short_caption`` (stage 1: one instance, <REF> prompt, short caption),
+Sources: ``instit_image_short_caption`` (stage 1: one instance, <|ref|> prompt, short caption),
 ``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory
-from <REF> prompts, then answer with it).
+from <|ref|> prompts, then answer with it).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class InstITBase(Source):
 
 @register_source("instit_image_short_caption")
 class InstITImageShortCaption(InstITBase):
-    """Stage 1: one sample per annotated instance: <REF> (mask prompt) -> its short caption."""
+    """Stage 1: one sample per annotated instance: <|ref|> (mask prompt) -> its short caption."""
 
     files = IMAGE_FILES
     task = "region_caption"
@@ -228,7 +228,7 @@ class InstITVideoQA(InstITVideoBase):
 
 @register_source("instit_qa_memory")
 class InstITQAMemory(InstITVideoBase):
-    """Memory QA: pre-fill (prompted instances -> [k] <SEG>), then the question answered with memory."""
+    """Memory QA: pre-fill (prompted instances -> [k] <|seg|>), then the question answered with memory."""
 
     task = "memory_qa"
     max_frames = 8
@@ -236,7 +236,7 @@ class InstITQAMemory(InstITVideoBase):
     def talk(
         self, question: str, answer: str, objects: dict[int, ObjectTrack], key: str
     ) -> tuple[list[Prompt], list[Turn]]:
-        """[k] <REF> after the first mention of each instance in the question."""
+        """[k] <|ref|> after the first mention of each instance in the question."""
         ids = sorted(objects)
         with_ref, order = question, []
         for k in object_ids_in(question):

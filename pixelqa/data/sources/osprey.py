@@ -15,7 +15,7 @@ descriptions, "description": ["<region1>: text", ...]. Region k is annotation k-
 
 The regions are given to the model as masks through the object memory, as UniPixel does for its region
 data: every region the text mentions becomes object k, listed in the first user turn's `memory_objects`
-(collate renders "[k]: <MEM>" for it), and "<regionk>" in the text becomes the tag "[k]". Records whose
+(collate renders "[k]: <|mem|>" for it), and "<regionk>" in the text becomes the tag "[k]". Records whose
 markers are broken or point past the annotation list (a known defect of a small part of the release), that
 mention no region, or whose region is empty or outside the image become counted rejects (see
 `pixelqa.data.registry.rejected`) naming the file and the record; missing fields raise.

@@ -9,7 +9,7 @@ Raw layout of PACO-LVIS (the PACO release, as LISA / UniPixel-SFT-1M use it unde
 Category names are "dog" (whole object) or "dog:leg", LVIS-style with a "_(sense)" suffix and
 underscores ("car_(automobile):wheel" -> object "car", part "wheel"). Every category present in an
 image becomes one object (the union of its annotations, so the request has one right answer) and one
-independent request/<SEG> turn pair ("car wheel" or "wheel of the car", chosen per sample).
+independent request/<|seg|> turn pair ("car wheel" or "wheel of the car", chosen per sample).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Splits are the three prompt protocols of the paper:
   round(n / 2) of them (Python rounding) get a point, the others a box.
 
 Targets: every object keeps its masks on all annotated frames (J&F is computed over them). The
-conversation is the memory protocol: ``[k] <REF>`` pre-fill -> ``[k] <SEG>``, then the MCQ with the
+conversation is the memory protocol: ``[k] <|ref|>`` pre-fill -> ``[k] <|seg|>``, then the MCQ with the
 objects injected as memory; `answer` is the option letter, `choices` the option texts.
 """
 

@@ -1,7 +1,7 @@
 """The semantic-segmentation family: one class-index PNG per image -> "segment the <class>" samples.
 
 As in LISA's semantic-segmentation data (and UniPixel's stage 3), every class present in an image
-becomes one object (the union of its pixels) and one independent request/<SEG> turn pair. The label PNG
+becomes one object (the union of its pixels) and one independent request/<|seg|> turn pair. The label PNG
 is read as class indices: a grayscale ('L') PNG gives its values, a palette ('P') PNG its palette
 indices; RGB-coloured label images are refused. Subclasses (ADE20K, COCO-Stuff, Mapillary Vistas) say
 where labels and images live and how values map to class names.
@@ -86,7 +86,7 @@ def class_samples(
     meta: dict,
     class_field: str,
 ) -> Iterator[Sample]:
-    """The sample of one image whose objects are named classes: one request/<SEG> pair per class, all in one sample.
+    """The sample of one image whose objects are named classes: one request/<|seg|> pair per class, all in one sample.
 
     entries are (class name, object id, class value); `class_field` names the value in meta["classes"].
     """

@@ -28,9 +28,9 @@ frame where an object has no mask, an empty region, a polygon outside the image,
 Only the reference recipe's filters (over 5 objects, ratio < 0.3, too few annotated frames) drop entries silently.
 
 How each source talks (UniPixel's recipe): the short caption (stage 1) puts a visual prompt in place of
-``<REF>`` (a mask prompt on the key frame here; point/box sampling happens when batches are built);
+``<|ref|>`` (a mask prompt on the key frame here; point/box sampling happens when batches are built);
 detailed caption and QA inject the objects' masks as memory (the user turn lists `memory_objects`); QA-memory
-first pre-fills the memory (``[k] <REF>`` -> ``[k] <SEG>``) then answers with the memory.
+first pre-fills the memory (``[k] <|ref|>`` -> ``[k] <|seg|>``) then answers with the memory.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def region_ids(text: str, num_objects: int, where: str) -> list[int]:
 
 
 def region_text(text: str, num_objects: int, with_ref: bool, where: str) -> str:
-    """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[id]`` (+ `` <REF>``),
+    """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[id]`` (+ `` <|ref|>``),
     ids as `region_ids`; other ``<objectK>`` mentions -> ``[K+1]``."""
     ids = region_ids(text, num_objects, where)
     suffix = f" {REF}" if with_ref else ""
@@ -351,7 +351,7 @@ class VideoRefer700K(Source):
 
 @register_source("videorefer_short_caption")
 class VideoReferShortCaption(VideoRefer700K):
-    """Stage-1 region captions: one visual prompt (<REF>) and a short caption."""
+    """Stage-1 region captions: one visual prompt (<|ref|>) and a short caption."""
 
     kind = "short_caption"
     task = "region_caption"
@@ -359,7 +359,7 @@ class VideoReferShortCaption(VideoRefer700K):
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
-        """The question with <REF> for the object; mask prompt on its first visible frame."""
+        """The question with <|ref|> for the object; mask prompt on its first visible frame."""
         if len(objects) != 1:
             raise RecordError(f"{where}: {len(objects)} regions, expected one in a short-caption question")
         (oid,) = objects
@@ -409,12 +409,12 @@ class VideoReferQAMemory(VideoRefer700K):
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
-        """Pre-fill turn ([k] <REF> -> [k] <SEG>), then the question answered with memory."""
+        """Pre-fill turn ([k] <|ref|> -> [k] <|seg|>), then the question answered with memory."""
         return memory_turns(question, object_text(response), objects, key, where)
 
 
 def localize(question: str, key: str) -> str:
-    """The pre-fill request: the question (with its <REF>s) followed by an instruction to segment them with IDs."""
+    """The pre-fill request: the question (with its <|ref|>s) followed by an instruction to segment them with IDs."""
     sep = "\n" if "\n" in question else " "  # multi-line questions (options) get the instruction on its own line
     return f"{question}{sep}{pick(LOCALIZE_INSTRUCTIONS, key)}"
 
