@@ -1,0 +1,154 @@
+"""Released UniPixel checkpoints: parity with the official forward, failure on perturbed weights, bad folders.
+
+The truth is shared/data/unipixel-official-tiny: a tiny random-weight checkpoint saved in the released format by
+the official code, with the official forward's inputs and outputs on four cases.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelqa import parity
+from pixelqa.model import release
+from pixelqa.model.config import UniPixelConfig
+from pixelqa.model.unipixel import UniPixel
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unipixel-official-tiny"
+CHECKPOINT = FIXTURE / "checkpoint"
+CASES = FIXTURE / "cases"
+pytestmark = pytest.mark.skipif(not CHECKPOINT.is_dir(), reason="shared released-format fixture not present")
+
+
+@lru_cache(maxsize=1)
+def released_model() -> UniPixel:
+    """The fixture loaded through the user-facing key (model=unipixel-3b model.path=DIR)."""
+    return UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(CHECKPOINT))).eval()
+
+
+def test_release_loads_with_its_tokens_and_config():
+    model = released_model()
+    assert model.token_ids == {"<|ref|>": 151665, "<|seg|>": 151666, "<|mem|>": 151667}
+    assert (model.cfg.mask_decoder.arch, model.cfg.mask_decoder.image_size, model.cfg.hidden_tokens) == (
+        "micro",
+        128,
+        2,
+    )
+    qwen = model.qwen
+    # read from the JSON dict: mRoPE section, vision window and tied head survive (from_pretrained loses them)
+    assert qwen.config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
+    assert qwen.config.vision_config.window_size == 56
+    assert qwen.lm_head.weight is qwen.get_input_embeddings().weight
+    # our new-token rows start as the release's rows
+    torch.testing.assert_close(model.new_token_embed, qwen.get_input_embeddings().weight[model.new_ids].float())
+
+
+def test_parity_with_the_official_forward_on_every_case():
+    reports = parity.run_parity(released_model(), CASES)
+    assert [r.name for r in reports] == ["generate", "image", "prompts", "video"]
+    for r in reports:
+        assert not r.failures, r.line()
+    forward = {r.name: r.values for r in reports}
+    assert forward["prompts"]["mask_pixels"] == 0 and forward["prompts"]["logits"] <= parity.LOGIT_TOL
+    assert reports[0].values["generated_equal"] is True
+
+
+@pytest.mark.parametrize(
+    ("param", "fails"),
+    [
+        ("backbone.model.language_model.layers.1.mlp.down_proj.weight", "logits"),
+        ("l2m.mlp.1.weight", "seg_prompts"),  # seg_head
+        ("mask_decoder.sam.sam_mask_decoder.output_upscaling.0.weight", "mask_logits"),  # SAM decoder
+        ("sparse_prompt_encoder.ref_proj.1.weight", "logits"),  # <|ref|> encoder: only the prompts case uses it
+        ("m2l.mlp.0.weight", "logits"),  # msk_proj: only the memory case uses it
+    ],
+)
+def test_parity_fails_when_a_weight_is_perturbed(param, fails):
+    model = released_model()
+    weight = dict(model.named_parameters())[param]
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(1e-2 * torch.randn_like(weight))
+        reports = parity.run_parity(model, CASES, ["prompts"])
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert fails in reports[0].failures, reports[0].line()
+
+
+def test_parity_cli_prints_ok_and_exits_0(capsys):
+    assert parity.main([str(CHECKPOINT), str(CASES), "--case", "image"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "parity: ok"
+
+
+def _copy(tmp_path: Path) -> Path:
+    """A writable copy of the fixture checkpoint (weights linked)."""
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    for f in CHECKPOINT.iterdir():
+        if f.suffix == ".safetensors":
+            (out / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _build(folder: Path) -> UniPixel:
+    return UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(folder)))
+
+
+def test_unknown_model_type_names_file_and_key(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_config(folder, model_type="llava")
+    with pytest.raises(release.ReleaseError, match=r"config.json: model_type='llava'"):
+        _build(folder)
+
+
+def test_token_ids_that_do_not_match_are_refused(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_config(folder, seg_token_id=151667)
+    with pytest.raises(release.ReleaseError, match=r"config.json: seg_token_id=151667 but the folder's tokenizer"):
+        _build(folder)
+
+
+def test_missing_shard_and_missing_index_entry_name_the_file(tmp_path):
+    folder = _copy(tmp_path)
+    (folder / "model.safetensors").unlink()
+    names = json.loads((FIXTURE / "manifest.json").read_text())["layout"]["tensors"]
+    index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(release.ReleaseError, match=r"index.json: shard 'model-00001-of-00002.safetensors'"):
+        _build(folder)
+    # a shard that exists but an index that forgets a tensor
+    index = {"weight_map": {k: "model.safetensors" for k in names if k != "model.norm.weight"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model.safetensors").symlink_to(CHECKPOINT / "model.safetensors")
+    with pytest.raises(release.ReleaseError, match=r"no entry for 'model.language_model.norm.weight'"):
+        _build(folder)
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_config(folder, sam2_hidden_tokens=4)  # seg_head would output 4 x 256, the weights hold 2 x 256
+    with pytest.raises(release.ReleaseError, match=r"'seg_head.3.(weight|bias)' has shape \(512"):
+        _build(folder)
+
+
+def test_parity_cli_refuses_a_base_model_and_missing_folders(tmp_path, capsys):
+    folder = _copy(tmp_path)
+    _edit_config(folder, model_type="qwen2_5_vl")
+    assert parity.main([str(folder), str(CASES)]) == 2
+    assert "parity needs a released UniPixel folder" in capsys.readouterr().err
+    assert parity.main([str(tmp_path / "nowhere"), str(CASES)]) == 2
