@@ -11,11 +11,13 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from pixelqa.grid import run_grid
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def execute(name: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
-    """Run a notebook in `cwd` with extra environment variables; return all its printed output."""
+def run_notebook(name: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> nbformat.NotebookNode:
+    """Run a notebook in `cwd` with extra environment variables; return it with its outputs."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -27,33 +29,65 @@ def execute(name: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> st
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    return nb
+
+
+def printed(nb: nbformat.NotebookNode) -> str:
+    """Everything an executed notebook shows as text: streams, plain-text and Markdown results."""
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            out.append(
-                o.get("text", "") if o.get("output_type") == "stream" else str(o.get("data", {}).get("text/plain", ""))
-            )
+            data = o.get("data", {})
+            out.append(o.get("text", "") if o.get("output_type") == "stream" else str(data.get("text/markdown", "")))
+            out.append("" if "text/markdown" in data else str(data.get("text/plain", "")))
     return "".join(out)
 
 
-def test_ablation_dashboard_tabulates_grid_children(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+def execute(name: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
+    """Run a notebook in `cwd` with extra environment variables; return all its printed output."""
+    return printed(run_notebook(name, cwd, env, timeout))
+
+
+@pytest.mark.slow
+def test_ablation_dashboard_on_a_real_grid(tmp_path, monkeypatch):
+    """A real 2-cell grid (pixelqa.grid, tiny steps), then the dashboard on its MLflow store: one table row per cell
+    with the values the cells returned, the paper-style table, and the plot; a run outside the grid is ignored."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: tiny-grid\nrecipe: stage3\n"
+        "overrides: [data.synthetic_train=16, data.synthetic_val=8, data.val_samples=8, data.batch_size=2,"
+        " trainer.max_steps=1, trainer.enable_progress_bar=false, tracking.log_overlays=false]\n"
+        "grid:\n  model.hidden_tokens: [1, 2]\nmetrics: ['val/J&F', 'val/qa_acc']\n"
+    )
+    results = run_grid(path)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("abl", artifact_location=str(tmp_path / "art"))
-    parent = client.create_run(exp, run_name="grid:hidden-tokens", tags={"pixelqa.grid": "hidden-tokens"})
-    client.log_param(parent.info.run_id, "grid.model.hidden_tokens", "[1, 2]")
-    for tokens, jf in ((2, 0.625), (1, 0.3125)):
-        child = client.create_run(exp, run_name=f"cell{tokens}", tags={"mlflow.parentRunId": parent.info.run_id})
-        client.log_param(child.info.run_id, "model.hidden_tokens", str(tokens))
-        client.log_metric(child.info.run_id, "val/J_and_F", jf)
-    unrelated = client.create_run(exp, run_name="plain-fit")
-    client.log_metric(unrelated.info.run_id, "val/J_and_F", 0.99)
-    text = execute("ablation_dashboard.ipynb", tmp_path, {"PIXELQA_TRACKING_URI": uri, "PIXELQA_EXPERIMENT": "abl"})
-    assert "== grid hidden-tokens ==" in text
-    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("1 ", "2 "))]
-    assert [(r[0], r[1]) for r in rows] == [("1", "0.3125"), ("2", "0.6250")]
-    assert "0.99" not in text  # a run outside any grid is not a cell
-    assert (tmp_path / "dashboard-hidden-tokens.png").stat().st_size > 1000
+    exp = client.get_experiment_by_name("pixelqa")
+    unrelated = client.create_run(exp.experiment_id, run_name="plain-fit")
+    client.log_metric(unrelated.info.run_id, "val/J_and_F", 0.987654)
+
+    nb = run_notebook(
+        "ablation_dashboard.ipynb", tmp_path, {"PIXELQA_TRACKING_URI": uri, "PIXELQA_EXPERIMENT": "pixelqa"}
+    )
+    text = printed(nb)
+    lines = text.splitlines()
+    at = lines.index("== grid tiny-grid: 2 cells ==")
+    header, rows = lines[at + 1].split(), [line.split() for line in lines[at + 2 : at + 4]]
+    assert header[:3] == ["model.hidden_tokens", "J&F", "J"]
+    for tokens, row in zip((1, 2), rows):  # one row per cell in grid order, J&F as the cell's fit returned it
+        assert row[:2] == [str(tokens), f"{results[f'model.hidden_tokens={tokens}']['val/J&F']:.4f}"]
+    paper = [line for line in lines if line.startswith("| ")]
+    assert [c.strip() for c in paper[0].split("|")[1:-1]] == ["model.hidden_tokens", "J", "F", "J&F", "Acc"]
+    jfs = [100 * results[f"model.hidden_tokens={t}"]["val/J&F"] for t in (1, 2)]
+    for tokens, jf, line in zip((1, 2), jfs, paper[1:]):
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        bold = jf == max(jfs)
+        assert cells[0] == str(tokens) and cells[3] == (f"**{jf:.1f}**" if bold else f"{jf:.1f}")
+    assert "0.9877" not in text and "98.8" not in text  # a run outside any grid is not a cell
+    assert (tmp_path / "dashboard-tiny-grid.png").stat().st_size > 5000
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the plot renders in the notebook too
 
 
 @pytest.mark.slow
@@ -64,10 +98,10 @@ def test_quickstart_runs(tmp_path):
     text = execute("quickstart.ipynb", tmp_path, {"PIXELQA_QUICKSTART_DIR": str(tmp_path)})
     lines = {line.split(":")[0]: line for line in text.splitlines() if ":" in line}
     assert lines["memory bank objects"].endswith("[1]")  # round 1 pre-filled the bank from the point prompt
-    # Round 2 injects one <MEM> per frame where [2] is visible: every frame of the synthetic track.
+    # Round 2 injects one <|mem|> per frame where [2] is visible: every frame of the synthetic track.
     frames = int(re.search(r"rvos video \((\d+), 112, 112, 3\)", text).group(1))
-    assert lines["<MEM> tokens in round 2"] == (
-        f"<MEM> tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
+    assert lines["<|mem|> tokens in round 2"] == (
+        f"<|mem|> tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
     )
-    assert "[2]: <1> <MEM>" in text
+    assert "[2]: <1> <|mem|>" in text
     assert (tmp_path / "sample.gif").stat().st_size > 0 and (tmp_path / "chat.gif").stat().st_size > 0
