@@ -86,7 +86,7 @@ class TrainerConfig:
     limit_val_batches: Any = None
     enable_progress_bar: bool = True
     deterministic: bool = False
-    checkpoint_every_n_steps: int | None = None  # None = a checkpoint (and last.ckpt) at the end only
+    checkpoint_every_n_steps: int | None = None  # None = every max_steps // 5 (10..1000); always at the end too
     cpu_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
 
 
