@@ -302,3 +302,66 @@ def test_bit_planes_pack_and_popcount_match_numpy() -> None:
             else:
                 expected_shift[..., -dx:] = masks[..., : shape[2] + dx]
             np.testing.assert_array_equal(shifted, expected_shift)
+
+
+def test_bit_planes_pack_clips_together_and_or_shifted() -> None:
+    from pixelqa.metrics.bitplanes import _or_shifted, pack_bits, shift_columns
+
+    rng = np.random.default_rng(5)
+    a, b = (torch.from_numpy(rng.random((3, 5, 70)) > 0.4) for _ in range(2))
+    together = pack_bits((a, b), min_pad=9)
+    assert torch.equal(together, torch.cat([pack_bits(a, min_pad=9), pack_bits(b, min_pad=9)]))
+    planes = pack_bits(a, min_pad=9)
+    for dx in (-17, -8, -3, 0, 1, 8, 13):
+        out, tmp = torch.empty_like(planes), torch.empty_like(planes)
+        _or_shifted(out, planes, dx, tmp)
+        assert torch.equal(out, planes | shift_columns(planes, dx)), dx
+
+
+def test_dilation_rejects_runs_that_are_not_nested() -> None:
+    from pixelqa.metrics.bitplanes import DiskDilationPlanes
+
+    with pytest.raises(ValueError, match="not nested"):
+        DiskDilationPlanes(((0, -2, 0), (1, 0, 2)))
+    with pytest.raises(ValueError, match="does not contain 0"):
+        DiskDilationPlanes(((0, 1, 2),))
+
+
+@pytest.mark.parametrize("bound_th", [0.008, 0.2, 2.5])
+def test_frame_chunks_with_their_own_crops_match_reference(monkeypatch, bound_th: float) -> None:
+    # Two frames per chunk: an object that moves across the frame gives every chunk a different foreground box,
+    # frames 2-3 (a whole chunk) are empty in both clips, and frame 6 has a prediction but no target.
+    import pixelqa.metrics.functional as functional
+
+    frames, height, width = 7, 40, 70
+    monkeypatch.setattr(functional, "_CHUNK_PIXELS", 2 * height * width)
+    rng = np.random.default_rng(11)
+    preds = np.zeros((frames, height, width), dtype=bool)
+    target = np.zeros_like(preds)
+    for t, x in zip((0, 1, 4, 5), (2, 10, 40, 50)):
+        target[t, 5:20, x : x + 15] = _blobs(rng, 1, 15, 15)[0]
+        preds[t, 7:22, x + 1 : x + 16] = _blobs(rng, 1, 15, 15)[0]
+    preds[6, 30:38, 60:68] = True
+    j, f = jaccard_and_boundary_f(preds, target, bound_th)
+    np.testing.assert_allclose(j.numpy(), reference_jaccard(target, preds), atol=TOL)
+    np.testing.assert_allclose(f.numpy(), reference_boundary_f(target, preds, bound_th), atol=TOL)
+    assert f[2] == 1 and f[6] == 0  # empty in both, prediction only
+    assert 0 < f[0] < 1 or bound_th != 0.008  # a partial match at the DAVIS tolerance
+
+
+def test_results_do_not_depend_on_torch_threads_and_the_count_is_restored() -> None:
+    rng = np.random.default_rng(12)
+    preds, target = torch.from_numpy(_blobs(rng, 5, 90, 130)), torch.from_numpy(_blobs(rng, 5, 90, 130))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = jaccard_and_boundary_f(preds, target)
+        torch.set_num_threads(2)
+        two = jaccard_and_boundary_f(preds, target)
+        assert torch.get_num_threads() == 2  # the metric ran on one thread and gave the count back
+        j_two = jaccard(preds, target)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1]) and torch.equal(j_two, one[0])
+    np.testing.assert_allclose(two[1].numpy(), reference_boundary_f(target.numpy(), preds.numpy()), atol=TOL)

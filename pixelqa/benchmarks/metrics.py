@@ -3,17 +3,21 @@
 Both run on the same clips in one process: the DAVIS 2017 result masks in ``shared/data/davis2017-results`` when
 present (each OSVOS object against the RVOS object overlapping it most on frame 0), else a synthetic 480x854 clip of
 50 frames with moving ellipses. Results are checked equal (1e-6) before timing. The last lines are the headline
-figures, one per line: ``jaccard_speedup: 3.1x`` and so on.
+figures, one per line.
 
-    python -m pixelqa.bench metrics [--device cuda] [--threads 1] [--repeats 3] [--synthetic]
+    python -m pixelqa.bench metrics [--device cuda] [--threads 1,0] [--repeats 3] [--synthetic]
 
-The reference is single-threaded numpy, so by default both sides get one thread (``--threads 0`` keeps the
-libraries' defaults; on a shared, busy machine torch's thread pool then loses more to contention than it gains).
+Ours is timed once per torch intra-op thread count in ``--threads`` (default ``1,0``: one thread, then torch's
+default, which is what a user gets); the reference is single-threaded numpy/OpenCV in both. Headline lines:
+``jandf_time_ratio_threads1: 0.14`` (our time / the reference's, lower is better) and the matching speed-ups.
+Each repeat times the reference and ours back to back and the best of each is kept, so load from other processes
+on a shared machine hits both sides alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,17 +68,32 @@ def davis_clips(root: Path, sequences: list[str] | None = None) -> list[tuple[st
     return clips
 
 
-def _best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Best wall time in seconds over ``repeats`` runs (after one warm-up run)."""
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
+def _best_times(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Best wall time in seconds of each function over ``repeats`` rounds that run them in turn (after a warm-up)."""
+    best = [float("inf")] * len(fns)
+    for round_index in range(repeats + 1):
+        for index, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_index:  # round 0 is the warm-up
+                best[index] = min(best[index], time.perf_counter() - start)
     return best
+
+
+def _thread_counts(text: str, default: int) -> list[int]:
+    """Parse ``--threads`` ("1,0"): positive counts, 0 meaning torch's default; exits 2 on anything else."""
+    try:
+        counts = [int(item) for item in text.split(",")]
+    except ValueError:
+        counts = [-1]
+    if not counts or min(counts) < 0:
+        print(
+            f"--threads must be a comma-separated list of counts >= 0 (0: torch's default), got {text!r}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return [count or default for count in counts]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,9 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="device for our implementation (cpu, cuda, cuda:1, ...)")
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help="torch and OpenCV threads (default 1: one core each; 0: library defaults)",
+        default="1,0",
+        help="torch intra-op thread counts to time ours with, comma-separated (0: torch's default; default 1,0)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DAVIS 2017 result masks (osvos/ and rvos/)")
@@ -94,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import cv2
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+    default_threads = torch.get_num_threads()
+    thread_counts = _thread_counts(args.threads, default_threads)
+    cv2.setNumThreads(1)  # the reference as published: one thread
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -145,26 +163,31 @@ def main(argv: list[str] | None = None) -> None:
             metric.update(tp, tt)
         metric.compute()
 
-    rows = []
-    for name, ref_fn, ours_fn in [
-        ("jaccard", ref_j, ours_j),
-        ("boundary_f", ref_f, ours_f),
-        ("jandf", ref_jandf, ours_jandf),
-    ]:
-        ref_s = _best_time(ref_fn, args.repeats, lambda: None)
-        ours_s = _best_time(ours_fn, args.repeats, sync)
-        rows.append((name, ref_s, ours_s))
+    results = []  # (threads, [(name, reference s, ours s)])
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        times = _best_times([ref_j, ours_j, ref_f, ours_f, ref_jandf, ours_jandf], args.repeats, sync)
+        names = ("jaccard", "boundary_f", "jandf")
+        results.append((threads, [(name, times[2 * i], times[2 * i + 1]) for i, name in enumerate(names)]))
+    torch.set_num_threads(default_threads)
 
     print(f"clips: {source}")
     print(
-        f"reference: numpy/OpenCV per frame on cpu; ours: torch on {device} "
-        f"(torch threads {torch.get_num_threads()}, max abs difference {worst:.1e})"
+        f"reference: numpy/OpenCV per frame on cpu, 1 thread; ours: torch on {device} "
+        f"(torch's default threads here: {default_threads}; max abs difference {worst:.1e})"
     )
-    print(f"{'metric':<12} {'reference ms':>13} {'ours ms':>9} {'speedup':>8}")
-    for name, ref_s, ours_s in rows:
-        print(f"{name:<12} {ref_s * 1e3:>13.1f} {ours_s * 1e3:>9.1f} {ref_s / ours_s:>7.1f}x")
-    for name, ref_s, ours_s in rows:
-        print(f"{name}_speedup: {ref_s / ours_s:.1f}x")
+    print(f"{'metric':<12} {'threads':>7} {'reference ms':>13} {'ours ms':>9} {'time ratio':>10} {'speedup':>8}")
+    for threads, rows in results:
+        for name, ref_s, ours_s in rows:
+            print(
+                f"{name:<12} {threads:>7} {ref_s * 1e3:>13.1f} {ours_s * 1e3:>9.1f} {ours_s / ref_s:>10.3f} "
+                f"{ref_s / ours_s:>7.1f}x"
+            )
+    for threads, rows in results:
+        label = f"threads{threads}" + ("_default" if threads == default_threads and threads != 1 else "")
+        for name, ref_s, ours_s in rows:
+            print(f"{name}_time_ratio_{label}: {ours_s / ref_s:.3f}")
+            print(f"{name}_speedup_{label}: {ref_s / ours_s:.1f}x")
 
 
 if __name__ == "__main__":

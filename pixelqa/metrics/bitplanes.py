@@ -40,24 +40,31 @@ def packed_width(width: int, min_pad: int = 1) -> int:
     return 8 * (-(-(width + min_pad) // 64))
 
 
-def pack_bits(masks: Tensor, min_pad: int = 1, work: PlaneWorkspace | None = None) -> Tensor:
-    """Pack (T, H, W) bool masks into (T, H, NB) uint8 bit planes with >= ``min_pad`` zero padding bits per row."""
-    frames, height, width = masks.shape
+def pack_bits(masks: Tensor | tuple[Tensor, ...], min_pad: int = 1, work: PlaneWorkspace | None = None) -> Tensor:
+    """Pack (T, H, W) bool masks into (T, H, NB) uint8 bit planes with >= ``min_pad`` zero padding bits per row.
+
+    A tuple of K same-shape clips is packed in one go into (K * T, H, NB), clip after clip.
+    """
+    clips = masks if isinstance(masks, tuple) else (masks,)
+    frames, height, width = clips[0].shape
+    device = clips[0].device
     nb = packed_width(width, min_pad)
+    shape = (len(clips) * frames, height, nb * 8)
     if work is None:
-        padded = torch.zeros(frames, height, nb * 8, dtype=torch.bool, device=masks.device)
+        padded = torch.zeros(shape, dtype=torch.bool, device=device)
     else:
-        padded = work.take((frames, height, nb * 8), torch.bool, masks.device)
+        padded = work.take(shape, torch.bool, device)
         padded[..., width:] = False
-    padded[..., :width] = masks
+    for index, clip in enumerate(clips):
+        padded[index * frames : (index + 1) * frames, :, :width] = clip
     # (T, H, 8 NB) bool -> (T, H, NB) int64 words, each 8 pixels as bytes 0/1 (little-endian: pixel k in byte k).
     words = padded.view(torch.uint8).view(torch.int64)
     words.mul_(_GATHER_BITS)  # byte k's bit lands at bit 56 + k: the top byte is the packed byte (in place: no copy)
     words.bitwise_right_shift_(56)
     out = (
-        torch.empty(words.shape, dtype=torch.uint8, device=masks.device)
+        torch.empty(words.shape, dtype=torch.uint8, device=device)
         if work is None
-        else work.take(words.shape, torch.uint8, masks.device)
+        else work.take(words.shape, torch.uint8, device)
     )
     return out.copy_(words)  # int64 -> uint8 keeps the low 8 bits (negative values wrap)
 
@@ -111,6 +118,39 @@ def _shift_or_(dst: Tensor, src: Tensor, dx: int, tmp: Tensor) -> None:
             d[q + 1 :].bitwise_or_(t[q + 1 :])
 
 
+def _or_shifted(dst: Tensor, src: Tensor, dx: int, tmp: Tensor) -> None:
+    """dst = src | src shifted by ``dx`` (flat bit string, as ``_shift_or_``) without first copying src into dst.
+
+    One pass fewer than ``dst.copy_(src)`` followed by ``_shift_or_``. ``dst`` and ``tmp`` must not alias ``src``.
+    """
+    d, s, t = dst.view(-1), src.view(-1), tmp.view(-1)
+    n = d.numel()
+    q, r = divmod(abs(dx), 8)
+    if dx == 0 or q >= n:
+        d.copy_(s)
+        return
+    if dx > 0:  # byte i takes s[i] | (s[i + q] >> r) | (s[i + q + 1] << (8 - r))
+        d[n - q :].copy_(s[n - q :])
+        if r == 0:
+            torch.bitwise_or(s[: n - q], s[q:], out=d[: n - q])
+            return
+        torch.bitwise_right_shift(s[q:], r, out=t[: n - q])
+        torch.bitwise_or(s[: n - q], t[: n - q], out=d[: n - q])
+        if q + 1 < n:
+            torch.mul(s[q + 1 :], 1 << (8 - r), out=t[: n - q - 1])  # << via uint8 wrap: faster kernel
+            d[: n - q - 1].bitwise_or_(t[: n - q - 1])
+    else:  # byte i takes s[i] | (s[i - q] << r) | (s[i - q - 1] >> (8 - r))
+        d[:q].copy_(s[:q])
+        if r == 0:
+            torch.bitwise_or(s[q:], s[: n - q], out=d[q:])
+            return
+        torch.mul(s[: n - q], 1 << r, out=t[q:])  # << via uint8 wrap: faster kernel
+        torch.bitwise_or(s[q:], t[q:], out=d[q:])
+        if q + 1 < n:
+            torch.bitwise_right_shift(s[: n - q - 1], 8 - r, out=t[q + 1 :])
+            d[q + 1 :].bitwise_or_(t[q + 1 :])
+
+
 def shift_columns(planes: Tensor, dx: int) -> Tensor:
     """out[..., x] = planes[..., x + dx] (flat bit-string shift; exact within rows whose padding is >= |dx|)."""
     out = torch.zeros_like(planes)
@@ -126,19 +166,22 @@ def column_mask(width: int, nb: int, device: torch.device) -> Tensor:
     return pack_bits(bits.view(1, 1, -1), min_pad=0).view(-1)[:nb].to(device)
 
 
-def boundary_planes(planes: Tensor, width: int, work: PlaneWorkspace | None = None) -> Tensor:
+def boundary_planes(
+    planes: Tensor, width: int, work: PlaneWorkspace | None = None, out: Tensor | None = None
+) -> Tensor:
     """The DAVIS ``_seg2bmap`` boundary of packed masks (T, H, NB) whose true width is ``width``.
 
     A pixel is on the boundary when it differs from its east, south or south-east neighbour; where it equals east
     and south, differing from south-east is the same as east differing from south-east, so the map is
     (seg ^ east) | (seg ^ south) | (seg ^ south, read one column east). The last row compares east only, the last
     column south only, the corner is 0: dropping column ``width - 1`` of the east term gives exactly that. Padding
-    bits of the result are 0.
+    bits of the result are 0. ``out``, when given, is a contiguous tensor shaped like ``planes`` to write into.
     """
     planes = planes.contiguous()
     nb = planes.shape[-1]
     work = PlaneWorkspace() if work is None else work
-    tmp, horizontal, vertical = (work.take_like(planes) for _ in range(3))
+    tmp, vertical = work.take_like(planes), work.take_like(planes)
+    horizontal = work.take_like(planes) if out is None else out
     horizontal.zero_()
     _shift_or_(horizontal, planes, 1, tmp)  # east (the padding reads 0)
     horizontal ^= planes
@@ -185,63 +228,92 @@ class PlaneWorkspace:
 class DiskDilationPlanes:
     """Exact binary dilation of packed planes by a disk given as row runs (dy, dx_lo, dx_hi), as ``cv2.dilate``.
 
-    Every run holds dx = 0 (a disk row always covers the anchor column), so row dy's window x + lo .. x + hi is a
-    backward run x + lo .. x (length 1 - lo) ORed with a forward run x .. x + hi (length hi + 1); both are built by
-    doubling, exactly, at every column including the image edges. Each row then ORs its window in at offset dy.
-    Padding bits of the result may be set: AND it with a plane whose padding is 0 before counting.
+    Output row y ORs, for every footprint row dy, the input row y + dy widened to x + lo .. x + hi. The rows' runs of
+    a disk are nested (a run closer to the centre contains every run farther out), so the dilation is evaluated
+    Horner-style from the widest run down:
+
+        D(P) = H[I_n](R_n P | H[E_n-1](R_n-1 P | ... H[E_1](R_1 P)))
+
+    where I_1 ⊃ ... ⊃ I_n are the distinct runs, R_k P ORs the rows dy whose run is I_k (cheap: whole-byte row
+    offsets), and H[E] widens by the run E_k = I_k - I_k+1 (Minkowski difference), built by doubling from flat bit
+    shifts. Every bit shift is shared by all rows, which is where the time goes. Padding bits of the result may be
+    set: AND it with a plane whose padding is 0 before counting.
     """
 
     def __init__(self, runs: tuple[tuple[int, int, int], ...]) -> None:
+        rows: dict[tuple[int, int], list[int]] = {}
         for dy, lo, hi in runs:
             if not lo <= 0 <= hi:
                 raise ValueError(f"footprint row dy={dy} spans dx {lo}..{hi}, which does not contain 0")
+            rows.setdefault((lo, hi), []).append(dy)
+        chain = sorted(rows, key=lambda run: run[0] - run[1])  # widest run first
+        for (lo, hi), (inner_lo, inner_hi) in zip(chain, chain[1:]):
+            if not (lo <= inner_lo and inner_hi <= hi):
+                raise ValueError(
+                    f"footprint row runs {lo}..{hi} and {inner_lo}..{inner_hi} are not nested (not a disk)"
+                )
         self.runs = runs
+        self.stages = [
+            (tuple(rows[run]), _widening_shifts(*_run_difference(run, inner))) for run, inner in zip(chain, chain[1:])
+        ] + [(tuple(rows[chain[-1]]), _widening_shifts(*chain[-1]))]
         self.max_forward = max(hi + 1 for _, _, hi in runs)
         self.max_backward = max(1 - lo for _, lo, _ in runs)
         # Zero padding bits each packed row needs so that flat shifts never carry pixels between rows.
         self.min_pad = max(self.max_forward, self.max_backward, 1)
 
-    @staticmethod
-    def _powers(planes: Tensor, longest: int, step: int, work: PlaneWorkspace, tmp: Tensor) -> dict[int, Tensor]:
-        """run[p][x] = OR of planes[x + step * k], k in 0 .. p - 1, for powers of two p <= ``longest``."""
-        runs: dict[int, Tensor] = {1: planes}
-        power = 1
-        while power * 2 <= longest:
-            doubled = work.take_like(planes)
-            doubled.copy_(runs[power])
-            _shift_or_(doubled, runs[power], step * power, tmp)
-            power *= 2
-            runs[power] = doubled
-        return runs
-
-    @staticmethod
-    def _run_into(out: Tensor, powers: dict[int, Tensor], length: int, step: int, tmp: Tensor) -> None:
-        """out = run of ``length`` (two overlapping power-of-two runs)."""
-        base = 1 << (length.bit_length() - 1)
-        out.copy_(powers[base])
-        if length != base:
-            _shift_or_(out, powers[base], step * (length - base), tmp)
-
     def __call__(self, planes: Tensor, work: PlaneWorkspace | None = None) -> Tensor:
         """Dilate (T, H, NB) uint8 planes (scratch from ``work``; the result is one of its buffers)."""
         work = PlaneWorkspace() if work is None else work
         planes = planes.contiguous()
-        tmp, window, backward_run, out = (work.take_like(planes) for _ in range(4))
-        out.zero_()
-        forward = self._powers(planes, self.max_forward, 1, work, tmp)
-        backward = self._powers(planes, self.max_backward, -1, work, tmp)
-        height = planes.shape[1]
-        for lo, hi in dict.fromkeys((lo, hi) for _, lo, hi in self.runs):
-            # window[x] = OR of planes[x + lo .. x + hi] = backward run from x (1 - lo) | forward run from x (hi + 1)
-            self._run_into(window, forward, hi + 1, 1, tmp)
-            self._run_into(backward_run, backward, 1 - lo, -1, tmp)
-            window |= backward_run
-            for dy, row_lo, row_hi in self.runs:
-                if (row_lo, row_hi) != (lo, hi) or abs(dy) >= height:
-                    continue
-                y0, y1 = max(0, -dy), height - max(0, dy)
-                out[:, y0:y1].bitwise_or_(window[:, y0 + dy : y1 + dy])  # out[y] |= window[y + dy]
-        return out
+        tmp, *buffers = (work.take_like(planes) for _ in range(3))
+        acc = None
+        for dys, shifts in self.stages:
+            if acc is None and dys == (0,):
+                acc = planes  # read only: the first widening writes into a buffer
+            else:
+                if acc is None:
+                    acc = buffers[0].zero_()
+                elif acc is planes:
+                    acc = buffers[0].copy_(planes)
+                _or_rows_(acc, planes, dys)
+            for dx in shifts:  # ping-pong between the two buffers; never write the input
+                out = buffers[1] if acc is buffers[0] else buffers[0]
+                _or_shifted(out, acc, dx, tmp)
+                acc = out
+        return buffers[0].copy_(acc) if acc is planes else acc
+
+
+def _run_difference(outer: tuple[int, int], inner: tuple[int, int]) -> tuple[int, int]:
+    """The run E with inner + E = outer (Minkowski sum of integer intervals)."""
+    return outer[0] - inner[0], outer[1] - inner[1]
+
+
+def _widening_shifts(lo: int, hi: int) -> tuple[int, ...]:
+    """Shifts dx that widen a single column to the run lo .. hi by doubling: each step ORs in a copy shifted by dx.
+
+    A run a .. b ORed with itself shifted by s (|s| <= its length) becomes a .. b + s (or a + s .. b for s < 0).
+    """
+    shifts, a, b = [], 0, 0
+    while a > lo or b < hi:
+        length = b - a + 1
+        if b < hi:
+            step = min(length, hi - b)
+            b += step
+        else:
+            step = -min(length, a - lo)
+            a += step
+        shifts.append(step)
+    return tuple(shifts)
+
+
+def _or_rows_(out: Tensor, planes: Tensor, dys: tuple[int, ...]) -> None:
+    """In place: out[:, y] |= planes[:, y + dy] for every dy (rows past either edge read 0)."""
+    height = planes.shape[1]
+    for dy in dys:
+        if abs(dy) >= height:
+            continue
+        y0, y1 = max(0, -dy), height - max(0, dy)
+        out[:, y0:y1].bitwise_or_(planes[:, y0 + dy : y1 + dy])
 
 
 def unpack_bits(planes: Tensor, width: int) -> np.ndarray:

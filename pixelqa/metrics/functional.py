@@ -16,6 +16,8 @@ CUDA tensors:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -85,6 +87,27 @@ def _check_pair(preds: Tensor | np.ndarray, target: Tensor | np.ndarray) -> tupl
     if p.device != t.device:
         raise ValueError(f"preds and target must be on the same device, got {p.device} and {t.device}")
     return p, t, squeezed
+
+
+@contextmanager
+def _calling_thread_only(device: torch.device) -> Iterator[None]:
+    """Run the block's CPU kernels on the calling thread alone; restore torch's intra-op thread count after.
+
+    The metrics are many short, memory-bound passes over cache-sized chunks. A second intra-op thread gains little on
+    an idle machine, and on a busy one every pass waits at its barrier for a descheduled thread: 7x slower on two
+    shared cores. Results do not depend on the thread count. A no-op off CPU or when torch already uses one thread.
+    (OpenMP's count is per calling thread; torch's global default changes for the block only, so a thread that
+    starts torch work for the first time during the block would start with one thread.)
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _float_dtype(device: torch.device) -> torch.dtype:
@@ -235,37 +258,40 @@ def _f_from_counts(n_pred: Tensor, n_target: Tensor, pred_match: Tensor, target_
     return f.float()
 
 
-# Pixels per chunk of frames: the chunk's packed planes and scratch stay within a few MB (cache-friendly, reused).
+# Full-frame pixels per chunk of frames: a chunk's packed planes and scratch stay within a few MB (cache-friendly,
+# reused), and each chunk is cropped to its own foreground box, which stays tight while objects move.
 _CHUNK_PIXELS = 1 << 22
+_COUNTS = 6  # intersection, union, predicted and target boundary, their matches within the tolerance
 
 
 def _scores(p: Tensor, t: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     """Per-frame J and F (tolerance ``radius`` in pixels) of validated (T, H, W) bool clips."""
-    frames = p.shape[0]
-    box = _mask_box(p, t)
-    if box is None:  # both empty in every frame: J = 1, and no boundary anywhere gives F = 1
-        ones = torch.ones(frames, device=p.device)
-        return ones, ones
-    p, t = p[:, box[0], box[1]], t[:, box[0], box[1]]  # (T, H, W) -> (T, h, w): exact, see _mask_box
-    width = p.shape[-1]
+    frames, height, width = p.shape
     dilation = DiskDilationPlanes(_row_runs(radius))
     work = PlaneWorkspace()
-    chunk = max(1, _CHUNK_PIXELS // (p.shape[1] * p.shape[2]))
-    counts: list[list[Tensor]] = []
+    chunk = max(1, _CHUNK_PIXELS // (height * width))
+    counts: list[Tensor] = []
     for start in range(0, frames, chunk):
+        p_chunk, t_chunk = p[start : start + chunk], t[start : start + chunk]
+        n = p_chunk.shape[0]
+        box = _mask_box(p_chunk, t_chunk)
+        if box is None:  # both empty in every frame: all counts 0, which gives J = 1 and F = 1
+            counts.append(torch.zeros(_COUNTS, n, dtype=torch.int64, device=p.device))
+            continue
         work.reset()  # every buffer of the previous chunk is free again
-        p_planes = pack_bits(p[start : start + chunk], dilation.min_pad, work)  # (t, h, w) -> (t, h, NB) uint8
-        t_planes = pack_bits(t[start : start + chunk], dilation.min_pad, work)
-        area = popcount_frames(p_planes, work) + popcount_frames(t_planes, work)
-        inter = popcount_frames(work.take_like(p_planes).copy_(p_planes).bitwise_and_(t_planes), work)
-        p_boundary = boundary_planes(p_planes, width, work)
-        t_boundary = boundary_planes(t_planes, width, work)
-        # Precision: predicted boundary pixels within the tolerance disk of the target boundary; recall: the reverse.
-        pred_match = popcount_frames(dilation(t_boundary, work).bitwise_and_(p_boundary), work)
-        target_match = popcount_frames(dilation(p_boundary, work).bitwise_and_(t_boundary), work)
-        n_pred, n_target = popcount_frames(p_boundary, work), popcount_frames(t_boundary, work)
-        counts.append([inter, area - inter, n_pred, n_target, pred_match, target_match])
-    inter, union, *boundary_counts = (torch.cat(column) for column in zip(*counts))
+        # (n, H, W) -> (n, h, w) crops (exact, see _mask_box), packed together: (2n, h, NB) uint8, [preds; target].
+        planes = pack_bits((p_chunk[:, box[0], box[1]], t_chunk[:, box[0], box[1]]), dilation.min_pad, work)
+        # Everything to count goes into one (6n, h, NB) buffer, counted by a single popcount pass.
+        stats = work.take((_COUNTS * n, *planes.shape[1:]), torch.uint8, p.device)
+        torch.bitwise_and(planes[:n], planes[n:], out=stats[:n])
+        torch.bitwise_or(planes[:n], planes[n:], out=stats[n : 2 * n])
+        boundaries = boundary_planes(planes, box[1].stop - box[1].start, work, out=stats[2 * n : 4 * n])
+        dilated = dilation(boundaries, work)  # tolerance disk around [preds; target] boundaries
+        # Precision: predicted boundary pixels within the tolerance of the target boundary; recall: the reverse.
+        torch.bitwise_and(dilated[n:], boundaries[:n], out=stats[4 * n : 5 * n])
+        torch.bitwise_and(dilated[:n], boundaries[n:], out=stats[5 * n :])
+        counts.append(popcount_frames(stats, work).view(_COUNTS, n))
+    inter, union, *boundary_counts = torch.cat(counts, dim=1)
     return _jaccard_from_counts(inter, union), _f_from_counts(*boundary_counts)
 
 
@@ -275,7 +301,13 @@ def jaccard(preds: Tensor | np.ndarray, target: Tensor | np.ndarray) -> Tensor:
     Returns a float32 tensor of shape () or (T,), equal to DAVIS 2017 ``db_eval_iou``.
     """
     p, t, squeezed = _check_pair(preds, target)
-    p, t = p.contiguous(), t.contiguous()
+    with _calling_thread_only(p.device):
+        j = _jaccard(p.contiguous(), t.contiguous())
+    return j[0] if squeezed else j
+
+
+def _jaccard(p: Tensor, t: Tensor) -> Tensor:
+    """Per-frame J of validated, contiguous (T, H, W) bool clips."""
     # Whole frames, no crop or packing: one AND pass and word-lane counts are cheaper than both. The AND goes
     # chunk by chunk into one reused buffer (cache-resident, no fresh large tensor).
     area = count_true(p) + count_true(t)
@@ -287,8 +319,7 @@ def jaccard(preds: Tensor | np.ndarray, target: Tensor | np.ndarray) -> Tensor:
         both = work.take(p[start : start + chunk].shape, torch.bool, p.device)
         inter.append(count_true(torch.bitwise_and(p[start : start + chunk], t[start : start + chunk], out=both)))
     inter = torch.cat(inter)
-    j = _jaccard_from_counts(inter, area - inter)
-    return j[0] if squeezed else j
+    return _jaccard_from_counts(inter, area - inter)
 
 
 def boundary_f(preds: Tensor | np.ndarray, target: Tensor | np.ndarray, bound_th: float = 0.008) -> Tensor:
@@ -306,5 +337,6 @@ def jaccard_and_boundary_f(
     """``(jaccard(preds, target), boundary_f(preds, target, bound_th))`` from one packing of the clips."""
     p, t, squeezed = _check_pair(preds, target)
     radius = boundary_radius(p.shape[-2], p.shape[-1], float(bound_th))  # from the full frame, not the crop
-    j, f = _scores(p, t, radius)
+    with _calling_thread_only(p.device):
+        j, f = _scores(p, t, radius)
     return (j[0], f[0]) if squeezed else (j, f)
