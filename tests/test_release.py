@@ -152,3 +152,54 @@ def test_parity_cli_refuses_a_base_model_and_missing_folders(tmp_path, capsys):
     assert parity.main([str(folder), str(CASES)]) == 2
     assert "parity needs a released UniPixel folder" in capsys.readouterr().err
     assert parity.main([str(tmp_path / "nowhere"), str(CASES)]) == 2
+
+
+def test_export_round_trip_is_exact_on_the_release(tmp_path):
+    from safetensors.torch import load_file
+
+    from pixelqa import export
+
+    out = export.export(released_model(), tmp_path / "exported", "bfloat16")
+    theirs, ours = load_file(CHECKPOINT / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(theirs) == sorted(ours)  # the release's names, tied head omitted
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "pixel_qwen2_5_vl" and "tie_word_embeddings" not in saved
+    reports = parity.run_parity(_build(out).eval(), CASES, ["prompts"])
+    assert not reports[0].failures, reports[0].line()
+
+
+def test_export_of_a_trained_tiny_model_reads_back_identically(tmp_path):
+    from model_fixtures import cached_model, training_batch
+
+    from pixelqa import export
+
+    model = cached_model()
+    with torch.no_grad():
+        model.new_token_head.add_(0.5)  # trained rows that differ from the tied/untied base rows
+    try:
+        out = export.export(model, tmp_path / "tiny")
+        back = _build(out).eval()
+        assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+        ours, theirs = model.state_dict(), back.state_dict()
+        assert sorted(ours) == sorted(theirs)
+        rows = torch.ones(model.qwen.config.text_config.vocab_size, dtype=torch.bool)
+        rows[model.new_ids] = False  # the base rows of the three tokens are unused (our new-token rows replace them)
+        for k in ours:
+            a, b = ours[k].float(), theirs[k].float()
+            if k.endswith(("lm_head.weight", "embed_tokens.weight")):
+                a, b = a[rows], b[rows]
+            assert torch.equal(a, b), k
+        batch = training_batch(model.processor)
+        with torch.no_grad():
+            torch.testing.assert_close(back.eval()(batch).logits, model.eval()(batch).logits, atol=0, rtol=0)
+    finally:
+        with torch.no_grad():
+            model.new_token_head.sub_(0.5)
+
+
+def test_export_cli_user_errors_exit_2(tmp_path, capsys):
+    from pixelqa import export
+
+    assert export.main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out")]) == 2
+    assert "error:" in capsys.readouterr().err

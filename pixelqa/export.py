@@ -1,0 +1,195 @@
+"""Write a PixelQA model in the released UniPixel format: `python -m pixelqa.export CKPT OUT [--dtype bfloat16]`.
+
+CKPT is a Lightning checkpoint of `pixelqa.fit` (or its run folder), a `save_pretrained` folder, or a released
+folder. OUT gets `config.json` (model_type pixel_qwen2_5_vl), `model.safetensors` (LoRA merged, Qwen tensors under
+the transformers-4 names the release uses, our new-token rows written into the embedding / LM-head rows, SAM's
+fuser scale saved as `weight`) and the tokenizer / processor files, so `model=unipixel-3b model.path=OUT` (and the
+official builder) read it back. The write is atomic (a temporary folder renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pixelqa.model import release
+
+TEXT_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "max_position_embeddings",
+    "vocab_size",
+    "hidden_act",
+    "attention_dropout",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_any(path: str | Path):
+    """A UniPixel from a released folder, a save_pretrained folder or a Lightning checkpoint (or its run folder)."""
+    from pixelqa.model.config import UniPixelConfig
+    from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
+
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file():
+        return UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p)))
+    if p.is_dir() and (p / CONFIG_FILE).is_file():
+        return UniPixel.from_pretrained(p)
+    from omegaconf import OmegaConf
+
+    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
+
+    ckpt = read_checkpoint(p)
+    hp = ckpt.get("hyper_parameters") or {}
+    if "model" not in hp:
+        raise ValueError(f"ckpt: {str(p)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint")
+    model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
+    stage = checkpoint_stage(ckpt) or 3
+    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=0)
+    load_init_weights(module, ckpt, str(p))
+    return module.model
+
+
+def release_config(model, tied: bool, dtype: str) -> dict:
+    """config.json of the released format for a model (Qwen keys flat + text/vision configs + UniPixel fields)."""
+    qwen = model.qwen
+    d = qwen.config.to_dict()
+    text = d.get("text_config", {})
+    for k in TEXT_KEYS:
+        if k in text:
+            d[k] = text[k]
+    rope = dict(text.get("rope_parameters") or {})
+    d["rope_theta"] = rope.get("rope_theta", d.get("rope_theta"))
+    d["rope_scaling"] = {"mrope_section": rope.get("mrope_section"), "rope_type": "default", "type": "default"}
+    for k in ("rope_parameters", "dtype", "transformers_version", "_name_or_path"):
+        d.pop(k, None)
+    arch_of = {v: k for k, v in release.SAM_ARCHS.items()}
+    cfg = model.cfg
+    d.update(
+        model_type=release.RELEASE_TYPE,
+        architectures=["PixelQwen2_5_VLForConditionalGeneration"],
+        sam2_config=arch_of[cfg.mask_decoder.arch],
+        sam2_image_size=cfg.mask_decoder.image_size,
+        sam2_hidden_tokens=cfg.hidden_tokens,
+        sam2_batch_mode=cfg.mask_decoder.mode == "independent",
+        sam2_enable_decoder=True,
+        sam2_inference_mode=False,
+        sample_objects=cfg.loss.max_objects,
+        base_model="qwen2_5_vl",
+        torch_dtype=dtype,
+        ref_token_id=model.token_ids["<|ref|>"],
+        seg_token_id=model.token_ids["<|seg|>"],
+        mem_token_id=model.token_ids["<|mem|>"],
+    )
+    if tied:
+        d.pop("tie_word_embeddings", None)  # the release omits it when true
+    else:
+        d["tie_word_embeddings"] = False
+    return d
+
+
+@torch.no_grad()
+def release_state_dict(model, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool]:
+    """(tensors under released names, tied) for a model; LoRA merged into a copy of the weights."""
+    from peft import PeftModel
+
+    for name, _ in model.named_parameters():
+        if name.startswith("backbone.") or name in ("new_token_embed", "new_token_head"):
+            continue
+        if release.release_key(name) is None:
+            raise ValueError(
+                f"{name}: no released counterpart (seg_head={model.cfg.seg_head}, "
+                f"prompt_encoder.kind={model.cfg.prompt_encoder.kind}); only the released structure can be exported"
+            )
+    backbone = model.backbone
+    if isinstance(backbone, PeftModel):
+        import copy
+
+        backbone = copy.deepcopy(backbone).merge_and_unload()
+    qwen_sd = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    embed = qwen_sd["model.language_model.embed_tokens.weight"]
+    head = qwen_sd.get("lm_head.weight", embed).clone()
+    ids = model.new_ids.cpu()
+    embed[ids] = model.new_token_embed.detach().to(embed.dtype).cpu()
+    head[ids] = model.new_token_head.detach().to(head.dtype).cpu()
+    tied = bool(getattr(model.qwen.config, "tie_word_embeddings", False)) and torch.equal(head, embed)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in qwen_sd.items():
+        if k == "lm_head.weight":
+            continue
+        if k.startswith("model.language_model."):
+            out["model." + k[len("model.language_model.") :]] = v
+        elif k.startswith("model.visual."):
+            out[k[len("model.") :]] = v
+    out["model.embed_tokens.weight"] = embed
+    if not tied:
+        out["lm_head.weight"] = head
+    for k, v in model.state_dict().items():
+        theirs = release.release_key(k)
+        if theirs is not None:
+            out[theirs] = v.detach().cpu()
+    return {k: v.to(dtype).contiguous() for k, v in out.items()}, tied
+
+
+def export(model, out: str | Path, dtype: str = "float32") -> Path:
+    """Write `model` to `out` in the released format, atomically; returns the folder."""
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tensors, tied = release_state_dict(model, DTYPES[dtype])
+        save_file(tensors, str(tmp / release.SINGLE_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(release_config(model, tied, dtype), indent=2))
+        # the parts one by one: the release keeps preprocessor_config.json and video_preprocessor_config.json
+        model.processor.tokenizer.save_pretrained(str(tmp))
+        model.processor.image_processor.save_pretrained(str(tmp))
+        model.processor.video_processor.save_pretrained(str(tmp))
+        template = model.processor.chat_template or model.tokenizer.chat_template
+        if template:
+            (tmp / "chat_template.jinja").write_text(template)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit status 0 on success, 2 on a user error."""
+    parser = argparse.ArgumentParser(prog="python -m pixelqa.export", description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="Lightning checkpoint / run folder, save_pretrained folder, or released folder")
+    parser.add_argument("out", help="output folder (replaced atomically)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="saved dtype (release: bfloat16)")
+    args = parser.parse_args(argv)
+    try:
+        model = load_any(args.ckpt)
+        folder = export(model, args.out, args.dtype)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
