@@ -102,6 +102,9 @@ class OptimConfig:
     # Parameter-name substrings trained in addition to the stage's groups, at `lr` (e.g. the random-init tiny
     # demo trains `lm_head`: a frozen random LM head caps every logit near 1 and nothing but <|seg|> can win).
     extra_trainable: list[str] = field(default_factory=list)
+    # UniPixel.parameter_groups() trained in addition to the stage's (stage 3 as released: the full embedding
+    # and LM-head matrices and SAM's image encoder, the latter at decoder_lr)
+    extra_groups: list[str] = field(default_factory=list)
 
 
 @dataclass

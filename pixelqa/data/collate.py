@@ -125,7 +125,7 @@ class Collator:
         return Prompt("mask", visible[0], oid, rle=sample.objects[oid].masks[visible[0]])
 
     def render(self, sample: Sample) -> tuple[list[dict], list[Prompt], list[int], list[tuple[int, int]]]:
-        """Chat messages plus, in token order, the prompts (<|ref|>), seg object ids (<|seg|>), memory refs (<|mem|>)."""
+        """Chat messages plus, in token order, the prompts (<|ref|>), seg object ids (<|seg|>) and memory refs."""
         kind = "video" if sample.media.kind == "video" else "image"
         t = sample.media.num_frames
         ref_seg = self.memory_variant in ("ref_seg", "ref_seg_pool")

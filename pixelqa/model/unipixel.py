@@ -687,8 +687,11 @@ class UniPixel(nn.Module):
     # ---- save / load ----------------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything that is ours: prompt encoder, projectors, SAM, new token rows, LoRA adapters."""
+        trained = {f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad}
         return {
-            k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.") or "lora_" in k
+            k: v.detach().cpu()
+            for k, v in self.state_dict().items()
+            if not k.startswith("backbone.") or "lora_" in k or k in trained
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

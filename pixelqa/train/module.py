@@ -30,7 +30,16 @@ from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.schedule import build_scheduler
 
-GROUPS: tuple[str, ...] = ("backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder")
+GROUPS: tuple[str, ...] = (
+    "backbone_lora",
+    "new_token_rows",
+    "sparse_prompt_encoder",
+    "m2l",
+    "l2m",
+    "mask_decoder",
+    "embeddings",
+    "mask_decoder_image_encoder",
+)
 
 
 def model_config(model: Mapping[str, Any] | UniPixelConfig) -> UniPixelConfig:
@@ -98,9 +107,15 @@ class UniPixelModule(L.LightningModule):
         """Freeze everything, then unfreeze this stage's groups."""
         self.model.requires_grad_(False)
         groups = self.groups()
-        for name in self.trainable:
+        extra_groups = list(self.optim_cfg.get("extra_groups") or [])
+        unknown = [g for g in extra_groups if g not in groups]
+        if unknown:
+            raise ValueError(f"optim.extra_groups: unknown {unknown}, expected names from {sorted(groups)}")
+        for name in [*self.trainable, *extra_groups]:
             for p in groups[name]:
                 p.requires_grad_(True)
+        # SAM's image encoder runs under no_grad unless it is trained
+        self.model.mask_decoder.train_image_encoder = "mask_decoder_image_encoder" in extra_groups
         extra = list(self.optim_cfg.get("extra_trainable") or [])
         hits = {pat: 0 for pat in extra}
         for pname, p in self.model.named_parameters():
@@ -116,7 +131,8 @@ class UniPixelModule(L.LightningModule):
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """AdamW param groups: the mask decoder at optim.decoder_lr, every other trainable parameter at optim.lr."""
-        in_decoder = {id(p) for p in self.groups()["mask_decoder"]}
+        groups = self.groups()
+        in_decoder = {id(p) for p in groups["mask_decoder"] + groups["mask_decoder_image_encoder"]}
         decoder: list[torch.nn.Parameter] = []
         rest: list[torch.nn.Parameter] = []
         for p in self.model.parameters():  # unique parameters, extra_trainable ones included
