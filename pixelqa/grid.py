@@ -349,7 +349,7 @@ def _close_dead_run(tracking: Any) -> Any:
 
 def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
     """Submit every run that failed or never ran as a job; with `launcher.wait`, wait and collect."""
-    from pixelqa.launch.runs import submit_runs, wait_runs
+    from pixelqa.launch.runs import DONE, submit_runs, wait_runs
 
     launcher, tracking = recipe.launcher, recipe.tracking
     warning = sqlite_warning(tracking, launcher)
@@ -374,7 +374,9 @@ def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     if not launcher.wait:
         print(f"[grid {grid.name}] follow with --status; write the results with --collect when every cell is done")
         return {}
-    wait_runs(specs, state["jobs"], launcher, folder)
+    final = wait_runs(specs, state["jobs"], launcher, folder)
+    if any(st != DONE for st in final.values()):
+        grid_status(grid, extra, recipe)  # which runs failed, before saying which cells are missing
     return collect_grid(grid, extra, recipe)
 
 
