@@ -77,7 +77,7 @@ def make_executor(launcher: Any, folder: str | Path, name: str, dependencies: li
     ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeue)
     ex.update_parameters(
         timeout_min=int(_get(launcher, "time_min")),
-        tasks_per_node=tasks_per_node(launcher),
+        tasks_per_node=1,  # one process per job: Lightning starts its own DDP processes on this machine
         gpus_per_node=int(_get(launcher, "gpus_per_node") or 0),
         signal_delay_s=int(_get(launcher, "signal_delay_s")),
         stderr_to_stdout=True,
