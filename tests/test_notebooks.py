@@ -12,6 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from pixelqa.grid import run_grid
+from pixelqa.prompt_format import MEM
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -98,10 +99,10 @@ def test_quickstart_runs(tmp_path):
     text = execute("quickstart.ipynb", tmp_path, {"PIXELQA_QUICKSTART_DIR": str(tmp_path)})
     lines = {line.split(":")[0]: line for line in text.splitlines() if ":" in line}
     assert lines["memory bank objects"].endswith("[1]")  # round 1 pre-filled the bank from the point prompt
-    # Round 2 injects one <|mem|> per frame where [2] is visible: every frame of the synthetic track.
+    # Round 2 injects one MEM token per frame where [2] is visible: every frame of the synthetic track.
     frames = int(re.search(r"rvos video \((\d+), 112, 112, 3\)", text).group(1))
-    assert lines["<|mem|> tokens in round 2"] == (
-        f"<|mem|> tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
+    assert lines[f"{MEM} tokens in round 2"] == (
+        f"{MEM} tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
     )
-    assert "[2]: <1> <|mem|>" in text
+    assert f"[2]: <1> {MEM}" in text
     assert (tmp_path / "sample.gif").stat().st_size > 0 and (tmp_path / "chat.gif").stat().st_size > 0
