@@ -104,8 +104,10 @@ def test_memory_preamble_follows_frame_subsampling(processor):
     assert b.frames[0].shape[0] == 4
     text = processor.tokenizer.decode(b.input_ids[0])
     assert "Here is a video with 4 frames denoted as <1> to <4>." in text
-    assert sorted({m.frame for m in b.memory[0]}) == [0, 1, 2, 3]
-    assert len(b.memory[0]) == 8 and {m.object_id for m in b.memory[0]} == {1, 2}
+    # one <|mem|> per visible frame pair (pairs start at frames 0 and 2), its mask the union over the pair
+    assert sorted({m.frame for m in b.memory[0]}) == [0, 2]
+    assert len(b.memory[0]) == 4 and {m.object_id for m in b.memory[0]} == {1, 2}
+    assert "<1>-<2> <|mem|> <3>-<4> <|mem|>" in text
     assert all(p.frame < 4 for p in b.prompts[0])
 
 
