@@ -57,6 +57,11 @@ class UniPixelOutput:
     pred_masks: list[torch.Tensor]  # per sample (K, T, H, W) mask logits at source resolution
     pred_ious: list[torch.Tensor]  # per sample (K, T)
     object_scores: list[torch.Tensor]  # per sample (K, T) objectness logits
+    # un-normalised parts, so a trainer can normalise over a whole global batch (micro-batches x ranks):
+    # sums["lm"] = summed token CE over `counts["lm_tokens"]` tokens; sums[focal|dice|iou|objectness] = summed
+    # per-sample mask losses over `counts["mask_samples"]` samples with masks (released mode)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -460,7 +465,10 @@ class UniPixel(nn.Module):
             + w.iou * losses["iou"]
             + w.objectness * losses["objectness"]
         )
-        return UniPixelOutput(total, losses, logits, masks, ious, scores)
+        lm_tokens = (batch.labels[:, 1:] != IGNORE_INDEX).sum() if batch.labels is not None else n_mask * 0
+        part_sums = {"lm": losses["lm"] * lm_tokens, **{k: sums[k] for k in ("focal", "dice", "iou", "objectness")}}
+        counts = {"lm_tokens": lm_tokens, "mask_samples": sums["n_mask"], "objectness_samples": sums["n_obj"]}
+        return UniPixelOutput(total, losses, logits, masks, ious, scores, part_sums, counts)
 
     def _run_llm(self, batch: Batch, emb: torch.Tensor, enc_outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Qwen's LLM on our input embeddings (media features scattered by Qwen itself).
