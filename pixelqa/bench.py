@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m pixelqa.bench metrics|model|data [options]`.
+"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu [options]`.
 
 Each benchmark measures PixelQA and its baseline in the same run and prints ratios; its last lines are its
 headline figures, one per line, as `name: value`.
@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "metrics": "pixelqa.benchmarks.metrics",
     "model": "pixelqa.benchmarks.model",
     "data": "pixelqa.benchmarks.data",
+    "gpu": "pixelqa.benchmarks.gpu",
 }
 
 

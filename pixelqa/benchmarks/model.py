@@ -24,6 +24,7 @@ import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.model.config import LoraConfig, MaskDecoderConfig, UniPixelConfig
+from pixelqa.prompt_format import REF, SEG, memory_prompt, object_tag
 
 # Published Qwen2.5-VL sizes (config.json of the 3B / 7B Instruct releases), for random-init benchmarks.
 _VISION = {
@@ -84,7 +85,7 @@ def write_config_dir(preset: str, root: Path) -> Path:
 
 
 def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batch:
-    """B video samples: a mask prompt, a two-frame memory preamble, a <|seg|> answer with per-frame targets."""
+    """B video samples: a mask prompt, a one-pair memory preamble, a <|seg|> answer with per-frame targets."""
     g = torch.Generator().manual_seed(seed)
     proc = model.processor
     texts, videos, prompts, memory, seg, valid = [], [], [], [], [], []
@@ -94,20 +95,19 @@ def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batc
         for t in range(frames):
             y = (size // 8) * (1 + t % 4)
             obj[t, y : y + size // 3, size // 4 : size // 2 + size // 8] = True
-        user = (
-            f"Here is a video with {frames} frames denoted as <1> to <{frames}>. The highlighted regions are as "
-            f"follows:\n[1]: <1> <|mem|> <2> <|mem|>\nWhat does [1] do next to <|ref|>? Please segment it."
-        )
+        # The shared text protocol (token strings and preamble from pixelqa.prompt_format): object 1 is in memory
+        # on the first frame pair, the question refers to a region by mask, and the answer segments object 1.
+        user = f"{memory_prompt({1: [0, 1]}, frames)}\nWhat does {object_tag(1)} do next to {REF}? Please segment it."
         msgs = [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "It moves down. [1] <|seg|>"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": f"It moves down. {object_tag(1)} {SEG}"}]},
         ]
         texts.append(proc.apply_chat_template(msgs, tokenize=False))
         videos.append(vid)
         box = torch.zeros(size, size, dtype=torch.bool)
         box[size // 2 :, size // 2 :] = True
         prompts.append([VisualPrompt("mask", 0, (), box)])
-        memory.append([MemoryRef(1, 0, obj[0]), MemoryRef(1, 1, obj[1])])
+        memory.append([MemoryRef(1, 0, obj[0] | obj[min(1, frames - 1)])])  # one <|mem|>: the pair's mask union
         seg.append(obj[None])
         valid.append(torch.ones(1, frames, dtype=torch.bool))
     enc = proc(text=texts, videos=videos, padding=True, return_tensors="pt")
@@ -129,6 +129,69 @@ def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batc
         seg_masks=seg,
         seg_valid=valid,
     )
+
+
+def benchmark_config(
+    preset: str, path: str | None, sam_arch: str | None = None, sam_size: int | None = None
+) -> UniPixelConfig:
+    """The benchmarks' UniPixel: tiny in float32 with micro SAM at 128 px; real sizes in bfloat16 with gradient
+    checkpointing, LoRA rank 128 and SAM 2.1 Hiera-B+ at 768 px (unless `sam_arch` / `sam_size` say otherwise)."""
+    tiny = preset == "tiny"
+    return UniPixelConfig(
+        preset=preset,
+        path=path,
+        dtype="float32" if tiny else "bfloat16",
+        gradient_checkpointing=not tiny,
+        lora=LoraConfig(enabled=True, rank=8 if tiny else 128, alpha=16 if tiny else 256, dropout=0.0),
+        mask_decoder=MaskDecoderConfig(
+            arch=sam_arch or ("micro" if tiny else "hiera_b+"),
+            image_size=sam_size or (128 if tiny else 768),
+        ),
+    )
+
+
+def build_model(
+    preset: str, device: str, path: str | None = None, sam_arch: str | None = None, sam_size: int | None = None
+):
+    """A UniPixel of `preset` on `device` in train mode: random weights for real presets unless `path` names a
+    Qwen2.5-VL folder (a config.json with the published sizes is written to a temp dir otherwise)."""
+    from pixelqa.model import UniPixel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if preset != "tiny" and path is None:
+            path = str(write_config_dir(preset, Path(tmp)))
+        cfg = benchmark_config(preset, path, sam_arch, sam_size)
+        return UniPixel(cfg, random_init=preset != "tiny").to(device).train()
+
+
+def training_steps(model, batch: Batch):
+    """(plain Qwen2.5-VL step, UniPixel step) on `batch`: one AdamW step each over the parameters that require grad
+    now (the plain step: those of the backbone only, through Qwen's own forward with labels)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt_plain = torch.optim.AdamW([p for p in model.backbone.parameters() if p.requires_grad], lr=1e-5)
+
+    def plain_step() -> None:
+        out = model.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.labels,
+            mm_token_type_ids=batch.mm_token_type_ids,
+            pixel_values_videos=batch.pixel_values_videos,
+            video_grid_thw=batch.video_grid_thw,
+            second_per_grid_ts=batch.second_per_grid_ts,
+            use_cache=False,
+        )
+        out.loss.backward()
+        opt_plain.step()
+        opt_plain.zero_grad(set_to_none=True)
+
+    def unipixel_step() -> None:
+        out = model(batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return plain_step, unipixel_step
 
 
 def _sync(device: str) -> None:
@@ -168,52 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from pixelqa.model import UniPixel
-
     tiny = args.preset == "tiny"
     size = args.size or (112 if tiny else 448)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.path
-        if not tiny and path is None:
-            path = str(write_config_dir(args.preset, Path(tmp)))
-        cfg = UniPixelConfig(
-            preset=args.preset,
-            path=path,
-            dtype="float32" if tiny else "bfloat16",
-            gradient_checkpointing=not tiny,
-            lora=LoraConfig(enabled=True, rank=8 if tiny else 128, alpha=16 if tiny else 256, dropout=0.0),
-            mask_decoder=MaskDecoderConfig(
-                arch=args.sam_arch or ("micro" if tiny else "hiera_b+"),
-                image_size=args.sam_size or (128 if tiny else 768),
-            ),
-        )
-        model = UniPixel(cfg, random_init=not tiny).to(args.device).train()
+    model = build_model(args.preset, args.device, args.path, args.sam_arch, args.sam_size)
     batch = make_batch(model, args.batch, args.frames, size).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    opt_plain = torch.optim.AdamW(backbone_params, lr=1e-5)
-
-    def plain_step():
-        out = model.backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            labels=batch.labels,
-            mm_token_type_ids=batch.mm_token_type_ids,
-            pixel_values_videos=batch.pixel_values_videos,
-            video_grid_thw=batch.video_grid_thw,
-            second_per_grid_ts=batch.second_per_grid_ts,
-            use_cache=False,
-        )
-        out.loss.backward()
-        opt_plain.step()
-        opt_plain.zero_grad(set_to_none=True)
-
-    def unipixel_step():
-        out = model(batch)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    plain_step, unipixel_step = training_steps(model, batch)
 
     plain_s, plain_mem = time_steps(plain_step, args.steps, args.device)
     ours_s, ours_mem = time_steps(unipixel_step, args.steps, args.device)
