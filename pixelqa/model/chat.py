@@ -144,9 +144,9 @@ def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
 
 
 def _seg_masks(model, batch: Batch) -> list[torch.Tensor]:
-    """(T, H, W) bool masks of every <|seg|> in the batch's single sample, in text order."""
+    """(T, H, W) bool masks of every <|seg|> in the batch's single sample, in text order (teacher-forced pass)."""
     out = model.forward(batch)
-    return [m for m in (out.pred_masks[0] > 0)]
+    return [m.cpu() for m in (out.pred_masks[0] > 0)]
 
 
 def _free_id(bank: ObjectMemoryBank, taken: list[int]) -> int:
@@ -170,9 +170,46 @@ def check_media(media: torch.Tensor) -> None:
         raise ValueError(f"media: got {got}, expected a (T, 3, H, W) uint8 tensor")
 
 
+def _sam_frames(state) -> torch.Tensor:
+    """The frames SAM segments in this conversation."""
+    return state.sam_media if state.sam_media is not None else state.media
+
+
+def _llm_view(state, bank: ObjectMemoryBank) -> ObjectMemoryBank:
+    """The bank restricted to the LLM's frames (memory tokens pool LLM frames; the bank covers SAM frames)."""
+    if state.llm_index is None:
+        return bank
+    return ObjectMemoryBank(len(state.llm_index), {k: m[state.llm_index] for k, m in bank.masks.items()})
+
+
+def _decode(model, state, states: torch.Tensor) -> list[torch.Tensor]:
+    """(T_sam, H, W) bool masks from <|seg|> states, one per state."""
+    return [m > 0 for m in model.decode_states(_sam_frames(state), states).cpu()]
+
+
+def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index: list[int] | None) -> None:
+    """Raise unless the SAM frames and the LLM-frame index agree with the LLM frames."""
+    if sam_media is None and llm_index is None:
+        return
+    if sam_media is None or llm_index is None:
+        raise ValueError(
+            "sam_media / llm_index: give both (SAM frames and where the LLM frames sit in them) or neither"
+        )
+    check_media(sam_media)
+    if len(llm_index) != media.shape[0] or any(not 0 <= i < sam_media.shape[0] for i in llm_index):
+        raise ValueError(
+            f"llm_index: got {list(llm_index)}, expected {media.shape[0]} indices in [0, {sam_media.shape[0] - 1}]"
+        )
+    if tuple(sam_media.shape[-2:]) != tuple(media.shape[-2:]):
+        raise ValueError(f"sam_media: frames of {tuple(sam_media.shape[-2:])}, expected {tuple(media.shape[-2:])}")
+
+
 @torch.no_grad()
-def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
+def chat_turn(
+    model, media, text, prompts, history, max_new_tokens, kind, sam_media=None, llm_index=None, use_cache=True
+):
     """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state)."""
+    from pixelqa.model.generation import greedy_generate
     from pixelqa.model.unipixel import ChatResult, ChatState
 
     was = model.training
@@ -180,13 +217,18 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
     try:
         if history is None:
             check_media(media)
+            check_frames(media, sam_media, llm_index)
             kind = kind or ("image" if media.shape[0] == 1 else "video")
             if kind not in ("image", "video"):
                 raise ValueError(f"kind: got {kind!r}, expected 'image' or 'video'")
-            state = ChatState(media=media, kind=kind, bank=ObjectMemoryBank(int(media.shape[0])))
+            n_sam = int((sam_media if sam_media is not None else media).shape[0])
+            state = ChatState(media=media, kind=kind, bank=ObjectMemoryBank(n_sam))
+            state.sam_media, state.llm_index = sam_media, list(llm_index) if llm_index is not None else None
         else:
             state = history
-        T = state.bank.num_frames
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text: got an empty message, expected a question or instruction")
+        T = int(state.media.shape[0])
         if count_ref(text) != len(prompts):
             raise ValueError(f"text has {count_ref(text)} {REF} tokens but {len(prompts)} prompts were given")
         ids: list[int] = []
@@ -203,15 +245,14 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
         masks: dict[int, torch.Tensor] = {}
         user_text, turn_prompts, turn_memory = text, vps, []
         if vps and variant == "memory_bank":
-            # pre-filling: the answer's content is fixed by the prompts, so it is teacher-forced
-            # as released: the question with `[k] <|ref|>` markers plus the pre-filling instruction
+            # pre-filling as released: the question with `[k] <|ref|>` markers plus the pre-filling instruction,
+            # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
             prefill_text = f"{tag_refs(text, ids)} {PREFILL_INSTRUCTION}"
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
-            segs = _seg_masks(model, pre)[-len(ids) :]
-            for oid, m in zip(ids, segs):
+            for oid, m in zip(ids, _decode(model, state, model.seg_states(pre)[-len(ids) :])):
                 state.bank.put(oid, m)
                 masks[oid] = m
-            sub, turn_memory = _memory_refs(state.bank, ids)
+            sub, turn_memory = _memory_refs(_llm_view(state, state.bank), ids)
             user_text = inject(text, sub, state.kind, ids)
             turn_prompts = []
             state.injected.update(ids)
@@ -222,34 +263,41 @@ def chat_turn(model, media, text, prompts, history, max_new_tokens, kind):
             # later turns may name bank objects that are not yet in the context: inject them now
             named = [k for k in object_ids_in(user_text) if k in state.bank and k not in state.injected]
             if named:
-                sub, extra_refs = _memory_refs(state.bank, named)
+                sub, extra_refs = _memory_refs(_llm_view(state, state.bank), named)
                 pre = sub.preamble(state.kind)
                 if pre:
                     user_text = f"{pre}\n{user_text}"
                     turn_memory = extra_refs + turn_memory
                 state.injected.update(named)
         batch = build_batch(model, state, user_text, None, state.prompts + turn_prompts, state.memory + turn_memory)
-        answer, _ = generate(model, batch, max_new_tokens)
-        n_before = sum(count_seg(u) + count_seg(a) for u, a in state.turns)
         n_user = count_seg(user_text)
-        n_answer = count_seg(answer)
-        if n_user or n_answer:
+        if variant == "ref_seg_pool":
+            # the pooled second LLM pass lives in forward: generate and decode through it (uncached)
+            answer, _ = generate(model, batch, max_new_tokens)
             full = build_batch(
                 model, state, user_text, answer, state.prompts + turn_prompts, state.memory + turn_memory
             )
+            n_before = sum(count_seg(u) + count_seg(a) for u, a in state.turns)
             segs = _seg_masks(model, full)[n_before:]
-            if variant in ("ref_seg", "ref_seg_pool") and n_user:
-                for oid, m in zip(ids, segs[:n_user]):
-                    state.bank.put(oid, m)
-                    masks[oid] = m
-            answer_ids = parse_prefill(answer)
-            if len(answer_ids) != n_answer:
-                answer_ids = []
-                for _ in range(n_answer):
-                    answer_ids.append(_free_id(state.bank, answer_ids))
-            for oid, m in zip(answer_ids, segs[n_user:]):
+        else:
+            gen = greedy_generate(model, batch, max_new_tokens, use_cache=use_cache)
+            answer = gen.text
+            prompt_states = gen.prompt_seg_states[gen.prompt_seg_states.shape[0] - n_user :] if n_user else None
+            states = gen.seg_states if prompt_states is None else torch.cat([prompt_states, gen.seg_states])
+            segs = _decode(model, state, states)
+        n_answer = count_seg(answer)
+        if variant in ("ref_seg", "ref_seg_pool") and n_user:
+            for oid, m in zip(ids, segs[:n_user]):
                 state.bank.put(oid, m)
                 masks[oid] = m
+        answer_ids = parse_prefill(answer)
+        if len(answer_ids) != n_answer:
+            answer_ids = []
+            for _ in range(n_answer):
+                answer_ids.append(_free_id(state.bank, answer_ids))
+        for oid, m in zip(answer_ids, segs[n_user:]):
+            state.bank.put(oid, m)
+            masks[oid] = m
         state.turns.append((user_text, answer))
         state.prompts = state.prompts + turn_prompts
         state.memory = state.memory + turn_memory

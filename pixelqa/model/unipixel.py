@@ -351,10 +351,7 @@ class UniPixel(nn.Module):
     ) -> torch.Tensor:
         """Token embeddings with new-token rows, <|ref|> prompt tokens and <|mem|> memory tokens filled in."""
         ids = batch.input_ids
-        emb = self.qwen.get_input_embeddings()(ids).float()  # (B, L, D)
-        is_new = ids[..., None] == self.new_ids  # (B, L, 3)
-        new_rows = is_new.float() @ self.new_token_embed  # (B, L, D)
-        emb = torch.where(is_new.any(-1, keepdim=True), new_rows, emb)
+        emb = self.token_embeddings(ids)  # (B, L, D)
         ref_id, mem_id = self.token_ids[REF], self.token_ids[MEM]
         sparse_kinds, sparse_coords, sparse_frames, sparse_pos, sparse_clip = [], [], [], [], []
         pooled, pooled_pos = [], []
@@ -417,14 +414,12 @@ class UniPixel(nn.Module):
                 anchor = anchor + p.view(-1)[0] * 0.0
         return anchor
 
-    def forward(self, batch: Batch, decode_masks: bool = True) -> UniPixelOutput:
-        """Teacher-forced pass: LM logits and loss, masks for every <|seg|> (capped in training), mask losses.
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, dict, list[list[FrameGrid]]]:
+        """The ViT once, then the (B, L, D) input embeddings with <|ref|> / <|mem|> / new-token rows filled in.
 
-        In training mode only the first `loss.max_objects` <|seg|>s of a sample are decoded (they are the ones
-        with mask losses); in eval mode all are. decode_masks=False skips SAM (used while generating), except
-        for the prompt-side <|seg|>s that memory.variant=ref_seg_pool needs (then only those are returned).
+        Returns the embeddings, the ViT outputs (Qwen scatters them into the media positions itself) and the
+        per-frame token grids (for pooling).
         """
-        qwen = self.qwen
         media = _split_media(batch, self.merge_unit)
         enc_outputs, visual_pre = {}, {}
         if batch.pixel_values is not None:
@@ -435,6 +430,28 @@ class UniPixel(nn.Module):
             )
         frame_grids = self._sample_frames(batch, media, visual_pre)
         emb = self._input_embeddings(batch, frame_grids, self._clip_frames(batch, media))
+        return emb, enc_outputs, frame_grids
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) text token ids -> (B, L, D) float input embeddings, our rows for the three new tokens."""
+        emb = self.qwen.get_input_embeddings()(ids).float()
+        is_new = ids[..., None] == self.new_ids  # (B, L, 3)
+        return torch.where(is_new.any(-1, keepdim=True), is_new.float() @ self.new_token_embed, emb)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) post-norm states -> (B, L, V) logits, our LM-head rows for the three new tokens."""
+        logits = self.qwen.lm_head(hidden)
+        logits.index_copy_(-1, self.new_ids, (hidden.float() @ self.new_token_head.t()).to(logits.dtype))
+        return logits
+
+    def forward(self, batch: Batch, decode_masks: bool = True) -> UniPixelOutput:
+        """Teacher-forced pass: LM logits and loss, masks for every <|seg|> (capped in training), mask losses.
+
+        In training mode only the first `loss.max_objects` <|seg|>s of a sample are decoded (they are the ones
+        with mask losses); in eval mode all are. decode_masks=False skips SAM (used while generating), except
+        for the prompt-side <|seg|>s that memory.variant=ref_seg_pool needs (then only those are returned).
+        """
+        emb, enc_outputs, frame_grids = self.embed(batch)
         hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)  # (B, L, D) after / before the final norm
         pooled_segs = self._prompt_seg_positions(batch) if self.cfg.memory.variant == "ref_seg_pool" else {}
         masks, ious, scores, sums, picks = self._decode_segs(
@@ -445,10 +462,8 @@ class UniPixel(nn.Module):
             # of the mask just predicted for them; the answer (logits, LM loss) comes from this pass
             emb = self._add_pooled_masks(emb, frame_grids, masks, picks, pooled_segs)
             hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)
-        logits = qwen.lm_head(hidden)
-        new_logits = hidden.float() @ self.new_token_head.t()  # (B, L, 3)
-        # in place: Linear's backward does not need its output, and a (B, L, V) copy is large for real vocabularies
-        logits.index_copy_(-1, self.new_ids, new_logits.to(logits.dtype))
+        # in place inside: Linear's backward does not need its output; a (B, L, V) copy is large for real vocabularies
+        logits = self.logits(hidden)
         losses = {"lm": lm_loss(logits, batch.labels) if batch.labels is not None else logits.sum() * 0.0}
         w = self.cfg.loss
         n_mask = sums["n_mask"].clamp(min=1)
@@ -667,6 +682,29 @@ class UniPixel(nn.Module):
         return masks, ious, scores, sums, picks
 
     @torch.no_grad()
+    def seg_states(self, batch: Batch) -> torch.Tensor:
+        """(n, D) the states that feed every <|seg|> of a one-sample batch's text, in order (no SAM)."""
+        emb, enc, _ = self.embed(batch)
+        hidden, pre_norm = self._run_llm(batch, emb, enc)
+        states = self._seg_states(hidden, pre_norm)[0]
+        return states[(batch.input_ids[0] == self.token_ids[SEG]).nonzero().flatten()]
+
+    @torch.no_grad()
+    def decode_states(self, frames: torch.Tensor, states: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits.
+
+        Decoded on frame 0 and propagated through SAM 2's memory; frames are encoded in chunks of `chunk`.
+        """
+        T, _, H, W = frames.shape
+        device = self.new_token_embed.device
+        if states.shape[0] == 0:
+            return torch.zeros(0, T, H, W, device=device)
+        features = self.mask_decoder.encode_frames_chunked(frames.to(device), chunk)
+        tokens = self.l2m(states.float().to(device))  # (N, D) -> (N, hidden_tokens, 256)
+        dec = self.mask_decoder(features, list(range(T)), tokens)
+        return self.mask_decoder.upsample(dec.low_res, (H, W))
+
+    @torch.no_grad()
     def predict(self, batch: Batch) -> list[torch.Tensor]:
         """Binary masks (K, T, H, W) bool for every <|seg|> of each sample's (teacher-forced) text."""
         was = self.training
@@ -686,11 +724,21 @@ class UniPixel(nn.Module):
         history: ChatState | None = None,
         max_new_tokens: int = 64,
         kind: str | None = None,
+        sam_media: torch.Tensor | None = None,
+        llm_index: list[int] | None = None,
+        use_cache: bool = True,
     ) -> ChatResult:
-        """One user turn of a multi-round chat; see `pixelqa.model.chat` for the protocol."""
+        """One user turn of a multi-round chat; see `pixelqa.model.chat` for the protocol.
+
+        media: the LLM's frames (T, 3, H, W) uint8; sam_media: the frames SAM segments (T_sam, 3, H, W) uint8, by
+        default the same; llm_index[i]: the index of LLM frame i in sam_media. Prompt frames index LLM frames;
+        masks cover the SAM frames.
+        """
         from pixelqa.model.chat import chat_turn
 
-        return chat_turn(self, media, text, prompts or [], history, max_new_tokens, kind)
+        return chat_turn(
+            self, media, text, prompts or [], history, max_new_tokens, kind, sam_media, llm_index, use_cache
+        )
 
     # ---- save / load ----------------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -788,13 +836,15 @@ def _without_targets(batch: Batch) -> Batch:
 class ChatState:
     """A conversation: media, turns so far, their prompts and memory refs (text order), and the memory bank."""
 
-    media: torch.Tensor  # (T, 3, H, W) uint8
+    media: torch.Tensor  # (T, 3, H, W) uint8, the LLM's frames
     kind: str  # image | video
-    bank: ObjectMemoryBank
+    bank: ObjectMemoryBank  # masks over the SAM frames
     turns: list[tuple[str, str]] = field(default_factory=list)  # (user text, assistant text) as fed to the model
     prompts: list[VisualPrompt] = field(default_factory=list)
     memory: list[MemoryRef] = field(default_factory=list)
     injected: set[int] = field(default_factory=set)  # object ids whose memory is already in the context
+    sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
+    llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
 
 
 @dataclass
@@ -802,7 +852,7 @@ class ChatResult:
     """What one chat turn returns."""
 
     text: str  # the assistant's answer
-    masks: dict[int, torch.Tensor]  # object id -> (T, H, W) bool, masks predicted in this turn
+    masks: dict[int, torch.Tensor]  # object id -> (T_sam, H, W) bool, masks predicted in this turn
     bank: ObjectMemoryBank
     state: ChatState
     user_text: str = ""  # the user text actually fed to the model (after memory injection)
