@@ -57,7 +57,11 @@ class DataConfig:
     prompt_mode: str = "keep"  # training prompts: keep | point_box (stage 1: point or box from the mask) | point | box
     min_pixels: int = 128 * 28 * 28  # per-frame visual-token budget (paper: 128 to 256 tokens)
     max_pixels: int = 256 * 28 * 28
+    image_min_pixels: int = 128 * 28 * 28  # per-image budget (released: up to 2,048 tokens); pixelqa.data.budgets
+    image_max_pixels: int = 2048 * 28 * 28
     max_tokens: int = 4096  # sequence cap (paper: 4K)
+    max_redraws: int = 10  # an unusable sample is replaced by up to this many other draws of its source
+    group_by_type: bool = False  # every micro-batch of an optimizer step, on every rank, holds one data type
     batch_size: int = 1  # per device
     global_batch_size: int | None = None  # if set: accumulate = global / (batch_size * devices * nodes)
     val_batch_size: int = 1
@@ -87,6 +91,8 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None  # None = every max_steps // 5 (10..1000); always at the end too
+    keep_checkpoints: int = 1  # step checkpoints kept (the most recent), beside last.ckpt
+    allow_stream_change: bool = False  # resume although the data-stream fingerprint differs (--allow-stream-change)
     cpu_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
 
 

@@ -37,6 +37,7 @@ import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.data import masks
+from pixelqa.data.budgets import PixelBudget
 from pixelqa.data.loader import subsample_frames
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import FrameDecodeError, Prompt, Sample
@@ -73,6 +74,7 @@ class Collator:
         prompt_mode: str = "keep",
         box_jitter: float = 0.1,
         max_pairs: int | None = 3,
+        budget: PixelBudget | None = None,
     ) -> None:
         if memory_variant not in MEMORY_VARIANTS:
             raise ValueError(f"memory_variant: got {memory_variant!r}, expected one of {MEMORY_VARIANTS}")
@@ -101,7 +103,10 @@ class Collator:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.im_end_id
         self.image_pad_id = getattr(processor, "image_token_id", None) or tok.convert_tokens_to_ids("<|image_pad|>")
         self.video_pad_id = getattr(processor, "video_token_id", None) or tok.convert_tokens_to_ids("<|video_pad|>")
+        # pixel budgets passed at every processor call (None: the processor's own settings)
+        self.budget = budget
         self.dropped = 0  # samples dropped so far (too long, nothing to learn, undecodable)
+        self.truncated = 0  # samples cut to max_tokens so far
 
     # ------------------------------------------------------------------ text
     def _subsample_pairs(self, sample: Sample) -> Sample:
@@ -247,14 +252,12 @@ class Collator:
                 "width": w,
                 "duration": n / fps,
             }
-            out = self.processor(
-                text=[text],
-                videos=[frames],
-                return_tensors="pt",
-                videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]},
-            )
+            kwargs = self.budget.call_kwargs("video") if self.budget is not None else {"videos_kwargs": {}}
+            kwargs["videos_kwargs"].update({"do_sample_frames": False, "video_metadata": [meta]})
+            out = self.processor(text=[text], videos=[frames], return_tensors="pt", **kwargs)
         else:
-            out = self.processor(text=[text], images=[frames[0]], return_tensors="pt")
+            kwargs = self.budget.call_kwargs("image") if self.budget is not None else {}
+            out = self.processor(text=[text], images=[frames[0]], return_tensors="pt", **kwargs)
         ids = out["input_ids"][0]
         n_assistant = sum(1 for m in messages if m["role"] == "assistant")
         labels = self._labels(ids, n_assistant, sample.key)
@@ -263,11 +266,13 @@ class Collator:
             mm = (ids == self.image_pad_id).long() + 2 * (ids == self.video_pad_id).long()
         else:
             mm = mm[0].long()
+        cut = 0
         if len(ids) > self.max_tokens:
             media_pos = torch.nonzero(mm > 0).flatten()
             last_media = int(media_pos.max()) if len(media_pos) else -1
             if self.overflow == "drop" or last_media >= self.max_tokens:
                 return self._drop(sample, f"{len(ids)} tokens > max_tokens {self.max_tokens}")
+            cut = len(ids) - self.max_tokens
             ids, labels, mm = ids[: self.max_tokens], labels[: self.max_tokens], mm[: self.max_tokens]
             # Keep the lists consistent with the special tokens that survived the cut.
             prompts = prompts[: int((ids == self.ref_id).sum())]
@@ -275,6 +280,9 @@ class Collator:
             segs = segs[: int((ids == self.seg_id).sum())]
         if not (labels != IGNORE_INDEX).any():
             return self._drop(sample, "no assistant tokens left to learn from")
+        if cut:
+            self.truncated += 1
+            log.warning("collate truncated sample %s by %d tokens to max_tokens %d", sample.key, cut, self.max_tokens)
         for name, tok_id, items in (
             ("<|ref|>", self.ref_id, prompts),
             ("<|mem|>", self.mem_id, mems),
@@ -296,6 +304,7 @@ class Collator:
             "seg": self._seg_targets(sample, segs),
             "seg_ids": list(segs),
             "sample": sample,
+            "truncated_tokens": cut,
         }
         for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if k in out and out[k] is not None:
@@ -338,18 +347,24 @@ class Collator:
         return torch.from_numpy(m), torch.from_numpy(valid)
 
     # ------------------------------------------------------------------ batch
+    def encode(self, sample: Sample) -> dict | None:
+        """The tensors of one sample, or None (counted in `dropped`, logged) when it cannot be used."""
+        try:
+            return self._encode(sample)
+        except FrameDecodeError as e:
+            return self._drop(sample, str(e))  # an undecodable frame: skip the sample, loudly
+
     def __call__(self, samples: list[Sample]) -> Batch:
         """Collate samples (dropping those that cannot fit) into a right-padded Batch."""
-        encs = []
-        for s in samples:
-            try:
-                enc = self._encode(s)
-            except FrameDecodeError as e:
-                enc = self._drop(s, str(e))  # an undecodable frame: skip the sample, loudly
-            if enc is not None:
-                encs.append(enc)
+        encs = [e for e in (self.encode(s) for s in samples) if e is not None]
         if not encs:
             raise ValueError(f"samples: all {len(samples)} samples of the batch were dropped (see warnings)")
+        return self.assemble(encs)
+
+    def assemble(self, encs: list[dict]) -> Batch:
+        """A right-padded Batch of encoded samples (`encode` outputs; extra per-sample `meta` entries kept)."""
+        if not encs:
+            raise ValueError("encs: got no encoded samples, expected at least one")
         length = max(len(e["input_ids"]) for e in encs)
         b = len(encs)
         input_ids = torch.full((b, length), self.pad_id, dtype=torch.long)
@@ -382,7 +397,14 @@ class Collator:
             seg_object_ids=[e["seg_ids"] for e in encs],
             tasks=[e["sample"].task for e in encs],
             keys=[e["sample"].key for e in encs],
-            meta=[self._meta(e["sample"], len(e["input_ids"])) for e in encs],
+            meta=[
+                {
+                    **self._meta(e["sample"], len(e["input_ids"])),
+                    **e.get("extra_meta", {}),
+                    "truncated_tokens": e["truncated_tokens"],
+                }
+                for e in encs
+            ],
         )
 
     @staticmethod

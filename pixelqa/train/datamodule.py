@@ -13,6 +13,15 @@ split across processes by index.
 Collation (`pixelqa.data.collate.Collator`) runs under an RNG seeded by (seed, batch index), so prompt sampling
 and any other data randomness repeat after a resume too.
 
+Redraws: a sample the collator cannot use (over-long after the pixel budgets, an undecodable frame, nothing left to
+supervise) is replaced by another record of the same source, drawn from a generator seeded by (seed, slot,
+attempt), up to `data.max_redraws` times (as the released training retries); each batch's `meta` carries the
+counts (`redraws`, `dropped_slots`, `truncated_tokens`), which the training module sums and logs.
+
+Group by type (`data.group_by_type`): every slot of one optimizer step, on every rank, comes from sources of one
+data type (a source's type is the media kind of its first record: image or video), the type drawn per step with
+probability proportional to its sources' weights: a rank that runs SAM on video does not wait for image ranks.
+
 Damage (`pixelqa.data.shard_reader`): records found damaged when a shard is opened (truncation, bad headers) are
 left out of the index, so the stream stays a pure function of (seed, step) over the intact records; a record found
 damaged when read (CRC-32, JSON) is replaced by the next intact record of its source, the same on every rerun.
@@ -119,6 +128,14 @@ class SourceIndex:
     def __len__(self) -> int:
         return len(self.refs)
 
+    @property
+    def kind(self) -> str:
+        """The data type of the source: the media kind ("image" | "video") of its first intact record."""
+        if getattr(self, "_kind", None) is None:
+            first = next((x for x in (self.read(i) for i in range(min(len(self), 16))) if x is not None), None)
+            self._kind = first.media.kind if first is not None else "image"
+        return self._kind
+
     def read(self, idx: int) -> Sample | None:
         """Sample `idx`, or None (reported to `damage`) when its record is damaged."""
         try:
@@ -196,6 +213,45 @@ class MixtureSchedule:
             chunk += 1
 
 
+class GroupedMixtureSchedule(MixtureSchedule):
+    """A MixtureSchedule whose slots of one optimizer step (`per_step` consecutive slots) share one data type.
+
+    The type of each step is drawn with probability proportional to the total weight of its sources, then each
+    slot's source among that type's sources by their weights; still a pure function of (seed, slot).
+    """
+
+    def __init__(
+        self, sizes: Sequence[int], repeats: Sequence[float], seed: int, types: Sequence[str], per_step: int
+    ) -> None:
+        super().__init__(sizes, repeats, seed)
+        if len(types) != len(sizes):
+            raise ValueError(f"types: got {len(types)} entries for {len(sizes)} sources, expected one per source")
+        if per_step < 1:
+            raise ValueError(f"per_step: got {per_step}, expected >= 1")
+        self.per_step = int(per_step)
+        self.steps_per_chunk = max(1, 4096 // self.per_step)
+        self.CHUNK = self.steps_per_chunk * self.per_step  # chunks hold whole steps
+        self.types = sorted(set(types))
+        self.members = [np.array([i for i, t in enumerate(types) if t == k]) for k in self.types]
+        self.type_probs = np.array([self.probs[m].sum() for m in self.members])
+
+    def _choices(self, chunk: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 41, chunk])
+        step_types = rng.choice(len(self.types), size=self.steps_per_chunk, p=self.type_probs)
+        out = np.empty((self.steps_per_chunk, self.per_step), dtype=np.int64)
+        for k, members in enumerate(self.members):
+            p = self.probs[members] / self.probs[members].sum()
+            drawn = members[rng.choice(len(members), size=(self.steps_per_chunk, self.per_step), p=p)]
+            out[step_types == k] = drawn[step_types == k]
+        return out.reshape(-1)
+
+    def step_type(self, step: int) -> str:
+        """The data type of optimizer step `step`."""
+        chunk, pos = divmod(int(step), self.steps_per_chunk)
+        rng = np.random.default_rng([self.seed, 41, chunk])
+        return self.types[int(rng.choice(len(self.types), size=self.steps_per_chunk, p=self.type_probs)[pos])]
+
+
 def _worker() -> tuple[int, int]:
     """(number of DataLoader workers, this worker's id); (1, 0) in the main process."""
     info = get_worker_info()
@@ -224,8 +280,11 @@ class TrainBatches(IterableDataset):
         start_batch: int = 0,
         num_frames: int = 8,
         prompt_mode: str = "keep",
+        max_redraws: int = 10,
+        group_per_step: int | None = None,
     ) -> None:
         self.sources = list(sources)
+        self.max_redraws = int(max_redraws)
         self.num_frames = int(num_frames)
         self.prompt_mode = prompt_mode
         self.collate = collate
@@ -233,7 +292,12 @@ class TrainBatches(IterableDataset):
         self.seed = int(seed)
         self.rank, self.world = int(rank), int(world)
         self.start_batch = int(start_batch)
-        self.schedule = MixtureSchedule([len(s) for s in self.sources], [s.repeat for s in self.sources], seed)
+        sizes, repeats = [len(s) for s in self.sources], [s.repeat for s in self.sources]
+        if group_per_step:  # slots per optimizer step, all ranks: batch x world x accumulate
+            kinds = [s.kind for s in self.sources]
+            self.schedule = GroupedMixtureSchedule(sizes, repeats, seed, kinds, group_per_step)
+        else:
+            self.schedule = MixtureSchedule(sizes, repeats, seed)
 
     def slots(self, batch: int) -> range:
         """Global mixture slots of this process's `batch`-th batch."""
@@ -245,14 +309,45 @@ class TrainBatches(IterableDataset):
         batch = self.start_batch
         while True:
             if batch % workers == worker:
-                samples = [self._sample(slot) for slot in self.slots(batch)]
-                with seeded(batch_seed(self.seed, batch * self.world + self.rank)):
-                    yield self.collate(samples)
+                if hasattr(self.collate, "encode") and hasattr(self.collate, "assemble"):
+                    with seeded(batch_seed(self.seed, batch * self.world + self.rank)):
+                        yield self._redrawn_batch(batch)
+                else:  # a plain collate function: no per-sample redraws
+                    samples = [self._sample(slot) for slot in self.slots(batch)]
+                    with seeded(batch_seed(self.seed, batch * self.world + self.rank)):
+                        yield self.collate(samples)
             batch += 1
 
-    def _sample(self, slot: int) -> Sample:
-        s, idx = self._lookup(slot)
-        rng = np.random.default_rng([self.seed, 31, slot])  # per slot: frames and prompts repeat after a resume
+    def _redrawn_batch(self, batch: int) -> Any:
+        """The collated batch, each unusable sample replaced by up to `max_redraws` other draws of its source."""
+        encs: list[dict] = []
+        lost = 0  # slots with no usable draw, reported in the next sample's meta
+        for slot in self.slots(batch):
+            s, idx = self._lookup(slot)
+            enc = None
+            for attempt in range(self.max_redraws + 1):
+                if attempt:  # another record of the same source, the same on every rerun
+                    idx = int(np.random.default_rng([self.seed, 37, slot, attempt]).integers(len(self.sources[s])))
+                enc = self.collate.encode(self._sample(slot, (s, idx), attempt))
+                if enc is not None:
+                    enc["extra_meta"] = {"redraws": attempt, "dropped_slots": lost}
+                    lost = 0
+                    encs.append(enc)
+                    break
+            if enc is None:
+                lost += 1
+        if not encs:
+            raise ValueError(
+                f"batch {batch}: no usable sample in {len(self.slots(batch))} slots after {self.max_redraws} redraws "
+                "each (see the collate warnings); check the pixel budgets and data.max_tokens"
+            )
+        encs[0]["extra_meta"]["dropped_slots"] += lost
+        return self.collate.assemble(encs)
+
+    def _sample(self, slot: int, at: tuple[int, int] | None = None, attempt: int = 0) -> Sample:
+        s, idx = self._lookup(slot) if at is None else at
+        # per slot (and redraw): frames and prompts repeat after a resume
+        rng = np.random.default_rng([self.seed, 31, slot] + ([attempt] if attempt else []))
         source = self.sources[s]
         for step in range(len(source)):  # a damaged record: the next intact one, the same on every rerun
             sample = source.read((idx + step) % len(source))
@@ -326,20 +421,18 @@ class EvalBatches(IterableDataset):
 
 
 def make_collator(processor: Any, data: Any, memory_variant: str) -> Callable[[list[Sample]], Any]:
-    """The data package's Collator with the recipe's frames, token cap and per-frame pixel budget."""
+    """The data package's Collator with the recipe's frames, token cap and pixel budgets (`pixelqa.data.budgets`)."""
+    from pixelqa.data.budgets import PixelBudget, apply_budget
     from pixelqa.data.collate import Collator
 
-    for name in ("image_processor", "video_processor"):
-        proc = getattr(processor, name, None)
-        if proc is None:
-            continue
-        for key, value in (("min_pixels", data.min_pixels), ("max_pixels", data.max_pixels)):
-            if hasattr(proc, key):
-                setattr(proc, key, value)
-        size = getattr(proc, "size", None)
-        if isinstance(size, dict) and "shortest_edge" in size:
-            proc.size = {"shortest_edge": data.min_pixels, "longest_edge": data.max_pixels}
-    return Collator(processor, num_frames=data.num_frames, max_tokens=data.max_tokens, memory_variant=memory_variant)
+    try:
+        budget = PixelBudget.from_data(data)
+    except ValueError as err:
+        raise RecipeError(f"data: {err}") from None
+    apply_budget(processor, budget)  # the processor's defaults too, for callers that do not go through the Collator
+    return Collator(
+        processor, num_frames=data.num_frames, max_tokens=data.max_tokens, memory_variant=memory_variant, budget=budget
+    )
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -404,11 +497,16 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_dataloader(self) -> DataLoader:
-        """Batches from the resume position: global_step x accumulate batches are skipped (not read)."""
+    def train_dataloader(self) -> Any:
+        """Batches from the resume position (global_step x accumulate batches skipped, not read), one optimizer
+        step at a time (`pixelqa.train.normalise.StepGrouper`: the step's loss counts travel with each batch)."""
+        from pixelqa.train.normalise import StepGrouper
+
         rank, world = self._rank_world()
         trainer = self.trainer
-        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        start = trainer.global_step * accumulate if trainer is not None else 0
+        per_step = self.data.batch_size * world * accumulate if getattr(self.data, "group_by_type", False) else None
         ds = TrainBatches(
             self.train_sources,
             self.collate,
@@ -419,8 +517,10 @@ class ShardDataModule(L.LightningDataModule):
             start,
             self.data.num_frames,
             self.data.prompt_mode,
+            max_redraws=int(getattr(self.data, "max_redraws", 10)),
+            group_per_step=per_step,
         )
-        return self._loader(ds)
+        return StepGrouper(self._loader(ds), accumulate)
 
     def val_dataloader(self) -> DataLoader:
         """One exact pass over the validation split(s)."""

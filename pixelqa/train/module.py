@@ -16,6 +16,7 @@ L->M projector reads; stage 3 keeps training them with everything else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,18 @@ from omegaconf import OmegaConf
 from pixelqa.batch import Batch
 from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
 from pixelqa.model.config import UniPixelConfig
+from pixelqa.train.normalise import (
+    COUNT_KEYS,
+    DATA_KEYS,
+    StepBatch,
+    batch_counts,
+    global_objective,
+    loss_scale,
+    term_means,
+)
 from pixelqa.train.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
 
 GROUPS: tuple[str, ...] = (
     "backbone_lora",
@@ -85,6 +97,12 @@ class UniPixelModule(L.LightningModule):
         self.val_acc = TaskAccuracy()
         self.overlays: list[dict[str, np.ndarray | str]] = []  # first val samples, for the overlay callback
         self._micro_step = 0
+        self._step_totals: torch.Tensor | None = None  # counts of the current optimizer step, all ranks
+        self._step_sums: dict[str, float] = {}  # loss-term sums of the current step on this rank (for logging)
+        self.data_counts = dict.fromkeys(DATA_KEYS, 0.0)  # redraws / dropped / truncated, all ranks, whole run
+        self.count_mismatches = 0
+        self.stream_fingerprint: dict[str, Any] | None = None  # set by pixelqa.fit; saved in checkpoints
+        self.base_reference: dict[str, Any] | None = None  # the frozen base model's identity, saved in checkpoints
         self.configure_trainable()
         # Checkpoints hold only our weights (not the frozen base backbone, rebuilt from model.path / the tiny
         # seed), so resume loads them non-strictly; `on_load_checkpoint` checks nothing of ours is missing.
@@ -155,11 +173,11 @@ class UniPixelModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ steps
-    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        """Move the Batch dataclass (tensors inside prompt and memory lists too)."""
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the Batch / StepBatch dataclass (tensors inside prompt and memory lists too)."""
         return (
             batch.to(device)
-            if isinstance(batch, Batch)
+            if isinstance(batch, (Batch, StepBatch))
             else super().transfer_batch_to_device(batch, device, dataloader_idx)
         )
 
@@ -174,14 +192,64 @@ class UniPixelModule(L.LightningModule):
         np.random.seed(seed % (2**32))
         self._micro_step += 1
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """One teacher-forced forward; logs the total and each loss term."""
+    def training_step(self, batch: Batch | StepBatch, batch_idx: int) -> torch.Tensor:
+        """One teacher-forced forward; a StepBatch back-propagates its part of the global-batch objective."""
+        if isinstance(batch, StepBatch):
+            return self._global_step_part(batch)
         out = self.model(batch)
         n = batch.size
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         for name, value in (out.losses or {}).items():
             self.log(f"train/{name}", value, batch_size=n)
         return out.loss
+
+    def _global_step_part(self, part: StepBatch) -> torch.Tensor:
+        """This micro-batch's share of the step objective (`pixelqa.train.normalise`); logs at the step's end."""
+        if part.index == 0:
+            totals = part.counts.to(self.device)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(totals)  # the one collective of the step: counts of every rank
+            self._step_totals = totals
+            self._step_sums = {}
+            self._step_local = part.counts.clone()
+        out = self.model(part.batch)
+        for k, v in out.sums.items():
+            self._step_sums[k] = self._step_sums.get(k, 0.0) + float(v.detach())
+        if part.index == part.per_step - 1:
+            self._log_step(part)
+        if self.model_cfg.loss.mask != "released":
+            # per-object mask counts are only known after the forward: the micro-batch mean, as before
+            return out.loss
+        got, own = self._out_counts(out), batch_counts(part.batch)[: len(COUNT_KEYS)]
+        if not torch.equal(got, own):
+            self.count_mismatches += 1  # still trains, on the pre-counted totals; said once
+            if self.count_mismatches == 1:
+                log.warning("loss counts %s of the model differ from the batch's %s", got.tolist(), own.tolist())
+        world = self.trainer.world_size if self._trainer is not None else 1
+        strategy = type(self.trainer.strategy).__name__.lower() if self._trainer is not None else "ddp"
+        totals = self._step_totals[: len(COUNT_KEYS)].to(out.loss.dtype)
+        objective = global_objective(out.sums, totals, self.model_cfg.loss)
+        objective = objective + out.loss * 0.0  # keeps every trainable parameter in the graph (DDP)
+        return objective * loss_scale(part.per_step, world, "deepspeed" if "deepspeed" in strategy else "ddp")
+
+    @staticmethod
+    def _out_counts(out: Any) -> torch.Tensor:
+        return torch.tensor([float(out.counts[k]) for k in COUNT_KEYS], dtype=torch.float64)
+
+    def _log_step(self, part: StepBatch) -> None:
+        """Log the step's loss (this rank's samples, every micro-batch), its terms and the data counters."""
+        local = self._step_local
+        means = term_means(self._step_sums, local)
+        w = self.model_cfg.loss
+        loss = sum(float(getattr(w, t)) * v for t, v in means.items())
+        n = part.batch.size
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for name, value in means.items():
+            self.log(f"train/{name}", value, batch_size=n)
+        totals = self._step_totals.cpu()
+        for i, key in enumerate(DATA_KEYS):
+            self.data_counts[key] += float(totals[len(COUNT_KEYS) + i])
+            self.log(f"data/{key}", self.data_counts[key], batch_size=n)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Teacher-forced forward: val loss, J&F of the <|seg|> masks, exact-match answers per task."""
@@ -217,12 +285,18 @@ class UniPixelModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the stage (for `init_from` checks) and drop the frozen base backbone weights."""
         checkpoint["pixelqa_stage"] = self.stage
+        checkpoint["pixelqa_data_counts"] = dict(self.data_counts)
+        if self.stream_fingerprint is not None:
+            checkpoint["pixelqa_stream"] = dict(self.stream_fingerprint)
+        if self.base_reference is not None:
+            checkpoint["pixelqa_base"] = dict(self.base_reference)
         ours = {f"model.{k}" for k in self.model.trainable_state_dict()}
         ours |= {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}  # extra_trainable
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in ours}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that lacks any of our weights (the base backbone is not stored)."""
+        self.data_counts.update(checkpoint.get("pixelqa_data_counts") or {})
         missing = [
             f"model.{k}" for k in self.model.trainable_state_dict() if f"model.{k}" not in checkpoint["state_dict"]
         ]
