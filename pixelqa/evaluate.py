@@ -1,5 +1,10 @@
 """Evaluate a checkpoint on a benchmark: `python -m pixelqa.evaluate recipe=stage3 ckpt=PATH eval.benchmark=synthetic`.
 
+The paper's benchmarks through their official protocols (free generation, the official frames, prompts and
+aggregation; `pixelqa.eval.official`): `python -m pixelqa.evaluate suite=paper model=unipixel-3b model.path=DIR`
+runs every benchmark of recipes/suite/paper.yaml whose shards exist (`suite.only=a,b` picks some) and prints the
+paper-style table; see docs/evaluation.md and `pixelqa.eval.suite_runner`.
+
 `ckpt` is a Lightning checkpoint of `pixelqa.fit` (or `last` for <output_dir>/checkpoints/last.ckpt); without it
 the untrained model is scored (a baseline). The result table goes to MLflow as CSV and Markdown
 (`tables/<benchmark>.csv|md`), with overlays of the first samples; the last lines printed are the headline
@@ -61,7 +66,11 @@ def pass_metrics(bench: str, passes: list) -> dict[str, float]:
 
 
 def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
-    """Score a checkpoint on `eval.benchmark`; returns {"<benchmark>/<metric>": value}."""
+    """Score a checkpoint on `eval.benchmark` (or a suite: `suite=NAME`); returns {"<benchmark>/<metric>": value}."""
+    if any(a.startswith("suite=") for a in args):
+        from pixelqa.eval.suite_runner import run_suite
+
+        return run_suite(list(args))
     from pixelqa import tracking
     from pixelqa.eval import get_protocol
     from pixelqa.eval.runner import counting_passes

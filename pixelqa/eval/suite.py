@@ -1,0 +1,354 @@
+"""A suite of benchmarks run through their official protocols (`pixelqa.eval.official`): shards -> requests ->
+`answer_fn` -> per-sample records -> the paper's rows, with a provenance record per benchmark.
+
+    load_suite(name) -> Suite                              recipes/suite/<name>.yaml
+    missing_shards(spec, shards) -> str | None             None, or the one-line reason with the build command
+    run_benchmark(spec, answer_fn, shards, out, rank, world) -> int      this rank's samples (resumable)
+    finish_benchmark(spec, out, ...) -> BenchmarkResult    merges every rank's records, aggregates, writes result.json
+    paper_rows(results, size) -> list[dict]                the paper-style table: ours (%), paper, diff
+
+Resumable: each rank appends one JSON line per scored sample to `<out>/<benchmark>/records.rank<r>.jsonl` (flushed
+per line; a torn last line is ignored), and a rerun skips the keys already there; a finished benchmark has a
+`result.json` and is not run again. Multi-process: sample i goes to rank i % world (every sample exactly once);
+rank 0 merges the files after a barrier and fails when a sample is missing or scored twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixelqa.data.schema import Sample
+from pixelqa.eval.official import Protocol, as_prediction, get_official
+
+RESULT_FILE = "result.json"
+RECORDS = "records.rank{rank}.jsonl"
+
+
+class SuiteError(ValueError):
+    """A suite file or a benchmark run that cannot go on; the message names the field or the file."""
+
+
+@dataclass
+class BenchmarkSpec:
+    """One row group of the paper: a benchmark's shards (source/split), its protocol and the paper's values."""
+
+    name: str
+    source: str
+    split: str
+    protocol: str
+    table: str = ""
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # model size -> metric -> percent
+
+
+@dataclass
+class Suite:
+    """A named list of benchmarks."""
+
+    name: str
+    benchmarks: list[BenchmarkSpec]
+
+
+@dataclass
+class BenchmarkResult:
+    """A finished benchmark: rows, headline metrics (fractions) and the provenance record."""
+
+    name: str
+    rows: list[dict]
+    metrics: dict[str, float]
+    provenance: dict[str, Any]
+
+
+def suites_dir() -> Path:
+    """The folder of suite files (recipes/suite)."""
+    return Path(__file__).resolve().parents[2] / "recipes" / "suite"
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite from recipes/suite/<name>.yaml (or a path), every field checked."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = suites_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in suites_dir().glob("*.yaml"))
+        raise SuiteError(f"suite: got {name_or_path!r}, expected one of {known} or a suite YAML file")
+    data = yaml.safe_load(path.read_text()) or {}
+    items = data.get("benchmarks")
+    if not isinstance(items, list) or not items:
+        raise SuiteError(f"{path}: 'benchmarks' must be a non-empty list")
+    specs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise SuiteError(f"{path}: benchmarks[{i}]: got {item!r}, expected a mapping")
+        unknown = set(item) - {f for f in BenchmarkSpec.__dataclass_fields__}
+        if unknown:
+            raise SuiteError(f"{path}: benchmarks[{i}]: unknown keys {sorted(unknown)}")
+        for key in ("name", "source", "split", "protocol"):
+            if not isinstance(item.get(key), str):
+                raise SuiteError(f"{path}: benchmarks[{i}].{key}: got {item.get(key)!r}, expected a string")
+        get_official(item["protocol"])  # raises on an unknown protocol
+        specs.append(BenchmarkSpec(**item))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise SuiteError(f"{path}: benchmark names must be unique, got {names}")
+    return Suite(str(data.get("name", path.stem)), specs)
+
+
+# ------------------------------------------------------------------------------------------------ shards
+
+
+def shard_files(shards: str | Path, source: str, split: str) -> list[Path]:
+    """The tar files of one source split (sorted), empty when the folder or its manifest is missing."""
+    folder = Path(shards) / source / split
+    if not folder.is_dir() or not any(folder.glob("manifest*.json")):
+        return []
+    return sorted(folder.glob("*.tar"))
+
+
+def build_command(source: str, split: str, shards: str | Path) -> str:
+    """The command that builds a source split's shards."""
+    return f"python -m pixelqa.data build {source} --root RAW/{source} --out {shards} --split {split}"
+
+
+def missing_shards(spec: BenchmarkSpec, shards: str | Path) -> str | None:
+    """None when the benchmark's shards exist; else the one-line skip reason naming the build command."""
+    if shard_files(shards, spec.source, spec.split):
+        return None
+    folder = Path(shards) / spec.source / spec.split
+    return f"{spec.name}: no shards at {folder}; build them with: {build_command(spec.source, spec.split, shards)}"
+
+
+def manifest_checksums(shards: str | Path, source: str, split: str) -> dict[str, str]:
+    """SHA-256 of every manifest file of a source split (the provenance of the data scored)."""
+    folder = Path(shards) / source / split
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("manifest*.json"))}
+
+
+def iter_benchmark_samples(spec: BenchmarkSpec, shards: str | Path, damage: Any = None) -> Iterator[Sample]:
+    """The benchmark's samples in shard order (damaged records are skipped and counted by `damage`)."""
+    from pixelqa.data.shard_reader import DamageLog, iter_samples
+
+    files = shard_files(shards, spec.source, spec.split)
+    if not files:
+        raise FileNotFoundError(missing_shards(spec, shards))
+    yield from iter_samples(files, damage if damage is not None else DamageLog())
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    """key -> record of one JSON-lines file; a torn last line (a kill mid-write) is ignored."""
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise SuiteError(f"{path}: line {i + 1} is not JSON; delete the file to score its samples again") from None
+        out[rec["key"]] = rec
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None so the JSON lines stay standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _prepare(protocol: Protocol, spec: BenchmarkSpec, out: Path) -> None:
+    """Per-run setup of protocols that write files (submissions)."""
+    if hasattr(protocol, "writer"):
+        from pixelqa.eval.submission import SubmissionWriter
+
+        protocol.writer = SubmissionWriter(protocol.name, out / "submission")
+
+
+def run_benchmark(
+    spec: BenchmarkSpec,
+    answer_fn: Callable[[Any], Any],
+    shards: str | Path,
+    out: str | Path,
+    rank: int = 0,
+    world: int = 1,
+    limit: int | None = None,
+) -> int:
+    """Score this rank's share (sample i where i % world == rank) of the first `limit` samples; returns how many
+    this call scored (samples already in the rank's records file are skipped)."""
+    out = Path(out) / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / RESULT_FILE).is_file():
+        return 0
+    protocol = get_official(spec.protocol)
+    _prepare(protocol, spec, out)
+    path = out / RECORDS.format(rank=rank)
+    done = read_records(path)
+    scored = 0
+    with path.open("a") as f:
+        for i, sample in enumerate(iter_benchmark_samples(spec, shards)):
+            if limit is not None and i >= limit:
+                break
+            if i % world != rank or sample.key in done:
+                continue
+            request = protocol.request(sample)
+            pred = as_prediction(answer_fn(request))
+            record = protocol.score(sample, request, pred)
+            line = {"key": sample.key, "index": i, "text": pred.text, **record}
+            f.write(json.dumps(_json_safe(line)) + "\n")
+            f.flush()
+            scored += 1
+    return scored
+
+
+def merge_records(out: str | Path, expected: int | None = None) -> list[dict]:
+    """Every rank's records of one benchmark folder, in sample order; a key scored twice or a gap is an error."""
+    out = Path(out)
+    merged: dict[str, dict] = {}
+    for path in sorted(out.glob("records.rank*.jsonl")):
+        for key, rec in read_records(path).items():
+            if key in merged:
+                raise SuiteError(f"{out}: sample {key!r} was scored by two ranks; expected each sample once")
+            merged[key] = rec
+    records = sorted(merged.values(), key=lambda r: r["index"])
+    if expected is not None and len(records) != expected:
+        raise SuiteError(f"{out}: {len(records)} samples scored, expected {expected}; rerun to score the rest")
+    return records
+
+
+def _headline(protocol: Protocol, rows: Sequence[dict]) -> dict[str, float]:
+    """The headline metrics: the protocol's keys of the last row, when numeric."""
+    last = rows[-1] if rows else {}
+    return {k: float(last[k]) for k in protocol.headline if isinstance(last.get(k), (int, float))}
+
+
+def finish_benchmark(
+    spec: BenchmarkSpec,
+    shards: str | Path,
+    out: str | Path,
+    provenance: dict[str, Any] | None = None,
+    limit: int | None = None,
+) -> BenchmarkResult:
+    """Merge the ranks' records, aggregate them into rows and write result.json (atomically); a finished benchmark's
+    stored result is returned as it is."""
+    folder = Path(out) / spec.name
+    done = folder / RESULT_FILE
+    if done.is_file():
+        data = json.loads(done.read_text())
+        return BenchmarkResult(spec.name, data["rows"], data["metrics"], data["provenance"])
+    expected = sum(1 for _ in iter_benchmark_samples(spec, shards))
+    expected = min(expected, limit) if limit is not None else expected
+    records = merge_records(folder, expected)
+    protocol = get_official(spec.protocol)
+    rows = protocol.aggregate(records)
+    if spec.protocol in ("mevis_server", "ref_youtube_vos"):
+        from pixelqa.eval.submission import SubmissionWriter
+
+        zip_path = SubmissionWriter(protocol.name, folder / "submission").finish(folder / f"{spec.name}_submission.zip")
+        rows[-1]["submission"] = str(zip_path)
+    if spec.protocol == "videorefer_bench_d":
+        judge_input = folder / "judge_input.json"
+        _write_json(judge_input, [{k: r[k] for k in ("video", "index", "caption", "pred")} for r in records])
+        rows[-1]["judge_input"] = str(judge_input)
+    record = {
+        **(provenance or {}),
+        **protocol.describe(),
+        "benchmark": spec.name,
+        "source": spec.source,
+        "split": spec.split,
+        "samples": len(records),
+        "shard_manifests": manifest_checksums(shards, spec.source, spec.split),
+    }
+    result = BenchmarkResult(spec.name, rows, _headline(protocol, rows), record)
+    _write_json(done, _json_safe(asdict(result)))
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def percent(value: float | None) -> float | None:
+    """A fraction as a percentage with one decimal (None stays None)."""
+    return None if value is None or not math.isfinite(value) else round(100.0 * value, 1)
+
+
+def paper_rows(specs: Sequence[BenchmarkSpec], results: dict[str, BenchmarkResult], size: str | None) -> list[dict]:
+    """The paper-style table: one row per (benchmark, metric) with ours (%), the paper's value and the difference."""
+    rows = []
+    for spec in specs:
+        result = results.get(spec.name)
+        if result is None:
+            continue
+        published = spec.paper.get(size or "", {})
+        for metric, value in result.metrics.items():
+            ours = percent(value)
+            paper = published.get(metric)
+            diff = round(ours - paper, 1) if ours is not None and paper is not None else None
+            rows.append(
+                {
+                    "table": spec.table,
+                    "benchmark": spec.name,
+                    "split": spec.split,
+                    "metric": metric,
+                    "ours": ours,
+                    "paper": paper,
+                    "diff": diff,
+                }
+            )
+    return rows
+
+
+def rows_markdown(rows: Sequence[dict]) -> str:
+    """A Markdown table; numbers as the paper prints them (one decimal), missing values as '-'."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_csv(rows: Sequence[dict]) -> str:
+    """CSV of the rows (missing values empty)."""
+    import csv
+    import io
+
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    return buf.getvalue()

@@ -1,0 +1,200 @@
+"""`python -m pixelqa.evaluate suite=paper model=... model.path=...`: every benchmark of a suite whose shards exist,
+through its official protocol, as paper-style tables (Markdown, CSV, MLflow), with a provenance record each.
+
+Benchmarks without shards are skipped with the command that builds them. Under torchrun (WORLD_SIZE > 1) the
+samples are split by rank (sample i on rank i % world), every rank appends its records, and rank 0 merges them
+after a barrier, aggregates and logs. Output: `<output_dir>/suite-<name>/` (records, result.json per benchmark,
+paper_table.md|csv, provenance.json). MLflow: one parent run per suite, a child run per benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pixelqa.eval.suite import (
+    BenchmarkResult,
+    Suite,
+    _write_json,
+    finish_benchmark,
+    load_suite,
+    missing_shards,
+    paper_rows,
+    rows_csv,
+    rows_markdown,
+    run_benchmark,
+)
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """SHA-256 of a file (a checkpoint), None when there is none."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_size(preset: str) -> str | None:
+    """'3b' / '7b' from a model preset name (the key of the paper's values), None for other presets."""
+    for size in ("3b", "7b"):
+        if preset.endswith(size):
+            return size
+    return None
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed when initialised, else from the torchrun environment, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def barrier() -> None:
+    """A barrier when torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def run_suite_benchmarks(
+    suite: Suite,
+    answer_fn: Callable[[Any], Any],
+    shards: str | Path,
+    out: str | Path,
+    provenance: dict[str, Any],
+    limit: int | None = None,
+    only: Sequence[str] | None = None,
+) -> tuple[dict[str, BenchmarkResult], list[str]]:
+    """Run every benchmark with shards on this rank, merge on rank 0; returns (results on rank 0, skip lines)."""
+    rank, world = dist_info()
+    results: dict[str, BenchmarkResult] = {}
+    skipped: list[str] = []
+    for spec in suite.benchmarks:
+        if only and spec.name not in only:
+            continue
+        reason = missing_shards(spec, shards)
+        if reason:
+            skipped.append(reason)
+            if rank == 0:
+                print(f"skipped {reason}")
+            continue
+        if rank == 0:
+            print(f"running {spec.name} ({spec.source}/{spec.split}, protocol {spec.protocol})")
+        run_benchmark(spec, answer_fn, shards, out, rank=rank, world=world, limit=limit)
+        barrier()
+        if rank == 0:
+            results[spec.name] = finish_benchmark(spec, shards, out, provenance, limit=limit)
+        barrier()
+    return results, skipped
+
+
+def log_mlflow(tracking: Any, suite: Suite, results: dict[str, BenchmarkResult], table: list[dict], out: Path) -> str:
+    """A parent run for the suite (paper table as an MLflow table and CSV/Markdown) and a child per benchmark."""
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    from pixelqa import tracking as tr
+
+    parent = tr.start_parent_run(f"suite:{suite.name}", tracking, tags={"pixelqa.suite": suite.name})
+    uri, _ = tr.resolve_uris(tracking)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = tr.prepare_store(tracking)
+    for name, result in results.items():
+        tags = {MLFLOW_RUN_NAME: f"eval-{name}", tr.PARENT_TAG: parent, "benchmark": name, **tr.owner_tags()}
+        child = client.create_run(exp_id, tags=tags).info.run_id
+        for key, value in result.metrics.items():
+            client.log_metric(child, tr.mlflow_key(f"{name}/{key}"), float(value))
+        client.log_dict(child, result.provenance, "provenance.json")
+        client.log_text(child, rows_markdown(result.rows), f"tables/{name}.md")
+        client.log_text(child, rows_csv(result.rows), f"tables/{name}.csv")
+        client.set_terminated(child, "FINISHED")
+    if table:
+        client.log_table(parent, {k: [r[k] for r in table] for k in table[0]}, "paper_table.json")
+    for f in ("paper_table.md", "paper_table.csv", "provenance.json"):
+        if (out / f).is_file():
+            client.log_artifact(parent, str(out / f))
+    tr.end_run(parent, tracking)
+    return parent
+
+
+def run_suite(args: list[str]) -> dict[str, float]:
+    """The `suite=NAME` form of `pixelqa.evaluate`; returns {"<benchmark>/<metric>": value} (rank 0)."""
+    import torch
+
+    import pixelqa
+    from pixelqa.config import RecipeError, flatten, load_recipe, to_object
+    from pixelqa.eval.generation import default_answer_fn
+    from pixelqa.eval.suite import SuiteError
+    from pixelqa.evaluate import load_model, resolve_eval_ckpt
+
+    names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
+    rest = [a for a in args if not a.startswith("suite=") and not a.startswith("suite.only=")]
+    only = [n for a in args if a.startswith("suite.only=") for n in a.split("=", 1)[1].split(",") if n]
+    try:
+        suite = load_suite(names[-1])
+    except SuiteError as err:
+        raise RecipeError(str(err)) from None
+    cfg = load_recipe(rest)
+    recipe = to_object(cfg)
+    shards = recipe.data.shards
+    runnable = [s for s in suite.benchmarks if (not only or s.name in only) and missing_shards(s, shards) is None]
+    if not runnable:
+        lines = [missing_shards(s, shards) for s in suite.benchmarks if not only or s.name in only]
+        raise RecipeError(f"suite={suite.name}: no benchmark has shards under {shards}; first: {lines[0]}")
+    ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
+    rank, world = dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    torch.manual_seed(recipe.seed)
+    model = load_model(recipe, ckpt_path)
+    if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
+        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    answer_fn, generation = default_answer_fn(model)
+    if rank == 0:
+        print(
+            f"PixelQA evaluate suite={suite.name}: {len(runnable)} of {len(suite.benchmarks)} benchmarks; {generation}"
+        )
+    provenance = {
+        "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "checkpoint_sha256": file_sha256(ckpt_path),
+        "model_preset": recipe.model.preset,
+        "model_path": recipe.model.path,
+        "recipe": flatten(cfg),
+        "seed": recipe.seed,
+        "generation": generation,
+        "judge": None,
+        "pixelqa_version": getattr(pixelqa, "__version__", "unknown"),
+        "world_size": world,
+    }
+    out = Path(recipe.output_dir) / f"suite-{suite.name}"
+    results, skipped = run_suite_benchmarks(
+        suite, answer_fn, shards, out, provenance, limit=recipe.eval.max_samples, only=only
+    )
+    if rank != 0:
+        return {}
+    table = paper_rows(suite.benchmarks, results, model_size(recipe.model.preset))
+    (out / "paper_table.md").write_text(rows_markdown(table))
+    (out / "paper_table.csv").write_text(rows_csv(table))
+    _write_json(out / "provenance.json", {"suite": suite.name, "skipped": skipped, **provenance})
+    if recipe.tracking.enabled:
+        log_mlflow(recipe.tracking, suite, results, table, out)
+    print(rows_markdown(table), end="")
+    for line in skipped:
+        print(f"skipped {line}")
+    metrics = {f"{n}/{k}": v for n, r in results.items() for k, v in r.metrics.items()}
+    print(f"\n==== PixelQA evaluate suite={suite.name} ({len(results)} benchmarks, {len(skipped)} skipped) ====")
+    print(json.dumps(metrics, indent=1))
+    return metrics
