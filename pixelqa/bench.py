@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu [options]`.
+"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu|predict [options]`.
 
 Each benchmark measures PixelQA and its baseline in the same run and prints ratios; its last lines are its
 headline figures, one per line, as `name: value`.
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "model": "pixelqa.benchmarks.model",
     "data": "pixelqa.benchmarks.data",
     "gpu": "pixelqa.benchmarks.gpu",
+    "predict": "pixelqa.benchmarks.predict",
 }
 
 

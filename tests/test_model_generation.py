@@ -64,3 +64,17 @@ def test_chat_with_sam_frames_apart_from_llm_frames():
         model.chat(sam[index], "Hi", sam_media=sam, llm_index=[0, 1], max_new_tokens=1)
     with pytest.raises(ValueError, match="text: got an empty message"):
         model.chat(sam[index], "  ", max_new_tokens=1)
+
+
+def test_two_pass_turn_runs_the_vit_once():
+    model = cached_model(obj_scores=False).eval()
+    calls = []
+    hook = model.qwen.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        media = frames(4, seed=9)
+        res = model.chat(media, "What is <|ref|> doing?", prompts=[Point(0.4, 0.6, frame=2)], max_new_tokens=3)
+        assert len(calls) == 1  # pre-fill pass and answer generation share the encoded media
+        model.chat(media, "And now?", history=res.state, max_new_tokens=2)
+        assert len(calls) == 1  # a later turn of the conversation too
+    finally:
+        hook.remove()

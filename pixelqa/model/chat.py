@@ -249,7 +249,7 @@ def chat_turn(
             # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
             prefill_text = f"{tag_refs(text, ids)} {PREFILL_INSTRUCTION}"
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
-            for oid, m in zip(ids, _decode(model, state, model.seg_states(pre)[-len(ids) :])):
+            for oid, m in zip(ids, _decode(model, state, model.seg_states(pre, state.visual_cache)[-len(ids) :])):
                 state.bank.put(oid, m)
                 masks[oid] = m
             sub, turn_memory = _memory_refs(_llm_view(state, state.bank), ids)
@@ -280,7 +280,7 @@ def chat_turn(
             n_before = sum(count_seg(u) + count_seg(a) for u, a in state.turns)
             segs = _seg_masks(model, full)[n_before:]
         else:
-            gen = greedy_generate(model, batch, max_new_tokens, use_cache=use_cache)
+            gen = greedy_generate(model, batch, max_new_tokens, use_cache=use_cache, visual_cache=state.visual_cache)
             answer = gen.text
             prompt_states = gen.prompt_seg_states[gen.prompt_seg_states.shape[0] - n_user :] if n_user else None
             states = gen.seg_states if prompt_states is None else torch.cat([prompt_states, gen.seg_states])

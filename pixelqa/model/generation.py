@@ -65,8 +65,18 @@ def _seg_state(model, pre: torch.Tensor, post: torch.Tensor, where: int) -> torc
 
 
 @torch.no_grad()
-def greedy_generate(model, batch: Batch, max_new_tokens: int, use_cache: bool = True) -> Generation:
-    """Greedy continuation of a one-sample batch; stops at the end-of-turn token; <|ref|>/<|mem|> never emitted."""
+def greedy_generate(
+    model,
+    batch: Batch,
+    max_new_tokens: int,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    visual_cache: dict | None = None,
+) -> Generation:
+    """Greedy continuation of a one-sample batch; stops at the end-of-turn token; <|ref|>/<|mem|> never emitted.
+
+    stop_at_eos=False bans the end-of-turn token instead (benchmarks that need an exact number of steps).
+    """
     if batch.size != 1:
         raise ValueError(f"batch: got {batch.size} samples, expected 1 (generation runs one conversation)")
     tok = model.tokenizer
@@ -75,7 +85,7 @@ def greedy_generate(model, batch: Batch, max_new_tokens: int, use_cache: bool = 
     seg_id = model.token_ids[SEG]
     released = model.cfg.seg_head == "released"
     qwen_model = model.qwen.model
-    emb, enc, _ = model.embed(batch)
+    emb, enc, _ = model.embed(batch, visual_cache)
     with _PreNorm(model) as caught:
         out = qwen_model(
             input_ids=batch.input_ids,
@@ -101,6 +111,8 @@ def greedy_generate(model, batch: Batch, max_new_tokens: int, use_cache: bool = 
     for _ in range(max_new_tokens):
         logits = model.logits(post[:, -1:])[0, -1].float()
         logits[banned] = float("-inf")
+        if not stop_at_eos:
+            logits[eos] = float("-inf")
         nxt = int(logits.argmax())
         if nxt == eos:
             break

@@ -414,20 +414,28 @@ class UniPixel(nn.Module):
                 anchor = anchor + p.view(-1)[0] * 0.0
         return anchor
 
-    def embed(self, batch: Batch) -> tuple[torch.Tensor, dict, list[list[FrameGrid]]]:
+    def embed(self, batch: Batch, visual_cache: dict | None = None) -> tuple[torch.Tensor, dict, list[list[FrameGrid]]]:
         """The ViT once, then the (B, L, D) input embeddings with <|ref|> / <|mem|> / new-token rows filled in.
 
         Returns the embeddings, the ViT outputs (Qwen scatters them into the media positions itself) and the
-        per-frame token grids (for pooling).
+        per-frame token grids (for pooling). `visual_cache` (a dict kept by a conversation) reuses the ViT outputs of
+        media already encoded with the same pixels (chat turns and the two-pass protocol see the same media).
         """
         media = _split_media(batch, self.merge_unit)
         enc_outputs, visual_pre = {}, {}
-        if batch.pixel_values is not None:
-            enc_outputs["image"], visual_pre["image"] = self._encode_visual(batch.pixel_values, batch.image_grid_thw)
-        if batch.pixel_values_videos is not None:
-            enc_outputs["video"], visual_pre["video"] = self._encode_visual(
-                batch.pixel_values_videos, batch.video_grid_thw
-            )
+        for kind, pixels, grid in (
+            ("image", batch.pixel_values, batch.image_grid_thw),
+            ("video", batch.pixel_values_videos, batch.video_grid_thw),
+        ):
+            if pixels is None:
+                continue
+            hit = (visual_cache or {}).get(kind)
+            if hit is not None and torch.equal(hit[0], grid) and torch.equal(hit[1], pixels):
+                enc_outputs[kind], visual_pre[kind] = hit[2], hit[3]
+                continue
+            enc_outputs[kind], visual_pre[kind] = self._encode_visual(pixels, grid)
+            if visual_cache is not None and not torch.is_grad_enabled():
+                visual_cache[kind] = (grid, pixels, enc_outputs[kind], visual_pre[kind])
         frame_grids = self._sample_frames(batch, media, visual_pre)
         emb = self._input_embeddings(batch, frame_grids, self._clip_frames(batch, media))
         return emb, enc_outputs, frame_grids
@@ -682,9 +690,9 @@ class UniPixel(nn.Module):
         return masks, ious, scores, sums, picks
 
     @torch.no_grad()
-    def seg_states(self, batch: Batch) -> torch.Tensor:
+    def seg_states(self, batch: Batch, visual_cache: dict | None = None) -> torch.Tensor:
         """(n, D) the states that feed every <|seg|> of a one-sample batch's text, in order (no SAM)."""
-        emb, enc, _ = self.embed(batch)
+        emb, enc, _ = self.embed(batch, visual_cache)
         hidden, pre_norm = self._run_llm(batch, emb, enc)
         states = self._seg_states(hidden, pre_norm)[0]
         return states[(batch.input_ids[0] == self.token_ids[SEG]).nonzero().flatten()]
@@ -845,6 +853,7 @@ class ChatState:
     injected: set[int] = field(default_factory=set)  # object ids whose memory is already in the context
     sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
     llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
+    visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
 
 
 @dataclass
