@@ -61,6 +61,7 @@ class DataConfig:
     image_max_pixels: int = 2048 * 28 * 28
     max_tokens: int = 4096  # sequence cap (paper: 4K)
     max_redraws: int = 10  # an unusable sample is replaced by up to this many other draws of its source
+    memory_prompts: str = "keep"  # keep | point_box: memory pre-fill prompts redrawn as points / boxes (as released)
     group_by_type: bool = False  # every micro-batch of an optimizer step, on every rank, holds one data type
     batch_size: int = 1  # per device
     global_batch_size: int | None = None  # if set: accumulate = global / (batch_size * devices * nodes)
@@ -91,7 +92,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None  # None = every max_steps // 5 (10..1000); always at the end too
-    keep_checkpoints: int = 1  # step checkpoints kept (the most recent), beside last.ckpt
+    keep_checkpoints: int = 2  # newest step checkpoints kept; last.ckpt links to the newest (>= 2: never dangling)
     allow_stream_change: bool = False  # resume although the data-stream fingerprint differs (--allow-stream-change)
     cpu_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
 
@@ -168,6 +169,7 @@ CHOICES: dict[str, tuple] = {
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
+    "data.memory_prompts": ("keep", "point_box"),
     "launcher.executor": EXECUTORS,
 }
 

@@ -7,12 +7,15 @@ shards built on first use, 2 CPU cores, a few minutes). Each recipe's header sho
     python -m pixelqa.fit recipe=stage2 init_from=runs/stage1     # stage 2 from stage 1's last checkpoint
     python -m pixelqa.fit recipe=stage3 ckpt=last                 # resume runs/stage3 (same MLflow run)
     python -m pixelqa.fit recipe=stage3 --print-config            # print the resolved recipe and exit
+    python -m pixelqa.fit recipe=stage3 ckpt=last --allow-stream-change   # resume on a changed data stream
 
-Checkpoints are written during training (`trainer.checkpoint_every_n_steps`, by default a fifth of the run) and at
-the end; Ctrl-C prints the command that resumes. At the end the run prints its final metrics (one `name: value`
-per line after `==== PixelQA fit summary ====`), then where the checkpoint, the overlays and the MLflow store are,
-with the `mlflow ui` command that shows them. Grid runners call `run(args, parent_run_id=...)`: the run becomes an
-MLflow child of that parent.
+Checkpoints are written during training (`trainer.checkpoint_every_n_steps`, by default a fifth of the run; at
+`scale=paper` every 500 optimizer steps in stages 1-2 and 1,000 in stage 3), the last `trainer.keep_checkpoints`
+kept, and at the end; `last.ckpt` links to the newest (one file per save). Each records the data-stream fingerprint,
+and a resume on another stream is refused unless `--allow-stream-change` is given. Ctrl-C prints the command that
+resumes. At the end the run prints its final metrics (one `name: value` per line after `==== PixelQA fit summary
+====`), then where the checkpoint, the overlays and the MLflow store are, with the `mlflow ui` command that shows
+them. Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflow child of that parent.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_conf
 
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
 PRINT_CONFIG = "--print-config"
+ALLOW_STREAM_CHANGE = "--allow-stream-change"
 
 
 def world_size(trainer_cfg: Any) -> int:
@@ -67,11 +71,27 @@ def resolve_ckpt(recipe: Recipe) -> Path | None:
     if recipe.ckpt in (None, "", "none", "null"):
         return None
     path = Path(recipe.output_dir) / "checkpoints" / "last.ckpt" if recipe.ckpt == "last" else Path(recipe.ckpt)
-    if not path.is_file():
+    if not (path.is_file() or (path.is_dir() and (path / "checkpoint").is_dir())):  # a file, or DeepSpeed's folder
         raise RecipeError(
-            f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path"
+            f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path "
+            "(or a DeepSpeed checkpoint directory)"
         )
     return path
+
+
+def check_stream(recipe: Recipe, resume: Path, fingerprint: dict) -> None:
+    """A resume must continue the data stream its checkpoint was on, unless --allow-stream-change is given."""
+    from pixelqa.train.guards import read_resume_metadata, stream_changes
+
+    changes = stream_changes(read_resume_metadata(resume).get("pixelqa_stream"), fingerprint)
+    if not changes:
+        return
+    if not recipe.trainer.allow_stream_change:
+        raise RecipeError(
+            f"ckpt={recipe.ckpt}: the data stream differs from the checkpoint's ({'; '.join(changes)}); resuming "
+            f"would continue another stream. Restore those settings, or pass {ALLOW_STREAM_CHANGE} to resume anyway"
+        )
+    print(f"resuming on a changed data stream ({'; '.join(changes)}), as {ALLOW_STREAM_CHANGE} asks", flush=True)
 
 
 def set_aside_previous(ckpt_dir: Path) -> Path | None:
@@ -153,6 +173,8 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
     """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
 
+    from pixelqa.train.strategies import build_strategy
+
     t = recipe.trainer
     interval = t.val_check_interval
     # An int interval counts optimizer steps in recipes; Lightning counts micro-batches.
@@ -162,7 +184,7 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(recipe),
         precision=t.precision,
         max_steps=t.max_steps,
         accumulate_grad_batches=accumulate,
@@ -180,6 +202,23 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
         use_distributed_sampler=False,  # the datamodule splits its streams by rank itself
         enable_model_summary=False,
     )
+
+
+def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
+    """What MLflow shows beside the recipe: visual-token budgets, checkpoint cadence, the stream fingerprint."""
+    from pixelqa.data.budgets import CELL, PixelBudget
+    from pixelqa.train.callbacks import checkpoint_interval
+
+    b = PixelBudget.from_data(recipe.data)
+    cell = CELL * CELL
+    out = {
+        "budget/image_tokens": f"{b.image_min_pixels // cell}-{b.image_max_pixels // cell}",
+        "budget/frame_tokens": f"{b.frame_min_pixels // cell}-{b.frame_max_pixels // cell}",
+        "checkpoint/every_n_steps": checkpoint_interval(recipe),
+        "checkpoint/keep": recipe.trainer.keep_checkpoints,
+    }
+    out.update({f"stream/{k}": v for k, v in (module.stream_fingerprint or {}).items()})
+    return out
 
 
 def metrics_of(trainer: Any, prefix: str = "") -> dict[str, float]:
@@ -253,6 +292,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     With `--print-config` among the args: print the resolved recipe, return {} and do nothing else.
     """
+    args = ["trainer.allow_stream_change=true" if a == ALLOW_STREAM_CHANGE else a for a in args]
     if PRINT_CONFIG in args:
         print_config(load_recipe([a for a in args if a != PRINT_CONFIG]))
         return {}
@@ -290,6 +330,11 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         if moved is not None:
             print(f"fresh run: the previous checkpoints of {ckpt_dir} moved to {moved} (resume with ckpt=last instead)")
 
+    from pixelqa.train.strategies import model_dtype_for
+
+    if model_dtype_for(recipe) != recipe.model.dtype:
+        print(f"trainer.strategy={recipe.trainer.strategy}: model stored in {model_dtype_for(recipe)} (bf16 compute)")
+        cfg.model.dtype = model_dtype_for(recipe)
     module = module_class(recipe.stage)(
         model=_plain(cfg.model),
         optim=_plain(cfg.optim),
@@ -298,6 +343,12 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         accumulate=accumulate,
         num_overlays=recipe.tracking.num_overlays if recipe.tracking.log_overlays else 0,
     )
+    from pixelqa.train.guards import base_reference, stream_fingerprint
+
+    module.stream_fingerprint = stream_fingerprint(recipe, world_size(recipe.trainer), accumulate)
+    module.base_reference = base_reference(recipe.model)
+    if resume is not None:
+        check_stream(recipe, resume, module.stream_fingerprint)
     if init_ckpt is not None and resume is None:
         load_init_weights(module, init_ckpt, recipe.init_from)
         if rank_zero:
@@ -316,7 +367,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     trainer = build_trainer(recipe, logger, callbacks, accumulate)
     if trainer.is_global_zero and logger is not None:
         if run_id is None:
-            tracking.log_recipe_params(logger, flatten(cfg))
+            tracking.log_recipe_params(logger, {**flatten(cfg), **run_params(recipe, module)})
             tracking.log_text(logger, recipe_yaml, "recipe.yaml")
         tracking.save_run_id(ckpt_dir, logger.run_id)
 

@@ -104,3 +104,28 @@ def seg_answer(object_ids: Sequence[int]) -> str:
     if len(object_ids) == 1:
         return f"It is {SEG}."
     return prefill_answer(list(object_ids))
+
+
+def redraw_memory_prompts(sample: Sample, rng: np.random.Generator, jitter: float = 0.1) -> Sample:
+    """The pre-fill prompts of a memory sample as the release trains them: each object's prompt becomes a point or
+    a box (1/2 each) drawn from its mask on a random frame where it is visible.
+
+    Applies only to samples with a memory turn (a user turn listing `memory_objects`); a prompt whose object has
+    no visible frame is kept. Changes `sample` in place.
+    """
+    if not any(t.memory_objects for t in sample.turns):
+        return sample
+    new: list[Prompt] = []
+    for p in sample.prompts:
+        obj = sample.objects.get(p.object_id) if p.object_id is not None else None
+        visible = sorted(f for f, r in obj.masks.items() if masks.area(r) > 0) if obj is not None else []
+        if not visible:
+            new.append(p)
+            continue
+        frame = visible[int(rng.integers(0, len(visible)))]
+        m = masks.decode(obj.masks[frame])
+        kind = "point" if rng.random() < 0.5 else "box"
+        coords = sample_point(m, rng) if kind == "point" else sample_box(m, rng, jitter)
+        new.append(Prompt(kind, frame, p.object_id, coords=list(coords)))
+    sample.prompts = new
+    return sample

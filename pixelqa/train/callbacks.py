@@ -18,6 +18,19 @@ HEADLINE_METRICS = {"val/J&F": "0_J_and_F"}
 MAX_CHECKPOINT_INTERVAL = 1000  # steps: bounds the work lost to a kill on long runs
 
 
+PAPER_CHECKPOINT_INTERVAL = {1: 500, 2: 500, 3: 1000}  # optimizer steps, per stage, at scale=paper
+
+
+def checkpoint_interval(recipe: Any) -> int:
+    """Steps between checkpoints: the recipe's, else at scale=paper 500 (stages 1-2) / 1,000 (stage 3), else
+    `default_checkpoint_interval`."""
+    if recipe.trainer.checkpoint_every_n_steps:
+        return int(recipe.trainer.checkpoint_every_n_steps)
+    if recipe.presets.get("scale") == "paper":
+        return PAPER_CHECKPOINT_INTERVAL[int(recipe.stage)]
+    return default_checkpoint_interval(int(recipe.trainer.max_steps))
+
+
 def default_checkpoint_interval(max_steps: int) -> int:
     """Steps between checkpoints when the recipe sets none: a fifth of the run, at least 10, at most 1000."""
     return max(10, min(MAX_CHECKPOINT_INTERVAL, max_steps // 5))
@@ -84,18 +97,21 @@ class OverlayLogger(Callback):
 
 
 def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
-    """Checkpoints every `trainer.checkpoint_every_n_steps` (default: `default_checkpoint_interval`) and at the end,
-    with last.ckpt; lr, headline metrics and overlays."""
-    max_steps = int(recipe.trainer.max_steps)
-    every = recipe.trainer.checkpoint_every_n_steps or default_checkpoint_interval(max_steps)
+    """Checkpoints every `checkpoint_interval(recipe)` steps and at the end, the last `trainer.keep_checkpoints`
+    kept, last.ckpt a link to the newest (one file per save); lr, headline metrics and overlays."""
+    keep = int(recipe.trainer.keep_checkpoints)
+    if keep < 1:
+        raise ValueError(f"trainer.keep_checkpoints={keep}: expected >= 1 (the newest step checkpoint at least)")
     callbacks: list[Callback] = [
         StepCheckpoint(
             dirpath=str(ckpt_dir),
             filename="step{step:06d}",
             auto_insert_metric_name=False,
-            every_n_train_steps=int(every),
-            save_last=True,
-            save_top_k=1,  # no monitor: keeps the most recent step checkpoint beside last.ckpt
+            every_n_train_steps=checkpoint_interval(recipe),
+            save_last="link",  # a relative symlink to the newest step file, not a second copy of it
+            save_top_k=keep,  # monitor `step`: the newest `keep` step checkpoints survive
+            monitor="step",
+            mode="max",
             save_on_train_epoch_end=False,
         )
     ]

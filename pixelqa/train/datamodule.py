@@ -282,8 +282,10 @@ class TrainBatches(IterableDataset):
         prompt_mode: str = "keep",
         max_redraws: int = 10,
         group_per_step: int | None = None,
+        memory_prompts: str = "keep",
     ) -> None:
         self.sources = list(sources)
+        self.memory_prompts = memory_prompts
         self.max_redraws = int(max_redraws)
         self.num_frames = int(num_frames)
         self.prompt_mode = prompt_mode
@@ -360,6 +362,10 @@ class TrainBatches(IterableDataset):
             from pixelqa.data.prompts import resample_prompts
 
             sample = resample_prompts(sample, rng, self.prompt_mode)
+        if self.memory_prompts == "point_box":
+            from pixelqa.data.prompts import redraw_memory_prompts
+
+            sample = redraw_memory_prompts(sample, rng)
         return sample
 
     def _lookup(self, slot: int) -> tuple[int, int]:
@@ -519,6 +525,7 @@ class ShardDataModule(L.LightningDataModule):
             self.data.prompt_mode,
             max_redraws=int(getattr(self.data, "max_redraws", 10)),
             group_per_step=per_step,
+            memory_prompts=str(getattr(self.data, "memory_prompts", "keep")),
         )
         return StepGrouper(self._loader(ds), accumulate)
 

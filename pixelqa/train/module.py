@@ -395,12 +395,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
-            if candidate.is_file():
+            if candidate.exists():
                 path = candidate
                 break
+    if path.is_dir() and (path / "checkpoint").is_dir():
+        return read_deepspeed_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from: {str(path)!r} is not a checkpoint file (or a run folder holding one)")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+DEEPSPEED_PREFIX = "_forward_module."  # Lightning's wrapper around the module inside the DeepSpeed engine
+
+
+def read_deepspeed_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A DeepSpeed (ZeRO-1/2) checkpoint directory as a Lightning checkpoint dict: its client state (stage, global
+    step, ...) with `state_dict` taken from the rank-0 model states (trained weights only, frozen ones excluded)."""
+    files = sorted(Path(path).glob("checkpoint/mp_rank_*_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(
+            f"init_from: {str(path)!r} has no checkpoint/mp_rank_00_model_states.pt; expected a DeepSpeed "
+            "checkpoint directory (ZeRO-3 shards need lightning's convert_zero_checkpoint_to_fp32_state_dict)"
+        )
+    states = torch.load(files[0], map_location="cpu", weights_only=False)
+    module = states.get("module") or {}
+    ckpt = {k: v for k, v in states.items() if k not in ("module", "optimizer")}
+    ckpt["state_dict"] = {k.removeprefix(DEEPSPEED_PREFIX): v for k, v in module.items()}
+    return ckpt
 
 
 def checkpoint_stage(ckpt: Mapping[str, Any]) -> int | None:
