@@ -205,3 +205,46 @@ def test_export_cli_user_errors_exit_2(tmp_path, capsys):
 
     assert export.main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def _base_folder(tmp_path: Path) -> Path:
+    """A plain Qwen2.5-VL folder (model_type qwen2_5_vl, Qwen tensors only) made from the fixture."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tmp_path)
+    (folder / "model.safetensors").unlink()
+    tensors = load_file(CHECKPOINT / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if k.startswith(("model.", "visual."))}, folder / "model.safetensors")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg = {
+        k: v
+        for k, v in cfg.items()
+        if not k.startswith("sam2_")
+        and not k.endswith("_token_id")
+        or "vision" in k
+        or k in ("image_token_id", "video_token_id", "bos_token_id", "eos_token_id")
+    }
+    cfg["model_type"] = "qwen2_5_vl"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_a_base_qwen_folder_starts_the_new_modules_as_the_release_trains_them(tmp_path):
+    from pixelqa.model.config import MaskDecoderConfig
+
+    folder = _base_folder(tmp_path)
+    cfg = UniPixelConfig(preset="unipixel-3b", path=str(folder), mask_decoder=MaskDecoderConfig(arch="micro"))
+    model = UniPixel(cfg)
+    assert model.source.kind == "base"
+    assert model.token_ids == {"<|ref|>": 151665, "<|seg|>": 151666, "<|mem|>": 151667}  # the released ids
+    # the Qwen weights are the release's, the UniPixel modules start fresh: M->L = the merger MLP, the <|ref|>
+    # encoder's SAM part = SAM's prompt encoder (parameters; its Fourier buffer is its own), projections xavier
+    torch.testing.assert_close(model.m2l.mlp[0].weight, model.qwen.model.visual.merger.mlp[0].weight.float())
+    sam = dict(model.mask_decoder.sam.sam_prompt_encoder.named_parameters())
+    for name, p in model.sparse_prompt_encoder.ref_encoder.named_parameters():
+        torch.testing.assert_close(p, sam[name])
+    assert float(model.l2m.mlp[1].bias.abs().sum()) == 0.0
+    released = released_model()
+    torch.testing.assert_close(
+        model.qwen.get_input_embeddings().weight, released.qwen.get_input_embeddings().weight, atol=0, rtol=0
+    )
