@@ -216,14 +216,8 @@ def _base_folder(tmp_path: Path) -> Path:
     tensors = load_file(CHECKPOINT / "model.safetensors")
     save_file({k: v for k, v in tensors.items() if k.startswith(("model.", "visual."))}, folder / "model.safetensors")
     cfg = json.loads((folder / "config.json").read_text())
-    cfg = {
-        k: v
-        for k, v in cfg.items()
-        if not k.startswith("sam2_")
-        and not k.endswith("_token_id")
-        or "vision" in k
-        or k in ("image_token_id", "video_token_id", "bos_token_id", "eos_token_id")
-    }
+    unipixel_keys = {"ref_token_id", "seg_token_id", "mem_token_id", "sample_objects", "base_model"}
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("sam2_") and k not in unipixel_keys}
     cfg["model_type"] = "qwen2_5_vl"
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
