@@ -141,3 +141,32 @@ def test_strict_mode_makes_damage_fatal(intact, tmp_path):
         [sys.executable, "-m", "pixelqa.data", "inspect", str(folder), "--n", "30"], text=True, capture_output=True
     )
     assert proc.returncode == 0 and "damaged records skipped: 1" in proc.stdout and f"{SHARD} at byte" in proc.stderr
+
+
+@pytest.mark.slow
+def test_fit_and_evaluate_count_damage_and_report_scored_over_expected(tmp_path, capsys):
+    from pixelqa import evaluate, fit
+    from pixelqa.train.datamodule import build_synthetic
+
+    build_synthetic(tmp_path / "shards", "train", 16)
+    build_synthetic(tmp_path / "shards", "val", 16)  # 2 shards of 8
+    tar = tmp_path / "shards" / "synthetic" / "val" / SHARD
+    key, _, members = spans(tar)[VICTIM]
+    data = bytearray(tar.read_bytes())
+    data[members["json"][1] : members["json"][1] + 4] = b"\xff{,]"
+    tar.write_bytes(bytes(data))
+    args = [
+        "recipe=stage3",
+        f"data.shards={tmp_path / 'shards'}",
+        "data.batch_size=2",
+        "data.val_batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        f"output_dir={tmp_path / 'run'}",
+        "tracking=none",
+    ]
+    metrics = fit.run(args)
+    assert metrics["data/damaged_records"] == 1 and "data/damaged_records: 1" in capsys.readouterr().out
+    ev = evaluate.run([*args, "ckpt=last"])
+    assert ev["synthetic/samples_scored"] == 15 and ev["synthetic/samples_expected"] == 16
+    assert ev["data/damaged_records"] == 1 and "scored 15 / 16 samples" in capsys.readouterr().out

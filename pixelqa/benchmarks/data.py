@@ -10,6 +10,10 @@ the converters' test fixtures)
   (T, 3, H, W) uint8, all object masks (K, T, H, W) bool), through a DataLoader with 0 and 2 workers.
 - baseline: the reference code's way: one JSON list of samples loaded up front, per sample the frame image
   files opened and decoded from disk and the masks decoded from RLE, to the same tensors.
+- read (no pixel decoding, one process): Samples out of the checked shard reader (`pixelqa.data.shard_reader`:
+  record index, CRC-32, JSON), out of webdataset's tar reader (the loader before the checked reader), and the
+  baseline's JSON list + frame files read as bytes. This isolates what the loader itself controls: the decoded
+  figures above are bounded by frame and mask decoding, which loader and baseline share.
 Loader rates are steady-state (timed from the first sample, so DataLoader worker start-up is excluded), best
 of --repeats interleaved passes. The last lines are the headline figures (`name: value`).
 """
@@ -31,6 +35,7 @@ from pixelqa.data import masks
 from pixelqa.data.loader import make_dataset
 from pixelqa.data.registry import get_source
 from pixelqa.data.schema import Sample
+from pixelqa.data.shard_reader import DamageLog, iter_samples
 from pixelqa.data.shards import build_shards, iter_records
 
 
@@ -124,6 +129,46 @@ def drain(dataset, workers: int) -> tuple[int, float, float]:
     return n, end - start, steady
 
 
+def read_checked(shard_dir: Path) -> int:
+    """Samples of one pass through the checked shard reader, pixels left encoded."""
+    damage = DamageLog()
+    n = sum(1 for _ in iter_samples(sorted(shard_dir.glob("*.tar")), damage))
+    if damage.count:
+        raise RuntimeError(f"{damage.count} damaged records in freshly built shards: expected none")
+    return n
+
+
+def read_webdataset(shard_dir: Path) -> int:
+    """Samples of one pass through webdataset's tar reader (tarfile headers), pixels left encoded."""
+    import webdataset as wds
+
+    urls = [str(p) for p in sorted(shard_dir.glob("*.tar"))]
+    pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    return sum(1 for record in pipe if Sample.from_record(record))
+
+
+def read_raw(annotation: Path) -> int:
+    """Samples of one pass over the baseline's JSON list and frame files, read as bytes."""
+    root = annotation.parent
+    with open(annotation) as f:
+        items = json.load(f)
+    n = 0
+    for item in items:
+        frames = [(root / p).read_bytes() for p in item["frames"]]
+        n += int(len(frames) > 0)
+    return n
+
+
+def best_rate(fn, arg, repeats: int) -> tuple[int, float]:
+    """(samples, best samples/s) of `repeats` calls of fn(arg)."""
+    best, n = 0.0, 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn(arg)
+        best = max(best, n / (time.perf_counter() - start))
+    return n, best
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the data benchmark and print its figures."""
     p = argparse.ArgumentParser(
@@ -177,6 +222,22 @@ def main(argv: list[str] | None = None) -> None:
             results[f"loader_vs_baseline_w{w}"] = (
                 results[f"loader_samples_per_s_w{w}"] / results[f"baseline_samples_per_s_w{w}"]
             )
+        reads = {
+            "read_checked_samples_per_s": best_rate(read_checked, shard_dir, args.repeats),
+            "read_webdataset_samples_per_s": best_rate(read_webdataset, shard_dir, args.repeats),
+            "read_raw_samples_per_s": best_rate(read_raw, annotation, args.repeats),
+        }
+        if len({n for n, _ in reads.values()}) != 1:
+            raise RuntimeError(f"read passes disagree on the sample count: {reads}")
+        results.update({k: rate for k, (_, rate) in reads.items()})
+        print(
+            "read, pixels left encoded: checked shard reader {:.0f}, webdataset tar reader {:.0f}, raw JSON + files "
+            "{:.0f} samples/s".format(*(rate for _, rate in reads.values()))
+        )
+        results["read_checked_vs_raw"] = results["read_checked_samples_per_s"] / results["read_raw_samples_per_s"]
+        results["read_checked_vs_webdataset"] = (
+            results["read_checked_samples_per_s"] / results["read_webdataset_samples_per_s"]
+        )
     size = f" {args.size}x{args.size}" if args.source == "synthetic" else ""
     print(f"{args.source}/{args.split}{size}, {m['num_samples']} samples")
     for k, v in results.items():

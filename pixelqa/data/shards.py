@@ -160,22 +160,25 @@ def _convert_items(args: tuple[str, str, str, bool, list[tuple[int, Any, int]]])
     return out
 
 
-def _init_worker() -> None:
-    """One OpenCV thread per build process: the processes are the parallelism (no oversubscription)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     """Run `_convert_items` over batches, in order, in `workers` processes (0/1 = in this process)."""
     if workers <= 1:
         for b in batches:
             yield _convert_items(b)
         return
+    import cv2
+
+    # One OpenCV thread per build process (the processes are the parallelism), set in the parent *before* forking:
+    # a forked child that resizes the thread pool it inherited from a parent that had used it hangs for good in
+    # pthread_cond_destroy (seen in `bench data` at 448 px).
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_convert_items, batches, chunksize=1)
+    try:
+        with ctx.Pool(workers) as pool:
+            yield from pool.imap(_convert_items, batches, chunksize=1)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- writer
