@@ -107,6 +107,7 @@ def overlay_video(
     contour: bool = True,
     thickness: int = 1,
     labels: Sequence[str] | None = None,
+    colors: Sequence[tuple[int, int, int]] = PALETTE,
 ) -> np.ndarray:
     """Overlay (K, T, H, W) masks on (T, H, W, 3) frames -> (T, H, W, 3) uint8 (options as `overlay_masks`)."""
     frames = np.asarray(frames)
@@ -117,7 +118,7 @@ def overlay_video(
         raise ValueError(f"masks: got shape {masks.shape}, expected (K, T, H, W) with (T, H, W) = {frames.shape[:3]}")
     return np.stack(
         [
-            overlay_masks(frames[t], masks[:, t], alpha, contour, thickness=thickness, labels=labels)
+            overlay_masks(frames[t], masks[:, t], alpha, contour, colors, thickness=thickness, labels=labels)
             for t in range(len(frames))
         ]
     )

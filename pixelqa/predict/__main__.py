@@ -1,0 +1,147 @@
+"""Run UniPixel on your own image, video or frames folder: `python -m pixelqa.predict --model M --media PATH --text T`.
+
+Prompts: `--point x,y[,t]`, `--box x1,y1,x2,y2[,t]` (pixels, frame t, default 0), `--mask PNG[,t]`, numbered
+0, 1, ... in the order given. Outputs go to `--out` (see `pixelqa.predict.outputs`); `--chat` opens a multi-round
+session in the terminal whose later turns may name memory objects (`What is [0] holding?`). User errors print one
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.frames import LLM_FRAMES, sam_frame_ids
+from pixelqa.predict.media import probe_media, read_media
+from pixelqa.predict.prompts import PromptAction, check_prompts, model_prompts, parse_prompt, place_refs
+from pixelqa.prompt_format import object_ids_in
+
+QUIT = ("/quit", "/exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of predict."""
+    parser = argparse.ArgumentParser(prog="python -m pixelqa.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="released folder, save_pretrained folder or Lightning ckpt")
+    parser.add_argument("--media", required=True, help="image file, video file (mp4/webm/avi/...) or frames folder")
+    parser.add_argument("--text", help="the question or instruction (optional with --chat: asked for)")
+    for kind, meta in (("point", "x,y[,t]"), ("box", "x1,y1,x2,y2[,t]"), ("mask", "PNG[,t]")):
+        parser.add_argument(f"--{kind}", dest="prompts", action=PromptAction, kind=kind, metavar=meta, default=[])
+    parser.add_argument("--out", default="predict_out", help="output folder (default: predict_out)")
+    parser.add_argument("--max-frames", type=int, default=None, help="read at most N frames (uniform, prompts kept)")
+    parser.add_argument("--llm-frames", type=int, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
+    parser.add_argument("--chat", action="store_true", help="interactive multi-round session in the terminal")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Positive integer options."""
+    for name in ("max_frames", "llm_frames", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise PredictInputError(f"--{name.replace('_', '-')}: got {value}, expected an integer >= 1")
+
+
+def memory_summary(pred) -> str:
+    """One line naming every memory object and the frames its mask covers."""
+    if not pred.memory:
+        return "memory: empty"
+    names = pred.media.names
+    parts = []
+    for k, m in pred.memory.items():
+        seen = [t for t in range(m.shape[0]) if bool(m[t].any())]
+        where = f"frames {names[seen[0]]}..{names[seen[-1]]} ({len(seen)}/{m.shape[0]})" if seen else "no mask"
+        parts.append(f"[{k}] {where}")
+    return "memory: " + "; ".join(parts)
+
+
+def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
+    from pixelqa.predict.loading import load_model
+    from pixelqa.predict.outputs import write_outputs
+    from pixelqa.predict.predictor import Predictor
+
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    progress = not args.no_progress
+    _check_counts(args)
+    specs = [parse_prompt(kind, value) for kind, value in args.prompts]
+    ids = list(range(len(specs)))
+    if args.text is not None or not args.chat:
+        first = place_refs(args.text or "", ids)
+        for k in object_ids_in(first):
+            if k not in ids:
+                raise PredictInputError(f"--text: names object [{k}], which is not in memory (memory is empty)")
+    info = probe_media(args.media)
+    check_prompts(specs, info)
+    frame_ids = sam_frame_ids(info.num_frames, args.max_frames, [s.frame for s in specs])
+    t0 = time.perf_counter()
+    media = read_media(args.media, frame_ids, info, progress=progress)
+    read_s = time.perf_counter() - t0
+    prompts = model_prompts(specs, info, media.frame_ids)
+    t0 = time.perf_counter()
+    try:
+        model, model_info = load_model(args.model, args.device, args.trust_checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        if isinstance(exc, PredictInputError):
+            raise
+        raise PredictInputError(f"--model: {exc}") from None
+    load_s = time.perf_counter() - t0
+    predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress)
+    out = Path(args.out)
+    if not args.chat:
+        pred = predictor.run(media, args.text, prompts)
+        pred.timings.update(read_s=read_s, load_s=load_s)
+        write_outputs(pred, out, model_info, [s.arg for s in specs], progress=progress)
+        print(pred.answer, file=stdout)
+        print(f"outputs: {out}", file=stdout)
+        return 0
+    pred, text, turn = None, args.text, 0
+    print("chat: type a message, /quit to end; name memory objects as [k]", file=stdout)
+    while True:
+        if text is None:
+            print("you> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                break
+            text = line.strip()
+            if text in QUIT:
+                break
+            if not text:
+                text = None
+                continue
+        try:
+            turn_prompts = prompts if pred is None else []
+            nxt = predictor.run(media, text, turn_prompts, history=pred)
+        except PredictInputError as exc:
+            print(f"error: {exc}", file=stdout)
+            text = None
+            continue
+        pred, text, turn = nxt, None, turn + 1
+        pred.timings.update(read_s=read_s if turn == 1 else 0.0, load_s=load_s if turn == 1 else 0.0)
+        write_outputs(pred, out / f"turn{turn}", model_info, [s.arg for s in specs] if turn == 1 else None, progress)
+        print(f"pixelqa> {pred.answer}", file=stdout)
+        print(memory_summary(pred), file=stdout)
+    print(f"outputs: {out}", file=stdout)
+    return 0
+
+
+def main(argv: list[str] | None = None, stdin=None, stdout=None) -> int:
+    """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, stdin, stdout)
+    except PredictInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Loading a model for inference without running code from the file: released folders, save_pretrained folders and
+Lightning checkpoints, bf16 on GPU and fp32 on CPU.
+
+A released folder is read from safetensors; a `save_pretrained` folder by `torch.load(weights_only=True)`
+(`UniPixel.from_pretrained`); a Lightning checkpoint by `torch.load(weights_only=True)` with the few extra types
+our checkpoints may hold allow-listed. A checkpoint that needs anything else is refused with a message naming
+those types, unless the user trusts it (`--trust-checkpoint`: plain `torch.load`, which can run code).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixelqa.predict.errors import PredictInputError
+
+# Types besides tensors and plain containers that a PixelQA checkpoint may hold (paths in hyper-parameters).
+ALLOWED_GLOBALS = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device to run on: the one named, else CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise PredictInputError(f"--device: got {device!r}, expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PredictInputError(f"--device: got {device!r}, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
+    """torch.load without arbitrary unpickling (weights_only + ALLOWED_GLOBALS); `trust` lifts the restriction."""
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001  (listing is best effort; the refusal below stands either way)
+            unsafe = []
+        allowed = {f"{t.__module__}.{t.__qualname__}" for t in ALLOWED_GLOBALS}
+        names = [u for u in unsafe if u not in allowed] or ["(objects outside tensors and plain data)"]
+        raise PredictInputError(
+            f"--model: {str(path)!r} needs unpickling of {', '.join(names[:5])}, which could run code; refused. "
+            f"Pass --trust-checkpoint only for a file you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise PredictInputError(f"--model: {str(path)!r} cannot be read as a checkpoint: {exc}") from None
+
+
+def _checkpoint_file(p: Path) -> Path:
+    """The checkpoint file of a path: itself, or a run folder's checkpoints/last.ckpt."""
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise PredictInputError(
+            f"--model: {str(p)!r} is a folder with no config.json (released), unipixel_config.json (save_pretrained) "
+            f"or checkpoints/last.ckpt (Lightning run)"
+        )
+    return p
+
+
+def load_model(path: str | Path, device: str | None = None, trust: bool = False):
+    """(UniPixel in eval mode on the device, info for run.json) from a released / save_pretrained folder or a ckpt."""
+    from pixelqa.model.config import UniPixelConfig
+    from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
+
+    dev = pick_device(device)
+    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    p = Path(path)
+    if not p.exists():
+        raise PredictInputError(f"--model: {str(p)!r} does not exist; expected a model folder or a checkpoint file")
+    recipe: dict[str, Any] = {}
+    if p.is_dir() and (p / "config.json").is_file():
+        kind = "released"
+        model = UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p), dtype=dtype))
+        # the release's tokenizer_config.json records do_resize=false (its loader resized frames beforehand) and
+        # the processor merges it into every image / video call, so sides not a multiple of 28 would fail there
+        model.processor.tokenizer.init_kwargs.pop("do_resize", None)
+    elif p.is_dir() and (p / CONFIG_FILE).is_file():
+        kind = "save_pretrained"
+        try:
+            model = UniPixel.from_pretrained(p, dtype=dtype)
+        except pickle.UnpicklingError as exc:
+            raise PredictInputError(f"--model: {str(p)!r} holds weights that need unsafe unpickling: {exc}") from None
+    else:
+        kind = "lightning"
+        ckpt_file = _checkpoint_file(p)
+        ckpt = safe_torch_load(ckpt_file, trust)
+        model, recipe = _from_lightning(ckpt, ckpt_file, dtype)
+    model = model.to(dev).eval()
+    info = {
+        "path": str(p.resolve()),
+        "format": kind,
+        "device": str(dev),
+        "dtype": dtype,
+        "config": asdict(model.cfg),
+        "recipe": recipe,
+    }
+    return model, info
+
+
+def _from_lightning(ckpt: Any, path: Path, dtype: str):
+    """(UniPixel, recipe) from a loaded Lightning checkpoint dict of pixelqa.fit."""
+    from omegaconf import OmegaConf
+
+    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class
+
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "model" not in hp or "state_dict" not in ckpt:
+        raise PredictInputError(
+            f"--model: {str(path)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint"
+        )
+    model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
+    model_cfg["dtype"] = dtype
+    stage = checkpoint_stage(ckpt) or 3
+    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=0)
+    load_init_weights(module, ckpt, str(path))
+    recipe = OmegaConf.to_container(OmegaConf.create(hp.get("recipe", hp)), resolve=False)
+    return module.model, recipe

@@ -1,0 +1,185 @@
+"""What predict writes in OUT, every file atomically (a temporary name renamed into place):
+
+answer.txt                     the answer text
+masks.json                     per object, per frame: COCO RLE (pycocotools) of its (H, W) mask
+Annotations/<media>/<frame>.png  palette PNGs in the DAVIS layout: pixel = object id + 1, 0 = background
+                               (where objects overlap, the higher id is kept; masks.json keeps each whole)
+overlays/<frame>.png           frame with each object blended, outlined and labelled `[id]`
+overlay.gif, overlay.mp4       the overlays as an animation (videos only)
+run.json                       model, recipe, media, frames used, prompts, texts, objects, timings, files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from pixelqa import viz
+from pixelqa.model.chat import Box, Mask, Point
+from pixelqa.predict.predictor import Prediction
+
+
+def davis_palette() -> list[int]:
+    """The 256-colour palette of DAVIS / PASCAL VOC annotations (index bits spread over R, G, B high bits), flat."""
+    flat: list[int] = []
+    for i in range(256):
+        rgb = [0, 0, 0]
+        c = i
+        for shift in range(7, -1, -1):  # the lowest three index bits set the highest colour bits, and so on
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << shift
+            c >>= 3
+        flat += rgb
+    return flat
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of an (H, W) bool mask with `counts` as text (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    """(H, W) bool mask of a COCO RLE written by `rle_encode`."""
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def id_map(masks: dict[int, np.ndarray], t: int, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 of frame t: object id + 1 where its mask is set (higher ids over lower), 0 elsewhere."""
+    out = np.zeros(size, dtype=np.uint8)
+    for k in sorted(masks):
+        if k > 254:
+            raise ValueError(f"object id: got {k}, expected <= 254 to fit a palette PNG")
+        out[masks[k][t]] = k + 1
+    return out
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Run `write(tmp)` on a temporary file beside `path` (same suffix), then rename it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically."""
+    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def describe_prompt(p) -> dict[str, Any]:
+    """A JSON-ready description of a Point / Box / Mask (normalised coordinates, position among the frames)."""
+    if isinstance(p, Point):
+        return {"kind": "point", "object_id": p.object_id, "frame": p.frame, "xy": [p.x, p.y]}
+    if isinstance(p, Box):
+        return {"kind": "box", "object_id": p.object_id, "frame": p.frame, "xyxy": [p.x1, p.y1, p.x2, p.y2]}
+    if isinstance(p, Mask):
+        return {"kind": "mask", "object_id": p.object_id, "frame": p.frame, "rle": rle_encode(p.mask.cpu().numpy())}
+    raise TypeError(f"prompt: got {type(p).__name__}, expected Point, Box or Mask")
+
+
+def _overlay_frames(frames: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """(T, H, W, 3) frames with every object blended, outlined and labelled `[id]` in its id's colour."""
+    ids = sorted(masks)
+    if not ids:
+        return frames
+    stack = np.stack([masks[k] for k in ids])  # (K, T, H, W)
+    big, (stack,) = viz.upscale(frames, [stack], 256)  # small frames enlarged so labels stay legible
+    colors = [viz.PALETTE[k % len(viz.PALETTE)] for k in ids]
+    thickness = max(1, min(big.shape[1:3]) // 256)
+    return viz.overlay_video(big, stack, alpha=0.4, thickness=thickness, labels=[f"[{k}]" for k in ids], colors=colors)
+
+
+def write_outputs(
+    pred: Prediction,
+    out: str | Path,
+    model_info: dict[str, Any] | None = None,
+    prompt_args: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write every output of one turn into `out` (layout in the module docstring); returns the run.json dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    media = pred.media
+    frames = media.frames.permute(0, 2, 3, 1).cpu().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
+    masks = {k: m.cpu().numpy().astype(bool) for k, m in pred.memory.items()}  # every object in memory
+    size = media.size
+    seq = Path(media.info.path).stem if media.info.path != "<tensor>" else "media"
+    files: dict[str, Any] = {"answer": "answer.txt", "masks": "masks.json", "annotations": [], "overlays": []}
+    write_text(out / "answer.txt", pred.answer + "\n")
+    rles = {str(k): [rle_encode(m[t]) for t in range(len(frames))] for k, m in masks.items()}
+    doc = {"size": list(size), "frames": media.names, "frame_ids": media.frame_ids, "objects": rles}
+    write_text(out / "masks.json", json.dumps(doc))
+    palette = davis_palette()
+    drawn = _overlay_frames(frames, masks)
+    bar = tqdm(total=len(frames), desc="writing frames", unit="frame", disable=not progress)
+    for t, name in enumerate(media.names):
+        png = Image.frombytes("P", (size[1], size[0]), id_map(masks, t, size).tobytes())  # indices kept as they are
+        png.putpalette(palette)
+        rel = f"Annotations/{seq}/{name}.png"
+        _atomic(out / rel, lambda tmp, im=png: im.save(tmp, format="PNG"))
+        files["annotations"].append(rel)
+        rel = f"overlays/{name}.png"
+        _atomic(out / rel, lambda tmp, t=t: viz.save_png(drawn[t], tmp))
+        files["overlays"].append(rel)
+        bar.update(1)
+    bar.close()
+    if len(frames) > 1:
+        fps = media.info.fps or 4.0
+        _atomic(out / "overlay.gif", lambda tmp: viz.save_gif(drawn, tmp, fps=min(fps, 25.0)))
+        _atomic(out / "overlay.mp4", lambda tmp: viz.save_mp4(drawn, tmp, fps=fps))
+        files.update(gif="overlay.gif", mp4="overlay.mp4")
+    ids = media.frame_ids
+    run = {
+        "model": {k: v for k, v in (model_info or {}).items() if k != "recipe"},
+        "recipe": (model_info or {}).get("recipe", {}),
+        "media": {
+            "path": media.info.path,
+            "kind": media.info.kind,
+            "num_frames": media.info.num_frames,
+            "size": list(size),
+            "fps": media.info.fps,
+        },
+        "frames": {
+            "read": ids,
+            "names": media.names,
+            "llm": [ids[p] for p in pred.llm_positions],
+            "sam": [ids[p] for p in pred.sam_positions],
+        },
+        "prompts": [
+            {**describe_prompt(p), "frame_id": ids[p.frame], **({"arg": prompt_args[i]} if prompt_args else {})}
+            for i, p in enumerate(pred.prompts)
+        ],
+        "turn": pred.turn,
+        "text": pred.text,
+        "model_text": pred.model_text,
+        "answer": pred.answer,
+        "objects": {
+            str(k): {
+                "this_turn": k in pred.masks,
+                "frames": [media.names[t] for t in range(len(frames)) if masks[k][t].any()],
+            }
+            for k in sorted(masks)
+        },
+        "timings": {k: round(v, 4) for k, v in pred.timings.items()},
+        "files": files,
+        "versions": {"torch": torch.__version__},
+    }
+    write_text(out / "run.json", json.dumps(run, indent=2))
+    return run

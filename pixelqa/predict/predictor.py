@@ -1,0 +1,188 @@
+"""The inference API: `Predictor(model).run(media, text, prompts, history)` -> `Prediction`.
+
+One call is one user turn. The first turn fixes the frames: SAM sees every frame given (`media`), the LLM 16 of
+them, uniform with both ends and every prompt frame forced in (`pixelqa.predict.frames`). Prompts are the model's
+`Point` / `Box` / `Mask` with normalised coordinates on a position among the media's frames; each gets an object
+id (the next free one unless it names its own), is placed in the text as `[k] <|ref|>` when the text holds no
+`<|ref|>`, and its object is segmented on every frame and put in the memory bank (the model's pre-fill). Later
+turns pass the previous `Prediction` as `history` and may name memory objects (`What is [0] holding?`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pixelqa.model.chat import Box, Mask, Point
+from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.frames import LLM_FRAMES, llm_positions
+from pixelqa.predict.media import Media, media_from_tensor, read_media
+from pixelqa.predict.prompts import place_refs
+from pixelqa.prompt_format import object_ids_in
+
+
+@dataclass
+class Prediction:
+    """One turn's result; pass it as `history` to the next turn of the same conversation."""
+
+    answer: str
+    text: str  # the user text with its <|ref|> placed
+    model_text: str  # the user text as fed to the model (memory injected)
+    masks: dict[int, torch.Tensor]  # object id -> (T, H, W) bool on every media frame, objects of this turn
+    memory: dict[int, torch.Tensor]  # every object of the memory bank after this turn, (T, H, W) bool
+    media: Media
+    llm_positions: list[int]  # positions among the media frames that the LLM sees
+    sam_positions: list[int]  # positions SAM decoded (every frame, unless the model cannot take separate frames)
+    prompts: list  # this turn's prompts with their object ids (positions among the media frames)
+    state: object = field(repr=False, default=None)  # the model's ChatState
+    timings: dict[str, float] = field(default_factory=dict)
+    turn: int = 1
+
+
+def _with_id(p, object_id: int):
+    """A copy of a Point / Box / Mask with its object id set."""
+    if not isinstance(p, (Point, Box, Mask)):
+        raise PredictInputError(f"prompts: got {type(p).__name__}, expected Point, Box or Mask of pixelqa.model.chat")
+    return dataclasses.replace(p, object_id=object_id)
+
+
+def _assign_ids(prompts: list, taken: set[int]) -> list:
+    """Prompts with object ids: their own, else the smallest id used neither in memory nor by an earlier prompt."""
+    out, used = [], set(taken)
+    for p in prompts:
+        k = getattr(p, "object_id", None)
+        if k is None:
+            k = 0
+            while k in used:
+                k += 1
+        elif not isinstance(k, int) or k < 0:
+            raise PredictInputError(f"prompt object_id: got {k!r}, expected an integer >= 0")
+        used.add(k)
+        out.append(_with_id(p, k))
+    return out
+
+
+def _check_prompt(p, media: Media) -> None:
+    """Raise unless a prompt's frame is a media frame, its coordinates are normalised and a mask has the frame size."""
+    t = len(media.frame_ids)
+    if not isinstance(p.frame, int) or not 0 <= p.frame < t:
+        raise PredictInputError(f"prompt frame: got {p.frame!r}, expected 0 <= frame < {t} (the media's frames)")
+    if isinstance(p, Point) and not (0 <= p.x <= 1 and 0 <= p.y <= 1):
+        raise PredictInputError(f"point: got ({p.x}, {p.y}), expected normalised coordinates in [0, 1]")
+    if isinstance(p, Box) and not (0 <= p.x1 < p.x2 <= 1 and 0 <= p.y1 < p.y2 <= 1):
+        raise PredictInputError(
+            f"box: got ({p.x1}, {p.y1}, {p.x2}, {p.y2}), expected 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1"
+        )
+    if isinstance(p, Mask) and tuple(p.mask.shape) != media.size:
+        raise PredictInputError(f"mask: got shape {tuple(p.mask.shape)}, expected the media's (H, W) = {media.size}")
+
+
+def _on_all_frames(masks: torch.Tensor, positions: list[int], total: int) -> torch.Tensor:
+    """(len(positions), H, W) masks placed at `positions` of (total, H, W) (empty elsewhere)."""
+    if masks.shape[0] == total and positions == list(range(total)):
+        return masks.bool().cpu()
+    out = torch.zeros(total, *masks.shape[1:], dtype=torch.bool)
+    out[positions] = masks.bool().cpu()
+    return out
+
+
+class Predictor:
+    """Runs UniPixel turns on media: frame choice, prompt numbering and placement, memory checks, timings."""
+
+    def __init__(self, model, llm_frames: int = LLM_FRAMES, max_new_tokens: int = 64, progress: bool = False) -> None:
+        if llm_frames < 1:
+            raise PredictInputError(f"llm_frames: got {llm_frames}, expected >= 1")
+        self.model = model
+        self.llm_frames = llm_frames
+        self.max_new_tokens = max_new_tokens
+        self.progress = progress
+        # separate SAM frames arrive with the model's `sam_media` / `llm_index` arguments; until then SAM decodes
+        # the LLM frames only
+        self.separate_sam = "sam_media" in inspect.signature(model.chat).parameters
+
+    def run(
+        self,
+        media: Media | torch.Tensor | str | Path | None,
+        text: str,
+        prompts: list | None = None,
+        history: Prediction | None = None,
+    ) -> Prediction:
+        """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        if history is not None:
+            media = history.media
+            llm_pos = history.llm_positions
+            bank = history.state.bank
+        else:
+            if media is None:
+                raise PredictInputError("media: got None, expected frames or a path on the first turn")
+            if isinstance(media, (str, Path)):
+                media = read_media(media)
+            elif isinstance(media, torch.Tensor):
+                media = media_from_tensor(media)
+            elif not isinstance(media, Media):
+                raise PredictInputError(f"media: got {type(media).__name__}, expected a Media, a tensor or a path")
+            bank, llm_pos = None, None
+        timings["read_s"] = time.perf_counter() - started
+        prompts = _assign_ids(list(prompts or []), set(bank.masks) if bank is not None else set())
+        for p in prompts:
+            _check_prompt(p, media)
+        ids = [p.object_id for p in prompts]
+        if not isinstance(text, str):
+            raise PredictInputError(f"text: got {type(text).__name__}, expected a str")
+        text = place_refs(text, ids)
+        in_memory = set(bank.masks) if bank is not None else set()
+        for k in object_ids_in(text):
+            if k not in ids and k not in in_memory:
+                held = ", ".join(f"[{i}]" for i in sorted(in_memory)) or "nothing yet"
+                raise PredictInputError(f"text: names object [{k}], which is not in memory (memory holds {held})")
+        if llm_pos is None:
+            llm_pos = llm_positions(len(media.frame_ids), [p.frame for p in prompts], self.llm_frames)
+        for p in prompts:
+            if p.frame not in llm_pos:
+                raise PredictInputError(
+                    f"prompt frame: got {p.frame}, but this conversation's LLM frames are {llm_pos}; a later turn "
+                    f"can only prompt on those"
+                )
+        on_llm = [dataclasses.replace(p, frame=llm_pos.index(p.frame)) for p in prompts]
+        kwargs = dict(
+            media=media.frames[llm_pos],
+            text=text,
+            prompts=on_llm,
+            history=history.state if history is not None else None,
+            max_new_tokens=self.max_new_tokens,
+            kind=media.kind,
+        )
+        if self.separate_sam:
+            kwargs.update(sam_media=media.frames, llm_index=list(llm_pos))
+        sam_pos = list(range(len(media.frame_ids))) if self.separate_sam else list(llm_pos)
+        t0 = time.perf_counter()
+        try:
+            result = self.model.chat(**kwargs)
+        except ValueError as exc:  # the model's own checks of user input (prompt frames, counts)
+            raise PredictInputError(str(exc)) from None
+        timings["model_s"] = time.perf_counter() - t0
+        total = len(media.frame_ids)
+        masks = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.masks.items())}
+        memory = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.bank.masks.items())}
+        timings["total_s"] = time.perf_counter() - started
+        return Prediction(
+            answer=result.text,
+            text=text,
+            model_text=result.user_text,
+            masks=masks,
+            memory=memory,
+            media=media,
+            llm_positions=list(llm_pos),
+            sam_positions=sam_pos,
+            prompts=prompts,
+            state=result.state,
+            timings=timings,
+            turn=history.turn + 1 if history is not None else 1,
+        )
