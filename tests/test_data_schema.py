@@ -136,7 +136,7 @@ BREAKS = [
     ("role order", lambda s: setattr(s.turns[1], "role", "user"), r"turns\[1\]\.role"),
     ("image frames", lambda s: setattr(s.media, "kind", "image"), "media.frames"),
     ("size", lambda s: setattr(s.media, "size", (20, 0)), "media.size"),
-    ("object id", lambda s: s.objects.__setitem__(0, ObjectTrack()), "objects"),
+    ("object id", lambda s: s.objects.__setitem__(-1, ObjectTrack()), "objects"),
     ("choices", lambda s: setattr(s, "choices", ["only"]), "choices"),
     ("meta", lambda s: setattr(s, "meta", {"x": object()}), "meta"),
 ]

@@ -38,9 +38,9 @@ def test_short_caption_prompt_and_frames(tmp_path):
     assert s.turns[0].text == f"What is {REF} in the video?" and "<video>" not in s.turns[0].text
     assert s.media.frame_ids == list(range(10))  # 10 frames <= 16 context frames: all of them
     t = frame_pos(s, 3)
-    assert sorted(s.objects[1].masks) == [t]
+    assert sorted(s.objects[0].masks) == [t]  # ids from 0, as the released data numbers them
     (p,) = s.prompts
-    assert p.type == "mask" and p.frame == t and p.object_id == 1
+    assert p.type == "mask" and p.frame == t and p.object_id == 0
     np.testing.assert_array_equal(masks.decode(p.rle), box_mask(3, 1))
     # The frame behind the prompt really is source frame 3 (flat grey 10 + 24 * 3).
     assert round((s.decode_frames([t])[0].mean() - 10) / 24) == 3
@@ -49,14 +49,14 @@ def test_short_caption_prompt_and_frames(tmp_path):
 def test_detailed_caption_and_qa_use_memory(tmp_path):
     build_videorefer_700k(tmp_path)
     (d,) = convert_all("videorefer_detailed_caption", tmp_path, "train")
-    assert d.turns[0].text == "Describe [1] in detail." and d.turns[0].memory_objects == [1] and not d.prompts
+    assert d.turns[0].text == "Describe [0] in detail." and d.turns[0].memory_objects == [0] and not d.prompts
     for f in (2, 4, 6):
-        np.testing.assert_array_equal(masks.decode(d.objects[1].masks[frame_pos(d, f)]), box_mask(f, 1))
+        np.testing.assert_array_equal(masks.decode(d.objects[0].masks[frame_pos(d, f)]), box_mask(f, 1))
     q0, q1 = convert_all("videorefer_qa", tmp_path, "train")
-    assert q0.turns[0].text == "There are 2 objects in the video: [1], [2].\nDoes [1] move faster than [2]?"
-    assert q0.turns[0].memory_objects == [1, 2] and q0.answer == "No, [1] moves as fast as [2]."
-    np.testing.assert_array_equal(masks.decode(q0.objects[2].masks[frame_pos(q0, 8)]), box_mask(8, 2))
-    assert q1.turns[0].text == "What colour is [1]?"
+    assert q0.turns[0].text == "There are 2 objects in the video: [0], [1].\nDoes [0] move faster than [1]?"
+    assert q0.turns[0].memory_objects == [0, 1] and q0.answer == "No, [0] moves as fast as [1]."
+    np.testing.assert_array_equal(masks.decode(q0.objects[1].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+    assert q1.turns[0].text == "What colour is [0]?"
 
 
 def test_qa_memory_prefill_then_answer(tmp_path):
@@ -64,10 +64,10 @@ def test_qa_memory_prefill_then_answer(tmp_path):
     (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")  # q1 has one annotated frame: dropped
     assert m.task == "memory_qa"
     u0, a0, u1, a1 = m.turns
-    assert u0.text.count(REF) == 2 and "[1] " + REF in u0.text and "[2] " + REF in u0.text
-    assert parse_prefill(a0.text) == [1, 2] and a0.seg_objects == [1, 2] and a0.text.count(SEG) == 2
-    assert u1.memory_objects == [1, 2] and REF not in u1.text and a1.text == m.answer
-    assert [p.object_id for p in m.prompts] == [1, 2] and all(p.type == "mask" for p in m.prompts)
+    assert u0.text.count(REF) == 2 and "[0] " + REF in u0.text and "[1] " + REF in u0.text
+    assert parse_prefill(a0.text) == [0, 1] and a0.seg_objects == [0, 1] and a0.text.count(SEG) == 2
+    assert u1.memory_objects == [0, 1] and REF not in u1.text and a1.text == m.answer
+    assert [p.object_id for p in m.prompts] == [0, 1] and all(p.type == "mask" for p in m.prompts)
     assert m.prompts[1].frame == frame_pos(m, 4)  # object 2 first visible on source frame 4
 
 
@@ -76,20 +76,20 @@ def test_bench_q_single_and_multi_frame(tmp_path):
     single = convert_all("videorefer_bench_q", tmp_path, "single_frame")
     multi = convert_all("videorefer_bench_q", tmp_path, "multi_frame")
     s, m = single[0], multi[0]
-    assert s.task == "mcq" and s.answer == "A" and s.choices == ["[1]", "[2]", "Neither", "Both"]
-    assert s.turns[0].text.startswith("[1] and [2] are boxes. Which is higher, [1] or [2]?\nOptions:\n(A) [1]")
-    assert s.turns[0].memory_objects == [1, 2] and s.turns[1].text == "A"
+    assert s.task == "mcq" and s.answer == "A" and s.choices == ["[0]", "[1]", "Neither", "Both"]
+    assert s.turns[0].text.startswith("[0] and [1] are boxes. Which is higher, [0] or [1]?\nOptions:\n(A) [0]")
+    assert s.turns[0].memory_objects == [0, 1] and s.turns[1].text == "A"
     kf = frame_pos(s, 4)
     assert s.meta["key_frame"] == kf and s.meta["question_type"] == "Relationship Question"
-    assert sorted(s.objects[1].masks) == [kf] and sorted(m.objects[1].masks) == [frame_pos(m, f) for f in (0, 4, 8)]
+    assert sorted(s.objects[0].masks) == [kf] and sorted(m.objects[0].masks) == [frame_pos(m, f) for f in (0, 4, 8)]
     assert single[1].answer == "B" and single[1].choices == ["Circle", "Rectangle"]
 
 
 def test_bench_d(tmp_path):
     build_videorefer_bench(tmp_path)
     (d,) = convert_all("videorefer_bench_d", tmp_path, "multi_frame")  # found under videos/Panda-70M-part
-    assert d.answer == "A box slides right." and d.turns[0].memory_objects == [1]
-    assert sorted(d.objects[1].masks) == [frame_pos(d, 3), frame_pos(d, 7)]
+    assert d.answer == "A box slides right." and d.turns[0].memory_objects == [0]
+    assert sorted(d.objects[0].masks) == [frame_pos(d, 3), frame_pos(d, 7)]
 
 
 def test_pixelqa_point_box_mix(tmp_path):
@@ -113,8 +113,8 @@ def test_pixelqa_point_box_mix(tmp_path):
         15.0,
     ]  # object 2, frame 4: x 16..21, y 10..14 (exclusive edges)
     # Targets: all annotated frames; pre-fill then MCQ with memory.
-    assert sorted(s.objects[2].masks) == [frame_pos(s, 4), frame_pos(s, 8)]
-    assert parse_prefill(s.turns[1].text) == [1, 2] and s.turns[2].memory_objects == [1, 2]
+    assert sorted(s.objects[1].masks) == [frame_pos(s, 4), frame_pos(s, 8)]
+    assert parse_prefill(s.turns[1].text) == [0, 1] and s.turns[2].memory_objects == [0, 1]
     assert "Options:" in s.turns[0].text and s.turns[3].text == "A"
     mix = convert_all("pixelqa", tmp_path, "mix")
     assert sorted(mix[0].meta["prompt_kinds"]) == ["box", "point"]  # 2 objects: exactly one point
@@ -189,8 +189,8 @@ def test_unipixel_repack_without_inline_masks(tmp_path):
         e["annotation"] = [{f: {} for f in obj} for obj in e["annotation"]]
     write_json(tmp_path / "videorefer-qa-75k-wo-masks.json", entries)
     q0, _ = convert_all("videorefer_qa", tmp_path, "train")
-    np.testing.assert_array_equal(masks.decode(q0.objects[2].masks[frame_pos(q0, 8)]), box_mask(8, 2))
-    assert sorted(q0.objects[1].masks) == [frame_pos(q0, 0), frame_pos(q0, 4)]
+    np.testing.assert_array_equal(masks.decode(q0.objects[1].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+    assert sorted(q0.objects[0].masks) == [frame_pos(q0, 0), frame_pos(q0, 4)]
 
 
 def test_qa_ytb_vos_layout_one_frame_many_objects(tmp_path):
@@ -215,17 +215,17 @@ def test_object_tags_pair_with_annotations_in_order_of_appearance(tmp_path, sour
     build_videorefer_bench_tags_and_defects(tmp_path)
     out = convert_raw(source, tmp_path, split)
     single, double = out[0].validate(check_frames=True), out[1].validate(check_frames=True)
-    # <object3> with a single annotation: that annotation is object [4], whatever K says.
-    assert sorted(single.objects) == [4]
-    np.testing.assert_array_equal(masks.decode(single.objects[4].masks[frame_pos(single, 4)]), box_mask(4, 1))
-    assert "What is [4]" in single.turns[-2].text and single.turns[-2].memory_objects == [4]
-    # <object2> first, <object0> second: annotation 0 -> [3], annotation 1 -> [1]; later mentions keep the names.
-    assert sorted(double.objects) == [1, 3]
-    np.testing.assert_array_equal(masks.decode(double.objects[3].masks[frame_pos(double, 4)]), box_mask(4, 1))
-    np.testing.assert_array_equal(masks.decode(double.objects[1].masks[frame_pos(double, 4)]), box_mask(4, 2))
-    assert "Is [3] left of [1]? Compare [3] and [1]." in double.turns[-2].text
-    if source == "pixelqa":  # the box prompt of [3] comes from annotation 0's mask
-        (box3,) = [p for p in double.prompts if p.object_id == 3]
+    # <object3> with a single annotation: that annotation is object [3] (the released numbering), whatever the index.
+    assert sorted(single.objects) == [3]
+    np.testing.assert_array_equal(masks.decode(single.objects[3].masks[frame_pos(single, 4)]), box_mask(4, 1))
+    assert "What is [3]" in single.turns[-2].text and single.turns[-2].memory_objects == [3]
+    # <object2> first, <object0> second: annotation 0 -> [2], annotation 1 -> [0]; later mentions keep the names.
+    assert sorted(double.objects) == [0, 2]
+    np.testing.assert_array_equal(masks.decode(double.objects[2].masks[frame_pos(double, 4)]), box_mask(4, 1))
+    np.testing.assert_array_equal(masks.decode(double.objects[0].masks[frame_pos(double, 4)]), box_mask(4, 2))
+    assert "Is [2] left of [0]? Compare [2] and [0]." in double.turns[-2].text
+    if source == "pixelqa":  # the box prompt of [2] comes from annotation 0's mask
+        (box3,) = [p for p in double.prompts if p.object_id == 2]
         assert box3.coords == list(masks.to_box(masks.encode(box_mask(4, 1))))
 
 
@@ -259,5 +259,5 @@ def test_training_qa_pairs_tags_in_order(tmp_path):
     entries[0]["annotation"] = entries[0]["annotation"][1:]  # one object: the annotation drawn as box_mask(f, 2)
     write_json(tmp_path / "videorefer-qa-75k.json", entries)
     q0, _ = convert_all("videorefer_qa", tmp_path, "train")
-    assert sorted(q0.objects) == [4] and q0.answer == "Yes, [4] moves."
-    np.testing.assert_array_equal(masks.decode(q0.objects[4].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+    assert sorted(q0.objects) == [3] and q0.answer == "Yes, [3] moves."
+    np.testing.assert_array_equal(masks.decode(q0.objects[3].masks[frame_pos(q0, 8)]), box_mask(8, 2))

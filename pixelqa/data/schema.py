@@ -37,7 +37,8 @@ API summary (stable; converters build these objects and yield `Sample`s):
     encode_frame(rgb, ext="jpg", quality=95) -> bytes;  decode_frame(data) -> (H, W, 3) uint8 RGB
     SampleError(ValueError): schema violations;  FrameDecodeError(ValueError): undecodable frame bytes
 
-Object ids are integers >= 1 (they become the ``[k]`` tags of the memory bank).
+Object ids are integers >= 0 (they become the ``[k]`` tags of the memory bank; the released data numbers
+VideoRefer objects from 0).
 """
 
 from __future__ import annotations
@@ -272,8 +273,8 @@ class Sample:
         if not isinstance(self.objects, dict):
             _fail("objects", self.objects, "a dict object id -> ObjectTrack")
         for oid, obj in self.objects.items():
-            if not isinstance(oid, (int, np.integer)) or isinstance(oid, bool) or oid < 1:
-                _fail("objects (id)", oid, "integer object ids >= 1")
+            if not isinstance(oid, (int, np.integer)) or isinstance(oid, bool) or oid < 0:
+                _fail("objects (id)", oid, "integer object ids >= 0")
             if not isinstance(obj, ObjectTrack):
                 _fail(f"objects[{oid}]", obj, "an ObjectTrack")
             for fi, rle in obj.masks.items():

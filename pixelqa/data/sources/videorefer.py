@@ -19,8 +19,8 @@ VideoRefer-Bench (``<root>/VideoRefer-Bench-{D,Q}.json``, videos under ``<root>/
 Regions: ``<region>`` marks the i-th object of "annotation"; multi-object QA names objects
 ``<objectK><region>`` then ``<objectK>``. The tags pair with the annotations **in order of appearance** (the
 j-th tag is the j-th annotation) whatever K says, as the reference readers do: the benchmark's first question
-tags its single object ``<object3>``. Object K becomes id K + 1 (``[K+1]``) in every mention; bare ``<region>``
-markers number the objects 1, 2, ... in order.
+tags its single object ``<object3>``. Object K becomes id K (``[K]``) in every mention, as in the released
+UniPixel data; bare ``<region>`` markers number the objects 0, 1, ... in order.
 
 Bad records are counted rejects (see `pixelqa.data.registry.rejected`), each naming the JSON file and the entry:
 broken region markers (a count that disagrees with the annotations, a K tagged twice, a leftover marker), a key
@@ -86,7 +86,8 @@ def strip_video_tag(text: str) -> str:
 
 def region_ids(text: str, num_objects: int, where: str) -> list[int]:
     """Object id of each annotation, in annotation order: the j-th ``<objectK><region>`` tag names annotation j
-    (id K + 1, whatever K is); bare ``<region>`` markers give ids 1..n. RecordError on broken markers."""
+    (id K, whatever annotation it pairs with); bare ``<region>`` markers give ids 0..n-1. RecordError on broken
+    markers."""
     if _OBJ_REGION.search(text):
         ks = [int(k) for k in _OBJ_REGION.findall(text)]
         if len(ks) != num_objects:
@@ -95,21 +96,21 @@ def region_ids(text: str, num_objects: int, where: str) -> list[int]:
             )
         if len(set(ks)) != len(ks):
             raise RecordError(f"{where}: <objectK><region> tags {ks} name an object twice, expected distinct K")
-        return [k + 1 for k in ks]
+        return ks
     n = text.count("<region>")
     if n != num_objects:
         raise RecordError(f"{where}: {n} <region> markers, expected one per annotated object ({num_objects})")
-    return list(range(1, num_objects + 1))
+    return list(range(num_objects))
 
 
 def region_text(text: str, num_objects: int, with_ref: bool, where: str) -> str:
     """Replace region markers by object tags: ``<objectK><region>`` / ``<region>`` -> ``[id]`` (+ `` <|ref|>``),
-    ids as `region_ids`; other ``<objectK>`` mentions -> ``[K+1]``."""
+    ids as `region_ids`; other ``<objectK>`` mentions -> ``[K]``."""
     ids = region_ids(text, num_objects, where)
     suffix = f" {REF}" if with_ref else ""
     if _OBJ_REGION.search(text):
-        text = _OBJ_REGION.sub(lambda m: f"{object_tag(int(m.group(1)) + 1)}{suffix}", text)
-        text = _OBJ.sub(lambda m: object_tag(int(m.group(1)) + 1), text)
+        text = _OBJ_REGION.sub(lambda m: f"{object_tag(int(m.group(1)))}{suffix}", text)
+        text = _OBJ.sub(lambda m: object_tag(int(m.group(1))), text)
     else:
         parts = text.split("<region>")
         text = parts[0] + "".join(f"{object_tag(ids[i])}{suffix}{p}" for i, p in enumerate(parts[1:]))
@@ -125,8 +126,8 @@ def name_regions(regions: list[Region], text: str, where: str) -> list[Region]:
 
 
 def object_text(text: str) -> str:
-    """Object names in an answer: ``<objectK>`` -> ``[K+1]``."""
-    return _OBJ.sub(lambda m: object_tag(int(m.group(1)) + 1), text)
+    """Object names in an answer: ``<objectK>`` -> ``[K]``."""
+    return _OBJ.sub(lambda m: object_tag(int(m.group(1))), text)
 
 
 def parse_regions(annotation: Any, where: str, repacked: list | None = None) -> list[Region]:
