@@ -11,15 +11,15 @@ chat_answer_fn(model)        `UniPixel.chat` on the LLM frames: a stand-in while
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from pixelqa.data import masks as rle_masks
 from pixelqa.eval.official import Prediction, Request
-from pixelqa.prompt_format import PREFILL_INSTRUCTION
+from pixelqa.prompt_format import PREFILL_INSTRUCTION, REF
 
 
 def _media(request: Request, frames: list[int]) -> torch.Tensor:
@@ -74,44 +74,100 @@ def chat_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callable[[R
     return answer
 
 
-# Request fields a Predictor must accept (as keyword arguments of `run`) for the protocols that set them
-_OPTIONAL = ("llm_frames", "sam_frames", "assistant_prefix", "memory", "max_new_tokens", "prefill_text")
+def tags_to_refs(text: str, data_ids: list[int]) -> str:
+    """The text with object i's first `[data_ids[i]]` tag turned into `[i] <|ref|>` and its other tags into `[i]`
+    (the shards number objects from 1, the released model from 0 in prompt order); when a tag is missing, the
+    tags are left and no <|ref|> is placed (the Predictor then puts `[i] <|ref|>` before the text)."""
+    import re
+
+    if any(f"[{d}]" not in text for d in data_ids):
+        return text
+    mapping = {d: i for i, d in enumerate(data_ids)}
+    seen: set[int] = set()
+
+    def swap(m: re.Match) -> str:
+        d = int(m.group(1))
+        if d not in mapping:
+            return m.group(0)
+        if d in seen:
+            return f"[{mapping[d]}]"
+        seen.add(d)
+        return f"[{mapping[d]}] {REF}"
+
+    return re.sub(r"\[(\d+)\]", swap, text)
 
 
-def predictor_answer_fn(model: Any) -> Callable[[Request], Prediction]:
-    """An answer_fn over `pixelqa.predict.Predictor(model).run(media, text, prompts, history, ...)`."""
-    from pixelqa.predict import Predictor  # type: ignore[attr-defined]
+def _predictor_prompts(request: Request) -> tuple[list, list[int], list[str]]:
+    """(model prompts on positions among the SAM frames, their data object ids, departures from the protocol)."""
+    from pixelqa.model.chat import Mask
+
+    departures = []
+    if request.prompts:
+        sub = Request(request.sample, request.sam_frames, request.sam_frames, request.text, request.prompts)
+        return _chat_prompts(sub), [p.object_id for p in request.prompts], departures
+    if not request.memory:
+        return [], [], departures
+    # ground-truth memory: the Predictor has no injection of given masks, so each object becomes a mask prompt
+    # on the prompt frame (the model re-segments it and injects its own masks)
+    departures.append("ground-truth memory given as mask prompts on the prompt frame (no direct injection)")
+    key = int((request.sample.meta or {}).get("key_frame", request.sam_frames[0]))
+    pos = request.sam_frames.index(key) if key in request.sam_frames else 0
+    prompts, ids = [], []
+    for oid, frames in sorted(request.memory.items()):
+        frame = request.sam_frames[pos]
+        rle = frames.get(frame) or next(iter(frames.values()), None)
+        if rle is None:
+            continue
+        prompts.append(Mask(torch.from_numpy(rle_masks.decode(rle).astype(bool)), frame=pos))
+        ids.append(oid)
+    return prompts, ids, departures
+
+
+def predictor_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callable[[Request], Prediction]:
+    """An answer_fn over `pixelqa.predict.Predictor(model).run(media, text, prompts)`: media = the request's SAM
+    frames (the Predictor shows the LLM 16 of them, uniform with both ends and the prompt frame forced in), the
+    point / box prompts pre-filled as the model's chat does, `max_new_tokens` per request. Request fields the
+    Predictor cannot take (the forced answer prefix, direct ground-truth memory) are listed in `departures`."""
+    from pixelqa.predict import Predictor, media_from_tensor
 
     predictor = Predictor(model)
-    accepted = set(inspect.signature(predictor.run).parameters)
+    departures: set[str] = set()
 
     def answer(request: Request) -> Prediction:
-        frames = list(range(request.sample.media.num_frames))
-        kwargs: dict[str, Any] = {}
-        for name in _OPTIONAL:
-            value = getattr(request, name)
-            if value in (None, "", {}, []):
-                continue
-            if name not in accepted:
-                raise TypeError(
-                    f"Predictor.run: has no {name!r} argument, which the {request.sample.source} protocol needs"
-                )
-            kwargs[name] = value
-        media = _media(request, frames)
-        prompts = _chat_prompts(request) if request.prompts else []
-        out = predictor.run(media, request.text, prompts, None, **kwargs)
-        text = getattr(out, "text", getattr(out, "answer", ""))
-        masks = getattr(out, "masks", [])
-        if isinstance(masks, dict):
-            masks = [masks[k] for k in sorted(masks)]
-        return Prediction(str(text), [np.asarray(m.cpu() if isinstance(m, torch.Tensor) else m, bool) for m in masks])
+        media = media_from_tensor(_media(request, request.sam_frames), request.sample.media.kind)
+        prompts, ids, notes = _predictor_prompts(request)
+        departures.update(notes)
+        text = request.text
+        if ids:
+            text = tags_to_refs(text, ids)
+        if request.assistant_prefix:
+            departures.add(f"answer prefix {request.assistant_prefix!r} not forced (the Predictor generates freely)")
+        budget = request.max_new_tokens
+        predictor.max_new_tokens = min(budget, max_new_tokens) if max_new_tokens else budget
+        out = predictor.run(media, text, prompts)
+        h, w = request.sample.media.size
+        masks = []
+        for k in sorted(out.masks):
+            m = out.masks[k].float()
+            if tuple(m.shape[-2:]) != (h, w):
+                m = torch.nn.functional.interpolate(m[:, None], size=(h, w), mode="nearest")[:, 0]
+            masks.append((m > 0.5).numpy())
+        return Prediction(out.answer, masks)
 
+    answer.departures = departures  # type: ignore[attr-defined]
     return answer
 
 
-def default_answer_fn(model: Any) -> tuple[Callable[[Request], Prediction], str]:
-    """(answer_fn, generation label): the Predictor when the inference API is installed, else the chat stand-in."""
+def departures_of(answer_fn: Callable) -> list[str]:
+    """The protocol departures an answer_fn recorded so far (sorted), [] when it keeps none."""
+    return sorted(getattr(answer_fn, "departures", ()))
+
+
+def default_answer_fn(model: Any, max_new_tokens: int | None = None) -> tuple[Callable[[Request], Prediction], str]:
+    """(answer_fn, generation label): the Predictor when the inference API is installed, else the chat stand-in
+    (`max_new_tokens` caps the chat stand-in's answers: a debugging limit, recorded in the provenance)."""
     try:
-        return predictor_answer_fn(model), "pixelqa.predict.Predictor (official protocol)"
+        return predictor_answer_fn(model, max_new_tokens), "pixelqa.predict.Predictor (official protocol)"
     except ImportError:
-        return chat_answer_fn(model), "UniPixel.chat stand-in (inference API missing; not the official protocol)"
+        label = "UniPixel.chat stand-in (inference API missing; not the official protocol)"
+        return chat_answer_fn(model, max_new_tokens), label

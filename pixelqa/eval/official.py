@@ -239,7 +239,8 @@ class GroundMoReProtocol(VideoSegProtocol):
     """GroundMoRe: the shard's 20 frames (linspace(0, n-1, 20)) for SAM, 16 of them for the LLM; the answer is
     generated; ground truth only inside the action window; per-question mean; rows per question type."""
 
-    frame_rule = "SAM: the 20 sharded frames (linspace(0, n-1, 20) as int); LLM: 16 uniform of those"
+    # the shard holds the frames the converter chose; the official rule is linspace(0, n - 1, 20) as int
+    frame_rule = "SAM: the shard's frames (official: linspace(0, n-1, 20) as int); LLM: 16 uniform of those"
 
     def __init__(self) -> None:
         super().__init__("groundmore", family="question")
@@ -338,7 +339,7 @@ class MCQProtocol(Protocol):
         self.name = name
         if name == "mvbench":
             self.frame_rule = (
-                "the sharded frames (fps 2, at most 16, whole video: pixelqa.predict.sampling.fps_indices)"
+                "the shard's frames (official: fps 2, at most 16, whole video: pixelqa.predict.sampling.fps_indices)"
             )
             self.template = "question + options + '\\nPlease only give the best option.'; prefix 'Best Option: ('"
             self.prefix = templates.MVBENCH_PREFIX

@@ -29,6 +29,9 @@ from pixelqa.eval.suite import (
     run_benchmark,
 )
 
+# command-line options of the suite form (everything else is a recipe key)
+SUITE_KEYS: tuple[str, ...] = ("suite", "suite.only", "suite.max_new_tokens")
+
 
 def file_sha256(path: str | Path | None) -> str | None:
     """SHA-256 of a file (a checkpoint), None when there is none."""
@@ -90,10 +93,14 @@ def run_suite_benchmarks(
             continue
         if rank == 0:
             print(f"running {spec.name} ({spec.source}/{spec.split}, protocol {spec.protocol})")
+        noted = getattr(answer_fn, "departures", None)
+        if isinstance(noted, set):
+            noted.clear()  # per benchmark
         run_benchmark(spec, answer_fn, shards, out, rank=rank, world=world, limit=limit)
         barrier()
         if rank == 0:
-            results[spec.name] = finish_benchmark(spec, shards, out, provenance, limit=limit)
+            record = {**provenance, "departures": sorted(noted) if isinstance(noted, set) else []}
+            results[spec.name] = finish_benchmark(spec, shards, out, record, limit=limit)
         barrier()
     return results, skipped
 
@@ -138,8 +145,15 @@ def run_suite(args: list[str]) -> dict[str, float]:
     from pixelqa.evaluate import load_model, resolve_eval_ckpt
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
-    rest = [a for a in args if not a.startswith("suite=") and not a.startswith("suite.only=")]
+    rest = [a for a in args if not a.startswith("suite")]
     only = [n for a in args if a.startswith("suite.only=") for n in a.split("=", 1)[1].split(",") if n]
+    caps = [a.split("=", 1)[1] for a in args if a.startswith("suite.max_new_tokens=")]
+    unknown = [a for a in args if a.startswith("suite") and a.split("=", 1)[0] not in SUITE_KEYS]
+    if unknown:
+        raise RecipeError(f"{unknown[0]}: unknown suite option, expected one of {list(SUITE_KEYS)}")
+    if caps and not caps[-1].isdigit():
+        raise RecipeError(f"suite.max_new_tokens: got {caps[-1]!r}, expected a positive integer")
+    max_new_tokens = int(caps[-1]) if caps else None
     try:
         suite = load_suite(names[-1])
     except SuiteError as err:
@@ -162,7 +176,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     model = load_model(recipe, ckpt_path)
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
         model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    answer_fn, generation = default_answer_fn(model)
+    answer_fn, generation = default_answer_fn(model, max_new_tokens)
     if rank == 0:
         print(
             f"PixelQA evaluate suite={suite.name}: {len(runnable)} of {len(suite.benchmarks)} benchmarks; {generation}"
@@ -176,6 +190,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
         "seed": recipe.seed,
         "generation": generation,
         "judge": None,
+        "max_new_tokens_cap": max_new_tokens,
         "pixelqa_version": getattr(pixelqa, "__version__", "unknown"),
         "world_size": world,
     }

@@ -1,0 +1,206 @@
+"""The suite runner (pixelqa.eval.suite / suite_runner) on shards built by the real converters from fixtures in
+the datasets' own file formats: hand-computed ReVOS rows for an oracle and an empty predictor, skip messages with
+the build command, resume after a failure, the paper-style table, DDP (gloo) scoring every sample exactly once,
+and the CLI end to end with the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_video import build_revos
+
+from pixelqa.data.shards import build_shards
+from pixelqa.eval.official import Prediction, object_volume, target_ids
+from pixelqa.eval.suite import (
+    BenchmarkSpec,
+    Suite,
+    SuiteError,
+    finish_benchmark,
+    load_suite,
+    merge_records,
+    missing_shards,
+    paper_rows,
+    rows_markdown,
+    run_benchmark,
+)
+from pixelqa.eval.suite_runner import run_suite_benchmarks
+
+REVOS = BenchmarkSpec("revos", "revos", "valid", "revos", "Tab. 1", {"3b": {"J&F": 62.1}})
+MEVIS = BenchmarkSpec("mevis_valid_u", "mevis", "valid_u", "mevis")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("suite")
+    build_revos(root / "raw")
+    build_shards("revos", root / "raw", root / "shards", split="valid", progress=False)
+    return root / "shards"
+
+
+def oracle(request):
+    """The ground truth of the first <|seg|> on the SAM frames."""
+    s = request.sample
+    return Prediction("", [object_volume(s, target_ids(s), request.sam_frames)])
+
+
+def empty(request):
+    """No <|seg|> at all."""
+    return ("no idea", [])
+
+
+def test_revos_rows_for_oracle_and_empty_predictions(shards, tmp_path):
+    run_benchmark(REVOS, oracle, shards, tmp_path / "a")
+    rows = {r["subset"]: r for r in finish_benchmark(REVOS, shards, tmp_path / "a").rows}
+    # 3 expressions on 3 frames of 24x32: "0" referring (30 px per frame), "1" reasoning (absent on frame 0),
+    # "2" referring with no target. Oracle: J = F = A = R = 1; A as run counts background only: 1 - |G| / 2304.
+    assert rows["overall"]["J&F"] == pytest.approx(1.0) and rows["overall"]["R_as_run"] == pytest.approx(1.0)
+    referring = (96.09 + 100.0) / 2  # round(100 * (1 - 90 / 2304), 2) and the blank expression
+    assert rows["overall"]["A_as_run"] == pytest.approx((referring + 97.40) / 2 / 100)  # reasoning: 1 - 60 / 2304
+    run_benchmark(REVOS, empty, shards, tmp_path / "b")
+    result = finish_benchmark(REVOS, shards, tmp_path / "b")
+    rows = {r["subset"]: r for r in result.rows}
+    # J: "0" -> 0, "2" (blank, empty prediction) -> 1, "1" -> frame 0 both empty = 1, others 0 -> 33.33
+    assert rows["referring"]["J"] == pytest.approx(0.5) and rows["reasoning"]["J"] == pytest.approx(0.3333)
+    assert rows["overall"]["J&F"] == pytest.approx((0.5 + 0.3333) / 2)  # pooled would be 0.4444
+    assert rows["overall"]["no_seg"] == 3 and rows["overall"]["R"] == pytest.approx(1.0)
+    assert result.metrics["J&F"] == pytest.approx(0.41665)
+    prov = json.loads((tmp_path / "b" / "revos" / "result.json").read_text())["provenance"]
+    assert prov["samples"] == 3 and "round(arange(0, n, (n-1)/15))" in prov["frame_rule"]
+    assert set(prov["shard_manifests"]) == {"manifest.json"} and len(prov["shard_manifests"]["manifest.json"]) == 64
+
+
+def test_resume_scores_only_the_rest_and_finished_benchmarks_are_kept(shards, tmp_path):
+    calls = []
+
+    def flaky(request):
+        calls.append(request.sample.key)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return oracle(request)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_benchmark(REVOS, flaky, shards, tmp_path)
+    assert len(merge_records(tmp_path / "revos")) == 1
+    with pytest.raises(SuiteError, match="1 samples scored, expected 3"):
+        finish_benchmark(REVOS, shards, tmp_path)
+    assert run_benchmark(REVOS, flaky, shards, tmp_path) == 2  # the first sample is not asked again
+    assert calls[2:] == calls[1:2] + calls[3:]  # the failed one is asked again, then the last
+    first = finish_benchmark(REVOS, shards, tmp_path)
+    assert run_benchmark(REVOS, flaky, shards, tmp_path) == 0  # finished: nothing runs
+    assert finish_benchmark(REVOS, shards, tmp_path).metrics == first.metrics
+    # a torn last line (a kill mid-write) is ignored
+    path = tmp_path / "torn" / "revos" / "records.rank0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"key": "x", "index": 0}\n{"key": "y", "ind')
+    assert [r["key"] for r in merge_records(path.parent)] == ["x"]
+
+
+def test_skip_message_names_the_build_command_and_table(shards, tmp_path):
+    reason = missing_shards(MEVIS, shards)
+    assert reason.endswith(f"python -m pixelqa.data build mevis --root RAW/mevis --out {shards} --split valid_u")
+    suite = Suite("t", [REVOS, MEVIS])
+    results, skipped = run_suite_benchmarks(suite, oracle, shards, tmp_path, {"seed": 0})
+    assert list(results) == ["revos"] and skipped == [reason]
+    table = paper_rows(suite.benchmarks, results, "3b")
+    jf = next(r for r in table if r["metric"] == "J&F")
+    assert jf == {
+        "table": "Tab. 1",
+        "benchmark": "revos",
+        "split": "valid",
+        "metric": "J&F",
+        "ours": 100.0,
+        "paper": 62.1,
+        "diff": 37.9,
+    }
+    assert "| Tab. 1 | revos | valid | J&F | 100.0 | 62.1 | 37.9 |" in rows_markdown(table)
+    assert next(r for r in paper_rows(suite.benchmarks, results, None) if r["metric"] == "J&F")["paper"] is None
+
+
+def test_paper_suite_file_loads_and_bad_suites_are_named(tmp_path):
+    suite = load_suite("paper")
+    names = {s.name for s in suite.benchmarks}
+    assert {"revos", "mevis_valid", "ref_youtube_vos", "groundmore", "pixelqa_mix", "mvbench"} <= names
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("benchmarks: [{name: x, source: revos, split: valid, protocol: nope}]")
+    with pytest.raises(ValueError, match="benchmark: got 'nope'"):
+        load_suite(str(bad))
+    with pytest.raises(SuiteError, match="suite: got 'missing'"):
+        load_suite("missing")
+
+
+def _ddp_worker(rank: int, world: int, shards: str, out: str, init: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # no OpenMP pool in a forked worker
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        results, _ = run_suite_benchmarks(Suite("t", [REVOS]), oracle, shards, out, {"world": world})
+        if rank == 0:
+            Path(out, "metrics.json").write_text(json.dumps(results["revos"].metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_scores_every_sample_once(shards, tmp_path):
+    # fork: the workers inherit the imports (spawn would re-import torch and pixelqa in each, ~20 s here)
+    args = (2, str(shards), str(tmp_path), str(tmp_path / "init"))
+    torch.multiprocessing.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method="fork")
+    ranks = [[json.loads(x)["key"] for x in (tmp_path / "revos" / f"records.rank{r}.jsonl").open()] for r in (0, 1)]
+    assert [len(k) for k in ranks] == [2, 1] and not set(ranks[0]) & set(ranks[1])  # samples 0, 2 | 1
+    single = tmp_path / "single"
+    run_benchmark(REVOS, oracle, shards, single)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == finish_benchmark(REVOS, shards, single).metrics
+
+
+def test_cli_without_shards_is_one_line_with_the_build_command(tmp_path, capsys):
+    from pixelqa.evaluate import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["suite=paper", f"data.shards={tmp_path}", "tracking.enabled=false"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip()
+    assert "\n" not in msg and f"python -m pixelqa.data build revos --root RAW/revos --out {tmp_path}" in msg
+    with pytest.raises(SystemExit):
+        main(["suite=paper", "suite.bogus=1"])
+    assert "suite.bogus=1: unknown suite option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_suite_end_to_end_with_the_tiny_model(shards, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from pixelqa.evaluate import run
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    metrics = run(
+        [
+            "suite=paper",
+            "suite.only=revos,mevis_valid_u",
+            "suite.max_new_tokens=4",
+            f"data.shards={shards}",
+            f"output_dir={tmp_path / 'run'}",
+            "eval.max_samples=2",
+        ]
+    )
+    assert set(metrics) >= {"revos/J&F", "revos/R", "revos/R_as_run"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    out = tmp_path / "run" / "suite-paper"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["generation"].startswith(("pixelqa.predict.Predictor", "UniPixel.chat stand-in"))
+    assert prov["max_new_tokens_cap"] == 4
+    assert prov["skipped"][0].startswith("mevis_valid_u: no shards")
+    assert len(merge_records(out / "revos")) == 2
+    assert "| revos | valid | J&F |" in (out / "paper_table.md").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.info.run_name == "suite:paper")
+    child = next(r for r in runs if r.info.run_name == "eval-revos")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "revos/J_and_F" in child.data.metrics
+    assert np.isclose(child.data.metrics["revos/J_and_F"], metrics["revos/J&F"])
