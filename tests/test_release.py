@@ -242,3 +242,28 @@ def test_a_base_qwen_folder_starts_the_new_modules_as_the_release_trains_them(tm
     torch.testing.assert_close(
         model.qwen.get_input_embeddings().weight, released.qwen.get_input_embeddings().weight, atol=0, rtol=0
     )
+
+
+def test_export_of_a_lightning_checkpoint_merges_lora(tmp_path):
+    from dataclasses import asdict
+
+    from model_fixtures import tiny_config, training_batch
+
+    from pixelqa import export
+    from pixelqa.model.config import LoraConfig
+    from pixelqa.train.module import Stage3Module
+
+    cfg = tiny_config(lora=LoraConfig(enabled=True, rank=4, alpha=8, dropout=0.0))
+    module = Stage3Module(model=asdict(cfg), optim={"lr": 1e-3, "decoder_lr": 1e-3}, total_steps=1)
+    with torch.no_grad():  # trained-looking adapters: B is zero at init, which would make the merge trivial
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    ours = {f"model.{k}": v for k, v in module.model.trainable_state_dict().items()}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": ours, "hyper_parameters": dict(module.hparams), "pixelqa_stage": 3}, ckpt)
+    assert export.main([str(ckpt), str(tmp_path / "out")]) == 0
+    back = _build(tmp_path / "out").eval()
+    batch = training_batch(module.model.processor)
+    with torch.no_grad():
+        torch.testing.assert_close(back(batch).logits, module.model.eval()(batch).logits, atol=2e-5, rtol=1e-5)
