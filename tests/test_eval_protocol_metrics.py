@@ -142,3 +142,23 @@ def test_templates_are_the_official_ones():
     )
     with pytest.raises(ValueError, match="family"):
         templates.segmentation_prompt("x", family="nope")
+
+
+def test_judge_replies_parse_and_average(tmp_path):
+    import json
+
+    from pixelqa.eval import judge
+
+    good = "Subject Correspondence: 4\nAppearance Description: 3\nTemporal Description: 5\nHallucination Detection: 2"
+    short = "SC: 2, AD: 2, TD: 2, HD: 4"
+    assert judge.parse_scores(good) == {"SC": 4.0, "AD": 3.0, "TD": 5.0, "HD": 2.0}
+    assert judge.parse_scores("Subject Correspondence: 4") is None and judge.parse_scores(None) is None
+    row = judge.aggregate([good, short, "no scores"])
+    assert row["SC"] == 3.0 and row["HD"] == 3.0 and row["All"] == pytest.approx((3 + 2.5 + 3.5 + 3) / 4)
+    assert (row["judged"], row["unparsed"]) == (2, 1)
+    (tmp_path / "in.json").write_text(json.dumps([{"pred": "a"}, {"pred": "b"}]))
+    (tmp_path / "r.json").write_text(json.dumps([good, short]))
+    assert judge.score_file(tmp_path / "in.json", tmp_path / "r.json", "gpt-4o")["judge"] == "gpt-4o"
+    (tmp_path / "r.json").write_text(json.dumps([good]))
+    with pytest.raises(ValueError, match="got 1 replies, expected a JSON list of 2"):
+        judge.score_file(tmp_path / "in.json", tmp_path / "r.json", "gpt-4o")

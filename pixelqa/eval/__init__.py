@@ -7,6 +7,10 @@ Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`)
 (ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe: J, F, J&F, R; `pixelqa.eval.video_seg`) and
 image segmentation (RefCOCO/+/g, RefClef, ReasonSeg: cIoU, gIoU, REC accuracy; `pixelqa.eval.image_seg`).
 Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`).
+
+The paper's benchmarks as their official scripts run them (free generation, official frames, templates and
+aggregation) are `pixelqa.eval.official` (one Protocol per benchmark) run by `pixelqa.eval.suite`
+(`python -m pixelqa.evaluate suite=paper`); see docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class ReVOSProtocol(VideoSegProtocol):
             raise ValueError(f"revos sample {sample.key}: meta has no 'foreground_rles', expected the valid split")
         source = meta.get("source_frames") or list(range(sample.media.num_frames))
         fg = np.stack([rle_masks.decode(rles[source[f]]).astype(bool) for f in request.sam_frames])
-        rec = pm.revos_expression(mask, gt, fg | gt)
+        rec = pm.revos_expression(mask, gt, fg)  # the release's foreground masks as they are
         rec.update(subset=str(meta.get("expression_type", "referring")), no_seg=not had)
         return rec
 
