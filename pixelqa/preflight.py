@@ -64,22 +64,24 @@ def check_tracking(tracking: Any) -> None:
         check_writable(Path(unquote(parsed.path)), "tracking.artifact_location")
 
 
-def check_val_shards(data: Any) -> None:
-    """Every validation shard that exists can be opened and indexed (strict: and holds no damage)."""
+def check_shards(data: Any) -> None:
+    """Validation shards can be opened; with data.strict, no shard holds damage found on opening (e.g. truncation)."""
     from pixelqa.data.shard_reader import open_shard
     from pixelqa.train.datamodule import shard_folder
 
     strict = bool(getattr(data, "strict", False))
-    for i, src in enumerate(data.val_sources):
-        for tar in sorted(shard_folder(data.shards, src.name, src.split).glob("*.tar")):
-            try:
-                contents = open_shard(tar)
-            except OSError as err:
-                raise RecipeError(
-                    f"data.val_sources[{i}] ({src.name}/{src.split}): cannot read {tar} ({err.strerror})"
-                ) from None
-            if strict and contents.damage:
-                raise RecipeError(f"data.strict=true and data.val_sources[{i}] is damaged: {contents.damage[0]}")
+    groups = [("val_sources", data.val_sources)] + ([("sources", data.sources)] if strict else [])
+    for group, sources in groups:
+        for i, src in enumerate(sources):
+            for tar in sorted(shard_folder(data.shards, src.name, src.split).glob("*.tar")):
+                try:
+                    contents = open_shard(tar)
+                except OSError as err:
+                    raise RecipeError(
+                        f"data.{group}[{i}] ({src.name}/{src.split}): cannot read {tar} ({err.strerror})"
+                    ) from None
+                if strict and contents.damage:
+                    raise RecipeError(f"data.strict=true and data.{group}[{i}] is damaged: {contents.damage[0]}")
 
 
 def check_run(recipe: Any) -> None:
@@ -95,5 +97,5 @@ def check_run(recipe: Any) -> None:
     ]
     if data.build_if_missing and to_build:  # shards are built on first use: their folder must be writable
         check_writable(data.shards, "data.shards")
-    check_val_shards(data)
+    check_shards(data)
     check_tracking(recipe.tracking)

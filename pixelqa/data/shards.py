@@ -523,7 +523,7 @@ def list_shards(folder: str | Path) -> list[Path]:
 
 
 def iter_records(paths: Sequence[str | Path]) -> Iterator[dict]:
-    """Raw records of tar shards, in order (no shuffling, no error handling: for tools and tests)."""
+    """Raw records of tar shards, in order, unchecked (tools and tests; training and evaluation use shard_reader)."""
     for path in paths:
         with tarfile.open(path) as tf:
             record: dict = {}
