@@ -262,7 +262,8 @@ def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Pa
     from pixelqa import tracking
 
     out = Path(recipe.output_dir).resolve()
-    lines = ["", "==== PixelQA fit results ====", f"checkpoint: {out / 'checkpoints' / 'last.ckpt'}"]
+    # last.ckpt links to the newest step checkpoint: name the file itself
+    lines = ["", "==== PixelQA fit results ====", f"checkpoint: {(out / 'checkpoints' / 'last.ckpt').resolve()}"]
     if overlays:
         lines.append(
             f"overlays:   {overlays[-1].parent.resolve()}  (ground truth | prediction, PNG per image, GIF per video)"
