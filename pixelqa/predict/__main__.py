@@ -72,6 +72,8 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     progress = not args.no_progress
     _check_counts(args)
+    if not Path(args.model).exists():  # before any slow work
+        raise PredictInputError(f"--model: {args.model!r} does not exist; expected a model folder or a checkpoint file")
     specs = [parse_prompt(kind, value) for kind, value in args.prompts]
     ids = list(range(len(specs)))
     if args.text is not None or not args.chat:
@@ -94,12 +96,12 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             raise
         raise PredictInputError(f"--model: {exc}") from None
     load_s = time.perf_counter() - t0
-    predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress)
+    predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress, model_info=model_info)
     out = Path(args.out)
     if not args.chat:
         pred = predictor.run(media, args.text, prompts)
         pred.timings.update(read_s=read_s, load_s=load_s)
-        write_outputs(pred, out, model_info, [s.arg for s in specs], progress=progress)
+        write_outputs(pred, out, [s.arg for s in specs], progress=progress)
         print(pred.answer, file=stdout)
         print(f"outputs: {out}", file=stdout)
         return 0
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             continue
         pred, text, turn = nxt, None, turn + 1
         pred.timings.update(read_s=read_s if turn == 1 else 0.0, load_s=load_s if turn == 1 else 0.0)
-        write_outputs(pred, out / f"turn{turn}", model_info, [s.arg for s in specs] if turn == 1 else None, progress)
+        write_outputs(pred, out / f"turn{turn}", [s.arg for s in specs] if turn == 1 else None, progress)
         print(f"pixelqa> {pred.answer}", file=stdout)
         print(memory_summary(pred), file=stdout)
     print(f"outputs: {out}", file=stdout)

@@ -109,11 +109,14 @@ def _overlay_frames(frames: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndar
 def write_outputs(
     pred: Prediction,
     out: str | Path,
-    model_info: dict[str, Any] | None = None,
     prompt_args: list[str] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write every output of one turn into `out` (layout in the module docstring); returns the run.json dict."""
+    """Write every output of one turn into `out` (layout in the module docstring); returns the run.json dict.
+
+    `prompt_args` are the prompts as typed on the command line (kept in run.json beside the normalised ones).
+    """
+    model_info = pred.model_info
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     media = pred.media
@@ -147,8 +150,8 @@ def write_outputs(
         files.update(gif="overlay.gif", mp4="overlay.mp4")
     ids = media.frame_ids
     run = {
-        "model": {k: v for k, v in (model_info or {}).items() if k != "recipe"},
-        "recipe": (model_info or {}).get("recipe", {}),
+        "model": {k: v for k, v in model_info.items() if k != "recipe"},
+        "recipe": model_info.get("recipe", {}),
         "media": {
             "path": media.info.path,
             "kind": media.info.kind,

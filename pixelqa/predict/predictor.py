@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ class Prediction:
     state: object = field(repr=False, default=None)  # the model's ChatState
     timings: dict[str, float] = field(default_factory=dict)
     turn: int = 1
+    model_info: dict = field(default_factory=dict, repr=False)  # where the model came from, its config (run.json)
 
 
 def _with_id(p, object_id: int):
@@ -91,16 +92,30 @@ def _on_all_frames(masks: torch.Tensor, positions: list[int], total: int) -> tor
     return out
 
 
+def describe_model(model) -> dict:
+    """run.json's model entry for a model built in memory (load_model gives the path and format when loaded)."""
+    first = next(model.parameters())
+    return {"format": "in-memory", "device": str(first.device), "dtype": model.cfg.dtype, "config": asdict(model.cfg)}
+
+
 class Predictor:
     """Runs UniPixel turns on media: frame choice, prompt numbering and placement, memory checks, timings."""
 
-    def __init__(self, model, llm_frames: int = LLM_FRAMES, max_new_tokens: int = 64, progress: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        llm_frames: int = LLM_FRAMES,
+        max_new_tokens: int = 64,
+        progress: bool = False,
+        model_info: dict | None = None,
+    ) -> None:
         if llm_frames < 1:
             raise PredictInputError(f"llm_frames: got {llm_frames}, expected >= 1")
         self.model = model
         self.llm_frames = llm_frames
         self.max_new_tokens = max_new_tokens
         self.progress = progress
+        self.model_info = model_info or describe_model(model)
         # separate SAM frames arrive with the model's `sam_media` / `llm_index` arguments; until then SAM decodes
         # the LLM frames only
         self.separate_sam = "sam_media" in inspect.signature(model.chat).parameters
@@ -185,4 +200,5 @@ class Predictor:
             state=result.state,
             timings=timings,
             turn=history.turn + 1 if history is not None else 1,
+            model_info=self.model_info,
         )
