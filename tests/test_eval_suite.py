@@ -204,3 +204,74 @@ def test_cli_suite_end_to_end_with_the_tiny_model(shards, tmp_path, monkeypatch,
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert "revos/J_and_F" in child.data.metrics
     assert np.isclose(child.data.metrics["revos/J_and_F"], metrics["revos/J&F"])
+
+
+def test_pixelqa_and_videorefer_q_on_converter_shards(tmp_path):
+    from fixtures_video import build_videorefer_bench
+
+    from pixelqa.eval.generation import tags_to_refs
+    from pixelqa.eval.suite import iter_benchmark_samples
+
+    build_videorefer_bench(tmp_path / "raw")
+    build_shards("pixelqa", tmp_path / "raw", tmp_path / "shards", split="box", progress=False)
+    build_shards("videorefer_bench_q", tmp_path / "raw", tmp_path / "shards", split="single_frame", progress=False)
+    pixelqa = BenchmarkSpec("pixelqa_box", "pixelqa", "box", "pixelqa")
+
+    def first_object_only(request):
+        """Answers (B) for both questions and gives the true masks of the first prompted object only."""
+        s = request.sample
+        return ("B) the second", [object_volume(s, [request.prompts[0].object_id], request.sam_frames)])
+
+    run_benchmark(pixelqa, first_object_only, tmp_path / "shards", tmp_path / "out")
+    result = finish_benchmark(pixelqa, tmp_path / "shards", tmp_path / "out")
+    # Q1 (answer A, two objects): wrong, objects J = 1, 0; Q2 (answer B, one object): right, J = 1
+    assert result.metrics["Acc"] == 0.5
+    assert result.metrics["J"] == pytest.approx(2 / 3, abs=1e-5)  # over objects; per question it would be 0.75
+    samples = list(iter_benchmark_samples(pixelqa, tmp_path / "shards"))
+    q1 = next(s for s in samples if len(s.prompts) == 2)
+    from pixelqa.eval.official import get_official
+
+    req = get_official("pixelqa").request(q1)
+    assert q1.meta["key_frame"] in req.llm_frames and req.prefill_text.endswith("with IDs.")
+    refs = tags_to_refs(req.text, [p.object_id for p in req.prompts])
+    assert refs.startswith("[0] <|ref|> and [1] <|ref|> are boxes. Which is higher, [0] or [1]?")
+    assert refs.endswith("(A) [0]\n(B) [1]\n(C) Neither\n(D) Both\nPlease only give the best option.")
+
+    q = BenchmarkSpec("vq", "videorefer_bench_q", "single_frame", "videorefer_bench_q")
+    run_benchmark(q, lambda r: ("(b)", []), tmp_path / "shards", tmp_path / "out")
+    rows = finish_benchmark(q, tmp_path / "shards", tmp_path / "out").rows
+    assert [(r["subset"], r["Acc"]) for r in rows] == [
+        ("Basic Questions", 1.0),
+        ("Relationship Question", 0.0),
+        ("all", 0.5),
+    ]
+
+
+@pytest.mark.slow
+def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path):
+    pytest.importorskip("pixelqa.predict.predictor")
+    from fixtures_video import build_videorefer_bench
+
+    from pixelqa.config import load_recipe, to_object
+    from pixelqa.eval.generation import departures_of, predictor_answer_fn
+    from pixelqa.eval.official import get_official
+    from pixelqa.eval.suite import iter_benchmark_samples
+    from pixelqa.evaluate import load_model
+
+    build_videorefer_bench(tmp_path / "raw")
+    build_shards("pixelqa", tmp_path / "raw", tmp_path / "shards", split="mix", progress=False)
+    spec = BenchmarkSpec("pixelqa_mix", "pixelqa", "mix", "pixelqa")
+    sample = next(s for s in iter_benchmark_samples(spec, tmp_path / "shards") if len(s.prompts) == 2)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = load_model(to_object(load_recipe(["recipe=stage3"])), None)
+    answer_fn = predictor_answer_fn(model, max_new_tokens=2)
+    protocol = get_official("pixelqa")
+    request = protocol.request(sample)
+    pred = answer_fn(request)
+    h, w = sample.media.size
+    # pass 1 segments both prompted objects on every requested frame, at the source size
+    assert [m.shape for m in pred.masks[:2]] == [(len(request.sam_frames), h, w)] * 2
+    rec = protocol.score(sample, request, pred)
+    assert len(rec["objects"]) == 2 and all(0.0 <= v <= 1.0 for o in rec["objects"] for v in o)
+    assert any("prefix" in d for d in departures_of(answer_fn))
