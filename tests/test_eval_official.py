@@ -136,6 +136,16 @@ def test_image_seg_ciou_giou_rec():
     assert row["REC@0.5"] == 0.5
 
 
+def test_reasonseg_template_follows_is_sentence():
+    proto = get_official("reasonseg")
+    s = _image()
+    s.meta = {"query": "What can hold water", "is_sentence": True}
+    assert proto.request(s).text == "What can hold water Please provide the segmentation mask."
+    s.meta = {"query": "the cup?", "is_sentence": False}
+    assert proto.request(s).text == "Please segment the the cup? in this image."
+    assert proto.request(s).token_budget == (128, 4096) and proto.describe()["token_budget"] == (128, 4096)
+
+
 def _mcq(source: str = "videorefer_bench_q", n: int = 30) -> Sample:
     annotated = list(range(0, n, 1))
     track = ObjectTrack(masks={t: masks.encode(_box(t)) for t in annotated})

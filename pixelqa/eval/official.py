@@ -28,6 +28,10 @@ from pixelqa.metrics import protocols as pm
 from pixelqa.predict.sampling import uniform_indices, uniform_with_forced
 
 LLM_FRAMES = 16
+# visual-token budgets of the official scripts: video frames, images, VideoRefer-Bench-Q frames
+VIDEO_BUDGET = (128, 256)
+IMAGE_BUDGET = (128, 4096)
+VIDEOREFER_Q_BUDGET = (100, 144)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Request:
     prefill_text: str | None = None  # PixelQA pass 1 (teacher-forced `[k] <|seg|>` answer)
     assistant_prefix: str = ""
     max_new_tokens: int = templates.MAX_NEW_TOKENS["seg"]
+    token_budget: tuple[int, int] = (128, 256)  # (min, max) visual tokens per frame (per image for images)
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Protocol:
     name = ""
     frame_rule = ""
     template = ""
+    token_budget: tuple[int, int] = VIDEO_BUDGET
     # metric names of the headline (the keys of the last row that are reported as the benchmark's result)
     headline: tuple[str, ...] = ()
 
@@ -150,9 +156,9 @@ class Protocol:
         """The result rows of the paper's table (the last row is the headline)."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, str]:
-        """Frame rule and prompt template, for the provenance record."""
-        return {"frame_rule": self.frame_rule, "template": self.template}
+    def describe(self) -> dict[str, Any]:
+        """Frame rule, prompt template and visual-token budget, for the provenance record."""
+        return {"frame_rule": self.frame_rule, "template": self.template, "token_budget": self.token_budget}
 
 
 class VideoSegProtocol(Protocol):
@@ -286,6 +292,7 @@ class ImageSegProtocol(Protocol):
     at the source resolution; REC: tight box after dropping components under 10 px vs the annotation box."""
 
     frame_rule = "the image (one frame), up to 4096 visual tokens"
+    token_budget = IMAGE_BUDGET
     template = "query ('Please segment the {q} in this image.') / sentence when q ends with '?'"
     headline = ("cIoU", "gIoU")
 
@@ -301,7 +308,10 @@ class ImageSegProtocol(Protocol):
         q = meta.get("expression") or meta.get("query")
         if not q:
             raise ValueError(f"{self.name} sample {sample.key}: meta has no 'expression' or 'query'")
-        return Request(sample, [0], [0], templates.segmentation_prompt(str(q), "image"))
+        # ReasonSeg marks its sentence queries; the others follow the '?' rule
+        family = ("sentence" if meta["is_sentence"] else "query") if "is_sentence" in meta else None
+        text = templates.segmentation_prompt(str(q), "image", family)
+        return Request(sample, [0], [0], text, token_budget=IMAGE_BUDGET)
 
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """Intersection and union (don't-care pixels are background, as the official run) and the REC hit."""
@@ -344,6 +354,7 @@ class MCQProtocol(Protocol):
             self.template = "question + options + '\\nPlease only give the best option.'; prefix 'Best Option: ('"
             self.prefix = templates.MVBENCH_PREFIX
         else:
+            self.token_budget = VIDEOREFER_Q_BUDGET
             self.frame_rule = "16 uniform among the annotated frames, the prompt frame forced in"
             self.template = (
                 "memory + question + options + '\\nPlease only give the best option.'; prefix 'The best option is ('"
@@ -367,7 +378,16 @@ class MCQProtocol(Protocol):
             for oid in turn.memory_objects
             if oid in sample.objects
         }
-        return Request(sample, frames, frames, text, memory=memory, assistant_prefix=self.prefix, max_new_tokens=256)
+        return Request(
+            sample,
+            frames,
+            frames,
+            text,
+            memory=memory,
+            assistant_prefix=self.prefix,
+            max_new_tokens=256,
+            token_budget=VIDEOREFER_Q_BUDGET,
+        )
 
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """Whether the first character names the answer letter."""
@@ -401,6 +421,7 @@ class PixelQAProtocol(MCQProtocol):
 
     def __init__(self) -> None:
         super().__init__("pixelqa")
+        self.token_budget = VIDEO_BUDGET
         self.template = "pass 1: question with [k] <|ref|> + pre-fill instruction; pass 2: as VideoRefer-Bench-Q"
 
     def request(self, sample: Sample) -> Request:
