@@ -45,8 +45,8 @@ class Media:
 
     @property
     def kind(self) -> str:
-        """image (one still picture) or video (a video file or a folder of frames) for the model."""
-        return "image" if self.info.kind == "image" else "video"
+        """image (an image file, or a single frame read) or video for the model."""
+        return "image" if self.info.kind == "image" or len(self.frame_ids) == 1 else "video"
 
     @property
     def size(self) -> tuple[int, int]:

@@ -178,10 +178,7 @@ class Predictor:
             kwargs.update(sam_media=media.frames, llm_index=list(llm_pos))
         sam_pos = list(range(len(media.frame_ids))) if self.separate_sam else list(llm_pos)
         t0 = time.perf_counter()
-        try:
-            result = self.model.chat(**kwargs)
-        except ValueError as exc:  # the model's own checks of user input (prompt frames, counts)
-            raise PredictInputError(str(exc)) from None
+        result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
         timings["model_s"] = time.perf_counter() - t0
         total = len(media.frame_ids)
         masks = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.masks.items())}
