@@ -78,3 +78,18 @@ def test_two_pass_turn_runs_the_vit_once():
         assert len(calls) == 1  # a later turn of the conversation too
     finally:
         hook.remove()
+
+
+@pytest.mark.slow
+def test_long_clip_streams_frames_and_drops_old_memories_without_changing_masks():
+    model = cached_model(obj_scores=False).eval()
+    clip = frames(24, seed=11)  # 24 frames > the 17 SAM outputs kept and > one 16-frame chunk
+    state = torch.randn(1, model.qwen.config.text_config.hidden_size)
+    streamed = model.decode_states(clip, state, chunk=16)
+    # reference: every frame encoded at once, every memory kept (grad mode keeps the whole output dict)
+    with torch.enable_grad():
+        features = model.mask_decoder.encode_frames(clip)
+        dec = model.mask_decoder(features, list(range(24)), model.l2m(state))
+    full = model.mask_decoder.upsample(dec.low_res.detach(), (112, 112))
+    torch.testing.assert_close(streamed, full, atol=1e-4, rtol=1e-4)
+    assert streamed.shape == (1, 24, 112, 112)

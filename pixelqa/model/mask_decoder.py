@@ -94,6 +94,34 @@ class FrameFeatures:
         return feats, pos
 
 
+class StreamedFrames:
+    """SAM image features of a long clip, encoded on demand `chunk` frames at a time (one chunk kept).
+
+    Stands in for `FrameFeatures` in `MaskDecoder.forward` when every object walks the clip's frames in order
+    (inference): a 10-minute video never has all its frames encoded, or on the device, at once.
+    """
+
+    def __init__(self, decoder: MaskDecoder, frames: torch.Tensor, chunk: int = 16):
+        self.decoder, self.frames, self.chunk = decoder, frames, chunk
+        self.start, self.features = -1, None
+        self.feat_sizes = self._chunk(0).feat_sizes
+
+    def _chunk(self, first: int) -> FrameFeatures:
+        """The features of the chunk starting at `first`, encoded if not held."""
+        if first != self.start:
+            device = self.decoder.mean.device
+            self.features = self.decoder.encode_frames(self.frames[first : first + self.chunk].to(device))
+            self.start = first
+        return self.features
+
+    def select(self, index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Features of frames `index` (K,) (all in one chunk): lists of (HW, K, C)."""
+        first = int(index.min()) // self.chunk * self.chunk
+        if int(index.max()) >= first + self.chunk:
+            raise ValueError(f"frame_ids: frames {index.tolist()} span two chunks of {self.chunk}; expected one")
+        return self._chunk(first).select(index - first)
+
+
 @dataclass
 class DecodedMasks:
     """Decoder outputs for K objects over T frames."""
@@ -299,6 +327,9 @@ class MaskDecoder(nn.Module):
             return self._independent(features, index, sparse)
         output_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         lows, raws, ious, scores, multis, multi_ious = [], [], [], [], [], []
+        # SAM 2 attends to the last num_maskmem memories and max_obj_ptrs_in_encoder object pointers only: at
+        # inference older per-frame outputs are dropped, so memory stays bounded on long clips
+        keep = max(self.sam.num_maskmem, self.sam.max_obj_ptrs_in_encoder) + 1
         for t in range(T):
             feats, pos = features.select(index[:, t])
             if t == 0:
@@ -311,6 +342,8 @@ class MaskDecoder(nn.Module):
                 out["maskmem_features"] = out["maskmem_features"].to(memory_dtype).float()
             key = "cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"
             output_dict[key][t] = out
+            if not torch.is_grad_enabled() and t - keep > 0:
+                output_dict["non_cond_frame_outputs"].pop(t - keep, None)
             lows.append(out["pred_masks"][:, 0])
             raws.append(out["raw_masks"][:, 0])
             ious.append(iou)

@@ -37,7 +37,7 @@ from pixelqa.model.config import (
     UniPixelConfig,
 )
 from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses, released_mask_losses
-from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
+from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder, StreamedFrames
 from pixelqa.model.memory import ObjectMemoryBank, check_variant
 from pixelqa.model.projectors import LanguageToMask, MaskToLanguage
 from pixelqa.model.prompt_encoder import RefPromptEncoder, SparsePromptEncoder, masked_pool
@@ -707,10 +707,10 @@ class UniPixel(nn.Module):
         device = self.new_token_embed.device
         if states.shape[0] == 0:
             return torch.zeros(0, T, H, W, device=device)
-        features = self.mask_decoder.encode_frames_chunked(frames.to(device), chunk)
+        features = StreamedFrames(self.mask_decoder, frames, chunk)  # encoded chunk by chunk while propagating
         tokens = self.l2m(states.float().to(device))  # (N, D) -> (N, hidden_tokens, 256)
         dec = self.mask_decoder(features, list(range(T)), tokens)
-        return self.mask_decoder.upsample(dec.low_res, (H, W))
+        return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[torch.Tensor]:
