@@ -382,7 +382,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after its shutdown; main() says how to resume
             raise KeyboardInterrupt from None
         raise
-    results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("train/")})
+    results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith(("train/", "data/"))})
     if recipe.eval.after_fit:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
