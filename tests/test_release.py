@@ -267,3 +267,11 @@ def test_export_of_a_lightning_checkpoint_merges_lora(tmp_path):
     batch = training_batch(module.model.processor)
     with torch.no_grad():
         torch.testing.assert_close(back(batch).logits, module.model.eval()(batch).logits, atol=2e-5, rtol=1e-5)
+
+
+def test_media_of_any_size_enter_a_released_model():
+    from model_fixtures import frames
+
+    model = released_model()
+    res = model.chat(frames(3, 96, 130, seed=1), "Please segment the red box in this video.", max_new_tokens=2)
+    assert isinstance(res.text, str) and res.state.kind == "video"  # 96 x 130 is no multiple of 28: resized

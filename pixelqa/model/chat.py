@@ -83,19 +83,37 @@ def _messages(state, user_text: str, answer: str | None) -> list[dict]:
     return msgs
 
 
+# Resizing on at every call, so media of any size enter within the processor's pixel budget whatever a folder's
+# saved processor settings say (a release saves do_resize=false).
+RESIZE_KWARGS = {"images_kwargs": {"do_resize": True}, "videos_kwargs": {"do_resize": True}}
+
+
 def build_batch(
-    model, state, user_text: str, answer: str | None, prompts: list[VisualPrompt], memory: list[MemoryRef]
+    model,
+    state,
+    user_text: str,
+    answer: str | None,
+    prompts: list[VisualPrompt],
+    memory: list[MemoryRef],
+    assistant_prefix: str = "",
 ) -> Batch:
-    """Tokenise history + this turn (answer teacher-forced, or a generation prompt) into a one-sample Batch."""
+    """Tokenise history + this turn (answer teacher-forced, or a generation prompt) into a one-sample Batch.
+
+    With no answer, `assistant_prefix` is appended after the generation prompt (an answer forced to start with it).
+    The conversation's `processor_kwargs` (a pixel budget, say) go to the processor call.
+    """
     proc = model.processor
     text = proc.apply_chat_template(
         _messages(state, user_text, answer), tokenize=False, add_generation_prompt=answer is None
     )
+    if answer is None:
+        text += assistant_prefix
     media = state.media
+    kwargs = getattr(state, "processor_kwargs", None) or RESIZE_KWARGS
     if state.kind == "image":
-        enc = proc(text=[text], images=[media[0]], return_tensors="pt")
+        enc = proc(text=[text], images=[media[0]], return_tensors="pt", **kwargs)
     else:
-        enc = proc(text=[text], videos=[media], return_tensors="pt")
+        enc = proc(text=[text], videos=[media], return_tensors="pt", **kwargs)
     ids = enc["input_ids"]
     batch = Batch(
         input_ids=ids,
@@ -206,9 +224,26 @@ def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index:
 
 @torch.no_grad()
 def chat_turn(
-    model, media, text, prompts, history, max_new_tokens, kind, sam_media=None, llm_index=None, use_cache=True
+    model,
+    media,
+    text,
+    prompts,
+    history,
+    max_new_tokens,
+    kind,
+    sam_media=None,
+    llm_index=None,
+    use_cache=True,
+    assistant_prefix: str = "",
+    memory: dict | None = None,
+    processor_kwargs: dict | None = None,
 ):
-    """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state)."""
+    """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state).
+
+    `memory` puts given masks (object id -> (T_sam, H, W)) into the bank before the turn, without pre-filling (the
+    ground-truth memory of VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the
+    returned answer); `processor_kwargs` go to every processor call of the conversation (a pixel budget).
+    """
     from pixelqa.model.generation import greedy_generate
     from pixelqa.model.unipixel import ChatResult, ChatState
 
@@ -226,6 +261,10 @@ def chat_turn(
             state.sam_media, state.llm_index = sam_media, list(llm_index) if llm_index is not None else None
         else:
             state = history
+        if processor_kwargs is not None:
+            state.processor_kwargs = processor_kwargs
+        for oid, m in (memory or {}).items():
+            state.bank.put(int(oid), torch.as_tensor(m).bool())
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text: got an empty message, expected a question or instruction")
         T = int(state.media.shape[0])
@@ -269,11 +308,14 @@ def chat_turn(
                     user_text = f"{pre}\n{user_text}"
                     turn_memory = extra_refs + turn_memory
                 state.injected.update(named)
-        batch = build_batch(model, state, user_text, None, state.prompts + turn_prompts, state.memory + turn_memory)
+        batch = build_batch(
+            model, state, user_text, None, state.prompts + turn_prompts, state.memory + turn_memory, assistant_prefix
+        )
         n_user = count_seg(user_text)
         if variant == "ref_seg_pool":
             # the pooled second LLM pass lives in forward: generate and decode through it (uncached)
             answer, _ = generate(model, batch, max_new_tokens)
+            answer = assistant_prefix + answer
             full = build_batch(
                 model, state, user_text, answer, state.prompts + turn_prompts, state.memory + turn_memory
             )
@@ -281,7 +323,7 @@ def chat_turn(
             segs = _seg_masks(model, full)[n_before:]
         else:
             gen = greedy_generate(model, batch, max_new_tokens, use_cache=use_cache, visual_cache=state.visual_cache)
-            answer = gen.text
+            answer = assistant_prefix + gen.text
             prompt_states = gen.prompt_seg_states[gen.prompt_seg_states.shape[0] - n_user :] if n_user else None
             states = gen.seg_states if prompt_states is None else torch.cat([prompt_states, gen.seg_states])
             segs = _decode(model, state, states)

@@ -102,7 +102,7 @@ def greedy_generate(
     prompt_seg = (batch.input_ids[0] == seg_id).nonzero().flatten()
     where = prompt_seg - 1 if released else prompt_seg
     prompt_states = torch.stack([_seg_state(model, pre, post, int(w)) for w in where]) if len(where) else pre[0, :0]
-    cache = out.past_key_values if use_cache else None
+    cache = out.cache if use_cache else None
     deltas = qwen_model.rope_deltas
     length = int(batch.input_ids.shape[1])
     new: list[int] = []
@@ -131,7 +131,7 @@ def greedy_generate(
                     position_ids=pos,
                     use_cache=True,
                 )
-            cache = out.past_key_values
+            cache = out.cache
             pre, post = caught.value, out.last_hidden_state
         else:
             current = append_tokens(current, [nxt])

@@ -302,6 +302,9 @@ def build_processor(folder: ModelFolder):
         if not (root / name).is_file():
             raise ReleaseError(f"{root / name}: missing; the folder's tokenizer and processor are needed")
     tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    # the release's tokenizer config carries do_resize=false (its loader resized frames beforehand); a processor
+    # merges tokenizer settings into every media call, which would switch resizing off for any input
+    tokenizer.init_kwargs.pop("do_resize", None)
     image_processor = Qwen2VLImageProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
     if (root / "video_preprocessor_config.json").is_file():
         video_processor = Qwen2VLVideoProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)

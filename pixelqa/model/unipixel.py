@@ -735,17 +735,34 @@ class UniPixel(nn.Module):
         sam_media: torch.Tensor | None = None,
         llm_index: list[int] | None = None,
         use_cache: bool = True,
+        assistant_prefix: str = "",
+        memory: dict[int, torch.Tensor] | None = None,
+        processor_kwargs: dict | None = None,
     ) -> ChatResult:
         """One user turn of a multi-round chat; see `pixelqa.model.chat` for the protocol.
 
         media: the LLM's frames (T, 3, H, W) uint8; sam_media: the frames SAM segments (T_sam, 3, H, W) uint8, by
         default the same; llm_index[i]: the index of LLM frame i in sam_media. Prompt frames index LLM frames;
-        masks cover the SAM frames.
+        masks cover the SAM frames. assistant_prefix forces the answer's start; memory (object id -> (T_sam, H, W)
+        masks) enters the bank before the turn without pre-filling; processor_kwargs (a pixel budget) go to every
+        processor call of the conversation.
         """
         from pixelqa.model.chat import chat_turn
 
         return chat_turn(
-            self, media, text, prompts or [], history, max_new_tokens, kind, sam_media, llm_index, use_cache
+            self,
+            media,
+            text,
+            prompts or [],
+            history,
+            max_new_tokens,
+            kind,
+            sam_media,
+            llm_index,
+            use_cache,
+            assistant_prefix,
+            memory,
+            processor_kwargs,
         )
 
     # ---- save / load ----------------------------------------------------------------------------------------
@@ -854,6 +871,7 @@ class ChatState:
     sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
     llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
     visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
+    processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
 
 
 @dataclass
