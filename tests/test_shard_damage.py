@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -128,19 +126,19 @@ def test_training_stream_replaces_a_damaged_record_deterministically(intact, tmp
     assert victim not in {k for b in first for k in b}
 
 
-def test_strict_mode_makes_damage_fatal(intact, tmp_path):
+def test_strict_mode_makes_damage_fatal(intact, tmp_path, capsys, caplog):
     root, _, _ = damage(intact, tmp_path, "header_inside", True)
     folder = root / "synthetic" / "val"
     with pytest.raises(ShardDamageError, match=f"{SHARD} at byte"):
         list(make_dataset([folder], train=False, strict=True))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pixelqa.data", "stats", str(folder), "--strict"], capture_output=True, text=True
-    )
-    assert proc.returncode == 2 and SHARD in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "pixelqa.data", "inspect", str(folder), "--n", "30"], text=True, capture_output=True
-    )
-    assert proc.returncode == 0 and "damaged records skipped: 1" in proc.stdout and f"{SHARD} at byte" in proc.stderr
+    from pixelqa.data.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["stats", str(folder), "--strict"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and SHARD in err and err.count("\n") == 1
+    main(["inspect", str(folder), "--n", "30"])
+    assert "damaged records skipped: 1" in capsys.readouterr().out and f"{SHARD} at byte" in caplog.text
 
 
 @pytest.mark.slow
