@@ -118,6 +118,18 @@ def check_model(recipe: Recipe) -> None:
         ckpt = m.mask_decoder.checkpoint
         if ckpt and not Path(ckpt).is_file():
             raise RecipeError(f"model.mask_decoder.checkpoint={ckpt!r}: no such file; give a local SAM 2.1 .pt file")
+        from pixelqa.model import release
+
+        try:
+            folder = release.inspect_folder(m.preset, m.path)
+        except release.ReleaseError as err:
+            raise RecipeError(str(err)) from None
+        if folder.kind == "release" and recipe.stage in (1, 2):
+            raise RecipeError(
+                f"{folder.file('config.json')}: model_type={release.RELEASE_TYPE!r} is a released UniPixel, but stage "
+                f"{recipe.stage} starts from a Qwen2.5-VL base (model_type {release.BASE_TYPE!r}), as the release's "
+                "training does; fine-tune a release with recipe=stage3"
+            )
 
 
 def check_init_from(recipe: Recipe) -> dict | None:

@@ -56,5 +56,5 @@ def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
     ratio = float(figures["tiny_step_ratio_encoder_frozen"])
     plain, ours = float(figures["tiny_plain_qwen_step_s"]), float(figures["tiny_unipixel_step_encoder_frozen_s"])
     assert ratio == pytest.approx(ours / plain, rel=0.01)  # the ratio is of the printed step times
-    assert "no cached generation path" in figures["tiny_generate_path"]
+    assert "pixelqa.model.generation" in figures["tiny_generate_path"]  # UniPixel's own cached path
     assert "gpu" not in figures  # no CUDA line on CPU

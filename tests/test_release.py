@@ -275,3 +275,19 @@ def test_media_of_any_size_enter_a_released_model():
     model = released_model()
     res = model.chat(frames(3, 96, 130, seed=1), "Please segment the red box in this video.", max_new_tokens=2)
     assert isinstance(res.text, str) and res.state.kind == "video"  # 96 x 130 is no multiple of 28: resized
+
+
+def test_stages_1_and_2_refuse_a_release_and_fit_names_a_foreign_folder(tmp_path, capsys):
+    from pixelqa import fit
+
+    for stage in ("stage1", "stage2"):
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main([f"recipe={stage}", "model=unipixel-3b", f"model.path={CHECKPOINT}", f"output_dir={tmp_path}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "is a released UniPixel" in err and "recipe=stage3" in err and "config.json" in err
+    folder = _copy(tmp_path)
+    _edit_config(folder, model_type="llava")
+    with pytest.raises(SystemExit):
+        fit.main(["recipe=stage3", "model=unipixel-3b", f"model.path={folder}", f"output_dir={tmp_path}"])
+    assert "model_type='llava'" in capsys.readouterr().err

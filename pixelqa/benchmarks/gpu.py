@@ -131,30 +131,28 @@ def measure_propagation(model, long_batch, tag: str, device: str, repeats: int) 
 
 @torch.no_grad()
 def measure_generation(model, prompt, tag: str, device: str, new_tokens: int) -> None:
-    """Tokens/s of greedy generation with a KV cache: transformers' generate on the Qwen backbone."""
+    """Tokens/s of UniPixel's KV-cached greedy generation (pixelqa.model.generation) on the first prompt sample."""
+    import copy
+
+    from pixelqa.model.generation import greedy_generate
+
     model.eval()
-
-    def generate() -> None:
-        model.backbone.generate(
-            input_ids=prompt.input_ids,
-            attention_mask=prompt.attention_mask,
-            mm_token_type_ids=prompt.mm_token_type_ids,
-            pixel_values_videos=prompt.pixel_values_videos,
-            video_grid_thw=prompt.video_grid_thw,
-            second_per_grid_ts=prompt.second_per_grid_ts,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,  # random weights may emit <|im_end|> at once: always decode the full length
-            do_sample=False,
-            use_cache=True,
-        )
-
-    seconds = _timed(generate, device, 1)
-    figure(f"{tag}_generate_tokens_per_s", f"{new_tokens * prompt.input_ids.shape[0] / seconds:.1f}")
-    figure(
-        f"{tag}_generate_path",
-        "transformers generate with KV cache on the Qwen2.5-VL backbone (UniPixel has no cached generation path "
-        "yet: pixelqa.model.chat re-runs the full forward per token)",
-    )
+    one = copy.copy(prompt)
+    if prompt.input_ids.shape[0] > 1:  # generation runs one conversation: the first sample (and its media)
+        n = int(prompt.attention_mask[0].sum())
+        one.input_ids, one.attention_mask = prompt.input_ids[:1, :n], prompt.attention_mask[:1, :n]
+        one.labels, one.mm_token_type_ids = prompt.labels[:1, :n], prompt.mm_token_type_ids[:1, :n]
+        one.frames = prompt.frames[:1]
+        if prompt.video_grid_thw is not None:
+            per = int(prompt.video_grid_thw[0].prod())
+            one.pixel_values_videos = prompt.pixel_values_videos[:per]
+            one.video_grid_thw = prompt.video_grid_thw[:1]
+            one.second_per_grid_ts = None if prompt.second_per_grid_ts is None else prompt.second_per_grid_ts[:1]
+        one.prompts, one.memory = prompt.prompts[:1], prompt.memory[:1]
+    # random weights may emit <|im_end|> at once: stop_at_eos=False decodes the full length
+    seconds = _timed(lambda: greedy_generate(model, one, new_tokens, stop_at_eos=False), device, 1)
+    figure(f"{tag}_generate_tokens_per_s", f"{new_tokens / seconds:.1f}")
+    figure(f"{tag}_generate_path", "UniPixel greedy generation with a KV cache (pixelqa.model.generation), batch 1")
     model.train()
 
 
