@@ -310,7 +310,8 @@ class TrainBatches(IterableDataset):
         workers, worker = _worker()
         batch = self.start_batch
         while True:
-            if batch % workers == worker:
+            # counted from the resume position: the DataLoader asks worker 0 first, so it must hold start_batch
+            if (batch - self.start_batch) % workers == worker:
                 if hasattr(self.collate, "encode") and hasattr(self.collate, "assemble"):
                     with seeded(batch_seed(self.seed, batch * self.world + self.rank)):
                         yield self._redrawn_batch(batch)

@@ -61,9 +61,10 @@ def model_config(model: Mapping[str, Any] | UniPixelConfig) -> UniPixelConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(UniPixelConfig), dict(model)))
 
 
-def step_seed(seed: int, micro_step: int) -> int:
-    """The RNG seed of one micro-batch: a pure function of (run seed, micro-batch index), so resume repeats it."""
-    return (int(seed) * 1_000_003 + int(micro_step) * 7_919 + 12_345) % (2**31 - 1)
+def step_seed(seed: int, micro_step: int, rank: int = 0) -> int:
+    """The RNG seed of one micro-batch: a pure function of (run seed, micro-batch index, rank), so resume repeats
+    it and ranks draw different dropout masks (rank 0 keeps the single-process seeds)."""
+    return (int(seed) * 1_000_003 + int(micro_step) * 7_919 + int(rank) * 104_729 + 12_345) % (2**31 - 1)
 
 
 class UniPixelModule(L.LightningModule):
@@ -187,7 +188,7 @@ class UniPixelModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Seed every RNG from (seed, micro-batch index): dropout and sampling repeat exactly after a resume."""
-        seed = step_seed(self.seed, self._micro_step)
+        seed = step_seed(self.seed, self._micro_step, self.global_rank)
         torch.manual_seed(seed)
         np.random.seed(seed % (2**32))
         self._micro_step += 1
