@@ -248,9 +248,10 @@ def test_pixelqa_and_videorefer_q_on_converter_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path):
+def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path, monkeypatch):
     pytest.importorskip("pixelqa.predict.predictor")
     from fixtures_video import build_videorefer_bench
+    from test_eval_generation import ProcessorSpy
 
     from pixelqa.config import load_recipe, to_object
     from pixelqa.eval.generation import departures_of, predictor_answer_fn
@@ -265,6 +266,8 @@ def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path):
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = load_model(to_object(load_recipe(["recipe=stage3"])), None)
+    spy = ProcessorSpy(model.processor)
+    monkeypatch.setattr(model, "processor", spy)
     answer_fn = predictor_answer_fn(model, max_new_tokens=2)
     protocol = get_official("pixelqa")
     request = protocol.request(sample)
@@ -274,4 +277,8 @@ def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path):
     assert [m.shape for m in pred.masks[:2]] == [(len(request.sam_frames), h, w)] * 2
     rec = protocol.score(sample, request, pred)
     assert len(rec["objects"]) == 2 and all(0.0 <= v <= 1.0 for o in rec["objects"] for v in o)
-    assert any("prefix" in d for d in departures_of(answer_fn))
+    # pass 1 pre-fills with the released instruction; pass 2 reads the MCQ and the forced prefix
+    assert spy.calls[0][0].rstrip().endswith("assistant\n[0] <|seg|> [1] <|seg|><|im_end|>")
+    end = "Please only give the best option.<|im_end|>\n<|im_start|>assistant\nThe best option is ("
+    assert spy.calls[-1][0].endswith(end)
+    assert departures_of(answer_fn) == []

@@ -1,16 +1,17 @@
 """The `answer_fn`s that turn a protocol's `Request` into a `Prediction` with a model.
 
 predictor_answer_fn(model)   the inference API (`pixelqa.predict.Predictor`): free greedy generation, the
-                             request's LLM / SAM frames, forced answer prefix, ground-truth memory; the
-                             official protocol. Request fields the Predictor does not accept are refused.
+                             request's LLM / SAM frames, forced answer prefix, ground-truth memory, the
+                             benchmark's pixel budget; the official protocol. What a model's chat cannot take
+                             is listed in the provenance's `departures`.
 chat_answer_fn(model)        `UniPixel.chat` on the LLM frames: a stand-in while the inference API is missing
-                             (no forced prefix, no ground-truth memory, SAM masks only on the LLM frames,
-                             copied to each SAM frame from the nearest LLM frame). Not the official protocol:
-                             runs using it are marked so in their provenance.
+                             (SAM masks only on the LLM frames, copied to each SAM frame from the nearest LLM
+                             frame). Not the official protocol: runs using it are marked so in their provenance.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from pixelqa.data import masks as rle_masks
+from pixelqa.data.budgets import TOKEN_PIXELS, PixelBudget
 from pixelqa.eval.official import Prediction, Request
 from pixelqa.prompt_format import PREFILL_INSTRUCTION, REF
 
@@ -66,10 +68,18 @@ def chat_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callable[[R
         if request.prompts:
             prompts = _chat_prompts(request)
             text = (request.prefill_text or "").replace(PREFILL_INSTRUCTION, "").strip()
-        budget = min(request.max_new_tokens, max_new_tokens) if max_new_tokens else request.max_new_tokens
-        result = model.chat(media, text, prompts, max_new_tokens=budget)
+        cap = min(request.max_new_tokens, max_new_tokens) if max_new_tokens else request.max_new_tokens
+        kwargs: dict[str, Any] = {}
+        supported = _supported(model.chat)
+        if request.assistant_prefix and "assistant_prefix" in supported:
+            kwargs["assistant_prefix"] = request.assistant_prefix
+        if request.memory and "memory" in supported:
+            kwargs["memory"] = memory_masks(request, request.llm_frames)
+        if "processor_kwargs" in supported:
+            kwargs["processor_kwargs"] = pixel_budget(request)
+        result = model.chat(media, text, prompts, max_new_tokens=cap, **kwargs)
         masks = [_to_sam_frames(result.masks[k], request) for k in sorted(result.masks)]
-        return Prediction(result.answer, masks)
+        return Prediction(continuation(result.answer, request.assistant_prefix), masks)
 
     return answer
 
@@ -97,54 +107,86 @@ def tags_to_refs(text: str, data_ids: list[int]) -> str:
     return re.sub(r"\[(\d+)\]", swap, text)
 
 
-def _predictor_prompts(request: Request) -> tuple[list, list[int], list[str]]:
-    """(model prompts on positions among the SAM frames, their data object ids, departures from the protocol)."""
-    from pixelqa.model.chat import Mask
-
-    departures = []
-    if request.prompts:
-        sub = Request(request.sample, request.sam_frames, request.sam_frames, request.text, request.prompts)
-        return _chat_prompts(sub), [p.object_id for p in request.prompts], departures
-    if not request.memory:
-        return [], [], departures
-    # ground-truth memory: the Predictor has no injection of given masks, so each object becomes a mask prompt
-    # on the prompt frame (the model re-segments it and injects its own masks)
-    departures.append("ground-truth memory given as mask prompts on the prompt frame (no direct injection)")
-    key = int((request.sample.meta or {}).get("key_frame", request.sam_frames[0]))
-    pos = request.sam_frames.index(key) if key in request.sam_frames else 0
-    prompts, ids = [], []
-    for oid, frames in sorted(request.memory.items()):
-        frame = request.sam_frames[pos]
-        rle = frames.get(frame) or next(iter(frames.values()), None)
-        if rle is None:
-            continue
-        prompts.append(Mask(torch.from_numpy(rle_masks.decode(rle).astype(bool)), frame=pos))
-        ids.append(oid)
-    return prompts, ids, departures
+def _predictor_prompts(request: Request) -> tuple[list, list[int]]:
+    """(point / box prompts as model prompts on positions among the SAM frames, their data object ids)."""
+    if not request.prompts:
+        return [], []
+    sub = Request(request.sample, request.sam_frames, request.sam_frames, request.text, request.prompts)
+    return _chat_prompts(sub), [p.object_id for p in request.prompts]
 
 
-def predictor_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callable[[Request], Prediction]:
-    """An answer_fn over `pixelqa.predict.Predictor(model).run(media, text, prompts)`: media = the request's SAM
-    frames (the Predictor shows the LLM 16 of them, uniform with both ends and the prompt frame forced in), the
-    point / box prompts pre-filled as the model's chat does, `max_new_tokens` per request. Request fields the
-    Predictor cannot take (the forced answer prefix, direct ground-truth memory) are listed in `departures`."""
+def memory_masks(request: Request, frames: list[int]) -> dict[int, torch.Tensor]:
+    """The request's ground-truth memory as {object id: (len(frames), H, W) bool}, empty on unannotated frames."""
+    h, w = request.sample.media.size
+    out = {}
+    for oid, by_frame in sorted(request.memory.items()):
+        m = torch.zeros(len(frames), h, w, dtype=torch.bool)
+        for f, rle in by_frame.items():
+            if f in frames:
+                m[frames.index(f)] = torch.from_numpy(rle_masks.decode(rle).astype(bool))
+        out[int(oid)] = m
+    return out
+
+
+def pixel_budget(request: Request) -> dict:
+    """The processor arguments of the request's visual-token budget (per image, or per video frame)."""
+    lo, hi = (int(v) * TOKEN_PIXELS for v in request.token_budget)
+    kind = request.sample.media.kind
+    if kind == "image":
+        return PixelBudget(image_min_pixels=lo, image_max_pixels=hi).call_kwargs("image")
+    return PixelBudget(frame_min_pixels=lo, frame_max_pixels=hi).call_kwargs("video")
+
+
+def continuation(answer: str, prefix: str) -> str:
+    """The generated text after a forced prefix (the answer as the model returns it starts with the prefix)."""
+    return answer[len(prefix) :] if prefix and answer.startswith(prefix) else answer
+
+
+def _supported(chat: Callable) -> set[str]:
+    """Which of the protocol's chat arguments a model's `chat` takes."""
+    params = inspect.signature(chat).parameters
+    return {k for k in ("assistant_prefix", "memory", "processor_kwargs") if k in params}
+
+
+def predictor_answer_fn(
+    model: Any, max_new_tokens: int | None = None, budget: bool = True
+) -> Callable[[Request], Prediction]:
+    """An answer_fn over `pixelqa.predict.Predictor(model).run(...)`: media = the request's SAM frames (the
+    Predictor shows the LLM 16 of them, uniform with both ends and the prompt frame forced in), the point / box
+    prompts pre-filled as the model's chat does, the forced answer prefix, the ground-truth memory injected as
+    memory, the benchmark's pixel budget (`budget=False` keeps the model's default sizes: a debugging option,
+    recorded) and `max_new_tokens` per request. Anything the model cannot take is listed in `departures`."""
     from pixelqa.predict import Predictor, media_from_tensor
 
     predictor = Predictor(model)
+    supported = _supported(model.chat)
     departures: set[str] = set()
+    if not budget:
+        departures.add("pixel budget of the benchmark not applied (the model's default sizes)")
 
     def answer(request: Request) -> Prediction:
         media = media_from_tensor(_media(request, request.sam_frames), request.sample.media.kind)
-        prompts, ids, notes = _predictor_prompts(request)
-        departures.update(notes)
-        text = request.text
-        if ids:
-            text = tags_to_refs(text, ids)
+        prompts, ids = _predictor_prompts(request)
+        text = tags_to_refs(request.text, ids) if ids else request.text
+        kwargs: dict[str, Any] = {}
         if request.assistant_prefix:
-            departures.add(f"answer prefix {request.assistant_prefix!r} not forced (the Predictor generates freely)")
-        budget = request.max_new_tokens
-        predictor.max_new_tokens = min(budget, max_new_tokens) if max_new_tokens else budget
-        out = predictor.run(media, text, prompts)
+            if "assistant_prefix" in supported:
+                kwargs["assistant_prefix"] = request.assistant_prefix
+            else:
+                departures.add(f"answer prefix {request.assistant_prefix!r} not forced (the model cannot)")
+        if request.memory:
+            if "memory" in supported:
+                kwargs["memory"] = memory_masks(request, request.sam_frames)
+            else:
+                departures.add("ground-truth memory not given (the model's chat takes no memory)")
+        if budget:
+            if "processor_kwargs" in supported:
+                kwargs["processor_kwargs"] = pixel_budget(request)
+            else:
+                departures.add("pixel budget of the benchmark not applied (the model's chat takes none)")
+        cap = request.max_new_tokens
+        predictor.max_new_tokens = min(cap, max_new_tokens) if max_new_tokens else cap
+        out = predictor.run(media, text, prompts, **kwargs)
         h, w = request.sample.media.size
         masks = []
         for k in sorted(out.masks):
@@ -152,7 +194,7 @@ def predictor_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callab
             if tuple(m.shape[-2:]) != (h, w):
                 m = torch.nn.functional.interpolate(m[:, None], size=(h, w), mode="nearest")[:, 0]
             masks.append((m > 0.5).numpy())
-        return Prediction(out.answer, masks)
+        return Prediction(continuation(out.answer, request.assistant_prefix), masks)
 
     answer.departures = departures  # type: ignore[attr-defined]
     return answer

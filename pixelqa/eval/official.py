@@ -26,6 +26,7 @@ from pixelqa.data.schema import Prompt, Sample
 from pixelqa.eval import answers, templates
 from pixelqa.metrics import protocols as pm
 from pixelqa.predict.sampling import uniform_indices, uniform_with_forced
+from pixelqa.prompt_format import object_tag
 
 LLM_FRAMES = 16
 # visual-token budgets of the official scripts: video frames, images, VideoRefer-Bench-Q frames
@@ -245,8 +246,8 @@ class GroundMoReProtocol(VideoSegProtocol):
     """GroundMoRe: the shard's 20 frames (linspace(0, n-1, 20)) for SAM, 16 of them for the LLM; the answer is
     generated; ground truth only inside the action window; per-question mean; rows per question type."""
 
-    # the shard holds the frames the converter chose; the official rule is linspace(0, n - 1, 20) as int
-    frame_rule = "SAM: the shard's frames (official: linspace(0, n-1, 20) as int); LLM: 16 uniform of those"
+    # the converter stores the official 20 frames (pixelqa.predict.sampling.groundmore_indices) and the window
+    frame_rule = "SAM: the shard's 20 frames, linspace(0, n-1, 20) as int; LLM: 16 uniform of those"
 
     def __init__(self) -> None:
         super().__init__("groundmore", family="question")
@@ -348,9 +349,7 @@ class MCQProtocol(Protocol):
     def __init__(self, name: str) -> None:
         self.name = name
         if name == "mvbench":
-            self.frame_rule = (
-                "the shard's frames (official: fps 2, at most 16, whole video: pixelqa.predict.sampling.fps_indices)"
-            )
+            self.frame_rule = "the shard's frames: the whole video at fps 2, at most 16 (sampling.fps_indices)"
             self.template = "question + options + '\\nPlease only give the best option.'; prefix 'Best Option: ('"
             self.prefix = templates.MVBENCH_PREFIX
         else:
@@ -473,6 +472,7 @@ class DescribeProtocol(Protocol):
 
     frame_rule = "16 uniform among the annotated frames, the prompt frame forced in"
     template = "memory + 'Please give a detailed description of the highlighted object [0] in the video.'"
+    token_budget = VIDEOREFER_Q_BUDGET
     headline = ("samples",)
 
     def __init__(self) -> None:
@@ -490,7 +490,13 @@ class DescribeProtocol(Protocol):
             for oid in users[-1].memory_objects
             if oid in sample.objects
         }
-        return Request(sample, frames, frames, users[-1].text, memory=memory, max_new_tokens=512)
+        if len(memory) != 1:
+            raise ValueError(f"videorefer_bench_d sample {sample.key}: {len(memory)} memory objects, expected one")
+        # the official prompt names the memory object; the shard's own text may tag another id
+        text = templates.DESCRIBE_TEXT.format(tag=object_tag(next(iter(memory))))
+        return Request(
+            sample, frames, frames, text, memory=memory, max_new_tokens=512, token_budget=VIDEOREFER_Q_BUDGET
+        )
 
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """The judge's input record: video, reference caption, prediction."""

@@ -83,6 +83,22 @@ def _check_prompt(p, media: Media) -> None:
         raise PredictInputError(f"mask: got shape {tuple(p.mask.shape)}, expected the media's (H, W) = {media.size}")
 
 
+def _check_memory(memory: dict | None, media: Media) -> dict[int, torch.Tensor]:
+    """Given memory as {id: (T, H, W) bool} on every media frame; raise naming the id when it is malformed."""
+    out: dict[int, torch.Tensor] = {}
+    want = (len(media.frame_ids), *media.size)
+    for k, m in (memory or {}).items():
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise PredictInputError(f"memory: got object id {k!r}, expected an integer >= 0")
+        m = torch.as_tensor(m)
+        if tuple(m.shape) != want:
+            raise PredictInputError(
+                f"memory[{k}]: got masks of shape {tuple(m.shape)}, expected (frames, H, W) = {want} on every frame"
+            )
+        out[k] = m.bool().cpu()
+    return out
+
+
 def _on_all_frames(masks: torch.Tensor, positions: list[int], total: int) -> torch.Tensor:
     """(len(positions), H, W) masks placed at `positions` of (total, H, W) (empty elsewhere)."""
     if masks.shape[0] == total and positions == list(range(total)):
@@ -126,8 +142,17 @@ class Predictor:
         text: str,
         prompts: list | None = None,
         history: Prediction | None = None,
+        assistant_prefix: str = "",
+        memory: dict[int, torch.Tensor] | None = None,
+        processor_kwargs: dict | None = None,
     ) -> Prediction:
-        """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank."""
+        """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank.
+
+        assistant_prefix forces the answer's start (it begins the returned answer); memory (object id -> (T, H, W)
+        bool masks on every media frame) enters the bank before the turn without pre-filling, so the text may name
+        those ids (ground-truth memory); processor_kwargs (`PixelBudget.call_kwargs(kind)`) go to every processor
+        call of the conversation.
+        """
         started = time.perf_counter()
         timings: dict[str, float] = {}
         if history is not None:
@@ -145,14 +170,18 @@ class Predictor:
                 raise PredictInputError(f"media: got {type(media).__name__}, expected a Media, a tensor or a path")
             bank, llm_pos = None, None
         timings["read_s"] = time.perf_counter() - started
-        prompts = _assign_ids(list(prompts or []), set(bank.masks) if bank is not None else set())
+        if not isinstance(assistant_prefix, str):
+            raise PredictInputError(f"assistant_prefix: got {type(assistant_prefix).__name__}, expected a str")
+        given = _check_memory(memory, media)
+        taken = (set(bank.masks) if bank is not None else set()) | set(given)
+        prompts = _assign_ids(list(prompts or []), taken)
         for p in prompts:
             _check_prompt(p, media)
         ids = [p.object_id for p in prompts]
         if not isinstance(text, str):
             raise PredictInputError(f"text: got {type(text).__name__}, expected a str")
         text = place_refs(text, ids)
-        in_memory = set(bank.masks) if bank is not None else set()
+        in_memory = (set(bank.masks) if bank is not None else set()) | set(given)
         for k in object_ids_in(text):
             if k not in ids and k not in in_memory:
                 held = ", ".join(f"[{i}]" for i in sorted(in_memory)) or "nothing yet"
@@ -177,6 +206,13 @@ class Predictor:
         if self.separate_sam:
             kwargs.update(sam_media=media.frames, llm_index=list(llm_pos))
         sam_pos = list(range(len(media.frame_ids))) if self.separate_sam else list(llm_pos)
+        # only the arguments a caller set reach the model, so a model without them still runs plain turns
+        if assistant_prefix:
+            kwargs["assistant_prefix"] = assistant_prefix
+        if given:
+            kwargs["memory"] = {k: m[sam_pos] for k, m in given.items()}
+        if processor_kwargs is not None:
+            kwargs["processor_kwargs"] = processor_kwargs
         t0 = time.perf_counter()
         result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
         timings["model_s"] = time.perf_counter() - t0
