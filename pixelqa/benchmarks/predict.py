@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=None, help="frame size in px (tiny 112, real 448)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the medians are reported")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is visible")
@@ -68,23 +70,27 @@ def main(argv: list[str] | None = None) -> None:
             break
         text += filler
     n_prompt = int(batch.input_ids.shape[1])
+    states = torch.randn(1, model.qwen.config.text_config.hidden_size)
+    calls = {
+        "cached": lambda: greedy_generate(model, batch, args.new_tokens, stop_at_eos=False),
+        "plain": lambda: greedy_generate(model, batch, args.new_tokens, use_cache=False, stop_at_eos=False),
+        "propagation": lambda: model.decode_states(clip, states),
+        "single": lambda: model.chat(clip, "What happens?", max_new_tokens=args.new_tokens),
+        "two_pass": lambda: model.chat(
+            clip, "What is <|ref|> doing?", prompts=[Point(0.5, 0.5, frame=1)], max_new_tokens=args.new_tokens
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    results: dict[str, object] = {}
     with torch.no_grad():
         greedy_generate(model, batch, 2)  # warm-up
-        t_cached, cached = _timed(
-            lambda: greedy_generate(model, batch, args.new_tokens, stop_at_eos=False), args.device
-        )
-        t_plain, plain = _timed(
-            lambda: greedy_generate(model, batch, args.new_tokens, use_cache=False, stop_at_eos=False), args.device
-        )
-        states = torch.randn(1, model.qwen.config.text_config.hidden_size)
-        t_prop, _ = _timed(lambda: model.decode_states(clip, states), args.device)
-        t_single, _ = _timed(lambda: model.chat(clip, "What happens?", max_new_tokens=args.new_tokens), args.device)
-        t_two, _ = _timed(
-            lambda: model.chat(
-                clip, "What is <|ref|> doing?", prompts=[Point(0.5, 0.5, frame=1)], max_new_tokens=args.new_tokens
-            ),
-            args.device,
-        )
+        for _ in range(args.repeats):  # interleaved, medians: a busy machine slows both sides of each ratio alike
+            for name, fn in calls.items():
+                seconds, results[name] = _timed(fn, args.device)
+                times[name].append(seconds)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    t_cached, t_plain, t_prop, t_single, t_two = t["cached"], t["plain"], t["propagation"], t["single"], t["two_pass"]
+    cached, plain = results["cached"], results["plain"]
     assert cached.ids == plain.ids, "cached and uncached greedy generation disagree"
     report = {
         "preset": args.preset,
