@@ -1,0 +1,305 @@
+"""The demo's HTTP side (Starlette): the page, its JSON API and the session's images and downloads.
+
+Every route works on the caller's session (an HttpOnly cookie); files are served from the session folder by
+fixed names, never by a path from the request. User errors answer 400 with one line; anything else is logged
+here and answers a generic message, so no exception or server path reaches the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pixelqa.demo import media as demo_media
+from pixelqa.demo.messages import INTERNAL, display_name, user_message
+from pixelqa.demo.sessions import Session, SessionStore
+from pixelqa.demo.turns import run_in_background
+from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.predictor import Predictor
+
+COOKIE = "pixelqa_demo"
+STATIC = Path(__file__).parent / "static"
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "style-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+log = logging.getLogger("pixelqa.demo")
+
+
+class Demo:
+    """The state the routes share: the predictor, the sessions, the caps and the one-turn-at-a-time model lock."""
+
+    def __init__(self, predictor: Predictor, limits: demo_media.Limits, store: SessionStore) -> None:
+        self.predictor = predictor
+        self.limits = limits
+        self.store = store
+        self.model_lock = threading.Lock()
+
+    def message(self, exc: BaseException, session: Session | None) -> str:
+        """The page's message for a failure: a user error without server paths, or the generic one (logged)."""
+        if isinstance(exc, PredictInputError):
+            swap = {str(self.store.root): "(server)"}
+            if session is not None:
+                swap[str(session.folder)] = "(session)"
+                if session.upload is not None:
+                    swap[str(session.upload)] = session.media_name or "upload"
+                for p in session.folder.glob("prompt*.png"):
+                    swap[str(p)] = "the drawn mask"
+            return user_message(exc, swap)
+        log.exception("demo: internal error")
+        return INTERNAL
+
+
+def _error(text: str, status: int = 400) -> JSONResponse:
+    """A JSON error the page shows as one line."""
+    return JSONResponse({"error": text}, status_code=status, headers=HEADERS)
+
+
+def state(demo: Demo, s: Session) -> dict[str, Any]:
+    """What the page shows: media, conversation, memory bank, downloads, progress, caps."""
+    p = s.progress
+    out: dict[str, Any] = {
+        "media": None,
+        "turns": [{"text": t, "answer": pred.answer} for t, pred in zip(s.texts, s.turns)],
+        "memory": [],
+        "latest": len(s.turns),
+        "progress": {
+            "running": p.running,
+            "phase": p.phase,
+            "elapsed": round(time.monotonic() - p.started, 1) if p.running else 0.0,
+            "error": p.error,
+        },
+        "samples": list(demo_media.SAMPLES),
+        "limits": {"max_mib": demo.limits.max_bytes // 2**20, "max_video_frames": demo.limits.max_video_frames},
+    }
+    if s.media is not None:
+        m = s.media
+        out["media"] = {
+            "name": s.media_name,
+            "kind": m.kind,
+            "frames": len(m.frame_ids),
+            "size": list(m.size),
+            "names": m.names,
+            "fps": m.info.fps or 4.0,
+            "llm_positions": s.turns[0].llm_positions if s.turns else None,
+        }
+    if s.turns:
+        last = s.turns[-1]
+        n = len(s.turns)
+        for k, mask in last.memory.items():
+            seen = [t for t in range(mask.shape[0]) if bool(mask[t].any())]
+            names = s.media.names
+            span = f"frames {names[seen[0]]}..{names[seen[-1]]}" if seen else "no mask"
+            out["memory"].append(
+                {
+                    "id": k,
+                    "frames": f"{span} ({len(seen)}/{mask.shape[0]})",
+                    "thumb": f"/api/thumb/{n}/{k}",
+                    "new": k in last.masks,
+                }
+            )
+        video = s.turn_dir(n).joinpath("overlay.mp4").is_file()
+        out["downloads"] = {
+            "json": "/api/download/masks.json",
+            "zip": "/api/download/masks.zip",
+            "overlay": "/api/download/overlay",
+            "overlay_kind": "mp4" if video else "png",
+        }
+    return out
+
+
+def build_app(demo: Demo) -> Starlette:
+    """The Starlette app of the demo."""
+
+    def session_of(request: Request) -> Session | None:
+        return demo.store.get(request.cookies.get(COOKIE))
+
+    def with_session(handler):
+        async def route(request: Request) -> Response:
+            s = session_of(request)
+            if s is None:
+                return _error("session: this page's session has ended; reload the page", 401)
+            try:
+                return await handler(request, s)
+            except Exception as exc:  # noqa: BLE001  (one line on the page, details only in the server log)
+                return _error(demo.message(exc, s), 400 if isinstance(exc, PredictInputError) else 500)
+
+        return route
+
+    async def index(request: Request) -> Response:
+        page = FileResponse(STATIC / "index.html", headers=HEADERS)
+        if session_of(request) is None:
+            s = demo.store.create()
+            if s is None:
+                return Response(
+                    "The demo is at its limit of open sessions; try again in a few minutes.",
+                    status_code=503,
+                    headers=HEADERS,
+                )
+            page.set_cookie(COOKIE, s.sid, httponly=True, samesite="strict", path="/")
+        return page
+
+    async def get_state(request: Request, s: Session) -> Response:
+        return JSONResponse(state(demo, s), headers=HEADERS)
+
+    def load(s: Session, media, name: str, upload: Path | None) -> None:
+        if s.progress.running:
+            raise PredictInputError("upload: a turn is running; wait for it to finish")
+        s.reset()
+        for old in s.folder.glob("upload*"):
+            if old != upload:
+                old.unlink(missing_ok=True)
+        s.media, s.media_name, s.upload = media, name, upload
+
+    async def upload(request: Request, s: Session) -> Response:
+        name = display_name(request.query_params.get("name"))
+        suffix = demo_media.upload_suffix(name)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit():
+            demo_media.check_size(int(declared), demo.limits)  # before reading a byte
+        path = s.folder / f"upload{suffix}"  # a fixed name: the user's name never reaches the file system
+        before = s.upload, s.media_name
+        s.upload, s.media_name = path, name  # so that a message about this file names it as the user does
+        size = 0
+        with open(path, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > demo.limits.max_bytes:
+                    break
+                f.write(chunk)
+        try:
+            demo_media.check_size(size, demo.limits)
+            if size == 0:
+                raise PredictInputError(f"upload: {name!r} is empty")
+            media = demo_media.open_upload(path, demo.limits)
+        except Exception as exc:  # noqa: BLE001  (the message is made while the upload's name is known)
+            text = demo.message(exc, s)
+            path.unlink(missing_ok=True)
+            s.upload, s.media_name = before
+            return _error(text, 400 if isinstance(exc, PredictInputError) else 500)
+        load(s, media, name, path)
+        return JSONResponse(state(demo, s), headers=HEADERS)
+
+    async def body(request: Request) -> dict:
+        try:
+            data = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise PredictInputError("request: expected a JSON object")
+        return data
+
+    async def sample(request: Request, s: Session) -> Response:
+        name = (await body(request)).get("name")
+        load(s, demo_media.sample_media(name), f"sample: {name}", None)
+        return JSONResponse(state(demo, s), headers=HEADERS)
+
+    async def ask(request: Request, s: Session) -> Response:
+        data = await body(request)
+        if s.progress.running:
+            raise PredictInputError("question: a turn is running; wait for it to finish")
+        run_in_background(
+            s, demo.predictor, data.get("text"), data.get("prompts", []), demo.model_lock, lambda e: demo.message(e, s)
+        )
+        return JSONResponse(state(demo, s), status_code=202, headers=HEADERS)
+
+    async def reset(request: Request, s: Session) -> Response:
+        if s.progress.running:
+            raise PredictInputError("reset: a turn is running; wait for it to finish")
+        s.reset()
+        return JSONResponse(state(demo, s), headers=HEADERS)
+
+    async def end(request: Request) -> Response:
+        demo.store.end(request.cookies.get(COOKIE))
+        return JSONResponse({"ended": True}, headers=HEADERS)
+
+    def position(s: Session, request: Request) -> int:
+        pos = request.path_params["pos"]
+        if s.media is None or not 0 <= pos < len(s.media.frame_ids):
+            raise PredictInputError(f"frame: got {pos}, expected a frame of the media")
+        return pos
+
+    def turn_dir(s: Session, request: Request) -> Path:
+        turn = request.path_params["turn"]
+        if not 1 <= turn <= len(s.turns):
+            raise PredictInputError(f"turn: got {turn}, expected 1..{len(s.turns)}")
+        return s.turn_dir(turn)
+
+    async def frame(request: Request, s: Session) -> Response:
+        rgb = s.media.frames[position(s, request)].permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers=HEADERS)
+
+    async def overlay(request: Request, s: Session) -> Response:
+        folder, pos = turn_dir(s, request), position(s, request)
+        return FileResponse(folder / "overlays" / f"{s.media.names[pos]}.png", headers=HEADERS)
+
+    async def thumb(request: Request, s: Session) -> Response:
+        path = turn_dir(s, request) / "thumbs" / f"{request.path_params['k']}.png"
+        if not path.is_file():
+            raise PredictInputError(f"object: [{request.path_params['k']}] is not in memory")
+        return FileResponse(path, headers=HEADERS)
+
+    async def download(request: Request, s: Session) -> Response:
+        if not s.turns:
+            raise PredictInputError("download: nothing yet; ask a question first")
+        folder = s.turn_dir(len(s.turns))
+        what = request.path_params["what"]
+        files = {"masks.json": "masks.json", "masks.zip": "masks_png.zip"}
+        if what == "overlay":
+            video = folder / "overlay.mp4"
+            path = video if video.is_file() else folder / "overlays" / f"{s.media.names[0]}.png"
+            name = "overlay.mp4" if video.is_file() else "overlay.png"
+        elif what in files:
+            path, name = folder / files[what], what
+        else:
+            raise PredictInputError(f"download: got {what!r}, expected masks.json, masks.zip or overlay")
+        return FileResponse(path, filename=f"pixelqa_turn{len(s.turns)}_{name}", headers=HEADERS)
+
+    async def reaper() -> None:
+        while True:
+            await asyncio.sleep(min(60.0, demo.store.idle_s))
+            demo.store.reap()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(reaper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            demo.store.close()  # the uploads of every session go with the server
+
+    routes = [
+        Route("/", index),
+        Route("/api/state", with_session(get_state)),
+        Route("/api/upload", with_session(upload), methods=["POST"]),
+        Route("/api/sample", with_session(sample), methods=["POST"]),
+        Route("/api/ask", with_session(ask), methods=["POST"]),
+        Route("/api/reset", with_session(reset), methods=["POST"]),
+        Route("/api/end", end, methods=["POST"]),
+        Route("/api/frame/{pos:int}", with_session(frame)),
+        Route("/api/overlay/{turn:int}/{pos:int}", with_session(overlay)),
+        Route("/api/thumb/{turn:int}/{k:int}", with_session(thumb)),
+        Route("/api/download/{what}", with_session(download)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(debug=False, routes=routes, lifespan=lifespan)

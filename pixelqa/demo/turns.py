@@ -1,0 +1,160 @@
+"""One demo turn: the page's prompts -> predict's prompts, the Predictor, its outputs, memory thumbnails, a zip.
+
+The page sends prompts in pixels of the media on a position among the frames read (the frame slider); they go
+through predict's own parsing, checks and normalisation (`PromptSpec`, `check_prompts`, `model_prompts`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pixelqa import viz
+from pixelqa.demo.sessions import Session
+from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.outputs import write_outputs
+from pixelqa.predict.predictor import Prediction, Predictor
+from pixelqa.predict.prompts import PromptSpec, check_prompts, model_prompts
+
+THUMB = 96  # side of a memory thumbnail, pixels
+MAX_PROMPTS = 16
+
+
+def _field(d: dict, key: str, kind: str, i: int) -> float:
+    """A number field of prompt i, or the error naming it."""
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PredictInputError(f"prompt {i} ({kind}): {key} got {value!r}, expected a number of pixels")
+    return float(value)
+
+
+def page_prompts(items: Any, session: Session) -> list[PromptSpec]:
+    """PromptSpecs (original frame indices) of the page's prompts; masks (PNG data) saved in the session folder."""
+    media = session.media
+    if not isinstance(items, list) or len(items) > MAX_PROMPTS:
+        raise PredictInputError(f"prompts: expected a list of at most {MAX_PROMPTS} points, boxes or masks")
+    specs = []
+    for i, d in enumerate(items):
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if kind not in ("point", "box", "mask"):
+            raise PredictInputError(f"prompt {i}: kind got {kind!r}, expected point, box or mask")
+        pos = d.get("frame")
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < len(media.frame_ids):
+            raise PredictInputError(f"prompt {i}: frame got {pos!r}, expected 0..{len(media.frame_ids) - 1}")
+        frame = media.frame_ids[pos]
+        if kind == "mask":
+            path = session.folder / f"prompt{len(session.turns) + 1}_{i}.png"
+            path.write_bytes(_png_bytes(d.get("png"), i))
+            specs.append(PromptSpec("mask", f"mask {i}", (), frame, mask_path=str(path)))
+            continue
+        keys = ("x", "y") if kind == "point" else ("x1", "y1", "x2", "y2")
+        coords = tuple(_field(d, k, kind, i) for k in keys)
+        specs.append(PromptSpec(kind, ",".join(f"{c:.0f}" for c in coords) + f" on frame {pos}", coords, frame))
+    return check_prompts(specs, media.info)
+
+
+def _png_bytes(data: Any, i: int) -> bytes:
+    """The bytes of a `data:image/png;base64,...` mask drawn on the page."""
+    prefix = "data:image/png;base64,"
+    if not isinstance(data, str) or not data.startswith(prefix):
+        raise PredictInputError(f"prompt {i} (mask): expected a PNG data URL of the drawn mask")
+    try:
+        return base64.b64decode(data[len(prefix) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise PredictInputError(f"prompt {i} (mask): the PNG data is not valid base64") from None
+
+
+def thumbnail(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(THUMB, THUMB, 3) crop of the frame where the object is largest, around it, the rest darkened."""
+    area = mask.reshape(mask.shape[0], -1).sum(1)
+    t = int(area.argmax())
+    frame, m = frames[t].astype(np.float32), mask[t]
+    if m.any():
+        ys, xs = np.nonzero(m)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        pad = max(y1 - y0, x1 - x0) // 4 + 2  # some context around the object
+        h, w = m.shape
+        y0, y1, x0, x1 = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+        frame = np.where(m[..., None], frame, frame * 0.35)[y0:y1, x0:x1]
+    im = Image.fromarray(frame.clip(0, 255).astype(np.uint8))
+    im.thumbnail((THUMB, THUMB))
+    square = Image.new("RGB", (THUMB, THUMB))
+    square.paste(im, ((THUMB - im.width) // 2, (THUMB - im.height) // 2))
+    return np.asarray(square)
+
+
+def _zip_pngs(src: Path, dest: Path) -> None:
+    """Zip every PNG under `src` (paths relative to it) into `dest`, atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=".masks.", suffix=".zip", dir=dest.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(src.rglob("*.png")):
+                zf.write(f, f.relative_to(src).as_posix())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_turn(
+    session: Session, predictor: Predictor, text: str, items: Any, model_lock: threading.Lock
+) -> dict[str, Any]:
+    """Check the prompts, run one turn on the model, write its outputs in the session folder; returns run.json."""
+    progress = session.progress
+    if session.media is None:
+        raise PredictInputError("upload: no image or video yet; upload one or pick a sample first")
+    if not isinstance(text, str) or not text.strip():
+        raise PredictInputError("question: got an empty text, expected a question or instruction")
+    specs = page_prompts(items, session)
+    media = session.media
+    # ids are left to the Predictor: the next free ones after the memory bank's
+    prompts = [dataclasses.replace(p, object_id=None) for p in model_prompts(specs, media.info, media.frame_ids)]
+    history = session.turns[-1] if session.turns else None
+    n = len(media.frame_ids)
+    progress.phase = "waiting for the model (another session is using it)"
+    with model_lock:
+        progress.phase = f"running the model: answering and propagating masks through {n} frame(s)"
+        pred: Prediction = predictor.run(media if history is None else None, text, prompts, history)
+    progress.phase = "writing masks and overlays"
+    out = session.turn_dir(pred.turn)
+    run = write_outputs(pred, out)
+    frames = media.frames.permute(0, 2, 3, 1).numpy()  # (T, 3, H, W) -> (T, H, W, 3)
+    for k, m in pred.memory.items():
+        viz.save_png(thumbnail(frames, m.numpy()), out / "thumbs" / f"{k}.png")
+    _zip_pngs(out / "Annotations", out / "masks_png.zip")
+    session.turns.append(pred)
+    session.texts.append(text)
+    return run
+
+
+def run_in_background(
+    session: Session, predictor: Predictor, text: str, items: Any, model_lock: threading.Lock, on_error
+) -> threading.Thread:
+    """Start `run_turn` in a thread; its progress and error (through `on_error(exc) -> str`) land on the session."""
+    progress = session.progress
+    progress.running, progress.error, progress.started = True, "", time.monotonic()
+
+    def work() -> None:
+        try:
+            with session.lock:
+                run_turn(session, predictor, text, items, model_lock)
+        except Exception as exc:  # noqa: BLE001  (every failure becomes a message on the page; on_error logs bugs)
+            progress.error = on_error(exc)
+        finally:
+            progress.running, progress.phase = False, ""
+
+    thread = threading.Thread(target=work, name=f"demo-turn-{session.sid[:6]}", daemon=True)
+    thread.start()
+    return thread
