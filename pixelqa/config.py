@@ -148,6 +148,7 @@ class Recipe:
     output_dir: str = "runs/${name}"
     init_from: str | None = None  # checkpoint of the previous stage
     ckpt: str | None = None  # `last` or a path: resume this run
+    trust_checkpoint: bool = False  # load init_from / ckpt with full unpickling (can run code): trusted files only
     presets: dict[str, str] = field(default_factory=dict)  # filled by load_recipe: group -> chosen preset
     model: UniPixelConfig = field(default_factory=UniPixelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -369,6 +370,7 @@ def run_cli(run: Callable[[list[str]], Any], doc: str | None, argv: list[str] | 
         print(doc)
         return
     args = ["data.strict=true" if a == "--strict" else a for a in args]  # the flag spelling of data.strict
+    args = ["trust_checkpoint=true" if a == "--trust-checkpoint" else a for a in args]  # as predict spells it
     try:
         run(args)
     except RecipeError as err:

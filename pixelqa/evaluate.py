@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pixelqa.checkpoints import CheckpointError
 from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
 
 
@@ -39,7 +40,12 @@ def load_model(recipe, ckpt_path: Path | None):
 
     from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
 
-    ckpt = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    ckpt = None
+    if ckpt_path is not None:
+        try:
+            ckpt = read_checkpoint(ckpt_path, bool(getattr(recipe, "trust_checkpoint", False)), what="ckpt")
+        except CheckpointError as err:
+            raise RecipeError(str(err)) from None
     stage = (checkpoint_stage(ckpt) if ckpt is not None else None) or recipe.stage
     model_cfg = OmegaConf.to_container(OmegaConf.structured(recipe.model))
     module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=recipe.seed)

@@ -139,7 +139,7 @@ def check_init_from(recipe: Recipe) -> dict | None:
     from pixelqa.train.module import check_init_stage, read_checkpoint
 
     try:
-        ckpt = read_checkpoint(recipe.init_from)
+        ckpt = read_checkpoint(recipe.init_from, recipe.trust_checkpoint)
         check_init_stage(ckpt, recipe.stage, recipe.init_from)
     except (FileNotFoundError, ValueError) as err:
         raise RecipeError(str(err)) from None

@@ -2,14 +2,14 @@
 Lightning checkpoints, bf16 on GPU and fp32 on CPU.
 
 A released folder is read from safetensors; a `save_pretrained` folder by `torch.load(weights_only=True)`
-(`UniPixel.from_pretrained`); a Lightning checkpoint by `torch.load(weights_only=True)` with the few extra types
-our checkpoints may hold allow-listed. A checkpoint that needs anything else is refused with a message naming
-those types, unless the user trusts it (`--trust-checkpoint`: plain `torch.load`, which can run code).
+(`UniPixel.from_pretrained`); a Lightning checkpoint by `pixelqa.checkpoints.safe_torch_load`
+(`torch.load(weights_only=True)` with the few extra types our checkpoints may hold allow-listed). A checkpoint
+that needs anything else is refused with a message naming those types, unless the user trusts it
+(`--trust-checkpoint`: plain `torch.load`, which can run code).
 """
 
 from __future__ import annotations
 
-import pathlib
 import pickle
 from dataclasses import asdict
 from pathlib import Path
@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from pixelqa import checkpoints
+from pixelqa.checkpoints import ALLOWED_GLOBALS
 from pixelqa.predict.errors import PredictInputError
 
-# Types besides tensors and plain containers that a PixelQA checkpoint may hold (paths in hyper-parameters).
-ALLOWED_GLOBALS = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath)
+__all__ = ["ALLOWED_GLOBALS", "load_model", "pick_device", "safe_torch_load"]
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -37,25 +38,11 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
-    """torch.load without arbitrary unpickling (weights_only + ALLOWED_GLOBALS); `trust` lifts the restriction."""
-    if trust:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    """torch.load without arbitrary unpickling (`pixelqa.checkpoints`); a refusal is a PredictInputError."""
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # noqa: BLE001  (listing is best effort; the refusal below stands either way)
-            unsafe = []
-        allowed = {f"{t.__module__}.{t.__qualname__}" for t in ALLOWED_GLOBALS}
-        names = [u for u in unsafe if u not in allowed] or ["(objects outside tensors and plain data)"]
-        raise PredictInputError(
-            f"--model: {str(path)!r} needs unpickling of {', '.join(names[:5])}, which could run code; refused. "
-            f"Pass --trust-checkpoint only for a file you trust"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise PredictInputError(f"--model: {str(path)!r} cannot be read as a checkpoint: {exc}") from None
+        return checkpoints.safe_torch_load(path, trust, what="--model", hint="Pass --trust-checkpoint")
+    except checkpoints.CheckpointError as exc:
+        raise PredictInputError(str(exc)) from None
 
 
 def _checkpoint_file(p: Path) -> Path:

@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixelqa.batch import Batch
+from pixelqa.checkpoints import safe_torch_load
 from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.normalise import (
@@ -391,8 +392,9 @@ def _normalise_key(key: str) -> str:
     return key.replace("base_model.model.", "").replace(".base_layer", "")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load a Lightning checkpoint on CPU, with a clear error for a missing file."""
+def read_checkpoint(path: str | Path, trust: bool = False, what: str = "init_from") -> dict[str, Any]:
+    """Load a Lightning checkpoint on CPU without running code from it (`pixelqa.checkpoints`; `trust` lifts that),
+    with a clear error for a missing file; a refused file raises CheckpointError (a ValueError) naming `what`."""
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
@@ -400,16 +402,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 path = candidate
                 break
     if path.is_dir() and (path / "checkpoint").is_dir():
-        return read_deepspeed_checkpoint(path)
+        return read_deepspeed_checkpoint(path, trust, what)
     if not path.is_file():
-        raise FileNotFoundError(f"init_from: {str(path)!r} is not a checkpoint file (or a run folder holding one)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"{what}: {str(path)!r} is not a checkpoint file (or a run folder holding one)")
+    return safe_torch_load(path, trust, what=what, hint=TRUST_HINT)
 
 
+TRUST_HINT = "Set trust_checkpoint=true"  # how a recipe trusts a checkpoint that needs full unpickling
 DEEPSPEED_PREFIX = "_forward_module."  # Lightning's wrapper around the module inside the DeepSpeed engine
 
 
-def read_deepspeed_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_deepspeed_checkpoint(path: str | Path, trust: bool = False, what: str = "init_from") -> dict[str, Any]:
     """A DeepSpeed (ZeRO-1/2) checkpoint directory as a Lightning checkpoint dict: its client state (stage, global
     step, ...) with `state_dict` taken from the rank-0 model states (trained weights only, frozen ones excluded)."""
     files = sorted(Path(path).glob("checkpoint/mp_rank_*_model_states.pt"))
@@ -418,7 +421,7 @@ def read_deepspeed_checkpoint(path: str | Path) -> dict[str, Any]:
             f"init_from: {str(path)!r} has no checkpoint/mp_rank_00_model_states.pt; expected a DeepSpeed "
             "checkpoint directory (ZeRO-3 shards need lightning's convert_zero_checkpoint_to_fp32_state_dict)"
         )
-    states = torch.load(files[0], map_location="cpu", weights_only=False)
+    states = safe_torch_load(files[0], trust, what=what, hint=TRUST_HINT)
     module = states.get("module") or {}
     ckpt = {k: v for k, v in states.items() if k not in ("module", "optimizer")}
     ckpt["state_dict"] = {k.removeprefix(DEEPSPEED_PREFIX): v for k, v in module.items()}
