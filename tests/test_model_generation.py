@@ -93,3 +93,31 @@ def test_long_clip_streams_frames_and_drops_old_memories_without_changing_masks(
     full = model.mask_decoder.upsample(dec.low_res.detach(), (112, 112))
     torch.testing.assert_close(streamed, full, atol=1e-4, rtol=1e-4)
     assert streamed.shape == (1, 24, 112, 112)
+
+
+def test_bidirectional_propagation_runs_both_ways_from_its_start():
+    model = cached_model(obj_scores=False).eval()
+    clip = frames(5, seed=12)
+    state = torch.randn(1, model.qwen.config.text_config.hidden_size)
+    both = model.decode_states(clip, state, propagation="bidirectional", start=[2])
+    # truth by definition: forward from frame 2 on frames 2..4, and forward on the reversed clip 2, 1, 0
+    ahead = model.decode_states(clip[2:], state, propagation="forward")
+    behind = model.decode_states(clip[[2, 1, 0]], state, propagation="forward")
+    torch.testing.assert_close(both[:, 2:], ahead, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[:, [1, 0]], behind[:, 1:], atol=1e-5, rtol=1e-5)
+    # from frame 0 it is the released forward decoding
+    torch.testing.assert_close(
+        model.decode_states(clip, state, propagation="bidirectional", start=[0]),
+        model.decode_states(clip, state),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    # without a start it begins on the frame that supports the object best on its own
+    scores = model.mask_decoder.frame_scores(model.mask_decoder.encode_frames(clip), model.l2m(state))
+    best = int(scores[0].argmax())
+    torch.testing.assert_close(
+        model.decode_states(clip, state, propagation="bidirectional"),
+        model.decode_states(clip, state, propagation="bidirectional", start=[best]),
+    )
+    with pytest.raises(ValueError, match="propagation: got 'sideways'"):
+        model.decode_states(clip, state, propagation="sideways")

@@ -200,9 +200,10 @@ def _llm_view(state, bank: ObjectMemoryBank) -> ObjectMemoryBank:
     return ObjectMemoryBank(len(state.llm_index), {k: m[state.llm_index] for k, m in bank.masks.items()})
 
 
-def _decode(model, state, states: torch.Tensor) -> list[torch.Tensor]:
-    """(T_sam, H, W) bool masks from <|seg|> states, one per state."""
-    return [m > 0 for m in model.decode_states(_sam_frames(state), states).cpu()]
+def _decode(model, state, states: torch.Tensor, starts: list[int | None] | None = None) -> list[torch.Tensor]:
+    """(T_sam, H, W) bool masks from <|seg|> states, one per state (`starts`: SAM frames to start from when the
+    model propagates both ways; None = its best-supported frame)."""
+    return [m > 0 for m in model.decode_states(_sam_frames(state), states, start=starts).cpu()]
 
 
 def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index: list[int] | None) -> None:
@@ -288,7 +289,10 @@ def chat_turn(
             # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
             prefill_text = f"{tag_refs(text, ids)} {PREFILL_INSTRUCTION}"
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
-            for oid, m in zip(ids, _decode(model, state, model.seg_states(pre, state.visual_cache)[-len(ids) :])):
+            # bidirectional propagation starts from each prompt's own frame (a SAM frame)
+            starts = [state.llm_index[vp.frame] if state.llm_index is not None else vp.frame for vp in vps]
+            prefill_states = model.seg_states(pre, state.visual_cache)[-len(ids) :]
+            for oid, m in zip(ids, _decode(model, state, prefill_states, starts)):
                 state.bank.put(oid, m)
                 masks[oid] = m
             sub, turn_memory = _memory_refs(_llm_view(state, state.bank), ids)

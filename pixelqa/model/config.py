@@ -45,6 +45,9 @@ class MaskDecoderConfig:
     # released: the prompted frame gets SAM's two "not a point" tokens before the <|seg|> tokens; none: ours only
     prompt_padding: str = "released"  # released | none
     antialias: bool = True  # frames resized to image_size with antialiasing (as released)
+    # inference: forward = prompt the first frame, propagate forward (as released); bidirectional = prompt the
+    # best-supported frame (or the user's prompt frame) and propagate both ways (the paper's stated future work)
+    propagation: str = "forward"  # forward | bidirectional
 
 
 @dataclass

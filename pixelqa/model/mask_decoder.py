@@ -392,6 +392,16 @@ class MaskDecoder(nn.Module):
         sam._encode_memory_in_output(feats, sizes, None, True, high, obj_logits, out)
         return out
 
+    @torch.no_grad()
+    def frame_scores(self, features: FrameFeatures, sparse: torch.Tensor) -> torch.Tensor:
+        """How well each frame supports each prompt on its own: (K, T) = sigmoid(object score) x predicted IoU,
+        every frame decoded from the prompt alone (no memory)."""
+        K, T = sparse.shape[0], features.vision_feats[0].shape[1]
+        index = torch.arange(T, device=sparse.device)[None].expand(K, -1)
+        dec = self._independent(features, index, sparse)
+        score = dec.object_scores.sigmoid() if self.sam.pred_obj_scores else torch.ones_like(dec.ious)
+        return score * dec.ious
+
     def _padding_tokens(self, K: int, device: torch.device) -> torch.Tensor:
         """SAM's sparse tokens for "no point": its padding point plus the encoder's own pad, (K, 2, 256)."""
         sparse, _ = self.sam.sam_prompt_encoder(

@@ -81,6 +81,7 @@ CHOICES = {
     "prompt_encoder.kind": ("released", "fourier"),
     "memory.pooling": ("window", "raster", "area"),
     "loss.mask": ("released", "single"),
+    "mask_decoder.propagation": ("forward", "bidirectional"),
 }
 
 
@@ -91,6 +92,7 @@ def check_choices(cfg: UniPixelConfig) -> None:
         "prompt_encoder.kind": cfg.prompt_encoder.kind,
         "memory.pooling": cfg.memory.pooling,
         "loss.mask": cfg.loss.mask,
+        "mask_decoder.propagation": cfg.mask_decoder.propagation,
     }
     for key, value in values.items():
         if value not in CHOICES[key]:
@@ -698,19 +700,57 @@ class UniPixel(nn.Module):
         return states[(batch.input_ids[0] == self.token_ids[SEG]).nonzero().flatten()]
 
     @torch.no_grad()
-    def decode_states(self, frames: torch.Tensor, states: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    def decode_states(
+        self,
+        frames: torch.Tensor,
+        states: torch.Tensor,
+        chunk: int = 16,
+        propagation: str | None = None,
+        start: list[int | None] | None = None,
+    ) -> torch.Tensor:
         """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits.
 
-        Decoded on frame 0 and propagated through SAM 2's memory; frames are encoded in chunks of `chunk`.
+        forward (the default of `mask_decoder.propagation`, as released): decoded on frame 0 and propagated through
+        SAM 2's memory. bidirectional: decoded on `start[i]` (a prompt's frame), or where None on the frame that
+        supports the object best on its own (`MaskDecoder.frame_scores`), then propagated forward to the end and
+        backward to frame 0. Frames are encoded in chunks of `chunk`.
         """
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
         if states.shape[0] == 0:
-            return torch.zeros(0, T, H, W, device=device)
-        features = StreamedFrames(self.mask_decoder, frames, chunk)  # encoded chunk by chunk while propagating
+            return torch.zeros(0, T, H, W)
+        propagation = propagation or self.cfg.mask_decoder.propagation
         tokens = self.l2m(states.float().to(device))  # (N, D) -> (N, hidden_tokens, 256)
-        dec = self.mask_decoder(features, list(range(T)), tokens)
-        return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
+        if propagation == "forward":
+            dec = self.mask_decoder(StreamedFrames(self.mask_decoder, frames, chunk), list(range(T)), tokens)
+            return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
+        if propagation != "bidirectional":
+            raise ValueError(f"propagation: got {propagation!r}, expected 'forward' or 'bidirectional'")
+        starts = list(start) if start is not None else [None] * tokens.shape[0]
+        if len(starts) != tokens.shape[0]:
+            raise ValueError(f"start: got {len(starts)} frames, expected one per state ({tokens.shape[0]})")
+        if any(s is None for s in starts):
+            scores = torch.cat(
+                [
+                    self.mask_decoder.frame_scores(
+                        self.mask_decoder.encode_frames(frames[i : i + chunk].to(device)), tokens
+                    )
+                    for i in range(0, T, chunk)
+                ],
+                dim=1,
+            )  # (N, T)
+            starts = [int(scores[i].argmax()) if s is None else s for i, s in enumerate(starts)]
+        out = torch.zeros(tokens.shape[0], T, H, W)
+        for i, s in enumerate(starts):
+            if not 0 <= s < T:
+                raise ValueError(f"start[{i}]: got {s}, expected a frame in [0, {T - 1}]")
+            order_fwd, order_bwd = list(range(s, T)), list(range(s, -1, -1))
+            for order in (order_bwd, order_fwd):  # the forward pass writes frame s last
+                dec = self.mask_decoder(
+                    StreamedFrames(self.mask_decoder, frames[order], chunk), list(range(len(order))), tokens[i : i + 1]
+                )
+                out[i, order] = self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))[0]
+        return out
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[torch.Tensor]:

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
     parser.add_argument("--chat", action="store_true", help="interactive multi-round session in the terminal")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--propagation",
+        choices=("forward", "bidirectional"),
+        default=None,
+        help="forward: prompt SAM on the first frame (as released, the default); bidirectional: on the prompt's or "
+        "the best-supported frame, then both ways",
+    )
     return parser
 
 
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             raise
         raise PredictInputError(f"--model: {exc}") from None
     load_s = time.perf_counter() - t0
+    if args.propagation is not None:
+        model.cfg.mask_decoder.propagation = args.propagation
     predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress, model_info=model_info)
     out = Path(args.out)
     if not args.chat:
