@@ -14,8 +14,17 @@ REF = "<|ref|>"  # placeholder for one visual prompt (point / box / mask) in the
 SEG = "<|seg|>"  # emitted by the model; the state that predicts it is decoded into a mask
 MEM = "<|mem|>"  # placeholder for one object-memory feature (one object on one pair of frames)
 RELEASED_TOKEN_IDS = {REF: 151665, SEG: 151666, MEM: 151667}
-# The memory pre-filling instruction of the released training data and PixelQA inference (first template).
-PREFILL_INSTRUCTION = "Please localize the relevant objects with IDs."
+# The memory pre-filling templates of the released training data ({} = the question with its `[k] <|ref|>`);
+# PixelQA inference uses the first one.
+PREFILL_TEMPLATES: tuple[str, ...] = (
+    "{} Please localize the relevant objects with IDs.",
+    "{} Segment all the relevant target(s) with ID(s) in the video.",
+    "{} Can you segment the target object(s) with ID(s) in the video?",
+    "Please segment the mentioned objects with IDs in the question: {}",
+    "Find and track the relevant objects with IDs in the query: {}",
+    "Given the query '{}', please provide segmentation masks for the relevant objects with IDs.",
+)
+PREFILL_INSTRUCTION = "Please localize the relevant objects with IDs."  # the first template's instruction
 # Qwen2.5's default system prompt, which the released model was trained and evaluated with.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS: tuple[str, ...] = (REF, SEG, MEM)  # added in this order: the released ids' order
@@ -49,6 +58,13 @@ def prefill_answer(object_ids: Sequence[int]) -> str:
 def parse_prefill(text: str) -> list[int]:
     """Object ids of a pre-filling answer, in the order of their <SEG> tokens."""
     return [int(m.group(1)) for m in _PREFILL.finditer(text)]
+
+
+def prefill_request(question: str, template: int = 0) -> str:
+    """The pre-fill user text: `question` (with its `[k] <|ref|>`) in one of the released templates."""
+    if not 0 <= template < len(PREFILL_TEMPLATES):
+        raise ValueError(f"template: got {template}, expected 0 <= template < {len(PREFILL_TEMPLATES)}")
+    return PREFILL_TEMPLATES[template].format(question)
 
 
 def count_seg(text: str) -> int:

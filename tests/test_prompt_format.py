@@ -6,6 +6,7 @@ import pytest
 
 from pixelqa.prompt_format import (
     MEM,
+    PREFILL_TEMPLATES,
     REF,
     RELEASED_TOKEN_IDS,
     SEG,
@@ -19,6 +20,7 @@ from pixelqa.prompt_format import (
     parse_memory_prompt,
     parse_prefill,
     prefill_answer,
+    prefill_request,
 )
 
 
@@ -73,3 +75,12 @@ def test_counting_helpers_and_released_tokens():
     assert (REF, SEG, MEM) == ("<|ref|>", "<|seg|>", "<|mem|>")
     assert RELEASED_TOKEN_IDS == {REF: 151665, SEG: 151666, MEM: 151667}
     assert SPECIAL_TOKENS == (REF, SEG, MEM)  # added to a Qwen tokenizer in this order they get the released ids
+
+
+def test_prefill_request_uses_the_released_templates():
+    q = "What is [0] <|ref|> doing?"
+    assert prefill_request(q) == "What is [0] <|ref|> doing? Please localize the relevant objects with IDs."
+    assert prefill_request(q, 3) == "Please segment the mentioned objects with IDs in the question: " + q
+    assert len(PREFILL_TEMPLATES) == 6 and all(t.count("{}") == 1 for t in PREFILL_TEMPLATES)
+    with pytest.raises(ValueError, match="template: got 6"):
+        prefill_request(q, 6)

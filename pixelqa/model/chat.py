@@ -15,7 +15,6 @@ from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.model.memory import ObjectMemoryBank, inject, tag_refs
 from pixelqa.prompt_format import (
     MEM,
-    PREFILL_INSTRUCTION,
     REF,
     SEG,
     count_ref,
@@ -23,6 +22,7 @@ from pixelqa.prompt_format import (
     object_ids_in,
     parse_prefill,
     prefill_answer,
+    prefill_request,
 )
 
 
@@ -287,7 +287,7 @@ def chat_turn(
         if vps and variant == "memory_bank":
             # pre-filling as released: the question with `[k] <|ref|>` markers plus the pre-filling instruction,
             # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
-            prefill_text = f"{tag_refs(text, ids)} {PREFILL_INSTRUCTION}"
+            prefill_text = prefill_request(tag_refs(text, ids))
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
             # bidirectional propagation starts from each prompt's own frame (a SAM frame)
             starts = [state.llm_index[vp.frame] if state.llm_index is not None else vp.frame for vp in vps]

@@ -49,17 +49,12 @@ from pixelqa.data.sources._image_files import cached_json, check_polygons_inside
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.vos import pick
-from pixelqa.prompt_format import REF, object_tag, prefill_answer
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, object_tag, prefill_answer
 
 CONTEXT_FRAMES = 16  # frames spread over the video besides the annotated ones
 MAX_OBJECTS = 5  # the paper puts mask losses on up to 5 objects; UniPixel drops entries with more
 MIN_RATIO = 0.3  # UniPixel drops entries whose masks cover < 30% of the frames they should ("ratio")
 
-LOCALIZE_INSTRUCTIONS: tuple[str, ...] = (
-    "Please segment the objects mentioned, with their IDs.",
-    "First locate every referred object and give its ID.",
-    "Find and track the referred objects, with their IDs.",
-)
 _OBJ_REGION = re.compile(r"<object(\d+)><region>")
 _OBJ = re.compile(r"<object(\d+)>")
 _LETTER = re.compile(r"^\(([A-Z])\)\s*")
@@ -415,9 +410,8 @@ class VideoReferQAMemory(VideoRefer700K):
 
 
 def localize(question: str, key: str) -> str:
-    """The pre-fill request: the question (with its <|ref|>s) followed by an instruction to segment them with IDs."""
-    sep = "\n" if "\n" in question else " "  # multi-line questions (options) get the instruction on its own line
-    return f"{question}{sep}{pick(LOCALIZE_INSTRUCTIONS, key)}"
+    """The pre-fill request: the question (with its `[k] <|ref|>`) in one of the released pre-fill templates."""
+    return pick(PREFILL_TEMPLATES, key).format(question)
 
 
 def memory_turns(
