@@ -6,7 +6,8 @@ import pytest
 from fixtures_video import build_mvbench, build_videogpt_plus, write_json
 
 from pixelqa.data.registry import get_source
-from pixelqa.data.sources.mvbench import TASKS, bounded
+from pixelqa.data.sources.mvbench import TASKS
+from pixelqa.predict.sampling import fps_indices
 
 
 def convert_all(name, root, split):
@@ -52,11 +53,13 @@ def test_mvbench(tmp_path):
     assert a.meta["task_type"] == "Action Sequence" and a.answer == "B" and a.choices == ["Sat.", "Stood.", "Ran."]
     assert a.turns[0].text.startswith("What did the person do first?\nOptions:\n(A) Sat.\n(B) Stood.\n(C) Ran.")
     assert a.turns[1].text == "B"
-    # 2 fps video bounded to [1 s, 3 s] -> frames 2..6, all 5 of them (fewer than 16).
-    assert a.media.frame_ids == [2, 3, 4, 5, 6]
-    assert [round((f.mean() - 10) / 24) for f in a.decode_frames()] == [2, 3, 4, 5, 6]
-    assert e.meta["task_type"] == "Episodic Reasoning" and len(e.media.frames) == 16 and e.answer == "A"
-    assert bounded(100, 10.0, 2.0, 50.0) == (20, 99) and bounded(10, 1.0, None, None) == (0, 9)
+    # the whole 5 s video at 2 fps (its own rate): all 10 frames; the [1 s, 3 s] bound is recorded, not applied
+    assert a.media.frame_ids == list(range(10)) and a.meta["bound"] == [1.0, 3.0]
+    assert [round((f.mean() - 10) / 24) for f in a.decode_frames()] == list(range(10))
+    # 30 frames at 3 fps = 10 s -> 20 frames at 2 fps, capped at 16: round(linspace(0, 29, 16))
+    assert e.meta["task_type"] == "Episodic Reasoning" and e.answer == "A"
+    assert e.media.frame_ids == [0, 2, 4, 6, 8, 10, 12, 14, 15, 17, 19, 21, 23, 25, 27, 29]
+    assert e.media.frame_ids == fps_indices(30, 3.0, 2.0, 16)
 
 
 def test_mvbench_missing_task_file(tmp_path):

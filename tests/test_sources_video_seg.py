@@ -84,8 +84,44 @@ def test_groundmore_train_and_test(tmp_path):
     assert q0.meta["question_type"] == "Causal" and q1.meta["obj_ids"] == [1, 2]
     assert q0.turns[1].text.startswith("the man") and q0.turns[1].text.count(SEG) == 1
     test = convert_all("groundmore", tmp_path, "test")
-    assert test[0].media.frame_ids == [f"frame{i}" for i in range(5)]  # fewer than 20 frames: all kept
-    assert sorted(test[0].objects[1].masks) == [1, 3]
+    # 20 frames, linspace(0, 4, 20) cast to int: a 5-frame video repeats each frame (0.21 steps truncated)
+    idx = [0] * 5 + [1] * 5 + [2] * 5 + [3] * 4 + [4]
+    assert test[0].meta["frame_indices"] == idx and test[0].media.frame_ids == [f"frame{i}" for i in idx]
+    assert sorted(test[0].objects[1].masks) == [t for t, i in enumerate(idx) if i in (1, 3)]
+    assert "action_window" not in test[0].meta  # the fixture's questions record none
+
+
+def test_groundmore_test_frames_and_action_window_through_the_protocol(tmp_path):
+    from fixtures_video import rgb_frames, write_jpegs, write_json, write_palette_png
+
+    from pixelqa.eval.official import get_official
+
+    # a 30-frame video (6 fps, clip starting at 10 s), object 1 on every frame; the action spans 11 s .. 12.5 s
+    names = [f"{i:05d}" for i in range(30)]
+    adir = tmp_path / "annotations" / "v"
+    write_jpegs(adir / "images", names, rgb_frames(30, seed=1))
+    for t in range(30):
+        write_palette_png(adir / "masks" / f"{names[t]}.png", box_mask(t, 1).astype(np.uint8))
+    q = {"question": "Who jumps?", "answer": "the box", "q_type": "Causal", "obj_id": "1"}
+    write_json(
+        tmp_path / "test_v2.json",
+        {"videos": {"v": {"clip_start": 10.0, "questions": {"q": dict(q, action_start=11.0, action_end=12.5)}}}},
+    )
+    (s,) = convert_all("groundmore", tmp_path, "test")
+    # linspace(0, 29, 20) cast to int, by hand: steps of 29 / 19 = 1.526
+    idx = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24, 25, 27, 29]
+    assert s.meta["frame_indices"] == idx and s.media.frame_ids == [names[i] for i in idx]
+    assert s.meta["action_window"] == {"start": 11.0, "end": 12.5, "clip_start": 10.0}
+    proto = get_official("groundmore")
+    req = proto.request(s)
+    assert req.sam_frames == list(range(20)) and len(req.llm_frames) == 16
+    # window [(11 - 10) * 6, (12.5 - 10) * 6 - 1] = [6, 14]: source frames 6, 7, 9, 10, 12, 13 (positions 4..9)
+    gt = proto.target(s, req)
+    assert [i for i, f in zip(idx, gt) if f.any()] == [6, 7, 9, 10, 12, 13]
+    bad = dict(q, action_start=3.0, action_end=1.0)
+    write_json(tmp_path / "test_v2.json", {"videos": {"v": {"questions": {"q": bad}}}})
+    with pytest.raises(ValueError, match="action_end 1.0 is before action_start 3.0"):
+        convert_all("groundmore", tmp_path, "test")
 
 
 def test_vicas_referrals(tmp_path):

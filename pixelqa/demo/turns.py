@@ -88,7 +88,9 @@ def thumbnail(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
         y0, y1, x0, x1 = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
         frame = np.where(m[..., None], frame, frame * 0.35)[y0:y1, x0:x1]
     im = Image.fromarray(frame.clip(0, 255).astype(np.uint8))
-    im.thumbnail((THUMB, THUMB))
+    scale = THUMB / max(im.size)  # small crops grow (crisp pixels), large ones shrink
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    im = im.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
     square = Image.new("RGB", (THUMB, THUMB))
     square.paste(im, ((THUMB - im.width) // 2, (THUMB - im.height) // 2))
     return np.asarray(square)

@@ -262,9 +262,11 @@ class GroundMoReProtocol(VideoSegProtocol):
     def target(self, sample: Sample, request: Request) -> np.ndarray:
         """The objects' union, zeroed outside the action window when the shard records it."""
         gt = super().target(sample, request)
-        window = (sample.meta or {}).get("action_window")
+        meta = sample.meta or {}
+        window = meta.get("action_window")
         if window:
-            ids = sample.media.frame_ids or list(range(sample.media.num_frames))
+            # each frame's index among the video's frames (the converter records it), else its name's number
+            ids = meta.get("frame_indices") or sample.media.frame_ids or list(range(sample.media.num_frames))
             numbers = [_frame_number(ids[f], f) for f in request.sam_frames]
             inside = pm.groundmore_window(
                 numbers, window["start"], window["end"], window.get("clip_start", 0.0), window.get("fps", 6.0)

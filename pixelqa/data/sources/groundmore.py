@@ -3,15 +3,19 @@ object(s) it is about.
 
 Raw layout (as UniPixel reads the release)::
 
-    <root>/trainval_v2.json, <root>/test_v2.json   {"videos": {vid: {"questions": {qid: {"question", "answer",
-                                                     "q_type", "obj_id": "1, 2", ...}}}}}
+    <root>/trainval_v2.json, <root>/test_v2.json   {"videos": {vid: {"clip_start"?, "questions": {qid: {"question",
+                                                     "answer", "q_type", "obj_id": "1, 2", "action_start"?,
+                                                     "action_end"? (seconds)}}}}}
     <root>/annotations/<vid>/images/<frame>.jpg
     <root>/annotations/<vid>/masks/<frame>.png     palette PNG, pixel value = object id (annotated frames only)
 
-train keeps only the frames that have a mask; test keeps 20 frames spread evenly over the video (the
-benchmark protocol), masks where they exist. Videos without an annotation folder are skipped, as in the
-reference loader. Target = union of the question's objects; meta keeps q_type (Causal / Sequential /
-Counterfactual / Descriptive) and the answer.
+train keeps only the frames that have a mask; test keeps the official 20 frames, `linspace(0, n - 1, 20)` cast to
+int over the video's sorted frames (`pixelqa.predict.sampling.groundmore_indices`; a shorter video repeats
+frames, as the official run does), masks where they exist. Videos without an annotation folder are skipped, as
+in the reference loader. Target = union of the question's objects; meta keeps q_type (Causal / Sequential /
+Counterfactual / Descriptive), the answer, `frame_indices` (each kept frame's index among the video's frames)
+and, when the question has one, `action_window` {start, end, clip_start} in seconds: the official ground truth
+is zero outside [(start - clip_start) * 6, (end - clip_start) * 6 - 1] (frame indices at 6 fps).
 """
 
 from __future__ import annotations
@@ -26,12 +30,30 @@ from pixelqa.data import masks, prompts
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
-from pixelqa.data.sources.video_io import read_frame_files, read_label_png, uniform_indices
+from pixelqa.data.sources.video_io import read_frame_files, read_label_png
 from pixelqa.data.sources.vos import key_rng, videos_of
+from pixelqa.predict.sampling import groundmore_indices
 from pixelqa.prompt_format import SEG
 
 SPLIT_FILES = {"train": "trainval_v2.json", "test": "test_v2.json"}
 TEST_FRAMES = 20
+
+
+def action_window(video: dict, q: dict, where: str) -> dict | None:
+    """{start, end, clip_start} (seconds) of a question's action, None when it records none."""
+    start, end = q.get("action_start", q.get("start")), q.get("action_end", q.get("end"))
+    if start is None or end is None:
+        return None
+    clip = video.get("clip_start", video.get("start", 0.0))
+    try:
+        window = {"start": float(start), "end": float(end), "clip_start": float(clip or 0.0)}
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: action_start / action_end / clip_start: got {start!r} / {end!r} / {clip!r}, expected seconds"
+        ) from None
+    if window["end"] < window["start"]:
+        raise ValueError(f"{where}: action_end {end!r} is before action_start {start!r}, expected start <= end")
+    return window
 
 
 def _frame_number(path: Path) -> int:
@@ -78,11 +100,13 @@ class GroundMoRe(Source):
             if not names:
                 return
             image_paths = [adir / "images" / f"{n}.jpg" for n in names]
+            indices = None
         else:
             all_images = sorted((adir / "images").glob("*.jpg"), key=_frame_number)
             if not all_images:
                 raise FileNotFoundError(f"groundmore {split}: no frames in {adir / 'images'}")
-            image_paths = [all_images[i] for i in uniform_indices(len(all_images), TEST_FRAMES)]
+            indices = groundmore_indices(len(all_images), TEST_FRAMES)[0]
+            image_paths = [all_images[i] for i in indices]
             names = [q.stem for q in image_paths]
         frames = read_frame_files([str(q) for q in image_paths])
         labels = {t: read_label_png(str(mask_files[n])) for t, n in enumerate(names) if n in mask_files}
@@ -101,6 +125,7 @@ class GroundMoRe(Source):
             if not question.endswith("?"):
                 question += "?"
             answer = str(q["answer"]).strip()
+            window = action_window(video, q, f"{p}: {item}/{qid}")
             key = make_key(item, qid)
             target = {t: masks.encode(np.isin(lab, obj_ids)) for t, lab in labels.items()}
             turns = [
@@ -130,5 +155,7 @@ class GroundMoRe(Source):
                     "question_type": q.get("q_type"),
                     "obj_ids": obj_ids,
                     "answer": answer,
+                    **({"frame_indices": indices} if indices is not None else {}),
+                    **({"action_window": window} if window is not None else {}),
                 },
             )

@@ -6,8 +6,10 @@ Raw layout (the release)::
                                    "start"?, "end"? (seconds, tasks with a bound)}]
     <root>/video/<prefix>/<name> mp4 / webm / avi, or a frame folder (Episodic Reasoning: tvqa frames at 3 fps)
 
-Frames: `num_frames` spread evenly over the clip, restricted to [start, end] for the tasks MVBench bounds.
-meta: task type (e.g. "Action Sequence"), the question; `answer` = option letter, `choices` = candidates.
+Frames as the official evaluation reads them: the whole video at 2 fps, at most 16 frames
+(`pixelqa.predict.sampling.fps_indices`; frame folders count as 3 fps); the tasks' start / end bounds are kept
+in meta but not applied, as in the official run. meta: task type (e.g. "Action Sequence"), the question;
+`answer` = option letter, `choices` = candidates.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
-from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, uniform_indices, video_info
+from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, video_info
 from pixelqa.data.sources.videorefer import mcq_text
+from pixelqa.predict.sampling import fps_indices
 
 # (task type, json file, video prefix, kind, bounded by start/end) - the MVBench task table.
 TASKS: tuple[tuple[str, str, str, str, bool], ...] = (
@@ -45,14 +48,8 @@ TASKS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("Counterfactual Inference", "counterfactual_inference.json", "clevrer/video_validation", "video", False),
 )
 FRAME_FOLDER_FPS = 3.0  # tvqa frames_fps3_hq
+SAMPLE_FPS = 2.0  # the official reader's rate (Qwen2.5-VL's video reader at fps 2)
 LETTERS = "ABCDEFGH"
-
-
-def bounded(total: int, fps: float, start: float | None, end: float | None) -> tuple[int, int]:
-    """[first, last] frame indices of a clip bounded by start / end seconds (whole clip when unbounded)."""
-    first = 0 if start is None else max(0, round(start * fps))
-    last = total - 1 if end is None else min(total - 1, round(end * fps))
-    return (first, last) if last >= first else (0, total - 1)
 
 
 @register_source("mvbench")
@@ -61,7 +58,7 @@ class MVBench(Source):
 
     splits = ("test",)
     task = "mcq"
-    num_frames = 16
+    num_frames = 16  # at most, at SAMPLE_FPS over the whole video
 
     def raw_files(self, root: Path, split: str) -> list[Path]:
         """The 20 task JSONs."""
@@ -103,15 +100,13 @@ class MVBench(Source):
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
             if not files:
                 raise FileNotFoundError(f"{where}: no frames in {path}")
-            first, last = bounded(len(files), FRAME_FOLDER_FPS, start, end)
-            ids = [first + i for i in uniform_indices(last - first + 1, self.num_frames)]
+            ids = fps_indices(len(files), FRAME_FOLDER_FPS, SAMPLE_FPS, self.num_frames)
             fs = read_frame_files([str(files[i]) for i in ids])
         else:
             total, fps, _ = video_info(str(path))
             if total < 1:
                 raise ValueError(f"{where}: video {path} has no decodable frames")
-            first, last = bounded(total, fps if fps > 0 else 1.0, start, end)
-            ids = [first + i for i in uniform_indices(last - first + 1, self.num_frames)]
+            ids = fps_indices(total, fps if fps > 0 else 1.0, SAMPLE_FPS, self.num_frames)
             fs = encode_video_frames(str(path), ids)
         question = " ".join(str(e["question"]).split())
         yield Sample(
