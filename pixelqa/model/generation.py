@@ -86,23 +86,12 @@ def greedy_generate(
     released = model.cfg.seg_head == "released"
     qwen_model = model.qwen.model
     emb, enc, _ = model.embed(batch, visual_cache)
-    with _PreNorm(model) as caught:
-        out = qwen_model(
-            input_ids=batch.input_ids,
-            inputs_embeds=emb.to(model.llm_dtype),
-            attention_mask=batch.attention_mask,
-            mm_token_type_ids=batch.mm_token_type_ids,
-            image_grid_thw=batch.image_grid_thw,
-            video_grid_thw=batch.video_grid_thw,
-            second_per_grid_ts=batch.second_per_grid_ts,
-            mm_encoder_outputs=enc or None,
-            use_cache=use_cache,
-        )
-    pre, post = caught.value, out.last_hidden_state
+    caches: list = []
+    post, pre = model._run_llm(batch, emb, enc, cache=caches if use_cache else None)
     prompt_seg = (batch.input_ids[0] == seg_id).nonzero().flatten()
     where = prompt_seg - 1 if released else prompt_seg
     prompt_states = torch.stack([_seg_state(model, pre, post, int(w)) for w in where]) if len(where) else pre[0, :0]
-    cache = out.cache if use_cache else None
+    cache = caches[0] if use_cache else None
     deltas = qwen_model.rope_deltas
     length = int(batch.input_ids.shape[1])
     new: list[int] = []

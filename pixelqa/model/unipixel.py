@@ -495,11 +495,14 @@ class UniPixel(nn.Module):
         counts = {"lm_tokens": lm_tokens, "mask_samples": sums["n_mask"], "objectness_samples": sums["n_obj"]}
         return UniPixelOutput(total, losses, logits, masks, ious, scores, part_sums, counts)
 
-    def _run_llm(self, batch: Batch, emb: torch.Tensor, enc_outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_llm(
+        self, batch: Batch, emb: torch.Tensor, enc_outputs: dict, cache: list | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Qwen's LLM on our input embeddings (media features scattered by Qwen itself).
 
         Returns the (B, L, D) states after the final norm and the last layer's residual stream before it (what the
-        released `seg_head` reads), the latter caught by a pre-hook on the norm.
+        released `seg_head` reads), the latter caught by a pre-hook on the norm. A `cache` list receives the KV
+        cache (generation's prefill).
         """
         caught: list[torch.Tensor] = []
         norm = self.qwen.model.language_model.norm
@@ -514,10 +517,12 @@ class UniPixel(nn.Module):
                 video_grid_thw=batch.video_grid_thw,
                 second_per_grid_ts=batch.second_per_grid_ts,
                 mm_encoder_outputs=enc_outputs or None,
-                use_cache=False,
+                use_cache=cache is not None,
             )
         finally:
             handle.remove()
+        if cache is not None:
+            cache.append(out.cache)
         return out.last_hidden_state, caught[-1]
 
     def _seg_states(self, hidden: torch.Tensor, pre_norm: torch.Tensor) -> torch.Tensor:
