@@ -40,6 +40,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+DRAIN = 64 * 2**20  # bytes past the upload cap read and dropped before answering (see upload)
 log = logging.getLogger("pixelqa.demo")
 
 
@@ -172,8 +173,8 @@ def build_app(demo: Demo) -> Starlette:
         name = display_name(request.query_params.get("name"))
         suffix = demo_media.upload_suffix(name)
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            demo_media.check_size(int(declared), demo.limits)  # before reading a byte
+        if declared and declared.isdigit() and int(declared) > demo.limits.max_bytes + DRAIN:
+            demo_media.check_size(int(declared), demo.limits)  # far too large: refused before reading a byte
         path = s.folder / f"upload{suffix}"  # a fixed name: the user's name never reaches the file system
         before = s.upload, s.media_name
         s.upload, s.media_name = path, name  # so that a message about this file names it as the user does
@@ -181,9 +182,10 @@ def build_app(demo: Demo) -> Starlette:
         with open(path, "wb") as f:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > demo.limits.max_bytes:
+                if size > demo.limits.max_bytes + DRAIN:
                     break
-                f.write(chunk)
+                if size <= demo.limits.max_bytes:  # past the cap the rest is read and dropped, so that the
+                    f.write(chunk)  # browser, still sending, gets the message rather than a reset connection
         try:
             demo_media.check_size(size, demo.limits)
             if size == 0:
