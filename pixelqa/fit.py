@@ -83,7 +83,11 @@ def check_stream(recipe: Recipe, resume: Path, fingerprint: dict) -> None:
     """A resume must continue the data stream its checkpoint was on, unless --allow-stream-change is given."""
     from pixelqa.train.guards import read_resume_metadata, stream_changes
 
-    changes = stream_changes(read_resume_metadata(resume).get("pixelqa_stream"), fingerprint)
+    try:
+        saved = read_resume_metadata(resume, recipe.trust_checkpoint).get("pixelqa_stream")
+    except (FileNotFoundError, ValueError) as err:
+        raise RecipeError(str(err)) from None
+    changes = stream_changes(saved, fingerprint)
     if not changes:
         return
     if not recipe.trainer.allow_stream_change:

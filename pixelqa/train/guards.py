@@ -48,9 +48,12 @@ def base_reference(model: Any) -> dict[str, Any]:
     return ref
 
 
-def read_resume_metadata(path: str | Path) -> dict[str, Any]:
-    """The PixelQA entries of a checkpoint (file, or DeepSpeed directory), without loading its tensors into RAM."""
+def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The PixelQA entries of a checkpoint (file, or DeepSpeed directory), its tensors memory-mapped (not read);
+    loaded without running code from it unless `trust` (`pixelqa.checkpoints`)."""
     import torch
+
+    from pixelqa.checkpoints import ALLOWED_GLOBALS, CheckpointError
 
     path = Path(path)
     if path.is_dir():  # a DeepSpeed checkpoint directory: Lightning keeps its own entries in the client state
@@ -58,5 +61,15 @@ def read_resume_metadata(path: str | Path) -> dict[str, Any]:
         if not files:
             raise FileNotFoundError(f"ckpt={path}: a directory without DeepSpeed model states (checkpoint/*.pt)")
         path = files[0]
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if trust:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    else:
+        try:
+            with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001  (any refusal or damage: one clear message)
+            raise CheckpointError(
+                f"ckpt: {str(path)!r} cannot be read without unpickling code ({exc}); set trust_checkpoint=true "
+                "only for a file you trust"
+            ) from None
     return {k: v for k, v in ckpt.items() if k.startswith("pixelqa_") or k == "global_step"}
