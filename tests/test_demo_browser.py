@@ -97,13 +97,26 @@ def test_upload_click_answer_mask_and_second_round_in_chromium(tmp_path):
             expect(page.locator("#memory li[data-id='0']")).to_contain_text("[0] frames")
             assert page.eval_on_selector("#memory li[data-id='0'] img", "img => img.naturalWidth") == 96
             expect(page.locator("#dl-overlay")).to_have_text("overlay video (MP4)")
-            # the second round names the remembered object
-            page.fill("#question", "What is [0] doing?")
+            # the second round names the remembered object and adds a mask drawn below it (object [1])
+            page.check("input[name=tool][value=mask]")
+            at = lambda px, py: (box["x"] + px * box["width"] / W, box["y"] + py * box["height"] / H)  # noqa: E731
+            page.mouse.move(*at(20, 38))
+            page.mouse.down()
+            for px in range(22, 52, 2):
+                page.mouse.move(*at(px, 38))
+            page.mouse.up()
+            expect(page.locator("#prompt-list li").first).to_contain_text("mask on frame 4")
+            page.fill("#question", "Is [0] above it?")
             page.click("#ask")
             expect(page.locator("#chat li")).to_have_count(2)
             expect(page.locator("#progress")).to_be_hidden()
-            expect(page.locator("#chat li").nth(1)).to_contain_text("You: What is [0] doing?")
+            expect(page.locator("#chat li").nth(1)).to_contain_text("You: Is [0] above it?")
             assert len(session.turns) == 2 and "[0]" in session.turns[1].model_text
+            drawn = session.turns[1].prompts[0]
+            assert drawn.object_id == 1 and drawn.frame == 3 and session.turns[1].text.startswith("[1] <|ref|>")
+            assert drawn.mask[38, 22:50].all() and not drawn.mask[:30].any() and not drawn.mask[:, 55:].any()
+            expect(page.locator("#memory li.memory-item")).to_have_count(2)
+            expect(page.locator("#prompt-list li")).to_have_count(0)
             expect(page.locator("#frame-img")).to_have_attribute("src", "/api/overlay/2/3")
             with page.expect_download() as download:
                 page.click("#dl-zip")

@@ -129,6 +129,8 @@ def run_turn(
     with model_lock:
         progress.phase = f"running the model: answering and propagating masks through {n} frame(s)"
         pred: Prediction = predictor.run(media if history is None else None, text, prompts, history)
+    if not session.folder.is_dir():  # the page ended while the model ran: write nothing (it would recreate it)
+        return {}
     progress.phase = "writing masks and overlays"
     out = session.turn_dir(pred.turn)
     run = write_outputs(pred, out)
