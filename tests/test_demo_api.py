@@ -239,6 +239,15 @@ def test_session_folder_removed_when_the_page_ends_or_goes_idle(tmp_path):
     assert not demo.store.root.exists()  # server shutdown removes the root
 
 
+def test_requests_naming_another_host_are_refused(server):
+    base, _ = server
+    request = urllib.request.Request(base + "/", headers={"Host": "attacker.example"})  # DNS rebinding
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 400
+    assert urllib.request.urlopen(base + "/").status == 200
+
+
 def test_cli_binds_loopback_and_user_errors_are_one_line(capsys):
     args = cli.build_parser().parse_args([])
     assert (args.host, args.port, args.model) == ("127.0.0.1", 7860, "tiny")

@@ -91,9 +91,11 @@ def serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    config = uvicorn.Config(build_app(demo), log_level="warning", access_log=False, server_header=False)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    app = build_app(demo, None if loopback else ["*"])  # on another address the user chose who may reach it
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
     server = uvicorn.Server(config)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback:
         print(f"demo: listening on {args.host}: anyone who can reach this address can use the model", flush=True)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -40,6 +42,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 DRAIN = 64 * 2**20  # bytes past the upload cap read and dropped before answering (see upload)
 log = logging.getLogger("pixelqa.demo")
 
@@ -126,8 +129,9 @@ def state(demo: Demo, s: Session) -> dict[str, Any]:
     return out
 
 
-def build_app(demo: Demo) -> Starlette:
-    """The Starlette app of the demo."""
+def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The Starlette app of the demo; requests naming another Host than `allowed_hosts` (default: loopback names)
+    are refused, so that a web site whose name resolves to 127.0.0.1 cannot drive the local demo."""
 
     def session_of(request: Request) -> Session | None:
         return demo.store.get(request.cookies.get(COOKIE))
@@ -304,4 +308,10 @@ def build_app(demo: Demo) -> Starlette:
         Route("/api/download/{what}", with_session(download)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(debug=False, routes=routes, lifespan=lifespan)
+    hosts = allowed_hosts or LOOPBACK_NAMES
+    return Starlette(
+        debug=False,
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)],
+    )
