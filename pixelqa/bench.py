@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu|predict [options]`.
+"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu|predict|evaluate [options]`.
 
 Each benchmark measures PixelQA and its baseline in the same run and prints ratios; its last lines are its
 headline figures, one per line, as `name: value`.
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "data": "pixelqa.benchmarks.data",
     "gpu": "pixelqa.benchmarks.gpu",
     "predict": "pixelqa.benchmarks.predict",
+    "evaluate": "pixelqa.benchmarks.evaluate",
 }
 
 

@@ -140,3 +140,55 @@ def test_predictor_memory_enters_the_bank_and_bad_memory_is_named(spied):
         Predictor(model).run(media, "What is [3] doing?", memory={3: gt[:2]})
     with pytest.raises(PredictInputError, match="names object \\[4\\]"):
         Predictor(model).run(media, "What is [4] doing?", memory={3: gt})
+
+
+@pytest.mark.slow
+def test_bench_evaluate_reports_samples_per_second(capsys):
+    from pixelqa.bench import main
+
+    main(["evaluate", "--samples", "1", "--frames", "4", "--new-tokens", "2", "--only", "mevis,videorefer_bench_q"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = dict(line.split(": ") for line in lines[-5:])
+    assert list(figures) == [
+        "mevis_samples_per_s",
+        "videorefer_bench_q_samples_per_s",
+        "chat_stand_in_samples_per_s",
+        "official_vs_stand_in_time",
+        "suite_samples_per_s",
+    ]
+    assert all(float(v.rstrip("x")) > 0 for v in figures.values())
+    assert '"departures": []' in lines[-6]  # prefixes, memory and budgets all reached the model
+
+
+RELEASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unipixel-official-tiny" / "checkpoint"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RELEASE.is_dir(), reason="needs the shared released-format fixture")
+def test_videorefer_q_through_the_suite_on_the_released_format_checkpoint(shards, tmp_path, monkeypatch):
+    from pixelqa.config import load_recipe, to_object
+    from pixelqa.eval.suite import finish_benchmark, merge_records, run_benchmark
+    from pixelqa.evaluate import load_model
+
+    torch.manual_seed(0)
+    recipe = to_object(load_recipe(["model=unipixel-3b", f"model.path={RELEASE}", "model.dtype=float32"]))
+    model = load_model(recipe, None)
+    spy = ProcessorSpy(model.processor)
+    monkeypatch.setattr(model, "processor", spy)
+    spec = BenchmarkSpec("videorefer_q_multi", "videorefer_bench_q", "multi_frame", "videorefer_bench_q")
+    answer_fn = predictor_answer_fn(model, max_new_tokens=2)
+    run_benchmark(spec, answer_fn, shards, tmp_path / "out")
+    result = finish_benchmark(spec, shards, tmp_path / "out")
+    records = merge_records(tmp_path / "out" / "videorefer_q_multi")
+    assert len(records) == 2 and result.rows[-1]["questions"] == 2 and departures_of(answer_fn) == []
+    # every record's score is its generated text read by the official first-character rule
+    from pixelqa.eval import answers
+
+    options = {"Relationship Question": 4, "Basic Questions": 2}  # the fixture's two questions
+    for r in records:
+        assert r["chosen"] == answers.option_letter(answers.parse_option(r["text"], options[r["question_type"]]))
+    # what the released model read: its <|mem|> id (151667) once per object and frame pair, the forced prefix last
+    for text, _, out in spy.calls:
+        ids = out["input_ids"][0].tolist()
+        assert ids.count(151667) == text.count(MEM) >= 1
+        assert model.processor.tokenizer.decode(ids[-6:]).endswith("The best option is (")

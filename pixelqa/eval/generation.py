@@ -79,7 +79,7 @@ def chat_answer_fn(model: Any, max_new_tokens: int | None = None) -> Callable[[R
             kwargs["processor_kwargs"] = pixel_budget(request)
         result = model.chat(media, text, prompts, max_new_tokens=cap, **kwargs)
         masks = [_to_sam_frames(result.masks[k], request) for k in sorted(result.masks)]
-        return Prediction(continuation(result.answer, request.assistant_prefix), masks)
+        return Prediction(continuation(result.text, request.assistant_prefix), masks)
 
     return answer
 
