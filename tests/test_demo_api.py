@@ -24,7 +24,7 @@ from test_predict_units import H, W, frame_array, write_video
 from pixelqa.demo import __main__ as cli
 from pixelqa.demo.app import Demo, build_app
 from pixelqa.demo.media import Limits
-from pixelqa.demo.messages import user_message
+from pixelqa.demo.messages import INTERNAL, user_message
 from pixelqa.demo.sessions import SessionStore
 from pixelqa.model.chat import Mask, Point
 from pixelqa.predict import PredictInputError, Predictor
@@ -237,6 +237,18 @@ def test_session_folder_removed_when_the_page_ends_or_goes_idle(tmp_path):
             time.sleep(0.1)
         assert not folder.exists() and len(demo.store) == 0
     assert not demo.store.root.exists()  # server shutdown removes the root
+
+
+def test_an_internal_failure_shows_a_generic_line_and_is_logged(server, monkeypatch, caplog):
+    base, _ = server
+
+    def broken(name):
+        raise RuntimeError("disk full at /srv/secret/cache/x.bin")
+
+    monkeypatch.setattr("pixelqa.demo.media.sample_media", broken)  # a server-side fault, not the user's
+    status, answer = Client(base).call("/api/sample", {"name": "shapes-video"})
+    assert status == 500 and answer["error"] == INTERNAL
+    assert "disk full at /srv/secret" in caplog.text  # the details stay in the server log
 
 
 def test_requests_naming_another_host_are_refused(server):
