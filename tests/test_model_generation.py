@@ -121,3 +121,16 @@ def test_bidirectional_propagation_runs_both_ways_from_its_start():
     )
     with pytest.raises(ValueError, match="propagation: got 'sideways'"):
         model.decode_states(clip, state, propagation="sideways")
+
+
+def test_sam_progress_is_reported_frame_by_frame():
+    model = cached_model(obj_scores=False).eval()
+    seen: list[tuple[int, int]] = []
+    res = model.chat(
+        frames(5, seed=13),
+        "Where is <|ref|>?",
+        prompts=[Point(0.3, 0.3)],
+        max_new_tokens=1,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert res.masks and seen[:5] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

@@ -202,8 +202,9 @@ def _llm_view(state, bank: ObjectMemoryBank) -> ObjectMemoryBank:
 
 def _decode(model, state, states: torch.Tensor, starts: list[int | None] | None = None) -> list[torch.Tensor]:
     """(T_sam, H, W) bool masks from <|seg|> states, one per state (`starts`: SAM frames to start from when the
-    model propagates both ways; None = its best-supported frame)."""
-    return [m > 0 for m in model.decode_states(_sam_frames(state), states, start=starts).cpu()]
+    model propagates both ways; None = its best-supported frame); the conversation's `progress` follows SAM."""
+    progress = getattr(state, "progress", None)
+    return [m > 0 for m in model.decode_states(_sam_frames(state), states, start=starts, progress=progress).cpu()]
 
 
 def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index: list[int] | None) -> None:
@@ -238,6 +239,7 @@ def chat_turn(
     assistant_prefix: str = "",
     memory: dict | None = None,
     processor_kwargs: dict | None = None,
+    progress=None,
 ):
     """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state).
 
@@ -264,6 +266,8 @@ def chat_turn(
             state = history
         if processor_kwargs is not None:
             state.processor_kwargs = processor_kwargs
+        if progress is not None:
+            state.progress = progress
         for oid, m in (memory or {}).items():
             state.bank.put(int(oid), torch.as_tensor(m).bool())
         if not isinstance(text, str) or not text.strip():

@@ -12,6 +12,7 @@ As released: the prompted frame's sparse prompt is SAM's two "not a point" paddi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -309,12 +310,14 @@ class MaskDecoder(nn.Module):
         frame_ids: list[int] | torch.Tensor,
         sparse: torch.Tensor,
         memory_dtype: torch.dtype | None = None,
+        on_frame: Callable[[int, int], None] | None = None,
     ) -> DecodedMasks:
         """Decode K objects over T frames; objects of several videos of equal length decode as one batch.
 
         frame_ids: indices into `features` in time order, a list shared by all objects or (K, T) per object.
         sparse: (K, n, 256) prompt embeddings applied on each object's first frame. `memory_dtype` rounds the
         stored memory features (SAM2VideoPredictor keeps them in bfloat16; used by equivalence tests).
+        `on_frame(done, total)` is called after each frame (a progress bar on long videos).
         """
         K = sparse.shape[0]
         index = torch.as_tensor(frame_ids, device=sparse.device)
@@ -350,6 +353,8 @@ class MaskDecoder(nn.Module):
             scores.append(out["object_score_logits"][:, 0])
             multis.append(out["raw_multi"])
             multi_ious.append(out["ious_multi"])
+            if on_frame is not None:
+                on_frame(t + 1, T)
         return DecodedMasks(
             torch.stack(lows, 1),
             torch.stack(raws, 1),

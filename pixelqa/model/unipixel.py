@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -712,13 +713,15 @@ class UniPixel(nn.Module):
         chunk: int = 16,
         propagation: str | None = None,
         start: list[int | None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits.
 
         forward (the default of `mask_decoder.propagation`, as released): decoded on frame 0 and propagated through
         SAM 2's memory. bidirectional: decoded on `start[i]` (a prompt's frame), or where None on the frame that
         supports the object best on its own (`MaskDecoder.frame_scores`), then propagated forward to the end and
-        backward to frame 0. Frames are encoded in chunks of `chunk`.
+        backward to frame 0. Frames are encoded in chunks of `chunk`. `progress(done, total)` follows the frames
+        decoded (all objects and directions counted).
         """
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
@@ -727,7 +730,10 @@ class UniPixel(nn.Module):
         propagation = propagation or self.cfg.mask_decoder.propagation
         tokens = self.l2m(states.float().to(device))  # (N, D) -> (N, hidden_tokens, 256)
         if propagation == "forward":
-            dec = self.mask_decoder(StreamedFrames(self.mask_decoder, frames, chunk), list(range(T)), tokens)
+            tick = None if progress is None else (lambda done, _total: progress(done, T))
+            dec = self.mask_decoder(
+                StreamedFrames(self.mask_decoder, frames, chunk), list(range(T)), tokens, on_frame=tick
+            )
             return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
         if propagation != "bidirectional":
             raise ValueError(f"propagation: got {propagation!r}, expected 'forward' or 'bidirectional'")
@@ -746,14 +752,20 @@ class UniPixel(nn.Module):
             )  # (N, T)
             starts = [int(scores[i].argmax()) if s is None else s for i, s in enumerate(starts)]
         out = torch.zeros(tokens.shape[0], T, H, W)
+        total, done = sum(T + 1 for _ in starts), [0]
+
+        def tick(_step: int, _steps: int) -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
         for i, s in enumerate(starts):
             if not 0 <= s < T:
                 raise ValueError(f"start[{i}]: got {s}, expected a frame in [0, {T - 1}]")
             order_fwd, order_bwd = list(range(s, T)), list(range(s, -1, -1))
             for order in (order_bwd, order_fwd):  # the forward pass writes frame s last
-                dec = self.mask_decoder(
-                    StreamedFrames(self.mask_decoder, frames[order], chunk), list(range(len(order))), tokens[i : i + 1]
-                )
+                streamed = StreamedFrames(self.mask_decoder, frames[order], chunk)
+                dec = self.mask_decoder(streamed, list(range(len(order))), tokens[i : i + 1], on_frame=tick)
                 out[i, order] = self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))[0]
         return out
 
@@ -783,6 +795,7 @@ class UniPixel(nn.Module):
         assistant_prefix: str = "",
         memory: dict[int, torch.Tensor] | None = None,
         processor_kwargs: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ChatResult:
         """One user turn of a multi-round chat; see `pixelqa.model.chat` for the protocol.
 
@@ -790,7 +803,7 @@ class UniPixel(nn.Module):
         default the same; llm_index[i]: the index of LLM frame i in sam_media. Prompt frames index LLM frames;
         masks cover the SAM frames. assistant_prefix forces the answer's start; memory (object id -> (T_sam, H, W)
         masks) enters the bank before the turn without pre-filling; processor_kwargs (a pixel budget) go to every
-        processor call of the conversation.
+        processor call of the conversation; progress(done, total) follows SAM's frames (long videos).
         """
         from pixelqa.model.chat import chat_turn
 
@@ -808,6 +821,7 @@ class UniPixel(nn.Module):
             assistant_prefix,
             memory,
             processor_kwargs,
+            progress,
         )
 
     # ---- save / load ----------------------------------------------------------------------------------------
@@ -917,6 +931,7 @@ class ChatState:
     llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
     visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
     processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # SAM progress (done, total)
 
 
 @dataclass
