@@ -218,6 +218,11 @@ def test_video_prompt_on_a_later_frame_reaches_the_model_on_that_frame(server, t
     assert status == 200 and video[4:8] == b"ftyp"
     status, overlay = client.call(f"/api/overlay/1/{len(ids) - 1}", raw=True)
     assert status == 200 and Image.open(io.BytesIO(overlay)).size[0] >= W
+    # a second round with a new box: SAM propagates the new object and reports its frames on the progress line
+    state = client.ask("And this one?", [{"kind": "box", "frame": 5, "x1": 2, "y1": 30, "x2": 60, "y2": 46}])
+    assert not state["progress"]["error"] and [m["id"] for m in state["memory"]] == [0, 1]
+    progress = state["progress"]
+    assert progress["total"] >= len(ids) and progress["done"] == progress["total"], progress
 
 
 def test_session_folder_removed_when_the_page_ends_or_goes_idle(tmp_path):

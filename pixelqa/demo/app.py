@@ -89,6 +89,8 @@ def state(demo: Demo, s: Session) -> dict[str, Any]:
             "phase": p.phase,
             "elapsed": round(time.monotonic() - p.started, 1) if p.running else 0.0,
             "error": p.error,
+            "done": p.done,
+            "total": p.total,
         },
         "samples": list(demo_media.SAMPLES),
         "limits": {"max_mib": demo.limits.max_bytes // 2**20, "max_video_frames": demo.limits.max_video_frames},

@@ -22,6 +22,8 @@ class Progress:
     started: float = 0.0
     running: bool = False
     error: str = ""
+    done: int = 0  # SAM frames decoded so far in this turn, of `total` (0: not reported)
+    total: int = 0
 
 
 @dataclass

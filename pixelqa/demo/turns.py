@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import inspect
 import os
 import tempfile
 import threading
@@ -110,6 +111,23 @@ def _zip_pngs(src: Path, dest: Path) -> None:
         raise
 
 
+def sam_progress(session: Session, predictor: Predictor, history: Prediction | None) -> dict[str, Any]:
+    """Keyword arguments of `Predictor.run` that make SAM report its frames on the session's progress line.
+
+    The model takes a `progress(done, total)` callback and keeps it in the conversation's state; a Predictor whose
+    `run` has no `progress` argument yet reaches it through that state from the second turn on.
+    """
+
+    def on_frame(done: int, total: int) -> None:
+        session.progress.done, session.progress.total = int(done), int(total)
+
+    if "progress" in inspect.signature(predictor.run).parameters:
+        return {"progress": on_frame}
+    if history is not None and hasattr(history.state, "progress"):
+        history.state.progress = on_frame
+    return {}
+
+
 def run_turn(
     session: Session, predictor: Predictor, text: str, items: Any, model_lock: threading.Lock
 ) -> dict[str, Any]:
@@ -128,7 +146,9 @@ def run_turn(
     progress.phase = "waiting for the model (another session is using it)"
     with model_lock:
         progress.phase = f"running the model: answering and propagating masks through {n} frame(s)"
-        pred: Prediction = predictor.run(media if history is None else None, text, prompts, history)
+        pred: Prediction = predictor.run(
+            media if history is None else None, text, prompts, history, **sam_progress(session, predictor, history)
+        )
     if not session.folder.is_dir():  # the page ended while the model ran: write nothing (it would recreate it)
         return {}
     progress.phase = "writing masks and overlays"
@@ -149,6 +169,7 @@ def run_in_background(
     """Start `run_turn` in a thread; its progress and error (through `on_error(exc) -> str`) land on the session."""
     progress = session.progress
     progress.running, progress.error, progress.started = True, "", time.monotonic()
+    progress.done = progress.total = 0
 
     def work() -> None:
         try:

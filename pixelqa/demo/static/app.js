@@ -201,7 +201,10 @@ function render(newState) {
   if (dl) $("dl-overlay").textContent = dl.overlay_kind === "mp4" ? "overlay video (MP4)" : "overlay (PNG)";
   const p = state.progress;
   $("progress").hidden = !p.running;
-  $("progress-text").textContent = p.running ? `${p.phase} (${p.elapsed} s)` : "";
+  const frames = p.total > 0 ? `, SAM frame ${p.done} / ${p.total}` : "";
+  $("progress-text").textContent = p.running ? `${p.phase}${frames} (${p.elapsed} s)` : "";
+  const bar = document.querySelector("#progress progress");
+  if (p.total > 0) { bar.max = p.total; bar.value = p.done; } else { bar.removeAttribute("value"); }
   $("ask").disabled = p.running;
   listPrompts(); showFrame();
 }
