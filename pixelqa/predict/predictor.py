@@ -45,6 +45,21 @@ class Prediction:
     model_info: dict = field(default_factory=dict, repr=False)  # where the model came from, its config (run.json)
 
 
+def _sam_progress_bar():
+    """(callback, bar): a tqdm bar over the frames SAM segments, fed by the model's progress(done, total)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc="segmenting frames", unit="frame", leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = done
+        bar.refresh()
+
+    return update, bar
+
+
 def _with_id(p, object_id: int):
     """A copy of a Point / Box / Mask with its object id set."""
     if not isinstance(p, (Point, Box, Mask)):
@@ -145,13 +160,14 @@ class Predictor:
         assistant_prefix: str = "",
         memory: dict[int, torch.Tensor] | None = None,
         processor_kwargs: dict | None = None,
+        progress=None,
     ) -> Prediction:
         """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank.
 
         assistant_prefix forces the answer's start (it begins the returned answer); memory (object id -> (T, H, W)
         bool masks on every media frame) enters the bank before the turn without pre-filling, so the text may name
         those ids (ground-truth memory); processor_kwargs (`PixelBudget.call_kwargs(kind)`) go to every processor
-        call of the conversation.
+        call of the conversation; progress(done, total) follows SAM's frames (a progress bar on long videos).
         """
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -213,8 +229,17 @@ class Predictor:
             kwargs["memory"] = {k: m[sam_pos] for k, m in given.items()}
         if processor_kwargs is not None:
             kwargs["processor_kwargs"] = processor_kwargs
+        bar = None
+        if progress is None and self.progress:
+            progress, bar = _sam_progress_bar()
+        if progress is not None:
+            kwargs["progress"] = progress
         t0 = time.perf_counter()
-        result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
+        try:
+            result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
+        finally:
+            if bar is not None:
+                bar.close()
         timings["model_s"] = time.perf_counter() - t0
         total = len(media.frame_ids)
         masks = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.masks.items())}
