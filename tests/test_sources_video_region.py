@@ -83,6 +83,9 @@ def test_bench_q_single_and_multi_frame(tmp_path):
     assert s.meta["key_frame"] == kf and s.meta["question_type"] == "Relationship Question"
     assert sorted(s.objects[0].masks) == [kf] and sorted(m.objects[0].masks) == [frame_pos(m, f) for f in (0, 4, 8)]
     assert single[1].answer == "B" and single[1].choices == ["Circle", "Rectangle"]
+    # single-frame mode keeps one mask, but the benchmark's annotated frames (the LLM samples among them) all count
+    union = sorted({f for t in m.objects.values() for f in t.masks})
+    assert s.meta["annotated_frames"] == m.meta["annotated_frames"] == union and len(union) > 1
 
 
 def test_bench_d(tmp_path):

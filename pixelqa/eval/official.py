@@ -110,7 +110,10 @@ def first_mask(pred: Prediction, shape: tuple[int, ...]) -> tuple[np.ndarray, bo
 
 
 def annotated_positions(sample: Sample) -> list[int]:
-    """Frame positions where any object has a mask (VideoRefer's annotated frames), or all frames when none."""
+    """Frame positions of VideoRefer's annotated frames: as the converter records them (single-frame samples keep
+    one mask but the benchmark's annotated frames all count), else where any object has a mask, else all frames."""
+    if sample.meta.get("annotated_frames"):
+        return sorted(int(f) for f in sample.meta["annotated_frames"])
     found = sorted({f for t in sample.objects.values() for f in t.masks})
     return found or list(range(sample.media.num_frames))
 

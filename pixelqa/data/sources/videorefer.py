@@ -217,6 +217,12 @@ def build_objects(
     return out
 
 
+def annotated_positions(regions: list[Region], key: int, ids: list[int]) -> list[int]:
+    """Positions among the sample's frames of the benchmark's annotated frames (any object's, the key frame too):
+    the frames the official evaluation samples the LLM's frames from, in single-frame mode as well."""
+    return sorted({ids.index(f) for r in regions for f in r.masks if f in ids} | {ids.index(key)})
+
+
 def key_frame(track: ObjectTrack) -> int | None:
     """The first frame position where the object is visible."""
     for t in sorted(track.masks):
@@ -542,6 +548,7 @@ class VideoReferBenchQ(VideoReferBench):
             meta={
                 "question_type": e.get("type"),
                 "key_frame": ids.index(kf),
+                "annotated_frames": annotated_positions(regions, kf, ids),
                 "video": str(e["video"]),
                 "answer_text": str(e.get("Answer")),
                 "index": int(item),
@@ -588,5 +595,10 @@ class VideoReferBenchD(VideoReferBench):
             objects=objects,
             turns=[Turn("user", ask, memory_objects=sorted(objects)), Turn("assistant", caption)],
             answer=caption,
-            meta={"key_frame": ids.index(kf), "video": str(e["video"]), "index": int(item)},
+            meta={
+                "key_frame": ids.index(kf),
+                "annotated_frames": annotated_positions(regions, kf, ids),
+                "video": str(e["video"]),
+                "index": int(item),
+            },
         )
