@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from pixelqa.config import load_recipe, to_object
 from pixelqa.train.datamodule import SourceIndex, build_synthetic, make_collator, prepare_sample
 from pixelqa.train.module import Stage3Module
-from pixelqa.train.normalise import StepBatch, StepGrouper, batch_counts, loss_scale
+from pixelqa.train.normalise import StepBatch, StepGrouper, batch_counts, loss_scale, term_means
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,16 @@ class _FakeBatch:
         self.labels = torch.full((1, n + 1), -100)
         self.labels[0, 1:] = 1
         self.seg_masks, self.meta = [], []
+
+
+def test_logged_step_loss_is_the_whole_steps_not_the_last_micro_batchs(setup):
+    module, collate, samples = setup
+    _run(module, [collate([s]) for s in samples])  # 4 micro-batches of one step
+    means = term_means(module._step_sums, module._step_local)
+    w = module.model_cfg.loss
+    logged = sum(float(getattr(w, t)) * v for t, v in means.items())
+    with torch.no_grad():
+        whole = float(module.model(collate(samples)).loss)
+        last = float(module.model(collate(samples[-1:])).loss)
+    assert abs(logged - whole) < 1e-4 * whole
+    assert abs(last - whole) > 1e-2 * whole  # what was logged before: the last micro-batch
