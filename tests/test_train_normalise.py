@@ -114,3 +114,51 @@ def test_logged_step_loss_is_the_whole_steps_not_the_last_micro_batchs(setup):
         last = float(module.model(collate(samples[-1:])).loss)
     assert abs(logged - whole) < 1e-4 * whole
     assert abs(last - whole) > 1e-2 * whole  # what was logged before: the last micro-batch
+
+
+def _rank_worker(rank: int, folder: str, model_cfg: dict, optim_cfg: dict) -> None:
+    """One of 2 gloo ranks: its 2 samples, the module's one all-reduce of counts, DDP's gradient average."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29547")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    module = Stage3Module(model_cfg, optim_cfg, 10)
+    module.model.load_state_dict(torch.load(f"{folder}/weights.pt"))
+    module.model.eval()
+    batch = torch.load(f"{folder}/rank{rank}.pt", weights_only=False)
+    grads = {}
+    for name, loss_of in (
+        ("global", lambda: module._global_step_part(StepBatch(batch, 0, 1, batch_counts(batch)))),
+        ("per_rank_mean", lambda: module.model(batch).loss),
+    ):
+        module.model.zero_grad(set_to_none=True)
+        loss_of().backward()
+        for p in module.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= 2  # what DDP does: the mean over ranks
+        grads[name] = _grads(module)
+    if rank == 0:
+        torch.save(grads, f"{folder}/grads.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_gradient(setup, tmp_path):
+    import torch.multiprocessing as mp
+
+    module, collate, samples = setup
+    one = _run(module, [collate(samples)])  # the 4 samples in one process
+    torch.save(module.model.state_dict(), tmp_path / "weights.pt")
+    torch.save(collate(samples[:3]), tmp_path / "rank0.pt")  # 2 with masks and 1 without: uneven counts per rank
+    torch.save(collate(samples[3:]), tmp_path / "rank1.pt")
+    optim = dict(module.hparams["optim"])
+    mp.start_processes(
+        _rank_worker, args=(str(tmp_path), dict(module.hparams["model"]), optim), nprocs=2, start_method="spawn"
+    )
+    grads = torch.load(tmp_path / "grads.pt")
+    assert max(float((one[k] - grads["global"][k]).abs().max()) for k in one) < 1e-5
+    assert max(float((one[k] - grads["per_rank_mean"][k]).abs().max()) for k in one) > 1e-3

@@ -227,7 +227,7 @@ class UniPixelModule(L.LightningModule):
             self.count_mismatches += 1  # still trains, on the pre-counted totals; said once
             if self.count_mismatches == 1:
                 log.warning("loss counts %s of the model differ from the batch's %s", got.tolist(), own.tolist())
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = self.trainer.world_size if self._trainer is not None else _dist_world()
         strategy = type(self.trainer.strategy).__name__.lower() if self._trainer is not None else "ddp"
         totals = self._step_totals[: len(COUNT_KEYS)].to(out.loss.dtype)
         objective = global_objective(out.sums, totals, self.model_cfg.loss)
@@ -328,6 +328,12 @@ class Stage3Module(UniPixelModule):
 
     stage = 3
     trainable = ("backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder")
+
+
+def _dist_world() -> int:
+    """Processes of the initialised torch.distributed group (1 without one): the world outside a Trainer."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 STAGE_MODULES: dict[int, type[UniPixelModule]] = {1: Stage1Module, 2: Stage2Module, 3: Stage3Module}
