@@ -98,11 +98,12 @@ def test_quickstart_runs(tmp_path):
         pytest.fail("notebooks/quickstart.ipynb is missing")
     text = execute("quickstart.ipynb", tmp_path, {"PIXELQA_QUICKSTART_DIR": str(tmp_path)})
     lines = {line.split(":")[0]: line for line in text.splitlines() if ":" in line}
-    assert lines["memory bank objects"].endswith("[1]")  # round 1 pre-filled the bank from the point prompt
-    # Round 2 injects one MEM token per frame where [2] is visible: every frame of the synthetic track.
+    assert lines["memory bank objects"].endswith("[0]")  # round 1 pre-filled the bank from the point prompt (id 0)
+    # Round 2 injects one MEM token per frame pair where [2] is visible: every frame of the synthetic track.
     frames = int(re.search(r"rvos video \((\d+), 112, 112, 3\)", text).group(1))
+    pairs = (frames + 1) // 2
     assert lines[f"{MEM} tokens in round 2"] == (
-        f"{MEM} tokens in round 2: {frames} | visible frames of [2]: {list(range(frames))}"
+        f"{MEM} tokens in round 2: {pairs} | visible frames of [2]: {list(range(frames))}"
     )
-    assert f"[2]: <1> {MEM}" in text
+    assert f"[2]: <1>-<2> {MEM}" in text
     assert (tmp_path / "sample.gif").stat().st_size > 0 and (tmp_path / "chat.gif").stat().st_size > 0
