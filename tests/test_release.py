@@ -291,3 +291,21 @@ def test_stages_1_and_2_refuse_a_release_and_fit_names_a_foreign_folder(tmp_path
     with pytest.raises(SystemExit):
         fit.main(["recipe=stage3", "model=unipixel-3b", f"model.path={folder}", f"output_dir={tmp_path}"])
     assert "model_type='llava'" in capsys.readouterr().err
+
+
+def test_a_sharded_release_loads_and_keeps_parity(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tmp_path)
+    (folder / "model.safetensors").unlink()
+    tensors = load_file(CHECKPOINT / "model.safetensors")
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    index = {"metadata": {}, "weight_map": {}}
+    for shard, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, folder / shard)
+        index["weight_map"].update({k: shard for k in keys})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    model = _build(folder).eval()
+    reports = parity.run_parity(model, CASES, ["prompts"])
+    assert not reports[0].failures, reports[0].line()
