@@ -35,7 +35,7 @@ def test_unknown_presets_exit_2(capsys) -> None:
 def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
     # capfd, not capsys: the DDP ranks are spawned processes that print to the inherited file descriptor
     argv = ["--device", "cpu", "--presets", "tiny", "--steps", "1", "--repeats", "1", "--batch", "1"]
-    argv += ["--propagation-frames", "4", "--new-tokens", "4", "--ddp", "2"]
+    argv += ["--propagation-frames", "4", "--new-tokens", "4", "--ddp", "2", "--strategies", "none"]
     code, out, _ = _run(capfd, argv)
     assert code is None
     figures = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
@@ -58,3 +58,42 @@ def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
     assert ratio == pytest.approx(ours / plain, rel=0.01)  # the ratio is of the printed step times
     assert "pixelqa.model.generation" in figures["tiny_generate_path"]  # UniPixel's own cached path
     assert "gpu" not in figures  # no CUDA line on CPU
+
+
+@pytest.mark.parametrize("strategy", gpu.STRATEGIES)
+def test_strategy_steps_are_valid_fit_commands(strategy, tmp_path, capsys) -> None:
+    # Lightning runs DeepSpeed and FSDP on CUDA only: on CPU the command itself is checked, as fit resolves it
+    from pixelqa import fit
+    from pixelqa.benchmarks.model import write_config_dir
+
+    path = str(write_config_dir("unipixel-3b", tmp_path / "config"))
+    cmd = gpu.strategy_command(strategy, "unipixel-3b", path, str(tmp_path / "run"))
+    assert cmd[1:4] == ["-m", "pixelqa.fit", "recipe=stage3"] and f"trainer={strategy}" in cmd
+    assert fit.run([*cmd[3:], "--print-config"]) == {}  # resolved and printed, nothing run
+    printed = capsys.readouterr().out
+    assert "max_steps: 1" in printed and ("deepspeed" in printed if strategy == "deepspeed" else "fsdp" in printed)
+
+
+def test_unknown_strategies_exit_2(capsys) -> None:
+    code, _, err = _run(
+        capsys,
+        [
+            "--device",
+            "cpu",
+            "--presets",
+            "tiny",
+            "--strategies",
+            "zero9",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--batch",
+            "1",
+            "--propagation-frames",
+            "2",
+            "--new-tokens",
+            "1",
+        ],
+    )
+    assert code == 2 and "--strategies" in err

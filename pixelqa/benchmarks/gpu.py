@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -233,8 +234,62 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--propagation-frames", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--ddp", type=int, default=None, help="DDP processes (default: the visible GPUs if > 1, else none)")
+    ap.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="GPU strategies to run one real stage-3 step with (pixelqa.fit), comma-separated; 'none' for none",
+    )
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)  # cpu: tests
     return ap.parse_args(argv)
+
+
+STRATEGIES = ("deepspeed", "fsdp")
+
+
+def strategy_command(strategy: str, preset: str, path: str | None, out: str, devices: str = "-1") -> list[str]:
+    """`pixelqa.fit` arguments for one stage-3 step of `preset` under a GPU strategy (synthetic data, no tracking)."""
+    args = [sys.executable, "-m", "pixelqa.fit", "recipe=stage3", f"model={preset}", f"trainer={strategy}"]
+    if path is not None:
+        args.append(f"model.path={path}")
+    args += [
+        "trainer.max_steps=1",
+        f"trainer.devices={devices}",
+        "trainer.val_check_interval=null",
+        "tracking=none",
+        f"output_dir={out}",
+        "data.batch_size=1",
+    ]
+    return args
+
+
+def measure_strategies(preset: str, strategies: list[str], clock: Clock, device: str) -> None:
+    """One real training step of `preset` under each strategy (a `pixelqa.fit` subprocess), its time or its error."""
+    import subprocess
+    import tempfile
+
+    from pixelqa.benchmarks.model import write_config_dir
+
+    tag = preset.removeprefix("unipixel-")
+    for strategy in strategies:
+        left = clock.budget_s - clock.elapsed()
+        if left < 60:
+            figure(f"{tag}_{strategy}_step", "skipped: over the time budget")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = None if preset == "tiny" else str(write_config_dir(preset, Path(tmp) / "config"))
+            cmd = strategy_command(strategy, preset, path, str(Path(tmp) / "run"), "-1" if device == "cuda" else "1")
+            t0 = time.perf_counter()
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left, 300))
+            except subprocess.TimeoutExpired:
+                figure(f"{tag}_{strategy}_step", f"failed: no step within {min(left, 300):.0f} s")
+                continue
+            seconds = time.perf_counter() - t0
+            if done.returncode == 0:
+                figure(f"{tag}_{strategy}_step", f"ok, one step in a {seconds:.0f} s run (build and data included)")
+            else:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                figure(f"{tag}_{strategy}_step", f"failed (exit {done.returncode}): {last}")
 
 
 def _fail(message: str) -> None:
@@ -251,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [p for p in presets if p not in ("tiny", "unipixel-3b", "unipixel-7b")]
     if unknown or not presets:
         _fail(f"--presets: got {args.presets!r}, expected a comma-separated list of unipixel-3b, unipixel-7b, tiny")
+    strategies = [x for x in args.strategies.split(",") if x and x != "none"]
+    bad = [x for x in strategies if x not in STRATEGIES]
+    if bad:
+        _fail(f"--strategies: got {bad}, expected names from {STRATEGIES} or 'none'")
     clock = Clock(args.budget_s)
     total = float("inf")  # GiB of GPU memory
     if args.device == "cuda":
@@ -281,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
             measure_ddp(ddp_preset, args.device, world, args.batch, args.frames, size)
         else:
             figure("ddp", "skipped: over the time budget")
+    if strategies:
+        measure_strategies("unipixel-3b" if "unipixel-3b" in presets else presets[0], strategies, clock, args.device)
     figure("total_s", f"{clock.elapsed():.0f}")
 
 
