@@ -148,15 +148,25 @@ def qwen_key(name: str) -> str | None:
     return None
 
 
+def _translate(name: str, prefixes: list[tuple[str, str]], to_release: bool) -> str | None:
+    """`name` with its module prefix swapped by `prefixes` (source -> target), SAM's fuser scale renamed."""
+    for source, target in prefixes:
+        if name.startswith(source):
+            rest = name[len(source) :]
+            if "sam2." in (source, target):
+                rest = _fuser_name(rest, to_release)
+            return target + rest
+    return None
+
+
 def release_key(ours: str) -> str | None:
     """The released name of one of our UniPixel module tensors (None if it has no released counterpart)."""
-    for theirs, mine in MODULE_PREFIXES.items():
-        if ours.startswith(mine):
-            rest = ours[len(mine) :]
-            if theirs == "sam2.":
-                rest = _fuser_name(rest, to_release=True)
-            return theirs + rest
-    return None
+    return _translate(ours, [(mine, theirs) for theirs, mine in MODULE_PREFIXES.items()], to_release=True)
+
+
+def our_key(theirs: str) -> str | None:
+    """Our UniPixel name of a released module tensor (None for Qwen tensors)."""
+    return _translate(theirs, list(MODULE_PREFIXES.items()), to_release=False)
 
 
 def _fuser_name(name: str, to_release: bool) -> str:
@@ -167,17 +177,6 @@ def _fuser_name(name: str, to_release: bool) -> str:
         if not to_release and name.endswith(".weight") and name.count(".") == 4:
             return name[: -len("weight")] + "gamma"
     return name
-
-
-def our_key(theirs: str) -> str | None:
-    """Our UniPixel name of a released module tensor (None for Qwen tensors)."""
-    for prefix, mine in MODULE_PREFIXES.items():
-        if theirs.startswith(prefix):
-            rest = theirs[len(prefix) :]
-            if prefix == "sam2.":
-                rest = _fuser_name(rest, to_release=False)
-            return mine + rest
-    return None
 
 
 def read_tensors(folder: ModelFolder, names: list[str]) -> dict[str, torch.Tensor]:
