@@ -119,3 +119,19 @@ def test_image_encoder_trains_only_when_asked(train_encoder):
     assert decoder.sam.sam_mask_decoder.conv_s0.weight.grad is not None  # high-res projection always trains
     ids = {id(p) for p in decoder.trainable_parameters()}
     assert (id(decoder.sam.image_encoder.trunk.patch_embed.proj.weight) in ids) == train_encoder
+
+
+def test_single_mask_switch_gives_one_candidate_per_frame():
+    torch.manual_seed(0)
+    frames = torch.randint(0, 255, (2, 3, S, S), dtype=torch.uint8)
+    sparse = torch.randn(1, 2, 256)
+    with torch.no_grad():
+        many = MaskDecoder("micro", S, "propagate", None, pred_obj_scores=False).eval()
+        dec = many(many.encode_frames(frames), [0, 1], sparse)
+        assert dec.raw_multi.shape[2] == 3 and dec.ious_multi.shape[-1] == 3  # released: 3 candidates
+        one = MaskDecoder("micro", S, "propagate", None, pred_obj_scores=False, multimask=False).eval()
+        one.load_state_dict(many.state_dict())
+        single = one(one.encode_frames(frames), [0, 1], sparse)
+    assert single.raw_multi.shape[2] == 1 and single.ious_multi.shape[-1] == 1
+    # the single-mask output is SAM's own first mask token, not one of the 3 multimask candidates
+    assert not torch.allclose(single.low_res[:, 0], dec.low_res[:, 0])

@@ -148,6 +148,7 @@ class MaskDecoder(nn.Module):
         train_image_encoder: bool = False,
         prompt_padding: str = "released",
         antialias: bool = True,
+        multimask: bool = True,
     ):
         super().__init__()
         self.train_image_encoder = train_image_encoder
@@ -156,7 +157,7 @@ class MaskDecoder(nn.Module):
         if prompt_padding not in ("released", "none"):
             raise ValueError(f"mask_decoder.prompt_padding: got {prompt_padding!r}, expected 'released' or 'none'")
         self.mode, self.image_size = mode, image_size
-        self.prompt_padding, self.antialias = prompt_padding, antialias
+        self.prompt_padding, self.antialias, self.multimask = prompt_padding, antialias, multimask
         self.sam = build_sam(arch, image_size, checkpoint, pred_obj_scores)
         if not train_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
@@ -292,7 +293,7 @@ class MaskDecoder(nn.Module):
             output_dict=output_dict,
             num_frames=num_frames,
         )  # (K, C, h, w)
-        multimask = sam._use_multimask(True, None)
+        multimask = sam._use_multimask(True, None) and self.multimask
         if self.prompt_padding == "released":
             sparse = torch.cat([self._padding_tokens(K, pix_feat.device).to(sparse.dtype), sparse], dim=1)
         low, high, ious, obj_ptr, obj_logits, raw, raw_multi, all_ious = self._heads(
@@ -386,7 +387,7 @@ class MaskDecoder(nn.Module):
             output_dict=output_dict,
             num_frames=num_frames,
         )
-        multimask = sam._use_multimask(False, None)
+        multimask = sam._use_multimask(False, None) and self.multimask
         sparse = self._padding_tokens(K, pix_feat.device)  # no prompt on tracked frames, as in track_step
         low, high, ious, obj_ptr, obj_logits, raw, raw_multi, all_ious = self._heads(
             pix_feat, sparse, high_res, multimask

@@ -246,6 +246,7 @@ def apply_release_config(cfg, folder: ModelFolder) -> None:
     cfg.prompt_encoder.kind = "released"
     cfg.mask_decoder.prompt_padding = "released"
     cfg.mask_decoder.antialias = True
+    cfg.mask_decoder.multimask = True
     if cfg.memory.pooling == "area":
         cfg.memory.pooling = "window"
 

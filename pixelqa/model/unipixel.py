@@ -178,6 +178,7 @@ class UniPixel(nn.Module):
                 md.train_image_encoder,
                 md.prompt_padding,
                 md.antialias,
+                md.multimask,
             )
             pe = cfg.prompt_encoder
             sam_prompts = self.mask_decoder.sam.sam_prompt_encoder
