@@ -48,8 +48,8 @@ class MaskDecoderConfig:
     # inference: forward = prompt the first frame, propagate forward (as released); bidirectional = prompt the
     # best-supported frame (or the user's prompt frame) and propagate both ways (the paper's stated future work)
     propagation: str = "forward"  # forward | bidirectional
-    # SAM's 3 candidate masks per frame, the IoU head picking one (as released); False: one mask per frame, for
-    # models too small or too briefly trained for the IoU head to rank candidates (the CPU demo)
+    # SAM's 3 candidate masks per frame, the IoU head picking one (as released); False: one mask per frame (an
+    # ablation; on the CPU demo it scored lower: docs/departures.md)
     multimask: bool = True
 
 
