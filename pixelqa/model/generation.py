@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pixelqa.batch import Batch
+from pixelqa.model.unipixel import PreNormCatcher
 from pixelqa.prompt_format import MEM, REF, SEG
 
 
@@ -41,22 +42,6 @@ def append_tokens(batch: Batch, tokens: list[int]) -> Batch:
     out.labels = torch.cat([batch.labels, torch.full_like(extra, -100)], 1)
     out.mm_token_type_ids = torch.cat([batch.mm_token_type_ids, torch.zeros_like(extra)], 1)
     return out
-
-
-class _PreNorm:
-    """Catches the input of the LLM's final norm (the pre-norm residual stream) during a forward."""
-
-    def __init__(self, model):
-        self.norm = model.qwen.model.language_model.norm
-        self.value: torch.Tensor | None = None
-
-    def __enter__(self):
-        self.handle = self.norm.register_forward_pre_hook(lambda _m, args: setattr(self, "value", args[0]))
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-        return False
 
 
 def _seg_state(model, pre: torch.Tensor, post: torch.Tensor, where: int) -> torch.Tensor:
@@ -112,7 +97,7 @@ def greedy_generate(
             ids = torch.tensor([[nxt]], device=batch.input_ids.device)
             pos = (torch.tensor(length, device=ids.device) + deltas.to(ids.device)).view(1, 1, 1).expand(3, 1, 1)
             length += 1
-            with _PreNorm(model) as caught:
+            with PreNormCatcher(model.qwen) as caught:
                 out = qwen_model(
                     inputs_embeds=model.token_embeddings(ids).to(model.llm_dtype),
                     attention_mask=torch.ones(1, length, dtype=torch.long, device=ids.device),
@@ -124,8 +109,7 @@ def greedy_generate(
             pre, post = caught.value, out.last_hidden_state
         else:
             current = append_tokens(current, [nxt])
-            _, pre_all, post_all = _full_states(model, current)
-            pre, post = pre_all, post_all
+            pre, post = _full_states(model, current)
         if nxt == seg_id and not released:
             states.append(post[0, -1])  # token mode: the state of the <|seg|> itself, now that it was fed
     return Generation(
@@ -138,8 +122,8 @@ def greedy_generate(
     )
 
 
-def _full_states(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Uncached: the full forward's logits, pre-norm and post-norm states of a batch."""
+def _full_states(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uncached: the full forward's pre-norm and post-norm states of a batch."""
     emb, enc, _ = model.embed(batch)
     post, pre = model._run_llm(batch, emb, enc)
-    return model.logits(post), pre, post
+    return pre, post

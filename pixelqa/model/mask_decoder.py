@@ -203,17 +203,6 @@ class MaskDecoder(nn.Module):
         _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
         return FrameFeatures(feats, pos, sizes)
 
-    def encode_frames_chunked(self, frames: torch.Tensor, chunk: int = 16) -> FrameFeatures:
-        """`encode_frames` over chunks of frames (long videos: the image encoder's activations stay bounded)."""
-        parts = [self.encode_frames(frames[i : i + chunk]) for i in range(0, frames.shape[0], chunk)]
-        if len(parts) == 1:
-            return parts[0]
-        return FrameFeatures(
-            [torch.cat([p.vision_feats[i] for p in parts], dim=1) for i in range(len(parts[0].vision_feats))],
-            [torch.cat([p.vision_pos[i] for p in parts], dim=1) for i in range(len(parts[0].vision_pos))],
-            parts[0].feat_sizes,
-        )
-
     def point_embeddings(self, points: torch.Tensor) -> torch.Tensor:
         """SAM's own prompt encoder on positive points (K, P, 2) in SAM input pixels -> (K, P+1, 256)."""
         labels = torch.ones(points.shape[:2], dtype=torch.int32, device=points.device)

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -88,16 +89,26 @@ CHOICES = {
 
 def check_choices(cfg: UniPixelConfig) -> None:
     """Raise on a closed-choice config value outside its choices."""
-    values = {
-        "seg_head": cfg.seg_head,
-        "prompt_encoder.kind": cfg.prompt_encoder.kind,
-        "memory.pooling": cfg.memory.pooling,
-        "loss.mask": cfg.loss.mask,
-        "mask_decoder.propagation": cfg.mask_decoder.propagation,
-    }
-    for key, value in values.items():
-        if value not in CHOICES[key]:
+    for key, choices in CHOICES.items():
+        value = attrgetter(key)(cfg)
+        if value not in choices:
             raise ValueError(f"model.{key}: got {value!r}, expected one of {CHOICES[key]}")
+
+
+class PreNormCatcher:
+    """Catches the input of the LLM's final norm (the last layer's pre-norm residual stream) during a forward."""
+
+    def __init__(self, qwen: nn.Module):
+        self.norm = qwen.model.language_model.norm
+        self.value: torch.Tensor | None = None
+
+    def __enter__(self) -> PreNormCatcher:
+        self.handle = self.norm.register_forward_pre_hook(lambda _m, args: setattr(self, "value", args[0]))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.remove()
+        return False
 
 
 def cell_mask(mask: torch.Tensor, grid_hw: tuple[int, int], patch: int = 14) -> torch.Tensor:
@@ -506,10 +517,7 @@ class UniPixel(nn.Module):
         released `seg_head` reads), the latter caught by a pre-hook on the norm. A `cache` list receives the KV
         cache (generation's prefill).
         """
-        caught: list[torch.Tensor] = []
-        norm = self.qwen.model.language_model.norm
-        handle = norm.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
-        try:
+        with PreNormCatcher(self.qwen) as caught:
             out = self.qwen.model(
                 input_ids=batch.input_ids,
                 inputs_embeds=emb.to(self.llm_dtype),
@@ -521,11 +529,9 @@ class UniPixel(nn.Module):
                 mm_encoder_outputs=enc_outputs or None,
                 use_cache=cache is not None,
             )
-        finally:
-            handle.remove()
         if cache is not None:
             cache.append(out.cache)
-        return out.last_hidden_state, caught[-1]
+        return out.last_hidden_state, caught.value
 
     def _seg_states(self, hidden: torch.Tensor, pre_norm: torch.Tensor) -> torch.Tensor:
         """(B, L, D) states whose row at a <|seg|> position feeds its mask.
