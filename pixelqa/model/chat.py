@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.model.generation import append_tokens, greedy_generate
 from pixelqa.model.memory import ObjectMemoryBank, inject, tag_refs
 from pixelqa.prompt_format import (
     MEM,
@@ -132,16 +133,6 @@ def build_batch(
     return batch.to(model.new_token_embed.device)
 
 
-def _append(batch: Batch, token: int) -> Batch:
-    """The batch with one more text token at the end."""
-    one = torch.tensor([[token]], device=batch.input_ids.device)
-    batch.input_ids = torch.cat([batch.input_ids, one], 1)
-    batch.attention_mask = torch.cat([batch.attention_mask, torch.ones_like(one)], 1)
-    batch.labels = torch.cat([batch.labels, torch.full_like(one, -100)], 1)
-    batch.mm_token_type_ids = torch.cat([batch.mm_token_type_ids, torch.zeros_like(one)], 1)
-    return batch
-
-
 @torch.no_grad()
 def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
     """Greedy decoding without a KV cache (the <|ref|>/<|mem|> embeddings are rebuilt each step); neither is emitted."""
@@ -157,7 +148,7 @@ def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
         if nxt == eos:
             break
         new.append(nxt)
-        batch = _append(batch, nxt)
+        batch = append_tokens(batch, [nxt])
     return tok.decode(new, skip_special_tokens=False), batch
 
 
@@ -247,7 +238,6 @@ def chat_turn(
     ground-truth memory of VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the
     returned answer); `processor_kwargs` go to every processor call of the conversation (a pixel budget).
     """
-    from pixelqa.model.generation import greedy_generate
     from pixelqa.model.unipixel import ChatResult, ChatState
 
     was = model.training
