@@ -165,8 +165,11 @@ def _torch_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def build_processor(preset: str = "tiny", path: str | None = None):
-    """The processor (tokenizer + image/video processors + chat template) for a preset, before special tokens."""
+def build_processor(preset: str = "tiny", path: str | None = None, folder=None):
+    """The processor (tokenizer + image/video processors + chat template) for a preset, before special tokens.
+
+    `folder`: the `release.ModelFolder` of `path` when the caller has inspected it already.
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset: got {preset!r}, expected one of {PRESETS}")
     if preset == "tiny":
@@ -178,7 +181,7 @@ def build_processor(preset: str = "tiny", path: str | None = None):
         return build_tiny_processor(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
     from pixelqa.model import release
 
-    return release.build_processor(release.inspect_folder(preset, str(root)))
+    return release.build_processor(folder or release.inspect_folder(preset, str(root)))
 
 
 def _check_path(preset: str, path: str | None) -> Path:
@@ -203,7 +206,7 @@ def add_special_tokens(processor) -> dict[str, int]:
     return {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
-def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, random_init: bool = False):
+def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, random_init: bool = False, folder=None):
     """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.initialization import no_init_weights
@@ -217,7 +220,7 @@ def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, 
             model = Qwen2_5_VLForConditionalGeneration(config)
         return model.to(torch_dtype)
     root = _check_path(preset, path)
-    folder = release.inspect_folder(preset, str(root))
+    folder = folder or release.inspect_folder(preset, str(root))
     config = release.qwen_config(folder.config)  # from the JSON dict: from_pretrained misreads a release's config
     if random_init or not folder.weight_map:
         if tokenizer is not None and not (root / "tokenizer_config.json").exists():

@@ -160,12 +160,12 @@ class UniPixel(nn.Module):
         self.source = folder
         if folder is not None and folder.kind == "release":
             release.apply_release_config(cfg, folder)  # SAM arch / size and hidden tokens come from the release
-        self.processor = bb.build_processor(cfg.preset, cfg.path)
+        self.processor = bb.build_processor(cfg.preset, cfg.path, folder)
         self.tokenizer = self.processor.tokenizer
         self.token_ids = bb.add_special_tokens(self.processor)  # {REF: id, MEM: id, SEG: id}
         if folder is not None and folder.kind == "release":
             release.check_token_ids(folder, self.token_ids)
-        qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init=random_init)
+        qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init, folder)
         bb.resize_for_tokens(qwen, self.tokenizer, cfg.seed)
         qwen.requires_grad_(False)
         qcfg = qwen.config
