@@ -320,6 +320,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     from pixelqa.data.shards import write_text_atomic
     from pixelqa.quiet import silence_library_noise
     from pixelqa.train.callbacks import OverlayLogger, build_callbacks
+    from pixelqa.train.data_wait import DataWaitTimer
     from pixelqa.train.datamodule import ShardDataModule
     from pixelqa.train.module import load_init_weights, module_class
 
@@ -381,6 +382,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         tags={"stage": str(recipe.stage), "output_dir": str(Path(recipe.output_dir).resolve())},
     )
     callbacks = build_callbacks(recipe, ckpt_dir, logger)
+    data_wait = DataWaitTimer()  # the loader's share of step time: summary and MLflow
+    callbacks.append(data_wait)
     trainer = build_trainer(recipe, logger, callbacks, accumulate)
     if trainer.is_global_zero and logger is not None:
         if run_id is None:
@@ -404,6 +407,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
     results["train/steps"] = float(trainer.global_step)
     results.update(datamodule.damage_metrics())  # records lost to shard damage: summary, table and MLflow
+    results.update(data_wait.metrics())
     results["time/fit_s"] = time.time() - start
     if trainer.is_global_zero:
         if logger is not None:
