@@ -2,8 +2,8 @@
 
 Predictions are teacher-forced: the model reads the ground-truth conversation and every <|seg|> of the reference
 answer is decoded into masks; answers are scored by exact match of the arg-max tokens (see `scoring`), which
-equals greedy decoding. (Free generation through `UniPixel.chat` would also score hallucinated or missing
-<|seg|> tokens; that protocol is not implemented here.)
+equals greedy decoding. Free generation, which also scores missing or extra <|seg|> tokens, is
+`pixelqa.eval.synthetic_generate` (the synthetic split) and `pixelqa.eval.official` (the paper's benchmarks).
 
 Every pass counts the samples it scored against the samples the shards should hold (`counting_passes`), so a score
 on a subset (damaged records skipped, see `pixelqa.data.shard_reader`) is never silent.
@@ -56,6 +56,12 @@ def counting_passes() -> Iterator[list[PassCount]]:
         _COLLECTORS.remove(passes)
 
 
+def register_pass(count: PassCount) -> None:
+    """Report a pass that reads samples without `eval_batches` (free generation) to the open `counting_passes`."""
+    for passes in _COLLECTORS:
+        passes.append(count)
+
+
 def eval_batches(
     model: Any, recipe: Any, source: str, split: str, limit: int | None = None
 ) -> Iterator[tuple[Batch, Any, dict[str, Sample]]]:
@@ -84,8 +90,7 @@ def eval_batches(
 
     ds = EvalBatches([index], remember, data.val_batch_size, recipe.seed, limit=limit, num_frames=data.num_frames)
     count = PassCount(source, split, ds.expected)
-    for passes in _COLLECTORS:
-        passes.append(count)
+    register_pass(count)
     device = next(model.parameters()).device
     was = model.training
     model.eval()

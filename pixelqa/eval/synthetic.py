@@ -1,4 +1,9 @@
-"""The `synthetic` benchmark: J&F of every <|seg|> object and exact-match answer accuracy, per task and overall."""
+"""The `synthetic` benchmark: J&F of every <|seg|> object and exact-match answer accuracy, per task and overall.
+
+`recipe.eval.scoring` picks the scoring: `teacher_forced` (this module: the model reads the reference answer; its
+arg-max answer and the masks of the reference's <|seg|> tokens: `J&F`, `qa_acc`), `generate` (free generation,
+`pixelqa.eval.synthetic_generate`: `gen/J&F`, `gen/qa_acc`, ...) or `both` (both metric sets, one table).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,23 @@ from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
 
 
 def evaluate_synthetic(model: Any, recipe: Any, source: str = "synthetic", num_overlays: int = 4) -> EvalResult:
-    """Score `model` on the synthetic split `recipe.eval.split` (first `recipe.eval.max_samples` samples)."""
+    """Score `model` on the synthetic split `recipe.eval.split` (first `recipe.eval.max_samples` samples) the way
+    `recipe.eval.scoring` says (teacher_forced | generate | both)."""
+    from pixelqa.eval.synthetic_generate import evaluate_synthetic_generate
+
+    scoring = getattr(recipe.eval, "scoring", "teacher_forced")
+    if scoring == "generate":
+        return evaluate_synthetic_generate(model, recipe, num_overlays=num_overlays)
+    forced = evaluate_teacher_forced(model, recipe, source, num_overlays)
+    if scoring == "teacher_forced":
+        return forced
+    gen = evaluate_synthetic_generate(model, recipe)
+    rows = [{"scoring": "teacher_forced", **r, "missing_masks": "", "extra_masks": ""} for r in forced.rows]
+    return EvalResult({**forced.metrics, **gen.metrics}, rows + gen.rows, forced.overlays)
+
+
+def evaluate_teacher_forced(model: Any, recipe: Any, source: str = "synthetic", num_overlays: int = 4) -> EvalResult:
+    """Teacher-forced scoring of the synthetic split (see the module docstring)."""
     from pixelqa.metrics import JAndF
     from pixelqa.train.module import overlay_items, update_mask_metric
 
