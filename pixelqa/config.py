@@ -136,6 +136,11 @@ class EvalConfig:
     benchmark: str = "synthetic"
     split: str = "val"
     max_samples: int | None = None
+    # synthetic split: teacher_forced (arg-max under the reference answer, masks of its <|seg|>: val/J&F, ...),
+    # generate (free greedy generation, pixelqa.eval.synthetic_generate: val/gen/J&F, ...) or both
+    scoring: str = "teacher_forced"
+    generate_max_new_tokens: int = 24  # answers are short
+    generate_per_task: int | None = None  # generate for at most this many samples of each task (None: all)
 
 
 @dataclass
@@ -162,6 +167,7 @@ class Recipe:
 # Keys whose value must be one of a closed set.
 CHOICES: dict[str, tuple] = {
     "stage": (1, 2, 3),
+    "eval.scoring": ("teacher_forced", "generate", "both"),
     "model.preset": ("tiny", "unipixel-3b", "unipixel-7b"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.mask_decoder.arch": ("micro", "hiera_t", "hiera_s", "hiera_b+", "hiera_l"),

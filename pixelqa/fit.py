@@ -318,6 +318,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     from pixelqa import tracking
     from pixelqa.data.shards import write_text_atomic
+    from pixelqa.eval.synthetic_generate import after_fit_generation, check_generation_scoring
     from pixelqa.quiet import silence_library_noise
     from pixelqa.train.callbacks import OverlayLogger, build_callbacks
     from pixelqa.train.data_wait import DataWaitTimer
@@ -329,6 +330,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     cfg = load_recipe(list(args))
     recipe = to_object(cfg)
     init_ckpt = preflight(recipe)
+    check_generation_scoring(recipe)  # eval.scoring=generate|both needs synthetic validation data
     rank_zero = _is_rank_zero()
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if rank_zero:
@@ -393,8 +395,11 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     results: dict[str, float] = {}
     if recipe.eval.before_fit and resume is None:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        results.update(metrics_of(trainer, prefix="untrained/"))
+        if recipe.eval.scoring != "generate":
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            results.update(metrics_of(trainer, prefix="untrained/"))
+        if trainer.is_global_zero:
+            results.update(after_fit_generation(module.model, recipe, prefix="untrained/"))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit:
@@ -403,8 +408,13 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         raise
     results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith(("train/", "data/"))})
     if recipe.eval.after_fit:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
+        if recipe.eval.scoring != "generate":
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
+        generated = after_fit_generation(module.model, recipe) if trainer.is_global_zero else {}
+        if generated and logger is not None:
+            logger.log_metrics(generated, step=trainer.global_step)  # next to the teacher-forced val/ metrics
+        results.update(generated)
     results["train/steps"] = float(trainer.global_step)
     results.update(datamodule.damage_metrics())  # records lost to shard damage: summary, table and MLflow
     results.update(data_wait.metrics())
