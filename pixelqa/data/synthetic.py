@@ -31,6 +31,9 @@ SIZE_WORDS = ("small", "medium", "large")
 NUMBER_WORDS = {1: "One", 2: "Two", 3: "Three"}
 LETTERS = "ABCD"
 BACKGROUND = (25, 25, 25)
+# Lossless by default: tests read the drawn colours back exactly. `bench data --frame-ext jpg` sets "jpg" (quality 95,
+# as real releases ship their frames) before building, for build workers to inherit.
+FRAME_EXT = "png"
 
 # The task of sample i is TASK_CYCLE[i % len(TASK_CYCLE)], so every task appears in any few dozen samples.
 TASK_CYCLE: tuple[str, ...] = (
@@ -123,7 +126,7 @@ def _separated(shapes: list[Shape], n_frames: int) -> bool:
 
 
 def _render(shapes: list[Shape], n_frames: int, size: int) -> tuple[list[bytes], dict[int, ObjectTrack]]:
-    """Encoded PNG frames and per-object RLE tracks."""
+    """Frames encoded as FRAME_EXT, and per-object RLE tracks."""
     frames: list[bytes] = []
     tracks = {s.object_id: ObjectTrack(category=s.kind, caption=f"a {s.colour} {s.kind}") for s in shapes}
     for t in range(n_frames):
@@ -133,7 +136,7 @@ def _render(shapes: list[Shape], n_frames: int, size: int) -> tuple[list[bytes],
         for s in shapes:
             _draw(canvas, s, s.centres[t], COLOURS[s.colour])
             _draw(labels, s, s.centres[t], (s.object_id,))
-        frames.append(encode_frame(canvas, ext="png"))
+        frames.append(encode_frame(canvas, ext=FRAME_EXT))
         for s in shapes:
             tracks[s.object_id].masks[t] = masks.encode(labels == s.object_id)
     return frames, tracks
@@ -297,7 +300,7 @@ def make_sample(index: int, split: str = "train", seed: int = 0, size: int = 112
             kind="video" if video else "image",
             frames=frames,
             size=(size, size),
-            ext="png",
+            ext=FRAME_EXT,
             fps=4.0 if video else None,
             frame_ids=list(range(n_frames)) if video else None,
         ),
