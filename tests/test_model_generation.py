@@ -7,8 +7,8 @@ import torch
 from model_fixtures import cached_model, frames
 
 from pixelqa.model import ChatState, ObjectMemoryBank, Point
-from pixelqa.model.chat import build_batch
-from pixelqa.model.generation import append_tokens, greedy_generate
+from pixelqa.model.chat import build_batch, chat_turn, to_visual_prompt
+from pixelqa.model.generation import PrefixCache, append_tokens, greedy_generate, reusable_length
 from pixelqa.prompt_format import SEG
 
 
@@ -78,6 +78,96 @@ def test_two_pass_turn_runs_the_vit_once():
         assert len(calls) == 1  # a later turn of the conversation too
     finally:
         hook.remove()
+
+
+def _prefill_and_answer(model, media):
+    """The two batches of a pre-fill turn (pre-fill with its answer, then the question) and the pre-fill's cache."""
+    state = ChatState(media, "video", ObjectMemoryBank(media.shape[0]))
+    prompt = to_visual_prompt(Point(0.4, 0.6, frame=1), 0)
+    pre = build_batch(model, state, "Where is [0] <|ref|>? Please segment it.", "[0] <|seg|>", [prompt], [])
+    caches: list = []
+    model.seg_states(pre, cache=caches)
+    question = build_batch(model, state, "Describe the clip in detail.", None, [], [])
+    return pre, question, caches[0]
+
+
+def test_answer_reuses_the_prefill_cache_of_the_shared_media_prefix_exactly():
+    model = cached_model().eval()
+    pre, question, cache = _prefill_and_answer(model, frames(4, seed=21))
+    shared = reusable_length(model, PrefixCache(pre, cache), question)
+    media_end = int((question.mm_token_type_ids[0] != 0).nonzero()[-1])
+    # the system prompt and every media token are shared; the texts differ after them
+    assert media_end < shared < question.input_ids.shape[1]
+    assert torch.equal(pre.input_ids[0, :shared], question.input_ids[0, :shared])
+    reused = greedy_generate(model, question, 10, prefix=PrefixCache(pre, cache))
+    plain = greedy_generate(model, question, 10)
+    assert reused.ids == plain.ids and len(plain.ids) > 0
+
+
+def test_prefix_cache_of_other_media_or_text_is_not_reused():
+    model = cached_model().eval()
+    pre, question, cache = _prefill_and_answer(model, frames(4, seed=21))
+    other_pre, _, other_cache = _prefill_and_answer(model, frames(4, seed=22))  # same token ids, other pixels
+    assert reusable_length(model, PrefixCache(other_pre, other_cache), question) == 0
+    # a cache whose media differ would change the answer if it were reused: the guard is what keeps it exact
+    forced = greedy_generate(model, question, 6, prefix=PrefixCache(other_pre, other_cache))
+    assert forced.ids == greedy_generate(model, question, 6).ids
+    # the shared part stops before the first <|ref|> / <|seg|> / <|mem|> (their rows depend on prompts and masks)
+    ref = model.token_ids["<|ref|>"]
+    at = int((pre.input_ids[0] == ref).nonzero()[0])
+    assert reusable_length(model, PrefixCache(pre, cache), pre) <= at - 1
+
+
+def test_reusing_a_cache_of_other_media_would_change_the_answer():
+    """The exactness test above can fail: forcing reuse across media moves the first step's logits."""
+    from pixelqa.model import generation
+
+    model = cached_model().eval()
+    pre, question, cache = _prefill_and_answer(model, frames(4, seed=21))
+    _, _, other_cache = _prefill_and_answer(model, frames(4, seed=22))
+    shared = reusable_length(model, PrefixCache(pre, cache), question)
+    emb, enc, _ = model.embed(question)
+    truth = model._run_llm(question, emb, enc)[0][0, -1]
+    right = generation._prefill_after(model, question, emb, cache, shared)[0][0, -1]
+    wrong = generation._prefill_after(model, question, emb, other_cache, shared)[0][0, -1]
+    torch.testing.assert_close(right, truth, atol=1e-5, rtol=1e-5)
+    assert (wrong - truth).abs().max() > 1e-3
+
+
+def test_two_pass_chat_with_reuse_equals_the_uncached_turn():
+    model = cached_model(obj_scores=False).eval()
+    media = frames(4, seed=23)
+    args = (model, media, "What is <|ref|> doing?", [Point(0.4, 0.6, frame=2)], None, 8, None)
+    cached, plain = chat_turn(*args), chat_turn(*args, use_cache=False)
+    assert cached.text == plain.text
+    assert cached.masks.keys() == plain.masks.keys() and all(
+        torch.equal(cached.masks[k], plain.masks[k]) for k in cached.masks
+    )
+
+
+def test_sam_encodes_the_frames_once_per_conversation():
+    model = cached_model(obj_scores=False).eval()
+    calls = []
+    hook = model.mask_decoder.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        media = frames(4, seed=24)
+        res = model.chat(media, "What is <|ref|> doing?", prompts=[Point(0.4, 0.6, frame=2)], max_new_tokens=2)
+        assert len(calls) == 1
+        again = model.chat(
+            media, "And <|ref|>?", prompts=[Point(0.2, 0.2, frame=0)], history=res.state, max_new_tokens=2
+        )
+        assert len(calls) == 1  # the second object's masks decode from the same features
+        fresh = model.chat(media, "And <|ref|>?", prompts=[Point(0.2, 0.2, frame=0)], history=None, max_new_tokens=2)
+        assert len(calls) == 2
+    finally:
+        hook.remove()
+    assert again.masks and fresh.masks
+    # features held by the conversation give the same mask logits as freshly encoded ones
+    states = torch.randn(2, model.qwen.config.text_config.hidden_size)
+    store: dict = {}
+    model.decode_states(media, states[:1], store=store)
+    assert store  # filled by the first decode
+    torch.testing.assert_close(model.decode_states(media, states, store=store), model.decode_states(media, states))
 
 
 @pytest.mark.slow

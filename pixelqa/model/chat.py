@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
-from pixelqa.model.generation import append_tokens, greedy_generate
+from pixelqa.model.generation import PrefixCache, append_tokens, greedy_generate
 from pixelqa.model.memory import ObjectMemoryBank, inject, tag_refs
 from pixelqa.prompt_format import (
     MEM,
@@ -195,7 +195,9 @@ def _decode(model, state, states: torch.Tensor, starts: list[int | None] | None 
     """(T_sam, H, W) bool masks from <|seg|> states, one per state (`starts`: SAM frames to start from when the
     model propagates both ways; None = its best-supported frame); the conversation's `progress` follows SAM."""
     progress = getattr(state, "progress", None)
-    return [m > 0 for m in model.decode_states(_sam_frames(state), states, start=starts, progress=progress).cpu()]
+    frames, store = _sam_frames(state), getattr(state, "sam_cache", None)
+    logits = model.decode_states(frames, states, start=starts, progress=progress, store=store)
+    return [m > 0 for m in logits.cpu()]
 
 
 def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index: list[int] | None) -> None:
@@ -277,7 +279,7 @@ def chat_turn(
             vps.append(vp)
         variant = model.cfg.memory.variant
         masks: dict[int, torch.Tensor] = {}
-        user_text, turn_prompts, turn_memory = text, vps, []
+        user_text, turn_prompts, turn_memory, prefix = text, vps, [], None
         if vps and variant == "memory_bank":
             # pre-filling as released: the question with `[k] <|ref|>` markers plus the pre-filling instruction,
             # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
@@ -285,7 +287,10 @@ def chat_turn(
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
             # bidirectional propagation starts from each prompt's own frame (a SAM frame)
             starts = [state.llm_index[vp.frame] if state.llm_index is not None else vp.frame for vp in vps]
-            prefill_states = model.seg_states(pre, state.visual_cache)[-len(ids) :]
+            caches: list = []
+            prefill_states = model.seg_states(pre, state.visual_cache, cache=caches if use_cache else None)
+            prefix = PrefixCache(pre, caches[0]) if use_cache else None
+            prefill_states = prefill_states[-len(ids) :]
             for oid, m in zip(ids, _decode(model, state, prefill_states, starts)):
                 state.bank.put(oid, m)
                 masks[oid] = m
@@ -320,7 +325,9 @@ def chat_turn(
             n_before = sum(count_seg(u) + count_seg(a) for u, a in state.turns)
             segs = _seg_masks(model, full)[n_before:]
         else:
-            gen = greedy_generate(model, batch, max_new_tokens, use_cache=use_cache, visual_cache=state.visual_cache)
+            gen = greedy_generate(
+                model, batch, max_new_tokens, use_cache=use_cache, visual_cache=state.visual_cache, prefix=prefix
+            )
             answer = assistant_prefix + gen.text
             prompt_states = gen.prompt_seg_states[gen.prompt_seg_states.shape[0] - n_user :] if n_user else None
             states = gen.seg_states if prompt_states is None else torch.cat([prompt_states, gen.seg_states])

@@ -6,6 +6,11 @@ position of the step given explicitly (text positions continue from the prompt's
 each generated `<|seg|>`'s mask is kept (released: the pre-final-norm state of the position before it; seg_head=token:
 the post-norm state of the `<|seg|>` itself), so masks are decoded once per `<|seg|>`, without a second LLM pass.
 `use_cache=False` runs the full forward at every step (the reference the cached path is tested against).
+
+A `PrefixCache` from an earlier forward of the same conversation (the two-pass protocol's pre-fill) lets the prefill
+skip the positions both inputs share: the system prompt and the media, up to the first position where the token
+ids differ or a `<|ref|>` / `<|seg|>` / `<|mem|>` sits (their embeddings depend on prompts and masks). What is left
+must be text, whose mRoPE positions are the prompt's rope delta plus the index, so reuse is exact.
 """
 
 from __future__ import annotations
@@ -33,6 +38,42 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PrefixCache:
+    """The KV cache of an earlier forward over a one-sample batch of the same conversation, and what it covers."""
+
+    batch: Batch  # the earlier forward's input (ids, media, grids)
+    cache: object  # transformers' Cache of that forward; cropped and extended in place when reused
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Both absent, or equal in shape and values."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def reusable_length(model, prefix: PrefixCache, batch: Batch) -> int:
+    """How many leading positions of `batch` the prefix's forward computed exactly as `batch`'s own would (0: none)."""
+    old, new = prefix.batch, batch
+    for name in ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts"):
+        if not _same(getattr(old, name), getattr(new, name)):
+            return 0  # other media: nothing is shared
+    a, b = old.input_ids[0], new.input_ids[0]
+    n = min(a.shape[0], b.shape[0], b.shape[0] - 1)  # at least one position is left to compute
+    differ = (a[:n] != b[:n]).nonzero()
+    n = int(differ[0]) if len(differ) else n
+    special = torch.isin(b[:n], model.new_ids.to(b.device)).nonzero()
+    if len(special):
+        n = int(special[0])
+    # released seg_head reads the state before a <|seg|>: keep that position out of the shared part
+    n = max(n - 1, 0)
+    media = (new.mm_token_type_ids[0] != 0).nonzero()
+    if len(media) and n <= int(media[-1]):
+        return 0  # media left to compute would need 3-D positions: recompute everything
+    return n
+
+
 def append_tokens(batch: Batch, tokens: list[int]) -> Batch:
     """A copy of a one-sample batch with text tokens appended."""
     out = copy.copy(batch)
@@ -57,10 +98,12 @@ def greedy_generate(
     use_cache: bool = True,
     stop_at_eos: bool = True,
     visual_cache: dict | None = None,
+    prefix: PrefixCache | None = None,
 ) -> Generation:
     """Greedy continuation of a one-sample batch; stops at the end-of-turn token; <|ref|>/<|mem|> never emitted.
 
-    stop_at_eos=False bans the end-of-turn token instead (benchmarks that need an exact number of steps).
+    stop_at_eos=False bans the end-of-turn token instead (benchmarks that need an exact number of steps). `prefix`
+    (cached path only) reuses an earlier forward's KV cache for the positions both inputs share.
     """
     if batch.size != 1:
         raise ValueError(f"batch: got {batch.size} samples, expected 1 (generation runs one conversation)")
@@ -71,13 +114,17 @@ def greedy_generate(
     released = model.cfg.seg_head == "released"
     qwen_model = model.qwen.model
     emb, enc, _ = model.embed(batch, visual_cache)
-    caches: list = []
-    post, pre = model._run_llm(batch, emb, enc, cache=caches if use_cache else None)
+    shared = reusable_length(model, prefix, batch) if prefix is not None and use_cache else 0
+    if shared:
+        post, pre, cache, deltas = _prefill_after(model, batch, emb, prefix.cache, shared)
+    else:
+        caches: list = []
+        post, pre = model._run_llm(batch, emb, enc, cache=caches if use_cache else None)
+        cache = caches[0] if use_cache else None
+        deltas = qwen_model.rope_deltas
     prompt_seg = (batch.input_ids[0] == seg_id).nonzero().flatten()
-    where = prompt_seg - 1 if released else prompt_seg
+    where = (prompt_seg - 1 if released else prompt_seg) - shared  # pre / post start at position `shared`
     prompt_states = torch.stack([_seg_state(model, pre, post, int(w)) for w in where]) if len(where) else pre[0, :0]
-    cache = caches[0] if use_cache else None
-    deltas = qwen_model.rope_deltas
     length = int(batch.input_ids.shape[1])
     new: list[int] = []
     states: list[torch.Tensor] = []
@@ -120,6 +167,32 @@ def greedy_generate(
         prompt_seg_states=prompt_states,
         steps=len(new),
     )
+
+
+def _prefill_after(model, batch: Batch, emb: torch.Tensor, cache, shared: int) -> tuple:
+    """Prefill of positions `shared:` on a cache holding the first `shared`: post / pre states, cache, rope delta."""
+    qwen_model = model.qwen.model
+    extra = cache.get_seq_length() - shared
+    if extra:
+        cache.crop(-extra)  # transformers counts the positions to drop from the end
+    positions, deltas = qwen_model.get_rope_index(
+        batch.input_ids,
+        batch.mm_token_type_ids,
+        image_grid_thw=batch.image_grid_thw,
+        video_grid_thw=batch.video_grid_thw,
+        second_per_grid_ts=batch.second_per_grid_ts,
+        attention_mask=batch.attention_mask,
+    )
+    qwen_model.rope_deltas = deltas  # what a full prefill would leave for later steps
+    with PreNormCatcher(model.qwen) as caught:
+        out = qwen_model(
+            inputs_embeds=emb[:, shared:].to(model.llm_dtype),
+            attention_mask=batch.attention_mask,
+            cache=cache,
+            position_ids=positions[:, :, shared:],
+            use_cache=True,
+        )
+    return out.last_hidden_state, caught.value, out.cache, deltas
 
 
 def _full_states(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

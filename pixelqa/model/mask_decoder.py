@@ -99,20 +99,35 @@ class StreamedFrames:
     """SAM image features of a long clip, encoded on demand `chunk` frames at a time (one chunk kept).
 
     Stands in for `FrameFeatures` in `MaskDecoder.forward` when every object walks the clip's frames in order
-    (inference): a 10-minute video never has all its frames encoded, or on the device, at once.
+    (inference): a 10-minute video never has all its frames encoded, or on the device, at once. A `store` dict
+    (kept by a conversation for these same frames) keeps every chunk's features for the next decode of the
+    conversation, for clips of at most `store_frames` frames; longer clips stream.
     """
 
-    def __init__(self, decoder: MaskDecoder, frames: torch.Tensor, chunk: int = 16):
+    def __init__(
+        self,
+        decoder: MaskDecoder,
+        frames: torch.Tensor,
+        chunk: int = 16,
+        store: dict | None = None,
+        store_frames: int = 64,
+    ):
         self.decoder, self.frames, self.chunk = decoder, frames, chunk
+        self.store = store if store is not None and frames.shape[0] <= store_frames else None
         self.start, self.features = -1, None
         self.feat_sizes = self._chunk(0).feat_sizes
 
     def _chunk(self, first: int) -> FrameFeatures:
         """The features of the chunk starting at `first`, encoded if not held."""
         if first != self.start:
-            device = self.decoder.mean.device
-            self.features = self.decoder.encode_frames(self.frames[first : first + self.chunk].to(device))
-            self.start = first
+            key = (first, self.chunk)
+            held = self.store.get(key) if self.store is not None else None
+            if held is None:
+                device = self.decoder.mean.device
+                held = self.decoder.encode_frames(self.frames[first : first + self.chunk].to(device))
+                if self.store is not None:
+                    self.store[key] = held
+            self.features, self.start = held, first
         return self.features
 
     def select(self, index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

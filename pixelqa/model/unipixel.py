@@ -165,7 +165,7 @@ class UniPixel(nn.Module):
         self.token_ids = bb.add_special_tokens(self.processor)  # {REF: id, MEM: id, SEG: id}
         if folder is not None and folder.kind == "release":
             release.check_token_ids(folder, self.token_ids)
-        qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init, folder)
+        qwen = bb.build_qwen(cfg.preset, cfg.path, cfg.seed, cfg.dtype, self.tokenizer, random_init, folder, cfg.tiny)
         bb.resize_for_tokens(qwen, self.tokenizer, cfg.seed)
         qwen.requires_grad_(False)
         qcfg = qwen.config
@@ -705,10 +705,13 @@ class UniPixel(nn.Module):
         return masks, ious, scores, sums, picks
 
     @torch.no_grad()
-    def seg_states(self, batch: Batch, visual_cache: dict | None = None) -> torch.Tensor:
-        """(n, D) the states that feed every <|seg|> of a one-sample batch's text, in order (no SAM)."""
+    def seg_states(self, batch: Batch, visual_cache: dict | None = None, cache: list | None = None) -> torch.Tensor:
+        """(n, D) the states that feed every <|seg|> of a one-sample batch's text, in order (no SAM).
+
+        A `cache` list receives the forward's KV cache (the two-pass protocol's answer reuses its media prefix).
+        """
         emb, enc, _ = self.embed(batch, visual_cache)
-        hidden, pre_norm = self._run_llm(batch, emb, enc)
+        hidden, pre_norm = self._run_llm(batch, emb, enc, cache=cache)
         states = self._seg_states(hidden, pre_norm)[0]
         return states[(batch.input_ids[0] == self.token_ids[SEG]).nonzero().flatten()]
 
@@ -721,6 +724,7 @@ class UniPixel(nn.Module):
         propagation: str | None = None,
         start: list[int | None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        store: dict | None = None,
     ) -> torch.Tensor:
         """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits.
 
@@ -728,7 +732,8 @@ class UniPixel(nn.Module):
         SAM 2's memory. bidirectional: decoded on `start[i]` (a prompt's frame), or where None on the frame that
         supports the object best on its own (`MaskDecoder.frame_scores`), then propagated forward to the end and
         backward to frame 0. Frames are encoded in chunks of `chunk`. `progress(done, total)` follows the frames
-        decoded (all objects and directions counted).
+        decoded (all objects and directions counted). `store`: a dict a conversation keeps for these same frames, so
+        SAM's image encoder runs once per conversation for clips up to 64 frames (forward propagation).
         """
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
@@ -739,7 +744,7 @@ class UniPixel(nn.Module):
         if propagation == "forward":
             tick = None if progress is None else (lambda done, _total: progress(done, T))
             dec = self.mask_decoder(
-                StreamedFrames(self.mask_decoder, frames, chunk), list(range(T)), tokens, on_frame=tick
+                StreamedFrames(self.mask_decoder, frames, chunk, store), list(range(T)), tokens, on_frame=tick
             )
             return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
         if propagation != "bidirectional":
@@ -937,6 +942,7 @@ class ChatState:
     sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
     llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
     visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
+    sam_cache: dict = field(default_factory=dict, repr=False)  # SAM image features of its SAM frames
     processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # SAM progress (done, total)
 
