@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from fixtures_video import build_revos
 
+from pixelqa.benchmarks.data import RawJsonDataset, TensorStream, check_same, write_raw_copy
 from pixelqa.benchmarks.data import main as bench_data
+from pixelqa.data import synthetic
 from pixelqa.data.shards import build_shards
 
 
@@ -27,3 +32,26 @@ def test_data_benchmark_runs_on_a_fixture_source(tmp_path, capsys):
     assert min(values.values()) > 0
     ratio = values["loader_samples_per_s_w0"] / values["baseline_samples_per_s_w0"]
     assert abs(values["loader_vs_baseline_w0"] - ratio) < 0.01  # printed with 2 decimals
+
+
+def test_loader_and_baseline_give_identical_tensors_and_a_swapped_frame_or_mask_is_caught(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "FRAME_EXT", "jpg")  # the bench's default: frames as real releases ship them
+    build_shards("synthetic", ".", tmp_path / "shards", "train", max_samples=24, progress=False)
+    shard_dir = tmp_path / "shards" / "synthetic" / "train"
+    annotation = write_raw_copy(shard_dir, tmp_path / "raw")
+    items = json.loads(annotation.read_text())
+    assert items[0]["frames"][0].endswith(".jpg")
+    assert check_same(TensorStream(shard_dir, 8), RawJsonDataset(annotation, 8)) == 24
+    assert check_same(TensorStream(shard_dir, 3), RawJsonDataset(annotation, 3)) == 24  # both pick the same frames
+
+    video = next(i for i, it in enumerate(items) if len(it["frames"]) >= 2 and it["masks"])
+    masks_ok = items[video]["masks"][0]
+    items[video]["masks"][0] = masks_ok[1:] + masks_ok[:1]  # the object's masks one frame off
+    annotation.write_text(json.dumps(items))
+    with pytest.raises(RuntimeError, match=f"sample {video}: loader masks"):
+        check_same(TensorStream(shard_dir, 8), RawJsonDataset(annotation, 8))
+    items[video]["masks"][0] = masks_ok
+    items[video]["frames"][0] = items[video]["frames"][1]  # the next frame's file in place of the first
+    annotation.write_text(json.dumps(items))
+    with pytest.raises(RuntimeError, match=f"sample {video}: loader frames"):
+        check_same(TensorStream(shard_dir, 8), RawJsonDataset(annotation, 8))

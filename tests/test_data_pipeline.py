@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from pixelqa.data import masks
 from pixelqa.data.collate import Collator
-from pixelqa.data.loader import make_dataset
+from pixelqa.data.loader import make_dataset, object_masks, used_objects
+from pixelqa.data.schema import FrameDecodeError, Media, decode_frame, encode_frame
 from pixelqa.data.shards import build_shards
+from pixelqa.data.synthetic import make_sample
 from tests import fixtures_image, fixtures_video
 from tests.tiny_processor import tiny_processor
 
@@ -43,3 +47,73 @@ def test_fixture_source_to_batch(tmp_path: Path, processor, builder, source, tas
         assert b.frames[i].shape[0] == min(s.media.num_frames, 4)
         assert b.seg_masks[i].shape[1:] == (b.frames[i].shape[0], *s.media.size)
         assert (b.labels[i] != -100).any()
+
+
+# ------------------------------------------------------------------ the loader's fast decoding paths
+
+
+def _random_masks(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(n, h, w) bool blobs: a random rectangle each, one left empty."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, h, w), dtype=bool)
+    for i in range(1, n):
+        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        out[i, y0 : y0 + rng.integers(2, h - y0), x0 : x0 + rng.integers(2, w - x0)] = True
+    return out
+
+
+def test_decode_stack_equals_one_decode_per_mask_and_a_shifted_mask_differs():
+    h, w = 37, 53  # not square: a transposed layout would show
+    arrays = _random_masks(5, h, w)
+    rles = [masks.encode(a) for a in arrays] + [None]
+    stacked = masks.decode_stack(rles, (h, w))
+    assert stacked.shape == (6, h, w) and stacked.dtype == bool
+    assert np.array_equal(stacked[:5], arrays) and not stacked[5].any()  # None: not annotated, all False
+    assert np.array_equal(stacked[:5], np.stack([masks.decode(r) for r in rles[:5]]))
+    shifted = [masks.encode(np.roll(a, 1, axis=1)) for a in arrays]
+    assert not np.array_equal(masks.decode_stack(shifted, (h, w)), stacked[:5])
+    t = torch.from_numpy(stacked)  # taken without a copy
+    assert torch.equal(t[:5], torch.from_numpy(arrays)) and np.shares_memory(t.numpy(), stacked)
+    with pytest.raises(ValueError, match=r"rles\[1\].size: got \[53, 37\], expected \[37, 53\]"):
+        masks.decode_stack([rles[0], masks.encode(arrays[1].T)], (h, w))
+
+
+def test_object_masks_give_each_object_on_every_frame_with_annotated_flags():
+    s = make_sample(1, task="rvos")  # a video
+    h, w = s.media.size
+    t = s.media.num_frames
+    truth = _random_masks(t, h, w, seed=3)
+    s.objects[1].masks = {f: masks.encode(truth[f]) for f in range(t) if f != 2}  # frame 2 not annotated
+    m, valid = object_masks(s, [1, 2, 1])
+    assert m.shape == (3, t, h, w) and valid.shape == (3, t)
+    expected = truth.copy()
+    expected[2] = False
+    assert np.array_equal(m[0], expected) and np.array_equal(m[2], expected)
+    assert valid[0].tolist() == [f != 2 for f in range(t)] and valid[1].all()
+    assert np.array_equal(m[1], np.stack([masks.decode(s.objects[2].masks[f]) for f in range(t)]))
+    assert used_objects(s) == sorted(set(s.seg_object_ids()) | {p.object_id for p in s.prompts} - {None})
+    with pytest.raises(ValueError, match="object_ids: got 9"):
+        object_masks(s, [9])
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_frames_decoded_into_place_equal_one_decode_per_frame(ext):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)
+    rgb[:, :, :20] = (200, 30, 90)  # a flat half: JPEG keeps it within a few levels
+    s = make_sample(1, task="rvos")
+    s.media = Media("video", [encode_frame(f, ext) for f in rgb], (24, 40), ext, fps=2.0)
+    got = s.decode_frames()
+    assert got.shape == (3, 24, 40, 3) and got.flags["C_CONTIGUOUS"]
+    assert np.array_equal(got, np.stack([decode_frame(f) for f in s.media.frames]))
+    assert np.array_equal(s.decode_frames([2, 0]), got[[2, 0]])
+    if ext == "png":
+        assert np.array_equal(got, rgb)  # lossless: the very pixels encoded
+    else:
+        assert np.abs(got[:, :, :16].astype(int) - (200, 30, 90)).max() <= 4  # flat 16-px blocks: 4 levels
+    shifted = Media("video", [encode_frame(np.roll(f, 1, axis=1), ext) for f in rgb], (24, 40), ext, fps=2.0)
+    s.media = shifted
+    assert not np.array_equal(s.decode_frames(), got)
+    s.media = Media("video", [encode_frame(rgb[0], ext), encode_frame(rgb[1, :, :30], ext)], (24, 40), ext, fps=2.0)
+    with pytest.raises(FrameDecodeError, match=r"decoded to shape \(24, 30, 3\), expected \(24, 40, 3\)"):
+        s.decode_frames()

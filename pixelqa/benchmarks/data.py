@@ -6,10 +6,15 @@ the converters' test fixtures)
 
 - build: `build_shards` of the source (synthetic: generate; others: convert the raw files; validate with frame
   decoding, write tars), in samples/s with 1 and 2 worker processes.
-- loader: one pass over the shards with `make_dataset(train=False)`, each sample decoded to tensors (frames
-  (T, 3, H, W) uint8, all object masks (K, T, H, W) bool), through a DataLoader with 0 and 2 workers.
-- baseline: the reference code's way: one JSON list of samples loaded up front, per sample the frame image
-  files opened and decoded from disk and the masks decoded from RLE, to the same tensors.
+- loader: one pass over the shards with `make_dataset(train=False, num_frames=N)`, each sample decoded to what
+  training consumes: the N sampled frames (T, 3, H, W) uint8 and the masks of the objects the sample uses (its
+  <|seg|> targets, memory objects and prompted objects, `loader.used_objects`) on those frames (K, T, H, W) bool,
+  through a DataLoader with 0 and 2 workers. Masks are decoded as collate decodes them (`loader.object_masks`:
+  pycocotools' column-major output kept as a transposed view instead of copied into row-major order).
+- baseline: the reference code's way: one JSON list of samples loaded up front (per sample its frame files and
+  the RLEs of the objects it uses), per sample the same N frames picked (`loader.frame_indices`), their image
+  files opened and decoded from disk and each mask decoded from RLE with pycocotools and copied into the output,
+  to the same tensors. The first (warm-up) pass checks that both sides give identical tensors for every sample.
 - read (no pixel decoding, one process): Samples out of the checked shard reader (`pixelqa.data.shard_reader`:
   record index, CRC-32, JSON), out of webdataset's tar reader (the loader before the checked reader), and the
   baseline's JSON list + frame files read as bytes. This isolates what the loader itself controls: the decoded
@@ -31,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from pixelqa.data import masks
-from pixelqa.data.loader import make_dataset
+from pixelqa.data import masks, synthetic
+from pixelqa.data.loader import frame_indices, make_dataset, object_masks, used_objects
 from pixelqa.data.registry import get_source
 from pixelqa.data.schema import Sample
 from pixelqa.data.shard_reader import DamageLog, iter_samples
@@ -51,17 +56,16 @@ def to_tensors(frames: np.ndarray, rles: list[list[dict | None]], size: tuple[in
 
 
 def sample_tensors(sample: Sample) -> dict:
-    """A Sample from the shards -> tensors."""
-    t = sample.media.num_frames
-    rles = [[o.masks.get(f) for f in range(t)] for _, o in sorted(sample.objects.items())]
-    return to_tensors(sample.decode_frames(), rles, sample.media.size)
+    """A Sample from the loader (frames already sampled) -> what training consumes, decoded as collate does."""
+    m, _ = object_masks(sample, used_objects(sample))
+    return {"frames": torch.from_numpy(sample.decode_frames()).permute(0, 3, 1, 2), "masks": torch.from_numpy(m)}
 
 
 class TensorStream(IterableDataset):
     """The shard loader, decoded to tensors in the workers."""
 
-    def __init__(self, shard_dir: Path) -> None:
-        self.ds = make_dataset([shard_dir], train=False, num_frames=1000)
+    def __init__(self, shard_dir: Path, num_frames: int) -> None:
+        self.ds = make_dataset([shard_dir], train=False, num_frames=num_frames)
 
     def __iter__(self):
         for s in self.ds:
@@ -71,8 +75,9 @@ class TensorStream(IterableDataset):
 class RawJsonDataset(Dataset):
     """The baseline: a JSON list of samples; frames are image files decoded per sample, masks RLE-decoded."""
 
-    def __init__(self, annotation: Path) -> None:
+    def __init__(self, annotation: Path, num_frames: int) -> None:
         self.root = annotation.parent
+        self.num_frames = num_frames
         with open(annotation) as f:
             self.items = json.load(f)
 
@@ -81,8 +86,16 @@ class RawJsonDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        frames = np.stack([cv2.imread(str(self.root / p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in item["frames"]])
-        return to_tensors(np.ascontiguousarray(frames), item["masks"], tuple(item["size"]))
+        total = len(item["frames"])
+        idx = (
+            range(total)
+            if item["keep_all_frames"]
+            else frame_indices(total, self.num_frames, None, item["prompt_frames"])
+        )
+        paths = [item["frames"][f] for f in idx]
+        frames = np.stack([cv2.imread(str(self.root / p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in paths])
+        rles = [[per_frame[f] for f in idx] for per_frame in item["masks"]]
+        return to_tensors(np.ascontiguousarray(frames), rles, tuple(item["size"]))
 
 
 def write_raw_copy(shard_dir: Path, out: Path) -> Path:
@@ -102,7 +115,9 @@ def write_raw_copy(shard_dir: Path, out: Path) -> Path:
                 "key": s.key,
                 "frames": paths,
                 "size": list(s.media.size),
-                "masks": [[o.masks.get(f) for f in range(t)] for _, o in sorted(s.objects.items())],
+                "masks": [[s.objects[oid].masks.get(f) for f in range(t)] for oid in used_objects(s)],
+                "prompt_frames": [p.frame for p in s.prompts],
+                "keep_all_frames": bool(s.meta.get("keep_all_frames")),
                 "turns": [{"role": x.role, "text": x.text} for x in s.turns],
             }
         )
@@ -127,6 +142,19 @@ def drain(dataset, workers: int) -> tuple[int, float, float]:
     end = time.perf_counter()
     steady = (n - 1) / (end - first) if n > 1 and end > first else 0.0
     return n, end - start, steady
+
+
+def check_same(loader: TensorStream, baseline: RawJsonDataset) -> int:
+    """Samples of one pass of both sides, checking they give identical tensors (values and shapes) in order."""
+    n = 0
+    for n, (a, b) in enumerate(zip(loader, baseline, strict=True), start=1):
+        for name in ("frames", "masks"):
+            if a[name].shape != b[name].shape or not torch.equal(a[name], b[name]):
+                raise RuntimeError(
+                    f"sample {n - 1}: loader {name} {tuple(a[name].shape)} differ from the baseline's "
+                    f"{tuple(b[name].shape)}: expected identical tensors"
+                )
+    return n
 
 
 def read_checked(shard_dir: Path) -> int:
@@ -177,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
     p.add_argument("--size", type=int, default=112, help="synthetic frame size in pixels")
+    p.add_argument("--frame-ext", choices=("png", "jpg"), default="jpg", help="synthetic frame format (jpg: q95)")
+    p.add_argument("--num-frames", type=int, default=8, help="frames sampled per sample (the recipes' data.num_frames)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure")
     p.add_argument("--source", default="synthetic", help="registered source to build and read")
     p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic)")
@@ -185,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if args.source == "synthetic":
         get_source("synthetic").size = args.size  # inherited by forked build workers
+        synthetic.FRAME_EXT = args.frame_ext
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -205,13 +236,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({m['num_bytes'] / 2**20:.1f} MiB)")
         shard_dir = tmp / "build1" / args.source / args.split
         annotation = write_raw_copy(shard_dir, tmp / "raw")
-        drain(TensorStream(shard_dir), 0)  # warm the page cache for both readers alike
-        drain(RawJsonDataset(annotation), 0)
+        check_same(TensorStream(shard_dir, args.num_frames), RawJsonDataset(annotation, args.num_frames))  # + warm-up
         for w in args.workers:
             best, best_b = 0.0, 0.0
             for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
-                n, _, rate = drain(TensorStream(shard_dir), w)
-                nb, _, rate_b = drain(RawJsonDataset(annotation), w)
+                n, _, rate = drain(TensorStream(shard_dir, args.num_frames), w)
+                nb, _, rate_b = drain(RawJsonDataset(annotation, args.num_frames), w)
                 if n != nb:
                     raise RuntimeError(f"loader read {n} samples but the baseline {nb}: expected the same pass")
                 best, best_b = max(best, rate), max(best_b, rate_b)
@@ -240,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for k, v in extra.items():
         print(f"{k}: {v:.2f}")
-    size = f" {args.size}x{args.size}" if args.source == "synthetic" else ""
+    size = f" {args.size}x{args.size} {args.frame_ext.upper()} frames" if args.source == "synthetic" else ""
     print(f"{args.source}/{args.split}{size}, {m['num_samples']} samples")
     for k, v in results.items():  # the headline figures (loader vs baseline) close the output
         print(f"{k}: {v:.2f}")

@@ -38,7 +38,7 @@ import torch
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.data import masks
 from pixelqa.data.budgets import PixelBudget
-from pixelqa.data.loader import subsample_frames
+from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import FrameDecodeError, Prompt, Sample
 from pixelqa.prompt_format import (
@@ -335,15 +335,11 @@ class Collator:
 
     @staticmethod
     def _seg_targets(sample: Sample, segs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, T, H, W) bool masks and (K, T) bool annotated-flags of the <|seg|> targets."""
-        t = sample.media.num_frames
-        h, w = sample.media.size
-        m = np.zeros((len(segs), t, h, w), dtype=bool)
-        valid = np.zeros((len(segs), t), dtype=bool)
-        for k, oid in enumerate(segs):
-            for f, rle in sample.objects[oid].masks.items():
-                m[k, f] = masks.decode(rle)
-                valid[k, f] = True
+        """(K, T, H, W) bool masks and (K, T) bool annotated-flags of the <|seg|> targets.
+
+        The masks are a transposed view of what pycocotools writes (`loader.object_masks`), taken without a copy.
+        """
+        m, valid = object_masks(sample, segs)
         return torch.from_numpy(m), torch.from_numpy(valid)
 
     # ------------------------------------------------------------------ batch

@@ -28,6 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pixelqa.data import masks
 from pixelqa.data.prompts import PROMPT_MODES, resample_prompts
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample
 from pixelqa.data.shard_reader import Damage, DamageLog, RecordDamaged, RecordRef, iter_shard_records, to_sample
@@ -126,6 +127,36 @@ def select_frames(sample: Sample, indices: Sequence[int]) -> Sample:
         sample.choices,
         meta,
     )
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def used_objects(sample: Sample) -> list[int]:
+    """Ids of the objects a training sample uses (its <|seg|> targets, memory objects, prompted objects), sorted."""
+    ids = set(sample.seg_object_ids())
+    ids.update(o for t in sample.turns for o in t.memory_objects)
+    ids.update(p.object_id for p in sample.prompts if p.object_id is not None)
+    return sorted(ids)
+
+
+def object_masks(sample: Sample, object_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, T, H, W) bool masks and (K, T) bool annotated-flags of `object_ids` (repeats allowed) on every frame.
+
+    Decoded by `masks.decode_stack`: the mask array is a transposed view (not C-contiguous), which
+    `torch.from_numpy` takes without a copy; a frame where an object is not annotated stays all False.
+    """
+    t = sample.media.num_frames
+    h, w = sample.media.size
+    rles = []
+    for oid in object_ids:
+        if oid not in sample.objects:
+            raise ValueError(f"object_ids: got {oid}, expected one of the sample's objects {sorted(sample.objects)}")
+        own = sample.objects[oid].masks
+        rles.extend(own.get(f) for f in range(t))
+    flat = masks.decode_stack(rles, (h, w))  # (K * T, H, W)
+    valid = np.array([r is not None for r in rles], dtype=bool).reshape(len(object_ids), t)
+    return flat.reshape(len(object_ids), t, h, w), valid
 
 
 # ---------------------------------------------------------------------------------------------- shards

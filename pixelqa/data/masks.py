@@ -58,6 +58,25 @@ def decode(rle: Rle) -> np.ndarray:
     return mask_utils.decode(_to_coco(rle)).astype(bool)
 
 
+def decode_stack(rles: Sequence[Rle | None], size: tuple[int, int]) -> np.ndarray:
+    """RLEs of one (H, W) size -> (N, H, W) bool; None (not annotated) -> all False.
+
+    The same values as stacking `decode` of each, about twice as fast on large masks: pycocotools writes each
+    mask column-major, so its transpose is copied row by row into an (N, W, H) buffer and the result is that
+    buffer's (N, H, W) transposed view (not C-contiguous; `torch.from_numpy` takes it without a copy).
+    """
+    h, w = int(size[0]), int(size[1])
+    out = np.zeros((len(rles), w, h), dtype=np.uint8)  # (N, W, H): the layout pycocotools writes
+    for i, rle in enumerate(rles):
+        if rle is None:
+            continue
+        coco = _to_coco(rle)
+        if tuple(coco["size"]) != (h, w):
+            raise ValueError(f"rles[{i}].size: got {list(coco['size'])}, expected {[h, w]}")
+        out[i] = mask_utils.decode(coco).T  # (H, W) Fortran-ordered -> (W, H) C-ordered view: a plain copy
+    return out.view(bool).transpose(0, 2, 1)  # (N, W, H) -> (N, H, W), no copy
+
+
 def empty(height: int, width: int) -> Rle:
     """The RLE of an all-False (H, W) mask."""
     return encode(np.zeros((height, width), dtype=bool))

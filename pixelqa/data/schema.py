@@ -122,12 +122,17 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def decode_frame(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array."""
+def decode_frame(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if arr is None:
         raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if out is None:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if out.shape != arr.shape or out.dtype != np.uint8:
+        raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
+    cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)  # BGR -> RGB straight into the caller's buffer
+    return out
 
 
 @dataclass
@@ -472,7 +477,13 @@ class Sample:
         return cls.from_json(d, [record[k] for k in frame_keys])
 
     def decode_frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """Decode frames (all, or `indices`) to (T, H, W, 3) uint8 RGB."""
-        idx = range(self.media.num_frames) if indices is None else indices
-        arrays = [decode_frame(self.media.frames[i]) for i in idx]
-        return np.stack(arrays, axis=0)
+        """Decode frames (all, or `indices`) to (T, H, W, 3) uint8 RGB; a frame of another size raises."""
+        idx = list(range(self.media.num_frames) if indices is None else indices)
+        if not idx:
+            raise ValueError("indices: got none, expected at least one frame index")
+        first = decode_frame(self.media.frames[idx[0]])
+        out = np.empty((len(idx), *first.shape), dtype=np.uint8)  # each frame decoded into place: no stacking copy
+        out[0] = first
+        for j, i in enumerate(idx[1:], start=1):
+            decode_frame(self.media.frames[i], out=out[j])
+        return out
