@@ -155,8 +155,10 @@ def preflight(recipe: Recipe) -> dict | None:
     from pixelqa.preflight import check_run
     from pixelqa.train.datamodule import check_sources
 
-    if recipe.trainer.max_steps < 1:
-        raise RecipeError(f"trainer.max_steps={recipe.trainer.max_steps}: expected >= 1")
+    if recipe.trainer.max_steps < 1 and not (recipe.trainer.max_steps == 0 and recipe.init_from):
+        raise RecipeError(
+            f"trainer.max_steps={recipe.trainer.max_steps}: expected >= 1 (or 0 with init_from: evaluate that model)"
+        )
     check_model(recipe)
     check_sources(recipe.data)
     accumulation(recipe)
@@ -401,7 +403,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         if trainer.is_global_zero:
             results.update(after_fit_generation(module.model, recipe, prefix="untrained/"))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+        if recipe.trainer.max_steps > 0:  # 0: evaluate the init_from model only (evaluation-time ablation cells)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit:
         if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after its shutdown; main() says how to resume
             raise KeyboardInterrupt from None

@@ -26,6 +26,11 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         _run(tmp_path, "trainer.max_step=3")
 
 
+def test_zero_steps_need_a_model_to_evaluate(tmp_path):
+    with pytest.raises(RecipeError, match=r"trainer.max_steps=0: expected >= 1 \(or 0 with init_from"):
+        _run(tmp_path, "trainer.max_steps=0")
+
+
 def test_missing_shards_of_a_real_source(tmp_path):
     with pytest.raises(RecipeError, match=r"no shards in .*refcoco.*python -m pixelqa.data build refcoco"):
         _run(tmp_path, "data=stage2-mix")

@@ -261,3 +261,33 @@ def test_a_grid_as_jobs_runs_a_dependency_then_resubmits_a_killed_cell_which_res
     assert client.get_run(run_id).info.status == "FINISHED"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert {"results.csv", "results.md", "results.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monkeypatch):
+    """experiments/propagation.yaml: one trained prerequisite, cells that only evaluate it (max_steps=0)."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    spec = yaml.safe_load((EXPERIMENTS / "propagation.yaml").read_text())
+    assert spec["overrides"] == ["trainer.max_steps=0"] and spec["init_from"] == "trained"
+    small = [
+        "data.synthetic_train=16",
+        "data.synthetic_val=4",
+        "data.val_samples=4",
+        "data.batch_size=2",
+        "trainer.enable_progress_bar=false",
+        "tracking.log_overlays=false",
+    ]
+    spec["prerequisites"]["trained"]["overrides"] = ["trainer.max_steps=2", *small]
+    spec["overrides"] = spec["overrides"] + small
+    path = tmp_path / "propagation.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    results = run_grid(path)
+    fwd = results["model.mask_decoder.propagation=forward"]
+    both = results["model.mask_decoder.propagation=bidirectional"]
+    assert fwd["train/steps"] == both["train/steps"] == 0  # evaluation only
+    # the forward cell evaluates the trained model exactly as the trained run's own final validation did
+    trained = (tmp_path / "runs" / "grid" / "propagation" / "trained" / "tables" / "final_metrics.csv").read_text()
+    row = next(r for r in csv.DictReader(io.StringIO(trained)) if r["metric"] == "val/J&F")
+    assert fwd["val/J&F"] == pytest.approx(float(row["value"]), abs=1e-6)
+    assert 0.0 <= both["val/J&F"] <= 1.0

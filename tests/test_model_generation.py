@@ -224,3 +224,29 @@ def test_sam_progress_is_reported_frame_by_frame():
         progress=lambda done, total: seen.append((done, total)),
     )
     assert res.masks and seen[:5] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_evaluation_forward_decodes_bidirectionally_when_switched_and_training_stays_forward():
+    from model_fixtures import training_batch
+
+    model = cached_model(obj_scores=False).eval()
+    batch = training_batch(model.processor)
+    forward = model.forward(batch).pred_masks
+    model.cfg.mask_decoder.propagation = "bidirectional"
+    try:
+        both = model.forward(batch)
+        # truth: decode_states' bidirectional decoding (tested above) of the very states the forward reads
+        emb, enc, _ = model.embed(batch)
+        states = model._seg_states(*model._run_llm(batch, emb, enc))
+        seg = model.token_ids[SEG]
+        for b, got in enumerate(both.pred_masks):
+            where = (batch.input_ids[b] == seg).nonzero().flatten()
+            want = model.decode_states(batch.frames[b], states[b, where], propagation="bidirectional")
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert any(not torch.equal(a > 0, b > 0) for a, b in zip(forward, both.pred_masks) if a.shape[1] > 1)
+        assert torch.isnan(both.losses["dice"])  # the forward decoding's losses are not defined for this mode
+        model.train()
+        assert torch.isfinite(model.forward(batch).losses["dice"])  # training decodes forward, as released
+    finally:
+        model.cfg.mask_decoder.propagation = "forward"
+        model.eval()

@@ -658,6 +658,8 @@ class UniPixel(nn.Module):
         Returns per-sample masks / IoUs / object scores, the loss sums, and the decoded <|seg|> positions.
         """
         picks = self._seg_positions(batch, decode, always or {})
+        if not self.training and self.cfg.mask_decoder.propagation == "bidirectional":
+            return self._decode_segs_bidirectional(batch, hidden, picks)
         decoded = self._run_decoder(batch, hidden, picks)
         zero = hidden.sum() * 0.0
         sums = {k: zero for k in ("focal", "dice", "iou", "objectness")}
@@ -703,6 +705,25 @@ class UniPixel(nn.Module):
                     part = mask_losses(raw, tgt, valid.to(full.device), dec.ious, dec.object_scores)
                 sums = {key: value + part[key] for key, value in sums.items()}
         return masks, ious, scores, sums, picks
+
+    def _decode_segs_bidirectional(self, batch: Batch, hidden: torch.Tensor, picks: list[list[int]]) -> tuple:
+        """Evaluation with `mask_decoder.propagation=bidirectional`: each picked <|seg|> decoded by `decode_states`
+        from its best-supported frame, both ways (training always decodes forward from frame 0, as released).
+
+        The training losses, predicted IoUs and object scores belong to the forward decoding: NaN here, so no mask
+        loss of this mode reads as a number.
+        """
+        nan = hidden.sum() * 0.0 + float("nan")
+        sums = {k: nan for k in ("focal", "dice", "iou", "objectness")}
+        sums["n_mask"] = sums["n_obj"] = torch.ones((), device=hidden.device)
+        masks, ious = [], []
+        for b in range(batch.size):
+            T, _, H, W = batch.frames[b].shape
+            states = hidden[b, picks[b]]
+            out = self.decode_states(batch.frames[b], states, propagation="bidirectional")
+            masks.append(out.to(hidden.device, torch.float32).reshape(len(picks[b]), T, H, W))
+            ious.append(torch.full((len(picks[b]), T), float("nan"), device=hidden.device))
+        return masks, ious, [i.clone() for i in ious], sums, picks
 
     @torch.no_grad()
     def seg_states(self, batch: Batch, visual_cache: dict | None = None, cache: list | None = None) -> torch.Tensor:
