@@ -243,6 +243,7 @@ def score_sample(
         targets.append(m)
         valid.append(v)
     pairs, missing, extra = match_masks(targets, preds)
+    extra = max(extra, count_seg(answer) - count_seg(query.reference))  # a one-pass turn decodes no masks
     pairs = [(p[v], t[v]) for (p, t), v in zip(pairs, valid) if v.any()]  # annotated frames only
     correct = answer_correct(answer, query.reference, query.choices)
     return SampleOutcome(sample.key, sample.task, answer, correct, missing, extra, pairs)
