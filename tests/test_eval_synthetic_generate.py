@@ -15,6 +15,7 @@ from pixelqa.data.synthetic import make_sample
 from pixelqa.eval.synthetic_generate import (
     SampleOutcome,
     SyntheticGenerator,
+    after_fit_generation,
     answer_correct,
     check_generation_scoring,
     generate_and_score,
@@ -155,16 +156,18 @@ def test_tiny_model_end_to_end_scores_its_own_answers_against_the_references():
     assert capped.metrics["gen/samples"] == 3
 
 
-def test_scoring_key_is_checked_and_generation_needs_synthetic_validation_data():
+def test_scoring_key_is_checked_and_generation_needs_synthetic_validation_data(capsys):
     with pytest.raises(RecipeError, match="eval.scoring"):
         load_recipe(["recipe=stage3", "eval.scoring=sampled"])
-    recipe = to_object(load_recipe(["recipe=stage3", "eval.scoring=both"]))
+    recipe = to_object(load_recipe(["recipe=stage3", "eval.scoring=generate"]))
     check_generation_scoring(recipe)
     recipe.data.val_sources[0].name = "revos"
     with pytest.raises(RecipeError, match="val_sources"):
         check_generation_scoring(recipe)
-    recipe.eval.scoring = "teacher_forced"
+    recipe.eval.scoring = "both"  # the demo scale's setting with a real data preset: teacher-forced only, said so
     check_generation_scoring(recipe)
+    assert "scoring teacher-forced only" in capsys.readouterr().out
+    assert after_fit_generation(None, recipe) == {}
 
 
 def test_evaluate_cli_reports_both_scorings_side_by_side(tmp_path, monkeypatch, capsys):

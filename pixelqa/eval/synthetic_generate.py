@@ -385,24 +385,32 @@ def evaluate_synthetic_generate(model: Any, recipe: Any, num_overlays: int = 0) 
     )
 
 
+def _val_sources(recipe: Any) -> list[str]:
+    """The names of the recipe's validation sources."""
+    return sorted({src.name for src in recipe.data.val_sources})
+
+
 def check_generation_scoring(recipe: Any) -> None:
-    """Raise before any work when `eval.scoring` asks for generation on validation data that is not synthetic."""
+    """Before any work: `eval.scoring=generate` on validation data that is not synthetic is an error; `both` there
+    keeps the teacher-forced scores only and says so (the demo scale sets `both` for any data preset)."""
     from pixelqa.config import RecipeError
 
-    if recipe.eval.scoring == "teacher_forced":
+    names = _val_sources(recipe)
+    if recipe.eval.scoring == "teacher_forced" or names == ["synthetic"]:
         return
-    names = sorted({src.name for src in recipe.data.val_sources})
-    if names != ["synthetic"]:
+    if recipe.eval.scoring == "generate":
         raise RecipeError(
-            f"eval.scoring={recipe.eval.scoring}: free generation after fit scores the synthetic split, but "
-            f"data.val_sources are {names}; use eval.scoring=teacher_forced, or score the paper's benchmarks by "
-            f"generation with python -m pixelqa.evaluate suite=paper"
+            f"eval.scoring=generate: free generation after fit scores the synthetic split, but data.val_sources "
+            f"are {names}; use eval.scoring=teacher_forced, or score the paper's benchmarks by generation with "
+            f"python -m pixelqa.evaluate suite=paper"
         )
+    print(f"eval.scoring=both: data.val_sources are {names}, not synthetic; scoring teacher-forced only")
 
 
 def after_fit_generation(model: Any, recipe: Any, prefix: str = "") -> dict[str, float]:
-    """`{prefix}val/gen/...` metrics of free generation when `recipe.eval.scoring` asks for them, else {}."""
-    if recipe.eval.scoring == "teacher_forced":
+    """`{prefix}val/gen/...` metrics of free generation when `recipe.eval.scoring` asks for them on synthetic
+    validation data, else {}."""
+    if recipe.eval.scoring == "teacher_forced" or _val_sources(recipe) != ["synthetic"]:
         return {}
     result = evaluate_synthetic_generate(model, recipe)
     return {f"{prefix}val/{k}": float(v) for k, v in result.metrics.items()}
