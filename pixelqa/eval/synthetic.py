@@ -25,7 +25,7 @@ def evaluate_synthetic(model: Any, recipe: Any, source: str = "synthetic", num_o
     forced = evaluate_teacher_forced(model, recipe, source, num_overlays)
     if scoring == "teacher_forced":
         return forced
-    gen = evaluate_synthetic_generate(model, recipe)
+    gen = evaluate_synthetic_generate(model, recipe, count=False)  # the teacher-forced pass counted these samples
     rows = [{"scoring": "teacher_forced", **r, "missing_masks": "", "extra_masks": ""} for r in forced.rows]
     return EvalResult({**forced.metrics, **gen.metrics}, rows + gen.rows, forced.overlays)
 

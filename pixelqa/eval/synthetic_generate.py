@@ -341,8 +341,9 @@ def _overlay(sample: Sample, query: SyntheticQuery, prefilled: dict, generated: 
     }
 
 
-def read_samples(recipe: Any, source: str = "synthetic") -> list[Sample]:
-    """The samples of `recipe.eval.split` (first `recipe.eval.max_samples`), every frame kept, damaged ones counted."""
+def read_samples(recipe: Any, limit: int | None = None, count: bool = True, source: str = "synthetic") -> list[Sample]:
+    """The first `limit` samples (None: all) of `recipe.eval.split`, every frame kept; with `count`, the pass (scored
+    / expected, damaged records) goes to `runner.counting_passes` (off when another pass counts the same split)."""
     from pixelqa.data.shard_reader import DamageLog
     from pixelqa.eval.runner import PassCount, register_pass
     from pixelqa.train.datamodule import SourceIndex, build_synthetic
@@ -352,17 +353,20 @@ def read_samples(recipe: Any, source: str = "synthetic") -> list[Sample]:
         build_synthetic(data.shards, split, data.synthetic_val if split != "train" else data.synthetic_train)
     damage = DamageLog(strict=bool(getattr(data, "strict", False)))
     index = SourceIndex(data.shards, source, split, damage=damage)
-    limit = recipe.eval.max_samples
     picked = range(len(index) if limit is None else min(limit, len(index)))
     samples = [s for s in (index.read(i) for i in picked) if s is not None]
     expected = index.expected if limit is None else min(index.expected, limit)
-    register_pass(PassCount(f"{source} (generate)", split, expected, len(samples), damage.count))
+    if count:
+        register_pass(PassCount(f"{source} (generate)", split, expected, len(samples), damage.count))
     return samples
 
 
-def evaluate_synthetic_generate(model: Any, recipe: Any, num_overlays: int = 0) -> EvalResult:
-    """Score `model` on the synthetic split by free generation (`recipe.eval.generate_*` set the cap per task and
-    the new-token cap; the LLM sees `recipe.data.num_frames` frames, as in training)."""
+def evaluate_synthetic_generate(
+    model: Any, recipe: Any, num_overlays: int = 0, limit: int | None = None, count: bool = True
+) -> EvalResult:
+    """Score `model` on the first `limit` samples (None: `recipe.eval.max_samples`) of the synthetic split by
+    free generation (`recipe.eval.generate_*` set the cap per task and the new-token cap; the LLM sees
+    `recipe.data.num_frames` frames, as in training)."""
     from pixelqa.config import RecipeError
 
     try:
@@ -376,7 +380,7 @@ def evaluate_synthetic_generate(model: Any, recipe: Any, num_overlays: int = 0) 
         raise RecipeError(f"eval.generate_per_task={ev.generate_per_task!r} is not valid; expected null or >= 1")
     return generate_and_score(
         model,
-        read_samples(recipe),
+        read_samples(recipe, recipe.eval.max_samples if limit is None else limit, count),
         llm_frames=int(recipe.data.num_frames),
         max_new_tokens=int(ev.generate_max_new_tokens),
         per_task=ev.generate_per_task,
@@ -412,5 +416,5 @@ def after_fit_generation(model: Any, recipe: Any, prefix: str = "") -> dict[str,
     validation data, else {}."""
     if recipe.eval.scoring == "teacher_forced" or _val_sources(recipe) != ["synthetic"]:
         return {}
-    result = evaluate_synthetic_generate(model, recipe)
+    result = evaluate_synthetic_generate(model, recipe, limit=recipe.data.val_samples)  # fit's validation samples
     return {f"{prefix}val/{k}": float(v) for k, v in result.metrics.items()}
