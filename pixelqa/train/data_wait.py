@@ -1,66 +1,113 @@
 """How long training steps wait for their batch: the loader's share of step time.
 
-`DataWaitTimer` times, per training batch, the gap between the end of one batch (`on_train_batch_end`) and the
-start of the next (`on_train_batch_start`), where Lightning fetches the next batch from the DataLoader, against
-the whole step (that gap plus forward, backward and optimiser). Validation passes are left out of both. The first
-batch is left out of the share too (its wait is DataLoader start-up: worker processes, first shard opens) and
-reported on its own. The gap also holds Lightning's per-step bookkeeping after our hook (other callbacks'
-batch-end hooks, checkpoint saves), so the share is an upper bound of the time spent waiting for data.
+`DataWaitTimer` times every fetch of a training batch from the DataLoader (Lightning's profiler action
+`[_TrainingEpochLoop].train_dataloader_next`, which wraps `next()` on the loader: loading and collating in the
+main process with `num_workers: 0`, waiting for a worker's batch otherwise) and the wall time between the starts of
+consecutive training batches (the whole step: fetch, forward, backward, optimiser, logging, checkpoints).
+Intervals holding a validation pass are left out; so is the time before the first batch (DataLoader start-up,
+reported on its own). Should Lightning ever stop reporting that action, the timer falls back to the gap between
+the end of one batch and the start of the next (an upper bound: it also holds the other callbacks' bookkeeping).
 
 Metrics (logged to the tracker at the end of training, and returned by `metrics()` for fit's summary):
-`time/data_wait_share` (waited / step time, 0..1), `time/data_wait_ms` (mean wait per batch),
-`time/data_first_wait_s` (the first batch's wait).
+`time/data_wait_share` (fetching / step time, 0..1), `time/data_wait_ms` (mean fetch time per step),
+`time/data_first_wait_s` (from the start of training to the first batch).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+log = logging.getLogger(__name__)
+
+FETCH_ACTION = "[_TrainingEpochLoop].train_dataloader_next"
+
 
 class DataWaitTimer(Callback):
-    """Measures the time each training step waits for its batch; logs the share of step time at the end."""
+    """Measures the time training steps spend fetching their batch; logs the share of step time at the end."""
 
     def __init__(self) -> None:
-        self.waited = 0.0  # seconds between batches (fetching), first batch excluded
-        self.total = 0.0  # seconds of whole steps (wait + compute), first batch excluded
-        self.batches = 0  # batches counted in waited / total
+        self.waited = 0.0  # seconds fetching batches, in the counted intervals
+        self.total = 0.0  # seconds between consecutive batch starts, in the counted intervals
+        self.batches = 0  # counted intervals (steps)
         self.first_wait: float | None = None
+        self.fetches = 0  # fetches seen through the profiler action (0: fall back to batch gaps)
         self._train_start: float | None = None
-        self._prev_end: float | None = None  # end of the previous batch; None after validation / at the start
-        self._batch_start = 0.0
-        self._wait = 0.0
+        self._prev_start: float | None = None  # start of the previous batch; None at the start / after validation
+        self._prev_end: float | None = None
+        self._fetched = 0.0  # fetch seconds since the previous batch start
+        self._fetch_start = 0.0
+        self._profiler: Any = None
 
+    # -------------------------------------------------------------- fetch timing through the profiler
+    def _wrap_profiler(self, trainer: L.Trainer) -> None:
+        """Time FETCH_ACTION by wrapping the trainer's profiler start/stop (any profiler keeps working)."""
+        prof = trainer.profiler
+        start, stop = prof.start, prof.stop
+
+        def timed_start(action_name: str) -> None:
+            if action_name == FETCH_ACTION:
+                self._fetch_start = time.perf_counter()
+            start(action_name)
+
+        def timed_stop(action_name: str) -> None:
+            stop(action_name)
+            if action_name == FETCH_ACTION:
+                self._fetched += time.perf_counter() - self._fetch_start
+                self.fetches += 1
+
+        prof.start, prof.stop = timed_start, timed_stop
+        self._profiler = prof
+
+    def _unwrap_profiler(self) -> None:
+        if self._profiler is not None:
+            del self._profiler.start, self._profiler.stop  # the instance attributes; the class methods return
+            self._profiler = None
+
+    # -------------------------------------------------------------- hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._train_start = time.perf_counter()
-        self._prev_end = None
+        self._prev_start = self._prev_end = None
+        self._wrap_profiler(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         now = time.perf_counter()
-        self._batch_start = now
-        if self._prev_end is not None:
-            self._wait = now - self._prev_end
+        if self._prev_start is not None:
+            self.total += now - self._prev_start
+            self.waited += self._fetched if self.fetches else self._gap_since_end(now)
+            self.batches += 1
         elif self.first_wait is None and self._train_start is not None:
             self.first_wait = now - self._train_start
-            self._wait = -1.0  # marks the first batch: not counted in the share
-        else:
-            self._wait = -1.0  # first batch after a validation pass: its gap held validation, not data
+        self._prev_start = now
+        self._fetched = 0.0
+
+    def _gap_since_end(self, now: float) -> float:
+        return now - self._prev_end if self._prev_end is not None else 0.0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        now = time.perf_counter()
-        if self._wait >= 0:
-            self.waited += self._wait
-            self.total += self._wait + (now - self._batch_start)
-            self.batches += 1
-        self._prev_end = now
+        self._prev_end = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._prev_end = None  # the gap around a validation pass is not a data wait
+        self._prev_start = self._prev_end = None  # the interval around a validation pass is not counted
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._unwrap_profiler()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._unwrap_profiler()
+        if self.batches and not self.fetches:
+            log.warning(
+                "data wait: Lightning reported no %s; measured batch gaps instead (an upper bound)", FETCH_ACTION
+            )
+        values = self.metrics()
+        if values and trainer.logger is not None:
+            trainer.logger.log_metrics(values, step=trainer.global_step)
 
     def metrics(self) -> dict[str, float]:
         """`time/data_wait_share`, `time/data_wait_ms` and `time/data_first_wait_s` ({} before two batches)."""
@@ -71,8 +118,3 @@ class DataWaitTimer(Callback):
         if self.first_wait is not None:
             out["time/data_first_wait_s"] = self.first_wait
         return out
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        values = self.metrics()
-        if values and trainer.logger is not None:
-            trainer.logger.log_metrics(values, step=trainer.global_step)
