@@ -34,7 +34,7 @@ from pixelqa.data import masks as rle_masks
 from pixelqa.data.budgets import PixelBudget
 from pixelqa.data.schema import Sample
 from pixelqa.eval.answers import parse_option
-from pixelqa.eval.runner import EvalResult
+from pixelqa.eval.runner import EvalResult, PassCount, register_pass
 from pixelqa.prompt_format import REF, count_seg, object_tag, parse_prefill
 
 GEN = "gen/"  # prefix of every metric of this protocol, next to the teacher-forced ones
@@ -341,11 +341,10 @@ def _overlay(sample: Sample, query: SyntheticQuery, prefilled: dict, generated: 
     }
 
 
-def read_samples(recipe: Any, limit: int | None = None, count: bool = True, source: str = "synthetic") -> list[Sample]:
-    """The first `limit` samples (None: all) of `recipe.eval.split`, every frame kept; with `count`, the pass (scored
-    / expected, damaged records) goes to `runner.counting_passes` (off when another pass counts the same split)."""
+def read_samples(recipe: Any, limit: int | None = None, source: str = "synthetic") -> tuple[list[Sample], PassCount]:
+    """The first `limit` samples (None: all) of `recipe.eval.split`, every frame kept, and the pass's count (samples
+    read / expected, damaged records)."""
     from pixelqa.data.shard_reader import DamageLog
-    from pixelqa.eval.runner import PassCount, register_pass
     from pixelqa.train.datamodule import SourceIndex, build_synthetic
 
     data, split = recipe.data, recipe.eval.split
@@ -356,9 +355,7 @@ def read_samples(recipe: Any, limit: int | None = None, count: bool = True, sour
     picked = range(len(index) if limit is None else min(limit, len(index)))
     samples = [s for s in (index.read(i) for i in picked) if s is not None]
     expected = index.expected if limit is None else min(index.expected, limit)
-    if count:
-        register_pass(PassCount(f"{source} (generate)", split, expected, len(samples), damage.count))
-    return samples
+    return samples, PassCount(f"{source} (generate)", split, expected, len(samples), damage.count)
 
 
 def evaluate_synthetic_generate(
@@ -378,15 +375,20 @@ def evaluate_synthetic_generate(
         raise RecipeError(f"eval.generate_max_new_tokens={ev.generate_max_new_tokens!r} is not valid; expected >= 1")
     if ev.generate_per_task is not None and int(ev.generate_per_task) < 1:
         raise RecipeError(f"eval.generate_per_task={ev.generate_per_task!r} is not valid; expected null or >= 1")
-    return generate_and_score(
+    samples, passed = read_samples(recipe, recipe.eval.max_samples if limit is None else limit)
+    result = generate_and_score(
         model,
-        read_samples(recipe, recipe.eval.max_samples if limit is None else limit, count),
+        samples,
         llm_frames=int(recipe.data.num_frames),
         max_new_tokens=int(ev.generate_max_new_tokens),
         per_task=ev.generate_per_task,
         num_overlays=num_overlays,
         budget=budget,
     )
+    passed.scored = int(result.metrics[f"{GEN}samples"])  # fewer than read under eval.generate_per_task
+    if count:  # off when the teacher-forced pass counts the same samples
+        register_pass(passed)
+    return result
 
 
 def _val_sources(recipe: Any) -> list[str]:
