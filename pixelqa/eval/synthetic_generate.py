@@ -7,7 +7,8 @@ sample's visual prompts and its question, and answers by greedy generation (`max
 - samples with a memory turn (memory_qa, pixelqa): the released two-pass protocol through
   `pixelqa.predict.Predictor`: the question (its object tags `[k]` turned into `[k] <|ref|>`) is pre-filled with
   the teacher-forced answer `[k] <|seg|> ...`, the pre-filled objects' masks enter the memory bank and the
-  question is then answered by generation with that memory injected;
+  question is then answered by generation with that memory injected (the sample's own pre-fill turn, e.g.
+  "Compare <|ref|> and <|ref|>.", is not shown: as released, the question itself is pre-filled);
 - samples with prompts but no memory turn (region_qa, region_caption): the first user turn with its `<|ref|>`
   prompts in one pass, as they were trained (the model's chat would pre-fill every prompted object first);
 - the rest: the first user turn through the Predictor; the masks of the generated `<|seg|>` tokens.
@@ -200,6 +201,8 @@ class SyntheticGenerator:
         prompted = [p.object_id for p in query.prompts]
         prefilled = {k: _at_size(out.masks[k], size) for k in prompted if k in out.masks}
         generated = [k for k in out.masks if k not in prompted]
+        # an answer that writes `[k] <|seg|>` for a prompted k replaces that object's pre-filled mask (the model's
+        # chat keeps one mask per id); the <|seg|> still counts as extra in `score_sample`
         ids = parse_prefill(out.answer)
         if sorted(ids) == sorted(generated):  # the answer names its objects: keep its order
             generated = ids
