@@ -257,12 +257,13 @@ def score_outcomes(outcomes: list[SampleOutcome]) -> EvalResult:
     from pixelqa.eval.scoring import TaskAccuracy
     from pixelqa.metrics import JAndF
 
-    overall, per_task = JAndF(), {}
-    acc = TaskAccuracy()
+    # one process scores (fit's rank 0): no cross-process sync, which would wait for ranks that are not scoring
+    overall, per_task = JAndF(sync_on_compute=False), {}
+    acc = TaskAccuracy(sync_on_compute=False)
     for o in outcomes:
         for pred, target in o.pairs:
             overall.update(pred, target)
-            per_task.setdefault(o.task, JAndF()).update(pred, target)
+            per_task.setdefault(o.task, JAndF(sync_on_compute=False)).update(pred, target)
     if outcomes:
         acc.update(torch.tensor([o.correct for o in outcomes]), [o.task for o in outcomes])
     accs = {k: float(v) for k, v in acc.compute().items()}
