@@ -182,3 +182,25 @@ def test_evaluate_cli_reports_both_scorings_side_by_side(tmp_path, monkeypatch, 
     assert "| generate | all | 13 |" in out and "| teacher_forced | all | 13 |" in out
     with pytest.raises(RecipeError, match="generate_max_new_tokens"):
         run([*args, "data.synthetic_val=13", "eval.scoring=generate", "eval.generate_max_new_tokens=0"])
+
+
+def test_fit_scores_by_generation_alone_or_next_to_teacher_forcing(tmp_path, monkeypatch):
+    from pixelqa import fit
+
+    monkeypatch.chdir(tmp_path)
+    base = [
+        "recipe=stage3",
+        "data.synthetic_train=8",
+        "data.synthetic_val=10",
+        "data.val_samples=8",  # res .. video_qa, fit's validation samples: the generation pass scores the same ones
+        "data.batch_size=2",
+        "trainer.max_steps=1",
+        "trainer.enable_progress_bar=false",
+        "tracking=none",
+        "eval.generate_max_new_tokens=4",
+    ]
+    m = fit.run([*base, "eval.scoring=generate", "eval.before_fit=true"])
+    assert m["val/gen/samples"] == 8 and m["untrained/val/gen/samples"] == 8 and "val/gen/J&F" in m
+    assert "val/J&F" not in m and "val/loss" not in m  # generation alone: no teacher-forced pass
+    m = fit.run([*base, "eval.scoring=both"])  # the demo scale's setting
+    assert {"val/J&F", "val/qa_acc", "val/gen/J&F", "val/gen/qa_acc"} <= set(m)
