@@ -6,7 +6,8 @@
 Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`), video segmentation
 (ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe: J, F, J&F, R; `pixelqa.eval.video_seg`) and
 image segmentation (RefCOCO/+/g, RefClef, ReasonSeg: cIoU, gIoU, REC accuracy; `pixelqa.eval.image_seg`).
-Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`).
+Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`);
+`synthetic` is also scored by free generation (`eval.scoring=generate|both`, `pixelqa.eval.synthetic_generate`).
 
 The paper's benchmarks as their official scripts run them (free generation, official frames, templates and
 aggregation) are `pixelqa.eval.official` (one Protocol per benchmark) run by `pixelqa.eval.suite`
