@@ -61,7 +61,7 @@ def decode(rle: Rle) -> np.ndarray:
 def decode_stack(rles: Sequence[Rle | None], size: tuple[int, int]) -> np.ndarray:
     """RLEs of one (H, W) size -> (N, H, W) bool; None (not annotated) -> all False.
 
-    The same values as stacking `decode` of each, about twice as fast on large masks: pycocotools writes each
+    The same values as stacking `decode` of each, about 1.6x as fast at 448 px: pycocotools writes each
     mask column-major, so its transpose is copied row by row into an (N, W, H) buffer and the result is that
     buffer's (N, H, W) transposed view (not C-contiguous; `torch.from_numpy` takes it without a copy).
     """
