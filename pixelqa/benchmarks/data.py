@@ -222,27 +222,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    default_ext = synthetic.FRAME_EXT
     if args.source == "synthetic":
         get_source("synthetic").size = args.size  # inherited by forked build workers
-        synthetic.FRAME_EXT = args.frame_ext
+        synthetic.FRAME_EXT = args.frame_ext  # the same; put back after the builds
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for w in (1, 2):  # the same shards either way (tested); parallel building pays off on many cores
-            start = time.perf_counter()
-            m = build_shards(
-                args.source,
-                args.root,
-                tmp / f"build{w}",
-                args.split,
-                workers=w,
-                max_samples=args.samples,
-                max_count=max(args.samples // 8, 1),
-                progress=False,
-            )
-            sec = time.perf_counter() - start
-            results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
-            print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({m['num_bytes'] / 2**20:.1f} MiB)")
+        try:
+            for w in (1, 2):  # the same shards either way (tested); parallel building pays off on many cores
+                start = time.perf_counter()
+                m = build_shards(
+                    args.source,
+                    args.root,
+                    tmp / f"build{w}",
+                    args.split,
+                    workers=w,
+                    max_samples=args.samples,
+                    max_count=max(args.samples // 8, 1),
+                    progress=False,
+                )
+                sec = time.perf_counter() - start
+                results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
+                mib = m["num_bytes"] / 2**20
+                print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({mib:.1f} MiB)")
+        finally:
+            synthetic.FRAME_EXT = default_ext
         shard_dir = tmp / "build1" / args.source / args.split
         annotation = write_raw_copy(shard_dir, tmp / "raw")
         check_same(TensorStream(shard_dir, args.num_frames), RawJsonDataset(annotation, args.num_frames))  # + warm-up
