@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pixelqa.model.config import TinySizeConfig
 from pixelqa.prompt_format import SPECIAL_TOKENS
 
 PRESETS = ("tiny", "unipixel-3b", "unipixel-7b")
@@ -116,32 +117,34 @@ def build_tiny_processor(tokenizer=None, min_pixels: int = TINY_MIN_PIXELS, max_
     )
 
 
-def tiny_qwen_config(tokenizer):
-    """Config of the tiny Qwen2.5-VL (hidden 64, 2 layers) whose token ids match `tokenizer`."""
+def tiny_qwen_config(tokenizer, sizes: TinySizeConfig | None = None):
+    """Config of the tiny Qwen2.5-VL (default sizes: hidden 64, 2 layers) whose token ids match `tokenizer`."""
     from transformers import Qwen2_5_VLConfig
 
+    s = sizes or TinySizeConfig()
+    check_tiny_sizes(s)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     text = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "hidden_size": s.hidden,
+        "intermediate_size": 2 * s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": max(1, s.heads // 2),
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section(s)},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
     vision = {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 2,
-        "out_hidden_size": 64,
+        "depth": s.vit_depth,
+        "hidden_size": s.vit_hidden,
+        "intermediate_size": 2 * s.vit_hidden,
+        "num_heads": s.vit_heads,
+        "out_hidden_size": s.hidden,
         "window_size": 56,
-        "fullatt_block_indexes": [1],
+        "fullatt_block_indexes": [s.vit_depth - 1],
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
@@ -155,6 +158,34 @@ def tiny_qwen_config(tokenizer):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def mrope_section(sizes: TinySizeConfig) -> list[int]:
+    """Qwen2.5-VL's (time, height, width) split of the rotary half head, in the released 2 : 3 : 3 proportion."""
+    half = sizes.hidden // sizes.heads // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def check_tiny_sizes(sizes: TinySizeConfig) -> None:
+    """Raise a clear error for tiny sizes the Qwen2.5-VL layers cannot take."""
+    for name in ("hidden", "layers", "heads", "vit_hidden", "vit_depth", "vit_heads"):
+        value = getattr(sizes, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.tiny.{name}: got {value!r}, expected a positive integer")
+    if sizes.hidden % (4 * sizes.heads):
+        raise ValueError(
+            f"model.tiny.hidden: got {sizes.hidden} with {sizes.heads} heads, expected a multiple of 4 x heads "
+            "(an even rotary head of at least 4)"
+        )
+    if sizes.heads > 1 and sizes.heads % 2:
+        raise ValueError(f"model.tiny.heads: got {sizes.heads}, expected 1 or an even number (key/value heads: half)")
+    if sizes.vit_hidden % sizes.vit_heads or (sizes.vit_hidden // sizes.vit_heads) % 4:
+        raise ValueError(
+            f"model.tiny.vit_hidden: got {sizes.vit_hidden} with {sizes.vit_heads} heads, "
+            "expected a multiple of 4 x vit_heads"
+        )
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -206,8 +237,20 @@ def add_special_tokens(processor) -> dict[str, int]:
     return {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
-def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, random_init: bool = False, folder=None):
-    """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added)."""
+def build_qwen(
+    preset: str,
+    path: str | None,
+    seed: int,
+    dtype: str,
+    tokenizer,
+    random_init: bool = False,
+    folder=None,
+    tiny: TinySizeConfig | None = None,
+):
+    """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added).
+
+    `tiny`: the sizes of preset=tiny (default: the test model's); the real presets ignore it.
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
@@ -215,7 +258,7 @@ def build_qwen(preset: str, path: str | None, seed: int, dtype: str, tokenizer, 
 
     torch_dtype = _torch_dtype(dtype)
     if preset == "tiny":
-        config = tiny_qwen_config(tokenizer)
+        config = tiny_qwen_config(tokenizer, tiny)
         with fork_rng(seed):
             model = Qwen2_5_VLForConditionalGeneration(config)
         return model.to(torch_dtype)

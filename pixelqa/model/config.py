@@ -81,6 +81,18 @@ class LossConfig:
 
 
 @dataclass
+class TinySizeConfig:
+    """Sizes of the tiny preset's random-init Qwen2.5-VL (ignored by the real presets); defaults: the test model."""
+
+    hidden: int = 64  # LLM width (intermediate 2x)
+    layers: int = 2  # LLM decoder layers
+    heads: int = 4  # LLM attention heads (key/value heads: half)
+    vit_hidden: int = 64  # ViT width (intermediate 2x); the merger maps it to the LLM width
+    vit_depth: int = 2  # ViT blocks; the last one attends over the whole frame, the others in windows
+    vit_heads: int = 2
+
+
+@dataclass
 class UniPixelConfig:
     """Everything needed to build a UniPixel network."""
 
@@ -95,6 +107,7 @@ class UniPixelConfig:
     seed: int = 0  # seed of the tiny preset's random init
     dtype: str = "float32"  # float32 | bfloat16
     gradient_checkpointing: bool = False
+    tiny: TinySizeConfig = field(default_factory=TinySizeConfig)  # preset=tiny only
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompt_encoder: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
