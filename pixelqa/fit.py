@@ -281,7 +281,13 @@ def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Pa
 
     out = Path(recipe.output_dir).resolve()
     # last.ckpt links to the newest step checkpoint: name the file itself
-    lines = ["", "==== PixelQA fit results ====", f"checkpoint: {(out / 'checkpoints' / 'last.ckpt').resolve()}"]
+    evaluated_only = recipe.trainer.max_steps == 0
+    ckpt = f"none written (trainer.max_steps=0: {recipe.init_from} evaluated)" if evaluated_only else None
+    lines = [
+        "",
+        "==== PixelQA fit results ====",
+        f"checkpoint: {ckpt or (out / 'checkpoints' / 'last.ckpt').resolve()}",
+    ]
     if overlays:
         lines.append(
             f"overlays:   {overlays[-1].parent.resolve()}  (ground truth | prediction, PNG per image, GIF per video)"
@@ -294,7 +300,8 @@ def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Pa
             f"view:       mlflow ui --backend-store-uri {uri}",
             f"            then open http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
         ]
-    lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', module='pixelqa.evaluate')}")
+    if not evaluated_only:
+        lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', module='pixelqa.evaluate')}")
     return "\n".join(lines)
 
 

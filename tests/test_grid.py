@@ -263,7 +263,7 @@ def test_a_grid_as_jobs_runs_a_dependency_then_resubmits_a_killed_cell_which_res
     assert {"results.csv", "results.md", "results.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monkeypatch):
+def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monkeypatch, capsys):
     """experiments/propagation.yaml: one trained prerequisite, cells that only evaluate it (max_steps=0)."""
     import yaml
 
@@ -291,3 +291,4 @@ def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monk
     row = next(r for r in csv.DictReader(io.StringIO(trained)) if r["metric"] == "val/J&F")
     assert fwd["val/J&F"] == pytest.approx(float(row["value"]), abs=1e-6)
     assert 0.0 <= both["val/J&F"] <= 1.0
+    assert "checkpoint: none written (trainer.max_steps=0" in capsys.readouterr().out  # no step, no checkpoint
