@@ -1,12 +1,21 @@
 """Resume with DataLoader workers gives the very batches (and collate random draws) of an uninterrupted stream;
 dropout seeds differ per rank."""
 
+import dataclasses
+import pickle
+
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
+from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.data import packing
+from pixelqa.data.collate import Collator
+from pixelqa.data.packing import pack
 from pixelqa.train.datamodule import SourceIndex, TrainBatches, build_synthetic
 from pixelqa.train.module import step_seed
+from tests.tiny_processor import tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +49,72 @@ def test_dropout_seeds_differ_per_rank_and_repeat():
     seeds = {step_seed(0, 5, rank) for rank in range(8)}
     assert len(seeds) == 8
     assert step_seed(3, 17, 2) == step_seed(3, 17, 2)
+
+
+def _same(a, b) -> bool:
+    """Structural equality with tensors compared by dtype, shape and values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if dataclasses.is_dataclass(a):
+        return type(a) is type(b) and all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    return a == b
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    out = []
+    packing._walk(x, lambda t: out.append(t))
+    return out
+
+
+def test_a_packed_batch_unpickles_as_the_same_batch_with_its_tensors_in_one_buffer():
+    seg = torch.rand(2, 3, 5, 7) > 0.5
+    batch = Batch(
+        input_ids=torch.arange(12).reshape(2, 6),
+        attention_mask=torch.ones(2, 6, dtype=torch.long),
+        labels=torch.full((2, 6), -100),
+        mm_token_type_ids=torch.zeros(2, 6, dtype=torch.long),
+        frames=[torch.randint(0, 255, (3, 3, 5, 7), dtype=torch.uint8), torch.zeros(0, 3, 5, 7, dtype=torch.uint8)],
+        pixel_values=torch.randn(9, 11),
+        prompts=[[VisualPrompt("box", 0, (0.1, 0.2, 0.3, 0.4))], [VisualPrompt("mask", 1, (), seg[0, 0], 3)]],
+        memory=[[MemoryRef(1, 0, seg[1, 0], None)], []],
+        seg_masks=[seg, seg.permute(0, 1, 3, 2)],  # a strided view too
+        seg_valid=[torch.tensor([[True, False, True]]), torch.ones(1, 3, dtype=torch.bool)],
+        seg_object_ids=[[3, 1], [2]],
+        tasks=["rvos", "res"],
+        keys=["a", "b"],
+        meta=[{"answer": "x", "size": (5, 7)}, {"answer": None}],
+    )
+    back = pickle.loads(pickle.dumps(pack(batch)))
+    assert isinstance(back, Batch) and _same(back, batch)
+    storages = {t.untyped_storage().data_ptr() for t in _tensors(back)}
+    assert len(_tensors(back)) == 13 and len(storages) == 1  # one buffer, however many tensors
+    wrong = pickle.loads(pickle.dumps(pack(batch)))
+    wrong.seg_masks[1][0, 0, 0, 0] ^= True  # the comparison must see a single flipped mask pixel
+    assert not _same(wrong, batch)
+    with pytest.raises(ValueError, match="expected CPU"):
+        pack([torch.zeros(2, requires_grad=True)])
+
+
+def test_worker_batches_arrive_packed_and_equal_the_in_process_batches(index):
+    collate = Collator(tiny_processor(), num_frames=4)
+    it = iter(TrainBatches([index], collate, 2, seed=0, num_frames=4))
+    expected = [next(it) for _ in range(3)]
+    loader = DataLoader(TrainBatches([index], collate, 2, seed=0, num_frames=4), batch_size=None, num_workers=1)
+    got = []
+    for batch in loader:
+        got.append(batch)
+        if len(got) == 3:
+            break
+    for b, e in zip(got, expected):
+        assert isinstance(b, Batch) and _same(b, e)
+        assert len({t.untyped_storage().data_ptr() for t in _tensors(b)}) == 1
