@@ -76,6 +76,15 @@ def test_decode_stack_equals_one_decode_per_mask_and_a_shifted_mask_differs():
     assert torch.equal(t[:5], torch.from_numpy(arrays)) and np.shares_memory(t.numpy(), stacked)
     with pytest.raises(ValueError, match=r"rles\[1\].size: got \[53, 37\], expected \[37, 53\]"):
         masks.decode_stack([rles[0], masks.encode(arrays[1].T)], (h, w))
+    # the other COCO forms: bytes counts, and uncompressed list counts (column-major runs, as COCO writes them)
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, arrays[2].T.ravel().astype(int), -1]))).tolist()
+    if arrays[2].T.ravel()[0]:
+        runs = [0] + runs
+    other = [{"size": [h, w], "counts": rles[1]["counts"].encode()}, {"size": [h, w], "counts": runs}]
+    assert np.array_equal(masks.decode_stack(other, (h, w)), arrays[1:3])
+    assert masks.decode_stack([], (h, w)).shape == (0, h, w)
+    with pytest.raises(ValueError, match=r"rles\[0\]: got 'x', expected a COCO RLE dict"):
+        masks.decode_stack(["x"], (h, w))
 
 
 def test_object_masks_give_each_object_on_every_frame_with_annotated_flags():

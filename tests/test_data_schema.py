@@ -119,6 +119,21 @@ def test_valid_sample_roundtrips_through_a_real_tar(tmp_path: Path):
     assert d["schema_version"] == 1 and "frames" not in d["media"]
 
 
+def test_from_record_takes_frames_in_order_and_rejects_a_gap_an_extra_or_a_missing_frame():
+    s = _sample()
+    rec = s.to_record()
+    rec = {"__key__": rec["__key__"], "001.png": rec["001.png"], "json": rec["json"], "000.png": rec["000.png"]}
+    assert Sample.from_record(rec).media.frames == s.media.frames  # member order does not matter
+    swapped = dict(rec, **{"000.png": rec["001.png"], "001.png": rec["000.png"]})
+    assert Sample.from_record(swapped).media.frames == s.media.frames[::-1]  # the check sees a wrong order
+    with pytest.raises(ValueError, match=r"record frames: got \['000.png', '002.png'\]"):
+        Sample.from_record({k: v for k, v in rec.items() if k != "001.png"} | {"002.png": rec["001.png"]})
+    with pytest.raises(ValueError, match="frames: got '3 frame files', expected media.num_frames = 2"):
+        Sample.from_record(dict(rec, **{"002.png": rec["000.png"]}))
+    with pytest.raises(ValueError, match="frames: got '1 frame files', expected media.num_frames = 2"):
+        Sample.from_record({k: v for k, v in rec.items() if k != "001.png"})
+
+
 BREAKS = [
     ("task", lambda s: setattr(s, "task", "dance"), "task"),
     ("key with dot", lambda s: setattr(s, "key", "a.b"), "key"),

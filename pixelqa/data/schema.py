@@ -124,14 +124,15 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
 
 def decode_frame(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
     if arr is None:
         raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
     if out is None:
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        return arr
     if out.shape != arr.shape or out.dtype != np.uint8:
         raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
-    cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)  # BGR -> RGB straight into the caller's buffer
+    out[...] = arr
     return out
 
 
@@ -470,7 +471,17 @@ class Sample:
         raw = record["json"]
         d = raw if isinstance(raw, dict) else json.loads(raw)
         ext = d["media"]["ext"]
-        frame_keys = [k for k in record if k.endswith("." + ext) and k.split(".", 1)[0].isdigit()]
+        n = d["media"]["num_frames"]
+        suffix = "." + ext
+        if isinstance(n, int) and sum(1 for k in record if k.endswith(suffix)) == n:
+            # What to_record writes: 000.<ext> ... in order. Any other layout takes the checking path below.
+            try:
+                frames = [record[f"{i:03d}{suffix}"] for i in range(n)]
+            except KeyError:
+                frames = None
+            if frames is not None:
+                return cls.from_json(d, frames)
+        frame_keys = [k for k in record if k.endswith(suffix) and k.split(".", 1)[0].isdigit()]
         frame_keys.sort(key=lambda k: int(k.split(".", 1)[0]))
         if [int(k.split(".", 1)[0]) for k in frame_keys] != list(range(len(frame_keys))):
             _fail("record frames", frame_keys, f"files 000.{ext}, 001.{ext}, ... without gaps")
