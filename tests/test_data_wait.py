@@ -100,3 +100,12 @@ def test_share_is_waited_over_total(waited, total):
     timer.waited, timer.total, timer.batches = waited, total, 5
     assert timer.metrics()["time/data_wait_share"] == pytest.approx(waited / total)
     assert timer.metrics()["time/data_wait_ms"] == pytest.approx(1000 * waited / 5)
+
+
+def test_wait_percentiles_are_nearest_rank_of_the_per_step_waits():
+    timer = DataWaitTimer()
+    timer.waits = [w / 1000 for w in (7, 1, 10, 3, 2, 9, 4, 8, 6, 5)]  # 1..10 ms, shuffled
+    timer.waited, timer.total, timer.batches = sum(timer.waits), 1.0, 10
+    m = timer.metrics()
+    assert m["time/data_wait_p50_ms"] == pytest.approx(5.0) and m["time/data_wait_p90_ms"] == pytest.approx(9.0)
+    assert m["time/data_wait_ms"] == pytest.approx(5.5)  # the mean, unlike the median

@@ -10,6 +10,8 @@ the end of one batch and the start of the next (an upper bound: it also holds th
 
 Metrics (logged to the tracker at the end of training, and returned by `metrics()` for fit's summary):
 `time/data_wait_share` (fetching / step time, 0..1), `time/data_wait_ms` (mean fetch time per step),
+`time/data_wait_p50_ms` / `time/data_wait_p90_ms` (median and 90th percentile of the per-step fetch times: a small
+median with a large mean means a few long waits, a worker falling behind, rather than a cost every step pays),
 `time/data_first_wait_s` (from the start of training to the first batch).
 """
 
@@ -34,6 +36,7 @@ class DataWaitTimer(Callback):
         self.waited = 0.0  # seconds fetching batches, in the counted intervals
         self.total = 0.0  # seconds between consecutive batch starts, in the counted intervals
         self.batches = 0  # counted intervals (steps)
+        self.waits: list[float] = []  # seconds fetching, per counted interval
         self.first_wait: float | None = None
         self.fetches = 0  # fetches seen through the profiler action (0: fall back to batch gaps)
         self._train_start: float | None = None
@@ -78,7 +81,9 @@ class DataWaitTimer(Callback):
         now = time.perf_counter()
         if self._prev_start is not None:
             self.total += now - self._prev_start
-            self.waited += self._fetched if self.fetches else self._gap_since_end(now)
+            wait = self._fetched if self.fetches else self._gap_since_end(now)
+            self.waited += wait
+            self.waits.append(wait)
             self.batches += 1
         elif self.first_wait is None and self._train_start is not None:
             self.first_wait = now - self._train_start
@@ -110,11 +115,14 @@ class DataWaitTimer(Callback):
             trainer.logger.log_metrics(values, step=trainer.global_step)
 
     def metrics(self) -> dict[str, float]:
-        """`time/data_wait_share`, `time/data_wait_ms` and `time/data_first_wait_s` ({} before two batches)."""
+        """The data-wait metrics of the module docstring ({} before two counted batches)."""
         out: dict[str, float] = {}
         if self.batches and self.total > 0:
             out["time/data_wait_share"] = self.waited / self.total
             out["time/data_wait_ms"] = 1000.0 * self.waited / self.batches
+            ordered = sorted(self.waits)
+            for q in (50, 90) if ordered else ():  # nearest rank
+                out[f"time/data_wait_p{q}_ms"] = 1000.0 * ordered[min(len(ordered) - 1, (q * len(ordered) - 1) // 100)]
         if self.first_wait is not None:
             out["time/data_first_wait_s"] = self.first_wait
         return out
