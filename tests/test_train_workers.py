@@ -2,7 +2,10 @@
 dropout seeds differ per rank."""
 
 import dataclasses
+import gc
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from torch.utils.data import DataLoader
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.data import packing
 from pixelqa.data.collate import Collator
-from pixelqa.data.packing import pack
+from pixelqa.data.packing import BackgroundReceiver, pack
 from pixelqa.train.datamodule import SourceIndex, TrainBatches, build_synthetic
 from pixelqa.train.module import step_seed
 from tests.tiny_processor import tiny_processor
@@ -118,3 +121,44 @@ def test_worker_batches_arrive_packed_and_equal_the_in_process_batches(index):
     for b, e in zip(got, expected):
         assert isinstance(b, Batch) and _same(b, e)
         assert len({t.untyped_storage().data_ptr() for t in _tensors(b)}) == 1
+
+
+def _receivers_alive() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "pixelqa-batch-receiver")
+
+
+def test_background_receiver_keeps_order_raises_where_the_loader_raised_and_stops_when_dropped():
+    assert list(BackgroundReceiver(range(50))) == list(range(50))  # same items, same order, then the end
+
+    def failing():
+        yield from (0, 1)
+        raise ValueError("worker says no")
+
+    it = iter(BackgroundReceiver(failing()))
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(ValueError, match="worker says no"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    before = _receivers_alive()
+    it = iter(BackgroundReceiver(endless(), depth=2))
+    assert next(it) == 0
+    time.sleep(0.3)
+    assert len(produced) <= 1 + 2 + 1  # taken, queued (depth), and the one the thread holds
+    del it
+    gc.collect()
+    deadline = time.time() + 2
+    while _receivers_alive() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert _receivers_alive() == before
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n  # nothing is read after the consumer is gone

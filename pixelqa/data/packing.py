@@ -8,11 +8,16 @@ tensors as views of the buffer (`unpack`), so the DataLoader hands out an ordina
 
 Any structure of lists, tuples, dicts and dataclasses (`Batch`, `VisualPrompt`, `MemoryRef`) is walked; tensors
 come back with the same dtype, shape and values (contiguous), everything else as it was.
+
+`BackgroundReceiver` takes the batches off the workers' queue in a thread of the training process while the
+training step runs, so that a step finds its batch ready instead of paying the hand-over itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 from typing import Any
 
 import torch
@@ -97,3 +102,103 @@ def pack(batch: Any) -> PackedBatch:
 def unpack(buffer: torch.Tensor, skeleton: Any) -> Any:
     """The structure `skeleton` with each placeholder replaced by its view of `buffer`."""
     return _walk(skeleton, lambda s: _view(buffer, s))
+
+
+# ---------------------------------------------------------------------------------------------- receiving
+
+
+_END = object()
+
+
+class BackgroundReceiver:
+    """An iterable over `loader` whose items a background thread receives ahead, `depth` at most.
+
+    With DataLoader workers, taking a batch off the worker queue still costs the training process a few ms (queue
+    read, unpickling, mapping the shared buffer, handing the next index to the worker's feeder thread); a thread
+    does that while the training step runs (torch ops release the GIL), so the step finds its batch waiting. Once
+    its queue is full again the thread pauses `pause` seconds before receiving the next batch: receiving right when
+    the consumer has taken one (unpickling holds the GIL for ~1 ms) would stall the consumer's own next lines (the
+    demo's fetch stayed at ~6 ms a step without the pause); `pause` later, the step is computing. Order and content
+    are the loader's: one thread reads one iterator. Exceptions (a worker's error, strict-mode damage)
+    are raised in the consumer at the item where they happened. Only for loaders with workers: collation in the
+    main process seeds the global RNGs (`datamodule.seeded`), which must not happen beside a training step.
+    """
+
+    def __init__(self, loader: Any, depth: int = 2, pause: float = 0.02) -> None:
+        if depth < 1:
+            raise ValueError(f"depth: got {depth}, expected >= 1")
+        if pause < 0:
+            raise ValueError(f"pause: got {pause}, expected seconds >= 0")
+        self.loader, self.depth, self.pause = loader, int(depth), float(pause)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> _Received:
+        return _Received(iter(self.loader), self.depth, self.pause)
+
+
+class _Received:
+    """The consumer's side of one BackgroundReceiver pass; dropping it stops the thread (and the loader's workers)."""
+
+    def __init__(self, it: Any, depth: int, pause: float) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        # The thread holds the queue, the event and the loader iterator, never this object, so that dropping it
+        # runs __del__, which stops the thread.
+        thread = threading.Thread(
+            target=_receive, args=(it, self._queue, self._stop, pause), name="pixelqa-batch-receiver", daemon=True
+        )
+        thread.start()
+
+    def __iter__(self) -> _Received:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._done = True
+        self._stop.set()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop receiving ahead; the thread ends within 0.1 s and lets go of the loader iterator."""
+        self._done = True
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def _receive(it: Any, out: queue.Queue, stop: threading.Event, pause: float) -> None:
+    """Thread body: put ("item", x) for each item of `it`, then ("end", None), or ("error", exc) on an exception."""
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        while not stop.is_set():
+            item = next(it, _END)
+            if item is _END:
+                put(("end", None))
+                return
+            if not put(("item", item)):
+                return
+            if pause and out.full():  # the consumer is not waiting: receive the next one while its step computes
+                stop.wait(pause)
+    except BaseException as err:  # noqa: BLE001 - handed to the consumer, who raises it
+        put(("error", err))
+    finally:
+        del it  # the loader iterator (and its worker processes) go now, not when the thread object is collected

@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pixelqa.config import RecipeError
-from pixelqa.data.packing import pack
+from pixelqa.data.packing import BackgroundReceiver, pack
 from pixelqa.data.schema import Sample
 from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, open_shard, read_sample
 
@@ -539,7 +539,9 @@ class ShardDataModule(L.LightningDataModule):
             group_per_step=per_step,
             memory_prompts=str(getattr(self.data, "memory_prompts", "keep")),
         )
-        return StepGrouper(self._loader(ds), accumulate)
+        loader = self._loader(ds)
+        # With workers, a thread takes their batches off the queue while the step runs (pixelqa.data.packing)
+        return StepGrouper(BackgroundReceiver(loader) if loader.num_workers else loader, accumulate)
 
     def val_dataloader(self) -> DataLoader:
         """One exact pass over the validation split(s)."""
