@@ -6,6 +6,7 @@ import gc
 import pickle
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.config import DataConfig
 from pixelqa.data import packing
 from pixelqa.data.collate import Collator
 from pixelqa.data.packing import BackgroundReceiver, pack
-from pixelqa.train.datamodule import SourceIndex, TrainBatches, build_synthetic
+from pixelqa.train.datamodule import ShardDataModule, SourceIndex, TrainBatches, build_synthetic
 from pixelqa.train.module import step_seed
 from tests.tiny_processor import tiny_processor
 
@@ -162,3 +164,21 @@ def test_background_receiver_keeps_order_raises_where_the_loader_raised_and_stop
     n = len(produced)
     time.sleep(0.3)
     assert len(produced) == n  # nothing is read after the consumer is gone
+
+
+def _keys_batch(samples):
+    """A small real Batch: each sample's key and a draw from the collate RNG (seeded per batch)."""
+    ids = torch.tensor([[len(s.key), int(np.random.randint(1000))] for s in samples])
+    return Batch(ids, torch.ones_like(ids), ids.clone(), torch.zeros_like(ids), [], keys=[s.key for s in samples])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_datamodule_training_stream_is_the_same_with_and_without_a_worker(index, workers):
+    data = DataConfig(shards=str(Path(index.folder).parents[1]), val_sources=[], batch_size=2, num_workers=workers)
+    dm = ShardDataModule(data, processor=None, collate=_keys_batch)
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    got = [next(it).batch for _ in range(4)]  # StepBatch(batch, ...): one micro-batch a step
+    expected = iter(TrainBatches([index], _keys_batch, 2, seed=0, num_frames=data.num_frames))
+    assert _same(got, [next(expected) for _ in range(4)])
+    assert isinstance(dm.train_dataloader().loader, BackgroundReceiver) == (workers > 0)
