@@ -11,7 +11,7 @@ import pytest
 from pixelqa.data import masks
 from pixelqa.data.registry import get_source
 from pixelqa.data.synthetic import COLOURS, SPLIT_SIZES, TASK_CYCLE, make_sample
-from pixelqa.prompt_format import parse_prefill
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, parse_prefill
 
 
 def test_deterministic_and_split_dependent():
@@ -50,6 +50,28 @@ def test_masks_match_the_drawn_pixels():
                 assert not (union[f] & m).any()  # shapes never overlap
                 union[f] |= m
         assert (frames[~union] == (25, 25, 25)).all()  # plain background elsewhere
+
+
+def test_memory_tasks_prefill_the_question_as_released():
+    """The pre-fill request is the memory question with `[k] <|ref|>` in a released template (as chat pre-fills)."""
+    used = set()
+    for i in range(260):
+        s = make_sample(i)
+        if s.task not in ("memory_qa", "pixelqa"):
+            continue
+        question = s.turns[2].text
+        ids = [p.object_id for p in s.prompts]
+        if s.task == "memory_qa":
+            assert ids == [1, 2] and question == "Which is larger, [1] or [2]?"
+            with_ref = f"Which is larger, [1] {REF} or [2] {REF}?"
+        else:
+            assert ids == [1] and question.startswith("What colour is [1]? Options: (A) ")
+            with_ref = question.replace("[1]", f"[1] {REF}")
+        requests = [t.format(with_ref) for t in PREFILL_TEMPLATES]
+        assert s.turns[0].text in requests
+        used.add(requests.index(s.turns[0].text))
+        assert s.turns[0].text.count(REF) == len(s.prompts) and s.turns[2].memory_objects == ids
+    assert len(used) >= 4  # the templates vary, as in the released data
 
 
 def test_answers_are_consistent_with_the_scene():

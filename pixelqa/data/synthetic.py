@@ -16,7 +16,7 @@ import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, encode_frame, make_key
-from pixelqa.prompt_format import REF, SEG, object_tag, prefill_answer
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, SEG, object_tag, prefill_answer, prefill_request
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -165,6 +165,28 @@ def _seg_turns(question: str, ids: list[int]) -> list[Turn]:
     return [Turn("user", question), Turn("assistant", answer, seg_objects=list(ids))]
 
 
+def _memory_turns(rng: np.random.Generator, question: str, ids: list[int], answer: str) -> list[Turn]:
+    """Pre-fill turn then `question` answered with the objects' memory, as the released data and chat build them.
+
+    The pre-fill request is the question itself with `[k] <|ref|>` at each object's tag (prompt order = `ids`
+    order = order of the tags in the question), in one of the released pre-fill templates; it answers
+    `[k] <|seg|> ...`. `pixelqa.model.chat` pre-fills a question the same way at inference.
+    """
+    with_ref = question
+    for k in ids:
+        tag = object_tag(k)
+        if with_ref.count(tag) != 1:
+            raise ValueError(f"question: got {question!r}, expected the tag {tag} exactly once")
+        with_ref = with_ref.replace(tag, f"{tag} {REF}")
+    template = int(rng.integers(0, len(PREFILL_TEMPLATES)))
+    return [
+        Turn("user", prefill_request(with_ref, template)),
+        Turn("assistant", prefill_answer(ids), seg_objects=list(ids)),
+        Turn("user", question, memory_objects=list(ids)),
+        Turn("assistant", answer),
+    ]
+
+
 def _conversation(
     task: str, rng: np.random.Generator, shapes: list[Shape], tracks: dict[int, ObjectTrack], n_frames: int
 ) -> tuple[list[Prompt], list[Turn], str | None, list[str] | None, dict]:
@@ -218,16 +240,8 @@ def _conversation(
         a, b = shapes[0], shapes[1]
         prompts = [_visual_prompt(rng, tracks[s.object_id], s.object_id, n_frames) for s in (a, b)]
         bigger = a if a.size_class > b.size_class else b
-        turns = [
-            Turn("user", f"Compare {REF} and {REF}."),
-            Turn("assistant", prefill_answer([a.object_id, b.object_id]), seg_objects=[a.object_id, b.object_id]),
-            Turn(
-                "user",
-                f"Which is larger, {object_tag(a.object_id)} or {object_tag(b.object_id)}?",
-                memory_objects=[a.object_id, b.object_id],
-            ),
-            Turn("assistant", f"{object_tag(bigger.object_id)}."),
-        ]
+        question = f"Which is larger, {object_tag(a.object_id)} or {object_tag(b.object_id)}?"
+        turns = _memory_turns(rng, question, [a.object_id, b.object_id], f"{object_tag(bigger.object_id)}.")
         meta.update(question_type="larger", target=bigger.object_id)
         return prompts, turns, turns[-1].text, None, meta
     if task in ("video_qa", "image_qa"):
@@ -252,13 +266,8 @@ def _conversation(
         if task == "mcq":
             q = f"What colour is the {target.kind}? Options: {opts}. Answer with the option's letter."
             return [], [Turn("user", q), Turn("assistant", correct)], correct, [str(c) for c in choices], meta
-        q = f"What colour is [1]? Options: {opts}. Answer with the option's letter."
-        turns = [
-            Turn("user", f"Look at {REF}."),
-            Turn("assistant", prefill_answer([target.object_id]), seg_objects=[target.object_id]),
-            Turn("user", q.replace("[1]", object_tag(target.object_id)), memory_objects=[target.object_id]),
-            Turn("assistant", correct),
-        ]
+        q = f"What colour is {object_tag(target.object_id)}? Options: {opts}. Answer with the option's letter."
+        turns = _memory_turns(rng, q, [target.object_id], correct)
         return [prompt], turns, correct, [str(c) for c in choices], meta
     if task == "caption":
         parts = [f"a {s.colour} {s.kind}" for s in shapes]
