@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -120,6 +121,10 @@ def test_frames_decoded_into_place_equal_one_decode_per_frame(ext):
         assert np.array_equal(got, rgb)  # lossless: the very pixels encoded
     else:
         assert np.abs(got[:, :, :16].astype(int) - (200, 30, 90)).max() <= 4  # flat 16-px blocks: 4 levels
+    # decoded straight to RGB: the very values of OpenCV's BGR decode converted afterwards (the baseline's way)
+    bgr = [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in s.media.frames]
+    assert np.array_equal(got, np.stack([cv2.cvtColor(b, cv2.COLOR_BGR2RGB) for b in bgr]))
+    assert not np.array_equal(got, np.stack(bgr))  # a channel swap would show
     shifted = Media("video", [encode_frame(np.roll(f, 1, axis=1), ext) for f in rgb], (24, 40), ext, fps=2.0)
     s.media = shifted
     assert not np.array_equal(s.decode_frames(), got)
