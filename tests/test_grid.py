@@ -13,6 +13,15 @@ from pixelqa.config import RecipeError
 from pixelqa.grid import cell_args, cell_id, load_grid, result_table, run_grid
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# a run of a few samples: grid mechanics, not learning
+SMALL_RUN = [
+    "data.synthetic_train=16",
+    "data.synthetic_val=4",
+    "data.val_samples=4",
+    "data.batch_size=2",
+    "trainer.enable_progress_bar=false",
+    "tracking.log_overlays=false",
+]
 
 
 def test_every_shipped_experiment_expands_to_valid_recipes(capsys):
@@ -214,16 +223,7 @@ def test_a_grid_as_jobs_runs_a_dependency_then_resubmits_a_killed_cell_which_res
         "overrides: [trainer.checkpoint_every_n_steps=2]\n"
         "grid:\n  trainer.max_steps: [1, 8]\nmetrics: ['val/J&F']\n",
     )
-    common = [
-        f"data.shards={tmp_path / 'shards'}",
-        "data.synthetic_train=16",
-        "data.synthetic_val=4",
-        "data.val_samples=4",
-        "data.batch_size=2",
-        "trainer.enable_progress_bar=false",
-        "tracking.log_overlays=false",
-        "launcher=subprocess",
-    ]
+    common = [f"data.shards={tmp_path / 'shards'}", *SMALL_RUN, "launcher=subprocess"]
     assert run_grid(path, common) == {}  # submitted; the jobs run on
     root = tmp_path / "runs" / "grid" / "g"
     short, long = root / "trainer.max_steps=1", root / "trainer.max_steps=8"
@@ -270,16 +270,8 @@ def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     spec = yaml.safe_load((EXPERIMENTS / "propagation.yaml").read_text())
     assert spec["overrides"] == ["trainer.max_steps=0"] and spec["init_from"] == "trained"
-    small = [
-        "data.synthetic_train=16",
-        "data.synthetic_val=4",
-        "data.val_samples=4",
-        "data.batch_size=2",
-        "trainer.enable_progress_bar=false",
-        "tracking.log_overlays=false",
-    ]
-    spec["prerequisites"]["trained"]["overrides"] = ["trainer.max_steps=2", *small]
-    spec["overrides"] = spec["overrides"] + small
+    spec["prerequisites"]["trained"]["overrides"] = ["trainer.max_steps=2", *SMALL_RUN]
+    spec["overrides"] = spec["overrides"] + SMALL_RUN
     path = tmp_path / "propagation.yaml"
     path.write_text(yaml.safe_dump(spec))
     results = run_grid(path)
