@@ -81,7 +81,7 @@ def test_special_token_counts_and_targets(processor, samples):
         frames = b.frames[i].permute(0, 2, 3, 1).numpy()
         for k, oid in enumerate(b.seg_object_ids[i]):
             # independent truth: the synthetic frames are lossless PNG, a mask covers its shape's colour only
-            colour = COLOURS[s.meta["shapes"][oid - 1]["colour"]]
+            colour = COLOURS[s.meta["shapes"][oid]["colour"]]
             m = b.seg_masks[i][k].numpy()
             assert m.any() and (frames[m] == colour).all()
             assert b.seg_valid[i][k].all()
@@ -106,7 +106,7 @@ def test_memory_preamble_follows_frame_subsampling(processor):
     assert "Here is a video with 4 frames denoted as <1> to <4>." in text
     # one <|mem|> per visible frame pair (pairs start at frames 0 and 2), its mask the union over the pair
     assert sorted({m.frame for m in b.memory[0]}) == [0, 2]
-    assert len(b.memory[0]) == 4 and {m.object_id for m in b.memory[0]} == {1, 2}
+    assert len(b.memory[0]) == 4 and {m.object_id for m in b.memory[0]} == {0, 1}
     assert "<1>-<2> <|mem|> <3>-<4> <|mem|>" in text
     assert all(p.frame < 4 for p in b.prompts[0])
 

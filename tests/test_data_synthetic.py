@@ -43,7 +43,7 @@ def test_masks_match_the_drawn_pixels():
         frames = s.decode_frames()
         union = np.zeros(frames.shape[:3], bool)
         for oid, obj in s.objects.items():
-            colour = COLOURS[s.meta["shapes"][oid - 1]["colour"]]
+            colour = COLOURS[s.meta["shapes"][oid]["colour"]]  # ids from 0, in the order of meta["shapes"]
             for f, rle in obj.masks.items():
                 m = masks.decode(rle)
                 assert m.sum() > 20 and (frames[f][m] == colour).all()
@@ -62,11 +62,11 @@ def test_memory_tasks_prefill_the_question_as_released():
         question = s.turns[2].text
         ids = [p.object_id for p in s.prompts]
         if s.task == "memory_qa":
-            assert ids == [1, 2] and question == "Which is larger, [1] or [2]?"
-            with_ref = f"Which is larger, [1] {REF} or [2] {REF}?"
+            assert ids == [0, 1] and question == "Which is larger, [0] or [1]?"
+            with_ref = f"Which is larger, [0] {REF} or [1] {REF}?"
         else:
-            assert ids == [1] and question.startswith("What colour is [1]? Options: (A) ")
-            with_ref = question.replace("[1]", f"[1] {REF}")
+            assert ids == [0] and question.startswith("What colour is [0]? Options: (A) ")
+            with_ref = question.replace("[0]", f"[0] {REF}")
         requests = [t.format(with_ref) for t in PREFILL_TEMPLATES]
         assert s.turns[0].text in requests
         used.add(requests.index(s.turns[0].text))
@@ -86,8 +86,8 @@ def test_answers_are_consistent_with_the_scene():
             )
             assert s.turns[1].seg_objects == [target]
         if s.task == "memory_qa":
-            assert parse_prefill(s.turns[1].text) == [1, 2] == [p.object_id for p in s.prompts]
-            larger = max((1, 2), key=lambda k: ["small", "medium", "large"].index(shapes[k]["size"]))
+            assert parse_prefill(s.turns[1].text) == [0, 1] == [p.object_id for p in s.prompts]
+            larger = max((0, 1), key=lambda k: ["small", "medium", "large"].index(shapes[k]["size"]))
             assert s.turns[3].text == f"[{larger}]."
         if s.task in ("mcq", "pixelqa"):
             letter = s.answer

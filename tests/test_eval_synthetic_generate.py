@@ -72,12 +72,12 @@ def test_a_missing_mask_scores_an_empty_mask_and_extra_masks_are_counted():
 def test_turns_map_to_the_query_two_pass_for_memory_tasks_one_pass_for_region_tasks():
     mem = _sample("memory_qa")
     q = query_of(mem)
-    assert q.prefill and q.targets == [1, 2] and q.reference == mem.turns[-1].text
-    assert f"[1] {REF}" in q.text and f"[2] {REF}" in q.text and q.text.startswith("Which is larger")
-    assert [p.object_id for p in q.prompts] == [1, 2]
+    assert q.prefill and q.targets == [0, 1] and q.reference == mem.turns[-1].text
+    assert f"[0] {REF}" in q.text and f"[1] {REF}" in q.text and q.text.startswith("Which is larger")
+    assert [p.object_id for p in q.prompts] == [0, 1]
     pix = _sample("pixelqa")
     q = query_of(pix)
-    assert q.prefill and q.targets == [1] and q.choices == pix.choices and f"[1] {REF}" in q.text
+    assert q.prefill and q.targets == [0] and q.choices == pix.choices and f"[0] {REF}" in q.text
     reg = _sample("region_qa")
     q = query_of(reg)
     assert not q.prefill and q.text == reg.turns[0].text and q.targets == [] and len(q.prompts) == 1
@@ -109,8 +109,8 @@ def test_a_perfect_generation_scores_one_and_a_wrong_reference_fails():
 def test_prefilled_objects_are_scored_and_a_seg_in_the_answer_is_extra():
     s = _sample("memory_qa")
     q = query_of(s)
-    pre = {1: _gt(s, 1), 2: torch.zeros_like(_gt(s, 2))}
-    o = score_sample(s, q, s.turns[-1].text, pre, [_gt(s, 1)])
+    pre = {0: _gt(s, 0), 1: torch.zeros_like(_gt(s, 1))}
+    o = score_sample(s, q, s.turns[-1].text, pre, [_gt(s, 0)])
     assert o.correct and (o.missing, o.extra) == (0, 1)
     m = score_outcomes([o]).metrics
     assert m["gen/J"] == pytest.approx(0.5) and m["gen/samples_extra_masks"] == 1.0
@@ -139,7 +139,7 @@ def test_tiny_model_end_to_end_scores_its_own_answers_against_the_references():
     generator = SyntheticGenerator(model, 4, 6, budget)
     mem = _sample("memory_qa")
     _, prefilled, _ = generator.run(mem, query_of(mem))
-    assert set(prefilled) == {1, 2} and prefilled[1].shape == _gt(mem, 1).shape  # both prompted objects pre-filled
+    assert set(prefilled) == {0, 1} and prefilled[1].shape == _gt(mem, 1).shape  # both prompted objects pre-filled
     # QA samples with the references set to what the model answers: every answer is then right ...
     answered = []
     for s in [x for x in samples if x.task in ("region_qa", "image_qa", "video_qa")]:

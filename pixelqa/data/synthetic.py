@@ -2,7 +2,8 @@
 
 Each sample shows 2-3 shapes on a plain background; within a sample every shape has its own colour,
 its own kind (circle / square / triangle), its own size class and (in videos) its own straight-line
-motion, so any single attribute names one object unambiguously. Answers are short. Everything is a
+motion, so any single attribute names one object unambiguously. Object ids start at 0, as the released memory text and
+chat number objects. Answers are short. Everything is a
 pure function of (seed, split, index): the same call always gives byte-identical samples.
 """
 
@@ -105,7 +106,7 @@ def _place(rng: np.random.Generator, n_obj: int, n_frames: int, size: int, video
             hi_y = size - radius - 2 - (travel if dy > 0 else 0)
             x0, y0 = float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
             centres = [(x0 + dx * speed * t, y0 + dy * speed * t) for t in range(n_frames)]
-            shapes.append(Shape(i + 1, str(colours[i]), str(kinds[i]), int(size_classes[i]), radius, dirs[i], centres))
+            shapes.append(Shape(i, str(colours[i]), str(kinds[i]), int(size_classes[i]), radius, dirs[i], centres))
         if _separated(shapes, n_frames):
             return shapes
     if n_obj > 2:  # deterministic fallback: fewer shapes fit more easily
@@ -135,10 +136,10 @@ def _render(shapes: list[Shape], n_frames: int, size: int) -> tuple[list[bytes],
         labels = np.zeros((size, size), dtype=np.uint8)
         for s in shapes:
             _draw(canvas, s, s.centres[t], COLOURS[s.colour])
-            _draw(labels, s, s.centres[t], (s.object_id,))
+            _draw(labels, s, s.centres[t], (s.object_id + 1,))  # label 0 is the background
         frames.append(encode_frame(canvas, ext=FRAME_EXT))
         for s in shapes:
-            tracks[s.object_id].masks[t] = masks.encode(labels == s.object_id)
+            tracks[s.object_id].masks[t] = masks.encode(labels == s.object_id + 1)
     return frames, tracks
 
 
@@ -218,7 +219,7 @@ def _conversation(
         meta["question_type"] = qtype
         return [], _seg_turns(question, [target.object_id]), None, None, meta
     if task == "pixelqa":
-        target = shapes[0]  # the prompted object is [1]
+        target = shapes[0]  # the prompted object is [0]
         meta["target"] = target.object_id
     prompt = _visual_prompt(rng, tracks[target.object_id], target.object_id, n_frames)
     if task == "region_caption":
@@ -236,7 +237,7 @@ def _conversation(
         return [prompt], [Turn("user", q), Turn("assistant", a)], a, None, meta
     if task == "memory_qa":
         # Two prompted objects: pre-fill (segment both), then a question answered with their memory.
-        # Prompted objects get ids 1, 2 in prompt order, as pre-filling numbers them; attributes are random.
+        # Prompted objects get ids 0, 1 in prompt order, as pre-filling numbers them; attributes are random.
         a, b = shapes[0], shapes[1]
         prompts = [_visual_prompt(rng, tracks[s.object_id], s.object_id, n_frames) for s in (a, b)]
         bigger = a if a.size_class > b.size_class else b
