@@ -7,8 +7,8 @@ sample's visual prompts and its question, and answers by greedy generation (`max
 - samples with a memory turn (memory_qa, pixelqa): the released two-pass protocol through
   `pixelqa.predict.Predictor`: the question (its object tags `[k]` turned into `[k] <|ref|>`) is pre-filled with
   the teacher-forced answer `[k] <|seg|> ...`, the pre-filled objects' masks enter the memory bank and the
-  question is then answered by generation with that memory injected (the sample's own pre-fill turn, e.g.
-  "Compare <|ref|> and <|ref|>.", is not shown: as released, the question itself is pre-filled);
+  question is then answered by generation with that memory injected (the same pre-fill the sample's own first
+  turn holds: the question with `[k] <|ref|>` in a released template);
 - samples with prompts but no memory turn (region_qa, region_caption): the first user turn with its `<|ref|>`
   prompts in one pass, as they were trained (the model's chat would pre-fill every prompted object first);
 - the rest: the first user turn through the Predictor; the masks of the generated `<|seg|>` tokens.
