@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from model_fixtures import frames, make_batch, rect, tiny_config
@@ -65,3 +67,17 @@ def test_bad_sizes_name_the_field(field, value, others, expected):
     sizes = TinySizeConfig(**{field: value, **others})
     with pytest.raises(ValueError, match=rf"model\.tiny\.{field}: got {value}.*{expected}"):
         bb.tiny_qwen_config(bb.build_tiny_tokenizer(), sizes)
+
+
+def test_a_saved_config_reads_back_with_every_nested_block():
+    """`save_pretrained` folders keep their config as JSON: every nested block (tiny sizes too) comes back typed."""
+    import dataclasses
+
+    from pixelqa.model.config import UniPixelConfig
+    from pixelqa.model.unipixel import config_from_dict
+
+    cfg = UniPixelConfig()
+    cfg.tiny.hidden, cfg.loss.dice, cfg.mask_decoder.propagation = 128, 2.0, "bidirectional"
+    back = config_from_dict(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert back == cfg and back.tiny.hidden == 128
+    assert config_from_dict(dataclasses.asdict(UniPixelConfig())) != cfg  # a changed value is seen

@@ -19,8 +19,9 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
 
@@ -30,14 +31,7 @@ from torch import nn
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.model import backbone as bb
-from pixelqa.model.config import (
-    LoraConfig,
-    LossConfig,
-    MaskDecoderConfig,
-    MemoryConfig,
-    PromptEncoderConfig,
-    UniPixelConfig,
-)
+from pixelqa.model.config import UniPixelConfig
 from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses, released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder, StreamedFrames
 from pixelqa.model.memory import ObjectMemoryBank, check_variant
@@ -929,14 +923,10 @@ def config_from_dict(d: dict) -> UniPixelConfig:
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node.setdefault(path[-1], value)
-    sub = {
-        "lora": LoraConfig,
-        "prompt_encoder": PromptEncoderConfig,
-        "mask_decoder": MaskDecoderConfig,
-        "memory": MemoryConfig,
-        "loss": LossConfig,
-    }
-    kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
+    # every nested block of the config, read from its field types (a block added later needs no entry here)
+    hints = typing.get_type_hints(UniPixelConfig)
+    sub = {f.name: hints[f.name] for f in fields(UniPixelConfig) if is_dataclass(hints[f.name])}
+    kwargs = {k: (sub[k](**v) if k in sub and isinstance(v, dict) else v) for k, v in d.items()}
     return UniPixelConfig(**kwargs)
 
 
