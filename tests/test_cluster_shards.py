@@ -29,6 +29,14 @@ def _until(predicate, timeout: float, what: str, poll: float = 0.005):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _recorded_shards(progress: Path) -> int:
+    """Complete shards a build task's progress file lists (0 while it is absent or being replaced)."""
+    try:
+        return len(json.loads(progress.read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _tars(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.glob("*.tar"))}
 
@@ -45,6 +53,8 @@ def test_a_killed_build_task_is_resubmitted_alone_and_resumes_byte_identically(t
     folder = tmp_path / "shards" / "synthetic" / "train"
     status = _until(lambda: read_status(jobs / "task-001.json"), 120, "task 1 to start")
     _until(lambda: (folder / "synthetic-train-000001.tar").is_file(), 120, "task 1's first shard")
+    # a shard counts for a resume once the task's progress file lists it (written just after the shard's rename)
+    _until(lambda: _recorded_shards(folder / ".progress-node001-of003.json"), 120, "task 1's progress record")
     os.kill(int(status["pid"]), signal.SIGKILL)
     assert not (folder / "manifest-node001-of003.json").exists(), "task 1 finished before it could be killed"
 
