@@ -113,17 +113,18 @@ def test_memory_preamble_follows_frame_subsampling(processor):
 
 @pytest.mark.parametrize("variant", ["ref_only", "ref_seg", "ref_seg_pool"])
 def test_memory_variants(processor, samples, variant):
-    s = samples[6]  # memory_qa: two prompts, pre-fill, then a memory turn over objects 1 and 2
+    s = samples[10]  # pixelqa: one prompt, pre-fill, then a memory turn over object 0
     b = Collator(processor, memory_variant=variant)([s])
     ids = b.input_ids[0]
     assert int((ids == _ids(processor, "<|mem|>")).sum()) == 0 and b.memory[0] == []
-    assert int((ids == _ids(processor, "<|ref|>")).sum()) == len(b.prompts[0]) == 4
+    # the memory object becomes a <|ref|> mask prompt of its own (and, with a <|seg|>, a mask target)
+    assert int((ids == _ids(processor, "<|ref|>")).sum()) == len(b.prompts[0]) == 2
     n_seg = int((ids == _ids(processor, "<|seg|>")).sum())
-    assert n_seg == b.seg_masks[0].shape[0] == (2 if variant == "ref_only" else 6)
+    assert n_seg == b.seg_masks[0].shape[0] == (1 if variant == "ref_only" else 3)
 
 
 def test_truncate_and_drop(processor, samples, caplog):
-    s = samples[6]
+    s = samples[10]  # pixelqa: pre-fill, then a memory turn
     full = Collator(processor)([s])
     n = int(full.attention_mask.sum())
     # cut just before the last <|mem|>: media survive, one <|mem|>, the question and the last answer do not
@@ -132,7 +133,7 @@ def test_truncate_and_drop(processor, samples, caplog):
     b = Collator(processor, max_tokens=cut)([s])
     assert b.input_ids.shape[1] == cut
     assert int((b.input_ids[0] == _ids(processor, "<|mem|>")).sum()) == len(b.memory[0]) < len(full.memory[0])
-    assert b.seg_masks[0].shape[0] == 2 and (b.labels[0] != -100).any()
+    assert b.seg_masks[0].shape[0] == 1 and (b.labels[0] != -100).any()
     with caplog.at_level(logging.WARNING):
         c = Collator(processor, max_tokens=cut, overflow="drop")
         out = c([s, samples[0]])

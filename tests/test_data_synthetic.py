@@ -11,7 +11,7 @@ import pytest
 from pixelqa.data import masks
 from pixelqa.data.registry import get_source
 from pixelqa.data.synthetic import COLOURS, SPLIT_SIZES, TASK_CYCLE, make_sample
-from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, parse_prefill
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF
 
 
 def test_deterministic_and_split_dependent():
@@ -53,20 +53,21 @@ def test_masks_match_the_drawn_pixels():
 
 
 def test_memory_tasks_prefill_the_question_as_released():
-    """The pre-fill request is the memory question with `[k] <|ref|>` in a released template (as chat pre-fills)."""
+    """pixelqa: the pre-fill request is the memory question with `[k] <|ref|>` in a released template (as chat
+    pre-fills); memory_qa: the memory question as a first turn (the form of the two-pass protocol's answer pass)."""
     used = set()
-    for i in range(260):
+    for i in range(520):
         s = make_sample(i)
-        if s.task not in ("memory_qa", "pixelqa"):
+        if s.task == "memory_qa":
+            assert not s.prompts and len(s.turns) == 2 and s.turns[0].memory_objects == [0, 1]
+            assert s.turns[0].text == "Which is larger, [0] or [1]?" and REF not in s.turns[0].text
+            continue
+        if s.task != "pixelqa":
             continue
         question = s.turns[2].text
         ids = [p.object_id for p in s.prompts]
-        if s.task == "memory_qa":
-            assert ids == [0, 1] and question == "Which is larger, [0] or [1]?"
-            with_ref = f"Which is larger, [0] {REF} or [1] {REF}?"
-        else:
-            assert ids == [0] and question.startswith("What colour is [0]? Options: (A) ")
-            with_ref = question.replace("[0]", f"[0] {REF}")
+        assert ids == [0] and question.startswith("What colour is [0]? Options: (A) ")
+        with_ref = question.replace("[0]", f"[0] {REF}")
         requests = [t.format(with_ref) for t in PREFILL_TEMPLATES]
         assert s.turns[0].text in requests
         used.add(requests.index(s.turns[0].text))
@@ -86,9 +87,9 @@ def test_answers_are_consistent_with_the_scene():
             )
             assert s.turns[1].seg_objects == [target]
         if s.task == "memory_qa":
-            assert parse_prefill(s.turns[1].text) == [0, 1] == [p.object_id for p in s.prompts]
+            assert s.turns[0].memory_objects == [0, 1] and not s.prompts
             larger = max((0, 1), key=lambda k: ["small", "medium", "large"].index(shapes[k]["size"]))
-            assert s.turns[3].text == f"[{larger}]."
+            assert s.turns[1].text == f"[{larger}]."
         if s.task in ("mcq", "pixelqa"):
             letter = s.answer
             assert s.choices["ABCD".index(letter)] == shapes[target]["colour"]

@@ -71,10 +71,9 @@ def test_a_missing_mask_scores_an_empty_mask_and_extra_masks_are_counted():
 
 def test_turns_map_to_the_query_two_pass_for_memory_tasks_one_pass_for_region_tasks():
     mem = _sample("memory_qa")
-    q = query_of(mem)
-    assert q.prefill and q.targets == [0, 1] and q.reference == mem.turns[-1].text
-    assert f"[0] {REF}" in q.text and f"[1] {REF}" in q.text and q.text.startswith("Which is larger")
-    assert [p.object_id for p in q.prompts] == [0, 1]
+    q = query_of(mem)  # objects given as ground-truth memory: no prompts, no pre-fill
+    assert not q.prefill and not q.prompts and q.memory == [0, 1] and q.targets == []
+    assert q.text == "Which is larger, [0] or [1]?" and q.reference == mem.turns[-1].text
     pix = _sample("pixelqa")
     q = query_of(pix)
     assert q.prefill and q.targets == [0] and q.choices == pix.choices and f"[0] {REF}" in q.text
@@ -107,12 +106,11 @@ def test_a_perfect_generation_scores_one_and_a_wrong_reference_fails():
 
 
 def test_prefilled_objects_are_scored_and_a_seg_in_the_answer_is_extra():
-    s = _sample("memory_qa")
-    q = query_of(s)
-    pre = {0: _gt(s, 0), 1: torch.zeros_like(_gt(s, 1))}
-    o = score_sample(s, q, s.turns[-1].text, pre, [_gt(s, 0)])
-    assert o.correct and (o.missing, o.extra) == (0, 1)
-    m = score_outcomes([o]).metrics
+    s, other = _sample("pixelqa"), _sample("pixelqa", 13)
+    right = score_sample(s, query_of(s), s.turns[-1].text, {0: _gt(s, 0)}, [_gt(s, 0)])
+    empty = score_sample(other, query_of(other), "Z", {0: torch.zeros_like(_gt(other, 0))}, [])
+    assert right.correct and (right.missing, right.extra) == (0, 1) and not empty.correct
+    m = score_outcomes([right, empty]).metrics
     assert m["gen/J"] == pytest.approx(0.5) and m["gen/samples_extra_masks"] == 1.0
 
 
@@ -137,9 +135,12 @@ def test_tiny_model_end_to_end_scores_its_own_answers_against_the_references():
     assert {r["task"] for r in result.rows} == {s.task for s in samples} | {"all"}
     assert len(result.overlays) == 2 and result.overlays[0]["pred"].shape == result.overlays[0]["target"].shape
     generator = SyntheticGenerator(model, 4, 6, budget)
+    pix = _sample("pixelqa")
+    _, prefilled, _ = generator.run(pix, query_of(pix))
+    assert set(prefilled) == {0} and prefilled[0].shape == _gt(pix, 0).shape  # the prompted object pre-filled
     mem = _sample("memory_qa")
-    _, prefilled, _ = generator.run(mem, query_of(mem))
-    assert set(prefilled) == {0, 1} and prefilled[1].shape == _gt(mem, 1).shape  # both prompted objects pre-filled
+    answer, prefilled, _ = generator.run(mem, query_of(mem))  # ground-truth memory: nothing to pre-fill
+    assert prefilled == {} and isinstance(answer, str)
     # QA samples with the references set to what the model answers: every answer is then right ...
     answered = []
     for s in [x for x in samples if x.task in ("region_qa", "image_qa", "video_qa")]:

@@ -4,7 +4,9 @@ Per validation sample the model gets the media (every frame; SAM segments all of
 `num_frames` of them, uniform with both ends and the prompt frames forced in, as in `pixelqa.predict`), the
 sample's visual prompts and its question, and answers by greedy generation (`max_new_tokens`, short answers):
 
-- samples with a memory turn (memory_qa, pixelqa): the released two-pass protocol through
+- memory_qa (a first turn about objects given as memory): their ground-truth masks enter the memory bank (as
+  VideoRefer-Bench-Q's protocol gives ground-truth memory) and the question is answered by generation;
+- samples with a memory turn after prompts (pixelqa): the released two-pass protocol through
   `pixelqa.predict.Predictor`: the question (its object tags `[k]` turned into `[k] <|ref|>`) is pre-filled with
   the teacher-forced answer `[k] <|seg|> ...`, the pre-filled objects' masks enter the memory bank and the
   question is then answered by generation with that memory injected (the same pre-fill the sample's own first
@@ -51,6 +53,7 @@ class SyntheticQuery:
     reference: str  # the reference answer
     targets: list[int]  # object ids whose masks are scored: pre-filled ones, then the reference's <|seg|> objects
     choices: list[str] | None = None  # options of a multiple-choice question (the reference is the letter)
+    memory: list[int] = field(default_factory=list)  # objects given as ground-truth memory (no prompts to pre-fill)
 
 
 @dataclass
@@ -148,7 +151,15 @@ def query_of(sample: Sample) -> SyntheticQuery:
             text, prompts, True, answer.text, prefilled + list(answer.seg_objects), sample.choices or None
         )
     ask, answer = sample.turns[users[0]], sample.turns[users[0] + 1]
-    return SyntheticQuery(ask.text, prompts, False, answer.text, list(answer.seg_objects), sample.choices or None)
+    return SyntheticQuery(
+        ask.text,
+        prompts,
+        False,
+        answer.text,
+        list(answer.seg_objects),
+        sample.choices or None,
+        list(ask.memory_objects),
+    )
 
 
 def _ground_truth(sample: Sample, oid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +205,9 @@ class SyntheticGenerator:
             return self._one_pass(frames, kind, query, budget), {}, []
         from pixelqa.predict import media_from_tensor
 
+        memory = {k: _ground_truth(sample, k)[0] for k in query.memory} or None
         out = self.predictor.run(
-            media_from_tensor(frames, kind), query.text, list(query.prompts), processor_kwargs=budget
+            media_from_tensor(frames, kind), query.text, list(query.prompts), memory=memory, processor_kwargs=budget
         )
         size = sample.media.size
         prompted = [p.object_id for p in query.prompts]
