@@ -70,10 +70,14 @@ def test_a_missing_mask_scores_an_empty_mask_and_extra_masks_are_counted():
 
 
 def test_turns_map_to_the_query_two_pass_for_memory_tasks_one_pass_for_region_tasks():
-    mem = _sample("memory_qa")
-    q = query_of(mem)  # objects given as ground-truth memory: no prompts, no pre-fill
+    mem = _sample("memory_qa", 2)  # asked as a first turn: objects given as ground-truth memory, no pre-fill
+    q = query_of(mem)
     assert not q.prefill and not q.prompts and q.memory == [0, 1] and q.targets == []
     assert q.text == "Which is larger, [0] or [1]?" and q.reference == mem.turns[-1].text
+    mem = _sample("memory_qa", 0)  # pre-fill from the prompts, then the question: two passes
+    q = query_of(mem)
+    assert q.prefill and q.targets == [0, 1] and q.memory == [] and q.reference == mem.turns[-1].text
+    assert f"[0] {REF}" in q.text and f"[1] {REF}" in q.text and [p.object_id for p in q.prompts] == [0, 1]
     pix = _sample("pixelqa")
     q = query_of(pix)
     assert q.prefill and q.targets == [0] and q.choices == pix.choices and f"[0] {REF}" in q.text
@@ -138,7 +142,7 @@ def test_tiny_model_end_to_end_scores_its_own_answers_against_the_references():
     pix = _sample("pixelqa")
     _, prefilled, _ = generator.run(pix, query_of(pix))
     assert set(prefilled) == {0} and prefilled[0].shape == _gt(pix, 0).shape  # the prompted object pre-filled
-    mem = _sample("memory_qa")
+    mem = _sample("memory_qa", 2)
     answer, prefilled, _ = generator.run(mem, query_of(mem))  # ground-truth memory: nothing to pre-fill
     assert prefilled == {} and isinstance(answer, str)
     # QA samples with the references set to what the model answers: every answer is then right ...

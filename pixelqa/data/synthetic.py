@@ -236,18 +236,20 @@ def _conversation(
         meta["question_type"] = qtype
         return [prompt], [Turn("user", q), Turn("assistant", a)], a, None, meta
     if task == "memory_qa":
-        # A question about two objects given as memory (their ground-truth masks become <|mem|> tokens), asked as
-        # the first turn: the released region data's form, and the form of the answer pass of the two-pass
-        # protocol (pixelqa below trains the pre-fill that leads to it). Ids 0, 1; attributes are random.
+        # A question about two objects answered with their memory. Half the samples ask it as a first turn over
+        # ground-truth memory (the released region data's form, and the form of the two-pass protocol's answer
+        # pass); the other half pre-fill both objects from visual prompts first, then ask it (mask pre-filling).
+        # Ids 0, 1 in prompt order; attributes are random.
         a, b = shapes[0], shapes[1]
         bigger = a if a.size_class > b.size_class else b
         question = f"Which is larger, {object_tag(a.object_id)} or {object_tag(b.object_id)}?"
-        turns = [
-            Turn("user", question, memory_objects=[a.object_id, b.object_id]),
-            Turn("assistant", f"{object_tag(bigger.object_id)}."),
-        ]
+        answer = f"{object_tag(bigger.object_id)}."
         meta.update(question_type="larger", target=bigger.object_id)
-        return [], turns, turns[-1].text, None, meta
+        if rng.integers(0, 2):
+            turns = [Turn("user", question, memory_objects=[a.object_id, b.object_id]), Turn("assistant", answer)]
+            return [], turns, answer, None, meta
+        prompts = [_visual_prompt(rng, tracks[s.object_id], s.object_id, n_frames) for s in (a, b)]
+        return prompts, _memory_turns(rng, question, [a.object_id, b.object_id], answer), answer, None, meta
     if task in ("video_qa", "image_qa"):
         asks = [("count", "How many shapes are there?", f"{NUMBER_WORDS[len(shapes)]}.")]
         if video:
