@@ -173,7 +173,7 @@ def test_frame_and_prompt_sampling():
         idx = frame_indices(30, 8, rng, must_include=[29])
         assert len(idx) == 8 and idx == sorted(set(idx)) and 29 in idx
         assert all(0 <= i < 30 for i in idx)
-    s = make_sample(6)  # memory_qa video
+    s = make_sample(19)  # memory_qa video, pre-filled from two prompts on frames 3 and 4
     keep = sorted({0, *(p.frame for p in s.prompts)})
     sub = select_frames(s, keep).validate()
     assert sub.media.num_frames == len(keep) and sub.media.frames[1] == s.media.frames[keep[1]]
