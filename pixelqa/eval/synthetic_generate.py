@@ -35,6 +35,7 @@ import torch
 
 from pixelqa.data import masks as rle_masks
 from pixelqa.data.budgets import PixelBudget
+from pixelqa.data.loader import object_masks
 from pixelqa.data.schema import Sample
 from pixelqa.eval.answers import parse_option
 from pixelqa.eval.runner import EvalResult, PassCount, register_pass
@@ -164,14 +165,16 @@ def query_of(sample: Sample) -> SyntheticQuery:
 
 def _ground_truth(sample: Sample, oid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, H, W) bool masks of object `oid` on every frame (empty where unannotated) and the (T,) annotated frames."""
-    h, w = sample.media.size
-    t = sample.media.num_frames
-    masks = torch.zeros(t, h, w, dtype=torch.bool)
-    valid = torch.zeros(t, dtype=torch.bool)
-    for f, rle in sample.objects[oid].masks.items():
-        masks[f] = torch.from_numpy(rle_masks.decode(rle).astype(bool))
-        valid[f] = True
-    return masks, valid
+    masks, valid = object_masks(sample, [oid])
+    return torch.from_numpy(masks[0]), torch.from_numpy(valid[0])
+
+
+def _predictions(
+    query: SyntheticQuery, prefilled: dict[int, torch.Tensor], generated: list[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """The prediction for each target in order: the pre-filled objects' masks, then the generated ones."""
+    n_pre = len(query.targets) - count_seg(query.reference)
+    return [prefilled.get(k) for k in query.targets[:n_pre]] + list(generated)
 
 
 def _at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -250,8 +253,7 @@ def score_sample(
     generated: list[torch.Tensor],
 ) -> SampleOutcome:
     """Score one generated answer and its masks against the sample's reference and ground truth."""
-    n_pre = len(query.targets) - count_seg(query.reference)
-    preds: list[torch.Tensor | None] = [prefilled.get(k) for k in query.targets[:n_pre]] + list(generated)
+    preds = _predictions(query, prefilled, generated)
     targets, valid = [], []
     for k in query.targets:
         m, v = _ground_truth(sample, k)
@@ -346,9 +348,7 @@ def generate_and_score(
 def _overlay(sample: Sample, query: SyntheticQuery, prefilled: dict, generated: list) -> dict[str, Any]:
     """An overlay item: frames (T, H, W, 3) uint8, pred / target (K, T, H, W) bool (an empty mask where missing)."""
     targets = [_ground_truth(sample, k)[0] for k in query.targets]
-    n_pre = len(query.targets) - count_seg(query.reference)
-    preds = [prefilled.get(k) for k in query.targets[:n_pre]] + list(generated)
-    pairs, _, _ = match_masks(targets, preds)
+    pairs, _, _ = match_masks(targets, _predictions(query, prefilled, generated))
     return {
         "key": sample.key,
         "frames": sample.decode_frames(),
