@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from model_fixtures import cached_model, frames
@@ -66,18 +68,25 @@ def test_chat_with_sam_frames_apart_from_llm_frames():
         model.chat(sam[index], "  ", max_new_tokens=1)
 
 
+@contextlib.contextmanager
+def counting_calls(module: torch.nn.Module):
+    """A list that grows by one at each forward of `module` while the context is open."""
+    calls: list[int] = []
+    hook = module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
 def test_two_pass_turn_runs_the_vit_once():
     model = cached_model(obj_scores=False).eval()
-    calls = []
-    hook = model.qwen.model.visual.register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counting_calls(model.qwen.model.visual) as calls:
         media = frames(4, seed=9)
         res = model.chat(media, "What is <|ref|> doing?", prompts=[Point(0.4, 0.6, frame=2)], max_new_tokens=3)
         assert len(calls) == 1  # pre-fill pass and answer generation share the encoded media
         model.chat(media, "And now?", history=res.state, max_new_tokens=2)
         assert len(calls) == 1  # a later turn of the conversation too
-    finally:
-        hook.remove()
 
 
 def _prefill_and_answer(model, media):
@@ -147,9 +156,7 @@ def test_two_pass_chat_with_reuse_equals_the_uncached_turn():
 
 def test_sam_encodes_the_frames_once_per_conversation():
     model = cached_model(obj_scores=False).eval()
-    calls = []
-    hook = model.mask_decoder.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counting_calls(model.mask_decoder.sam.image_encoder) as calls:
         media = frames(4, seed=24)
         res = model.chat(media, "What is <|ref|> doing?", prompts=[Point(0.4, 0.6, frame=2)], max_new_tokens=2)
         assert len(calls) == 1
@@ -159,8 +166,6 @@ def test_sam_encodes_the_frames_once_per_conversation():
         assert len(calls) == 1  # the second object's masks decode from the same features
         fresh = model.chat(media, "And <|ref|>?", prompts=[Point(0.2, 0.2, frame=0)], history=None, max_new_tokens=2)
         assert len(calls) == 2
-    finally:
-        hook.remove()
     assert again.masks and fresh.masks
     # features held by the conversation give the same mask logits as freshly encoded ones
     states = torch.randn(2, model.qwen.config.text_config.hidden_size)
