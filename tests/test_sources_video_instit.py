@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from fixtures_video import box_mask, build_instit, write_json
 
 from pixelqa.data import masks
 from pixelqa.data.registry import get_source
-from pixelqa.prompt_format import REF, parse_prefill
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, SEG, parse_prefill
 
 
 def convert_all(name, root, split="train"):
@@ -40,12 +43,64 @@ def test_video_qa_memory_objects_and_frame_order(tmp_path):
     assert q1.meta["keep_all_frames"] and q1.task == "region_qa"
 
 
-def test_qa_memory(tmp_path):
+def prefill_texts(body: str) -> set[str]:
+    """Every user text a pre-fill request may be built from `body` (one per released pre-fill template)."""
+    return {t.format(body) for t in PREFILL_TEMPLATES}
+
+
+def option_letter(text: str) -> str:
+    """The X of the one "\nOptions:\n(X) ..." line in a pre-fill request."""
+    (x,) = re.findall(r"\nOptions:\n\(([A-Z])\) ", text)
+    return x
+
+
+def test_qa_memory_released_one_round(tmp_path):
     build_instit(tmp_path)
-    _, m1 = convert_all("instit_qa_memory", tmp_path)
-    assert "[1] " + REF in m1.turns[0].text and "[2] " + REF in m1.turns[0].text
-    assert parse_prefill(m1.turns[1].text) == [1, 2] and m1.turns[1].seg_objects == [1, 2]
-    assert m1.turns[2].memory_objects == [1, 2] and m1.turns[3].text == m1.answer
+    m0, m1 = convert_all("instit_qa_memory", tmp_path)
+    u, a = m1.turns  # one round: no turn answering the question with memory
+    x = option_letter(u.text)
+    assert x in "ABCD"
+    body = f"How do [1] {REF} and [2] {REF} differ?\nOptions:\n({x}) [2] is lower than [1]."
+    assert u.text in prefill_texts(body) and not u.memory_objects
+    assert a.text == f"[1] {SEG} [2] {SEG}" == m1.answer and a.seg_objects == [1, 2]
+    assert [p.object_id for p in m1.prompts] == [1, 2] and m1.prompts[1].frame == 1  # first visible frame
+    x0 = option_letter(m0.turns[0].text)
+    assert m0.turns[0].text in prefill_texts(f"What does [1] {REF} do at <1>?\nOptions:\n({x0}) [1] waits.")
+    _, again = convert_all("instit_qa_memory", tmp_path)
+    assert again.turns[0].text == u.text  # letter and template are fixed by the sample key
+    _, two = convert_all("instit_qa_memory_two_round", tmp_path)
+    assert two.turns[0].text not in prefill_texts(body)  # the check rejects the other form's request
+
+
+def test_qa_memory_released_refs_in_textual_order(tmp_path):
+    build_instit(tmp_path)
+    path = tmp_path / "inst_it_dataset_video_21k_w_mask.json"
+    entries = json.loads(path.read_text())
+    entries[0]["question_answer_pairs"] = [
+        {"question": "Is [2] below [1]?", "answer": "Yes."},
+        {"question": "What is [1] next to?", "answer": "[1] is next to [2]."},  # [2] only in the answer
+    ]
+    write_json(path, entries)
+    m0, m1 = convert_all("instit_qa_memory", tmp_path)
+    x0, x1 = option_letter(m0.turns[0].text), option_letter(m1.turns[0].text)
+    assert m0.turns[0].text in prefill_texts(f"Is [2] {REF} below [1] {REF}?\nOptions:\n({x0}) Yes.")
+    assert m0.turns[1].text == f"[2] {SEG} [1] {SEG}" and m0.turns[1].seg_objects == [2, 1]
+    assert [p.object_id for p in m0.prompts] == [2, 1]
+    np.testing.assert_array_equal(masks.decode(m0.prompts[0].rle), box_mask(1, 2))  # [2] first visible on frame 1
+    assert m1.turns[0].text in prefill_texts(f"What is [1] {REF} next to?\nOptions:\n({x1}) [1] is next to [2] {REF}.")
+    assert m1.turns[1].seg_objects == [1, 2] and [p.object_id for p in m1.prompts] == [1, 2]
+    two0, _ = convert_all("instit_qa_memory_two_round", tmp_path)
+    assert two0.turns[1].seg_objects == [1, 2]  # ours kept ascending ids: the check above tells the forms apart
+
+
+def test_qa_memory_two_round(tmp_path):
+    build_instit(tmp_path)
+    _, m1 = convert_all("instit_qa_memory_two_round", tmp_path)
+    u0, a0, u1, a1 = m1.turns
+    assert u0.text in prefill_texts(f"How do [1] {REF} and [2] {REF} differ?")
+    assert parse_prefill(a0.text) == [1, 2] and a0.seg_objects == [1, 2]
+    assert u1.text == "How do [1] and [2] differ?" and u1.memory_objects == [1, 2]
+    assert a1.text == m1.answer == "[2] is lower than [1]."
     assert [p.object_id for p in m1.prompts] == [1, 2] and m1.prompts[1].frame == 1  # first visible frame
 
 

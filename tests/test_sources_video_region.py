@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -17,7 +20,8 @@ from pixelqa.data import masks
 from pixelqa.data.registry import RejectedSample, get_source
 from pixelqa.data.shards import build_shards
 from pixelqa.data.sources.pixelqa_bench import center_point, prompt_kinds
-from pixelqa.prompt_format import REF, SEG, parse_prefill
+from pixelqa.data.sources.videorefer import check_form, option_line
+from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, SEG, parse_prefill
 
 
 def convert_all(name, root, split):
@@ -59,16 +63,80 @@ def test_detailed_caption_and_qa_use_memory(tmp_path):
     assert q1.turns[0].text == "What colour is [0]?"
 
 
-def test_qa_memory_prefill_then_answer(tmp_path):
+def released_prefill_texts(body: str) -> set[str]:
+    """Every user text the released one-round form may build from `body` (one per pre-fill template), written out
+    from the UniPixel recipe rather than from the converter's helpers."""
+    return {t.format(body) for t in PREFILL_TEMPLATES}
+
+
+def option_letter(text: str) -> str:
+    """The X of the one "\nOptions:\n(X) ..." line in a pre-fill request."""
+    (x,) = re.findall(r"\nOptions:\n\(([A-Z])\) ", text)
+    return x
+
+
+def test_qa_memory_released_one_round(tmp_path):
     build_videorefer_700k(tmp_path)
     (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")  # q1 has one annotated frame: dropped
     assert m.task == "memory_qa"
-    u0, a0, u1, a1 = m.turns
-    assert u0.text.count(REF) == 2 and "[0] " + REF in u0.text and "[1] " + REF in u0.text
-    assert parse_prefill(a0.text) == [0, 1] and a0.seg_objects == [0, 1] and a0.text.count(SEG) == 2
-    assert u1.memory_objects == [0, 1] and REF not in u1.text and a1.text == m.answer
+    u, a = m.turns  # one round: no turn answering the question with memory
+    x = option_letter(u.text)
+    assert x in "ABCD"
+    body = (
+        f"There are 2 objects in the video: [0] {REF}, [1] {REF}.\nDoes [0] move faster than [1]?"
+        f"\nOptions:\n({x}) No, [0] moves as fast as [1]."
+    )
+    assert u.text in released_prefill_texts(body) and not u.memory_objects
+    assert a.text == f"[0] {SEG} [1] {SEG}" == m.answer and a.seg_objects == [0, 1]
     assert [p.object_id for p in m.prompts] == [0, 1] and all(p.type == "mask" for p in m.prompts)
     assert m.prompts[1].frame == frame_pos(m, 4)  # object 2 first visible on source frame 4
+    (again,) = convert_all("videorefer_qa_memory", tmp_path, "train")
+    assert again.turns[0].text == u.text  # letter and template are fixed by the sample key
+    # The check rejects the other form's request (no option line).
+    (two,) = convert_all("videorefer_qa_memory_two_round", tmp_path, "train")
+    assert two.turns[0].text not in released_prefill_texts(body)
+
+
+def test_qa_memory_released_follows_textual_order(tmp_path):
+    build_videorefer_700k(tmp_path)
+    entries = json.loads((tmp_path / "videorefer-qa-75k.json").read_text())
+    entries[0]["conversations"][0]["value"] = (
+        "<video>\nThere are 2 objects in the video: <object1><region>, <object0><region>."
+        "\nIs <object1> left of <object0>?"
+    )
+    entries[0]["conversations"][1]["value"] = "Yes."
+    write_json(tmp_path / "videorefer-qa-75k.json", entries)
+    (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")
+    x = option_letter(m.turns[0].text)
+    body = f"There are 2 objects in the video: [1] {REF}, [0] {REF}.\nIs [1] left of [0]?\nOptions:\n({x}) Yes."
+    assert m.turns[0].text in released_prefill_texts(body)
+    assert m.turns[1].text == f"[1] {SEG} [0] {SEG}" and m.turns[1].seg_objects == [1, 0]
+    assert [p.object_id for p in m.prompts] == [1, 0]  # the first annotation is [1]: drawn as box_mask(f, 1)
+    np.testing.assert_array_equal(masks.decode(m.prompts[0].rle), box_mask(0, 1))
+    (two,) = convert_all("videorefer_qa_memory_two_round", tmp_path, "train")
+    assert two.turns[1].seg_objects == [0, 1]  # ours kept ascending ids: the check above tells the forms apart
+
+
+def test_option_letters_cover_a_to_d_by_key():
+    letters = [option_letter(option_line("yes", f"qa-{i}")) for i in range(200)]
+    assert set(letters) == set("ABCD")
+    assert letters == [option_letter(option_line("yes", f"qa-{i}")) for i in range(200)]
+
+
+def test_qa_memory_two_round_prefill_then_answer(tmp_path):
+    build_videorefer_700k(tmp_path)
+    (m,) = convert_all("videorefer_qa_memory_two_round", tmp_path, "train")
+    assert m.task == "memory_qa"
+    u0, a0, u1, a1 = m.turns
+    pre = f"There are 2 objects in the video: [0] {REF}, [1] {REF}.\nDoes [0] move faster than [1]?"
+    assert u0.text in released_prefill_texts(pre) and "Options" not in u0.text
+    assert parse_prefill(a0.text) == [0, 1] and a0.seg_objects == [0, 1] and a0.text.count(SEG) == 2
+    assert u1.text == "There are 2 objects in the video: [0], [1].\nDoes [0] move faster than [1]?"
+    assert u1.memory_objects == [0, 1] and a1.text == m.answer == "No, [0] moves as fast as [1]."
+    assert [p.object_id for p in m.prompts] == [0, 1] and all(p.type == "mask" for p in m.prompts)
+    assert m.prompts[1].frame == frame_pos(m, 4)
+    with pytest.raises(ValueError, match="form: got 'three_round'"):
+        check_form("three_round", "videorefer_qa_memory")
 
 
 def test_bench_q_single_and_multi_frame(tmp_path):

@@ -16,8 +16,9 @@ the reference loader ("[0k]" -> "[k]", "<0>" -> "<1>"); pairs that still name "[
 skipped. Videos keep all their frames (the questions' <t> tags count them): meta "keep_all_frames".
 
 Sources: ``instit_image_short_caption`` (stage 1: one instance, <|ref|> prompt, short caption),
-``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory
-from <|ref|> prompts, then answer with it).
+``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory as the
+released data does: question + ``"\nOptions:\n(X) <answer>"``, ``[k] <|ref|>`` -> ``[k] <|seg|>``, one round) and
+``instit_qa_memory_two_round`` (our earlier form: that pre-fill without the option line, then the answer with memory).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
-from pixelqa.data.sources.videorefer import key_frame, localize, mask_prompt
+from pixelqa.data.sources.videorefer import check_form, key_frame, localize, mask_prompt, option_line, prefill_turns
 from pixelqa.data.sources.vos import key_rng
 from pixelqa.prompt_format import REF, object_ids_in, prefill_answer
 
@@ -208,7 +209,7 @@ class InstITVideoBase(InstITBase):
                 objects=objects,
                 prompts=prompts,
                 turns=turns,
-                answer=a,
+                answer=turns[-1].text,  # what the sample teaches (a pre-fill answer in memory pre-filling)
                 meta={"video_id": str(e["video_id"]), "qa_index": i, "keep_all_frames": True},
             )
 
@@ -228,24 +229,22 @@ class InstITVideoQA(InstITVideoBase):
 
 @register_source("instit_qa_memory")
 class InstITQAMemory(InstITVideoBase):
-    """Memory QA: pre-fill (prompted instances -> [k] <|seg|>), then the question answered with memory."""
+    """Memory pre-filling (`form`, see videorefer.MEMORY_FORMS): segment the instances a QA pair names."""
 
     task = "memory_qa"
     max_frames = 8
+    form = "released"
 
     def talk(
         self, question: str, answer: str, objects: dict[int, ObjectTrack], key: str
     ) -> tuple[list[Prompt], list[Turn]]:
-        """[k] <|ref|> after the first mention of each instance in the question."""
+        """Released: question + correct option, [k] <|ref|> after each instance's first mention -> [k] <|seg|>;
+        two_round: that pre-fill over the question alone, then the question answered with memory."""
+        if check_form(self.form, self.name) == "released":
+            with_ref, _ = add_refs(question + option_line(answer, key), [])
+            return prefill_turns(with_ref, objects, key, key)[:2]
         ids = sorted(objects)
-        with_ref, order = question, []
-        for k in object_ids_in(question):
-            with_ref = with_ref.replace(f"[{k}]", f"[{k}] {REF}", 1)
-            order.append(k)
-        for k in ids:  # instances named only in the answer are still prompted (appended to the question)
-            if k not in order:
-                with_ref += f" [{k}] {REF}"
-                order.append(k)
+        with_ref, order = add_refs(question, ids)
         prompts = [mask_prompt(objects[k], k) for k in order]
         turns = [
             Turn("user", localize(with_ref, key)),
@@ -254,3 +253,23 @@ class InstITQAMemory(InstITVideoBase):
             Turn("assistant", answer),
         ]
         return prompts, turns
+
+
+@register_source("instit_qa_memory_two_round")
+class InstITQAMemoryTwoRound(InstITQAMemory):
+    """`instit_qa_memory` in our two-round form (pre-fill, then the question answered with memory)."""
+
+    form = "two_round"
+
+
+def add_refs(text: str, also: Sequence[int]) -> tuple[str, list[int]]:
+    """(text with `` <|ref|>`` after the first mention of each ``[k]``, the ids in that order); ids of `also` that the
+    text does not name get `` [k] <|ref|>`` appended (instances named only in the answer are still prompted)."""
+    order = object_ids_in(text)
+    for k in order:
+        text = text.replace(f"[{k}]", f"[{k}] {REF}", 1)
+    for k in also:
+        if k not in order:
+            text += f" [{k}] {REF}"
+            order.append(k)
+    return text, order

@@ -30,7 +30,9 @@ Only the reference recipe's filters (over 5 objects, ratio < 0.3, too few annota
 How each source talks (UniPixel's recipe): the short caption (stage 1) puts a visual prompt in place of
 ``<|ref|>`` (a mask prompt on the key frame here; point/box sampling happens when batches are built);
 detailed caption and QA inject the objects' masks as memory (the user turn lists `memory_objects`); QA-memory
-first pre-fills the memory (``[k] <|ref|>`` -> ``[k] <|seg|>``) then answers with the memory.
+pre-fills the memory as the released data does: one round, the question plus ``"\nOptions:\n(X) <answer>"`` in a
+pre-fill template, ``[k] <|ref|>`` -> ``[k] <|seg|>``; ``videorefer_qa_memory_two_round`` keeps our earlier form
+(that pre-fill without the option line, then the question answered with the memory).
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, object_tag, prefill_an
 CONTEXT_FRAMES = 16  # frames spread over the video besides the annotated ones
 MAX_OBJECTS = 5  # the paper puts mask losses on up to 5 objects; UniPixel drops entries with more
 MIN_RATIO = 0.3  # UniPixel drops entries whose masks cover < 30% of the frames they should ("ratio")
+# The forms of a memory pre-filling sample. "released" = UniPixel's `*_qa_mem` data: one round, the question plus
+# its correct answer as the only option, `[k] <|ref|>` -> `[k] <|seg|>`. "two_round" = ours before: that pre-fill
+# (without the option line) then the plain question answered with the memory. Each form is its own registered
+# source (`<name>` / `<name>_two_round`), so shard folders and manifests, which are keyed by source name, never
+# mix the two.
+MEMORY_FORMS: tuple[str, ...] = ("released", "two_round")
+OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 
 _OBJ_REGION = re.compile(r"<object(\d+)><region>")
 _OBJ = re.compile(r"<object(\d+)>")
@@ -402,17 +411,56 @@ class VideoReferQA(VideoRefer700K):
 
 @register_source("videorefer_qa_memory")
 class VideoReferQAMemory(VideoRefer700K):
-    """Stage-3 QA with memory pre-filling: segment the prompted objects, then answer with their memory."""
+    """Stage-3 memory pre-filling (`form`, see MEMORY_FORMS): segment the prompted objects of a QA entry."""
 
     kind = "qa"
     task = "memory_qa"
     min_annotated_frames = 2  # as UniPixel: single-frame entries teach nothing about tracking
+    form = "released"
 
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
-        """Pre-fill turn ([k] <|ref|> -> [k] <|seg|>), then the question answered with memory."""
-        return memory_turns(question, object_text(response), objects, key, where)
+        """Released: one pre-fill round over question + correct option; two_round: then the answer with memory."""
+        if check_form(self.form, self.name) == "two_round":
+            return memory_turns(question, object_text(response), objects, key, where)
+        with_ref = region_text(question, len(objects), with_ref=True, where=where) + option_line(
+            object_text(response), key
+        )
+        return prefill_turns(with_ref, objects, key, where)
+
+
+@register_source("videorefer_qa_memory_two_round")
+class VideoReferQAMemoryTwoRound(VideoReferQAMemory):
+    """`videorefer_qa_memory` in our two-round form (pre-fill, then the question answered with memory)."""
+
+    form = "two_round"
+
+
+def check_form(form: str, source: str) -> str:
+    """`form` if it is one of MEMORY_FORMS, else ValueError naming the source."""
+    if form not in MEMORY_FORMS:
+        raise ValueError(f"{source}.form: got {form!r}, expected one of {list(MEMORY_FORMS)}")
+    return form
+
+
+def option_line(answer: str, key: str) -> str:
+    """``"\nOptions:\n(X) answer"``: the correct answer as the only option, X in A-D chosen by the sample key
+    (salted, so the letter does not follow the template choice)."""
+    return f"\nOptions:\n({pick(OPTION_LETTERS, key + '/option')}) {answer}"
+
+
+def prefill_turns(
+    with_ref: str, objects: dict[int, ObjectTrack], key: str, where: str
+) -> tuple[list[Prompt], list[Turn], str]:
+    """The released one-round pre-fill sample of a text holding `[k] <|ref|>`: prompts and `[k] <|seg|>` both in
+    the textual order of the `<|ref|>`s."""
+    order = [int(m) for m in re.findall(r"\[(\d+)\] " + re.escape(REF), with_ref)]
+    if sorted(order) != sorted(objects):
+        raise RecordError(f"{where}: <|ref|> objects {order}, expected each of {sorted(objects)} once")
+    answer = prefill_answer(order)
+    turns = [Turn("user", localize(with_ref, key)), Turn("assistant", answer, seg_objects=order)]
+    return [mask_prompt(objects[k], k) for k in order], turns, answer
 
 
 def localize(question: str, key: str) -> str:
