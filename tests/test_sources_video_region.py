@@ -13,15 +13,18 @@ from fixtures_video import (
     build_videorefer_700k,
     build_videorefer_bench,
     build_videorefer_bench_tags_and_defects,
+    videorefer_annotation,
     write_json,
 )
 
 from pixelqa.data import masks
+from pixelqa.data.collate import Collator
 from pixelqa.data.registry import RejectedSample, get_source
 from pixelqa.data.shards import build_shards
 from pixelqa.data.sources.pixelqa_bench import center_point, prompt_kinds
-from pixelqa.data.sources.videorefer import check_form, option_line
-from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, SEG, parse_prefill
+from pixelqa.data.sources.videorefer import check_form, localize, option_line, single_object_id
+from pixelqa.prompt_format import MEM, PREFILL_TEMPLATES, REF, SEG, parse_prefill
+from tests.tiny_processor import tiny_processor
 
 
 def convert_all(name, root, split):
@@ -50,12 +53,26 @@ def test_short_caption_prompt_and_frames(tmp_path):
     assert round((s.decode_frames([t])[0].mean() - 10) / 24) == 3
 
 
+def the_id(sample) -> int:
+    """The id of a single-object sample's one object."""
+    (k,) = sample.objects
+    return k
+
+
 def test_detailed_caption_and_qa_use_memory(tmp_path):
     build_videorefer_700k(tmp_path)
-    (d,) = convert_all("videorefer_detailed_caption", tmp_path, "train")
-    assert d.turns[0].text == "Describe [0] in detail." and d.turns[0].memory_objects == [0] and not d.prompts
-    for f in (2, 4, 6):
-        np.testing.assert_array_equal(masks.decode(d.objects[0].masks[frame_pos(d, f)]), box_mask(f, 1))
+    entries = json.loads((tmp_path / "videorefer-detailed-caption-125k.json").read_text())
+    write_json(tmp_path / "videorefer-detailed-caption-125k.json", [{**entries[0], "id": f"d{i}"} for i in range(6)])
+    ds = convert_all("videorefer_detailed_caption", tmp_path, "train")
+    for d in ds:
+        k = the_id(d)  # released: the lone object is [k], k random in 0..15 (here fixed by the sample key)
+        assert 0 <= k < 16 and d.turns[0].text == f"Describe [{k}] in detail." and not d.prompts
+        assert d.turns[0].memory_objects == [k] and set(re.findall(r"\[(\d+)\]", d.turns[0].text)) == {str(k)}
+        for f in (2, 4, 6):
+            np.testing.assert_array_equal(masks.decode(d.objects[k].masks[frame_pos(d, f)]), box_mask(f, 1))
+    ks = [the_id(d) for d in ds]
+    assert ks == [the_id(d) for d in convert_all("videorefer_detailed_caption", tmp_path, "train")]
+    assert len(set(ks)) > 1 and set(ks) != {0}, ks  # spread over the keys, not always [0]
     q0, q1 = convert_all("videorefer_qa", tmp_path, "train")
     assert q0.turns[0].text == "There are 2 objects in the video: [0], [1].\nDoes [0] move faster than [1]?"
     assert q0.turns[0].memory_objects == [0, 1] and q0.answer == "No, [0] moves as fast as [1]."
@@ -137,6 +154,76 @@ def test_qa_memory_two_round_prefill_then_answer(tmp_path):
     assert m.prompts[1].frame == frame_pos(m, 4)
     with pytest.raises(ValueError, match="form: got 'three_round'"):
         check_form("three_round", "videorefer_qa_memory")
+
+
+def single_object_qa(tmp_path, n: int = 6) -> None:
+    """The VideoRefer QA fixture with q1 (one object under a bare <region>) annotated on frames 5 and 7 (so that
+    memory pre-filling keeps it) and repeated as q1..qn, plus q9 tagging its lone object <object3>."""
+    build_videorefer_700k(tmp_path)
+    entries = json.loads((tmp_path / "videorefer-qa-75k.json").read_text())
+    single = {**entries[1], "annotation": videorefer_annotation({1: [5, 7]})}
+    tagged = {**single, "id": "q9", "conversations": [dict(c) for c in single["conversations"]]}
+    tagged["conversations"][0]["value"] = "<video>\nWhat colour is <object3><region>?"
+    rows = [entries[0]] + [{**single, "id": f"q{i}"} for i in range(1, n + 1)] + [tagged]
+    write_json(tmp_path / "videorefer-qa-75k.json", rows)
+
+
+def test_qa_memory_single_object_random_id(tmp_path):
+    single_object_qa(tmp_path)
+    m0, *singles, tagged = convert_all("videorefer_qa_memory", tmp_path, "train")
+    assert sorted(m0.objects) == [0, 1] and m0.turns[1].text == f"[0] {SEG} [1] {SEG}"  # multi-object: [N] kept
+    assert the_id(tagged) == 3 and tagged.turns[1].text == f"[3] {SEG}"  # <objectK> tags keep K
+    for s in singles:
+        u, a = s.turns
+        k = the_id(s)
+        x = option_letter(u.text)
+        assert 0 <= k < 16
+        assert u.text in released_prefill_texts(f"What colour is [{k}] {REF}?\nOptions:\n({x}) Grey.")
+        assert a.text == s.answer == f"[{k}] {SEG}" and a.seg_objects == [k]
+        assert [p.object_id for p in s.prompts] == [k] and s.prompts[0].frame == frame_pos(s, 5)
+        assert set(re.findall(r"\[(\d+)\]", u.text + a.text)) == {str(k)}  # the same k in every place
+        np.testing.assert_array_equal(masks.decode(s.objects[k].masks[frame_pos(s, 7)]), box_mask(7, 1))
+        if k != 0:  # the check tells the drawn id from the old fixed [0]
+            assert u.text not in released_prefill_texts(f"What colour is [0] {REF}?\nOptions:\n({x}) Grey.")
+    ks = [the_id(s) for s in singles]
+    assert ks == [the_id(s) for s in convert_all("videorefer_qa_memory", tmp_path, "train")[1:-1]]
+    assert len(set(ks)) > 1 and set(ks) != {0}, ks  # spread over the rows, not always [0]
+    # The two-round form names the same entry's object by the same k (same sample key).
+    for s, two in zip(singles, convert_all("videorefer_qa_memory_two_round", tmp_path, "train")[1:-1]):
+        k = the_id(s)
+        assert the_id(two) == k and f"[{k}] {REF}" in two.turns[0].text and two.turns[1].seg_objects == [k]
+        assert two.turns[2].text == f"What colour is [{k}]?" and two.turns[2].memory_objects == [k]
+
+
+def test_single_object_id_spread_and_salt():
+    keys = [f"qa-v{i}" for i in range(1000)]
+    ids = [single_object_id(k) for k in keys]
+    assert set(ids) == set(range(16)) and ids == [single_object_id(k) for k in keys]
+    # Salted: the id does not move in step with the option letter or the template (every pair occurs).
+    letters = [option_letter(option_line("yes", k)) for k in keys]
+    templates = [localize("q", k) for k in keys]
+    assert len(set(zip(letters, ids))) == 4 * 16 and len(set(zip(templates, ids))) == len(PREFILL_TEMPLATES) * 16
+
+
+def test_single_object_ids_collate(tmp_path):
+    single_object_qa(tmp_path, n=1)
+    _, s, _ = convert_all("videorefer_qa_memory", tmp_path, "train")
+    build_videorefer_700k(tmp_path / "d")
+    (d,) = convert_all("videorefer_detailed_caption", tmp_path / "d", "train")
+    ks, kd = the_id(s), the_id(d)
+    assert ks != 0 and kd != 0  # these fixture keys draw ids other than 0, so the checks below can tell
+    b = Collator(tiny_processor())([s, d])
+    text_s, text_d = (b_text.replace("<|video_pad|>", "") for b_text in processor_texts(b))
+    assert f"[{ks}] {REF}" in text_s and f"assistant\n[{ks}] {SEG}<|im_end|>" in text_s
+    assert b.seg_object_ids == [[ks], []] and [p.object_id for p in b.prompts[0]] == [ks]
+    assert re.search(rf"\n\[{kd}\]: <\d+>-<\d+> {re.escape(MEM)}", text_d) and "[0]:" not in text_d
+    assert f"Describe [{kd}] in detail." in text_d and {m.object_id for m in b.memory[1]} == {kd} and b.memory[1]
+
+
+def processor_texts(batch) -> list[str]:
+    """The decoded input ids of each sample of a batch."""
+    tok = tiny_processor().tokenizer
+    return [tok.decode(ids) for ids in batch.input_ids]
 
 
 def test_bench_q_single_and_multi_frame(tmp_path):

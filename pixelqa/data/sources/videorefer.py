@@ -20,7 +20,9 @@ Regions: ``<region>`` marks the i-th object of "annotation"; multi-object QA nam
 ``<objectK><region>`` then ``<objectK>``. The tags pair with the annotations **in order of appearance** (the
 j-th tag is the j-th annotation) whatever K says, as the reference readers do: the benchmark's first question
 tags its single object ``<object3>``. Object K becomes id K (``[K]``) in every mention, as in the released
-UniPixel data; bare ``<region>`` markers number the objects 0, 1, ... in order.
+UniPixel data; bare ``<region>`` markers number the objects 0, 1, ... in order, except in the sources that name a
+single object by a random id as the released data does (`single_object_ids`: detailed caption and QA-memory), where
+the one ``<region>`` becomes ``[k]`` with k in 0..SINGLE_OBJECT_IDS-1 fixed by the sample key.
 
 Bad records are counted rejects (see `pixelqa.data.registry.rejected`), each naming the JSON file and the entry:
 broken region markers (a count that disagrees with the annotations, a K tagged twice, a leftover marker), a key
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,9 @@ MIN_RATIO = 0.3  # UniPixel drops entries whose masks cover < 30% of the frames 
 # mix the two.
 MEMORY_FORMS: tuple[str, ...] = ("released", "two_round")
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
+# UniPixel's released detailed-caption and QA-memory rows call a lone object [k] with k drawn from 0..15, so the
+# model does not learn that a single object is always [0].
+SINGLE_OBJECT_IDS = 16
 
 _OBJ_REGION = re.compile(r"<object(\d+)><region>")
 _OBJ = re.compile(r"<object(\d+)>")
@@ -276,6 +282,7 @@ class VideoRefer700K(Source):
     kind = "qa"
     task = "region_qa"
     min_annotated_frames = 1
+    single_object_ids = False  # True: a lone object under a bare <region> gets `single_object_id(key)`
 
     def anno_path(self, root: Path) -> tuple[Path, Path | None]:
         """(entries JSON, re-packed mask folder or None)."""
@@ -332,7 +339,10 @@ class VideoRefer700K(Source):
             raise ValueError(f"{where}.conversations: expected a human and a gpt turn, got {conv!r:.80}")
         question, response = strip_video_tag(str(conv[0]["value"])), str(conv[1]["value"]).strip()
         repacked = load_json(mask_dir / f"{item}.json") if mask_dir is not None else None
-        regions = name_regions(parse_regions(e["annotation"], where, repacked), question, where)
+        parsed = parse_regions(e["annotation"], where, repacked)
+        if self.single_object_ids:
+            question = single_object_text(question, len(parsed), key)
+        regions = name_regions(parsed, question, where)
         needed = sorted({f for r in regions for f in r.masks})
         if len(needed) < self.min_annotated_frames:
             return  # the reference recipe's filter (memory pre-filling needs >= 2 annotated frames)
@@ -384,11 +394,12 @@ class VideoReferDetailedCaption(VideoRefer700K):
 
     kind = "detailed_caption"
     task = "region_caption"
+    single_object_ids = True
 
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
-        """The question naming [1]; the object's masks are injected as memory."""
+        """The question naming [k] (k random in 0..15 by the sample key); the object's masks are injected as memory."""
         text = region_text(question, len(objects), with_ref=False, where=where)
         return [], [Turn("user", text, memory_objects=sorted(objects)), Turn("assistant", response)], response
 
@@ -417,6 +428,7 @@ class VideoReferQAMemory(VideoRefer700K):
     task = "memory_qa"
     min_annotated_frames = 2  # as UniPixel: single-frame entries teach nothing about tracking
     form = "released"
+    single_object_ids = True
 
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
@@ -435,6 +447,21 @@ class VideoReferQAMemoryTwoRound(VideoReferQAMemory):
     """`videorefer_qa_memory` in our two-round form (pre-fill, then the question answered with memory)."""
 
     form = "two_round"
+
+
+def single_object_id(key: str) -> int:
+    """The released data's random id of a lone object, in 0..SINGLE_OBJECT_IDS-1, fixed by the sample key (salted,
+    so it does not follow the template or option-letter choices)."""
+    return zlib.crc32((key + "/object_id").encode("utf-8")) % SINGLE_OBJECT_IDS
+
+
+def single_object_text(question: str, num_objects: int, key: str) -> str:
+    """A single-object question with a bare ``<region>`` tagged ``<objectK><region>``, K = `single_object_id(key)`,
+    so that every later step names the object [K]; other questions (several objects, or ``<objectK>`` tags, whose
+    K the released data keeps) unchanged."""
+    if num_objects != 1 or _OBJ.search(question):
+        return question
+    return question.replace("<region>", f"<object{single_object_id(key)}><region>")
 
 
 def check_form(form: str, source: str) -> str:
