@@ -247,6 +247,8 @@ def test_bench_d(tmp_path):
     build_videorefer_bench(tmp_path)
     (d,) = convert_all("videorefer_bench_d", tmp_path, "multi_frame")  # found under videos/Panda-70M-part
     assert d.answer == "A box slides right." and d.turns[0].memory_objects == [0]
+    # the request names the object the memory text names, as the official request does ([1] before)
+    assert d.turns[0].text == "Please give a detailed description of the highlighted object [0] in the video."
     assert sorted(d.objects[0].masks) == [frame_pos(d, 3), frame_pos(d, 7)]
 
 
