@@ -113,7 +113,7 @@ def set_aside_previous(ckpt_dir: Path) -> Path | None:
 def check_model(recipe: Recipe) -> None:
     """A real preset needs a local model directory (nothing is downloaded)."""
     m = recipe.model
-    if m.preset != "tiny":
+    if m.preset != "tiny" or m.path:
         if not m.path or not Path(m.path).is_dir() or not (Path(m.path) / "config.json").is_file():
             raise RecipeError(
                 f"model.path={m.path!r}: model={m.preset} needs a local Qwen2.5-VL directory with config.json; "

@@ -3,7 +3,8 @@
 Presets:
 - ``tiny``: a random-init Qwen2.5-VL of a few hundred K parameters with an offline byte-level BPE tokenizer
   trained on a fixed built-in corpus; everything is deterministic from ``seed``. Pixel budgets are small so
-  that a 112 x 112 frame gives 8 x 8 patches = 4 x 4 merged visual tokens.
+  that a 112 x 112 frame gives 8 x 8 patches = 4 x 4 merged visual tokens. With ``path`` set, the tiny model is
+  read from that folder instead (a Qwen2.5-VL base folder of tiny size, as `pixelqa.tinybase` writes for the demo).
 - ``unipixel-3b`` / ``unipixel-7b``: weights, tokenizer and processor loaded from ``path`` (a local directory,
   never the hub): a released UniPixel folder or a Qwen2.5-VL base folder, read by `pixelqa.model.release`. If that
   directory holds a ``config.json`` but no weight files, or ``random_init=True``, the real-size architecture is
@@ -203,7 +204,7 @@ def build_processor(preset: str = "tiny", path: str | None = None, folder=None):
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: got {preset!r}, expected one of {PRESETS}")
-    if preset == "tiny":
+    if preset == "tiny" and path is None:
         return build_tiny_processor()
     root = _check_path(preset, path)
     has_tokenizer = (root / "tokenizer.json").exists() or (root / "tokenizer_config.json").exists()
@@ -249,7 +250,7 @@ def build_qwen(
 ):
     """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added).
 
-    `tiny`: the sizes of preset=tiny (default: the test model's); the real presets ignore it.
+    `tiny`: the sizes of preset=tiny without a path (default: the test model's); a folder's config gives them otherwise.
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.initialization import no_init_weights
@@ -257,7 +258,7 @@ def build_qwen(
     from pixelqa.model import release
 
     torch_dtype = _torch_dtype(dtype)
-    if preset == "tiny":
+    if preset == "tiny" and path is None:
         config = tiny_qwen_config(tokenizer, tiny)
         with fork_rng(seed):
             model = Qwen2_5_VLForConditionalGeneration(config)

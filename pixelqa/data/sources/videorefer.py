@@ -54,7 +54,6 @@ from pixelqa.data.sources._image_files import cached_json, check_polygons_inside
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.vos import pick
-from pixelqa.eval.templates import DESCRIBE_TEXT
 from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, object_tag, prefill_answer
 
 CONTEXT_FRAMES = 16  # frames spread over the video besides the annotated ones
@@ -662,7 +661,7 @@ class VideoReferBenchD(VideoReferBench):
             raise RecordError(f"{where}: {len(objects)} annotated objects, expected one to describe")
         # the object's own id, as the memory text names it (the official request says [0])
         (oid,) = objects
-        ask = DESCRIBE_TEXT.format(tag=object_tag(oid))
+        ask = f"Please give a detailed description of the highlighted object {object_tag(oid)} in the video."
         key = self.key(item, str(e["video"]))
         return Sample(
             key=key,

@@ -1,0 +1,196 @@
+"""Pre-training of the micro SAM 2.1 as a promptable video segmenter: a tiny stand-in for SAM 2.1's weights.
+
+UniPixel starts its mask decoder from SAM 2.1, pre-trained to segment whatever a point or a box marks and to follow
+it through a video; its IoU head ranks the three candidates of an ambiguous prompt. The demo's random-init micro
+SAM has none of that, and its IoU head never learns to rank them within the demo (docs/benchmarks.md). This trains
+the whole micro SAM (image encoder included) the way SAM 2 is trained: a positive point or a box on an object's
+first frame, that object's masks on every frame, the same multimask losses our stage 3 uses
+(`losses.released_mask_losses`). Objects come from the synthetic `pretrain` split; no language is involved.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pixelqa.data.loader import object_masks, subsample_frames
+from pixelqa.data.synthetic import make_sample
+from pixelqa.model.losses import released_mask_losses
+from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
+
+# tasks whose clips are drawn (every object of a clip is a target; images and videos)
+SAM_TASKS = ("res", "rvos", "reasonseg", "reason_vos")
+SPLIT = "pretrain"
+
+
+@dataclass
+class SamSettings:
+    """Settings of the SAM pre-training (defaults: the measured build, docs/benchmarks.md)."""
+
+    steps: int = 2000
+    batch_size: int = 4  # clips (2-3 objects each)
+    # a random-init SAM 2 collapses under these losses at 1e-3 (every prompt the same mask, then empty masks)
+    lr: float = 1e-4
+    warmup: int = 200
+    pool: int = 2000
+    num_frames: int = 4
+    box_share: float = 0.5  # prompts that are boxes (the rest: one positive point)
+    seed: int = 0
+    focal: float = 100.0
+    dice: float = 5.0
+    iou: float = 5.0
+    objectness: float = 5.0
+    eval_every: int = 250
+    eval_samples: int = 100
+
+
+@dataclass
+class Target:
+    """One clip: frames (T, 3, H, W) uint8 and the masks (K, T, H, W) bool of its K objects."""
+
+    frames: torch.Tensor
+    masks: torch.Tensor
+
+
+def make_targets(n: int, split: str, seed: int, num_frames: int, offset: int = 0) -> list[Target]:
+    """`n` synthetic clips with every object's masks (frames at the clip's segment centres).
+
+    Every object of a clip is a target: prompting each shape of the same frames apart is what teaches the decoder
+    to follow the prompt instead of outputting every shape.
+    """
+    out = []
+    for i in tqdm(range(n), desc=f"clips {split}", leave=False):
+        task = SAM_TASKS[i % len(SAM_TASKS)]
+        sample = subsample_frames(make_sample(offset + i, split=split, seed=seed, task=task), num_frames)
+        ids = sorted(sample.objects)
+        masks, _ = object_masks(sample, ids)
+        masks = torch.from_numpy(np.ascontiguousarray(masks))
+        keep = masks[:, 0].flatten(1).any(-1)  # prompted on the first frame, where it must be visible
+        if keep.any():
+            frames = torch.from_numpy(sample.decode_frames()).permute(0, 3, 1, 2).contiguous()
+            out.append(Target(frames, masks[keep]))
+    return out
+
+
+def prompt_of(decoder: MaskDecoder, mask: torch.Tensor, box: bool, rng: np.random.Generator) -> torch.Tensor:
+    """SAM's sparse embedding (1, n, 256) of a random positive point in `mask` (H, W) or of its bounding box."""
+    H, W = mask.shape
+    scale = torch.tensor([decoder.image_size / W, decoder.image_size / H])
+    ys, xs = mask.nonzero(as_tuple=True)
+    enc = decoder.sam.sam_prompt_encoder
+    if box:
+        xyxy = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        xyxy = (xyxy.view(1, 2, 2) * scale).view(1, 4)
+        sparse, _ = enc(points=None, boxes=xyxy, masks=None)
+    else:
+        j = int(rng.integers(0, len(xs)))
+        point = (torch.tensor([[[float(xs[j]) + 0.5, float(ys[j]) + 0.5]]]) * scale).float()
+        sparse, _ = enc(points=(point, torch.ones(1, 1, dtype=torch.int32)), boxes=None, masks=None)
+    return sparse
+
+
+def decode_targets(decoder: MaskDecoder, ts: list[Target], box: list[bool], rng: np.random.Generator) -> DecodedMasks:
+    """The decoder's outputs for every object of clips of one length T, as one batch: frames encoded in one call.
+
+    `box[k]` says whether object k (in clip order, then object order) is prompted by its box or by a point.
+    """
+    T = ts[0].frames.shape[0]
+    if any(t.frames.shape[0] != T for t in ts):
+        raise ValueError(f"targets: got lengths {[t.frames.shape[0] for t in ts]}, expected one length")
+    features = decoder.encode_frames(torch.cat([t.frames for t in ts]))
+    masks = [(c, m) for c, t in enumerate(ts) for m in t.masks]
+    if len(box) != len(masks):
+        raise ValueError(f"box: got {len(box)} flags, expected one per object ({len(masks)})")
+    sparse = torch.cat([prompt_of(decoder, m[0], b, rng) for (_, m), b in zip(masks, box)])
+    index = torch.stack([torch.arange(T) + c * T for c, _ in masks])  # object k's frames: its clip's rows
+    return decoder(features, index, sparse)
+
+
+def by_length(targets: list[Target]) -> list[list[Target]]:
+    """Clips grouped by their number of frames (each group decodes as one batch)."""
+    groups: dict[int, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(t.frames.shape[0], []).append(t)
+    return list(groups.values())
+
+
+def mean_iou(decoder: MaskDecoder, targets: list[Target], seed: int) -> dict[str, float]:
+    """Mean IoU over objects and frames of the selected mask, prompted by a point and by a box."""
+    rng = np.random.default_rng(seed)
+    decoder.eval()
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, box in (("point", False), ("box", True)):
+            vals = []
+            for group in by_length(targets):
+                for i in range(0, len(group), 8):
+                    ts = group[i : i + 8]
+                    gt = torch.cat([t.masks for t in ts])  # (K, T, H, W)
+                    dec = decode_targets(decoder, ts, [box] * gt.shape[0], rng)
+                    pred = decoder.upsample(dec.low_res, tuple(gt.shape[-2:])) > 0
+                    inter = (pred & gt).flatten(2).sum(-1).float()
+                    union = (pred | gt).flatten(2).sum(-1).float().clamp(min=1)
+                    vals += (inter / union).mean(1).tolist()
+            out[name] = float(np.mean(vals))
+    decoder.train()
+    return out
+
+
+def pretrain_sam(decoder: MaskDecoder, s: SamSettings, log: Callable[[str], object] = print) -> dict[str, float]:
+    """Train every SAM weight of `decoder` (built with `train_image_encoder=True`); returns the final mean IoUs."""
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    order_rng = random.Random(s.seed)
+    train = make_targets(s.pool, SPLIT, s.seed, s.num_frames)
+    held = make_targets(s.eval_samples, SPLIT, s.seed, s.num_frames, offset=10_000_000)
+    params = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < s.warmup:
+            return (step + 1) / s.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - s.warmup) / max(1, s.steps - s.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    decoder.train()
+    order: list[int] = []
+    bar = tqdm(range(s.steps), desc="pretrain SAM")
+    for step in bar:
+        while len(order) < s.batch_size:
+            order += order_rng.sample(range(len(train)), len(train))
+        idx, order = order[: s.batch_size], order[s.batch_size :]
+        total = torch.zeros(())
+        n_obj = sum(train[i].masks.shape[0] for i in idx)
+        for ts in by_length([train[i] for i in idx]):
+            gt = torch.cat([t.masks for t in ts])  # (K, T, H, W)
+            dec = decode_targets(decoder, ts, [bool(rng.random() < s.box_share) for _ in range(gt.shape[0])], rng)
+            for k in range(gt.shape[0]):  # per-object losses, as stage 3 computes them per sample
+                valid = torch.ones(1, gt.shape[1], dtype=torch.bool)
+                part = released_mask_losses(
+                    dec.raw_multi[k : k + 1],
+                    dec.ious_multi[k : k + 1],
+                    dec.object_scores[k : k + 1],
+                    gt[k : k + 1],
+                    valid,
+                    decoder.image_size,
+                    s.focal,
+                    s.dice,
+                )
+                loss = s.focal * part["focal"] + s.dice * part["dice"] + s.iou * part["iou"]
+                total = total + (loss + s.objectness * part["objectness"]) / n_obj
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{total.item():.3f}")
+        if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:
+            log(f"step {step + 1}: loss {total.item():.4f} held-out mean IoU {mean_iou(decoder, held, s.seed)}")
+    return mean_iou(decoder, held, s.seed)
