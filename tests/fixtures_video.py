@@ -622,3 +622,19 @@ def build_mvbench(root: Path, tasks) -> None:
         root / "json" / "episodic_reasoning.json",
         [{"video": "ep1", "question": "Why?", "candidates": ["A reason", "Another"], "answer": "A reason"}],
     )
+
+
+def prefill_texts(body: str) -> set[str]:
+    """Every user text a released pre-fill request may be built from `body` (one per pre-fill template), written out
+    from the UniPixel recipe rather than from the converters' helpers."""
+    from pixelqa.prompt_format import PREFILL_TEMPLATES
+
+    return {t.format(body) for t in PREFILL_TEMPLATES}
+
+
+def option_letter(text: str) -> str:
+    """The X of the one "\nOptions:\n(X) ..." line in a pre-fill request."""
+    import re
+
+    (x,) = re.findall(r"\nOptions:\n\(([A-Z])\) ", text)
+    return x

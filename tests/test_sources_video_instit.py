@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
-from fixtures_video import box_mask, build_instit, write_json
+from fixtures_video import box_mask, build_instit, option_letter, prefill_texts, write_json
 
 from pixelqa.data import masks
 from pixelqa.data.registry import get_source
-from pixelqa.prompt_format import PREFILL_TEMPLATES, REF, SEG, parse_prefill
+from pixelqa.prompt_format import REF, SEG, parse_prefill
 
 
 def convert_all(name, root, split="train"):
@@ -41,17 +40,6 @@ def test_video_qa_memory_objects_and_frame_order(tmp_path):
     assert sorted(q1.objects[2].masks) == [0, 1, 2] and masks.area(q1.objects[2].masks[0]) == 0
     np.testing.assert_array_equal(masks.decode(q1.objects[2].masks[2]), box_mask(2, 2))
     assert q1.meta["keep_all_frames"] and q1.task == "region_qa"
-
-
-def prefill_texts(body: str) -> set[str]:
-    """Every user text a pre-fill request may be built from `body` (one per released pre-fill template)."""
-    return {t.format(body) for t in PREFILL_TEMPLATES}
-
-
-def option_letter(text: str) -> str:
-    """The X of the one "\nOptions:\n(X) ..." line in a pre-fill request."""
-    (x,) = re.findall(r"\nOptions:\n\(([A-Z])\) ", text)
-    return x
 
 
 def test_qa_memory_released_one_round(tmp_path):

@@ -13,6 +13,8 @@ from fixtures_video import (
     build_videorefer_700k,
     build_videorefer_bench,
     build_videorefer_bench_tags_and_defects,
+    option_letter,
+    prefill_texts,
     videorefer_annotation,
     write_json,
 )
@@ -80,18 +82,6 @@ def test_detailed_caption_and_qa_use_memory(tmp_path):
     assert q1.turns[0].text == "What colour is [0]?"
 
 
-def released_prefill_texts(body: str) -> set[str]:
-    """Every user text the released one-round form may build from `body` (one per pre-fill template), written out
-    from the UniPixel recipe rather than from the converter's helpers."""
-    return {t.format(body) for t in PREFILL_TEMPLATES}
-
-
-def option_letter(text: str) -> str:
-    """The X of the one "\nOptions:\n(X) ..." line in a pre-fill request."""
-    (x,) = re.findall(r"\nOptions:\n\(([A-Z])\) ", text)
-    return x
-
-
 def test_qa_memory_released_one_round(tmp_path):
     build_videorefer_700k(tmp_path)
     (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")  # q1 has one annotated frame: dropped
@@ -103,7 +93,7 @@ def test_qa_memory_released_one_round(tmp_path):
         f"There are 2 objects in the video: [0] {REF}, [1] {REF}.\nDoes [0] move faster than [1]?"
         f"\nOptions:\n({x}) No, [0] moves as fast as [1]."
     )
-    assert u.text in released_prefill_texts(body) and not u.memory_objects
+    assert u.text in prefill_texts(body) and not u.memory_objects
     assert a.text == f"[0] {SEG} [1] {SEG}" == m.answer and a.seg_objects == [0, 1]
     assert [p.object_id for p in m.prompts] == [0, 1] and all(p.type == "mask" for p in m.prompts)
     assert m.prompts[1].frame == frame_pos(m, 4)  # object 2 first visible on source frame 4
@@ -111,7 +101,7 @@ def test_qa_memory_released_one_round(tmp_path):
     assert again.turns[0].text == u.text  # letter and template are fixed by the sample key
     # The check rejects the other form's request (no option line).
     (two,) = convert_all("videorefer_qa_memory_two_round", tmp_path, "train")
-    assert two.turns[0].text not in released_prefill_texts(body)
+    assert two.turns[0].text not in prefill_texts(body)
 
 
 def test_qa_memory_released_follows_textual_order(tmp_path):
@@ -126,7 +116,7 @@ def test_qa_memory_released_follows_textual_order(tmp_path):
     (m,) = convert_all("videorefer_qa_memory", tmp_path, "train")
     x = option_letter(m.turns[0].text)
     body = f"There are 2 objects in the video: [1] {REF}, [0] {REF}.\nIs [1] left of [0]?\nOptions:\n({x}) Yes."
-    assert m.turns[0].text in released_prefill_texts(body)
+    assert m.turns[0].text in prefill_texts(body)
     assert m.turns[1].text == f"[1] {SEG} [0] {SEG}" and m.turns[1].seg_objects == [1, 0]
     assert [p.object_id for p in m.prompts] == [1, 0]  # the first annotation is [1]: drawn as box_mask(f, 1)
     np.testing.assert_array_equal(masks.decode(m.prompts[0].rle), box_mask(0, 1))
@@ -146,7 +136,7 @@ def test_qa_memory_two_round_prefill_then_answer(tmp_path):
     assert m.task == "memory_qa"
     u0, a0, u1, a1 = m.turns
     pre = f"There are 2 objects in the video: [0] {REF}, [1] {REF}.\nDoes [0] move faster than [1]?"
-    assert u0.text in released_prefill_texts(pre) and "Options" not in u0.text
+    assert u0.text in prefill_texts(pre) and "Options" not in u0.text
     assert parse_prefill(a0.text) == [0, 1] and a0.seg_objects == [0, 1] and a0.text.count(SEG) == 2
     assert u1.text == "There are 2 objects in the video: [0], [1].\nDoes [0] move faster than [1]?"
     assert u1.memory_objects == [0, 1] and a1.text == m.answer == "No, [0] moves as fast as [1]."
@@ -178,13 +168,13 @@ def test_qa_memory_single_object_random_id(tmp_path):
         k = the_id(s)
         x = option_letter(u.text)
         assert 0 <= k < 16
-        assert u.text in released_prefill_texts(f"What colour is [{k}] {REF}?\nOptions:\n({x}) Grey.")
+        assert u.text in prefill_texts(f"What colour is [{k}] {REF}?\nOptions:\n({x}) Grey.")
         assert a.text == s.answer == f"[{k}] {SEG}" and a.seg_objects == [k]
         assert [p.object_id for p in s.prompts] == [k] and s.prompts[0].frame == frame_pos(s, 5)
         assert set(re.findall(r"\[(\d+)\]", u.text + a.text)) == {str(k)}  # the same k in every place
         np.testing.assert_array_equal(masks.decode(s.objects[k].masks[frame_pos(s, 7)]), box_mask(7, 1))
         if k != 0:  # the check tells the drawn id from the old fixed [0]
-            assert u.text not in released_prefill_texts(f"What colour is [0] {REF}?\nOptions:\n({x}) Grey.")
+            assert u.text not in prefill_texts(f"What colour is [0] {REF}?\nOptions:\n({x}) Grey.")
     ks = [the_id(s) for s in singles]
     assert ks == [the_id(s) for s in convert_all("videorefer_qa_memory", tmp_path, "train")[1:-1]]
     assert len(set(ks)) > 1 and set(ks) != {0}, ks  # spread over the rows, not always [0]

@@ -20,7 +20,8 @@ import os
 import shutil
 import tempfile
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -138,6 +139,30 @@ def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
                 raise ValueError(f"sample {b}: {kind} token count does not match {kind}_grid_thw")
         out.append(items)
     return out
+
+
+@contextmanager
+def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise)."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets a plain folder's mode
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class UniPixel(nn.Module):
@@ -863,23 +888,9 @@ class UniPixel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config + our weights atomically (temp dir + rename); the base model is referenced by config."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_folder(directory) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
             torch.save(self.trainable_state_dict(), tmp / WEIGHTS_FILE)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> UniPixel:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -71,12 +68,9 @@ def vlm_half(vit: VisionSettings, vlm: VlmSettings, target: Path, threads: int) 
 
 def build(out: Path, vit: VisionSettings, vlm: VlmSettings, sam: SamSettings, jobs: int = 1) -> dict:
     """Train both halves and write the base folder atomically; returns its card."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets a plain folder's mode
-    try:
+    from pixelqa.model.unipixel import atomic_folder
+
+    with atomic_folder(out) as tmp:
         if jobs > 1:
             report = tmp / "sam_report.json"
             child = multiprocessing.get_context("spawn").Process(
@@ -98,21 +92,10 @@ def build(out: Path, vit: VisionSettings, vlm: VlmSettings, sam: SamSettings, jo
             qwen = vlm_half(vit, vlm, tmp / QWEN_DIR, 1)
             sam_card = sam_half(sam, tmp / SAM_FILE, 1)
         card = {
-            "what": "pre-trained tiny base of the embedded demo (python -m pixelqa.tinybase)",
+            "what": "pre-trained tiny base (python -m pixelqa.tinybase)",
             "qwen": qwen,
             "sam": sam_card,
             "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card

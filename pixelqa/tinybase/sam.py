@@ -10,8 +10,6 @@ first frame, that object's masks on every frame, the same multimask losses our s
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +21,7 @@ from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.synthetic import make_sample
 from pixelqa.model.losses import released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
+from pixelqa.tinybase.loop import batch_indices, optimizer_step, warmup_cosine
 
 # tasks whose clips are drawn (every object of a clip is a target; images and videos)
 SAM_TASKS = ("res", "rvos", "reasonseg", "reason_vos")
@@ -146,25 +145,16 @@ def pretrain_sam(decoder: MaskDecoder, s: SamSettings, log: Callable[[str], obje
     """Train every SAM weight of `decoder` (built with `train_image_encoder=True`); returns the final mean IoUs."""
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
-    order_rng = random.Random(s.seed)
     train = make_targets(s.pool, SPLIT, s.seed, s.num_frames)
     held = make_targets(s.eval_samples, SPLIT, s.seed, s.num_frames, offset=10_000_000)
     params = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:
-        if step < s.warmup:
-            return (step + 1) / s.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - s.warmup) / max(1, s.steps - s.warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, s.warmup, s.steps)
     decoder.train()
-    order: list[int] = []
+    batches = batch_indices(len(train), s.batch_size, s.seed)
     bar = tqdm(range(s.steps), desc="pretrain SAM")
     for step in bar:
-        while len(order) < s.batch_size:
-            order += order_rng.sample(range(len(train)), len(train))
-        idx, order = order[: s.batch_size], order[s.batch_size :]
+        idx = next(batches)
         total = torch.zeros(())
         n_obj = sum(train[i].masks.shape[0] for i in idx)
         for ts in by_length([train[i] for i in idx]):
@@ -184,11 +174,7 @@ def pretrain_sam(decoder: MaskDecoder, s: SamSettings, log: Callable[[str], obje
                 )
                 loss = s.focal * part["focal"] + s.dice * part["dice"] + s.iou * part["iou"]
                 total = total + (loss + s.objectness * part["objectness"]) / n_obj
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(total, opt, sched, params)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total.item():.3f}")
         if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:

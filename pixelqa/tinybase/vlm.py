@@ -16,7 +16,6 @@ questions' held-out accuracy rose sooner (docs/benchmarks.md, third pass).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.schema import Sample, Turn
 from pixelqa.data.synthetic import COLOURS, LETTERS, SHAPES, SIZE_WORDS, TASK_CYCLE, make_sample
 from pixelqa.model.config import TinySizeConfig
+from pixelqa.tinybase.loop import batch_indices, optimizer_step, warmup_cosine
 
 if TYPE_CHECKING:
     from pixelqa.model.unipixel import UniPixel
@@ -126,7 +126,7 @@ def pretrain_vision(model: UniPixel, s: VisionSettings, log: Callable[[str], obj
     visual.requires_grad_(True)
     params = list(visual.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / s.steps)))
+    sched = warmup_cosine(opt, 0, s.steps)
     rng = random.Random(s.seed)
 
     def run(items):
@@ -208,34 +208,21 @@ def pretrain_vlm(
 ) -> dict[str, float]:
     """Train every Qwen weight of `model` (a UniPixel without LoRA) on the VLM tasks; returns the final accuracies."""
     torch.manual_seed(s.seed)
-    rng = random.Random(s.seed)
     train = encode_pool(collator, s.pool, SPLIT, s.seed, s.num_frames)
     held = encode_pool(collator, s.eval_samples, SPLIT, s.seed, s.num_frames, offset=10_000_000)
     qwen = model.qwen
     qwen.requires_grad_(True)
     params = [p for p in qwen.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:
-        if step < s.warmup:
-            return (step + 1) / s.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - s.warmup) / max(1, s.steps - s.warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, s.warmup, s.steps)
     model.train()
-    order: list[int] = []
+    batches = batch_indices(len(train), s.batch_size, s.seed)
     bar = tqdm(range(s.steps), desc="pretrain VLM")
     for step in bar:
-        while len(order) < s.batch_size:
-            order += rng.sample(range(len(train)), len(train))
-        idx, order = order[: s.batch_size], order[s.batch_size :]
+        idx = next(batches)
         batch = collator.assemble([train[i] for i in idx])
         loss = model(batch, decode_masks=False).losses["lm"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if step % 50 == 0:
             bar.set_postfix(lm=f"{loss.item():.3f}")
         if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:
