@@ -11,7 +11,8 @@ Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced p
 
 The paper's benchmarks as their official scripts run them (free generation, official frames, templates and
 aggregation) are `pixelqa.eval.official` (one Protocol per benchmark) run by `pixelqa.eval.suite`
-(`python -m pixelqa.evaluate suite=paper`); see docs/evaluation.md.
+(`python -m pixelqa.evaluate suite=paper`); see docs/evaluation.md. A diagnostic apart: `pixelqa.eval.seg_selection`
+(which object each `<|seg|>` of the synthetic split selects).
 """
 
 from __future__ import annotations
