@@ -111,7 +111,8 @@ def set_aside_previous(ckpt_dir: Path) -> Path | None:
 
 
 def check_model(recipe: Recipe) -> None:
-    """A real preset needs a local model directory (nothing is downloaded)."""
+    """A real preset, or the tiny one given a path (a tiny base folder), needs a local model directory (nothing is
+    downloaded)."""
     m = recipe.model
     if m.preset != "tiny" or m.path:
         if not m.path or not Path(m.path).is_dir() or not (Path(m.path) / "config.json").is_file():
