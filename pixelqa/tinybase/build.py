@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import time
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import torch
 
+from pixelqa.data.shards import sha256_file
 from pixelqa.tinybase import CARD_FILE, QWEN_DIR, SAM_FILE
 from pixelqa.tinybase.sam import SamSettings, pretrain_sam
 from pixelqa.tinybase.vlm import BASE_SIZES, VisionSettings, VlmSettings, pretrain_vision, pretrain_vlm
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def sam_half(sam: SamSettings, target: Path, threads: int) -> dict:
@@ -95,7 +90,7 @@ def build(out: Path, vit: VisionSettings, vlm: VlmSettings, sam: SamSettings, jo
             "what": "pre-trained tiny base (python -m pixelqa.tinybase)",
             "qwen": qwen,
             "sam": sam_card,
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -1,4 +1,4 @@
-"""What the pre-training loops share: the learning-rate schedule and the order samples are drawn in."""
+"""What the pre-training loops share: the optimizer and its schedule, the order samples are drawn in, a step."""
 
 from __future__ import annotations
 
@@ -8,16 +8,23 @@ from collections.abc import Iterator
 
 import torch
 
+# held-out samples are drawn from this index of the pretrain split on, far past any training pool
+HELD_OUT_OFFSET = 10_000_000
 
-def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup` steps, then a cosine decay to 0 at `steps`."""
+
+def adamw_warmup_cosine(
+    params: list[torch.nn.Parameter], lr: float, warmup: int, steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW at `lr` (no weight decay) and its schedule: linear warm-up over `warmup` steps, then a cosine decay to 0
+    at `steps`."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:

@@ -21,7 +21,7 @@ from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.synthetic import make_sample
 from pixelqa.model.losses import released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
-from pixelqa.tinybase.loop import batch_indices, optimizer_step, warmup_cosine
+from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
 
 # tasks whose clips are drawn (every object of a clip is a target; images and videos)
 SAM_TASKS = ("res", "rvos", "reasonseg", "reason_vos")
@@ -82,16 +82,13 @@ def prompt_of(decoder: MaskDecoder, mask: torch.Tensor, box: bool, rng: np.rando
     H, W = mask.shape
     scale = torch.tensor([decoder.image_size / W, decoder.image_size / H])
     ys, xs = mask.nonzero(as_tuple=True)
-    enc = decoder.sam.sam_prompt_encoder
     if box:
         xyxy = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
         xyxy = (xyxy.view(1, 2, 2) * scale).view(1, 4)
-        sparse, _ = enc(points=None, boxes=xyxy, masks=None)
-    else:
-        j = int(rng.integers(0, len(xs)))
-        point = (torch.tensor([[[float(xs[j]) + 0.5, float(ys[j]) + 0.5]]]) * scale).float()
-        sparse, _ = enc(points=(point, torch.ones(1, 1, dtype=torch.int32)), boxes=None, masks=None)
-    return sparse
+        sparse, _ = decoder.sam.sam_prompt_encoder(points=None, boxes=xyxy, masks=None)
+        return sparse
+    j = int(rng.integers(0, len(xs)))
+    return decoder.point_embeddings((torch.tensor([[[float(xs[j]) + 0.5, float(ys[j]) + 0.5]]]) * scale).float())
 
 
 def decode_targets(decoder: MaskDecoder, ts: list[Target], box: list[bool], rng: np.random.Generator) -> DecodedMasks:
@@ -146,10 +143,9 @@ def pretrain_sam(decoder: MaskDecoder, s: SamSettings, log: Callable[[str], obje
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     train = make_targets(s.pool, SPLIT, s.seed, s.num_frames)
-    held = make_targets(s.eval_samples, SPLIT, s.seed, s.num_frames, offset=10_000_000)
+    held = make_targets(s.eval_samples, SPLIT, s.seed, s.num_frames, offset=HELD_OUT_OFFSET)
     params = [p for p in decoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, s.warmup, s.steps)
+    opt, sched = adamw_warmup_cosine(params, s.lr, s.warmup, s.steps)
     decoder.train()
     batches = batch_indices(len(train), s.batch_size, s.seed)
     bar = tqdm(range(s.steps), desc="pretrain SAM")

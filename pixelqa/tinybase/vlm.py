@@ -29,8 +29,9 @@ from pixelqa.data.collate import Collator
 from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.schema import Sample, Turn
 from pixelqa.data.synthetic import COLOURS, LETTERS, SHAPES, SIZE_WORDS, TASK_CYCLE, make_sample
+from pixelqa.eval.scoring import answer_exact_match
 from pixelqa.model.config import TinySizeConfig
-from pixelqa.tinybase.loop import batch_indices, optimizer_step, warmup_cosine
+from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
 
 if TYPE_CHECKING:
     from pixelqa.model.unipixel import UniPixel
@@ -121,12 +122,11 @@ def pretrain_vision(model: UniPixel, s: VisionSettings, log: Callable[[str], obj
             out.append((px["pixel_values"], grid, frame_labels(sample, t, cell, s.min_pixels)))
         return out
 
-    train, held = pool(s.pool, 0), pool(200, 10_000_000)
+    train, held = pool(s.pool, 0), pool(200, HELD_OUT_OFFSET)
     head = torch.nn.Linear(model.qwen.config.text_config.hidden_size, LABELS)
     visual.requires_grad_(True)
     params = list(visual.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, 0, s.steps)
+    opt, sched = adamw_warmup_cosine(params, s.lr, 0, s.steps)
     rng = random.Random(s.seed)
 
     def run(items):
@@ -192,13 +192,9 @@ def answer_accuracy(model: UniPixel, collator: Collator, encs: list[dict], batch
     with torch.no_grad():
         for i in range(0, len(encs), batch_size):
             batch = collator.assemble(encs[i : i + batch_size])
-            logits = model(batch, decode_masks=False).logits
-            pred, gold = logits[:, :-1].argmax(-1), batch.labels[:, 1:]
-            keep = gold != -100
+            correct, _ = answer_exact_match(model(batch, decode_masks=False).logits, batch.labels)
             for b, task in enumerate(batch.tasks):
-                task = batch.meta[b].get("base_task", task)
-                ok = bool((pred[b][keep[b]] == gold[b][keep[b]]).all())
-                right.setdefault(task, []).append(ok)
+                right.setdefault(batch.meta[b].get("base_task", task), []).append(bool(correct[b]))
     model.train()
     return {t: float(np.mean(v)) for t, v in sorted(right.items())}
 
@@ -209,12 +205,11 @@ def pretrain_vlm(
     """Train every Qwen weight of `model` (a UniPixel without LoRA) on the VLM tasks; returns the final accuracies."""
     torch.manual_seed(s.seed)
     train = encode_pool(collator, s.pool, SPLIT, s.seed, s.num_frames)
-    held = encode_pool(collator, s.eval_samples, SPLIT, s.seed, s.num_frames, offset=10_000_000)
+    held = encode_pool(collator, s.eval_samples, SPLIT, s.seed, s.num_frames, offset=HELD_OUT_OFFSET)
     qwen = model.qwen
     qwen.requires_grad_(True)
     params = [p for p in qwen.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, s.warmup, s.steps)
+    opt, sched = adamw_warmup_cosine(params, s.lr, s.warmup, s.steps)
     model.train()
     batches = batch_indices(len(train), s.batch_size, s.seed)
     bar = tqdm(range(s.steps), desc="pretrain VLM")

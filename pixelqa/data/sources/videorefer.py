@@ -477,12 +477,17 @@ def option_line(answer: str, key: str) -> str:
     return f"\nOptions:\n({pick(OPTION_LETTERS, key + '/option')}) {answer}"
 
 
+def ref_order(text: str) -> list[int]:
+    """The ids of the `[k] <|ref|>` marks of a text, in textual order."""
+    return [int(m) for m in re.findall(r"\[(\d+)\] " + re.escape(REF), text)]
+
+
 def prefill_turns(
     with_ref: str, objects: dict[int, ObjectTrack], key: str, where: str
 ) -> tuple[list[Prompt], list[Turn], str]:
     """The released one-round pre-fill sample of a text holding `[k] <|ref|>`: prompts and `[k] <|seg|>` both in
     the textual order of the `<|ref|>`s."""
-    order = [int(m) for m in re.findall(r"\[(\d+)\] " + re.escape(REF), with_ref)]
+    order = ref_order(with_ref)
     if sorted(order) != sorted(objects):
         raise RecordError(f"{where}: <|ref|> objects {order}, expected each of {sorted(objects)} once")
     answer = prefill_answer(order)
@@ -502,7 +507,7 @@ def memory_turns(
     ids = sorted(objects)
     with_ref = region_text(question, len(objects), with_ref=True, where=where)
     plain = region_text(question, len(objects), with_ref=False, where=where)
-    order = [int(m) for m in re.findall(r"\[(\d+)\] " + re.escape(REF), with_ref)]
+    order = ref_order(with_ref)
     prompts = [mask_prompt(objects[k], k, prompt_frame) for k in order]
     turns = [
         Turn("user", localize(with_ref, key)),
