@@ -103,6 +103,9 @@ class OptimConfig:
 
     lr: float = 2e-5
     decoder_lr: float = 5e-6  # mask decoder (stage 3)
+    # the pre-trained backbone's trainable weights (LoRA, extra_trainable and extra_groups under Qwen) when set;
+    # None: `lr`, as released. A demo started from a small pre-trained base keeps what it knows at a lower rate.
+    backbone_lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pixelqa.data.synthetic import make_sample
-from pixelqa.eval.seg_selection import SEG_TASKS, classify
+from pixelqa.eval.seg_selection import SEG_TASKS, candidates_of, classify
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.model.unipixel import UniPixel
 
@@ -37,6 +37,22 @@ def test_classify_by_the_object_overlapped_most():
         classify(obj[0, 0], obj, 0)
 
 
+def test_candidates_are_scored_by_the_object_they_cover_and_by_rank():
+    objects = torch.zeros(2, 8, 8, dtype=torch.bool)
+    objects[0, :, :4], objects[1, :, 4:] = True, True
+    logits = torch.full((3, 8, 8), -5.0)
+    logits[0][objects[1]] = 5.0  # candidate 0: the other object
+    logits[1][objects[0]] = 5.0  # candidate 1: the target
+    assert candidates_of(logits, torch.tensor([0.9, 0.2, 0.1]), objects, 0) == (True, False)
+    assert candidates_of(logits, torch.tensor([0.2, 0.9, 0.1]), objects, 0) == (True, True)
+    assert candidates_of(logits, torch.tensor([0.2, 0.9, 0.1]), objects, 1) == (True, False)
+    shifted = logits.clone()
+    shifted[1] = torch.roll(logits[1], 4, dims=1)  # now a mask of object 1 as well
+    assert candidates_of(shifted, torch.tensor([0.2, 0.9, 0.1]), objects, 0) == (False, False)
+    with pytest.raises(ValueError, match="logits/ious/objects"):
+        candidates_of(logits, torch.tensor([0.9, 0.2]), objects, 0)
+
+
 @pytest.mark.slow
 def test_cli_scores_a_saved_model(tmp_path):
     UniPixel(UniPixelConfig()).save_pretrained(tmp_path / "m")
@@ -53,6 +69,7 @@ def test_cli_scores_a_saved_model(tmp_path):
     chance = np.mean([1 / len(make_sample(i, split="val", task=t).objects) for t in SEG_TASKS for i in range(2)])
     assert out["chance"] == pytest.approx(chance, abs=1e-4)
     assert 0.0 <= out["iou_target"] <= out["iou_best"] <= 1.0
+    assert 0.0 <= out["target_ranked_first"] <= out["target_in_candidates"] <= 1.0
 
 
 def test_cli_missing_model_exits_2(tmp_path):

@@ -1,6 +1,7 @@
 """Pre-training a tiny base (`pixelqa.tinybase`): the CLI writes a Qwen2.5-VL base folder and a SAM 2.1 checkpoint
 that `model=tiny model.path=... model.mask_decoder.checkpoint=...` loads weight for weight; the ViT pre-training
 teaches tokens the shapes under them; SAM's batched decoding of several clips equals decoding them one by one; the
+SAM targets carry each object's drawn attributes and a "what" prompt sums the rows of the attributes it names; the
 option-lookup questions name the right letter; bad arguments exit 2."""
 
 import hashlib
@@ -24,7 +25,7 @@ from pixelqa.model.mask_decoder import MaskDecoder
 from pixelqa.model.release import qwen_key
 from pixelqa.model.unipixel import UniPixel
 from pixelqa.tinybase import CARD_FILE, QWEN_DIR, SAM_FILE
-from pixelqa.tinybase.sam import decode_targets, make_targets
+from pixelqa.tinybase.sam import ATTRIBUTES, SamSettings, SemanticPrompts, decode_targets, make_targets, prompt_kinds
 from pixelqa.tinybase.vlm import LABELS, VisionSettings, frame_labels, lookup_sample, pretrain_vision
 
 
@@ -45,10 +46,13 @@ def test_cli_builds_a_base_that_the_tiny_model_loads(tmp_path):
     out = tmp_path / "base"
     cmd = [sys.executable, "-m", "pixelqa.tinybase", "--out", str(out), "--vit-steps", "2", "--vlm-steps", "2"]
     cmd += ["--sam-steps", "2", "--pool", "8", "--eval-samples", "4", "--jobs", "2"]  # the SAM half in a 2nd process
+    cmd += ["--what-share", "0.5"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     card = json.loads((out / CARD_FILE).read_text())
     assert card["qwen"]["vlm"]["settings"]["steps"] == 2 and card["sam"]["settings"]["steps"] == 2
+    assert card["sam"]["settings"]["what_share"] == 0.5
+    assert set(card["sam"]["held_out_mean_iou"]) == {"point", "box", "what"}  # "what" prompts scored too
     files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != CARD_FILE]
     assert sorted(card["files"]) == sorted(files) and len(files) >= 10
     for name, digest in card["files"].items():
@@ -79,15 +83,17 @@ def test_cli_builds_a_base_that_the_tiny_model_loads(tmp_path):
 
 
 def test_cli_bad_arguments_exit_2(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "pixelqa.tinybase", "--out", str(tmp_path / "b"), "--vlm-steps", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def tinybase(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "pixelqa.tinybase", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    run = tinybase("--out", str(tmp_path / "b"), "--vlm-steps", "0")
     assert run.returncode == 2 and "--vlm-steps: got 0, expected an integer >= 1" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "b").exists()
-    run = subprocess.run([sys.executable, "-m", "pixelqa.tinybase"], capture_output=True, text=True, timeout=120)
+    run = tinybase("--out", str(tmp_path / "b"), "--what-share", "1.5")
+    assert run.returncode == 2 and "--what-share: got 1.5, expected a number in [0, 1]" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "b").exists()
+    run = tinybase()
     assert run.returncode == 2 and "--out" in run.stderr
 
 
@@ -131,13 +137,44 @@ def test_sam_decodes_several_clips_as_one_batch_exactly():
     assert len(clips) == 2
     rng = np.random.default_rng(0)
     with torch.no_grad():
-        together = decode_targets(decoder, clips, [True] * sum(len(c.masks) for c in clips), rng)
-        alone = [decode_targets(decoder, [c], [True] * len(c.masks), rng) for c in clips]
-        swapped = decode_targets(decoder, clips[::-1], [True] * sum(len(c.masks) for c in clips), rng)
+        together = decode_targets(decoder, clips, ["box"] * sum(len(c.masks) for c in clips), rng)
+        alone = [decode_targets(decoder, [c], ["box"] * len(c.masks), rng) for c in clips]
+        swapped = decode_targets(decoder, clips[::-1], ["box"] * sum(len(c.masks) for c in clips), rng)
     # the logits before the object-score gating (the random decoder gates every frame off)
     one_by_one = torch.cat([a.raw for a in alone])
     assert torch.allclose(together.raw, one_by_one, atol=1e-4)
     assert not torch.allclose(swapped.raw, one_by_one, atol=1e-2)  # the check sees another clip order
+
+
+def test_targets_carry_each_objects_drawn_attributes():
+    clips = make_targets(8, "pretrain", 0, 4)
+    colours = dict(ATTRIBUTES)["colour"]
+    for clip in clips:
+        assert clip.attrs.shape == (len(clip.masks), len(ATTRIBUTES))
+        for mask, attrs in zip(clip.masks, clip.attrs):
+            pixels = clip.frames[0].permute(1, 2, 0)[mask[0]]  # the frame's pixels under the object's mask
+            assert (pixels == torch.tensor(COLOURS[colours[attrs[0]]], dtype=torch.uint8)).all()
+        assert len(set(clip.attrs[:, 0].tolist())) == len(clip.masks)  # one colour an object: it names the object
+
+
+def test_what_prompts_sum_the_rows_of_the_named_attributes():
+    torch.manual_seed(0)
+    semantic = SemanticPrompts(width=8, tokens=2)
+    attrs = torch.tensor([[2, 1, 0]])
+    want = (semantic.tables[0].weight[2] + semantic.tables[2].weight[0]).view(1, 2, 8)
+    assert torch.allclose(semantic(attrs, torch.tensor([[True, False, True]])), want)
+    assert not torch.allclose(semantic(attrs, torch.tensor([[True, True, True]])), want)  # kind named too
+    clips = make_targets(2, "pretrain", 0, 1)
+    with pytest.raises(ValueError, match="semantic"):
+        decode_targets(MaskDecoder("micro", 128), clips[:1], ["what"] * len(clips[0].masks), np.random.default_rng(0))
+
+
+def test_prompt_kinds_without_what_prompts_draw_as_the_points_and_boxes_build():
+    rng = np.random.default_rng(3)
+    before = ["box" if rng.random() < 0.5 else "point" for _ in range(50)]  # the draws of the build before --what-share
+    assert prompt_kinds(50, SamSettings(), np.random.default_rng(3)) == before
+    kinds = prompt_kinds(2000, SamSettings(what_share=0.5), np.random.default_rng(3))
+    assert abs(kinds.count("what") / 2000 - 0.5) < 0.05 and abs(kinds.count("box") / 2000 - 0.25) < 0.05
 
 
 def test_option_lookup_answers_name_the_asked_option():

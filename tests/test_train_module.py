@@ -84,6 +84,25 @@ def test_extra_trainable_parameters_join_the_main_group(stage3):
         stage3.configure_trainable()
 
 
+def test_backbone_lr_moves_the_backbones_trainable_weights_into_their_own_group(stage3):
+    stage3.optim_cfg.update(extra_trainable=["lm_head"], backbone_lr=3e-6)
+    try:
+        stage3.configure_trainable()
+        by_name = {g["name"]: g for g in stage3.optimizer_groups()}
+        assert [g["name"] for g in stage3.optimizer_groups()] == ["main", "backbone", "mask_decoder"]
+        groups = stage3.model.parameter_groups()
+        head = [p for n, p in stage3.model.named_parameters() if "lm_head" in n]
+        backbone = {id(p) for p in groups["backbone_lora"] + head}  # LoRA and a trained base weight, nothing else
+        assert {id(p) for p in by_name["backbone"]["params"]} == backbone and by_name["backbone"]["lr"] == 3e-6
+        new_modules = {id(p) for name in ("m2l", "l2m", "sparse_prompt_encoder") for p in groups[name]}
+        assert new_modules <= {id(p) for p in by_name["main"]["params"]} and by_name["main"]["lr"] == 2e-5
+        assert not backbone & {id(p) for p in by_name["main"]["params"] + by_name["mask_decoder"]["params"]}
+    finally:
+        stage3.optim_cfg.update(extra_trainable=[], backbone_lr=None)
+        stage3.configure_trainable()
+    assert [g["name"] for g in stage3.optimizer_groups()] == ["main", "mask_decoder"]  # unset: as released
+
+
 def test_init_from_checks_the_stage():
     check_init_stage({"pixelqa_stage": 2}, 3, "x.ckpt")
     with pytest.raises(ValueError, match="checkpoint of stage 1, but this is stage 3"):

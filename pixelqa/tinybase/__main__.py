@@ -1,5 +1,5 @@
 """Build a pre-trained tiny base: `python -m pixelqa.tinybase --out DIR [--vit-steps N] [--vlm-steps N] [--sam-steps N]
-[--jobs 1|2]`.
+[--what-share F] [--jobs 1|2]`.
 
 Writes DIR/qwen/ (a Qwen2.5-VL base folder: config, safetensors weights, tokenizer, processors), DIR/sam2.1_micro.pt
 (a SAM 2.1 checkpoint, `{"model": state_dict}` in float16) and DIR/card.json (settings, held-out figures, sha256 of
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vit-steps", type=int, default=VisionSettings.steps)
     ap.add_argument("--vlm-steps", type=int, default=VlmSettings.steps)
     ap.add_argument("--sam-steps", type=int, default=SamSettings.steps)
+    ap.add_argument(
+        "--what-share",
+        type=float,
+        default=SamSettings.what_share,
+        help="share of SAM's prompts that name what the object is rather than where (default %(default)s)",
+    )
     ap.add_argument("--pool", type=int, default=None, help="distinct training samples of each half (default: each's)")
     ap.add_argument("--eval-samples", type=int, default=None, help="held-out samples of each half (default: each's)")
     ap.add_argument("--jobs", type=int, default=2, help="1: both halves in turn; 2: in two processes (default)")
@@ -36,8 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')}: got {value}, expected an integer >= 1", file=sys.stderr)
             sys.exit(2)
+    if not 0.0 <= args.what_share <= 1.0:
+        print(f"error: --what-share: got {args.what_share}, expected a number in [0, 1]", file=sys.stderr)
+        sys.exit(2)
     vit = VisionSettings(steps=args.vit_steps)
-    vlm, sam = VlmSettings(steps=args.vlm_steps), SamSettings(steps=args.sam_steps)
+    vlm, sam = VlmSettings(steps=args.vlm_steps), SamSettings(steps=args.sam_steps, what_share=args.what_share)
     if args.pool is not None:
         vit.pool = args.pool
     for s in (vlm, sam):

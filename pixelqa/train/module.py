@@ -150,20 +150,20 @@ class UniPixelModule(L.LightningModule):
             raise ValueError(f"stage {self.stage}: groups {self.trainable} hold no parameters; nothing would train")
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
-        """AdamW param groups: the mask decoder at optim.decoder_lr, every other trainable parameter at optim.lr."""
+        """AdamW param groups: the mask decoder at optim.decoder_lr, the backbone's trainable weights at
+        optim.backbone_lr when set, every other trainable parameter at optim.lr."""
         groups = self.groups()
         in_decoder = {id(p) for p in groups["mask_decoder"] + groups["mask_decoder_image_encoder"]}
-        decoder: list[torch.nn.Parameter] = []
-        rest: list[torch.nn.Parameter] = []
+        backbone_lr = self.optim_cfg.get("backbone_lr")
+        in_backbone = {id(p) for p in self.model.backbone.parameters()} if backbone_lr is not None else set()
+        lrs = {"main": self.optim_cfg["lr"], "backbone": backbone_lr, "mask_decoder": self.optim_cfg["decoder_lr"]}
+        named: dict[str, list[torch.nn.Parameter]] = {name: [] for name in lrs}
         for p in self.model.parameters():  # unique parameters, extra_trainable ones included
             if p.requires_grad:
-                (decoder if id(p) in in_decoder else rest).append(p)
-        out = []
-        if rest:
-            out.append({"params": rest, "lr": float(self.optim_cfg["lr"]), "name": "main"})
-        if decoder:
-            out.append({"params": decoder, "lr": float(self.optim_cfg["decoder_lr"]), "name": "mask_decoder"})
-        return out
+                named["mask_decoder" if id(p) in in_decoder else "backbone" if id(p) in in_backbone else "main"].append(
+                    p
+                )
+        return [{"params": ps, "lr": float(lrs[n]), "name": n} for n, ps in named.items() if ps]
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/cosine schedule over the run's optimizer steps."""
