@@ -160,9 +160,8 @@ class UniPixelModule(L.LightningModule):
         named: dict[str, list[torch.nn.Parameter]] = {name: [] for name in lrs}
         for p in self.model.parameters():  # unique parameters, extra_trainable ones included
             if p.requires_grad:
-                named["mask_decoder" if id(p) in in_decoder else "backbone" if id(p) in in_backbone else "main"].append(
-                    p
-                )
+                group = "mask_decoder" if id(p) in in_decoder else "backbone" if id(p) in in_backbone else "main"
+                named[group].append(p)
         return [{"params": ps, "lr": float(lrs[n]), "name": n} for n, ps in named.items() if ps]
 
     def configure_optimizers(self) -> dict[str, Any]:
