@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -149,12 +146,12 @@ def export(model, out: str | Path, dtype: str = "float32") -> Path:
     """Write `model` to `out` in the released format, atomically; returns the folder."""
     from safetensors.torch import save_file
 
+    from pixelqa.model.unipixel import atomic_folder
+
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         tensors, tied = release_state_dict(model, DTYPES[dtype])
         save_file(tensors, str(tmp / release.SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(release_config(model, tied, dtype), indent=2))
@@ -165,12 +162,6 @@ def export(model, out: str | Path, dtype: str = "float32") -> Path:
         template = model.processor.chat_template or model.tokenizer.chat_template
         if template:
             (tmp / "chat_template.jinja").write_text(template)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

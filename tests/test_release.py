@@ -7,6 +7,7 @@ the official code, with the official forward's inputs and outputs on four cases.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -179,6 +180,10 @@ def test_export_of_a_trained_tiny_model_reads_back_identically(tmp_path):
         model.new_token_head.add_(0.5)  # trained rows that differ from the tied/untied base rows
     try:
         out = export.export(model, tmp_path / "tiny")
+        umask = os.umask(0)
+        os.umask(umask)
+        assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a plain folder's mode (mkdtemp's own is 0700)
+        assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no temporary folder left beside it
         back = _build(out).eval()
         assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
         # mask_draws counts training steps (a training-state buffer, not part of a released model)
