@@ -18,14 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from pixelqa.config import RecipeError, load_recipe, to_object
 from pixelqa.data.loader import object_masks
-from pixelqa.data.synthetic import COLOURS, LETTERS, SHAPES, SIZE_WORDS, make_sample
+from pixelqa.data.synthetic import ATTRIBUTES, COLOURS, LETTERS, SHAPES, SIZE_WORDS, make_sample
 from pixelqa.fit import check_model
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.model.mask_decoder import MaskDecoder
 from pixelqa.model.release import qwen_key
 from pixelqa.model.unipixel import UniPixel
 from pixelqa.tinybase import CARD_FILE, QWEN_DIR, SAM_FILE
-from pixelqa.tinybase.sam import ATTRIBUTES, SamSettings, SemanticPrompts, decode_targets, make_targets, prompt_kinds
+from pixelqa.tinybase.sam import SamSettings, SemanticPrompts, decode_targets, make_targets, prompt_kinds
 from pixelqa.tinybase.vlm import LABELS, VisionSettings, frame_labels, lookup_sample, pretrain_vision
 
 

@@ -31,6 +31,12 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 SIZE_WORDS = ("small", "medium", "large")
 NUMBER_WORDS = {1: "One", 2: "Two", 3: "Three"}
 LETTERS = "ABCD"
+# the attributes of a meta["shapes"] entry, each with its values (within a sample every shape differs in each)
+ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("colour", tuple(COLOURS)),
+    ("kind", SHAPES),
+    ("size", SIZE_WORDS),
+)
 BACKGROUND = (25, 25, 25)
 # Lossless by default: tests read the drawn colours back exactly. `bench data --frame-ext jpg` sets "jpg" (quality 95,
 # as real releases ship their frames) before building, for build workers to inherit.
@@ -72,6 +78,11 @@ class Shape:
         """Referring expression, e.g. 'the red triangle moving left'."""
         text = f"the {self.colour} {self.kind}"
         return f"{text} moving {self.direction}" if video and self.direction else text
+
+
+def attribute_indices(shape: dict) -> list[int]:
+    """The index of a meta["shapes"] entry's colour, kind and size among their values (`ATTRIBUTES` order)."""
+    return [values.index(shape[name]) for name, values in ATTRIBUTES]
 
 
 def _draw(canvas: np.ndarray, shape: Shape, centre: tuple[float, float], colour: tuple[int, int, int]) -> None:

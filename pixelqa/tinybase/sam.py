@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pixelqa.data.loader import object_masks, subsample_frames
-from pixelqa.data.synthetic import COLOURS, SHAPES, SIZE_WORDS, make_sample
+from pixelqa.data.synthetic import ATTRIBUTES, attribute_indices, make_sample
 from pixelqa.model.losses import released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder
 from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
@@ -33,12 +33,6 @@ from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_in
 # tasks whose clips are drawn (every object of a clip is a target; images and videos)
 SAM_TASKS = ("res", "rvos", "reasonseg", "reason_vos")
 SPLIT = "pretrain"
-# the attributes a semantic prompt may name, each with its values (every shape of a clip differs in each)
-ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("colour", tuple(COLOURS)),
-    ("kind", SHAPES),
-    ("size", SIZE_WORDS),
-)
 PROMPT_KINDS = ("point", "box", "what")
 
 
@@ -107,7 +101,7 @@ def make_targets(n: int, split: str, seed: int, num_frames: int, offset: int = 0
         masks, _ = object_masks(sample, ids)
         masks = torch.from_numpy(np.ascontiguousarray(masks))
         shapes = {s["id"]: s for s in sample.meta["shapes"]}
-        attrs = torch.tensor([[values.index(shapes[i][name]) for name, values in ATTRIBUTES] for i in ids])
+        attrs = torch.tensor([attribute_indices(shapes[i]) for i in ids])  # the attributes a "what" prompt may name
         keep = masks[:, 0].flatten(1).any(-1)  # prompted on the first frame, where it must be visible
         if keep.any():
             frames = torch.from_numpy(sample.decode_frames()).permute(0, 3, 1, 2).contiguous()

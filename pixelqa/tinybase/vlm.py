@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pixelqa.data.collate import Collator
 from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.schema import Sample, Turn
-from pixelqa.data.synthetic import COLOURS, LETTERS, SHAPES, SIZE_WORDS, TASK_CYCLE, make_sample
+from pixelqa.data.synthetic import ATTRIBUTES, LETTERS, TASK_CYCLE, attribute_indices, make_sample
 from pixelqa.eval.scoring import answer_exact_match
 from pixelqa.model.config import TinySizeConfig
 from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
@@ -72,7 +72,7 @@ class VlmSettings:
     eval_samples: int = 200
 
 
-LABELS = len(COLOURS) + len(SHAPES) + len(SIZE_WORDS)
+LABELS = sum(len(values) for _, values in ATTRIBUTES)  # colours, then kinds, then sizes
 
 
 def frame_labels(sample: Sample, frame: int, cell: int, min_pixels: int) -> torch.Tensor:
@@ -83,18 +83,13 @@ def frame_labels(sample: Sample, frame: int, cell: int, min_pixels: int) -> torc
     H, W = sample.media.size
     gh, gw = H // cell, W // cell
     out = torch.zeros(gh * gw, LABELS)
-    colours, sizes = list(COLOURS), list(SIZE_WORDS)
+    offsets = np.cumsum([0] + [len(values) for _, values in ATTRIBUTES[:-1]])  # each attribute's first column
     for k, oid in enumerate(ids):
         m = torch.from_numpy(np.ascontiguousarray(masks[k, frame, : gh * cell, : gw * cell]))
         counts = m.view(gh, cell, gw, cell).sum((1, 3)).flatten()
         under = counts >= min_pixels
-        sh = shapes[oid]
-        for col in (
-            colours.index(sh["colour"]),
-            len(COLOURS) + SHAPES.index(sh["kind"]),
-            len(COLOURS) + len(SHAPES) + sizes.index(sh["size"]),
-        ):
-            out[under, col] = 1.0
+        for col in offsets + attribute_indices(shapes[oid]):
+            out[under, int(col)] = 1.0
     return out
 
 
