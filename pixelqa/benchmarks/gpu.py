@@ -84,6 +84,11 @@ def measure_training(model, batch, tag: str, device: str, steps: int) -> float:
     figure(f"{tag}_unipixel_step_encoder_frozen_s", f"{ours_s:.4f}")
     figure(f"{tag}_step_ratio_encoder_frozen", f"{ours_s / plain_s:.3f}")
     del plain_step, unipixel_step  # their optimizer states
+    # where the difference goes: the same step without <|seg|> decoding (prompt and memory tokens kept, SAM's mask
+    # path left out) splits it into the token side and the mask side
+    no_masks_s, _ = time_steps(step_without_masks(model, batch), steps, device)
+    figure(f"{tag}_unipixel_step_no_mask_decoding_s", f"{no_masks_s:.4f}")
+    figure(f"{tag}_step_ratio_no_mask_decoding", f"{no_masks_s / plain_s:.3f}")
     model.set_trainable([*TRAINABLE, IMAGE_ENCODER])
     _, unipixel_step = training_steps(model, batch)
     trained_s, trained_mem = time_steps(unipixel_step, steps, device)
@@ -97,6 +102,18 @@ def measure_training(model, batch, tag: str, device: str, steps: int) -> float:
     model.set_trainable(TRAINABLE)
     model.zero_grad(set_to_none=True)
     return max(plain_mem, ours_mem, trained_mem)
+
+
+def step_without_masks(model, batch) -> Callable[[], None]:
+    """A UniPixel training step with `decode_masks=False`: prompt and memory tokens, no SAM decoding of <|seg|>s."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        model(batch, decode_masks=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 @torch.no_grad()
@@ -255,6 +272,7 @@ def strategy_command(strategy: str, preset: str, path: str | None, out: str, dev
         "trainer.max_steps=1",
         f"trainer.devices={devices}",
         "trainer.val_check_interval=null",
+        "eval.after_fit=false",  # the step is timed, not the validation a 3B would run after it
         "tracking=none",
         f"output_dir={out}",
         "data.batch_size=1",
