@@ -95,6 +95,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2  # newest step checkpoints kept; last.ckpt links to the newest (>= 2: never dangling)
     allow_stream_change: bool = False  # resume although the data-stream fingerprint differs (--allow-stream-change)
     cpu_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
+    # TF32 for float32 matmuls and convolutions on CUDA GPUs, as the released training sets it (no effect on CPU);
+    # false: full float32 precision (torch's default for matmuls)
+    tf32: bool = True
 
 
 @dataclass

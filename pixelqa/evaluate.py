@@ -80,6 +80,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     from pixelqa import tracking
     from pixelqa.eval import get_protocol
     from pixelqa.eval.runner import counting_passes
+    from pixelqa.fit import apply_process_settings
     from pixelqa.preflight import check_run
     from pixelqa.viz import save_overlay
 
@@ -94,8 +95,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
     print(f"PixelQA evaluate: benchmark={bench} split={recipe.eval.split} ckpt={ckpt_path or 'none (untrained model)'}")
-    if recipe.trainer.cpu_threads:
-        torch.set_num_threads(int(recipe.trainer.cpu_threads))
+    apply_process_settings(recipe.trainer)
     torch.manual_seed(recipe.seed)
     model = load_model(recipe, ckpt_path)
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):

@@ -188,6 +188,14 @@ def banner(recipe: Recipe) -> str:
     )
 
 
+def apply_process_settings(trainer_cfg: Any) -> None:
+    """The recipe's per-process torch settings: intra-op threads, TF32 in float32 CUDA matmuls and convolutions."""
+    if trainer_cfg.cpu_threads:
+        torch.set_num_threads(int(trainer_cfg.cpu_threads))
+    torch.backends.cuda.matmul.allow_tf32 = bool(trainer_cfg.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(trainer_cfg.tf32)
+
+
 def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int):
     """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
@@ -349,8 +357,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         write_text_atomic(recipe_file, recipe_yaml)
         print(banner(recipe))
         print(f"resolved recipe: {recipe_file} (print it with {PRINT_CONFIG})", flush=True)
-    if recipe.trainer.cpu_threads:
-        torch.set_num_threads(int(recipe.trainer.cpu_threads))
+    apply_process_settings(recipe.trainer)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     accumulate = accumulation(recipe)
     resume = resolve_ckpt(recipe)

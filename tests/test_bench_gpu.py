@@ -59,6 +59,7 @@ def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
     assert ratio == pytest.approx(ours / plain, rel=0.01)  # the ratio is of the printed step times
     assert "pixelqa.model.generation" in figures["tiny_generate_path"]  # UniPixel's own cached path
     assert "gpu" not in figures  # no CUDA line on CPU
+    assert figures["settings"] == "precision bf16-mixed, tf32 on"  # trainer=gpu's precision, fit's tf32 default
 
 
 @pytest.mark.parametrize("strategy", gpu.STRATEGIES)
@@ -98,3 +99,15 @@ def test_unknown_strategies_exit_2(capsys) -> None:
         ],
     )
     assert code == 2 and "--strategies" in err
+
+
+def test_autocast_follows_the_trainer_precision():
+    from pixelqa.benchmarks.model import autocast
+
+    a = torch.randn(4, 4)
+    with autocast("cpu", "bf16-mixed"):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast("cpu", "32-true"):
+        assert (a @ a).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision: got '16-mixed'"):
+        autocast("cpu", "16-mixed")

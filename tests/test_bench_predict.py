@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pixelqa.benchmarks import predict
 
 
@@ -14,6 +16,8 @@ def test_predict_bench_prints_every_figure(capsys):
     for name in ("cached_vs_uncached", "prefill_plus_answer_vs_single_generate"):
         assert float(figures[name].rstrip("x")) > 0, name
     assert '"prompt_tokens": 1' in lines[0]  # the prompt reached the requested length (>= 120 tokens)
+    assert figures["cached_vs_uncached_identical_tokens"] == "4/4"  # float32: the two paths agree token for token
+    assert "first_difference_logit_gap" not in figures
 
 
 def test_predict_bench_can_leave_out_the_uncached_loop(capsys):
@@ -22,3 +26,22 @@ def test_predict_bench_can_leave_out_the_uncached_loop(capsys):
     assert "uncached_tokens_per_s" not in figures and "cached_vs_uncached" not in figures
     assert float(figures["cached_tokens_per_s"]) > 0
     assert float(figures["prefill_plus_answer_vs_single_generate"].rstrip("x")) > 0
+
+
+def test_first_difference_measures_the_gap_at_the_first_differing_step():
+    import torch
+
+    from pixelqa.benchmarks.model import build_model, make_batch
+
+    torch.manual_seed(0)
+    model = build_model("tiny", "cpu").eval()
+    batch = make_batch(model, 1, 2, 56)
+    with torch.no_grad():  # independent route to the same logits: the teacher-forced forward's last position
+        logits = model(batch, decode_masks=False).logits[0, -1].float()
+    top, other = logits.argsort(descending=True)[:2].tolist()
+    same = predict.first_difference(model, batch, [top, 5], [top, 5])
+    assert same == {"identical": 2.0, "of": 2.0}
+    parted = predict.first_difference(model, batch, [top, 5], [other, 5])
+    assert parted["identical"] == 0.0 and parted["of"] == 2.0
+    assert parted["gap"] == pytest.approx(float(logits[top] - logits[other]), abs=1e-4) and parted["gap"] > 0
+    assert parted["scale"] == pytest.approx(float(logits.abs().max()), abs=1e-4)

@@ -104,3 +104,27 @@ def test_bf16_mixed_and_gradient_checkpointing_switches(work):
     )
     assert metrics["train/steps"] == 2 and metrics["train/loss"] == metrics["train/loss"]  # finite, not NaN
     assert (work / "runs" / "bf16" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_process_settings_set_tf32_and_threads_from_the_recipe(tf32):
+    import torch
+
+    from pixelqa.config import TrainerConfig
+    from pixelqa.fit import apply_process_settings
+
+    saved = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        apply_process_settings(TrainerConfig(tf32=tf32, cpu_threads=1))
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+
+
+def test_trainer_tf32_defaults_on_as_released():
+    from pixelqa.config import load_recipe, to_object
+
+    assert to_object(load_recipe(["recipe=stage3", "trainer=gpu"])).trainer.tf32 is True
+    assert to_object(load_recipe(["recipe=stage3", "trainer.tf32=false"])).trainer.tf32 is False

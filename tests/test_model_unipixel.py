@@ -285,3 +285,11 @@ def test_ref_seg_pool_feeds_pooled_mask_into_later_tokens_only():
         model.cfg.memory.variant = "memory_bank"
         model.zero_grad()
         model.eval()
+
+
+def test_whole_model_bf16_cast_is_refused_with_the_fix():
+    # the LLM's dtype is a config field; a blanket cast would hand sam2's float32-only prompt encoder bf16 weights
+    model = copy.deepcopy(cached_model()).to(torch.bfloat16)
+    batch = training_batch(model.processor, t=2)
+    with pytest.raises(TypeError, match=r"new_token_embed: got dtype torch\.bfloat16.*model\.dtype=bfloat16"):
+        model(batch)

@@ -147,9 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = args.size or (112 if args.preset == "tiny" else 448)
+    # as built: the LLM in bfloat16 for real presets, SAM and the new modules in float32 (no whole-model cast)
     model = build_model(args.preset, args.device, args.path).eval()
-    if args.device == "cuda" and args.preset != "tiny":
-        model = model.to(torch.bfloat16)
     official = predictor_answer_fn(model, max_new_tokens=args.new_tokens)
     stand_in = chat_answer_fn(model, max_new_tokens=args.new_tokens)
     samples = {b: [make_sample(b, args.frames, size, seed=i) for i in range(args.samples)] for b in names}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pixelqa.benchmarks.model import build_model, make_batch, time_steps, training_steps
+from pixelqa.benchmarks.model import autocast, build_model, make_batch, time_steps, training_steps
 
 # Stage 3's trainable groups without the full embedding matrices (LoRA, new token rows and modules, SAM's decoder);
 # "mask_decoder_image_encoder" is added for the "encoder trained" figures.
@@ -74,10 +74,12 @@ def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
     return best
 
 
-def measure_training(model, batch, tag: str, device: str, steps: int) -> float:
-    """Plain Qwen vs UniPixel step, SAM's image encoder frozen then trained; returns the highest peak memory (GiB)."""
+def measure_training(model, batch, tag: str, device: str, steps: int, precision: str = "32-true") -> float:
+    """Plain Qwen vs UniPixel step, SAM's image encoder frozen then trained; returns the highest peak memory (GiB).
+
+    `precision`: the forwards' autocast, as Lightning's trainer precision of that name (trainer=gpu: bf16-mixed)."""
     model.set_trainable(TRAINABLE)
-    plain_step, unipixel_step = training_steps(model, batch)
+    plain_step, unipixel_step = training_steps(model, batch, precision)
     plain_s, plain_mem = time_steps(plain_step, steps, device)
     figure(f"{tag}_plain_qwen_step_s", f"{plain_s:.4f}")
     ours_s, ours_mem = time_steps(unipixel_step, steps, device)
@@ -86,11 +88,11 @@ def measure_training(model, batch, tag: str, device: str, steps: int) -> float:
     del plain_step, unipixel_step  # their optimizer states
     # where the difference goes: the same step without <|seg|> decoding (prompt and memory tokens kept, SAM's mask
     # path left out) splits it into the token side and the mask side
-    no_masks_s, _ = time_steps(step_without_masks(model, batch), steps, device)
+    no_masks_s, _ = time_steps(step_without_masks(model, batch, precision), steps, device)
     figure(f"{tag}_unipixel_step_no_mask_decoding_s", f"{no_masks_s:.4f}")
     figure(f"{tag}_step_ratio_no_mask_decoding", f"{no_masks_s / plain_s:.3f}")
     model.set_trainable([*TRAINABLE, IMAGE_ENCODER])
-    _, unipixel_step = training_steps(model, batch)
+    _, unipixel_step = training_steps(model, batch, precision)
     trained_s, trained_mem = time_steps(unipixel_step, steps, device)
     figure(f"{tag}_unipixel_step_encoder_trained_s", f"{trained_s:.4f}")
     figure(f"{tag}_step_ratio_encoder_trained", f"{trained_s / plain_s:.3f}")
@@ -104,12 +106,15 @@ def measure_training(model, batch, tag: str, device: str, steps: int) -> float:
     return max(plain_mem, ours_mem, trained_mem)
 
 
-def step_without_masks(model, batch) -> Callable[[], None]:
+def step_without_masks(model, batch, precision: str = "32-true") -> Callable[[], None]:
     """A UniPixel training step with `decode_masks=False`: prompt and memory tokens, no SAM decoding of <|seg|>s."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    device = batch.input_ids.device.type
 
     def step() -> None:
-        model(batch, decode_masks=False).loss.backward()
+        with autocast(device, precision):
+            loss = model(batch, decode_masks=False).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -117,14 +122,16 @@ def step_without_masks(model, batch) -> Callable[[], None]:
 
 
 @torch.no_grad()
-def measure_evaluation(model, batch, tag: str, device: str, repeats: int) -> None:
-    """Samples/s of teacher-forced evaluation: eval-mode forward, then J&F of every <|seg|> mask on the device."""
+def measure_evaluation(model, batch, tag: str, device: str, repeats: int, precision: str = "32-true") -> None:
+    """Samples/s of teacher-forced evaluation (Lightning's validation under `precision`): eval-mode forward, then J&F
+    of every <|seg|> mask on the device."""
     from pixelqa.metrics import JAndF
 
     model.eval()
 
     def evaluate() -> None:
-        out = model(batch)
+        with autocast(device, precision):
+            out = model(batch)
         metric = JAndF().to(device)
         for pred, target in zip(out.pred_masks, batch.seg_masks):
             for k in range(min(pred.shape[0], target.shape[0])):
@@ -225,8 +232,8 @@ def run_preset(preset: str, args: argparse.Namespace, clock: Clock) -> float | N
     figure(f"{tag}_build_s", f"{time.perf_counter() - start:.1f}")
     batch = make_batch(model, args.batch, args.frames, size).to(args.device)
     figure(f"{tag}_batch", f"{args.batch} videos x {args.frames} frames x {size} px, {batch.input_ids.shape[1]} tokens")
-    peak = measure_training(model, batch, tag, args.device, args.steps)
-    measure_evaluation(model, batch, tag, args.device, args.repeats)
+    peak = measure_training(model, batch, tag, args.device, args.steps, args.precision)
+    measure_evaluation(model, batch, tag, args.device, args.repeats, args.precision)
     long_batch = make_batch(model, 1, args.propagation_frames, size, seed=1).to(args.device)
     measure_propagation(model, long_batch, tag, args.device, args.repeats)
     measure_generation(
@@ -255,6 +262,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--strategies",
         default=",".join(STRATEGIES),
         help="GPU strategies to run one real stage-3 step with (pixelqa.fit), comma-separated; 'none' for none",
+    )
+    ap.add_argument(
+        "--precision",
+        default="bf16-mixed",
+        choices=["bf16-mixed", "32-true"],
+        help="the training and evaluation forwards' autocast, as that trainer precision (trainer=gpu: bf16-mixed)",
+    )
+    ap.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TF32 in float32 CUDA matmuls and convolutions (fit's trainer.tf32, default on as released)",
     )
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)  # cpu: tests
     return ap.parse_args(argv)
@@ -329,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         _fail(f"--strategies: got {bad}, expected names from {STRATEGIES} or 'none'")
     clock = Clock(args.budget_s)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32  # as fit sets them
+    figure("settings", f"precision {args.precision}, tf32 {'on' if args.tf32 else 'off'}")
     total = float("inf")  # GiB of GPU memory
     if args.device == "cuda":
         name = torch.cuda.get_device_name(0)

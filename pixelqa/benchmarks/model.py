@@ -164,29 +164,40 @@ def build_model(
         return UniPixel(cfg, random_init=preset != "tiny").to(device).train()
 
 
-def training_steps(model, batch: Batch):
+def autocast(device: str, precision: str):
+    """The forward's autocast context of a Lightning precision: bf16 autocast for "bf16-mixed", none for "32-true"."""
+    if precision not in ("bf16-mixed", "32-true"):
+        raise ValueError(f"precision: got {precision!r}, expected 'bf16-mixed' or '32-true'")
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def training_steps(model, batch: Batch, precision: str = "32-true"):
     """(plain Qwen2.5-VL step, UniPixel step) on `batch`: one AdamW step each over the parameters that require grad
-    now (the plain step: those of the backbone only, through Qwen's own forward with labels)."""
+    now (the plain step: those of the backbone only, through Qwen's own forward with labels). `precision`: the
+    forward's autocast, as Lightning's trainer precision of that name runs it."""
+    device = batch.input_ids.device.type
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     opt_plain = torch.optim.AdamW([p for p in model.backbone.parameters() if p.requires_grad], lr=1e-5)
 
     def plain_step() -> None:
-        out = model.backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            labels=batch.labels,
-            mm_token_type_ids=batch.mm_token_type_ids,
-            pixel_values_videos=batch.pixel_values_videos,
-            video_grid_thw=batch.video_grid_thw,
-            second_per_grid_ts=batch.second_per_grid_ts,
-            use_cache=False,
-        )
+        with autocast(device, precision):
+            out = model.backbone(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                labels=batch.labels,
+                mm_token_type_ids=batch.mm_token_type_ids,
+                pixel_values_videos=batch.pixel_values_videos,
+                video_grid_thw=batch.video_grid_thw,
+                second_per_grid_ts=batch.second_per_grid_ts,
+                use_cache=False,
+            )
         out.loss.backward()
         opt_plain.step()
         opt_plain.zero_grad(set_to_none=True)
 
     def unipixel_step() -> None:
-        out = model(batch)
+        with autocast(device, precision):
+            out = model(batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -476,6 +476,12 @@ class UniPixel(nn.Module):
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) text token ids -> (B, L, D) float input embeddings, our rows for the three new tokens."""
+        if self.new_token_embed.dtype != torch.float32:
+            raise TypeError(
+                f"new_token_embed: got dtype {self.new_token_embed.dtype}, expected torch.float32: UniPixel keeps SAM "
+                "and its new modules in float32 (sam2's prompt encoder computes in float32); set the LLM's dtype with "
+                "model.dtype=bfloat16 instead of casting the whole model with .to(torch.bfloat16)"
+            )
         emb = self.qwen.get_input_embeddings()(ids).float()
         is_new = ids[..., None] == self.new_ids  # (B, L, 3)
         return torch.where(is_new.any(-1, keepdim=True), is_new.float() @ self.new_token_embed, emb)
