@@ -55,3 +55,13 @@ def test_loader_and_baseline_give_identical_tensors_and_a_swapped_frame_or_mask_
     annotation.write_text(json.dumps(items))
     with pytest.raises(RuntimeError, match=f"sample {video}: loader frames"):
         check_same(TensorStream(shard_dir, 8), RawJsonDataset(annotation, 8))
+
+
+def test_ppm_shards_are_checked_against_the_released_jpeg_files(capsys):
+    # the baseline keeps the JPEG files while the loader reads ppm shards; check_same (inside) demands equal tensors
+    bench_data(["--samples", "16", "--workers", "0", "--repeats", "1", "--shard-codec", "ppm"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-6] == "synthetic/train 112x112 JPG frames, shards with ppm frames, 16 samples"
+    figures = dict(line.split(": ", 1) for line in lines if ": " in line)
+    assert float(figures["shard_bytes_vs_released"]) > 2  # raw pixels against JPEG
+    assert float(figures["loader_vs_baseline_w0"]) > 0

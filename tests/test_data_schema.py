@@ -15,6 +15,7 @@ from pixelqa.data import masks
 from pixelqa.data.registry import Source, datasets_dir, get_source, list_cards, list_sources, load_card, parse_card
 from pixelqa.data.schema import (
     TASKS,
+    FrameDecodeError,
     Media,
     ObjectTrack,
     Prompt,
@@ -88,6 +89,33 @@ def test_frame_codec_roundtrip():
     assert (np.asarray(Image.open(io.BytesIO(encode_frame(rgb, "png")))) == rgb).all()  # RGB order for PIL too
     with pytest.raises(ValueError, match="rgb"):
         encode_frame(rgb[..., 0])
+
+
+def test_ppm_frames_are_the_pixels_any_netpbm_reader_sees():
+    rgb = np.random.default_rng(1).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    data = encode_frame(rgb, "ppm")
+    assert data.startswith(b"P6\n7 5\n255\n") and len(data) == 11 + 5 * 7 * 3
+    assert (np.asarray(Image.open(io.BytesIO(data))) == rgb).all()  # PIL's Netpbm reader: an independent decoder
+    out = np.zeros_like(rgb)
+    assert decode_frame(data, out=out) is out and (out == rgb).all()
+    assert decode_frame(data).flags.writeable  # a copy, not a view of the record's bytes
+    with pytest.raises(FrameDecodeError, match="pixel bytes"):
+        decode_frame(data[:-1])  # truncated
+    with pytest.raises(FrameDecodeError, match="PPM header"):
+        decode_frame(b"P6\n7 x\n255\n" + data[11:])
+    with pytest.raises(FrameDecodeError, match=r"shape \(5, 7, 3\), expected \(7, 5, 3\)"):
+        decode_frame(data, out=np.zeros((7, 5, 3), dtype=np.uint8))
+
+
+def test_transcode_keeps_the_decoded_pixels():
+    from pixelqa.data.schema import transcode_media
+
+    rgb = np.random.default_rng(2).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    jpg = encode_frame(rgb, "jpg")
+    media = Media("video", [jpg, jpg], (8, 8), "jpg")
+    transcode_media(media, "ppm")
+    assert media.ext == "ppm" and all(f.startswith(b"P6") for f in media.frames)
+    assert (decode_frame(media.frames[1]) == decode_frame(jpg)).all()  # the JPEG's pixels, exactly
 
 
 def test_make_key():

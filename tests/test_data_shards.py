@@ -225,3 +225,24 @@ def test_sigkill_then_rerun_gives_identical_shards(tmp_path):
     subprocess.run([*cmd, "--out", str(tmp_path / "b")], check=True, capture_output=True)
     assert _tars(folder) == _tars(tmp_path / "b" / "synthetic" / "train") and len(_tars(folder)) == 30
     assert not list(folder.glob("*.partial")) and not list(folder.glob(".progress-*"))
+
+
+def test_ppm_frame_codec_stores_the_released_pixels(built, tmp_path):
+    out, m, _ = built
+    ppm = build_shards(
+        "synthetic", ".", tmp_path, "train", max_samples=60, max_count=16, progress=False, frame_codec="ppm"
+    )
+    assert ppm["config"]["frame_codec"] == "ppm" and "frame_codec" not in m["config"]  # as released: not recorded
+    assert ppm["num_bytes"] > 2 * m["num_bytes"]  # raw pixels against the demo's PNG frames
+    keep = list(iter_records(sorted((out / "synthetic" / "train").glob("*.tar"))))
+    raw = list(iter_records(sorted((tmp_path / "synthetic" / "train").glob("*.tar"))))
+    assert [r["__key__"] for r in raw] == [r["__key__"] for r in keep]
+    for a, b in zip(keep[::7], raw[::7]):
+        sa, sb = Sample.from_record(a), Sample.from_record(b)
+        assert sb.media.ext == "ppm" and all(f.startswith(b"P6") for f in sb.media.frames)
+        assert np.array_equal(sb.decode_frames(), sa.decode_frames())  # the same pixels after decoding
+        assert sb.objects == sa.objects and sb.turns == sa.turns
+    loaded = [s.decode_frames() for s in itertools.islice(make_dataset([tmp_path / "synthetic" / "train"]), 4)]
+    assert all(f.dtype == np.uint8 and f.ndim == 4 for f in loaded)  # the loader reads them as any other frames
+    with pytest.raises(ValueError, match="frame_codec: got 'webp'"):
+        build_shards("synthetic", ".", tmp_path / "x", "train", max_samples=2, progress=False, frame_codec="webp")

@@ -221,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", default="synthetic", help="registered source to build and read")
     p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic)")
     p.add_argument("--split", default="train")
+    p.add_argument(
+        "--shard-codec",
+        choices=("keep", "jpg", "png", "ppm"),
+        default="keep",
+        help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     default_ext = synthetic.FRAME_EXT
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         get_source("synthetic").size = args.size  # inherited by forked build workers
         synthetic.FRAME_EXT = args.frame_ext  # the same; put back after the builds
     results: dict[str, float] = {}
+    extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         try:
@@ -247,10 +254,26 @@ def main(argv: list[str] | None = None) -> None:
                 results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
                 mib = m["num_bytes"] / 2**20
                 print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({mib:.1f} MiB)")
+            if args.shard_codec != "keep":  # the same samples again, frames re-encoded (synthetic: same frame format)
+                released_bytes = m["num_bytes"]
+                m = build_shards(
+                    args.source,
+                    args.root,
+                    tmp / "codec",
+                    args.split,
+                    max_samples=args.samples,
+                    max_count=max(args.samples // 8, 1),
+                    progress=False,
+                    frame_codec=args.shard_codec,
+                )
+                extra["shard_bytes_vs_released"] = m["num_bytes"] / released_bytes
+                print(f"shards with {args.shard_codec} frames: {m['num_bytes'] / 2**20:.1f} MiB")
         finally:
             synthetic.FRAME_EXT = default_ext
         shard_dir = tmp / "build1" / args.source / args.split
-        annotation = write_raw_copy(shard_dir, tmp / "raw")
+        annotation = write_raw_copy(shard_dir, tmp / "raw")  # the baseline's loose files: the frames as released
+        if args.shard_codec != "keep":
+            shard_dir = tmp / "codec" / args.source / args.split
         check_same(TensorStream(shard_dir, args.num_frames), RawJsonDataset(annotation, args.num_frames))  # + warm-up
         for w in args.workers:
             best, best_b = 0.0, 0.0
@@ -274,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         if len({n for n, _ in reads.values()}) != 1:
             raise RuntimeError(f"read passes disagree on the sample count: {reads}")
-        extra = {k: rate for k, (_, rate) in reads.items()}
+        extra.update({k: rate for k, (_, rate) in reads.items()})
         # The earlier baseline, for continuity with older figures: its BGR -> RGB flip through a reversed view makes
         # np.stack copy element by element, so it was slower than the reference code needs to be.
         best_f = max(
@@ -294,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in extra.items():
         print(f"{k}: {v:.2f}")
     size = f" {args.size}x{args.size} {args.frame_ext.upper()} frames" if args.source == "synthetic" else ""
+    if args.shard_codec != "keep":
+        size += f", shards with {args.shard_codec} frames"
     print(f"{args.source}/{args.split}{size}, {m['num_samples']} samples")
     for k, v in results.items():  # the headline figures (loader vs baseline) close the output
         print(f"{k}: {v:.2f}")

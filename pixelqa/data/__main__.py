@@ -40,6 +40,7 @@ def _build(args: argparse.Namespace) -> None:
         check_frames=not args.no_check_frames,
         progress=not args.quiet,
         wait=args.wait,
+        frame_codec=args.frame_codec,
     )
     print(
         f"{m['source']}/{m['split']}: {m['num_samples']} samples in {len(m['shards'])} shards, "
@@ -132,6 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
+    b.add_argument(
+        "--frame-codec",
+        choices=("keep", "jpg", "png", "ppm"),
+        default="keep",
+        help="frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
+        "fastest loader (small frames)",
+    )
     b.set_defaults(fn=_build)
     i = sub.add_parser("inspect", help="print samples and render mask overlays")
     i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")

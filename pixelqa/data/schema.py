@@ -78,7 +78,10 @@ TASKS: frozenset[str] = frozenset(
 PROMPT_TYPES: tuple[str, ...] = ("point", "box", "mask")
 MEDIA_KINDS: tuple[str, ...] = ("image", "video")
 ROLES: tuple[str, ...] = ("user", "assistant")
-FRAME_EXTS: tuple[str, ...] = ("jpg", "png")
+# ppm: binary Netpbm (P6), the decoded pixels with a short header; shards built with --frame-codec ppm trade disk
+# (about 5-10x the JPEG bytes) for a decode that is one copy (pixelqa.data.shards, docs/benchmarks.md, Data)
+FRAME_EXTS: tuple[str, ...] = ("jpg", "png", "ppm")
+_PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -115,6 +118,8 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
         raise ValueError(f"rgb: got shape {rgb.shape} dtype {rgb.dtype}, expected (H, W, 3) uint8")
     if ext not in FRAME_EXTS:
         raise ValueError(f"ext: got {ext!r}, expected one of {FRAME_EXTS}")
+    if ext == "ppm":  # RGB rows as they are, after the Netpbm header
+        return b"P6\n%d %d\n255\n" % (rgb.shape[1], rgb.shape[0]) + np.ascontiguousarray(rgb).tobytes()
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
     ok, buf = cv2.imencode("." + ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
@@ -124,6 +129,14 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
 
 def decode_frame(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
+    if data[:2] == b"P6":
+        arr = _ppm_view(data)
+        if out is None:
+            return arr.copy()  # the view is read-only (it shares the record's bytes)
+        if out.shape != arr.shape or out.dtype != np.uint8:
+            raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
+        out[...] = arr
+        return out
     # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
     if arr is None:
@@ -134,6 +147,25 @@ def decode_frame(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
         raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
     out[...] = arr
     return out
+
+
+def _ppm_view(data: bytes) -> np.ndarray:
+    """The (H, W, 3) uint8 pixels of binary PPM bytes as a view (8-bit P6, as encode_frame writes it)."""
+    head = _PPM_HEADER.match(data[:64])
+    if head is None:
+        raise FrameDecodeError(f"data: got {data[:16]!r}..., expected an 8-bit binary PPM header 'P6 W H 255'")
+    w, h = int(head.group(1)), int(head.group(2))
+    if len(data) - head.end() != h * w * 3:
+        raise FrameDecodeError(f"data: got {len(data) - head.end()} pixel bytes, expected {h * w * 3} for {w}x{h} RGB")
+    return np.frombuffer(data, dtype=np.uint8, offset=head.end()).reshape(h, w, 3)
+
+
+def transcode_media(media: Media, ext: str) -> None:
+    """Re-encode every frame of `media` as `ext` in place (decoded once, pixels kept exactly for png and ppm)."""
+    if media.ext == ext:
+        return
+    media.frames = [encode_frame(decode_frame(f), ext=ext) for f in media.frames]
+    media.ext = ext
 
 
 @dataclass

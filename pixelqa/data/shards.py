@@ -39,12 +39,13 @@ from typing import Any
 import webdataset as wds
 
 from pixelqa.data.registry import get_source
-from pixelqa.data.schema import SCHEMA_VERSION, Sample
+from pixelqa.data.schema import SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
+FRAME_CODECS = ("keep", "jpg", "png", "ppm")
 TAR_USER = "pixelqa"
 TAR_MTIME = 0  # fixed, so rebuilt shards are byte-identical
 ITEMS_PER_TASK = 8  # items a worker converts per task: amortises inter-process overhead
@@ -63,6 +64,15 @@ class BuildConfig:
     num_nodes: int = 1
     check_frames: bool = True  # decode every frame during validation
     schema_version: int = SCHEMA_VERSION
+    frame_codec: str = "keep"  # keep: frames as the release ships them; jpg | png | ppm: re-encoded (ppm: raw pixels)
+
+    def as_dict(self) -> dict:
+        """The config as manifests and progress files record it; frame_codec only where it is not "keep", so a
+        manifest written before the field existed still matches its build."""
+        d = asdict(self)
+        if d["frame_codec"] == "keep":
+            del d["frame_codec"]
+        return d
 
 
 @dataclass
@@ -126,13 +136,13 @@ def _tar_member_bytes(record: dict) -> int:
 _WORKER_SOURCE: Any = None
 
 
-def _convert_items(args: tuple[str, str, str, bool, list[tuple[int, Any, int]]]) -> list[tuple]:
-    """Worker task: convert items, validate and serialise their samples.
+def _convert_items(args: tuple[str, str, str, bool, str, list[tuple[int, Any, int]]]) -> list[tuple]:
+    """Worker task: convert items, validate, re-encode their frames (unless frame_codec is "keep") and serialise them.
 
     Returns, per sample, ("ok", item_pos, offset, key, task, record) or ("reject", item_pos, offset, key, reason);
     an item whose converter raises gives ("reject", item_pos, -1, None, reason).
     """
-    source, root, split, check_frames, batch = args
+    source, root, split, check_frames, frame_codec, batch = args
     global _WORKER_SOURCE
     if _WORKER_SOURCE is None or _WORKER_SOURCE.name != source:
         _WORKER_SOURCE = get_source(source)
@@ -152,6 +162,8 @@ def _convert_items(args: tuple[str, str, str, bool, list[tuple[int, Any, int]]])
                         raise ValueError(
                             f"source/split: got {sample.source!r}/{sample.split!r}, expected {source!r}/{split!r}"
                         )
+                    if frame_codec != "keep":
+                        transcode_media(sample.media, frame_codec)
                     out.append(("ok", pos, offset, sample.key, sample.task, sample.to_record()))
                 except (ValueError, TypeError) as e:
                     out.append(("reject", pos, offset, key, f"{type(e).__name__}: {e}"))
@@ -283,9 +295,9 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
     if not path.is_file():
         return [], []
     state = json.loads(path.read_text())
-    if state.get("config") != asdict(cfg):
+    if state.get("config") != cfg.as_dict():
         raise ValueError(
-            f"{path}: an interrupted build with config {state.get('config')} exists, expected {asdict(cfg)}; "
+            f"{path}: an interrupted build with config {state.get('config')} exists, expected {cfg.as_dict()}; "
             "delete that folder or build into another --out"
         )
     shards = [ShardInfo(**s) for s in state["shards"]]
@@ -367,12 +379,17 @@ def build_shards(
     check_frames: bool = True,
     progress: bool = True,
     wait: bool = False,
+    frame_codec: str = "keep",
 ) -> dict:
     """Convert `source`'s `split` under `root` into shards under `out`; returns the manifest dict.
 
     wait: when another process holds this build's lock, wait for it (then find its shards complete) instead of
-    failing at once with BuildLocked.
+    failing at once with BuildLocked. frame_codec: "keep" stores frames as the release ships them; "ppm" stores
+    their decoded pixels (several times the bytes, decoded by one copy: the fast loader for small frames); "jpg" /
+    "png" re-encode.
     """
+    if frame_codec not in FRAME_CODECS:
+        raise ValueError(f"frame_codec: got {frame_codec!r}, expected one of {FRAME_CODECS}")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error: got {on_error!r}, expected one of {ON_ERROR}")
     if num_nodes < 1 or not 0 <= node_rank < num_nodes:
@@ -384,7 +401,9 @@ def build_shards(
     root, out = Path(root), Path(out)
     src = get_source(source)
     src.check_split(split)
-    cfg = BuildConfig(source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames)
+    cfg = BuildConfig(
+        source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames, frame_codec=frame_codec
+    )
     folder = shard_dir(out, source, split)
     folder.mkdir(parents=True, exist_ok=True)
     with build_lock(folder, node_rank, num_nodes, wait):
@@ -402,7 +421,7 @@ def _build_locked(
 
     if manifest_path.is_file() and not progress_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") == asdict(cfg) and all(
+        if manifest.get("config") == cfg.as_dict() and all(
             (folder / s["name"]).is_file() and (folder / s["name"]).stat().st_size == s["bytes"]
             for s in manifest["shards"]
         ):
@@ -424,10 +443,10 @@ def _build_locked(
     def batches() -> Iterator[tuple]:
         todo = [(pos, items[pos], cursor_offset if pos == cursor_item else 0) for pos in range(cursor_item, stop)]
         for i in range(0, len(todo), ITEMS_PER_TASK):
-            yield (source, str(root), split, check_frames, todo[i : i + ITEMS_PER_TASK])
+            yield (source, str(root), split, check_frames, cfg.frame_codec, todo[i : i + ITEMS_PER_TASK])
 
     def save_progress() -> None:
-        _write_json(progress_path, {"config": asdict(cfg), "shards": [asdict(s) for s in done], "rejects": rejects})
+        _write_json(progress_path, {"config": cfg.as_dict(), "shards": [asdict(s) for s in done], "rejects": rejects})
 
     sink = _ShardSink(folder, cfg, first_local=len(done))
     bar = None
@@ -494,7 +513,7 @@ def _build_locked(
         "source": source,
         "split": split,
         "schema_version": SCHEMA_VERSION,
-        "config": asdict(cfg),
+        "config": cfg.as_dict(),
         "num_samples": sum(s.samples for s in done),
         "num_bytes": sum(s.bytes for s in done),
         "shards": [
