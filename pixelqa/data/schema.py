@@ -78,8 +78,9 @@ TASKS: frozenset[str] = frozenset(
 PROMPT_TYPES: tuple[str, ...] = ("point", "box", "mask")
 MEDIA_KINDS: tuple[str, ...] = ("image", "video")
 ROLES: tuple[str, ...] = ("user", "assistant")
-# ppm: binary Netpbm (P6), the decoded pixels with a short header; shards built with --frame-codec ppm trade disk
-# (about 5-10x the JPEG bytes) for a decode that is one copy (pixelqa.data.shards, docs/benchmarks.md, Data)
+# ppm: binary Netpbm (P6), the decoded pixels after a short header; shards built with --frame-codec ppm trade disk
+# (10x the JPEG bytes of the synthetic frames at 112 px, more at larger sizes) for a decode that is one copy
+# (pixelqa.data.shards; docs/benchmarks.md, Data)
 FRAME_EXTS: tuple[str, ...] = ("jpg", "png", "ppm")
 _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
