@@ -6,6 +6,7 @@ import collections
 import itertools
 import json
 import logging
+import os
 import tarfile
 from pathlib import Path
 
@@ -246,3 +247,33 @@ def test_ppm_frame_codec_stores_the_released_pixels(built, tmp_path):
     assert all(f.dtype == np.uint8 and f.ndim == 4 for f in loaded)  # the loader reads them as any other frames
     with pytest.raises(ValueError, match="frame_codec: got 'webp'"):
         build_shards("synthetic", ".", tmp_path / "x", "train", max_samples=2, progress=False, frame_codec="webp")
+
+
+_PARENT_PID = os.getpid()
+
+
+@register_source("unit_dies_in_a_worker")
+def _dies(root: Path, split: str):
+    """A converter that kills its build worker (a crash in native code looks the same to the parent)."""
+    if os.getpid() != _PARENT_PID:
+        os._exit(3)
+    yield make_sample(0, "train")
+
+
+def test_a_dead_build_worker_fails_the_build_instead_of_hanging(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BuildError, match="a build worker process died .*run the same command again") as caught:
+        build_shards("unit_dies_in_a_worker", ".", tmp_path, "train", workers=2, progress=False)
+    assert isinstance(caught.value.__cause__, BrokenProcessPool)
+
+
+def test_builds_that_stop_early_in_workers_end_cleanly(built, tmp_path):
+    import multiprocessing
+
+    serial = build_shards("synthetic", ".", tmp_path / "serial", "train", max_samples=10, max_count=4, progress=False)
+    for run in range(4):  # max_samples stops the build with worker tasks still in flight, each time
+        out = tmp_path / f"w{run}"
+        m = build_shards("synthetic", ".", out, "train", workers=2, max_samples=10, max_count=4, progress=False)
+        assert [s["sha256"] for s in m["shards"]] == [s["sha256"] for s in serial["shards"]]
+        assert multiprocessing.active_children() == []  # every worker joined, none left running or unreaped

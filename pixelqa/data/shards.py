@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -29,8 +30,10 @@ import os
 import socket
 import tarfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,9 +189,31 @@ def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    # Not multiprocessing.Pool: a build that stops early (max_samples) closes this generator with tasks in flight,
+    # and Pool.terminate then kills workers that may be writing a result, which can leave its result thread blocked
+    # on a half-written message and the build hung for good (seen in CI). The executor's shutdown waits for the
+    # running tasks (a few items each) and cancels the queued ones; a worker that dies raises BrokenProcessPool.
+    pending: deque = deque()
     try:
-        with ctx.Pool(workers) as pool:
-            yield from pool.imap(_convert_items, batches, chunksize=1)
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            try:
+                for batch in itertools.islice(batches, 2 * workers):
+                    pending.append(pool.submit(_convert_items, batch))
+                while pending:
+                    try:
+                        done = pending.popleft().result()
+                    except BrokenProcessPool as err:
+                        raise BuildError(
+                            f"a build worker process died ({err}); the complete shards are kept: run the same "
+                            "command again to resume"
+                        ) from err
+                    more = next(batches, None)
+                    if more is not None:
+                        pending.append(pool.submit(_convert_items, more))
+                    yield done
+            finally:
+                for future in pending:
+                    future.cancel()
     finally:
         cv2.setNumThreads(threads)
 
