@@ -48,3 +48,16 @@ def test_unregistered_source_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"sources \['refcoco\+'\] have no registered converter"):
         build_mixture([MixtureEntry("refcoco+")], tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_mixture_passes_the_frame_codec_to_every_source(tmp_path):
+    mix = tmp_path / "one.yaml"
+    mix.write_text("sources:\n  - {name: synthetic, split: val}\n")
+    out = tmp_path / "shards"
+    args = ["mixture", str(mix), "--root", str(tmp_path), "--out", str(out), "--max-samples", "3", "--quiet"]
+    data_main([*args, "--frame-codec", "ppm"])
+    manifest = json.loads((out / "synthetic" / "val" / "manifest.json").read_text())
+    assert manifest["config"]["frame_codec"] == "ppm"
+    with pytest.raises(SystemExit) as bad:  # argparse: not a codec
+        data_main([*args, "--frame-codec", "webp"])
+    assert bad.value.code == 2

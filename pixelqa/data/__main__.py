@@ -91,6 +91,7 @@ def _mixture(args: argparse.Namespace) -> None:
         num_nodes=args.num_nodes,
         max_samples=args.max_samples,
         progress=not args.quiet,
+        frame_codec=args.frame_codec,
     )
     print_mixture(entries, shards_root=args.out)
     name = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
-    b.add_argument(
-        "--frame-codec",
-        choices=("keep", "jpg", "png", "ppm"),
-        default="keep",
-        help="frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
+    codec = {
+        "choices": ("keep", "jpg", "png", "ppm"),
+        "default": "keep",
+        "help": "frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
         "fastest loader (small frames)",
-    )
+    }
+    b.add_argument("--frame-codec", **codec)
     b.set_defaults(fn=_build)
     i = sub.add_parser("inspect", help="print samples and render mask overlays")
     i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--num-nodes", type=int, default=1)
     m.add_argument("--max-samples", type=int, default=None)
     m.add_argument("--quiet", action="store_true")
+    m.add_argument("--frame-codec", **codec)
     m.set_defaults(fn=_mixture)
     sub.add_parser("sources", help="list registered converters").set_defaults(fn=_sources)
     sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)

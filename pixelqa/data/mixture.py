@@ -173,8 +173,11 @@ def build_mixture(
     num_nodes: int = 1,
     max_samples: int | None = None,
     progress: bool = True,
+    frame_codec: str = "keep",
 ) -> dict[str, dict]:
     """Build (or resume) the shards of every source of a mixture; returns `name/split` -> manifest.
+
+    frame_codec: as `build_shards` (keep: the frames as released; ppm: decoded pixels).
 
     With on_error="skip", a source whose raw files are missing is reported and skipped, and the others go on;
     with "fail" the first missing source stops the build (complete shards stay and a rerun resumes).
@@ -201,6 +204,7 @@ def build_mixture(
                 num_nodes=num_nodes,
                 max_samples=max_samples,
                 progress=progress,
+                frame_codec=frame_codec,
             )
         except FileNotFoundError as err:
             if on_error == "fail":
