@@ -45,6 +45,7 @@ def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
         "tiny_unipixel_step_encoder_trained_s",
         "tiny_unipixel_step_no_mask_decoding_s",
         "tiny_mask_propagation_s_per_frame",
+        "tiny_sam_image_encoder_s_per_frame",
         "tiny_ddp2_step_s",
     ]
     rates = ["tiny_eval_samples_per_s", "tiny_generate_tokens_per_s"]
@@ -52,7 +53,7 @@ def test_tiny_cpu_run_prints_every_figure(capfd) -> None:
     for name in seconds + rates + ratios:
         assert name in figures, f"{name} missing from:\n{out}"
         assert float(figures[name]) >= 0, name
-    for name in rates + ratios + seconds[:4]:
+    for name in rates + ratios + seconds[:4] + ["tiny_sam_image_encoder_s_per_frame"]:
         assert float(figures[name]) > 0, name
     ratio = float(figures["tiny_step_ratio_encoder_frozen"])
     plain, ours = float(figures["tiny_plain_qwen_step_s"]), float(figures["tiny_unipixel_step_encoder_frozen_s"])

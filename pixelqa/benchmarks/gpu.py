@@ -145,12 +145,15 @@ def measure_evaluation(model, batch, tag: str, device: str, repeats: int, precis
 
 @torch.no_grad()
 def measure_propagation(model, long_batch, tag: str, device: str, repeats: int) -> None:
-    """Seconds per frame of SAM's mask decoding and propagation: eval forward with masks minus without, per frame."""
+    """Seconds per frame of SAM's mask decoding and propagation: eval forward with masks minus without, per frame;
+    and the share of it that is SAM's image encoder (Hiera trunk + neck over all frames in one call)."""
     model.eval()
     with_masks = _timed(lambda: model(long_batch), device, repeats)
     without = _timed(lambda: model(long_batch, decode_masks=False), device, repeats)
-    frames = sum(f.shape[0] for f in long_batch.frames)
-    figure(f"{tag}_mask_propagation_s_per_frame", f"{max(with_masks - without, 0.0) / frames:.4f}")
+    frames = torch.cat(list(long_batch.frames)).to(device)
+    encoder = _timed(lambda: model.mask_decoder.encode_frames(frames), device, repeats)
+    figure(f"{tag}_mask_propagation_s_per_frame", f"{max(with_masks - without, 0.0) / len(frames):.4f}")
+    figure(f"{tag}_sam_image_encoder_s_per_frame", f"{encoder / len(frames):.4f}")
     model.train()
 
 
