@@ -132,15 +132,20 @@ def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batc
 
 
 def benchmark_config(
-    preset: str, path: str | None, sam_arch: str | None = None, sam_size: int | None = None
+    preset: str,
+    path: str | None,
+    sam_arch: str | None = None,
+    sam_size: int | None = None,
+    llm_dtype: str | None = None,
 ) -> UniPixelConfig:
     """The benchmarks' UniPixel: tiny in float32 with micro SAM at 128 px; real sizes in bfloat16 with gradient
-    checkpointing, LoRA rank 128 and SAM 2.1 Hiera-B+ at 768 px (unless `sam_arch` / `sam_size` say otherwise)."""
+    checkpointing, LoRA rank 128 and SAM 2.1 Hiera-B+ at 768 px (unless `sam_arch` / `sam_size` / `llm_dtype` say
+    otherwise)."""
     tiny = preset == "tiny"
     return UniPixelConfig(
         preset=preset,
         path=path,
-        dtype="float32" if tiny else "bfloat16",
+        dtype=llm_dtype or ("float32" if tiny else "bfloat16"),
         gradient_checkpointing=not tiny,
         lora=LoraConfig(enabled=True, rank=8 if tiny else 128, alpha=16 if tiny else 256, dropout=0.0),
         mask_decoder=MaskDecoderConfig(
@@ -151,7 +156,12 @@ def benchmark_config(
 
 
 def build_model(
-    preset: str, device: str, path: str | None = None, sam_arch: str | None = None, sam_size: int | None = None
+    preset: str,
+    device: str,
+    path: str | None = None,
+    sam_arch: str | None = None,
+    sam_size: int | None = None,
+    llm_dtype: str | None = None,
 ):
     """A UniPixel of `preset` on `device` in train mode: random weights for real presets unless `path` names a
     Qwen2.5-VL folder (a config.json with the published sizes is written to a temp dir otherwise)."""
@@ -160,7 +170,7 @@ def build_model(
     with tempfile.TemporaryDirectory() as tmp:
         if preset != "tiny" and path is None:
             path = str(write_config_dir(preset, Path(tmp)))
-        cfg = benchmark_config(preset, path, sam_arch, sam_size)
+        cfg = benchmark_config(preset, path, sam_arch, sam_size, llm_dtype)
         return UniPixel(cfg, random_init=preset != "tiny").to(device).train()
 
 

@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU); default 1")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the medians are reported")
     ap.add_argument(
+        "--llm-dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="the LLM's dtype (default: the preset's, float32 tiny, bfloat16 real); SAM stays float32",
+    )
+    ap.add_argument(
         "--skip-uncached",
         action="store_true",
         help="leave out the uncached loop (a full forward a token: minutes a token for a real preset on a CPU)",
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     size = args.size or (112 if args.preset == "tiny" else 448)
     # as built: the LLM in bfloat16 for real presets, SAM and the new modules in float32 (no whole-model cast)
-    model = build_model(args.preset, args.device).eval()
+    model = build_model(args.preset, args.device, llm_dtype=args.llm_dtype).eval()
     clip = _clip(args.frames, size)
     state = ChatState(clip, "video", ObjectMemoryBank(args.frames))
     filler = "Describe every object in the video, where it moves and what it does. "
