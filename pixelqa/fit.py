@@ -188,12 +188,16 @@ def banner(recipe: Recipe) -> str:
     )
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 in float32 CUDA matmuls and convolutions on or off (`trainer.tf32`; no effect on a CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def apply_process_settings(trainer_cfg: Any) -> None:
     """The recipe's per-process torch settings: intra-op threads, TF32 in float32 CUDA matmuls and convolutions."""
     if trainer_cfg.cpu_threads:
         torch.set_num_threads(int(trainer_cfg.cpu_threads))
-    torch.backends.cuda.matmul.allow_tf32 = bool(trainer_cfg.tf32)
-    torch.backends.cudnn.allow_tf32 = bool(trainer_cfg.tf32)
+    set_tf32(trainer_cfg.tf32)
 
 
 def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int):

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from pixelqa.data import masks, synthetic
 from pixelqa.data.loader import frame_indices, make_dataset, object_masks, used_objects
 from pixelqa.data.registry import get_source
-from pixelqa.data.schema import Sample
+from pixelqa.data.schema import FRAME_CODECS, Sample
 from pixelqa.data.shard_reader import DamageLog, iter_samples
 from pixelqa.data.shards import build_shards, iter_records
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument(
         "--shard-codec",
-        choices=("keep", "jpg", "png", "ppm"),
+        choices=FRAME_CODECS,
         default="keep",
         help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files",
     )
@@ -237,35 +237,31 @@ def main(argv: list[str] | None = None) -> None:
     extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+
+        def build(out: str, workers: int = 1, frame_codec: str = "keep") -> dict:
+            return build_shards(
+                args.source,
+                args.root,
+                tmp / out,
+                args.split,
+                workers=workers,
+                max_samples=args.samples,
+                max_count=max(args.samples // 8, 1),
+                progress=False,
+                frame_codec=frame_codec,
+            )
+
         try:
             for w in (1, 2):  # the same shards either way (tested); parallel building pays off on many cores
                 start = time.perf_counter()
-                m = build_shards(
-                    args.source,
-                    args.root,
-                    tmp / f"build{w}",
-                    args.split,
-                    workers=w,
-                    max_samples=args.samples,
-                    max_count=max(args.samples // 8, 1),
-                    progress=False,
-                )
+                m = build(f"build{w}", workers=w)
                 sec = time.perf_counter() - start
                 results[f"build_samples_per_s_w{w}"] = m["num_samples"] / sec
                 mib = m["num_bytes"] / 2**20
                 print(f"build, {w} worker(s): {m['num_samples']} samples in {sec:.2f} s ({mib:.1f} MiB)")
             if args.shard_codec != "keep":  # the same samples again, frames re-encoded (synthetic: same frame format)
                 released_bytes = m["num_bytes"]
-                m = build_shards(
-                    args.source,
-                    args.root,
-                    tmp / "codec",
-                    args.split,
-                    max_samples=args.samples,
-                    max_count=max(args.samples // 8, 1),
-                    progress=False,
-                    frame_codec=args.shard_codec,
-                )
+                m = build("codec", frame_codec=args.shard_codec)
                 extra["shard_bytes_vs_released"] = m["num_bytes"] / released_bytes
                 print(f"shards with {args.shard_codec} frames: {m['num_bytes'] / 2**20:.1f} MiB")
         finally:

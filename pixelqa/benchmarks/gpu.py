@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pixelqa.benchmarks.model import autocast, build_model, make_batch, time_steps, training_steps
+from pixelqa.fit import set_tf32
 
 # Stage 3's trainable groups without the full embedding matrices (LoRA, new token rows and modules, SAM's decoder);
 # "mask_decoder_image_encoder" is added for the "encoder trained" figures.
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         _fail(f"--strategies: got {bad}, expected names from {STRATEGIES} or 'none'")
     clock = Clock(args.budget_s)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32  # as fit sets them
+    set_tf32(args.tf32)  # as fit sets it from trainer.tf32
     figure("settings", f"precision {args.precision}, tf32 {'on' if args.tf32 else 'off'}")
     total = float("inf")  # GiB of GPU memory
     if args.device == "cuda":

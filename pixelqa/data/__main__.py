@@ -2,12 +2,12 @@
 
 build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|skip]
       [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
-      [--no-check-frames] [--quiet] [--wait]
+      [--no-check-frames] [--quiet] [--wait] [--frame-codec keep|jpg|png|ppm]
 inspect SHARDS [--n 4] [--out DIR] [--strict]  print samples and render mask overlays to PNG
 stats SHARDS [--strict]                   counts per source / split / task (damaged records: counted, or fatal)
 mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
 mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
-                                          build every source of the mixture (resumable), write its spec
+      [--frame-codec keep|jpg|png|ppm]    build every source of the mixture (resumable), write its spec
 sources / cards                           list registered converters / dataset cards
 
 build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`: --num-nodes N array tasks
@@ -20,6 +20,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from pixelqa.data.schema import FRAME_CODECS  # the package imports the schema anyway
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
     codec = {
-        "choices": ("keep", "jpg", "png", "ppm"),
+        "choices": FRAME_CODECS,
         "default": "keep",
         "help": "frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
         "fastest loader (small frames)",

@@ -82,6 +82,7 @@ ROLES: tuple[str, ...] = ("user", "assistant")
 # (10x the JPEG bytes of the synthetic frames at 112 px, more at larger sizes) for a decode that is one copy
 # (pixelqa.data.shards; docs/benchmarks.md, Data)
 FRAME_EXTS: tuple[str, ...] = ("jpg", "png", "ppm")
+FRAME_CODECS: tuple[str, ...] = ("keep", *FRAME_EXTS)  # a shard build's frames: as released, or re-encoded
 _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -129,21 +130,20 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
 
 
 def decode_frame(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
+    """Decode JPEG/PNG/PPM bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
     if data[:2] == b"P6":
         arr = _ppm_view(data)
         if out is None:
             return arr.copy()  # the view is read-only (it shares the record's bytes)
-        if out.shape != arr.shape or out.dtype != np.uint8:
-            raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
-        out[...] = arr
-        return out
-    # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
-    if arr is None:
-        raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
-    if out is None:
-        return arr
+    else:
+        # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
+        if arr is None:
+            raise FrameDecodeError(
+                f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image"
+            )
+        if out is None:
+            return arr
     if out.shape != arr.shape or out.dtype != np.uint8:
         raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
     out[...] = arr

@@ -42,13 +42,12 @@ from typing import Any
 import webdataset as wds
 
 from pixelqa.data.registry import get_source
-from pixelqa.data.schema import SCHEMA_VERSION, Sample, transcode_media
+from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
-FRAME_CODECS = ("keep", "jpg", "png", "ppm")
 TAR_USER = "pixelqa"
 TAR_MTIME = 0  # fixed, so rebuilt shards are byte-identical
 ITEMS_PER_TASK = 8  # items a worker converts per task: amortises inter-process overhead
