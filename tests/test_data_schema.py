@@ -249,3 +249,18 @@ def test_card_validation_messages():
     del bad["license"]
     with pytest.raises(ValueError, match="license"):
         parse_card(bad)
+
+
+def test_parse_json_matches_the_standard_parser_and_falls_back_for_what_json_dumps_writes():
+    import json
+    import math
+
+    from pixelqa.data.schema import parse_json
+
+    d = {"a": [1, 2.5, -0.0, 1e-300, 2**63 - 1], "b": "é\u2028", "c": {"d": None, "e": True}}
+    raw = json.dumps(d).encode()
+    assert parse_json(raw) == json.loads(raw) == d and parse_json(raw.decode()) == d
+    nan = parse_json(json.dumps({"fps": float("nan"), "big": 2**70}))  # orjson refuses both; json.dumps writes them
+    assert math.isnan(nan["fps"]) and nan["big"] == 2**70
+    with pytest.raises(ValueError):
+        parse_json(b'\xff{,]"media"')

@@ -23,7 +23,18 @@ def test_wheels_take_their_versions_from_setup_cfg():
     pins = dict(line.strip().split("==", 1) for line in cfg["options"]["install_requires"].splitlines() if "==" in line)
     text = (ROOT / ".ci" / "gpu-wheels").read_text()
     pin_fn = next(line for line in text.splitlines() if line.startswith("pin()"))
-    for name in ("transformers", "tokenizers", "peft", "hydra-core", "omegaconf", "webdataset", "iopath"):
+    names = (
+        "transformers",
+        "tokenizers",
+        "peft",
+        "hydra-core",
+        "omegaconf",
+        "webdataset",
+        "iopath",
+        "xxhash",
+        "orjson",
+    )
+    for name in names:
         assert f"$(pin {name})" in text, name
         done = subprocess.run(
             ["bash", "-c", f"{pin_fn}\npin {name}"], cwd=ROOT, capture_output=True, text=True, check=True

@@ -168,3 +168,73 @@ def test_fit_and_evaluate_count_damage_and_report_scored_over_expected(tmp_path,
     ev = evaluate.run([*args, "ckpt=last"])
     assert ev["synthetic/samples_scored"] == 15 and ev["synthetic/samples_expected"] == 16
     assert ev["data/damaged_records"] == 1 and "scored 15 / 16 samples" in capsys.readouterr().out
+
+
+def _flip_frame_byte(folder: Path) -> tuple[str, int]:
+    """Flip one pixel byte of the victim's first frame (the JSON stays valid); returns (key, record offset)."""
+    tar = folder / SHARD
+    key, start, members = spans(tar)[VICTIM]
+    frame = next(ext for ext in members if ext != "json")
+    data = bytearray(tar.read_bytes())
+    data[members[frame][1] + 100] ^= 0x01
+    tar.write_bytes(bytes(data))
+    return key, start
+
+
+@pytest.mark.parametrize("checksum", ["xxh3_64", "crc32"])
+def test_a_flipped_pixel_is_caught_by_the_index_checksum_of_either_format(intact, tmp_path, caplog, checksum):
+    import json
+
+    from pixelqa.data.shard_reader import make_index
+
+    root = tmp_path / "shards"
+    shutil.copytree(intact, root)
+    folder = root / "synthetic" / "val"
+    index = make_index(folder / SHARD, checksum=checksum)
+    assert (index["format"], index.get("checksum")) == ((2, "xxh3_64") if checksum == "xxh3_64" else (1, None))
+    index_path(folder / SHARD).write_text(json.dumps(index))  # format 1: what builds wrote before format 2
+    assert json.loads(index_path(intact / "synthetic" / "val" / SHARD).read_text())["checksum"] == "xxh3_64"
+    clean = make_dataset([intact / "synthetic" / "val"], train=False)
+    assert [s.key for s in make_dataset([folder], train=False)] == [s.key for s in clean]
+    key, start = _flip_frame_byte(folder)
+    caplog.set_level(logging.WARNING)
+    ds = make_dataset([folder], train=False)
+    keys = [s.key for s in ds]
+    assert key not in keys and len(keys) == N - 1 and ds.damage.count == 1
+    what = "XXH3_64" if checksum == "xxh3_64" else "CRC-32"
+    assert f"{SHARD} at byte {start}: record {key!r}: {what} differs from the index" in caplog.text
+
+
+def test_an_index_with_an_unknown_checksum_is_ignored_and_the_shard_scanned(intact, tmp_path, caplog):
+    import json
+
+    root = tmp_path / "shards"
+    shutil.copytree(intact, root)
+    folder = root / "synthetic" / "val"
+    ip = index_path(folder / SHARD)
+    index = json.loads(ip.read_text())
+    ip.write_text(json.dumps({**index, "checksum": "md7"}))
+    caplog.set_level(logging.WARNING)
+    ds = make_dataset([folder], train=False)
+    assert len(list(ds)) == N and ds.damage.count == 0
+    assert "checksum 'md7'" in caplog.text and "scanning the shard instead" in caplog.text
+    with pytest.raises(ValueError, match="checksum: got 'md7'"):
+        from pixelqa.data.shard_reader import make_index
+
+        make_index(folder / SHARD, checksum="md7")
+
+
+def test_frames_come_as_views_of_the_shard_yet_samples_pickle_and_outlive_the_pass(intact):
+    import pickle
+
+    import numpy as np
+
+    folder = intact / "synthetic" / "val"
+    samples = list(make_dataset([folder], train=False))
+    frame = samples[0].media.frames[0]
+    assert isinstance(frame, memoryview) and frame.readonly  # no copy before decoding
+    back = pickle.loads(pickle.dumps(samples[0]))
+    assert all(isinstance(f, bytes) for f in back.media.frames) and back == samples[0]
+    np.testing.assert_array_equal(back.decode_frames(), samples[0].decode_frames())  # the map outlived the pass
+    back.validate(check_frames=True)
+    samples[0].validate(check_frames=True)

@@ -21,7 +21,7 @@ the converters' test fixtures)
   time at 448 px) and flattered the loader.
 - frames: synthetic frames are JPEG (quality 95, as real releases ship them) unless `--frame-ext png`.
 - read (no pixel decoding, one process): Samples out of the checked shard reader (`pixelqa.data.shard_reader`:
-  record index, CRC-32, JSON), out of webdataset's tar reader (the loader before the checked reader), and the
+  record index, checksum, JSON), out of webdataset's tar reader (the loader before the checked reader), and the
   baseline's JSON list + frame files read as bytes. This isolates what the loader itself controls: the decoded
   figures above are bounded by frame and mask decoding, which loader and baseline share.
 Loader rates are steady-state (timed from the first sample, so DataLoader worker start-up is excluded), best

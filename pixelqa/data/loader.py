@@ -8,7 +8,7 @@ order, no shuffling; every shard is read by exactly one (rank, worker).
 
 Shards are read through `pixelqa.data.shard_reader`: each is checked against its index file / manifest, and a
 damaged record is skipped with a warning naming the shard and byte offset and counted in `ShardDataset.damage`
-(`strict=True`: the first damage raises ShardDamageError). Records verified by their CRC-32 are not re-validated
+(`strict=True`: the first damage raises ShardDamageError). Records verified by their checksum are not re-validated
 (the build validated them); records of shards without an index file are.
 """
 
@@ -256,7 +256,7 @@ class ShardDataset(IterableDataset):
 
     def _to_sample(self, ref: RecordRef, record: dict) -> Sample:
         sample = to_sample(record, ref)
-        if self.validate and ref.crc is None:  # a record that matches its CRC-32 is what the build validated
+        if self.validate and ref.digest is None:  # a record that matches its checksum is what the build validated
             try:
                 sample.validate()
             except ValueError as err:

@@ -9,9 +9,9 @@ keeps the complete shards (checked by SHA-256) and resumes from there.
 
 Work division: the converter's `items` are split into `num_nodes` contiguous blocks; node r converts
 block r and numbers its shards r, r + N, r + 2N, ... so nodes never collide. Within a node, `workers`
-processes convert and validate items in order (multiprocessing imap), the parent writes.
+processes convert and validate items in order (a process pool, results taken in order), the parent writes.
 
-Beside each shard the build writes its record index (``<name>.idx.json``: byte span, member offsets and CRC-32 of
+Beside each shard the build writes its record index (``<name>.idx.json``: byte span, member offsets and checksum of
 every record), against which `pixelqa.data.shard_reader` checks what it reads. A node's build holds a lock on its
 shard folder (``.build-node%03d-of%03d.lock``, released by the kernel when the process dies): a second build of
 the same node's shards fails at once naming the holder, or waits for it (`wait=True`), so two builds never

@@ -24,7 +24,7 @@ probability proportional to its sources' weights: a rank that runs SAM on video 
 
 Damage (`pixelqa.data.shard_reader`): records found damaged when a shard is opened (truncation, bad headers) are
 left out of the index, so the stream stays a pure function of (seed, step) over the intact records; a record found
-damaged when read (CRC-32, JSON) is replaced by the next intact record of its source, the same on every rerun.
+damaged when read (checksum, JSON) is replaced by the next intact record of its source, the same on every rerun.
 Either way it is logged with shard and byte offset and counted in `ShardDataModule.damage` (`data.strict`: fatal).
 """
 
