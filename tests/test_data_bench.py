@@ -65,3 +65,21 @@ def test_ppm_shards_are_checked_against_the_released_jpeg_files(capsys):
     figures = dict(line.split(": ", 1) for line in lines if ": " in line)
     assert float(figures["shard_bytes_vs_released"]) > 2  # raw pixels against JPEG
     assert float(figures["loader_vs_baseline_w0"]) > 0
+
+
+def test_batched_passes_count_every_sample_through_packed_items(tmp_path):
+    from pixelqa.benchmarks.data import drain
+
+    build_shards("synthetic", ".", tmp_path / "shards", "train", max_samples=10, max_count=4, progress=False)
+    shard_dir = tmp_path / "shards" / "synthetic" / "train"
+    annotation = write_raw_copy(shard_dir, tmp_path / "raw")
+    for workers in (0, 2):  # 10 samples in packed items of 4: 4 + 4 + 2 (a worker's share may end short)
+        assert drain(TensorStream(shard_dir, 8), workers, batch=4)[0] == 10
+        assert drain(RawJsonDataset(annotation, 8), workers, batch=4)[0] == 10
+    assert drain(RawJsonDataset(annotation, 8), 0)[0] == 10
+
+
+def test_batch_below_one_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_data(["--batch", "0"])
+    assert exit_info.value.code == 2 and "--batch: got 0, expected at least 1" in capsys.readouterr().err

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pixelqa.data import masks, synthetic
 from pixelqa.data.loader import frame_indices, make_dataset, object_masks, used_objects
+from pixelqa.data.packing import PackedBatch, pack
 from pixelqa.data.registry import get_source
 from pixelqa.data.schema import FRAME_CODECS, Sample
 from pixelqa.data.shard_reader import DamageLog, iter_samples
@@ -136,21 +137,33 @@ def write_raw_copy(shard_dir: Path, out: Path) -> Path:
     return path
 
 
-def drain(dataset, workers: int) -> tuple[int, float, float]:
-    """(samples, seconds, steady samples/s) of one full pass through a DataLoader without batching.
+def _pack_items(items: list[dict]) -> PackedBatch:
+    """A DataLoader batch of per-sample tensor dicts, its tensors in one buffer (as training batches travel)."""
+    return pack(items)
 
-    Steady throughput is timed from the first sample on, so worker start-up is left out of it.
+
+def drain(dataset, workers: int, batch: int = 1) -> tuple[int, float, float]:
+    """(samples, seconds, steady samples/s) of one full pass through a DataLoader.
+
+    batch=1: one sample per DataLoader item (no batching). batch>1: `batch` samples per item, packed into one buffer
+    by the worker (`pixelqa.data.packing`, as training batches travel), for the loader and the baseline alike.
+    Steady throughput is timed from the first item on, so worker start-up is left out of it.
     """
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    if batch > 1:
+        loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=_pack_items)
+    else:
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     start = time.perf_counter()
-    n = 0
+    n = n_first = 0
     first = None
     for item in loader:
-        n += int(item["frames"].shape[0] > 0)
+        items = item if batch == 1 else (item.unpack() if isinstance(item, PackedBatch) else item)
+        for x in [items] if batch == 1 else items:
+            n += int(x["frames"].shape[0] > 0)
         if first is None:
-            first = time.perf_counter()
+            first, n_first = time.perf_counter(), n
     end = time.perf_counter()
-    steady = (n - 1) / (end - first) if n > 1 and end > first else 0.0
+    steady = (n - n_first) / (end - first) if n > n_first and end > first else 0.0
     return n, end - start, steady
 
 
@@ -218,6 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frame-ext", choices=("png", "jpg"), default="jpg", help="synthetic frame format (jpg: q95)")
     p.add_argument("--num-frames", type=int, default=8, help="frames sampled per sample (the recipes' data.num_frames)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="samples per DataLoader item (1: unbatched; more: packed into one buffer per item, as training batches)",
+    )
     p.add_argument("--source", default="synthetic", help="registered source to build and read")
     p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic)")
     p.add_argument("--split", default="train")
@@ -228,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files",
     )
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch: got {args.batch}, expected at least 1")
     torch.set_num_threads(1)
     default_ext = synthetic.FRAME_EXT
     if args.source == "synthetic":
@@ -274,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         for w in args.workers:
             best, best_b = 0.0, 0.0
             for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
-                n, _, rate = drain(TensorStream(shard_dir, args.num_frames), w)
-                nb, _, rate_b = drain(RawJsonDataset(annotation, args.num_frames), w)
+                n, _, rate = drain(TensorStream(shard_dir, args.num_frames), w, args.batch)
+                nb, _, rate_b = drain(RawJsonDataset(annotation, args.num_frames), w, args.batch)
                 if n != nb:
                     raise RuntimeError(f"loader read {n} samples but the baseline {nb}: expected the same pass")
                 best, best_b = max(best, rate), max(best_b, rate_b)
@@ -297,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         # The earlier baseline, for continuity with older figures: its BGR -> RGB flip through a reversed view makes
         # np.stack copy element by element, so it was slower than the reference code needs to be.
         best_f = max(
-            drain(RawJsonDataset(annotation, args.num_frames, cvt_colour=False), 0)[2] for _ in range(args.repeats)
+            drain(RawJsonDataset(annotation, args.num_frames, cvt_colour=False), 0, args.batch)[2]
+            for _ in range(args.repeats)
         )
         extra["baseline_flipview_samples_per_s_w0"] = best_f
         if 0 in args.workers:
@@ -315,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     size = f" {args.size}x{args.size} {args.frame_ext.upper()} frames" if args.source == "synthetic" else ""
     if args.shard_codec != "keep":
         size += f", shards with {args.shard_codec} frames"
+    if args.batch > 1:
+        size += f", {args.batch} samples packed per DataLoader item"
     print(f"{args.source}/{args.split}{size}, {m['num_samples']} samples")
     for k, v in results.items():  # the headline figures (loader vs baseline) close the output
         print(f"{k}: {v:.2f}")
