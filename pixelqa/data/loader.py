@@ -312,7 +312,7 @@ class ShardDataset(IterableDataset):
         urls = sorted(u for s in self.sources for u in s.urls)
         mine = urls[rank::world][worker::workers]
         for url in mine:
-            for ref, record in iter_shard_records(url, self.damage):
+            for ref, record in iter_shard_records(url, self.damage, copy=False):  # consumed as read: no copies
                 try:
                     sample = self._to_sample(ref, record)
                 except RecordDamaged as err:

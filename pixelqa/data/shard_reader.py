@@ -10,8 +10,9 @@ One reader serves training (random access), evaluation (exact passes), `inspect`
 - read: one read per record; its checksum is verified (index files), its JSON must parse and its frames must all be
   there. Index files written since format 2 use XXH3-64 (about 20 GB/s here, against 7 GB/s for zlib's CRC-32,
   which was the largest single cost of reading a sample of uncompressed frames); format 1 files (CRC-32) still read.
-  A pass over a shard (`iter_shard_records`) checks each record in the shard's memory map and hands its frames on as
-  slices of that map: frames are not copied before they are decoded.
+  A pass over a shard (`iter_shard_records`) checks each record in the shard's memory map and copies its members
+  out once; the evaluation stream (`copy=False`) takes its frames as slices of that map instead, not copied before
+  they are decoded.
 
 Each damaged record is logged once as a warning naming the shard and the byte offset, and counted by a
 `DamageLog`; `DamageLog(strict=True)` makes the first damage fatal (`ShardDamageError`). Reading the tar headers
@@ -406,8 +407,13 @@ def read_sample(ref: RecordRef) -> Sample:
     return to_sample(read_record(ref), ref)
 
 
-def iter_shard_records(path: str | Path, damage: DamageLog) -> Iterator[tuple[RecordRef, dict]]:
-    """(reference, raw record) of every intact record of a shard, in order; damage goes to `damage`."""
+def iter_shard_records(path: str | Path, damage: DamageLog, copy: bool = True) -> Iterator[tuple[RecordRef, dict]]:
+    """(reference, raw record) of every intact record of a shard, in order; damage goes to `damage`.
+
+    copy=False hands the frames on as read-only slices of the shard's memory map instead of copies (for a pass that
+    consumes its records as they come): the map then stays open until the last of them is gone, holding a file
+    descriptor, so a consumer that keeps many records of many shards (a shuffle buffer) should copy.
+    """
     try:
         contents = open_shard(path)
     except OSError as err:
@@ -419,21 +425,29 @@ def iter_shard_records(path: str | Path, damage: DamageLog) -> Iterator[tuple[Re
         return
     with open(contents.path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    # The frames of the records are slices of this map (no copy: a record of uncompressed frames is megabytes), so it
-    # is not closed here: it is unmapped when the last of them is gone (`Media` pickles them as bytes).
-    for ref in contents.refs:
-        try:
-            record = record_from_bytes(ref, memoryview(buf)[ref.start : ref.end], copy=False)
-        except RecordDamaged as err:
-            damage.report(err.damage)
-            continue
-        yield ref, record
+    try:
+        for ref in contents.refs:
+            try:
+                record = record_from_bytes(ref, memoryview(buf)[ref.start : ref.end], copy=copy)
+            except RecordDamaged as err:
+                damage.report(err.damage)
+                continue
+            yield ref, record
+    finally:
+        if copy:
+            try:
+                buf.close()
+            except BufferError:  # a view still alive (a traceback's frame): the map goes with it
+                pass
 
 
-def iter_samples(paths: Sequence[str | Path], damage: DamageLog) -> Iterator[Sample]:
-    """Samples of the shards `paths`, in order, every damaged record skipped and reported to `damage`."""
+def iter_samples(paths: Sequence[str | Path], damage: DamageLog, copy: bool = True) -> Iterator[Sample]:
+    """Samples of the shards `paths`, in order, every damaged record skipped and reported to `damage`.
+
+    copy=False: frames are views of the shards' maps (see `iter_shard_records`).
+    """
     for path in paths:
-        for ref, record in iter_shard_records(path, damage):
+        for ref, record in iter_shard_records(path, damage, copy=copy):
             try:
                 yield to_sample(record, ref)
             except RecordDamaged as err:
