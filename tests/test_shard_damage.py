@@ -241,3 +241,28 @@ def test_evaluation_frames_are_views_of_the_shard_yet_samples_pickle_and_outlive
     # the training stream keeps records in a shuffle buffer: it copies, so no shard map stays open behind it
     first = next(iter(make_dataset([folder], train=True)))
     assert all(isinstance(f, bytes) for f in first.media.frames)
+
+
+def test_random_access_reads_views_of_a_cached_map_and_sees_a_rebuilt_shard(intact, tmp_path):
+    import os
+    import pickle
+
+    import numpy as np
+
+    from pixelqa.data.shard_reader import open_shard, read_sample
+
+    root = tmp_path / "shards"
+    shutil.copytree(intact, root)
+    folder = root / "synthetic" / "val"
+    ref = open_shard(folder / SHARD).refs[0]
+    sample = read_sample(ref)
+    pixels = sample.decode_frames()
+    assert isinstance(sample.media.frames[0], memoryview) and sample.media.frames[0].readonly
+    assert pickle.loads(pickle.dumps(sample)) == sample
+    other = folder / "synthetic-val-000002.tar"  # rebuilt as builds write: another file renamed over it
+    for src, dst in ((index_path(other), index_path(folder / SHARD)), (other, folder / SHARD)):
+        shutil.copyfile(src, dst.with_suffix(".new"))
+        os.replace(dst.with_suffix(".new"), dst)
+    fresh = read_sample(open_shard(folder / SHARD).refs[0])
+    assert fresh.key == read_sample(open_shard(other).refs[0]).key != sample.key
+    np.testing.assert_array_equal(sample.decode_frames(), pixels)  # the old sample still holds the old file's map
