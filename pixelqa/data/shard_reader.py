@@ -8,8 +8,9 @@ One reader serves training (random access), evaluation (exact passes), `inspect`
   header by header, each 512-byte header checked against its own checksum, resyncing after a bad one; when a
   manifest lists it, its size and SHA-256 are compared and records the scan cannot find are counted as lost.
 - read: each record is checked in the shard's memory map; its checksum is verified (index files), its JSON must parse
-  and its frames must all be there. Index files written since format 2 use XXH3-64 (about 20 GB/s here, against 7 GB/s for zlib's CRC-32,
-  which was the largest single cost of reading a sample of uncompressed frames); format 1 files (CRC-32) still read.
+  and its frames must all be there. Index files written since format 2 use XXH3-64 (about 20 GB/s here, against
+  7 GB/s for zlib's CRC-32, which was the largest single cost of reading a sample of uncompressed frames); format 1
+  files (CRC-32) still read.
   A pass over a shard (`iter_shard_records`) copies each record's members out once; the evaluation stream
   (`copy=False`) and random access (`read_record`, what fit's data module uses; the last 64 shards' maps are kept)
   take the frames as read-only slices of the map instead, not copied before they are decoded.
