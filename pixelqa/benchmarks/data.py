@@ -137,11 +137,6 @@ def write_raw_copy(shard_dir: Path, out: Path) -> Path:
     return path
 
 
-def _pack_items(items: list[dict]) -> PackedBatch:
-    """A DataLoader batch of per-sample tensor dicts, its tensors in one buffer (as training batches travel)."""
-    return pack(items)
-
-
 def drain(dataset, workers: int, batch: int = 1) -> tuple[int, float, float]:
     """(samples, seconds, steady samples/s) of one full pass through a DataLoader.
 
@@ -150,16 +145,18 @@ def drain(dataset, workers: int, batch: int = 1) -> tuple[int, float, float]:
     Steady throughput is timed from the first item on, so worker start-up is left out of it.
     """
     if batch > 1:
-        loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=_pack_items)
+        loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=pack)
     else:
         loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     start = time.perf_counter()
     n = n_first = 0
     first = None
     for item in loader:
-        items = item if batch == 1 else (item.unpack() if isinstance(item, PackedBatch) else item)
-        for x in [items] if batch == 1 else items:
-            n += int(x["frames"].shape[0] > 0)
+        if batch == 1:
+            items = [item]
+        else:  # unpickled from a worker it is the list already; with 0 workers the collate's PackedBatch itself
+            items = item.unpack() if isinstance(item, PackedBatch) else item
+        n += sum(int(x["frames"].shape[0] > 0) for x in items)
         if first is None:
             first, n_first = time.perf_counter(), n
     end = time.perf_counter()

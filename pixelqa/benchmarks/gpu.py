@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-from pixelqa.benchmarks.model import autocast, build_model, make_batch, time_steps, training_steps
+from pixelqa.benchmarks.model import (
+    autocast,
+    build_model,
+    make_batch,
+    make_unipixel_step,
+    time_steps,
+    training_steps,
+)
 from pixelqa.fit import set_tf32
 
 # Stage 3's trainable groups without the full embedding matrices (LoRA, new token rows and modules, SAM's decoder);
@@ -89,11 +96,11 @@ def measure_training(model, batch, tag: str, device: str, steps: int, precision:
     del plain_step, unipixel_step  # their optimizer states
     # where the difference goes: the same step without <|seg|> decoding (prompt and memory tokens kept, SAM's mask
     # path left out) splits it into the token side and the mask side
-    no_masks_s, _ = time_steps(step_without_masks(model, batch, precision), steps, device)
+    no_masks_s, _ = time_steps(make_unipixel_step(model, batch, precision, decode_masks=False), steps, device)
     figure(f"{tag}_unipixel_step_no_mask_decoding_s", f"{no_masks_s:.4f}")
     figure(f"{tag}_step_ratio_no_mask_decoding", f"{no_masks_s / plain_s:.3f}")
     model.set_trainable([*TRAINABLE, IMAGE_ENCODER])
-    _, unipixel_step = training_steps(model, batch, precision)
+    unipixel_step = make_unipixel_step(model, batch, precision)
     trained_s, trained_mem = time_steps(unipixel_step, steps, device)
     figure(f"{tag}_unipixel_step_encoder_trained_s", f"{trained_s:.4f}")
     figure(f"{tag}_step_ratio_encoder_trained", f"{trained_s / plain_s:.3f}")
@@ -105,21 +112,6 @@ def measure_training(model, batch, tag: str, device: str, steps: int, precision:
     model.set_trainable(TRAINABLE)
     model.zero_grad(set_to_none=True)
     return max(plain_mem, ours_mem, trained_mem)
-
-
-def step_without_masks(model, batch, precision: str = "32-true") -> Callable[[], None]:
-    """A UniPixel training step with `decode_masks=False`: prompt and memory tokens, no SAM decoding of <|seg|>s."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    device = batch.input_ids.device.type
-
-    def step() -> None:
-        with autocast(device, precision):
-            loss = model(batch, decode_masks=False).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -181,12 +182,30 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
+def make_unipixel_step(
+    model, batch: Batch, precision: str = "32-true", decode_masks: bool = True
+) -> Callable[[], None]:
+    """One AdamW step of UniPixel on `batch` over the parameters that require grad now, the forward under
+    `precision`'s autocast; decode_masks=False leaves SAM's decoding of the <|seg|>s out (prompt and memory tokens
+    kept)."""
+    device = batch.input_ids.device.type
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = model(batch, decode_masks=decode_masks)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def training_steps(model, batch: Batch, precision: str = "32-true"):
     """(plain Qwen2.5-VL step, UniPixel step) on `batch`: one AdamW step each over the parameters that require grad
     now (the plain step: those of the backbone only, through Qwen's own forward with labels). `precision`: the
     forward's autocast, as Lightning's trainer precision of that name runs it."""
     device = batch.input_ids.device.type
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     opt_plain = torch.optim.AdamW([p for p in model.backbone.parameters() if p.requires_grad], lr=1e-5)
 
     def plain_step() -> None:
@@ -205,14 +224,7 @@ def training_steps(model, batch: Batch, precision: str = "32-true"):
         opt_plain.step()
         opt_plain.zero_grad(set_to_none=True)
 
-    def unipixel_step() -> None:
-        with autocast(device, precision):
-            out = model(batch)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return plain_step, unipixel_step
+    return plain_step, make_unipixel_step(model, batch, precision)
 
 
 def _sync(device: str) -> None:

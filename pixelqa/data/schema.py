@@ -132,23 +132,24 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
 
 def decode_frame(data: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
     """Decode JPEG/PNG/PPM bytes to an (H, W, 3) uint8 RGB array (written into `out` when given, and returned)."""
-    if data[:2] == b"P6":
-        arr = _ppm_view(data)
-        if out is None:
-            return arr.copy()  # the view is read-only (it shares the record's bytes)
-    else:
-        # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
-        if arr is None:
-            raise FrameDecodeError(
-                f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image"
-            )
-        if out is None:
-            return arr
+    arr = _pixels(data)
+    if out is None:
+        return arr if arr.flags.writeable else arr.copy()  # a PPM view is read-only (it shares the record's bytes)
     if out.shape != arr.shape or out.dtype != np.uint8:
         raise FrameDecodeError(f"data: decoded to shape {arr.shape}, expected {out.shape} like the other frames")
     out[...] = arr
     return out
+
+
+def _pixels(data: bytes | memoryview) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB pixels of an encoded frame: a read-only view of PPM bytes, a fresh array otherwise."""
+    if data[:2] == b"P6":
+        return _ppm_view(data)
+    # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
+    if arr is None:
+        raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
+    return arr
 
 
 def _ppm_view(data: bytes | memoryview) -> np.ndarray:
@@ -544,8 +545,7 @@ class Sample:
         idx = list(range(self.media.num_frames) if indices is None else indices)
         if not idx:
             raise ValueError("indices: got none, expected at least one frame index")
-        data = self.media.frames[idx[0]]
-        first = _ppm_view(data) if data[:2] == b"P6" else decode_frame(data)  # PPM: the shape without a copy
+        first = _pixels(self.media.frames[idx[0]])  # PPM: a view, copied once into `out`
         out = np.empty((len(idx), *first.shape), dtype=np.uint8)  # each frame decoded into place: no stacking copy
         out[0] = first
         for j, i in enumerate(idx[1:], start=1):
