@@ -129,6 +129,34 @@ def _receivers_alive() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "pixelqa-batch-receiver")
 
 
+def test_receiver_pause_follows_the_consumers_pace(monkeypatch):
+    from pixelqa.data import packing
+
+    clock = [100.0]
+    monkeypatch.setattr(packing.time, "monotonic", lambda: clock[0])
+    pace = packing._Pace(pause=0.02)
+    assert pace.delay() == 0.02  # nothing measured yet: the full pause
+    for gap in (0.0, 0.008, 0.008, 0.008):  # the first take only starts the clock
+        clock[0] += gap
+        pace.took()
+    assert pace.delay() == pytest.approx(0.002)  # a quarter of an 8 ms step
+    for _ in range(40):  # slow steps: the pause is capped at `pause`
+        clock[0] += 1.0
+        pace.took()
+    assert pace.delay() == 0.02
+
+
+def test_background_receiver_keeps_a_consumer_faster_than_its_pause_fed():
+    # a fixed 1 s pause with the queue full would hand over 2 batches a second: 20 batches in about 10 s
+    start = time.monotonic()
+    taken = []
+    for item in BackgroundReceiver(range(20), depth=2, pause=1.0):
+        taken.append(item)
+        time.sleep(0.002)  # a short training step
+    assert taken == list(range(20))
+    assert time.monotonic() - start < 5.0
+
+
 def test_background_receiver_keeps_order_raises_where_the_loader_raised_and_stops_when_dropped():
     assert list(BackgroundReceiver(range(50))) == list(range(50))  # same items, same order, then the end
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from typing import Any
 
 import torch
@@ -116,9 +117,11 @@ class BackgroundReceiver:
     With DataLoader workers, taking a batch off the worker queue still costs the training process a few ms (queue
     read, unpickling, mapping the shared buffer, handing the next index to the worker's feeder thread); a thread
     does that while the training step runs (torch ops release the GIL), so the step finds its batch waiting. Once
-    its queue is full again the thread pauses `pause` seconds before receiving the next batch: receiving right when
-    the consumer has taken one (unpickling holds the GIL for ~1 ms) would stall the consumer's own next lines (the
-    demo's fetch stayed at ~6 ms a step without the pause); `pause` later, the step is computing. Order and content
+    its queue is full again the thread pauses before receiving the next batch: receiving right when the consumer has
+    taken one (unpickling holds the GIL for ~1 ms) would stall the consumer's own next lines (the demo's fetch stayed
+    at ~6 ms a step without the pause); a moment later, the step is computing. The pause is `pause` seconds at most
+    and a quarter of the consumer's recent interval between takes, so that steps shorter than `pause` are kept
+    fed (a fixed pause capped the pace at `depth` batches per pause). Order and content
     are the loader's: one thread reads one iterator. Exceptions (a worker's error, strict-mode damage)
     are raised in the consumer at the item where they happened. Only for loaders with workers: collation in the
     main process seeds the global RNGs (`datamodule.seeded`), which must not happen beside a training step.
@@ -145,10 +148,14 @@ class _Received:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
-        # The thread holds the queue, the event and the loader iterator, never this object, so that dropping it
-        # runs __del__, which stops the thread.
+        self._pace = _Pace(pause)
+        # The thread holds the queue, the event, the pace and the loader iterator, never this object, so that
+        # dropping it runs __del__, which stops the thread.
         thread = threading.Thread(
-            target=_receive, args=(it, self._queue, self._stop, pause), name="pixelqa-batch-receiver", daemon=True
+            target=_receive,
+            args=(it, self._queue, self._stop, self._pace),
+            name="pixelqa-batch-receiver",
+            daemon=True,
         )
         thread.start()
 
@@ -160,6 +167,7 @@ class _Received:
             raise StopIteration
         kind, value = self._queue.get()
         if kind == "item":
+            self._pace.took()
             return value
         self._done = True
         self._stop.set()
@@ -176,7 +184,28 @@ class _Received:
         self._stop.set()
 
 
-def _receive(it: Any, out: queue.Queue, stop: threading.Event, pause: float) -> None:
+class _Pace:
+    """The consumer's pace: a moving average of the interval between its takes, and the pause it allows."""
+
+    def __init__(self, pause: float, weight: float = 0.25) -> None:
+        self.pause, self.weight = pause, weight
+        self.last: float | None = None
+        self.interval: float | None = None
+
+    def took(self) -> None:
+        """Note one take by the consumer (called from its thread; the receiver only reads)."""
+        now = time.monotonic()
+        if self.last is not None:
+            gap = now - self.last
+            self.interval = gap if self.interval is None else (1 - self.weight) * self.interval + self.weight * gap
+        self.last = now
+
+    def delay(self) -> float:
+        """Seconds to wait before receiving the next batch once the queue is full."""
+        return self.pause if self.interval is None else min(self.pause, self.interval / 4)
+
+
+def _receive(it: Any, out: queue.Queue, stop: threading.Event, pace: _Pace) -> None:
     """Thread body: put ("item", x) for each item of `it`, then ("end", None), or ("error", exc) on an exception."""
 
     def put(entry: tuple[str, Any]) -> bool:
@@ -196,8 +225,8 @@ def _receive(it: Any, out: queue.Queue, stop: threading.Event, pause: float) -> 
                 return
             if not put(("item", item)):
                 return
-            if pause and out.full():  # the consumer is not waiting: receive the next one while its step computes
-                stop.wait(pause)
+            if pace.pause and out.full():  # the consumer is not waiting: receive the next one while its step computes
+                stop.wait(pace.delay())
     except BaseException as err:  # noqa: BLE001 - handed to the consumer, who raises it
         put(("error", err))
     finally:
