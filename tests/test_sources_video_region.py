@@ -20,8 +20,9 @@ from fixtures_video import (
 )
 
 from pixelqa.data import masks
+from pixelqa.data.catalog import get_source
 from pixelqa.data.collate import Collator
-from pixelqa.data.registry import RejectedSample, get_source
+from pixelqa.data.registry import RejectedSample
 from pixelqa.data.shards import build_shards
 from pixelqa.data.sources.pixelqa_bench import center_point, prompt_kinds
 from pixelqa.data.sources.videorefer import check_form, localize, option_line, single_object_id
@@ -99,9 +100,13 @@ def test_qa_memory_released_one_round(tmp_path):
     assert m.prompts[1].frame == frame_pos(m, 4)  # object 2 first visible on source frame 4
     (again,) = convert_all("videorefer_qa_memory", tmp_path, "train")
     assert again.turns[0].text == u.text  # letter and template are fixed by the sample key
+    # As released, its frames are the annotated ones only (the collate's 8 are drawn among them).
+    assert m.media.frame_ids == [0, 4, 8] == m.meta["annotated_frames"]  # the fixture annotates 0, 4 and 8
+    assert all(any(f in o.masks for o in m.objects.values()) for f in range(m.media.num_frames))
     # The check rejects the other form's request (no option line).
     (two,) = convert_all("videorefer_qa_memory_two_round", tmp_path, "train")
     assert two.turns[0].text not in prefill_texts(body)
+    assert two.media.frame_ids == list(range(10))  # ours keeps the region sources' context frames (all 10 here)
 
 
 def test_qa_memory_released_follows_textual_order(tmp_path):

@@ -203,7 +203,7 @@ def read_media(video: Path, needed: Sequence[int], context: int = CONTEXT_FRAMES
     bad = [i for i in needed if not 0 <= i < max(total, 1)]
     if total < 1 or bad:
         raise ValueError(f"video {video}: has {total} frames, annotation needs frames {bad or list(needed)[:5]}")
-    ids = sorted(set(needed) | set(uniform_indices(total, context)))
+    ids = sorted(set(needed) | set(uniform_indices(total, context) if context else ()))
     if video.is_dir():
         return read_frame_files([str(files[i]) for i in ids]), ids
     return encode_video_frames(str(video), ids), ids
@@ -283,6 +283,7 @@ class VideoRefer700K(Source):
     task = "region_qa"
     min_annotated_frames = 1
     single_object_ids = False  # True: a lone object under a bare <region> gets `single_object_id(key)`
+    context_frames = CONTEXT_FRAMES  # frames stored besides the annotated ones (the collate samples among them all)
 
     def anno_path(self, root: Path) -> tuple[Path, Path | None]:
         """(entries JSON, re-packed mask folder or None)."""
@@ -347,7 +348,7 @@ class VideoRefer700K(Source):
         if len(needed) < self.min_annotated_frames:
             return  # the reference recipe's filter (memory pre-filling needs >= 2 annotated frames)
         video = resolve_video([root / "videos" / e["video"], root / e["video"]])
-        frames, ids = read_media(video, needed)
+        frames, ids = read_media(video, needed, self.context_frames)
         objects = build_objects(regions, ids, frames.size, where)
         prompts, turns, answer = self.talk(question, response, objects, key, where)
         yield Sample(
@@ -429,6 +430,8 @@ class VideoReferQAMemory(VideoRefer700K):
     min_annotated_frames = 2  # as UniPixel: single-frame entries teach nothing about tracking
     form = "released"
     single_object_ids = True
+    # as released, the frames are sampled among the annotated ones only: every frame supervises the pre-fill masks
+    context_frames = 0
 
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
@@ -444,9 +447,11 @@ class VideoReferQAMemory(VideoRefer700K):
 
 @register_source("videorefer_qa_memory_two_round")
 class VideoReferQAMemoryTwoRound(VideoReferQAMemory):
-    """`videorefer_qa_memory` in our two-round form (pre-fill, then the question answered with memory)."""
+    """`videorefer_qa_memory` in our two-round form (pre-fill, then the question answered with memory), with the
+    context frames of the region sources (the answer turn may ask about the whole video)."""
 
     form = "two_round"
+    context_frames = CONTEXT_FRAMES
 
 
 def single_object_id(key: str) -> int:
