@@ -18,40 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pixelqa.checkpoints import CheckpointError
 from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
-
-
-def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
-    """The checkpoint to score: None (untrained), `last`, or a path; checked to exist."""
-    if ckpt in (None, "", "none", "null"):
-        return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(ckpt)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-    if not path.is_file():
-        raise RecipeError(f"ckpt={ckpt}: no checkpoint at {path}; give a .ckpt written by pixelqa.fit")
-    return path
-
-
-def load_model(recipe, ckpt_path: Path | None):
-    """The UniPixel network of the recipe, with the checkpoint's weights (stage taken from the checkpoint)."""
-    from omegaconf import OmegaConf
-
-    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
-
-    ckpt = None
-    if ckpt_path is not None:
-        try:
-            ckpt = read_checkpoint(ckpt_path, bool(getattr(recipe, "trust_checkpoint", False)), what="ckpt")
-        except CheckpointError as err:
-            raise RecipeError(str(err)) from None
-    stage = (checkpoint_stage(ckpt) if ckpt is not None else None) or recipe.stage
-    model_cfg = OmegaConf.to_container(OmegaConf.structured(recipe.model))
-    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=recipe.seed)
-    if ckpt is not None:
-        load_init_weights(module, ckpt, str(ckpt_path))
-    return module.model
+from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
 
 
 def pass_metrics(bench: str, passes: list) -> dict[str, float]:

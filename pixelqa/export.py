@@ -48,17 +48,14 @@ def load_any(path: str | Path):
         return UniPixel.from_pretrained(p)
     from omegaconf import OmegaConf
 
-    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class, read_checkpoint
+    from pixelqa.train.module import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(p)
     hp = ckpt.get("hyper_parameters") or {}
     if "model" not in hp:
         raise ValueError(f"ckpt: {str(p)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint")
     model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
-    stage = checkpoint_stage(ckpt) or 3
-    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=0)
-    load_init_weights(module, ckpt, str(p))
-    return module.model
+    return model_from_checkpoint(model_cfg, ckpt, str(p), stage=3)
 
 
 def release_config(model, tied: bool, dtype: str) -> dict:

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, datasets_dir, get_source, list_cards, list_sources, load_card, parse_card
+from pixelqa.data.catalog import get_source, list_sources
+from pixelqa.data.registry import Source, datasets_dir, list_cards, load_card, parse_card
 from pixelqa.data.schema import (
     TASKS,
     FrameDecodeError,
@@ -222,6 +223,15 @@ def test_registry_and_cards():
     assert card.stages["stage3"].repeat == 1 and "res" in card.tasks
     for name in list_cards():  # every card in the repository validates
         load_card(name)
+
+
+def test_a_source_not_found_names_the_converter_modules_that_failed_to_import(monkeypatch):
+    from pixelqa.data import sources
+
+    get_source("synthetic")  # the catalogue is loaded
+    monkeypatch.setitem(sources.IMPORT_ERRORS, "pixelqa.data.sources.broken", "ImportError: no module named 'av'")
+    with pytest.raises(ValueError, match=r"nope.*failed to import.*sources\.broken.*ImportError: no module named 'av'"):
+        get_source("nope")
 
 
 def test_card_validation_messages():

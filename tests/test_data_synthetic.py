@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.synthetic import COLOURS, SPLIT_SIZES, TASK_CYCLE, make_sample
 from pixelqa.prompt_format import PREFILL_TEMPLATES, REF
 

@@ -167,8 +167,8 @@ RELEASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unipixel-of
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="needs the shared released-format fixture")
 def test_videorefer_q_through_the_suite_on_the_released_format_checkpoint(shards, tmp_path, monkeypatch):
     from pixelqa.config import load_recipe, to_object
+    from pixelqa.eval.model_loading import load_model
     from pixelqa.eval.suite import finish_benchmark, merge_records, run_benchmark
-    from pixelqa.evaluate import load_model
 
     torch.manual_seed(0)
     recipe = to_object(load_recipe(["model=unipixel-3b", f"model.path={RELEASE}", "model.dtype=float32"]))

@@ -1,10 +1,10 @@
-"""Frame rules of the official evaluation (pixelqa.predict.sampling) against hand-computed indices."""
+"""Frame rules of the official evaluation (pixelqa.frame_sampling) against hand-computed indices."""
 
 from __future__ import annotations
 
 import pytest
 
-from pixelqa.predict.sampling import (
+from pixelqa.frame_sampling import (
     fps_indices,
     groundmore_indices,
     linspace_indices,

@@ -255,9 +255,9 @@ def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path, m
 
     from pixelqa.config import load_recipe, to_object
     from pixelqa.eval.generation import departures_of, predictor_answer_fn
+    from pixelqa.eval.model_loading import load_model
     from pixelqa.eval.official import get_official
     from pixelqa.eval.suite import iter_benchmark_samples
-    from pixelqa.evaluate import load_model
 
     build_videorefer_bench(tmp_path / "raw")
     build_shards("pixelqa", tmp_path / "raw", tmp_path / "shards", split="mix", progress=False)

@@ -10,8 +10,8 @@ from fixtures_video import build_revos
 from pixelqa.config import load_recipe, to_object
 from pixelqa.data.shards import build_shards
 from pixelqa.eval import get_protocol, list_benchmarks
+from pixelqa.eval.model_loading import load_model
 from pixelqa.eval.runner import eval_batches
-from pixelqa.evaluate import load_model
 from pixelqa.metrics.functional import jaccard
 
 

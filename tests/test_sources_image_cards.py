@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixelqa.data.registry import get_source, load_card
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import load_card
 
 # UniPixel paper Table 12 (stage 2 and stage 3 repeat factors); None = not used in that stage
 TABLE12 = {

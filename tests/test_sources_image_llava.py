@@ -7,7 +7,7 @@ import json
 import pytest
 from fixtures_image import H, W, build_llava
 
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.schema import decode_frame
 
 

@@ -10,7 +10,8 @@ from fixtures_image import H, W, build_osprey, rect_mask
 from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
-from pixelqa.data.registry import RejectedSample, get_source
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import RejectedSample
 from pixelqa.prompt_format import MEM, REF, SEG
 
 

@@ -10,7 +10,7 @@ from fixtures_image import H, W, build_paco, build_pascal_part, rect_mask
 from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.sources.paco import split_part_name
 
 

@@ -9,7 +9,7 @@ import pytest
 from fixtures_image import build_reasonseg, rect_mask
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.prompt_format import SEG
 
 

@@ -11,7 +11,8 @@ from fixtures_image import H, W, build_refer, rect_mask
 from pycocotools import mask as mask_utils
 
 from pixelqa.data import masks
-from pixelqa.data.registry import RejectedSample, get_source
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import RejectedSample
 from pixelqa.data.schema import decode_frame
 from pixelqa.prompt_format import REF, SEG
 

@@ -8,7 +8,7 @@ from fixtures_image import H, W, build_ade20k, build_cocostuff, build_mapillary,
 from PIL import Image
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.prompt_format import SEG
 
 

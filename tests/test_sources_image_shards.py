@@ -13,7 +13,8 @@ from fixtures_image import (
     build_refer,
 )
 
-from pixelqa.data.registry import RejectedSample, get_source
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import RejectedSample
 from pixelqa.data.schema import Sample
 from pixelqa.data.shards import build_shards, iter_records, list_shards, shard_dir
 

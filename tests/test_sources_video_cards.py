@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixelqa.data.registry import get_source, load_card
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import load_card
 
 # Table 12 of the paper: (stage, repeat) per source; evaluation-only sources have no stage.
 PAPER_STAGES = {

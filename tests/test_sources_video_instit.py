@@ -9,7 +9,7 @@ import pytest
 from fixtures_video import box_mask, build_instit, option_letter, prefill_texts, write_json
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.prompt_format import REF, SEG, parse_prefill
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fixtures_video import build_mvbench, build_videogpt_plus, write_json
 
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.sources.mvbench import TASKS
-from pixelqa.predict.sampling import fps_indices
+from pixelqa.frame_sampling import fps_indices
 
 
 def convert_all(name, root, split):

@@ -17,7 +17,7 @@ from fixtures_video import (
 )
 
 from pixelqa.data import masks
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.sources.video_io import read_video_frames, uniform_indices, video_info
 from pixelqa.prompt_format import SEG
 

@@ -18,7 +18,8 @@ from fixtures_video import (
 )
 
 from pixelqa.data import masks
-from pixelqa.data.registry import RecordError, RejectedSample, get_source, load_card
+from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import RecordError, RejectedSample, load_card
 from pixelqa.data.schema import decode_frame
 from pixelqa.data.shards import build_shards
 from pixelqa.prompt_format import SEG

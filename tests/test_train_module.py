@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixelqa.config import load_recipe
-from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
+from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
 from pixelqa.train.module import (
     Stage1Module,
     Stage2Module,

@@ -42,9 +42,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pixelqa.data import masks, synthetic
+from pixelqa.data.catalog import get_source
 from pixelqa.data.loader import frame_indices, make_dataset, object_masks, used_objects
 from pixelqa.data.packing import PackedBatch, pack
-from pixelqa.data.registry import get_source
 from pixelqa.data.schema import FRAME_CODECS, Sample
 from pixelqa.data.shard_reader import DamageLog, iter_samples
 from pixelqa.data.shards import build_shards, iter_records

@@ -1,190 +1,22 @@
-"""python -m pixelqa.data build|inspect|stats|mixture|sources|cards
-
-build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|skip]
-      [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
-      [--no-check-frames] [--quiet] [--wait] [--frame-codec keep|jpg|png|ppm]
-inspect SHARDS [--n 4] [--out DIR] [--strict]  print samples and render mask overlays to PNG
-stats SHARDS [--strict]                   counts per source / split / task (damaged records: counted, or fatal)
-mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
-mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
-      [--frame-codec keep|jpg|png|ppm]    build every source of the mixture (resumable), write its spec
-sources / cards                           list registered converters / dataset cards
-
-build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`: --num-nodes N array tasks
-and a final verify job (see docs/cluster.md)
-"""
+"""`python -m pixelqa.data ...`: the commands of `pixelqa.data.cli`; build and mixture with `launcher=subprocess|slurm`
+go to `pixelqa.launch.shard_jobs` as a job array plus a verify job (see docs/cluster.md)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-from pixelqa.data.schema import FRAME_CODECS  # the package imports the schema anyway
-
-
-def _build(args: argparse.Namespace) -> None:
-    from pixelqa.data.shards import build_shards
-
-    m = build_shards(
-        args.source,
-        args.root,
-        args.out,
-        split=args.split,
-        workers=args.workers,
-        on_error=args.on_error,
-        node_rank=args.node_rank,
-        num_nodes=args.num_nodes,
-        max_samples=args.max_samples,
-        max_count=args.max_count,
-        max_bytes=args.max_bytes,
-        check_frames=not args.no_check_frames,
-        progress=not args.quiet,
-        wait=args.wait,
-        frame_codec=args.frame_codec,
-    )
-    print(
-        f"{m['source']}/{m['split']}: {m['num_samples']} samples in {len(m['shards'])} shards, "
-        f"{m['num_bytes'] / 2**20:.1f} MiB, {m['num_rejects']} rejected"
-    )
-    for r in m["rejects"][:20]:
-        print(f"  rejected item {r['item']} sample {r['offset']} ({r['key']}): {r['reason']}")
-
-
-def _inspect(args: argparse.Namespace) -> None:
-    from pixelqa.data.inspect_shards import inspect_shards
-
-    inspect_shards(args.shards, n=args.n, out=args.out, strict=args.strict)
-
-
-def _stats(args: argparse.Namespace) -> None:
-    from pixelqa.data.inspect_shards import print_stats
-
-    print_stats(args.shards, strict=args.strict)
-
-
-def _mixture(args: argparse.Namespace) -> None:
-    from pixelqa.data.mixture import load_mixture, print_mixture
-
-    recipe = args.recipe.split("=", 1)[1] if args.recipe.startswith("recipe=") else args.recipe
-    entries = load_mixture(recipe)
-    if args.out is None:
-        print_mixture(entries, shards_root=args.shards)
-        return
-    from pixelqa.data.mixture import build_mixture, write_mixture_spec
-
-    if args.root is None:
-        raise SystemExit("mixture: --out needs --root RAW (each source is read from RAW/<source> or --roots)")
-    roots = {}
-    for item in args.roots:
-        if "=" not in item:
-            raise SystemExit(f"--roots: got {item!r}, expected NAME=PATH")
-        name, path = item.split("=", 1)
-        roots[name] = path
-    build_mixture(
-        entries,
-        args.root,
-        args.out,
-        roots=roots,
-        workers=args.workers,
-        on_error=args.on_error,
-        node_rank=args.node_rank,
-        num_nodes=args.num_nodes,
-        max_samples=args.max_samples,
-        progress=not args.quiet,
-        frame_codec=args.frame_codec,
-    )
-    print_mixture(entries, shards_root=args.out)
-    name = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
-    print(f"mixture spec: {write_mixture_spec(name, entries, args.out)}")
-
-
-def _sources(args: argparse.Namespace) -> None:
-    from pixelqa.data.registry import list_sources
-
-    print("\n".join(list_sources()))
-
-
-def _cards(args: argparse.Namespace) -> None:
-    from pixelqa.data.registry import list_cards, load_card
-
-    for name in list_cards():
-        c = load_card(name)
-        stages = " ".join(f"{k}x{v.repeat}" for k, v in c.stages.items())
-        print(f"{c.name:32s} {','.join(c.tasks):40s} {c.license:24s} {stages}")
+from pixelqa.data import cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pixelqa.data`."""
-    p = argparse.ArgumentParser(
-        prog="python -m pixelqa.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="convert a raw source into shards")
-    b.add_argument("source")
-    b.add_argument("--root", default=".", help="raw files as downloaded (see datasets/<source>.yaml)")
-    b.add_argument("--out", required=True, help="shard root; shards go to OUT/<source>/<split>/")
-    b.add_argument("--split", default="train")
-    b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    b.add_argument("--node-rank", type=int, default=0)
-    b.add_argument("--num-nodes", type=int, default=1)
-    b.add_argument("--max-samples", type=int, default=None, help="at most this many samples (per node)")
-    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
-    b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard")
-    b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
-    b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
-    codec = {
-        "choices": FRAME_CODECS,
-        "default": "keep",
-        "help": "frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
-        "fastest loader (small frames)",
-    }
-    b.add_argument("--frame-codec", **codec)
-    b.set_defaults(fn=_build)
-    i = sub.add_parser("inspect", help="print samples and render mask overlays")
-    i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")
-    i.add_argument("--n", type=int, default=4)
-    i.add_argument("--out", default=None, help="folder for overlay PNGs")
-    i.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
-    i.set_defaults(fn=_inspect)
-    s = sub.add_parser("stats", help="counts per source / split / task")
-    s.add_argument("shards", nargs="+")
-    s.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
-    s.set_defaults(fn=_stats)
-    m = sub.add_parser("mixture", help="print (or, with --out, build) a data mixture")
-    m.add_argument("recipe", help="recipe=NAME or NAME (recipes/data/NAME.yaml)")
-    m.add_argument("--shards", default=None, help="shard root: use manifest sample counts")
-    m.add_argument("--root", default=None, help="raw root: source NAME is read from ROOT/NAME")
-    m.add_argument("--roots", nargs="*", default=[], help="NAME=PATH raw roots that differ from ROOT/NAME")
-    m.add_argument("--out", default=None, help="build every source into this shard root")
-    m.add_argument("--workers", type=int, default=1)
-    m.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    m.add_argument("--node-rank", type=int, default=0)
-    m.add_argument("--num-nodes", type=int, default=1)
-    m.add_argument("--max-samples", type=int, default=None)
-    m.add_argument("--quiet", action="store_true")
-    m.add_argument("--frame-codec", **codec)
-    m.set_defaults(fn=_mixture)
-    sub.add_parser("sources", help="list registered converters").set_defaults(fn=_sources)
-    sub.add_parser("cards", help="list dataset cards").set_defaults(fn=_cards)
     from pixelqa.launch.shard_jobs import launch_shard_build, launcher_args_of
 
     launcher_argv, argv = launcher_args_of(sys.argv[1:] if argv is None else list(argv))
-    args = p.parse_args(argv)
+    args = cli.parser().parse_args(argv)
     if launcher_argv and args.command in ("build", "mixture") and launch_shard_build(args, argv, launcher_argv):
         return
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pixelqa.data.shard_reader import ShardDamageError
-    from pixelqa.data.shards import BuildLocked
-
-    try:
-        args.fn(args)
-    except (ShardDamageError, BuildLocked) as err:  # user-facing conditions: one line, status 2
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(args)
 
 
 if __name__ == "__main__":

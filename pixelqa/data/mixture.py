@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from pixelqa.data.registry import datasets_dir, list_cards, list_sources, load_card
+from pixelqa.data.catalog import list_sources
+from pixelqa.data.registry import datasets_dir, list_cards, load_card
 
 STAGE_ALIASES = {"sft1m": "stage3", "stage1-mix": "stage1", "stage2-mix": "stage2"}
 

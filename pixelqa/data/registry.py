@@ -4,7 +4,7 @@ The converter contract
 ----------------------
 A converter turns one source's raw files, as downloaded, into `pixelqa.data.schema.Sample`s. Register it
 with ``@register_source("name")`` in a module of `pixelqa/data/sources/` (every module there is imported
-automatically). Two forms:
+by `pixelqa.data.catalog`, which `get_source` / `list_sources` come from). Two forms:
 
 1. A generator function ``fn(root: Path, split: str) -> Iterator[Sample]``; optionally pass
    ``raw_files=lambda root, split: [...]`` and ``splits=("train", "val")`` to the decorator::
@@ -44,7 +44,6 @@ splits, stages ({stage: {repeat, split}}), optional samples and notes. `load_car
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +136,6 @@ def rejected(source: str, split: str, task: str, key: str, reason: str) -> Rejec
 
 
 _REGISTRY: dict[str, Source] = {}
-_IMPORT_ERRORS: dict[str, str] = {}
-_LOADED = False
 
 
 def register_source(
@@ -174,34 +171,9 @@ def register_source(
     return wrap
 
 
-def _load_sources() -> None:
-    """Import pixelqa.data.sources once (which imports every converter module)."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        importlib.import_module("pixelqa.data.sources")
-
-
-def record_import_error(module: str, error: BaseException) -> None:
-    """Remember that a converter module failed to import (reported by get_source)."""
-    _IMPORT_ERRORS[module] = f"{type(error).__name__}: {error}"
-
-
-def get_source(name: str) -> Source:
-    """The registered converter `name`."""
-    _load_sources()
-    if name not in _REGISTRY:
-        msg = f"source: got {name!r}, expected one of {sorted(_REGISTRY)}"
-        if _IMPORT_ERRORS:
-            msg += f"; converter modules that failed to import: {_IMPORT_ERRORS}"
-        raise ValueError(msg)
-    return _REGISTRY[name]
-
-
-def list_sources() -> list[str]:
-    """Names of all registered converters, sorted."""
-    _load_sources()
-    return sorted(_REGISTRY)
+def registered_sources() -> dict[str, Source]:
+    """The converters registered so far, by name (`pixelqa.data.catalog` imports them all first)."""
+    return dict(_REGISTRY)
 
 
 # ---------------------------------------------------------------------------------------------- cards

@@ -41,7 +41,7 @@ from typing import Any
 
 import webdataset as wds
 
-from pixelqa.data.registry import get_source
+from pixelqa.data.catalog import get_source
 from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
 

@@ -24,8 +24,8 @@ import torch
 from pixelqa.data import masks as rle_masks
 from pixelqa.data.schema import Prompt, Sample
 from pixelqa.eval import answers, templates
+from pixelqa.frame_sampling import uniform_indices, uniform_with_forced
 from pixelqa.metrics import protocols as pm
-from pixelqa.predict.sampling import uniform_indices, uniform_with_forced
 from pixelqa.prompt_format import object_tag
 
 LLM_FRAMES = 16
@@ -249,7 +249,7 @@ class GroundMoReProtocol(VideoSegProtocol):
     """GroundMoRe: the shard's 20 frames (linspace(0, n-1, 20)) for SAM, 16 of them for the LLM; the answer is
     generated; ground truth only inside the action window; per-question mean; rows per question type."""
 
-    # the converter stores the official 20 frames (pixelqa.predict.sampling.groundmore_indices) and the window
+    # the converter stores the official 20 frames (pixelqa.frame_sampling.groundmore_indices) and the window
     frame_rule = "SAM: the shard's 20 frames, linspace(0, n-1, 20) as int; LLM: 16 uniform of those"
 
     def __init__(self) -> None:

@@ -141,8 +141,8 @@ def run_suite(args: list[str]) -> dict[str, float]:
     import pixelqa
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
+    from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
     from pixelqa.eval.suite import SuiteError
-    from pixelqa.evaluate import load_model, resolve_eval_ckpt
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pixelqa.eval.runner import EvalResult, eval_batches
-from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
+from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
 
 
 def evaluate_synthetic(model: Any, recipe: Any, source: str = "synthetic", num_overlays: int = 4) -> EvalResult:

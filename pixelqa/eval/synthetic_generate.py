@@ -225,10 +225,9 @@ class SyntheticGenerator:
 
     def _one_pass(self, frames: torch.Tensor, kind: str, query: SyntheticQuery, budget: dict | None) -> str:
         """The answer of one prompted turn as trained (the `<|ref|>` prompts in the text, no pre-fill)."""
-        from pixelqa.model.chat import build_batch, to_visual_prompt
+        from pixelqa.model.chat import ChatState, build_batch, to_visual_prompt
         from pixelqa.model.generation import greedy_generate
         from pixelqa.model.memory import ObjectMemoryBank
-        from pixelqa.model.unipixel import ChatState
         from pixelqa.predict.frames import llm_positions
 
         pos = llm_positions(int(frames.shape[0]), [p.frame for p in query.prompts], self.llm_frames)
@@ -268,8 +267,8 @@ def score_sample(
 
 def score_outcomes(outcomes: list[SampleOutcome]) -> EvalResult:
     """Pool sample outcomes: `gen/J`, `gen/F`, `gen/J&F`, `gen/qa_acc`, missing / extra counts, a per-task table."""
-    from pixelqa.eval.scoring import TaskAccuracy
     from pixelqa.metrics import JAndF
+    from pixelqa.metrics.answers import TaskAccuracy
 
     # one process scores (fit's rank 0): no cross-process sync, which would wait for ranks that are not scoring
     overall, per_task = JAndF(sync_on_compute=False), {}

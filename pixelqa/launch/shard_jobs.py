@@ -42,7 +42,7 @@ class ShardTask(submitit.helpers.Checkpointable):
 
     def __call__(self, rank: int) -> int:
         """Build node `rank`'s shards (resuming a previous attempt's progress); returns the rank."""
-        from pixelqa.data.__main__ import main as data_main
+        from pixelqa.data.cli import main as data_main
 
         os.chdir(self.workdir)
         path = self.status_path(rank)

@@ -4,10 +4,10 @@ Imports nothing from `pixelqa.data`, `pixelqa.train` or Lightning.
 """
 
 from pixelqa.model.backbone import build_processor
-from pixelqa.model.chat import Box, Mask, Point
+from pixelqa.model.chat import Box, ChatResult, ChatState, Mask, Point
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.model.memory import ObjectMemoryBank
-from pixelqa.model.unipixel import ChatResult, ChatState, UniPixel, UniPixelOutput
+from pixelqa.model.unipixel import UniPixel, UniPixelOutput
 
 __all__ = [
     "Box",

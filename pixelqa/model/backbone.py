@@ -353,3 +353,19 @@ def unwrap_qwen(model: nn.Module) -> nn.Module:
     if isinstance(model, PeftModel):
         return model.base_model.model
     return model
+
+
+class PreNormCatcher:
+    """Catches the input of the LLM's final norm (the last layer's pre-norm residual stream) during a forward."""
+
+    def __init__(self, qwen: nn.Module):
+        self.norm = qwen.model.language_model.norm
+        self.value: torch.Tensor | None = None
+
+    def __enter__(self) -> PreNormCatcher:
+        self.handle = self.norm.register_forward_pre_hook(lambda _m, args: setattr(self, "value", args[0]))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.remove()
+        return False

@@ -7,7 +7,8 @@ variant does is documented in `pixelqa.model.memory`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +26,36 @@ from pixelqa.prompt_format import (
     prefill_answer,
     prefill_request,
 )
+
+
+@dataclass
+class ChatState:
+    """A conversation: media, turns so far, their prompts and memory refs (text order), and the memory bank."""
+
+    media: torch.Tensor  # (T, 3, H, W) uint8, the LLM's frames
+    kind: str  # image | video
+    bank: ObjectMemoryBank  # masks over the SAM frames
+    turns: list[tuple[str, str]] = field(default_factory=list)  # (user text, assistant text) as fed to the model
+    prompts: list[VisualPrompt] = field(default_factory=list)
+    memory: list[MemoryRef] = field(default_factory=list)
+    injected: set[int] = field(default_factory=set)  # object ids whose memory is already in the context
+    sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
+    llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
+    visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
+    sam_cache: dict = field(default_factory=dict, repr=False)  # SAM image features of its SAM frames
+    processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # SAM progress (done, total)
+
+
+@dataclass
+class ChatResult:
+    """What one chat turn returns."""
+
+    text: str  # the assistant's answer
+    masks: dict[int, torch.Tensor]  # object id -> (T_sam, H, W) bool, masks predicted in this turn
+    bank: ObjectMemoryBank
+    state: ChatState
+    user_text: str = ""  # the user text actually fed to the model (after memory injection)
 
 
 @dataclass
@@ -240,8 +271,6 @@ def chat_turn(
     ground-truth memory of VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the
     returned answer); `processor_kwargs` go to every processor call of the conversation (a pixel budget).
     """
-    from pixelqa.model.unipixel import ChatResult, ChatState
-
     was = model.training
     model.eval()
     try:

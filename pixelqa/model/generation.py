@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pixelqa.batch import Batch
-from pixelqa.model.unipixel import PreNormCatcher
+from pixelqa.model.backbone import PreNormCatcher
 from pixelqa.prompt_format import MEM, REF, SEG
 
 

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.batch import Batch
 from pixelqa.model import backbone as bb
+from pixelqa.model.chat import ChatResult, ChatState, chat_turn
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.model.losses import IGNORE_INDEX, lm_loss, mask_losses, released_mask_losses
 from pixelqa.model.mask_decoder import DecodedMasks, MaskDecoder, StreamedFrames
-from pixelqa.model.memory import ObjectMemoryBank, check_variant
+from pixelqa.model.memory import check_variant
 from pixelqa.model.projectors import LanguageToMask, MaskToLanguage
 from pixelqa.model.prompt_encoder import RefPromptEncoder, SparsePromptEncoder, masked_pool
 from pixelqa.prompt_format import MEM, REF, SEG
@@ -88,22 +89,6 @@ def check_choices(cfg: UniPixelConfig) -> None:
         value = attrgetter(key)(cfg)
         if value not in choices:
             raise ValueError(f"model.{key}: got {value!r}, expected one of {CHOICES[key]}")
-
-
-class PreNormCatcher:
-    """Catches the input of the LLM's final norm (the last layer's pre-norm residual stream) during a forward."""
-
-    def __init__(self, qwen: nn.Module):
-        self.norm = qwen.model.language_model.norm
-        self.value: torch.Tensor | None = None
-
-    def __enter__(self) -> PreNormCatcher:
-        self.handle = self.norm.register_forward_pre_hook(lambda _m, args: setattr(self, "value", args[0]))
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.handle.remove()
-        return False
 
 
 def cell_mask(mask: torch.Tensor, grid_hw: tuple[int, int], patch: int = 14) -> torch.Tensor:
@@ -542,7 +527,7 @@ class UniPixel(nn.Module):
         released `seg_head` reads), the latter caught by a pre-hook on the norm. A `cache` list receives the KV
         cache (generation's prefill).
         """
-        with PreNormCatcher(self.qwen) as caught:
+        with bb.PreNormCatcher(self.qwen) as caught:
             out = self.qwen.model(
                 input_ids=batch.input_ids,
                 inputs_embeds=emb.to(self.llm_dtype),
@@ -863,8 +848,6 @@ class UniPixel(nn.Module):
         masks) enters the bank before the turn without pre-filling; processor_kwargs (a pixel budget) go to every
         processor call of the conversation; progress(done, total) follows SAM's frames (long videos).
         """
-        from pixelqa.model.chat import chat_turn
-
         return chat_turn(
             self,
             media,
@@ -956,34 +939,4 @@ def _without_targets(batch: Batch) -> Batch:
     return b
 
 
-@dataclass
-class ChatState:
-    """A conversation: media, turns so far, their prompts and memory refs (text order), and the memory bank."""
-
-    media: torch.Tensor  # (T, 3, H, W) uint8, the LLM's frames
-    kind: str  # image | video
-    bank: ObjectMemoryBank  # masks over the SAM frames
-    turns: list[tuple[str, str]] = field(default_factory=list)  # (user text, assistant text) as fed to the model
-    prompts: list[VisualPrompt] = field(default_factory=list)
-    memory: list[MemoryRef] = field(default_factory=list)
-    injected: set[int] = field(default_factory=set)  # object ids whose memory is already in the context
-    sam_media: torch.Tensor | None = None  # (T_sam, 3, H, W) uint8; None = media
-    llm_index: list[int] | None = None  # LLM frame i is SAM frame llm_index[i]; None = identity
-    visual_cache: dict = field(default_factory=dict, repr=False)  # ViT outputs of this conversation's media
-    sam_cache: dict = field(default_factory=dict, repr=False)  # SAM image features of its SAM frames
-    processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
-    progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # SAM progress (done, total)
-
-
-@dataclass
-class ChatResult:
-    """What one chat turn returns."""
-
-    text: str  # the assistant's answer
-    masks: dict[int, torch.Tensor]  # object id -> (T_sam, H, W) bool, masks predicted in this turn
-    bank: ObjectMemoryBank
-    state: ChatState
-    user_text: str = ""  # the user text actually fed to the model (after memory injection)
-
-
-__all__ = ["IGNORE_INDEX", "ChatResult", "ChatState", "UniPixel", "UniPixelOutput", "config_from_dict"]
+__all__ = ["IGNORE_INDEX", "UniPixel", "UniPixelOutput", "config_from_dict"]

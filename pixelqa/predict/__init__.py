@@ -1,7 +1,7 @@
 """Inference on users' media: `python -m pixelqa.predict` and `Predictor(model).run(media, text, prompts, history)`.
 
 media.py      read an image, a video file (PyAV) or a folder of frames
-frames.py     which frames SAM and the LLM see (rules from sampling.py, the official evaluation's)
+frames.py     which frames SAM and the LLM see (rules from pixelqa.frame_sampling, the official evaluation's)
 prompts.py    --point / --box / --mask parsing and checks, `[k] <|ref|>` placement
 predictor.py  Predictor / Prediction: one user turn on UniPixel.chat, memory checks, timings
 outputs.py    answer, COCO RLE JSON, DAVIS palette PNGs, overlays (PNG / GIF / MP4), run.json

@@ -1,6 +1,6 @@
 """Which frames predict reads (SAM: every frame, or `--max-frames` of them) and which the LLM sees (16 uniform).
 
-The rules themselves are `pixelqa.predict.sampling` (the official evaluation's); this module only applies them
+The rules themselves are `pixelqa.frame_sampling` (the official evaluation's); this module only applies them
 to several prompt frames at once, all of which must be kept.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pixelqa.predict.sampling import uniform_with_forced
+from pixelqa.frame_sampling import uniform_with_forced
 
 LLM_FRAMES = 16  # the released model's inference: 16 uniform frames, both ends included
 

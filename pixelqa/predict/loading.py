@@ -102,7 +102,7 @@ def _from_lightning(ckpt: Any, path: Path, dtype: str):
     """(UniPixel, recipe) from a loaded Lightning checkpoint dict of pixelqa.fit."""
     from omegaconf import OmegaConf
 
-    from pixelqa.train.module import checkpoint_stage, load_init_weights, module_class
+    from pixelqa.train.module import model_from_checkpoint
 
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "model" not in hp or "state_dict" not in ckpt:
@@ -111,8 +111,5 @@ def _from_lightning(ckpt: Any, path: Path, dtype: str):
         )
     model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
     model_cfg["dtype"] = dtype
-    stage = checkpoint_stage(ckpt) or 3
-    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=0)
-    load_init_weights(module, ckpt, str(path))
     recipe = OmegaConf.to_container(OmegaConf.create(hp.get("recipe", hp)), resolve=False)
-    return module.model, recipe
+    return model_from_checkpoint(model_cfg, ckpt, str(path), stage=3), recipe

@@ -29,7 +29,7 @@ from pixelqa.data.collate import Collator
 from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.schema import Sample, Turn
 from pixelqa.data.synthetic import ATTRIBUTES, LETTERS, TASK_CYCLE, attribute_indices, make_sample
-from pixelqa.eval.scoring import answer_exact_match
+from pixelqa.metrics.answers import answer_exact_match
 from pixelqa.model.config import TinySizeConfig
 from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
 

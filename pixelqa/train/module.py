@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from pixelqa.batch import Batch
 from pixelqa.checkpoints import safe_torch_load
-from pixelqa.eval.scoring import TaskAccuracy, answer_exact_match
+from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.normalise import (
     COUNT_KEYS,
@@ -439,6 +439,18 @@ def checkpoint_stage(ckpt: Mapping[str, Any]) -> int | None:
         return int(ckpt["pixelqa_stage"])
     stage = (ckpt.get("hyper_parameters") or {}).get("stage")
     return int(stage) if stage is not None else None
+
+
+def model_from_checkpoint(
+    model_cfg: dict, ckpt: Mapping[str, Any] | None, path: str, stage: int, seed: int = 0
+) -> torch.nn.Module:
+    """The UniPixel network of `model_cfg` with a fit checkpoint's weights (None: as initialised), built as the
+    checkpoint's stage (`stage` when it records none)."""
+    stage = (checkpoint_stage(ckpt) if ckpt is not None else None) or stage
+    module = module_class(stage)(model=model_cfg, optim={"lr": 0.0, "decoder_lr": 0.0}, total_steps=1, seed=seed)
+    if ckpt is not None:
+        load_init_weights(module, ckpt, path)
+    return module.model
 
 
 def check_init_stage(ckpt: Mapping[str, Any], stage: int, path: str) -> None:

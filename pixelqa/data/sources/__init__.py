@@ -1,7 +1,7 @@
 """Source converters, one module per source; importing this package imports (and so registers) them all.
 
 A module that fails to import does not stop the others: the error is logged, remembered, and shown by
-`pixelqa.data.registry.get_source` when a source is not found.
+`pixelqa.data.catalog.get_source` when a source is not found (`IMPORT_ERRORS`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import importlib
 import logging
 import pkgutil
 
-from pixelqa.data.registry import record_import_error
-
 log = logging.getLogger(__name__)
+
+# module -> "ExceptionType: message" of each converter module that failed to import
+IMPORT_ERRORS: dict[str, str] = {}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name.startswith("_"):
@@ -20,5 +21,5 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     try:
         importlib.import_module(f"{__name__}.{_info.name}")
     except Exception as e:  # noqa: BLE001 - one broken converter must not hide the others
-        record_import_error(f"{__name__}.{_info.name}", e)
+        IMPORT_ERRORS[f"{__name__}.{_info.name}"] = f"{type(e).__name__}: {e}"
         log.warning("converter module %s.%s failed to import: %s: %s", __name__, _info.name, type(e).__name__, e)

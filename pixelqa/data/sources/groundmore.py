@@ -10,7 +10,7 @@ Raw layout (as UniPixel reads the release)::
     <root>/annotations/<vid>/masks/<frame>.png     palette PNG, pixel value = object id (annotated frames only)
 
 train keeps only the frames that have a mask; test keeps the official 20 frames, `linspace(0, n - 1, 20)` cast to
-int over the video's sorted frames (`pixelqa.predict.sampling.groundmore_indices`; a shorter video repeats
+int over the video's sorted frames (`pixelqa.frame_sampling.groundmore_indices`; a shorter video repeats
 frames, as the official run does), masks where they exist. Videos without an annotation folder are skipped, as
 in the reference loader. Target = union of the question's objects; meta keeps q_type (Causal / Sequential /
 Counterfactual / Descriptive), the answer, `frame_indices` (each kept frame's index among the video's frames)
@@ -32,7 +32,7 @@ from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import read_frame_files, read_label_png
 from pixelqa.data.sources.vos import key_rng, videos_of
-from pixelqa.predict.sampling import groundmore_indices
+from pixelqa.frame_sampling import groundmore_indices
 from pixelqa.prompt_format import SEG
 
 SPLIT_FILES = {"train": "trainval_v2.json", "test": "test_v2.json"}

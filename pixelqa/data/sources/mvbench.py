@@ -7,7 +7,7 @@ Raw layout (the release)::
     <root>/video/<prefix>/<name> mp4 / webm / avi, or a frame folder (Episodic Reasoning: tvqa frames at 3 fps)
 
 Frames as the official evaluation reads them: the whole video at 2 fps, at most 16 frames
-(`pixelqa.predict.sampling.fps_indices`; frame folders count as 3 fps); the tasks' start / end bounds are kept
+(`pixelqa.frame_sampling.fps_indices`; frame folders count as 3 fps); the tasks' start / end bounds are kept
 in meta but not applied, as in the official run. meta: task type (e.g. "Action Sequence"), the question;
 `answer` = option letter, `choices` = candidates.
 """
@@ -22,7 +22,7 @@ from pixelqa.data.schema import Media, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, video_info
 from pixelqa.data.sources.videorefer import mcq_text
-from pixelqa.predict.sampling import fps_indices
+from pixelqa.frame_sampling import fps_indices
 
 # (task type, json file, video prefix, kind, bounded by start/end) - the MVBench task table.
 TASKS: tuple[tuple[str, str, str, str, bool], ...] = (
