@@ -102,3 +102,49 @@ def test_two_process_reduction_equals_single_process() -> None:
     half = _metrics()
     _update(half, _data(), 0, WORLD)
     assert _flatten(half)["jf/J"] != pytest.approx(expected["jf/J"], abs=1e-6)
+
+
+def _uneven_worker(rank: int, port: int, queue) -> None:
+    """Rank 0 sees a mask and answers, rank 1 answers only (its validation share held no <|seg|> sample)."""
+    from datetime import timedelta
+
+    from pixelqa.metrics.answers import TaskAccuracy
+    from pixelqa.train.module import epoch_values
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30)
+    )
+    try:
+        torch.set_num_threads(1)
+        jf, acc = JAndF(), TaskAccuracy()
+        preds, target, _ = _data()["clips"][0]
+        if rank == 0:
+            jf.update(preds, target)
+        acc.update(torch.tensor([rank == 0, True]), ["image_qa", "image_qa"])
+        values = epoch_values(jf, WORLD)  # as on_validation_epoch_end: J&F first, then the accuracies
+        answers = acc.compute()
+        queue.put((rank, {k: float(v) for k, v in values.items()}, float(answers["image_qa"])))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_epoch_values_agree_when_one_process_saw_no_mask() -> None:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from pixelqa.train.module import epoch_values
+
+    alone = JAndF()
+    preds, target, _ = _data()["clips"][0]
+    alone.update(preds, target)
+    expected = float(alone.compute()["J&F"])
+    assert epoch_values(JAndF(), 1) == {}  # one process, nothing fed: nothing to log
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_uneven_worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
+    results = sorted(queue.get() for _ in range(WORLD))
+    for rank, values, accuracy in results:
+        assert values["J&F"] == pytest.approx(expected, abs=1e-6), rank  # rank 1 logs the gathered value too
+        assert accuracy == pytest.approx(3 / 4), rank  # 3 right of 4: the next gather paired with its own kind

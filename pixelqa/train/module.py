@@ -17,6 +17,7 @@ L->M projector reads; stage 3 keeps training them with everything else.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,7 @@ class UniPixelModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log J, F, J&F and the accuracies (per task, and pooled over QA tasks as `val/qa_acc`)."""
-        jf = self.val_jf.compute() if self.val_jf.update_count > 0 else {}
+        jf = epoch_values(self.val_jf, self.trainer.world_size)
         for name, value in jf.items():
             self.log(f"val/{name}", value, prog_bar=name == "J&F")
         self.val_jf.reset()
@@ -352,6 +353,21 @@ def _jandf_metric():
     from pixelqa.metrics import JAndF
 
     return JAndF()
+
+
+def epoch_values(metric: Any, world_size: int) -> dict[str, torch.Tensor]:
+    """A metric's values over the epoch, {} when no process fed it.
+
+    `compute()` gathers the states of all processes, so under DDP every process calls it, fed or not: a process whose
+    share of the validation set held no mask would otherwise skip it, and the others' gather would pair with its next
+    metric's (a hang, or states of the wrong metric summed).
+    """
+    if world_size <= 1 and metric.update_count == 0:
+        return {}
+    with warnings.catch_warnings():  # a process without updates is expected here
+        warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+        values = metric.compute()
+    return {} if all(bool(torch.isnan(v).all()) for v in values.values()) else values
 
 
 def update_mask_metric(metric, pred_masks: list[torch.Tensor] | None, batch: Batch) -> int:
