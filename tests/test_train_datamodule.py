@@ -87,6 +87,9 @@ def test_eval_pass_covers_every_sample_once_across_ranks(shards):
     keys = [k for batches in ranks for b in batches for k in b]
     assert sorted(keys) == sorted(r.key for r in index.refs) and len(keys) == 10
     assert len(list(EvalBatches([index], len, 4, 0, limit=6))) == 2
+    assert len(EvalBatches([index], len, 4, 0, rank=1, world=2, limit=2)) == 1  # one sample each
+    with pytest.raises(RecipeError, match=r"data.val_sources / data.val_samples: 1 validation samples for 2 proc"):
+        EvalBatches([index], len, 4, 0, rank=0, world=2, limit=1)  # every process raises, not only the empty one
 
 
 def test_missing_real_source_fails_with_build_hint(tmp_path):

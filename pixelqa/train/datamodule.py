@@ -411,6 +411,11 @@ class EvalBatches(IterableDataset):
         self.sources = list(sources)
         refs = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
         refs = refs[:limit] if limit is not None else refs
+        if len(refs) < world:  # every process must run the pass (Lightning stops a process with none, mid-setup)
+            raise RecipeError(
+                f"data.val_sources / data.val_samples: {len(refs)} validation samples for {world} processes; "
+                "expected at least one per process (add validation samples or use fewer devices)"
+            )
         self.refs = refs[rank::world]
         expected = sum(s.expected for s in self.sources)
         self.expected = min(expected, limit) if limit is not None else expected  # all processes together
