@@ -233,3 +233,10 @@ def test_bad_input_is_one_line_and_exit_2(inputs, capsys, extra, expect):
     assert lines[0].startswith("error: ") and "Traceback" not in captured.err
     for part in expect:
         assert part in lines[0], (part, lines[0])
+
+
+def test_answers_are_printed_with_control_characters_escaped():
+    from pixelqa.predict.__main__ import for_terminal
+
+    assert for_terminal("red\x1b[31m text\x07\nline 2\tend \x7f é") == "red\\x1b[31m text\\x07\nline 2\tend \\x7f é"
+    assert for_terminal("plain answer [0] <|seg|>.") == "plain answer [0] <|seg|>."

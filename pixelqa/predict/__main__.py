@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 from pixelqa.predict.errors import PredictInputError
@@ -20,6 +21,12 @@ from pixelqa.predict.prompts import PromptAction, check_prompts, model_prompts, 
 from pixelqa.prompt_format import object_ids_in
 
 QUIT = ("/quit", "/exit")
+
+
+def for_terminal(text: str) -> str:
+    """`text` with control characters other than newline and tab escaped (`\\x1b`): a model's answer is printed to a
+    terminal, where an escape sequence would act (answer.txt keeps the text as generated)."""
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         pred = predictor.run(media, args.text, prompts)
         pred.timings.update(read_s=read_s, load_s=load_s)
         write_outputs(pred, out, [s.arg for s in specs], progress=progress)
-        print(pred.answer, file=stdout)
+        print(for_terminal(pred.answer), file=stdout)
         print(f"outputs: {out}", file=stdout)
         return 0
     pred, text, turn = None, args.text, 0
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         pred, text, turn = nxt, None, turn + 1
         pred.timings.update(read_s=read_s if turn == 1 else 0.0, load_s=load_s if turn == 1 else 0.0)
         write_outputs(pred, out / f"turn{turn}", [s.arg for s in specs] if turn == 1 else None, progress)
-        print(f"pixelqa> {pred.answer}", file=stdout)
+        print(f"pixelqa> {for_terminal(pred.answer)}", file=stdout)
         print(memory_summary(pred), file=stdout)
     print(f"outputs: {out}", file=stdout)
     return 0
