@@ -104,6 +104,9 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pixelqa.evaluate`: recipe errors exit with status 2 and the message."""
+    from pixelqa.quiet import silence_library_noise
+
+    silence_library_noise()
     run_cli(run, __doc__, argv)
 
 

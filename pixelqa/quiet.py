@@ -27,7 +27,16 @@ IGNORED_LOGS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("lightning.pytorch.loggers.mlflow", (r"Experiment with name .* not found\. Creating it",)),
     ("lightning.pytorch.utilities.rank_zero", RANK_ZERO_NOISE),
     ("lightning.fabric.utilities.rank_zero", RANK_ZERO_NOISE),
-    ("transformers.models.qwen2_vl.video_processing_qwen2_vl", (r"Qwen2VL video processing does not apply",)),
+    # a released config.json in transformers 5: the legacy `rope_scaling` (with Qwen2.5-VL's mrope_section) is
+    # converted by transformers itself, and the release's own model type is read as Qwen2.5-VL's by pixelqa
+    (
+        "transformers.configuration_utils",
+        (r"You are using a model of type `pixel_qwen2_5_vl`", r"\w+Config got `key=rope_scaling`"),
+    ),
+    (
+        "transformers.modeling_rope_utils",
+        (r"Unrecognized keys in `rope_parameters` for 'rope_type'='default': \{'mrope_section'\}",),
+    ),
 )
 
 

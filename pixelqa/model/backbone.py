@@ -109,7 +109,8 @@ def build_tiny_processor(tokenizer=None, min_pixels: int = TINY_MIN_PIXELS, max_
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     image_processor = Qwen2VLImageProcessor(size=size)
-    video_processor = Qwen2VLVideoProcessor(size=size, do_sample_frames=False)
+    # the per-frame budget is the whole rule, as in the released loader (`pixelqa.data.budgets`)
+    video_processor = Qwen2VLVideoProcessor(size=size, do_sample_frames=False, cap_pixels_per_frame=False)
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

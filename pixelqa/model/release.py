@@ -306,10 +306,16 @@ def build_processor(folder: ModelFolder):
     # merges tokenizer settings into every media call, which would switch resizing off for any input
     tokenizer.init_kwargs.pop("do_resize", None)
     image_processor = Qwen2VLImageProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
+    # the per-frame budget is the whole rule, as in the released loader: qwen-vl-utils' cap on a whole video's pixels
+    # (transformers' cap_pixels_per_frame) only binds past thousands of frames at these budgets
     if (root / "video_preprocessor_config.json").is_file():
-        video_processor = Qwen2VLVideoProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
+        video_processor = Qwen2VLVideoProcessor.from_pretrained(
+            str(root), local_files_only=True, do_resize=True, cap_pixels_per_frame=False
+        )
     else:
-        video_processor = Qwen2VLVideoProcessor(size=dict(image_processor.size), do_sample_frames=False)
+        video_processor = Qwen2VLVideoProcessor(
+            size=dict(image_processor.size), do_sample_frames=False, cap_pixels_per_frame=False
+        )
     template_file = root / "chat_template.jinja"
     template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
     if template is None:

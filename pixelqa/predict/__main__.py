@@ -153,7 +153,10 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
 def main(argv: list[str] | None = None, stdin=None, stdout=None) -> int:
     """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
+    from pixelqa.quiet import silence_library_noise
+
     args = build_parser().parse_args(argv)
+    silence_library_noise()
     try:
         return run(args, stdin, stdout)
     except PredictInputError as exc:
