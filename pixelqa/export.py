@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="output folder (replaced atomically)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="saved dtype (release: bfloat16)")
     args = parser.parse_args(argv)
+    from pixelqa.quiet import silence_library_noise
+
+    silence_library_noise()  # transformers' notes on a released config.json
     try:
         model = load_any(args.ckpt)
         folder = export(model, args.out, args.dtype)

@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cases_dir", help="folder of recorded official cases (*.pt)")
     parser.add_argument("--case", action="append", help="only this case (repeatable)")
     args = parser.parse_args(argv)
+    from pixelqa.quiet import silence_library_noise
+
+    silence_library_noise()  # transformers' notes on a released config.json
     from pixelqa.model import release
     from pixelqa.model.config import UniPixelConfig
     from pixelqa.model.unipixel import UniPixel

@@ -112,7 +112,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
+    from pixelqa.quiet import silence_library_noise
+
     args = build_parser().parse_args(argv)
+    silence_library_noise()
     try:
         return serve(args)
     except PredictInputError as exc:
