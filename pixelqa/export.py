@@ -13,10 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pixelqa.model import release
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 TEXT_KEYS = (
     "hidden_size",
@@ -36,7 +40,7 @@ TEXT_KEYS = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_any(path: str | Path):
+def load_any(path: str | Path) -> UniPixel:
     """A UniPixel from a released folder, a save_pretrained folder or a Lightning checkpoint (or its run folder)."""
     from pixelqa.model.config import UniPixelConfig
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
@@ -58,7 +62,7 @@ def load_any(path: str | Path):
     return model_from_checkpoint(model_cfg, ckpt, str(p), stage=3)
 
 
-def release_config(model, tied: bool, dtype: str) -> dict:
+def release_config(model: UniPixel, tied: bool, dtype: str) -> dict:
     """config.json of the released format for a model (Qwen keys flat + text/vision configs + UniPixel fields)."""
     qwen = model.qwen
     d = qwen.config.to_dict()
@@ -97,7 +101,7 @@ def release_config(model, tied: bool, dtype: str) -> dict:
 
 
 @torch.no_grad()
-def release_state_dict(model, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool]:
+def release_state_dict(model: UniPixel, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool]:
     """(tensors under released names, tied) for a model; LoRA merged into a copy of the weights."""
     from peft import PeftModel
 
@@ -139,7 +143,7 @@ def release_state_dict(model, dtype: torch.dtype) -> tuple[dict[str, torch.Tenso
     return {k: v.to(dtype).contiguous() for k, v in out.items()}, tied
 
 
-def export(model, out: str | Path, dtype: str = "float32") -> Path:
+def export(model: UniPixel, out: str | Path, dtype: str = "float32") -> Path:
     """Write `model` to `out` in the released format, atomically; returns the folder."""
     from safetensors.torch import save_file
 

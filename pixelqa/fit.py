@@ -24,11 +24,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pixelqa.config import Recipe, RecipeError, flatten, load_recipe, print_config, run_cli, to_object
+
+if TYPE_CHECKING:
+    import lightning as L  # imported when a run starts: `--help` and recipe errors stay fast
 
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
 PRINT_CONFIG = "--print-config"
@@ -200,7 +203,7 @@ def apply_process_settings(trainer_cfg: Any) -> None:
     set_tf32(trainer_cfg.tf32)
 
 
-def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int):
+def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int) -> L.Trainer:
     """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
 

@@ -13,10 +13,14 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 LOGIT_TOL = 1e-4
 MASK_TOL = 1e-4
@@ -75,7 +79,7 @@ def _memory(inputs: dict) -> list[MemoryRef]:
     ]
 
 
-def case_batch(model, inputs: dict, input_ids: torch.Tensor | None = None) -> Batch:
+def case_batch(model: UniPixel, inputs: dict, input_ids: torch.Tensor | None = None) -> Batch:
     """Our Batch from a case's recorded processor tensors, frames and visual prompts."""
     ids = inputs["input_ids"] if input_ids is None else input_ids
     qcfg = model.qwen.config
@@ -107,7 +111,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def check_forward(model, name: str, case: dict) -> CaseReport:
+def check_forward(model: UniPixel, name: str, case: dict) -> CaseReport:
     """Teacher-forced forward of one case against its recorded outputs."""
     inputs, ref = case["inputs"], case["outputs"]
     report = CaseReport(name)
@@ -140,7 +144,7 @@ def check_forward(model, name: str, case: dict) -> CaseReport:
 
 
 @torch.no_grad()
-def check_generate(model, name: str, case: dict) -> CaseReport:
+def check_generate(model: UniPixel, name: str, case: dict) -> CaseReport:
     """Greedy generation of one case (prompts at every step are what the prefill sees) against recorded ids."""
     inputs, ref = case["inputs"], case["outputs"]
     want = ref["generated_ids"].flatten()
@@ -159,7 +163,7 @@ def check_generate(model, name: str, case: dict) -> CaseReport:
     return report
 
 
-def run_parity(model, cases_dir: str | Path, names: list[str] | None = None) -> list[CaseReport]:
+def run_parity(model: UniPixel, cases_dir: str | Path, names: list[str] | None = None) -> list[CaseReport]:
     """Every case of a folder (or the named ones) against the model; forward cases, then generation cases."""
     root = Path(cases_dir)
     files = sorted(root.glob("*.pt"))

@@ -34,7 +34,9 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -137,7 +139,7 @@ def write_raw_copy(shard_dir: Path, out: Path) -> Path:
     return path
 
 
-def drain(dataset, workers: int, batch: int = 1) -> tuple[int, float, float]:
+def drain(dataset: Dataset, workers: int, batch: int = 1) -> tuple[int, float, float]:
     """(samples, seconds, steady samples/s) of one full pass through a DataLoader.
 
     batch=1: one sample per DataLoader item (no batching). batch>1: `batch` samples per item, packed into one buffer
@@ -207,7 +209,7 @@ def read_raw(annotation: Path) -> int:
     return n
 
 
-def best_rate(fn, arg, repeats: int) -> tuple[int, float]:
+def best_rate(fn: Callable[[Any], int], arg: Any, repeats: int) -> tuple[int, float]:
     """(samples, best samples/s) of `repeats` calls of fn(arg)."""
     best, n = 0.0, 0
     for _ in range(repeats):

@@ -79,7 +79,9 @@ def reference_f_measure(foreground_mask: np.ndarray, gt_mask: np.ndarray, bound_
     return float(2 * precision * recall / (precision + recall))
 
 
-def reference_boundary_f(annotation: np.ndarray, segmentation: np.ndarray, bound_th: float = 0.008):
+def reference_boundary_f(
+    annotation: np.ndarray, segmentation: np.ndarray, bound_th: float = 0.008
+) -> float | np.ndarray:
     """Boundary F per frame for (H, W) or (T, H, W) masks: a loop of ``reference_f_measure``."""
     if annotation.shape != segmentation.shape:
         raise ValueError(f"shape mismatch: annotation {annotation.shape} vs segmentation {segmentation.shape}")

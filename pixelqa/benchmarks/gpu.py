@@ -21,9 +21,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from pixelqa.batch import Batch
 from pixelqa.benchmarks.model import (
     autocast,
     build_model,
@@ -33,6 +35,9 @@ from pixelqa.benchmarks.model import (
     training_steps,
 )
 from pixelqa.fit import set_tf32
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 # Stage 3's trainable groups without the full embedding matrices (LoRA, new token rows and modules, SAM's decoder);
 # "mask_decoder_image_encoder" is added for the "encoder trained" figures.
@@ -82,7 +87,9 @@ def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
     return best
 
 
-def measure_training(model, batch, tag: str, device: str, steps: int, precision: str = "32-true") -> float:
+def measure_training(
+    model: UniPixel, batch: Batch, tag: str, device: str, steps: int, precision: str = "32-true"
+) -> float:
     """Plain Qwen vs UniPixel step, SAM's image encoder frozen then trained; returns the highest peak memory (GiB).
 
     `precision`: the forwards' autocast, as Lightning's trainer precision of that name (trainer=gpu: bf16-mixed)."""
@@ -115,7 +122,9 @@ def measure_training(model, batch, tag: str, device: str, steps: int, precision:
 
 
 @torch.no_grad()
-def measure_evaluation(model, batch, tag: str, device: str, repeats: int, precision: str = "32-true") -> None:
+def measure_evaluation(
+    model: UniPixel, batch: Batch, tag: str, device: str, repeats: int, precision: str = "32-true"
+) -> None:
     """Samples/s of teacher-forced evaluation (Lightning's validation under `precision`): eval-mode forward, then J&F
     of every <|seg|> mask on the device."""
     from pixelqa.metrics import JAndF
@@ -137,7 +146,7 @@ def measure_evaluation(model, batch, tag: str, device: str, repeats: int, precis
 
 
 @torch.no_grad()
-def measure_propagation(model, long_batch, tag: str, device: str, repeats: int) -> None:
+def measure_propagation(model: UniPixel, long_batch: Batch, tag: str, device: str, repeats: int) -> None:
     """Seconds per frame of SAM's mask decoding and propagation: eval forward with masks minus without, per frame;
     and the share of it that is SAM's image encoder (Hiera trunk + neck over all frames in one call)."""
     model.eval()
@@ -151,7 +160,7 @@ def measure_propagation(model, long_batch, tag: str, device: str, repeats: int) 
 
 
 @torch.no_grad()
-def measure_generation(model, prompt, tag: str, device: str, new_tokens: int) -> None:
+def measure_generation(model: UniPixel, prompt: Batch, tag: str, device: str, new_tokens: int) -> None:
     """Tokens/s of UniPixel's KV-cached greedy generation (pixelqa.model.generation) on the first prompt sample."""
     import copy
 

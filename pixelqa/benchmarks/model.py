@@ -20,12 +20,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
 from pixelqa.model.config import LoraConfig, MaskDecoderConfig, UniPixelConfig
 from pixelqa.prompt_format import REF, SEG, memory_prompt, object_tag
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 # Published Qwen2.5-VL sizes (config.json of the 3B / 7B Instruct releases), for random-init benchmarks.
 _VISION = {
@@ -85,7 +89,7 @@ def write_config_dir(preset: str, root: Path) -> Path:
     return root
 
 
-def make_batch(model, batch: int, frames: int, size: int, seed: int = 0) -> Batch:
+def make_batch(model: UniPixel, batch: int, frames: int, size: int, seed: int = 0) -> Batch:
     """B video samples: a mask prompt, a one-pair memory preamble, a <|seg|> answer with per-frame targets."""
     g = torch.Generator().manual_seed(seed)
     proc = model.processor
@@ -163,7 +167,7 @@ def build_model(
     sam_arch: str | None = None,
     sam_size: int | None = None,
     llm_dtype: str | None = None,
-):
+) -> UniPixel:
     """A UniPixel of `preset` on `device` in train mode: random weights for real presets unless `path` names a
     Qwen2.5-VL folder (a config.json with the published sizes is written to a temp dir otherwise)."""
     from pixelqa.model import UniPixel
@@ -175,7 +179,7 @@ def build_model(
         return UniPixel(cfg, random_init=preset != "tiny").to(device).train()
 
 
-def autocast(device: str, precision: str):
+def autocast(device: str, precision: str) -> torch.autocast:
     """The forward's autocast context of a Lightning precision: bf16 autocast for "bf16-mixed", none for "32-true"."""
     if precision not in ("bf16-mixed", "32-true"):
         raise ValueError(f"precision: got {precision!r}, expected 'bf16-mixed' or '32-true'")
@@ -183,7 +187,7 @@ def autocast(device: str, precision: str):
 
 
 def make_unipixel_step(
-    model, batch: Batch, precision: str = "32-true", decode_masks: bool = True
+    model: UniPixel, batch: Batch, precision: str = "32-true", decode_masks: bool = True
 ) -> Callable[[], None]:
     """One AdamW step of UniPixel on `batch` over the parameters that require grad now, the forward under
     `precision`'s autocast; decode_masks=False leaves SAM's decoding of the <|seg|>s out (prompt and memory tokens
@@ -201,7 +205,9 @@ def make_unipixel_step(
     return step
 
 
-def training_steps(model, batch: Batch, precision: str = "32-true"):
+def training_steps(
+    model: UniPixel, batch: Batch, precision: str = "32-true"
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """(plain Qwen2.5-VL step, UniPixel step) on `batch`: one AdamW step each over the parameters that require grad
     now (the plain step: those of the backbone only, through Qwen's own forward with labels). `precision`: the
     forward's autocast, as Lightning's trainer precision of that name runs it."""
@@ -232,7 +238,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step, steps: int, device: str) -> tuple[float, float]:
+def time_steps(step: Callable[[], None], steps: int, device: str) -> tuple[float, float]:
     """Median seconds per step after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
     step()
     _sync(device)

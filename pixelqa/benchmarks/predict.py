@@ -15,10 +15,15 @@ import argparse
 import json
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
+from pixelqa.batch import Batch
 from pixelqa.benchmarks.model import build_model
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 
 def _clip(frames: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -38,7 +43,7 @@ def _timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def first_difference(model, batch, cached: list[int], uncached: list[int]) -> dict[str, float]:
+def first_difference(model: UniPixel, batch: Batch, cached: list[int], uncached: list[int]) -> dict[str, float]:
     """Where cached and uncached greedy ids part, and how close the two tokens were there.
 
     Returns the number of identical leading tokens and, where the lists differ, the full forward's logits of the two

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES
+
+if TYPE_CHECKING:
+    from pixelqa.demo.app import Demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +49,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise PredictInputError(f"--idle-minutes: got {args.idle_minutes}, expected a number > 0")
 
 
-def make_demo(args: argparse.Namespace):
+def make_demo(args: argparse.Namespace) -> Demo:
     """The Demo (model loaded, sessions root made) for parsed arguments."""
     from pixelqa.demo.app import Demo
     from pixelqa.demo.media import Limits

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.loading import load_model, pick_device
 
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
+
 TINY = "tiny"
 
 
-def build_tiny(device: str | None = "cpu", seed: int = 0):
+def build_tiny(device: str | None = "cpu", seed: int = 0) -> tuple[UniPixel, dict[str, Any]]:
     """(UniPixel, info): the tiny configuration with random weights, for trying the demo without any download."""
     from pixelqa.model import UniPixel
     from pixelqa.model.config import UniPixelConfig
@@ -27,7 +31,7 @@ def build_tiny(device: str | None = "cpu", seed: int = 0):
     return model, info
 
 
-def resolve_model(spec: str, device: str | None = None, trust: bool = False):
+def resolve_model(spec: str, device: str | None = None, trust: bool = False) -> tuple[UniPixel, dict[str, Any]]:
     """(model, info) for `--model`: `tiny` (CPU unless a device is named) or a path predict's load_model takes."""
     if spec == TINY and not Path(spec).exists():
         return build_tiny("cpu" if device in (None, "auto") else device)

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,12 @@ def run_turn(
 
 
 def run_in_background(
-    session: Session, predictor: Predictor, text: str, items: Any, model_lock: threading.Lock, on_error
+    session: Session,
+    predictor: Predictor,
+    text: str,
+    items: Any,
+    model_lock: threading.Lock,
+    on_error: Callable[[BaseException], str],
 ) -> threading.Thread:
     """Start `run_turn` in a thread; its progress and error (through `on_error(exc) -> str`) land on the session."""
     progress = session.progress

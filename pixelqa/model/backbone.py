@@ -15,12 +15,23 @@ Presets:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pixelqa.model.config import TinySizeConfig
 from pixelqa.prompt_format import SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    from transformers import (
+        PreTrainedTokenizerBase,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+    )
+
+    from pixelqa.model.release import ModelFolder
 
 PRESETS = ("tiny", "unipixel-3b", "unipixel-7b")
 
@@ -77,7 +88,7 @@ QWEN_MIN_PIXELS = 56 * 56  # Qwen2.5-VL's own processor defaults
 QWEN_MAX_PIXELS = 28 * 28 * 1280
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
     """A deterministic byte-level BPE tokenizer trained offline on a fixed corpus, with Qwen's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -102,7 +113,11 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_processor(tokenizer=None, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS):
+def build_tiny_processor(
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    min_pixels: int = TINY_MIN_PIXELS,
+    max_pixels: int = TINY_MAX_PIXELS,
+) -> Qwen2_5_VLProcessor:
     """Qwen2.5-VL processor around the tiny tokenizer; default pixel budgets give 112 x 112 -> 4 x 4 tokens."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
@@ -119,7 +134,7 @@ def build_tiny_processor(tokenizer=None, min_pixels: int = TINY_MIN_PIXELS, max_
     )
 
 
-def tiny_qwen_config(tokenizer, sizes: TinySizeConfig | None = None):
+def tiny_qwen_config(tokenizer: PreTrainedTokenizerBase, sizes: TinySizeConfig | None = None) -> Qwen2_5_VLConfig:
     """Config of the tiny Qwen2.5-VL (default sizes: hidden 64, 2 layers) whose token ids match `tokenizer`."""
     from transformers import Qwen2_5_VLConfig
 
@@ -198,7 +213,9 @@ def _torch_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def build_processor(preset: str = "tiny", path: str | None = None, folder=None):
+def build_processor(
+    preset: str = "tiny", path: str | None = None, folder: ModelFolder | None = None
+) -> Qwen2_5_VLProcessor:
     """The processor (tokenizer + image/video processors + chat template) for a preset, before special tokens.
 
     `folder`: the `release.ModelFolder` of `path` when the caller has inspected it already.
@@ -230,7 +247,7 @@ def _check_path(preset: str, path: str | None) -> Path:
     return root
 
 
-def add_special_tokens(processor) -> dict[str, int]:
+def add_special_tokens(processor: Qwen2_5_VLProcessor) -> dict[str, int]:
     """Add <|ref|> <|mem|> <|seg|> to the processor's tokenizer (idempotent); returns their ids."""
     tok = processor.tokenizer
     missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
@@ -244,11 +261,11 @@ def build_qwen(
     path: str | None,
     seed: int,
     dtype: str,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     random_init: bool = False,
-    folder=None,
+    folder: ModelFolder | None = None,
     tiny: TinySizeConfig | None = None,
-):
+) -> Qwen2_5_VLForConditionalGeneration:
     """The bare `Qwen2_5_VLForConditionalGeneration` of a preset (special tokens not yet added).
 
     `tiny`: the sizes of preset=tiny without a path (default: the test model's); a folder's config gives them otherwise.
@@ -301,7 +318,7 @@ class fork_rng:
         return False
 
 
-def resize_for_tokens(model: nn.Module, tokenizer, seed: int) -> None:
+def resize_for_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, seed: int) -> None:
     """Grow input/output embeddings to the tokenizer; new rows start at the mean of the old ones."""
     old = model.get_input_embeddings().weight.shape[0]
     new = len(tokenizer)

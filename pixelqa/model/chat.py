@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from pixelqa.prompt_format import (
     prefill_answer,
     prefill_request,
 )
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Mask:
     object_id: int | None = None
 
 
-def to_visual_prompt(p, object_id: int) -> VisualPrompt:
+def to_visual_prompt(p: Point | Box | Mask | VisualPrompt, object_id: int) -> VisualPrompt:
     """Point / Box / Mask / VisualPrompt -> VisualPrompt with its object id."""
     if isinstance(p, VisualPrompt):
         return VisualPrompt(p.kind, p.frame, tuple(p.coords), p.mask, object_id)
@@ -121,8 +125,8 @@ RESIZE_KWARGS = {"images_kwargs": {"do_resize": True}, "videos_kwargs": {"do_res
 
 
 def build_batch(
-    model,
-    state,
+    model: UniPixel,
+    state: ChatState,
     user_text: str,
     answer: str | None,
     prompts: list[VisualPrompt],
@@ -165,7 +169,7 @@ def build_batch(
 
 
 @torch.no_grad()
-def generate(model, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
+def generate(model: UniPixel, batch: Batch, max_new_tokens: int) -> tuple[str, Batch]:
     """Greedy decoding without a KV cache (the <|ref|>/<|mem|> embeddings are rebuilt each step); neither is emitted."""
     tok = model.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
@@ -250,21 +254,21 @@ def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index:
 
 @torch.no_grad()
 def chat_turn(
-    model,
-    media,
-    text,
-    prompts,
-    history,
-    max_new_tokens,
-    kind,
-    sam_media=None,
-    llm_index=None,
-    use_cache=True,
+    model: UniPixel,
+    media: torch.Tensor,
+    text: str,
+    prompts: list,
+    history: ChatState | None,
+    max_new_tokens: int,
+    kind: str | None,
+    sam_media: torch.Tensor | None = None,
+    llm_index: list[int] | None = None,
+    use_cache: bool = True,
     assistant_prefix: str = "",
-    memory: dict | None = None,
+    memory: dict[int, torch.Tensor] | None = None,
     processor_kwargs: dict | None = None,
-    progress=None,
-):
+    progress: Callable[[int, int], None] | None = None,
+) -> ChatResult:
     """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state).
 
     `memory` puts given masks (object id -> (T_sam, H, W)) into the bank before the turn, without pre-filling (the

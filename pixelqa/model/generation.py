@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from pixelqa.batch import Batch
 from pixelqa.model.backbone import PreNormCatcher
 from pixelqa.prompt_format import MEM, REF, SEG
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 
 @dataclass
@@ -53,7 +57,7 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return a.shape == b.shape and bool(torch.equal(a, b))
 
 
-def reusable_length(model, prefix: PrefixCache, batch: Batch) -> int:
+def reusable_length(model: UniPixel, prefix: PrefixCache, batch: Batch) -> int:
     """How many leading positions of `batch` the prefix's forward computed exactly as `batch`'s own would (0: none)."""
     old, new = prefix.batch, batch
     for name in ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts"):
@@ -92,7 +96,7 @@ def _seg_state(model, pre: torch.Tensor, post: torch.Tensor, where: int) -> torc
 
 @torch.no_grad()
 def greedy_generate(
-    model,
+    model: UniPixel,
     batch: Batch,
     max_new_tokens: int,
     use_cache: bool = True,

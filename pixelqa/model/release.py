@@ -16,9 +16,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+
+    from pixelqa.model.config import UniPixelConfig
 
 RELEASE_TYPE = "pixel_qwen2_5_vl"
 BASE_TYPE = "qwen2_5_vl"
@@ -123,7 +129,7 @@ def inspect_folder(preset: str, path: str | None) -> ModelFolder | None:
     return ModelFolder(kind, root, config, mapping)
 
 
-def qwen_config(config: dict, attn: str = "sdpa"):
+def qwen_config(config: dict, attn: str = "sdpa") -> Qwen2_5_VLConfig:
     """A transformers `Qwen2_5_VLConfig` built from a config.json dict (release or base)."""
     from transformers import Qwen2_5_VLConfig
 
@@ -229,7 +235,7 @@ def load_qwen_weights(qwen: nn.Module, folder: ModelFolder) -> None:
     _copy_into(params, {ours: (n, loaded[n]) for ours, n in wanted.items()}, folder)
 
 
-def apply_release_config(cfg, folder: ModelFolder) -> None:
+def apply_release_config(cfg: UniPixelConfig, folder: ModelFolder) -> None:
     """Set what the release fixes (SAM arch / size, hidden tokens, released blocks) on a UniPixelConfig."""
     c = folder.config
     where = folder.file("config.json")
@@ -289,7 +295,7 @@ def load_release_modules(model: nn.Module, folder: ModelFolder) -> None:
     _copy_into(params, {ours: (t, loaded[t]) for ours, t in wanted.items()}, folder)
 
 
-def build_processor(folder: ModelFolder):
+def build_processor(folder: ModelFolder) -> Qwen2_5_VLProcessor:
     """The Qwen2.5-VL processor of a folder, built from its parts (AutoProcessor returns only the tokenizer here).
 
     Resizing is switched on (the release saves do_resize=false because its loader resizes frames beforehand), so

@@ -882,7 +882,7 @@ class UniPixel(nn.Module):
             torch.save(self.trainable_state_dict(), tmp / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> UniPixel:
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: typing.Any) -> UniPixel:
         """Rebuild the base (tiny: deterministically; real: from cfg.path) and load our weights."""
         root = Path(directory)
         if not (root / CONFIG_FILE).exists():

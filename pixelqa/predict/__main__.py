@@ -13,12 +13,16 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, sam_frame_ids
 from pixelqa.predict.media import probe_media, read_media
 from pixelqa.predict.prompts import PromptAction, check_prompts, model_prompts, parse_prompt, place_refs
 from pixelqa.prompt_format import object_ids_in
+
+if TYPE_CHECKING:
+    from pixelqa.predict.predictor import Prediction
 
 QUIT = ("/quit", "/exit")
 
@@ -63,7 +67,7 @@ def _check_counts(args: argparse.Namespace) -> None:
             raise PredictInputError(f"--{name.replace('_', '-')}: got {value}, expected an integer >= 1")
 
 
-def memory_summary(pred) -> str:
+def memory_summary(pred: Prediction) -> str:
     """One line naming every memory object and the frames its mask covers."""
     if not pred.memory:
         return "memory: empty"
@@ -76,7 +80,7 @@ def memory_summary(pred) -> str:
     return "memory: " + "; ".join(parts)
 
 
-def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
     from pixelqa.predict.loading import load_model
     from pixelqa.predict.outputs import write_outputs
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, stdin=None, stdout=None) -> int:
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
     from pixelqa.quiet import silence_library_noise
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pixelqa import checkpoints
 from pixelqa.checkpoints import ALLOWED_GLOBALS
 from pixelqa.predict.errors import PredictInputError
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 __all__ = ["ALLOWED_GLOBALS", "load_model", "pick_device", "safe_torch_load"]
 
@@ -58,7 +61,7 @@ def _checkpoint_file(p: Path) -> Path:
     return p
 
 
-def load_model(path: str | Path, device: str | None = None, trust: bool = False):
+def load_model(path: str | Path, device: str | None = None, trust: bool = False) -> tuple[UniPixel, dict[str, Any]]:
     """(UniPixel in eval mode on the device, info for run.json) from a released / save_pretrained folder or a ckpt."""
     from pixelqa.model.config import UniPixelConfig
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel

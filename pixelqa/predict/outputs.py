@@ -83,7 +83,7 @@ def write_text(path: Path, text: str) -> Path:
     return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def describe_prompt(p) -> dict[str, Any]:
+def describe_prompt(p: Point | Box | Mask) -> dict[str, Any]:
     """A JSON-ready description of a Point / Box / Mask (normalised coordinates, position among the frames)."""
     if isinstance(p, Point):
         return {"kind": "point", "object_id": p.object_id, "frame": p.frame, "xy": [p.x, p.y]}

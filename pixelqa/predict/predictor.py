@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +26,9 @@ from pixelqa.predict.frames import LLM_FRAMES, llm_positions
 from pixelqa.predict.media import Media, media_from_tensor, read_media
 from pixelqa.predict.prompts import place_refs
 from pixelqa.prompt_format import object_ids_in
+
+if TYPE_CHECKING:
+    from pixelqa.model.unipixel import UniPixel
 
 
 @dataclass
@@ -123,7 +128,7 @@ def _on_all_frames(masks: torch.Tensor, positions: list[int], total: int) -> tor
     return out
 
 
-def describe_model(model) -> dict:
+def describe_model(model: UniPixel) -> dict:
     """run.json's model entry for a model built in memory (load_model gives the path and format when loaded)."""
     first = next(model.parameters())
     return {"format": "in-memory", "device": str(first.device), "dtype": model.cfg.dtype, "config": asdict(model.cfg)}
@@ -160,7 +165,7 @@ class Predictor:
         assistant_prefix: str = "",
         memory: dict[int, torch.Tensor] | None = None,
         processor_kwargs: dict | None = None,
-        progress=None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Prediction:
         """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank.
 

@@ -73,11 +73,13 @@ class DataWaitTimer(Callback):
 
     # -------------------------------------------------------------- hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock of the first wait."""
         self._train_start = time.perf_counter()
         self._prev_start = self._prev_end = None
         self._wrap_profiler(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        """Count the wait for this batch (the fetch timed by the profiler, else the gap since the last step)."""
         now = time.perf_counter()
         if self._prev_start is not None:
             self.total += now - self._prev_start
@@ -96,15 +98,19 @@ class DataWaitTimer(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
+        """Note when the step ended."""
         self._prev_end = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._prev_start = self._prev_end = None  # the interval around a validation pass is not counted
+        """Leave the interval around a validation pass uncounted."""
+        self._prev_start = self._prev_end = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Restore the profiler's methods."""
         self._unwrap_profiler()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Restore the profiler's methods; warn when no fetch was timed."""
         self._unwrap_profiler()
         if self.batches and not self.fetches:
             log.warning(

@@ -150,7 +150,7 @@ class SourceIndex:
 
 
 @contextmanager
-def seeded(seed: int):
+def seeded(seed: int) -> Iterator[None]:
     """Run a block with python, numpy and torch RNGs seeded by `seed`; the outer states are restored after."""
     py, npy, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     random.seed(seed)

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from pixelqa.batch import Batch
 from pixelqa.checkpoints import safe_torch_load
 from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
+from pixelqa.metrics.video import JAndF
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.normalise import (
     COUNT_KEYS,
@@ -96,7 +97,7 @@ class UniPixelModule(L.LightningModule):
         self.seed = int(seed)
         self.accumulate = int(accumulate)
         self.num_overlays = int(num_overlays)
-        self.val_jf = _jandf_metric()
+        self.val_jf = JAndF()
         self.val_acc = TaskAccuracy()
         self.overlays: list[dict[str, np.ndarray | str]] = []  # first val samples, for the overlay callback
         self._micro_step = 0
@@ -349,12 +350,6 @@ def module_class(stage: int) -> type[UniPixelModule]:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _jandf_metric():
-    from pixelqa.metrics import JAndF
-
-    return JAndF()
-
-
 def epoch_values(metric: Any, world_size: int) -> dict[str, torch.Tensor]:
     """A metric's values over the epoch, {} when no process fed it.
 
@@ -370,7 +365,7 @@ def epoch_values(metric: Any, world_size: int) -> dict[str, torch.Tensor]:
     return {} if all(bool(torch.isnan(v).all()) for v in values.values()) else values
 
 
-def update_mask_metric(metric, pred_masks: list[torch.Tensor] | None, batch: Batch) -> int:
+def update_mask_metric(metric: JAndF, pred_masks: list[torch.Tensor] | None, batch: Batch) -> int:
     """Feed every <|seg|> object of the batch to a J&F metric (annotated frames only); returns objects added."""
     if not pred_masks:
         return 0
