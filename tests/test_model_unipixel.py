@@ -53,6 +53,37 @@ def test_training_step_gives_finite_losses_and_gradients_everywhere(lora_model):
     assert [tuple(m.shape) for m in out.pred_masks] == [(1, 1, 112, 112), (1, 4, 112, 112)]
 
 
+def test_training_takes_the_lm_loss_at_labelled_positions_only_with_the_same_value_and_gradient(lora_model):
+    model = lora_model
+    batch = training_batch(model.processor)
+    params = [model.new_token_head] + [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+
+    def lm_and_grads(train: bool):
+        model.train(train)
+        model.zero_grad()
+        out = model(batch)
+        out.losses["lm"].backward()
+        return out, float(out.losses["lm"]), [p.grad.clone() for p in params]
+
+    trained, lm_train, g_train = lm_and_grads(True)  # labelled rows only (dropout is 0 in this model)
+    evaluated, lm_eval, g_eval = lm_and_grads(False)  # the whole (B, L, V) logits, as released
+    assert trained.logits is None and evaluated.logits is not None
+    assert lm_train == pytest.approx(lm_eval, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_train, g_eval))
+    assert lm_eval == pytest.approx(float(lm_loss(evaluated.logits, batch.labels)), rel=1e-6)
+    # the rows taken are the labelled ones: labels moved by one position give another loss
+    with torch.no_grad():
+        hidden = torch.randn(*batch.labels.shape, model.qwen.config.text_config.hidden_size)
+        ref = lm_loss(model.logits(hidden), batch.labels)
+        assert float(model.labelled_lm_loss(hidden, batch.labels)) == pytest.approx(float(ref), rel=1e-5)
+        moved = torch.roll(batch.labels, 1, dims=1)
+        assert float(model.labelled_lm_loss(hidden, moved)) != pytest.approx(float(ref), rel=1e-3)
+        none = torch.full_like(batch.labels, -100)
+        assert float(model.labelled_lm_loss(hidden, none)) == 0.0
+    model.zero_grad()
+    model.train()
+
+
 def test_batch_without_seg_keeps_mask_losses_zero_in_graph():
     model = cached_model().train()
     model.zero_grad()

@@ -51,7 +51,9 @@ class UniPixelOutput:
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]  # lm, focal, dice, iou, objectness (unweighted)
-    logits: torch.Tensor  # (B, L, V)
+    logits: (
+        torch.Tensor | None
+    )  # (B, L, V); None in training mode with labels (the LM loss is taken at labelled positions)
     pred_masks: list[torch.Tensor]  # per sample (K, T, H, W) mask logits at source resolution
     pred_ious: list[torch.Tensor]  # per sample (K, T)
     object_scores: list[torch.Tensor]  # per sample (K, T) objectness logits
@@ -477,6 +479,16 @@ class UniPixel(nn.Module):
         logits.index_copy_(-1, self.new_ids, (hidden.float() @ self.new_token_head.t()).to(logits.dtype))
         return logits
 
+    def labelled_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`lm_loss(self.logits(hidden), labels)` with the LM head run only at the positions whose next token is
+        labelled: hidden (B, L, D) post-norm states, labels (B, L) with -100 masked; 0 (in the graph) if none is."""
+        target = labels[:, 1:]
+        scored = target != IGNORE_INDEX  # (B, L-1)
+        if not bool(scored.any()):
+            return hidden.sum() * 0.0
+        rows = hidden[:, :-1][scored]  # (N, D): the states that predict a labelled token
+        return F.cross_entropy(self.logits(rows[None])[0].float(), target[scored])
+
     def forward(self, batch: Batch, decode_masks: bool = True) -> UniPixelOutput:
         """Teacher-forced pass: LM logits and loss, masks for every <|seg|> (capped in training), mask losses.
 
@@ -495,9 +507,14 @@ class UniPixel(nn.Module):
             # of the mask just predicted for them; the answer (logits, LM loss) comes from this pass
             emb = self._add_pooled_masks(emb, frame_grids, masks, picks, pooled_segs)
             hidden, pre_norm = self._run_llm(batch, emb, enc_outputs)
-        # in place inside: Linear's backward does not need its output; a (B, L, V) copy is large for real vocabularies
-        logits = self.logits(hidden)
-        losses = {"lm": lm_loss(logits, batch.labels) if batch.labels is not None else logits.sum() * 0.0}
+        if self.training and batch.labels is not None:
+            # a training step needs logits only where a label is scored: the (B, L, V) float tensor of a real
+            # vocabulary (152K) over the whole prompt, media included, is the step's largest; same loss, same gradient
+            logits, losses = None, {"lm": self.labelled_lm_loss(hidden, batch.labels)}
+        else:
+            # in place inside: Linear's backward does not need its output; a (B, L, V) copy is large at real sizes
+            logits = self.logits(hidden)
+            losses = {"lm": lm_loss(logits, batch.labels) if batch.labels is not None else logits.sum() * 0.0}
         w = self.cfg.loss
         n_mask = sums["n_mask"].clamp(min=1)
         n_obj = sums["n_obj"].clamp(min=1)
