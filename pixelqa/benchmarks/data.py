@@ -219,8 +219,8 @@ def best_rate(fn: Callable[[Any], int], arg: Any, repeats: int) -> tuple[int, fl
     return n, best
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the data benchmark and print its figures."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench data`."""
     p = argparse.ArgumentParser(
         prog="python -m pixelqa.bench data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -245,6 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         default="keep",
         help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the data benchmark and print its figures."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch: got {args.batch}, expected at least 1")

@@ -123,10 +123,8 @@ def time_protocol(benchmark: str, answer_fn: Callable, samples: list[Sample], de
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark; the last lines are `name: value`."""
-    from pixelqa.eval.generation import chat_answer_fn, predictor_answer_fn
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench evaluate`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench evaluate")
     ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
     ap.add_argument("--path", default=None, help="a local model folder (default: random init of the preset)")
@@ -137,7 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=8, help="answer length (a random model never stops early)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated benchmarks (default: all)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; the last lines are `name: value`."""
+    from pixelqa.eval.generation import chat_answer_fn, predictor_answer_fn
+
+    args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is visible")
     names = args.only.split(",") if args.only else list(BENCHMARKS)

@@ -251,7 +251,8 @@ def run_preset(preset: str, args: argparse.Namespace, clock: Clock) -> float | N
     return peak
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench gpu`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="unipixel-3b,unipixel-7b", help="comma-separated, run in this order")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start no preset that may not end within this")
@@ -281,7 +282,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="TF32 in float32 CUDA matmuls and convolutions (fit's trainer.tf32, default on as released)",
     )
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)  # cpu: tests
-    return ap.parse_args(argv)
+    return ap
 
 
 STRATEGIES = ("deepspeed", "fsdp")
@@ -341,7 +342,7 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every figure that fits the budget; exit 2 at once without CUDA."""
-    args = _parse(argv)
+    args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail("needs a CUDA GPU and torch.cuda.is_available() is False here; run it on a GPU machine")
     presets = [p for p in args.presets.split(",") if p]

@@ -96,8 +96,8 @@ def _thread_counts(text: str, default: int) -> list[int]:
     return [count or default for count in counts]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print a table, then the headline speedups as the last lines."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench metrics`."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.bench metrics", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="device for our implementation (cpu, cuda, cuda:1, ...)")
     parser.add_argument(
@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DAVIS 2017 result masks (osvos/ and rvos/)")
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic ellipse clip even if data exists")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print a table, then the headline speedups as the last lines."""
+    args = build_parser().parse_args(argv)
 
     import cv2
 

@@ -254,8 +254,8 @@ def time_steps(step: Callable[[], None], steps: int, device: str) -> tuple[float
     return statistics.median(times), peak
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print its figures; the last lines are `name: value`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench model`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench model")
     ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
     ap.add_argument("--path", default=None, help="local Qwen2.5-VL dir (real presets); default: random init")
@@ -267,7 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sam-arch", default=None, help="SAM 2.1 arch (default: micro for tiny, hiera_b+ otherwise)")
     ap.add_argument("--sam-size", type=int, default=None, help="SAM input size (default: 128 tiny, 768 otherwise)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures; the last lines are `name: value`."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tiny = args.preset == "tiny"

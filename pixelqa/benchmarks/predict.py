@@ -63,12 +63,8 @@ def first_difference(model: UniPixel, batch: Batch, cached: list[int], uncached:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark; the last lines are `name: value`."""
-    from pixelqa.model import ChatState, ObjectMemoryBank, Point
-    from pixelqa.model.chat import build_batch
-    from pixelqa.model.generation import greedy_generate
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pixelqa.bench predict`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench predict")
     ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
     ap.add_argument("--path", default=None, help="a local model folder (default: random init of the preset)")
@@ -92,7 +88,16 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave out the uncached loop (a full forward a token: minutes a token for a real preset on a CPU)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; the last lines are `name: value`."""
+    from pixelqa.model import ChatState, ObjectMemoryBank, Point
+    from pixelqa.model.chat import build_batch
+    from pixelqa.model.generation import greedy_generate
+
+    args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is visible")
     torch.set_num_threads(args.threads)
