@@ -218,6 +218,27 @@ def test_bidirectional_propagation_runs_both_ways_from_its_start():
         model.decode_states(clip, state, propagation="sideways")
 
 
+def test_bidirectional_decoding_encodes_each_frame_once(monkeypatch):
+    model = cached_model(obj_scores=False).eval()
+    clip = frames(6, seed=14)
+    states = torch.randn(2, model.qwen.config.text_config.hidden_size)
+    encoded: list[int] = []
+    real = model.mask_decoder.encode_frames
+    monkeypatch.setattr(
+        model.mask_decoder, "encode_frames", lambda x: (encoded.append(x.shape[0]), real(x))[1], raising=True
+    )
+    # two objects, frame scores for one, both walks for each: the 6 frames encoded once, in chunks of 4
+    both = model.decode_states(clip, states, chunk=4, propagation="bidirectional", start=[None, 3])
+    assert encoded == [4, 2]
+    # a conversation's store serves a second decode without encoding anything
+    store: dict = {}
+    model.decode_states(clip, states, chunk=4, propagation="bidirectional", start=[1, 3], store=store)
+    encoded.clear()
+    again = model.decode_states(clip, states, chunk=4, propagation="bidirectional", start=[1, 3], store=store)
+    assert encoded == []
+    torch.testing.assert_close(again[1], both[1])
+
+
 def test_sam_progress_is_reported_frame_by_frame():
     model = cached_model(obj_scores=False).eval()
     seen: list[tuple[int, int]] = []

@@ -115,10 +115,10 @@ class StreamedFrames:
         self.decoder, self.frames, self.chunk = decoder, frames, chunk
         self.store = store if store is not None and frames.shape[0] <= store_frames else None
         self.start, self.features = -1, None
-        self.feat_sizes = self._chunk(0).feat_sizes
+        self.feat_sizes = self.chunk_features(0).feat_sizes
 
-    def _chunk(self, first: int) -> FrameFeatures:
-        """The features of the chunk starting at `first`, encoded if not held."""
+    def chunk_features(self, first: int) -> FrameFeatures:
+        """The features of the chunk starting at `first` (a multiple of `chunk`), encoded if not held."""
         if first != self.start:
             key = (first, self.chunk)
             held = self.store.get(key) if self.store is not None else None
@@ -135,7 +135,7 @@ class StreamedFrames:
         first = int(index.min()) // self.chunk * self.chunk
         if int(index.max()) >= first + self.chunk:
             raise ValueError(f"frame_ids: frames {index.tolist()} span two chunks of {self.chunk}; expected one")
-        return self._chunk(first).select(index - first)
+        return self.chunk_features(first).select(index - first)
 
 
 @dataclass

@@ -781,7 +781,8 @@ class UniPixel(nn.Module):
         supports the object best on its own (`MaskDecoder.frame_scores`), then propagated forward to the end and
         backward to frame 0. Frames are encoded in chunks of `chunk`. `progress(done, total)` follows the frames
         decoded (all objects and directions counted). `store`: a dict a conversation keeps for these same frames, so
-        SAM's image encoder runs once per conversation for clips up to 64 frames (forward propagation).
+        SAM's image encoder runs once per conversation for clips up to 64 frames (bidirectional decoding keeps one of
+        its own when none is given: its frame scores and every walk read the same features).
         """
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
@@ -800,15 +801,12 @@ class UniPixel(nn.Module):
         starts = list(start) if start is not None else [None] * tokens.shape[0]
         if len(starts) != tokens.shape[0]:
             raise ValueError(f"start: got {len(starts)} frames, expected one per state ({tokens.shape[0]})")
+        # one encoding of each frame serves the frame scores and both directions of every object (clips up to the
+        # store's 64 frames; longer ones stream, one chunk held, and are encoded again by each walk)
+        streamed = StreamedFrames(self.mask_decoder, frames, chunk, {} if store is None else store)
         if any(s is None for s in starts):
             scores = torch.cat(
-                [
-                    self.mask_decoder.frame_scores(
-                        self.mask_decoder.encode_frames(frames[i : i + chunk].to(device)), tokens
-                    )
-                    for i in range(0, T, chunk)
-                ],
-                dim=1,
+                [self.mask_decoder.frame_scores(streamed.chunk_features(i), tokens) for i in range(0, T, chunk)], dim=1
             )  # (N, T)
             starts = [int(scores[i].argmax()) if s is None else s for i, s in enumerate(starts)]
         out = torch.zeros(tokens.shape[0], T, H, W)
@@ -824,8 +822,7 @@ class UniPixel(nn.Module):
                 raise ValueError(f"start[{i}]: got {s}, expected a frame in [0, {T - 1}]")
             order_fwd, order_bwd = list(range(s, T)), list(range(s, -1, -1))
             for order in (order_bwd, order_fwd):  # the forward pass writes frame s last
-                streamed = StreamedFrames(self.mask_decoder, frames[order], chunk)
-                dec = self.mask_decoder(streamed, list(range(len(order))), tokens[i : i + 1], on_frame=tick)
+                dec = self.mask_decoder(streamed, order, tokens[i : i + 1], on_frame=tick)
                 out[i, order] = self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))[0]
         return out
 
