@@ -4,7 +4,8 @@ CKPT is a Lightning checkpoint of `pixelqa.fit` (or its run folder), a `save_pre
 folder. OUT gets `config.json` (model_type pixel_qwen2_5_vl), `model.safetensors` (LoRA merged, Qwen tensors under
 the transformers-4 names the release uses, our new-token rows written into the embedding / LM-head rows, SAM's
 fuser scale saved as `weight`) and the tokenizer / processor files, so `model=unipixel-3b model.path=OUT` (and the
-official builder) read it back. The write is atomic (a temporary folder renamed into place).
+official builder) read it back. The write is atomic (a temporary folder renamed into place); OUT must be a new
+name or an empty folder, unless `--overwrite` allows replacing a folder whole.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ TEXT_KEYS = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_any(path: str | Path) -> UniPixel:
-    """A UniPixel from a released folder, a save_pretrained folder or a Lightning checkpoint (or its run folder)."""
+def load_any(path: str | Path, trust: bool = False) -> UniPixel:
+    """A UniPixel from a released folder, a save_pretrained folder or a Lightning checkpoint (or its run folder);
+    `trust` allows a checkpoint that needs full unpickling."""
     from pixelqa.model.config import UniPixelConfig
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
 
@@ -54,7 +56,7 @@ def load_any(path: str | Path) -> UniPixel:
 
     from pixelqa.train.module import model_from_checkpoint, read_checkpoint
 
-    ckpt = read_checkpoint(p)
+    ckpt = read_checkpoint(p, trust, what="ckpt", hint="Pass --trust-checkpoint")
     hp = ckpt.get("hyper_parameters") or {}
     if "model" not in hp:
         raise ValueError(f"ckpt: {str(p)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint")
@@ -143,15 +145,31 @@ def release_state_dict(model: UniPixel, dtype: torch.dtype) -> tuple[dict[str, t
     return {k: v.to(dtype).contiguous() for k, v in out.items()}, tied
 
 
-def export(model: UniPixel, out: str | Path, dtype: str = "float32") -> Path:
-    """Write `model` to `out` in the released format, atomically; returns the folder."""
+def check_out(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` a folder replaced whole."""
+    from pixelqa.model.unipixel import replaceable_folder
+
+    target = Path(out)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"out: {str(target)!r} exists and is not a folder; expected a new folder name")
+    if not overwrite and not replaceable_folder(target):
+        raise FileExistsError(
+            f"out: {str(target)!r} is a folder that is not empty; expected a new folder name, or pass --overwrite to "
+            "replace it (everything in it is deleted)"
+        )
+    return target
+
+
+def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write `model` to `out` in the released format, atomically; returns the folder. An existing non-empty `out`
+    is replaced whole only with `overwrite` (it could be the base weights, or anything else)."""
     from safetensors.torch import save_file
 
     from pixelqa.model.unipixel import atomic_folder
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
-    target = Path(out)
+    target = check_out(out, overwrite)
     with atomic_folder(target) as tmp:
         tensors, tied = release_state_dict(model, DTYPES[dtype])
         save_file(tensors, str(tmp / release.SINGLE_FILE), metadata={"format": "pt"})
@@ -170,16 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit status 0 on success, 2 on a user error."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.export", description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="Lightning checkpoint / run folder, save_pretrained folder, or released folder")
-    parser.add_argument("out", help="output folder (replaced atomically)")
+    parser.add_argument("out", help="output folder: a new name or an empty folder (written atomically)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="saved dtype (release: bfloat16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder and all it holds")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
     args = parser.parse_args(argv)
     from pixelqa.quiet import silence_library_noise
 
     silence_library_noise()  # transformers' notes on a released config.json
     try:
-        model = load_any(args.ckpt)
-        folder = export(model, args.out, args.dtype)
-    except (ValueError, FileNotFoundError) as exc:
+        check_out(args.out, args.overwrite)  # before the model loads (minutes at 7B)
+        model = load_any(args.ckpt, args.trust_checkpoint)
+        folder = export(model, args.out, args.dtype, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"exported: {folder}")

@@ -6,6 +6,7 @@ the official code, with the official forward's inputs and outputs on four cases.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -210,6 +211,45 @@ def test_export_cli_user_errors_exit_2(tmp_path, capsys):
 
     assert export.main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out")]) == 2
     assert "error:" in capsys.readouterr().err
+    # OUT holding anything else (a user's files, the base weights) is refused before any model loads; a file too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    (tmp_path / "image.jpg").write_bytes(b"jpeg")
+    for out, said in ((mine, "is a folder that is not empty"), (tmp_path / "image.jpg", "is not a folder")):
+        assert export.main([str(CHECKPOINT), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and str(out) in err and len(err.strip().splitlines()) == 1
+    assert (mine / "thesis.txt").read_text() == "years of work" and (tmp_path / "image.jpg").read_bytes() == b"jpeg"
+    assert export.main([str(CHECKPOINT), str(tmp_path / "image.jpg"), "--overwrite"]) == 2  # never over a file
+    assert "is not a folder" in capsys.readouterr().err
+    # a checkpoint that needs full unpickling is refused with export's own option named
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "thing": argparse.Namespace(code="runs at load")}, evil)
+    assert export.main([str(evil), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-checkpoint" in err and "trust_checkpoint=true" not in err and err.startswith("error: ckpt:")
+
+
+def test_save_pretrained_replaces_only_an_earlier_save(tmp_path):
+    from model_fixtures import cached_model
+
+    from pixelqa.model.unipixel import atomic_folder
+
+    model = cached_model()
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds files other than a saved UniPixel's"):
+        model.save_pretrained(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    model.save_pretrained(folder)  # empty: written
+    model.save_pretrained(folder)  # an earlier save: replaced
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a folder"), atomic_folder(tmp_path / "file"):
+        pass
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def _base_folder(tmp_path: Path) -> Path:

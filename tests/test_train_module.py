@@ -126,6 +126,36 @@ def test_stage2_weights_move_into_a_lora_stage3(stage3):
     assert report["missing"] and all("lora_" in k or k.startswith("model.backbone.") for k in report["missing"])
 
 
+def test_trained_base_weights_survive_loading_saving_and_a_stage_that_freezes_them(tmp_path):
+    from pixelqa.model.unipixel import UniPixel
+    from pixelqa.train.module import model_from_checkpoint
+
+    model_cfg, optim = _cfg(3, "optim.extra_trainable=[lm_head]")
+    trained = Stage3Module(model_cfg, optim, total_steps=10)
+    head = next(p for n, p in trained.model.backbone.named_parameters() if "lm_head" in n)
+    with torch.no_grad():
+        head.add_(0.5)  # what a fresh build of the base cannot have
+    ckpt = {"state_dict": trained.state_dict(), "pixelqa_stage": 3}
+    trained.on_save_checkpoint(ckpt)
+    # loaded for inference (no optimizer, nothing trainable beyond the stage's groups), then saved and loaded again
+    loaded = model_from_checkpoint(model_cfg, ckpt, "s3.ckpt", stage=3)
+    loaded.save_pretrained(tmp_path / "saved")
+    again = UniPixel.from_pretrained(tmp_path / "saved")
+    for model in (loaded, again):
+        assert torch.equal(next(p for n, p in model.backbone.named_parameters() if "lm_head" in n), head)
+    # a later stage that no longer trains it still writes it to its checkpoints
+    later = Stage3Module(*_cfg(3), total_steps=10)
+    load_init_weights(later, ckpt, "s3.ckpt")
+    out = {"state_dict": later.state_dict()}
+    later.on_save_checkpoint(out)
+    key = next(k for k in out["state_dict"] if "lm_head" in k)
+    assert torch.equal(out["state_dict"][key], head)
+    # the fresh build differs (else this test could not fail)
+    fresh = Stage3Module(*_cfg(3), total_steps=10)
+    assert not torch.equal(next(p for n, p in fresh.model.backbone.named_parameters() if "lm_head" in n), head)
+    assert not any("lm_head" in k for k in fresh.model.trainable_state_dict())
+
+
 def test_answer_exact_match_by_hand():
     # vocab 3, L 4; position i's logits predict token i+1
     logits = torch.full((2, 4, 3), -1.0)

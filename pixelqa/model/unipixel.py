@@ -130,8 +130,13 @@ def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
 
 @contextmanager
 def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise)."""
+    """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise).
+
+    An existing `directory` is replaced whole: callers decide whether it may be (`replaceable_folder`); a file or a
+    link there is refused here."""
     target = Path(directory)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     umask = os.umask(0)
@@ -152,6 +157,14 @@ def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def replaceable_folder(directory: str | os.PathLike, own: set[str] | None = None) -> bool:
+    """Whether writing a model to `directory` loses nothing: it is absent, empty, or holds only the names in `own`."""
+    target = Path(directory)
+    if not target.is_dir() or target.is_symlink():
+        return not (target.exists() or target.is_symlink())
+    return all(child.name in (own or set()) for child in target.iterdir())
+
+
 class UniPixel(nn.Module):
     """The UniPixel network. Submodules: backbone, sparse_prompt_encoder, m2l, l2m, mask_decoder."""
 
@@ -160,6 +173,7 @@ class UniPixel(nn.Module):
         from pixelqa.model import release
 
         self.cfg = cfg
+        self.kept_backbone_keys: set[str] = set()  # loaded backbone weights that differ from the base
         check_variant(cfg.memory.variant)
         check_choices(cfg)
         folder = release.inspect_folder(cfg.preset, cfg.path)  # kind of cfg.path: release | base | None
@@ -880,9 +894,16 @@ class UniPixel(nn.Module):
         )
 
     # ---- save / load ----------------------------------------------------------------------------------------
+    def keep_backbone_weights(self, keys: typing.Iterable[str]) -> None:
+        """Mark backbone state-dict keys loaded from a save or a checkpoint: they differ from the rebuilt base (a
+        stage's extra_trainable weights), so `trainable_state_dict` keeps them after they stop being trained."""
+        self.kept_backbone_keys |= {k for k in keys if k.startswith("backbone.")}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything that is ours: prompt encoder, projectors, SAM, new token rows, LoRA adapters."""
+        """Everything that is ours: prompt encoder, projectors, SAM, new token rows, LoRA adapters, and the backbone
+        weights trained now or loaded as trained (`keep_backbone_weights`)."""
         trained = {f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad}
+        trained |= self.kept_backbone_keys
         return {
             k: v.detach().cpu()
             for k, v in self.state_dict().items()
@@ -890,7 +911,14 @@ class UniPixel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config + our weights atomically (temp dir + rename); the base model is referenced by config."""
+        """Write config + our weights atomically (temp dir + rename); the base model is referenced by config.
+
+        `directory` may be new, empty or an earlier save; a folder holding anything else is refused."""
+        if not replaceable_folder(directory, {CONFIG_FILE, WEIGHTS_FILE}):
+            raise FileExistsError(
+                f"directory: {str(directory)!r} holds files other than a saved UniPixel's ({CONFIG_FILE}, "
+                f"{WEIGHTS_FILE}); expected a new folder, an empty one or an earlier save (it is replaced whole)"
+            )
         with atomic_folder(directory) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
             torch.save(self.trainable_state_dict(), tmp / WEIGHTS_FILE)
@@ -910,6 +938,7 @@ class UniPixel(nn.Module):
         model = cls(cfg)
         state = torch.load(root / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
+        model.keep_backbone_weights(state)
         ours = set(model.trainable_state_dict())
         missing = [k for k in missing if k in ours]
         if missing or unexpected:

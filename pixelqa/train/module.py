@@ -293,8 +293,7 @@ class UniPixelModule(L.LightningModule):
             checkpoint["pixelqa_stream"] = dict(self.stream_fingerprint)
         if self.base_reference is not None:
             checkpoint["pixelqa_base"] = dict(self.base_reference)
-        ours = {f"model.{k}" for k in self.model.trainable_state_dict()}
-        ours |= {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}  # extra_trainable
+        ours = {f"model.{k}" for k in self.model.trainable_state_dict()}  # extra_trainable weights included
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in ours}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -308,6 +307,7 @@ class UniPixelModule(L.LightningModule):
                 f"checkpoint: {len(missing)} weights of this model are absent (e.g. {missing[:3]}); expected a "
                 f"stage-{self.stage} checkpoint of the same model config (for another stage use init_from=)"
             )
+        self.model.keep_backbone_weights(k.removeprefix("model.") for k in checkpoint["state_dict"])
 
 
 class Stage1Module(UniPixelModule):
@@ -408,9 +408,13 @@ def _normalise_key(key: str) -> str:
     return key.replace("base_model.model.", "").replace(".base_layer", "")
 
 
-def read_checkpoint(path: str | Path, trust: bool = False, what: str = "init_from") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, trust: bool = False, what: str = "init_from", hint: str | None = None
+) -> dict[str, Any]:
     """Load a Lightning checkpoint on CPU without running code from it (`pixelqa.checkpoints`; `trust` lifts that),
-    with a clear error for a missing file; a refused file raises CheckpointError (a ValueError) naming `what`."""
+    with a clear error for a missing file; a refused file raises CheckpointError (a ValueError) naming `what`, and
+    `hint` (default: the recipe key) says how the caller trusts it."""
+    hint = hint or TRUST_HINT
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
@@ -418,26 +422,28 @@ def read_checkpoint(path: str | Path, trust: bool = False, what: str = "init_fro
                 path = candidate
                 break
     if path.is_dir() and (path / "checkpoint").is_dir():
-        return read_deepspeed_checkpoint(path, trust, what)
+        return read_deepspeed_checkpoint(path, trust, what, hint)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {str(path)!r} is not a checkpoint file (or a run folder holding one)")
-    return safe_torch_load(path, trust, what=what, hint=TRUST_HINT)
+    return safe_torch_load(path, trust, what=what, hint=hint)
 
 
 TRUST_HINT = "Set trust_checkpoint=true"  # how a recipe trusts a checkpoint that needs full unpickling
 DEEPSPEED_PREFIX = "_forward_module."  # Lightning's wrapper around the module inside the DeepSpeed engine
 
 
-def read_deepspeed_checkpoint(path: str | Path, trust: bool = False, what: str = "init_from") -> dict[str, Any]:
+def read_deepspeed_checkpoint(
+    path: str | Path, trust: bool = False, what: str = "init_from", hint: str | None = None
+) -> dict[str, Any]:
     """A DeepSpeed (ZeRO-1/2) checkpoint directory as a Lightning checkpoint dict: its client state (stage, global
     step, ...) with `state_dict` taken from the rank-0 model states (trained weights only, frozen ones excluded)."""
     files = sorted(Path(path).glob("checkpoint/mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(
-            f"init_from: {str(path)!r} has no checkpoint/mp_rank_00_model_states.pt; expected a DeepSpeed "
+            f"{what}: {str(path)!r} has no checkpoint/mp_rank_00_model_states.pt; expected a DeepSpeed "
             "checkpoint directory (ZeRO-3 shards need lightning's convert_zero_checkpoint_to_fp32_state_dict)"
         )
-    states = safe_torch_load(files[0], trust, what=what, hint=TRUST_HINT)
+    states = safe_torch_load(files[0], trust, what=what, hint=hint or TRUST_HINT)
     module = states.get("module") or {}
     ckpt = {k: v for k, v in states.items() if k not in ("module", "optimizer")}
     ckpt["state_dict"] = {k.removeprefix(DEEPSPEED_PREFIX): v for k, v in module.items()}
@@ -503,5 +509,6 @@ def load_init_weights(module: UniPixelModule, ckpt: Mapping[str, Any], path: str
             "expected a checkpoint of the same model preset/config"
         )
     module.load_state_dict(new_state, strict=False)
+    module.model.keep_backbone_weights(k.removeprefix("model.") for k in new_state)
     used = {_normalise_key(k) for k in new_state}
     return {"missing": missing, "skipped": sorted(set(source) - used)}
