@@ -147,7 +147,7 @@ def release_state_dict(model: UniPixel, dtype: torch.dtype) -> tuple[dict[str, t
 
 def check_out(out: str | Path, overwrite: bool = False) -> Path:
     """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` a folder replaced whole."""
-    from pixelqa.model.unipixel import replaceable_folder
+    from pixelqa.files import replaceable_folder
 
     target = Path(out)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -165,7 +165,7 @@ def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: 
     is replaced whole only with `overwrite` (it could be the base weights, or anything else)."""
     from safetensors.torch import save_file
 
-    from pixelqa.model.unipixel import atomic_folder
+    from pixelqa.files import atomic_folder
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")

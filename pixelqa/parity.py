@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from pixelqa.model.unipixel import UniPixel
 
     try:
+        if not Path(args.model_dir).is_dir():
+            raise ValueError(f"model_dir: {args.model_dir!r} is not a directory; expected a released UniPixel folder")
         folder = release.inspect_folder("unipixel-3b", args.model_dir)
         if folder.kind != "release":
             raise release.ReleaseError(

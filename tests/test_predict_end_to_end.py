@@ -162,6 +162,27 @@ def test_cli_video_file_with_point_box_mask_capped_frames(files, tmp_path, capsy
     assert not any(unicodedata.category(c) == "Cc" for c in printed.replace("\n", ""))
 
 
+def test_cli_output_replaces_an_earlier_run_whole_with_plain_modes(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(files / "tiny"), "--text", "Where?", "--max-new-tokens", "2", "--out", str(out)]
+    argv += ["--no-progress", "--propagation", "bidirectional"]
+    assert cli.main([*argv, "--media", str(files / "frames"), "--point", "10,10"]) == 0
+    assert (out / "overlay.gif").is_file() and len(list((out / "overlays").iterdir())) == 4
+    assert cli.main([*argv, "--media", str(files / "img.png"), "--point", "10,10"]) == 0
+    capsys.readouterr()
+    # the image run left nothing of the 4-frame run: no animation, one overlay, one annotation folder
+    assert sorted(p.name for p in out.iterdir()) == ["Annotations", "answer.txt", "masks.json", "overlays", "run.json"]
+    assert [p.name for p in (out / "overlays").iterdir()] == ["00000.png"]
+    assert [p.name for p in (out / "Annotations").iterdir()] == ["img"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["config"]["mask_decoder"]["propagation"] == "bidirectional"  # the switch as run
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [out, *out.rglob("*")]:
+        assert f.stat().st_mode & 0o777 == (0o777 if f.is_dir() else 0o666) & ~umask, f
+
+
 @pytest.mark.slow
 def test_cli_chat_two_rounds_naming_a_memory_object(files, tmp_path):
     out = tmp_path / "chat"

@@ -190,6 +190,8 @@ def inputs(tmp_path_factory):
     Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "empty_mask.png")
     (root / "empty_dir").mkdir()
     (root / "unused").mkdir()  # exists, so the model check passes; every case fails before loading
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("not predict's")
     return root
 
 
@@ -213,6 +215,11 @@ BAD = [
     (["--text", "Is <|ref|> red?"], ["--text", "holds 1 <|ref|> but 0 prompt"]),
     (["--max-frames", "0"], ["--max-frames", "got 0"]),
     (["--model", "{r}/no_model"], ["--model", "no_model", "does not exist"]),
+    (["--text", "Is <|mem|> red?"], ["--text", "<|mem|>", "the model or its processor writes"]),
+    (["--text", "Look <|image_pad|>"], ["--text", "<|image_pad|>", "plain text"]),
+    (["--out", "{r}/img.png"], ["--out", "img.png", "is not a folder"]),
+    (["--out", "{r}/foreign"], ["--out", "foreign", "holds files predict did not write"]),
+    (["--out", "{r}/img.png/sub"], ["--out", "img.png", "not a writable folder"]),
 ]
 
 

@@ -154,6 +154,16 @@ def test_parity_cli_refuses_a_base_model_and_missing_folders(tmp_path, capsys):
     assert parity.main([str(folder), str(CASES)]) == 2
     assert "parity needs a released UniPixel folder" in capsys.readouterr().err
     assert parity.main([str(tmp_path / "nowhere"), str(CASES)]) == 2
+    assert capsys.readouterr().err.startswith("error: model_dir: ")
+    # a truncated download: one line naming the file, from parity and from the model build alike
+    (tmp_path / "cut").mkdir()
+    cut = _copy(tmp_path / "cut")
+    data = (CHECKPOINT / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").unlink()  # a link to the shared fixture: never written through
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert parity.main([str(cut), str(CASES)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_round_trip_is_exact_on_the_release(tmp_path):
@@ -234,7 +244,7 @@ def test_export_cli_user_errors_exit_2(tmp_path, capsys):
 def test_save_pretrained_replaces_only_an_earlier_save(tmp_path):
     from model_fixtures import cached_model
 
-    from pixelqa.model.unipixel import atomic_folder
+    from pixelqa.files import atomic_folder
 
     model = cached_model()
     folder = tmp_path / "saved"

@@ -10,8 +10,6 @@ import base64
 import binascii
 import dataclasses
 import inspect
-import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -24,6 +22,7 @@ from PIL import Image
 
 from pixelqa import viz
 from pixelqa.demo.sessions import Session
+from pixelqa.files import atomic_file
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.outputs import write_outputs
 from pixelqa.predict.predictor import Prediction, Predictor
@@ -100,16 +99,13 @@ def thumbnail(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _zip_pngs(src: Path, dest: Path) -> None:
     """Zip every PNG under `src` (paths relative to it) into `dest`, atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=".masks.", suffix=".zip", dir=dest.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(src.rglob("*.png")):
                 zf.write(f, f.relative_to(src).as_posix())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_file(dest, write)
 
 
 def sam_progress(session: Session, predictor: Predictor, history: Prediction | None) -> dict[str, Any]:

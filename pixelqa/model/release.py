@@ -14,9 +14,11 @@ The config is built from the JSON dict: transformers 5.x `from_pretrained(folder
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -83,10 +85,20 @@ def read_config(root: Path) -> dict:
         raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
 
 
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """`safe_open` of one weight file; a truncated or damaged file is a ReleaseError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except SafetensorError as exc:
+        raise ReleaseError(f"{path}: not a readable safetensors file ({exc}); expected a complete download") from None
+
+
 def weight_map(root: Path) -> dict[str, str]:
     """Tensor name -> safetensors file, from the shard index or the single file (checked to exist)."""
-    from safetensors import safe_open
-
     index = root / INDEX_FILE
     if index.is_file():
         try:
@@ -100,7 +112,7 @@ def weight_map(root: Path) -> dict[str, str]:
         return dict(mapping)
     single = root / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
+        with open_safetensors(single) as f:
             return {k: SINGLE_FILE for k in f.keys()}
     return {}
 
@@ -187,14 +199,12 @@ def _fuser_name(name: str, to_release: bool) -> str:
 
 def read_tensors(folder: ModelFolder, names: list[str]) -> dict[str, torch.Tensor]:
     """The named tensors, file by file (one open per shard)."""
-    from safetensors import safe_open
-
     by_file: dict[str, list[str]] = {}
     for n in names:
         by_file.setdefault(folder.weight_map[n], []).append(n)
     out = {}
     for fname, keys in by_file.items():
-        with safe_open(str(folder.file(fname)), framework="pt") as f:
+        with open_safetensors(folder.file(fname)) as f:
             for k in keys:
                 out[k] = f.get_tensor(k)
     return out

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -31,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelqa.batch import Batch
+from pixelqa.files import atomic_folder, replaceable_folder
 from pixelqa.model import backbone as bb
 from pixelqa.model.chat import ChatResult, ChatState, chat_turn
 from pixelqa.model.config import UniPixelConfig
@@ -126,43 +124,6 @@ def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
                 raise ValueError(f"sample {b}: {kind} token count does not match {kind}_grid_thw")
         out.append(items)
     return out
-
-
-@contextmanager
-def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise).
-
-    An existing `directory` is replaced whole: callers decide whether it may be (`replaceable_folder`); a file or a
-    link there is refused here."""
-    target = Path(directory)
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets a plain folder's mode
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replaceable_folder(directory: str | os.PathLike, own: set[str] | None = None) -> bool:
-    """Whether writing a model to `directory` loses nothing: it is absent, empty, or holds only the names in `own`."""
-    target = Path(directory)
-    if not target.is_dir() or target.is_symlink():
-        return not (target.exists() or target.is_symlink())
-    return all(child.name in (own or set()) for child in target.iterdir())
 
 
 class UniPixel(nn.Module):
@@ -914,7 +875,7 @@ class UniPixel(nn.Module):
         """Write config + our weights atomically (temp dir + rename); the base model is referenced by config.
 
         `directory` may be new, empty or an earlier save; a folder holding anything else is refused."""
-        if not replaceable_folder(directory, {CONFIG_FILE, WEIGHTS_FILE}):
+        if not replaceable_folder(directory, lambda name: name in (CONFIG_FILE, WEIGHTS_FILE)):
             raise FileExistsError(
                 f"directory: {str(directory)!r} holds files other than a saved UniPixel's ({CONFIG_FILE}, "
                 f"{WEIGHTS_FILE}); expected a new folder, an empty one or an earlier save (it is replaced whole)"

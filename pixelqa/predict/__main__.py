@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", help="the question or instruction (optional with --chat: asked for)")
     for kind, meta in (("point", "x,y[,t]"), ("box", "x1,y1,x2,y2[,t]"), ("mask", "PNG[,t]")):
         parser.add_argument(f"--{kind}", dest="prompts", action=PromptAction, kind=kind, metavar=meta, default=[])
-    parser.add_argument("--out", default="predict_out", help="output folder (default: predict_out)")
+    parser.add_argument(
+        "--out",
+        default="predict_out",
+        help="output folder: new, empty or an earlier predict output, replaced whole (default: predict_out)",
+    )
     parser.add_argument("--max-frames", type=int, default=None, help="read at most N frames (uniform, prompts kept)")
     parser.add_argument("--llm-frames", type=int, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
@@ -82,14 +86,16 @@ def memory_summary(pred: Prediction) -> str:
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
+    from pixelqa.files import atomic_folder
     from pixelqa.predict.loading import load_model
-    from pixelqa.predict.outputs import write_outputs
+    from pixelqa.predict.outputs import check_out, write_outputs
     from pixelqa.predict.predictor import Predictor
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     progress = not args.no_progress
     _check_counts(args)
+    out = check_out(args.out)  # before any slow work: a file there, someone else's folder, no write access
     if not Path(args.model).exists():  # before any slow work
         raise PredictInputError(f"--model: {args.model!r} does not exist; expected a model folder or a checkpoint file")
     specs = [parse_prompt(kind, value) for kind, value in args.prompts]
@@ -117,7 +123,6 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     if args.propagation is not None:
         model.cfg.mask_decoder.propagation = args.propagation
     predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress, model_info=model_info)
-    out = Path(args.out)
     if not args.chat:
         pred = predictor.run(media, args.text, prompts)
         pred.timings.update(read_s=read_s, load_s=load_s)
@@ -126,6 +131,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         print(f"outputs: {out}", file=stdout)
         return 0
     pred, text, turn = None, args.text, 0
+    with atomic_folder(out):  # an earlier output (check_out: predict's own files) gives way to this session's turns
+        pass
     print("chat: type a message, /quit to end; name memory objects as [k]", file=stdout)
     while True:
         if text is None:

@@ -1,4 +1,4 @@
-"""What predict writes in OUT, every file atomically (a temporary name renamed into place):
+"""What predict writes in OUT, atomically (a temporary folder renamed into place, replacing an earlier output whole):
 
 answer.txt                     the answer text
 masks.json                     per object, per frame: COCO RLE (pycocotools) of its (H, W) mask
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,9 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from pixelqa import viz
+from pixelqa.files import atomic_folder, replaceable_folder
 from pixelqa.model.chat import Box, Mask, Point
+from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.predictor import Prediction
 
 
@@ -64,23 +64,31 @@ def id_map(masks: dict[int, np.ndarray], t: int, size: tuple[int, int]) -> np.nd
     return out
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """Run `write(tmp)` on a temporary file beside `path` (same suffix), then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+OUTPUT_NAMES = ("answer.txt", "masks.json", "Annotations", "overlays", "overlay.gif", "overlay.mp4", "run.json")
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically."""
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def is_output_name(name: str) -> bool:
+    """Whether a name in OUT is one predict writes (a turn folder `turnN` of `--chat` included)."""
+    return name in OUTPUT_NAMES or (name.startswith("turn") and name[4:].isdigit())
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` as predict may write it: a new name, an empty folder or an earlier predict output (replaced whole, so
+    no file of an earlier run is left beside the new ones); anything else is a PredictInputError naming --out."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise PredictInputError(f"--out: {str(out)!r} exists and is not a folder; expected a folder name")
+    if not replaceable_folder(out, is_output_name):
+        raise PredictInputError(
+            f"--out: {str(out)!r} holds files predict did not write; expected a new folder, an empty one or an "
+            "earlier predict output (it is replaced whole)"
+        )
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PredictInputError(f"--out: cannot create {str(out)!r}: {str(parent)!r} is not a writable folder")
+    return out
 
 
 def describe_prompt(p: Point | Box | Mask) -> dict[str, Any]:
@@ -116,19 +124,24 @@ def write_outputs(
 
     `prompt_args` are the prompts as typed on the command line (kept in run.json beside the normalised ones).
     """
+    out = check_out(out)
+    with atomic_folder(out) as tmp:
+        return _write(pred, tmp, prompt_args, progress)
+
+
+def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress: bool) -> dict[str, Any]:
+    """`write_outputs` into a fresh folder."""
     model_info = pred.model_info
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     media = pred.media
     frames = media.frames.permute(0, 2, 3, 1).cpu().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
     masks = {k: m.cpu().numpy().astype(bool) for k, m in pred.memory.items()}  # every object in memory
     size = media.size
     seq = Path(media.info.path).stem if media.info.path != "<tensor>" else "media"
     files: dict[str, Any] = {"answer": "answer.txt", "masks": "masks.json", "annotations": [], "overlays": []}
-    write_text(out / "answer.txt", pred.answer + "\n")
+    (out / "answer.txt").write_text(pred.answer + "\n", encoding="utf-8")
     rles = {str(k): [rle_encode(m[t]) for t in range(len(frames))] for k, m in masks.items()}
     doc = {"size": list(size), "frames": media.names, "frame_ids": media.frame_ids, "objects": rles}
-    write_text(out / "masks.json", json.dumps(doc))
+    (out / "masks.json").write_text(json.dumps(doc), encoding="utf-8")
     palette = davis_palette()
     drawn = _overlay_frames(frames, masks)
     bar = tqdm(total=len(frames), desc="writing frames", unit="frame", disable=not progress)
@@ -136,17 +149,18 @@ def write_outputs(
         png = Image.frombytes("P", (size[1], size[0]), id_map(masks, t, size).tobytes())  # indices kept as they are
         png.putpalette(palette)
         rel = f"Annotations/{seq}/{name}.png"
-        _atomic(out / rel, lambda tmp, im=png: im.save(tmp, format="PNG"))
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        png.save(out / rel, format="PNG")
         files["annotations"].append(rel)
         rel = f"overlays/{name}.png"
-        _atomic(out / rel, lambda tmp, t=t: viz.save_png(drawn[t], tmp))
+        viz.save_png(drawn[t], out / rel)
         files["overlays"].append(rel)
         bar.update(1)
     bar.close()
     if len(frames) > 1:
         fps = media.info.fps or 4.0
-        _atomic(out / "overlay.gif", lambda tmp: viz.save_gif(drawn, tmp, fps=min(fps, 25.0)))
-        _atomic(out / "overlay.mp4", lambda tmp: viz.save_mp4(drawn, tmp, fps=fps))
+        viz.save_gif(drawn, out / "overlay.gif", fps=min(fps, 25.0))
+        viz.save_mp4(drawn, out / "overlay.mp4", fps=fps)
         files.update(gif="overlay.gif", mp4="overlay.mp4")
     ids = media.frame_ids
     run = {
@@ -184,5 +198,5 @@ def write_outputs(
         "files": files,
         "versions": {"torch": torch.__version__},
     }
-    write_text(out / "run.json", json.dumps(run, indent=2))
+    (out / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
     return run

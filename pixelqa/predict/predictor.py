@@ -263,5 +263,5 @@ class Predictor:
             state=result.state,
             timings=timings,
             turn=history.turn + 1 if history is not None else 1,
-            model_info=self.model_info,
+            model_info={**self.model_info, "config": asdict(self.model.cfg)},  # as run (switches set since load)
         )

@@ -10,6 +10,7 @@ holds none.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,14 @@ def place_refs(text: str, object_ids: list[int]) -> str:
     """The text with one `<|ref|>` per prompt: as given when it holds them, else `[k] <|ref|>` put before it."""
     if not text or not text.strip():
         raise PredictInputError("--text: got an empty text, expected a question or instruction")
+    # the model's own markers (<|seg|>, <|mem|>, the chat template's <|im_start|>, <|image_pad|>, ...) are written
+    # by the model or the processor; typed by a user they would misalign memory, masks or media tokens
+    for token in re.findall(r"<\|[A-Za-z_]+\|>", text):
+        if token != REF:
+            raise PredictInputError(
+                f"--text: holds {token}, a token the model or its processor writes; expected plain text, with "
+                f"{REF} marking where a prompt goes and [k] naming a memory object"
+            )
     n = count_ref(text)
     if n == len(object_ids):
         return text

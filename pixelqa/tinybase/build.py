@@ -63,7 +63,7 @@ def vlm_half(vit: VisionSettings, vlm: VlmSettings, target: Path, threads: int) 
 
 def build(out: Path, vit: VisionSettings, vlm: VlmSettings, sam: SamSettings, jobs: int = 1) -> dict:
     """Train both halves and write the base folder atomically; returns its card."""
-    from pixelqa.model.unipixel import atomic_folder
+    from pixelqa.files import atomic_folder
 
     with atomic_folder(out) as tmp:
         if jobs > 1:
