@@ -315,6 +315,37 @@ def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str
         raise RecipeError(f"{where}: key {key!r} has a value of the wrong type or shape ({reason})") from None
 
 
+# numeric keys a run cannot use outside these bounds: (key, lowest allowed, what the error says is expected)
+RANGES: tuple[tuple[str, float, str], ...] = (
+    ("data.batch_size", 1, "an integer >= 1"),
+    ("data.global_batch_size", 1, "null or an integer >= 1"),
+    ("data.val_batch_size", 1, "an integer >= 1"),
+    ("data.num_frames", 1, "an integer >= 1"),
+    ("data.num_workers", 0, "an integer >= 0"),
+    ("data.max_tokens", 1, "an integer >= 1"),
+    ("data.max_redraws", 0, "an integer >= 0"),
+    ("data.val_samples", 1, "null or an integer >= 1"),
+    ("trainer.accumulate_grad_batches", 1, "an integer >= 1"),
+    ("trainer.num_nodes", 1, "an integer >= 1"),
+    ("trainer.keep_checkpoints", 1, "an integer >= 1"),
+    ("trainer.checkpoint_every_n_steps", 1, "null or an integer >= 1"),
+    ("trainer.cpu_threads", 1, "null or an integer >= 1"),
+    ("optim.lr", 0, "a learning rate >= 0"),
+    ("optim.decoder_lr", 0, "a learning rate >= 0"),
+    ("optim.backbone_lr", 0, "null or a learning rate >= 0"),
+    ("optim.weight_decay", 0, "a value >= 0"),
+    ("optim.warmup_ratio", 0, "a fraction in [0, 1]"),
+)
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key, low, expected in RANGES:
+        value = OmegaConf.select(cfg, key)
+        too_high = key == "optim.warmup_ratio" and value is not None and value > 1
+        if value is not None and (value < low or too_high):
+            raise RecipeError(f"{key}={value!r} is out of range; expected {expected}")
+
+
 def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictConfig:
     """Compose and check a recipe from command-line style arguments (`recipe=stage3 model=tiny a.b=1`).
 
@@ -340,6 +371,7 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
             cfg = _merge_checked(cfg, layer, f"{group}={name}")
     cfg = _merge_checked(cfg, dotlist, "command line")
     _check_choices(cfg)
+    _check_ranges(cfg)
     cfg.presets = {g: n for g, n in order if g != "_self_"}
     return cfg
 

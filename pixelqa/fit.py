@@ -173,7 +173,7 @@ def preflight(recipe: Recipe) -> dict | None:
 
 def banner(recipe: Recipe) -> str:
     """What this run is: the embedded demo (and how to run the paper setting) or a user setting."""
-    demo = all(recipe.presets.get(g) == p for g, p in DEMO_PRESETS.items())
+    demo = all(recipe.presets.get(g) == p for g, p in DEMO_PRESETS.items()) and recipe.model.path is None
     if not demo:
         return (
             f"PixelQA fit: recipe={recipe.name}, stage {recipe.stage}, "

@@ -364,3 +364,21 @@ def test_a_sharded_release_loads_and_keeps_parity(tmp_path):
     model = _build(folder).eval()
     reports = parity.run_parity(model, CASES, ["prompts"])
     assert not reports[0].failures, reports[0].line()
+
+
+def test_the_demo_scale_fine_tunes_a_release_with_a_tied_head():
+    from omegaconf import OmegaConf
+
+    from pixelqa.config import load_recipe, to_object
+    from pixelqa.fit import banner
+    from pixelqa.train.module import Stage3Module
+
+    cfg = load_recipe(["recipe=stage3", "model=unipixel-3b", f"model.path={CHECKPOINT}"])
+    assert "lm_head" in cfg.optim.extra_trainable  # the demo scale trains the LM head ...
+    assert "EMBEDDED DEMO" not in banner(to_object(cfg))  # ... but this is the user's model, not the demo's
+    module = Stage3Module(
+        OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optim, resolve=True), 10
+    )
+    qwen = module.model.qwen
+    assert qwen.lm_head.weight is qwen.get_input_embeddings().weight  # tied, as the 3B release
+    assert qwen.lm_head.weight.requires_grad  # the tied matrix is the head that trains

@@ -140,7 +140,8 @@ class UniPixelModule(L.LightningModule):
         self.model.mask_decoder.train_image_encoder = "mask_decoder_image_encoder" in extra_groups
         extra = list(self.optim_cfg.get("extra_trainable") or [])
         hits = {pat: 0 for pat in extra}
-        for pname, p in self.model.named_parameters():
+        # every name a parameter has: a tied LM head (the 3B release) is the input embedding under `lm_head.weight`
+        for pname, p in self.model.named_parameters(remove_duplicate=False):
             for pat in extra:
                 if pat in pname:
                     p.requires_grad_(True)
