@@ -82,4 +82,4 @@ def test_batched_passes_count_every_sample_through_packed_items(tmp_path):
 def test_batch_below_one_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_data(["--batch", "0"])
-    assert exit_info.value.code == 2 and "--batch: got 0, expected at least 1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--batch: got 0, expected an integer >= 1" in capsys.readouterr().err

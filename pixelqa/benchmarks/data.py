@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from pixelqa.benchmarks import check_common
 from pixelqa.data import masks, synthetic
 from pixelqa.data.catalog import get_source
 from pixelqa.data.loader import frame_indices, make_dataset, object_masks, used_objects
@@ -250,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the data benchmark and print its figures."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.batch < 1:
-        p.error(f"--batch: got {args.batch}, expected at least 1")
+    args = build_parser().parse_args(argv)
+    check_common(args)
     torch.set_num_threads(1)
     default_ext = synthetic.FRAME_EXT
     if args.source == "synthetic":

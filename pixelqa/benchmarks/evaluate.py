@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pixelqa.benchmarks import argument_error, check_common
 from pixelqa.benchmarks.model import build_model
 from pixelqa.data import masks as rle_masks
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, encode_frame
@@ -143,12 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     from pixelqa.eval.generation import chat_answer_fn, predictor_answer_fn
 
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible")
+    check_common(args)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown:
-        raise SystemExit(f"error: --only: got {unknown}, expected some of {list(BENCHMARKS)}")
+        argument_error(f"--only: got {unknown}, expected some of {list(BENCHMARKS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = args.size or (112 if args.preset == "tiny" else 448)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pixelqa.batch import Batch
+from pixelqa.benchmarks import check_common
 from pixelqa.benchmarks.model import (
     autocast,
     build_model,
@@ -343,6 +344,7 @@ def _fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run every figure that fits the budget; exit 2 at once without CUDA."""
     args = build_parser().parse_args(argv)
+    check_common(args, cuda=False)  # its own CUDA message below
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail("needs a CUDA GPU and torch.cuda.is_available() is False here; run it on a GPU machine")
     presets = [p for p in args.presets.split(",") if p]

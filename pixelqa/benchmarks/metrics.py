@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixelqa.benchmarks import argument_error, check_common
 from pixelqa.benchmarks.davis_reference import (
     reference_boundary_f,
     reference_jaccard,
@@ -106,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op thread counts to time ours with, comma-separated (0: torch's default; default 1,0)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DAVIS 2017 result masks (osvos/ and rvos/)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="DAVIS 2017 result masks (osvos/ and rvos/); default: the shared copy, else the synthetic clip",
+    )
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic ellipse clip even if data exists")
     return parser
 
@@ -119,12 +125,16 @@ def main(argv: list[str] | None = None) -> None:
 
     default_threads = torch.get_num_threads()
     thread_counts = _thread_counts(args.threads, default_threads)
+    check_common(args)
+    if args.data is not None and not all((args.data / d).is_dir() for d in ("osvos", "rvos")):
+        argument_error(f"--data: {str(args.data)!r} lacks osvos/ or rvos/; expected the DAVIS 2017 result masks")
     cv2.setNumThreads(1)  # the reference as published: one thread
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    if args.data.is_dir() and not args.synthetic:
-        clips = davis_clips(args.data)
+    data = args.data or DEFAULT_DATA
+    if data.is_dir() and not args.synthetic:
+        clips = davis_clips(data)
         source = f"DAVIS 2017 results ({len(clips)} object clips, {sum(c[1].shape[0] for c in clips)} frames)"
     else:
         clips = [("ellipses", *synthetic_clip())]

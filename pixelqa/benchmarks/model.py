@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pixelqa.batch import Batch, MemoryRef, VisualPrompt
+from pixelqa.benchmarks import check_common
 from pixelqa.model.config import LoraConfig, MaskDecoderConfig, UniPixelConfig
 from pixelqa.prompt_format import REF, SEG, memory_prompt, object_tag
 
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its figures; the last lines are `name: value`."""
     args = build_parser().parse_args(argv)
+    check_common(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tiny = args.preset == "tiny"

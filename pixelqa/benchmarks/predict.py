@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pixelqa.batch import Batch
+from pixelqa.benchmarks import check_common
 from pixelqa.benchmarks.model import build_model
 
 if TYPE_CHECKING:
@@ -98,13 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     from pixelqa.model.generation import greedy_generate
 
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible")
+    check_common(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = args.size or (112 if args.preset == "tiny" else 448)
     # as built: the LLM in bfloat16 for real presets, SAM and the new modules in float32 (no whole-model cast)
-    model = build_model(args.preset, args.device, llm_dtype=args.llm_dtype).eval()
+    model = build_model(args.preset, args.device, args.path, llm_dtype=args.llm_dtype).eval()
     clip = _clip(args.frames, size)
     state = ChatState(clip, "video", ObjectMemoryBank(args.frames))
     filler = "Describe every object in the video, where it moves and what it does. "
