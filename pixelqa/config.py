@@ -335,6 +335,7 @@ RANGES: tuple[tuple[str, float, str], ...] = (
     ("optim.backbone_lr", 0, "null or a learning rate >= 0"),
     ("optim.weight_decay", 0, "a value >= 0"),
     ("optim.warmup_ratio", 0, "a fraction in [0, 1]"),
+    ("eval.max_samples", 1, "null (every sample) or an integer >= 1"),  # 0 scores nothing; < 0 slices from the end
 )
 
 

@@ -1,7 +1,7 @@
 """The suite runner (pixelqa.eval.suite / suite_runner) on shards built by the real converters from fixtures in
 the datasets' own file formats: hand-computed ReVOS rows for an oracle and an empty predictor, skip messages with
-the build command, resume after a failure, the paper-style table, DDP (gloo) scoring every sample exactly once,
-and the CLI end to end with the tiny model."""
+the build command, resume after a failure, reruns under other settings refused (fingerprints), the paper-style
+table, DDP (gloo) scoring every sample exactly once, and the CLI end to end with the tiny model."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from pixelqa.eval.suite import (
     merge_records,
     missing_shards,
     paper_rows,
+    read_records,
     rows_markdown,
     run_benchmark,
 )
-from pixelqa.eval.suite_runner import run_suite_benchmarks
+from pixelqa.eval.suite_runner import check_stale, run_suite_benchmarks
 
 REVOS = BenchmarkSpec("revos", "revos", "valid", "revos", "Tab. 1", {"3b": {"J&F": 62.1}})
 MEVIS = BenchmarkSpec("mevis_valid_u", "mevis", "valid_u", "mevis")
@@ -99,6 +100,122 @@ def test_resume_scores_only_the_rest_and_finished_benchmarks_are_kept(shards, tm
     assert [r["key"] for r in merge_records(path.parent)] == ["x"]
 
 
+CKPT_A = {"checkpoint_sha256": "a" * 64, "model.path": "/release"}
+CKPT_B = {"checkpoint_sha256": "b" * 64, "model.path": None}
+
+
+def test_rerun_with_another_checkpoint_or_limit_is_refused_not_reused(shards, tmp_path):
+    run_benchmark(REVOS, oracle, shards, tmp_path, fingerprint=CKPT_A)
+    first = finish_benchmark(REVOS, shards, tmp_path, fingerprint=CKPT_A)
+    assert first.provenance["samples"] == 3
+    # identical settings: the finished result is reused as it is, nothing is asked again
+    assert run_benchmark(REVOS, empty, shards, tmp_path, fingerprint=CKPT_A) == 0
+    assert finish_benchmark(REVOS, shards, tmp_path, fingerprint=CKPT_A).metrics == first.metrics
+    folder = tmp_path / "revos"
+    with pytest.raises(SuiteError) as err:  # another checkpoint and no model.path: both named, old -> new
+        run_benchmark(REVOS, empty, shards, tmp_path, fingerprint=CKPT_B)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder}: result.json") and "\n" not in msg
+    assert "checkpoint_sha256: aaaaaaaaaaaa then, bbbbbbbbbbbb now" in msg
+    assert "model.path: '/release' then, None now" in msg
+    assert "new output_dir" in msg and "suite.fresh=true" in msg
+    # 3 expressions were scored; a rerun on the first 2 must not report the 3-sample result
+    with pytest.raises(SuiteError, match="max_samples: None then, 2 now"):
+        run_benchmark(REVOS, empty, shards, tmp_path, limit=2, fingerprint=CKPT_A)
+    with pytest.raises(SuiteError, match="max_samples: None then, 2 now"):
+        finish_benchmark(REVOS, shards, tmp_path, limit=2, fingerprint=CKPT_A)
+    assert json.loads((folder / "result.json").read_text())["metrics"] == first.metrics  # untouched
+
+
+def test_records_resume_only_under_the_same_fingerprint(shards, tmp_path):
+    calls = []
+
+    def flaky(request):
+        calls.append(request.sample.key)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return oracle(request)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_benchmark(REVOS, flaky, shards, tmp_path, fingerprint=CKPT_A)
+    with pytest.raises(SuiteError, match="records.rank0.jsonl was not scored with these settings"):
+        run_benchmark(REVOS, empty, shards, tmp_path, fingerprint=CKPT_B)
+    assert len(calls) == 2  # the refused run asked nothing
+    # the records of sample 0 are resumed by a run on the first 2 samples (same records, smaller limit)
+    assert run_benchmark(REVOS, empty, shards, tmp_path, limit=2, fingerprint=CKPT_A) == 1
+    result = finish_benchmark(REVOS, shards, tmp_path, limit=2, fingerprint=CKPT_A)
+    assert result.provenance["samples"] == 2 and result.provenance["fingerprint"]["max_samples"] == 2
+    texts = [r["text"] for r in merge_records(tmp_path / "revos", limit=2)]
+    assert texts == ["", "no idea"]  # sample 0 kept from the oracle, sample 1 from the new run
+
+
+def test_results_and_records_without_a_fingerprint_are_not_trusted(shards, tmp_path):
+    run_benchmark(REVOS, oracle, shards, tmp_path)
+    finish_benchmark(REVOS, shards, tmp_path)
+    done = tmp_path / "revos" / "result.json"
+    data = json.loads(done.read_text())
+    del data["provenance"]["fingerprint"]  # as written before fingerprints were kept
+    done.write_text(json.dumps(data))
+    with pytest.raises(SuiteError, match="result.json was not produced with these settings .no fingerprint recorded"):
+        run_benchmark(REVOS, oracle, shards, tmp_path)
+    old = tmp_path / "old" / "revos" / "records.rank0.jsonl"  # a records file of the old format: no header line
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"key": "x", "index": 0, "text": ""}) + "\n")
+    with pytest.raises(SuiteError, match="records.rank0.jsonl was not scored with these settings .no fingerprint"):
+        run_benchmark(REVOS, oracle, shards, tmp_path / "old")
+
+
+def test_fresh_moves_stale_benchmarks_aside_and_keeps_matching_ones(shards, tmp_path):
+    run_benchmark(REVOS, empty, shards, tmp_path, fingerprint=CKPT_A)
+    finish_benchmark(REVOS, shards, tmp_path, fingerprint=CKPT_A)
+    assert check_stale([REVOS], shards, tmp_path, CKPT_A, None, fresh=False) == []  # matching: nothing to do
+    with pytest.raises(SuiteError, match="checkpoint_sha256"):
+        check_stale([REVOS], shards, tmp_path, CKPT_B, None, fresh=False)
+    assert check_stale([REVOS], shards, tmp_path, CKPT_B, None, fresh=True) == [tmp_path / "revos.stale-1"]
+    assert (tmp_path / "revos.stale-1" / "result.json").is_file() and not (tmp_path / "revos").exists()
+    run_benchmark(REVOS, oracle, shards, tmp_path, fingerprint=CKPT_B)
+    assert finish_benchmark(REVOS, shards, tmp_path, fingerprint=CKPT_B).metrics["J&F"] == pytest.approx(1.0)
+
+
+def test_cli_rerun_into_a_stale_output_dir_is_one_line_before_the_model_loads(shards, tmp_path, capsys, monkeypatch):
+    import pixelqa.eval.model_loading as ml
+    from pixelqa.evaluate import main
+
+    def no_model(*args):
+        raise AssertionError("the model must not load for a refused rerun")
+
+    monkeypatch.setattr(ml, "load_model", no_model)
+    out = tmp_path / "run" / "suite-paper"
+    run_benchmark(REVOS, oracle, shards, out)  # scored under other settings (a bare run: no checkpoint, no model)
+    finish_benchmark(REVOS, shards, out)
+    args = ["suite=paper", "suite.only=revos", f"data.shards={shards}", f"output_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as err:
+        main([*args, "tracking.enabled=false"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip()
+    assert "\n" not in msg and msg.startswith(f"recipe error: {out / 'revos'}: result.json was not produced")
+    assert "model.preset: None then, 'tiny' now" in msg
+
+
+def test_cli_unknown_benchmark_names_and_bad_max_samples_are_recipe_errors(shards, tmp_path, capsys):
+    from pixelqa.evaluate import main
+
+    for only, bad in (("bogus", "bogus"), ("revos,refdavis", "refdavis")):
+        with pytest.raises(SystemExit) as err:
+            main(["suite=paper", f"suite.only={only}", f"data.shards={shards}", "tracking.enabled=false"])
+        assert err.value.code == 2
+        msg = capsys.readouterr().err.strip()
+        assert msg.startswith(f"recipe error: suite.only: got {bad!r}") and "'ref_davis17'" in msg and "\n" not in msg
+    for value in ("-3", "0"):
+        for form in (["recipe=stage3"], ["suite=paper", f"data.shards={shards}"]):
+            with pytest.raises(SystemExit) as err:
+                main([*form, f"eval.max_samples={value}", f"output_dir={tmp_path}", "tracking.enabled=false"])
+            assert err.value.code == 2
+            msg = capsys.readouterr().err.strip()
+            expected = f"eval.max_samples={value} is out of range; expected null (every sample) or an integer >= 1"
+            assert msg == f"recipe error: {expected}"
+
+
 def test_skip_message_names_the_build_command_and_table(shards, tmp_path):
     reason = missing_shards(MEVIS, shards)
     assert reason.endswith(f"python -m pixelqa.data build mevis --root RAW/mevis --out {shards} --split valid_u")
@@ -150,7 +267,7 @@ def test_ddp_gloo_scores_every_sample_once(shards, tmp_path):
     # fork: the workers inherit the imports (spawn would re-import torch and pixelqa in each, ~20 s here)
     args = (2, str(shards), str(tmp_path), str(tmp_path / "init"))
     torch.multiprocessing.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method="fork")
-    ranks = [[json.loads(x)["key"] for x in (tmp_path / "revos" / f"records.rank{r}.jsonl").open()] for r in (0, 1)]
+    ranks = [list(read_records(tmp_path / "revos" / f"records.rank{r}.jsonl")) for r in (0, 1)]
     assert [len(k) for k in ranks] == [2, 1] and not set(ranks[0]) & set(ranks[1])  # samples 0, 2 | 1
     single = tmp_path / "single"
     run_benchmark(REVOS, oracle, shards, single)
@@ -178,16 +295,15 @@ def test_cli_suite_end_to_end_with_the_tiny_model(shards, tmp_path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    metrics = run(
-        [
-            "suite=paper",
-            "suite.only=revos,mevis_valid_u",
-            "suite.max_new_tokens=4",
-            f"data.shards={shards}",
-            f"output_dir={tmp_path / 'run'}",
-            "eval.max_samples=2",
-        ]
-    )
+    args = [
+        "suite=paper",
+        "suite.only=revos,mevis_valid_u",
+        "suite.max_new_tokens=4",
+        f"data.shards={shards}",
+        f"output_dir={tmp_path / 'run'}",
+        "eval.max_samples=2",
+    ]
+    metrics = run(args)
     assert set(metrics) >= {"revos/J&F", "revos/R", "revos/R_as_run"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     out = tmp_path / "run" / "suite-paper"
@@ -204,6 +320,13 @@ def test_cli_suite_end_to_end_with_the_tiny_model(shards, tmp_path, monkeypatch,
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert "revos/J_and_F" in child.data.metrics
     assert np.isclose(child.data.metrics["revos/J_and_F"], metrics["revos/J&F"])
+    # the same command again reuses the finished result; another limit is refused, naming it
+    records = (out / "revos" / "records.rank0.jsonl").read_text()
+    assert run(args) == metrics and (out / "revos" / "records.rank0.jsonl").read_text() == records
+    from pixelqa.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"revos: result.json was not produced .*max_samples: 2 then, 1 now"):
+        run([*args[:-1], "eval.max_samples=1"])
 
 
 def test_pixelqa_and_videorefer_q_on_converter_shards(tmp_path):

@@ -9,8 +9,11 @@
 
 Resumable: each rank appends one JSON line per scored sample to `<out>/<benchmark>/records.rank<r>.jsonl` (flushed
 per line; a torn last line is ignored), and a rerun skips the keys already there; a finished benchmark has a
-`result.json` and is not run again. Multi-process: sample i goes to rank i % world (every sample exactly once);
-rank 0 merges the files after a barrier and fails when a sample is missing or scored twice.
+`result.json` and is not run again. Both carry a fingerprint of what produced them (`benchmark_fingerprint`: the
+run's checkpoint and model settings, the protocol, the shards' manifests; the result also the sample limit), and
+are reused only when it matches: otherwise `stale_reason` names the difference and the run stops (or, asked to,
+`set_aside` moves the folder away and it is scored again). Multi-process: sample i goes to rank i % world (every
+sample exactly once); rank 0 merges the files after a barrier and fails when a sample is missing or scored twice.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pixelqa.eval.official import Protocol, as_prediction, get_official
 
 RESULT_FILE = "result.json"
 RECORDS = "records.rank{rank}.jsonl"
+LIMIT_KEY = "max_samples"  # the fingerprint key of the sample limit: part of a result's, not of the records'
+FRESH_HINT = "score into a new output_dir, or add suite.fresh=true to move the old results aside and score again"
 
 
 class SuiteError(ValueError):
@@ -145,11 +150,13 @@ def iter_benchmark_samples(spec: BenchmarkSpec, shards: str | Path, damage: Any 
 # ------------------------------------------------------------------------------------------------ records
 
 
-def read_records(path: Path) -> dict[str, dict]:
-    """key -> record of one JSON-lines file; a torn last line (a kill mid-write) is ignored."""
+def read_records_file(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """(fingerprint header or None, key -> record) of one JSON-lines file; a torn last line (a kill mid-write) is
+    ignored."""
+    header: dict | None = None
     out: dict[str, dict] = {}
     if not path.is_file():
-        return out
+        return header, out
     lines = path.read_text().splitlines()
     for i, line in enumerate(lines):
         try:
@@ -158,8 +165,92 @@ def read_records(path: Path) -> dict[str, dict]:
             if i == len(lines) - 1:
                 break
             raise SuiteError(f"{path}: line {i + 1} is not JSON; delete the file to score its samples again") from None
+        if i == 0 and "fingerprint" in rec and "key" not in rec:
+            header = rec["fingerprint"]
+            continue
         out[rec["key"]] = rec
-    return out
+    return header, out
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    """key -> record of one JSON-lines file (the fingerprint header left out); a torn last line is ignored."""
+    return read_records_file(path)[1]
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+
+def benchmark_fingerprint(
+    spec: BenchmarkSpec, shards: str | Path, run: dict[str, Any] | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """What determines a benchmark's numbers: the run's part (checkpoint, model settings, ...), the protocol, the
+    shards' manifest checksums and the sample limit."""
+    return {
+        **(run or {}),
+        "source": spec.source,
+        "split": spec.split,
+        "protocol": spec.protocol,
+        "shard_manifests": manifest_checksums(shards, spec.source, spec.split),
+        LIMIT_KEY: limit,
+    }
+
+
+def records_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The part of a fingerprint that per-sample records depend on: a sample scored under a smaller limit is the
+    same record, so a run with a larger one resumes them."""
+    return {k: v for k, v in fingerprint.items() if k != LIMIT_KEY}
+
+
+def _shown(value: Any) -> str:
+    """A fingerprint value for a message: hashes and mappings shortened to 12 hex digits."""
+    if isinstance(value, dict):
+        return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return repr(value)
+
+
+def fingerprint_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """None when `old` equals `new`; else what differs, as `key: old -> new` (or that nothing was recorded)."""
+    if old is None:
+        return "no fingerprint recorded (written before fingerprints were kept)"
+    # JSON round trip: tuples and lists, int and float keys compare as stored
+    new = json.loads(json.dumps(_json_safe(new)))
+    keys = [k for k in list(old) + [k for k in new if k not in old] if old.get(k, None) != new.get(k, None)]
+    if not keys:
+        return None
+    return "; ".join(f"{k}: {_shown(old.get(k))} then, {_shown(new.get(k))} now" for k in keys)
+
+
+def stale_reason(spec: BenchmarkSpec, out: str | Path, fingerprint: dict[str, Any]) -> str | None:
+    """None when the benchmark's result and records under `out` (if any) were produced under `fingerprint`; else
+    the one-line reason naming the folder, what differs and how to go on."""
+    folder = Path(out) / spec.name
+    done = folder / RESULT_FILE
+    if done.is_file():
+        stored = json.loads(done.read_text()).get("provenance", {}).get("fingerprint")
+        diff = fingerprint_diff(stored, fingerprint)
+        if diff:
+            return f"{folder}: {RESULT_FILE} was not produced with these settings ({diff}); {FRESH_HINT}"
+        return None  # a matching result is reused; its records are not read again
+    for path in sorted(folder.glob("records.rank*.jsonl")):
+        header, records = read_records_file(path)
+        # a file with no records (only a header, or a kill before the first line) holds nothing to reuse
+        diff = fingerprint_diff(header, records_fingerprint(fingerprint)) if records else None
+        if diff:
+            return f"{folder}: {path.name} was not scored with these settings ({diff}); {FRESH_HINT}"
+    return None
+
+
+def set_aside(folder: str | Path) -> Path:
+    """Rename a benchmark folder to `<folder>.stale-<n>` (the first free n) so it is kept but not reused."""
+    folder = Path(folder)
+    n = 1
+    while folder.with_name(f"{folder.name}.stale-{n}").exists():
+        n += 1
+    target = folder.with_name(f"{folder.name}.stale-{n}")
+    os.replace(folder, target)
+    return target
 
 
 def _json_safe(value: Any) -> Any:
@@ -189,9 +280,15 @@ def run_benchmark(
     rank: int = 0,
     world: int = 1,
     limit: int | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> int:
     """Score this rank's share (sample i where i % world == rank) of the first `limit` samples; returns how many
-    this call scored (samples already in the rank's records file are skipped)."""
+    this call scored (samples already in the rank's records file are skipped). `fingerprint` is the run's part of
+    `benchmark_fingerprint`; stored results or records made under another one raise SuiteError."""
+    fp = benchmark_fingerprint(spec, shards, fingerprint, limit)
+    reason = stale_reason(spec, out, fp)
+    if reason:
+        raise SuiteError(reason)
     out = Path(out) / spec.name
     out.mkdir(parents=True, exist_ok=True)
     if (out / RESULT_FILE).is_file():
@@ -199,7 +296,9 @@ def run_benchmark(
     protocol = get_official(spec.protocol)
     _prepare(protocol, spec, out)
     path = out / RECORDS.format(rank=rank)
-    done = read_records(path)
+    header, done = read_records_file(path)
+    if not done:  # nothing scored yet (new file, a header only, a torn first line): start it with this header
+        path.write_text(json.dumps(_json_safe({"fingerprint": records_fingerprint(fp)})) + "\n")
     scored = 0
     with path.open("a") as f:
         for i, sample in enumerate(iter_benchmark_samples(spec, shards)):
@@ -217,12 +316,21 @@ def run_benchmark(
     return scored
 
 
-def merge_records(out: str | Path, expected: int | None = None) -> list[dict]:
-    """Every rank's records of one benchmark folder, in sample order; a key scored twice or a gap is an error."""
+def merge_records(
+    out: str | Path, expected: int | None = None, fingerprint: dict[str, Any] | None = None, limit: int | None = None
+) -> list[dict]:
+    """Every rank's records of one benchmark folder (those of the first `limit` samples), in sample order; a key
+    scored twice, a gap, or a file whose header differs from the records `fingerprint` (when given) is an error."""
     out = Path(out)
     merged: dict[str, dict] = {}
     for path in sorted(out.glob("records.rank*.jsonl")):
-        for key, rec in read_records(path).items():
+        header, records = read_records_file(path)
+        diff = fingerprint_diff(header, fingerprint) if fingerprint is not None and records else None
+        if diff:
+            raise SuiteError(f"{out}: {path.name} was not scored with these settings ({diff}); {FRESH_HINT}")
+        for key, rec in records.items():
+            if limit is not None and rec["index"] >= limit:
+                continue  # scored by an earlier run with a larger limit: not part of this result
             if key in merged:
                 raise SuiteError(f"{out}: sample {key!r} was scored by two ranks; expected each sample once")
             merged[key] = rec
@@ -244,17 +352,22 @@ def finish_benchmark(
     out: str | Path,
     provenance: dict[str, Any] | None = None,
     limit: int | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> BenchmarkResult:
-    """Merge the ranks' records, aggregate them into rows and write result.json (atomically); a finished benchmark's
-    stored result is returned as it is."""
+    """Merge the ranks' records, aggregate them into rows and write result.json (atomically, with its fingerprint);
+    a finished benchmark's stored result is returned as it is when its fingerprint matches (else SuiteError)."""
     folder = Path(out) / spec.name
     done = folder / RESULT_FILE
+    fp = benchmark_fingerprint(spec, shards, fingerprint, limit)
+    reason = stale_reason(spec, out, fp)
+    if reason:
+        raise SuiteError(reason)
     if done.is_file():
         data = json.loads(done.read_text())
         return BenchmarkResult(spec.name, data["rows"], data["metrics"], data["provenance"])
     expected = sum(1 for _ in iter_benchmark_samples(spec, shards))
     expected = min(expected, limit) if limit is not None else expected
-    records = merge_records(folder, expected)
+    records = merge_records(folder, expected, records_fingerprint(fp), limit)
     protocol = get_official(spec.protocol)
     rows = protocol.aggregate(records)
     if spec.protocol in ("mevis_server", "ref_youtube_vos"):
@@ -273,7 +386,8 @@ def finish_benchmark(
         "source": spec.source,
         "split": spec.split,
         "samples": len(records),
-        "shard_manifests": manifest_checksums(shards, spec.source, spec.split),
+        "shard_manifests": fp["shard_manifests"],
+        "fingerprint": fp,
     }
     result = BenchmarkResult(spec.name, rows, _headline(protocol, rows), record)
     _write_json(done, _json_safe(asdict(result)))

@@ -19,7 +19,9 @@ from typing import Any
 from pixelqa.eval.suite import (
     BenchmarkResult,
     Suite,
+    SuiteError,
     _write_json,
+    benchmark_fingerprint,
     finish_benchmark,
     load_suite,
     missing_shards,
@@ -27,10 +29,14 @@ from pixelqa.eval.suite import (
     rows_csv,
     rows_markdown,
     run_benchmark,
+    set_aside,
+    stale_reason,
 )
 
 # command-line options of the suite form (everything else is a recipe key)
-SUITE_KEYS: tuple[str, ...] = ("suite", "suite.only", "suite.max_new_tokens")
+SUITE_KEYS: tuple[str, ...] = ("suite", "suite.only", "suite.max_new_tokens", "suite.fresh")
+# model settings that do not change an evaluation's numbers (training only), left out of the fingerprint
+TRAINING_ONLY: tuple[str, ...] = ("model.loss.", "model.gradient_checkpointing")
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -69,6 +75,46 @@ def barrier() -> None:
         dist.barrier()
 
 
+def run_fingerprint(flat_recipe: dict[str, Any], ckpt_sha256: str | None, max_new_tokens: int | None) -> dict:
+    """The run's part of a benchmark fingerprint: what, besides the benchmark and its shards, sets the numbers."""
+    model = {k: v for k, v in flat_recipe.items() if k.startswith("model.") and not k.startswith(TRAINING_ONLY)}
+    return {
+        "checkpoint_sha256": ckpt_sha256,
+        **model,
+        "stage": flat_recipe.get("stage"),
+        "seed": flat_recipe.get("seed"),
+        "max_new_tokens_cap": max_new_tokens,
+    }
+
+
+def check_stale(
+    specs: Sequence[Any],
+    shards: str | Path,
+    out: str | Path,
+    fingerprint: dict[str, Any],
+    limit: int | None,
+    fresh: bool,
+    rank: int = 0,
+) -> list[Path]:
+    """Before any work: benchmarks whose stored result or records were made under another fingerprint raise
+    SuiteError (the first one's reason), or with `fresh` are moved aside by rank 0; returns the new folders."""
+    moved: list[Path] = []
+    if fresh and rank != 0:  # rank 0 alone reads and moves the folders (no reads racing the renames)
+        barrier()
+        return moved
+    stale = [(spec, stale_reason(spec, out, benchmark_fingerprint(spec, shards, fingerprint, limit))) for spec in specs]
+    stale = [(spec, reason) for spec, reason in stale if reason]
+    if stale and not fresh:  # every rank sees the same files and stops alike
+        more = f" (and {len(stale) - 1} more benchmarks)" if len(stale) > 1 else ""
+        raise SuiteError(stale[0][1] + more)
+    if fresh:
+        for spec, _ in stale:
+            moved.append(set_aside(Path(out) / spec.name))
+            print(f"suite.fresh=true: moved {Path(out) / spec.name} (other settings) to {moved[-1]}")
+        barrier()  # the other ranks start once the stale folders are gone
+    return moved
+
+
 def run_suite_benchmarks(
     suite: Suite,
     answer_fn: Callable[[Any], Any],
@@ -77,8 +123,10 @@ def run_suite_benchmarks(
     provenance: dict[str, Any],
     limit: int | None = None,
     only: Sequence[str] | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> tuple[dict[str, BenchmarkResult], list[str]]:
-    """Run every benchmark with shards on this rank, merge on rank 0; returns (results on rank 0, skip lines)."""
+    """Run every benchmark with shards on this rank, merge on rank 0; returns (results on rank 0, skip lines).
+    `fingerprint` (the run's part, `run_fingerprint`) is stored with records and results; stale ones raise."""
     rank, world = dist_info()
     results: dict[str, BenchmarkResult] = {}
     skipped: list[str] = []
@@ -96,11 +144,11 @@ def run_suite_benchmarks(
         noted = getattr(answer_fn, "departures", None)
         if isinstance(noted, set):
             noted.clear()  # per benchmark
-        run_benchmark(spec, answer_fn, shards, out, rank=rank, world=world, limit=limit)
+        run_benchmark(spec, answer_fn, shards, out, rank=rank, world=world, limit=limit, fingerprint=fingerprint)
         barrier()
         if rank == 0:
             record = {**provenance, "departures": sorted(noted) if isinstance(noted, set) else []}
-            results[spec.name] = finish_benchmark(spec, shards, out, record, limit=limit)
+            results[spec.name] = finish_benchmark(spec, shards, out, record, limit=limit, fingerprint=fingerprint)
         barrier()
     return results, skipped
 
@@ -142,22 +190,29 @@ def run_suite(args: list[str]) -> dict[str, float]:
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
     from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
-    from pixelqa.eval.suite import SuiteError
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]
     only = [n for a in args if a.startswith("suite.only=") for n in a.split("=", 1)[1].split(",") if n]
     caps = [a.split("=", 1)[1] for a in args if a.startswith("suite.max_new_tokens=")]
+    fresh_args = [a.split("=", 1)[1].lower() for a in args if a.startswith("suite.fresh=")]
     unknown = [a for a in args if a.startswith("suite") and a.split("=", 1)[0] not in SUITE_KEYS]
     if unknown:
         raise RecipeError(f"{unknown[0]}: unknown suite option, expected one of {list(SUITE_KEYS)}")
     if caps and not caps[-1].isdigit():
         raise RecipeError(f"suite.max_new_tokens: got {caps[-1]!r}, expected a positive integer")
+    if fresh_args and fresh_args[-1] not in ("true", "false"):
+        raise RecipeError(f"suite.fresh: got {fresh_args[-1]!r}, expected true or false")
+    fresh = bool(fresh_args) and fresh_args[-1] == "true"
     max_new_tokens = int(caps[-1]) if caps else None
     try:
         suite = load_suite(names[-1])
     except SuiteError as err:
         raise RecipeError(str(err)) from None
+    known = [s.name for s in suite.benchmarks]
+    misspelt = [n for n in only if n not in known]
+    if misspelt:  # a dropped name would silently leave a benchmark out of the table
+        raise RecipeError(f"suite.only: got {misspelt[0]!r}, expected names of suite {suite.name}: {known}")
     cfg = load_recipe(rest)
     recipe = to_object(cfg)
     shards = recipe.data.shards
@@ -172,6 +227,13 @@ def run_suite(args: list[str]) -> dict[str, float]:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    out = Path(recipe.output_dir) / f"suite-{suite.name}"
+    ckpt_sha256 = file_sha256(ckpt_path)
+    fingerprint = run_fingerprint(flatten(cfg), ckpt_sha256, max_new_tokens)
+    try:  # before the model loads: a refused rerun costs seconds
+        check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
+    except SuiteError as err:
+        raise RecipeError(str(err)) from None
     torch.manual_seed(recipe.seed)
     model = load_model(recipe, ckpt_path)
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
@@ -183,7 +245,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
         )
     provenance = {
         "checkpoint": str(ckpt_path) if ckpt_path else None,
-        "checkpoint_sha256": file_sha256(ckpt_path),
+        "checkpoint_sha256": ckpt_sha256,
         "model_preset": recipe.model.preset,
         "model_path": recipe.model.path,
         "recipe": flatten(cfg),
@@ -194,9 +256,8 @@ def run_suite(args: list[str]) -> dict[str, float]:
         "pixelqa_version": getattr(pixelqa, "__version__", "unknown"),
         "world_size": world,
     }
-    out = Path(recipe.output_dir) / f"suite-{suite.name}"
     results, skipped = run_suite_benchmarks(
-        suite, answer_fn, shards, out, provenance, limit=recipe.eval.max_samples, only=only
+        suite, answer_fn, shards, out, provenance, recipe.eval.max_samples, only, fingerprint
     )
     if rank != 0:
         return {}
