@@ -24,6 +24,14 @@ Every cell runs `pixelqa.fit` (train + evaluate) as a child MLflow run (named by
 job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
 `last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
 parent run gets the result table (CSV + Markdown) and a plot. See docs/cluster.md.
+
+A stored result counts only for the settings that produced it: state.json keeps each run's `pixelqa.fit`
+arguments (the grid's overrides, the command line's and the cell's; `launcher...` ones excluded, as they say
+where a run runs, not what it computes) and those of the prerequisites it started from. A rerun with other
+settings (e.g. `trainer.max_steps=50` after `=3`) says which changed and runs the cell again from scratch (its
+old checkpoints are moved to `checkpoints.previous/`, never resumed); so does a result with no recorded
+settings (a state.json of an older version). `output_dir=ROOT` (in the grid's overrides or on the command line)
+moves the grid's folder to `ROOT/<name>/` (state, results, one folder per run) instead of `runs/grid/<name>/`.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +54,8 @@ from pixelqa.tracking import end_run, log_parent_artifact, start_parent_run, tab
 GRID_TAG = "pixelqa.grid"  # tag of a grid's parent run (the ablation dashboard looks for it)
 GRID_KEYS = ("name", "recipe", "overrides", "grid", "metrics", "description", "prerequisites", "init_from")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+DEFAULT_ROOT = "runs/grid"  # the grids' folder (relative to the working directory) unless output_dir= moves it
+OUTPUT_DIR = "output_dir="
 
 
 class GridError(ValueError):
@@ -72,6 +83,7 @@ class Grid:
     metrics: list[str] = field(default_factory=list)
     prerequisites: dict[str, Prerequisite] = field(default_factory=dict)  # in dependency order
     init_from: str | None = None  # the prerequisite every cell starts from
+    root: str = DEFAULT_ROOT  # the grid's folder is root/name
 
     def cells(self) -> list[dict[str, Any]]:
         """Every combination of the swept values, in file order."""
@@ -92,9 +104,13 @@ def _prerequisites(raw: Any, where: str) -> dict[str, Prerequisite]:
             raise GridError(f"{where}: prerequisite name {name!r}: expected letters, digits, '_', '.', '-' only")
         if not isinstance(spec, dict) or set(spec) - {"recipe", "overrides", "init_from"} or "recipe" not in spec:
             raise GridError(f"{where}: prerequisites.{name} must be {{recipe, overrides, init_from}}, got {spec!r}")
-        found[name] = Prerequisite(
-            name, str(spec["recipe"]), [str(o) for o in spec.get("overrides") or []], spec.get("init_from")
-        )
+        overrides = [str(o) for o in spec.get("overrides") or []]
+        if any(o.startswith(OUTPUT_DIR) for o in overrides):
+            raise GridError(
+                f"{where}: prerequisites.{name}.overrides sets output_dir, which the grid chooses (ROOT/<grid name>/"
+                f"{name}); to move the whole grid, put output_dir=ROOT in the grid's overrides or on the command line"
+            )
+        found[name] = Prerequisite(name, str(spec["recipe"]), overrides, spec.get("init_from"))
     ordered: dict[str, Prerequisite] = {}
     while len(ordered) < len(found):
         ready = [p for n, p in found.items() if n not in ordered and (p.init_from is None or p.init_from in ordered)]
@@ -125,21 +141,36 @@ def load_grid(path: str | Path) -> Grid:
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise GridError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+    if "output_dir" in axes:
+        raise GridError(f"{path}: grid.output_dir cannot be swept: the grid gives each cell ROOT/<grid name>/<cell>")
     prerequisites = _prerequisites(raw.get("prerequisites"), str(path))
     init_from = raw.get("init_from")
     if init_from is not None and str(init_from) not in prerequisites:
         raise GridError(
             f"{path}: init_from={init_from!r} names no prerequisite; valid: {sorted(prerequisites) or 'none defined'}"
         )
-    return Grid(
+    grid = Grid(
         name=str(raw.get("name", path.stem)),
         recipe=str(raw.get("recipe", "stage3")),
-        overrides=[str(o) for o in raw.get("overrides", [])],
         axes={str(k): list(v) for k, v in axes.items()},
         metrics=[str(m) for m in raw.get("metrics", [])],
         prerequisites=prerequisites,
         init_from=None if init_from is None else str(init_from),
     )
+    grid.overrides = take_output_dir(grid, [str(o) for o in raw.get("overrides", [])])
+    return grid
+
+
+def take_output_dir(grid: Grid, overrides: list[str]) -> list[str]:
+    """Move the grid's folder to `ROOT/<name>` for each `output_dir=ROOT` (last wins); returns the other overrides."""
+    # Passed on, a user's output_dir would be overridden by each run's own folder and silently ignored.
+    for arg in overrides:
+        if arg.startswith(OUTPUT_DIR):
+            root = arg[len(OUTPUT_DIR) :]
+            if not root:
+                raise GridError("output_dir=: expected a folder for the grid (ROOT, giving ROOT/<grid name>/<cell>)")
+            grid.root = root
+    return [a for a in overrides if not a.startswith(OUTPUT_DIR)]
 
 
 def cell_id(cell: dict[str, Any]) -> str:
@@ -148,8 +179,8 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 
 def grid_dir(grid: Grid) -> Path:
-    """The grid's folder (relative to the working directory): state, results, one output folder per run."""
-    return Path("runs/grid") / grid.name
+    """The grid's folder (`runs/grid/<name>` unless output_dir= moved it): state, results, one folder per run."""
+    return Path(grid.root) / grid.name
 
 
 def _last_ckpt_of(grid: Grid, prerequisite: str) -> str:
@@ -196,6 +227,69 @@ def fit_specs(grid: Grid, extra: list[str], launcher: Any = None) -> list[Any]:
         needs = [grid.init_from] if grid.init_from else []
         specs.append(FitSpec(cell_id(cell), args, str(grid_dir(grid) / cell_id(cell)), needs))
     return specs
+
+
+def _determines_result(arg: str) -> bool:
+    # launcher=... and launcher.*=... choose where a run runs (here, a job, a cluster), not what it computes
+    key = arg.split("=", 1)[0]
+    return key != "launcher" and not key.startswith("launcher.")
+
+
+def run_settings(specs: list[Any]) -> dict[str, dict[str, Any]]:
+    """key -> what determines the run's result: its fit arguments and the settings of the runs it starts from."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:  # prerequisites come before the runs that need them
+        args = [a for a in spec.args if _determines_result(a)]
+        out[spec.key] = {"args": args, "needs": {n: out.get(n) for n in spec.needs}}
+    return out
+
+
+def _arg_changes(old: list[str], new: list[str]) -> str:
+    """`key old -> new` for each argument that differs (the last of a key wins, as in the recipe)."""
+    before = dict(a.split("=", 1) if "=" in a else (a, "") for a in old)
+    after = dict(a.split("=", 1) if "=" in a else (a, "") for a in new)
+    keys = [*after, *(k for k in before if k not in after)]
+    changes = [
+        f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys if before.get(k) != after.get(k)
+    ]
+    return ", ".join(changes) or "the same arguments in another order"
+
+
+def _settings_diff(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str | None:
+    if stored is None:
+        return "no record"
+    if list(stored.get("args", [])) != list(wanted["args"]):
+        return _arg_changes(list(stored.get("args", [])), list(wanted["args"]))
+    for name, need in wanted["needs"].items():
+        # a cell started from a prerequisite that has changed since is stale too, though its own arguments are not
+        diff = _settings_diff((stored.get("needs") or {}).get(name), need) if need is not None else None
+        if diff is not None:
+            return f"prerequisite {name}: {diff}"
+    return None
+
+
+def settings_change(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str | None:
+    """Why a stored result does not stand for a run with the `wanted` settings; None when it does."""
+    if stored is None:
+        return "the stored result has no record of the settings that produced it (state.json of an older version)"
+    diff = _settings_diff(stored, wanted)
+    return None if diff is None else f"settings changed since the stored result ({diff})"
+
+
+def _current_results(state: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The stored results that the `wanted` settings produce (key -> metrics)."""
+    return {
+        k: v
+        for k, v in state["results"].items()
+        if k in wanted and settings_change(state["settings"].get(k), wanted[k]) is None
+    }
+
+
+def _set_aside_checkpoints(spec: Any) -> Path | None:
+    """Move a run's checkpoints away, so that nothing resumes them with other settings; returns where."""
+    from pixelqa.fit import set_aside_previous
+
+    return set_aside_previous(Path(spec.output_dir) / "checkpoints")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -258,7 +352,8 @@ def _check_cells(grid: Grid, extra: list[str]) -> Any:
 def _load_state(grid: Grid) -> dict[str, Any]:
     path = grid_dir(grid) / "state.json"
     state = json.loads(path.read_text()) if path.is_file() else {}
-    return {"parent_run_id": None, "results": {}, "jobs": {}, **state}
+    # settings: key -> the run_settings that produced the run's result (or its job, while in flight)
+    return {"parent_run_id": None, "results": {}, "jobs": {}, "settings": {}, **state}
 
 
 def _save_state(grid: Grid, state: dict[str, Any]) -> None:
@@ -347,6 +442,33 @@ def _close_dead_run(tracking: Any) -> Any:
     return close
 
 
+def _drop_stale_runs(
+    grid: Grid, specs: list[Any], state: dict[str, Any], wanted: Mapping[str, Any], launcher: Any, folder: Path
+) -> None:
+    """Forget each run done, failed or submitted with other settings, so that it is submitted afresh."""
+    from pixelqa.launch.runs import in_flight, run_state
+
+    for spec in specs:
+        job = state["jobs"].get(spec.key)
+        if spec.key not in state["results"] and job is None and not spec.status_path.is_file():
+            continue  # never ran
+        why = settings_change(state["settings"].get(spec.key), wanted[spec.key])
+        if why is None:
+            continue
+        now = run_state(spec, job, launcher, folder)
+        if in_flight(now):
+            raise GridError(
+                f"run {spec.key}: job {job['job_id'] if job else '?'} is {now} with other settings ({why}); "
+                "wait for it to end or cancel it, then submit again"
+            )
+        # Without its job record the run is submitted as new: no `ckpt=last`, a fresh MLflow run.
+        state["results"].pop(spec.key, None)
+        state["jobs"].pop(spec.key, None)
+        spec.status_path.unlink(missing_ok=True)
+        _set_aside_checkpoints(spec)
+        print(f"[grid {grid.name}] {spec.key}: {why}, submitting it again from scratch")
+
+
 def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
     """Submit every run that failed or never ran as a job; with `launcher.wait`, wait and collect."""
     from pixelqa.launch.runs import DONE, submit_runs, wait_runs
@@ -358,8 +480,12 @@ def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     specs = fit_specs(grid, extra, launcher)
     _prepare_shards(specs)
     state = _load_state(grid)
-    parent_id = _parent_run(grid, state, tracking)
     folder = _launch_folder(grid, launcher)
+    wanted = run_settings(specs)
+    _drop_stale_runs(grid, specs, state, wanted, launcher, folder)
+    state["settings"].update(wanted)  # every run left or (re)submitted now runs with these
+    _save_state(grid, state)
+    parent_id = _parent_run(grid, state, tracking)
     submitted = submit_runs(
         specs,
         state["jobs"],
@@ -385,13 +511,21 @@ def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[st
     from pixelqa.launch.runs import run_results
 
     specs = fit_specs(grid, extra, recipe.launcher)
+    wanted = run_settings(specs)
     state = _load_state(grid)
-    state["results"].update(run_results(specs))
+    for key, metrics in run_results(specs).items():
+        if settings_change(state["settings"].get(key), wanted[key]) is None:  # a job of other settings: not ours
+            state["results"][key] = metrics
     _save_state(grid, state)
-    missing = [cell_id(c) for c in grid.cells() if cell_id(c) not in state["results"]]
+    current = _current_results(state, wanted)
+    missing = [cell_id(c) for c in grid.cells() if cell_id(c) not in current]
     if missing:
         print(f"[grid {grid.name}] {len(missing)} cell(s) not done yet: {', '.join(missing)} (see --status)")
-        return state["results"]
+        for key in missing:
+            if key in state["results"]:
+                why = settings_change(state["settings"].get(key), wanted[key])
+                print(f"[grid {grid.name}] {key}: {why}; submit the grid again to rerun it")
+        return current
     if state["parent_run_id"] is None:
         state["parent_run_id"] = _parent_run(grid, state, recipe.tracking)
     _finish(grid, state, recipe.tracking)
@@ -404,6 +538,8 @@ def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str
 
     specs = fit_specs(grid, extra, recipe.launcher)
     state = _load_state(grid)
+    wanted = run_settings(specs)
+    current = _current_results(state, wanted)
     rows = status_table(
         specs,
         state["jobs"],
@@ -413,8 +549,10 @@ def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str
         grid.metrics or ["val/J&F", "train/loss"],
     )
     for row in rows:  # cells run inline are done without a job
-        if row["run"] in state["results"] and row["state"] != DONE:
+        if row["run"] in current:
             row["state"] = DONE
+        elif row["state"] == DONE and settings_change(state["settings"].get(row["run"]), wanted[row["run"]]):
+            row["state"] = "DONE (other settings)"
     print(table_markdown(rows), end="")
     return rows
 
@@ -426,13 +564,22 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     state = _load_state(grid)
     parent_id = _parent_run(grid, state, recipe.tracking)
     specs = fit_specs(grid, extra)
+    wanted = run_settings(specs)
     for i, spec in enumerate(specs):
+        head = f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}"
         if spec.key in state["results"]:
-            print(f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}: done before, skipped")
-            continue
-        print(f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}")
+            why = settings_change(state["settings"].get(spec.key), wanted[spec.key])
+            if why is None:
+                print(f"{head}: done before, skipped")
+                continue
+            # the rerun starts afresh: the old checkpoints (other settings) must not be resumed
+            moved = _set_aside_checkpoints(spec)
+            print(f"{head}: {why}, rerunning" + (f" (old checkpoints moved to {moved})" if moved else ""))
+        else:
+            print(head)
         metrics = fit_run(spec.args, parent_run_id=parent_id)
         state["results"][spec.key] = {k: float(v) for k, v in metrics.items()}
+        state["settings"][spec.key] = wanted[spec.key]
         _save_state(grid, state)
     _finish(grid, state, recipe.tracking)
     return {k: v for k, v in state["results"].items() if k in {cell_id(c) for c in grid.cells()}}
@@ -446,7 +593,7 @@ def run_grid(
     `action` is `run` (the default), `status` (print each run's state) or `collect` (gather finished jobs).
     """
     grid = load_grid(path)
-    extra = list(extra or [])
+    extra = take_output_dir(grid, list(extra or []))
     recipe = _check_cells(grid, extra)
     if dry_run:
         for spec in fit_specs(grid, extra, recipe.launcher):
@@ -470,10 +617,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--status", action="store_true", help="show each run's job id, state and last metric")
     parser.add_argument("--collect", action="store_true", help="gather finished jobs; write the table when all done")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell (launcher=... too)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come anywhere among the overrides
     action = "status" if args.status else "collect" if args.collect else "run"
     try:  # the grid file and every run's recipe are checked before any work: their errors are the user's
-        _check_cells(load_grid(args.grid), list(args.overrides))
+        grid = load_grid(args.grid)
+        _check_cells(grid, take_output_dir(grid, list(args.overrides)))
         run_grid(args.grid, args.overrides, dry_run=args.dry_run, action=action)
     except (GridError, RecipeError, FileNotFoundError) as err:
         print(f"grid error: {err}", file=sys.stderr)

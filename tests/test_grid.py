@@ -169,6 +169,11 @@ def test_on_slurm_the_trainer_follows_the_allocation(tmp_path):
         ),
         ("grid:\n  seed: [0]\nprerequisites:\n  a: {overrides: []}\n", "prerequisites.a must be"),
         ("grid:\n  seed: [0]\nprerequisites:\n  a=b: {recipe: stage1}\n", "prerequisite name 'a=b'"),
+        (
+            "grid:\n  seed: [0]\nprerequisites:\n  a: {recipe: stage1, overrides: [output_dir=x]}\n",
+            "prerequisites.a.overrides sets output_dir, which the grid chooses",
+        ),
+        ("grid:\n  output_dir: [a, b]\n", "grid.output_dir cannot be swept"),
     ],
 )
 def test_bad_prerequisites(tmp_path, text, message):
@@ -284,3 +289,192 @@ def test_propagation_grid_trains_once_and_evaluates_each_decoding(tmp_path, monk
     assert fwd["val/J&F"] == pytest.approx(float(row["value"]), abs=1e-6)
     assert 0.0 <= both["val/J&F"] <= 1.0
     assert "checkpoint: none written (trainer.max_steps=0" in capsys.readouterr().out  # no step, no checkpoint
+
+
+def _argval(args: list[str], key: str) -> str | None:
+    """The value the last `key=...` among `args` gives (None when unset)."""
+    found = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key]
+    return found[-1] if found else None
+
+
+@pytest.fixture
+def fake_fit(monkeypatch):
+    """`pixelqa.fit.run` replaced by a stand-in that records its arguments, writes a `last.ckpt` holding its step
+    count and reports val/J&F = steps / 100; no MLflow store (grid mechanics, not training)."""
+    import pixelqa.fit
+    import pixelqa.grid
+
+    calls: list[list[str]] = []
+
+    def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
+        calls.append(list(args))
+        steps = int(_argval(args, "trainer.max_steps") or 0)
+        ckpts = Path(_argval(args, "output_dir")) / "checkpoints"
+        if "ckpt=last" not in args and ckpts.is_dir():  # as the real fit does on a fresh start
+            pixelqa.fit.set_aside_previous(ckpts)
+        ckpts.mkdir(parents=True, exist_ok=True)
+        (ckpts / "last.ckpt").write_text(str(steps))
+        return {"val/J&F": steps / 100, "train/steps": float(steps)}
+
+    monkeypatch.setattr(pixelqa.fit, "run", run)
+    monkeypatch.setattr(pixelqa.grid, "start_parent_run", lambda *a, **k: "parent")
+    monkeypatch.setattr(pixelqa.grid, "log_parent_artifact", lambda *a, **k: None)
+    monkeypatch.setattr(pixelqa.grid, "end_run", lambda *a, **k: None)
+    return calls
+
+
+def test_a_rerun_with_other_settings_reruns_every_cell_afresh(tmp_path, monkeypatch, capsys, fake_fit):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  model.loss.focal: [20.0, 100.0]\nmetrics: ['val/J&F']\n")
+    first = run_grid(path, ["trainer.max_steps=3"])
+    assert first == {f"model.loss.focal={f}": {"val/J&F": 0.03, "train/steps": 3.0} for f in (20.0, 100.0)}
+    assert len(fake_fit) == 2
+    # the same settings again: an interrupted or finished grid resumes, nothing runs twice
+    assert run_grid(path, ["trainer.max_steps=3"]) == first
+    assert len(fake_fit) == 2 and capsys.readouterr().out.count("done before, skipped") == 2
+
+    again = run_grid(path, ["trainer.max_steps=50"])
+    out = capsys.readouterr().out
+    assert len(fake_fit) == 4 and all(_argval(a, "trainer.max_steps") == "50" for a in fake_fit[2:])
+    assert all("ckpt=last" not in a for a in fake_fit[2:])  # a fresh start, not the 3-step run resumed
+    assert out.count("settings changed since the stored result (trainer.max_steps 3 -> 50), rerunning") == 2
+    assert "done before" not in out
+    assert {k: v["val/J&F"] for k, v in again.items()} == {"model.loss.focal=20.0": 0.5, "model.loss.focal=100.0": 0.5}
+    cell = tmp_path / "runs" / "grid" / "g" / "model.loss.focal=20.0"
+    assert (cell / "checkpoints" / "last.ckpt").read_text() == "50"
+    assert (cell / "checkpoints.previous" / "last.ckpt").read_text() == "3"  # the old run's, set aside
+    table = (tmp_path / "runs" / "grid" / "g" / "results.csv").read_text().splitlines()
+    assert table[1:] == ["20.0,0.5000", "100.0,0.5000"]
+    # a launcher choice says where runs run, not what they compute: no rerun
+    run_grid(path, ["trainer.max_steps=50", "launcher=local"])
+    assert len(fake_fit) == 4
+
+
+def test_results_of_an_older_state_file_without_settings_are_not_trusted(tmp_path, monkeypatch, capsys, fake_fit):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\n")
+    state = tmp_path / "runs" / "grid" / "g" / "state.json"
+    state.parent.mkdir(parents=True)
+    old = {"seed=0": {"val/J&F": 0.99}, "seed=1": {"val/J&F": 0.99}}
+    state.write_text(json.dumps({"parent_run_id": "parent", "results": old, "jobs": {}}))
+    results = run_grid(path, ["trainer.max_steps=2"])
+    assert len(fake_fit) == 2 and {v["val/J&F"] for v in results.values()} == {0.02}
+    assert capsys.readouterr().out.count("no record of the settings that produced it") == 2
+
+
+def test_a_changed_prerequisite_reruns_the_cells_that_start_from_it(tmp_path, monkeypatch, capsys, fake_fit):
+    monkeypatch.chdir(tmp_path)
+    text = "name: g\ninit_from: base\nprerequisites:\n  base: {recipe: stage3, overrides: [trainer.max_steps=STEPS]}\n"
+    text += "overrides: [trainer.max_steps=0]\ngrid:\n  seed: [0, 1]\n"
+    path = _write(tmp_path, text.replace("STEPS", "1"))
+    run_grid(path)
+    assert len(fake_fit) == 3
+    path.write_text(text.replace("STEPS", "2"))  # the cells' own arguments are unchanged
+    run_grid(path)
+    out = capsys.readouterr().out
+    assert [_argval(a, "tracking.run_name") for a in fake_fit[3:]] == ["'base'", "'seed=0'", "'seed=1'"]
+    assert "run 1/3 base: settings changed since the stored result (trainer.max_steps 1 -> 2), rerunning" in out
+    assert out.count("(prerequisite base: trainer.max_steps 1 -> 2), rerunning") == 2
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch, fake_fit):
+    """Job submission replaced by a record of each submission (key, resume): no job runs."""
+    import pixelqa.grid
+    import pixelqa.launch.runs
+
+    submitted: list[tuple[str, bool]] = []
+
+    class Executor:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def submit(self, fn, args, resume=False):
+            submitted.append((fn.key, resume))
+            return type("Job", (), {"job_id": str(len(submitted))})()
+
+    monkeypatch.setattr(pixelqa.launch.runs, "make_executor", lambda launcher, folder, name, **k: Executor(name))
+    monkeypatch.setattr(pixelqa.grid, "_prepare_shards", lambda specs: None)
+    return submitted
+
+
+def _as_done(root: Path, key: str, steps: int) -> None:
+    """Leave what a finished job leaves: a DONE status and a last.ckpt."""
+    from pixelqa.launch.status import DONE, write_status
+
+    write_status(root / key / "job-status.json", DONE, key=key, metrics={"val/J&F": steps / 100})
+    (root / key / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (root / key / "checkpoints" / "last.ckpt").write_text(str(steps))
+
+
+def test_as_jobs_a_rerun_with_other_settings_resubmits_done_runs_afresh(tmp_path, monkeypatch, capsys, fake_jobs):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\n")
+    common = ["launcher=subprocess"]
+    run_grid(path, [*common, "trainer.max_steps=3"])
+    assert fake_jobs == [("seed=0", False), ("seed=1", False)]
+    root = tmp_path / "runs" / "grid" / "g"
+    for key in ("seed=0", "seed=1"):
+        _as_done(root, key, 3)
+    run_grid(path, [*common, "launcher.wait=false", "trainer.max_steps=3"])  # same settings: nothing to do
+    assert len(fake_jobs) == 2
+    assert run_grid(path, [*common, "trainer.max_steps=3"], action="collect") == {
+        "seed=0": {"val/J&F": 0.03},
+        "seed=1": {"val/J&F": 0.03},
+    }
+    capsys.readouterr()
+    # --collect with other settings does not take the 3-step results for them
+    assert run_grid(path, [*common, "trainer.max_steps=50"], action="collect") == {}
+    assert "(trainer.max_steps 3 -> 50); submit the grid again" in capsys.readouterr().out
+
+    run_grid(path, [*common, "trainer.max_steps=50"])
+    out = capsys.readouterr().out
+    assert fake_jobs[2:] == [("seed=0", False), ("seed=1", False)]  # submitted as new: no resume of last.ckpt
+    assert out.count("settings changed since the stored result (trainer.max_steps 3 -> 50), submitting") == 2
+    assert not (root / "seed=0" / "checkpoints").exists()
+    assert (root / "seed=0" / "checkpoints.previous" / "last.ckpt").read_text() == "3"
+
+
+def test_as_jobs_a_run_in_flight_with_other_settings_is_not_submitted_twice(tmp_path, monkeypatch, fake_jobs):
+    import pixelqa.launch.runs
+    from pixelqa.grid import GridError
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0]\n")
+    run_grid(path, ["launcher=subprocess", "trainer.max_steps=3"])
+    monkeypatch.setattr(pixelqa.launch.runs, "scheduler_state", lambda *a: "RUNNING")
+    with pytest.raises(GridError, match=r"run seed=0: job 1 is RUNNING with other settings .*3 -> 50.*cancel it"):
+        run_grid(path, ["launcher=subprocess", "trainer.max_steps=50"])
+    assert len(fake_jobs) == 1
+
+
+def test_options_may_come_among_the_overrides(tmp_path, capsys):
+    from pixelqa.grid import main
+
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\n")
+    main([str(path), "--dry-run", "trainer.max_steps=7"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(_argval(line.split(), "trainer.max_steps") == "7" for line in lines)
+
+
+def test_an_output_dir_moves_the_whole_grid(tmp_path, monkeypatch, capsys, fake_fit):
+    monkeypatch.chdir(tmp_path)
+    path = _write(
+        tmp_path,
+        "name: g\ninit_from: base\nprerequisites:\n  base: {recipe: stage3}\ngrid:\n  seed: [0]\n",
+    )
+    elsewhere = tmp_path / "scratch"
+    run_grid(path, [f"output_dir={elsewhere}"], dry_run=True)
+    base, cell = (line.split() for line in capsys.readouterr().out.splitlines())
+    assert [a for a in base if a.startswith("output_dir=")] == [f"output_dir={elsewhere}/g/base"]
+    assert [a for a in cell if a.startswith("output_dir=")] == [f"output_dir={elsewhere}/g/seed=0"]
+    assert f"init_from={elsewhere}/g/base/checkpoints/last.ckpt" in cell
+    run_grid(path, [f"output_dir={elsewhere}", "trainer.max_steps=1"])
+    assert (elsewhere / "g" / "state.json").is_file() and (elsewhere / "g" / "results.csv").is_file()
+    assert (elsewhere / "g" / "seed=0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
+    # the grid file's overrides may set it too
+    path.write_text(path.read_text() + f"overrides: [output_dir={tmp_path / 'other'}]\n")
+    assert load_grid(path).root == str(tmp_path / "other")
