@@ -36,8 +36,9 @@ def test_mixture_builds_every_source_and_writes_its_spec(tmp_path):
 
 def test_missing_raw_source_fails_or_is_skipped(tmp_path, capsys):
     entries = [MixtureEntry("revos", "train", 5.0), MixtureEntry("synthetic", "val", 1.0)]
-    with pytest.raises(FileNotFoundError, match="mixture: source revos"):
+    with pytest.raises(FileNotFoundError, match=r"mixture: raw files missing for 1 of 2 sources.*source revos"):
         build_mixture(entries, tmp_path / "raw", tmp_path / "out", max_samples=2, progress=False)
+    assert not (tmp_path / "out").exists()  # checked up front: not even the buildable source was started
     built = build_mixture(entries, tmp_path / "raw", tmp_path / "out", on_error="skip", max_samples=2, progress=False)
     assert list(built) == ["synthetic/val"] and "skipped revos/train" in capsys.readouterr().out
     spec = json.loads(write_mixture_spec("m", entries, tmp_path / "out").read_text())

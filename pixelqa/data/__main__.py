@@ -14,8 +14,12 @@ def main(argv: list[str] | None = None) -> None:
 
     launcher_argv, argv = launcher_args_of(sys.argv[1:] if argv is None else list(argv))
     args = cli.parser().parse_args(argv)
-    if launcher_argv and args.command in ("build", "mixture") and launch_shard_build(args, argv, launcher_argv):
-        return
+    if launcher_argv and args.command in ("build", "mixture"):
+        launched: list[bool] = []
+        # Submitting is guarded like running: a bad recipe or a missing path is one line, not a traceback.
+        cli.guarded(args.command, lambda: launched.append(launch_shard_build(args, argv, launcher_argv)))
+        if launched[0]:
+            return
     cli.run(args)
 
 

@@ -12,13 +12,19 @@ sources / cards                           list registered converters / dataset c
 
 build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`: --num-nodes N array tasks
 and a final verify job (see docs/cluster.md)
+
+Expected failures (damaged data with --on-error fail, a folder from a different build, missing raw files or shard
+paths, a bad recipe) print one line `error: ...` and exit 2; Ctrl-C exits 130 (build and mixture: rerun the same
+command to resume); a closed stdout pipe (`... | head`) exits 141 silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pixelqa.data.schema import FRAME_CODECS  # the package imports the schema anyway
@@ -173,17 +179,48 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> None:
-    """Run a parsed command in this process (damaged shards and held build locks: one line, status 2)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pixelqa.data.shard_reader import ShardDamageError
-    from pixelqa.data.shards import BuildLocked
+# Ctrl-C: what a stopped command leaves behind, by command (build and mixture resume from their complete shards).
+STOPPED = {
+    "build": "build stopped (Ctrl-C); the complete shards are kept: rerun the same command to resume",
+    "mixture": "mixture build stopped (Ctrl-C); the complete shards are kept: rerun the same command to resume",
+}
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool whose reader went away (`... | head`)
 
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Expected conditions of the data commands, reported as one line: damaged shards, held locks, failed or
+    refused builds, bad mixtures, missing files (raw data, shard paths)."""
+    from pixelqa.data.mixture import MixtureError
+    from pixelqa.data.shard_reader import ShardDamageError
+    from pixelqa.data.shards import BuildError, BuildInputError
+
+    return (ShardDamageError, BuildError, BuildInputError, MixtureError, FileNotFoundError, NotADirectoryError)
+
+
+def guarded(command: str, fn: Callable[[], None]) -> None:
+    """Run `fn`; expected failures: `error: <message>` on stderr and status 2, no traceback (likewise Ctrl-C,
+    status 130, and a closed stdout pipe, status 141, silent)."""
     try:
-        args.fn(args)
-    except (ShardDamageError, BuildLocked) as err:  # user-facing conditions: one line, status 2
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fn()
+        sys.stdout.flush()  # a reader that went away surfaces here, not as a traceback at interpreter exit
+    except user_errors() as err:
+        print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print(f"error: {STOPPED.get(command, f'{command} stopped (Ctrl-C)')}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not report the broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run a parsed command in this process (expected failures: one line, status 2; see `guarded`)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    guarded(args.command, lambda: args.fn(args))
 
 
 def main(argv: list[str] | None = None) -> None:

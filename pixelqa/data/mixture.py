@@ -54,6 +54,10 @@ PAPER_SAMPLES: dict[str, int] = {
 }
 
 
+class MixtureError(ValueError):
+    """A mixture that cannot be used: a bad recipe, an unregistered source or missing raw data (named)."""
+
+
 @dataclass
 class MixtureEntry:
     """One source of a mixture."""
@@ -71,17 +75,17 @@ def recipes_dir() -> Path:
 def parse_mixture(data: dict, where: str = "mixture") -> list[MixtureEntry]:
     """Validate ``{sources: [{name, split, repeat}, ...]}`` and return its entries."""
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
-        raise ValueError(f"{where}: expected a mapping with a non-empty 'sources' list of {{name, split, repeat}}")
+        raise MixtureError(f"{where}: expected a mapping with a non-empty 'sources' list of {{name, split, repeat}}")
     entries = []
     for i, s in enumerate(data["sources"]):
         if not isinstance(s, dict) or "name" not in s:
-            raise ValueError(f"{where}.sources[{i}]: got {s!r}, expected {{name, split, repeat}}")
+            raise MixtureError(f"{where}.sources[{i}]: got {s!r}, expected {{name, split, repeat}}")
         unknown = set(s) - {"name", "split", "repeat"}
         if unknown:
-            raise ValueError(f"{where}.sources[{i}]: unknown keys {sorted(unknown)}, expected name, split, repeat")
+            raise MixtureError(f"{where}.sources[{i}]: unknown keys {sorted(unknown)}, expected name, split, repeat")
         repeat = s.get("repeat", 1)
         if not isinstance(repeat, (int, float)) or isinstance(repeat, bool) or repeat <= 0:
-            raise ValueError(f"{where}.sources[{i}].repeat: got {repeat!r}, expected a positive number")
+            raise MixtureError(f"{where}.sources[{i}].repeat: got {repeat!r}, expected a positive number")
         entries.append(MixtureEntry(str(s["name"]), str(s.get("split", "train")), float(repeat)))
     return entries
 
@@ -90,7 +94,11 @@ def load_mixture(name: str) -> list[MixtureEntry]:
     """The mixture `name`: recipes/data/<name>.yaml if it exists, else the stage's repeat factors in the cards."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
     if path.is_file():
-        return parse_mixture(yaml.safe_load(path.read_text()), where=str(path))
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise MixtureError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        return parse_mixture(data, where=str(path))
     stage = STAGE_ALIASES.get(name, name)
     entries = [
         MixtureEntry(card.name, use.split, float(use.repeat))
@@ -99,7 +107,7 @@ def load_mixture(name: str) -> list[MixtureEntry]:
         if st == stage
     ]
     if not entries:
-        raise ValueError(f"mixture: got {name!r}; no {path} and no card uses stage {stage!r}")
+        raise MixtureError(f"mixture: got {name!r}; no {path} and no card uses stage {stage!r}")
     return entries
 
 
@@ -180,19 +188,30 @@ def build_mixture(
 
     frame_codec: as `build_shards` (keep: the frames as released; ppm: decoded pixels).
 
-    With on_error="skip", a source whose raw files are missing is reported and skipped, and the others go on;
-    with "fail" the first missing source stops the build (complete shards stay and a rerun resumes).
+    Every source's raw files are checked before any is built. With on_error="skip", a source whose raw files are
+    missing is reported and skipped, and the others go on; with "fail", missing raw files of any source stop the
+    build before it starts, in one FileNotFoundError naming them all (complete shards stay and a rerun resumes).
     """
     from pixelqa.data.shards import build_shards  # webdataset + torch: only when building
 
     unknown = [e.name for e in entries if e.name not in set(list_sources())]
     if unknown:
-        raise ValueError(
+        raise MixtureError(
             f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
+        )
+    missing = missing_sources(entries, raw_root, out, roots, node_rank, num_nodes)
+    if missing and on_error == "fail":
+        # Checked for every source before any is built: one message names them all, and nothing is created.
+        raise FileNotFoundError(
+            f"mixture: raw files missing for {len(missing)} of {len(entries)} sources, nothing built: "
+            + "; ".join(missing.values())
         )
     manifests: dict[str, dict] = {}
     for e in entries:
         root = source_root(raw_root, e.name, roots)
+        if f"{e.name}/{e.split}" in missing:
+            print(f"skipped {e.name}/{e.split}: {missing[f'{e.name}/{e.split}']}")
+            continue
         try:
             manifests[f"{e.name}/{e.split}"] = build_shards(
                 e.name,
@@ -212,6 +231,32 @@ def build_mixture(
                 raise FileNotFoundError(f"mixture: source {e.name} (raw root {root}): {err}") from None
             print(f"skipped {e.name}/{e.split}: {err}")
     return manifests
+
+
+def missing_sources(
+    entries: list[MixtureEntry],
+    raw_root: str | Path,
+    out: str | Path,
+    roots: dict[str, str] | None = None,
+    node_rank: int = 0,
+    num_nodes: int = 1,
+) -> dict[str, str]:
+    """`name/split` -> why, for each source whose raw files are missing (sources already built are not checked)."""
+    from pixelqa.data.catalog import get_source
+    from pixelqa.data.shards import manifest_name, missing_raw_files, shard_dir
+
+    missing: dict[str, str] = {}
+    for e in entries:
+        if (shard_dir(Path(out), e.name, e.split) / manifest_name(node_rank, num_nodes)).is_file():
+            continue  # a finished build needs no raw files (a rerun only confirms it)
+        root = source_root(raw_root, e.name, roots)
+        try:
+            missing_raw_files(get_source(e.name), root, e.split)
+        except FileNotFoundError as err:
+            missing[f"{e.name}/{e.split}"] = f"source {e.name} (raw root {root}): {err}"
+        except ValueError as err:  # e.g. a split the source does not have: the recipe is wrong, not the data
+            raise MixtureError(f"mixture: source {e.name}: {err}") from None
+    return missing
 
 
 def write_mixture_spec(name: str, entries: list[MixtureEntry], out: str | Path) -> Path:

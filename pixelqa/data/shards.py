@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import tarfile
 import time
@@ -97,6 +98,11 @@ class BuildError(RuntimeError):
 
 class BuildLocked(BuildError):
     """Another process is building the same shards; the message names it."""
+
+
+class BuildInputError(ValueError):
+    """The build cannot start: a bad argument, source or split, unreadable raw annotations, or shard-folder state
+    from a different or damaged build; the message names the value and what was expected."""
 
 
 def shard_dir(out: Path, source: str, split: str) -> Path:
@@ -174,6 +180,11 @@ def _convert_items(args: tuple[str, str, str, bool, str, list[tuple[int, Any, in
     return out
 
 
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (one message; the workers finish their task and exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     """Run `_convert_items` over batches, in order, in `workers` processes (0/1 = in this process)."""
     if workers <= 1:
@@ -194,7 +205,7 @@ def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     # running tasks (a few items each) and cancels the queued ones; a worker that dies raises BrokenProcessPool.
     pending: deque = deque()
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
             try:
                 for batch in itertools.islice(batches, 2 * workers):
                     pending.append(pool.submit(_convert_items, batch))
@@ -265,6 +276,17 @@ class _ShardSink:
         """Whether a record of `size` bytes still fits the open shard (an empty shard takes anything)."""
         return self.count == 0 or self.bytes + size + 1024 <= self.cfg.max_bytes
 
+    def abandon(self, remove: bool = False) -> None:
+        """Close the open shard without putting it in place (a rerun rewrites it); `remove` deletes its file."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.stream.close()
+        if remove:
+            self.tmp.unlink(missing_ok=True)
+        self.writer, self.stream, self.count, self.bytes = None, None, 0, 0
+        self.tasks = Counter()
+
     def close(self, next_item: int, next_offset: int) -> ShardInfo | None:
         """Finish the open shard (rename into place); None when nothing was written."""
         if self.writer is None:
@@ -314,13 +336,34 @@ def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
     return dict(sorted(sums.items()))
 
 
+def missing_raw_files(src: Any, root: Path, split: str) -> None:
+    """Raise FileNotFoundError naming the first raw annotation file of `src` that is not under `root`."""
+    for p in src.raw_files(Path(root), split):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
+
+
+def _read_state(path: Path, folder: Path) -> dict:
+    """A manifest or progress file of a shard folder; BuildInputError when it is not a JSON object."""
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BuildInputError(
+            f"{path}: not valid JSON ({err}), expected a build's manifest or progress; delete {folder} "
+            "or use another --out"
+        ) from None
+    if not isinstance(state, dict):
+        raise BuildInputError(f"{path}: got {type(state).__name__}, expected a JSON object; delete {folder}")
+    return state
+
+
 def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[ShardInfo], list[dict]]:
     """Shards and rejects recorded by an interrupted build with the same config ([] when none)."""
     if not path.is_file():
         return [], []
-    state = json.loads(path.read_text())
+    state = _read_state(path, folder)
     if state.get("config") != cfg.as_dict():
-        raise ValueError(
+        raise BuildInputError(
             f"{path}: an interrupted build with config {state.get('config')} exists, expected {cfg.as_dict()}; "
             "delete that folder or build into another --out"
         )
@@ -413,22 +456,29 @@ def build_shards(
     "png" re-encode.
     """
     if frame_codec not in FRAME_CODECS:
-        raise ValueError(f"frame_codec: got {frame_codec!r}, expected one of {FRAME_CODECS}")
+        raise BuildInputError(f"frame_codec: got {frame_codec!r}, expected one of {FRAME_CODECS}")
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error: got {on_error!r}, expected one of {ON_ERROR}")
+        raise BuildInputError(f"on_error: got {on_error!r}, expected one of {ON_ERROR}")
     if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise ValueError(f"node_rank/num_nodes: got {node_rank}/{num_nodes}, expected 0 <= node_rank < num_nodes")
+        raise BuildInputError(f"node_rank/num_nodes: got {node_rank}/{num_nodes}, expected 0 <= node_rank < num_nodes")
     if max_count < 1 or max_bytes < 1024:
-        raise ValueError(f"max_count/max_bytes: got {max_count}/{max_bytes}, expected >= 1 / >= 1024")
+        raise BuildInputError(f"max_count/max_bytes: got {max_count}/{max_bytes}, expected >= 1 / >= 1024")
     if max_samples is not None and max_samples < 0:
-        raise ValueError(f"max_samples: got {max_samples}, expected None or >= 0")
+        raise BuildInputError(f"max_samples: got {max_samples}, expected None or >= 0")
     root, out = Path(root), Path(out)
-    src = get_source(source)
-    src.check_split(split)
+    try:
+        src = get_source(source)
+        src.check_split(split)
+    except ValueError as err:
+        raise BuildInputError(str(err)) from None
     cfg = BuildConfig(
         source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames, frame_codec=frame_codec
     )
     folder = shard_dir(out, source, split)
+    if not folder.is_dir():
+        # A build that cannot find its raw files fails before creating anything (no empty folders left behind);
+        # an existing folder may hold a complete build that no longer needs them, so it is not checked here.
+        missing_raw_files(src, root, split)
     folder.mkdir(parents=True, exist_ok=True)
     with build_lock(folder, node_rank, num_nodes, wait):
         return _build_locked(src, Path(root), cfg, folder, workers, on_error, progress)
@@ -444,19 +494,22 @@ def _build_locked(
     progress_path = folder / f".progress-node{node_rank:03d}-of{num_nodes:03d}.json"
 
     if manifest_path.is_file() and not progress_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = _read_state(manifest_path, folder)
         if manifest.get("config") == cfg.as_dict() and all(
             (folder / s["name"]).is_file() and (folder / s["name"]).stat().st_size == s["bytes"]
             for s in manifest["shards"]
         ):
             log.info("%s is complete; nothing to do", manifest_path)
             return manifest
-        raise ValueError(
+        raise BuildInputError(
             f"{manifest_path} exists from a different or damaged build; delete {folder} or use another --out"
         )
 
     raw_sums = _raw_checksums(src, root, split)
-    items = list(src.items(root, split))
+    try:
+        items = list(src.items(root, split))
+    except (ValueError, TypeError) as err:  # a malformed annotation file: nothing to build from (the file is named)
+        raise BuildInputError(f"{source}/{split} raw data under {root}: {err}") from None
     start, stop = _node_block(len(items), node_rank, num_nodes)
     done, rejects = _load_progress(progress_path, cfg, folder)
     cursor_item, cursor_offset = (done[-1].next_item, done[-1].next_offset) if done else (start, 0)
@@ -485,46 +538,48 @@ def _build_locked(
                 seen_keys.update(m.name.split(".", 1)[0] for m in tf.getmembers())
     limit_hit = max_samples is not None and written >= max_samples
     last_pos = cursor_item
-    for results in [] if limit_hit else _tasks(batches(), workers):
-        for res in results:
-            status, pos, offset = res[0], res[1], res[2]
-            if status == "ok":
-                _, _, _, key, task, record = res
-                if key in seen_keys:
-                    status, res = (
-                        "reject",
-                        ("reject", pos, offset, key, f"key: got duplicate {key!r}, expected unique keys"),
-                    )
-                else:
-                    seen_keys.add(key)
-                    size = _tar_member_bytes(record)
-                    if not sink.fits(size):
-                        done.append(sink.close(pos, offset))
-                        save_progress()
-                    written += 1
-                    if sink.add(record, task, size):
-                        done.append(sink.close(pos, offset + 1))
-                        save_progress()
-            if status == "reject":
-                reason = res[4]
-                msg = f"{source}/{split} item {pos} sample {offset} (key {res[3]}): {reason}"
-                if on_error == "fail":
-                    sink_tmp = getattr(sink, "tmp", None)
-                    if sink.writer is not None and sink_tmp is not None:
-                        sink.writer.close()
-                        sink.stream.close()
-                        sink_tmp.unlink(missing_ok=True)
-                    raise BuildError(msg + " (use --on-error skip to record and skip such samples)")
-                log.warning("rejected %s", msg)
-                rejects.append({"item": pos, "offset": offset, "key": res[3], "reason": reason})
-            if max_samples is not None and written >= max_samples:
-                limit_hit = True
+    try:
+        for results in [] if limit_hit else _tasks(batches(), workers):
+            for res in results:
+                status, pos, offset = res[0], res[1], res[2]
+                if status == "ok":
+                    _, _, _, key, task, record = res
+                    if key in seen_keys:
+                        status, res = (
+                            "reject",
+                            ("reject", pos, offset, key, f"key: got duplicate {key!r}, expected unique keys"),
+                        )
+                    else:
+                        seen_keys.add(key)
+                        size = _tar_member_bytes(record)
+                        if not sink.fits(size):
+                            done.append(sink.close(pos, offset))
+                            save_progress()
+                        written += 1
+                        if sink.add(record, task, size):
+                            done.append(sink.close(pos, offset + 1))
+                            save_progress()
+                if status == "reject":
+                    reason = res[4]
+                    msg = f"{source}/{split} item {pos} sample {offset} (key {res[3]}): {reason}"
+                    if on_error == "fail":
+                        sink.abandon(remove=True)
+                        raise BuildError(msg + " (use --on-error skip to record and skip such samples)")
+                    log.warning("rejected %s", msg)
+                    rejects.append({"item": pos, "offset": offset, "key": res[3], "reason": reason})
+                if max_samples is not None and written >= max_samples:
+                    limit_hit = True
+                    break
+            if bar is not None and results:
+                bar.update(results[-1][1] + 1 - last_pos)
+                last_pos = results[-1][1] + 1
+            if limit_hit:
                 break
-        if bar is not None and results:
-            bar.update(results[-1][1] + 1 - last_pos)
-            last_pos = results[-1][1] + 1
-        if limit_hit:
-            break
+    except BaseException:
+        # Ctrl-C or a failure: close the open shard in order (its partial file is rewritten by the rerun); left
+        # to the garbage collector, the tar stream would be flushed into a closed file and print a traceback.
+        sink.abandon()
+        raise
     if bar is not None:
         bar.close()
     last = sink.close(stop, 0)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
-from pixelqa.data.schema import Sample
+from pixelqa.data.registry import Source, register_source, rejected
+from pixelqa.data.schema import Sample, make_key
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import encode_video_frames, uniform_indices, video_info
@@ -104,20 +105,14 @@ class RefSAV(MaskDictVOS, Source):
         else:
             frames.fps = None  # irregular after subsampling
         for obj_key, obj in entry["objects"].items():
-            if not isinstance(obj, dict) or "formated" not in obj:
-                raise ValueError(f"{path}: {item}.objects[{obj_key!r}] has no 'formated' description")
+            where = f"{path}: {item}.objects[{obj_key!r}]"
+            try:
+                target = self.object_masks(obj, obj_key, masklet, keep, frames.size, anno_path)
+            except (ValueError, TypeError) as e:
+                # One bad object is its own counted reject: the video's other objects are still converted.
+                yield rejected(self.name, split, self.task, make_key(item, str(obj_key)), f"{where}: {e}")
+                continue
             idx = int(obj.get("obj_id", obj_key))
-            target = {}
-            for t, k in enumerate(keep):
-                row = masklet[k]
-                if idx >= len(row):
-                    raise ValueError(f"{anno_path}: masklet[{k}] has {len(row)} objects, expected index {idx}")
-                rle = masks.normalize(row[idx])
-                if list(rle["size"]) != list(frames.size):
-                    raise ValueError(
-                        f"{anno_path}: masklet[{k}][{idx}] size {rle['size']}, expected {list(frames.size)}"
-                    )
-                target[t] = rle
             exp = Expression(str(obj_key), str(obj["formated"]).strip(), [idx], [], obj)
             meta = {"has_masks": True, "no_target": False, "source_frames": [k * SAV_STRIDE for k in keep]}
             yield rvos_sample(
@@ -130,4 +125,23 @@ class RefSAV(MaskDictVOS, Source):
                 frame_ids=[str(k * SAV_STRIDE) for k in keep],
                 target_masks=target,
                 meta=meta,
+                where=where,
             )
+
+    def object_masks(
+        self, obj: Any, obj_key: str, masklet: list, keep: Sequence[int], size: tuple[int, int], anno_path: Path
+    ) -> dict[int, dict]:
+        """One described object's masks on the kept annotated frames (its index in each masklet row)."""
+        if not isinstance(obj, dict) or "formated" not in obj:
+            raise ValueError(f"got {obj!r:.80}, expected a dict with a 'formated' description")
+        idx = int(obj.get("obj_id", obj_key))
+        target = {}
+        for t, k in enumerate(keep):
+            row = masklet[k]
+            if idx >= len(row):
+                raise ValueError(f"{anno_path}: masklet[{k}] has {len(row)} objects, expected index {idx}")
+            rle = masks.normalize(row[idx])
+            if list(rle["size"]) != list(size):
+                raise ValueError(f"{anno_path}: masklet[{k}][{idx}] size {rle['size']}, expected {list(size)}")
+            target[t] = rle
+        return target

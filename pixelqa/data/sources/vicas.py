@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
-from pixelqa.data.schema import Sample
+from pixelqa.data.registry import Source, register_source, rejected
+from pixelqa.data.schema import Sample, make_key
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import read_frame_files
@@ -76,7 +76,10 @@ class ViCaS(Source):
         for i, ref in enumerate(refs):
             tracks = ref.get("track_ids") if isinstance(ref, dict) else None
             if not isinstance(tracks, list) or "prompt" not in ref:
-                raise ValueError(f"{ann_path}: object_referrals[{i}] needs 'prompt' and a 'track_ids' list")
+                # One bad referral is its own counted reject: the video's other referrals are still converted.
+                reason = f"{ann_path}: object_referrals[{i}]: got {ref!r:.80}, expected 'prompt' and a 'track_ids' list"
+                yield rejected(self.name, split, self.task, make_key(vid, str(i)), reason)
+                continue
             target = {}
             for t, s in enumerate(segs):
                 ids, rles = s.get("track_ids", []), s.get("mask_rles", [])
@@ -98,4 +101,5 @@ class ViCaS(Source):
                 frame_ids=names,
                 target_masks=target,
                 meta=meta,
+                where=f"{ann_path}: object_referrals[{i}]",
             )

@@ -12,8 +12,9 @@ Two mask layouts occur in the releases:
   official evaluator and VISA read these files (not the position in the JSON, which differs for videos with
   11 or more expressions).
 
-One bad expression (a missing anno_id, a mask of the wrong size or length, unreadable frames) yields a
-`rejected` sample naming the file and the record; the video's other expressions are still converted.
+One bad expression (not a dict, no or empty 'exp' text, a missing anno_id, a mask of the wrong size or length,
+unreadable frames) yields a `rejected` sample naming the file and the record; the video's other expressions are
+still converted.
 
 Every expression becomes one sample with one target object (id 1) whose masks are the union of the
 expression's instances, as the J&F protocols of these benchmarks score it.
@@ -76,6 +77,7 @@ class Expression:
     obj_ids: list[Any] = field(default_factory=list)
     anno_ids: list[Any] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+    error: str | None = None  # why the record is unusable: the converter yields a counted reject in its place
 
 
 def videos_of(meta: Any, path: str) -> dict:
@@ -95,23 +97,30 @@ def as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def expressions_of(video: dict, vid: str, path: str) -> list[Expression]:
-    """The expressions of one video entry, in file order."""
-    exps = video.get("expressions")
+def expressions_of(video: Any, vid: str, path: str) -> list[Expression]:
+    """The expressions of one video entry, in file order; a malformed one carries its `error` (one reject each)."""
+    exps = video.get("expressions") if isinstance(video, dict) else None
     if not isinstance(exps, dict):
         raise TypeError(f"{path}: videos[{vid!r}].expressions: got {type(exps).__name__}, expected a mapping")
     out = []
     for exp_id, e in exps.items():
+        # Checked per expression, not for the video: one damaged record must not cost the video's good ones.
+        error = None
         if not isinstance(e, dict) or "exp" not in e:
-            raise ValueError(
-                f"{path}: videos[{vid!r}].expressions[{exp_id!r}]: got {e!r:.80}, expected a dict with 'exp'"
-            )
-        out.append(Expression(str(exp_id), str(e["exp"]), as_list(e.get("obj_id")), as_list(e.get("anno_id")), e))
+            error = f"got {e!r:.80}, expected a dict with 'exp'"
+        elif not isinstance(e["exp"], str) or not e["exp"].strip():
+            error = f"exp: got {e['exp']!r:.80}, expected non-empty text"
+        if error is not None:
+            out.append(Expression(str(exp_id), "", raw=e if isinstance(e, dict) else {}, error=error))
+            continue
+        out.append(Expression(str(exp_id), e["exp"], as_list(e.get("obj_id")), as_list(e.get("anno_id")), e))
     return out
 
 
-def frames_of(video: dict, vid: str, path: str) -> list[str]:
+def frames_of(video: Any, vid: str, path: str) -> list[str]:
     """The frame names of one video entry."""
+    if not isinstance(video, dict):
+        raise TypeError(f"{path}: videos[{vid!r}]: got {type(video).__name__}, expected a mapping with 'frames'")
     frames = video.get("frames")
     if not isinstance(frames, list) or not frames:
         raise ValueError(f"{path}: videos[{vid!r}].frames: got {frames!r:.80}, expected a non-empty list of names")
@@ -172,9 +181,15 @@ def rvos_sample(
     frame_ids: list[str],
     target_masks: dict[int, dict],
     meta: dict,
+    where: str | None = None,
 ) -> Sample:
-    """One referring-segmentation sample: the video, one target object and a segment-it conversation."""
+    """One referring-segmentation sample, or a rejected one naming `where` when the expression text is unusable."""
     key = make_key(vid, exp.exp_id)
+    try:
+        turns = seg_turns(exp.text, key)
+    except ValueError as e:
+        # Rejected in place (counted by the builder) so the caller's later expressions are still converted.
+        return rejected(source, split, task, key, f"{where or f'video {vid!r} expression {exp.exp_id!r}'}: {e}")
     full_meta = {
         "video": vid,
         "exp_id": exp.exp_id,
@@ -192,7 +207,7 @@ def rvos_sample(
         task=task,
         media=media,
         objects={TARGET_ID: ObjectTrack(masks=target_masks)},
-        turns=seg_turns(exp.text, key),
+        turns=turns,
         meta=full_meta,
     )
 
@@ -246,6 +261,9 @@ class MaskDictVOS:
         frames: FrameSet | str | None = None  # read once per video, when an expression needs them; str = error
         for exp in exps:
             where = expression_where(meta_path, item, exp.exp_id)
+            if exp.error is not None:  # before the filter below: a damaged record is counted, never dropped
+                yield rejected(self.name, split, self.task, make_key(item, exp.exp_id), f"{where}: {exp.error}")
+                continue
             if train and self.skip_empty_in_train and not exp.anno_ids and not exp.obj_ids:
                 continue  # the reference recipe's filter: an expression that refers to nothing teaches nothing
             if frames is None:
@@ -289,6 +307,7 @@ class MaskDictVOS:
                 frame_ids=sample_names,
                 target_masks=target,
                 meta=meta,
+                where=where,
             )
 
     def target_masks(
@@ -372,6 +391,9 @@ class PaletteVOS:
         for pos, exp in enumerate(exps):
             where = expression_where(meta_path, item, exp.exp_id)
             key = make_key(item, exp.exp_id)
+            if exp.error is not None:
+                yield rejected(self.name, split, self.task, key, f"{where}: {exp.error}")  # type: ignore[attr-defined]
+                continue
             if isinstance(frames, str):
                 yield rejected(self.name, split, self.task, key, f"{where}: {frames}")  # type: ignore[attr-defined]
                 continue
@@ -405,6 +427,7 @@ class PaletteVOS:
                 frame_ids=names,
                 target_masks=target,
                 meta=meta,
+                where=where,
             )
 
 
@@ -432,6 +455,8 @@ def _pickle_index(meta_path: str, mtime_ns: int, size: int) -> dict[tuple[str, s
     out: dict[tuple[str, str], int] = {}
     videos = videos_of(cached_json(meta_path), meta_path)
     for vid in sorted(videos):
-        for exp_id in sorted(str(e) for e in (videos[vid].get("expressions") or {})):
+        exps = videos[vid].get("expressions") if isinstance(videos[vid], dict) else None
+        # A malformed video entry is that video's reject (expressions_of); it must not break every video's index.
+        for exp_id in sorted(str(e) for e in (exps if isinstance(exps, dict) else {})):
             out[(vid, exp_id)] = len(out)
     return out
