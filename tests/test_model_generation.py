@@ -68,6 +68,20 @@ def test_chat_with_sam_frames_apart_from_llm_frames():
         model.chat(sam[index], "  ", max_new_tokens=1)
 
 
+def test_a_forced_prefix_holding_a_seg_token_is_refused_before_the_turn():
+    # a <|seg|> in the prefix would be counted among the answer's objects but never decoded (ids and masks mispair)
+    model = cached_model(obj_scores=False).eval()
+    media = frames(2, seed=4)
+    res = model.chat(media, "What is <|ref|>?", prompts=[Point(0.5, 0.5)], max_new_tokens=1)
+    turns, bank = list(res.state.turns), dict(res.bank.masks)
+    for prefix in ("[1] <|seg|>", "It is <|mem|>"):
+        with pytest.raises(ValueError, match=r"assistant_prefix: holds <\|(seg|mem)\|>, expected plain text"):
+            model.chat(media, "And now?", history=res.state, assistant_prefix=prefix, max_new_tokens=1)
+    assert res.state.turns == turns and res.bank.masks.keys() == bank.keys()  # the conversation is untouched
+    plain = model.chat(media, "And now?", history=res.state, assistant_prefix="The answer is", max_new_tokens=1)
+    assert plain.text.startswith("The answer is")
+
+
 @contextlib.contextmanager
 def counting_calls(module: torch.nn.Module):
     """A list that grows by one at each forward of `module` while the context is open."""

@@ -19,7 +19,7 @@ import pytest
 import torch
 from model_fixtures import cached_model, tiny_config
 from PIL import Image
-from test_predict_units import H, W, frame_array, write_video
+from test_predict_units import H, W, frame_array, sideways_jpeg, write_video
 
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict import Predictor, load_model, read_media
@@ -150,10 +150,14 @@ def test_cli_video_file_with_point_box_mask_capped_frames(files, tmp_path, capsy
     assert run["text"] == "[0] <|ref|> [1] <|ref|> [2] <|ref|> Where does it go?"
     assert run["media"] == {
         "path": str(files / "clip.mp4"),
+        "path_given": str(files / "clip.mp4"),
         "kind": "video",
         "num_frames": 20,
+        "declared_frames": 20,
         "size": [H, W],
         "fps": 10.0,
+        "exif_orientation": {},
+        "warnings": [],
     }
     assert all(run["objects"][str(k)]["this_turn"] for k in range(3))
     assert run["model"]["format"] == "save_pretrained" and run["model"]["dtype"] == "float32"
@@ -239,6 +243,57 @@ def test_api_frames_folder_mask_prompt_and_lightning_checkpoint(files, tmp_path)
     write_outputs(pred, tmp_path / "out")
     run = check_outputs(tmp_path / "out", [f"f{t:03d}" for t in range(4)], _rgb(files / "frames"), pred)
     assert run["recipe"]["stage"] == 3 and run["prompts"][0]["kind"] == "mask"
+
+
+def test_cli_sideways_jpeg_relative_path_and_tqdm_disable(files, tmp_path, monkeypatch, capsys):
+    sideways_jpeg(tmp_path / "photo.jpg")  # 160x120 stored, shown 120x160 (EXIF orientation 6)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # without --no-progress: the variable alone silences the bars
+    argv = ["--model", str(files / "tiny"), "--media", "photo.jpg", "--text", "What is it?", "--point", "100,140"]
+    assert cli.main([*argv, "--max-new-tokens", "2", "--out", "o"]) == 0
+    err = capsys.readouterr().err
+    assert "frames" not in err and "%|" not in err, err
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    media = run["media"]
+    assert media["path"] == str(tmp_path / "photo.jpg") and media["path_given"] == "photo.jpg"
+    assert media["size"] == [160, 120] and media["exif_orientation"] == {"00000": 6} and media["warnings"] == []
+    assert run["prompts"][0]["xy"] == [100 / 120, 140 / 160]
+    t = run["timings"]
+    # end_to_end_s is the sum of the parts (each rounded to 4 places in run.json)
+    assert t["end_to_end_s"] == pytest.approx(t["read_s"] + t["load_s"] + t["total_s"], abs=2e-4)
+    assert t["end_to_end_s"] > t["total_s"] >= t["model_s"]
+    assert np.asarray(Image.open(tmp_path / "o" / "Annotations" / "photo" / "00000.png")).shape == (160, 120)
+
+
+def test_cli_truncated_video_warns_once_and_records_both_counts(files, tmp_path, capsys):
+    write_video(tmp_path / "whole.mp4", 30, faststart=True)
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "o"
+    argv = ["--model", str(files / "tiny"), "--media", str(tmp_path / "cut.mp4"), "--text", "What is it?"]
+    assert cli.main([*argv, "--max-new-tokens", "2", "--out", str(out), "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    media = json.loads((out / "run.json").read_text())["media"]
+    n = media["num_frames"]
+    assert media["declared_frames"] == 30 and 0 < n < 30
+    assert warned == [f"warning: {media['warnings'][0]}"] and "cut.mp4" in warned[0]
+    assert f"declares 30 frames but only {n} decode" in warned[0]
+    assert len(list((out / "overlays").iterdir())) == n  # the frames that decode are used
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_few_llm_frames_pair_tags_as_released(files, k):
+    # the release pairs LLM frames for <|mem|> as (2g+1, 2g+2), 1-based, padding an odd count's last pair
+    # (reference doc, memory-injected prompt format): 1 frame -> <1>-<2>; 5 frames -> ... <5>-<6>
+    media = read_media(files / "clip.mp4", list(range(10)))
+    pred = Predictor(model(), llm_frames=k, max_new_tokens=2).run(media, "What is it?", [Point(0.5, 0.3)])
+    assert len(pred.llm_positions) == k
+    visible = [t for t in range(k) if pred.memory[0][pred.llm_positions[t]].any()]
+    pairs = sorted({t // 2 for t in visible})
+    assert pairs, "the tiny model draws the prompted object"
+    body = " ".join(f"<{2 * g + 1}>-<{2 * g + 2}> <|mem|>" for g in pairs)
+    head = f"Here is a video with {k} frames denoted as <1> to <{k}>. The highlighted regions are as follows:"
+    assert pred.model_text == f"{head}\n[0]: {body}\n[0] What is it?"
 
 
 RELEASE_NOISE = ("model of type `pixel_qwen2_5_vl`", "got `key=rope_scaling`", "Unrecognized keys in `rope_parameters`")

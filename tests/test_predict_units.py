@@ -14,8 +14,9 @@ from pixelqa.predict import __main__ as cli
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import keep_forced, llm_positions, sam_frame_ids
 from pixelqa.predict.loading import safe_torch_load
-from pixelqa.predict.media import probe_media, read_media
+from pixelqa.predict.media import media_from_tensor, media_warnings, probe_media, read_media
 from pixelqa.predict.outputs import davis_palette, id_map, rle_decode, rle_encode
+from pixelqa.predict.predictor import Predictor
 from pixelqa.predict.prompts import check_prompts, model_prompts, parse_prompt, place_refs
 
 H, W = 48, 64
@@ -28,9 +29,9 @@ def frame_array(t: int) -> np.ndarray:
     return a
 
 
-def write_video(path, n: int, codec: str = "mpeg4") -> None:
-    """An n-frame clip encoded by PyAV."""
-    with av.open(str(path), "w") as container:
+def write_video(path, n: int, codec: str = "mpeg4", faststart: bool = False) -> None:
+    """An n-frame clip encoded by PyAV (faststart: the mp4 index, with its frame count, ahead of the frames)."""
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         for t in range(n):
@@ -120,6 +121,97 @@ def test_video_file_frames_folder_and_image_decode(tmp_path):
     assert image.kind == "image" and image.frames.shape == (1, 3, H, W)
 
 
+def sideways_jpeg(path, orientation: int = 6) -> np.ndarray:
+    """A 160x120 JPEG stored sideways with an EXIF orientation tag; returns the stored (120, 160, 3) pixels."""
+    a = np.full((120, 160, 3), 40, np.uint8)
+    a[0:30, 0:40] = (240, 40, 40)  # a red block in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(path, exif=exif, quality=95)
+    return a
+
+
+def test_jpeg_exif_orientation_is_applied_to_images_and_frames(tmp_path):
+    stored = sideways_jpeg(tmp_path / "photo.jpg")
+    # orientation 6: a viewer turns the stored picture 90 degrees clockwise (EXIF 2.3, tag 0x0112)
+    shown = np.rot90(stored, k=-1)
+    info = probe_media(tmp_path / "photo.jpg")
+    assert (info.height, info.width) == (160, 120)
+    media = read_media(tmp_path / "photo.jpg")
+    got = media.frames[0].permute(1, 2, 0).numpy().astype(float)
+    assert got.shape == shown.shape and np.abs(got - shown).mean() < 4
+    assert got[5:25, 95:115, 0].mean() > 200 and got[5:25, 5:25, 0].mean() < 80  # the red block is top-right
+    assert media.meta["exif_orientation"] == {"00000": 6}
+    # a click on the picture as shown is inside it; one inside the stored (sideways) frame only is not
+    check_prompts([parse_prompt("point", "100,140")], info)
+    with pytest.raises(PredictInputError, match="outside the 120x160 frame"):
+        check_prompts([parse_prompt("point", "140,100")], info)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    sideways_jpeg(folder / "a.jpg")
+    Image.fromarray(np.rot90(stored, k=-1).copy()).save(folder / "b.png")  # already upright: no tag
+    frames = read_media(folder)
+    assert frames.frames.shape == (2, 3, 160, 120) and frames.meta["exif_orientation"] == {"a": 6}
+    (tmp_path / "plain").mkdir()
+    plain = read_media(_image(tmp_path / "plain", 1))
+    assert plain.meta["exif_orientation"] == {}
+
+
+def test_truncated_video_is_counted_and_reported(tmp_path):
+    write_video(tmp_path / "whole.mp4", 30, faststart=True)
+    whole = probe_media(tmp_path / "whole.mp4")
+    assert (whole.num_frames, whole.declared_frames) == (30, 30) and media_warnings(whole) == []
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])  # a download cut short
+    cut = probe_media(tmp_path / "cut.mp4")
+    assert cut.declared_frames == 30 and 0 < cut.num_frames < 30
+    assert len(read_media(tmp_path / "cut.mp4", info=cut).frame_ids) == cut.num_frames
+    (line,) = media_warnings(cut)
+    assert "cut.mp4" in line and "declares 30 frames" in line and f"only {cut.num_frames} decode" in line
+    # the API reading the path itself warns too (NoChat stops the turn once the media is read)
+    with pytest.warns(UserWarning, match="declares 30 frames"), pytest.raises(AssertionError, match="chat reached"):
+        Predictor(NoChat(), model_info={"format": "stand-in"}).run(tmp_path / "cut.mp4", "What is it?")
+
+
+def test_mask_file_names_may_hold_commas(tmp_path):
+    Image.fromarray(np.ones((H, W), np.uint8)).save(tmp_path / "my,mask.png")
+    whole = parse_prompt("mask", f"{tmp_path}/my,mask.png")
+    assert (whole.mask_path, whole.frame) == (f"{tmp_path}/my,mask.png", 0)
+    framed = parse_prompt("mask", f"{tmp_path}/my,mask.png,3")
+    assert (framed.mask_path, framed.frame) == (f"{tmp_path}/my,mask.png", 3)
+    missing = parse_prompt("mask", f"{tmp_path}/other,mask.png")  # no such file: the whole value is the name
+    assert missing.mask_path == f"{tmp_path}/other,mask.png"
+    with pytest.raises(PredictInputError, match="got frame 'x'"):
+        parse_prompt("mask", f"{tmp_path}/my,mask.png,x")
+
+
+def test_progress_bars_follow_no_progress_and_tqdm_disable(tmp_path, monkeypatch, capsys):
+    write_video(tmp_path / "clip.mp4", 3)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    read_media(tmp_path / "clip.mp4", progress=True)
+    assert "decoding frames" in capsys.readouterr().err  # not vacuous: a bar is drawn when asked for
+    read_media(tmp_path / "clip.mp4", progress=False)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    read_media(tmp_path / "clip.mp4", progress=True)
+    assert capsys.readouterr().err == ""
+
+
+class NoChat:
+    """A model stand-in whose chat must not be reached (inputs refused before it)."""
+
+    def chat(self, **kwargs):
+        raise AssertionError("chat reached")
+
+
+@pytest.mark.parametrize("prefix", ["[0] <|seg|>", "The <|mem|> is", "See <|ref|>"])
+def test_predictor_refuses_special_tokens_in_the_assistant_prefix(prefix):
+    predictor = Predictor(NoChat(), model_info={"format": "stand-in"})
+    media = media_from_tensor(torch.zeros(1, 3, H, W, dtype=torch.uint8))
+    with pytest.raises(PredictInputError, match=r"assistant_prefix: holds <\|"):
+        predictor.run(media, "What is it?", assistant_prefix=prefix)
+
+
 # ---- outputs ------------------------------------------------------------------------------------------------------
 
 
@@ -187,6 +279,7 @@ def inputs(tmp_path_factory):
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     Image.fromarray(np.ones((10, 10), np.uint8)).save(root / "small_mask.png")
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(root / "my,mask.png")
     Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "empty_mask.png")
     (root / "empty_dir").mkdir()
     (root / "unused").mkdir()  # exists, so the model check passes; every case fails before loading
@@ -214,6 +307,13 @@ BAD = [
     (["--text", "What is [3] doing?"], ["--text", "[3]", "not in memory"]),
     (["--text", "Is <|ref|> red?"], ["--text", "holds 1 <|ref|> but 0 prompt"]),
     (["--max-frames", "0"], ["--max-frames", "got 0"]),
+    (["--max-frames", "-2"], ["--max-frames", "got -2", "integer >= 1"]),
+    (["--llm-frames", "abc"], ["--llm-frames", "got 'abc'", "integer >= 1"]),
+    (["--point", "-1,40"], ["--point", "'-1,40'", "outside the 64x48 frame"]),
+    (["--box", "-5,0,10,10"], ["--box", "'-5,0,10,10'", "inside the 64x48 frame"]),
+    (["--mask", "{r}/my,mask.png"], ["--mask", "my,mask.png", "10x10", "64x48"]),
+    (["--propagation", "sideways"], ["--propagation", "invalid choice: 'sideways'"]),
+    (["--media", "{r}/clip.mp4", "--bogus", "1"], ["unrecognized arguments: --bogus 1"]),
     (["--model", "{r}/no_model"], ["--model", "no_model", "does not exist"]),
     (["--text", "Is <|mem|> red?"], ["--text", "<|mem|>", "the model or its processor writes"]),
     (["--text", "Look <|image_pad|>"], ["--text", "<|image_pad|>", "plain text"]),

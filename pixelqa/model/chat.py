@@ -20,6 +20,7 @@ from pixelqa.prompt_format import (
     MEM,
     REF,
     SEG,
+    SPECIAL_TOKENS,
     count_ref,
     count_seg,
     object_ids_in,
@@ -235,6 +236,16 @@ def _decode(model, state, states: torch.Tensor, starts: list[int | None] | None 
     return [m > 0 for m in logits.cpu()]
 
 
+def check_prefix(assistant_prefix: str) -> None:
+    """Raise unless a forced answer start is plain text: a <|seg|> there would be counted as an answer object but
+    never decoded (ids and masks would mispair), and a <|ref|> / <|mem|> has no prompt or memory to fill it."""
+    for token in SPECIAL_TOKENS:
+        if token in assistant_prefix:
+            raise ValueError(
+                f"assistant_prefix: holds {token}, expected plain text (a forced prefix yields no mask or prompt)"
+            )
+
+
 def check_frames(media: torch.Tensor, sam_media: torch.Tensor | None, llm_index: list[int] | None) -> None:
     """Raise unless the SAM frames and the LLM-frame index agree with the LLM frames."""
     if sam_media is None and llm_index is None:
@@ -275,6 +286,7 @@ def chat_turn(
     ground-truth memory of VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the
     returned answer); `processor_kwargs` go to every processor call of the conversation (a pixel budget).
     """
+    check_prefix(assistant_prefix)  # before any state changes
     was = model.training
     model.eval()
     try:

@@ -3,7 +3,8 @@
 Prompts: `--point x,y[,t]`, `--box x1,y1,x2,y2[,t]` (pixels, frame t, default 0), `--mask PNG[,t]`, numbered
 0, 1, ... in the order given. Outputs go to `--out` (see `pixelqa.predict.outputs`); `--chat` opens a multi-round
 session in the terminal whose later turns may name memory objects (`What is [0] holding?`). User errors print one
-line and exit with status 2.
+line and exit with status 2; signs of damage in the media (a truncated video) print one `warning:` line each and go
+to run.json. Values may start with '-' (`--point -1,40`), so that a prompt outside the frame is named as such.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, sam_frame_ids
-from pixelqa.predict.media import probe_media, read_media
+from pixelqa.predict.media import media_warnings, probe_media, read_media
 from pixelqa.predict.prompts import PromptAction, check_prompts, model_prompts, parse_prompt, place_refs
 from pixelqa.prompt_format import object_ids_in
 
@@ -33,9 +34,56 @@ def for_terminal(text: str) -> str:
     return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a PredictInputError (one line, exit 2) instead of usage and a message."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the error as predict's others are raised (argparse's `argument --x: ...` shortened to `--x: ...`)."""
+        raise PredictInputError(message.removeprefix("argument "))
+
+
+def count_arg(text: str) -> int:
+    """An integer >= 1 of a count option (argparse names the option in front of the message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
+    return value
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """argv with `--opt -1,40` written `--opt=-1,40` for options taking a value, so argparse takes a value that
+    starts with '-' (a negative coordinate, a text) as the value rather than as an unknown option."""
+    takes_value = {s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings}
+    known = set(parser._option_string_actions)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a == "--":
+            out += argv[i:]
+            break
+        if (
+            a in takes_value
+            and nxt is not None
+            and nxt.startswith("-")
+            and not nxt.startswith("--")
+            and nxt.split("=", 1)[0] not in known
+        ):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of predict."""
-    parser = argparse.ArgumentParser(prog="python -m pixelqa.predict", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m pixelqa.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="released folder, save_pretrained folder or Lightning ckpt")
     parser.add_argument("--media", required=True, help="image file, video file (mp4/webm/avi/...) or frames folder")
     parser.add_argument("--text", help="the question or instruction (optional with --chat: asked for)")
@@ -46,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="predict_out",
         help="output folder: new, empty or an earlier predict output, replaced whole (default: predict_out)",
     )
-    parser.add_argument("--max-frames", type=int, default=None, help="read at most N frames (uniform, prompts kept)")
-    parser.add_argument("--llm-frames", type=int, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    parser.add_argument(
+        "--max-frames", type=count_arg, default=None, help="read at most N frames (uniform, prompts kept)"
+    )
+    parser.add_argument("--llm-frames", type=count_arg, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
+    parser.add_argument("--max-new-tokens", type=count_arg, default=64, help="answer length limit (default 64)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
     parser.add_argument("--chat", action="store_true", help="interactive multi-round session in the terminal")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (so does TQDM_DISABLE=1)")
     parser.add_argument(
         "--propagation",
         choices=("forward", "bidirectional"),
@@ -93,7 +143,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    progress = not args.no_progress
+    progress = not args.no_progress  # TQDM_DISABLE is honoured where bars are made (pixelqa.predict.progress)
     _check_counts(args)
     out = check_out(args.out)  # before any slow work: a file there, someone else's folder, no write access
     if not Path(args.model).exists():  # before any slow work
@@ -105,10 +155,12 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         for k in object_ids_in(first):
             if k not in ids:
                 raise PredictInputError(f"--text: names object [{k}], which is not in memory (memory is empty)")
-    info = probe_media(args.media)
+    t0 = time.perf_counter()
+    info = probe_media(args.media)  # a video is decoded once here to count its frames: part of read_s
+    for line in media_warnings(info):
+        print(f"warning: {line}", file=sys.stderr)
     check_prompts(specs, info)
     frame_ids = sam_frame_ids(info.num_frames, args.max_frames, [s.frame for s in specs])
-    t0 = time.perf_counter()
     media = read_media(args.media, frame_ids, info, progress=progress)
     read_s = time.perf_counter() - t0
     prompts = model_prompts(specs, info, media.frame_ids)
@@ -125,7 +177,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress, model_info=model_info)
     if not args.chat:
         pred = predictor.run(media, args.text, prompts)
-        pred.timings.update(read_s=read_s, load_s=load_s)
+        pred.timings.update(read_s=read_s, load_s=load_s, end_to_end_s=read_s + load_s + pred.timings["total_s"])
         write_outputs(pred, out, [s.arg for s in specs], progress=progress)
         print(for_terminal(pred.answer), file=stdout)
         print(f"outputs: {out}", file=stdout)
@@ -154,7 +206,12 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             text = None
             continue
         pred, text, turn = nxt, None, turn + 1
-        pred.timings.update(read_s=read_s if turn == 1 else 0.0, load_s=load_s if turn == 1 else 0.0)
+        setup_s = read_s + load_s if turn == 1 else 0.0
+        pred.timings.update(
+            read_s=read_s if turn == 1 else 0.0,
+            load_s=load_s if turn == 1 else 0.0,
+            end_to_end_s=setup_s + pred.timings["total_s"],
+        )
         write_outputs(pred, out / f"turn{turn}", [s.arg for s in specs] if turn == 1 else None, progress)
         print(f"pixelqa> {for_terminal(pred.answer)}", file=stdout)
         print(memory_summary(pred), file=stdout)
@@ -166,7 +223,12 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
     from pixelqa.quiet import silence_library_noise
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(join_dash_values(parser, list(sys.argv[1:] if argv is None else argv)))
+    except PredictInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     silence_library_noise()
     try:
         return run(args, stdin, stdout)

@@ -3,6 +3,12 @@
 `probe_media` says what a path holds (kind, frame count, size) without keeping pixels; `read_media` decodes the
 frames at chosen indices into a `Media` of (T, 3, H, W) uint8. Files are decoded by Pillow / PyAV only (no shell
 commands are built from file names). Every failure is a `PredictInputError` naming `--media` and the path.
+
+Images and frames are turned upright by their EXIF orientation (`ImageOps.exif_transpose`), so pixel coordinates
+are those of the picture as a viewer shows it; `Media.meta["exif_orientation"]` names the frames that were turned.
+A video that decodes to fewer frames than its container declares (a cut download, say) is used as far as it
+decodes rather than refused (the frames that decode are sound, and a container's count can overstate for a sound
+file too, e.g. with edit lists); `media_warnings` says so in one line and run.json records both counts.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2..8 mirrored and / or turned
 
 
 @dataclass
@@ -31,6 +38,7 @@ class MediaInfo:
     height: int
     width: int
     fps: float | None = None
+    declared_frames: int | None = None  # a video container's own frame count (None: it gives none)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class Media:
     frame_ids: list[int]
     names: list[str]  # one file stem per frame (the DAVIS layout's PNG names)
     info: MediaInfo
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # exif_orientation: {frame name: EXIF orientation applied}
 
     @property
     def kind(self) -> str:
@@ -64,19 +72,24 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _open_image(path: Path, media: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, or a PredictInputError naming it."""
+def _open_image(path: Path, media: str | Path) -> tuple[np.ndarray, int]:
+    """((H, W, 3) uint8 RGB upright by its EXIF orientation, that orientation (1: none)), or a PredictInputError."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            orientation = im.getexif().get(ORIENTATION_TAG, 1)
+            # only 2..8 turn or mirror (exif_transpose ignores anything else, so it is not reported as applied)
+            orientation = orientation if isinstance(orientation, int) and 2 <= orientation <= 8 else 1
+            # users click on the picture as viewers show it: a phone's JPEG stored sideways is turned upright
+            upright = ImageOps.exif_transpose(im)
+            return np.asarray(upright.convert("RGB")), orientation
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         where = "" if Path(media) == path else f" (frame {path.name})"
         raise _bad(media, f"cannot be decoded as an image{where}: {exc}") from None
 
 
 def _image_size(path: Path, media: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header (fully decoded, so that a truncated file is found here)."""
-    return tuple(_open_image(path, media).shape[:2])  # type: ignore[return-value]
+    """(H, W) of an image file as shown (fully decoded, so that a truncated file is found here)."""
+    return tuple(_open_image(path, media)[0].shape[:2])  # type: ignore[return-value]
 
 
 def _video_frames(path: Path, keep: set[int] | None):
@@ -114,13 +127,14 @@ def probe_media(path: str | Path) -> MediaInfo:
         return MediaInfo(str(p), "image", 1, h, w)
     import av
 
-    count, size, fps = 0, None, None
+    count, size, fps, declared = 0, None, None, None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
                 raise _bad(path, "holds no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else None
+            declared = int(stream.frames) or None  # 0: the container does not say (webm, mkv, ...)
             for frame in container.decode(stream):  # counted by decoding: container frame counts can be absent
                 size = size or (frame.height, frame.width)
                 count += 1
@@ -130,7 +144,17 @@ def probe_media(path: str | Path) -> MediaInfo:
         raise _bad(path, f"cannot be decoded as a video or image: {exc}") from None
     if size is None:
         raise _bad(path, "holds no decodable video frame")
-    return MediaInfo(str(p), "video", count, int(size[0]), int(size[1]), fps)
+    return MediaInfo(str(p), "video", count, int(size[0]), int(size[1]), fps, declared)
+
+
+def media_warnings(info: MediaInfo) -> list[str]:
+    """One line per sign of damage in the media (a video decoding to fewer frames than it declares)."""
+    if info.declared_frames is not None and info.num_frames < info.declared_frames:
+        return [
+            f"--media: {info.path!r} declares {info.declared_frames} frames but only {info.num_frames} decode "
+            f"(truncated or damaged?); using those {info.num_frames}"
+        ]
+    return []
 
 
 def read_media(
@@ -145,15 +169,18 @@ def read_media(
             raise PredictInputError(f"frame index: got {i}, expected 0 <= index < {info.num_frames} frames")
     arrays: list[np.ndarray] = []
     names: list[str] = []
-    if info.kind == "image":
-        arrays, names = [_open_image(p, path)], [f"{0:05d}"]
-    elif info.kind == "frames":
-        files = frame_files(p)
-        for i in wanted:
-            arrays.append(_open_image(files[i], path))
-            names.append(files[i].stem)
+    turned: dict[str, int] = {}
+    if info.kind in ("image", "frames"):
+        listed = [p] if info.kind == "image" else frame_files(p)
+        for f in [listed[i] for i in wanted]:
+            rgb, orientation = _open_image(f, path)
+            name = f"{0:05d}" if info.kind == "image" else f.stem
+            arrays.append(rgb)
+            names.append(name)
+            if orientation != 1:
+                turned[name] = orientation
     else:
-        bar = tqdm(total=len(wanted), desc="decoding frames", unit="frame", disable=not progress)
+        bar = progress_bar(progress, total=len(wanted), desc="decoding frames", unit="frame")
         got = {}
         for i, rgb in _video_frames(p, keep=set(wanted)):
             got[i] = rgb
@@ -169,7 +196,7 @@ def read_media(
             got, want = f"{a.shape[1]}x{a.shape[0]}", f"{info.width}x{info.height}"
             raise _bad(path, f"frame {name} is {got}, expected {want} like the first frame")
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (T, H, W, 3) -> (T, 3, H, W)
-    return Media(frames, wanted, names, info)
+    return Media(frames, wanted, names, info, meta={"exif_orientation": turned})
 
 
 def media_from_tensor(frames: torch.Tensor, kind: str | None = None) -> Media:

@@ -7,6 +7,13 @@ Annotations/<media>/<frame>.png  palette PNGs in the DAVIS layout: pixel = objec
 overlays/<frame>.png           frame with each object blended, outlined and labelled `[id]`
 overlay.gif, overlay.mp4       the overlays as an animation (videos only)
 run.json                       model, recipe, media, frames used, prompts, texts, objects, timings, files
+
+run.json's media: `path` absolute, `path_given` as given; `declared_frames` (a video container's own count, null
+when it gives none) beside `num_frames` (the frames that decode) and `warnings` (one line per sign of damage);
+`exif_orientation` ({frame name: EXIF orientation} of the frames turned upright before use). Its timings, in
+seconds: `read_s` (probe and decode the media), `load_s` (load the model), `model_s` (the model's chat call),
+`total_s` (the turn, `Predictor.run`, without the CLI's read and load) and, from the CLI, `end_to_end_s` (read +
+load + turn; later chat turns: the turn only).
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from pixelqa import viz
 from pixelqa.files import atomic_folder, replaceable_folder
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.media import media_warnings
 from pixelqa.predict.predictor import Prediction
+from pixelqa.predict.progress import progress_bar
 
 
 def davis_palette() -> list[int]:
@@ -144,7 +152,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     (out / "masks.json").write_text(json.dumps(doc), encoding="utf-8")
     palette = davis_palette()
     drawn = _overlay_frames(frames, masks)
-    bar = tqdm(total=len(frames), desc="writing frames", unit="frame", disable=not progress)
+    bar = progress_bar(progress, total=len(frames), desc="writing frames", unit="frame")
     for t, name in enumerate(media.names):
         png = Image.frombytes("P", (size[1], size[0]), id_map(masks, t, size).tobytes())  # indices kept as they are
         png.putpalette(palette)
@@ -167,11 +175,15 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
         "model": {k: v for k, v in model_info.items() if k != "recipe"},
         "recipe": model_info.get("recipe", {}),
         "media": {
-            "path": media.info.path,
+            "path": media.info.path if media.info.path == "<tensor>" else str(Path(media.info.path).absolute()),
+            "path_given": media.info.path,
             "kind": media.info.kind,
             "num_frames": media.info.num_frames,
+            "declared_frames": media.info.declared_frames,
             "size": list(size),
             "fps": media.info.fps,
+            "exif_orientation": media.meta.get("exif_orientation", {}),
+            "warnings": media_warnings(media.info),
         },
         "frames": {
             "read": ids,

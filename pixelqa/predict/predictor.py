@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, llm_positions
-from pixelqa.predict.media import Media, media_from_tensor, read_media
+from pixelqa.predict.media import Media, media_from_tensor, media_warnings, read_media
+from pixelqa.predict.progress import progress_bar
 from pixelqa.predict.prompts import place_refs
-from pixelqa.prompt_format import object_ids_in
+from pixelqa.prompt_format import SPECIAL_TOKENS, object_ids_in
 
 if TYPE_CHECKING:
     from pixelqa.model.unipixel import UniPixel
@@ -52,9 +54,7 @@ class Prediction:
 
 def _sam_progress_bar():
     """(callback, bar): a tqdm bar over the frames SAM segments, fed by the model's progress(done, total)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc="segmenting frames", unit="frame", leave=False)
+    bar = progress_bar(True, total=0, desc="segmenting frames", unit="frame", leave=False)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -185,6 +185,8 @@ class Predictor:
                 raise PredictInputError("media: got None, expected frames or a path on the first turn")
             if isinstance(media, (str, Path)):
                 media = read_media(media)
+                for line in media_warnings(media.info):  # damage is reported (run.json keeps the counts too)
+                    warnings.warn(line, stacklevel=2)
             elif isinstance(media, torch.Tensor):
                 media = media_from_tensor(media)
             elif not isinstance(media, Media):
@@ -193,6 +195,11 @@ class Predictor:
         timings["read_s"] = time.perf_counter() - started
         if not isinstance(assistant_prefix, str):
             raise PredictInputError(f"assistant_prefix: got {type(assistant_prefix).__name__}, expected a str")
+        for token in SPECIAL_TOKENS:
+            if token in assistant_prefix:  # the model's own check (chat.check_prefix), as a user error
+                raise PredictInputError(
+                    f"assistant_prefix: holds {token}, expected plain text (a forced prefix yields no mask or prompt)"
+                )
         given = _check_memory(memory, media)
         taken = (set(bank.masks) if bank is not None else set()) | set(given)
         prompts = _assign_ids(list(prompts or []), taken)
@@ -249,7 +256,7 @@ class Predictor:
         total = len(media.frame_ids)
         masks = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.masks.items())}
         memory = {k: _on_all_frames(m, sam_pos, total) for k, m in sorted(result.bank.masks.items())}
-        timings["total_s"] = time.perf_counter() - started
+        timings["total_s"] = time.perf_counter() - started  # this call only: a CLI's read and load are apart
         return Prediction(
             answer=result.text,
             text=text,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
@@ -57,13 +57,24 @@ def _frame(kind: str, arg: str, text: str) -> int:
     return t
 
 
+def _mask_path_and_frame(arg: str) -> tuple[str, str]:
+    """(path, frame text or "") of a `--mask` value; file names may hold commas (`my,mask.png`)."""
+    if "," not in arg or Path(arg).is_file():
+        return arg, ""
+    path, _, t = arg.rpartition(",")
+    # a tail that is not a frame number belongs to the file name, unless what precedes it is a file (a bad frame)
+    if re.fullmatch(r"\s*[+-]?\d+\s*", t) or Path(path).is_file():
+        return path, t
+    return arg, ""
+
+
 def parse_prompt(kind: str, arg: str) -> PromptSpec:
     """One `--point` / `--box` / `--mask` argument -> PromptSpec (no media checks yet)."""
     if kind == "mask":
-        path, _, t = arg.rpartition(",") if "," in arg else (arg, "", "")
+        path, t = _mask_path_and_frame(arg)
         if not path:
             raise PredictInputError(f"--mask: got {arg!r}, expected {USAGE['mask']}")
-        return PromptSpec("mask", arg, (), _frame(kind, arg, t) if t else 0, mask_path=path)
+        return PromptSpec("mask", arg, (), _frame(kind, arg, t.strip()) if t else 0, mask_path=path)
     parts = [p.strip() for p in arg.split(",")]
     n = 2 if kind == "point" else 4
     if len(parts) not in (n, n + 1):
@@ -93,6 +104,7 @@ def read_mask_png(path: str, arg: str) -> np.ndarray:
         raise PredictInputError(f"--mask: {path!r} (in {arg!r}) does not exist")
     try:
         with Image.open(p) as im:
+            im = ImageOps.exif_transpose(im)  # upright like the media (media.py), as the user drew it
             grey = im.mode in ("1", "L", "P", "I", "I;16", "F")
             a = np.asarray(im if grey else im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
