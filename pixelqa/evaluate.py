@@ -39,14 +39,26 @@ def pass_metrics(bench: str, passes: list) -> dict[str, float]:
     }
 
 
+def check_suite_tracking(args: list[str]) -> None:
+    """The MLflow store of a suite run is usable (a suite runs for hours before it logs anything)."""
+    from pixelqa.preflight import check_tracking
+
+    try:
+        recipe = to_object(load_recipe([a for a in args if not a.startswith("suite")]))  # as run_suite reads them
+    except RecipeError:
+        return  # run_suite reports recipe errors, with its own suite options checked first
+    check_tracking(recipe.tracking)
+
+
 def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     """Score a checkpoint on `eval.benchmark` (or a suite: `suite=NAME`); returns {"<benchmark>/<metric>": value}."""
     if any(a.startswith("suite=") for a in args):
         from pixelqa.eval.suite_runner import run_suite
 
+        check_suite_tracking(args)
         return run_suite(list(args))
     from pixelqa import tracking
-    from pixelqa.eval import get_protocol
+    from pixelqa.eval import check_split, get_protocol
     from pixelqa.eval.runner import counting_passes
     from pixelqa.fit import apply_process_settings
     from pixelqa.preflight import check_run
@@ -58,6 +70,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     bench = recipe.eval.benchmark
     try:
         protocol = get_protocol(bench)
+        check_split(bench, recipe.eval.split)
     except ValueError as err:
         raise RecipeError(str(err)) from None
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)

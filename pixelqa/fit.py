@@ -154,6 +154,20 @@ def check_init_from(recipe: Recipe) -> dict | None:
     return ckpt
 
 
+def check_eval_split(recipe: Recipe) -> None:
+    """`eval.split` is a synthetic split when free generation will read it (eval.scoring=generate|both)."""
+    from pixelqa.eval import check_split
+
+    evaluates = recipe.eval.after_fit or recipe.eval.before_fit
+    generates = recipe.eval.scoring != "teacher_forced" and {s.name for s in recipe.data.val_sources} == {"synthetic"}
+    if not (evaluates and generates):
+        return  # teacher-forced validation reads data.val_sources' own splits, not eval.split
+    try:
+        check_split("synthetic", recipe.eval.split)
+    except ValueError as err:  # otherwise found only after training, when the generation pass opens the split
+        raise RecipeError(str(err)) from None
+
+
 def preflight(recipe: Recipe) -> dict | None:
     """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
     from pixelqa.preflight import check_run
@@ -165,6 +179,7 @@ def preflight(recipe: Recipe) -> dict | None:
         )
     check_model(recipe)
     check_sources(recipe.data)
+    check_eval_split(recipe)
     accumulation(recipe)
     resolve_ckpt(recipe)
     check_run(recipe)  # output folders, validation shards and the MLflow store, before any work

@@ -30,8 +30,11 @@ arguments (the grid's overrides, the command line's and the cell's; `launcher...
 where a run runs, not what it computes) and those of the prerequisites it started from. A rerun with other
 settings (e.g. `trainer.max_steps=50` after `=3`) says which changed and runs the cell again from scratch (its
 old checkpoints are moved to `checkpoints.previous/`, never resumed); so does a result with no recorded
-settings (a state.json of an older version). `output_dir=ROOT` (in the grid's overrides or on the command line)
-moves the grid's folder to `ROOT/<name>/` (state, results, one folder per run) instead of `runs/grid/<name>/`.
+settings (a state.json of an older version). The replaced MLflow child run stays under the parent, tagged
+`pixelqa.superseded=true` (`pixelqa.superseded_reason`, and `pixelqa.superseded_by` the run that replaced it):
+`pixelqa.tracking.child_runs` leaves it out, so that a table of the grid's children has one run per cell.
+`output_dir=ROOT` (in the grid's overrides or on the command line) moves the grid's folder to `ROOT/<name>/`
+(state, results, one folder per run) instead of `runs/grid/<name>/`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pixelqa.config import RecipeError, load_recipe
-from pixelqa.tracking import end_run, log_parent_artifact, start_parent_run, table_csv, table_markdown
+from pixelqa.tracking import (
+    end_run,
+    load_run_id,
+    log_parent_artifact,
+    start_parent_run,
+    supersede_runs,
+    table_csv,
+    table_markdown,
+)
 
 GRID_TAG = "pixelqa.grid"  # tag of a grid's parent run (the ablation dashboard looks for it)
 GRID_KEYS = ("name", "recipe", "overrides", "grid", "metrics", "description", "prerequisites", "init_from")
@@ -422,6 +433,21 @@ def _prepare_shards(specs: list[Any]) -> None:
                 build_synthetic(*key)
 
 
+def _supersede(
+    grid: Grid, tracking: Any, parent_id: str | None, spec: Any, why: str = "", latest: bool = False
+) -> None:
+    """Tag superseded the older MLflow child runs of a grid run, so that tables of the grid's children list one
+    run per cell; `latest`: the run's current MLflow run (from its run id file) is kept and named as their successor."""
+    if parent_id is None or not tracking.enabled:
+        return
+    keep = load_run_id(Path(spec.output_dir) / "checkpoints") if latest else None
+    if latest and keep is None:
+        return  # no run of the current settings to point at (none started, or it logged nothing)
+    marked = supersede_runs(tracking, parent_id, spec.key, keep=keep, reason=why)
+    if marked:
+        print(f"[grid {grid.name}] {spec.key}: older MLflow run(s) {', '.join(marked)} tagged superseded")
+
+
 def _close_dead_run(tracking: Any) -> Any:
     """A hook for resubmission: a run killed before its first checkpoint cannot resume; mark its MLflow run."""
 
@@ -443,7 +469,13 @@ def _close_dead_run(tracking: Any) -> Any:
 
 
 def _drop_stale_runs(
-    grid: Grid, specs: list[Any], state: dict[str, Any], wanted: Mapping[str, Any], launcher: Any, folder: Path
+    grid: Grid,
+    specs: list[Any],
+    state: dict[str, Any],
+    wanted: Mapping[str, Any],
+    launcher: Any,
+    folder: Path,
+    tracking: Any,
 ) -> None:
     """Forget each run done, failed or submitted with other settings, so that it is submitted afresh."""
     from pixelqa.launch.runs import in_flight, run_state
@@ -466,6 +498,8 @@ def _drop_stale_runs(
         state["jobs"].pop(spec.key, None)
         spec.status_path.unlink(missing_ok=True)
         _set_aside_checkpoints(spec)
+        # its MLflow run stays a child of the grid under the same name: tagged, it leaves the grid's tables
+        _supersede(grid, tracking, state["parent_run_id"], spec, why)
         print(f"[grid {grid.name}] {spec.key}: {why}, submitting it again from scratch")
 
 
@@ -482,7 +516,7 @@ def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     state = _load_state(grid)
     folder = _launch_folder(grid, launcher)
     wanted = run_settings(specs)
-    _drop_stale_runs(grid, specs, state, wanted, launcher, folder)
+    _drop_stale_runs(grid, specs, state, wanted, launcher, folder, tracking)
     state["settings"].update(wanted)  # every run left or (re)submitted now runs with these
     _save_state(grid, state)
     parent_id = _parent_run(grid, state, tracking)
@@ -518,6 +552,9 @@ def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[st
             state["results"][key] = metrics
     _save_state(grid, state)
     current = _current_results(state, wanted)
+    for spec in specs:
+        if spec.key in current:  # the runs it replaced (other settings, killed attempts) point at it
+            _supersede(grid, recipe.tracking, state["parent_run_id"], spec, latest=True)
     missing = [cell_id(c) for c in grid.cells() if cell_id(c) not in current]
     if missing:
         print(f"[grid {grid.name}] {len(missing)} cell(s) not done yet: {', '.join(missing)} (see --status)")
@@ -575,9 +612,11 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
             # the rerun starts afresh: the old checkpoints (other settings) must not be resumed
             moved = _set_aside_checkpoints(spec)
             print(f"{head}: {why}, rerunning" + (f" (old checkpoints moved to {moved})" if moved else ""))
+            _supersede(grid, recipe.tracking, parent_id, spec, why)  # now: a rerun that fails must not bring it back
         else:
             print(head)
         metrics = fit_run(spec.args, parent_run_id=parent_id)
+        _supersede(grid, recipe.tracking, parent_id, spec, latest=True)
         state["results"][spec.key] = {k: float(v) for k, v in metrics.items()}
         state["settings"][spec.key] = wanted[spec.key]
         _save_state(grid, state)
@@ -599,6 +638,9 @@ def run_grid(
         for spec in fit_specs(grid, extra, recipe.launcher):
             print("python -m pixelqa.fit " + " ".join(spec.args))
         return {}
+    from pixelqa.preflight import check_tracking
+
+    check_tracking(recipe.tracking)  # the parent run is the first work: an unusable store fails before it
     if action == "status":
         grid_status(grid, extra, recipe)
         return {}

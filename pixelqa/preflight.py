@@ -41,12 +41,16 @@ def check_writable(path: str | Path, key: str) -> None:
 
 
 def check_tracking(tracking: Any) -> None:
-    """The MLflow store (SQLite file and its folder) and the artifact folder can be written."""
+    """The tracking URI names a store MLflow supports; the SQLite file, its folder and the artifact folder can be
+    written."""
     if not getattr(tracking, "enabled", True):
         return
-    from pixelqa.tracking import resolve_uris
+    from pixelqa.tracking import resolve_uris, tracking_uri_problem
 
     uri, artifacts = resolve_uris(tracking)
+    problem = tracking_uri_problem(uri)
+    if problem is not None:  # MLflow would fail only when the run's logger opens the store, after the work
+        raise RecipeError(f"tracking.tracking_uri={tracking.tracking_uri!r}: {problem}")
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
         check_writable(db.parent, "tracking.tracking_uri")

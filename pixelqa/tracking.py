@@ -39,6 +39,11 @@ EXCLUDED_PARAMS = ("ckpt", "presets")  # differ between a run and its resume: ML
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAGS = ("pixelqa.host", "pixelqa.pid", "pixelqa.pid_start")
+# A child run replaced by a later run of the same name (a grid cell rerun with other settings): tables of a
+# parent's children leave it out (`child_runs`); it stays in the store, pointing at the run that replaced it.
+SUPERSEDED_TAG = "pixelqa.superseded"
+SUPERSEDED_BY_TAG = "pixelqa.superseded_by"
+SUPERSEDED_REASON_TAG = "pixelqa.superseded_reason"
 
 
 def mlflow_key(name: str) -> str:
@@ -62,6 +67,50 @@ def resolve_uris(tracking: Any, workdir: str | Path | None = None) -> tuple[str,
         path = Path(artifacts)
         artifacts = (path if path.is_absolute() else root / path).resolve().as_uri()
     return uri, artifacts
+
+
+# What the tracking URI may be (MLflow's own store registries decide; this is what an error message lists).
+ACCEPTED_URIS = (
+    "sqlite:///PATH, a folder path or file:///PATH, http(s)://HOST[:PORT] (an MLflow server), "
+    "databricks[://PROFILE] or a database URL (postgresql://, mysql://, mssql://)"
+)
+_KNOWN_SCHEMES = {"", *"file sqlite http https databricks databricks-uc uc postgresql mysql mssql".split()}
+
+
+def _store_registries() -> list[Any]:
+    """MLflow's tracking and model-registry store registries (an MlflowClient needs a store from both)."""
+    try:
+        from mlflow.tracking._model_registry.utils import _get_store_registry
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError:  # private modules: another MLflow version may move them
+        return []
+    return [_tracking_store_registry, _get_store_registry()]
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow cannot open a store at `uri` (None when it can): checked before a run does any work."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.uri import get_uri_scheme
+
+    if not uri.strip():
+        return f"an empty URI; expected {ACCEPTED_URIS}"
+    scheme = get_uri_scheme(uri)
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        # sqlite://PATH passes MLflow's scheme check but is no file for SQLAlchemy (sqlite:// alone is in memory)
+        return "a SQLite URI without a file path; expected sqlite:///PATH (three slashes, then the path)"
+    registries = _store_registries()
+    if not registries:
+        return None if scheme in _KNOWN_SCHEMES else f"scheme {scheme!r} is not supported; expected {ACCEPTED_URIS}"
+    for registry in registries:
+        try:
+            registry.get_store_builder(uri)
+        except MlflowException:
+            plugins = sorted(
+                set(getattr(registry, "_registry", ())) - _KNOWN_SCHEMES
+            )  # schemes MLflow plugins installed here add
+            extra = f", or a scheme of an installed MLflow plugin: {', '.join(plugins)}" if plugins else ""
+            return f"scheme {scheme!r} is not supported; expected {ACCEPTED_URIS}{extra}"
+    return None
 
 
 def _process_start(pid: int) -> str:
@@ -204,6 +253,42 @@ def start_parent_run(
     for key, value in (params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id
+
+
+def is_superseded(run: Any) -> bool:
+    """Whether an MLflow run was replaced by a later run of the same name (see `supersede_runs`)."""
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
+
+
+def child_runs(tracking: Any, parent_run_id: str, include_superseded: bool = False) -> list[Any]:
+    """The child runs of a parent run (e.g. a grid's cells), without the superseded ones unless asked for."""
+    client = _client(tracking)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000)
+    return [r for r in runs if include_superseded or not is_superseded(r)]
+
+
+def supersede_runs(
+    tracking: Any, parent_run_id: str, name: str, keep: str | None = None, reason: str = ""
+) -> list[str]:
+    """Tag superseded the children of `parent_run_id` named `name`, except `keep` (the run replacing them); returns
+    the ids newly tagged. A RUNNING one is marked KILLED (its process is gone: the caller replaces it), and with
+    `keep`, each superseded run without a successor is pointed at it (idempotent: safe to call at every collect)."""
+    client = _client(tracking)
+    marked = []
+    for run in child_runs(tracking, parent_run_id, include_superseded=True):
+        run_id = run.info.run_id
+        if run.info.run_name != name or run_id == keep:
+            continue
+        if not is_superseded(run):
+            client.set_tag(run_id, SUPERSEDED_TAG, "true")
+            client.set_tag(run_id, SUPERSEDED_REASON_TAG, reason[:5000] or "replaced by a later run of this name")
+            if run.info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+            marked.append(run_id)
+        if keep is not None and SUPERSEDED_BY_TAG not in run.data.tags:
+            client.set_tag(run_id, SUPERSEDED_BY_TAG, keep)
+    return marked
 
 
 def log_parent_artifact(run_id: str, tracking: Any, path: str | Path) -> None:

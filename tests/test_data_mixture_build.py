@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fixtures_video import build_revos
@@ -62,3 +63,27 @@ def test_mixture_passes_the_frame_codec_to_every_source(tmp_path):
     with pytest.raises(SystemExit) as bad:  # argparse: not a codec
         data_main([*args, "--frame-codec", "webp"])
     assert bad.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ('{"num_samples": 6, "shards": [', r"corrupt shard manifest \(Expecting"),  # truncated write
+        ('["not", "an", "object"]', r"corrupt shard manifest \(got a JSON list\)"),
+        ('{"shards": []}', r"corrupt shard manifest \(got num_samples=None\)"),
+        (b"\xff\xfe\x00garbage", r"corrupt shard manifest \("),
+    ],
+)
+def test_mixture_table_names_a_corrupt_manifest_and_exits_2(tmp_path, capsys, text, reason):
+    mix = tmp_path / "one.yaml"
+    mix.write_text("sources:\n  - {name: synthetic, split: val, repeat: 2}\n")
+    manifest = tmp_path / "shards" / "synthetic" / "val" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SystemExit) as exit_info:
+        data_main(["mixture", str(mix), "--shards", str(tmp_path / "shards")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {manifest}: ") and re.search(reason, err)
+    assert "expected a JSON object with an integer num_samples" in err

@@ -320,6 +320,7 @@ def fake_fit(monkeypatch):
     monkeypatch.setattr(pixelqa.grid, "start_parent_run", lambda *a, **k: "parent")
     monkeypatch.setattr(pixelqa.grid, "log_parent_artifact", lambda *a, **k: None)
     monkeypatch.setattr(pixelqa.grid, "end_run", lambda *a, **k: None)
+    monkeypatch.setattr(pixelqa.grid, "supersede_runs", lambda *a, **k: [])  # no store behind the "parent" run
     return calls
 
 
@@ -478,3 +479,114 @@ def test_an_output_dir_moves_the_whole_grid(tmp_path, monkeypatch, capsys, fake_
     # the grid file's overrides may set it too
     path.write_text(path.read_text() + f"overrides: [output_dir={tmp_path / 'other'}]\n")
     assert load_grid(path).root == str(tmp_path / "other")
+
+
+@pytest.fixture
+def mlflow_fit(monkeypatch):
+    """`pixelqa.fit.run` replaced by a stand-in that leaves what the real fit leaves in MLflow: a child run of the
+    grid's parent named by the run, its val/J&F (steps / 100) and its run id beside the checkpoints; a run with
+    trainer.max_steps=13 fails after its MLflow run started (a crash mid-training)."""
+    import pixelqa.fit
+    from pixelqa import tracking
+    from pixelqa.config import TrackingConfig
+
+    def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
+        steps = int(_argval(args, "trainer.max_steps") or 0)
+        ckpts = Path(_argval(args, "output_dir")) / "checkpoints"
+        if "ckpt=last" not in args:
+            pixelqa.fit.set_aside_previous(ckpts)
+        name = _argval(args, "tracking.run_name").strip("'")
+        logger = tracking.build_logger(TrackingConfig(), run_name=name, parent_run_id=parent_run_id)
+        tracking.save_run_id(ckpts, logger.run_id)
+        if steps == 13:
+            raise RuntimeError("training crashed")
+        (ckpts / "last.ckpt").write_text(str(steps))
+        logger.log_metrics({"val/J&F": steps / 100})
+        logger.finalize("success")
+        return {"val/J&F": steps / 100}
+
+    monkeypatch.setattr(pixelqa.fit, "run", run)
+
+
+def _children(tmp_path, include_superseded=False):
+    import json
+
+    from pixelqa import tracking
+    from pixelqa.config import TrackingConfig
+
+    parent = json.loads((tmp_path / "runs" / "grid" / "g" / "state.json").read_text())["parent_run_id"]
+    runs = tracking.child_runs(TrackingConfig(), parent, include_superseded=include_superseded)
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def test_a_rerun_with_other_settings_supersedes_the_old_child_runs(tmp_path, monkeypatch, capsys, mlflow_fit):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\n")
+    run_grid(path, ["trainer.max_steps=3"])
+    old = {r.info.run_name: r for r in _children(tmp_path)}
+    assert sorted(old) == ["seed=0", "seed=1"]
+
+    run_grid(path, ["trainer.max_steps=50"])
+    current = _children(tmp_path)  # what a table of the grid's cells reads: one run per cell, the new settings
+    assert sorted(r.info.run_name for r in current) == ["seed=0", "seed=1"]
+    assert {r.data.metrics["val/J_and_F"] for r in current} == {0.5} and not set(old) & {r.info.run_id for r in current}
+    every = _children(tmp_path, include_superseded=True)
+    assert len(every) == 4
+    new_ids = {r.info.run_name: r.info.run_id for r in current}
+    for run in every:
+        if run.info.run_id == old[run.info.run_name].info.run_id:
+            tags = run.data.tags
+            assert tags["pixelqa.superseded"] == "true" and tags["pixelqa.superseded_by"] == new_ids[run.info.run_name]
+            assert "trainer.max_steps 3 -> 50" in tags["pixelqa.superseded_reason"]
+            assert run.info.status == "FINISHED"  # its result stands for its own settings
+    assert capsys.readouterr().out.count("tagged superseded") == 2
+
+    # a rerun that crashes: the 50-step runs are superseded at once, not shown beside the crashed ones
+    with pytest.raises(RuntimeError, match="training crashed"):
+        run_grid(path, ["trainer.max_steps=13"])
+    shown = {r.info.run_name: r for r in _children(tmp_path)}  # seed=0 crashed; seed=1 was not reached
+    assert sorted(shown) == ["seed=0", "seed=1"] and shown["seed=1"].info.run_id == new_ids["seed=1"]
+    assert "val/J_and_F" not in shown["seed=0"].data.metrics
+    fifty = next(r for r in _children(tmp_path, include_superseded=True) if r.info.run_id == new_ids["seed=0"])
+    assert fifty.data.tags["pixelqa.superseded"] == "true" and "pixelqa.superseded_by" not in fifty.data.tags
+
+
+def test_as_jobs_a_failed_run_resubmitted_with_other_settings_is_superseded(tmp_path, monkeypatch, fake_jobs):
+    import json
+
+    from mlflow import MlflowClient
+
+    from pixelqa import tracking
+    from pixelqa.config import TrackingConfig
+    from pixelqa.launch.status import FAILED, write_status
+
+    monkeypatch.setattr("pixelqa.grid.supersede_runs", tracking.supersede_runs)  # fake_fit stubs it: a real store
+    monkeypatch.setattr("pixelqa.grid.start_parent_run", tracking.start_parent_run)
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0]\n")
+    common = ["launcher=subprocess", "launcher.wait=false"]
+    run_grid(path, [*common, "trainer.max_steps=3"])
+    root = tmp_path / "runs" / "grid" / "g"
+    parent = json.loads((root / "state.json").read_text())["parent_run_id"]
+
+    def job_logs(steps: int) -> str:
+        """What the job's fit leaves: a child run (RUNNING until it ends) and its id beside the checkpoints."""
+        logger = tracking.build_logger(TrackingConfig(), run_name="seed=0", parent_run_id=parent)
+        tracking.save_run_id(root / "seed=0" / "checkpoints", logger.run_id)
+        return logger.run_id
+
+    failed = job_logs(3)  # the job died: its run is left RUNNING, its status FAILED
+    write_status(root / "seed=0" / "job-status.json", FAILED, key="seed=0", error="killed")
+    run_grid(path, [*common, "trainer.max_steps=50"])
+    assert fake_jobs == [("seed=0", False), ("seed=0", False)]  # submitted afresh
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    old = client.get_run(failed)
+    assert old.info.status == "KILLED" and old.data.tags["pixelqa.superseded"] == "true"
+    assert "trainer.max_steps 3 -> 50" in old.data.tags["pixelqa.superseded_reason"]
+    assert tracking.child_runs(TrackingConfig(), parent) == []
+
+    fresh = job_logs(50)
+    _as_done(root, "seed=0", 50)
+    run_grid(path, [*common, "trainer.max_steps=50"], action="collect")
+    assert client.get_run(failed).data.tags["pixelqa.superseded_by"] == fresh
+    assert [r.info.run_id for r in tracking.child_runs(TrackingConfig(), parent)] == [fresh]

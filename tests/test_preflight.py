@@ -90,3 +90,56 @@ def test_unreadable_or_strictly_damaged_validation_shards_fail(tmp_path):
     if os.geteuid() != 0:  # root reads it anyway
         with pytest.raises(RecipeError, match="cannot read"):
             check_run(_recipe(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("foo://x", "scheme 'foo' is not supported"),
+        ("sqlite://mlruns.db", "a SQLite URI without a file path; expected sqlite:///PATH"),
+        ("", "an empty URI"),
+    ],
+)
+def test_a_tracking_uri_mlflow_cannot_open_fails_naming_key_value_and_what_is_accepted(tmp_path, uri, reason):
+    with pytest.raises(RecipeError) as info:
+        check_run(_recipe(tmp_path, f"tracking.tracking_uri='{uri}'"))
+    message = str(info.value)
+    assert message.startswith(f"tracking.tracking_uri={uri!r}: {reason}") and "\n" not in message
+    assert "sqlite:///PATH" in message
+    if not uri.startswith("sqlite"):  # the SQLite error says just how to write a SQLite URI
+        assert "http(s)://" in message and "databricks" in message and "a folder path" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://localhost:5000", "https://mlflow.example", "databricks", "file:///tmp/x", "mlruns", "/tmp/mlruns"]
+)
+def test_tracking_uris_mlflow_accepts_pass(tmp_path, uri):
+    check_run(_recipe(tmp_path, f"tracking.tracking_uri={uri}"))  # no store is contacted or created
+
+
+def test_every_cli_refuses_an_unusable_tracking_uri_before_any_work(tmp_path, capsys, monkeypatch):
+    from pixelqa import evaluate, fit
+    from pixelqa.grid import main as grid_main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the tracking URI was checked")
+
+    monkeypatch.setattr("pixelqa.model.unipixel.UniPixel.__init__", refuse)
+    monkeypatch.setattr("pixelqa.tracking.prepare_store", refuse)
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ngrid:\n  seed: [0]\n")
+    bad = ["tracking.tracking_uri=foo://x", f"data.shards={tmp_path / 'shards'}"]
+    for entry, argv, prefix in (
+        (fit.main, ["recipe=stage3", *bad], "recipe error"),
+        (evaluate.main, ["recipe=stage3", *bad], "recipe error"),
+        (evaluate.main, ["suite=paper", *bad], "recipe error"),
+        (grid_main, [str(grid), *bad], "grid error"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"{prefix}: tracking.tracking_uri='foo://x': scheme 'foo' is not supported"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]  # no store, shards, state or run folder

@@ -111,13 +111,28 @@ def load_mixture(name: str) -> list[MixtureEntry]:
     return entries
 
 
+def manifest_samples(path: Path) -> int:
+    """The `num_samples` of a shard manifest; one that cannot be read is a MixtureError naming the file."""
+    expected = "expected a JSON object with an integer num_samples >= 0 (rebuild that source's shards)"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise MixtureError(f"{path}: corrupt shard manifest ({reason}); {expected}") from None
+    count = manifest.get("num_samples") if isinstance(manifest, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        got = f"num_samples={count!r}" if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+        raise MixtureError(f"{path}: corrupt shard manifest (got {got}); {expected}")
+    return count
+
+
 def source_samples(entry: MixtureEntry, shards_root: str | Path | None = None) -> tuple[int | None, str]:
     """(sample count, where it came from): manifests under shards_root, else the card, else the paper table."""
     if shards_root is not None:
         folder = Path(shards_root) / entry.name / entry.split
         manifests = sorted(folder.glob("manifest*.json"))
         if manifests:
-            return sum(json.loads(m.read_text())["num_samples"] for m in manifests), "manifest"
+            return sum(manifest_samples(m) for m in manifests), "manifest"
     if entry.name in list_cards():
         n = load_card(entry.name).samples.get(entry.split)
         if n is not None:

@@ -2,6 +2,7 @@
 
     get_protocol(name) -> Callable[[model, recipe], EvalResult]
     list_benchmarks() -> list[str]
+    check_split(name, split) -> None (ValueError for a split the benchmark does not have)
 
 Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`), video segmentation
 (ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe: J, F, J&F, R; `pixelqa.eval.video_seg`) and
@@ -43,4 +44,16 @@ def get_protocol(name: str) -> Callable[..., EvalResult]:
     raise ValueError(f"eval.benchmark: got {name!r}, expected one of {list_benchmarks()}")
 
 
-__all__: list[Any] = ["EvalResult", "get_protocol", "list_benchmarks"]
+def check_split(name: str, split: str) -> None:
+    """Raise ValueError when `split` is not a split benchmark `name` has (its converter's declared splits)."""
+    from pixelqa.data.catalog import get_source  # imports every converter: only when a run is checked
+
+    valid = get_source(name).splits
+    if valid and split not in valid:
+        # the split names a shard folder: a wrong one would otherwise fail deep in the protocol, after model loading
+        raise ValueError(
+            f"eval.split={split!r} is not valid for eval.benchmark={name}; valid choices: {', '.join(valid)}"
+        )
+
+
+__all__: list[Any] = ["EvalResult", "check_split", "get_protocol", "list_benchmarks"]
