@@ -8,11 +8,13 @@ import base64
 import http.cookiejar
 import io
 import json
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -107,6 +109,16 @@ def png_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a width x height RGB image whose pixel data is one empty IDAT chunk (readers stop at IDAT)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 def session_of(demo: Demo):
     (session,) = demo.store._sessions.values()
     return session
@@ -123,16 +135,21 @@ def test_bad_uploads_show_one_line_naming_the_file_without_server_paths(tmp_path
         "huge.png": (b"\0" * (2**20 + 1), "too large; expected at most 1 MiB"),
         "long.mp4": (long_clip.read_bytes(), "the video has 31 frames; expected at most 30"),
         "empty.png": (b"", "is empty"),
+        # sizes read from the header alone (the files hold no pixel data): refused before any decoding
+        "wide.png": (png_header(4000, 3000), "frames of 4000x3000 are too large; expected at most 2073600 pixels"),
+        "bomb.png": (png_header(30000, 30000), "is too large to decode safely"),
     }
     with running_demo() as (base, demo):
         client = Client(base)
+        status, answer = client.call("/api/frame/0")  # no media yet: a user error, not a server error
+        assert status == 400 and answer["error"] == "frame: got 0, expected a frame of the media", answer
         folder = str(session_of(demo).folder)
         for name, (data, expected) in cases.items():
             status, answer = client.call(f"/api/upload?name={name}", data)
             assert status == 400, (name, answer)
             text = answer["error"]
             assert expected in text and "\n" not in text, (name, text)
-            assert name in text or name in ("huge.png", "long.mp4"), text  # those two name their size / length
+            assert name in text or name in ("huge.png", "long.mp4", "wide.png"), text  # these name a size / length
             assert str(demo.store.root) not in text and "/tmp" not in text and folder not in text, text
             assert "Traceback" not in text
         assert client.call("/api/state")[1]["media"] is None  # nothing was loaded

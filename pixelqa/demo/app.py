@@ -251,7 +251,8 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
         return s.turn_dir(turn)
 
     async def frame(request: Request, s: Session) -> Response:
-        rgb = s.media.frames[position(s, request)].permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+        pos = position(s, request)  # first: it refuses a session without media (s.media is None)
+        rgb = s.media.frames[pos].permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png", headers=HEADERS)

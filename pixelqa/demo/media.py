@@ -13,7 +13,14 @@ import torch
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import sam_frame_ids
-from pixelqa.predict.media import IMAGE_SUFFIXES, Media, media_from_tensor, probe_media, read_media
+from pixelqa.predict.media import (
+    IMAGE_SUFFIXES,
+    Media,
+    image_header_size,
+    media_from_tensor,
+    probe_media,
+    read_media,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".gif")
 # the built-in samples: synthetic shapes (pixelqa.data.synthetic), made on request, nothing stored
@@ -48,13 +55,20 @@ def check_size(n_bytes: int, limits: Limits) -> None:
         )
 
 
+def _check_pixels(height: int, width: int, limits: Limits) -> None:
+    """Refuse frames over the pixel cap."""
+    if height * width > limits.max_pixels:
+        raise PredictInputError(
+            f"upload: frames of {width}x{height} are too large; expected at most {limits.max_pixels} pixels"
+        )
+
+
 def open_upload(path: Path, limits: Limits) -> Media:
     """Probe, check against the caps and decode a saved upload (at most `limits.max_frames` frames)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # an image's size is in its header: capped before any pixel is decoded
+        _check_pixels(*image_header_size(path, path), limits)
     info = probe_media(path)
-    if info.height * info.width > limits.max_pixels:
-        raise PredictInputError(
-            f"upload: frames of {info.width}x{info.height} are too large; expected at most {limits.max_pixels} pixels"
-        )
+    _check_pixels(info.height, info.width, limits)
     if info.num_frames > limits.max_video_frames:
         raise PredictInputError(
             f"upload: the video has {info.num_frames} frames; expected at most {limits.max_video_frames}"

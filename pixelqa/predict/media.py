@@ -82,9 +82,25 @@ def _open_image(path: Path, media: str | Path) -> tuple[np.ndarray, int]:
             # users click on the picture as viewers show it: a phone's JPEG stored sideways is turned upright
             upright = ImageOps.exif_transpose(im)
             return np.asarray(upright.convert("RGB")), orientation
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         where = "" if Path(media) == path else f" (frame {path.name})"
         raise _bad(media, f"cannot be decoded as an image{where}: {exc}") from None
+
+
+def image_header_size(path: Path, media: str | Path) -> tuple[int, int]:
+    """(H, W) of an image as shown (EXIF orientation applied), read from its header: no pixel is decoded, so a
+    size cap can be applied before a huge image takes memory."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # PIL's PNG reader decodes the whole image to look for an EXIF chunk after the pixels: not here
+            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
+            orientation = exif.get(ORIENTATION_TAG, 1)
+    except Image.DecompressionBombError as exc:
+        raise _bad(media, f"is too large to decode safely: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise _bad(media, f"cannot be decoded as an image: {exc}") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # these four turn the picture by 90 degrees
 
 
 def _image_size(path: Path, media: str | Path) -> tuple[int, int]:
