@@ -23,6 +23,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,23 +83,36 @@ def resolve_ckpt(recipe: Recipe) -> Path | None:
     return path
 
 
-def check_stream(recipe: Recipe, resume: Path, fingerprint: dict) -> None:
-    """A resume must continue the data stream its checkpoint was on, unless --allow-stream-change is given."""
+def settings_changes(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
+    """`key: old -> new` for each hyperparameter of a checkpoint's run that this run would set otherwise (keys only
+    one side has, e.g. added by a newer version, are not changes)."""
+    if not saved:
+        return []
+    old, new = flatten(dict(saved)), flatten(dict(now))
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys()) if str(old[k]) != str(new[k])]
+
+
+def check_resume(recipe: Recipe, resume: Path, fingerprint: dict, hparams: Mapping[str, Any]) -> list[str]:
+    """A resume continues its checkpoint's data stream (unless --allow-stream-change); settings changed since (e.g.
+    a larger trainer.max_steps, whose learning-rate schedule then follows the new total) are printed and returned."""
     from pixelqa.train.guards import read_resume_metadata, stream_changes
 
     try:
-        saved = read_resume_metadata(resume, recipe.trust_checkpoint).get("pixelqa_stream")
+        saved = read_resume_metadata(resume, recipe.trust_checkpoint)
     except (FileNotFoundError, ValueError) as err:
         raise RecipeError(str(err)) from None
-    changes = stream_changes(saved, fingerprint)
-    if not changes:
-        return
-    if not recipe.trainer.allow_stream_change:
+    changes = stream_changes(saved.get("pixelqa_stream"), fingerprint)
+    if changes and not recipe.trainer.allow_stream_change:
         raise RecipeError(
             f"ckpt={recipe.ckpt}: the data stream differs from the checkpoint's ({'; '.join(changes)}); resuming "
             f"would continue another stream. Restore those settings, or pass {ALLOW_STREAM_CHANGE} to resume anyway"
         )
-    print(f"resuming on a changed data stream ({'; '.join(changes)}), as {ALLOW_STREAM_CHANGE} asks", flush=True)
+    if changes:
+        print(f"resuming on a changed data stream ({'; '.join(changes)}), as {ALLOW_STREAM_CHANGE} asks", flush=True)
+    changed = settings_changes(saved.get("hyper_parameters"), hparams)
+    if changed:
+        print(f"resuming with changed settings: {'; '.join(changed)} (MLflow tag pixelqa.resumed_with)", flush=True)
+    return changed
 
 
 def set_aside_previous(ckpt_dir: Path) -> Path | None:
@@ -373,10 +387,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     check_generation_scoring(recipe)  # eval.scoring=generate|both needs synthetic validation data
     rank_zero = _is_rank_zero()
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    recipe_file = Path(recipe.output_dir) / "recipe.yaml"
     if rank_zero:
-        recipe_file = Path(recipe.output_dir) / "recipe.yaml"
-        recipe_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(recipe_file, recipe_yaml)
         print(banner(recipe))
         print(f"resolved recipe: {recipe_file} (print it with {PRINT_CONFIG})", flush=True)
     apply_process_settings(recipe.trainer)
@@ -406,8 +418,10 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     module.stream_fingerprint = stream_fingerprint(recipe, world_size(recipe.trainer), accumulate)
     module.base_reference = base_reference(recipe.model)
-    if resume is not None:
-        check_stream(recipe, resume, module.stream_fingerprint)
+    resumed_with = check_resume(recipe, resume, module.stream_fingerprint, module.hparams) if resume else []
+    if rank_zero:  # after the resume checks: a refused resume leaves the run's recipe.yaml as it was
+        recipe_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(recipe_file, recipe_yaml)
     if init_ckpt is not None and resume is None:
         load_init_weights(module, init_ckpt, recipe.init_from)
         if rank_zero:
@@ -430,6 +444,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         if run_id is None:
             tracking.log_recipe_params(logger, {**flatten(cfg), **run_params(recipe, module)})
             tracking.log_text(logger, recipe_yaml, "recipe.yaml")
+        elif resumed_with:  # params keep the run's first values (MLflow fixes them); the changes are said here
+            logger.experiment.set_tag(logger.run_id, "pixelqa.resumed_with", "; ".join(resumed_with)[:5000])
         tracking.save_run_id(ckpt_dir, logger.run_id)
 
     results: dict[str, float] = {}

@@ -76,7 +76,35 @@ def test_resume_on_another_stream_is_refused_unless_allowed(tmp_path, capsys):
     assert "batch_size: 2 -> 1" in message and "global_batch: 2 -> 1" in message and "--allow-stream-change" in message
     metrics = fit.run([*changed, "ckpt=last", "--allow-stream-change"])
     assert metrics["train/steps"] == 3
-    assert "resuming on a changed data stream" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "resuming on a changed data stream" in said and "resuming with changed settings: total_steps: 2 -> 3" in said
+
+
+def test_a_longer_resume_continues_its_mlflow_run(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    base = [
+        "recipe=stage3",
+        f"data.shards={tmp_path / 'shards'}",
+        "data.synthetic_train=16",
+        "data.synthetic_val=4",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        f"tracking.tracking_uri={store}",
+        f"tracking.artifact_location={tmp_path / 'artifacts'}",
+        "tracking.num_overlays=0",
+        "eval.after_fit=false",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    fit.run([*base, "trainer.max_steps=2"])
+    # train further: MLflow refused Lightning's second copy of the hyperparameters (total_steps 2 -> 4), failing the
+    # finished run; now the run continues, its params as first logged, the change in a tag
+    metrics = fit.run([*base, "trainer.max_steps=4", "ckpt=last"])
+    assert metrics["train/steps"] == 4 and "total_steps: 2 -> 4" in capsys.readouterr().out
+    (run,) = MlflowClient(store).search_runs(MlflowClient(store).search_experiments()[0].experiment_id)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.max_steps"] == "2"
+    assert "total_steps: 2 -> 4" in run.data.tags["pixelqa.resumed_with"]
 
 
 def test_deepspeed_and_fsdp_configurations():

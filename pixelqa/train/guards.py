@@ -49,7 +49,8 @@ def base_reference(model: Any) -> dict[str, Any]:
 
 
 def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """The PixelQA entries of a checkpoint (file, or DeepSpeed directory), its tensors memory-mapped (not read);
+    """The PixelQA entries, step and hyperparameters of a checkpoint (file, or DeepSpeed directory), its tensors
+    memory-mapped (not read);
     loaded without running code from it unless `trust` (`pixelqa.checkpoints`)."""
     import torch
 
@@ -72,4 +73,4 @@ def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any
                 f"ckpt: {str(path)!r} cannot be read without unpickling code ({exc}); set trust_checkpoint=true "
                 "only for a file you trust"
             ) from None
-    return {k: v for k, v in ckpt.items() if k.startswith("pixelqa_") or k == "global_step"}
+    return {k: v for k, v in ckpt.items() if k.startswith("pixelqa_") or k in ("global_step", "hyper_parameters")}

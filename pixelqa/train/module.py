@@ -86,7 +86,9 @@ class UniPixelModule(L.LightningModule):
         num_overlays: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not sent to the logger: a run's MLflow params are its flattened recipe (fit logs them once), and Lightning
+        # would log these again at every resume, where MLflow refuses a changed value (total_steps of a longer run)
+        self.save_hyperparameters(logger=False)
         self.hparams["stage"] = self.stage
         from pixelqa.model.unipixel import UniPixel  # heavy import, kept out of module import time
 
