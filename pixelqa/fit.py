@@ -267,6 +267,12 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
     )
 
 
+def param_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, each tensor counted once (a tied LM head is the input embedding)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
     """What MLflow shows beside the recipe: visual-token budgets, checkpoint cadence, the stream fingerprint."""
     from pixelqa.data.budgets import CELL, PixelBudget
@@ -279,6 +285,7 @@ def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
         "budget/frame_tokens": f"{b.frame_min_pixels // cell}-{b.frame_max_pixels // cell}",
         "checkpoint/every_n_steps": checkpoint_interval(recipe),
         "checkpoint/keep": recipe.trainer.keep_checkpoints,
+        **dict(zip(("params/trainable", "params/total"), param_counts(module.model))),
     }
     out.update({f"stream/{k}": v for k, v in (module.stream_fingerprint or {}).items()})
     return out
@@ -346,7 +353,10 @@ def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Pa
             f"            then open http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
         ]
     if not evaluated_only:
-        lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', module='pixelqa.evaluate')}")
+        # evaluate caps samples by eval.max_samples; fit's validation by data.val_samples: the same first N samples
+        cap = recipe.data.val_samples if recipe.eval.max_samples is None else None
+        same = [f"eval.max_samples={cap}"] if cap is not None else []
+        lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', *same, module='pixelqa.evaluate')}")
     return "\n".join(lines)
 
 
@@ -419,6 +429,9 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     module.stream_fingerprint = stream_fingerprint(recipe, world_size(recipe.trainer), accumulate)
     module.base_reference = base_reference(recipe.model)
     resumed_with = check_resume(recipe, resume, module.stream_fingerprint, module.hparams) if resume else []
+    if rank_zero:
+        trainable, total = param_counts(module.model)
+        print(f"parameters: {trainable:,} trained of {total:,} (stage {recipe.stage}; MLflow params/trainable)")
     if rank_zero:  # after the resume checks: a refused resume leaves the run's recipe.yaml as it was
         recipe_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(recipe_file, recipe_yaml)

@@ -115,3 +115,15 @@ def test_ctrl_c_prints_a_resume_command_that_finishes_the_run(tmp_path):
     assert files and all(p.suffix in (".png", ".gif") for p in files)
     assert lines["view"].strip() == f"mlflow ui --backend-store-uri sqlite:///{(tmp_path / 'mlruns.db').resolve()}"
     assert (tmp_path / "runs" / "stage3" / "recipe.yaml").is_file()
+
+
+def test_the_printed_evaluate_command_scores_the_samples_the_fit_validated(tmp_path):
+    from pixelqa.config import load_recipe, to_object
+    from pixelqa.fit import where_report
+
+    args = [f"output_dir={tmp_path}", "data.val_samples=8", "tracking=none"]
+    line = where_report(to_object(load_recipe(args)), args, None, []).splitlines()[-1]
+    assert line.startswith("evaluate:") and shlex.split(line)[-1] == "eval.max_samples=8"
+    mine = [*args, "eval.max_samples=3"]  # the user's own cap stays the only one
+    line = where_report(to_object(load_recipe(mine)), mine, None, []).splitlines()[-1]
+    assert line.count("max_samples") == 1 and line.endswith("eval.max_samples=3 ckpt=last")

@@ -105,6 +105,8 @@ def test_a_longer_resume_continues_its_mlflow_run(tmp_path, capsys):
     (run,) = MlflowClient(store).search_runs(MlflowClient(store).search_experiments()[0].experiment_id)
     assert run.info.status == "FINISHED" and run.data.params["trainer.max_steps"] == "2"
     assert "total_steps: 2 -> 4" in run.data.tags["pixelqa.resumed_with"]
+    trained, total = int(run.data.params["params/trainable"]), int(run.data.params["params/total"])
+    assert 0 < trained < total  # the demo trains LoRA, the new modules, SAM's decoder: not the frozen base
 
 
 def test_deepspeed_and_fsdp_configurations():

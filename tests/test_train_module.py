@@ -109,6 +109,8 @@ def test_init_from_checks_the_stage():
         check_init_stage({"pixelqa_stage": 1}, 3, "x.ckpt")
     with pytest.raises(ValueError, match="records no stage"):
         check_init_stage({"state_dict": {}}, 2, "x.ckpt")
+    with pytest.raises(ValueError, match=r"stage 2, but this is stage 1; expected a stage-1 checkpoint, or no init"):
+        check_init_stage({"pixelqa_stage": 2}, 1, "x.ckpt")  # there is no stage 0
 
 
 def test_stage2_weights_move_into_a_lora_stage3(stage3):

@@ -479,10 +479,12 @@ def check_init_stage(ckpt: Mapping[str, Any], stage: int, path: str) -> None:
     if got is None:
         raise ValueError(f"init_from={path}: the checkpoint records no stage; expected a PixelQA stage checkpoint")
     if got not in (stage - 1, stage):
-        raise ValueError(
-            f"init_from={path}: checkpoint of stage {got}, but this is stage {stage}; expected a stage-{stage - 1} "
-            f"checkpoint (stage {stage} starts from stage {stage - 1}) or a stage-{stage} one"
+        start = (
+            f"a stage-{stage - 1} checkpoint (stage {stage} starts from stage {stage - 1}) or a stage-{stage} one"
+            if stage > 1
+            else "a stage-1 checkpoint, or no init_from (stage 1 starts from the base model)"
         )
+        raise ValueError(f"init_from={path}: checkpoint of stage {got}, but this is stage {stage}; expected {start}")
 
 
 def load_init_weights(module: UniPixelModule, ckpt: Mapping[str, Any], path: str) -> dict[str, list[str]]:
