@@ -195,6 +195,9 @@ def test_image_point_then_second_round_naming_memory_and_downloads(server):
     state = client.ask("What is [7]?", [])
     assert "[7], which is not in memory (memory holds [0], [1])" in state["progress"]["error"]
     assert len(state["turns"]) == 2
+    state = client.ask("Why? " * 1000, [])  # 5000 characters: a question, not a document
+    assert state["progress"]["error"] == "question: got 5000 characters, expected at most 2000"
+    assert len(state["turns"]) == 2
     # downloads: RLE JSON and PNG zip both equal the memory bank of the latest turn
     memory = {k: m.numpy() for k, m in session.turns[1].memory.items()}
     status, doc = client.call(state["downloads"]["json"])

@@ -30,6 +30,7 @@ from pixelqa.predict.prompts import PromptSpec, check_prompts, model_prompts
 
 THUMB = 96  # side of a memory thumbnail, pixels
 MAX_PROMPTS = 16
+MAX_QUESTION_CHARS = 2000
 
 
 def _field(d: dict, key: str, kind: str, i: int) -> float:
@@ -134,6 +135,8 @@ def run_turn(
         raise PredictInputError("upload: no image or video yet; upload one or pick a sample first")
     if not isinstance(text, str) or not text.strip():
         raise PredictInputError("question: got an empty text, expected a question or instruction")
+    if len(text) > MAX_QUESTION_CHARS:  # a page's question, not a document: it would fill the model's context
+        raise PredictInputError(f"question: got {len(text)} characters, expected at most {MAX_QUESTION_CHARS}")
     specs = page_prompts(items, session)
     media = session.media
     # ids are left to the Predictor: the next free ones after the memory bank's
