@@ -74,8 +74,8 @@ def test_revos_rows_for_oracle_and_empty_predictions(shards, tmp_path):
     assert set(prov["shard_manifests"]) == {"manifest.json"} and len(prov["shard_manifests"]["manifest.json"]) == 64
 
 
-def test_resume_scores_only_the_rest_and_finished_benchmarks_are_kept(shards, tmp_path):
-    calls = []
+def killed_at_second_call(calls: list[str]):
+    """The oracle's answers, recording each asked key in `calls`; the second call fails as a killed run would."""
 
     def flaky(request):
         calls.append(request.sample.key)
@@ -83,6 +83,12 @@ def test_resume_scores_only_the_rest_and_finished_benchmarks_are_kept(shards, tm
             raise RuntimeError("killed")
         return oracle(request)
 
+    return flaky
+
+
+def test_resume_scores_only_the_rest_and_finished_benchmarks_are_kept(shards, tmp_path):
+    calls: list[str] = []
+    flaky = killed_at_second_call(calls)
     with pytest.raises(RuntimeError, match="killed"):
         run_benchmark(REVOS, flaky, shards, tmp_path)
     assert len(merge_records(tmp_path / "revos")) == 1
@@ -128,14 +134,8 @@ def test_rerun_with_another_checkpoint_or_limit_is_refused_not_reused(shards, tm
 
 
 def test_records_resume_only_under_the_same_fingerprint(shards, tmp_path):
-    calls = []
-
-    def flaky(request):
-        calls.append(request.sample.key)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return oracle(request)
-
+    calls: list[str] = []
+    flaky = killed_at_second_call(calls)
     with pytest.raises(RuntimeError, match="killed"):
         run_benchmark(REVOS, flaky, shards, tmp_path, fingerprint=CKPT_A)
     with pytest.raises(SuiteError, match="records.rank0.jsonl was not scored with these settings"):
