@@ -8,6 +8,9 @@ import os
 import re
 import warnings
 
+# what UniPixelModule.on_validation_epoch_end logs from its JAndF / TaskAccuracy metrics
+SYNCED_EPOCH_METRICS = r"val/(?:[JF](?:-recall|-decay)?|J&F|qa_acc|acc/[^']+)"
+
 # warnings.warn messages (regular expressions matched at the start of the message)
 IGNORED_WARNINGS: tuple[str, ...] = (
     r"`is_gradient_checkpointing` is deprecated",  # transformers' own Trainer hook, called by peft/Lightning glue
@@ -16,6 +19,9 @@ IGNORED_WARNINGS: tuple[str, ...] = (
     r"Your `IterableDataset` has `__len__` defined",  # our stream splits itself by rank and worker
     r"You have overridden `transfer_batch_to_device`",  # deliberate: the module moves its Batch dataclass
     r"The '(train|val)_dataloader' does not have many workers",  # the demo runs on 1-2 cores by design
+    # torchmetrics' compute() already sums these states over all ranks (every rank holds the global value), so
+    # sync_dist would only average identical numbers; any other value logged per epoch without it still warns
+    r"It is recommended to use `self\.log\('" + SYNCED_EPOCH_METRICS + r"', \.\.\., sync_dist=True\)`",
 )
 
 RANK_ZERO_NOISE = (r"GPU available", r"TPU available", r"💡 Tip", r"`Trainer\(limit_val_batches")  # Lightning banners

@@ -298,3 +298,17 @@ def test_cli_binds_loopback_and_user_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: --") for line in err), err
     assert "expected 0..65535" in err[0] and "does not exist" in err[1] and "cannot listen" in err[2]
+
+
+def test_banner_names_the_model_path_and_its_format(monkeypatch, capsys, tmp_path):
+    import uvicorn
+
+    ckpt = tmp_path / "runs" / "stage3" / "checkpoints" / "last.ckpt"
+    loaded = {"path": str(ckpt), "format": "lightning", "device": "cpu", "dtype": "float32"}
+    tiny = tiny_predictor()  # built before resolve_model is replaced (it builds through it)
+    monkeypatch.setattr("pixelqa.demo.models.resolve_model", lambda *a: (tiny.model, dict(loaded)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # print the banner, serve nothing
+    assert cli.main(["--model", str(ckpt), "--port", "0"]) == 0
+    banner = capsys.readouterr().out.strip().splitlines()[-1]
+    assert banner.startswith("demo: http://127.0.0.1:") and f"(model: {ckpt} (lightning); Ctrl-C" in banner
+    assert cli.model_label(tiny.model_info) == "tiny (random weights)"  # no file to name

@@ -12,6 +12,7 @@ from pixelqa.config import RecipeError, load_recipe, to_object
 from pixelqa.data import masks as rle_masks
 from pixelqa.data.budgets import PixelBudget
 from pixelqa.data.synthetic import make_sample
+from pixelqa.eval.runner import POOLED
 from pixelqa.eval.synthetic_generate import (
     SampleOutcome,
     SyntheticGenerator,
@@ -125,7 +126,7 @@ def test_qa_accuracy_pools_the_qa_tasks_only():
     result = score_outcomes([outcome("region_qa", True), outcome("mcq", False), outcome("caption", True)])
     assert result.metrics["gen/qa_acc"] == pytest.approx(0.5)  # caption is not a QA task
     rows = {r["task"]: r for r in result.rows}
-    assert rows["caption"]["answer_acc"] == 1.0 and rows["all"]["samples"] == 3
+    assert rows["caption"]["answer_acc"] == 1.0 and rows[POOLED]["samples"] == 3
     assert "gen/J&F" not in result.metrics  # no mask was scored
 
 
@@ -136,7 +137,7 @@ def test_tiny_model_end_to_end_scores_its_own_answers_against_the_references():
     result = generate_and_score(model, samples, llm_frames=4, max_new_tokens=6, num_overlays=2, budget=budget)
     m = result.metrics
     assert m["gen/samples"] == 13 and {"gen/J&F", "gen/qa_acc", "gen/time_s"} <= set(m)
-    assert {r["task"] for r in result.rows} == {s.task for s in samples} | {"all"}
+    assert {r["task"] for r in result.rows} == {s.task for s in samples} | {POOLED}
     assert len(result.overlays) == 2 and result.overlays[0]["pred"].shape == result.overlays[0]["target"].shape
     generator = SyntheticGenerator(model, 4, 6, budget)
     pix = _sample("pixelqa")
@@ -184,7 +185,11 @@ def test_evaluate_cli_reports_both_scorings_side_by_side(tmp_path, monkeypatch, 
     assert {"synthetic/J&F", "synthetic/qa_acc", "synthetic/gen/J&F", "synthetic/gen/qa_acc"} <= set(m)
     assert m["synthetic/gen/samples"] == 13
     out = capsys.readouterr().out
-    assert "| generate | all | 13 |" in out and "| teacher_forced | all | 13 |" in out
+    label = "all (J&F: seg tasks; answer_acc: QA tasks)"  # beside per-task rows where seg tasks show their own acc
+    pooled = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines() if f"| {label} |" in line}
+    assert set(pooled) == {"generate", "teacher_forced"} and "| all |" not in out  # the label says what it pools
+    for scoring, key in (("teacher_forced", "synthetic/qa_acc"), ("generate", "synthetic/gen/qa_acc")):
+        assert pooled[scoring][2] == "13" and pooled[scoring][6] == f"{m[key]:.4f}"  # answer_acc: QA tasks only
     with pytest.raises(RecipeError, match="generate_max_new_tokens"):
         run([*args, "data.synthetic_val=13", "eval.scoring=generate", "eval.generate_max_new_tokens=0"])
 

@@ -66,6 +66,37 @@ def test_default_checkpoint_interval():
     assert [default_checkpoint_interval(n) for n in (2, 23, 500, 10_000, 185_625)] == [10, 10, 100, 1000, 1000]
 
 
+def _epoch_warnings(names: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Lightning's own sync_dist warnings for epoch-level values logged without it, as if under DDP."""
+    import warnings
+
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+    from lightning.pytorch.utilities.rank_zero import WarningCache
+
+    monkeypatch.setattr(result, "_distributed_is_initialized", lambda: True)
+    monkeypatch.setattr(result, "warning_cache", WarningCache())  # Lightning says each message once per process
+    monkeypatch.delenv("PIXELQA_LIBRARY_WARNINGS", raising=False)
+    collection = result._ResultCollection(training=False)
+    for name in names:
+        collection.log("on_validation_epoch_end", name, torch.tensor(0.5), batch_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from pixelqa.quiet import silence_library_noise
+
+        silence_library_noise()
+        collection.metrics(on_step=False)
+    return [str(w.message) for w in caught]
+
+
+def test_ddp_epoch_metrics_already_summed_over_ranks_do_not_ask_for_sync_dist(monkeypatch):
+    # the values of UniPixelModule.on_validation_epoch_end (torchmetrics states summed over ranks by compute())
+    ours = ["val/J", "val/F", "val/J&F", "val/J-recall", "val/F-decay", "val/qa_acc", "val/acc/region_qa"]
+    assert _epoch_warnings(ours, monkeypatch) == []
+    # any other value logged per epoch without sync_dist is a real mistake under DDP: still said
+    said = _epoch_warnings(["val/loss", "val/Jaccard"], monkeypatch)
+    assert len(said) == 2 and all("sync_dist=True" in m for m in said), said
+
+
 @pytest.mark.slow
 def test_ctrl_c_prints_a_resume_command_that_finishes_the_run(tmp_path):
     steps = 23  # not a multiple of the default interval (10): the final step is saved too

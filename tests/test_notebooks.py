@@ -91,6 +91,13 @@ def test_ablation_dashboard_on_a_real_grid(tmp_path, monkeypatch):
     assert len(images) == 1  # the plot renders in the notebook too
 
 
+def test_ablation_dashboard_on_a_missing_store_says_so_and_creates_nothing(tmp_path):
+    text = execute("ablation_dashboard.ipynb", tmp_path, {"PIXELQA_TRACKING_URI": "sqlite:///missing.db"}, timeout=300)
+    said = [line for line in text.splitlines() if line.startswith(("no ", "store: "))]  # not library warnings
+    assert len(said) == 1 and said[0].startswith(f"no MLflow store at {tmp_path / 'missing.db'}: set PIXELQA_"), said
+    assert list(tmp_path.iterdir()) == []  # MLflow would have made an empty missing.db
+
+
 @pytest.mark.slow
 def test_quickstart_runs(tmp_path):
     path = NOTEBOOKS / "quickstart.ipynb"

@@ -79,6 +79,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def model_label(info: dict) -> str:
+    """The banner's name of the served model: its path, then its format in parentheses."""
+    path, kind = info.get("path"), info.get("format", "?")
+    if path is None or str(kind).startswith(str(path)):  # `tiny` has no file, and its format already says tiny
+        return str(kind)
+    return f"{path} ({kind})"
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model and serve the page until Ctrl-C; the sessions' folders are removed on the way out."""
     import uvicorn
@@ -103,7 +111,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"demo: listening on {args.host}: anyone who can reach this address can use the model", flush=True)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"demo: http://{host}:{port}/  (model: {demo.predictor.model_info['format']}; Ctrl-C stops it)", flush=True)
+    label = model_label(demo.predictor.model_info)
+    print(f"demo: http://{host}:{port}/  (model: {label}; Ctrl-C stops it)", flush=True)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:

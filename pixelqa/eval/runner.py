@@ -21,6 +21,11 @@ import torch
 from pixelqa.batch import Batch
 from pixelqa.data.schema import Sample
 
+# The synthetic tables' last row: its J&F pools every scored mask, its answer_acc only the QA tasks (the qa_acc
+# metric), beside per-task rows where a segmentation task shows its own answer accuracy; no comma, so CSVs need no
+# quotes
+POOLED = "all (J&F: seg tasks; answer_acc: QA tasks)"
+
 
 @dataclass
 class EvalResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from pixelqa.eval.runner import EvalResult, eval_batches
+from pixelqa.eval.runner import POOLED, EvalResult, eval_batches
 from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
 
 
@@ -74,7 +74,7 @@ def evaluate_teacher_forced(model: Any, recipe: Any, source: str = "synthetic", 
         )
     rows.append(
         {
-            "task": "all",
+            "task": POOLED,
             "samples": sum(counts.values()),
             "J": metrics.get("J", float("nan")),
             "F": metrics.get("F", float("nan")),

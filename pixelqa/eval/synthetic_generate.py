@@ -38,7 +38,7 @@ from pixelqa.data.budgets import PixelBudget
 from pixelqa.data.loader import object_masks
 from pixelqa.data.schema import Sample
 from pixelqa.eval.answers import parse_option
-from pixelqa.eval.runner import EvalResult, PassCount, register_pass
+from pixelqa.eval.runner import POOLED, EvalResult, PassCount, register_pass
 from pixelqa.prompt_format import REF, count_seg, object_tag, parse_prefill
 
 GEN = "gen/"  # prefix of every metric of this protocol, next to the teacher-forced ones
@@ -293,7 +293,7 @@ def score_outcomes(outcomes: list[SampleOutcome]) -> EvalResult:
         jf = {k: float(v) for k, v in per_task[task].compute().items()} if task in per_task else {}
         rows.append(_row(task, mine, jf, accs.get(task, float("nan"))))
     rows.append(
-        _row("all", outcomes, {k[len(GEN) :]: v for k, v in metrics.items()}, metrics.get(f"{GEN}qa_acc", np.nan))
+        _row(POOLED, outcomes, {k[len(GEN) :]: v for k, v in metrics.items()}, metrics.get(f"{GEN}qa_acc", np.nan))
     )
     return EvalResult(metrics, rows)
 
