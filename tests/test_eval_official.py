@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import zipfile
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, encode_frame
+from pixelqa.data.sources.reasonseg import polygon_masks
 from pixelqa.eval.official import Prediction, as_prediction, get_official
 from pixelqa.eval.submission import SubmissionWriter, read_submission_mask
 from pixelqa.prompt_format import REF, SEG
@@ -146,6 +149,95 @@ def test_reasonseg_template_follows_is_sentence():
     assert proto.request(s).token_budget == (128, 4096) and proto.describe()["token_budget"] == (128, 4096)
 
 
+RH, RW = 10, 14  # a non-square image, so a transposed mask cannot pass for a right one
+REASON_SHAPES = [
+    {"label": "target", "points": [[2, 2], [9, 2], [9, 6], [2, 6]]},  # rows 2-6, columns 2-9: 40 px
+    {"label": "ignore", "points": [[2, 7], [9, 7], [9, 8], [2, 8]]},  # rows 7-8, columns 2-9: 16 px
+]
+
+
+def _reasonseg(shapes: list[dict]) -> Sample:
+    target, ignore = polygon_masks(shapes, RH, RW, "r1.json")  # the converter's masks
+    media = Media("image", [encode_frame(np.zeros((RH, RW, 3), np.uint8), "png")], (RH, RW), "png")
+    return Sample(
+        key="r1",
+        source="reasonseg",
+        split="val",
+        task="reasonseg",
+        media=media,
+        objects={1: ObjectTrack(masks={0: masks.encode(target)})},
+        turns=[Turn("user", "seg"), Turn("assistant", SEG, seg_objects=[1])],
+        meta={"query": "what keeps it warm", "is_sentence": False, "ignore_rle": masks.encode(ignore)},
+    )
+
+
+def _released_reasonseg_counts(shapes: list[dict], pred: np.ndarray) -> tuple[int, int]:
+    """infer_seg.py on process_masks' polygon masks, as released: shapes painted in np.argsort(area)[::-1] order
+    into a uint8 canvas with target 1 and ignore -1, then I and U over `keep = gt != -1`."""
+    areas = []
+    for shape in shapes:
+        tmp = np.zeros((RH, RW), dtype=np.uint8)
+        cv2.polylines(tmp, np.array([shape["points"]], dtype=np.int32), True, 1, 1)
+        cv2.fillPoly(tmp, np.array([shape["points"]], dtype=np.int32), 1)
+        areas.append(tmp.sum())
+    canvas = np.zeros((RH, RW), dtype=np.uint8)
+    for j in np.argsort(areas)[::-1]:
+        label = 1 if shapes[j]["label"] == "target" else -1
+        cv2.polylines(canvas, np.array([shapes[j]["points"]], dtype=np.int32), True, label, 1)
+        cv2.fillPoly(canvas, np.array([shapes[j]["points"]], dtype=np.int32), label)
+    gt = torch.from_numpy(canvas).float()
+    keep, mask, p = gt != -1, gt.bool(), torch.from_numpy(pred)
+    return int(((mask * p) * keep).sum().item()), int(((mask + p) * keep).sum().item())
+
+
+def test_reasonseg_dont_care_is_background_as_released_and_left_out_with_the_switch():
+    s = _reasonseg(REASON_SHAPES)
+    target = masks.decode(s.objects[1].masks[0]).astype(bool)
+    ignore = masks.decode(s.meta["ignore_rle"]).astype(bool)
+    assert target.sum() == 40 and ignore.sum() == 16 and not (target & ignore).any()
+    over = target | ignore  # the target plus every don't-care pixel
+    under = target.copy()
+    under[2, 2:6] = False  # 4 target pixels missed
+    plain, lisa = get_official("reasonseg"), get_official("reasonseg+exclude_ignore")
+    req = plain.request(s)
+    for pred, as_run, left_out in ((over, (40, 56), (40, 40)), (under, (36, 40), (36, 40))):
+        # the release saturates the -1 to 0 in its uint8 canvas, so its keep mask is all true
+        assert _released_reasonseg_counts(REASON_SHAPES, pred) == as_run
+        rec = plain.score(s, req, Prediction("", [pred[None]]))
+        assert (rec["I"], rec["U"]) == as_run
+        rec = lisa.score(s, req, Prediction("", [pred[None]]))
+        assert (rec["I"], rec["U"]) == left_out  # LISA: output[target == ignore] = ignore, in neither I nor U
+    assert lisa.describe()["switches"] == ["exclude_ignore"] and plain.describe()["switches"] == []
+    assert get_official("reasonseg", switches=["exclude_ignore"]).enabled == {"exclude_ignore"}
+    with pytest.raises(ValueError, match="refcoco protocol switches: got \\['lenient_mcq'\\]"):
+        get_official("refcoco+lenient_mcq")
+
+
+def test_prediction_masks_in_another_layout_raise_instead_of_being_reshaped():
+    s = _reasonseg(REASON_SHAPES)
+    proto = get_official("reasonseg")
+    req = proto.request(s)
+    target = masks.decode(s.objects[1].masks[0]).astype(bool)
+    two_d = proto.score(s, req, Prediction("", [target]))  # an image's (H, W) mask: one frame
+    assert (two_d["I"], two_d["U"]) == (40, 40)
+    with pytest.raises(ValueError, match=r"reasonseg sample r1: .*got shape \(1, 14, 10\), expected \(1, 10, 14\)"):
+        proto.score(s, req, Prediction("", [target.T[None]]))  # same pixel count, transposed
+    with pytest.raises(ValueError, match=r"got shape \(14, 10\)"):
+        proto.score(s, req, Prediction("", [target.T]))
+    # video: (T, W, H) for (T, H, W)
+    m = np.zeros((RH, RW), bool)
+    m[2:5, 1:4] = True
+    vid = _vos(3)
+    vid.media = Media("video", vid.media.frames[:3], (RH, RW), "png", None, ["00000", "00005", "00010"])
+    vid.objects = {1: ObjectTrack(masks={t: masks.encode(m) for t in range(3)})}
+    mevis = get_official("mevis")
+    vreq = mevis.request(vid)
+    good = mevis.score(vid, vreq, Prediction("", [np.stack([m] * 3)]))
+    assert good["J"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"mevis sample v1-0: .*got shape \(3, 14, 10\), expected \(3, 10, 14\)"):
+        mevis.score(vid, vreq, Prediction("", [np.stack([m.T] * 3)]))
+
+
 def _mcq(source: str = "videorefer_bench_q", n: int = 30) -> Sample:
     annotated = list(range(0, n, 1))
     track = ObjectTrack(masks={t: masks.encode(_box(t)) for t in annotated})
@@ -178,6 +270,27 @@ def test_videorefer_q_frames_prefix_memory_and_parsing():
     assert rows[-1]["Acc"] == 0.5 and rows[-1]["unparsed"] == 1 and rows[0]["subset"] == "BQ"
 
 
+def test_mcq_reads_the_official_first_word_and_lenient_only_with_the_switch():
+    s = _mcq()
+    official = get_official("videorefer_bench_q")
+    req = official.request(s)
+    # text -> (chosen by eval_general.check_ans, chosen with lenient_mcq); the answer is B
+    cases = {
+        "Answer: B": ("A", "B"),  # 'answer:' -> 'a'
+        "The best option is (B) sitting": (None, "B"),  # 't' is no option of two
+        "Best Option: (B)": ("B", "B"),  # 'best' -> 'b', right by luck
+        " B": (None, "B"),  # split(' ') leaves an empty first token
+        "B) sitting": ("B", "B"),
+    }
+    for text, (want, _) in cases.items():
+        assert official.score(s, req, Prediction(text))["chosen"] == want, text
+    lenient = get_official("videorefer_bench_q+lenient_mcq")
+    for text, (_, want) in cases.items():
+        assert lenient.score(s, req, Prediction(text))["chosen"] == want, text
+    assert get_official("pixelqa+lenient_mcq").describe()["switches"] == ["lenient_mcq"]
+    assert get_official("mvbench+lenient_mcq").enabled == {"lenient_mcq"}
+
+
 def test_mvbench_prefix_and_frames():
     proto = get_official("mvbench")
     s = _mcq("mvbench", n=16)
@@ -205,6 +318,9 @@ def test_pixelqa_two_pass_request_and_object_means():
     row = proto.aggregate([rec, {**rec, "objects": [[0.5, 0.5]], "correct": False}])[-1]
     assert row["J"] == pytest.approx(1.5 / 3, abs=1e-5)  # over objects; per question it would be 0.5
     assert row["Acc"] == 0.5 and row["objects"] == 3
+    frames_last = np.moveaxis(gt1, 0, -1)  # (H, W, T): the pixel count of (T, H, W), another layout
+    with pytest.raises(ValueError, match=r"pixelqa sample q1 object 1: .*expected \(16, 8, 8\)"):
+        proto.score(s, req, Prediction("B", [frames_last]))
 
 
 def test_describe_writes_judge_records():

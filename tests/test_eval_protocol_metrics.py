@@ -93,27 +93,50 @@ def test_expression_jf_rejects_shape_mismatch():
         pm.expression_jf(_clip(2), _clip(3))
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("B) the man", 1),
-        ("(c)", 2),
-        ("B.", 1),
-        ("b", 1),
-        ("A", 0),
-        ("The best option is (D) a dog", 3),
-        ("Best Option: (A)", 0),
-        ("", None),
-        ("   ", None),
-        ("E", None),  # four options only
-        ("()", None),
-        ("7", None),
-        (None, None),
-        (42, None),
-    ],
-)
-def test_mcq_parser_reads_like_the_official_scripts(text, expected):
-    assert answers.parse_option(text, 4) == expected
+def _check_ans(num_options: int, response: str) -> str | None:
+    """eval_general.check_ans as released, returning the letter it reads (None where it logs ERROR or would
+    stop with an IndexError on an empty token)."""
+    b = response.lower().split(" ")[0].replace("(", "").replace(")", "").replace(".", "")
+    if len(b) != 1:
+        if not b:
+            return None  # the release: b[0] raises IndexError
+        b = b[0]
+    return b if b in [chr(ord("a") + i) for i in range(num_options)] else None
+
+
+MCQ_TEXTS = {
+    # text: (official index, lenient index), four options
+    "B) the man": (1, 1),
+    "(c)": (2, 2),
+    "B.": (1, 1),
+    "b": (1, 1),
+    "A": (0, 0),
+    "B\nthe man": (1, 1),  # split(' '): the newline stays in the token, its first character counts
+    "\nB": (None, 1),  # the release reads the newline
+    " B": (None, 1),  # the release reads an empty token
+    "The best option is (D) a dog": (None, 3),  # 't'
+    "Best Option: (A)": (1, 0),  # 'best' -> 'b'
+    "Answer: C": (0, 2),  # 'answer:' -> 'a'
+    "answer:(d)": (0, 3),
+    "": (None, None),
+    "   ": (None, None),
+    "E": (None, None),  # four options only
+    "()": (None, None),
+    "7": (None, None),
+}
+
+
+@pytest.mark.parametrize(("text", "official", "lenient"), [(t, *v) for t, v in MCQ_TEXTS.items()])
+def test_mcq_parser_reads_like_the_official_script_and_lenient_on_request(text, official, lenient):
+    released = _check_ans(4, text)
+    assert official == (None if released is None else ord(released) - ord("a"))  # the table is the release's
+    assert answers.parse_option(text, 4) == official
+    assert answers.parse_option(text, 4, lenient=True) == lenient
+
+
+@pytest.mark.parametrize("bad", [None, 42])
+def test_mcq_parser_never_raises(bad):
+    assert answers.parse_option(bad, 4) is None and answers.parse_option(bad, 4, lenient=True) is None
 
 
 def test_first_character_rule():

@@ -46,7 +46,7 @@ def test_answers_match_after_normalising_and_mcq_letters_as_the_official_parser_
     assert not answer_correct("Red, I think.", "Red.") and not answer_correct("Blue.", "Red.")
     four = ["red", "green", "blue", "yellow"]
     assert answer_correct("B) green", "B", four) and answer_correct("(b).", "B", four)
-    assert answer_correct("The best option is (C)", "C", four)
+    assert not answer_correct("The best option is (C)", "C", four)  # the official reading: its first letter, 't'
     assert not answer_correct("C", "B", four) and not answer_correct("E", "A", four)  # E is no option of four
     assert not answer_correct("green", "B", four)  # the letter is what counts, as in the official scoring
     with pytest.raises(ValueError, match="reference"):

@@ -18,6 +18,7 @@ from pixelqa.metrics import (
     boundary_f,
     jaccard,
     mask_to_box,
+    protocols,
 )
 from pixelqa.metrics.qa import choice_index
 from pixelqa.metrics.video import davis_decay, revos_robustness
@@ -88,8 +89,8 @@ def test_revos_robustness_and_accuracy() -> None:
     preds = _rect(2, 6, 6, slice(0, 2), slice(0, 3))
     target = torch.zeros_like(preds)
     foreground = _rect(2, 6, 6, slice(3, 6), slice(0, 4))
-    r = revos_robustness(preds, target, foreground)
-    torch.testing.assert_close(r, torch.full((2,), 1 - 6 / (12 + 1e-6)))
+    r = revos_robustness(preds, target, foreground)  # one clip: 12 false positives over 24 foreground pixels
+    torch.testing.assert_close(r, torch.tensor(1 - 12 / (24 + 1e-6)))
     metric = JAndF(robustness=True)
     metric.update(preds, target, foreground=foreground)
     out = metric.compute()
@@ -98,6 +99,32 @@ def test_revos_robustness_and_accuracy() -> None:
     assert out["J"].item() == 0.0  # prediction on a blank expression: empty target, non-empty union
     # A huge false positive clamps R at 0.
     assert revos_robustness(torch.ones(1, 6, 6, dtype=torch.bool), target[:1], foreground[:1]).item() == 0.0
+
+
+def test_revos_robustness_is_clip_level_as_the_official_script() -> None:
+    # Frame 0: 4 false-positive pixels, foreground 8; frame 1: none, foreground 2. The official R sums both areas
+    # over the clip: 1 - 4 / 10 = 0.6 (a per-frame R averaged would give (0.5 + 1) / 2 = 0.75).
+    target = torch.zeros(2, 4, 4, dtype=torch.bool)
+    target[:, 0, 0] = True
+    preds = target.clone()
+    preds[0, 3, :] = True  # 4 false positives on frame 0
+    foreground = torch.zeros(2, 4, 4, dtype=torch.bool)
+    foreground[0, :2, :] = True  # 8 pixels
+    foreground[1, 0, :2] = True  # 2 pixels
+    expected = 1 - 4 / (10 + 1e-6)
+    metric = JAndF(robustness=True)
+    metric.update(preds, target, foreground=foreground)
+    assert metric.compute()["R"].item() == pytest.approx(expected, abs=1e-6)
+    assert revos_robustness(preds, target, foreground).item() == pytest.approx(expected, abs=1e-7)
+    # the same definition as pixelqa.metrics.protocols.revos_expression (percent, rounded to 0.01)
+    assert protocols.revos_expression(preds, target, foreground)["R"] == pytest.approx(round(100 * expected, 2))
+    # A second clip, R = 1 - 6 / 12 = 0.5; the metric averages the clip-level values over clips
+    blank = _rect(2, 6, 6, slice(0, 1), slice(0, 3))  # 3 false positives per frame, 6 in all
+    metric.update(blank, torch.zeros_like(blank), foreground=_rect(2, 6, 6, slice(3, 5), slice(0, 3)))
+    out = metric.compute()
+    assert out["R"].item() == pytest.approx((expected + 1 - 6 / (12 + 1e-6)) / 2, abs=1e-6)
+    # A: pixel agreement over each clip (28 / 32 and 66 / 72), then the mean over clips
+    assert out["A"].item() == pytest.approx((28 / 32 + 66 / 72) / 2, abs=1e-6)
 
 
 def test_jandf_foreground_required_only_with_robustness() -> None:

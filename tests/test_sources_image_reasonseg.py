@@ -88,3 +88,23 @@ def test_reasonseg_json_in_cp1252_is_read(tmp_path):
     path.write_bytes(b'{"text": ["\x81"]}')
     with pytest.raises(ValueError, match=r"a_1\.json: not UTF-8"):
         list(get_source("reasonseg").convert(tmp_path, "train", "a_1"))
+
+
+def _square(x: int, y: int, side: int = 4) -> list[list[int]]:
+    return [[x, y], [x + side, y], [x + side, y + side], [x, y + side]]
+
+
+@pytest.mark.parametrize("first", ["target", "ignore"])
+def test_equal_area_polygons_overlap_as_lisa_paints_them(first):
+    # LISA paints in np.argsort(area)[::-1] order: of two equal areas the later polygon is painted first, so the
+    # earlier one ends on top (a stable descending sort paints them in file order and the later one would win)
+    from pixelqa.data.sources.reasonseg import polygon_masks
+
+    second = "ignore" if first == "target" else "target"
+    shapes = [{"label": first, "points": _square(2, 2)}, {"label": second, "points": _square(4, 4)}]
+    target, ignore = polygon_masks(shapes, 24, 32, "t.json")  # the fixture size of `_incl`
+    a, b = _incl(2, 2, 6, 6), _incl(4, 4, 8, 8)  # 25 px each, overlapping on a 3 x 3 block
+    assert a.sum() == b.sum() == 25 and (a & b).sum() == 9
+    want = {first: a, second: b & ~a}  # the earlier polygon keeps the overlap
+    np.testing.assert_array_equal(target, want["target"])
+    np.testing.assert_array_equal(ignore, want["ignore"])

@@ -6,15 +6,18 @@ Generation is not done here: a protocol hands a `Request` to one callable, `answ
 So every protocol is checked on predictions built by hand, and any model can be scored the same way.
 
     get_official(benchmark) -> Protocol          PROTOCOLS: benchmark name -> Protocol
+    get_official("reasonseg+exclude_ignore")     a protocol with named switches on (departures from the official
+                                                 run, docs/departures.md; the suite file's `protocol:` takes this)
     Request(...)      frames (positions in sample.media.frames) for the LLM and for SAM, text, visual prompts,
                       ground-truth memory, PixelQA's pre-fill text, the forced answer prefix, max_new_tokens
     Prediction(text, masks)   masks: one (len(sam_frames), H, W) bool array per <|seg|> of the answer (only the
-                      first is scored), or per prompted object for PixelQA (pass 1), at the source resolution
+                      first is scored), or per prompted object for PixelQA (pass 1), at the source resolution;
+                      any other shape raises (an image's (H, W) mask is taken as (1, H, W))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,17 +99,22 @@ def object_volume(sample: Sample, object_ids: Sequence[int], frames: Sequence[in
     return out
 
 
-def first_mask(pred: Prediction, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+def check_mask(mask: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """`mask` in exactly `shape` (SAM frames, H, W); an (H, W) mask stands for one frame; anything else raises."""
+    shape = tuple(shape)
+    if mask.shape == shape:
+        return mask
+    if len(shape) == 3 and shape[0] == 1 and mask.shape == shape[1:]:
+        return mask[None]  # an image's mask without its frame axis
+    # never reshape: a transposed (W, H) or (T, W, H) mask has the same size and would be scored silently
+    raise ValueError(f"{where}: prediction mask got shape {mask.shape}, expected {shape} (SAM frames, H, W)")
+
+
+def first_mask(pred: Prediction, shape: tuple[int, ...], where: str = "sample") -> tuple[np.ndarray, bool]:
     """(the first <|seg|>'s mask, whether there was one); no <|seg|> -> all-empty masks, as the official scripts."""
     if not pred.masks:
         return np.zeros(shape, dtype=bool), False
-    m = pred.masks[0]
-    if m.shape != shape:
-        if m.size == int(np.prod(shape)):
-            m = m.reshape(shape)
-        else:
-            raise ValueError(f"prediction masks: got shape {m.shape}, expected {shape} (SAM frames, H, W)")
-    return m, True
+    return check_mask(pred.masks[0], shape, where), True
 
 
 def annotated_positions(sample: Sample) -> list[int]:
@@ -147,6 +155,18 @@ class Protocol:
     token_budget: tuple[int, int] = VIDEO_BUDGET
     # metric names of the headline (the keys of the last row that are reported as the benchmark's result)
     headline: tuple[str, ...] = ()
+    # named departures from the official run this protocol offers (switch name -> what it changes); all off by
+    # default, so a plain protocol scores as the release does
+    switches: dict[str, str] = {}
+    enabled: frozenset[str] = frozenset()
+
+    def set_switches(self, names: Sequence[str]) -> None:
+        """Turn the named switches on (see `switches`); an unknown name raises, naming the known ones."""
+        unknown = [n for n in names if n not in self.switches]
+        if unknown:
+            known = sorted(self.switches) or "none"
+            raise ValueError(f"{self.name} protocol switches: got {unknown}, expected some of {known}")
+        self.enabled = frozenset(names)
 
     def request(self, sample: Sample) -> Request:
         """The model input of one sample."""
@@ -161,8 +181,13 @@ class Protocol:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """Frame rule, prompt template and visual-token budget, for the provenance record."""
-        return {"frame_rule": self.frame_rule, "template": self.template, "token_budget": self.token_budget}
+        """Frame rule, prompt template, visual-token budget and switches on, for the provenance record."""
+        return {
+            "frame_rule": self.frame_rule,
+            "template": self.template,
+            "token_budget": self.token_budget,
+            "switches": sorted(self.enabled),
+        }
 
 
 class VideoSegProtocol(Protocol):
@@ -199,7 +224,7 @@ class VideoSegProtocol(Protocol):
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """J and F frame means of the first <|seg|>'s masks."""
         gt = self.target(sample, request)
-        mask, had = first_mask(pred, gt.shape)
+        mask, had = first_mask(pred, gt.shape, f"{self.name} sample {sample.key}")
         j, f = pm.expression_jf(mask, gt)
         return {"J": j, "F": f, "no_seg": not had}
 
@@ -222,7 +247,7 @@ class ReVOSProtocol(VideoSegProtocol):
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """The rounded per-expression scores and the expression's subset."""
         gt = self.target(sample, request)
-        mask, had = first_mask(pred, gt.shape)
+        mask, had = first_mask(pred, gt.shape, f"{self.name} sample {sample.key}")
         meta = sample.meta or {}
         rles = meta.get("foreground_rles")
         if not rles:
@@ -295,12 +320,18 @@ class GroundMoReProtocol(VideoSegProtocol):
 
 class ImageSegProtocol(Protocol):
     """RefCOCO/+/g RES (+ REC from the mask), ReasonSeg: cIoU = sum I / sum U, gIoU = mean I/U (1 when U = 0),
-    at the source resolution; REC: tight box after dropping components under 10 px vs the annotation box."""
+    at the source resolution; REC: tight box after dropping components under 10 px vs the annotation box.
+    ReasonSeg's don't-care pixels (`meta["ignore_rle"]`) count as background, as the official run scores them."""
 
     frame_rule = "the image (one frame), up to 4096 visual tokens"
     token_budget = IMAGE_BUDGET
     template = "query ('Please segment the {q} in this image.') / sentence when q ends with '?'"
     headline = ("cIoU", "gIoU")
+    switches = {
+        # infer_seg.py means `keep = gt != -1` (LISA: output[target == ignore] = ignore), but process_masks paints
+        # the -1 into a uint8 canvas, which cv2 saturates to 0: as run, keep is all true and 'ignore' is background
+        "exclude_ignore": "don't-care pixels (meta.ignore_rle) count in neither I nor U (LISA's rule)",
+    }
 
     def __init__(self, name: str, rec: bool) -> None:
         self.name = name
@@ -319,11 +350,23 @@ class ImageSegProtocol(Protocol):
         text = templates.segmentation_prompt(str(q), "image", family)
         return Request(sample, [0], [0], text, token_budget=IMAGE_BUDGET)
 
+    def iou_counts(self, pred: np.ndarray, gt: np.ndarray, meta: Mapping[str, Any], where: str) -> tuple[int, int]:
+        """(I, U) of one (H, W) prediction: don't-care pixels as background, or left out with `exclude_ignore`."""
+        rle = meta.get("ignore_rle")
+        if "exclude_ignore" not in self.enabled or not rle:
+            return pm.image_iou_counts(pred, gt)
+        ignore = rle_masks.decode(rle).astype(bool)
+        if ignore.shape != gt.shape:
+            raise ValueError(f"{where}: meta['ignore_rle'] decodes to {ignore.shape}, expected the image's {gt.shape}")
+        keep = ~ignore
+        return pm.image_iou_counts(np.asarray(pred, bool) & keep, np.asarray(gt, bool) & keep)
+
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
-        """Intersection and union (don't-care pixels are background, as the official run) and the REC hit."""
+        """Intersection and union (see `iou_counts`) and the REC hit."""
+        where = f"{self.name} sample {sample.key}"
         gt = object_volume(sample, target_ids(sample), [0])[0]
-        mask, had = first_mask(pred, (1, *gt.shape))
-        inter, union = pm.image_iou_counts(mask[0], gt)
+        mask, had = first_mask(pred, (1, *gt.shape), where)
+        inter, union = self.iou_counts(mask[0], gt, sample.meta or {}, where)
         rec: dict[str, Any] = {"I": inter, "U": union, "no_seg": not had}
         if self.rec:
             box = (sample.meta or {}).get("box_xyxy")
@@ -350,6 +393,11 @@ class MCQProtocol(Protocol):
     (fps 2 whole video, forced "Best Option: ("): accuracy per question type and overall."""
 
     headline = ("Acc",)
+    switches = {
+        # eval_general.check_ans reads response.lower().split(' ')[0] with '(' ')' '.' removed, first character
+        "lenient_mcq": "a leading 'The best option is' / 'Best Option:' / 'Answer:' is dropped and the first "
+        "whitespace token read (the official rule reads 'Answer: B' as 'a')",
+    }
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -394,8 +442,8 @@ class MCQProtocol(Protocol):
         )
 
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
-        """Whether the first character names the answer letter."""
-        chosen = answers.parse_option(pred.text, len(sample.choices or []))
+        """Whether the first character names the answer letter (the official reading unless `lenient_mcq`)."""
+        chosen = answers.parse_option(pred.text, len(sample.choices or []), lenient="lenient_mcq" in self.enabled)
         meta = sample.meta or {}
         qtype = meta.get("question_type") or meta.get("task_type") or "unknown"
         return {
@@ -456,8 +504,11 @@ class PixelQAProtocol(MCQProtocol):
         per_object = []
         for i, oid in enumerate(ids):
             gt = object_volume(sample, [oid], request.sam_frames)
-            mask = pred.masks[i] if i < len(pred.masks) else np.zeros_like(gt)
-            per_object.append(list(pm.pixelqa_object(mask.reshape(gt.shape), gt)))
+            if i < len(pred.masks):
+                mask = check_mask(pred.masks[i], gt.shape, f"{self.name} sample {sample.key} object {oid}")
+            else:
+                mask = np.zeros_like(gt)
+            per_object.append(list(pm.pixelqa_object(mask, gt)))
         rec["objects"] = per_object
         rec["missing_masks"] = max(0, len(ids) - len(pred.masks))
         return rec
@@ -526,7 +577,7 @@ class SubmissionProtocol(VideoSegProtocol):
     def score(self, sample: Sample, request: Request, pred: Prediction) -> dict[str, Any]:
         """Write the expression's PNGs; the record says where."""
         h, w = sample.media.size
-        mask, had = first_mask(pred, (len(request.sam_frames), h, w))
+        mask, had = first_mask(pred, (len(request.sam_frames), h, w), f"{self.name} sample {sample.key}")
         meta = sample.meta or {}
         names = sample.media.frame_ids or [f"{i:05d}" for i in range(sample.media.num_frames)]
         frame_names = [str(names[f]) for f in request.sam_frames]
@@ -564,9 +615,13 @@ def _registry() -> dict[str, Callable[[], Protocol]]:
 PROTOCOLS: tuple[str, ...] = tuple(_registry())
 
 
-def get_official(name: str) -> Protocol:
-    """A fresh protocol object of benchmark `name` (see PROTOCOLS)."""
+def get_official(name: str, switches: Sequence[str] = ()) -> Protocol:
+    """A fresh protocol object of benchmark `name` (see PROTOCOLS) with the named switches on, given as `switches`
+    or appended to the name with '+' ('reasonseg+exclude_ignore', the form a suite file's `protocol:` takes)."""
+    base, *named = name.split("+")
     factories = _registry()
-    if name not in factories:
+    if base not in factories:
         raise ValueError(f"benchmark: got {name!r}, expected one of {sorted(factories)}")
-    return factories[name]()
+    protocol = factories[base]()
+    protocol.set_switches([*named, *switches])
+    return protocol

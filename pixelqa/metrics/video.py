@@ -11,7 +11,7 @@ from pixelqa.metrics.functional import as_mask_clip, count_true, jaccard_and_bou
 
 __all__ = ["JAndF", "davis_decay", "revos_robustness"]
 
-# ReVOS evaluation: R = max(1 - false-positive area / (foreground area + 1e-6), 0) per frame.
+# ReVOS evaluation: R = max(1 - false-positive area / (foreground area + 1e-6), 0), both areas summed over the clip
 _ROBUSTNESS_EPS = 1e-6
 
 
@@ -24,13 +24,14 @@ def davis_decay(per_frame: Tensor) -> Tensor:
 
 
 def revos_robustness(preds: Tensor, target: Tensor, foreground: Tensor) -> Tensor:
-    """ReVOS robustness per frame: max(1 - |preds & ~target| / (|foreground| + 1e-6), 0), shape (T,).
+    """ReVOS robustness of one clip, a 0-D tensor: max(1 - sum_t |preds & ~target| / (sum_t |foreground| + 1e-6), 0).
 
-    ``foreground`` is the union of all annotated objects of the video in that frame; on a "blank" expression
-    (no target object) the whole predicted area counts as false positive.
+    The official definition (`pixelqa.metrics.protocols.revos_expression`): the areas are summed over the whole
+    clip before the ratio, not a per-frame R averaged. ``foreground`` is the union of all annotated objects of the
+    video in each frame; on a "blank" expression (no target object) the whole predicted area is false positive.
     """
-    false_positive = count_true(preds & ~target).double()
-    area = count_true(foreground).double()
+    false_positive = count_true(preds & ~target).double().sum()
+    area = count_true(foreground).double().sum()
     return (1 - false_positive / (area + _ROBUSTNESS_EPS)).clamp(min=0).float()
 
 
@@ -42,8 +43,8 @@ class JAndF(Metric):
     last-quarter mean); ``compute()`` averages those over objects and returns a dict with ``J``, ``F``, ``J&F`` =
     (J + F) / 2, ``J-recall``, ``F-recall``, ``J-decay``, ``F-decay``. With ``robustness=True`` each update also
     takes ``foreground`` (the union of all annotated objects per frame) and the dict adds ReVOS's ``R`` and pixel
-    accuracy ``A`` (both averaged over frames, then objects). Frame selection (e.g. DAVIS semi-supervised drops the
-    first and last frame) is the caller's protocol.
+    accuracy ``A`` (each over the whole clip, as the official script, then averaged over objects). Frame selection
+    (e.g. DAVIS semi-supervised drops the first and last frame) is the caller's protocol.
     """
 
     is_differentiable = False
@@ -89,10 +90,10 @@ class JAndF(Metric):
             raise ValueError("foreground was given but JAndF(robustness=False): construct with robustness=True")
 
     def _update_revos(self, p: Tensor, t: Tensor, fg: Tensor) -> None:
-        """Add one sequence's mean ReVOS R and pixel accuracy A to the sums."""
-        self.r += revos_robustness(p, t, fg).double().mean()
-        pixels = p.shape[-2] * p.shape[-1]
-        self.a += (1 - count_true(p ^ t).double() / pixels).mean()
+        """Add one sequence's clip-level ReVOS R and pixel accuracy A to the sums."""
+        # R is not a frame mean, but each update is one whole clip, so its scalar R still sums across processes
+        self.r += revos_robustness(p, t, fg).double()
+        self.a += 1 - count_true(p ^ t).double().sum() / p.numel()
 
     def compute(self) -> dict[str, Tensor]:
         """Means over the object sequences seen (NaN before any update)."""

@@ -8,10 +8,12 @@ Raw layout (as released by LISA; UniPixel-SFT-1M ships it as `lisa/reason_seg/Re
                                                          "shape_type": "polygon", "points": [[x, y], ...]}]}
     <root>/explanatory/train.json           [{"image": "<name>.jpg", "query": str, "outputs": str}, ...]
 
-The mask follows LISA's rule: polygons ('flag' shapes skipped) are painted largest first with their outline,
-'target' as foreground and 'ignore' as a don't-care region, so a smaller polygon drawn later wins where they
-overlap. One sample per query (plus one explanatory sample per train image that has one); the ignore region
-goes to `meta["ignore_rle"]` because gIoU / cIoU leave those pixels out.
+The mask follows LISA's rule: polygons ('flag' shapes skipped) are painted largest first with their outline
+(`np.argsort(area)[::-1]`, so of two equal areas the earlier polygon wins), 'target' as foreground and 'ignore' as
+a don't-care region, so a smaller polygon drawn later wins where they overlap. One sample per query (plus one
+explanatory sample per train image that has one); the ignore region goes to `meta["ignore_rle"]`. The official
+UniPixel run scores it as background (it paints -1 into a uint8 canvas, which cv2 saturates to 0); the protocol
+switch `reasonseg+exclude_ignore` (`pixelqa.eval.official`) leaves it out of I and U, as LISA does.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.
         cv2.fillPoly(tmp, [pts], 1)
         polys.append((int(tmp.sum()), value, pts))
     canvas = np.zeros((height, width), dtype=np.uint8)
-    for _, value, pts in sorted(polys, key=lambda p: -p[0]):  # largest first: small regions stay visible
+    # largest first, so small regions stay visible; LISA's exact expression decides ties: np.argsort keeps equal
+    # areas in file order (for the few shapes of an image), reversed, so the earlier polygon is painted last and
+    # wins, where a stable descending sort would let the later one win
+    for i in np.argsort([area for area, _, _ in polys])[::-1]:
+        _, value, pts = polys[int(i)]
         cv2.polylines(canvas, [pts], True, value, 1)
         cv2.fillPoly(canvas, [pts], value)
     return canvas == _TARGET, canvas == _IGNORE
