@@ -74,3 +74,42 @@ def test_benchmark_prints_headline_lines(capsys):
         "loader_vs_baseline_w0",
     ]
     assert all(float(ln.split(":")[1]) > 0 for ln in lines[-5:])
+
+
+def test_stats_reports_the_builds_rejects_apart_from_read_damage(tmp_path: Path, capsys):
+    import numpy as np
+    from fixtures_image import H, W, build_ade20k, write_image, write_label_png
+
+    raw, out = tmp_path / "raw", tmp_path / "shards"
+    build_ade20k(raw)
+    write_image(raw / "images" / "training" / "ADE_train_00000002.jpg", seed=3)
+    write_label_png(raw / "annotations" / "training" / "ADE_train_00000002.png", np.zeros((H, W), dtype=np.uint8))
+    write_image(raw / "images" / "training" / "ADE_train_00000003.jpg", seed=4)
+    write_label_png(raw / "annotations" / "training" / "ADE_train_00000003.png", np.zeros((H, 3), dtype=np.uint8))
+    main(["build", "ade20k", "--root", str(raw), "--out", str(out), "--on-error", "skip", "--quiet"])
+    assert "1 samples in 1 shards" in capsys.readouterr().out
+    main(["stats", str(out)])
+    text = capsys.readouterr().out
+    assert "samples: 1" in text and "damaged records skipped: 0 (while reading the shards)" in text
+    assert "rejected by the build: 1  skipped by the build (nothing to ask): 1" in text
+    table = text.split("skipped by the build (nothing to ask): 1", 1)[1]  # the samples table has an ade20k row too
+    (row,) = [ln for ln in table.splitlines() if ln.startswith("ade20k ")]
+    assert row.split()[:4] == ["ade20k", "train", "1", "1"]
+    assert str(out / "ade20k" / "train" / "manifest.json") in row
+    assert "ADE_train_00000003" in text and "label size" in text  # the examples: the reject first, then the skip
+    assert "ADE_train_00000002: " in text and "no class to ask for" in text
+    # a build that wrote no shard (every item rejected or skipped); stats still shows what its manifest records
+    (raw / "annotations" / "training" / "ADE_train_00000001.png").unlink()
+    main(["build", "ade20k", "--root", str(raw), "--out", str(tmp_path / "none"), "--on-error", "skip", "--quiet"])
+    capsys.readouterr()
+    main(["stats", str(tmp_path / "none")])
+    text = capsys.readouterr().out
+    assert "samples: 0" in text and "rejected by the build: 1  skipped by the build (nothing to ask): 1" in text
+
+
+def test_stats_without_rejects_prints_no_reject_table(tmp_path: Path, capsys):
+    main(["build", "synthetic", "--out", str(tmp_path), "--split", "val", "--max-samples", "4", "--quiet"])
+    capsys.readouterr()
+    main(["stats", str(tmp_path / "synthetic" / "val" / "synthetic-val-000000.tar")])
+    text = capsys.readouterr().out
+    assert "rejected by the build: 0" in text and "build rejects" not in text

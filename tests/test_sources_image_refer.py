@@ -142,3 +142,55 @@ def test_refer_empty_ref_is_a_counted_reject_and_the_image_keeps_the_others(tmp_
     kept = [s.validate() for s in out if not isinstance(s, RejectedSample)]
     same = [s for s in kept if s.meta["image_id"] == first["image_id"]]
     assert all(e["ref_id"] != first["ref_id"] for s in same for e in s.meta["expressions"])
+
+
+def _add_val_sentence(root) -> None:
+    """A second expression on ref 200 (val, image 2): the val split then holds two samples on that image."""
+    refs_path = root / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    ref = next(r for r in refs if r["ref_id"] == 200)
+    ref["sentences"].append({"sent_id": 2001, "sent": "person at the top", "raw": "", "tokens": []})
+    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def test_refer_missing_image_is_one_reject_per_lost_sample(tmp_path):
+    from pixelqa.data.shards import build_shards
+
+    fx = build_refer(tmp_path)
+    _add_val_sentence(tmp_path)
+    (fx["image_dir"] / fx["files"][2]).unlink()  # image 2 carries both val expressions
+    (fx["image_dir"] / fx["files"][1]).unlink()  # image 1 carries the one grouped train sample
+    val = build_shards("refcoco", tmp_path, tmp_path / "out", split="val", on_error="skip", progress=False)
+    assert val["num_samples"] == 0 and val["num_rejects"] == 2  # samples written + rejects = the split's 2
+    assert [r["key"] for r in val["rejects"]] == ["2000", "2001"]
+    for r, sid in zip(val["rejects"], (2000, 2001), strict=True):
+        assert "image 2 (COCO_train2014_000000000002.jpg)" in r["reason"] and "image file not found" in r["reason"]
+        assert f"ref_id 200 sent_id {sid}" in r["reason"]
+    train = build_shards("refcoco", tmp_path, tmp_path / "out", split="train", on_error="skip", progress=False)
+    assert train["num_samples"] == 0 and train["num_rejects"] == 1  # train groups the image's expressions
+    (r,) = train["rejects"]
+    assert r["key"] == "1" and "COCO_train2014_000000000001.jpg" in r["reason"] and "[100, 101]" in r["reason"]
+
+
+def test_refer_image_missing_from_instances_and_bad_sentence_count_their_samples(tmp_path):
+    build_refer(tmp_path)
+    _add_val_sentence(tmp_path)
+    inst_path = tmp_path / "refcoco" / "instances.json"
+    inst = json.loads(inst_path.read_text())
+    inst["images"] = [im for im in inst["images"] if im["id"] != 2]
+    inst_path.write_text(json.dumps(inst))
+    out = list(get_source("refcoco").samples(tmp_path, "val"))
+    assert all(isinstance(s, RejectedSample) for s in out) and [s.key for s in out] == ["2000", "2001"]
+    assert all("image id 2 of the refs is not in 'images'" in s.reason for s in out)
+
+    fresh = tmp_path / "fresh"
+    build_refer(fresh)
+    _add_val_sentence(fresh)
+    refs_path = fresh / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    next(r for r in refs if r["ref_id"] == 200)["sentences"][0]["sent"] = ""  # one expression without text
+    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    out = list(get_source("refcoco").samples(fresh, "val"))
+    (bad,) = [s for s in out if isinstance(s, RejectedSample)]
+    assert bad.key == "2000" and "ref_id 200" in bad.reason and "non-empty expression" in bad.reason
+    assert [s.validate().key for s in out if not isinstance(s, RejectedSample)] == ["2001"]

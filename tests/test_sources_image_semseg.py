@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_image import H, W, build_ade20k, build_cocostuff, build_mapillary, write_image
+from fixtures_image import H, W, build_ade20k, build_cocostuff, build_mapillary, write_image, write_label_png
 from PIL import Image
 
 from pixelqa.data import masks
 from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import SkippedSample
+from pixelqa.data.shards import build_shards
 from pixelqa.prompt_format import SEG
 
 
@@ -67,3 +69,48 @@ def test_semseg_missing_folders_and_config(tmp_path):
         get_source("ade20k").items(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="config_v2.0.json"):
         get_source("mapillary").items(tmp_path, "val")
+
+
+def test_ade20k_out_of_range_value_is_recorded_and_a_classless_image_is_skipped(tmp_path):
+    fx = build_ade20k(tmp_path)
+    labels, images = tmp_path / "annotations" / "training", tmp_path / "images" / "training"
+    damaged = fx["label"].copy()
+    damaged[22:24, 0:4] = 200  # no ADE20K label (0..150): 8 pixels of the "other" area
+    write_label_png(labels / "ADE_train_00000001.png", damaged)
+    for stem, value in (("ADE_train_00000002", 0), ("ADE_train_00000003", 200)):  # all 'other' / all damage
+        write_image(images / f"{stem}.jpg", seed=1)
+        write_label_png(labels / f"{stem}.png", np.full((H, W), value, dtype=np.uint8))
+    # nothing to ask in an image is no damage: counted as skipped, and it does not stop a build (--on-error fail)
+    m = build_shards("ade20k", tmp_path, tmp_path / "out", split="train", on_error="fail", progress=False)
+    assert m["num_samples"] + m["num_rejects"] + m["num_skipped"] == 3  # one label PNG: a sample, reject or skip
+    assert m["num_samples"] == 1 and m["num_rejects"] == 0
+    assert [r["key"] for r in m["skipped"]] == ["ADE_train_00000002", "ADE_train_00000003"]
+    other, bad = (r["reason"] for r in m["skipped"])
+    assert "ADE_train_00000002.png" in other and "0 (other, not asked for)" in other
+    assert "ADE_train_00000003.png" in bad and "200 (no ade20k label)" in bad
+    (s,) = get_source("ade20k").convert(tmp_path, "train", "ADE_train_00000001")
+    assert sorted(_by_name(s.validate())) == ["person", "sky"]  # the image keeps its classes
+    assert s.meta["unknown_values"] == [{"value": 200, "pixels": 8}]
+    (clean,) = get_source("ade20k").convert(tmp_path, "train", "ADE_train_00000002")
+    assert clean.key == "ADE_train_00000002"
+
+
+def test_cocostuff_and_mapillary_classless_images_are_skipped_naming_the_values(tmp_path):
+    build_cocostuff(tmp_path / "cs")
+    label = np.full((H, W), 255, dtype=np.uint8)
+    label[0:4, :] = 95  # building-other: a class not asked for
+    label[4:6, :] = 190  # no COCO-Stuff index (0..181, 255)
+    write_label_png(tmp_path / "cs" / "stuffthingmaps_trainval2017" / "train2017" / "000000000009.png", label)
+    (r,) = get_source("cocostuff").convert(tmp_path / "cs", "train", "000000000009")
+    assert isinstance(r, SkippedSample) and r.key == "000000000009"
+    assert "95 (building-other, not asked for)" in r.reason and "255 (unlabeled, not asked for)" in r.reason
+    assert "190 (no cocostuff label)" in r.reason
+
+    build_mapillary(tmp_path / "mv")
+    lab = tmp_path / "mv" / "training" / "v2.0" / "labels" / "abcDEF123.png"
+    write_label_png(lab, np.full((H, W), 2, dtype=np.uint8), palette=True)  # 'Unlabeled' everywhere
+    (r,) = get_source("mapillary").convert(tmp_path / "mv", "train", "abcDEF123")
+    assert isinstance(r, SkippedSample) and "2 (unlabeled, not asked for)" in r.reason
+    build_mapillary(tmp_path / "mv2")
+    (s,) = get_source("mapillary").convert(tmp_path / "mv2", "train", "abcDEF123")
+    assert "unknown_values" not in s.validate().meta and sorted(_by_name(s)) == ["bird", "road"]

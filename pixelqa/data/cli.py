@@ -4,7 +4,8 @@ build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|
       [--node-rank R --num-nodes N] [--max-samples N] [--max-count N] [--max-bytes N]
       [--no-check-frames] [--quiet] [--wait] [--frame-codec keep|jpg|png|ppm]
 inspect SHARDS [--n 4] [--out DIR] [--strict]  print samples and render mask overlays to PNG
-stats SHARDS [--strict]                   counts per source / split / task (damaged records: counted, or fatal)
+stats SHARDS [--strict]                   counts per source / split / task, the builds' rejects (from the manifests)
+                                          and damaged records found reading (counted, or with --strict fatal)
 mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
 mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
       [--frame-codec keep|jpg|png|ppm]    build every source of the mixture (resumable), write its spec
@@ -64,10 +65,78 @@ def _inspect(args: argparse.Namespace) -> None:
     inspect_shards(args.shards, n=args.n, out=args.out, strict=args.strict)
 
 
-def _stats(args: argparse.Namespace) -> None:
-    from pixelqa.data.inspect_shards import print_stats
+def build_rejects(paths: list[str]) -> dict[tuple[str, str], dict]:
+    """Rejects and skipped items the builds recorded, per (source, split): {count, skipped, manifests, examples}
+    from the folders' manifests."""
+    import json
 
-    print_stats(args.shards, strict=args.strict)
+    found: set[Path] = set()
+    for p in map(Path, paths):  # a manifest sits in its shard folder, beside the shards (if the build wrote any)
+        found.update(
+            m.resolve() for m in (p.rglob("manifest*.json") if p.is_dir() else p.parent.glob("manifest*.json"))
+        )
+    out: dict[tuple[str, str], dict] = {}
+    for mp in sorted(found):
+        try:
+            m = json.loads(mp.read_text())
+            entry = out.setdefault(
+                (str(m["source"]), str(m["split"])), {"count": 0, "skipped": 0, "manifests": [], "examples": []}
+            )
+            entry["count"] += int(m.get("num_rejects", len(m.get("rejects", []))))
+            entry["skipped"] += int(m.get("num_skipped", len(m.get("skipped", []))))
+            entry["manifests"].append(str(mp))
+            examples = [*m.get("rejects", []), *m.get("skipped", [])]  # rejects first: they are the damage
+            entry["examples"].extend(examples[: 3 - len(entry["examples"])])
+        except (OSError, ValueError, KeyError, TypeError) as err:  # a stats reader does not stop at one bad manifest
+            msg = f"warning: manifest {mp} unreadable ({type(err).__name__}: {err}); its build rejects are not counted"
+            print(msg, file=sys.stderr)
+    return out
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from pixelqa.data.inspect_shards import shard_stats
+
+    rejects = build_rejects(args.shards)
+    try:
+        st = shard_stats(args.shards, args.strict)
+    except FileNotFoundError:
+        if not rejects or not all(Path(p).is_dir() for p in args.shards):  # nothing built there at all
+            raise
+        # A build that rejected everything wrote no shard, only its manifest: its rejects are still worth showing.
+        st = {
+            "samples": 0,
+            "bytes": 0,
+            "per_source": {},
+            "per_task": {},
+            "mean_frames": 0,
+            "mean_objects": 0,
+            "damaged": 0,
+        }
+    print(f"{'source':32s} {'split':10s} {'samples':>9s}")
+    for (src, split), c in sorted(st["per_source"].items()):
+        print(f"{src:32s} {split:10s} {c:9d}")
+    print(f"{'task':32s} {'':10s} {'samples':>9s}")
+    for task, c in sorted(st["per_task"].items()):
+        print(f"{task:32s} {'':10s} {c:9d}")
+    total = sum(e["count"] for e in rejects.values())
+    skips = sum(e["skipped"] for e in rejects.values())
+    # Two different losses: records the build refused (never written, recorded in its manifest) and records
+    # written but found damaged now, while reading the shards.
+    print(
+        f"samples: {st['samples']}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
+        f"mean objects: {st['mean_objects']:.2f}  damaged records skipped: {st['damaged']} (while reading the shards)  "
+        f"rejected by the build: {total}  skipped by the build (nothing to ask): {skips}"
+    )
+    if total or skips:
+        print(
+            f"{'build rejects':32s} {'split':10s} {'rejects':>9s} {'skipped':>9s}  (key + reason of each: 'rejects' "
+            "and 'skipped' in the manifest)"
+        )
+        for (src, split), e in sorted(rejects.items()):
+            if e["count"] or e["skipped"]:
+                print(f"{src:32s} {split:10s} {e['count']:9d} {e['skipped']:9d}  {', '.join(e['manifests'])}")
+                for r in e["examples"]:
+                    print(f"  {r.get('key')}: {' '.join(str(r.get('reason')).split())[:200]}")
 
 
 def _mixture(args: argparse.Namespace) -> None:

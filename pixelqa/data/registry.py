@@ -135,6 +135,19 @@ def rejected(source: str, split: str, task: str, key: str, reason: str) -> Rejec
     )
 
 
+@dataclass
+class SkippedSample(RejectedSample):
+    """Stands in for an item that holds nothing to ask (e.g. a label image of ignore pixels only): not damage, so
+    the builder counts it in the manifest's `skipped` (key + reason) and never stops for it, whatever --on-error."""
+
+
+def skipped(source: str, split: str, task: str, key: str, reason: str) -> SkippedSample:
+    """A SkippedSample for `key` with `reason` (name the file and why it yields nothing)."""
+    return SkippedSample(
+        key=key, source=source, split=split, task=task, media=Media("image", [], (0, 0)), reason=str(reason)
+    )
+
+
 _REGISTRY: dict[str, Source] = {}
 
 

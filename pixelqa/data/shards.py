@@ -43,6 +43,7 @@ from typing import Any
 import webdataset as wds
 
 from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import SkippedSample
 from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
 
@@ -147,7 +148,8 @@ _WORKER_SOURCE: Any = None
 def _convert_items(args: tuple[str, str, str, bool, str, list[tuple[int, Any, int]]]) -> list[tuple]:
     """Worker task: convert items, validate, re-encode their frames (unless frame_codec is "keep") and serialise them.
 
-    Returns, per sample, ("ok", item_pos, offset, key, task, record) or ("reject", item_pos, offset, key, reason);
+    Returns, per sample, ("ok", item_pos, offset, key, task, record), ("reject", item_pos, offset, key, reason) or
+    ("skip", item_pos, offset, key, reason) for an item that holds nothing to ask;
     an item whose converter raises gives ("reject", item_pos, -1, None, reason).
     """
     source, root, split, check_frames, frame_codec, batch = args
@@ -162,6 +164,9 @@ def _convert_items(args: tuple[str, str, str, bool, str, list[tuple[int, Any, in
                 if offset < skip:
                     continue
                 key = getattr(sample, "key", None)
+                if isinstance(sample, SkippedSample):
+                    out.append(("skip", pos, offset, key, sample.reason))
+                    continue
                 try:
                     if not isinstance(sample, Sample):
                         raise TypeError(f"converter yielded {type(sample).__name__}, expected a Sample")
@@ -357,10 +362,10 @@ def _read_state(path: Path, folder: Path) -> dict:
     return state
 
 
-def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[ShardInfo], list[dict]]:
-    """Shards and rejects recorded by an interrupted build with the same config ([] when none)."""
+def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[ShardInfo], list[dict], list[dict]]:
+    """Shards, rejects and skipped items recorded by an interrupted build with the same config ([] when none)."""
     if not path.is_file():
-        return [], []
+        return [], [], []
     state = _read_state(path, folder)
     if state.get("config") != cfg.as_dict():
         raise BuildInputError(
@@ -377,12 +382,12 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
         if not index_path(p).is_file():  # kept from a build made before index files existed
             write_index(p)
         kept.append(s)
-    if kept:
-        resume = (kept[-1].next_item, kept[-1].next_offset)
-        rejects = [r for r in state["rejects"] if (r["item"], max(r["offset"], 0)) < resume]
-    else:
-        rejects = []
-    return kept, rejects
+    if not kept:
+        return [], [], []
+    resume = (kept[-1].next_item, kept[-1].next_offset)
+    rejects = [r for r in state["rejects"] if (r["item"], max(r["offset"], 0)) < resume]
+    skips = [r for r in state.get("skipped", []) if (r["item"], max(r["offset"], 0)) < resume]
+    return kept, rejects, skips
 
 
 def write_index(shard: Path, final: Path | None = None) -> Path:
@@ -511,7 +516,7 @@ def _build_locked(
     except (ValueError, TypeError) as err:  # a malformed annotation file: nothing to build from (the file is named)
         raise BuildInputError(f"{source}/{split} raw data under {root}: {err}") from None
     start, stop = _node_block(len(items), node_rank, num_nodes)
-    done, rejects = _load_progress(progress_path, cfg, folder)
+    done, rejects, skips = _load_progress(progress_path, cfg, folder)
     cursor_item, cursor_offset = (done[-1].next_item, done[-1].next_offset) if done else (start, 0)
     written = sum(s.samples for s in done)
     if done:
@@ -523,7 +528,8 @@ def _build_locked(
             yield (source, str(root), split, check_frames, cfg.frame_codec, todo[i : i + ITEMS_PER_TASK])
 
     def save_progress() -> None:
-        _write_json(progress_path, {"config": cfg.as_dict(), "shards": [asdict(s) for s in done], "rejects": rejects})
+        state = {"config": cfg.as_dict(), "shards": [asdict(s) for s in done], "rejects": rejects, "skipped": skips}
+        _write_json(progress_path, state)
 
     sink = _ShardSink(folder, cfg, first_local=len(done))
     bar = None
@@ -559,6 +565,9 @@ def _build_locked(
                         if sink.add(record, task, size):
                             done.append(sink.close(pos, offset + 1))
                             save_progress()
+                if status == "skip":  # nothing to ask in this item: counted and named, never fatal
+                    log.info("skipped %s/%s item %d (key %s): %s", source, split, pos, res[3], res[4])
+                    skips.append({"item": pos, "offset": offset, "key": res[3], "reason": res[4]})
                 if status == "reject":
                     reason = res[4]
                     msg = f"{source}/{split} item {pos} sample {offset} (key {res[3]}): {reason}"
@@ -603,6 +612,8 @@ def _build_locked(
         "items": {"total": len(items), "node_start": start, "node_stop": stop},
         "num_rejects": len(rejects),
         "rejects": rejects,
+        "num_skipped": len(skips),
+        "skipped": skips,
     }
     _write_json(manifest_path, manifest)
     progress_path.unlink(missing_ok=True)

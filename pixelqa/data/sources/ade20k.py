@@ -5,7 +5,8 @@ Raw layout (the challenge release; UniPixel-SFT-1M ships it as `lisa/ade20k/`)::
     <root>/images/{training,validation}/ADE_train_00000001.jpg
     <root>/annotations/{training,validation}/ADE_train_00000001.png    grayscale, 0 = other, v = class v
 
-`<root>` may also be the folder that holds `ADEChallengeData2016/` or `ade20k/`.
+`<root>` may also be the folder that holds `ADEChallengeData2016/` or `ade20k/`. An image with no class (all 0)
+is a counted reject; values above 150 are damage, recorded in meta["unknown_values"] (see `semseg`).
 """
 
 from __future__ import annotations
@@ -63,3 +64,7 @@ class ADE20K(SemSegSource):
     def class_names(self, root: Path) -> dict[int, str]:
         """1..150 -> name; 0 ('other') is not a class."""
         return {i + 1: n for i, n in enumerate(ADE150_NAMES)}
+
+    def label_values(self, root: Path) -> dict[int, str]:
+        """0 ('other') and 1..150; any other value is damage (counted in the sample's meta)."""
+        return {0: "other", **self.class_names(root)}

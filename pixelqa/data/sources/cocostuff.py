@@ -8,7 +8,8 @@ them as `lisa/cocostuff/` and `lisa/coco/`)::
 
 Label PNGs are grayscale, 0-based (0 = person ... 181 = wood), 255 = unlabeled. As in LISA, the classes
 whose names carry a hyphen ('wall-brick', 'floor-other', ...) are not asked for: their names are not
-phrases a user would say.
+phrases a user would say. An image with nothing else (only such classes and 255) is a counted reject;
+values 182..254 are damage, recorded in meta["unknown_values"] (see `semseg`).
 """
 
 from __future__ import annotations
@@ -67,3 +68,7 @@ class COCOStuff(SemSegSource):
     def class_names(self, root: Path) -> dict[int, str]:
         """0..181 -> name, without the hyphenated stuff classes; 255 (unlabeled) is not a class."""
         return {i: n for i, n in enumerate(COCOSTUFF_NAMES) if "-" not in n}
+
+    def label_values(self, root: Path) -> dict[int, str]:
+        """0..181 (hyphenated classes included) and 255 (unlabeled); 182..254 are damage."""
+        return {**dict(enumerate(COCOSTUFF_NAMES)), 255: "unlabeled"}

@@ -22,17 +22,19 @@ _SPLIT_DIRS = {"train": "training", "val": "validation"}
 
 
 @functools.lru_cache(maxsize=4)
-def mapillary_names(config_path: str) -> dict[int, str]:
-    """Label index -> lower-cased readable name from config_v2.0.json, without 'unlabeled'."""
+def mapillary_labels(config_path: str) -> dict[int, str]:
+    """Palette index -> lower-cased readable name, for every label of config_v2.0.json ('unlabeled' included)."""
     labels = require(read_json(config_path), "labels", config_path)
     if not isinstance(labels, list) or not labels:
         raise ValueError(f"{config_path}.labels: got {labels!r:.60}, expected a non-empty list of labels")
-    names = {}
-    for i, lab in enumerate(labels):
-        readable = str(require(lab, "readable", f"{config_path}.labels[{i}]")).strip().lower()
-        if readable != "unlabeled":
-            names[i] = readable
-    return names
+    return {
+        i: str(require(lab, "readable", f"{config_path}.labels[{i}]")).strip().lower() for i, lab in enumerate(labels)
+    }
+
+
+def mapillary_names(config_path: str) -> dict[int, str]:
+    """The labels asked for: all but 'unlabeled'."""
+    return {i: n for i, n in mapillary_labels(config_path).items() if n != "unlabeled"}
 
 
 @register_source("mapillary")
@@ -63,3 +65,7 @@ class MapillaryVistas(SemSegSource):
     def class_names(self, root: Path) -> dict[int, str]:
         """From config_v2.0.json."""
         return mapillary_names(str(self._base(root) / "config_v2.0.json"))
+
+    def label_values(self, root: Path) -> dict[int, str]:
+        """Every config label ('unlabeled' included); a palette index past the config's labels is damage."""
+        return mapillary_labels(str(self._base(root) / "config_v2.0.json"))

@@ -86,6 +86,19 @@ def xywh_to_xyxy(box: Any, where: str) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def sentence(s: Any, where: str) -> tuple[int, str]:
+    """(sent_id, text) of a refs sentence; ValueError / TypeError naming it when a field is missing or wrong."""
+    sent_id = require(s, "sent_id", where)
+    text = require(s, "sent", f"{where} (sent_id {sent_id})")
+    try:
+        sent_id = int(sent_id)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: sent_id {sent_id!r} is not an integer") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where} (sent_id {sent_id}): got sent {text!r}, expected a non-empty expression")
+    return sent_id, text
+
+
 class ReferSource(Source):
     """Converter base for one refer dataset; subclasses set `dataset`, `split_by`, `image_dirs`, `splits`."""
 
@@ -131,15 +144,22 @@ class ReferSource(Source):
         root = Path(root)
         index = load_refer(str(self.dataset_dir(root)), self.split_by)
         refs = self._refs_by_image(root, split).get(int(item), [])
-        if int(item) not in index.images:
-            raise ValueError(f"{self.dataset} instances.json: image id {item} of the refs is not in 'images'")
-        img = index.images[int(item)]
-        file_name = str(require(img, "file_name", f"instances.json image {item}"))
-        image = read_image(self.image_dir(root) / file_name)
-        check_size(image.size, img.get("height"), img.get("width"), f"instances.json image {item}")
-        h, w = image.size
-        entries = []  # (ref, ann, rle, sentences)
         refs_name = f"{self.dataset_dir(root) / f'refs({self.split_by}).p'}"
+        file_name = "?"
+        try:
+            if int(item) not in index.images:
+                raise ValueError(f"{self.dataset} instances.json: image id {item} of the refs is not in 'images'")
+            img = index.images[int(item)]
+            file_name = str(require(img, "file_name", f"instances.json image {item}"))
+            image = read_image(self.image_dir(root) / file_name)
+            check_size(image.size, img.get("height"), img.get("width"), f"instances.json image {item}")
+        except (OSError, ValueError, TypeError) as e:
+            # The image takes every sample on it along: one reject per lost sample, so that samples written plus
+            # rejects add up to the samples the split holds (a raise would count the whole image as one).
+            yield from self._image_rejects(split, item, file_name, refs, f"{type(e).__name__}: {e}")
+            return
+        h, w = image.size
+        entries = []  # (ref, ann, rle, sentences as (sent_id, text))
         for ref in refs:
             where = f"{refs_name} ref_id {ref.get('ref_id')} (image {item}, {file_name})"
             try:
@@ -150,26 +170,55 @@ class ReferSource(Source):
                 seg = require(ann, "segmentation", f"annotation {ann_id}")
                 rle = segmentation_rle(seg, h, w, f"instances.json annotation {ann_id}.segmentation")
                 sentences = require(ref, "sentences", where)
+                if not isinstance(sentences, list):
+                    raise TypeError(f"sentences: got {type(sentences).__name__}, expected a list of sentences")
                 if split == "train" and masks.area(rle) == 0:
                     raise ValueError(f"instances.json annotation {ann_id}: empty region, expected a visible mask")
+                if split != "train":  # checked here so that a bad box loses this ref's samples only
+                    xywh_to_xyxy(require(ann, "bbox", f"annotation {ann_id}"), f"annotation {ann_id}.bbox")
             except (ValueError, TypeError) as e:
                 yield from self._rejects(split, item, ref, f"{where}: {e}" if where not in str(e) else str(e))
                 continue
-            entries.append((ref, ann, rle, sentences))
+            good = []
+            for i, s in enumerate(sentences):
+                try:
+                    good.append(sentence(s, f"{where} sentences[{i}]"))
+                except (ValueError, TypeError) as e:
+                    # One bad sentence loses its own sample (other splits) or its own turn pair (train), no more.
+                    sid = s.get("sent_id") if isinstance(s, dict) else None
+                    key = make_key(item, "ref", ref.get("ref_id", "x"), "sent", sid if sid is not None else i)
+                    if split != "train" and sid is not None:
+                        key = make_key(sid)  # the key the sample would have had
+                    yield rejected(self.name, split, "res", key, str(e))
+            if good:  # a ref whose every sentence was rejected asks nothing (its rejects count it)
+                entries.append((ref, ann, rle, good))
         if split == "train":
             yield from self._grouped(split, item, file_name, image, index, entries)
         else:
             yield from self._per_expression(split, item, file_name, image, index, entries)
 
+    def _image_rejects(self, split: str, item: int, file_name: str, refs: list[dict], error: str) -> Iterator[Sample]:
+        """The samples an unusable image loses: its one grouped sample (train) or every sentence of every ref."""
+        what = f"{self.dataset} image {item} ({file_name})"
+        if split == "train":
+            ref_ids = [r.get("ref_id") for r in refs]
+            yield rejected(self.name, split, "res", make_key(item), f"{what}: {error} (its sample of refs {ref_ids})")
+            return
+        for ref in refs:
+            yield from self._rejects(split, item, ref, f"{what}: {error}")
+
     def _rejects(self, split: str, item: int, ref: Any, reason: str) -> Iterator[Sample]:
         """The samples a bad ref loses: its part of the image's group (train) or one per sentence (other splits)."""
-        if split == "train" or not isinstance(ref, dict) or not isinstance(ref.get("sentences"), list):
-            yield rejected(self.name, split, "res", make_key(item, "ref", ref.get("ref_id", "x")), reason)
+        ref_id = ref.get("ref_id", "x") if isinstance(ref, dict) else "x"
+        sentences = ref.get("sentences") if isinstance(ref, dict) else None
+        if split == "train" or not isinstance(sentences, list):
+            yield rejected(self.name, split, "res", make_key(item, "ref", ref_id), reason)
             return
-        for s in ref["sentences"]:
-            yield rejected(
-                self.name, split, "res", make_key(s.get("sent_id", "x") if isinstance(s, dict) else "x"), reason
-            )
+        for i, s in enumerate(sentences):
+            sid = s.get("sent_id") if isinstance(s, dict) else None
+            key = make_key(sid) if sid is not None else make_key(item, "ref", ref_id, "sent", i)
+            lost = f"ref_id {ref_id} sent_id {sid}" if sid is not None else f"ref_id {ref_id} sentences[{i}]"
+            yield rejected(self.name, split, "res", key, f"{reason} (lost expression: {lost})")
 
     def _grouped(self, split, item, file_name, image, index, entries) -> Iterator[Sample]:
         """One sample per image with all its expressions (a crowded image is not split)."""
@@ -180,9 +229,9 @@ class ReferSource(Source):
         for ref, ann, rle, sentences in entries:
             oid = len(objects) + 1
             objects[oid] = ObjectTrack(masks={0: rle}, category=index.cats.get(int(ann.get("category_id", -1))))
-            for s in sentences:
-                info = {"ref_id": int(ref["ref_id"]), "ann_id": int(ref["ann_id"]), "sent_id": int(s["sent_id"])}
-                queries.append((str(s["sent"]), oid, info))
+            for sent_id, text in sentences:
+                info = {"ref_id": int(ref["ref_id"]), "ann_id": int(ref["ann_id"]), "sent_id": sent_id}
+                queries.append((text, oid, info))
         key = make_key(item)
         yield Sample(
             key=key,
@@ -205,9 +254,7 @@ class ReferSource(Source):
         for ref, ann, rle, sentences in entries:
             category = index.cats.get(int(ann.get("category_id", -1)))
             box = xywh_to_xyxy(require(ann, "bbox", f"annotation {ann['id']}"), f"annotation {ann['id']}.bbox")
-            for s in sentences:
-                sent_id = int(require(s, "sent_id", f"ref {ref['ref_id']} sentence"))
-                text = str(require(s, "sent", f"ref {ref['ref_id']} sentence {sent_id}"))
+            for sent_id, text in sentences:
                 key = make_key(sent_id)
                 yield Sample(
                     key=key,

@@ -5,10 +5,18 @@ becomes one object (the union of its pixels) and one independent request/<|seg|>
 is read as class indices: a grayscale ('L') PNG gives its values, a palette ('P') PNG its palette
 indices; RGB-coloured label images are refused. Subclasses (ADE20K, COCO-Stuff, Mapillary Vistas) say
 where labels and images live and how values map to class names.
+
+Accounting (one label PNG = one item = at most one sample, so samples written + rejects + skipped = label PNGs):
+an image that yields no sample (only ignore pixels such as ADE's 0 'other', classes not asked for, or values
+outside the release's labels) is a skipped item (not damage: counted in the manifest, never fatal) naming its
+label file and the values it holds; pixels
+whose value is no label of the release (damage: ADE20K has 0..150) are not asked for and are recorded in
+the sample's meta["unknown_values"] ([{value, pixels}]), with a warning naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +24,12 @@ import numpy as np
 from PIL import Image
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source
+from pixelqa.data.registry import Source, skipped
 from pixelqa.data.schema import Media, ObjectTrack, Sample, make_key
 from pixelqa.data.sources._image_files import read_image
 from pixelqa.data.sources._instructions import seg_turns
+
+log = logging.getLogger(__name__)
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -54,13 +64,17 @@ class SemSegSource(Source):
         """Label value -> class name, for the values that become objects (others are ignored)."""
         raise NotImplementedError
 
+    def label_values(self, root: Path) -> dict[int, str]:
+        """Every value the release defines -> its name: classes, classes not asked for, the ignore value."""
+        return self.class_names(root)
+
     def items(self, root: Path, split: str) -> list[str]:
         """Label file stems, sorted."""
         self.check_split(split)
         return sorted(p.stem for p in self.label_dir(Path(root), split).glob("*.png"))
 
     def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
-        """One sample per image (all its classes); images with no class yield none."""
+        """One sample per image (all its classes); an image with no class is a skipped item saying why."""
         root = Path(root)
         label_path = self.label_dir(root, split) / f"{item}.png"
         label = read_label_png(label_path)
@@ -68,12 +82,32 @@ class SemSegSource(Source):
         if label.shape != image.size:
             raise ValueError(f"{label_path}: got label size {label.shape}, expected the image size {image.size}")
         names = self.class_names(root)
-        values = [int(v) for v in np.unique(label) if int(v) in names]
+        known = self.label_values(root)
+        present, pixels = np.unique(label, return_counts=True)
+        counts = {int(v): int(n) for v, n in zip(present, pixels, strict=True)}
+        values = [v for v in counts if v in names]
+        unknown = [{"value": v, "pixels": n} for v, n in counts.items() if v not in names and v not in known]
+        if unknown:
+            # Damage, not a documented ignore value: the image keeps its classes, the count goes with the sample.
+            bad = [u["value"] for u in unknown]
+            log.warning(
+                "%s: label values %s are no %s label; their pixels are not asked for", label_path, bad, self.name
+            )
+        if not values:
+            held = ", ".join(
+                f"{v} ({known[v]}, not asked for)" if v in known else f"{v} (no {self.name} label)" for v in counts
+            )
+            reason = f"{label_path}: no class to ask for, the label holds only values {held}"
+            yield skipped(self.name, split, "semseg", make_key(item), reason)
+            return
         objects = {
             i + 1: ObjectTrack(masks={0: masks.encode(label == v)}, category=names[v]) for i, v in enumerate(values)
         }
         entries = [(names[v], i + 1, v) for i, v in enumerate(values)]
-        yield from class_samples(self.name, split, item, image.media(item), objects, entries, {"image": item}, "value")
+        meta: dict = {"image": item}
+        if unknown:
+            meta["unknown_values"] = unknown
+        yield from class_samples(self.name, split, item, image.media(item), objects, entries, meta, "value")
 
 
 def class_samples(
@@ -91,7 +125,7 @@ def class_samples(
     entries are (class name, object id, class value); `class_field` names the value in meta["classes"].
     """
     if not entries:
-        return  # an image showing none of the named classes (only ignore / unlabeled pixels) asks nothing
+        return  # nothing to ask; callers count such an image (SemSegSource: a skipped item, PACO: its category rejects)
     key = make_key(item)
     yield Sample(
         key=key,
