@@ -95,6 +95,20 @@ def test_cli_bad_arguments_exit_2(tmp_path):
     assert "Traceback" not in run.stderr and not (tmp_path / "b").exists()
     run = tinybase()
     assert run.returncode == 2 and "--out" in run.stderr
+    # the base replaces --out whole: a folder of other files, a file or '.' is refused before any training
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    for out, said in (
+        (mine, "holds files a tiny base does not"),
+        (tmp_path / "file.bin", "exists and is not a folder"),
+        (".", "names no folder of its own"),
+    ):
+        run = tinybase("--out", str(out))
+        assert run.returncode == 2 and f"--out: {str(out)!r} {said}" in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "precious" and (tmp_path / "file.bin").read_bytes() == b"x"
 
 
 def test_frame_labels_mark_the_cells_under_each_shape():

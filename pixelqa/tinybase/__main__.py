@@ -15,15 +15,35 @@ import json
 import sys
 from pathlib import Path
 
+from pixelqa.tinybase import CARD_FILE, QWEN_DIR, SAM_FILE
 from pixelqa.tinybase.build import build
 from pixelqa.tinybase.sam import SamSettings
 from pixelqa.tinybase.vlm import VisionSettings, VlmSettings
 
 
+def out_problem(out: Path) -> str | None:
+    """Why the base cannot be written at `out` (None when it can): it replaces the folder whole, so the folder must be
+    new, empty or an earlier base; a file there, or a path without a folder name (`.`), is refused."""
+    from pixelqa.files import replaceable_folder
+
+    if not out.resolve().name or out.name in ("", ".", ".."):
+        return f"{str(out)!r} names no folder of its own; expected a new folder name, e.g. tinybase"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return f"{str(out)!r} exists and is not a folder; expected a new folder name"
+    if not replaceable_folder(out, lambda name: name in (CARD_FILE, QWEN_DIR, SAM_FILE)):
+        return (
+            f"{str(out)!r} holds files a tiny base does not ({CARD_FILE}, {QWEN_DIR}/, {SAM_FILE}); expected a new "
+            "folder, an empty one or an earlier base (it is replaced whole)"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, build the base, print its card."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.tinybase", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="output folder (replaced when it exists)")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="output folder: new, empty or an earlier base (replaced whole)"
+    )
     ap.add_argument("--vit-steps", type=int, default=VisionSettings.steps)
     ap.add_argument("--vlm-steps", type=int, default=VlmSettings.steps)
     ap.add_argument("--sam-steps", type=int, default=SamSettings.steps)
@@ -44,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
     if not 0.0 <= args.what_share <= 1.0:
         print(f"error: --what-share: got {args.what_share}, expected a number in [0, 1]", file=sys.stderr)
+        sys.exit(2)
+    problem = out_problem(args.out)
+    if problem:  # before the minutes of training
+        print(f"error: --out: {problem}", file=sys.stderr)
         sys.exit(2)
     vit = VisionSettings(steps=args.vit_steps)
     vlm, sam = VlmSettings(steps=args.vlm_steps), SamSettings(steps=args.sam_steps, what_share=args.what_share)
