@@ -121,6 +121,13 @@ def test_memory_variants(processor, samples, variant):
     assert int((ids == _ids(processor, "<|ref|>")).sum()) == len(b.prompts[0]) == 2
     n_seg = int((ids == _ids(processor, "<|seg|>")).sum())
     assert n_seg == b.seg_masks[0].shape[0] == (1 if variant == "ref_only" else 3)
+    # a prompt-side <|seg|> is the token right after its <|ref|> (the paper's <REF><SEG>, chat's text): memory line
+    # and question alike; ref_seg_pool finds it there
+    seg = _ids(processor, "<|seg|>")
+    after = {int(ids[r + 1]) for r in (ids == _ids(processor, "<|ref|>")).nonzero().flatten()}
+    assert (after == {seg}) if variant != "ref_only" else (seg not in after)
+    text = processor.tokenizer.decode(ids)
+    assert ("[0]: <|ref|><|seg|>\n" in text) == (variant != "ref_only") and "<|ref|> <|seg|>" not in text
 
 
 def test_truncate_and_drop(processor, samples, caplog):

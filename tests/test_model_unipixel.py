@@ -9,6 +9,8 @@ import torch
 from model_fixtures import cached_model, frames, make_batch, rect, tiny_config, training_batch
 
 from pixelqa.batch import MemoryRef, VisualPrompt
+from pixelqa.data.collate import Collator
+from pixelqa.data.synthetic import make_sample
 from pixelqa.model import UniPixel
 from pixelqa.model.config import LoraConfig
 from pixelqa.model.losses import dice_loss, iou_mae_loss, lm_loss, mask_losses, sigmoid_focal_loss
@@ -37,7 +39,7 @@ def test_training_step_gives_finite_losses_and_gradients_everywhere(lora_model):
     def grad_norm(params):
         return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
-    for name in ("sparse_prompt_encoder", "m2l", "l2m", "mask_decoder", "new_token_rows"):
+    for name in ("sparse_prompt_encoder", "ref_encoder", "m2l", "l2m", "mask_decoder", "new_token_rows"):
         assert grad_norm(groups[name]) > 0, name
     sam = model.mask_decoder.sam
     assert grad_norm(sam.sam_mask_decoder.parameters()) > 0
@@ -316,6 +318,34 @@ def test_ref_seg_pool_feeds_pooled_mask_into_later_tokens_only():
         model.cfg.memory.variant = "memory_bank"
         model.zero_grad()
         model.eval()
+
+
+@pytest.mark.parametrize("task", ["region_qa", "region_caption"])
+def test_ref_seg_text_of_training_is_chats_and_ref_seg_pool_changes_the_training_loss(task):
+    # region samples: the user turn holds one <|ref|> with a box / point prompt on a named object
+    model = cached_model(obj_scores=False)
+    sample = make_sample(1, task=task)
+    (turn,) = [t for t in sample.turns if t.role == "user"]
+    # independent truth: the paper's <REF><SEG> (Tab. 11b), as chat has always written it: no space in between
+    want = turn.text.replace("<|ref|>", "<|ref|><|seg|>")
+    losses = {}
+    try:
+        for variant in ("ref_seg", "ref_seg_pool"):
+            collator = Collator(model.processor, memory_variant=variant)
+            messages = collator.render(sample)[0]
+            user = [c["text"] for m in messages if m["role"] == "user" for c in m["content"] if c["type"] == "text"]
+            assert user == [want]
+            batch = collator([sample])
+            model.cfg.memory.variant = variant
+            chat = model.chat(batch.frames[0], turn.text, prompts=batch.prompts[0], max_new_tokens=1)
+            assert chat.user_text == want
+            with torch.no_grad():
+                losses[variant] = model(batch).losses["lm"].item()
+    finally:
+        model.cfg.memory.variant = "memory_bank"
+    # the pooled feature reaches the answer: the teacher-forced LM loss moves (it was equal to the last digit)
+    # (the tiny random model moves it by ~1e-4; the same forward twice on CPU repeats it exactly)
+    assert abs(losses["ref_seg"] - losses["ref_seg_pool"]) > 1e-5
 
 
 def test_whole_model_bf16_cast_is_refused_with_the_fix():

@@ -36,13 +36,14 @@ from pixelqa.benchmarks.model import (
     training_steps,
 )
 from pixelqa.fit import set_tf32
+from pixelqa.train.module import Stage3Module
 
 if TYPE_CHECKING:
     from pixelqa.model.unipixel import UniPixel
 
-# Stage 3's trainable groups without the full embedding matrices (LoRA, new token rows and modules, SAM's decoder);
-# "mask_decoder_image_encoder" is added for the "encoder trained" figures.
-TRAINABLE = ["backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder"]
+# Stage 3's trainable groups, as its module defines them, without the full embedding matrices (LoRA, new token rows
+# and modules, SAM's decoder); "mask_decoder_image_encoder" is added for the "encoder trained" figures.
+TRAINABLE = list(Stage3Module.trainable)
 IMAGE_ENCODER = "mask_decoder_image_encoder"
 # Peak memory of the 7B run relative to the 3B run (parameters 8.3B vs 3.8B, wider activations): skip it unless
 # this much of the 3B peak fits in the GPU's memory.

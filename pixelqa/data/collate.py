@@ -12,8 +12,9 @@ memory_variant (paper Tab. 11b):
   one <|mem|> per object per visible frame; `Batch.memory` lists them in <|mem|> order.
 - "ref_only": the preamble lists each object once as ``[k]: <|ref|>`` (its own prompt when the sample has one,
   else a mask prompt on its first visible frame); no <|mem|>.
-- "ref_seg": as ref_only, and every <|ref|> whose prompt names an object is followed by a <|seg|> in the
-  user text, whose target is that object's masks (in `seg_masks` in sequence order; no LM loss on it).
+- "ref_seg": as ref_only, and every <|ref|> whose prompt names an object is followed directly (no space:
+  ``<|ref|><|seg|>``, the paper's ``<REF><SEG>``, as `UniPixel.chat` writes it) by a <|seg|> in the user text,
+  whose target is that object's masks (in `seg_masks` in sequence order; no LM loss on it).
 - "ref_seg_pool": the same text and targets as "ref_seg"; the model additionally pools features under
   the predicted masks (a model-side switch, nothing changes here).
 
@@ -162,7 +163,7 @@ class Collator:
                         if not visible[oid]:
                             continue
                         prompts.append(self._object_prompt(sample, oid, visible[oid]))
-                        lines.append(f"{object_tag(oid)}: {REF}" + (f" {SEG}" if ref_seg else ""))
+                        lines.append(f"{object_tag(oid)}: {REF}" + (SEG if ref_seg else ""))
                         if ref_seg:
                             segs.append(oid)
                     pre = "\n".join(lines)
@@ -177,7 +178,9 @@ class Collator:
                 out = pieces[0]
                 for p, rest in zip(own, pieces[1:]):
                     if p.object_id is not None and p.object_id in sample.objects:
-                        out += f"{REF} {SEG}" + rest
+                        # no space: chat writes the same, and ref_seg_pool finds the prompt-side <|seg|> as the
+                        # token right after its <|ref|> (a space token in between made it a no-op)
+                        out += REF + SEG + rest
                         segs.append(p.object_id)
                     else:
                         out += REF + rest

@@ -3,7 +3,8 @@
 Memory variants (`MemoryConfig.variant`, paper Tab. 11b), as `UniPixel.chat` runs them:
 - ``ref_only``: one pass; each <|ref|> token carries its visual prompt's embedding; no <|seg|> is asked for in the
   prompt and nothing enters the bank except masks of <|seg|> tokens the model emits on its own.
-- ``ref_seg``: one pass; every <|ref|> in the user text is followed by a <|seg|>; the hidden state of that prompt-side
+- ``ref_seg``: one pass; every <|ref|> in the user text is followed directly by a <|seg|> (``<|ref|><|seg|>``, no
+  space, the paper's ``<REF><SEG>``; the training collate writes the same); the hidden state of that prompt-side
   <|seg|> is decoded into the prompted object's mask, stored in the bank under the prompt's object id.
 - ``ref_seg_pool``: the same text as ``ref_seg``; inside `UniPixel.forward` (training and chat alike) a <|seg|> that
   directly follows a <|ref|> is decoded in a first LLM pass, the visual features under its predicted mask (sigmoid

@@ -209,26 +209,36 @@ class UniPixel(nn.Module):
         return self.qwen.get_input_embeddings().weight.dtype
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameter groups by role (LoRA, new token rows, prompt encoder, projectors, SAM)."""
+        """Trainable parameter groups by role (LoRA, new token rows, prompt encoder parts, projectors, SAM)."""
         lora = [p for n, p in self.backbone.named_parameters() if "lora_" in n]
         qwen = self.qwen
         embeddings = [qwen.get_input_embeddings().weight]
         if qwen.get_output_embeddings().weight is not embeddings[0]:
             embeddings.append(qwen.get_output_embeddings().weight)
         sam_encoder = list(self.mask_decoder.sam.image_encoder.parameters())
+        in_sam_encoder = {id(p) for p in sam_encoder}
+        # The release trains the <|ref|> encoder in two parts (tuning flags `ref` and `ref_enc`): its projections and
+        # temporal embedding from stage 1 on, the copy of SAM's prompt encoder in stage 3 only. The fourier encoder
+        # (ours) has no SAM copy: all of it is `sparse_prompt_encoder`.
+        pe = self.sparse_prompt_encoder
+        ref_encoder = list(pe.ref_encoder.parameters()) if isinstance(pe, RefPromptEncoder) else []
+        in_ref_encoder = {id(p) for p in ref_encoder}
         return {
             "backbone_lora": lora,
             "embeddings": embeddings,  # the full embedding and LM-head matrices (the release trains them in stage 3)
             "mask_decoder_image_encoder": sam_encoder,
             "new_token_rows": [self.new_token_embed, self.new_token_head],
-            "sparse_prompt_encoder": list(self.sparse_prompt_encoder.parameters()),
+            "sparse_prompt_encoder": [p for p in pe.parameters() if id(p) not in in_ref_encoder],  # ref_proj*, tem_*
+            "ref_encoder": ref_encoder,  # the SAM prompt-encoder copy
             "m2l": list(self.m2l.parameters()),
             "l2m": list(self.l2m.parameters()),
-            "mask_decoder": self.mask_decoder.trainable_parameters(),
+            # the rest of SAM, whatever train_image_encoder says now: disjoint groups, so unfreezing a stage's set
+            # does not depend on what an earlier call unfroze (the image encoder is a group of its own)
+            "mask_decoder": [p for p in self.mask_decoder.parameters() if id(p) not in in_sam_encoder],
         }
 
     def set_trainable(self, groups: list[str] | tuple[str, ...]) -> None:
-        """Freeze everything, then unfreeze the named `parameter_groups` (e.g. stage 3: all six groups).
+        """Freeze everything, then unfreeze the named `parameter_groups` (e.g. stage 3: `Stage3Module.trainable`).
 
         Prefer this to `module.requires_grad_(True)`: that would also unfreeze the base Qwen weights under
         `backbone` and SAM's image encoder (which runs without gradients unless train_image_encoder is set).
@@ -546,7 +556,11 @@ class UniPixel(nn.Module):
         return torch.cat([pre_norm[:, :1], pre_norm[:, :-1]], dim=1)
 
     def _prompt_seg_positions(self, batch: Batch) -> dict[int, dict[int, int]]:
-        """Per sample, {position of a <|seg|> right after a <|ref|>: that prompt's frame} (ref_seg_pool)."""
+        """Per sample, {position of a <|seg|> right after a <|ref|>: that prompt's frame} (ref_seg_pool).
+
+        Strict on purpose: collate and chat both write ``<|ref|><|seg|>`` (no space), so a user-side <|seg|> that
+        does not sit right after its <|ref|> is no prompt-side <|seg|>; a seg asked for elsewhere is not pooled.
+        """
         ref_id, seg_id = self.token_ids[REF], self.token_ids[SEG]
         out: dict[int, dict[int, int]] = {}
         for b in range(batch.size):

@@ -1,17 +1,19 @@
 """Lightning glue of the three training stages: what is trainable, optimizer groups, the step, validation scores.
 
-Which parameters each stage trains (groups of `UniPixel.parameter_groups()`):
+Which parameters each stage trains (groups of `UniPixel.parameter_groups()`), as the release's `--tuning_modules`:
 
-| stage | trains                                                                                | lr                  |
-|-------|---------------------------------------------------------------------------------------|---------------------|
-| 1     | sparse_prompt_encoder                                                                 | optim.lr            |
-| 2     | l2m, new_token_rows                                                                   | optim.lr            |
-| 3     | backbone_lora, new_token_rows, sparse_prompt_encoder, m2l, l2m | mask_decoder        | lr / decoder_lr     |
+| stage | trains (release flags)                                                                    | lr         |
+|-------|-------------------------------------------------------------------------------------------|------------|
+| 1     | sparse_prompt_encoder: ref_proj_single/double, ref_proj, tem_emb, tem_proj (ref)          | optim.lr   |
+| 2     | l2m (seg: seg_head)                                                                       | optim.lr   |
+| 3     | backbone_lora (LoRA), new_token_rows, sparse_prompt_encoder (ref), ref_encoder (ref_enc), | lr /       |
+|       | m2l (msk), l2m (seg), mask_decoder (sam2); recipe stage3 at scale=paper adds embeddings   | decoder_lr |
+|       | (embedding) and mask_decoder_image_encoder (the rest of sam2)                             |            |
 
-New special-token rows (<|ref|> <|mem|> <|seg|> in the embedding and LM head): stage 1 does not need them (every <|ref|>
-input embedding is replaced by the prompt encoder's output and captions hold no special token); stage 2 trains
-them because the model must learn to emit <|seg|> (LM head row) and the <|seg|> input row shapes the hidden state the
-L->M projector reads; stage 3 keeps training them with everything else.
+`ref_encoder` (the copy of SAM's prompt encoder inside the <|ref|> encoder) is frozen until stage 3, and the new
+special-token rows (<|ref|> <|mem|> <|seg|>) are frozen in stages 1-2, as released (their rows are spare rows of the
+base vocabulary there). `optim.extra_groups` adds groups to a stage: `[ref_encoder]` in stage 1 or
+`[new_token_rows]` in stage 2 give this project's earlier choices (docs/departures.md).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ GROUPS: tuple[str, ...] = (
     "backbone_lora",
     "new_token_rows",
     "sparse_prompt_encoder",
+    "ref_encoder",
     "m2l",
     "l2m",
     "mask_decoder",
@@ -314,24 +317,32 @@ class UniPixelModule(L.LightningModule):
 
 
 class Stage1Module(UniPixelModule):
-    """Stage 1: pre-train the sparse prompt encoder on regional captioning."""
+    """Stage 1: pre-train the <|ref|> encoder's projections and temporal embedding on regional captioning."""
 
     stage = 1
-    trainable = ("sparse_prompt_encoder",)
+    trainable = ("sparse_prompt_encoder",)  # the release's `ref`: its SAM prompt-encoder copy stays frozen
 
 
 class Stage2Module(UniPixelModule):
-    """Stage 2: train the L->M projector (and the new token rows, to emit <|seg|>) on referring segmentation."""
+    """Stage 2: train the L->M projector on referring segmentation (SAM and the token rows frozen, as released)."""
 
     stage = 2
-    trainable = ("l2m", "new_token_rows")
+    trainable = ("l2m",)  # the release's `seg` (seg_head only)
 
 
 class Stage3Module(UniPixelModule):
-    """Stage 3: LoRA on ViT + LLM, M->L, L->M, prompt encoder, new rows and the mask decoder, jointly."""
+    """Stage 3: LoRA on ViT + LLM, M->L, L->M, the whole <|ref|> encoder, new rows and the mask decoder, jointly."""
 
     stage = 3
-    trainable = ("backbone_lora", "new_token_rows", "sparse_prompt_encoder", "m2l", "l2m", "mask_decoder")
+    trainable = (
+        "backbone_lora",
+        "new_token_rows",
+        "sparse_prompt_encoder",
+        "ref_encoder",
+        "m2l",
+        "l2m",
+        "mask_decoder",
+    )
 
 
 def _dist_world() -> int:
