@@ -184,9 +184,10 @@ def check_eval_split(recipe: Recipe) -> None:
 
 def preflight(recipe: Recipe) -> dict | None:
     """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
-    from pixelqa.preflight import check_run
+    from pixelqa.preflight import check_launcher, check_run
     from pixelqa.train.datamodule import check_sources
 
+    check_launcher(recipe)  # first: a cluster run must not start training on the login node
     if recipe.trainer.max_steps < 1 and not (recipe.trainer.max_steps == 0 and recipe.init_from):
         raise RecipeError(
             f"trainer.max_steps={recipe.trainer.max_steps}: expected >= 1 (or 0 with init_from: evaluate that model)"
@@ -198,6 +199,22 @@ def preflight(recipe: Recipe) -> dict | None:
     resolve_ckpt(recipe)
     check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
     return check_init_from(recipe)
+
+
+def apply_release_overrides(cfg: Any, recipe: Recipe) -> list[str]:
+    """A released `model.path` fixes some model settings (`release.apply_release_config`): set them on `cfg`, so
+    that recipe.yaml and the MLflow params record the values used; returns `model.KEY: yours -> released` each."""
+    from omegaconf import OmegaConf
+
+    from pixelqa.model import release
+
+    folder = release.inspect_folder(recipe.model.preset, recipe.model.path)  # checked by check_model already
+    if folder is None or folder.kind != "release":
+        return []
+    changes = release.release_overrides(recipe.model, folder)
+    for key, (_, used) in changes.items():
+        OmegaConf.update(cfg, f"model.{key}", used, merge=False)
+    return [f"model.{key}: {yours!r} -> {used!r}" for key, (yours, used) in changes.items()]
 
 
 def banner(recipe: Recipe) -> str:
@@ -311,7 +328,9 @@ def python_command() -> str:
 
 def fit_command(args: list[str], *extra: str, module: str = "pixelqa.fit") -> str:
     """The shell command that runs `module` (a recipe CLI) with `args` (any `ckpt=` dropped) and `extra`."""
-    kept = [a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG]
+    from pixelqa.launch.settings import is_launcher_arg  # a launcher chose where this ran, not what evaluates it
+
+    kept = [a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG and not is_launcher_arg(a)]
     return shlex.join([python_command(), "-m", module, *kept, *extra])
 
 
@@ -396,6 +415,23 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     init_ckpt = preflight(recipe)
     check_generation_scoring(recipe)  # eval.scoring=generate|both needs synthetic validation data
     rank_zero = _is_rank_zero()
+    from pixelqa.preflight import sam_init_warning
+
+    sam_warning = sam_init_warning(recipe)
+    if sam_warning and rank_zero:
+        print(sam_warning, file=sys.stderr, flush=True)
+    # Before recipe.yaml and the MLflow params: they must show what the run uses, not what the release overrode
+    # (a grid over such a switch on a release would otherwise label identical cells differently).
+    overridden = apply_release_overrides(cfg, recipe)
+    if overridden:
+        recipe = to_object(cfg)
+        if rank_zero:
+            print(
+                f"warning: model.path={recipe.model.path} is a released UniPixel, which fixes these settings (recorded "
+                f"as used in recipe.yaml and MLflow): {'; '.join(overridden)}",
+                file=sys.stderr,
+                flush=True,
+            )
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     recipe_file = Path(recipe.output_dir) / "recipe.yaml"
     if rank_zero:

@@ -227,13 +227,15 @@ def fit_specs(grid: Grid, extra: list[str], launcher: Any = None) -> list[Any]:
         # Lightning checks its trainer against the SLURM environment: nodes and processes per node must match.
         hardware = [f"trainer.num_nodes={launcher.nodes}"]
         hardware += [f"trainer.devices={launcher.gpus_per_node}"] if launcher.gpus_per_node else []
+    # A run's own arguments leave out the launcher (command line, grid overrides): the run runs where it is put,
+    # and pixelqa.fit refuses a launcher.
     specs = []
     for pre in grid.prerequisites.values():
-        args = prerequisite_args(grid, pre, extra)
+        args = [a for a in prerequisite_args(grid, pre, extra) if _determines_result(a)]
         args[-1:-1] = hardware
         specs.append(FitSpec(pre.name, args, str(grid_dir(grid) / pre.name), [pre.init_from] if pre.init_from else []))
     for cell in grid.cells():
-        args = cell_args(grid, cell, extra)
+        args = [a for a in cell_args(grid, cell, extra) if _determines_result(a)]
         args[-1:-1] = hardware
         needs = [grid.init_from] if grid.init_from else []
         specs.append(FitSpec(cell_id(cell), args, str(grid_dir(grid) / cell_id(cell)), needs))
@@ -241,9 +243,10 @@ def fit_specs(grid: Grid, extra: list[str], launcher: Any = None) -> list[Any]:
 
 
 def _determines_result(arg: str) -> bool:
+    from pixelqa.launch.settings import is_launcher_arg
+
     # launcher=... and launcher.*=... choose where a run runs (here, a job, a cluster), not what it computes
-    key = arg.split("=", 1)[0]
-    return key != "launcher" and not key.startswith("launcher.")
+    return not is_launcher_arg(arg)
 
 
 def run_settings(specs: list[Any]) -> dict[str, dict[str, Any]]:
@@ -638,8 +641,11 @@ def run_grid(
         for spec in fit_specs(grid, extra, recipe.launcher):
             print("python -m pixelqa.fit " + " ".join(spec.args))
         return {}
+    from pixelqa.launch.executor import check_can_submit
     from pixelqa.preflight import check_tracking
 
+    if action == "run":  # before the shards, state.json and the parent run: a machine without SLURM fails here
+        check_can_submit(recipe.launcher)
     check_tracking(recipe.tracking)  # the parent run is the first work: an unusable store fails before it
     if action == "status":
         grid_status(grid, extra, recipe)

@@ -88,8 +88,56 @@ def check_shards(data: Any) -> None:
                     raise RecipeError(f"data.strict=true and data.{group}[{i}] is damaged: {contents.damage[0]}")
 
 
+def check_launcher(recipe: Any) -> None:
+    """A fit or an evaluation runs in this process: a launcher (`launcher=slurm`, `launcher.KEY=...`) is refused, not
+    ignored (a cluster run trained on the login node otherwise)."""
+    from dataclasses import fields
+
+    from pixelqa.launch.settings import LauncherConfig
+
+    launcher, default = recipe.launcher, LauncherConfig()
+    if launcher.executor != default.executor:
+        given = f"launcher={launcher.executor}"
+    else:
+        changed = [f.name for f in fields(LauncherConfig) if getattr(launcher, f.name) != getattr(default, f.name)]
+        if not changed:
+            return
+        given = f"launcher.{changed[0]}={getattr(launcher, changed[0])}"
+    raise RecipeError(
+        f"{given}: pixelqa.fit and pixelqa.evaluate run in this process and submit no jobs (launchers are for "
+        "pixelqa.grid and pixelqa.data build|mixture); to run one fit as a job, submit a one-cell grid, e.g. "
+        "`python -m pixelqa.grid GRID.yaml launcher=slurm ...` with `grid: {seed: [0]}` (see docs/cluster.md), "
+        "or drop the launcher arguments to run here"
+    )
+
+
+def sam_init_warning(recipe: Any) -> str | None:
+    """A warning when a real model's SAM 2.1 starts from random weights (a base Qwen folder, no SAM checkpoint, nothing
+    to initialise or resume from); None otherwise. Not an error: a random SAM may be wanted for an ablation."""
+    m = recipe.model
+    if m.preset == "tiny" or not m.path or m.mask_decoder.checkpoint or recipe.init_from:
+        return None
+    if recipe.ckpt not in (None, "", "none", "null"):
+        return None  # a resume restores the run's own weights
+    from pixelqa.model import release
+
+    try:
+        folder = release.inspect_folder(m.preset, m.path)
+    except release.ReleaseError:
+        return None  # the model check reports it
+    if folder is None or folder.kind != "base":
+        return None  # a released UniPixel carries its SAM weights
+    return (
+        f"warning: model.mask_decoder.checkpoint is not set and model.path={m.path} is a Qwen2.5-VL base: the "
+        f"{m.mask_decoder.arch} SAM 2.1 mask decoder (and the <|ref|> prompt encoder copied from it) start from "
+        "random weights, where the release starts from SAM 2.1's; set model.mask_decoder.checkpoint=<local SAM 2.1 "
+        f"{m.mask_decoder.arch} .pt> (leave it unset only for a random-SAM ablation)"
+    )
+
+
 def check_run(recipe: Any) -> None:
     """All preflight checks of a fit or an evaluation run of `recipe`."""
+    check_launcher(recipe)
     check_writable(recipe.output_dir, "output_dir")
     from pixelqa.train.datamodule import SYNTHETIC, shard_folder
 

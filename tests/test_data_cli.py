@@ -113,3 +113,13 @@ def test_stats_without_rejects_prints_no_reject_table(tmp_path: Path, capsys):
     main(["stats", str(tmp_path / "synthetic" / "val" / "synthetic-val-000000.tar")])
     text = capsys.readouterr().out
     assert "rejected by the build: 0" in text and "build rejects" not in text
+
+
+def test_build_and_mixture_help_name_the_launcher_arguments(capsys):
+    from pixelqa.data.__main__ import main
+
+    for command in ("build", "mixture"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "launcher=subprocess|slurm [launcher.KEY=VALUE ...]" in out and "docs/cluster.md" in out

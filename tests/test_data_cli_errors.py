@@ -158,3 +158,24 @@ def test_real_ctrl_c_with_workers_is_one_line_and_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     assert r.returncode == 0 and "600 samples in 12 shards" in r.stdout
     assert "resuming synthetic/train after" in r.stderr
+
+
+def test_a_launched_build_checks_its_raw_files_and_launcher_before_submitting(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    build = ["build", "refcoco", "--root", str(tmp_path / "nonexistent"), "--out", str(out)]
+    err = user_error(capsys, *build, "launcher=subprocess")  # not in a job's log, later
+    assert err == user_error(capsys, *build) and "nonexistent" in err  # the very line a build here gives
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("sources:\n  - {name: revos, split: train}\n  - {name: synthetic, split: val}\n")
+    err = user_error(
+        capsys, "mixture", str(mix), "--root", str(tmp_path / "raw"), "--out", str(out), "launcher=subprocess"
+    )
+    assert "raw files missing for 1 of 2 sources, nothing submitted" in err and "source revos" in err
+    synthetic = ["build", "synthetic", "--split", "val", "--out", str(out)]
+    assert "launcher.nodez" in user_error(capsys, *synthetic, "launcher=subprocess", "launcher.nodez=2")
+    assert "launcher.nodes" in user_error(capsys, *synthetic, "launcher=subprocess", "launcher.nodes=many")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))
+    err = user_error(capsys, *synthetic, "launcher=slurm")
+    assert "launcher=slurm: sbatch and srun not found on PATH" in err
+    assert "only build and mixture submit jobs" in user_error(capsys, "stats", str(out), "launcher=slurm")
+    assert not out.exists()  # nothing submitted, no job state written

@@ -85,3 +85,38 @@ def test_numbers_out_of_range_are_recipe_errors(tmp_path, arg, expected):
     key, value = arg.split("=")
     with pytest.raises(RecipeError, match=rf"{key}={value} is out of range; expected {expected.replace('[', '[[]')}"):
         _run(tmp_path, arg)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "named"),
+    [
+        (["launcher=slurm", "launcher.partition=gpu"], "launcher=slurm"),
+        (["launcher=subprocess"], "launcher=subprocess"),
+        (["launcher.partition=gpu"], "launcher.partition=gpu"),  # the default executor, a cluster key: not ignored
+    ],
+)
+def test_fit_and_evaluate_refuse_a_launcher_pointing_to_a_one_cell_grid(tmp_path, capsys, launcher, named):
+    from pixelqa import evaluate
+
+    for entry in (fit.main, evaluate.main):
+        with pytest.raises(SystemExit) as exit_info:
+            entry([f"data.shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}", "tracking=none", *launcher])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"recipe error: {named}: ") and "python -m pixelqa.grid" in err and "one-cell" in err
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_the_printed_commands_leave_out_launcher_arguments():
+    cmd = fit.fit_command(["recipe=stage3", "launcher=slurm", "launcher.partition=gpu", "seed=1"], "ckpt=last")
+    assert "launcher" not in cmd and cmd.endswith("-m pixelqa.fit recipe=stage3 seed=1 ckpt=last")
+
+
+def test_a_base_qwen_folder_without_a_sam_checkpoint_warns_at_start(tmp_path, capsys):
+    base = tmp_path / "qwen"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    with pytest.raises(AssertionError, match="model was built"):  # the warning comes before any work
+        _run(tmp_path, "model=unipixel-3b", f"model.path={base}")
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert "model.mask_decoder.checkpoint is not set" in line and "random weights" in line

@@ -590,3 +590,27 @@ def test_as_jobs_a_failed_run_resubmitted_with_other_settings_is_superseded(tmp_
     run_grid(path, [*common, "trainer.max_steps=50"], action="collect")
     assert client.get_run(failed).data.tags["pixelqa.superseded_by"] == fresh
     assert [r.info.run_id for r in tracking.child_runs(TrackingConfig(), parent)] == [fresh]
+
+
+def test_slurm_without_its_commands_fails_in_one_line_before_any_state(tmp_path, capsys, monkeypatch):
+    from pixelqa.grid import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # neither sbatch nor srun
+    path = _write(tmp_path, "grid:\n  seed: [0]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "launcher=slurm", "tracking=none", f"data.shards={tmp_path / 'shards'}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "launcher=slurm: sbatch and srun not found on PATH" in err and "launcher=subprocess" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]  # no state.json, shards, nor mlruns.db
+
+
+def test_the_runs_of_a_grid_carry_no_launcher_arguments(tmp_path, capsys):
+    from pixelqa.grid import fit_specs, load_grid, main
+
+    path = _write(tmp_path, "overrides: [launcher.poll_s=1]\ngrid:\n  seed: [0, 1]\n")
+    main([str(path), "--dry-run", "launcher=subprocess", "launcher.time_min=5"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and all("launcher" not in line for line in printed)  # pixelqa.fit would refuse them
+    assert all("launcher" not in " ".join(s.args) for s in fit_specs(load_grid(path), ["launcher=slurm"]))

@@ -143,3 +143,20 @@ def test_every_cli_refuses_an_unusable_tracking_uri_before_any_work(tmp_path, ca
         assert exit_info.value.code == 2 and err.count("\n") == 1, (argv, err)
         assert err.startswith(f"{prefix}: tracking.tracking_uri='foo://x': scheme 'foo' is not supported"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]  # no store, shards, state or run folder
+
+
+def test_a_random_sam_is_warned_about_only_where_nothing_gives_it_weights(tmp_path):
+    from pixelqa.preflight import sam_init_warning
+
+    base = tmp_path / "qwen"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    sam = tmp_path / "sam2.1_hiera_base_plus.pt"
+    sam.write_bytes(b"")
+    real = ["model=unipixel-3b", f"model.path={base}"]
+    warning = sam_init_warning(_recipe(tmp_path, *real))
+    assert warning is not None and warning.startswith("warning: model.mask_decoder.checkpoint is not set")
+    assert "hiera_b+ SAM 2.1 mask decoder" in warning and "<|ref|> prompt encoder" in warning
+    for given in (f"model.mask_decoder.checkpoint={sam}", f"init_from={sam}", "ckpt=last"):
+        assert sam_init_warning(_recipe(tmp_path, *real, given)) is None, given
+    assert sam_init_warning(_recipe(tmp_path)) is None  # the tiny demo model: random by design

@@ -382,3 +382,29 @@ def test_the_demo_scale_fine_tunes_a_release_with_a_tied_head():
     qwen = module.model.qwen
     assert qwen.lm_head.weight is qwen.get_input_embeddings().weight  # tied, as the 3B release
     assert qwen.lm_head.weight.requires_grad  # the tied matrix is the head that trains
+
+
+def test_a_release_says_which_settings_it_overrides_and_records_the_values_used(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from pixelqa import fit
+
+    db = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["recipe=stage3", "model=unipixel-3b", f"model.path={CHECKPOINT}", f"data.shards={tmp_path / 'shards'}"]
+    args += ["data.synthetic_train=8", "data.synthetic_val=4", "data.val_samples=2", "data.batch_size=2"]
+    args += ["trainer.max_steps=1", "trainer.enable_progress_bar=false", "eval.after_fit=false"]
+    args += [f"tracking.tracking_uri={db}", f"tracking.artifact_location={tmp_path / 'art'}"]
+    args += [f"output_dir={tmp_path / 'run'}", "tracking.log_overlays=false"]
+    fit.run([*args, "model.mask_decoder.mode=independent", "model.hidden_tokens=4", "model.seg_head=token"])
+    out, err = capsys.readouterr()
+    (line,) = [x for x in err.splitlines() if "is a released UniPixel, which fixes" in x]
+    assert "model.hidden_tokens: 4 -> 2" in line and "model.mask_decoder.mode: 'independent' -> 'propagate'" in line
+    assert "model.seg_head: 'token' -> 'released'" in line
+    assert out.index("PixelQA fit:") < out.index("parameters:")  # said before the model is built and trained
+    recipe = (tmp_path / "run" / "recipe.yaml").read_text()
+    assert "hidden_tokens: 2" in recipe and "mode: propagate" in recipe and "seg_head: released" in recipe
+    client = MlflowClient(tracking_uri=db)
+    (run,) = client.search_runs([client.get_experiment_by_name("pixelqa").experiment_id])
+    params = run.data.params
+    assert params["model.hidden_tokens"] == "2" and params["model.mask_decoder.mode"] == "propagate"
+    assert params["model.seg_head"] == "released"

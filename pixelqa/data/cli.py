@@ -196,7 +196,12 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m pixelqa.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="convert a raw source into shards")
+    launch = (
+        "launcher=subprocess|slurm [launcher.KEY=VALUE ...] (anywhere on the line): submit the build as --num-nodes N "
+        "array tasks plus a final verify job instead of building here, e.g. launcher=slurm launcher.partition=cpu "
+        "launcher.gpus_per_node=0 launcher.time_min=720; keys and SLURM requirements: docs/cluster.md"
+    )
+    b = sub.add_parser("build", help="convert a raw source into shards", epilog=launch)
     b.add_argument("source")
     b.add_argument("--root", default=".", help="raw files as downloaded (see datasets/<source>.yaml)")
     b.add_argument("--out", required=True, help="shard root; shards go to OUT/<source>/<split>/")
@@ -229,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("shards", nargs="+")
     s.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
     s.set_defaults(fn=_stats)
-    m = sub.add_parser("mixture", help="print (or, with --out, build) a data mixture")
+    m = sub.add_parser("mixture", help="print (or, with --out, build) a data mixture", epilog=launch)
     m.add_argument("recipe", help="recipe=NAME or NAME (recipes/data/NAME.yaml)")
     m.add_argument("--shards", default=None, help="shard root: use manifest sample counts")
     m.add_argument("--root", default=None, help="raw root: source NAME is read from ROOT/NAME")

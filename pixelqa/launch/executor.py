@@ -8,9 +8,11 @@ scheduler_state(launcher, folder, job.job_id)   # RUNNING, PENDING, ..., ENDED o
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from pixelqa.config import RecipeError
 from pixelqa.launch.settings import EXECUTORS
 
 # SLURM states (sacct) of a job that is still queued or running; anything else has ended.
@@ -22,6 +24,23 @@ ACTIVE_STATES = frozenset(
 
 def _get(cfg: Any, key: str) -> Any:
     return cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+
+
+# What submitit's SLURM executor runs on the submitting machine: sbatch submits, srun is looked up when the
+# executor is made (sacct and scontrol only answer --status and requeue: without them a state shows UNKNOWN).
+SLURM_COMMANDS: tuple[str, ...] = ("sbatch", "srun")
+
+
+def check_can_submit(launcher: Any) -> None:
+    """Before any state is written: `launcher=slurm` needs SLURM's commands on PATH (RecipeError naming them)."""
+    if str(_get(launcher, "executor")) != "slurm":
+        return
+    missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise RecipeError(
+            f"launcher=slurm: {' and '.join(missing)} not found on PATH, so this machine cannot submit SLURM jobs; "
+            "run the command on the cluster's login node, or try the setup here with launcher=subprocess"
+        )
 
 
 def tasks_per_node(launcher: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import submitit
 
+from pixelqa.launch.settings import is_launcher_arg
 from pixelqa.launch.status import DONE, FAILED, REQUEUED, RUNNING, job_identity, wait_for, write_status
 
 
@@ -57,6 +58,9 @@ class FitJob(submitit.helpers.Checkpointable):
             write_status(self.status_path, RUNNING, key=self.key, args=list(args))
         try:
             wait_for(self.needs, poll_s=self.poll_s)
+            # The job is where the run runs: a launcher among its arguments (a job pickled by an older version
+            # has them) would be refused by pixelqa.fit.
+            args = [a for a in args if not is_launcher_arg(a)]
             run_args = resume_args(args) if resume else list(args)
             if rank_zero:
                 print(f"[{self.key}] python -m pixelqa.fit {' '.join(run_args)}", flush=True)

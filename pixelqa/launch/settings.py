@@ -35,3 +35,9 @@ class LauncherConfig:
     additional: dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. {mail-type: END}
     wait: bool = False  # block until every submitted job has ended (then collect results)
     poll_s: float = 10.0  # how often waiting jobs and `wait` look at status files
+
+
+def is_launcher_arg(arg: str) -> bool:
+    """Whether a command-line argument chooses where runs run (`launcher=...`, `launcher.KEY=...`)."""
+    key = arg.split("=", 1)[0]
+    return key == "launcher" or key.startswith("launcher.")

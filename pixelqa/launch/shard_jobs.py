@@ -135,14 +135,55 @@ def _task_state(rank: int, job: dict | None, status_dir: Path, launcher: Any, fo
     return state if state in ACTIVE_STATES or state == "UNKNOWN" else FAILED
 
 
+def check_raw_files(args: argparse.Namespace, entries: list[tuple[str, str, float]], num_nodes: int) -> None:
+    """Before submitting: the raw files each task will read exist, as a build here checks before it starts (the
+    error would otherwise appear only in the jobs' logs)."""
+    from pixelqa.data.mixture import MixtureEntry, MixtureError, missing_sources
+    from pixelqa.data.shards import BuildInputError, missing_raw_files, shard_dir
+
+    if args.command == "build":
+        from pixelqa.data.catalog import get_source
+
+        try:
+            src = get_source(args.source)
+            src.check_split(args.split)
+        except ValueError as err:
+            raise BuildInputError(str(err)) from None
+        if not shard_dir(Path(args.out), args.source, args.split).is_dir():  # as build_shards: a started build
+            missing_raw_files(src, Path(args.root), args.split)  # may no longer need them
+        return
+    from pixelqa.data.catalog import list_sources
+
+    unknown = [name for name, _, _ in entries if name not in set(list_sources())]
+    if unknown:
+        raise MixtureError(
+            f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
+        )
+    roots = {}
+    for item in args.roots:
+        if "=" not in item:
+            raise SystemExit(f"--roots: got {item!r}, expected NAME=PATH")
+        name, path = item.split("=", 1)
+        roots[name] = path
+    mix = [MixtureEntry(name, split, repeat) for name, split, repeat in entries]
+    missing = missing_sources(mix, args.root, args.out, roots, 0, num_nodes)
+    if missing and args.on_error == "fail":  # with --on-error skip the tasks skip them, as a build here does
+        raise FileNotFoundError(
+            f"mixture: raw files missing for {len(missing)} of {len(entries)} sources, nothing submitted: "
+            + "; ".join(missing.values())
+        )
+
+
 def launch_shard_build(args: argparse.Namespace, argv: list[str], launcher_argv: list[str]) -> bool:
     """Submit a build or mixture as an array of `--num-nodes` tasks plus a verify job; False when inline."""
     from pixelqa.config import load_recipe
     from pixelqa.data.mixture import load_mixture
+    from pixelqa.launch.executor import check_can_submit
 
     launcher = load_recipe(launcher_argv).launcher
     if launcher.executor == "inline":
         return False
+    check_can_submit(launcher)  # before any state: submitit would fail only after the job folder is written
     if args.node_rank != 0:
         raise SystemExit(f"--node-rank={args.node_rank}: with launcher={launcher.executor} each task gets its own")
     if args.command == "mixture" and (args.out is None or args.root is None):
@@ -155,6 +196,7 @@ def launch_shard_build(args: argparse.Namespace, argv: list[str], launcher_argv:
         mixture = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
         entries = [(e.name, e.split, e.repeat) for e in load_mixture(recipe)]
         label = f"mixture-{mixture}"
+    check_raw_files(args, entries, n)
     jobs_dir = Path(args.out) / ".jobs" / label
     folder = Path(launcher.folder) if launcher.folder else jobs_dir / "submitit"
     state_path = jobs_dir / "state.json"

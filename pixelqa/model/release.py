@@ -267,6 +267,24 @@ def apply_release_config(cfg: UniPixelConfig, folder: ModelFolder) -> None:
         cfg.memory.pooling = "window"
 
 
+def release_overrides(cfg: UniPixelConfig, folder: ModelFolder) -> dict[str, tuple[Any, Any]]:
+    """`key -> (yours, released)` for each `cfg` setting (keys below `model.`) that `apply_release_config` changes."""
+    import copy
+    from dataclasses import asdict
+
+    applied = copy.deepcopy(cfg)
+    apply_release_config(applied, folder)
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, after = flat(asdict(cfg)), flat(asdict(applied))
+    return {k: (before[k], after[k]) for k in after if before.get(k) != after[k]}
+
+
 def check_token_ids(folder: ModelFolder, token_ids: dict[str, int]) -> None:
     """The tokenizer's ids of the three tokens must be the ones the release's config records."""
     for key, token in TOKEN_KEYS.items():
