@@ -87,3 +87,44 @@ def test_mixture_table_names_a_corrupt_manifest_and_exits_2(tmp_path, capsys, te
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"error: {manifest}: ") and re.search(reason, err)
     assert "expected a JSON object with an integer num_samples" in err
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3", "sft1m"])
+def test_paper_stage_mixtures_leave_the_demo_source_out(stage, capsys):
+    from pixelqa.data.mixture import load_mixture
+
+    names = [e.name for e in load_mixture(stage)]
+    assert "synthetic" not in names and names
+    if stage in ("stage3", "sft1m"):
+        assert len(names) == 28  # paper Table 12
+        data_main(["mixture", f"recipe={stage}"])
+        out = capsys.readouterr().out
+        assert "total effective samples per epoch: 5,940,000" in out and "synthetic" not in out
+        assert "note: llava_mix665k: image records only" in out  # the count leaves the text-only records out
+
+
+def test_mixture_with_shards_flags_missing_and_short_sources(tmp_path, capsys):
+    mix = tmp_path / "two.yaml"
+    mix.write_text(
+        "sources:\n  - {name: synthetic, split: val, repeat: 1}\n  - {name: revos, split: train, repeat: 5}\n"
+        "  - {name: groundmore, split: train, repeat: 3}\n"
+    )
+    out = tmp_path / "shards"
+    for name, n in (("synthetic", 200), ("groundmore", 40)):  # synthetic val: all 200 (card); GroundMoRe: 40 of 5,600
+        split = "val" if name == "synthetic" else "train"
+        manifest = out / name / split / "manifest.json"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text(json.dumps({"num_samples": n}))
+    data_main(["mixture", str(mix), "--shards", str(out)])
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}
+    assert lines["source"].split()[-2:] == ["expected", "status"]
+    assert re.search(r"\s200 manifest .*\s200 ok 100%$", lines["synthetic"])
+    assert re.search(r"\s40 manifest .*\s5,600 short 1%$", lines["groundmore"])
+    assert re.search(r"\s29,000 paper .*\s29,000 missing$", lines["revos"])
+    assert lines["missing"].endswith(": revos") and lines["short"].endswith(": groundmore")
+    entries = [MixtureEntry("revos", "train", 5.0), MixtureEntry("groundmore", "train", 3.0)]
+    spec = json.loads(write_mixture_spec("two", entries, out).read_text())
+    assert [(r["built"], r["expected"], r["status"]) for r in spec["sources"]] == [
+        (None, 29_000, "missing"),
+        (40, 5_600, "short"),
+    ]

@@ -94,3 +94,22 @@ def test_osprey_bad_regions_are_counted_rejects(tmp_path):
     assert "osprey_conversation.json[0].annotation[0].segmentation: region outside the image" in reasons[0]
     assert "osprey_conversation.json[1]: mentions no region" in reasons[1]
     assert "osprey_conversation.json[2].annotation[1] (<region2>): empty region" in reasons[2]
+
+
+def test_osprey_size_mismatch_is_a_reject_with_the_record_key(tmp_path):
+    from pixelqa.data.shards import build_shards
+
+    build_osprey(tmp_path)
+    path = tmp_path / "Osprey-724K" / "osprey_conversation.json"
+    data = json.loads(path.read_text())
+    data[0]["height"] = H + 5  # the image is H x W
+    path.write_text(json.dumps(data))
+    (r,) = get_source("osprey_conversation").convert(tmp_path, "train", 0)
+    assert isinstance(r, RejectedSample) and r.key == "0"
+    assert f"osprey_conversation.json[0]: got height/width ({H + 5}, {W}), expected the image size ({H}, {W})" in (
+        r.reason
+    )
+    assert "COCO_train2014_000000000009.jpg" in r.reason
+    m = build_shards("osprey_conversation", tmp_path, tmp_path / "out", on_error="skip", progress=False)
+    (rej,) = m["rejects"]
+    assert rej["key"] == "0" and rej["offset"] == 0 and "osprey_conversation.json[0]" in rej["reason"]

@@ -6,17 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from fixtures_video import box_mask, build_instit, option_letter, prefill_texts, write_json
+from fixtures_video import box_mask, build_instit, coco_rle, option_letter, prefill_texts, write_json
 
 from pixelqa.data import masks
 from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import SkippedSample
+from pixelqa.data.shards import build_shards
 from pixelqa.prompt_format import REF, SEG, parse_prefill
 
 
 def convert_all(name, root, split="train"):
-    """Every sample of a split, validated."""
+    """Every sample of a split, validated (skipped records, which hold nothing to ask, left out)."""
     src = get_source(name)
-    return [s.validate(check_frames=True) for item in src.items(root, split) for s in src.convert(root, split, item)]
+    out = (s for item in src.items(root, split) for s in src.convert(root, split, item))
+    return [s.validate(check_frames=True) for s in out if not isinstance(s, SkippedSample)]
 
 
 def test_image_short_caption(tmp_path):
@@ -98,3 +101,39 @@ def test_missing_masks_named(tmp_path):
 
     with pytest.raises(ValueError, match="missing 'instance_level_caption'"):
         convert_all("instit_image_short_caption", tmp_path)
+
+
+def test_image_instances_without_caption_or_mask_are_counted(tmp_path):
+    build_instit(tmp_path)
+    path = tmp_path / "inst_it_dataset_image_51k_w_mask.json"
+    (e,) = json.loads(path.read_text())
+    e["instance_level_caption"]["3"] = {"short": "a ghost", "long": "..."}
+    e["segmentations"]["3"] = {"mask": coco_rle(np.zeros_like(box_mask(0, 1)))}
+    write_json(path, [e])
+    # an instance with no short caption holds nothing to ask (skipped, never fatal); an empty mask is damage
+    m = build_shards("instit_image_short_caption", tmp_path, tmp_path / "out", on_error="skip", progress=False)
+    assert m["num_samples"] == 1
+    assert [r["key"] for r in m["skipped"]] == ["img1-2"] and [r["key"] for r in m["rejects"]] == ["img1-3"]
+    assert "inst_it_dataset_image_51k_w_mask.json[0].instance_level_caption['2']" in m["skipped"][0]["reason"]
+    assert "segmentations['3']: empty mask" in m["rejects"][0]["reason"]
+
+
+@pytest.mark.parametrize("name", ["instit_video_qa", "instit_qa_memory"])
+def test_video_qa_without_instance_or_mask_is_counted(tmp_path, name):
+    build_instit(tmp_path)
+    path = tmp_path / "inst_it_dataset_video_21k_w_mask.json"
+    (e,) = json.loads(path.read_text())
+    e["question_answer_pairs"] += [
+        {"question": "What is [5] doing?", "answer": "Nothing."},  # no mask of instance 5 on any frame
+        {"question": "Is [0] there?", "answer": "Yes."},  # ids start from 1
+    ]
+    write_json(path, [e])
+    m = build_shards(name, tmp_path, tmp_path / "out", on_error="skip", progress=False)
+    assert m["num_samples"] == 2 and m["num_samples"] + m["num_rejects"] + m["num_skipped"] == 5  # every pair
+    (skip,) = m["skipped"]
+    assert skip["key"] == "vid1-2" and "question_answer_pairs[2]: names no instance" in skip["reason"]
+    assert [r["key"] for r in m["rejects"]] == ["vid1-3", "vid1-4"]
+    unmasked, zero = (r["reason"] for r in m["rejects"])
+    assert "inst_it_dataset_video_21k_w_mask.json[0].question_answer_pairs[3]" in unmasked
+    assert "names ['[5]'] with no mask on any frame of vid1" in unmasked
+    assert "question_answer_pairs[4]: names [0]" in zero

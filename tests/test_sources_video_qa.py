@@ -1,10 +1,14 @@
-"""VideoGPT+ instruction and MVBench converters (LLaVA-style / MVBench JSON, mp4 and frame folders)."""
+"""VideoGPT+ instruction, MVBench and GroundMoRe (reasoning video QA) converters on fixtures in the release formats."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 from fixtures_video import build_mvbench, build_videogpt_plus, write_json
 
+from pixelqa.data import masks
 from pixelqa.data.catalog import get_source
 from pixelqa.data.sources.mvbench import TASKS
 from pixelqa.frame_sampling import fps_indices
@@ -67,3 +71,48 @@ def test_mvbench_missing_task_file(tmp_path):
     (tmp_path / "json" / "moving_count.json").unlink()
     with pytest.raises(FileNotFoundError, match="moving_count.json"):
         get_source("mvbench").items(tmp_path, "test")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_groundmore_question_about_an_unsegmented_object_is_a_reject(tmp_path, split):
+    from fixtures_video import build_groundmore
+
+    from pixelqa.data.shards import build_shards
+
+    build_groundmore(tmp_path)
+    q = json.loads((tmp_path / "trainval_v2.json").read_text())
+    questions = q["videos"]["vid_0001"]["questions"]
+    questions["q2"] = {"question": "Which one is absent?", "answer": "none", "q_type": "Causal", "obj_id": "7"}
+    questions["q3"] = {"question": "Who waits?", "answer": "the man", "q_type": "Causal", "obj_id": "1, 7"}
+    questions["q4"] = {"question": "Who?", "answer": "nobody", "q_type": "Causal", "obj_id": " "}
+    write_json(tmp_path / "trainval_v2.json", q)
+    write_json(tmp_path / "test_v2.json", q)
+    m = build_shards("groundmore", tmp_path, tmp_path / "out", split=split, on_error="skip", progress=False)
+    assert m["num_samples"] == 2 and [r["key"] for r in m["rejects"]] == [
+        "vid_0001-q2",
+        "vid_0001-q3",
+        "vid_0001-q4",
+    ]
+    absent, partly, none = (r["reason"] for r in m["rejects"])
+    assert "videos['vid_0001'].questions['q2']: obj_id '7' names objects [7] in no mask" in absent
+    assert "ids there: [1, 2]" in absent and "annotations/vid_0001/masks" in absent
+    assert "questions['q3']: obj_id '1, 7' names objects [7]" in partly  # the union would silently miss 7
+    assert "questions['q4']: obj_id ' ' names no object" in none
+
+
+def test_groundmore_test_object_only_on_unsampled_frames_is_kept(tmp_path):
+    from fixtures_video import box_mask, rgb_frames, write_jpegs, write_palette_png
+
+    # 40 frames: linspace(0, 39, 20) cast to int never picks frame 1, the only one that shows object 3
+    names = [f"{i:05d}" for i in range(40)]
+    adir = tmp_path / "annotations" / "v"
+    write_jpegs(adir / "images", names, rgb_frames(40, seed=2))
+    for t in range(40):
+        lab = box_mask(t, 1).astype(np.uint8)
+        if t == 1:
+            lab[box_mask(t, 3)] = 3
+        write_palette_png(adir / "masks" / f"{names[t]}.png", lab)
+    q = {"question": "Who?", "answer": "it", "q_type": "Causal", "obj_id": "3"}
+    write_json(tmp_path / "test_v2.json", {"videos": {"v": {"questions": {"q": q}}}})
+    (s,) = convert_all("groundmore", tmp_path, "test")
+    assert 1 not in s.meta["frame_indices"] and not any(masks.area(m) for m in s.objects[1].masks.values())

@@ -77,10 +77,49 @@ def test_detailed_caption_and_qa_use_memory(tmp_path):
     assert ks == [the_id(d) for d in convert_all("videorefer_detailed_caption", tmp_path, "train")]
     assert len(set(ks)) > 1 and set(ks) != {0}, ks  # spread over the keys, not always [0]
     q0, q1 = convert_all("videorefer_qa", tmp_path, "train")
-    assert q0.turns[0].text == "There are 2 objects in the video: [0], [1].\nDoes [0] move faster than [1]?"
+    # As released, the "There are 2 objects ..." line is dropped: the memory prefix lists the objects.
+    assert q0.turns[0].text == "Does [0] move faster than [1]?"
     assert q0.turns[0].memory_objects == [0, 1] and q0.answer == "No, [0] moves as fast as [1]."
     np.testing.assert_array_equal(masks.decode(q0.objects[1].masks[frame_pos(q0, 8)]), box_mask(8, 2))
-    assert q1.turns[0].text == "What colour is [0]?"
+    k = the_id(q1)  # a lone object under a bare <region>: [k], k in 0..15 by the sample key, as released
+    assert k == single_object_id(q1.key) and q1.turns[0].text == f"What colour is [{k}]?"
+    assert q1.turns[0].memory_objects == [k]
+
+
+def test_qa_drops_the_object_list_once_under_the_memory_prefix(tmp_path):
+    build_videorefer_700k(tmp_path)
+    q0, _ = convert_all("videorefer_qa", tmp_path, "train")
+    b = Collator(tiny_processor())([q0])
+    (text,) = (t.replace("<|video_pad|>", "") for t in processor_texts(b))
+    assert "There are" not in text and "Does [0] move faster than [1]?" in text
+    assert len(re.findall(r"\n\[0\]: <\d+>-<\d+>", text)) == 1  # the objects are listed once: by the prefix
+
+
+def test_qa_single_object_ids_spread_by_key(tmp_path):
+    single_object_qa(tmp_path)
+    _, *singles, tagged = convert_all("videorefer_qa", tmp_path, "train")
+    ks = [the_id(s) for s in singles]
+    assert len(set(ks)) > 1 and set(ks) != {0}, ks  # not always [0]
+    assert ks == [the_id(s) for s in convert_all("videorefer_qa", tmp_path, "train")[1:-1]]
+    mem = convert_all("videorefer_qa_memory", tmp_path, "train")[1:-1]
+    assert ks == [the_id(m) for m in mem]  # the memory pre-fill sample of the same entry names it the same way
+    for s, k in zip(singles, ks):
+        assert s.turns[0].text == f"What colour is [{k}]?" and s.turns[0].memory_objects == [k]
+        np.testing.assert_array_equal(masks.decode(s.objects[k].masks[frame_pos(s, 7)]), box_mask(7, 1))
+    assert the_id(tagged) == 3 and tagged.turns[0].text == "What colour is [3]?"  # <objectK> tags keep K
+
+
+def test_qa_naming_an_unannotated_object_is_a_reject(tmp_path):
+    build_videorefer_700k(tmp_path)
+    entries = json.loads((tmp_path / "videorefer-qa-75k.json").read_text())
+    intro = "<video>\nThere are 2 objects in the video: <object0><region>, <object1><region>."
+    bad = {**entries[0], "id": "unknown", "conversations": [{"value": intro + "\nIs <object2> near <object0>?"}, {}]}
+    bad["conversations"][1] = {"from": "gpt", "value": "No."}
+    write_json(tmp_path / "videorefer-qa-75k.json", [entries[0], bad])
+    m = build_shards("videorefer_qa", tmp_path, tmp_path / "out", split="train", on_error="skip", progress=False)
+    assert m["num_samples"] == 1 and [r["key"] for r in m["rejects"]] == ["qa-unknown"]
+    (reason,) = (r["reason"] for r in m["rejects"])
+    assert "videorefer-qa-75k.json[1]" in reason and "names objects [2], expected only the annotated [0, 1]" in reason
 
 
 def test_qa_memory_released_one_round(tmp_path):
@@ -416,3 +455,122 @@ def test_training_qa_pairs_tags_in_order(tmp_path):
     q0, _ = convert_all("videorefer_qa", tmp_path, "train")
     assert sorted(q0.objects) == [3] and q0.answer == "Yes, [3] moves."
     np.testing.assert_array_equal(masks.decode(q0.objects[3].masks[frame_pos(q0, 8)]), box_mask(8, 2))
+
+
+# ------------------------------------------------------------------------------------ training frame sampling
+
+LONG_FRAMES = 60  # longer than the 16 stored context frames, so the sampler has more frames than it keeps
+# Source frames each object is annotated on (VideoRefer "annotation"), by entry id; the truth the tests check.
+LONG_ANNOTATED = {
+    "d_one": {0: [30]},  # detailed caption, one annotated frame: single-frame mode
+    "d_four": {0: [10, 20, 30, 40]},  # detailed caption, 4 annotated frames: multi-frame mode
+    "q_sparse": {0: list(range(0, LONG_FRAMES, 4)), 1: [33]},  # QA: 16 annotated frames, object 1 on one only
+    "q_one": {0: [7]},  # QA, one object on one frame: single-frame mode
+}
+
+
+def long_mask(t: int, obj: int) -> np.ndarray:
+    """A box for object `obj` on source frame `t`: never empty on any of the 60 frames (box_mask leaves the frame)."""
+    m = np.zeros((24, 32), dtype=bool)
+    x0 = 1 + t % 20 + obj
+    m[2 + 8 * obj : 6 + 8 * obj, x0 : x0 + 5] = True
+    return m
+
+
+def build_long_videorefer(root) -> None:
+    """VideoRefer detailed-caption and QA JSONs over one 60-frame mp4, annotated as LONG_ANNOTATED."""
+    from fixtures_video import coco_rle, write_mp4
+
+    write_mp4(root / "videos" / "long.mp4", [np.full((24, 32, 3), 128, dtype=np.uint8)] * LONG_FRAMES)
+
+    def entry(eid: str, question: str, answer: str) -> dict:
+        ann = [
+            {str(f): {"segmentation": coco_rle(long_mask(f, o))} for f in fr} for o, fr in LONG_ANNOTATED[eid].items()
+        ]
+        conv = [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]
+        return {"id": eid, "video": "long.mp4", "annotation": ann, "conversations": conv}
+
+    write_json(
+        root / "videorefer-detailed-caption-125k.json",
+        [entry("d_one", "Describe <region> in detail.", "A box."), entry("d_four", "Describe <region>.", "A box.")],
+    )
+    two = "There are 2 objects in the video: <object0><region>, <object1><region>.\nIs <object1> above <object0>?"
+    write_json(
+        root / "videorefer-qa-75k.json",
+        [entry("q_sparse", two, "No, <object1> is below <object0>."), entry("q_one", "What is <region>?", "A box.")],
+    )
+
+
+@pytest.fixture(scope="module")
+def long_region(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long_videorefer")
+    build_long_videorefer(root)
+    out = {}
+    for name in ("videorefer_detailed_caption", "videorefer_qa"):
+        for s in convert_all(name, root, "train"):
+            assert len(s.media.frame_ids) > 8  # annotated + 16 context frames are stored: the sampler must choose
+            out[s.meta["id"]] = s
+    return out
+
+
+def annotated_of(sample) -> dict[int, tuple[int, list[int]]]:
+    """Object id -> (annotation index, annotated source frames) of a converted sample (ids sort as annotations)."""
+    return dict(zip(sorted(sample.objects), LONG_ANNOTATED[sample.meta["id"]].items()))
+
+
+@pytest.mark.parametrize("eid", ["d_one", "d_four", "q_sparse", "q_one"])
+def test_training_frames_keep_every_memory_object_visible(long_region, eid):
+    from pixelqa.data.loader import subsample_frames
+
+    s = long_region[eid]
+    truth = annotated_of(s)
+    assert sorted(s.turns[0].memory_objects) == sorted(truth)
+    rng = np.random.default_rng(0)
+    for draw in range(400):
+        x = subsample_frames(s, 8, rng if draw else None)  # the first draw: evaluation's centres
+        src = x.media.frame_ids
+        for oid, (a, frames) in truth.items():
+            kept = [f for f in src if f in frames]
+            assert kept, f"{eid} draw {draw}: object {oid} (annotated on {frames}) not among frames {src}"
+            for f in kept:  # and the memory sees it there: its real mask on that frame
+                np.testing.assert_array_equal(masks.decode(x.objects[oid].masks[src.index(f)]), long_mask(f, a))
+
+
+def test_training_frames_follow_the_released_modes(long_region):
+    from pixelqa.data.loader import subsample_frames
+
+    rng = np.random.default_rng(1)
+    for eid in ("d_four", "q_sparse"):  # multi-frame mode: frames only among the annotated ones
+        s = long_region[eid]
+        union = sorted({f for fr in LONG_ANNOTATED[eid].values() for f in fr})
+        seen = set()
+        for _ in range(300):
+            src = subsample_frames(s, 8, rng).media.frame_ids
+            assert set(src) <= set(union) and len(src) == min(8, len(union)), (eid, src)
+            seen.update(src)
+        # the draw varies over the annotated frames (q_sparse: the forced frame 33 always displaces its neighbour 32)
+        assert seen == set(union) if eid == "d_four" else len(seen) == len(union) - 1
+    for eid in ("d_one", "q_one"):  # single-frame mode: over the whole stored video, the annotated frame forced in
+        s = long_region[eid]
+        (only,) = (f for fr in LONG_ANNOTATED[eid].values() for f in fr)
+        seen = set()
+        for _ in range(300):
+            src = subsample_frames(s, 8, rng).media.frame_ids
+            assert only in src and len(src) == 8
+            seen.update(src)
+        # context frames are drawn too: all stored frames but the forced frame's segment neighbour
+        assert len(seen) == len(s.media.frame_ids) - 1 and {min(s.media.frame_ids), max(s.media.frame_ids)} <= seen
+
+
+def test_memory_object_without_a_visible_mask_is_an_error(long_region):
+    import copy
+
+    from pixelqa.data.loader import subsample_frames
+
+    s = copy.deepcopy(long_region["q_sparse"])
+    h, w = s.media.size
+    s.objects[1].masks = {f: masks.empty(h, w) for f in s.objects[1].masks}  # annotated, but empty everywhere
+    with pytest.raises(ValueError, match=r"memory object 1 has no visible mask"):
+        subsample_frames(s, 8, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"memory object 1 has no visible mask"):
+        subsample_frames(s, 64)  # not cut: still checked

@@ -60,30 +60,95 @@ def frame_indices(
             for i in range(num)
         ]
         chosen = [min(c, total - 1) for c in chosen]
-    chosen = sorted(set(chosen))
-    need = sorted({int(m) for m in must_include})
+    return force_frames(sorted(set(chosen)), must_include, total)
+
+
+def force_frames(chosen: Sequence[int], need: Sequence[int], total: int) -> list[int]:
+    """`chosen` (sorted frame indices) with every frame of `need` in it, each replacing the nearest chosen frame
+    that is not itself needed (appended when every chosen frame is needed); sorted."""
+    out = sorted(set(chosen))
+    need = sorted({int(m) for m in need})
     for m in need:
         if not 0 <= m < total:
             raise ValueError(f"must_include: got frame {m}, expected indices in [0, {total - 1}]")
-        if m in chosen:
+        if m in out:
             continue
-        free = [c for c in chosen if c not in need]
+        free = [c for c in out if c not in need]
         if free:
-            chosen.remove(min(free, key=lambda c: abs(c - m)))
-        chosen.append(m)
-        chosen.sort()
-    return chosen
+            out.remove(min(free, key=lambda c: abs(c - m)))
+        out.append(m)
+        out.sort()
+    return out
+
+
+def memory_objects(sample: Sample) -> list[int]:
+    """Ids of the objects some user turn injects as memory (`memory_objects`), sorted."""
+    return sorted({o for t in sample.turns for o in t.memory_objects})
+
+
+def visible_frames(sample: Sample, object_id: int) -> list[int]:
+    """Frames where object `object_id` has a non-empty mask, sorted."""
+    return sorted(f for f, r in sample.objects[object_id].masks.items() if r is not None and masks.area(r) > 0)
+
+
+class UnusableSampleError(ValueError):
+    """A stored sample that cannot train (a memory object never visible): training redraws another one, counted."""
+
+
+def check_memory_visible(sample: Sample) -> Sample:
+    """`sample` unchanged; UnusableSampleError when a memory object has no non-empty mask on any of its frames.
+
+    Such an object would silently drop out of the memory text (no <|mem|> without a visible mask) while the
+    question still asks about it; the release raises on an empty memory mask too (its loader then retries).
+    """
+    for oid in memory_objects(sample):
+        if not visible_frames(sample, oid):
+            raise UnusableSampleError(
+                f"{sample.source}/{sample.key}: memory object {oid} has no visible mask on the sample's "
+                f"{sample.media.num_frames} frames (annotated on {sorted(sample.objects[oid].masks)}), "
+                "expected at least one"
+            )
+    return sample
 
 
 def subsample_frames(sample: Sample, num_frames: int, rng: np.random.Generator | None = None) -> Sample:
     """`sample` cut to `num_frames` frames (random segments with `rng`, centres without), prompt frames kept.
 
+    Samples with memory objects (region QA / captions) follow the release's VideoRefer rule: with two or more
+    annotated frames (frames where a memory object has a mask) the frames are drawn among the annotated ones only
+    (multi-frame mode); with one, over all frames with that one forced in (single-frame mode). Then every memory
+    object keeps a frame where its mask is non-empty: one that the draw left without is given one of its visible
+    frames (random with `rng`, the middle one without), replacing the nearest frame no prompt or object needs.
+    A memory object with no visible mask at all raises UnusableSampleError (`check_memory_visible`).
     A sample whose text counts every frame (`meta["keep_all_frames"]`, e.g. Inst-IT's `<t>` tags) is left whole.
     """
     if sample.media.num_frames <= num_frames or sample.meta.get("keep_all_frames"):
-        return sample
-    keep = frame_indices(sample.media.num_frames, num_frames, rng, must_include=[p.frame for p in sample.prompts])
-    return select_frames(sample, keep)
+        return check_memory_visible(sample)
+    t = sample.media.num_frames
+    need = [p.frame for p in sample.prompts]
+    mem = memory_objects(sample)
+    candidates = list(range(t))
+    if mem:
+        annotated = sorted({f for o in mem for f in sample.objects[o].masks})
+        if len(annotated) >= 2:  # multi-frame mode: only annotated frames (prompt frames stay reachable)
+            candidates = sorted(set(annotated) | set(need))
+        else:  # single-frame mode: the whole (stored) video, the annotated frame forced in
+            need += annotated
+    pos = {f: i for i, f in enumerate(candidates)}
+    drawn = frame_indices(len(candidates), num_frames, rng, must_include=[pos[f] for f in need])
+    keep = [candidates[i] for i in drawn]
+    if mem:
+        for oid in mem:
+            seen = [f for f in visible_frames(sample, oid) if f in pos]
+            if not seen:
+                continue  # never visible: check_memory_visible below names it
+            kept = [f for f in seen if f in keep]
+            if kept:  # protect one of its kept frames from the replacements below
+                need.append(kept[0])
+            else:
+                need.append(seen[int(rng.integers(0, len(seen)))] if rng is not None else seen[len(seen) // 2])
+        keep = force_frames(keep, need, t)
+    return check_memory_visible(select_frames(sample, keep))
 
 
 def select_frames(sample: Sample, indices: Sequence[int]) -> Sample:

@@ -7,13 +7,14 @@ uniformly inside the mask, else a box: the mask's tight box with each side jitte
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Prompt, Sample
-from pixelqa.prompt_format import SEG, prefill_answer
+from pixelqa.prompt_format import SEG, count_ref, prefill_answer
 
 PROMPT_MODES: tuple[str, ...] = ("keep", "point_box", "point", "box")
 
@@ -106,26 +107,51 @@ def seg_answer(object_ids: Sequence[int]) -> str:
     return prefill_answer(list(object_ids))
 
 
-def redraw_memory_prompts(sample: Sample, rng: np.random.Generator, jitter: float = 0.1) -> Sample:
-    """The pre-fill prompts of a memory sample as the release trains them: each object's prompt becomes a point or
-    a box (1/2 each) drawn from its mask on a random frame where it is visible.
+def prefill_prompts(sample: Sample) -> list[int]:
+    """Indices (into `sample.prompts`) of the memory pre-fill prompts: a `[k] <|ref|>` whose object the answer to
+    its own user turn segments (`[k] <|seg|>`), in the released one-round form and in the two-round form alike."""
+    out: list[int] = []
+    cursor = 0
+    for i, turn in enumerate(sample.turns):
+        if turn.role != "user":
+            continue
+        n = count_ref(turn.text)
+        answer = sample.turns[i + 1] if i + 1 < len(sample.turns) else None
+        segs = set(answer.seg_objects) if answer is not None else set()
+        out.extend(k for k in range(cursor, cursor + n) if sample.prompts[k].object_id in segs)
+        cursor += n
+    return out
 
-    Applies only to samples with a memory turn (a user turn listing `memory_objects`); a prompt whose object has
-    no visible frame is kept. Changes `sample` in place.
+
+def memory_prompt_kind(key: str) -> str:
+    """ "point" or "box", half the samples each, fixed by the sample key (salted): the release draws the kind once
+    per annotation (its `mem_point_*` / `mem_box_*` types) and keeps it over repeats and epochs."""
+    return "point" if zlib.crc32((key + "/memory_prompt").encode("utf-8")) % 2 == 0 else "box"
+
+
+def redraw_memory_prompts(sample: Sample, rng: np.random.Generator, jitter: float = 0.1) -> Sample:
+    """The pre-fill prompts of a memory sample as the release trains them: every one becomes a point or a box
+    (`memory_prompt_kind` of the sample, the same for all its objects) drawn from its object's mask on a random
+    frame where it is visible.
+
+    Pre-fill prompts are those of `prefill_prompts` (the released one-round `*_qa_memory` samples have no memory
+    turn, so the user turns' `memory_objects` cannot tell them); other prompts, and a pre-fill prompt whose object
+    has no visible frame, are kept. Changes `sample` in place.
     """
-    if not any(t.memory_objects for t in sample.turns):
+    chosen = prefill_prompts(sample)
+    if not chosen:
         return sample
-    new: list[Prompt] = []
-    for p in sample.prompts:
+    kind = memory_prompt_kind(sample.key)
+    new = list(sample.prompts)
+    for k in chosen:
+        p = sample.prompts[k]
         obj = sample.objects.get(p.object_id) if p.object_id is not None else None
         visible = sorted(f for f, r in obj.masks.items() if masks.area(r) > 0) if obj is not None else []
         if not visible:
-            new.append(p)
             continue
         frame = visible[int(rng.integers(0, len(visible)))]
         m = masks.decode(obj.masks[frame])
-        kind = "point" if rng.random() < 0.5 else "box"
         coords = sample_point(m, rng) if kind == "point" else sample_box(m, rng, jitter)
-        new.append(Prompt(kind, frame, p.object_id, coords=list(coords)))
+        new[k] = Prompt(kind, frame, p.object_id, coords=list(coords))
     sample.prompts = new
     return sample

@@ -31,6 +31,7 @@ Either way it is logged with shard and byte offset and counted in `ShardDataModu
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pixelqa.config import RecipeError
+from pixelqa.data.loader import UnusableSampleError
 from pixelqa.data.packing import BackgroundReceiver, pack
 from pixelqa.data.schema import Sample
 from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, open_shard, read_sample
@@ -50,6 +52,8 @@ from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, open_
 __all__ = ["RecordRef", "read_sample"]  # re-exported: random access is the shard reader's
 
 SYNTHETIC = "synthetic"
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- shard access
@@ -342,7 +346,11 @@ class TrainBatches(IterableDataset):
             for attempt in range(self.max_redraws + 1):
                 if attempt:  # another record of the same source, the same on every rerun
                     idx = int(np.random.default_rng([self.seed, 37, slot, attempt]).integers(len(self.sources[s])))
-                enc = self.collate.encode(self._sample(slot, (s, idx), attempt))
+                try:
+                    enc = self.collate.encode(self._sample(slot, (s, idx), attempt))
+                except UnusableSampleError as err:  # one bad record must not stop a run: redrawn like the others
+                    log.warning("unusable sample, redrawn: %s", err)
+                    enc = None
                 if enc is not None:
                     enc["extra_meta"] = {"redraws": attempt, "dropped_slots": lost}
                     lost = 0

@@ -12,22 +12,25 @@ Raw layout (as UniPixel reads the release)::
 train keeps only the frames that have a mask; test keeps the official 20 frames, `linspace(0, n - 1, 20)` cast to
 int over the video's sorted frames (`pixelqa.frame_sampling.groundmore_indices`; a shorter video repeats
 frames, as the official run does), masks where they exist. Videos without an annotation folder are skipped, as
-in the reference loader. Target = union of the question's objects; meta keeps q_type (Causal / Sequential /
-Counterfactual / Descriptive), the answer, `frame_indices` (each kept frame's index among the video's frames)
-and, when the question has one, `action_window` {start, end, clip_start} in seconds: the official ground truth
-is zero outside [(start - clip_start) * 6, (end - clip_start) * 6 - 1] (frame indices at 6 fps).
+in the reference loader. A question whose obj_id no mask of the video shows (its target would be empty on every
+frame) is a counted reject naming the file, the video, the question and the ids the masks hold; an object absent
+only from the test split's 20 sampled frames is kept, as the official evaluation does. Target = union of the
+question's objects; meta keeps q_type (Causal / Sequential / Counterfactual / Descriptive), the answer,
+`frame_indices` (each kept frame's index among the video's frames) and, when the question has one,
+`action_window` {start, end, clip_start} in seconds: the official ground truth is zero outside
+[(start - clip_start) * 6, (end - clip_start) * 6 - 1] (frame indices at 6 fps).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pixelqa.data import masks, prompts
-from pixelqa.data.registry import Source, register_source
+from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import read_frame_files, read_label_png
@@ -60,6 +63,11 @@ def _frame_number(path: Path) -> int:
     """Numeric part of a frame file name (names are not zero-padded consistently)."""
     digits = re.sub(r"^\D*", "", path.stem)
     return int(digits) if digits.isdigit() else -1
+
+
+def label_ids(label_maps: Iterable[np.ndarray]) -> set[int]:
+    """The object ids (pixel values > 0) in palette label maps."""
+    return {int(v) for lab in label_maps for v in np.unique(lab) if v}
 
 
 @register_source("groundmore")
@@ -113,6 +121,8 @@ class GroundMoRe(Source):
         for t, lab in labels.items():
             if lab.shape != frames.size:
                 raise ValueError(f"{mask_files[names[t]]}: size {lab.shape}, expected the frame size {frames.size}")
+        shown = label_ids(labels.values())  # ids some mask of the video shows
+        unloaded = sorted(set(mask_files) - set(names))
         for qid, q in questions.items():
             for k in ("question", "answer", "obj_id"):
                 if not isinstance(q, dict) or k not in q:
@@ -127,6 +137,23 @@ class GroundMoRe(Source):
             answer = str(q["answer"]).strip()
             window = action_window(video, q, f"{p}: {item}/{qid}")
             key = make_key(item, qid)
+            if not set(obj_ids) <= shown and unloaded:  # test: the masks of unsampled frames, read only if needed
+                shown |= label_ids(read_label_png(str(mask_files[n])) for n in unloaded)
+                unloaded = []
+            absent = sorted(set(obj_ids) - shown)
+            if absent or not obj_ids:
+                # an object no mask of the video shows (or none named): the target would be empty on every frame
+                what = (
+                    f"objects {absent} in no mask of {adir / 'masks'} (ids there: {sorted(shown)})"
+                    if absent
+                    else "no object"
+                )
+                reason = (
+                    f"{p}: videos[{item!r}].questions[{qid!r}]: obj_id {q['obj_id']!r} names {what}, "
+                    "expected objects segmented on some frame"
+                )
+                yield rejected(self.name, split, self.task, key, reason)
+                continue
             target = {t: masks.encode(np.isin(lab, obj_ids)) for t, lab in labels.items()}
             turns = [
                 Turn("user", f"{question} {prompts.pick(prompts.REASON_SUFFIXES, key_rng(key))}"),

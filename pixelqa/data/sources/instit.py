@@ -12,8 +12,14 @@ Raw layout (Inst-IT-Dataset with the instance masks, the files UniPixel-SFT-1M u
     <root>/videos_raw/<rest>/<frames>.{jpg,png}    frames numbered in their file names
 
 Questions name instances ``[k]`` and frames ``<t>`` (1-based). Known annotation slips are repaired as in
-the reference loader ("[0k]" -> "[k]", "<0>" -> "<1>"); pairs that still name "[0]" or no instance are
-skipped. Videos keep all their frames (the questions' <t> tags count them): meta "keep_all_frames".
+the reference loader ("[0k]" -> "[k]", "<0>" -> "<1>"). Videos keep all their frames (the questions' <t> tags
+count them): meta "keep_all_frames".
+
+Nothing leaves silently (`pixelqa.data.registry`): a QA pair that names no instance, and an image instance with no
+short caption, hold nothing to ask and are counted as skipped (not damage; the release leaves the QA pairs out
+too); a QA pair naming "[0]" after the repairs or an instance with no mask on any frame, and a captioned image
+instance with an empty mask, are counted rejects naming the file and the record. Only the reference recipe's
+filters (over 10 frames, or 8 for memory pre-filling; over 5 instances) drop records without a count.
 
 Sources: ``instit_image_short_caption`` (stage 1: one instance, <|ref|> prompt, short caption),
 ``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory as the
@@ -28,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pixelqa.data import masks, prompts
-from pixelqa.data.registry import Source, register_source
+from pixelqa.data.registry import Source, register_source, rejected, skipped
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
@@ -107,11 +113,15 @@ class InstITImageShortCaption(InstITBase):
         frames = read_frame_files([str(root / "images_raw" / rest_of(e["image_path"]))])
         h, w = frames.size
         for oid, cap in e["instance_level_caption"].items():
+            key = make_key(e["image_id"], oid)
             seg = e["segmentations"].get(str(oid))
             if not isinstance(seg, dict) or "mask" not in seg:
                 raise ValueError(f"{where}.segmentations[{oid!r}]: missing, expected {{'mask': RLE}}")
             caption = (cap.get("short") if isinstance(cap, dict) else None) or ""
             if not caption.strip():
+                # the release captions some instances in "long" only: nothing to teach a short caption with
+                reason = f"{where}.instance_level_caption[{oid!r}]: no short caption"
+                yield skipped(self.name, split, self.task, key, reason)
                 continue
             rle = masks.normalize(seg["mask"])
             if list(rle["size"]) != [h, w]:
@@ -119,8 +129,10 @@ class InstITImageShortCaption(InstITBase):
                     f"{where}.segmentations[{oid!r}]: size {rle['size']}, expected the image size {[h, w]}"
                 )
             if masks.area(rle) == 0:
+                # a captioned instance whose mask is empty is broken: nothing to point the <|ref|> prompt at
+                reason = f"{where}.segmentations[{oid!r}]: empty mask, expected the captioned instance's region"
+                yield rejected(self.name, split, self.task, key, reason)
                 continue
-            key = make_key(e["image_id"], oid)
             yield Sample(
                 key=key,
                 source=self.name,
@@ -169,8 +181,18 @@ class InstITVideoBase(InstITBase):
         for i, qa in enumerate(e["question_answer_pairs"]):
             q, a = repair(str(qa.get("question", ""))), repair(str(qa.get("answer", "")))
             ids = object_ids_in(q + " " + a)
-            if not ids or 0 in ids or len(ids) > MAX_OBJECTS:
+            key = make_key(e["video_id"], i)
+            here = f"{where}.question_answer_pairs[{i}]"
+            if not ids:
+                # a general question about the video (the release leaves these out too): no region to remember
+                yield skipped(self.name, split, self.task, key, f"{here}: names no instance [k]")
                 continue
+            if 0 in ids:
+                # ids start from 1 (the release asserts it): a [0] that survives the repairs is a broken tag
+                yield rejected(self.name, split, self.task, key, f"{here}: names [0], expected instance ids from 1")
+                continue
+            if len(ids) > MAX_OBJECTS:
+                continue  # the reference recipe's filter (at most 5 objects)
             if frames is None:
                 frames = read_frame_files([str(p) for p in paths])
             h, w = frames.size
@@ -189,9 +211,12 @@ class InstITVideoBase(InstITBase):
                         )
                     ms[t] = rle
                 objects[oid] = ObjectTrack(masks=ms)
-            if any(key_frame(o) is None for o in objects.values()):
-                continue  # a named instance without any mask cannot be remembered
-            key = make_key(e["video_id"], i)
+            unmasked = [oid for oid, o in objects.items() if key_frame(o) is None]
+            if unmasked:
+                # the release keeps these and then fails on the empty memory mask ('empty refer mask') when drawn
+                reason = f"{here}: names {[f'[{k}]' for k in unmasked]} with no mask on any frame of {folder.name}"
+                yield rejected(self.name, split, self.task, key, reason + ", expected each named instance segmented")
+                continue
             prompts, turns = self.talk(q, a, objects, key)
             yield Sample(
                 key=key,

@@ -17,8 +17,9 @@ The regions are given to the model as masks through the object memory, as UniPix
 data: every region the text mentions becomes object k, listed in the first user turn's `memory_objects`
 (collate renders "[k]: <|mem|>" for it), and "<regionk>" in the text becomes the tag "[k]". Records whose
 markers are broken or point past the annotation list (a known defect of a small part of the release), that
-mention no region, or whose region is empty or outside the image become counted rejects (see
-`pixelqa.data.registry.rejected`) naming the file and the record; missing fields raise.
+mention no region, whose region is empty or outside the image, or whose height/width disagree with the image
+become counted rejects (see `pixelqa.data.registry.rejected`) naming the file and the record; missing fields
+raise.
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ class OspreySource(Source):
             return
         file_name = str(require(rec, "file_name", where))
         image = read_image(self.image_path(Path(root), file_name))
-        check_size(image.size, rec.get("height"), rec.get("width"), where)
+        try:
+            check_size(image.size, rec.get("height"), rec.get("width"), where)
+        except ValueError as e:  # the record's height/width disagree with its image: its regions may be misplaced
+            yield rejected(self.name, split, self.task, key, f"{e} ({file_name})")
+            return
         h, w = image.size
         objects: dict[int, ObjectTrack] = {}
         for k in sorted(set(mentioned)):

@@ -21,11 +21,14 @@ Regions: ``<region>`` marks the i-th object of "annotation"; multi-object QA nam
 j-th tag is the j-th annotation) whatever K says, as the reference readers do: the benchmark's first question
 tags its single object ``<object3>``. Object K becomes id K (``[K]``) in every mention, as in the released
 UniPixel data; bare ``<region>`` markers number the objects 0, 1, ... in order, except in the sources that name a
-single object by a random id as the released data does (`single_object_ids`: detailed caption and QA-memory), where
-the one ``<region>`` becomes ``[k]`` with k in 0..SINGLE_OBJECT_IDS-1 fixed by the sample key.
+single object by a random id as the released data does (`single_object_ids`: detailed caption, QA and QA-memory),
+where the one ``<region>`` becomes ``[k]`` with k in 0..SINGLE_OBJECT_IDS-1 fixed by the sample key. Region QA
+(`videorefer_qa`) drops the multi-object questions' first line, "There are N objects in the video: <object0><region>,
+...", as released: the memory prefix lists those objects.
 
 Bad records are counted rejects (see `pixelqa.data.registry.rejected`), each naming the JSON file and the entry:
-broken region markers (a count that disagrees with the annotations, a K tagged twice, a leftover marker), a key
+broken region markers (a count that disagrees with the annotations, a K tagged twice, a leftover marker, a region-QA
+``<objectK>`` with no annotation), a key
 frame where an object has no mask, an empty region, a polygon outside the image, a missing video or frame.
 Only the reference recipe's filters (over 5 objects, ratio < 0.3, too few annotated frames) drop entries silently.
 
@@ -66,8 +69,8 @@ MIN_RATIO = 0.3  # UniPixel drops entries whose masks cover < 30% of the frames 
 # mix the two.
 MEMORY_FORMS: tuple[str, ...] = ("released", "two_round")
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
-# UniPixel's released detailed-caption and QA-memory rows call a lone object [k] with k drawn from 0..15, so the
-# model does not learn that a single object is always [0].
+# UniPixel's released detailed-caption, QA and QA-memory rows call a lone object [k] with k drawn from 0..15, so
+# the model does not learn that a single object is always [0].
 SINGLE_OBJECT_IDS = 16
 
 _OBJ_REGION = re.compile(r"<object(\d+)><region>")
@@ -407,18 +410,47 @@ class VideoReferDetailedCaption(VideoRefer700K):
 
 @register_source("videorefer_qa")
 class VideoReferQA(VideoRefer700K):
-    """Stage-3 region QA, the objects given as memory."""
+    """Stage-3 region QA, the objects given as memory: the "There are N objects ..." line is dropped (the memory
+    prefix lists the objects) and a lone object under a bare <region> is [k], k random in 0..15 by the sample key."""
 
     kind = "qa"
     task = "region_qa"
+    single_object_ids = True
 
     def talk(
         self, question: str, response: str, objects: dict[int, ObjectTrack], key: str, where: str
     ) -> tuple[list[Prompt], list[Turn], str]:
-        """The question naming [k]; answer with objects renamed the same way."""
-        text = region_text(question, len(objects), with_ref=False, where=where)
-        answer = object_text(response)
+        """The question (without its object-list line) naming [k]; answer with objects renamed the same way."""
+        body = drop_object_list(question, len(objects))
+        if body is None:
+            text = region_text(question, len(objects), with_ref=False, where=where)
+        else:
+            text = mentions_only(body, objects, where)
+        answer = mentions_only(response, objects, f"{where} (answer)")
         return [], [Turn("user", text, memory_objects=sorted(objects)), Turn("assistant", answer)], answer
+
+
+def drop_object_list(question: str, num_objects: int) -> str | None:
+    """The question after its object-list line ("There are 2 objects in the video: <object0><region>, ..."), or
+    None when it has none. As released, the list is the first line, starts with "There" and holds every
+    ``<objectK><region>`` tag; it is dropped because the memory prefix lists the same objects (kept, it would sit
+    under that prefix saying it twice)."""
+    intro, _, body = question.partition("\n")
+    if not body.strip() or not intro.lstrip().startswith("There") or len(_OBJ_REGION.findall(intro)) != num_objects:
+        return None
+    return body.strip()
+
+
+def mentions_only(text: str, objects: dict[int, ObjectTrack], where: str) -> str:
+    """``<objectK>`` -> ``[K]`` in a text that must not tag regions; RecordError when it names an object that is not
+    annotated, or keeps a region marker."""
+    named = sorted({int(k) for k in _OBJ.findall(text)} - set(objects))
+    if named:
+        raise RecordError(f"{where}: names objects {named}, expected only the annotated {sorted(objects)}")
+    out = object_text(text)
+    if "<region>" in out or "<object" in out:
+        raise RecordError(f"{where}: unmatched region markers left in {text!r:.120}")
+    return out
 
 
 @register_source("videorefer_qa_memory")
