@@ -150,3 +150,93 @@ def object_ids_in(text: str) -> list[int]:
         if k not in seen:
             seen.append(k)
     return seen
+
+
+# ------------------------------------------------------------------------ segmentation instruction templates
+# The released training instructions (`segmentation.py`); `{}` = the query or text. Training draws one variant
+# per sample; the official evaluation scripts always use the first of each family, so both sides read these.
+SEG_QUERY_TEMPLATES: dict[str, tuple[str, ...]] = {
+    kind: (
+        f"Can you segment the {{}} in this {kind}?",
+        f"Please segment the {{}} in this {kind}.",
+        f"Can you find the {{}} in the {kind}?",
+        f"Segment the {{}} in the {kind}.",
+        f"Track the {{}} in this {kind}.",
+        f"Where is the {{}} in this {kind}? Please respond with the segmentation mask.",
+        "What is the {}? Please output the segmentation mask.",
+    )
+    for kind in ("video", "image")
+}
+SEG_SENTENCE_TEMPLATES: tuple[str, ...] = (
+    "{} Please provide the segmentation mask.",
+    "{} Please respond with the segmentation mask.",
+    "{} Output the segmentation mask.",
+    "{} Give me the segmentation results directly.",
+    "{} Segment the target directly.",
+)
+SEG_EXPLANATORY_TEMPLATES: tuple[str, ...] = (
+    "{} Please provide the segmentation mask and explain why.",
+    "{} Respond with the segmentation mask and explain the reason.",
+    "{} Output the segmentation mask and give some explanations.",
+    "{} Provide the segmentation mask while answering the question.",
+    "{} Segment the relevant target and answer the question.",
+)
+SEG_QUESTION_TEMPLATES: tuple[str, ...] = (
+    "{} Please answer the question and provide the segmentation mask.",
+    "{} Please associate your answer with the segmentation mask.",
+    "{} Answer the question and provide the corresponding segmentation mask.",
+    "{} Give me the answer and segment the target.",
+    "{} Provide a short answer while segmenting the relevant object.",
+)
+SEG_DESCRIPTION_TEMPLATES: tuple[str, ...] = (
+    "Please segment the object according to the description: {}",
+    "Segment the target according to the description: {}",
+    "Analyze the following sentences and provide the corresponding segmentation mask: {}",
+    "Given the description: {} Where is the described object in this video?",
+    "Find the object according to the description: {}",
+)
+# Answers of the query, sentence and description families (explanatory: one of these + " " + the explanation;
+# question: "{answer} <|seg|>.").
+SEG_RESPONSES: tuple[str, ...] = (
+    f"The target is {SEG}.",
+    f"The segmentation result is {SEG}.",
+    f"Sure, the segmentation mask is {SEG}.",
+    f"Sure, it is {SEG}.",
+    f"{SEG}.",
+)
+SEG_FAMILIES: tuple[str, ...] = ("query", "sentence", "explanatory", "question", "description")
+
+
+def seg_templates(family: str, kind: str = "video") -> tuple[str, ...]:
+    """The released instruction variants of a segmentation family ('query' differs for an image and a video)."""
+    if kind not in ("image", "video"):
+        raise ValueError(f"kind: got {kind!r}, expected 'image' or 'video'")
+    table = {
+        "query": SEG_QUERY_TEMPLATES[kind],
+        "sentence": SEG_SENTENCE_TEMPLATES,
+        "explanatory": SEG_EXPLANATORY_TEMPLATES,
+        "question": SEG_QUESTION_TEMPLATES,
+        "description": SEG_DESCRIPTION_TEMPLATES,
+    }
+    if family not in table:
+        raise ValueError(f"family: got {family!r}, expected one of {SEG_FAMILIES}")
+    return table[family]
+
+
+def normalize_query(query: str) -> str:
+    """A query as the released training data fills it in: no trailing '.', first character lowercased, a leading
+    'the ' / 'an ' / 'a ' removed (the templates already say "the {}")."""
+    q = " ".join(query.split()).rstrip(".")
+    q = q[:1].lower() + q[1:]
+    for article in ("the ", "an ", "a "):
+        if q.startswith(article):
+            return q[len(article) :]
+    return q
+
+
+def seg_instruction(text: str, family: str, variant: int, kind: str = "video") -> str:
+    """Variant `variant` (taken modulo the family's size) of a family's instruction, filled with `text`; queries
+    are normalised, other families take the text as it is (whitespace collapsed)."""
+    templates = seg_templates(family, kind)
+    body = normalize_query(text) if family == "query" else " ".join(text.split())
+    return templates[variant % len(templates)].format(body)

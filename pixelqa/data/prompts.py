@@ -14,7 +14,7 @@ import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.schema import Prompt, Sample
-from pixelqa.prompt_format import SEG, count_ref, prefill_answer
+from pixelqa.prompt_format import SEG_RESPONSES, count_ref, prefill_answer
 
 PROMPT_MODES: tuple[str, ...] = ("keep", "point_box", "point", "box")
 
@@ -72,16 +72,8 @@ def resample_prompts(sample: Sample, rng: np.random.Generator, mode: str = "poin
 
 # ---------------------------------------------------------------------------------------------- templates
 
-SEG_QUESTIONS: tuple[str, ...] = (
-    "Please segment {expr} in this {media}.",
-    "Can you segment {expr} in this {media}?",
-    "What is {expr} in this {media}? Please respond with a segmentation mask.",
-    "Please identify {expr} and respond with its segmentation mask.",
-)
-REASON_SUFFIXES: tuple[str, ...] = (
-    "Please respond with a segmentation mask.",
-    "Please output the segmentation mask.",
-)
+# The segmentation instructions and answers are the released ones (`pixelqa.prompt_format.SEG_*`, shared with the
+# evaluation); the region-caption lists below are this project's own (docs/departures.md).
 REGION_CAPTION_QUESTIONS: tuple[str, ...] = (
     "Please describe {ref} in this {media}.",
     "What is {ref} in this {media}? Describe it briefly.",
@@ -100,10 +92,11 @@ def pick(templates: Sequence[str], rng: np.random.Generator, **fields: str) -> s
     return templates[int(rng.integers(0, len(templates)))].format(**fields)
 
 
-def seg_answer(object_ids: Sequence[int]) -> str:
-    """Answer text of a segmentation request: 'It is <|seg|>.' for one object, the pre-fill form for several."""
+def seg_answer(object_ids: Sequence[int], rng: np.random.Generator) -> str:
+    """Answer text of a segmentation request: a random released response for one object, the pre-fill form for
+    several."""
     if len(object_ids) == 1:
-        return f"It is {SEG}."
+        return pick(SEG_RESPONSES, rng)
     return prefill_answer(list(object_ids))
 
 

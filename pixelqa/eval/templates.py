@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pixelqa.prompt_format import PREFILL_INSTRUCTION
+from pixelqa.prompt_format import PREFILL_INSTRUCTION, seg_templates
 
 MCQ_INSTRUCTION = "\nPlease only give the best option."
 VIDEOREFER_PREFIX = "The best option is ("  # VideoRefer-Bench-Q and PixelQA
@@ -36,15 +36,12 @@ def segmentation_prompt(query: str, kind: str = "video", family: str | None = No
     if not q:
         raise ValueError("query: got an empty expression, expected the text to segment")
     family = family or ("sentence" if q.endswith("?") else "query")
-    if family == "query":
-        return f"Please segment the {q} in this {kind}."
-    if family == "sentence":
-        return f"{q} Please provide the segmentation mask."
-    if family == "question":
-        return f"{q} Please answer the question and provide the segmentation mask."
-    if family == "description":
-        return f"Please segment the object according to the description: {q}"
-    raise ValueError(f"family: got {family!r}, expected one of {TEMPLATE_NAMES}")
+    if family not in TEMPLATE_NAMES:
+        raise ValueError(f"family: got {family!r}, expected one of {TEMPLATE_NAMES}")
+    # The training variants (shared with the converters); infer_seg.py's query prompt is the second variant
+    # ("Please segment the {} in this ..."), the other families' their first. The query is not normalised here:
+    # the scripts fill it in as it is.
+    return seg_templates(family, kind)[1 if family == "query" else 0].format(q)
 
 
 def mcq_prompt(question: str, options: Sequence[str]) -> str:

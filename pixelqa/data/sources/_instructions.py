@@ -15,42 +15,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from pixelqa.data.schema import Turn
-from pixelqa.prompt_format import SEG
-
-# a noun phrase: class name, part name or short referring expression
-PHRASE_QUERIES: tuple[str, ...] = (
-    "Please segment the {} in this image.",
-    "Can you find the {} in the image and give its mask?",
-    "Where is the {} in this picture? Answer with a segmentation mask.",
-    "Segment the {} shown in the image.",
-    "Show me the {} with a segmentation mask.",
-    "Could you outline the {} in this image?",
+from pixelqa.prompt_format import (
+    SEG_EXPLANATORY_TEMPLATES,
+    SEG_QUERY_TEMPLATES,
+    SEG_RESPONSES,
+    SEG_SENTENCE_TEMPLATES,
+    normalize_query,
 )
 
-# a full sentence or question (ReasonSeg long queries)
-SENTENCE_QUERIES: tuple[str, ...] = (
-    "{} Please answer with the segmentation mask.",
-    "{} Output the segmentation mask.",
-    "{} Respond with a segmentation mask of the target.",
-    "{} Give me the mask of the relevant region.",
-)
+# The released segmentation templates (image forms): queries for a noun phrase (class name, part name, short
+# referring expression), sentences for ReasonSeg's long queries, explanatory for its explanation samples.
+PHRASE_QUERIES: tuple[str, ...] = SEG_QUERY_TEMPLATES["image"]
+SENTENCE_QUERIES: tuple[str, ...] = SEG_SENTENCE_TEMPLATES
+EXPLAIN_QUERIES: tuple[str, ...] = SEG_EXPLANATORY_TEMPLATES
+SEG_ANSWERS: tuple[str, ...] = SEG_RESPONSES
 
-# a sentence whose answer is a mask plus an explanation (ReasonSeg explanatory)
-EXPLAIN_QUERIES: tuple[str, ...] = (
-    "{} Please give the segmentation mask and explain why.",
-    "{} Output the segmentation mask, then explain your reasoning.",
-    "{} Segment the target and tell me the reason.",
-)
-
-SEG_ANSWERS: tuple[str, ...] = (
-    f"Sure, it is {SEG}.",
-    f"The segmentation mask is {SEG}.",
-    f"Here is the mask: {SEG}.",
-    f"It is {SEG}.",
-    f"{SEG}.",
-)
-
-# detailed description of one region; {} is an object tag like [2]
+# detailed description of one region; {} is an object tag like [2]. Our own list: the reference lists only one of
+# the release's 30 paraphrases (docs/departures.md).
 DESCRIBE_REGION: tuple[str, ...] = (
     "Please describe {} in detail.",
     "Give a detailed description of the region {}.",
@@ -68,20 +49,9 @@ def choose(options: Sequence[str], *parts: Any) -> str:
     return options[h % len(options)]
 
 
-def clean_phrase(text: str) -> str:
-    """A noun phrase ready for a template: trimmed, trailing period dropped, leading article removed."""
-    text = " ".join(text.split()).strip().rstrip(".").strip()
-    lowered = text.lower()
-    for article in ("the ", "an ", "a "):
-        if lowered.startswith(article):
-            text = text[len(article) :]
-            break
-    return text
-
-
 def phrase_query(phrase: str, *parts: Any) -> str:
-    """A segmentation request for a noun phrase."""
-    return choose(PHRASE_QUERIES, "phrase", *parts).format(clean_phrase(phrase))
+    """A segmentation request for a noun phrase, normalised as the release does (`normalize_query`)."""
+    return choose(PHRASE_QUERIES, "phrase", *parts).format(normalize_query(phrase))
 
 
 def sentence_query(sentence: str, *parts: Any) -> str:

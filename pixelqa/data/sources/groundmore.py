@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelqa.data import masks, prompts
+from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import read_frame_files, read_label_png
-from pixelqa.data.sources.vos import key_rng, videos_of
+from pixelqa.data.sources.vos import variant, videos_of
 from pixelqa.frame_sampling import groundmore_indices
-from pixelqa.prompt_format import SEG
+from pixelqa.prompt_format import SEG, SEG_QUESTION_TEMPLATES, seg_instruction
 
 SPLIT_FILES = {"train": "trainval_v2.json", "test": "test_v2.json"}
 TEST_FRAMES = 20
@@ -156,8 +156,9 @@ class GroundMoRe(Source):
                 continue
             target = {t: masks.encode(np.isin(lab, obj_ids)) for t, lab in labels.items()}
             turns = [
-                Turn("user", f"{question} {prompts.pick(prompts.REASON_SUFFIXES, key_rng(key))}"),
-                Turn("assistant", f"{answer.rstrip('.')} {SEG}." if answer else f"{SEG}.", seg_objects=[1]),
+                # released 'question' family (the evaluation asks its first variant); answer "{answer} <|seg|>."
+                Turn("user", seg_instruction(question, "question", variant(SEG_QUESTION_TEMPLATES, key))),
+                Turn("assistant", f"{answer} {SEG}." if answer else f"{SEG}.", seg_objects=[1]),
             ]
             yield Sample(
                 key=key,

@@ -41,6 +41,7 @@ class RefSAV(MaskDictVOS, Source):
 
     splits = ("train", "valid")
     task = "rvos"
+    family = "description"  # the released instruction family of Ref-SAV (its long descriptions)
     max_frames = 32
 
     def paths(self, root: Path, split: str) -> tuple[Path, Path | None, Path]:
@@ -126,6 +127,7 @@ class RefSAV(MaskDictVOS, Source):
                 target_masks=target,
                 meta=meta,
                 where=where,
+                family=self.family,
             )
 
     def object_masks(

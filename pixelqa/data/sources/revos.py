@@ -35,6 +35,7 @@ class ReVOS(MaskDictVOS, Source):
 
     splits = ("train", "valid")
     task = "reason_vos"
+    family = None  # released: 'sentence' for a question ending in '?', else 'query'
 
     def paths(self, root: Path, split: str) -> tuple[Path, Path | None, Path]:
         """(meta JSON, mask dict, frame root)."""

@@ -102,4 +102,5 @@ class ViCaS(Source):
                 target_masks=target,
                 meta=meta,
                 where=f"{ann_path}: object_referrals[{i}]",
+                family="sentence",  # the released family: the referral prompt is a full sentence
             )

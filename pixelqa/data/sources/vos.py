@@ -36,6 +36,7 @@ from pixelqa.data.registry import rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
 from pixelqa.data.sources._image_files import cached_json, cached_pickle, file_version
 from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
+from pixelqa.prompt_format import seg_instruction, seg_templates
 
 TARGET_ID = 1
 
@@ -50,22 +51,38 @@ def key_rng(key: str) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(key.encode("utf-8")))
 
 
-def is_question(text: str) -> bool:
-    """Questions and long sentences (ReVOS reasoning, GroundMoRe) are asked as they are, not as a phrase."""
-    return text.endswith("?") or len(text.split()) > 15
+def variant(templates: Sequence[str], key: str) -> int:
+    """The index of the template a sample uses, drawn from `key_rng(key)` (same key, same wording)."""
+    return int(key_rng(key).integers(0, len(templates)))
 
 
-def seg_turns(expression: str, key: str, object_ids: Sequence[int] = (TARGET_ID,), media: str = "video") -> list[Turn]:
-    """User instruction for an expression or question (the shared templates), and the answer segmenting it."""
+def seg_family(text: str, family: str | None) -> str:
+    """The released instruction family of an expression: `family` when the source fixes one, else ReVOS's rule
+    ('sentence' for a question ending in '?', 'query' otherwise)."""
+    if family is not None:
+        return family
+    return "sentence" if text.endswith("?") else "query"
+
+
+def seg_turns(
+    expression: str,
+    key: str,
+    object_ids: Sequence[int] = (TARGET_ID,),
+    media: str = "video",
+    family: str | None = "query",
+) -> list[Turn]:
+    """The released instruction of `family` for an expression (variant and answer fixed by the sample key), and
+    the answer segmenting it."""
     text = " ".join(expression.split())
     if not text:
         raise ValueError(f"expression: got {expression!r} for sample {key}, expected non-empty text")
     rng = key_rng(key)
-    if is_question(text):
-        user = f"{text} {prompts.pick(prompts.REASON_SUFFIXES, rng)}"
-    else:
-        user = prompts.pick(prompts.SEG_QUESTIONS, rng, expr=text.rstrip("."), media=media)
-    return [Turn("user", user), Turn("assistant", prompts.seg_answer(list(object_ids)), seg_objects=list(object_ids))]
+    templates = seg_templates(seg_family(text, family), media)
+    user = seg_instruction(text, seg_family(text, family), int(rng.integers(0, len(templates))), media)
+    return [
+        Turn("user", user),
+        Turn("assistant", prompts.seg_answer(list(object_ids), rng), seg_objects=list(object_ids)),
+    ]
 
 
 @dataclass
@@ -182,11 +199,15 @@ def rvos_sample(
     target_masks: dict[int, dict],
     meta: dict,
     where: str | None = None,
+    family: str | None = "query",
 ) -> Sample:
-    """One referring-segmentation sample, or a rejected one naming `where` when the expression text is unusable."""
+    """One referring-segmentation sample, or a rejected one naming `where` when the expression text is unusable.
+
+    family: the released instruction family of the source (None: ReVOS's rule, see `seg_family`)."""
     key = make_key(vid, exp.exp_id)
+    kind = "video" if len(frames.frames) > 1 else "image"
     try:
-        turns = seg_turns(exp.text, key)
+        turns = seg_turns(exp.text, key, media=kind, family=family)
     except ValueError as e:
         # Rejected in place (counted by the builder) so the caller's later expressions are still converted.
         return rejected(source, split, task, key, f"{where or f'video {vid!r} expression {exp.exp_id!r}'}: {e}")
@@ -198,7 +219,6 @@ def rvos_sample(
         "anno_ids": [str(a) for a in exp.anno_ids],
         **meta,
     }
-    kind = "video" if len(frames.frames) > 1 else "image"
     media = Media(kind, frames.frames, frames.size, frames.ext, frames.fps, list(frame_ids))
     return Sample(
         key=key,
@@ -220,6 +240,7 @@ class MaskDictVOS:
     """
 
     task = "rvos"
+    family: str | None = "query"  # the released instruction family (None: ReVOS's '?' rule)
     skip_empty_in_train = True  # the training recipes skip expressions that refer to nothing
 
     def paths(self, root: Path, split: str) -> tuple[Path, Path | None, Path]:
@@ -308,6 +329,7 @@ class MaskDictVOS:
                 target_masks=target,
                 meta=meta,
                 where=where,
+                family=self.family,
             )
 
     def target_masks(
@@ -351,6 +373,7 @@ class PaletteVOS:
     """
 
     task = "rvos"
+    family: str | None = "query"  # the released instruction family
 
     def layout(self, root: Path, split: str) -> tuple[Path, Path, Path | None, Path | None]:
         """(meta JSON, frame root, Annotations root or None, mask_dict.pkl or None)."""
@@ -428,6 +451,7 @@ class PaletteVOS:
                 target_masks=target,
                 meta=meta,
                 where=where,
+                family=self.family,
             )
 
 
