@@ -98,6 +98,9 @@ def test_mixture_reports_every_missing_source_and_creates_nothing(tmp_path, caps
     mix.write_text("sources: [{name: synthetic, repeat: 0}")  # broken YAML
     err = user_error(capsys, "mixture", str(mix), "--root", str(tmp_path / "raw"), "--out", str(out))
     assert "mix.yaml: not valid YAML" in err
+    mix.write_text("sources:\n  - {name: synthetic, split: val}\n")
+    err = user_error(capsys, "mixture", str(mix), "--root", str(tmp_path / "raw"), "--out", str(out), "--roots", "x")
+    assert err == "error: --roots: got 'x', expected NAME=PATH"
 
 
 def test_ctrl_c_during_build_is_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):

@@ -94,7 +94,7 @@ def build_rejects(paths: list[str]) -> dict[tuple[str, str], dict]:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    from pixelqa.data.inspect_shards import shard_stats
+    from pixelqa.data.inspect_shards import print_counts, shard_stats
 
     rejects = build_rejects(args.shards)
     try:
@@ -112,12 +112,7 @@ def _stats(args: argparse.Namespace) -> None:
             "mean_objects": 0,
             "damaged": 0,
         }
-    print(f"{'source':32s} {'split':10s} {'samples':>9s}")
-    for (src, split), c in sorted(st["per_source"].items()):
-        print(f"{src:32s} {split:10s} {c:9d}")
-    print(f"{'task':32s} {'':10s} {'samples':>9s}")
-    for task, c in sorted(st["per_task"].items()):
-        print(f"{task:32s} {'':10s} {c:9d}")
+    print_counts(st)
     total = sum(e["count"] for e in rejects.values())
     skips = sum(e["skipped"] for e in rejects.values())
     # Two different losses: records the build refused (never written, recorded in its manifest) and records
@@ -147,16 +142,11 @@ def _mixture(args: argparse.Namespace) -> None:
     if args.out is None:
         print_mixture(entries, shards_root=args.shards)
         return
-    from pixelqa.data.mixture import build_mixture, write_mixture_spec
+    from pixelqa.data.mixture import build_mixture, parse_roots, write_mixture_spec
 
     if args.root is None:
         raise SystemExit("mixture: --out needs --root RAW (each source is read from RAW/<source> or --roots)")
-    roots = {}
-    for item in args.roots:
-        if "=" not in item:
-            raise SystemExit(f"--roots: got {item!r}, expected NAME=PATH")
-        name, path = item.split("=", 1)
-        roots[name] = path
+    roots = parse_roots(args.roots)
     build_mixture(
         entries,
         args.root,

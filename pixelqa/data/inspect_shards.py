@@ -151,17 +151,11 @@ def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
     }
 
 
-def print_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
-    """Print `shard_stats` as a table; returns it."""
-    st = shard_stats(paths, strict)
+def print_counts(st: dict) -> None:
+    """Print the per-source / split and per-task sample tables of a `shard_stats` result."""
     print(f"{'source':32s} {'split':10s} {'samples':>9s}")
     for (src, split), c in sorted(st["per_source"].items()):
         print(f"{src:32s} {split:10s} {c:9d}")
     print(f"{'task':32s} {'':10s} {'samples':>9s}")
     for task, c in sorted(st["per_task"].items()):
         print(f"{task:32s} {'':10s} {c:9d}")
-    print(
-        f"samples: {st['samples']}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
-        f"mean objects: {st['mean_objects']:.2f}  damaged records skipped: {st['damaged']}"
-    )
-    return st

@@ -243,6 +243,17 @@ def print_mixture(entries: list[MixtureEntry], shards_root: str | Path | None = 
             print(f"note: {r['name']}: {COUNT_NOTES[r['name']]}")
 
 
+def parse_roots(items: list[str]) -> dict[str, str]:
+    """`--roots NAME=PATH ...` as {name: path}; a malformed item is a MixtureError naming it."""
+    roots = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MixtureError(f"--roots: got {item!r}, expected NAME=PATH")
+        name, path = item.split("=", 1)
+        roots[name] = path
+    return roots
+
+
 def source_root(raw_root: str | Path, name: str, roots: dict[str, str] | None = None) -> Path:
     """Where a source's raw files live: an explicit `roots[name]`, else `<raw_root>/<name>`."""
     if roots and name in roots:

@@ -138,7 +138,7 @@ def _task_state(rank: int, job: dict | None, status_dir: Path, launcher: Any, fo
 def check_raw_files(args: argparse.Namespace, entries: list[tuple[str, str, float]], num_nodes: int) -> None:
     """Before submitting: the raw files each task will read exist, as a build here checks before it starts (the
     error would otherwise appear only in the jobs' logs)."""
-    from pixelqa.data.mixture import MixtureEntry, MixtureError, missing_sources
+    from pixelqa.data.mixture import MixtureEntry, MixtureError, missing_sources, parse_roots
     from pixelqa.data.shards import BuildInputError, missing_raw_files, shard_dir
 
     if args.command == "build":
@@ -159,12 +159,7 @@ def check_raw_files(args: argparse.Namespace, entries: list[tuple[str, str, floa
         raise MixtureError(
             f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
         )
-    roots = {}
-    for item in args.roots:
-        if "=" not in item:
-            raise SystemExit(f"--roots: got {item!r}, expected NAME=PATH")
-        name, path = item.split("=", 1)
-        roots[name] = path
+    roots = parse_roots(args.roots)
     mix = [MixtureEntry(name, split, repeat) for name, split, repeat in entries]
     missing = missing_sources(mix, args.root, args.out, roots, 0, num_nodes)
     if missing and args.on_error == "fail":  # with --on-error skip the tasks skip them, as a build here does
