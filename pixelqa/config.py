@@ -24,6 +24,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeErr
 
 from pixelqa.launch.settings import EXECUTORS, LauncherConfig
 from pixelqa.model.config import UniPixelConfig
+from pixelqa.switches import SWITCH_CHOICES
 
 GROUPS: tuple[str, ...] = ("model", "data", "trainer", "optim", "tracking", "eval", "scale", "launcher")
 # Presets of these groups set keys anywhere in the recipe (merged at the root, not under the group name).
@@ -184,6 +185,7 @@ CHOICES: dict[str, tuple] = {
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
     "data.memory_prompts": ("keep", "point_box"),
     "launcher.executor": EXECUTORS,
+    **{f"model.{key}": values for key, values in SWITCH_CHOICES.items()},
 }
 
 

@@ -182,12 +182,22 @@ def check_eval_split(recipe: Recipe) -> None:
         raise RecipeError(str(err)) from None
 
 
+def check_extra_groups(recipe: Recipe) -> None:
+    """optim.extra_groups must name parameter groups of the model (train.module.GROUPS); checked before any work."""
+    from pixelqa.train.module import GROUPS
+
+    unknown = [g for g in recipe.optim.extra_groups if g not in GROUPS]
+    if unknown:
+        raise RecipeError(f"optim.extra_groups: {unknown} are no parameter groups; valid choices: {', '.join(GROUPS)}")
+
+
 def preflight(recipe: Recipe) -> dict | None:
     """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
     from pixelqa.preflight import check_launcher, check_run
     from pixelqa.train.datamodule import check_sources
 
     check_launcher(recipe)  # first: a cluster run must not start training on the login node
+    check_extra_groups(recipe)
     if recipe.trainer.max_steps < 1 and not (recipe.trainer.max_steps == 0 and recipe.init_from):
         raise RecipeError(
             f"trainer.max_steps={recipe.trainer.max_steps}: expected >= 1 (or 0 with init_from: evaluate that model)"

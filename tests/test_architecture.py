@@ -142,7 +142,10 @@ def _imports_outside(graph: dict[str, set[str]], layer: str, allowed: tuple[str,
     "layer, allowed",
     [
         # the network: no data pipeline, no Lightning side, no evaluation
-        ("pixelqa.model", ("pixelqa.model", "pixelqa.batch", "pixelqa.prompt_format", "pixelqa.files")),
+        (
+            "pixelqa.model",
+            ("pixelqa.model", "pixelqa.batch", "pixelqa.prompt_format", "pixelqa.files", "pixelqa.switches"),
+        ),
         # metrics: their own functional cores, plus the sample schema's task names
         ("pixelqa.metrics", ("pixelqa.metrics", "pixelqa.data.schema")),
     ],

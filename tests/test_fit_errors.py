@@ -120,3 +120,17 @@ def test_a_base_qwen_folder_without_a_sam_checkpoint_warns_at_start(tmp_path, ca
         _run(tmp_path, "model=unipixel-3b", f"model.path={base}")
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert "model.mask_decoder.checkpoint is not set" in line and "random weights" in line
+
+
+@pytest.mark.parametrize(
+    "arg,expected",
+    [
+        ("model.seg_head=bogus", "model.seg_head='bogus' is not valid; valid choices: released, token"),
+        ("model.mask_decoder.propagation=sideways", "model.mask_decoder.propagation='sideways' is not valid"),
+        ("optim.extra_groups=[lm_head]", "optim.extra_groups: ['lm_head'] are no parameter groups; valid choices:"),
+    ],
+)
+def test_switch_values_and_groups_are_checked_before_any_work(tmp_path, arg, expected):
+    with pytest.raises(RecipeError) as err:
+        _run(tmp_path, arg)
+    assert str(err.value).startswith(expected)

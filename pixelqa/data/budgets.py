@@ -14,7 +14,7 @@ Training, evaluation and inference share this module:
 
     budget = PixelBudget.from_data(recipe.data)            # or PixelBudget() for the released defaults
     out = processor(text=[...], images=[img], return_tensors="pt", **budget.call_kwargs("image"))
-    budget.visual_tokens(1080, 1920, kind="image")          # 2,046 tokens, without running the processor
+    budget.visual_tokens(1080, 1920, kind="image")          # 1,980 tokens, without running the processor
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from pixelqa.model.memory import check_variant
 from pixelqa.model.projectors import LanguageToMask, MaskToLanguage
 from pixelqa.model.prompt_encoder import RefPromptEncoder, SparsePromptEncoder, masked_pool
 from pixelqa.prompt_format import MEM, REF, SEG
+from pixelqa.switches import SWITCH_CHOICES
 
 WEIGHTS_FILE = "unipixel.pt"
 CONFIG_FILE = "unipixel_config.json"
@@ -74,21 +75,12 @@ class FrameGrid:
     window_index: torch.Tensor | None = None
 
 
-CHOICES = {
-    "seg_head": ("released", "token"),
-    "prompt_encoder.kind": ("released", "fourier"),
-    "memory.pooling": ("window", "raster", "area"),
-    "loss.mask": ("released", "single"),
-    "mask_decoder.propagation": ("forward", "bidirectional"),
-}
-
-
 def check_choices(cfg: UniPixelConfig) -> None:
-    """Raise on a closed-choice config value outside its choices."""
-    for key, choices in CHOICES.items():
+    """Raise on a closed-choice config value outside its choices (recipes are checked earlier, pixelqa.config)."""
+    for key, choices in SWITCH_CHOICES.items():
         value = attrgetter(key)(cfg)
         if value not in choices:
-            raise ValueError(f"model.{key}: got {value!r}, expected one of {CHOICES[key]}")
+            raise ValueError(f"model.{key}: got {value!r}, expected one of {choices}")
 
 
 def cell_mask(mask: torch.Tensor, grid_hw: tuple[int, int], patch: int = 14) -> torch.Tensor:

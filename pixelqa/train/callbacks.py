@@ -68,7 +68,7 @@ class HeadlineMetrics(Callback):
 
 
 class OverlayLogger(Callback):
-    """After each validation: write prediction | ground-truth overlays of the first val samples and log them.
+    """After each validation: write ground-truth | prediction overlays of the first val samples and log them.
 
     Images become PNG, videos GIF, under `<output_dir>/overlays/step<N>/`; with a logger they go to MLflow
     artifacts `overlays/step<N>/`.
