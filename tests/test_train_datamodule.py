@@ -92,6 +92,27 @@ def test_eval_pass_covers_every_sample_once_across_ranks(shards):
         EvalBatches([index], len, 4, 0, rank=0, world=2, limit=1)  # every process raises, not only the empty one
 
 
+def test_an_unusable_validation_sample_is_left_out_with_a_warning_not_fatal(shards, monkeypatch, caplog):
+    from pixelqa.data.loader import UnusableSampleError
+    from pixelqa.train import datamodule
+
+    index = SourceIndex(shards, "synthetic", "val")
+    bad = index.refs[1].key
+    prepare = datamodule.prepare_sample
+
+    def strict(sample, num_frames, rng):  # as check_memory_visible does for a memory object never visible
+        if sample.key == bad:
+            raise UnusableSampleError(f"{sample.key}: memory object 0 has no visible mask")
+        return prepare(sample, num_frames, rng)
+
+    monkeypatch.setattr(datamodule, "prepare_sample", strict)
+    keys = [k for b in EvalBatches([index], lambda s: [x.key for x in s], 3, 0) for k in b]
+    assert sorted(keys) == sorted(r.key for r in index.refs if r.key != bad)
+    assert [r.message for r in caplog.records if "not scored" in r.message] == [
+        f"unusable sample, not scored: {bad}: memory object 0 has no visible mask"
+    ]
+
+
 def test_missing_real_source_fails_with_build_hint(tmp_path):
     data = DataConfig(shards=str(tmp_path), sources=[SourceConfig("refcoco", "train", 5)], val_sources=[])
     with pytest.raises(RecipeError, match=r"refcoco/train.*python -m pixelqa.data build refcoco"):

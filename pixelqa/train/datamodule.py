@@ -274,6 +274,17 @@ def handed_over(batch: Any) -> Any:
     return pack(batch) if get_worker_info() is not None else batch
 
 
+def usable(sample: Sample, num_frames: int) -> Sample | None:
+    """`prepare_sample` for evaluation (central frames); None, with a warning naming it, for a sample that cannot be
+    scored (a memory object never visible): one bad record must not stop a validation, and the shortfall against
+    the expected count is reported with the scores."""
+    try:
+        return prepare_sample(sample, num_frames, None)
+    except UnusableSampleError as err:
+        log.warning("unusable sample, not scored: %s", err)
+        return None
+
+
 def prepare_sample(sample: Sample, num_frames: int, rng: np.random.Generator | None) -> Sample:
     """Frame sampling as the data loader does it: random segments with `rng` (training), centres without."""
     from pixelqa.data.loader import subsample_frames
@@ -441,7 +452,7 @@ class EvalBatches(IterableDataset):
                 continue
             chunk = self.refs[b * self.batch_size : (b + 1) * self.batch_size]
             read = [self.sources[i].read(j) for i, j in chunk]
-            samples = [prepare_sample(x, self.num_frames, None) for x in read if x is not None]
+            samples = [p for p in (usable(x, self.num_frames) for x in read if x is not None) if p is not None]
             if not samples:
                 continue  # every record of this batch is damaged (each reported)
             with seeded(batch_seed(self.seed, b, salt=1)):
