@@ -374,8 +374,10 @@ def _save_state(grid: Grid, state: dict[str, Any]) -> None:
     _write_atomic(grid_dir(grid) / "state.json", json.dumps(state, indent=1))
 
 
-def _parent_run(grid: Grid, state: dict[str, Any], tracking: Any) -> str:
-    """The grid's parent MLflow run, created (and stored in the state) on first use."""
+def _parent_run(grid: Grid, state: dict[str, Any], tracking: Any) -> str | None:
+    """The grid's parent MLflow run, created (and stored in the state) on first use; None with tracking off."""
+    if not tracking.enabled:  # tracking=none: no store is created or written, the cells run untracked too
+        return None
     if state["parent_run_id"] is None:
         params = {"grid.recipe": grid.recipe, **{f"grid.{k}": json.dumps(v) for k, v in grid.axes.items()}}
         state["parent_run_id"] = start_parent_run(f"grid:{grid.name}", tracking, params, tags={GRID_TAG: grid.name})
@@ -391,9 +393,10 @@ def _finish(grid: Grid, state: dict[str, Any], tracking: Any) -> None:
     _write_atomic(out / "results.md", md_text)
     _plot(grid, state["results"], out / "results.png")
     parent_id = state["parent_run_id"]
-    for name in ("results.csv", "results.md", "results.png"):
-        log_parent_artifact(parent_id, tracking, out / name)
-    end_run(parent_id, tracking)
+    if parent_id is not None and tracking.enabled:
+        for name in ("results.csv", "results.md", "results.png"):
+            log_parent_artifact(parent_id, tracking, out / name)
+        end_run(parent_id, tracking)
     print(md_text, end="")
 
 

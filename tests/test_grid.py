@@ -324,6 +324,22 @@ def fake_fit(monkeypatch):
     return calls
 
 
+def test_tracking_none_creates_no_store_and_no_parent_run(tmp_path, monkeypatch, fake_fit):
+    import pixelqa.grid
+
+    def refuse(*a, **k):
+        raise AssertionError("a parent MLflow run was created with tracking=none")
+
+    monkeypatch.setattr(pixelqa.grid, "start_parent_run", refuse)
+    monkeypatch.setattr(pixelqa.grid, "log_parent_artifact", refuse)
+    monkeypatch.setattr(pixelqa.grid, "end_run", refuse)
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\n")
+    results = run_grid(path, ["trainer.max_steps=2", "tracking=none"])
+    assert sorted(results) == ["seed=0", "seed=1"] and (tmp_path / "runs" / "grid" / "g" / "results.csv").is_file()
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
+
+
 def test_a_rerun_with_other_settings_reruns_every_cell_afresh(tmp_path, monkeypatch, capsys, fake_fit):
     monkeypatch.chdir(tmp_path)
     path = _write(tmp_path, "name: g\ngrid:\n  model.loss.focal: [20.0, 100.0]\nmetrics: ['val/J&F']\n")
