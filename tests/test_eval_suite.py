@@ -214,6 +214,12 @@ def test_cli_unknown_benchmark_names_and_bad_max_samples_are_recipe_errors(shard
             msg = capsys.readouterr().err.strip()
             expected = f"eval.max_samples={value} is out of range; expected null (every sample) or an integer >= 1"
             assert msg == f"recipe error: {expected}"
+    # a suite runs in this process, as a single evaluation does: a launcher is refused, not ignored
+    with pytest.raises(SystemExit) as err:
+        main(["suite=paper", f"data.shards={shards}", "launcher=slurm", f"output_dir={tmp_path}"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip()
+    assert msg.startswith("recipe error: launcher=slurm") and "\n" not in msg
 
 
 def test_skip_message_names_the_build_command_and_table(shards, tmp_path):

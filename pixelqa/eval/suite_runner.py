@@ -190,6 +190,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
     from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
+    from pixelqa.preflight import check_launcher
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]
@@ -215,6 +216,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
         raise RecipeError(f"suite.only: got {misspelt[0]!r}, expected names of suite {suite.name}: {known}")
     cfg = load_recipe(rest)
     recipe = to_object(cfg)
+    check_launcher(recipe)  # the suite runs in this process, as a single evaluation does
     shards = recipe.data.shards
     runnable = [s for s in suite.benchmarks if (not only or s.name in only) and missing_shards(s, shards) is None]
     if not runnable:
