@@ -149,10 +149,7 @@ class Collator:
                 continue
             parts: list[str] = []
             if turn.memory_objects:
-                visible = {
-                    oid: sorted(f for f, r in sample.objects[oid].masks.items() if masks.area(r) > 0)
-                    for oid in turn.memory_objects
-                }
+                visible = {oid: masks.visible_frames(sample.objects[oid].masks) for oid in turn.memory_objects}
                 if self.memory_variant == "memory_bank":
                     pre = memory_prompt(visible, t, kind)
                     mems.extend(parse_memory_prompt(pre))

@@ -86,11 +86,6 @@ def memory_objects(sample: Sample) -> list[int]:
     return sorted({o for t in sample.turns for o in t.memory_objects})
 
 
-def visible_frames(sample: Sample, object_id: int) -> list[int]:
-    """Frames where object `object_id` has a non-empty mask, sorted."""
-    return sorted(f for f, r in sample.objects[object_id].masks.items() if r is not None and masks.area(r) > 0)
-
-
 class UnusableSampleError(ValueError):
     """A stored sample that cannot train (a memory object never visible): training redraws another one, counted."""
 
@@ -102,7 +97,7 @@ def check_memory_visible(sample: Sample) -> Sample:
     question still asks about it; the release raises on an empty memory mask too (its loader then retries).
     """
     for oid in memory_objects(sample):
-        if not visible_frames(sample, oid):
+        if not masks.visible_frames(sample.objects[oid].masks):
             raise UnusableSampleError(
                 f"{sample.source}/{sample.key}: memory object {oid} has no visible mask on the sample's "
                 f"{sample.media.num_frames} frames (annotated on {sorted(sample.objects[oid].masks)}), "
@@ -139,7 +134,7 @@ def subsample_frames(sample: Sample, num_frames: int, rng: np.random.Generator |
     keep = [candidates[i] for i in drawn]
     if mem:
         for oid in mem:
-            seen = [f for f in visible_frames(sample, oid) if f in pos]
+            seen = [f for f in masks.visible_frames(sample.objects[oid].masks) if f in pos]
             if not seen:
                 continue  # never visible: check_memory_visible below names it
             kept = [f for f in seen if f in keep]

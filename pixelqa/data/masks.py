@@ -126,6 +126,11 @@ def area(rle: Rle) -> int:
     return int(mask_utils.area(_to_coco(rle)))
 
 
+def visible_frames(by_frame: dict[int, Rle | None]) -> list[int]:
+    """The frames (sorted) whose mask in `by_frame` (an ObjectTrack's masks) has a foreground pixel."""
+    return sorted(f for f, r in by_frame.items() if r is not None and area(r) > 0)
+
+
 def to_box(rle: Rle) -> tuple[float, float, float, float] | None:
     """Tight box (x1, y1, x2, y2) in pixels (x2 = x1 + width), or None for an empty mask."""
     coco = _to_coco(rle)

@@ -284,18 +284,7 @@ def build_mixture(
     """
     from pixelqa.data.shards import build_shards  # webdataset + torch: only when building
 
-    unknown = [e.name for e in entries if e.name not in set(list_sources())]
-    if unknown:
-        raise MixtureError(
-            f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
-        )
-    missing = missing_sources(entries, raw_root, out, roots, node_rank, num_nodes)
-    if missing and on_error == "fail":
-        # Checked for every source before any is built: one message names them all, and nothing is created.
-        raise FileNotFoundError(
-            f"mixture: raw files missing for {len(missing)} of {len(entries)} sources, nothing built: "
-            + "; ".join(missing.values())
-        )
+    missing = check_mixture_inputs(entries, raw_root, out, roots, node_rank, num_nodes, on_error, "nothing built")
     manifests: dict[str, dict] = {}
     for e in entries:
         root = source_root(raw_root, e.name, roots)
@@ -321,6 +310,33 @@ def build_mixture(
                 raise FileNotFoundError(f"mixture: source {e.name} (raw root {root}): {err}") from None
             print(f"skipped {e.name}/{e.split}: {err}")
     return manifests
+
+
+def check_mixture_inputs(
+    entries: list[MixtureEntry],
+    raw_root: str | Path,
+    out: str | Path,
+    roots: dict[str, str] | None,
+    node_rank: int,
+    num_nodes: int,
+    on_error: str,
+    outcome: str,
+) -> dict[str, str]:
+    """Before a mixture is built or submitted: every source has a converter (MixtureError) and, with on_error="fail",
+    its raw files (one FileNotFoundError naming all missing, ending in `outcome`); returns `missing_sources`."""
+    unknown = [e.name for e in entries if e.name not in set(list_sources())]
+    if unknown:
+        raise MixtureError(
+            f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
+        )
+    missing = missing_sources(entries, raw_root, out, roots, node_rank, num_nodes)
+    if missing and on_error == "fail":
+        # Checked for every source before any is built: one message names them all, and nothing is created.
+        raise FileNotFoundError(
+            f"mixture: raw files missing for {len(missing)} of {len(entries)} sources, {outcome}: "
+            + "; ".join(missing.values())
+        )
+    return missing
 
 
 def missing_sources(

@@ -139,7 +139,7 @@ def redraw_memory_prompts(sample: Sample, rng: np.random.Generator, jitter: floa
     for k in chosen:
         p = sample.prompts[k]
         obj = sample.objects.get(p.object_id) if p.object_id is not None else None
-        visible = sorted(f for f, r in obj.masks.items() if masks.area(r) > 0) if obj is not None else []
+        visible = masks.visible_frames(obj.masks) if obj is not None else []
         if not visible:
             continue
         frame = visible[int(rng.integers(0, len(visible)))]

@@ -348,6 +348,21 @@ def missing_raw_files(src: Any, root: Path, split: str) -> None:
             raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
 
 
+def check_build_inputs(source: str, split: str, root: str | Path, out: str | Path) -> Any:
+    """The converter of a build, checked before anything is written: a known source and split (BuildInputError) and,
+    for a shard folder not started yet, its raw files (FileNotFoundError)."""
+    try:
+        src = get_source(source)
+        src.check_split(split)
+    except ValueError as err:
+        raise BuildInputError(str(err)) from None
+    if not shard_dir(Path(out), source, split).is_dir():
+        # A build that cannot find its raw files fails before creating anything (no empty folders left behind);
+        # an existing folder may hold a complete build that no longer needs them, so it is not checked here.
+        missing_raw_files(src, Path(root), split)
+    return src
+
+
 def _read_state(path: Path, folder: Path) -> dict:
     """A manifest or progress file of a shard folder; BuildInputError when it is not a JSON object."""
     try:
@@ -471,19 +486,11 @@ def build_shards(
     if max_samples is not None and max_samples < 0:
         raise BuildInputError(f"max_samples: got {max_samples}, expected None or >= 0")
     root, out = Path(root), Path(out)
-    try:
-        src = get_source(source)
-        src.check_split(split)
-    except ValueError as err:
-        raise BuildInputError(str(err)) from None
+    src = check_build_inputs(source, split, root, out)
     cfg = BuildConfig(
         source, split, max_count, max_bytes, max_samples, node_rank, num_nodes, check_frames, frame_codec=frame_codec
     )
     folder = shard_dir(out, source, split)
-    if not folder.is_dir():
-        # A build that cannot find its raw files fails before creating anything (no empty folders left behind);
-        # an existing folder may hold a complete build that no longer needs them, so it is not checked here.
-        missing_raw_files(src, root, split)
     folder.mkdir(parents=True, exist_ok=True)
     with build_lock(folder, node_rank, num_nodes, wait):
         return _build_locked(src, Path(root), cfg, folder, workers, on_error, progress)

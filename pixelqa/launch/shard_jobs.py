@@ -138,35 +138,17 @@ def _task_state(rank: int, job: dict | None, status_dir: Path, launcher: Any, fo
 def check_raw_files(args: argparse.Namespace, entries: list[tuple[str, str, float]], num_nodes: int) -> None:
     """Before submitting: the raw files each task will read exist, as a build here checks before it starts (the
     error would otherwise appear only in the jobs' logs)."""
-    from pixelqa.data.mixture import MixtureEntry, MixtureError, missing_sources, parse_roots
-    from pixelqa.data.shards import BuildInputError, missing_raw_files, shard_dir
+    from pixelqa.data.mixture import MixtureEntry, check_mixture_inputs, parse_roots
+    from pixelqa.data.shards import check_build_inputs
 
     if args.command == "build":
-        from pixelqa.data.catalog import get_source
-
-        try:
-            src = get_source(args.source)
-            src.check_split(args.split)
-        except ValueError as err:
-            raise BuildInputError(str(err)) from None
-        if not shard_dir(Path(args.out), args.source, args.split).is_dir():  # as build_shards: a started build
-            missing_raw_files(src, Path(args.root), args.split)  # may no longer need them
+        check_build_inputs(args.source, args.split, args.root, args.out)
         return
-    from pixelqa.data.catalog import list_sources
-
-    unknown = [name for name, _, _ in entries if name not in set(list_sources())]
-    if unknown:
-        raise MixtureError(
-            f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
-        )
-    roots = parse_roots(args.roots)
     mix = [MixtureEntry(name, split, repeat) for name, split, repeat in entries]
-    missing = missing_sources(mix, args.root, args.out, roots, 0, num_nodes)
-    if missing and args.on_error == "fail":  # with --on-error skip the tasks skip them, as a build here does
-        raise FileNotFoundError(
-            f"mixture: raw files missing for {len(missing)} of {len(entries)} sources, nothing submitted: "
-            + "; ".join(missing.values())
-        )
+    # with --on-error skip the tasks skip sources without raw files, as a build here does
+    check_mixture_inputs(
+        mix, args.root, args.out, parse_roots(args.roots), 0, num_nodes, args.on_error, "nothing submitted"
+    )
 
 
 def launch_shard_build(args: argparse.Namespace, argv: list[str], launcher_argv: list[str]) -> bool:
