@@ -154,9 +154,12 @@ def test_cli_video_file_with_point_box_mask_capped_frames(files, tmp_path, capsy
         "kind": "video",
         "num_frames": 20,
         "declared_frames": 20,
+        "declared_seconds": None,  # an mp4 declares a frame count, checked above
+        "decoded_seconds": 2.0,
         "size": [H, W],
         "fps": 10.0,
         "exif_orientation": {},
+        "video_orientation": 1,
         "warnings": [],
     }
     assert all(run["objects"][str(k)]["this_turn"] for k in range(3))

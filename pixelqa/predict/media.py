@@ -6,13 +6,19 @@ commands are built from file names). Every failure is a `PredictInputError` nami
 
 Images and frames are turned upright by their EXIF orientation (`ImageOps.exif_transpose`), so pixel coordinates
 are those of the picture as a viewer shows it; `Media.meta["exif_orientation"]` names the frames that were turned.
+Videos likewise follow their display matrix (a phone's portrait clip is stored as landscape frames plus a quarter
+turn that every player applies): each frame is turned as FFmpeg's own autorotation would, and
+`MediaInfo.orientation` gives that turn in EXIF numbering (6: a quarter turn clockwise).
 A video that decodes to fewer frames than its container declares (a cut download, say) is used as far as it
 decodes rather than refused (the frames that decode are sound, and a container's count can overstate for a sound
-file too, e.g. with edit lists); `media_warnings` says so in one line and run.json records both counts.
+file too, e.g. with edit lists); `media_warnings` says so in one line and run.json records both counts. webm and
+mkv declare no frame count but a duration: one whose frames stop short of it is reported the same way.
 """
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,19 @@ from pixelqa.predict.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2..8 mirrored and / or turned
+# EXIF orientation -> (transpose, mirror left-right, mirror top-bottom), applied in that order to stored pixels to
+# show them upright (EXIF 2.3 tag 0x0112; the same turns as PIL's exif_transpose, which the tests check)
+ORIENTATION_STEPS = {
+    1: (False, False, False),
+    2: (False, True, False),
+    3: (False, True, True),
+    4: (False, False, True),
+    5: (True, False, False),
+    6: (True, True, False),
+    7: (True, True, True),
+    8: (True, False, True),
+}
+_MATROSKA_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")  # a track's DURATION tag, e.g. 00:00:03.000000000
 
 
 @dataclass
@@ -39,6 +58,9 @@ class MediaInfo:
     width: int
     fps: float | None = None
     declared_frames: int | None = None  # a video container's own frame count (None: it gives none)
+    orientation: int = 1  # a video's display matrix in EXIF numbering, applied to every frame (1: none)
+    declared_seconds: float | None = None  # the video's end as a webm / mkv declares it (None: not declared)
+    decoded_seconds: float | None = None  # where the last decoded frame of a video ends
 
 
 @dataclass
@@ -108,8 +130,53 @@ def _image_size(path: Path, media: str | Path) -> tuple[int, int]:
     return tuple(_open_image(path, media)[0].shape[:2])  # type: ignore[return-value]
 
 
+def display_orientation(matrix: Sequence[int]) -> int:
+    """The EXIF orientation (1..8) of a display matrix (FFmpeg's DISPLAYMATRIX: nine int32), to a quarter turn."""
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    # libavutil/display.h: a stored pixel at column p, row q is shown at column a*p + c*q, row b*p + d*q (plus a
+    # shift); FFmpeg's autorotation turns frames by the same quarter turns and mirrors
+    if abs(b) + abs(c) > abs(a) + abs(d):
+        steps = (True, c < 0, b < 0)  # columns become rows
+    else:
+        steps = (False, a < 0, d < 0)
+    return next(o for o, s in ORIENTATION_STEPS.items() if s == steps)
+
+
+def orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored (H, W, 3) pixels turned / mirrored upright by an EXIF orientation (1 or unknown: unchanged)."""
+    transpose, mirror_lr, mirror_tb = ORIENTATION_STEPS.get(orientation, ORIENTATION_STEPS[1])
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)
+    if mirror_lr:
+        rgb = rgb[:, ::-1]
+    if mirror_tb:
+        rgb = rgb[::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _frame_orientation(frame) -> int:
+    """The EXIF orientation of a decoded video frame's display matrix (1: it carries none)."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return 1
+    data = bytes(side)
+    return display_orientation(struct.unpack("=9i", data[:36])) if len(data) >= 36 else 1
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The end a webm / mkv declares for its video stream (the track's DURATION tag, else the file's duration
+    when the video is its only stream); None for other containers, whose durations FFmpeg may only estimate."""
+    tag = _MATROSKA_DURATION.fullmatch(stream.metadata.get("DURATION", "").strip())
+    if tag:
+        return int(tag[1]) * 3600 + int(tag[2]) * 60 + float(tag[3])
+    # other streams (audio) may run past the video: the file's duration is the video's only when it is alone
+    if "matroska" in container.format.name and len(container.streams) == 1 and container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
 def _video_frames(path: Path, keep: set[int] | None):
-    """Yield (index, (H, W, 3) uint8) of the decoded frames of a video whose index is in `keep` (None: all)."""
+    """Yield (index, (H, W, 3) uint8 upright) of the decoded frames of a video whose index is in `keep` (None: all)."""
     import av
 
     try:
@@ -120,7 +187,7 @@ def _video_frames(path: Path, keep: set[int] | None):
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
                 if keep is None or i in keep:
-                    yield i, frame.to_ndarray(format="rgb24")
+                    yield i, orient(frame.to_ndarray(format="rgb24"), _frame_orientation(frame))
     except PredictInputError:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -143,7 +210,8 @@ def probe_media(path: str | Path) -> MediaInfo:
         return MediaInfo(str(p), "image", 1, h, w)
     import av
 
-    count, size, fps, declared = 0, None, None, None
+    count, size, fps, declared, orientation = 0, None, None, None, 1
+    declared_s, decoded_s, last = None, None, None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
@@ -151,25 +219,44 @@ def probe_media(path: str | Path) -> MediaInfo:
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else None
             declared = int(stream.frames) or None  # 0: the container does not say (webm, mkv, ...)
+            declared_s = None if declared else _declared_seconds(container, stream)
             for frame in container.decode(stream):  # counted by decoding: container frame counts can be absent
-                size = size or (frame.height, frame.width)
+                if size is None:
+                    orientation = _frame_orientation(frame)
+                    quarter_turn = ORIENTATION_STEPS[orientation][0]  # stored columns are shown as rows
+                    size = (frame.width, frame.height) if quarter_turn else (frame.height, frame.width)
                 count += 1
+                last = (frame.pts, frame.duration, frame.time_base)
+            if last is not None and last[0] is not None and last[2]:
+                pts, duration, time_base = last
+                span = duration * time_base if duration else (1 / fps if fps else 0)
+                decoded_s = float(pts * time_base + span)
     except PredictInputError:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise _bad(path, f"cannot be decoded as a video or image: {exc}") from None
     if size is None:
         raise _bad(path, "holds no decodable video frame")
-    return MediaInfo(str(p), "video", count, int(size[0]), int(size[1]), fps, declared)
+    h, w = int(size[0]), int(size[1])
+    return MediaInfo(str(p), "video", count, h, w, fps, declared, orientation, declared_s, decoded_s)
 
 
 def media_warnings(info: MediaInfo) -> list[str]:
-    """One line per sign of damage in the media (a video decoding to fewer frames than it declares)."""
+    """One line per sign of damage in the media (a video decoding to fewer frames or seconds than it declares)."""
     if info.declared_frames is not None and info.num_frames < info.declared_frames:
         return [
             f"--media: {info.path!r} declares {info.declared_frames} frames but only {info.num_frames} decode "
             f"(truncated or damaged?); using those {info.num_frames}"
         ]
+    if info.declared_seconds is not None and info.decoded_seconds is not None:
+        # two frame periods of slack: container timestamps are rounded (mkv: to the millisecond) and a last
+        # frame's duration may be unknown; a cut download loses far more
+        slack = 2 / info.fps if info.fps else 0.2
+        if info.decoded_seconds < info.declared_seconds - slack:
+            return [
+                f"--media: {info.path!r} declares {info.declared_seconds:.2f} s of video but its frames end at "
+                f"{info.decoded_seconds:.2f} s (truncated or damaged?); using the {info.num_frames} that decode"
+            ]
     return []
 
 

@@ -10,7 +10,9 @@ run.json                       model, recipe, media, frames used, prompts, texts
 
 run.json's media: `path` absolute, `path_given` as given; `declared_frames` (a video container's own count, null
 when it gives none) beside `num_frames` (the frames that decode) and `warnings` (one line per sign of damage);
-`exif_orientation` ({frame name: EXIF orientation} of the frames turned upright before use). Its timings, in
+`exif_orientation` ({frame name: EXIF orientation} of the frames turned upright before use); for a video,
+`video_orientation` (its display matrix in EXIF numbering, 1: none) and, for webm / mkv, `declared_seconds` beside
+`decoded_seconds` (where the last frame ends). Its timings, in
 seconds: `read_s` (probe and decode the media), `load_s` (load the model), `model_s` (the model's chat call),
 `total_s` (the turn, `Predictor.run`, without the CLI's read and load) and, from the CLI, `end_to_end_s` (read +
 load + turn; later chat turns: the turn only).
@@ -180,9 +182,12 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
             "kind": media.info.kind,
             "num_frames": media.info.num_frames,
             "declared_frames": media.info.declared_frames,
+            "declared_seconds": media.info.declared_seconds,
+            "decoded_seconds": media.info.decoded_seconds,
             "size": list(size),
             "fps": media.info.fps,
             "exif_orientation": media.meta.get("exif_orientation", {}),
+            "video_orientation": media.info.orientation,
             "warnings": media_warnings(media.info),
         },
         "frames": {
