@@ -27,12 +27,17 @@ parent run gets the result table (CSV + Markdown) and a plot. See docs/cluster.m
 
 A stored result counts only for the settings that produced it: state.json keeps each run's `pixelqa.fit`
 arguments (the grid's overrides, the command line's and the cell's; `launcher...` ones excluded, as they say
-where a run runs, not what it computes) and those of the prerequisites it started from. A rerun with other
-settings (e.g. `trainer.max_steps=50` after `=3`) says which changed and runs the cell again from scratch (its
-old checkpoints are moved to `checkpoints.previous/`, never resumed); so does a result with no recorded
-settings (a state.json of an older version). The replaced MLflow child run stays under the parent, tagged
-`pixelqa.superseded=true` (`pixelqa.superseded_reason`, and `pixelqa.superseded_by` the run that replaced it):
-`pixelqa.tracking.child_runs` leaves it out, so that a table of the grid's children has one run per cell.
+where a run runs, not what it computes), the recipe they resolve to (loaded as `pixelqa.fit` loads it, launcher
+keys left out: an edited recipe or preset file changes it under the same arguments) and those of the
+prerequisites it started from. A rerun with other settings (e.g. `trainer.max_steps=50` after `=3`, or
+`recipes/scale/demo.yaml` edited: `recipe files edited: optim.lr 0.003 -> 0.001`) says which changed and runs
+the cell again from scratch (its old checkpoints are moved to `checkpoints.previous/`, never resumed); so does a
+result with no recorded settings (a state.json of an older version). A record of the version before resolved
+recipes (arguments, no recipe) is kept on its arguments as that version kept it, with one printed note that
+recipe-file edits could not be checked for those runs; it then takes the current recipe, so later edits count.
+The replaced MLflow child run stays under the parent, tagged `pixelqa.superseded=true` (`pixelqa.superseded_reason`,
+and `pixelqa.superseded_by` the run that replaced it): `pixelqa.tracking.child_runs` leaves it out, so that a table
+of the grid's children has one run per cell.
 `output_dir=ROOT` (in the grid's overrides or on the command line) moves the grid's folder to `ROOT/<name>/`
 (state, results, one folder per run) instead of `runs/grid/<name>/`.
 """
@@ -249,12 +254,24 @@ def _determines_result(arg: str) -> bool:
     return not is_launcher_arg(arg)
 
 
+def resolved_recipe(args: list[str]) -> dict[str, Any]:
+    """The recipe `pixelqa.fit` builds from a run's arguments, as flat `key -> value` pairs (launcher keys left out),
+    in the form state.json stores it."""
+    from pixelqa.config import flatten
+
+    flat = flatten(load_recipe(args))
+    # a recipe file's `defaults:` may name a launcher preset: like launcher arguments, it says where, not what
+    kept = {k: v for k, v in flat.items() if _determines_result(k) and k != "presets.launcher"}
+    return json.loads(json.dumps(kept, default=str))  # a reloaded state.json compares equal to it
+
+
 def run_settings(specs: list[Any]) -> dict[str, dict[str, Any]]:
-    """key -> what determines the run's result: its fit arguments and the settings of the runs it starts from."""
+    """key -> what determines the run's result: its fit arguments, the recipe they resolve to (so that an edited
+    recipe file counts) and the settings of the runs it starts from."""
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:  # prerequisites come before the runs that need them
         args = [a for a in spec.args if _determines_result(a)]
-        out[spec.key] = {"args": args, "needs": {n: out.get(n) for n in spec.needs}}
+        out[spec.key] = {"args": args, "recipe": resolved_recipe(args), "needs": {n: out.get(n) for n in spec.needs}}
     return out
 
 
@@ -269,11 +286,31 @@ def _arg_changes(old: list[str], new: list[str]) -> str:
     return ", ".join(changes) or "the same arguments in another order"
 
 
+def _shown(value: Any) -> str:
+    """A recipe value as a YAML file or the command line spells it (`0.001`, `true`, `null`, `[1, 2]`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 6) -> str:
+    """`key old -> new` for each resolved recipe key that differs (the first `most`, then how many more)."""
+    keys = [k for k in [*new, *(k for k in old if k not in new)] if old.get(k, None) != new.get(k, None)]
+    changes = [
+        f"{k} {_shown(old[k]) if k in old else 'unset'} -> {_shown(new[k]) if k in new else 'unset'}"
+        for k in keys[:most]
+    ]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(changes) + more
+
+
 def _settings_diff(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> str | None:
     if stored is None:
         return "no record"
     if list(stored.get("args", [])) != list(wanted["args"]):
         return _arg_changes(list(stored.get("args", [])), list(wanted["args"]))
+    # the same arguments resolve otherwise when a recipe or preset file was edited; a record of an older version
+    # has no resolved recipe and is taken on its arguments, as that version did (`_adopt_older_records`)
+    if "recipe" in stored and stored["recipe"] != wanted["recipe"]:
+        return "recipe files edited: " + _recipe_changes(stored["recipe"], wanted["recipe"])
     for name, need in wanted["needs"].items():
         # a cell started from a prerequisite that has changed since is stale too, though its own arguments are not
         diff = _settings_diff((stored.get("needs") or {}).get(name), need) if need is not None else None
@@ -288,6 +325,33 @@ def settings_change(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any])
         return "the stored result has no record of the settings that produced it (state.json of an older version)"
     diff = _settings_diff(stored, wanted)
     return None if diff is None else f"settings changed since the stored result ({diff})"
+
+
+def _without_recipe(stored: Mapping[str, Any] | None) -> bool:
+    """Whether a stored record, or that of a prerequisite in it, was written without the resolved recipe."""
+    if stored is None:
+        return False
+    needs = (stored.get("needs") or {}).values()
+    return "recipe" not in stored or any(_without_recipe(n) for n in needs)
+
+
+def _adopt_older_records(grid: Grid, state: dict[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Records of an older version (no resolved recipe) whose arguments match are kept, as that version kept
+    them, and take the current recipe, so that later edits are detected; says so once. Returns their keys."""
+    adopted = [
+        key
+        for key, stored in state["settings"].items()
+        if key in wanted and _without_recipe(stored) and settings_change(stored, wanted[key]) is None
+    ]
+    for key in adopted:
+        state["settings"][key] = wanted[key]
+    if adopted:
+        print(
+            f"[grid {grid.name}] note: state.json of an older version records no resolved recipe for {len(adopted)} "
+            f"run(s) ({', '.join(adopted)}): kept on their arguments, as that version did, so edits to recipe files "
+            "made before now could not be checked for them (later edits will be)"
+        )
+    return adopted
 
 
 def _current_results(state: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -522,6 +586,7 @@ def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     state = _load_state(grid)
     folder = _launch_folder(grid, launcher)
     wanted = run_settings(specs)
+    _adopt_older_records(grid, state, wanted)
     _drop_stale_runs(grid, specs, state, wanted, launcher, folder, tracking)
     state["settings"].update(wanted)  # every run left or (re)submitted now runs with these
     _save_state(grid, state)
@@ -553,6 +618,7 @@ def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[st
     specs = fit_specs(grid, extra, recipe.launcher)
     wanted = run_settings(specs)
     state = _load_state(grid)
+    _adopt_older_records(grid, state, wanted)
     for key, metrics in run_results(specs).items():
         if settings_change(state["settings"].get(key), wanted[key]) is None:  # a job of other settings: not ours
             state["results"][key] = metrics
@@ -608,6 +674,8 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     parent_id = _parent_run(grid, state, recipe.tracking)
     specs = fit_specs(grid, extra)
     wanted = run_settings(specs)
+    if _adopt_older_records(grid, state, wanted):
+        _save_state(grid, state)
     for i, spec in enumerate(specs):
         head = f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}"
         if spec.key in state["results"]:

@@ -194,7 +194,107 @@ def test_cli_rerun_into_a_stale_output_dir_is_one_line_before_the_model_loads(sh
     assert err.value.code == 2
     msg = capsys.readouterr().err.strip()
     assert "\n" not in msg and msg.startswith(f"recipe error: {out / 'revos'}: result.json was not produced")
-    assert "model.preset: None then, 'tiny' now" in msg
+    assert "model.preset: not recorded then, 'tiny' now" in msg
+
+
+def _weights_folder(folder: Path, value: float = 1.0) -> Path:
+    """A model folder as an export leaves it: config.json, a weight file (one tensor), a tokenizer file."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "pixel_qwen2_5_vl", "hidden_size": 8}))
+    (folder / "tokenizer.json").write_text("{}")
+    save_file({"lm_head.weight": torch.full((2, 4), value)}, folder / "model.safetensors")
+    return folder
+
+
+@pytest.fixture
+def stub_model(monkeypatch):
+    """No network is built and `empty` answers (counted): the fingerprint is what is under test, not the model."""
+    import pixelqa.eval.generation as gen
+    import pixelqa.eval.model_loading as ml
+
+    calls = {"load": 0, "answer": 0}
+
+    def load(recipe, ckpt_path):
+        calls["load"] += 1
+        return torch.nn.Identity()
+
+    def answer(request):
+        calls["answer"] += 1
+        return empty(request)
+
+    monkeypatch.setattr(ml, "load_model", load)
+    monkeypatch.setattr(gen, "default_answer_fn", lambda model, cap=None: (answer, "pixelqa.predict.Predictor (stub)"))
+    return calls
+
+
+def test_cli_rerun_after_new_weights_in_the_same_folder_is_refused_naming_the_file(shards, tmp_path, stub_model):
+    from pixelqa.config import RecipeError
+    from pixelqa.eval.suite_runner import file_sha256
+    from pixelqa.evaluate import run
+
+    folder = _weights_folder(tmp_path / "release")
+    sam = tmp_path / "sam2.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, sam)
+    args = ["suite=paper", "suite.only=revos", f"data.shards={shards}", f"output_dir={tmp_path / 'run'}"]
+    args += ["model=unipixel-3b", f"model.path={folder}", f"model.mask_decoder.checkpoint={sam}"]
+    args += ["tracking.enabled=false"]
+    first = run(args)
+    assert stub_model == {"load": 1, "answer": 3}
+    result = tmp_path / "run" / "suite-paper" / "revos" / "result.json"
+    # the same folder, untouched: the stored result is reused, nothing is generated again
+    assert run(args) == first and stub_model["answer"] == 3
+
+    old = file_sha256(folder / "model.safetensors")
+    _weights_folder(folder, value=1.001)  # re-exported in place: same path, one weight changed
+    new = file_sha256(folder / "model.safetensors")
+    with pytest.raises(RecipeError) as err:
+        run(args)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{result.parent}: result.json was not produced with these settings")
+    assert f"model.path_sha256[model.safetensors]: {old[:12]} then, {new[:12]} now" in msg
+    assert "config.json" not in msg and "model.path:" not in msg  # only what changed is named
+    assert stub_model["load"] == 2  # refused before the model loads
+    stored = json.loads(result.read_text())["provenance"]["fingerprint"]
+    assert set(stored["model.path_sha256"]) == {"config.json", "model.safetensors"}  # weights and config only
+    assert stored["generation_route"] == "predictor"
+    # another SAM checkpoint at the same path is named too
+    _weights_folder(folder)
+    torch.save({"model": {"w": torch.ones(2)}}, sam)
+    with pytest.raises(RecipeError, match=r"model.mask_decoder.checkpoint_sha256: \w{12} then, \w{12} now"):
+        run(args)
+    # suite.fresh=true sets the old result aside and scores the new weights
+    run([*args, "suite.fresh=true"])
+    assert stub_model["answer"] == 6 and (result.parent.parent / "revos.stale-1" / "result.json").is_file()
+    assert run(args) and stub_model["answer"] == 6
+
+
+def test_cli_results_of_the_previous_version_or_another_route_are_refused(shards, tmp_path, stub_model, monkeypatch):
+    import pixelqa.eval.suite_runner as sr
+    from pixelqa.config import RecipeError
+    from pixelqa.evaluate import run
+
+    folder = _weights_folder(tmp_path / "release")
+    args = ["suite=paper", "suite.only=revos", f"data.shards={shards}", f"output_dir={tmp_path / 'run'}"]
+    args += ["model=unipixel-3b", f"model.path={folder}", "tracking.enabled=false"]
+    run(args)
+    result = tmp_path / "run" / "suite-paper" / "revos" / "result.json"
+    data = json.loads(result.read_text())
+    pristine = result.read_text()
+    for key in ("model.path_sha256", "model.mask_decoder.checkpoint_sha256", "generation_route"):
+        del data["provenance"]["fingerprint"][key]  # as the version before weight hashes wrote it
+    result.write_text(json.dumps(data))
+    with pytest.raises(RecipeError) as err:
+        run(args)
+    msg = str(err.value)
+    assert "model.path_sha256: not recorded then, sha256:" in msg
+    assert "generation_route: not recorded then, 'predictor' now" in msg and "suite.fresh=true" in msg
+    result.write_text(pristine)
+    monkeypatch.setattr(sr, "generation_route", lambda: "chat")  # the inference API missing: the chat stand-in
+    with pytest.raises(RecipeError, match="generation_route: 'predictor' then, 'chat' now"):
+        run(args)
+    assert stub_model["load"] == 1
 
 
 def test_cli_unknown_benchmark_names_and_bad_max_samples_are_recipe_errors(shards, tmp_path, capsys):

@@ -397,6 +397,110 @@ def test_a_changed_prerequisite_reruns_the_cells_that_start_from_it(tmp_path, mo
 
 
 @pytest.fixture
+def recipes_copy(tmp_path, monkeypatch) -> Path:
+    """A writable copy of recipes/ that every recipe load reads (PIXELQA_RECIPES), to edit between grid runs."""
+    import shutil
+
+    from pixelqa.config import recipes_dir
+
+    root = tmp_path / "recipes"
+    shutil.copytree(recipes_dir(), root)
+    monkeypatch.setenv("PIXELQA_RECIPES", str(root))
+    return root
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_an_edited_recipe_file_reruns_the_cells_naming_the_keys(tmp_path, monkeypatch, capsys, fake_fit, recipes_copy):
+    monkeypatch.chdir(tmp_path)
+    text = "name: g\ninit_from: base\nprerequisites:\n  base: {recipe: stage3}\ngrid:\n  seed: [0, 1]\n"
+    path = _write(tmp_path, text)
+    run_grid(path, ["trainer.max_steps=2"])
+    assert len(fake_fit) == 3
+    capsys.readouterr()
+    run_grid(path, ["trainer.max_steps=2"])  # no file edited: every stored result stands
+    assert len(fake_fit) == 3 and capsys.readouterr().out.count("done before, skipped") == 3
+
+    # a preset the recipe loads (scale=demo), edited: the same arguments now resolve to another learning rate
+    _edit(recipes_copy / "scale" / "demo.yaml", "lr: 3.0e-3", "lr: 1.0e-3")
+    run_grid(path, ["trainer.max_steps=2"])
+    out = capsys.readouterr().out
+    assert len(fake_fit) == 6 and "done before" not in out
+    change = "recipe files edited: optim.lr 0.003 -> 0.001"
+    assert f"run 1/3 base: settings changed since the stored result ({change}), rerunning" in out
+    assert out.count(f"settings changed since the stored result ({change}), rerunning") == 3
+    assert (tmp_path / "runs" / "grid" / "g" / "seed=0" / "checkpoints.previous" / "last.ckpt").is_file()
+
+    # the recipe file itself: two keys named, the cells also through their prerequisite
+    _edit(recipes_copy / "stage3.yaml", "  lora:\n    enabled: true", "  lora:\n    enabled: false")
+    _edit(recipes_copy / "stage3.yaml", "num_frames: 8", "num_frames: 6")  # overridden by scale=demo: no change
+    _edit(recipes_copy / "stage3.yaml", "  warmup_ratio: 0.03", "  warmup_ratio: 0.05")
+    _edit(recipes_copy / "scale" / "demo.yaml", "  warmup_ratio: 0.03", "")
+    run_grid(path, ["trainer.max_steps=2"])
+    out = capsys.readouterr().out
+    change = "recipe files edited: model.lora.enabled true -> false, optim.warmup_ratio 0.03 -> 0.05"
+    assert len(fake_fit) == 9 and f"run 1/3 base: settings changed since the stored result ({change})" in out
+    assert "num_frames" not in out
+
+
+def test_as_jobs_an_edited_recipe_file_is_not_collected_and_is_resubmitted(
+    tmp_path, monkeypatch, capsys, fake_jobs, recipes_copy
+):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0]\n")
+    common = ["launcher=subprocess", "trainer.max_steps=3"]
+    run_grid(path, common)
+    _as_done(tmp_path / "runs" / "grid" / "g", "seed=0", 3)
+    assert run_grid(path, common, action="collect") == {"seed=0": {"val/J&F": 0.03}}
+    _edit(recipes_copy / "stage3.yaml", "  lora:\n    enabled: true", "  lora:\n    enabled: false")
+    capsys.readouterr()
+    assert run_grid(path, common, action="collect") == {}
+    assert "(recipe files edited: model.lora.enabled true -> false); submit the grid again" in capsys.readouterr().out
+    run_grid(path, common)
+    assert fake_jobs == [("seed=0", False), ("seed=0", False)]  # afresh, not a resume of the old settings' run
+    assert "(recipe files edited: model.lora.enabled true -> false), submitting it again" in capsys.readouterr().out
+
+
+def test_a_state_file_without_resolved_recipes_is_kept_on_its_arguments_with_a_note(
+    tmp_path, monkeypatch, capsys, fake_fit, recipes_copy
+):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    text = "name: g\ninit_from: base\nprerequisites:\n  base: {recipe: stage3}\ngrid:\n  seed: [0, 1]\n"
+    path = _write(tmp_path, text)
+    run_grid(path, ["trainer.max_steps=2"])
+    state_file = tmp_path / "runs" / "grid" / "g" / "state.json"
+    state = json.loads(state_file.read_text())
+
+    def as_older_version(settings: dict) -> dict:  # args and needs only, as the version before wrote them
+        needs = {n: as_older_version(v) for n, v in settings["needs"].items()}
+        return {"args": settings["args"], "needs": needs}
+
+    state["settings"] = {k: as_older_version(v) for k, v in state["settings"].items()}
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    # edited before this run: an older state.json cannot tell, so its results are kept as that version kept them
+    _edit(recipes_copy / "scale" / "demo.yaml", "lr: 3.0e-3", "lr: 1.0e-3")
+    run_grid(path, ["trainer.max_steps=2"])
+    out = capsys.readouterr().out
+    assert len(fake_fit) == 3 and out.count("done before, skipped") == 3
+    assert out.count("note: state.json of an older version records no resolved recipe") == 1
+    assert "for 3 run(s) (base, seed=0, seed=1)" in out and "could not be checked" in out
+    # the note is said once: the records now hold the recipe, and a later edit is detected
+    assert all("recipe" in v for v in json.loads(state_file.read_text())["settings"].values())
+    run_grid(path, ["trainer.max_steps=2"])
+    assert "note:" not in capsys.readouterr().out and len(fake_fit) == 3
+    _edit(recipes_copy / "scale" / "demo.yaml", "lr: 1.0e-3", "lr: 2.0e-3")
+    run_grid(path, ["trainer.max_steps=2"])
+    assert len(fake_fit) == 6 and "(recipe files edited: optim.lr 0.001 -> 0.002)" in capsys.readouterr().out
+
+
+@pytest.fixture
 def fake_jobs(monkeypatch, fake_fit):
     """Job submission replaced by a record of each submission (key, resume): no job runs."""
     import pixelqa.grid

@@ -10,9 +10,11 @@
 Resumable: each rank appends one JSON line per scored sample to `<out>/<benchmark>/records.rank<r>.jsonl` (flushed
 per line; a torn last line is ignored), and a rerun skips the keys already there; a finished benchmark has a
 `result.json` and is not run again. Both carry a fingerprint of what produced them (`benchmark_fingerprint`: the
-run's checkpoint and model settings, the protocol, the shards' manifests; the result also the sample limit), and
-are reused only when it matches: otherwise `stale_reason` names the difference and the run stops (or, asked to,
-`set_aside` moves the folder away and it is scored again). Multi-process: sample i goes to rank i % world (every
+run's part from `suite_runner.run_fingerprint` — the SHA-256 of the checkpoint, of the model folder's weight files
+and config.json and of the SAM checkpoint, the model settings, the generation route —, the protocol, the shards'
+manifests; the result also the sample limit), and are reused only when it matches: otherwise `stale_reason` names
+each difference (a changed weight file by name) and the run stops (or, asked to, `set_aside` moves the folder away
+and it is scored again). Multi-process: sample i goes to rank i % world (every
 sample exactly once); rank 0 merges the files after a barrier and fails when a sample is missing or scored twice.
 """
 
@@ -210,16 +212,35 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+def _side(mapping: dict[str, Any], key: str, missing: str) -> str:
+    """One side of a difference: the shown value, or `missing` when the key is not there."""
+    return _shown(mapping[key]) if key in mapping else missing
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys whose value differs, in the old order then the new (a key one side lacks counts as None there)."""
+    return [k for k in [*old, *(k for k in new if k not in old)] if old.get(k) != new.get(k)]
+
+
 def fingerprint_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
-    """None when `old` equals `new`; else what differs, as `key: old -> new` (or that nothing was recorded)."""
+    """None when `old` equals `new`; else what differs, as `key: old then, new now` (a mapping on both sides, e.g.
+    a model folder's file hashes, per entry as `key[entry]`), or that nothing was recorded."""
     if old is None:
         return "no fingerprint recorded (written before fingerprints were kept)"
     # JSON round trip: tuples and lists, int and float keys compare as stored
     new = json.loads(json.dumps(_json_safe(new)))
-    keys = [k for k in list(old) + [k for k in new if k not in old] if old.get(k, None) != new.get(k, None)]
-    if not keys:
-        return None
-    return "; ".join(f"{k}: {_shown(old.get(k))} then, {_shown(new.get(k))} now" for k in keys)
+    parts = []
+    for k in _changed(old, new):
+        before, after = old.get(k), new.get(k)
+        if isinstance(before, dict) and isinstance(after, dict):
+            # which file of a folder changed, not a hash of the whole mapping
+            parts += [
+                f"{k}[{e}]: {_side(before, e, 'absent')} then, {_side(after, e, 'absent')} now"
+                for e in _changed(before, after)
+            ]
+        else:  # a key one side lacks: a setting an older (or newer) version did not record
+            parts.append(f"{k}: {_side(old, k, 'not recorded')} then, {_side(new, k, 'not recorded')} now")
+    return "; ".join(parts) or None
 
 
 def stale_reason(spec: BenchmarkSpec, out: str | Path, fingerprint: dict[str, Any]) -> str | None:

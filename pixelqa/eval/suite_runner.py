@@ -5,6 +5,12 @@ Benchmarks without shards are skipped with the command that builds them. Under t
 samples are split by rank (sample i on rank i % world), every rank appends its records, and rank 0 merges them
 after a barrier, aggregates and logs. Output: `<output_dir>/suite-<name>/` (records, result.json per benchmark,
 paper_table.md|csv, provenance.json). MLflow: one parent run per suite, a child run per benchmark.
+
+Stored results are reused only under the same fingerprint (`run_fingerprint`), computed before the model loads: the
+content (SHA-256) of every weight file the model is built from — the `ckpt=` checkpoint, the `model.path` folder's
+`*.safetensors|bin|pt|pth` and config.json, the SAM checkpoint `model.mask_decoder.checkpoint` — not only their
+paths, so that weights re-exported into the same folder are not taken for the old ones; and the generation route
+(the Predictor or the chat stand-in), which answers differently.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from pixelqa.eval.suite import (
 SUITE_KEYS: tuple[str, ...] = ("suite", "suite.only", "suite.max_new_tokens", "suite.fresh")
 # model settings that do not change an evaluation's numbers (training only), left out of the fingerprint
 TRAINING_ONLY: tuple[str, ...] = ("model.loss.", "model.gradient_checkpointing")
+# the files of a model folder (`model.path`) whose content the fingerprint holds
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth")
+CONFIG = "config.json"
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -48,6 +57,34 @@ def file_sha256(path: str | Path | None) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def folder_sha256(path: str | Path | None) -> dict[str, str] | None:
+    """SHA-256 of a model folder's weight files and config.json, keyed by file name; None when there is no folder."""
+    if path is None or not Path(path).is_dir():
+        return None
+    # the files a model is built from (the loaders read the folder's top level only): the tokenizer and processor
+    # files are left out, so that hashing costs what reading the weights once does
+    files = [p for p in Path(path).iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == CONFIG)]
+    return {p.name: file_sha256(p) or "" for p in sorted(files)}
+
+
+def weights_fingerprint(model_path: str | None, sam_checkpoint: str | None) -> dict[str, Any]:
+    """The content of the weights a model is built from besides `ckpt=`: `model.path`'s files and the SAM
+    checkpoint (a folder re-exported in place keeps its path, not its hashes)."""
+    return {
+        "model.path_sha256": folder_sha256(model_path),
+        "model.mask_decoder.checkpoint_sha256": file_sha256(sam_checkpoint),
+    }
+
+
+def generation_route() -> str:
+    """How answers will be generated: `predictor` when the inference API imports, else `chat` (the stand-in)."""
+    try:  # the import default_answer_fn tries: both routes answer differently
+        from pixelqa.predict import Predictor, media_from_tensor  # noqa: F401
+    except ImportError:
+        return "chat"
+    return "predictor"
 
 
 def model_size(preset: str) -> str | None:
@@ -75,15 +112,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def run_fingerprint(flat_recipe: dict[str, Any], ckpt_sha256: str | None, max_new_tokens: int | None) -> dict:
-    """The run's part of a benchmark fingerprint: what, besides the benchmark and its shards, sets the numbers."""
+def run_fingerprint(
+    flat_recipe: dict[str, Any],
+    ckpt_sha256: str | None,
+    max_new_tokens: int | None,
+    weights: dict[str, Any] | None = None,
+    route: str | None = None,
+) -> dict:
+    """The run's part of a benchmark fingerprint: what, besides the benchmark and its shards, sets the numbers
+    (`weights`: `weights_fingerprint`; `route`: `generation_route`)."""
     model = {k: v for k, v in flat_recipe.items() if k.startswith("model.") and not k.startswith(TRAINING_ONLY)}
     return {
         "checkpoint_sha256": ckpt_sha256,
+        **(weights or {}),
         **model,
         "stage": flat_recipe.get("stage"),
         "seed": flat_recipe.get("seed"),
         "max_new_tokens_cap": max_new_tokens,
+        "generation_route": route,
     }
 
 
@@ -231,7 +277,9 @@ def run_suite(args: list[str]) -> dict[str, float]:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     out = Path(recipe.output_dir) / f"suite-{suite.name}"
     ckpt_sha256 = file_sha256(ckpt_path)
-    fingerprint = run_fingerprint(flatten(cfg), ckpt_sha256, max_new_tokens)
+    weights = weights_fingerprint(recipe.model.path, recipe.model.mask_decoder.checkpoint)
+    route = generation_route()
+    fingerprint = run_fingerprint(flatten(cfg), ckpt_sha256, max_new_tokens, weights, route)
     try:  # before the model loads: a refused rerun costs seconds
         check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
     except SuiteError as err:
@@ -241,6 +289,13 @@ def run_suite(args: list[str]) -> dict[str, float]:
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
         model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     answer_fn, generation = default_answer_fn(model, max_new_tokens)
+    if ("Predictor" in generation) != (route == "predictor"):  # the route taken is not the one checked: check it
+        route = "predictor" if "Predictor" in generation else "chat"
+        fingerprint = {**fingerprint, "generation_route": route}
+        try:
+            check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
+        except SuiteError as err:
+            raise RecipeError(str(err)) from None
     if rank == 0:
         print(
             f"PixelQA evaluate suite={suite.name}: {len(runnable)} of {len(suite.benchmarks)} benchmarks; {generation}"
@@ -248,6 +303,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     provenance = {
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "checkpoint_sha256": ckpt_sha256,
+        **weights,
         "model_preset": recipe.model.preset,
         "model_path": recipe.model.path,
         "recipe": flatten(cfg),
