@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
 PRINT_CONFIG = "--print-config"
 ALLOW_STREAM_CHANGE = "--allow-stream-change"
+QUIET_RANK_EXIT_DELAY_S = 3.0  # a rank that leaves an error to rank 0's report exits this much later
 
 
 def world_size(trainer_cfg: Any) -> int:
@@ -207,24 +208,8 @@ def preflight(recipe: Recipe) -> dict | None:
     check_eval_split(recipe)
     accumulation(recipe)
     resolve_ckpt(recipe)
-    check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
+    check_run(recipe, launcher=False)  # output folders, validation shards and the MLflow store, before any work
     return check_init_from(recipe)
-
-
-def apply_release_overrides(cfg: Any, recipe: Recipe) -> list[str]:
-    """A released `model.path` fixes some model settings (`release.apply_release_config`): set them on `cfg`, so
-    that recipe.yaml and the MLflow params record the values used; returns `model.KEY: yours -> released` each."""
-    from omegaconf import OmegaConf
-
-    from pixelqa.model import release
-
-    folder = release.inspect_folder(recipe.model.preset, recipe.model.path)  # checked by check_model already
-    if folder is None or folder.kind != "release":
-        return []
-    changes = release.release_overrides(recipe.model, folder)
-    for key, (_, used) in changes.items():
-        OmegaConf.update(cfg, f"model.{key}", used, merge=False)
-    return [f"model.{key}: {yours!r} -> {used!r}" for key, (yours, used) in changes.items()]
 
 
 def banner(recipe: Recipe) -> str:
@@ -402,6 +387,27 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
     With `--print-config` among the args: print the resolved recipe, return {} and do nothing else.
     """
+    try:
+        return _run(args, parent_run_id)
+    except RecipeError as err:
+        if reports_error(err, _is_rank_zero()):
+            raise
+        # A launcher that stops every process at the first exit (torchrun) must not stop rank 0 before it reports
+        time.sleep(QUIET_RANK_EXIT_DELAY_S)
+        raise SystemExit(2) from None
+
+
+def reports_error(err: RecipeError, rank_zero: bool) -> bool:
+    """Whether this process prints `err`: all do, except that an error every DDP process raises alike
+    (`EveryRankError`, e.g. too few validation samples for the processes) is printed by rank 0 only."""
+    if rank_zero:
+        return True  # without importing the training stack: a recipe error on the command line stays fast
+    from pixelqa.train.datamodule import EveryRankError
+
+    return not isinstance(err, EveryRankError)
+
+
+def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     args = ["trainer.allow_stream_change=true" if a == ALLOW_STREAM_CHANGE else a for a in args]
     if PRINT_CONFIG in args:
         print_config(load_recipe([a for a in args if a != PRINT_CONFIG]))
@@ -425,7 +431,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     init_ckpt = preflight(recipe)
     check_generation_scoring(recipe)  # eval.scoring=generate|both needs synthetic validation data
     rank_zero = _is_rank_zero()
-    from pixelqa.preflight import sam_init_warning
+    from pixelqa.preflight import apply_release_overrides, release_override_warning, sam_init_warning
 
     sam_warning = sam_init_warning(recipe)
     if sam_warning and rank_zero:
@@ -436,12 +442,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     if overridden:
         recipe = to_object(cfg)
         if rank_zero:
-            print(
-                f"warning: model.path={recipe.model.path} is a released UniPixel, which fixes these settings (recorded "
-                f"as used in recipe.yaml and MLflow): {'; '.join(overridden)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            warning = release_override_warning(recipe.model.path, overridden, "recipe.yaml and MLflow")
+            print(warning, file=sys.stderr, flush=True)
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     recipe_file = Path(recipe.output_dir) / "recipe.yaml"
     if rank_zero:

@@ -135,9 +135,41 @@ def sam_init_warning(recipe: Any) -> str | None:
     )
 
 
-def check_run(recipe: Any) -> None:
-    """All preflight checks of a fit or an evaluation run of `recipe`."""
-    check_launcher(recipe)
+def apply_release_overrides(cfg: Any, recipe: Any) -> list[str]:
+    """A released `model.path` fixes some model settings (`release.apply_release_config`): set them on `cfg`, so
+    that what the run records (recipe.yaml, the MLflow params) shows the values used; returns `model.KEY: yours ->
+    released` each."""
+    from omegaconf import OmegaConf
+
+    from pixelqa.model import release
+
+    try:
+        folder = release.inspect_folder(recipe.model.preset, recipe.model.path)
+    except release.ReleaseError:
+        return []  # fit's model check, or evaluate's model loading, reports it
+    if folder is None or folder.kind != "release":
+        return []
+    changes = release.release_overrides(recipe.model, folder)
+    for key, (_, used) in changes.items():
+        OmegaConf.update(cfg, f"model.{key}", used, merge=False)
+    return [f"model.{key}: {yours!r} -> {used!r}" for key, (yours, used) in changes.items()]
+
+
+def release_override_warning(model_path: str, overridden: list[str], recorded_in: str | None) -> str:
+    """The one warning line that names the settings a released `model.path` fixed, and where the values used are
+    recorded (`recorded_in`; None: nowhere)."""
+    recorded = f" (recorded as used in {recorded_in})" if recorded_in else ""
+    return (
+        f"warning: model.path={model_path} is a released UniPixel, which fixes these settings{recorded}: "
+        f"{'; '.join(overridden)}"
+    )
+
+
+def check_run(recipe: Any, launcher: bool = True) -> None:
+    """All preflight checks of a fit or an evaluation run of `recipe` (`launcher=False`: the caller has run
+    `check_launcher` already)."""
+    if launcher:
+        check_launcher(recipe)
     check_writable(recipe.output_dir, "output_dir")
     from pixelqa.train.datamodule import SYNTHETIC, shard_folder
 

@@ -297,6 +297,26 @@ def test_cli_results_of_the_previous_version_or_another_route_are_refused(shards
     assert stub_model["load"] == 1
 
 
+RELEASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "unipixel-official-tiny" / "checkpoint"
+
+
+@pytest.mark.skipif(not RELEASE.is_dir(), reason="shared released-format fixture not present")
+def test_cli_suite_says_which_settings_a_release_overrides_and_fingerprints_the_values_used(
+    shards, tmp_path, stub_model, capsys
+):
+    from pixelqa.evaluate import run
+
+    args = ["suite=paper", "suite.only=revos", f"data.shards={shards}", f"output_dir={tmp_path / 'run'}"]
+    args += ["model=unipixel-3b", f"model.path={RELEASE}", "tracking.enabled=false", "model.hidden_tokens=4"]
+    run(args)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "is a released UniPixel, which fixes" in x]
+    assert "model.hidden_tokens: 4 -> 2" in line and "(recorded as used in provenance.json)" in line
+    result = tmp_path / "run" / "suite-paper" / "revos" / "result.json"
+    assert json.loads(result.read_text())["provenance"]["fingerprint"]["model.hidden_tokens"] == 2
+    # the value typed is not the value used: asking again for it does not make the stored result stale
+    assert run([*args[:-1], "model.hidden_tokens=8"]) and stub_model == {"load": 2, "answer": 3}
+
+
 def test_cli_unknown_benchmark_names_and_bad_max_samples_are_recipe_errors(shards, tmp_path, capsys):
     from pixelqa.evaluate import main
 

@@ -134,3 +134,19 @@ def test_switch_values_and_groups_are_checked_before_any_work(tmp_path, arg, exp
     with pytest.raises(RecipeError) as err:
         _run(tmp_path, arg)
     assert str(err.value).startswith(expected)
+
+
+def test_fit_and_evaluate_check_the_launcher_once_each(tmp_path, monkeypatch):
+    import pixelqa.preflight
+    from pixelqa import evaluate
+
+    calls = []
+    check = pixelqa.preflight.check_launcher
+    monkeypatch.setattr(pixelqa.preflight, "check_launcher", lambda recipe: calls.append(recipe) or check(recipe))
+    with pytest.raises(AssertionError, match="model was built"):  # past every preflight check
+        _run(tmp_path)
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(AssertionError, match="model was built"):
+        evaluate.run([f"data.shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}", "tracking=none"])
+    assert len(calls) == 1

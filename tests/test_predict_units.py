@@ -347,3 +347,21 @@ def test_answers_are_printed_with_control_characters_escaped():
 
     assert for_terminal("red\x1b[31m text\x07\nline 2\tend \x7f é") == "red\\x1b[31m text\\x07\nline 2\tend \\x7f é"
     assert for_terminal("plain answer [0] <|seg|>.") == "plain answer [0] <|seg|>."
+
+
+def test_values_starting_with_a_dash_are_joined_from_the_options_the_parser_recorded():
+    parser = cli.build_parser()
+    # recorded as the options were added (argparse's private tables are not read)
+    assert {"--text", "--point", "--box", "--mask", "--max-frames", "--propagation"} <= parser.value_options
+    assert not {"--chat", "--no-progress", "--trust-checkpoint", "-h", "--help"} & parser.value_options
+    assert {"-h", "--help", "--chat", "--text"} <= parser.option_names
+    join = cli.join_dash_values
+    assert join(parser, ["--point", "-1,40", "--text", "-x"]) == ["--point=-1,40", "--text=-x"]
+    # a known option, a double-dash word (an abbreviation, an unknown option) and anything after `--` stay as given
+    for argv in (["--text", "-h"], ["--text", "--cha"], ["--text", "--xx"], ["--", "--text", "-x"]):
+        assert join(parser, argv) == argv
+    required = ["--model", "m", "--media", "v.mp4"]
+    assert parser.parse_args(join(parser, [*required, "--text", "-x", "--point", "-1,40"])).text == "-x"
+    for after in ("--cha", "--xx", "-h"):
+        with pytest.raises(PredictInputError, match="^--text: expected one argument$"):
+            parser.parse_args(join(parser, [*required, "--text", after]))

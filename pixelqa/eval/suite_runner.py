@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
     from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
-    from pixelqa.preflight import check_launcher
+    from pixelqa.preflight import apply_release_overrides, check_launcher, release_override_warning
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]
@@ -263,6 +264,12 @@ def run_suite(args: list[str]) -> dict[str, float]:
     cfg = load_recipe(rest)
     recipe = to_object(cfg)
     check_launcher(recipe)  # the suite runs in this process, as a single evaluation does
+    # a released folder fixes some model settings: the fingerprint, provenance and MLflow record the values used
+    overridden = apply_release_overrides(cfg, recipe)
+    if overridden:
+        recipe = to_object(cfg)
+        if dist_info()[0] == 0:
+            print(release_override_warning(recipe.model.path, overridden, "provenance.json"), file=sys.stderr)
     shards = recipe.data.shards
     runnable = [s for s in suite.benchmarks if (not only or s.name in only) and missing_shards(s, shards) is None]
     if not runnable:

@@ -14,7 +14,7 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, sam_frame_ids
@@ -35,7 +35,26 @@ def for_terminal(text: str) -> str:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a PredictInputError (one line, exit 2) instead of usage and a message."""
+    """An ArgumentParser whose errors are a PredictInputError (one line, exit 2) instead of usage and a message; it
+    records the option strings added to it (`option_names`, and `value_options` for those taking one value), which
+    `join_dash_values` reads (argument groups are not recorded: predict has none)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """An ArgumentParser with `-h/--help` added here, so that it is recorded like every other option."""
+        self.option_names: set[str] = set()
+        self.value_options: set[str] = set()
+        super().__init__(*args, add_help=False, **kwargs)
+        self.add_argument(
+            "-h", "--help", action="help", default=argparse.SUPPRESS, help="show this help message and exit"
+        )
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse's add_argument, recording the new option's strings."""
+        action = super().add_argument(*args, **kwargs)
+        self.option_names.update(action.option_strings)
+        if action.nargs is None:  # exactly one value (not a flag, not a list)
+            self.value_options.update(action.option_strings)
+        return action
 
     def error(self, message: str) -> NoReturn:
         """Raise the error as predict's others are raised (argparse's `argument --x: ...` shortened to `--x: ...`)."""
@@ -53,11 +72,10 @@ def count_arg(text: str) -> int:
     return value
 
 
-def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+def join_dash_values(parser: OneLineParser, argv: list[str]) -> list[str]:
     """argv with `--opt -1,40` written `--opt=-1,40` for options taking a value, so argparse takes a value that
     starts with '-' (a negative coordinate, a text) as the value rather than as an unknown option."""
-    takes_value = {s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings}
-    known = set(parser._option_string_actions)
+    takes_value, known = parser.value_options, parser.option_names
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -81,7 +99,7 @@ def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[s
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     """The command-line options of predict."""
     parser = OneLineParser(prog="python -m pixelqa.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="released folder, save_pretrained folder or Lightning ckpt")

@@ -412,6 +412,11 @@ class TrainBatches(IterableDataset):
                 return s, idx
 
 
+class EveryRankError(RecipeError):
+    """A recipe error that every process of a distributed run raises alike (it depends on the recipe and the number
+    of processes only): rank 0 reports it, the other ranks exit with status 2 without repeating it (`pixelqa.fit`)."""
+
+
 class EvalBatches(IterableDataset):
     """Every sample of the given sources once, in order, split across processes by index and workers by batch."""
 
@@ -431,7 +436,7 @@ class EvalBatches(IterableDataset):
         refs = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
         refs = refs[:limit] if limit is not None else refs
         if len(refs) < world:  # every process must run the pass (Lightning stops a process with none, mid-setup)
-            raise RecipeError(
+            raise EveryRankError(
                 f"data.val_sources / data.val_samples: {len(refs)} validation samples for {world} processes; "
                 "expected at least one per process (add validation samples or use fewer devices)"
             )
