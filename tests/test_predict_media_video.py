@@ -151,3 +151,30 @@ def test_an_intact_webm_with_longer_audio_is_not_reported(tmp_path):
     assert media_warnings(info) == []
     with av.open(str(tmp_path / "talk.webm")) as container:
         assert container.duration / 1e6 > 3.5  # not vacuous: the whole file does run longer than its video
+
+
+def test_a_video_damaged_in_the_middle_is_used_up_to_the_damage_with_a_warning(tmp_path):
+    import random
+
+    write_clip(tmp_path / "whole.mkv", 30)
+    data = bytearray((tmp_path / "whole.mkv").read_bytes())
+    rng = random.Random(0)
+    middle = len(data) // 2
+    data[middle : middle + 400] = bytes(rng.randrange(256) for _ in range(400))  # garbage inside a packet
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    with av.open(str(bad)) as container, pytest.raises(av.error.InvalidDataError):
+        for _ in container.decode(container.streams.video[0]):  # not vacuous: FFmpeg does stop on this file
+            pass
+    info = probe_media(bad)
+    assert 0 < info.num_frames < 30 and info.decode_error is not None
+    (line,) = media_warnings(info)
+    assert "bad.mkv" in line and f"after frame {info.num_frames - 1}" in line and "Invalid data" in line
+    media = read_media(bad, info=info)
+    assert media.frame_ids == list(range(info.num_frames))
+    assert red_corner(media.frames[-1].permute(1, 2, 0).numpy()) == "tl"  # the frames before it are sound
+    # damage before any frame decodes stays a refusal naming the file
+    head = tmp_path / "head.mkv"
+    head.write_bytes(bytes(data[:200]) + bytes(rng.randrange(256) for _ in range(2000)))
+    with pytest.raises(PredictInputError, match="head.mkv"):
+        probe_media(head)

@@ -12,7 +12,8 @@ turn that every player applies): each frame is turned as FFmpeg's own autorotati
 A video that decodes to fewer frames than its container declares (a cut download, say) is used as far as it
 decodes rather than refused (the frames that decode are sound, and a container's count can overstate for a sound
 file too, e.g. with edit lists); `media_warnings` says so in one line and run.json records both counts. webm and
-mkv declare no frame count but a duration: one whose frames stop short of it is reported the same way.
+mkv declare no frame count but a duration: one whose frames stop short of it is reported the same way, and so
+is a video whose decoding fails part-way (damaged data in the middle): the frames before the damage are used.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class MediaInfo:
     orientation: int = 1  # a video's display matrix in EXIF numbering, applied to every frame (1: none)
     declared_seconds: float | None = None  # the video's end as a webm / mkv declares it (None: not declared)
     decoded_seconds: float | None = None  # where the last decoded frame of a video ends
+    decode_error: str | None = None  # the error that stopped a video's decoding after some frames (None: none)
 
 
 @dataclass
@@ -185,13 +187,33 @@ def _video_frames(path: Path, keep: set[int] | None):
                 raise _bad(path, "holds no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
+            last = max(keep) if keep else None
+            for i, frame in _decoded(container, stream):
                 if keep is None or i in keep:
                     yield i, orient(frame.to_ndarray(format="rgb24"), _frame_orientation(frame))
+                if last is not None and i >= last:
+                    return  # the frames after the last one asked for are not decoded
     except PredictInputError:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise _bad(path, f"cannot be decoded as a video or image: {exc}") from None
+
+
+def _decoded(container, stream, stopped: list[str] | None = None):
+    """Yield (index, frame) of a video stream up to its first decoding error after at least one frame (a damaged
+    middle: the frames before it are sound, as with a cut file); `stopped` receives that error's text. An error
+    before any frame is raised."""
+    import av
+
+    i = -1
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            yield i, frame
+    except av.FFmpegError as exc:
+        if i < 0:
+            raise
+        if stopped is not None:
+            stopped.append(str(exc))
 
 
 def probe_media(path: str | Path) -> MediaInfo:
@@ -211,7 +233,7 @@ def probe_media(path: str | Path) -> MediaInfo:
     import av
 
     count, size, fps, declared, orientation = 0, None, None, None, 1
-    declared_s, decoded_s, last = None, None, None
+    declared_s, decoded_s, last, stopped = None, None, None, []
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
@@ -220,7 +242,7 @@ def probe_media(path: str | Path) -> MediaInfo:
             fps = float(stream.average_rate) if stream.average_rate else None
             declared = int(stream.frames) or None  # 0: the container does not say (webm, mkv, ...)
             declared_s = None if declared else _declared_seconds(container, stream)
-            for frame in container.decode(stream):  # counted by decoding: container frame counts can be absent
+            for _, frame in _decoded(container, stream, stopped):  # counted by decoding: counts can be absent
                 if size is None:
                     orientation = _frame_orientation(frame)
                     quarter_turn = ORIENTATION_STEPS[orientation][0]  # stored columns are shown as rows
@@ -238,11 +260,18 @@ def probe_media(path: str | Path) -> MediaInfo:
     if size is None:
         raise _bad(path, "holds no decodable video frame")
     h, w = int(size[0]), int(size[1])
-    return MediaInfo(str(p), "video", count, h, w, fps, declared, orientation, declared_s, decoded_s)
+    error = stopped[0] if stopped else None
+    return MediaInfo(str(p), "video", count, h, w, fps, declared, orientation, declared_s, decoded_s, error)
 
 
 def media_warnings(info: MediaInfo) -> list[str]:
-    """One line per sign of damage in the media (a video decoding to fewer frames or seconds than it declares)."""
+    """One line per sign of damage in the media (a video decoding to fewer frames or seconds than it declares, or
+    stopped by a decoding error)."""
+    if info.decode_error is not None:
+        return [
+            f"--media: {info.path!r} stops decoding after frame {info.num_frames - 1} ({info.decode_error}; "
+            f"damaged?); using the {info.num_frames} frames before it"
+        ]
     if info.declared_frames is not None and info.num_frames < info.declared_frames:
         return [
             f"--media: {info.path!r} declares {info.declared_frames} frames but only {info.num_frames} decode "
