@@ -10,9 +10,12 @@ Raw layout (as UniPixel reads the release)::
     <root>/annotations/<vid>/masks/<frame>.png     palette PNG, pixel value = object id (annotated frames only)
 
 train keeps only the frames that have a mask; test keeps the official 20 frames, `linspace(0, n - 1, 20)` cast to
-int over the video's sorted frames (`pixelqa.frame_sampling.groundmore_indices`; a shorter video repeats
-frames, as the official run does), masks where they exist. Videos without an annotation folder are skipped, as
-in the reference loader. A question whose obj_id no mask of the video shows (its target would be empty on every
+int over the video's frames in frame-number order (`pixelqa.frame_sampling.groundmore_indices`; a shorter video
+repeats frames, as the official run does), masks where they exist. Videos without an annotation folder are
+skipped, as in the reference loader. Damage to a video (unreadable frames, a mask PNG of another size, no mask
+PNG at all in train, where the frames are the masked ones) rejects each of its questions, so the count says how
+many samples were lost; so does a malformed question record (no question / answer / obj_id, a bad obj_id or
+action window), on its own. A question whose obj_id no mask of the video shows (its target would be empty on every
 frame) is a counted reject naming the file, the video, the question and the ids the masks hold; an object absent
 only from the test split's 20 sampled frames is kept, as the official evaluation does. Target = union of the
 question's objects; meta keeps q_type (Causal / Sequential / Counterfactual / Descriptive), the answer,
@@ -23,17 +26,18 @@ question's objects; meta keeps q_type (Causal / Sequential / Counterfactual / De
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
+from pixelqa.data.sources._frame_order import frame_order
 from pixelqa.data.sources._image_files import cached_json
-from pixelqa.data.sources.video_io import read_frame_files, read_label_png
+from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
 from pixelqa.data.sources.vos import variant, videos_of
 from pixelqa.frame_sampling import groundmore_indices
 from pixelqa.prompt_format import SEG, SEG_QUESTION_TEMPLATES, seg_instruction
@@ -57,12 +61,6 @@ def action_window(video: dict, q: dict, where: str) -> dict | None:
     if window["end"] < window["start"]:
         raise ValueError(f"{where}: action_end {end!r} is before action_start {start!r}, expected start <= end")
     return window
-
-
-def _frame_number(path: Path) -> int:
-    """Numeric part of a frame file name (names are not zero-padded consistently)."""
-    digits = re.sub(r"^\D*", "", path.stem)
-    return int(digits) if digits.isdigit() else -1
 
 
 def label_ids(label_maps: Iterable[np.ndarray]) -> set[int]:
@@ -95,7 +93,7 @@ class GroundMoRe(Source):
         return [v for v in videos_of(cached_json(str(p)), str(p)) if (Path(root) / "annotations" / v).is_dir()]
 
     def convert(self, root: Path, split: str, item: str) -> Iterator[Sample]:
-        """All questions of video `item`."""
+        """All questions of video `item`; a bad question, or damage to the video, is a counted reject per question."""
         p = self.meta_path(root, split)
         video = videos_of(cached_json(str(p)), str(p))[item]
         questions = video.get("questions")
@@ -103,40 +101,25 @@ class GroundMoRe(Source):
             raise TypeError(f"{p}: videos[{item!r}].questions: got {type(questions).__name__}, expected a mapping")
         adir = Path(root) / "annotations" / item
         mask_files = {m.stem: m for m in (adir / "masks").glob("*.png")}
-        if split == "train":
-            names = sorted(mask_files, key=lambda n: _frame_number(Path(n)))
-            if not names:
-                return
-            image_paths = [adir / "images" / f"{n}.jpg" for n in names]
-            indices = None
-        else:
-            all_images = sorted((adir / "images").glob("*.jpg"), key=_frame_number)
-            if not all_images:
-                raise FileNotFoundError(f"groundmore {split}: no frames in {adir / 'images'}")
-            indices = groundmore_indices(len(all_images), TEST_FRAMES)[0]
-            image_paths = [all_images[i] for i in indices]
-            names = [q.stem for q in image_paths]
-        frames = read_frame_files([str(q) for q in image_paths])
-        labels = {t: read_label_png(str(mask_files[n])) for t, n in enumerate(names) if n in mask_files}
-        for t, lab in labels.items():
-            if lab.shape != frames.size:
-                raise ValueError(f"{mask_files[names[t]]}: size {lab.shape}, expected the frame size {frames.size}")
-        shown = label_ids(labels.values())  # ids some mask of the video shows
-        unloaded = sorted(set(mask_files) - set(names))
+        try:
+            names, indices, frames, labels = self.load(adir, split, mask_files)
+            problem = None
+        except (OSError, ValueError) as e:
+            problem = f"{type(e).__name__}: {e}"
+        shown = label_ids(labels.values()) if problem is None else set()  # ids some mask of the video shows
+        unloaded = sorted(set(mask_files) - set(names)) if problem is None else []
         for qid, q in questions.items():
-            for k in ("question", "answer", "obj_id"):
-                if not isinstance(q, dict) or k not in q:
-                    raise ValueError(f"{p}: videos[{item!r}].questions[{qid!r}] has no {k!r}")
-            try:
-                obj_ids = [int(o) for o in str(q["obj_id"]).split(",") if o.strip()]
-            except ValueError as e:
-                raise ValueError(f"{p}: {item}/{qid}: obj_id {q['obj_id']!r}, expected comma-separated integers") from e
-            question = " ".join(str(q["question"]).split())
-            if not question.endswith("?"):
-                question += "?"
-            answer = str(q["answer"]).strip()
-            window = action_window(video, q, f"{p}: {item}/{qid}")
             key = make_key(item, qid)
+            where = f"{p}: videos[{item!r}].questions[{qid!r}]"
+            try:
+                question, answer, obj_ids, window = self.parse_question(video, q, where)
+            except ValueError as e:
+                # one bad record is its own counted reject: the video's other questions are still converted
+                yield rejected(self.name, split, self.task, key, str(e))
+                continue
+            if problem is not None:
+                yield rejected(self.name, split, self.task, key, f"{where}: {problem}")
+                continue
             if not set(obj_ids) <= shown and unloaded:  # test: the masks of unsampled frames, read only if needed
                 shown |= label_ids(read_label_png(str(mask_files[n])) for n in unloaded)
                 unloaded = []
@@ -148,10 +131,7 @@ class GroundMoRe(Source):
                     if absent
                     else "no object"
                 )
-                reason = (
-                    f"{p}: videos[{item!r}].questions[{qid!r}]: obj_id {q['obj_id']!r} names {what}, "
-                    "expected objects segmented on some frame"
-                )
+                reason = f"{where}: obj_id {q['obj_id']!r} names {what}, expected objects segmented on some frame"
                 yield rejected(self.name, split, self.task, key, reason)
                 continue
             target = {t: masks.encode(np.isin(lab, obj_ids)) for t, lab in labels.items()}
@@ -187,3 +167,44 @@ class GroundMoRe(Source):
                     **({"action_window": window} if window is not None else {}),
                 },
             )
+
+    def load(
+        self, adir: Path, split: str, mask_files: dict[str, Path]
+    ) -> tuple[list[str], list[int] | None, FrameSet, dict[int, np.ndarray]]:
+        """(frame names, test frame indices or None, frames, {frame position: label map}) of one video; raises
+        naming the folder or the file when the video is unusable."""
+        if split == "train":
+            names = [m.stem for m in frame_order(mask_files.values())]
+            if not names:
+                # train keeps the masked frames only: without a mask PNG there is no frame to train on
+                raise FileNotFoundError(f"no mask PNG in {adir / 'masks'}, expected the annotated frames")
+            image_paths = [adir / "images" / f"{n}.jpg" for n in names]
+            indices = None
+        else:
+            all_images = frame_order((adir / "images").glob("*.jpg"))
+            if not all_images:
+                raise FileNotFoundError(f"no frames in {adir / 'images'}")
+            indices = groundmore_indices(len(all_images), TEST_FRAMES)[0]
+            image_paths = [all_images[i] for i in indices]
+            names = [q.stem for q in image_paths]
+        frames = read_frame_files([str(q) for q in image_paths])
+        labels = {t: read_label_png(str(mask_files[n])) for t, n in enumerate(names) if n in mask_files}
+        for t, lab in labels.items():
+            if lab.shape != frames.size:
+                raise ValueError(f"{mask_files[names[t]]}: size {lab.shape}, expected the frame size {frames.size}")
+        return names, indices, frames, labels
+
+    def parse_question(self, video: dict, q: Any, where: str) -> tuple[str, str, list[int], dict | None]:
+        """(question ending in '?', answer, object ids, action window or None) of one question record; ValueError
+        naming it when it is malformed."""
+        for k in ("question", "answer", "obj_id"):
+            if not isinstance(q, dict) or k not in q:
+                raise ValueError(f"{where}: has no {k!r}, expected question, answer and obj_id")
+        try:
+            obj_ids = [int(o) for o in str(q["obj_id"]).split(",") if o.strip()]
+        except ValueError:
+            raise ValueError(f"{where}: obj_id {q['obj_id']!r}, expected comma-separated integers") from None
+        question = " ".join(str(q["question"]).split())
+        if not question.endswith("?"):
+            question += "?"
+        return question, str(q["answer"]).strip(), obj_ids, action_window(video, q, where)

@@ -18,8 +18,11 @@ count them): meta "keep_all_frames".
 Nothing leaves silently (`pixelqa.data.registry`): a QA pair that names no instance, and an image instance with no
 short caption, hold nothing to ask and are counted as skipped (not damage; the release leaves the QA pairs out
 too); a QA pair naming "[0]" after the repairs or an instance with no mask on any frame, and a captioned image
-instance with an empty mask, are counted rejects naming the file and the record. Only the reference recipe's
-filters (over 10 frames, or 8 for memory pre-filling; over 5 instances) drop records without a count.
+instance with an empty mask, are counted rejects naming the file and the record. A video whose "segmentations"
+name a frame file the folder lacks rejects each of its QA pairs, naming the missing files: without it every later
+frame would move up one place and each ``<t>`` after the gap would point at the wrong frame; so does a QA pair
+whose ``<t>`` is beyond the video's frames. Only the reference recipe's filters (over 10 frames, or 8 for memory
+pre-filling, counted with the missing ones; over 5 instances) drop records without a count.
 
 Sources: ``instit_image_short_caption`` (stage 1: one instance, <|ref|> prompt, short caption),
 ``instit_video_qa`` (region QA, instances injected as memory), ``instit_qa_memory`` (pre-fill the memory as the
@@ -36,6 +39,7 @@ from pathlib import Path
 from pixelqa.data import masks, prompts
 from pixelqa.data.registry import Source, register_source, rejected, skipped
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources._frame_order import frame_order
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
 from pixelqa.data.sources.videorefer import check_form, key_frame, localize, mask_prompt, option_line, prefill_turns
@@ -45,7 +49,7 @@ from pixelqa.prompt_format import REF, object_ids_in, prefill_answer
 IMAGE_FILES = ("inst_it_dataset_image_51k_w_mask.json", "inst_it_dataset_image_51k.json")
 VIDEO_FILES = ("inst_it_dataset_video_21k_w_mask.json", "inst_it_dataset_video_21k.json")
 MAX_OBJECTS = 5
-_NUM = re.compile(r"(\d+)")
+_FRAME_TAG = re.compile(r"<(\d+)>")
 
 
 def repair(text: str) -> str:
@@ -58,12 +62,6 @@ def rest_of(path: str) -> str:
     """A release path without its first component (the release's own root folder)."""
     parts = path.replace("\\", "/").split("/", 1)
     return parts[1] if len(parts) == 2 else parts[0]
-
-
-def frame_number(p: Path) -> int:
-    """The number in a frame file name (frames sort by it, not lexically)."""
-    m = _NUM.findall(p.stem)
-    return int(m[-1]) if m else -1
 
 
 class InstITBase(Source):
@@ -173,10 +171,22 @@ class InstITVideoBase(InstITBase):
         folder = root / "videos_raw" / rest_of(e["video_path"])
         if not folder.is_dir():
             raise FileNotFoundError(f"{where}: frame folder not found: {folder}")
-        paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")), key=frame_number)
-        if not paths or len(paths) > self.max_frames:
-            return
         segs = e["segmentations"]
+        if not isinstance(segs, dict):
+            raise TypeError(f"{where}.segmentations: got {type(segs).__name__}, expected {{frame file: instances}}")
+        paths = frame_order(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        on_disk = {p.name for p in paths}
+        missing = frame_order(str(n) for n in segs if str(n) not in on_disk)
+        num_frames = len(paths) + len(missing)  # the video's length as annotated: the recipe's filter counts it
+        if not num_frames or num_frames > self.max_frames:
+            return
+        # damage to the whole video: each QA pair that would become a sample is rejected with it (one count each)
+        problem = (
+            f"segmentations name frames {missing} that {folder} lacks (it holds {[p.name for p in paths]}), "
+            "expected every annotated frame: the <t> tags after a gap would point at the wrong frames"
+            if missing
+            else None
+        )
         frames = None
         for i, qa in enumerate(e["question_answer_pairs"]):
             q, a = repair(str(qa.get("question", ""))), repair(str(qa.get("answer", "")))
@@ -193,24 +203,27 @@ class InstITVideoBase(InstITBase):
                 continue
             if len(ids) > MAX_OBJECTS:
                 continue  # the reference recipe's filter (at most 5 objects)
+            if problem is not None:
+                yield rejected(self.name, split, self.task, key, f"{here}: {problem}")
+                continue
+            beyond = sorted({int(t) for t in _FRAME_TAG.findall(q + " " + a)} - set(range(1, num_frames + 1)))
+            if beyond:
+                reason = f"{here}: names frames {[f'<{t}>' for t in beyond]} of a {num_frames}-frame video ({folder})"
+                yield rejected(self.name, split, self.task, key, reason + ", expected <1> .. <n>")
+                continue
             if frames is None:
-                frames = read_frame_files([str(p) for p in paths])
-            h, w = frames.size
-            objects: dict[int, ObjectTrack] = {}
-            for oid in ids:
-                ms = {}
-                for t, p in enumerate(paths):
-                    per = segs.get(p.name)
-                    if per is None:
-                        continue  # frame not annotated
-                    m = per.get(str(oid))
-                    rle = masks.normalize(m["mask"]) if isinstance(m, dict) and "mask" in m else masks.empty(h, w)
-                    if list(rle["size"]) != [h, w]:
-                        raise ValueError(
-                            f"{where}.segmentations[{p.name!r}][{oid}]: size {rle['size']}, expected {[h, w]}"
-                        )
-                    ms[t] = rle
-                objects[oid] = ObjectTrack(masks=ms)
+                try:
+                    frames = read_frame_files([str(p) for p in paths])
+                except (OSError, ValueError) as err:
+                    frames = f"frames: {type(err).__name__}: {err}"  # each QA pair's reject, not the video's
+            if isinstance(frames, str):
+                yield rejected(self.name, split, self.task, key, f"{here}: {frames}")
+                continue
+            try:
+                objects = self.instance_tracks(ids, paths, segs, frames.size)
+            except (ValueError, TypeError) as err:
+                yield rejected(self.name, split, self.task, key, f"{here}: {err}")
+                continue
             unmasked = [oid for oid, o in objects.items() if key_frame(o) is None]
             if unmasked:
                 # the release keeps these and then fails on the empty memory mask ('empty refer mask') when drawn
@@ -237,6 +250,31 @@ class InstITVideoBase(InstITBase):
                 answer=turns[-1].text,  # what the sample teaches (a pre-fill answer in memory pre-filling)
                 meta={"video_id": str(e["video_id"]), "qa_index": i, "keep_all_frames": True},
             )
+
+    def instance_tracks(
+        self, ids: Sequence[int], paths: Sequence[Path], segs: dict, size: tuple[int, int]
+    ) -> dict[int, ObjectTrack]:
+        """Each named instance's masks on the annotated frames of `paths` (absent from an annotated frame: empty);
+        ValueError naming the segmentations entry for a mask of another size or a malformed frame record."""
+        h, w = size
+        objects: dict[int, ObjectTrack] = {}
+        for oid in ids:
+            ms = {}
+            for t, p in enumerate(paths):
+                per = segs.get(p.name)
+                if per is None:
+                    continue  # frame not annotated
+                if not isinstance(per, dict):
+                    raise ValueError(
+                        f"segmentations[{p.name!r}]: got {type(per).__name__}, expected {{instance: {{'mask': RLE}}}}"
+                    )
+                m = per.get(str(oid))
+                rle = masks.normalize(m["mask"]) if isinstance(m, dict) and "mask" in m else masks.empty(h, w)
+                if list(rle["size"]) != [h, w]:
+                    raise ValueError(f"segmentations[{p.name!r}][{oid}]: size {rle['size']}, expected {[h, w]}")
+                ms[t] = rle
+            objects[oid] = ObjectTrack(masks=ms)
+        return objects
 
 
 @register_source("instit_video_qa")

@@ -14,7 +14,11 @@ Raw layout::
 
 In train the first component of video_path / anno_path is dropped and the rest resolved under <root>/sav
 (or under <root> as given). Only annotated frames are kept; videos with more than `max_frames` of them are
-subsampled uniformly (frame_ids keep the source frame numbers).
+subsampled uniformly (frame_ids keep the source frame numbers). Masklet row k is video frame 4k, one to one (the
+reference's `load_frames_with_stride` + `sav` masks): a masklet with more rows than the video has strided frames
+(a truncated or short mp4, or the masklet of another video) is a counted reject of each described object, naming
+the video, the masklet and the decodable frame count, found by decoding (not from the container's frame-count
+estimate). Other damage to the video (a missing file, an empty masklet) is likewise one reject per object.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import Sample, make_key
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources._image_files import read_json as load_json
-from pixelqa.data.sources.video_io import encode_video_frames, uniform_indices, video_info
+from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, uniform_indices, video_info
 from pixelqa.data.sources.vos import Expression, MaskDictVOS, rvos_sample
 
 TRAIN_JSONS = ("Ref-SAV.json", "Ref-SAV-Min-Ratio-0.3.json")
@@ -88,25 +92,20 @@ class RefSAV(MaskDictVOS, Source):
             return
         path = self.train_json(root)
         entry = cached_json(str(path)).get(item)
-        for k in ("video_path", "anno_path", "objects"):
-            if not isinstance(entry, dict) or k not in entry:
-                raise ValueError(f"{path}: entry {item!r} has no {k!r}, expected video_path, anno_path and objects")
-        video = self.resolve(root, entry["video_path"], "video")
-        anno_path = self.resolve(root, entry["anno_path"], "masklet file")
-        anno = load_json(anno_path)
-        masklet = anno.get("masklet") if isinstance(anno, dict) else None
-        if not isinstance(masklet, list) or not masklet:
-            raise ValueError(f"{anno_path}: 'masklet' missing or empty, expected [annotated frame][object] RLEs")
-        n_video, fps, _ = video_info(str(video))
-        n_ann = min(len(masklet), (n_video + SAV_STRIDE - 1) // SAV_STRIDE) if n_video > 0 else len(masklet)
-        keep = uniform_indices(n_ann, self.max_frames)  # positions in the annotated-frame list
-        frames = encode_video_frames(str(video), [k * SAV_STRIDE for k in keep])
-        if len(keep) == n_ann and fps > 0:
-            frames.fps = fps / SAV_STRIDE
-        else:
-            frames.fps = None  # irregular after subsampling
-        for obj_key, obj in entry["objects"].items():
+        objects = entry.get("objects") if isinstance(entry, dict) else None
+        if not isinstance(objects, dict):
+            raise ValueError(f"{path}: entry {item!r}: got {entry!r:.80}, expected a mapping with an 'objects' mapping")
+        try:
+            anno_path, masklet, keep, frames = self.load(root, path, item, entry)
+            problem = None
+        except (OSError, ValueError, TypeError) as e:
+            # damage to the video: each described object is rejected with it (one count per lost sample)
+            problem = f"{type(e).__name__}: {e}"
+        for obj_key, obj in objects.items():
             where = f"{path}: {item}.objects[{obj_key!r}]"
+            if problem is not None:
+                yield rejected(self.name, split, self.task, make_key(item, str(obj_key)), f"{where}: {problem}")
+                continue
             try:
                 target = self.object_masks(obj, obj_key, masklet, keep, frames.size, anno_path)
             except (ValueError, TypeError) as e:
@@ -129,6 +128,37 @@ class RefSAV(MaskDictVOS, Source):
                 where=where,
                 family=self.family,
             )
+
+    def load(self, root: Path, path: Path, item: str, entry: dict) -> tuple[Path, list, list[int], FrameSet]:
+        """(masklet file, masklet, kept masklet rows, their video frames) of one train video; raises naming the file
+        when the video cannot be paired with its masklet."""
+        for k in ("video_path", "anno_path"):
+            if k not in entry:
+                raise ValueError(f"{path}: entry {item!r} has no {k!r}, expected video_path, anno_path and objects")
+        video = self.resolve(root, entry["video_path"], "video")
+        anno_path = self.resolve(root, entry["anno_path"], "masklet file")
+        anno = load_json(anno_path)
+        masklet = anno.get("masklet") if isinstance(anno, dict) else None
+        if not isinstance(masklet, list) or not masklet:
+            raise ValueError(f"{anno_path}: 'masklet' missing or empty, expected [annotated frame][object] RLEs")
+        keep = uniform_indices(len(masklet), self.max_frames)  # positions in the annotated-frame list
+        wanted = [k * SAV_STRIDE for k in keep]
+        last = (len(masklet) - 1) * SAV_STRIDE
+        try:
+            # the last row's frame too, decoded rather than taken from the container's frame-count estimate: a video
+            # that ends before it cannot be paired with this masklet row for row
+            frames = encode_video_frames(str(video), wanted + ([last] if wanted[-1] != last else []))
+        except ValueError as e:
+            n_video = video_info(str(video))[0]  # the container's estimate, only to say how short the video is
+            raise ValueError(
+                f"{anno_path}: {len(masklet)} masklet rows need video frames 0, {SAV_STRIDE}, ..., {last}, but {e} "
+                f"(the container reports {n_video} frames); expected one row per {SAV_STRIDE} frames of the video "
+                "(a truncated video, or another video's masklet)"
+            ) from None
+        frames.frames = frames.frames[: len(wanted)]
+        # fps of the annotated frames, when all of them are kept (irregular after subsampling)
+        frames.fps = frames.fps / SAV_STRIDE if frames.fps and len(keep) == len(masklet) else None
+        return anno_path, masklet, keep, frames
 
     def object_masks(
         self, obj: Any, obj_key: str, masklet: list, keep: Sequence[int], size: tuple[int, int], anno_path: Path

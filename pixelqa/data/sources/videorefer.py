@@ -10,7 +10,10 @@ Raw layout of VideoRefer-700K (the release)::
     <root>/videos/<video>                          mp4 (or a folder of frames)
 
 UniPixel-SFT-1M re-packs the JSONs without masks (``...-wo-masks.json``) and stores each entry's masks in
-``<root>/masks_<kind>/<entry index>.json`` as [object][annotated frame, sorted][RLE or null]; both are read.
+``<root>/masks_<kind>/<entry index>.json`` as [object][annotated frame, sorted][parts]; both are read. A cell's
+parts (COCO RLEs or polygons, null = nothing) are OR-ed into the frame's mask, as the reference's `rle` mask type
+does (§4.4). A frame folder (in place of an mp4) plays in frame-number order (``frame_2`` before ``frame_10``):
+the annotation keys are frame indices in time.
 
 VideoRefer-Bench (``<root>/VideoRefer-Bench-{D,Q}.json``, videos under ``<root>/videos`` or
 ``<root>/videos/Panda-70M-part``): Q entries have "Question", "options" ["(A) ...", ...], "Answer" "(B) ...",
@@ -53,6 +56,7 @@ from typing import Any
 from pixelqa.data import masks
 from pixelqa.data.registry import RecordError, Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
+from pixelqa.data.sources._frame_order import frame_order
 from pixelqa.data.sources._image_files import cached_json, check_polygons_inside
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
@@ -84,6 +88,14 @@ class Region:
 
     object_id: int
     masks: dict[int, Any]
+
+
+@dataclass
+class MaskParts:
+    """The parts of one re-packed mask cell (COCO RLEs, polygons or null), OR-ed into one mask by `to_rle`: a list
+    there means parts, not the polygon list of an inline "segmentation"."""
+
+    parts: list
 
 
 def strip_video_tag(text: str) -> str:
@@ -165,7 +177,8 @@ def parse_regions(annotation: Any, where: str, repacked: list | None = None) -> 
                 ms[f] = v["segmentation"]
             elif repacked is not None:
                 cell = repacked[k][pos] if k < len(repacked) and pos < len(repacked[k]) else None
-                ms[f] = cell[0] if isinstance(cell, list) and cell else cell
+                # every part of the cell counts: an object seen in pieces is stored as several RLEs
+                ms[f] = MaskParts(cell) if isinstance(cell, list) else cell
             else:
                 raise ValueError(f"{where}.annotation[{k}][{f}]: no 'segmentation' and no re-packed mask file")
         regions.append(Region(k + 1, ms))
@@ -173,10 +186,20 @@ def parse_regions(annotation: Any, where: str, repacked: list | None = None) -> 
 
 
 def to_rle(seg: Any, size: tuple[int, int], where: str) -> dict:
-    """A VideoRefer segmentation (RLE dict or polygon list) as a canonical RLE of the frame size."""
+    """A VideoRefer segmentation (RLE dict, polygon list or re-packed `MaskParts`) as a canonical RLE of the frame
+    size."""
     h, w = size
     if seg is None:
         return masks.empty(h, w)
+    if isinstance(seg, MaskParts):
+        rles = []
+        for i, part in enumerate(seg.parts):
+            if part is None:
+                continue
+            if isinstance(part, list) and part and not isinstance(part[0], list):
+                part = [part]  # one flat polygon [x1, y1, ...] is a polygon list of one
+            rles.append(to_rle(part, size, f"{where} part {i}"))
+        return masks.merge(rles) if rles else masks.empty(h, w)
     if isinstance(seg, list):
         check_polygons_inside(seg, h, w, where)
         return masks.from_polygons(seg, h, w)
@@ -199,7 +222,7 @@ def resolve_video(candidates: Sequence[Path]) -> Path:
 def read_media(video: Path, needed: Sequence[int], context: int = CONTEXT_FRAMES) -> tuple[FrameSet, list[int]]:
     """Frames `needed` (source frame indices) plus `context` frames spread over the video, in time order."""
     if video.is_dir():
-        files = sorted(p for p in video.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = frame_order(p for p in video.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         total = len(files)
     else:
         total, _, _ = video_info(str(video))

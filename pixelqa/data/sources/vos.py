@@ -14,7 +14,12 @@ Two mask layouts occur in the releases:
 
 One bad expression (not a dict, no or empty 'exp' text, a missing anno_id, a mask of the wrong size or length,
 unreadable frames) yields a `rejected` sample naming the file and the record; the video's other expressions are
-still converted.
+still converted. Damage to the whole video (an empty or malformed frames list, unreadable frames, an annotation
+folder with no PNG of the video's frames on a split that has masks) is one reject per expression, so the count
+says how many samples were lost. On the palette-PNG path, a training expression whose obj_id no PNG of the video
+shows is a reject naming the ids the PNGs hold: its target would be "absent" on every frame (objectness 0), which
+teaches the model to answer a referring expression with nothing; evaluation splits keep it with its empty target,
+as the release scores it. An object absent from only some frames is kept.
 
 Every expression becomes one sample with one target object (id 1) whose masks are the union of the
 expression's instances, as the J&F protocols of these benchmarks score it.
@@ -134,13 +139,12 @@ def expressions_of(video: Any, vid: str, path: str) -> list[Expression]:
     return out
 
 
-def frames_of(video: Any, vid: str, path: str) -> list[str]:
-    """The frame names of one video entry."""
-    if not isinstance(video, dict):
-        raise TypeError(f"{path}: videos[{vid!r}]: got {type(video).__name__}, expected a mapping with 'frames'")
+def frame_names_or_reason(video: dict, vid: str) -> list[str] | str:
+    """The frame names of one video entry (a mapping, see `expressions_of`), or why it has none: the converters
+    reject each of the video's expressions with that reason, so the count says how many samples were lost."""
     frames = video.get("frames")
     if not isinstance(frames, list) or not frames:
-        raise ValueError(f"{path}: videos[{vid!r}].frames: got {frames!r:.80}, expected a non-empty list of names")
+        return f"videos[{vid!r}].frames: got {frames!r:.80}, expected a non-empty list of names"
     return [str(f) for f in frames]
 
 
@@ -151,12 +155,44 @@ def read_video_folder(folder: Path, names: Sequence[str], ext: str = ".jpg") -> 
     return read_frame_files([str(folder / f"{n}{ext}") for n in names])
 
 
-def palette_masks(
-    ann_dir: Path, names: Sequence[str], obj_ids: Sequence[Any], size: tuple[int, int]
-) -> dict[int, dict]:
-    """Masks of the union of `obj_ids` from palette PNGs; frames without a PNG stay unannotated."""
-    ids = [int(o) for o in obj_ids]
-    out: dict[int, dict] = {}
+@dataclass
+class PaletteVideo:
+    """The palette-PNG annotation of one video: per annotated frame position, the RLE of each object id on it
+    (read once per video; every expression of the video is a union of some of these)."""
+
+    folder: Path
+    size: tuple[int, int]
+    by_frame: dict[int, dict[int, dict]]  # frame position -> {object id: RLE}; frames without a PNG are absent
+
+    def ids(self) -> list[int]:
+        """The object ids some PNG of the video shows."""
+        return sorted({i for per in self.by_frame.values() for i in per})
+
+    def union(self, obj_ids: Sequence[Any], allow_absent: bool = False) -> dict[int, dict]:
+        """Masks of the union of `obj_ids` on the annotated frames; unless `allow_absent`, ValueError naming the ids
+        the PNGs hold when one of `obj_ids` is on none of them (the target would be empty on every frame)."""
+        ids = [int(o) for o in obj_ids]
+        shown = self.ids()
+        absent = sorted(set(ids) - set(shown))
+        if absent and not allow_absent:
+            raise ValueError(
+                f"obj_id {[str(o) for o in obj_ids]} names objects {absent} in no annotation PNG of {self.folder} "
+                f"(ids there: {shown}), expected objects segmented on some frame"
+            )
+        h, w = self.size
+        out: dict[int, dict] = {}
+        for t, per in self.by_frame.items():
+            present = [per[i] for i in ids if i in per]
+            out[t] = masks.merge(present) if present else masks.empty(h, w)
+        return out
+
+
+def read_palette_video(ann_dir: Path, names: Sequence[str], size: tuple[int, int]) -> PaletteVideo:
+    """The palette PNGs ``<ann_dir>/<name>.png`` of the frames `names` (a frame without one is not annotated).
+
+    FileNotFoundError when none of the frames has a PNG: on a split with masks that is a missing or partly
+    extracted annotation folder, not a video without objects. ValueError for a PNG of another size."""
+    by_frame: dict[int, dict[int, dict]] = {}
     for t, n in enumerate(names):
         p = ann_dir / f"{n}.png"
         if not p.is_file():
@@ -164,8 +200,13 @@ def palette_masks(
         label = read_label_png(str(p))
         if label.shape != size:
             raise ValueError(f"annotation {p}: size {label.shape}, expected the frame size {size}")
-        out[t] = masks.encode(np.isin(label, ids))
-    return out
+        by_frame[t] = {int(i): masks.encode(label == i) for i in np.unique(label) if i > 0}
+    if not by_frame:
+        where = ann_dir if ann_dir.is_dir() else f"{ann_dir} (no such folder)"
+        raise FileNotFoundError(
+            f"no annotation PNG of the video's {len(names)} frames in {where}, expected <frame>.png palette masks"
+        )
+    return PaletteVideo(ann_dir, size, by_frame)
 
 
 def union_rles(
@@ -275,11 +316,14 @@ class MaskDictVOS:
         if item not in vids:
             raise ValueError(f"item: got video {item!r}, expected a video of {meta_path}")
         video = vids[item]
-        names = frames_of(video, item, str(meta_path))
         exps = expressions_of(video, item, str(meta_path))
         mask_dict = cached_json(str(mask_path)) if mask_path is not None else None
         train = split.startswith("train")
-        frames: FrameSet | str | None = None  # read once per video, when an expression needs them; str = error
+        # read once per video, when an expression needs them; str = why they cannot be (each expression's reject)
+        frames: FrameSet | str | None = None
+        names = frame_names_or_reason(video, item)
+        if isinstance(names, str):
+            frames, names = names, []
         for exp in exps:
             where = expression_where(meta_path, item, exp.exp_id)
             if exp.error is not None:  # before the filter below: a damaged record is counted, never dropped
@@ -402,29 +446,38 @@ class PaletteVOS:
         if item not in vids:
             raise ValueError(f"item: got video {item!r}, expected a video of {meta_path}")
         video = vids[item]
-        names = frames_of(video, item, str(meta_path))
         exps = expressions_of(video, item, str(meta_path))
-        frames = read_frames_or_reason(frame_root / item, names)
-        index, mask_dict = None, None
+        names = frame_names_or_reason(video, item)
+        # str = why the video cannot be read: each of its expressions is rejected with it (one count per sample)
+        frames = names if isinstance(names, str) else read_frames_or_reason(frame_root / item, names)
+        index, mask_dict, masks_problem = None, None, None
         if pkl is not None and ann_root is None:
             index = pickle_index(str(meta_path))
             mask_dict = cached_pickle(str(pkl))
             if not isinstance(mask_dict, dict):
-                raise TypeError(f"{pkl}: got {type(mask_dict).__name__}, expected a dict expression index -> masks")
+                masks_problem = f"{pkl}: got {type(mask_dict).__name__}, expected a dict expression index -> masks"
+        labels: PaletteVideo | str | None = None  # the video's PNGs, read on first need; str = why they cannot be
         for pos, exp in enumerate(exps):
             where = expression_where(meta_path, item, exp.exp_id)
             key = make_key(item, exp.exp_id)
             if exp.error is not None:
                 yield rejected(self.name, split, self.task, key, f"{where}: {exp.error}")  # type: ignore[attr-defined]
                 continue
-            if isinstance(frames, str):
-                yield rejected(self.name, split, self.task, key, f"{where}: {frames}")  # type: ignore[attr-defined]
+            if isinstance(frames, str) or masks_problem is not None:
+                reason = frames if isinstance(frames, str) else masks_problem
+                yield rejected(self.name, split, self.task, key, f"{where}: {reason}")  # type: ignore[attr-defined]
                 continue
             try:
                 if ann_root is not None:
                     if not exp.obj_ids:
                         raise ValueError("no obj_id, expected the annotated object id")
-                    target = palette_masks(ann_root / item, names, exp.obj_ids, frames.size)
+                    if labels is None:
+                        labels = read_palette_or_reason(ann_root / item, names, frames.size)
+                    if isinstance(labels, str):
+                        raise ValueError(labels)
+                    # evaluation splits keep such an expression, empty, as the release scores it (Ref-DAVIS17's 5
+                    # expressions without a mask): rejecting it would change the benchmark's denominator
+                    target = labels.union(exp.obj_ids, allow_absent=not split.startswith("train"))
                 elif index is not None:
                     idx = index[(item, exp.exp_id)]
                     entry = mask_dict.get(str(idx), mask_dict.get(idx))  # type: ignore[union-attr]
@@ -466,6 +519,14 @@ def read_frames_or_reason(folder: Path, names: Sequence[str]) -> FrameSet | str:
         return read_video_folder(folder, names)
     except (OSError, ValueError) as e:
         return f"frames: {type(e).__name__}: {e}"
+
+
+def read_palette_or_reason(ann_dir: Path, names: Sequence[str], size: tuple[int, int]) -> PaletteVideo | str:
+    """The video's palette PNGs, or the reason they cannot be read (naming the folder or the PNG)."""
+    try:
+        return read_palette_video(ann_dir, names, size)
+    except (OSError, ValueError) as e:
+        return f"annotations: {type(e).__name__}: {e}"
 
 
 def pickle_index(meta_path: str | Path) -> dict[tuple[str, str], int]:
