@@ -5,7 +5,8 @@ aggregation; `pixelqa.eval.official`): `python -m pixelqa.evaluate suite=paper m
 runs every benchmark of recipes/suite/paper.yaml whose shards exist (`suite.only=a,b` picks some) and prints the
 paper-style table; see docs/evaluation.md and `pixelqa.eval.suite_runner`.
 
-`ckpt` is a Lightning checkpoint of `pixelqa.fit` (or `last` for <output_dir>/checkpoints/last.ckpt); without it
+`ckpt` is a Lightning checkpoint of `pixelqa.fit` (or `last` for <output_dir>/checkpoints/last.ckpt), built with the
+model settings it was trained with (a `model.KEY=...` typed here wins; `pixelqa.eval.model_loading`); without it
 the untrained model is scored (a baseline). The result table goes to MLflow as CSV and Markdown
 (`tables/<benchmark>.csv|md`), with overlays of the first samples; the last lines printed are the headline
 metrics, `name: value`. Grid runners call `run(args, parent_run_id=...)`.
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
-from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
+from pixelqa.eval.model_loading import adopt_trained_model, load_model, resolve_eval_ckpt
 
 
 def pass_metrics(bench: str, passes: list) -> dict[str, float]:
@@ -76,6 +77,10 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
         raise RecipeError(str(err)) from None
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
+    # the model trained (the checkpoint's model config), not the recipe's defaults: set before anything records it
+    for line in adopt_trained_model(cfg, args, ckpt_path, recipe.trust_checkpoint):
+        print(line, flush=True)
+    recipe = to_object(cfg)
     # a model.X=... that a released folder replaces is otherwise dropped silently, and MLflow would show it as used
     overridden = apply_release_overrides(cfg, recipe)
     if overridden:

@@ -52,15 +52,13 @@ def load_any(path: str | Path, trust: bool = False) -> UniPixel:
         return UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p)))
     if p.is_dir() and (p / CONFIG_FILE).is_file():
         return UniPixel.from_pretrained(p)
-    from omegaconf import OmegaConf
-
+    from pixelqa.eval.model_loading import stored_model_config
     from pixelqa.train.module import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(p, trust, what="ckpt", hint="Pass --trust-checkpoint")
-    hp = ckpt.get("hyper_parameters") or {}
-    if "model" not in hp:
+    model_cfg = stored_model_config(ckpt)  # as evaluate reads it: the model exported is the model trained
+    if model_cfg is None:
         raise ValueError(f"ckpt: {str(p)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint")
-    model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
     return model_from_checkpoint(model_cfg, ckpt, str(p), stage=3)
 
 

@@ -1,14 +1,24 @@
-"""The model an evaluation scores: the recipe's network with a `pixelqa.fit` checkpoint's weights (or untrained)."""
+"""The model an evaluation scores: a `pixelqa.fit` checkpoint's network with its weights (or the recipe's, untrained).
+
+A checkpoint stores the model config it was trained with (`hyper_parameters.model`). `adopt_trained_model` sets
+the recipe's `model.*` to it before anything records or fingerprints the recipe, so that evaluate and the suite
+build the model that was trained, as export does (`stored_model_config`); a `model.KEY=...` typed on the command
+line still wins, said in a line.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 
 from pixelqa.checkpoints import CheckpointError
-from pixelqa.config import RecipeError
+from pixelqa.config import RecipeError, flatten
+
+# model keys that name files: a value taken from the checkpoint may not exist on this machine
+PATH_KEYS: tuple[str, ...] = ("path", "mask_decoder.checkpoint")
 
 
 def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
@@ -23,8 +33,79 @@ def resolve_eval_ckpt(ckpt: str | None, output_dir: str) -> Path | None:
     return path
 
 
+def stored_model_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The model config a loaded fit checkpoint was trained with (`hyper_parameters.model`, plain), None if absent."""
+    from omegaconf import OmegaConf
+
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, Mapping) or not isinstance(hp.get("model"), Mapping):
+        return None
+    return OmegaConf.to_container(OmegaConf.create(dict(hp["model"])))  # type: ignore[return-value]
+
+
+def read_stored_model_config(path: Path, trust: bool = False) -> dict[str, Any] | None:
+    """`stored_model_config` of a checkpoint file, its tensors memory-mapped (not read); refusals as RecipeError."""
+    from pixelqa.train.guards import read_resume_metadata
+    from pixelqa.train.module import read_checkpoint
+
+    try:
+        # seconds even at 7B: the suite reads this before its refused-rerun check, which must stay cheap
+        meta = read_resume_metadata(path, trust)
+    except Exception:  # noqa: BLE001  (the full reader below says what is wrong in one line, or reads a legacy file)
+        try:
+            meta = read_checkpoint(path, trust, what="ckpt")
+        except CheckpointError as err:
+            raise RecipeError(str(err)) from None
+    return stored_model_config(meta)
+
+
+def typed_model_keys(args: Sequence[str]) -> list[str]:
+    """The model keys (`memory.pooling`) set on the command line; `model=NAME` sets `preset`."""
+    keys = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if key == "model":
+            keys.append("preset")
+        elif key.startswith("model."):
+            keys.append(key[len("model.") :])
+    return keys
+
+
+def adopt_trained_model(cfg: Any, args: Sequence[str], ckpt_path: Path | None, trust: bool = False) -> list[str]:
+    """Set `cfg.model` to the checkpoint's trained model config, keys typed in `args` kept; returns lines to print."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    if ckpt_path is None:
+        return []
+    stored = read_stored_model_config(ckpt_path, trust)
+    if stored is None:  # an older or foreign checkpoint: nothing to adopt, the recipe's settings stand
+        return [f"ckpt={ckpt_path} records no model config (hyper_parameters.model): the recipe's model settings apply"]
+    trained = {k: str(v) if isinstance(v, PurePath) else v for k, v in flatten(stored).items()}
+    current = flatten(cfg.model)
+    typed = typed_model_keys(args)
+    taken, kept = [], []
+    for key, value in trained.items():
+        if key not in current or current[key] == value:
+            continue  # a key this version no longer has cannot be set; an equal one changes nothing
+        if any(key == t or key.startswith(t + ".") for t in typed):
+            kept.append(f"model.{key}: trained {value!r}, evaluating {current[key]!r} (given on the command line)")
+            continue
+        if key in PATH_KEYS and value is not None and not Path(value).exists():
+            raise RecipeError(
+                f"model.{key}={value!r} (from ckpt={ckpt_path}) does not exist here; give model.{key}=PATH on the "
+                "command line"
+            )
+        try:
+            OmegaConf.update(cfg, f"model.{key}", value, merge=False)
+        except ValidationError as err:
+            raise RecipeError(f"ckpt={ckpt_path}: its model.{key}={value!r} does not fit this version: {err}") from None
+        taken.append(f"model.{key} {current[key]!r} -> {value!r}")
+    return kept + ([f"model settings from the checkpoint: {'; '.join(taken)}"] if taken else [])
+
+
 def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
-    """The UniPixel network of the recipe, with the checkpoint's weights (stage taken from the checkpoint)."""
+    """The UniPixel network of `recipe.model` (see `adopt_trained_model`) with the checkpoint's weights and stage."""
     from omegaconf import OmegaConf
 
     from pixelqa.train.module import model_from_checkpoint, read_checkpoint
@@ -36,4 +117,14 @@ def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
         except CheckpointError as err:
             raise RecipeError(str(err)) from None
     model_cfg = OmegaConf.to_container(OmegaConf.structured(recipe.model))
-    return model_from_checkpoint(model_cfg, ckpt, str(ckpt_path), recipe.stage, recipe.seed)
+    try:
+        return model_from_checkpoint(model_cfg, ckpt, str(ckpt_path), recipe.stage, recipe.seed)
+    except ValueError as err:
+        prefix = f"init_from={ckpt_path}: "  # load_init_weights' errors: weights that do not fit the model built
+        if ckpt is None or not str(err).startswith(prefix):
+            raise
+        detail = str(err).removeprefix(prefix).partition("; expected")[0]  # its "expected" speaks of fit's stages
+        raise RecipeError(
+            f"ckpt={ckpt_path}: {detail}; expected the model settings it was trained with (they are read from it: a "
+            "model.KEY=... given on the command line must keep the weight shapes)"
+        ) from None

@@ -236,7 +236,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     import pixelqa
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
-    from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt
+    from pixelqa.eval.model_loading import adopt_trained_model, load_model, resolve_eval_ckpt
     from pixelqa.preflight import apply_release_overrides, check_launcher, release_override_warning
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
@@ -264,6 +264,12 @@ def run_suite(args: list[str]) -> dict[str, float]:
     cfg = load_recipe(rest)
     recipe = to_object(cfg)
     check_launcher(recipe)  # the suite runs in this process, as a single evaluation does
+    ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
+    # the model trained (the checkpoint's model config), not the recipe's defaults: the fingerprint records it
+    for line in adopt_trained_model(cfg, rest, ckpt_path, recipe.trust_checkpoint):
+        if dist_info()[0] == 0:
+            print(line, flush=True)
+    recipe = to_object(cfg)
     # a released folder fixes some model settings: the fingerprint, provenance and MLflow record the values used
     overridden = apply_release_overrides(cfg, recipe)
     if overridden:
@@ -275,7 +281,6 @@ def run_suite(args: list[str]) -> dict[str, float]:
     if not runnable:
         lines = [missing_shards(s, shards) for s in suite.benchmarks if not only or s.name in only]
         raise RecipeError(f"suite={suite.name}: no benchmark has shards under {shards}; first: {lines[0]}")
-    ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     rank, world = dist_info()
     if world > 1:
         import torch.distributed as dist
