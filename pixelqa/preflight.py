@@ -145,11 +145,11 @@ def apply_release_overrides(cfg: Any, recipe: Any) -> list[str]:
 
     try:
         folder = release.inspect_folder(recipe.model.preset, recipe.model.path)
+        if folder is None or folder.kind != "release":
+            return []
+        changes = release.release_overrides(recipe.model, folder)
     except release.ReleaseError:
-        return []  # fit's model check, or evaluate's model loading, reports it
-    if folder is None or folder.kind != "release":
-        return []
-    changes = release.release_overrides(recipe.model, folder)
+        return []  # an unreadable folder or config: fit's model check, or evaluate's model loading, reports it
     for key, (_, used) in changes.items():
         OmegaConf.update(cfg, f"model.{key}", used, merge=False)
     return [f"model.{key}: {yours!r} -> {used!r}" for key, (yours, used) in changes.items()]

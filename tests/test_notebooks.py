@@ -83,12 +83,50 @@ def test_ablation_dashboard_on_a_real_grid(tmp_path, monkeypatch):
     jfs = [100 * results[f"model.hidden_tokens={t}"]["val/J&F"] for t in (1, 2)]
     for tokens, jf, line in zip((1, 2), jfs, paper[1:]):
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        bold = jf == max(jfs)
+        bold = f"{jf:.1f}" == f"{max(jfs):.1f}"  # the best as shown: a tie after rounding is bold in both rows
         assert cells[0] == str(tokens) and cells[3] == (f"**{jf:.1f}**" if bold else f"{jf:.1f}")
     assert "0.9877" not in text and "98.8" not in text  # a run outside any grid is not a cell
     assert (tmp_path / "dashboard-tiny-grid.png").stat().st_size > 5000
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1  # the plot renders in the notebook too
+
+
+def test_ablation_dashboard_bolds_ties_as_shown_and_adds_free_generation_when_logged(tmp_path):
+    """Two cells whose J&F differ only below the shown decimal are both bold; `val/gen/*` metrics get their own
+    columns and paper-style table in the grid that logged them, and none in a grid that did not."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("pixelqa")
+    grids = {
+        "gen-grid": {
+            "a": {"val/J_and_F": 0.13421, "val/J": 0.5, "val/gen/J_and_F": 0.2},
+            "b": {"val/J_and_F": 0.13389},
+        },
+        "tf-grid": {"a": {"val/J_and_F": 0.3}, "b": {"val/J_and_F": 0.1}},
+    }
+    for grid, cells in grids.items():
+        parent = client.create_run(exp, run_name=grid, tags={"pixelqa.grid": grid})
+        client.log_param(parent.info.run_id, "grid.model.memory.pooling", '["a", "b"]')
+        for value, metrics in cells.items():
+            tags = {"mlflow.parentRunId": parent.info.run_id}
+            child = client.create_run(exp, run_name=f"model.memory.pooling={value}", tags=tags)
+            client.log_param(child.info.run_id, "model.memory.pooling", value)
+            for key, v in metrics.items():
+                client.log_metric(child.info.run_id, key, v)
+            client.set_terminated(child.info.run_id)
+    text = execute("ablation_dashboard.ipynb", tmp_path, {"PIXELQA_TRACKING_URI": uri}, timeout=300)
+    shown = text[text.index("**gen-grid**\n\n|") :].split("**tf-grid**")[0]  # its Markdown as displayed
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in shown.splitlines() if ln.startswith("| ")]
+    assert rows[0] == ["model.memory.pooling", "J", "J&F"]
+    assert rows[1] == ["a", "**50.0**", "**13.4**"] and rows[2] == ["b", "-", "**13.4**"]  # 13.421 and 13.389
+    assert rows[3] == ["model.memory.pooling", "gen/J&F"] and rows[4] == ["a", "**20.0**"] and rows[5] == ["b", "-"]
+    assert "free generation (`val/gen/*`)" in shown
+    tables = (tmp_path / "dashboard-gen-grid.md").read_text()
+    assert tables.strip() in text  # the file holds what the notebook shows
+    plain = (tmp_path / "dashboard-tf-grid.md").read_text()
+    assert "gen/" not in plain and "| a | **30.0** |" in plain and "| b | 10.0 |" in plain
+    header = next(ln for ln in text.splitlines() if ln.split()[:1] == ["model.memory.pooling"] and "gen/J&F" in ln)
+    assert header.split()[:4] == ["model.memory.pooling", "J&F", "J", "F"]
 
 
 def test_ablation_dashboard_on_a_missing_store_says_so_and_creates_nothing(tmp_path):

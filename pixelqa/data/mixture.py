@@ -2,7 +2,9 @@
 
 A mixture is ``recipes/data/<name>.yaml`` with ``sources: [{name, split, repeat}]``. When no such file
 exists, the mixture of a stage (``stage1``, ``stage2``, ``stage3``; ``sft1m`` = stage 3) is assembled from
-the cards in ``datasets/``: the paper's sources only (the demo's `synthetic` has its own recipe). A source's share
+the cards in ``datasets/`` that say ``paper: true`` (the paper's Table 12 sources, `PAPER_SAMPLES`): a card without
+it (the demo's `synthetic`, a source of your own) never joins a paper mixture, whatever its `stages` say; train on
+it through a mixture file of your own (docs/extending.md). A source's share
 of training samples is repeat x samples / sum over sources. With built shards, each source's count is its
 manifests' and the table sets it beside the expected one (card, else paper), flagging sources that are missing
 or short.
@@ -17,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pixelqa.data.catalog import list_sources
-from pixelqa.data.registry import datasets_dir, list_cards, load_card
+from pixelqa.data.registry import Card, datasets_dir, list_cards, load_card
 
 STAGE_ALIASES = {"sft1m": "stage3", "stage1-mix": "stage1", "stage2-mix": "stage2"}
 
@@ -56,10 +58,6 @@ PAPER_SAMPLES: dict[str, int] = {
     "videorefer_short_caption": 500_000,
 }
 
-
-# Sources that are not part of the paper's data: never assembled into a stage mixture from the cards (their cards
-# may list stages for the demo's own use), so that a stage mixture counts and builds the paper's sources only.
-DEMO_SOURCES: frozenset[str] = frozenset({"synthetic"})
 
 # A built source below this fraction of its expected count is flagged "short". Not 1.0: the paper's counts are
 # rounded (69K, 1.4K) and the reference filters leave a few percent out.
@@ -120,13 +118,27 @@ def load_mixture(name: str) -> list[MixtureEntry]:
     stage = STAGE_ALIASES.get(name, name)
     entries = [
         MixtureEntry(card.name, use.split, float(use.repeat))
-        for card in (load_card(c) for c in list_cards() if c not in DEMO_SOURCES)
+        for card in paper_cards()
         for st, use in card.stages.items()
         if st == stage
     ]
     if not entries:
         raise MixtureError(f"mixture: got {name!r}; no {path} and no card uses stage {stage!r}")
     return entries
+
+
+def paper_cards() -> list[Card]:
+    """The cards marked `paper: true`, whose stages make up the paper's stage mixtures; a MixtureError names a card
+    that says so for a source outside paper Table 12 (a card copied from a paper source keeps the flag)."""
+    cards = [card for card in (load_card(c) for c in list_cards()) if card.paper]
+    for card in cards:
+        if card.name not in PAPER_SAMPLES:
+            raise MixtureError(
+                f"{card.path}: paper: true, but {card.name!r} is not a source of paper Table 12 (mixture.PAPER_SAMPLES)"
+                "; remove `paper: true` (its stages then join no paper mixture) and list the source in a mixture of "
+                "your own, recipes/data/<name>.yaml (docs/extending.md)"
+            )
+    return cards
 
 
 def manifest_samples(path: Path) -> int:

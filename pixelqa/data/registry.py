@@ -39,7 +39,14 @@ documented filters (the reference recipe's own selection rules) drop records wit
 Cards
 -----
 ``datasets/<name>.yaml`` describes a source: name, tasks, license, homepage, citation, raw_layout,
-splits, stages ({stage: {repeat, split}}), optional samples and notes. `load_card(name)` validates it.
+splits, stages ({stage: {repeat, split}}), optional paper, samples and notes. `load_card(name)` validates it.
+
+``paper: true`` marks a source of the paper's training data (Table 12, `mixture.PAPER_SAMPLES`): the stage
+mixtures assembled from the cards (`stage1`..`stage3`, which equal `recipes/data/stage1-mix` / `stage2-mix` /
+`sft1m`) take the `stages` of those cards only. A card of your own leaves it out: its `stages` are then shown by
+`python -m pixelqa.data cards` but change no paper mixture; to train on it, list it in a mixture of your own,
+``recipes/data/<name>.yaml`` (docs/extending.md). ``paper: true`` on a source outside Table 12 is refused when a
+stage mixture is assembled.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from pixelqa.data.schema import TASKS, Media, Sample, SampleError
 
 STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3")
 CARD_KEYS_REQUIRED: tuple[str, ...] = ("name", "tasks", "license", "homepage", "citation", "raw_layout", "splits")
-CARD_KEYS_OPTIONAL: tuple[str, ...] = ("stages", "samples", "notes", "description")
+CARD_KEYS_OPTIONAL: tuple[str, ...] = ("stages", "paper", "samples", "notes", "description")
 
 
 class Source:
@@ -212,6 +219,7 @@ class Card:
     raw_layout: str
     splits: list[str]
     stages: dict[str, StageUse] = field(default_factory=dict)
+    paper: bool = False  # a paper Table 12 source: its stages make up the paper's stage mixtures
     samples: dict[str, int] = field(default_factory=dict)
     notes: str = ""
     description: str = ""
@@ -257,6 +265,12 @@ def parse_card(data: Any, where: str = "card") -> Card:
         if split not in splits:
             raise ValueError(f"{where}.stages.{stage}.split: got {split!r}, expected one of {splits}")
         stages[stage] = StageUse(repeat=repeat, split=split)
+    paper = data.get("paper", False)
+    if not isinstance(paper, bool):
+        raise ValueError(f"{where}.paper: got {paper!r}, expected true or false")
+    if paper and not stages:
+        # the flag says which stage mixtures the card's stages join: without stages it would mean nothing
+        raise ValueError(f"{where}.paper: true without stages; expected the stages the paper trains it in")
     samples = data.get("samples") or {}
     if not isinstance(samples, dict) or not all(isinstance(v, int) and v >= 0 for v in samples.values()):
         raise ValueError(f"{where}.samples: got {samples!r}, expected a mapping split -> sample count")
@@ -269,6 +283,7 @@ def parse_card(data: Any, where: str = "card") -> Card:
         raw_layout=data["raw_layout"],
         splits=list(splits),
         stages=stages,
+        paper=paper,
         samples=dict(samples),
         notes=str(data.get("notes") or ""),
         description=str(data.get("description") or ""),

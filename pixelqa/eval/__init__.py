@@ -5,7 +5,8 @@
     check_split(name, split) -> None (ValueError for a split the benchmark does not have)
 
 Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`), video segmentation
-(ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe: J, F, J&F, R; `pixelqa.eval.video_seg`) and
+(ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe, and any video protocol registered with
+`pixelqa.eval.official.register_protocol`: J, F, J&F, R; `pixelqa.eval.video_seg`) and
 image segmentation (RefCOCO/+/g, RefClef, ReasonSeg: cIoU, gIoU, REC accuracy; `pixelqa.eval.image_seg`).
 Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`);
 `synthetic` is also scored by free generation (`eval.scoring=generate|both`, `pixelqa.eval.synthetic_generate`).
@@ -25,19 +26,19 @@ from typing import Any
 from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS, evaluate_image_seg
 from pixelqa.eval.runner import EvalResult
 from pixelqa.eval.synthetic import evaluate_synthetic
-from pixelqa.eval.video_seg import VIDEO_SEG_BENCHMARKS, evaluate_video_seg
+from pixelqa.eval.video_seg import evaluate_video_seg, video_seg_benchmarks
 
 
 def list_benchmarks() -> list[str]:
     """Every benchmark name `get_protocol` knows."""
-    return ["synthetic", *VIDEO_SEG_BENCHMARKS, *IMAGE_SEG_BENCHMARKS]
+    return ["synthetic", *video_seg_benchmarks(), *IMAGE_SEG_BENCHMARKS]
 
 
 def get_protocol(name: str) -> Callable[..., EvalResult]:
     """The protocol function of a benchmark: fn(model, recipe, num_overlays=4) -> EvalResult."""
     if name == "synthetic":
         return evaluate_synthetic
-    if name in VIDEO_SEG_BENCHMARKS:
+    if name in video_seg_benchmarks():
         return partial(evaluate_video_seg, source=name)
     if name in IMAGE_SEG_BENCHMARKS:
         return partial(evaluate_image_seg, source=name)

@@ -5,9 +5,12 @@ Generation is not done here: a protocol hands a `Request` to one callable, `answ
 (the inference API, `pixelqa.predict.Predictor`, provides it; tests pass their own), and scores what comes back.
 So every protocol is checked on predictions built by hand, and any model can be scored the same way.
 
-    get_official(benchmark) -> Protocol          PROTOCOLS: benchmark name -> Protocol
+    get_official(benchmark) -> Protocol          list_protocols(): the registered benchmark names
     get_official("reasonseg+exclude_ignore")     a protocol with named switches on (departures from the official
                                                  run, docs/departures.md; the suite file's `protocol:` takes this)
+    @register_protocol("name")                   a new benchmark (a Protocol subclass taking no arguments, or
+    register_protocol("name", factory)           any factory); a VideoSegProtocol named after its source is also
+                                                 scored teacher-forced (`eval.benchmark=name`; docs/extending.md)
     Request(...)      frames (positions in sample.media.frames) for the LLM and for SAM, text, visual prompts,
                       ground-truth memory, PixelQA's pre-fill text, the forced answer prefix, max_new_tokens
     Prediction(text, masks)   masks: one (len(sam_frames), H, W) bool array per <|seg|> of the answer (only the
@@ -144,6 +147,45 @@ def _mean(values: Sequence[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- protocols
+
+# benchmark name -> protocol factory (a Protocol subclass taking no arguments, or a function returning a Protocol),
+# in registration order: the teacher-forced video benchmarks (`pixelqa.eval.video_seg_benchmarks`) are read from it
+_PROTOCOLS: dict[str, Callable[[], Protocol]] = {}
+
+
+def register_protocol(name: str, factory: Callable[[], Protocol] | None = None) -> Callable[..., Any]:
+    """Register a protocol factory under benchmark `name`: `register_protocol(name, factory)` or, on a Protocol
+    subclass taking no arguments, the decorator `@register_protocol(name)`; returns the factory (decorator: itself)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "+/ "):
+        # '+' appends switches to a protocol name ('reasonseg+exclude_ignore'); '/' names metrics and folders
+        raise ValueError(f"name: got {name!r}, expected a non-empty benchmark name without '+', '/' or spaces")
+
+    def add(fn: Callable[[], Protocol]) -> Callable[[], Protocol]:
+        if name in _PROTOCOLS:
+            raise ValueError(f"name: protocol {name!r} is already registered")
+        if not callable(fn):
+            raise TypeError(f"register_protocol({name!r}): got {fn!r}, expected a Protocol subclass or a function")
+        _PROTOCOLS[name] = fn
+        return fn
+
+    return add if factory is None else add(factory)
+
+
+def unregister_protocol(name: str) -> None:
+    """Remove benchmark `name` from the registry (a test's or a notebook's protocol); an unknown name raises."""
+    if name not in _PROTOCOLS:
+        raise ValueError(f"name: protocol {name!r} is not registered")
+    del _PROTOCOLS[name]
+
+
+def list_protocols() -> list[str]:
+    """Every registered benchmark name, in registration order."""
+    return list(_PROTOCOLS)
+
+
+def _registry() -> dict[str, Callable[[], Protocol]]:
+    """Benchmark name -> protocol factory (a copy of the registry)."""
+    return dict(_PROTOCOLS)
 
 
 class Protocol:
@@ -591,33 +633,31 @@ class SubmissionProtocol(VideoSegProtocol):
         return [{"subset": "all", "expressions": len(records), "no_seg": sum(bool(r["no_seg"]) for r in records)}]
 
 
-def _registry() -> dict[str, Callable[[], Protocol]]:
-    """Benchmark name -> protocol factory."""
-    return {
-        "revos": ReVOSProtocol,
-        "mevis": lambda: VideoSegProtocol("mevis"),
-        "mevis_server": lambda: SubmissionProtocol("mevis"),
-        "ref_youtube_vos": lambda: SubmissionProtocol("ref_youtube_vos"),
-        "ref_davis17": lambda: VideoSegProtocol("ref_davis17"),
-        "ref_sav": lambda: VideoSegProtocol("ref_sav", family="description"),
-        "groundmore": GroundMoReProtocol,
-        "refcoco": lambda: ImageSegProtocol("refcoco", rec=True),
-        "refcoco_plus": lambda: ImageSegProtocol("refcoco_plus", rec=True),
-        "refcocog": lambda: ImageSegProtocol("refcocog", rec=True),
-        "reasonseg": lambda: ImageSegProtocol("reasonseg", rec=False),
-        "videorefer_bench_q": lambda: MCQProtocol("videorefer_bench_q"),
-        "videorefer_bench_d": DescribeProtocol,
-        "pixelqa": PixelQAProtocol,
-        "mvbench": lambda: MCQProtocol("mvbench"),
-    }
+# the built-in benchmarks, through the same path as an extension's (order: as listed in messages)
+register_protocol("revos", ReVOSProtocol)
+register_protocol("mevis", lambda: VideoSegProtocol("mevis"))
+register_protocol("mevis_server", lambda: SubmissionProtocol("mevis"))
+register_protocol("ref_youtube_vos", lambda: SubmissionProtocol("ref_youtube_vos"))
+register_protocol("ref_davis17", lambda: VideoSegProtocol("ref_davis17"))
+register_protocol("ref_sav", lambda: VideoSegProtocol("ref_sav", family="description"))
+register_protocol("groundmore", GroundMoReProtocol)
+register_protocol("refcoco", lambda: ImageSegProtocol("refcoco", rec=True))
+register_protocol("refcoco_plus", lambda: ImageSegProtocol("refcoco_plus", rec=True))
+register_protocol("refcocog", lambda: ImageSegProtocol("refcocog", rec=True))
+register_protocol("reasonseg", lambda: ImageSegProtocol("reasonseg", rec=False))
+register_protocol("videorefer_bench_q", lambda: MCQProtocol("videorefer_bench_q"))
+register_protocol("videorefer_bench_d", DescribeProtocol)
+register_protocol("pixelqa", PixelQAProtocol)
+register_protocol("mvbench", lambda: MCQProtocol("mvbench"))
 
-
-PROTOCOLS: tuple[str, ...] = tuple(_registry())
+# the built-in benchmark names (`list_protocols()` also has those registered later)
+PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOLS)
 
 
 def get_official(name: str, switches: Sequence[str] = ()) -> Protocol:
-    """A fresh protocol object of benchmark `name` (see PROTOCOLS) with the named switches on, given as `switches`
-    or appended to the name with '+' ('reasonseg+exclude_ignore', the form a suite file's `protocol:` takes)."""
+    """A fresh protocol object of benchmark `name` (see `list_protocols`) with the named switches on, given as
+    `switches` or appended to the name with '+' ('reasonseg+exclude_ignore', the form a suite file's `protocol:`
+    takes)."""
     base, *named = name.split("+")
     factories = _registry()
     if base not in factories:

@@ -3,7 +3,8 @@ GroundMoRe): J, F, J&F per object sequence (DAVIS definition, bound_th 0.008), p
 
 Rows of the result table: one per expression type when the source records one (ReVOS: referring / reasoning),
 and `all`. R needs the video's foreground union per frame, which ReVOS shards keep in `meta.foreground_rles`.
-Masks are compared on the frames the protocol samples (`data.num_frames`, segment centres).
+Masks are compared on the frames the protocol samples (`data.num_frames`, segment centres). The benchmarks are those
+`video_seg_benchmarks()` reads from the protocol registry (`pixelqa.eval.official.register_protocol`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ import torch
 
 from pixelqa.eval.runner import EvalResult, eval_batches
 
-VIDEO_SEG_BENCHMARKS: tuple[str, ...] = ("revos", "mevis", "ref_youtube_vos", "ref_davis17", "ref_sav", "groundmore")
+
+def video_seg_benchmarks() -> tuple[str, ...]:
+    """The benchmarks `evaluate_video_seg` scores teacher-forced: each registered protocol (`official.list_protocols`)
+    that is a VideoSegProtocol named after the source whose shards it reads (`mevis_server` reads mevis's: not one)."""
+    # read from the protocol registry at call time, so a benchmark registered once (even after import) is usable by
+    # both routes; official is imported on use so that importing pixelqa.eval does not load every protocol
+    from pixelqa.eval.official import VideoSegProtocol, get_official, list_protocols
+
+    names = []
+    for name in list_protocols():
+        protocol = get_official(name)
+        if isinstance(protocol, VideoSegProtocol) and protocol.name == name:
+            names.append(name)
+    return tuple(names)
 
 
 def _foreground(sample: Any, target: torch.Tensor) -> torch.Tensor | None:

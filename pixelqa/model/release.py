@@ -17,11 +17,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from pixelqa.switches import RELEASED_SETTINGS, SWITCH_CHOICES, release_value
 
 if TYPE_CHECKING:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
@@ -257,14 +260,18 @@ def apply_release_config(cfg: UniPixelConfig, folder: ModelFolder) -> None:
     cfg.mask_decoder.mode = "independent" if c.get("sam2_batch_mode") else "propagate"
     cfg.mask_decoder.checkpoint = None  # SAM's weights are in the release
     cfg.hidden_tokens = int(c.get("sam2_hidden_tokens", 2))
-    # the released blocks, whatever the preset says: our corrections are off when loading a release
-    cfg.seg_head = "released"
-    cfg.prompt_encoder.kind = "released"
-    cfg.mask_decoder.prompt_padding = "released"
-    cfg.mask_decoder.antialias = True
-    cfg.mask_decoder.multimask = True
-    if cfg.memory.pooling == "area":
-        cfg.memory.pooling = "window"
+    # the released blocks, whatever the preset says: our corrections are off when loading a release. Derived from
+    # the switch table, so a new switch value is reset too unless switches.RELEASE_KEEPS lists it (the rule's doc)
+    for key in SWITCH_CHOICES:
+        _set_key(cfg, key, release_value(key, attrgetter(key)(cfg)))
+    for key, value in RELEASED_SETTINGS.items():
+        _set_key(cfg, key, value)
+
+
+def _set_key(cfg: UniPixelConfig, key: str, value: Any) -> None:
+    """Set a dotted config key (`memory.pooling`) on a UniPixelConfig."""
+    *path, leaf = key.split(".")
+    setattr(attrgetter(".".join(path))(cfg) if path else cfg, leaf, value)
 
 
 def release_overrides(cfg: UniPixelConfig, folder: ModelFolder) -> dict[str, tuple[Any, Any]]:
