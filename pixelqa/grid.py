@@ -18,8 +18,10 @@ NAME's `last.ckpt`. On a cluster these become job dependencies.
     init_from: stage2
 
 Every cell runs `pixelqa.fit` (train + evaluate) as a child MLflow run (named by the cell) of one parent run.
-`launcher=local` (the default) runs the cells here, one after another; finished cells are recorded in
-`runs/grid/<name>/state.json`, so a rerun after a kill resumes where it stopped (same parent run).
+`launcher=local` (the default) runs the cells here, one after another; `runs/grid/<name>/state.json` records each
+run's settings when it starts and its result when it finishes, so a rerun after a kill resumes where it stopped
+(same parent run): finished runs are skipped, and the run that was killed continues from its `last.ckpt`
+(`ckpt=last`, same MLflow run; one line says from which step) when its settings are unchanged.
 `launcher=subprocess|slurm` submits each run as a job (pixelqa.launch) and returns: `--status` shows each run's
 job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
 `last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
@@ -32,7 +34,8 @@ keys left out: an edited recipe or preset file changes it under the same argumen
 prerequisites it started from. A rerun with other settings (e.g. `trainer.max_steps=50` after `=3`, or
 `recipes/scale/demo.yaml` edited: `recipe files edited: optim.lr 0.003 -> 0.001`) says which changed and runs
 the cell again from scratch (its old checkpoints are moved to `checkpoints.previous/`, never resumed); so does a
-result with no recorded settings (a state.json of an older version). A record of the version before resolved
+result with no recorded settings (a state.json of an older version), and so does a killed run's `last.ckpt` made
+under other settings or under none recorded. A record of the version before resolved
 recipes (arguments, no recipe) is kept on its arguments as that version kept it, with one printed note that
 recipe-file edits could not be checked for those runs; it then takes the current recipe, so later edits count.
 The replaced MLflow child run stays under the parent, tagged `pixelqa.superseded=true` (`pixelqa.superseded_reason`,
@@ -363,6 +366,19 @@ def _current_results(state: Mapping[str, Any], wanted: Mapping[str, Any]) -> dic
     }
 
 
+def _resumable_checkpoint(spec: Any) -> Path | None:
+    """The `checkpoints/last.ckpt` a run left behind (a file, or DeepSpeed's folder, as `ckpt=last` takes), or None."""
+    last = Path(spec.output_dir) / "checkpoints" / "last.ckpt"
+    # a dangling link (its step file deleted) cannot be resumed: None, and the run starts afresh
+    return last if last.is_file() or (last.is_dir() and (last / "checkpoint").is_dir()) else None
+
+
+def _checkpoint_step(last: Path) -> str:
+    """`step N` from the step file `last.ckpt` links to (`step000015.ckpt`); the path when its name says no step."""
+    found = re.search(r"step(\d+)", last.resolve().name)
+    return f"step {int(found.group(1))}" if found else str(last)
+
+
 def _set_aside_checkpoints(spec: Any) -> Path | None:
     """Move a run's checkpoints away, so that nothing resumes them with other settings; returns where."""
     from pixelqa.fit import set_aside_previous
@@ -667,7 +683,7 @@ def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str
 
 
 def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
-    """Today's behaviour: every run in this process, one after another (a rerun skips finished ones)."""
+    """Every run in this process, one after another (a rerun skips finished ones and resumes a killed one)."""
     from pixelqa.fit import run as fit_run
 
     state = _load_state(grid)
@@ -678,8 +694,11 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
         _save_state(grid, state)
     for i, spec in enumerate(specs):
         head = f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}"
+        args = list(spec.args)
+        stored = state["settings"].get(spec.key)
+        last = _resumable_checkpoint(spec)
         if spec.key in state["results"]:
-            why = settings_change(state["settings"].get(spec.key), wanted[spec.key])
+            why = settings_change(stored, wanted[spec.key])
             if why is None:
                 print(f"{head}: done before, skipped")
                 continue
@@ -687,12 +706,29 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
             moved = _set_aside_checkpoints(spec)
             print(f"{head}: {why}, rerunning" + (f" (old checkpoints moved to {moved})" if moved else ""))
             _supersede(grid, recipe.tracking, parent_id, spec, why)  # now: a rerun that fails must not bring it back
+        elif last is not None and stored is not None and _settings_diff(stored, wanted[spec.key]) is None:
+            # killed (or failed) after a checkpoint under these very settings: continue it, as a requeued job does
+            args = [*(a for a in args if not a.startswith("ckpt=")), "ckpt=last"]
+            print(f"{head}: stopped before it finished, resuming from {_checkpoint_step(last)} (ckpt=last)")
+        elif last is not None:
+            # checkpoints of other (or unrecorded) settings must not be resumed: start afresh, as for a stored result
+            if stored is None:  # killed under a version that recorded settings only at the end
+                why = "no record of the settings its checkpoints were made with"
+            else:
+                why = f"its checkpoints were made with other settings ({_settings_diff(stored, wanted[spec.key])})"
+            moved = _set_aside_checkpoints(spec)
+            print(f"{head}: {why}, starting afresh (old checkpoints moved to {moved})")
+            _supersede(grid, recipe.tracking, parent_id, spec, why)
         else:
             print(head)
-        metrics = fit_run(spec.args, parent_run_id=parent_id)
+        # Recorded before the run, not after: a kill then leaves the settings its checkpoints were made with, so the
+        # next rerun can tell a resumable run from a stale one. A result of other settings is dropped with them.
+        state["results"].pop(spec.key, None)
+        state["settings"][spec.key] = wanted[spec.key]
+        _save_state(grid, state)
+        metrics = fit_run(args, parent_run_id=parent_id)
         _supersede(grid, recipe.tracking, parent_id, spec, latest=True)
         state["results"][spec.key] = {k: float(v) for k, v in metrics.items()}
-        state["settings"][spec.key] = wanted[spec.key]
         _save_state(grid, state)
     _finish(grid, state, recipe.tracking)
     return {k: v for k, v in state["results"].items() if k in {cell_id(c) for c in grid.cells()}}

@@ -396,6 +396,95 @@ def test_a_changed_prerequisite_reruns_the_cells_that_start_from_it(tmp_path, mo
     assert out.count("(prerequisite base: trainer.max_steps 1 -> 2), rerunning") == 2
 
 
+class _Killed(BaseException):
+    """Stands in for `kill -9`: nothing of the grid runs after it (no handler, no state written)."""
+
+
+def _kill_once(monkeypatch, calls: list[list[str]], key: str, step: int) -> None:
+    """The (fake) fit of run `key`, the first time it starts, writes `step<step>.ckpt` with `last.ckpt` linking to
+    it, as the real fit's checkpoint callback does, and is then killed."""
+    import pixelqa.fit
+
+    finished = pixelqa.fit.run
+    killed: list[str] = []
+
+    def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
+        if _argval(args, "tracking.run_name") != f"'{key}'" or killed:
+            return finished(args, parent_run_id)
+        calls.append(list(args))
+        killed.append(key)
+        ckpts = Path(_argval(args, "output_dir")) / "checkpoints"
+        if "ckpt=last" not in args and ckpts.is_dir():  # as the real fit does on a fresh start
+            pixelqa.fit.set_aside_previous(ckpts)
+        ckpts.mkdir(parents=True, exist_ok=True)
+        (ckpts / f"step{step:06d}.ckpt").write_text(str(step))
+        (ckpts / "last.ckpt").symlink_to(f"step{step:06d}.ckpt")
+        raise _Killed
+
+    monkeypatch.setattr(pixelqa.fit, "run", run)
+
+
+def _killed_grid(tmp_path, monkeypatch, fake_fit) -> Path:
+    """A 2-cell grid run until the second cell is killed at step 15 (the first is done); returns the grid file."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "name: g\ngrid:\n  seed: [0, 1]\nmetrics: ['val/J&F']\n")
+    _kill_once(monkeypatch, fake_fit, "seed=1", 15)
+    with pytest.raises(_Killed):
+        run_grid(path, ["trainer.max_steps=30"])
+    assert [_argval(a, "tracking.run_name") for a in fake_fit] == ["'seed=0'", "'seed=1'"]
+    state = json.loads((tmp_path / "runs" / "grid" / "g" / "state.json").read_text())
+    assert list(state["results"]) == ["seed=0"]
+    assert set(state["settings"]) == {"seed=0", "seed=1"}  # the killed run's settings, recorded when it started
+    return path
+
+
+def test_a_local_grid_killed_during_a_cell_resumes_it_from_its_last_checkpoint(tmp_path, monkeypatch, capsys, fake_fit):
+    path = _killed_grid(tmp_path, monkeypatch, fake_fit)
+    capsys.readouterr()
+    results = run_grid(path, ["trainer.max_steps=30"])
+    out = capsys.readouterr().out
+    assert [_argval(a, "tracking.run_name") for a in fake_fit[2:]] == ["'seed=1'"]  # the done cell is not rerun
+    assert "ckpt=last" not in fake_fit[0] and _argval(fake_fit[2], "ckpt") == "last"
+    assert "run 1/2 seed=0: done before, skipped" in out
+    assert "run 2/2 seed=1: stopped before it finished, resuming from step 15 (ckpt=last)" in out
+    cell = tmp_path / "runs" / "grid" / "g" / "seed=1"
+    assert not (cell / "checkpoints.previous").exists()  # its checkpoints were continued, not set aside
+    assert (cell / "checkpoints" / "step000015.ckpt").read_text() == "30"  # last.ckpt's step file, written on
+    assert {k: v["val/J&F"] for k, v in results.items()} == {"seed=0": 0.3, "seed=1": 0.3}
+
+
+def test_a_killed_cell_with_other_or_unrecorded_settings_starts_afresh(tmp_path, monkeypatch, capsys, fake_fit):
+    import json
+
+    path = _killed_grid(tmp_path, monkeypatch, fake_fit)
+    capsys.readouterr()
+    run_grid(path, ["trainer.max_steps=50"])
+    out = capsys.readouterr().out
+    assert [_argval(a, "tracking.run_name") for a in fake_fit[2:]] == ["'seed=0'", "'seed=1'"]
+    assert all("ckpt=last" not in a for a in fake_fit[2:])  # the 15 steps of a 30-step run are not continued
+    assert "seed=1: its checkpoints were made with other settings (trainer.max_steps 30 -> 50), starting afresh" in out
+    cell = tmp_path / "runs" / "grid" / "g" / "seed=1"
+    assert (cell / "checkpoints.previous" / "step000015.ckpt").read_text() == "15"
+    assert (cell / "checkpoints" / "last.ckpt").read_text() == "50"
+
+    # killed again, under a state.json that recorded no settings for it (written by a version before this one)
+    fake_fit.clear()
+    _kill_once(monkeypatch, fake_fit, "seed=1", 20)
+    with pytest.raises(_Killed):
+        run_grid(path, ["trainer.max_steps=70"])
+    state_file = tmp_path / "runs" / "grid" / "g" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["settings"]["seed=1"]
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    run_grid(path, ["trainer.max_steps=70"])
+    assert "ckpt=last" not in fake_fit[-1] and _argval(fake_fit[-1], "tracking.run_name") == "'seed=1'"
+    out = capsys.readouterr().out
+    assert "seed=1: no record of the settings its checkpoints were made with, starting afresh" in out
+
+
 @pytest.fixture
 def recipes_copy(tmp_path, monkeypatch) -> Path:
     """A writable copy of recipes/ that every recipe load reads (PIXELQA_RECIPES), to edit between grid runs."""
