@@ -182,3 +182,17 @@ def test_a_launched_build_checks_its_raw_files_and_launcher_before_submitting(tm
     assert "launcher=slurm: sbatch and srun not found on PATH" in err
     assert "only build and mixture submit jobs" in user_error(capsys, "stats", str(out), "launcher=slurm")
     assert not out.exists()  # nothing submitted, no job state written
+
+
+def test_build_into_a_read_only_folder_is_one_line_before_any_work(tmp_path, capsys):
+    # it was an OSError traceback with status 1 from the first folder the build made
+    from test_preflight import _read_only_folder
+
+    ro = _read_only_folder(tmp_path)
+    out = ro / "shards"
+    try:
+        line = user_error(capsys, "build", "synthetic", "--out", str(out), "--max-samples", "4", "--quiet")
+    finally:
+        if ro.is_relative_to(tmp_path):
+            ro.chmod(0o755)
+    assert line.startswith(f"error: --out={out}: cannot write in {ro} ") and line.endswith("expected a writable folder")

@@ -531,3 +531,105 @@ def test_predictor_answer_fn_runs_pixelqa_two_pass_on_the_tiny_model(tmp_path, m
     end = "Please only give the best option.<|im_end|>\n<|im_start|>assistant\nThe best option is ("
     assert spy.calls[-1][0].endswith(end)
     assert departures_of(answer_fn) == []
+
+
+def _suite_args(shards: Path, out: Path) -> list[str]:
+    return ["suite=paper", "suite.only=revos", f"data.shards={shards}", f"output_dir={out}", "tracking.enabled=false"]
+
+
+def _one_line_exit_2(capsys, args: list[str]) -> str:
+    """Run the evaluate CLI; assert status 2 and one `recipe error:` line on stderr; return it."""
+    from pixelqa.evaluate import main
+
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and msg.count("\n") == 1 and msg.startswith("recipe error: "), msg
+    return msg.strip()
+
+
+def test_cli_rerun_after_a_torn_last_record_rescores_only_that_sample(shards, tmp_path, stub_model):
+    # a full disk or a power loss cuts a record short: the rerun scored the rest, appended after the fragment (the
+    # record glued to it), and its merge died with a traceback; every later rerun refused the whole file
+    from pixelqa.evaluate import run
+
+    args = _suite_args(shards, tmp_path / "run")
+    first = run(args)
+    folder = tmp_path / "run" / "suite-paper" / "revos"
+    path = folder / "records.rank0.jsonl"
+    header, one, two, three = path.read_text().splitlines(keepends=True)
+    keys = [json.loads(x)["key"] for x in (one, two, three)]
+    (folder / "result.json").unlink()
+    path.write_text(header + one + two[: len(two) // 2])  # header, record 1, half of record 2
+    assert run(args) == first and stub_model["answer"] == 3 + 2  # the torn sample and the third, nothing else
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["key"] for x in lines[1:]] == keys  # every line whole
+    assert run(args) == first and stub_model["answer"] == 5  # finished: reused
+    # a whole record whose newline was lost is kept; the next one starts on its own line
+    (folder / "result.json").unlink()
+    path.write_text(header + one + two.rstrip("\n"))
+    assert run(args) == first and stub_model["answer"] == 6
+    assert [json.loads(x)["key"] for x in path.read_text().splitlines()[1:]] == keys
+
+
+def test_cli_records_damaged_by_an_earlier_version_name_the_lines_to_drop(shards, tmp_path, stub_model, capsys):
+    from pixelqa.evaluate import run
+
+    args = _suite_args(shards, tmp_path / "run")
+    first = run(args)
+    folder = tmp_path / "run" / "suite-paper" / "revos"
+    (folder / "result.json").unlink()
+    path = folder / "records.rank0.jsonl"
+    header, one, two, three = path.read_text().splitlines(keepends=True)
+    path.write_text(header + one + two[: len(two) // 2] + two + three)  # what the old append left: line 3 glued
+    msg = _one_line_exit_2(capsys, args)
+    assert f"{path}: line 3 is not a JSON record" in msg and f"sed -i '3d' {path}" in msg, msg
+    assert stub_model["load"] == 1  # refused before the model loads
+    # doing what it says costs the samples on that line only
+    path.write_text(header + one + three)
+    assert run(args) == first and stub_model["answer"] == 3 + 1
+
+
+def test_cli_suite_errors_of_the_merge_are_one_line(shards, tmp_path, stub_model, capsys):
+    # a SuiteError raised after the scoring (merge_records) reached the user as a traceback with status 1
+    from pixelqa.evaluate import run
+
+    args = _suite_args(shards, tmp_path / "run")
+    run(args)
+    folder = tmp_path / "run" / "suite-paper" / "revos"
+    (folder / "result.json").unlink()
+    (folder / "records.rank1.jsonl").write_text((folder / "records.rank0.jsonl").read_text())
+    msg = _one_line_exit_2(capsys, args)
+    assert "was scored by two ranks" in msg
+
+
+def test_cli_suite_into_a_read_only_output_dir_is_one_line_before_any_work(shards, tmp_path, stub_model, capsys):
+    from test_preflight import _read_only_folder
+
+    out = _read_only_folder(tmp_path) / "out"
+    try:
+        msg = _one_line_exit_2(capsys, _suite_args(shards, out))
+    finally:
+        if out.parent.is_relative_to(tmp_path):
+            out.parent.chmod(0o755)
+    assert msg.startswith(f"recipe error: output_dir={out}: cannot write in {out.parent} ")
+    assert stub_model == {"load": 0, "answer": 0}
+
+
+def test_an_unfinished_benchmark_build_is_skipped_naming_the_command_that_finishes_it(shards, tmp_path):
+    import shutil
+
+    partial = tmp_path / "shards"
+    shutil.copytree(shards, partial)
+    folder = partial / "revos" / "valid"
+    (folder / "manifest.json").unlink()  # a build stopped before its manifest
+    reason = missing_shards(REVOS, partial)
+    assert reason.startswith(f"revos: the shards in {folder} are an unfinished build (no manifest.json")
+    assert reason.endswith(
+        f"finish it with: python -m pixelqa.data build revos --root RAW --out {partial} --split valid"
+        " (with the options of the build that stopped)"
+    )
+    (folder / ".progress-node000-of001.json").write_text(json.dumps({"config": {"max_count": 2}}))
+    assert "--max-count 2" in missing_shards(REVOS, partial)
+    results, skipped = run_suite_benchmarks(Suite("t", [REVOS]), oracle, partial, tmp_path / "out", {"seed": 0})
+    assert results == {} and skipped == [missing_shards(REVOS, partial)]

@@ -5,7 +5,8 @@ build SOURCE --root RAW --out SHARDS [--split S] [--workers N] [--on-error fail|
       [--no-check-frames] [--quiet] [--wait] [--frame-codec keep|jpg|png|ppm]
 inspect SHARDS [--n 4] [--out DIR] [--strict]  print samples and render mask overlays to PNG
 stats SHARDS [--strict]                   counts per source / split / task, the builds' rejects (from the manifests)
-                                          and damaged records found reading (counted, or with --strict fatal)
+                                          and damaged records found reading (counted, or with --strict fatal); a
+                                          folder whose build has not finished is marked INCOMPLETE
 mixture recipe=sft1m [--shards SHARDS]    print the weighted mixture of a recipe (paper Table 12)
 mixture recipe=sft1m --root RAW --out SHARDS [--roots NAME=PATH ...] [--workers N] [--on-error fail|skip]
       [--frame-codec keep|jpg|png|ppm]    build every source of the mixture (resumable), write its spec
@@ -15,8 +16,8 @@ build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`
 and a final verify job (see docs/cluster.md)
 
 Expected failures (damaged data with --on-error fail, a folder from a different build, missing raw files or shard
-paths, a bad recipe) print one line `error: ...` and exit 2; Ctrl-C exits 130 (build and mixture: rerun the same
-command to resume); a closed stdout pipe (`... | head`) exits 141 silently.
+paths, an --out that cannot be written, a bad recipe) print one line `error: ...` and exit 2; Ctrl-C exits 130
+(build and mixture: rerun the same command to resume); a closed stdout pipe (`... | head`) exits 141 silently.
 """
 
 from __future__ import annotations
@@ -31,9 +32,23 @@ from pathlib import Path
 from pixelqa.data.schema import FRAME_CODECS  # the package imports the schema anyway
 
 
+def check_out(out: str | Path) -> None:
+    """--out can be written (fit's preflight check): one `error:` line and status 2 before any work, not an OSError
+    traceback from the first shard."""
+    from pixelqa.config import RecipeError
+    from pixelqa.data.shards import BuildInputError
+    from pixelqa.preflight import check_writable
+
+    try:
+        check_writable(out, "--out")
+    except RecipeError as err:
+        raise BuildInputError(str(err)) from None
+
+
 def _build(args: argparse.Namespace) -> None:
     from pixelqa.data.shards import build_shards
 
+    check_out(args.out)
     m = build_shards(
         args.source,
         args.root,
@@ -117,8 +132,11 @@ def _stats(args: argparse.Namespace) -> None:
     skips = sum(e["skipped"] for e in rejects.values())
     # Two different losses: records the build refused (never written, recorded in its manifest) and records
     # written but found damaged now, while reading the shards.
+    unfinished = len(st.get("unfinished", {}))
+    builds = f"{unfinished} unfinished build{'s' * (unfinished > 1)}"
+    incomplete = f" (INCOMPLETE: {builds}, see above)" if unfinished else ""
     print(
-        f"samples: {st['samples']}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
+        f"samples: {st['samples']}{incomplete}  bytes: {st['bytes']:,}  mean frames: {st['mean_frames']:.2f}  "
         f"mean objects: {st['mean_objects']:.2f}  damaged records skipped: {st['damaged']} (while reading the shards)  "
         f"rejected by the build: {total}  skipped by the build (nothing to ask): {skips}"
     )
@@ -147,6 +165,7 @@ def _mixture(args: argparse.Namespace) -> None:
     if args.root is None:
         raise SystemExit("mixture: --out needs --root RAW (each source is read from RAW/<source> or --roots)")
     roots = parse_roots(args.roots)
+    check_out(args.out)
     build_mixture(
         entries,
         args.root,

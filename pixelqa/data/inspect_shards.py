@@ -1,7 +1,9 @@
 """Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task.
 
 Both read through `pixelqa.data.shard_reader`: damaged records are skipped with a warning naming shard and byte
-offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError).
+offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError). Shards of a
+build that has not finished (a progress file, or no manifest: `pixelqa.data.shards.unfinished_build`) are marked
+INCOMPLETE, with the command that finishes the build: their counts are part of a source, not all of it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pixelqa.data import masks
 from pixelqa.data.schema import Sample, encode_frame
 from pixelqa.data.shard_reader import DamageLog, RecordDamaged, iter_shard_records, to_sample
 from pixelqa.data.shard_reader import iter_samples as iter_checked_samples
+from pixelqa.data.shards import Unfinished, unfinished_build
 
 # Distinct overlay colours (RGB) for object ids 1, 2, ...
 PALETTE = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230), (255, 140, 0)]
@@ -35,6 +38,25 @@ def find_shards(paths: Sequence[str | Path]) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"shards: no .tar files under {[str(p) for p in paths]}")
     return found
+
+
+def unfinished_folders(shards: Sequence[Path]) -> dict[Path, Unfinished]:
+    """The folders of `shards` whose build has not finished, with why and the command that finishes it."""
+    out: dict[Path, Unfinished] = {}
+    for folder in sorted({p.parent for p in shards}):
+        unfinished = unfinished_build(folder)
+        if unfinished is not None:
+            out[folder] = unfinished
+    return out
+
+
+def incomplete_lines(unfinished: dict[Path, Unfinished]) -> list[str]:
+    """One line per unfinished build: the folder, why, and the command that finishes it."""
+    return [
+        f"INCOMPLETE BUILD {folder}: {u.reason}; its shards hold part of {folder.parent.name}/{folder.name} only; "
+        f"finish it with: {u.command}"
+        for folder, u in unfinished.items()
+    ]
 
 
 def describe(sample: Sample) -> str:
@@ -104,6 +126,8 @@ def inspect_shards(
     """Print the first `n` samples; with `out`, write `<out>/<key>.png` overlays. Returns the PNG paths."""
     written: list[Path] = []
     damage = DamageLog(strict)
+    for line in incomplete_lines(unfinished_folders(find_shards(paths))):
+        print(line)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     for i, sample in enumerate(iter_samples(paths, damage)):
@@ -127,7 +151,8 @@ def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
     frames = objects = n = 0
     nbytes = 0
     damage = DamageLog(strict)
-    for shard in find_shards(paths):
+    found = find_shards(paths)
+    for shard in found:
         nbytes += shard.stat().st_size
         for ref, record in iter_shard_records(shard, damage):
             try:
@@ -148,14 +173,21 @@ def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
         "mean_frames": frames / n if n else 0.0,
         "mean_objects": objects / n if n else 0.0,
         "damaged": damage.count,
+        "unfinished": unfinished_folders(found),
     }
 
 
 def print_counts(st: dict) -> None:
-    """Print the per-source / split and per-task sample tables of a `shard_stats` result."""
+    """Print the per-source / split and per-task sample tables of a `shard_stats` result; a source split whose
+    build has not finished is marked INCOMPLETE, with a line naming its folder and the command that finishes it."""
+    unfinished = st.get("unfinished", {})
+    partial = {(folder.parent.name, folder.name) for folder in unfinished}
     print(f"{'source':32s} {'split':10s} {'samples':>9s}")
     for (src, split), c in sorted(st["per_source"].items()):
-        print(f"{src:32s} {split:10s} {c:9d}")
+        mark = "  INCOMPLETE (build not finished)" if (src, split) in partial else ""
+        print(f"{src:32s} {split:10s} {c:9d}{mark}")
+    for line in incomplete_lines(unfinished):
+        print(line)
     print(f"{'task':32s} {'':10s} {'samples':>9s}")
     for task, c in sorted(st["per_task"].items()):
         print(f"{task:32s} {'':10s} {c:9d}")

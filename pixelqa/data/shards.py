@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import tarfile
@@ -119,6 +120,11 @@ def shard_name(source: str, split: str, index: int) -> str:
 def manifest_name(node_rank: int, num_nodes: int) -> str:
     """The manifest file name of one node's build."""
     return "manifest.json" if num_nodes == 1 else f"manifest-node{node_rank:03d}-of{num_nodes:03d}.json"
+
+
+def progress_name(node_rank: int, num_nodes: int) -> str:
+    """The progress file name of one node's build (present from its first complete shard until its manifest)."""
+    return f".progress-node{node_rank:03d}-of{num_nodes:03d}.json"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -503,7 +509,7 @@ def _build_locked(
     source, split, node_rank, num_nodes = cfg.source, cfg.split, cfg.node_rank, cfg.num_nodes
     max_samples, check_frames = cfg.max_samples, cfg.check_frames
     manifest_path = folder / manifest_name(node_rank, num_nodes)
-    progress_path = folder / f".progress-node{node_rank:03d}-of{num_nodes:03d}.json"
+    progress_path = folder / progress_name(node_rank, num_nodes)
 
     if manifest_path.is_file() and not progress_path.is_file():
         manifest = _read_state(manifest_path, folder)
@@ -625,6 +631,86 @@ def _build_locked(
     _write_json(manifest_path, manifest)
     progress_path.unlink(missing_ok=True)
     return manifest
+
+
+# a node's manifest or progress file of a build on several nodes (`manifest_name`, `progress_name`); plain
+# manifest.json is the one node of a single-node build
+_NODE_FILE = re.compile(r"(?:manifest|\.progress)-node(\d{3})-of(\d{3})\.json")
+# build options as `python -m pixelqa.data build` spells them, with their defaults (left out of a command)
+_BUILD_OPTIONS = (
+    ("max_count", "--max-count", 1000),
+    ("max_bytes", "--max-bytes", 256 * 2**20),
+    ("max_samples", "--max-samples", None),
+    ("frame_codec", "--frame-codec", "keep"),
+)
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A shard folder whose build has not finished: why, in words, and the command that finishes it."""
+
+    reason: str
+    command: str
+
+
+def _node_of(name: str) -> tuple[int, int]:
+    """(node_rank, num_nodes) of a manifest or progress file name."""
+    m = _NODE_FILE.fullmatch(name)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+
+
+def finish_command(source: str, split: str, out: str | Path, config: dict | None) -> str:
+    """The `data build` command that resumes a stopped build with the options its progress file or manifest
+    recorded (`config`; None: options unknown, the same as the stopped build's must be given)."""
+    cmd = f"python -m pixelqa.data build {source} --root RAW --out {out} --split {split}"
+    if config is None:
+        return cmd + " (with the options of the build that stopped)"
+    for key, flag, default in _BUILD_OPTIONS:
+        if config.get(key, default) != default:
+            cmd += f" {flag} {config[key]}"
+    if not config.get("check_frames", True):
+        cmd += " --no-check-frames"
+    if int(config.get("num_nodes", 1)) > 1:
+        cmd += f" --node-rank {config['node_rank']} --num-nodes {config['num_nodes']}"
+    return cmd
+
+
+def _recorded_config(path: Path) -> dict | None:
+    """The build config a progress file or manifest recorded; None when it is unreadable."""
+    try:
+        config = json.loads(path.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def unfinished_build(folder: str | Path, out: str | Path | None = None) -> Unfinished | None:
+    """None when a shard folder holds a finished build (every node's manifest, no progress file); else why not and
+    the command that finishes it (`out`: the shard root as the user gave it, default the folder's grandparent).
+
+    A build writes its manifest last and removes its progress file after it: shards beside a progress file, or with
+    no manifest, are the first part of a build that was stopped (or still runs), not the dataset."""
+    folder = Path(folder)
+    out = folder.parent.parent if out is None else out
+    source, split = folder.parent.name, folder.name
+    progress = sorted(folder.glob(".progress-node*-of*.json"))
+    if progress:
+        config = _recorded_config(progress[0])
+        reason = f"{progress[0].name} is there: a build stopped (or still running) before writing its manifest"
+        return Unfinished(reason, finish_command(source, split, out, config))
+    manifests = sorted(folder.glob("manifest*.json"))
+    if not manifests:
+        reason = "no manifest.json: the build that wrote them stopped before its end"
+        return Unfinished(reason, finish_command(source, split, out, None))
+    num_nodes = _node_of(manifests[0].name)[1]
+    missing = sorted(set(range(num_nodes)) - {_node_of(m.name)[0] for m in manifests})
+    if missing:
+        config = _recorded_config(manifests[0])
+        if config is not None:
+            config = {**config, "node_rank": missing[0]}
+        reason = f"{manifest_name(missing[0], num_nodes)} is missing: node {missing[0]} of {num_nodes} has not finished"
+        return Unfinished(reason, finish_command(source, split, out, config))
+    return None
 
 
 def read_manifests(folder: str | Path) -> list[dict]:

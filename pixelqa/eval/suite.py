@@ -8,8 +8,9 @@
     paper_rows(results, size) -> list[dict]                the paper-style table: ours (%), paper, diff
 
 Resumable: each rank appends one JSON line per scored sample to `<out>/<benchmark>/records.rank<r>.jsonl` (flushed
-per line; a torn last line is ignored), and a rerun skips the keys already there; a finished benchmark has a
-`result.json` and is not run again. Both carry a fingerprint of what produced them (`benchmark_fingerprint`: the
+per line; a torn last line — a write cut short by a full disk or a power loss — is ignored, and cut off before the
+rerun appends, so that its sample is scored again), and a rerun skips the keys already there; a finished benchmark
+has a `result.json` and is not run again. Both carry a fingerprint of what produced them (`benchmark_fingerprint`: the
 run's part from `suite_runner.run_fingerprint` — the SHA-256 of the checkpoint, of the model folder's weight files
 and config.json and of the SAM checkpoint, the model settings, the generation route —, the protocol, the shards'
 manifests; the result also the sample limit), and are reused only when it matches: otherwise `stale_reason` names
@@ -113,9 +114,12 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def shard_files(shards: str | Path, source: str, split: str) -> list[Path]:
-    """The tar files of one source split (sorted), empty when the folder or its manifest is missing."""
+    """The tar files of one source split (sorted), empty when the folder is missing or its build has not finished
+    (no manifest, or a progress file: the first shards of a stopped build are not the benchmark)."""
+    from pixelqa.data.shards import unfinished_build
+
     folder = Path(shards) / source / split
-    if not folder.is_dir() or not any(folder.glob("manifest*.json")):
+    if not folder.is_dir() or unfinished_build(folder) is not None:
         return []
     return sorted(folder.glob("*.tar"))
 
@@ -127,9 +131,17 @@ def build_command(source: str, split: str, shards: str | Path) -> str:
 
 def missing_shards(spec: BenchmarkSpec, shards: str | Path) -> str | None:
     """None when the benchmark's shards exist; else the one-line skip reason naming the build command."""
+    from pixelqa.data.shards import unfinished_build
+
     if shard_files(shards, spec.source, spec.split):
         return None
     folder = Path(shards) / spec.source / spec.split
+    unfinished = unfinished_build(folder, shards) if any(folder.glob("*.tar")) else None
+    if unfinished is not None:
+        return (
+            f"{spec.name}: the shards in {folder} are an unfinished build ({unfinished.reason}); finish it with: "
+            f"{unfinished.command}"
+        )
     return f"{spec.name}: no shards at {folder}; build them with: {build_command(spec.source, spec.split, shards)}"
 
 
@@ -152,26 +164,57 @@ def iter_benchmark_samples(spec: BenchmarkSpec, shards: str | Path, damage: Any 
 # ------------------------------------------------------------------------------------------------ records
 
 
+def _parsed(line: str) -> Any:
+    """A line's JSON value; None when it is not JSON (a torn or damaged line)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def read_records_file(path: Path) -> tuple[dict | None, dict[str, dict]]:
-    """(fingerprint header or None, key -> record) of one JSON-lines file; a torn last line (a kill mid-write) is
-    ignored."""
+    """(fingerprint header or None, key -> record) of one JSON-lines file; a torn last line (a write cut short) is
+    ignored. A damaged line before the last raises SuiteError naming each such line and how to drop just them."""
     header: dict | None = None
     out: dict[str, dict] = {}
     if not path.is_file():
         return header, out
     lines = path.read_text().splitlines()
+    bad: list[int] = []
     for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise SuiteError(f"{path}: line {i + 1} is not JSON; delete the file to score its samples again") from None
-        if i == 0 and "fingerprint" in rec and "key" not in rec:
+        rec = _parsed(line)
+        if i == 0 and isinstance(rec, dict) and "fingerprint" in rec and "key" not in rec:
             header = rec["fingerprint"]
             continue
-        out[rec["key"]] = rec
+        if isinstance(rec, dict) and "key" in rec and "index" in rec:
+            out[rec["key"]] = rec
+        elif not (rec is None and i == len(lines) - 1):  # not JSON on the last line: torn, scored again
+            bad.append(i + 1)
+    if bad:
+        # a version before run_benchmark cut torn lines appended the next record to one: only the samples on the
+        # damaged lines need scoring again, not the whole file
+        lines_named = ", ".join(map(str, bad))
+        raise SuiteError(
+            f"{path}: line{'s' * (len(bad) > 1)} {lines_named} {'are' if len(bad) > 1 else 'is'} not a JSON record "
+            "(a write cut short, then appended to); delete only those lines and rerun to score their samples again: "
+            f"sed -i '{';'.join(f'{n}d' for n in bad)}' {path}"
+        )
     return header, out
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a records file back to the end of its last complete line; returns the bytes removed. A last line that is
+    a whole record missing only its newline gets the newline instead."""
+    with path.open("r+b") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        end = data.rfind(b"\n") + 1
+        if isinstance(_parsed(data[end:].decode("utf-8", "replace")), dict):
+            f.write(b"\n")  # at the end already: the next record starts on its own line
+            return 0
+        f.truncate(end)  # appended to, the fragment would glue itself to the next record: a damaged middle line
+        return len(data) - end
 
 
 def read_records(path: Path) -> dict[str, dict]:
@@ -320,6 +363,8 @@ def run_benchmark(
     header, done = read_records_file(path)
     if not done:  # nothing scored yet (new file, a header only, a torn first line): start it with this header
         path.write_text(json.dumps(_json_safe({"fingerprint": records_fingerprint(fp)})) + "\n")
+    else:
+        cut_torn_tail(path)  # the torn record's sample is not in `done`: it is scored again below
     scored = 0
     with path.open("a") as f:
         for i, sample in enumerate(iter_benchmark_samples(spec, shards)):

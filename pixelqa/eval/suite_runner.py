@@ -230,14 +230,26 @@ def log_mlflow(tracking: Any, suite: Suite, results: dict[str, BenchmarkResult],
 
 
 def run_suite(args: list[str]) -> dict[str, float]:
-    """The `suite=NAME` form of `pixelqa.evaluate`; returns {"<benchmark>/<metric>": value} (rank 0)."""
+    """The `suite=NAME` form of `pixelqa.evaluate`; returns {"<benchmark>/<metric>": value} (rank 0). A SuiteError
+    from any step (a suite file, stale or damaged records, a merge that finds a sample missing) is a RecipeError:
+    the CLI prints it as one line and exits 2."""
+    from pixelqa.config import RecipeError
+
+    try:
+        return _run_suite(args)
+    except SuiteError as err:
+        raise RecipeError(str(err)) from None
+
+
+def _run_suite(args: list[str]) -> dict[str, float]:
+    """`run_suite` itself; SuiteErrors propagate."""
     import torch
 
     import pixelqa
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
     from pixelqa.eval.model_loading import adopt_trained_model, load_model, resolve_eval_ckpt
-    from pixelqa.preflight import apply_release_overrides, check_launcher, release_override_warning
+    from pixelqa.preflight import apply_release_overrides, check_launcher, check_writable, release_override_warning
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]
@@ -253,10 +265,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
         raise RecipeError(f"suite.fresh: got {fresh_args[-1]!r}, expected true or false")
     fresh = bool(fresh_args) and fresh_args[-1] == "true"
     max_new_tokens = int(caps[-1]) if caps else None
-    try:
-        suite = load_suite(names[-1])
-    except SuiteError as err:
-        raise RecipeError(str(err)) from None
+    suite = load_suite(names[-1])
     known = [s.name for s in suite.benchmarks]
     misspelt = [n for n in only if n not in known]
     if misspelt:  # a dropped name would silently leave a benchmark out of the table
@@ -264,6 +273,9 @@ def run_suite(args: list[str]) -> dict[str, float]:
     cfg = load_recipe(rest)
     recipe = to_object(cfg)
     check_launcher(recipe)  # the suite runs in this process, as a single evaluation does
+    # records, results and tables go there: an unwritable folder is one line now, not a traceback after the model
+    # has loaded and the first sample has been generated
+    check_writable(recipe.output_dir, "output_dir")
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     # the model trained (the checkpoint's model config), not the recipe's defaults: the fingerprint records it
     for line in adopt_trained_model(cfg, rest, ckpt_path, recipe.trust_checkpoint):
@@ -292,10 +304,8 @@ def run_suite(args: list[str]) -> dict[str, float]:
     weights = weights_fingerprint(recipe.model.path, recipe.model.mask_decoder.checkpoint)
     route = generation_route()
     fingerprint = run_fingerprint(flatten(cfg), ckpt_sha256, max_new_tokens, weights, route)
-    try:  # before the model loads: a refused rerun costs seconds
-        check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
-    except SuiteError as err:
-        raise RecipeError(str(err)) from None
+    # before the model loads: a refused rerun costs seconds
+    check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
     torch.manual_seed(recipe.seed)
     model = load_model(recipe, ckpt_path)
     if torch.cuda.is_available() and recipe.trainer.accelerator in ("gpu", "cuda", "auto"):
@@ -304,10 +314,7 @@ def run_suite(args: list[str]) -> dict[str, float]:
     if ("Predictor" in generation) != (route == "predictor"):  # the route taken is not the one checked: check it
         route = "predictor" if "Predictor" in generation else "chat"
         fingerprint = {**fingerprint, "generation_route": route}
-        try:
-            check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
-        except SuiteError as err:
-            raise RecipeError(str(err)) from None
+        check_stale(runnable, shards, out, fingerprint, recipe.eval.max_samples, fresh, rank)
     if rank == 0:
         print(
             f"PixelQA evaluate suite={suite.name}: {len(runnable)} of {len(suite.benchmarks)} benchmarks; {generation}"

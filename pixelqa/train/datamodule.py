@@ -69,16 +69,26 @@ def _shards(folder: Path) -> list[Path]:
 
 
 def check_sources(data: Any) -> None:
-    """Fail before any work when a real source's shard folder is missing or empty (synthetic ones are built)."""
+    """Fail before any work when a real source's shard folder is missing, empty or an unfinished build (synthetic
+    ones are built, or their build resumed, on first use)."""
+    from pixelqa.data.shards import unfinished_build
+
     for group in ("sources", "val_sources"):
         for i, src in enumerate(getattr(data, group)):
             if src.repeat <= 0:
                 raise RecipeError(f"data.{group}[{i}].repeat={src.repeat}: expected a positive repeat factor")
             folder = shard_folder(data.shards, src.name, src.split)
-            if _shards(folder):
-                continue
             if src.name == SYNTHETIC and data.build_if_missing:
                 continue
+            if _shards(folder):
+                # the first shards of a stopped build would be trained on as if they were the whole source
+                unfinished = unfinished_build(folder, data.shards)
+                if unfinished is None:
+                    continue
+                raise RecipeError(
+                    f"data.{group}[{i}] ({src.name}/{src.split}): the shards in {folder} are an unfinished build "
+                    f"({unfinished.reason}); finish it with: {unfinished.command}"
+                )
             build = f"python -m pixelqa.data build {src.name} --root RAW --out {data.shards} --split {src.split}"
             hint = (
                 f"build them with: {build}"
@@ -90,10 +100,11 @@ def check_sources(data: Any) -> None:
 
 def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
     """Build the synthetic shards of `split` (num_samples samples) unless they exist; returns the folder."""
+    from pixelqa.data.shards import build_shards, unfinished_build
+
     folder = shard_folder(root, SYNTHETIC, split)
-    if _shards(folder) and list(folder.glob("manifest*.json")):
+    if _shards(folder) and unfinished_build(folder) is None:
         return folder
-    from pixelqa.data.shards import build_shards
 
     print(f"building synthetic/{split} shards ({num_samples} samples) in {folder} (first use only)", flush=True)
     per_shard = max(8, num_samples // 8)  # several shards: enough to split across processes and workers
@@ -522,11 +533,19 @@ class ShardDataModule(L.LightningDataModule):
                 build_synthetic(self.data.shards, src.split, sizes.get(src.split, self.data.synthetic_val))
 
     def setup(self, stage: str | None = None) -> None:
-        """Index the shards of every source."""
+        """Index the shards of every source; a training fingerprint taken before synthetic shards were built on first
+        use gets their identity now, before any checkpoint records it."""
         if not self.train_sources and stage in (None, "fit"):
             self.train_sources = [
                 SourceIndex(self.data.shards, s.name, s.split, s.repeat, self.damage) for s in self.data.sources
             ]
+            # pixelqa.fit fingerprints the stream before prepare_data builds missing synthetic shards; left unknown,
+            # a resume could not tell whether that source changed (the module saves this dict in checkpoints)
+            fingerprint = getattr(self.trainer.lightning_module, "stream_fingerprint", None) if self.trainer else None
+            if isinstance(fingerprint, dict):
+                from pixelqa.train.guards import fill_unknown
+
+                fill_unknown(fingerprint, self.data)
         if not self.val_sources:
             self.val_sources = [
                 SourceIndex(self.data.shards, s.name, s.split, damage=self.damage) for s in self.data.val_sources
