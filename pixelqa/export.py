@@ -144,7 +144,8 @@ def release_state_dict(model: UniPixel, dtype: torch.dtype) -> tuple[dict[str, t
 
 
 def check_out(out: str | Path, overwrite: bool = False) -> Path:
-    """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` a folder replaced whole."""
+    """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` a folder replaced whole;
+    its parent folder must take new entries (tried, before a model loads for minutes only to fail at the write)."""
     from pixelqa.files import replaceable_folder
 
     target = Path(out)
@@ -155,7 +156,34 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
             f"out: {str(target)!r} is a folder that is not empty; expected a new folder name, or pass --overwrite to "
             "replace it (everything in it is deleted)"
         )
+    check_writable(target.parent)
     return target
+
+
+def check_writable(folder: Path) -> None:
+    """Raise `OutError` unless a folder can be made in `folder` (or in its nearest existing ancestor, where the
+    missing ones would be made): creating one and removing it again is the only test that also sees read-only
+    mounts, quotas and network filesystems' own rules."""
+    import tempfile
+
+    from pixelqa.files import disk_error, temp_prefix
+
+    probe_in = folder.absolute()
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise OutError(f"out: {str(probe_in)!r} is not a folder; expected the output folder's parent to be one")
+    try:
+        Path(tempfile.mkdtemp(prefix=temp_prefix(probe_in / "probe"), dir=probe_in)).rmdir()
+    except OSError as exc:
+        raise OutError(
+            f"out: cannot write in {str(probe_in)!r} ({disk_error(exc) or exc.strerror}); choose a folder you can "
+            "write to"
+        ) from None
+
+
+class OutError(ValueError):
+    """An output folder export cannot write in."""
 
 
 def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
@@ -200,6 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         folder = export(model, args.out, args.dtype, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a full disk or a quota met while writing: said in one line, the old OUT intact
+        from pixelqa.files import disk_error
+
+        if disk_error(exc) is None:
+            raise
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: {said}; {args.out} not written ({disk_error(exc)}; any earlier export there is intact)",
+            file=sys.stderr,
+        )
         return 2
     print(f"exported: {folder}")
     return 0

@@ -1,17 +1,39 @@
 """Atomic writes that keep plain file modes: a file or a folder appears whole under its name, or not at all.
 
 A leaf module (the standard library only), so every layer may use it: predict's outputs, the web demo's downloads,
-`save_pretrained` and `export`.
+`save_pretrained`, `export` and the training checkpoints.
+
+Temporaries are written beside their target (a rename within one folder is atomic; one across filesystems is a
+copy that a kill leaves half done) and named `.NAME.tmp~PID~HOST~XXXXXXXX[.suffix]`: a later write removes those
+whose writer, a process of this host, has exited (`remove_stale_temps`). One of another host is left alone: whether
+it is still in use cannot be told from here.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+TEMP_MARK = ".tmp~"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp~(?P<pid>\d+)~(?P<host>[^~/]*)~[a-z0-9_]+(?P<suffix>(\.[^~/]*)?)$")
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# Errors a user can act on (space, quota, a read-only or foreign folder): said in one line, not as a traceback.
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only filesystem",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 def current_umask() -> int:
@@ -21,26 +43,143 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def disk_error(exc: BaseException) -> str | None:
+    """What a disk error means to a user ("no space left on the device", ...), or None for any other error. The
+    exceptions `exc` was raised from or while handling count too (torch.save reports a full disk met inside its
+    zip writer as a RuntimeError raised while handling the OSError), and so does a Rust writer's io error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
+            return DISK_ERRNOS[current.errno]
+        rust = _RUST_OS_ERROR.search(str(current))  # safetensors' writer reports an io error as "... (os error 28)"
+        if rust is not None and int(rust[1]) in DISK_ERRNOS:
+            return DISK_ERRNOS[int(rust[1])]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _host() -> str:
+    return socket.gethostname().replace("~", "-").replace("/", "-")
+
+
+def temp_prefix(target: Path) -> str:
+    """The name prefix of this process's temporaries for `target` (see the module doc)."""
+    return f".{target.name}{TEMP_MARK}{os.getpid()}~{_host()}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Temporaries in `folder` (of the target `name`, or of any) whose writer, a process of this host, has exited."""
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    host, found = _host(), []
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or (name is not None and m["name"] != name) or m["host"] != host:
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and not _pid_alive(pid):
+            found.append(entry)
+    return found
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove what `stale_temps` finds (a kill during an earlier write leaves them, full size); returns them."""
+    found = stale_temps(folder, name)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to the disk; a filesystem that cannot sync a folder is let be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_file(path: str | os.PathLike, write: Callable[[Path], object], durable: bool = False) -> Path:
     """Run `write(tmp)` on a temporary file beside `path` (same suffix), then rename it onto `path`; the file gets
-    a plain file's mode (0666 less the umask), not the private 0600 of a temporary file."""
+    a plain file's mode (0666 less the umask), not the private 0600 of a temporary file. `durable` syncs the file
+    to the disk before the rename and the folder after it (a crash then leaves the old or the new file, whole)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~current_umask())
+        if durable:
+            _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync(path.parent)
     return path
 
 
-def replaceable_folder(directory: str | os.PathLike, own: Callable[[str], bool] | None = None) -> bool:
-    """Whether replacing `directory` whole loses nothing: it is absent, empty, or every entry's name is `own`."""
+def atomic_symlink(source: str | os.PathLike, link: str | os.PathLike) -> Path:
+    """Point `link` at `source` (relative to the link's folder) by renaming a new link onto it: at every moment
+    `link` names the old target or the new one, never nothing. A folder at `link` (not a link) is removed first."""
+    link = Path(link)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    tmp = link.with_name(temp_prefix(link) + uuid.uuid4().hex[:8])
+    os.symlink(os.path.relpath(source, link.parent), tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return link
+
+
+def _old_name(target: Path) -> Path:
+    """Where `atomic_folder` keeps the replaced folder between its two renames."""
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_folder(directory: str | os.PathLike) -> Path | None:
+    """Put back a folder that a kill between `atomic_folder`'s two renames left only as `.NAME.old` (said on
+    stderr); returns it, or None when there was nothing to recover."""
     target = Path(directory)
+    old = _old_name(target)
+    if target.exists() or target.is_symlink() or not old.is_dir() or old.is_symlink():
+        return None
+    os.replace(old, target)
+    print(f"note: restored {target} from {old}, left by a write killed while replacing it", file=sys.stderr)
+    return target
+
+
+def replaceable_folder(directory: str | os.PathLike, own: Callable[[str], bool] | None = None) -> bool:
+    """Whether replacing `directory` whole loses nothing: it is absent, empty, or every entry's name is `own`
+    (a folder a killed replacement left as `.NAME.old` is put back first: `recover_folder`)."""
+    target = Path(directory)
+    recover_folder(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         return False
     if not target.exists():
@@ -48,23 +187,42 @@ def replaceable_folder(directory: str | os.PathLike, own: Callable[[str], bool] 
     return all(own is not None and own(child.name) for child in target.iterdir())
 
 
+def _plain_modes(folder: Path) -> None:
+    """Give every file under `folder` the read/write bits a plain file gets (0666 less the umask); writers such as
+    safetensors create theirs private (0600), which the finished folder must not keep."""
+    plain = 0o666 & ~current_umask()
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode & 0o7777
+            if mode | plain != mode:
+                os.chmod(path, mode | plain)
+
+
 @contextmanager
 def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise).
 
     An existing `directory` is replaced whole: callers decide whether it may be (`replaceable_folder`); a file or a
-    link there is refused here."""
+    link there is refused here. Temporaries of `directory` that killed writes left are removed first, and a folder
+    a kill left only as `.NAME.old` is put back (`recover_folder`)."""
     target = Path(directory)
+    recover_folder(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_temps(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder gets a plain folder's mode
     try:
         yield tmp
+        _plain_modes(tmp)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = _old_name(target)
             shutil.rmtree(old, ignore_errors=True)
+            # a kill between these two renames leaves only `old`: the next write (or check) puts it back
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

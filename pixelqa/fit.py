@@ -20,6 +20,7 @@ them. Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflo
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -116,14 +117,45 @@ def check_resume(recipe: Recipe, resume: Path, fingerprint: dict, hparams: Mappi
     return changed
 
 
-def set_aside_previous(ckpt_dir: Path) -> Path | None:
-    """A fresh run in a folder with checkpoints moves them to `checkpoints.previous/` (replacing older ones there)."""
-    import shutil
+def holds_checkpoints(folder: Path) -> bool:
+    """Whether a folder holds a checkpoint: a `*.ckpt` file, or a DeepSpeed checkpoint directory (what fit writes
+    there besides, e.g. the MLflow run id written at the start, is no checkpoint)."""
+    if not folder.is_dir():
+        return False
+    for entry in folder.glob("*.ckpt"):
+        if entry.name.startswith("."):  # a temporary of a write in progress or killed (pixelqa.files)
+            continue
+        if entry.is_file() or (entry.is_dir() and (entry / "checkpoint").is_dir()):
+            return True
+    return False
 
-    if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+
+def set_aside_folders(ckpt_dir: Path) -> list[Path]:
+    """The folders fresh starts set `ckpt_dir`'s checkpoints aside in, oldest first: `checkpoints.previous`,
+    `checkpoints.previous-2`, ..."""
+    found = []
+    for entry in ckpt_dir.parent.glob(ckpt_dir.name + ".previous*"):
+        suffix = entry.name[len(ckpt_dir.name + ".previous") :]
+        if suffix == "":
+            found.append((1, entry))
+        elif suffix.startswith("-") and suffix[1:].isdigit():
+            found.append((int(suffix[1:]), entry))
+    return [entry for _, entry in sorted(found)]
+
+
+def set_aside_previous(ckpt_dir: Path) -> Path | None:
+    """A fresh run in a folder with checkpoints moves them to `checkpoints.previous/`, or, that name taken, to the
+    next free `checkpoints.previous-N/` (earlier ones are never deleted); returns where, or None (nothing to move:
+    a folder without checkpoints stays, e.g. one a run interrupted before its first checkpoint left)."""
+    if not holds_checkpoints(ckpt_dir):
         return None
-    previous = ckpt_dir.with_name(ckpt_dir.name + ".previous")
-    shutil.rmtree(previous, ignore_errors=True)
+    earlier = set_aside_folders(ckpt_dir)
+    number = 1
+    if earlier:
+        last = earlier[-1].name[len(ckpt_dir.name + ".previous") :]
+        number = int(last[1:]) + 1 if last else 2
+    base = ckpt_dir.name + ".previous"
+    previous = ckpt_dir.with_name(base if number == 1 else f"{base}-{number}")
     ckpt_dir.rename(previous)
     return previous
 
@@ -248,13 +280,16 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
     """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
 
-    from pixelqa.train.strategies import build_strategy
+    from pixelqa.train.checkpoint_io import AtomicCheckpointIO
+    from pixelqa.train.strategies import build_strategy, strategy_spec
 
     t = recipe.trainer
     interval = t.val_check_interval
     # An int interval counts optimizer steps in recipes; Lightning counts micro-batches.
     val_every = int(interval) * accumulate if interval else 10**12
     limit_val = t.limit_val_batches if t.limit_val_batches is not None else 1.0
+    # DeepSpeed and FSDP write their own checkpoint folders; elsewhere Lightning's CheckpointIO writes the file
+    plugins = [] if strategy_spec(recipe)[0] in ("deepspeed", "fsdp") else [AtomicCheckpointIO()]
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -273,6 +308,7 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
         deterministic=t.deterministic,
         logger=logger if logger is not None else False,
         callbacks=callbacks,
+        plugins=plugins,
         default_root_dir=recipe.output_dir,
         use_distributed_sampler=False,  # the datamodule splits its streams by rank itself
         enable_model_summary=False,
@@ -330,15 +366,28 @@ def fit_command(args: list[str], *extra: str, module: str = "pixelqa.fit") -> st
 
 
 def resume_hint(args: list[str]) -> str:
-    """What to type after an interrupted run: resume from its last checkpoint, or start again if it has none."""
+    """What to type after an interrupted run: resume from its last checkpoint, or start again if it has none (and
+    then how to continue the run whose checkpoints a fresh start set aside, when there is one)."""
     try:
         out = Path(str(load_recipe([a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG]).output_dir))
     except RecipeError:
         return f"interrupted. Run again with: {fit_command(args)}"
-    last = out / "checkpoints" / "last.ckpt"
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
     if last.is_file():
         return f"interrupted. Resume from its last checkpoint ({last}) with:\n  {fit_command(args, 'ckpt=last')}"
-    return f"interrupted before the first checkpoint. Start again with:\n  {fit_command(args)}"
+    hint = f"interrupted before the first checkpoint. Start again with:\n  {fit_command(args)}"
+    aside = [p for p in set_aside_folders(ckpt_dir) if (p / "last.ckpt").is_file()]
+    if aside and not holds_checkpoints(ckpt_dir):
+        prev = aside[-1]
+        newest = os.readlink(prev / "last.ckpt") if (prev / "last.ckpt").is_symlink() else "last.ckpt"
+        steps = [shlex.join(["rm", "-r", str(ckpt_dir)])] if ckpt_dir.exists() else []  # no checkpoint in it
+        steps += [shlex.join(["mv", str(prev), str(ckpt_dir)]), fit_command(args, "ckpt=last")]
+        hint += (
+            f"\nThe checkpoints a fresh start set aside are kept in {prev} (newest: {newest}); to continue that run "
+            f"instead (this one has no checkpoint to lose):\n  {' && '.join(steps)}"
+        )
+    return hint
 
 
 def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Path]) -> str:
@@ -419,7 +468,7 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     from pixelqa.data.shards import write_text_atomic
     from pixelqa.eval.synthetic_generate import after_fit_generation, check_generation_scoring
     from pixelqa.quiet import silence_library_noise
-    from pixelqa.train.callbacks import OverlayLogger, build_callbacks
+    from pixelqa.train.callbacks import FitTimer, OverlayLogger, build_callbacks
     from pixelqa.train.data_wait import DataWaitTimer
     from pixelqa.train.datamodule import ShardDataModule
     from pixelqa.train.module import load_init_weights, module_class
@@ -457,7 +506,10 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     if resume is None and rank_zero:
         moved = set_aside_previous(ckpt_dir)
         if moved is not None:
-            print(f"fresh run: the previous checkpoints of {ckpt_dir} moved to {moved} (resume with ckpt=last instead)")
+            print(
+                f"fresh run: the previous checkpoints of {ckpt_dir} moved to {moved} (to continue that run instead, "
+                "move them back and pass ckpt=last)"
+            )
 
     from pixelqa.train.strategies import model_dtype_for
 
@@ -499,7 +551,8 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     )
     callbacks = build_callbacks(recipe, ckpt_dir, logger)
     data_wait = DataWaitTimer()  # the loader's share of step time: summary and MLflow
-    callbacks.append(data_wait)
+    fit_timer = FitTimer(start)  # time/fit_s summed across resumes (kept in each checkpoint)
+    callbacks += [data_wait, fit_timer]
     trainer = build_trainer(recipe, logger, callbacks, accumulate)
     if trainer.is_global_zero and logger is not None:
         if run_id is None:
@@ -535,7 +588,7 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     results["train/steps"] = float(trainer.global_step)
     results.update(datamodule.damage_metrics())  # records lost to shard damage: summary, table and MLflow
     results.update(data_wait.metrics())
-    results["time/fit_s"] = time.time() - start
+    results["time/fit_s"] = fit_timer.elapsed()
     if trainer.is_global_zero:
         if logger is not None:
             ckpts = {"last": str((ckpt_dir / "last.ckpt").resolve()), "dir": str(ckpt_dir.resolve())}

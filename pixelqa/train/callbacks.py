@@ -3,6 +3,9 @@ headline metric to MLflow."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from pixelqa import tracking
+from pixelqa.files import atomic_file, atomic_symlink
 
 # MLflow lists metrics alphabetically; J&F is logged as `val/J_and_F` (the module's name, '&' made MLflow-safe) and
 # again under this name: a leading digit sorts before every name that starts with a letter, in byte order,
@@ -41,15 +45,127 @@ class StepCheckpoint(ModelCheckpoint):
 
     Lightning writes last.ckpt at the end only if no checkpoint was saved yet; a resume must start from the
     final weights, so the end of training saves whenever the last save was at an earlier step.
+
+    At a step that also validates, the save waits for the end of that validation: a checkpoint taken before it
+    would make a resume after a kill during the validation skip it (its metrics and overlays lost for good).
+    last.ckpt is replaced by a rename (`pixelqa.files.atomic_symlink`), and a step file it still points to is
+    removed only once it points to the newer one: at no moment does last.ckpt name a missing file.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_after_validation: int | None = None  # the step whose save waits for its validation
+        self._remove_after_relink: list[str] = []  # step files last.ckpt pointed to when they were dropped
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Save every N steps, unless this step validates next: then `on_validation_end` saves."""
+        if self._save_after_validation is not None and self._save_after_validation != trainer.global_step:
+            # the validation that was to follow did not run (never expected): save now rather than not at all
+            self._save_after_validation = None
+            self._save_now(trainer)
+        if self._is_save_step(trainer) and validation_follows(trainer):
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_after_validation = trainer.global_step
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the step checkpoint that waited for this validation (its metrics are logged by now)."""
+        if self._save_after_validation is not None and self._save_after_validation == trainer.global_step:
+            self._save_after_validation = None
+            if not trainer.sanity_checking:
+                self._save_now(trainer)
+                return
+        super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final step (top-k file and last.ckpt) unless it was just saved."""
         if self._last_global_step_saved != trainer.global_step and not trainer.interrupted:
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+            self._save_now(trainer)
         super().on_train_end(trainer, pl_module)
+
+    def _is_save_step(self, trainer: L.Trainer) -> bool:
+        n = self._every_n_train_steps
+        return n >= 1 and trainer.global_step % n == 0
+
+    def _save_now(self, trainer: L.Trainer) -> None:
+        """The step file (top-k) and last.ckpt, unless this step is saved already."""
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        """last.ckpt as Lightning makes it, then the step files it no longer points to are removed."""
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        pending, self._remove_after_relink = self._remove_after_relink, []
+        for path in pending:
+            self._remove_checkpoint(trainer, path)
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Remove a dropped step file, later if last.ckpt still points to it (keep_checkpoints=1 would otherwise
+        leave last.ckpt dangling until it is relinked)."""
+        if self._last_points_to(filepath):
+            self._remove_after_relink.append(filepath)
+            return
+        super()._remove_checkpoint(trainer, filepath)
+
+    def _last_points_to(self, filepath: str) -> bool:
+        if self.dirpath is None:
+            return False
+        last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        return os.path.islink(last) and os.path.realpath(last) == os.path.realpath(filepath)
+
+    @staticmethod
+    def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
+        """last.ckpt -> the newest step file, replaced by a rename (Lightning removes it first, then links)."""
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            try:
+                atomic_symlink(filepath, linkpath)
+            except OSError:
+                if not os.path.isfile(filepath):
+                    raise
+                # no symbolic links here (Windows without the right): a copy, renamed into place
+                atomic_file(linkpath, lambda tmp: shutil.copyfile(filepath, tmp), durable=True)
+        trainer.strategy.barrier()
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (step-counted validation only)."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        if trainer._val_check_time_interval is not None:  # time-based: the decision is taken later, anew
+            return False
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher)) and not loop.val_loop.skip
+    except (AttributeError, AssertionError, TypeError):  # another Lightning's internals: save as before
+        return False
+
+
+class FitTimer(Callback):
+    """Wall time of the training that led to the current weights, summed across resumes: each checkpoint keeps it
+    as `pixelqa_fit_s`, and a resume starts from it (the work a kill threw away after its last checkpoint is not
+    counted: it was done again)."""
+
+    KEY = "pixelqa_fit_s"
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.before = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds: the resumed checkpoint's time plus this process's."""
+        return self.before + (time.time() - self.start)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Store the time so far in the checkpoint."""
+        checkpoint[self.KEY] = self.elapsed()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Continue from the resumed checkpoint's time (none in a checkpoint of an older version: 0)."""
+        self.before = float(checkpoint.get(self.KEY) or 0.0)
 
 
 class HeadlineMetrics(Callback):
@@ -113,6 +229,10 @@ def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
             monitor="step",
             mode="max",
             save_on_train_epoch_end=False,
+            # a resume saves under the names it saved before: a step file again (an interrupted save's leftover
+            # replaced), and last.ckpt itself, not a `last-v1.ckpt` beside it (Lightning counts versions when the
+            # checkpoint resumed from is the run's first, whose state does not name last.ckpt yet)
+            enable_version_counter=False,
         )
     ]
     if recipe.trainer.enable_progress_bar:
