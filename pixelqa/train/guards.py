@@ -42,10 +42,10 @@ def shards_identity(folder: str | Path) -> str | None:
 
 def source_manifests(data: Any) -> dict[str, str | None]:
     """`manifest/<source>/<split>` -> `shards_identity` of each training source (None: not built yet)."""
-    from pixelqa.train.datamodule import shard_folder
+    from pixelqa.data.shards import shard_dir  # the data layer's layout: the data module imports this module
 
     return {
-        MANIFEST_KEY.format(source=s.name, split=s.split): shards_identity(shard_folder(data.shards, s.name, s.split))
+        MANIFEST_KEY.format(source=s.name, split=s.split): shards_identity(shard_dir(data.shards, s.name, s.split))
         for s in data.sources
     }
 
