@@ -356,29 +356,41 @@ def _overlay(sample: Sample, query: SyntheticQuery, prefilled: dict, generated: 
     }
 
 
-def read_samples(recipe: Any, limit: int | None = None, source: str = "synthetic") -> tuple[list[Sample], PassCount]:
-    """The first `limit` samples (None: all) of `recipe.eval.split`, every frame kept, and the pass's count (samples
-    read / expected, damaged records)."""
+def read_samples(
+    recipe: Any, limit: int | None = None, source: str = "synthetic", split: str | None = None
+) -> tuple[list[Sample], PassCount]:
+    """The first `limit` samples (None: all) of `split` (None: `recipe.eval.split`), every frame kept, and the pass's
+    count (samples read / expected, damaged records). A sample the teacher-forced pass cannot score (`usable`
+    rejects it, with a warning) is left out here too: both scorings cover the same samples."""
     from pixelqa.data.shard_reader import DamageLog
-    from pixelqa.train.datamodule import SourceIndex, build_synthetic
+    from pixelqa.train.datamodule import SourceIndex, build_synthetic, usable
 
-    data, split = recipe.data, recipe.eval.split
+    data = recipe.data
+    split = recipe.eval.split if split is None else split
     if source == "synthetic" and data.build_if_missing:
         build_synthetic(data.shards, split, data.synthetic_val if split != "train" else data.synthetic_train)
     damage = DamageLog(strict=bool(getattr(data, "strict", False)))
     index = SourceIndex(data.shards, source, split, damage=damage)
     picked = range(len(index) if limit is None else min(limit, len(index)))
-    samples = [s for s in (index.read(i) for i in picked) if s is not None]
+    read = [s for s in (index.read(i) for i in picked) if s is not None]
+    # usable() cuts frames only to check; generation keeps every frame of the sample itself
+    samples = [s for s in read if usable(s, int(data.num_frames)) is not None]
     expected = index.expected if limit is None else min(index.expected, limit)
     return samples, PassCount(f"{source} (generate)", split, expected, len(samples), damage.count)
 
 
 def evaluate_synthetic_generate(
-    model: Any, recipe: Any, num_overlays: int = 0, limit: int | None = None, count: bool = True
+    model: Any,
+    recipe: Any,
+    num_overlays: int = 0,
+    limit: int | None = None,
+    count: bool = True,
+    split: str | None = None,
 ) -> EvalResult:
-    """Score `model` on the first `limit` samples (None: `recipe.eval.max_samples`) of the synthetic split by
-    free generation (`recipe.eval.generate_*` set the cap per task and the new-token cap; the LLM sees
-    `recipe.data.num_frames` frames, as in training)."""
+    """Score `model` on the first `limit` samples (None: `recipe.eval.max_samples`) of the synthetic split `split`
+    (None: `recipe.eval.split`) by free generation (`recipe.eval.generate_*` set the cap per task and the new-token
+    cap; the LLM sees `recipe.data.num_frames` frames, as in training); `gen/samples_expected` and
+    `gen/samples_skipped` (damaged or unusable records) say what the scores cover."""
     from pixelqa.config import RecipeError
 
     try:
@@ -390,7 +402,7 @@ def evaluate_synthetic_generate(
         raise RecipeError(f"eval.generate_max_new_tokens={ev.generate_max_new_tokens!r} is not valid; expected >= 1")
     if ev.generate_per_task is not None and int(ev.generate_per_task) < 1:
         raise RecipeError(f"eval.generate_per_task={ev.generate_per_task!r} is not valid; expected null or >= 1")
-    samples, passed = read_samples(recipe, recipe.eval.max_samples if limit is None else limit)
+    samples, passed = read_samples(recipe, recipe.eval.max_samples if limit is None else limit, split=split)
     result = generate_and_score(
         model,
         samples,
@@ -400,6 +412,9 @@ def evaluate_synthetic_generate(
         num_overlays=num_overlays,
         budget=budget,
     )
+    # skipped: expected but unreadable or unusable; eval.generate_per_task's cap is a choice, not a shortfall
+    result.metrics[f"{GEN}samples_expected"] = float(passed.expected)
+    result.metrics[f"{GEN}samples_skipped"] = float(passed.expected - passed.scored)
     passed.scored = int(result.metrics[f"{GEN}samples"])  # fewer than read under eval.generate_per_task
     if count:  # off when the teacher-forced pass counts the same samples
         register_pass(passed)
@@ -428,10 +443,20 @@ def check_generation_scoring(recipe: Any) -> None:
     print(f"eval.scoring=both: data.val_sources are {names}, not synthetic; scoring teacher-forced only")
 
 
+def fit_validation_split(recipe: Any) -> str:
+    """The split fit's generation pass reads: that of its one synthetic validation source (the samples the
+    teacher-forced pass scores), else `eval.split`."""
+    splits = {src.split for src in recipe.data.val_sources if src.name == "synthetic"}
+    return splits.pop() if len(splits) == 1 else recipe.eval.split
+
+
 def after_fit_generation(model: Any, recipe: Any, prefix: str = "") -> dict[str, float]:
     """`{prefix}val/gen/...` metrics of free generation when `recipe.eval.scoring` asks for them on synthetic
-    validation data, else {}."""
+    validation data, else {}; over the samples fit's teacher-forced validation scores (`validation_limit`)."""
+    from pixelqa.train.datamodule import validation_limit
+
     if recipe.eval.scoring == "teacher_forced" or _val_sources(recipe) != ["synthetic"]:
         return {}
-    result = evaluate_synthetic_generate(model, recipe, limit=recipe.data.val_samples)  # fit's validation samples
+    limit = validation_limit(recipe.data, recipe.eval.max_samples)  # None only when both are: every sample
+    result = evaluate_synthetic_generate(model, recipe, limit=limit, split=fit_validation_split(recipe))
     return {f"{prefix}val/{k}": float(v) for k, v in result.metrics.items()}

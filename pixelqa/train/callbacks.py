@@ -17,7 +17,8 @@ from pixelqa.files import atomic_file, atomic_symlink
 
 # MLflow lists metrics alphabetically; J&F is logged as `val/J_and_F` (the module's name, '&' made MLflow-safe) and
 # again under this name: a leading digit sorts before every name that starts with a letter, in byte order,
-# case-insensitively and in locale collation alike.
+# case-insensitively and in locale collation alike. Both are the teacher-forced J&F (free generation: val/gen/J&F);
+# the name stays as dashboards know it, and fit's printout and the grid's table say which scoring it is.
 HEADLINE_METRICS = {"val/J&F": "0_J_and_F"}
 MAX_CHECKPOINT_INTERVAL = 1000  # steps: bounds the work lost to a kill on long runs
 
@@ -169,10 +170,11 @@ class FitTimer(Callback):
 
 
 class HeadlineMetrics(Callback):
-    """After each validation, log the headline metrics again under names that sort first (`HEADLINE_METRICS`)."""
+    """After each validation, log the headline metrics again under names that sort first (`HEADLINE_METRICS`), at
+    the step Lightning logged the validation's own metrics at (`logger_step`)."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Copy `val/J&F` to `0_J_and_F` in every logger, at the current step."""
+        """Copy `val/J&F` to `0_J_and_F` in every logger, at the step of the `val/` metrics just logged."""
         values = {
             new: float(trainer.callback_metrics[old])
             for old, new in HEADLINE_METRICS.items()
@@ -180,7 +182,15 @@ class HeadlineMetrics(Callback):
         }
         if values and not trainer.sanity_checking:
             for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
+                logger.log_metrics(values, step=logger_step(trainer))
+
+
+def logger_step(trainer: L.Trainer) -> int:
+    """The step Lightning gives the metrics it logs now: optimizer steps finished before the current batch (inside
+    fit a validation after step N logs at N - 1), not `global_step`; `global_step` where that count is unknown."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    stepped = getattr(loop, "_batches_that_stepped", None)
+    return int(stepped) if isinstance(stepped, int) else int(trainer.global_step)
 
 
 class OverlayLogger(Callback):

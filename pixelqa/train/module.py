@@ -28,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torchmetrics import Metric
 
 from pixelqa.batch import Batch
 from pixelqa.checkpoints import safe_torch_load
@@ -37,6 +38,7 @@ from pixelqa.model.config import UniPixelConfig
 from pixelqa.train.normalise import (
     COUNT_KEYS,
     DATA_KEYS,
+    DENOMINATOR,
     StepBatch,
     batch_counts,
     global_objective,
@@ -104,6 +106,10 @@ class UniPixelModule(L.LightningModule):
         self.num_overlays = int(num_overlays)
         self.val_jf = JAndF()
         self.val_acc = TaskAccuracy()
+        self.val_loss = PassLoss(self.model_cfg.loss)
+        # the optimizer step whose weights the last validation inside fit scored (None: none yet in this process):
+        # pixelqa.fit does not validate the same weights again after fit
+        self.validated_step: int | None = None
         self.overlays: list[dict[str, np.ndarray | str]] = []  # first val samples, for the overlay callback
         self._micro_step = 0
         self._step_totals: torch.Tensor | None = None  # counts of the current optimizer step, all ranks
@@ -261,12 +267,11 @@ class UniPixelModule(L.LightningModule):
             self.log(f"data/{key}", self.data_counts[key], batch_size=n)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Teacher-forced forward: val loss, J&F of the <|seg|> masks, exact-match answers per task."""
+        """Teacher-forced forward: loss sums (logged per pass), J&F of the <|seg|> masks, exact-match answers."""
         out = self.model(batch)
         n = batch.size
-        self.log("val/loss", out.loss, batch_size=n, sync_dist=True)
-        for name, value in (out.losses or {}).items():
-            self.log(f"val/{name}", value, batch_size=n, sync_dist=True)
+        # summed, not logged per batch: a mean of batch means would depend on val_batch_size and the processes
+        self.val_loss.update(out.sums or {}, out.counts or {}, n)
         update_mask_metric(self.val_jf, out.pred_masks, batch)
         if out.logits is not None:
             correct, scored = answer_exact_match(out.logits, batch.labels)
@@ -281,7 +286,20 @@ class UniPixelModule(L.LightningModule):
         self.overlays = []
 
     def on_validation_epoch_end(self) -> None:
-        """Log J, F, J&F and the accuracies (per task, and pooled over QA tasks as `val/qa_acc`)."""
+        """Log the pass's loss and terms (`PassLoss`), the samples it scored out of those expected, J, F, J&F and
+        the accuracies (per task, and pooled over QA tasks as `val/qa_acc`)."""
+        passed = epoch_values(self.val_loss, self.trainer.world_size)
+        self.val_loss.reset()
+        # values already summed over every process: sync_dist averages identical numbers (and keeps Lightning
+        # from warning that an epoch value of DDP was logged without it)
+        for name, value in passed.items():
+            self.log("val/loss" if name == "loss" else f"val/{name}", float(value), sync_dist=True)
+        expected = self._expected_samples()
+        if passed and expected is not None:
+            self.log("val/samples_expected", float(expected), sync_dist=True)
+            self.log("val/samples_skipped", float(expected) - float(passed["samples"]), sync_dist=True)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.validated_step = self.trainer.global_step
         jf = epoch_values(self.val_jf, self.trainer.world_size)
         for name, value in jf.items():
             self.log(f"val/{name}", value, prog_bar=name == "J&F")
@@ -290,6 +308,12 @@ class UniPixelModule(L.LightningModule):
         for name, value in acc.items():
             self.log("val/qa_acc" if name == "qa" else f"val/acc/{name}", value, prog_bar=name == "qa")
         self.val_acc.reset()
+
+    def _expected_samples(self) -> int | None:
+        """Samples the validation pass was asked to score, all processes (`EvalBatches.expected`); None if unknown."""
+        loader = self.trainer.val_dataloaders
+        expected = getattr(getattr(loader, "dataset", None), "expected", None)
+        return int(expected) if expected is not None else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the stage (for `init_from` checks) and drop the frozen base backbone weights."""
@@ -362,6 +386,54 @@ def module_class(stage: int) -> type[UniPixelModule]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+class PassLoss(Metric):
+    """The validation loss of a whole pass as one objective, the training step's normalisation applied to the pass.
+
+    Each term is summed over every sample of the pass, on every process, and divided by its count over the pass
+    (`pixelqa.train.normalise.DENOMINATOR`: labelled next-token targets for `lm`; samples with <|seg|> masks for
+    focal, dice and IoU; those samples again for objectness), as `UniPixel.forward` reports sums and counts; `loss`
+    weighs the terms as training does. So the value depends on the model and the samples, not on how they fall into
+    batches or processes. `samples` counts the samples scored.
+    """
+
+    full_state_update = False
+    TERMS: tuple[str, ...] = tuple(DENOMINATOR)
+
+    def __init__(self, weights: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weights = [float(getattr(weights, t)) for t in self.TERMS]
+        # float64: thousands of per-token and per-sample terms summed without float32's rounding
+        self.add_state("sums", default=torch.zeros(len(self.TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(len(COUNT_KEYS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("samples", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("scored", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, sums: Mapping[str, Any], counts: Mapping[str, Any], samples: int) -> None:
+        """Add one batch: its summed loss terms and counts (`UniPixelOutput.sums` / `.counts`) and its sample count
+        (a batch without loss sums adds its samples only)."""
+        self.samples += float(samples)
+        if not all(t in sums for t in self.TERMS) or not all(k in counts for k in COUNT_KEYS):
+            return
+        dev = self.sums.device
+        self.sums += torch.stack([torch.as_tensor(sums[t]).detach().to(dev, torch.float64) for t in self.TERMS])
+        self.counts += torch.stack([torch.as_tensor(counts[k]).detach().to(dev, torch.float64) for k in COUNT_KEYS])
+        self.scored += 1.0
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{"samples": n} plus, when any batch had loss sums, each term's pass mean and the weighted `loss`."""
+        out = {"samples": self.samples}
+        if float(self.scored) == 0:
+            return out
+        index = {k: i for i, k in enumerate(COUNT_KEYS)}
+        loss = torch.zeros((), dtype=torch.float64, device=self.sums.device)
+        for i, term in enumerate(self.TERMS):
+            # an empty count gives 0, as the training objective's clamp does
+            out[term] = self.sums[i] / self.counts[index[DENOMINATOR[term]]].clamp(min=1.0)
+            loss = loss + self.weights[i] * out[term]
+        out["loss"] = loss
+        return out
 
 
 def epoch_values(metric: Any, world_size: int) -> dict[str, torch.Tensor]:
