@@ -191,22 +191,26 @@ def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: 
     is replaced whole only with `overwrite` (it could be the base weights, or anything else)."""
     from safetensors.torch import save_file
 
-    from pixelqa.files import atomic_folder
+    from pixelqa.files import FolderTaken, atomic_folder
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
     target = check_out(out, overwrite)
-    with atomic_folder(target) as tmp:
-        tensors, tied = release_state_dict(model, DTYPES[dtype])
-        save_file(tensors, str(tmp / release.SINGLE_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(release_config(model, tied, dtype), indent=2))
-        # the parts one by one: the release keeps preprocessor_config.json and video_preprocessor_config.json
-        model.processor.tokenizer.save_pretrained(str(tmp))
-        model.processor.image_processor.save_pretrained(str(tmp))
-        model.processor.video_processor.save_pretrained(str(tmp))
-        template = model.processor.chat_template or model.tokenizer.chat_template
-        if template:
-            (tmp / "chat_template.jinja").write_text(template)
+    # without --overwrite, a folder another export finished meanwhile is not replaced: FolderTaken, one line
+    try:
+        with atomic_folder(target, replace=overwrite) as tmp:
+            tensors, tied = release_state_dict(model, DTYPES[dtype])
+            save_file(tensors, str(tmp / release.SINGLE_FILE), metadata={"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(release_config(model, tied, dtype), indent=2))
+            # the parts one by one: the release keeps preprocessor_config.json and video_preprocessor_config.json
+            model.processor.tokenizer.save_pretrained(str(tmp))
+            model.processor.image_processor.save_pretrained(str(tmp))
+            model.processor.video_processor.save_pretrained(str(tmp))
+            template = model.processor.chat_template or model.tokenizer.chat_template
+            if template:
+                (tmp / "chat_template.jinja").write_text(template)
+    except FolderTaken as exc:
+        raise FolderTaken(f"out: {exc}; export to another folder, or pass --overwrite to replace it") from None
     return target
 
 

@@ -158,6 +158,30 @@ def atomic_symlink(source: str | os.PathLike, link: str | os.PathLike) -> Path:
     return link
 
 
+class FolderTaken(FileExistsError):
+    """`atomic_folder`'s target was written by another process while this one wrote its own: nothing replaced."""
+
+
+# what a rename onto a folder another process filled meanwhile fails with (or onto a file or a link put there)
+_TAKEN_ERRNOS = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
+def _taken(target: Path) -> FolderTaken:
+    """The error of a write that found `target` written by another process."""
+    return FolderTaken(f"{str(target)!r} was written by another process meanwhile; this write was dropped")
+
+
+def _rename_new(tmp: Path, target: Path) -> None:
+    """Rename the folder `tmp` to `target`, which must be absent or an empty folder: rename(2) replaces an empty
+    folder but not a full one, so a folder another process finished there meanwhile is never replaced."""
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in _TAKEN_ERRNOS:
+            raise _taken(target) from None
+        raise
+
+
 def _old_name(target: Path) -> Path:
     """Where `atomic_folder` keeps the replaced folder between its two renames."""
     return target.with_name(f".{target.name}.old")
@@ -202,16 +226,20 @@ def _plain_modes(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """A temporary folder beside `directory` that replaces it when the block ends without error (removed otherwise).
 
-    An existing `directory` is replaced whole: callers decide whether it may be (`replaceable_folder`); a file or a
-    link there is refused here. Temporaries of `directory` that killed writes left are removed first, and a folder
-    a kill left only as `.NAME.old` is put back (`recover_folder`)."""
+    An existing `directory` is replaced whole with `replace` (callers decide whether it may be: `replaceable_folder`);
+    without it, only an absent or empty one is, and a folder found full at the end (another process's, finished
+    while this one wrote) is left as it is: FolderTaken. So is a folder that another writer put in place between
+    this one's two renames. A file or a link there is refused. Temporaries of `directory` that killed writes left
+    are removed first, and a folder a kill left only as `.NAME.old` is put back (`recover_folder`)."""
     target = Path(directory)
     recover_folder(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
+    if not replace and target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"{str(target)!r} is a folder that is not empty; expected a new name or an empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent, target.name)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
@@ -219,15 +247,21 @@ def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _plain_modes(tmp)
-        if target.exists():
+        # checked now, not at the start: the folder may have appeared while this one was written
+        if replace and target.is_dir() and not target.is_symlink():
             old = _old_name(target)
             shutil.rmtree(old, ignore_errors=True)
             # a kill between these two renames leaves only `old`: the next write (or check) puts it back
-            os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(target, old)
+            except OSError as exc:  # another writer moved it aside meanwhile (or put its own `old` back there)
+                if exc.errno in (errno.ENOENT, *_TAKEN_ERRNOS):
+                    raise _taken(target) from None
+                raise
+            _rename_new(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            _rename_new(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,7 +24,8 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 DEMO_PRESETS = {"model": "tiny", "data": "synthetic"}
 PRINT_CONFIG = "--print-config"
 ALLOW_STREAM_CHANGE = "--allow-stream-change"
+FIT_LOCK_ADVICE = (
+    "wait for it to finish, or give this run another output_dir= (ckpt=last continues a run once its process has ended)"
+)
 QUIET_RANK_EXIT_DELAY_S = 3.0  # a rank that leaves an error to rank 0's report exits this much later
 
 
@@ -339,6 +343,30 @@ def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
     return out
 
 
+def validation_log_step(trainer: Any) -> int:
+    """The logger step of a validation of the current weights: Lightning logs one inside fit, after optimizer step
+    N, at N - 1 (its logger step counts the steps finished before the current batch's), before any step at 0."""
+    from pixelqa.train.callbacks import logger_step
+
+    return max(logger_step(trainer) - 1, 0)
+
+
+@contextmanager
+def logged_as_fit_validation(trainer: Any) -> Iterator[None]:
+    """Run a `trainer.validate` after fit so that its metrics are logged at the step a validation inside fit of the
+    same weights gets (`validation_log_step`), not one later: every validation of a run on one step scale."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None or not isinstance(getattr(loop, "_batches_that_stepped", None), int):
+        yield  # another Lightning's internals: logged where it logs them
+        return
+    saved = loop._batches_that_stepped
+    loop._batches_that_stepped = validation_log_step(trainer)
+    try:
+        yield
+    finally:
+        loop._batches_that_stepped = saved
+
+
 def metrics_of(trainer: Any, prefix: str = "") -> dict[str, float]:
     """The trainer's current logged metrics as floats (optionally renamed with a prefix)."""
     out = {}
@@ -411,21 +439,47 @@ def where_report(recipe: Recipe, args: list[str], logger: Any, overlays: list[Pa
         uri, artifacts = tracking.resolve_uris(recipe.tracking)
         lines += [
             f"MLflow:     store {uri}, experiment {recipe.tracking.experiment!r}, run {logger.run_id}",
-            f"            artifacts {artifacts}; J&F is the metric 0_J_and_F (also val/J_and_F)",
+            f"            artifacts {artifacts}; teacher-forced J&F is the metric 0_J_and_F (also val/J_and_F), "
+            "free-generation J&F val/gen/J_and_F",
             f"view:       mlflow ui --backend-store-uri {uri}",
             f"            then open http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
         ]
     if not evaluated_only:
-        # evaluate caps samples by eval.max_samples; fit's validation by data.val_samples: the same first N samples
-        cap = recipe.data.val_samples if recipe.eval.max_samples is None else None
-        same = [f"eval.max_samples={cap}"] if cap is not None else []
-        lines.append(f"evaluate:   {fit_command(args, 'ckpt=last', *same, module='pixelqa.evaluate')}")
+        lines.append(f"evaluate:   {evaluate_command(recipe, args)}")
     return "\n".join(lines)
 
 
+def evaluate_command(recipe: Recipe, args: list[str]) -> str:
+    """The `pixelqa.evaluate` command that scores the run's last checkpoint on the samples its validation scored:
+    evaluate reads the first `eval.max_samples` of `eval.split`, fit the first `validation_limit` of its validation
+    source's split, so both are pinned where they differ."""
+    from pixelqa.eval.synthetic_generate import fit_validation_split
+    from pixelqa.train.datamodule import validation_limit
+
+    pins: dict[str, Any] = {}
+    cap = validation_limit(recipe.data, recipe.eval.max_samples)
+    if cap != recipe.eval.max_samples:  # cap is set here (it is None only when eval.max_samples is None too)
+        pins["eval.max_samples"] = cap
+    split = fit_validation_split(recipe)
+    if split != recipe.eval.split:
+        pins["eval.split"] = split
+    kept = [a for a in args if a.split("=", 1)[0].lstrip("+") not in pins]
+    return fit_command(kept, "ckpt=last", *(f"{k}={v}" for k, v in pins.items()), module="pixelqa.evaluate")
+
+
+SCORING_LEGEND = (
+    "val/*: teacher-forced (the model reads the reference answer; masks on the frames sampled for the model); "
+    "val/gen/*: free generation (greedy answers; masks on every frame). val/samples and val/gen/samples: the "
+    "samples each covers; val/loss: the objective over the whole pass (each term summed / its count)."
+)
+
+
 def print_summary(metrics: dict[str, float]) -> None:
-    """The final metrics, one `name: value` per line, validation metrics last (headline last: J&F, QA accuracy)."""
+    """The final metrics, one `name: value` per line, validation metrics last (headline last: J&F, QA accuracy),
+    under a line that says which scoring each prefix is (the lines after the header stay `name: value` only)."""
     order = sorted(metrics, key=lambda k: (k.startswith("val/"), k in ("val/J&F", "val/qa_acc"), k))
+    if any(k.startswith(("val/", "untrained/val/")) for k in metrics):
+        print(f"\n{SCORING_LEGEND}", end="")
     print("\n==== PixelQA fit summary ====")
     for k in order:
         print(f"{k}: {metrics[k]:.6g}")
@@ -437,7 +491,8 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     With `--print-config` among the args: print the resolved recipe, return {} and do nothing else.
     """
     try:
-        return _run(args, parent_run_id)
+        with ExitStack() as held:  # the output_dir lock lives as long as the run, not the process (grid cells)
+            return _run(args, parent_run_id, held)
     except RecipeError as err:
         if reports_error(err, _is_rank_zero()):
             raise
@@ -456,7 +511,7 @@ def reports_error(err: RecipeError, rank_zero: bool) -> bool:
     return not isinstance(err, EveryRankError)
 
 
-def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
+def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[str, float]:
     args = ["trainer.allow_stream_change=true" if a == ALLOW_STREAM_CHANGE else a for a in args]
     if PRINT_CONFIG in args:
         print_config(load_recipe([a for a in args if a != PRINT_CONFIG]))
@@ -480,6 +535,12 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     init_ckpt = preflight(recipe)
     check_generation_scoring(recipe)  # eval.scoring=generate|both needs synthetic validation data
     rank_zero = _is_rank_zero()
+    if rank_zero:
+        # before anything is set aside, resumed or written: a second fit in the same output_dir interleaved
+        # checkpoints, recipe.yaml and MLflow runs, and both reported success
+        from pixelqa.locks import folder_lock
+
+        held.enter_context(folder_lock(recipe.output_dir, "fit", FIT_LOCK_ADVICE))
     from pixelqa.preflight import apply_release_overrides, release_override_warning, sam_init_warning
 
     sam_warning = sam_init_warning(recipe)
@@ -539,7 +600,14 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
         load_init_weights(module, init_ckpt, recipe.init_from)
         if rank_zero:
             print(f"initialised from {recipe.init_from} (stage {init_ckpt.get('pixelqa_stage')})")
-    datamodule = ShardDataModule(recipe.data, module.model.processor, recipe.model.memory.variant, seed=recipe.seed)
+    # eval.max_samples caps fit's validation too: its two scorings and the printed evaluate command, same samples
+    datamodule = ShardDataModule(
+        recipe.data,
+        module.model.processor,
+        recipe.model.memory.variant,
+        seed=recipe.seed,
+        max_samples=recipe.eval.max_samples,
+    )
 
     run_id = tracking.load_run_id(ckpt_dir) if resume is not None else None
     logger = tracking.build_logger(
@@ -579,11 +647,14 @@ def _run(args: list[str], parent_run_id: str | None) -> dict[str, float]:
     results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith(("train/", "data/"))})
     if recipe.eval.after_fit:
         if recipe.eval.scoring != "generate":
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+            # the last validation inside fit scored these very weights: its values stand (logged once, not twice)
+            if module.validated_step != trainer.global_step:
+                with logged_as_fit_validation(trainer):
+                    trainer.validate(module, datamodule=datamodule, verbose=False)
             results.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("val/")})
         generated = after_fit_generation(module.model, recipe) if trainer.is_global_zero else {}
-        if generated and logger is not None:
-            logger.log_metrics(generated, step=trainer.global_step)  # next to the teacher-forced val/ metrics
+        if generated and logger is not None:  # next to the teacher-forced val/ metrics of the same weights
+            logger.log_metrics(generated, step=validation_log_step(trainer))
         results.update(generated)
     results["train/steps"] = float(trainer.global_step)
     results.update(datamodule.damage_metrics())  # records lost to shard damage: summary, table and MLflow

@@ -52,7 +52,7 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,8 +393,25 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+RESULTS_LEGEND = (
+    "Each cell's final validation. teacher-forced: the model reads the reference answer, its masks are scored on "
+    "the frames sampled for the model; free generation: greedy answers, masks on every frame (README, What the "
+    "demo measures)."
+)
+
+
+def scoring_of(metric: str) -> str | None:
+    """Which scoring a fit metric comes from: "free generation" (`val/gen/...`), "teacher-forced" (the other
+    `val/...`), None for anything else (training, data, time); `untrained/` ones alike."""
+    name = metric.removeprefix("untrained/")
+    if name.startswith("val/gen/"):
+        return "free generation"
+    return "teacher-forced" if name.startswith("val/") else None
+
+
 def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
-    """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric."""
+    """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric. CSV headers are
+    the metric names (what scripts and dashboards read); Markdown headers add the scoring, with a legend."""
     cells = {cell_id(c) for c in grid.cells()}
     metrics = grid.metrics or sorted({m for k, r in results.items() if k in cells for m in r})
     rows = []
@@ -404,7 +421,12 @@ def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str,
             row = {k: str(cell[k]) for k in grid.axes}
             row.update({m: f"{found.get(m, float('nan')):.4f}" for m in metrics})
             rows.append(row)
-    return table_csv(rows), table_markdown(rows)
+    # val/J&F and val/gen/J&F sit side by side and can be equal: the header says which is which
+    shown = {m: f"{m} ({scoring_of(m)})" if scoring_of(m) else m for m in metrics}
+    md = table_markdown([{shown.get(k, k): v for k, v in r.items()} for r in rows])
+    if md and any(scoring_of(m) for m in metrics):
+        md += f"\n{RESULTS_LEGEND}\n"
+    return table_csv(rows), md
 
 
 def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
@@ -443,14 +465,43 @@ def _check_cells(grid: Grid, extra: list[str]) -> Any:
     return first
 
 
+LOCK_ADVICE = (
+    "another `python -m pixelqa.grid` of this grid runs there: wait for it to finish (--status shows its cells), or "
+    "give this one another output_dir="
+)
+
+
+def _locked(fn: Callable[..., dict[str, dict[str, float]]]) -> Callable[..., dict[str, dict[str, float]]]:
+    """`fn(grid, ...)` holding the grid folder's lock: two invocations of one grid would run every cell twice, in
+    the same cell folders, and each rewrite state.json from its own copy (a --status read needs no lock)."""
+    import functools
+
+    @functools.wraps(fn)
+    def locked(grid: Grid, *args: Any, **kwargs: Any) -> dict[str, dict[str, float]]:
+        from pixelqa.locks import folder_lock
+
+        # re-entrant: submit_grid collects (collect_grid) under the lock it holds
+        with folder_lock(grid_dir(grid), "grid", LOCK_ADVICE, error=GridError):
+            return fn(grid, *args, **kwargs)
+
+    return locked
+
+
 def _load_state(grid: Grid) -> dict[str, Any]:
     path = grid_dir(grid) / "state.json"
-    state = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        state = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as err:  # written whole or not at all since writes became atomic: an older damage
+        raise GridError(
+            f"{path} is not valid JSON ({err}); move it aside to start the grid's bookkeeping afresh (cells whose "
+            "results it recorded then run again)"
+        ) from None
     # settings: key -> the run_settings that produced the run's result (or its job, while in flight)
     return {"parent_run_id": None, "results": {}, "jobs": {}, "settings": {}, **state}
 
 
 def _save_state(grid: Grid, state: dict[str, Any]) -> None:
+    # a temporary of a unique name, renamed: two writers never rename each other's half-written one
     _write_atomic(grid_dir(grid) / "state.json", json.dumps(state, indent=1))
 
 
@@ -589,6 +640,7 @@ def _drop_stale_runs(
         print(f"[grid {grid.name}] {spec.key}: {why}, submitting it again from scratch")
 
 
+@_locked
 def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
     """Submit every run that failed or never ran as a job; with `launcher.wait`, wait and collect."""
     from pixelqa.launch.runs import DONE, submit_runs, wait_runs
@@ -627,6 +679,7 @@ def submit_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
     return collect_grid(grid, extra, recipe)
 
 
+@_locked
 def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
     """Gather finished runs' metrics; when every cell is done, write the table and plot and close the parent."""
     from pixelqa.launch.runs import run_results
@@ -682,6 +735,7 @@ def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str
     return rows
 
 
+@_locked
 def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
     """Every run in this process, one after another (a rerun skips finished ones and resumes a killed one)."""
     from pixelqa.fit import run as fit_run

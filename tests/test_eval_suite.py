@@ -358,6 +358,8 @@ def test_skip_message_names_the_build_command_and_table(shards, tmp_path):
         "ours": 100.0,
         "paper": 62.1,
         "diff": 37.9,
+        "unit": "%",
+        "scored / expected": "3 / 3",  # every sample: the difference to the paper is shown
     }
     assert "| Tab. 1 | revos | valid | J&F | 100.0 | 62.1 | 37.9 |" in rows_markdown(table)
     assert next(r for r in paper_rows(suite.benchmarks, results, None) if r["metric"] == "J&F")["paper"] is None

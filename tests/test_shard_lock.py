@@ -23,9 +23,9 @@ def test_a_held_lock_fails_a_second_build_naming_the_holder(tmp_path):
     with build_lock(folder):
         with pytest.raises(BuildLocked, match=f"pid {os.getpid()} on host"):
             build_shards("synthetic", ".", tmp_path, "val", max_samples=4, progress=False)
-        # another node's shards in the same folder are not this lock's business
-        m = build_shards("synthetic", ".", tmp_path, "val", node_rank=1, num_nodes=2, max_samples=4, progress=False)
-        assert m["num_samples"] == 4
+        # a build of another layout would write the same shard names: refused too (tests/test_concurrency.py)
+        with pytest.raises(BuildLocked, match="with --num-nodes 1"):
+            build_shards("synthetic", ".", tmp_path, "val", node_rank=1, num_nodes=2, max_samples=4, progress=False)
     assert build_shards("synthetic", ".", tmp_path, "val", max_samples=4, progress=False)["num_samples"] == 4
 
 

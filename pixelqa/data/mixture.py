@@ -316,6 +316,9 @@ def build_mixture(
                 max_samples=max_samples,
                 progress=progress,
                 frame_codec=frame_codec,
+                # `data mixture` has no --wait: a rerun resumes, keeping the sources already built
+                advice="wait for it to finish, then rerun this mixture command (finished sources are kept), or use "
+                "another --out",
             )
         except FileNotFoundError as err:
             if on_error == "fail":

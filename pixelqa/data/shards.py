@@ -13,14 +13,14 @@ processes convert and validate items in order (a process pool, results taken in 
 
 Beside each shard the build writes its record index (``<name>.idx.json``: byte span, member offsets and checksum of
 every record), against which `pixelqa.data.shard_reader` checks what it reads. A node's build holds a lock on its
-shard folder (``.build-node%03d-of%03d.lock``, released by the kernel when the process dies): a second build of
-the same node's shards fails at once naming the holder, or waits for it (`wait=True`), so two builds never
-interleave records.
+shard folder (``.build-node%03d-of%03d.lock``, `pixelqa.locks`, released by the kernel when the process dies): a
+second build of the same node's shards fails at once naming the holder, or waits for it (`wait=True`), so two
+builds never interleave records. Nodes of one build (one `num_nodes`) write the folder together; a build of another
+layout is refused while one runs (its shard names would collide) and once one has left its manifests or progress.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -29,9 +29,7 @@ import multiprocessing
 import os
 import re
 import signal
-import socket
 import tarfile
-import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +45,8 @@ from pixelqa.data.catalog import get_source
 from pixelqa.data.registry import SkippedSample
 from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
+from pixelqa.files import atomic_file
+from pixelqa.locks import file_lock, holder, release, take
 
 log = logging.getLogger(__name__)
 
@@ -421,36 +421,79 @@ def write_index(shard: Path, final: Path | None = None) -> Path:
     return path
 
 
+# What a refused build is told by default: true for any caller, naming the command that has --wait (callers
+# without that flag, a mixture or fit, pass their own advice)
+LOCKED_ADVICE = "wait for it to finish (`python -m pixelqa.data build ... --wait` waits for it), or use another --out"
+LAYOUT_GUARD = ".build-layout.lock"  # held briefly while a build takes its node's lock: see build_lock
+_NODE_LOCK = re.compile(r"\.build-node(\d{3})-of(\d{3})\.lock")
+
+
+def node_lock_name(node_rank: int, num_nodes: int) -> str:
+    """The lock file name of one node's build."""
+    return f".build-node{node_rank:03d}-of{num_nodes:03d}.lock"
+
+
+def _refuse_other_layouts(folder: Path, num_nodes: int) -> None:
+    """BuildLocked when a build of `folder` with another num_nodes runs: both would write the same shard names."""
+    for path in sorted(folder.glob(".build-node*-of*.lock")):
+        m = _NODE_LOCK.fullmatch(path.name)
+        if m is None or int(m.group(2)) == num_nodes:
+            continue
+        who = holder(path)
+        if who is not None:
+            # no "wait": once it has finished, its manifests refuse this layout all the same
+            theirs = int(m.group(2))
+            raise BuildLocked(
+                f"{folder} is being built by {who} with --num-nodes {theirs} (lock {path.name}); a build with "
+                f"--num-nodes {num_nodes} would write the same shard names: build with --num-nodes {theirs} (its "
+                "other nodes), or into another --out"
+            )
+
+
 @contextmanager
-def build_lock(folder: Path, node_rank: int = 0, num_nodes: int = 1, wait: bool = False) -> Iterator[Path]:
-    """Hold the build lock of one node's shards in `folder`; held elsewhere: wait, or BuildLocked naming the holder."""
-    path = folder / f".build-node{node_rank:03d}-of{num_nodes:03d}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+def build_lock(
+    folder: Path, node_rank: int = 0, num_nodes: int = 1, wait: bool = False, advice: str = LOCKED_ADVICE
+) -> Iterator[Path]:
+    """Hold the build lock of one node's shards in `folder`; held elsewhere: wait (`wait`), or BuildLocked naming
+    the holder and `advice`. A build of another layout (num_nodes) running in the folder: BuildLocked, even with
+    `wait` (what it leaves is refused anyway)."""
+    path = folder / node_lock_name(node_rank, num_nodes)
+    # not re-entrant: a second build of this node's shards in this process would interleave records all the same
+    kw = {"subject": str(folder), "advice": advice, "busy": "being built", "error": BuildLocked, "reentrant": False}
+    guard = folder / LAYOUT_GUARD
+
+    def waiting(who: str) -> None:
+        log.warning("waiting for the build of %s by %s", folder, who)
+
+    # Every node lock is taken under the guard, and the other layouts' locks are probed under it: a probe then
+    # never races a take (two layouts could otherwise both start, or one be refused by the other's probe).
+    queued = False
+    with file_lock(guard, str(folder), wait=True, error=BuildLocked):
+        _refuse_other_layouts(folder, num_nodes)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "a process that has not said who"
+            take(path, **kw)
+        except BuildLocked:
             if not wait:
-                raise BuildLocked(
-                    f"{folder} is being built by {holder} (lock {path.name}); wait for it to finish, "
-                    "rerun with --wait, or build into another --out"
-                ) from None
-            log.warning("waiting for the build of %s by %s", folder, holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {stamp}\n".encode(), 0)
+                raise
+            queued = True
+    if queued:  # waited for outside the guard, which other builds need meanwhile; checked again once taken
+        take(path, wait=True, on_wait=waiting, **kw)
+        try:
+            with file_lock(guard, str(folder), wait=True, error=BuildLocked):
+                _refuse_other_layouts(folder, num_nodes)
+        except BaseException:
+            release(path)
+            raise
+    try:
         yield path
     finally:
-        os.close(fd)  # closing the descriptor releases the lock (the file stays: unlinking it would race)
+        release(path)  # the last release closes the file, which drops the lock (the file stays)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file beside it + rename): readers never see half a file."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a text file atomically (a temporary of a unique name beside it, then a rename): readers never see half
+    a file, and two writers of one file never rename each other's temporary."""
+    atomic_file(path, lambda tmp: tmp.write_text(text))
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -473,11 +516,13 @@ def build_shards(
     progress: bool = True,
     wait: bool = False,
     frame_codec: str = "keep",
+    advice: str = LOCKED_ADVICE,
 ) -> dict:
     """Convert `source`'s `split` under `root` into shards under `out`; returns the manifest dict.
 
     wait: when another process holds this build's lock, wait for it (then find its shards complete) instead of
-    failing at once with BuildLocked. frame_codec: "keep" stores frames as the release ships them; "ppm" stores
+    failing at once with BuildLocked, whose message ends with `advice` (what the caller can do: a command without
+    --wait says so). frame_codec: "keep" stores frames as the release ships them; "ppm" stores
     their decoded pixels (several times the bytes, decoded by one copy: the fast loader for small frames); "jpg" /
     "png" re-encode.
     """
@@ -498,8 +543,21 @@ def build_shards(
     )
     folder = shard_dir(out, source, split)
     folder.mkdir(parents=True, exist_ok=True)
-    with build_lock(folder, node_rank, num_nodes, wait):
+    with build_lock(folder, node_rank, num_nodes, wait, advice):
         return _build_locked(src, Path(root), cfg, folder, workers, on_error, progress)
+
+
+def _refuse_other_layout_files(folder: Path, num_nodes: int) -> None:
+    """BuildInputError when `folder` holds manifests or progress of a build with another num_nodes: this one would
+    overwrite its shards (same names, other content) under its manifests' checksums."""
+    for path in sorted([*folder.glob("manifest*.json"), *folder.glob(".progress-node*-of*.json")]):
+        theirs = _node_of(path.name)[1]
+        if theirs != num_nodes:
+            raise BuildInputError(
+                f"{folder} holds a build with --num-nodes {theirs} ({path.name}); a build with --num-nodes {num_nodes} "
+                f"would overwrite its shards: finish or keep that one (same --num-nodes), or delete {folder} or use "
+                "another --out"
+            )
 
 
 def _build_locked(
@@ -510,6 +568,7 @@ def _build_locked(
     max_samples, check_frames = cfg.max_samples, cfg.check_frames
     manifest_path = folder / manifest_name(node_rank, num_nodes)
     progress_path = folder / progress_name(node_rank, num_nodes)
+    _refuse_other_layout_files(folder, num_nodes)
 
     if manifest_path.is_file() and not progress_path.is_file():
         manifest = _read_state(manifest_path, folder)

@@ -34,6 +34,8 @@ import yaml
 
 from pixelqa.data.schema import Sample
 from pixelqa.eval.official import Protocol, as_prediction, get_official
+from pixelqa.files import atomic_file
+from pixelqa.locks import folder_lock
 
 RESULT_FILE = "result.json"
 RECORDS = "records.rank{rank}.jsonl"
@@ -174,19 +176,25 @@ def _parsed(line: str) -> Any:
 
 def read_records_file(path: Path) -> tuple[dict | None, dict[str, dict]]:
     """(fingerprint header or None, key -> record) of one JSON-lines file; a torn last line (a write cut short) is
-    ignored. A damaged line before the last raises SuiteError naming each such line and how to drop just them."""
+    ignored. A damaged line before the last raises SuiteError naming each such line and how to drop just them; so
+    does a sample on two lines (two runs appended to the file at once: which line is whose cannot be told)."""
     header: dict | None = None
     out: dict[str, dict] = {}
     if not path.is_file():
         return header, out
     lines = path.read_text().splitlines()
     bad: list[int] = []
+    line_of: dict[str, int] = {}
+    twice: list[str] = []
     for i, line in enumerate(lines):
         rec = _parsed(line)
         if i == 0 and isinstance(rec, dict) and "fingerprint" in rec and "key" not in rec:
             header = rec["fingerprint"]
             continue
         if isinstance(rec, dict) and "key" in rec and "index" in rec:
+            if rec["key"] in line_of:
+                twice.append(f"{rec['key']!r} on lines {line_of[rec['key']]} and {i + 1}")
+            line_of.setdefault(rec["key"], i + 1)
             out[rec["key"]] = rec
         elif not (rec is None and i == len(lines) - 1):  # not JSON on the last line: torn, scored again
             bad.append(i + 1)
@@ -198,6 +206,12 @@ def read_records_file(path: Path) -> tuple[dict | None, dict[str, dict]]:
             f"{path}: line{'s' * (len(bad) > 1)} {lines_named} {'are' if len(bad) > 1 else 'is'} not a JSON record "
             "(a write cut short, then appended to); delete only those lines and rerun to score their samples again: "
             f"sed -i '{';'.join(f'{n}d' for n in bad)}' {path}"
+        )
+    if twice:
+        more = f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""
+        raise SuiteError(
+            f"{path}: sample {twice[0]}{more}: two runs appended to this file at once, so its records cannot be "
+            f"trusted; {FRESH_HINT}"
         )
     return header, out
 
@@ -348,37 +362,47 @@ def run_benchmark(
 ) -> int:
     """Score this rank's share (sample i where i % world == rank) of the first `limit` samples; returns how many
     this call scored (samples already in the rank's records file are skipped). `fingerprint` is the run's part of
-    `benchmark_fingerprint`; stored results or records made under another one raise SuiteError."""
+    `benchmark_fingerprint`; stored results or records made under another one raise SuiteError, and so does another
+    process writing the rank's records file now (the file's lock)."""
     fp = benchmark_fingerprint(spec, shards, fingerprint, limit)
     reason = stale_reason(spec, out, fp)
     if reason:
         raise SuiteError(reason)
-    out = Path(out) / spec.name
+    root, out = Path(out), Path(out) / spec.name
     out.mkdir(parents=True, exist_ok=True)
     if (out / RESULT_FILE).is_file():
         return 0
     protocol = get_official(spec.protocol)
-    _prepare(protocol, spec, out)
     path = out / RECORDS.format(rank=rank)
-    header, done = read_records_file(path)
-    if not done:  # nothing scored yet (new file, a header only, a torn first line): start it with this header
-        path.write_text(json.dumps(_json_safe({"fingerprint": records_fingerprint(fp)})) + "\n")
-    else:
-        cut_torn_tail(path)  # the torn record's sample is not in `done`: it is scored again below
-    scored = 0
-    with path.open("a") as f:
-        for i, sample in enumerate(iter_benchmark_samples(spec, shards)):
-            if limit is not None and i >= limit:
-                break
-            if i % world != rank or sample.key in done:
-                continue
-            request = protocol.request(sample)
-            pred = as_prediction(answer_fn(request))
-            record = protocol.score(sample, request, pred)
-            line = {"key": sample.key, "index": i, "text": pred.text, **record}
-            f.write(json.dumps(_json_safe(line)) + "\n")
-            f.flush()
-            scored += 1
+    # One writer per records file: another process appending to it while this one rewrites its header (or appends
+    # too) would leave one file of two runs' records under one fingerprint.
+    advice = "wait for it to finish, or score into another output_dir"
+    with folder_lock(out, f"records-rank{rank}", advice, error=SuiteError):
+        reason = stale_reason(spec, root, fp)  # again, under the lock: the first look may have seen a file mid-change
+        if reason:
+            raise SuiteError(reason)
+        if (out / RESULT_FILE).is_file():
+            return 0
+        _prepare(protocol, spec, out)
+        header, done = read_records_file(path)
+        if not done:  # nothing scored yet (new file, a header only, a torn first line): start it with this header
+            path.write_text(json.dumps(_json_safe({"fingerprint": records_fingerprint(fp)})) + "\n")
+        else:
+            cut_torn_tail(path)  # the torn record's sample is not in `done`: it is scored again below
+        scored = 0
+        with path.open("a") as f:
+            for i, sample in enumerate(iter_benchmark_samples(spec, shards)):
+                if limit is not None and i >= limit:
+                    break
+                if i % world != rank or sample.key in done:
+                    continue
+                request = protocol.request(sample)
+                pred = as_prediction(answer_fn(request))
+                record = protocol.score(sample, request, pred)
+                line = {"key": sample.key, "index": i, "text": pred.text, **record}
+                f.write(json.dumps(_json_safe(line)) + "\n")
+                f.flush()
+                scored += 1
     return scored
 
 
@@ -461,11 +485,9 @@ def finish_benchmark(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """Write JSON atomically (a temporary of a unique name + rename: two writers never rename each other's)."""
+    text = json.dumps(data, indent=1)
+    atomic_file(path, lambda tmp: tmp.write_text(text))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -476,18 +498,80 @@ def percent(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(100.0 * value, 1)
 
 
-def paper_rows(specs: Sequence[BenchmarkSpec], results: dict[str, BenchmarkResult], size: str | None) -> list[dict]:
-    """The paper-style table: one row per (benchmark, metric) with ours (%), the paper's value and the difference."""
+# headline metrics that count things (server-scored splits report expressions written, VideoRefer-Bench-D the
+# samples sent to the judge): shown as counts, never as a percentage, and with no paper value to compare
+COUNT_METRICS = frozenset({"samples", "expressions", "objects", "no_seg"})
+SAMPLES_COLUMN = "scored / expected"
+
+
+def benchmark_expected(spec: BenchmarkSpec, shards: str | Path | None) -> int | None:
+    """Samples the benchmark's shards hold (damaged records included, from their indexes / manifests); None when
+    they cannot be read here."""
+    from pixelqa.data.shard_reader import open_shard
+
+    if shards is None:
+        return None
+    try:
+        files = shard_files(shards, spec.source, spec.split)
+        if not files:
+            return None
+        total = 0
+        for f in files:
+            contents = open_shard(str(f))
+            lost = sum(d.records for d in contents.damage)
+            total += contents.expected if contents.expected is not None else len(contents.refs) + lost
+        return total
+    except (OSError, ValueError):
+        return None
+
+
+def sample_coverage(
+    spec: BenchmarkSpec, result: BenchmarkResult, shards: str | Path | None = None
+) -> tuple[int | None, int | None, bool]:
+    """(scored, expected, subset) of a finished benchmark: samples in its result, samples of the benchmark (its
+    shards, `shards` or the recipe's `data.shards`; with no limit and unreadable shards, the scored ones), and
+    whether the result covers fewer (an `eval.max_samples` limit or damaged records) or may (a limit reached, the
+    total unknown)."""
+    prov = result.provenance or {}
+    scored = prov.get("samples")
+    scored = int(scored) if scored is not None else None
+    limit = (prov.get("fingerprint") or {}).get(LIMIT_KEY)
+    if shards is None:
+        shards = (prov.get("recipe") or {}).get("data.shards")
+    expected = benchmark_expected(spec, shards)
+    if expected is None and limit is None:
+        expected = scored  # every sample the shards hold was scored (merge_records checks the count)
+    if scored is None:
+        return None, expected, limit is not None
+    if expected is None:  # a limit, total unknown: reached means the benchmark may hold more
+        return scored, None, scored >= int(limit)
+    return scored, expected, scored < expected
+
+
+def paper_rows(
+    specs: Sequence[BenchmarkSpec],
+    results: dict[str, BenchmarkResult],
+    size: str | None,
+    shards: str | Path | None = None,
+) -> list[dict]:
+    """The paper-style table: one row per (benchmark, metric) with ours (a fraction as %, a count as it is), the
+    paper's value, the difference, the unit and the samples scored / expected. A result on a subset (an
+    `eval.max_samples` limit, damaged records) gets no difference: it is not the paper's number."""
     rows = []
     for spec in specs:
         result = results.get(spec.name)
         if result is None:
             continue
         published = spec.paper.get(size or "", {})
+        scored, expected, subset = sample_coverage(spec, result, shards)
+        coverage = f"{'?' if scored is None else scored} / {'?' if expected is None else expected}"
+        if subset:
+            coverage += " (subset: no diff)"
         for metric, value in result.metrics.items():
-            ours = percent(value)
-            paper = published.get(metric)
-            diff = round(ours - paper, 1) if ours is not None and paper is not None else None
+            count = metric in COUNT_METRICS
+            ours = (int(value) if math.isfinite(value) else None) if count else percent(value)
+            paper = None if count else published.get(metric)
+            diff = round(ours - paper, 1) if ours is not None and paper is not None and not subset else None
             rows.append(
                 {
                     "table": spec.table,
@@ -497,6 +581,8 @@ def paper_rows(specs: Sequence[BenchmarkSpec], results: dict[str, BenchmarkResul
                     "ours": ours,
                     "paper": paper,
                     "diff": diff,
+                    "unit": "count" if count else "%",
+                    SAMPLES_COLUMN: coverage,
                 }
             )
     return rows

@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from pixelqa.eval.suite import (
     set_aside,
     stale_reason,
 )
+from pixelqa.locks import folder_lock
 
 # command-line options of the suite form (everything else is a recipe key)
 SUITE_KEYS: tuple[str, ...] = ("suite", "suite.only", "suite.max_new_tokens", "suite.fresh")
@@ -47,6 +49,7 @@ TRAINING_ONLY: tuple[str, ...] = ("model.loss.", "model.gradient_checkpointing")
 # the files of a model folder (`model.path`) whose content the fingerprint holds
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth")
 CONFIG = "config.json"
+LOCK_ADVICE = "wait for it to finish, or score into another output_dir"
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -111,6 +114,38 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_ranks_ok(ok: bool) -> bool:
+    """Whether `ok` holds on every rank (an all-reduce when torch.distributed is initialised, else `ok`)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    # NCCL reduces CUDA tensors only: this rank's device, the one its model goes to
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if dist.get_backend() == "nccl" else "cpu"
+    failed = torch.tensor([0 if ok else 1], device=device)
+    dist.all_reduce(failed)
+    return int(failed.item()) == 0
+
+
+@contextmanager
+def results_lock(out: Path, rank: int) -> Iterator[None]:
+    """Hold the suite's results folder `out` for this run: another run writing it (records of another checkpoint
+    appended to the same files, a result.json built from both) raises SuiteError naming it. Rank 0 takes the lock
+    (the ranks of one run share the folder: each its own records file); every rank then learns whether it got it,
+    so that no rank of a refused run reads or writes a file there."""
+    refused: SuiteError | None = None
+    with ExitStack() as held:
+        if rank == 0:
+            try:
+                held.enter_context(folder_lock(out, "suite", LOCK_ADVICE, error=SuiteError))
+            except SuiteError as err:
+                refused = err
+        if not all_ranks_ok(refused is None):
+            raise refused or SuiteError(f"{out} is in use by another run (its lock refused rank 0); {LOCK_ADVICE}")
+        yield
 
 
 def run_fingerprint(
@@ -236,13 +271,14 @@ def run_suite(args: list[str]) -> dict[str, float]:
     from pixelqa.config import RecipeError
 
     try:
-        return _run_suite(args)
+        with ExitStack() as held:  # the results folder's lock (`results_lock`), until the run ends
+            return _run_suite(args, held)
     except SuiteError as err:
         raise RecipeError(str(err)) from None
 
 
-def _run_suite(args: list[str]) -> dict[str, float]:
-    """`run_suite` itself; SuiteErrors propagate."""
+def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
+    """`run_suite` itself, holding its results folder's lock in `held`; SuiteErrors propagate."""
     import torch
 
     import pixelqa
@@ -300,6 +336,8 @@ def _run_suite(args: list[str]) -> dict[str, float]:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     out = Path(recipe.output_dir) / f"suite-{suite.name}"
+    # before anything reads or writes the folder (the stale check, set_aside, records): one run at a time
+    held.enter_context(results_lock(out, rank))
     ckpt_sha256 = file_sha256(ckpt_path)
     weights = weights_fingerprint(recipe.model.path, recipe.model.mask_decoder.checkpoint)
     route = generation_route()

@@ -31,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixelqa import viz
-from pixelqa.files import atomic_folder, replaceable_folder
+from pixelqa.files import FolderTaken, atomic_folder, replaceable_folder
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.media import media_warnings
@@ -135,8 +135,11 @@ def write_outputs(
     `prompt_args` are the prompts as typed on the command line (kept in run.json beside the normalised ones).
     """
     out = check_out(out)
-    with atomic_folder(out) as tmp:
-        return _write(pred, tmp, prompt_args, progress)
+    try:
+        with atomic_folder(out) as tmp:
+            return _write(pred, tmp, prompt_args, progress)
+    except FolderTaken as exc:  # two predicts into one --out finishing at once: one line, not a traceback
+        raise PredictInputError(f"--out: {exc}; run again, or give each run its own --out") from None
 
 
 def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress: bool) -> dict[str, Any]:

@@ -7,8 +7,9 @@ resuming at optimizer step s skips the first s x accumulate batches without read
 Processes split the stream by slot (rank r of W takes slots j with j % W == r), DataLoader workers by batch.
 Samples are read by random access into the tar shards (an index of member offsets built once per shard).
 
-Validation: every sample of `data.val_sources` exactly once, in shard order (capped by `data.val_samples`),
-split across processes by index.
+Validation: every sample of `data.val_sources` exactly once, in shard order (capped by `data.val_samples` and, in a
+fit, by `eval.max_samples`: `validation_limit`), split across processes by index. A sample that cannot be scored
+(a damaged record, or one `usable` rejects) is skipped; the pass's `expected` count says how many were asked for.
 
 Collation (`pixelqa.data.collate.Collator`) runs under an RNG seeded by (seed, batch index), so prompt sampling
 and any other data randomness repeat after a resume too.
@@ -108,7 +109,11 @@ def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
 
     print(f"building synthetic/{split} shards ({num_samples} samples) in {folder} (first use only)", flush=True)
     per_shard = max(8, num_samples // 8)  # several shards: enough to split across processes and workers
-    build_shards(SYNTHETIC, ".", root, split=split, max_samples=num_samples, max_count=per_shard, progress=False)
+    # two fits starting together on one shards folder (two `make demo`): the second waits for the first's build,
+    # seconds long, instead of failing with advice for a flag fit does not have
+    build_shards(
+        SYNTHETIC, ".", root, split=split, max_samples=num_samples, max_count=per_shard, progress=False, wait=True
+    )
     return folder
 
 
@@ -283,6 +288,13 @@ def handed_over(batch: Any) -> Any:
     (`pixelqa.data.packing`); in the main process the batch is returned as is.
     """
     return pack(batch) if get_worker_info() is not None else batch
+
+
+def validation_limit(data: Any, max_samples: int | None = None) -> int | None:
+    """The validation samples a fit scores (the first N; None: all): `data.val_samples` capped by `eval.max_samples`,
+    so the teacher-forced pass, the generation pass and the evaluate command fit prints all score the same ones."""
+    caps = [int(c) for c in (getattr(data, "val_samples", None), max_samples) if c is not None]
+    return min(caps) if caps else None
 
 
 def usable(sample: Sample, num_frames: int) -> Sample | None:
@@ -497,7 +509,8 @@ def make_collator(processor: Any, data: Any, memory_variant: str) -> Callable[[l
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Training mixture and validation pass of a recipe's `data` section, as collated `Batch`es."""
+    """Training mixture and validation pass of a recipe's `data` section, as collated `Batch`es (`max_samples`: the
+    recipe's `eval.max_samples`, a further cap on the validation samples)."""
 
     def __init__(
         self,
@@ -506,9 +519,11 @@ class ShardDataModule(L.LightningDataModule):
         memory_variant: str = "memory_bank",
         seed: int = 0,
         collate: Callable[[list[Sample]], Any] | None = None,
+        max_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.data = data
+        self.val_limit = validation_limit(data, max_samples)  # the first N validation samples (None: all)
         self.processor = processor
         self.memory_variant = memory_variant
         self.seed = int(seed)
@@ -601,7 +616,7 @@ class ShardDataModule(L.LightningDataModule):
             self.seed,
             rank,
             world,
-            self.data.val_samples,
+            self.val_limit,
             self.data.num_frames,
         )
         return self._loader(ds)
