@@ -315,3 +315,22 @@ def test_loading_the_release_prints_no_library_config_noise(files, tmp_path):
     env = dict(os.environ, PIXELQA_LIBRARY_WARNINGS="1")
     loud = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert loud.returncode == 0 and all(n in loud.stderr for n in RELEASE_NOISE), loud.stderr[-2000:]
+
+
+def test_cli_chat_into_an_out_another_predict_finished_meanwhile_is_one_line(files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "chat"
+    real_rename = os.rename
+
+    def theirs_first(src, dst, *a, **k):  # another predict's --out lands in the window before our rename
+        if Path(dst) == out and Path(src).name.startswith(".chat.tmp~"):
+            out.mkdir(exist_ok=True)
+            (out / "theirs.txt").write_text("theirs")
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", theirs_first)
+    argv = ["--model", str(files / "tiny"), "--media", str(files / "img.png"), "--text", "What is it?"]
+    argv += ["--chat", "--max-new-tokens", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(argv, stdin=io.StringIO("/quit\n"), stdout=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: " in err and "give each run its own --out" in err
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]  # theirs kept whole
