@@ -171,3 +171,17 @@ def test_a_resume_onto_rebuilt_shards_is_refused_naming_the_source(tmp_path, cap
         "not compared with the checkpoint's data-stream fingerprint: manifest/synthetic/train (not recorded"
         in capsys.readouterr().out
     )
+
+
+def test_evaluate_refuses_the_validation_shards_of_a_stopped_build(tmp_path, capsys):
+    from pixelqa import evaluate
+
+    shards = tmp_path / "shards"
+    folder = stopped_build(shards, "val", samples=40, per_shard=5, after_shards=2)
+    args = ["recipe=stage3", f"data.shards={shards}", "data.build_if_missing=false", "tracking=none"]
+    with pytest.raises(SystemExit) as err:
+        evaluate.main([*args, f"output_dir={tmp_path / 'run'}"])
+    msg = capsys.readouterr().err
+    assert err.value.code == 2 and msg.count("\n") == 1, msg
+    assert msg.startswith(f"recipe error: data.val_sources[0] (synthetic/val): the shards in {folder} are an unfin")
+    assert "finish it with: python -m pixelqa.data build synthetic" in msg

@@ -72,8 +72,6 @@ def _shards(folder: Path) -> list[Path]:
 def check_sources(data: Any) -> None:
     """Fail before any work when a real source's shard folder is missing, empty or an unfinished build (synthetic
     ones are built, or their build resumed, on first use)."""
-    from pixelqa.data.shards import unfinished_build
-
     for group in ("sources", "val_sources"):
         for i, src in enumerate(getattr(data, group)):
             if src.repeat <= 0:
@@ -82,14 +80,8 @@ def check_sources(data: Any) -> None:
             if src.name == SYNTHETIC and data.build_if_missing:
                 continue
             if _shards(folder):
-                # the first shards of a stopped build would be trained on as if they were the whole source
-                unfinished = unfinished_build(folder, data.shards)
-                if unfinished is None:
-                    continue
-                raise RecipeError(
-                    f"data.{group}[{i}] ({src.name}/{src.split}): the shards in {folder} are an unfinished build "
-                    f"({unfinished.reason}); finish it with: {unfinished.command}"
-                )
+                check_finished(data, group, i)
+                continue
             build = f"python -m pixelqa.data build {src.name} --root RAW --out {data.shards} --split {src.split}"
             hint = (
                 f"build them with: {build}"
@@ -97,6 +89,21 @@ def check_sources(data: Any) -> None:
                 else "set data.build_if_missing=true to build them on first use"
             )
             raise RecipeError(f"data.{group}[{i}] ({src.name}/{src.split}): no shards in {folder}; {hint}")
+
+
+def check_finished(data: Any, group: str, i: int) -> None:
+    """Fail when the shards of `data.<group>[i]` are an unfinished build (a stopped or running `data build`): its
+    first shards would be trained on, or scored, as if they were the whole source."""
+    from pixelqa.data.shards import unfinished_build
+
+    src = getattr(data, group)[i]
+    folder = shard_folder(data.shards, src.name, src.split)
+    unfinished = unfinished_build(folder, data.shards)
+    if unfinished is not None:
+        raise RecipeError(
+            f"data.{group}[{i}] ({src.name}/{src.split}): the shards in {folder} are an unfinished build "
+            f"({unfinished.reason}); finish it with: {unfinished.command}"
+        )
 
 
 def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
