@@ -71,14 +71,16 @@ def check_tracking(tracking: Any) -> None:
 def check_shards(data: Any) -> None:
     """Validation shards can be opened; with data.strict, no shard holds damage found on opening (e.g. truncation)."""
     from pixelqa.data.shard_reader import open_shard
-    from pixelqa.train.datamodule import check_finished, shard_folder
+    from pixelqa.train.datamodule import SYNTHETIC, check_finished, shard_folder
 
     strict = bool(getattr(data, "strict", False))
     groups = [("val_sources", data.val_sources)] + ([("sources", data.sources)] if strict else [])
     for group, sources in groups:
         for i, src in enumerate(sources):
             tars = sorted(shard_folder(data.shards, src.name, src.split).glob("*.tar"))
-            if tars:  # an evaluation scores what a stopped build left as if it were the whole split otherwise
+            # an evaluation scores what a stopped build left as if it were the whole split otherwise; a synthetic
+            # split built on first use is resumed by that build instead
+            if tars and not (src.name == SYNTHETIC and data.build_if_missing):
                 check_finished(data, group, i)
             for tar in tars:
                 try:

@@ -185,3 +185,13 @@ def test_evaluate_refuses_the_validation_shards_of_a_stopped_build(tmp_path, cap
     assert err.value.code == 2 and msg.count("\n") == 1, msg
     assert msg.startswith(f"recipe error: data.val_sources[0] (synthetic/val): the shards in {folder} are an unfin")
     assert "finish it with: python -m pixelqa.data build synthetic" in msg
+
+
+def test_a_stopped_first_use_build_of_synthetic_shards_is_resumed_not_refused(tmp_path):
+    from pixelqa.preflight import check_shards
+
+    shards = tmp_path / "shards"
+    stopped_build(shards, "val", samples=40, per_shard=5, after_shards=2)
+    check_shards(_data(shards, "data.build_if_missing=true"))  # the data module's first-use build finishes it
+    with pytest.raises(RecipeError, match="unfinished build"):
+        check_shards(_data(shards))
