@@ -14,14 +14,13 @@ metrics, `name: value`. Grid runners call `run(args, parent_run_id=...)`.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
-from pixelqa.eval.model_loading import adopt_trained_model, load_model, resolve_eval_ckpt
+from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt, settle_model_settings
 
 
 def pass_metrics(bench: str, passes: list) -> dict[str, float]:
@@ -63,7 +62,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     from pixelqa.eval import check_split, get_protocol
     from pixelqa.eval.runner import counting_passes
     from pixelqa.fit import apply_process_settings
-    from pixelqa.preflight import apply_release_overrides, check_run, release_override_warning
+    from pixelqa.preflight import check_run
     from pixelqa.viz import save_overlay
 
     start = time.time()
@@ -78,15 +77,7 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     check_run(recipe)  # output folders, validation shards and the MLflow store, before any work
     # the model trained (the checkpoint's model config), not the recipe's defaults: set before anything records it
-    for line in adopt_trained_model(cfg, args, ckpt_path, recipe.trust_checkpoint):
-        print(line, flush=True)
-    recipe = to_object(cfg)
-    # a model.X=... that a released folder replaces is otherwise dropped silently, and MLflow would show it as used
-    overridden = apply_release_overrides(cfg, recipe)
-    if overridden:
-        recipe = to_object(cfg)
-        recorded = "MLflow" if recipe.tracking.enabled else None
-        print(release_override_warning(recipe.model.path, overridden, recorded), file=sys.stderr, flush=True)
+    recipe = settle_model_settings(cfg, args, ckpt_path, "MLflow" if recipe.tracking.enabled else None)
     print(f"PixelQA evaluate: benchmark={bench} split={recipe.eval.split} ckpt={ckpt_path or 'none (untrained model)'}")
     apply_process_settings(recipe.trainer)
     torch.manual_seed(recipe.seed)

@@ -282,11 +282,7 @@ def _arg_changes(old: list[str], new: list[str]) -> str:
     """`key old -> new` for each argument that differs (the last of a key wins, as in the recipe)."""
     before = dict(a.split("=", 1) if "=" in a else (a, "") for a in old)
     after = dict(a.split("=", 1) if "=" in a else (a, "") for a in new)
-    keys = [*after, *(k for k in before if k not in after)]
-    changes = [
-        f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys if before.get(k) != after.get(k)
-    ]
-    return ", ".join(changes) or "the same arguments in another order"
+    return _recipe_changes(before, after, most=None) or "the same arguments in another order"
 
 
 def _shown(value: Any) -> str:
@@ -294,14 +290,15 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 6) -> str:
-    """`key old -> new` for each resolved recipe key that differs (the first `most`, then how many more)."""
+def _recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], most: int | None = 6) -> str:
+    """`key old -> new` for each key that differs, in the new order then the old-only keys (the first `most`, then
+    how many more; None: all)."""
     keys = [k for k in [*new, *(k for k in old if k not in new)] if old.get(k, None) != new.get(k, None)]
+    shown = keys if most is None else keys[:most]
     changes = [
-        f"{k} {_shown(old[k]) if k in old else 'unset'} -> {_shown(new[k]) if k in new else 'unset'}"
-        for k in keys[:most]
+        f"{k} {_shown(old[k]) if k in old else 'unset'} -> {_shown(new[k]) if k in new else 'unset'}" for k in shown
     ]
-    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    more = f" and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
     return ", ".join(changes) + more
 
 

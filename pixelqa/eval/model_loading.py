@@ -104,6 +104,29 @@ def adopt_trained_model(cfg: Any, args: Sequence[str], ckpt_path: Path | None, t
     return kept + ([f"model settings from the checkpoint: {'; '.join(taken)}"] if taken else [])
 
 
+def settle_model_settings(
+    cfg: Any, args: Sequence[str], ckpt_path: Path | None, recorded_in: str | None, speak: bool = True
+) -> Any:
+    """Set `cfg.model` to the model that will be scored (the checkpoint's trained settings, keys typed in `args`
+    kept, then what a released folder fixes), saying each change when `speak`; returns the recipe object."""
+    import sys
+
+    from pixelqa.config import to_object
+    from pixelqa.preflight import apply_release_overrides, release_override_warning
+
+    for line in adopt_trained_model(cfg, args, ckpt_path, to_object(cfg).trust_checkpoint):
+        if speak:
+            print(line, flush=True)
+    recipe = to_object(cfg)
+    # a model.X=... that a released folder replaces is otherwise dropped silently, and what is recorded shows it
+    overridden = apply_release_overrides(cfg, recipe)
+    if overridden:
+        recipe = to_object(cfg)
+        if speak:
+            print(release_override_warning(recipe.model.path, overridden, recorded_in), file=sys.stderr, flush=True)
+    return recipe
+
+
 def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
     """The UniPixel network of `recipe.model` (see `adopt_trained_model`) with the checkpoint's weights and stage."""
     from omegaconf import OmegaConf

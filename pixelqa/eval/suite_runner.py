@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -284,8 +283,8 @@ def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
     import pixelqa
     from pixelqa.config import RecipeError, flatten, load_recipe, to_object
     from pixelqa.eval.generation import default_answer_fn
-    from pixelqa.eval.model_loading import adopt_trained_model, load_model, resolve_eval_ckpt
-    from pixelqa.preflight import apply_release_overrides, check_launcher, check_writable, release_override_warning
+    from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt, settle_model_settings
+    from pixelqa.preflight import check_launcher, check_writable
 
     names = [a.split("=", 1)[1] for a in args if a.startswith("suite=")]
     rest = [a for a in args if not a.startswith("suite")]
@@ -314,16 +313,8 @@ def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
     check_writable(recipe.output_dir, "output_dir")
     ckpt_path = resolve_eval_ckpt(recipe.ckpt, recipe.output_dir)
     # the model trained (the checkpoint's model config), not the recipe's defaults: the fingerprint records it
-    for line in adopt_trained_model(cfg, rest, ckpt_path, recipe.trust_checkpoint):
-        if dist_info()[0] == 0:
-            print(line, flush=True)
-    recipe = to_object(cfg)
-    # a released folder fixes some model settings: the fingerprint, provenance and MLflow record the values used
-    overridden = apply_release_overrides(cfg, recipe)
-    if overridden:
-        recipe = to_object(cfg)
-        if dist_info()[0] == 0:
-            print(release_override_warning(recipe.model.path, overridden, "provenance.json"), file=sys.stderr)
+    # the fingerprint, provenance and MLflow record the model scored, not the recipe's defaults
+    recipe = settle_model_settings(cfg, rest, ckpt_path, "provenance.json", speak=dist_info()[0] == 0)
     shards = recipe.data.shards
     runnable = [s for s in suite.benchmarks if (not only or s.name in only) and missing_shards(s, shards) is None]
     if not runnable:

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
     from pixelqa.files import FolderTaken, atomic_folder
     from pixelqa.predict.loading import load_model
-    from pixelqa.predict.outputs import check_out, write_outputs
+    from pixelqa.predict.outputs import check_out, out_taken, write_outputs
     from pixelqa.predict.predictor import Predictor
 
     stdin = stdin or sys.stdin
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         with atomic_folder(out):  # an earlier output (check_out: predict's own files) gives way to this session's turns
             pass
     except FolderTaken as exc:  # another predict into this --out finished at the same moment: one line
-        raise PredictInputError(f"--out: {exc}; run again, or give each run its own --out") from None
+        raise out_taken(exc) from None
     print("chat: type a message, /quit to end; name memory objects as [k]", file=stdout)
     while True:
         if text is None:

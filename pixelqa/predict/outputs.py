@@ -139,7 +139,12 @@ def write_outputs(
         with atomic_folder(out) as tmp:
             return _write(pred, tmp, prompt_args, progress)
     except FolderTaken as exc:  # two predicts into one --out finishing at once: one line, not a traceback
-        raise PredictInputError(f"--out: {exc}; run again, or give each run its own --out") from None
+        raise out_taken(exc) from None
+
+
+def out_taken(exc: FolderTaken) -> PredictInputError:
+    """The one-line error of a predict whose --out another predict wrote at the same moment."""
+    return PredictInputError(f"--out: {exc}; run again, or give each run its own --out")
 
 
 def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress: bool) -> dict[str, Any]:
