@@ -70,14 +70,15 @@ def check_tracking(tracking: Any) -> None:
 
 def check_shards(data: Any) -> None:
     """Validation shards can be opened; with data.strict, no shard holds damage found on opening (e.g. truncation)."""
+    from pixelqa.data.layout import shard_dir
     from pixelqa.data.shard_reader import open_shard
-    from pixelqa.train.datamodule import SYNTHETIC, check_finished, shard_folder
+    from pixelqa.train.datamodule import SYNTHETIC, check_finished
 
     strict = bool(getattr(data, "strict", False))
     groups = [("val_sources", data.val_sources)] + ([("sources", data.sources)] if strict else [])
     for group, sources in groups:
         for i, src in enumerate(sources):
-            tars = sorted(shard_folder(data.shards, src.name, src.split).glob("*.tar"))
+            tars = sorted(shard_dir(data.shards, src.name, src.split).glob("*.tar"))
             # an evaluation scores what a stopped build left as if it were the whole split otherwise; a synthetic
             # split built on first use is resumed by that build instead
             if tars and not (src.name == SYNTHETIC and data.build_if_missing):
@@ -176,13 +177,14 @@ def check_run(recipe: Any, launcher: bool = True) -> None:
     if launcher:
         check_launcher(recipe)
     check_writable(recipe.output_dir, "output_dir")
-    from pixelqa.train.datamodule import SYNTHETIC, shard_folder
+    from pixelqa.data.layout import shard_dir
+    from pixelqa.train.datamodule import SYNTHETIC
 
     data = recipe.data
     to_build = [
         s
         for s in list(data.sources) + list(data.val_sources)
-        if s.name == SYNTHETIC and not any(shard_folder(data.shards, s.name, s.split).glob("*.tar"))
+        if s.name == SYNTHETIC and not any(shard_dir(data.shards, s.name, s.split).glob("*.tar"))
     ]
     if data.build_if_missing and to_build:  # shards are built on first use: their folder must be writable
         check_writable(data.shards, "data.shards")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pixelqa.config import DataConfig, RecipeError, SourceConfig
+from pixelqa.data.layout import shard_dir
 from pixelqa.data.shards import iter_records, list_shards
 from pixelqa.train.datamodule import (
     EvalBatches,
@@ -16,7 +17,6 @@ from pixelqa.train.datamodule import (
     build_synthetic,
     check_sources,
     read_sample,
-    shard_folder,
 )
 
 
@@ -30,7 +30,7 @@ def shards(tmp_path_factory):
 
 def test_random_access_equals_sequential_tar_reading(shards):
     index = SourceIndex(shards, "synthetic", "train")
-    records = list(iter_records(list_shards(shard_folder(shards, "synthetic", "train"))))
+    records = list(iter_records(list_shards(shard_dir(shards, "synthetic", "train"))))
     assert len(index) == len(records) == 40
     for ref, rec in zip(index.refs, records):
         assert ref.key == rec["__key__"]

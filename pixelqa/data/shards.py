@@ -42,6 +42,7 @@ from typing import Any
 import webdataset as wds
 
 from pixelqa.data.catalog import get_source
+from pixelqa.data.layout import shard_dir, shard_name
 from pixelqa.data.registry import SkippedSample
 from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
@@ -105,16 +106,6 @@ class BuildLocked(BuildError):
 class BuildInputError(ValueError):
     """The build cannot start: a bad argument, source or split, unreadable raw annotations, or shard-folder state
     from a different or damaged build; the message names the value and what was expected."""
-
-
-def shard_dir(out: Path, source: str, split: str) -> Path:
-    """The folder of one source split's shards."""
-    return Path(out) / source / split
-
-
-def shard_name(source: str, split: str, index: int) -> str:
-    """File name of shard `index`."""
-    return f"{source}-{split}-{index:06d}.tar"
 
 
 def manifest_name(node_rank: int, num_nodes: int) -> str:

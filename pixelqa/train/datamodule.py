@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pixelqa.config import RecipeError
+from pixelqa.data.layout import shard_dir
 from pixelqa.data.loader import UnusableSampleError
 from pixelqa.data.packing import BackgroundReceiver, pack
 from pixelqa.data.schema import Sample
@@ -60,11 +61,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------- shard access
 
 
-def shard_folder(root: str | Path, source: str, split: str) -> Path:
-    """Where the shards of (source, split) live: <root>/<source>/<split>/."""
-    return Path(root) / source / split
-
-
 def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.tar"))
 
@@ -76,7 +72,7 @@ def check_sources(data: Any) -> None:
         for i, src in enumerate(getattr(data, group)):
             if src.repeat <= 0:
                 raise RecipeError(f"data.{group}[{i}].repeat={src.repeat}: expected a positive repeat factor")
-            folder = shard_folder(data.shards, src.name, src.split)
+            folder = shard_dir(data.shards, src.name, src.split)
             if src.name == SYNTHETIC and data.build_if_missing:
                 continue
             if _shards(folder):
@@ -97,7 +93,7 @@ def check_finished(data: Any, group: str, i: int) -> None:
     from pixelqa.data.shards import unfinished_build
 
     src = getattr(data, group)[i]
-    folder = shard_folder(data.shards, src.name, src.split)
+    folder = shard_dir(data.shards, src.name, src.split)
     unfinished = unfinished_build(folder, data.shards)
     if unfinished is not None:
         raise RecipeError(
@@ -110,7 +106,7 @@ def build_synthetic(root: str | Path, split: str, num_samples: int) -> Path:
     """Build the synthetic shards of `split` (num_samples samples) unless they exist; returns the folder."""
     from pixelqa.data.shards import build_shards, unfinished_build
 
-    folder = shard_folder(root, SYNTHETIC, split)
+    folder = shard_dir(root, SYNTHETIC, split)
     if _shards(folder) and unfinished_build(folder) is None:
         return folder
 
@@ -136,7 +132,7 @@ class SourceIndex:
         self, root: str | Path, name: str, split: str, repeat: float = 1.0, damage: DamageLog | None = None
     ) -> None:
         self.name, self.split, self.repeat = name, split, float(repeat)
-        self.folder = shard_folder(root, name, split)
+        self.folder = shard_dir(root, name, split)
         self.damage = damage if damage is not None else DamageLog()
         paths = _shards(self.folder)
         if not paths:
@@ -637,6 +633,6 @@ class ShardDataModule(L.LightningDataModule):
 
 def shard_stats(root: str | Path, name: str, split: str) -> dict:
     """The manifest of a shard folder (for printing); {} when it has none."""
-    folder = shard_folder(root, name, split)
+    folder = shard_dir(root, name, split)
     manifests = sorted(folder.glob("manifest*.json"))
     return json.loads(manifests[0].read_text()) if manifests else {}
