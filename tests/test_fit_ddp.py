@@ -79,7 +79,7 @@ def test_too_few_validation_samples_are_reported_once_and_every_rank_exits_2(tmp
         for rank in (0, 1)
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
-    error = "recipe error: data.val_sources / data.val_samples: 1 validation samples for 2 processes"
+    error = "recipe error: data.val_sources / data.val_samples / eval.max_samples: 1 validation samples for 2 processes"
     assert [p.returncode for p in procs] == [2, 2], outs[1][-3000:]
     assert [out.count(error) for out in outs] == [1, 0], outs[1][-3000:]
 

@@ -88,7 +88,9 @@ def test_eval_pass_covers_every_sample_once_across_ranks(shards):
     assert sorted(keys) == sorted(r.key for r in index.refs) and len(keys) == 10
     assert len(list(EvalBatches([index], len, 4, 0, limit=6))) == 2
     assert len(EvalBatches([index], len, 4, 0, rank=1, world=2, limit=2)) == 1  # one sample each
-    with pytest.raises(RecipeError, match=r"data.val_sources / data.val_samples: 1 validation samples for 2 proc"):
+    with pytest.raises(
+        RecipeError, match=r"data.val_sources / data.val_samples / eval.max_samples: 1 validation samples for 2 proc"
+    ):
         EvalBatches([index], len, 4, 0, rank=0, world=2, limit=1)  # every process raises, not only the empty one
 
 

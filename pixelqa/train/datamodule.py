@@ -463,7 +463,8 @@ class EvalBatches(IterableDataset):
         refs = refs[:limit] if limit is not None else refs
         if len(refs) < world:  # every process must run the pass (Lightning stops a process with none, mid-setup)
             raise EveryRankError(
-                f"data.val_sources / data.val_samples: {len(refs)} validation samples for {world} processes; "
+                f"data.val_sources / data.val_samples / eval.max_samples: {len(refs)} validation samples for {world} "
+                "processes; "
                 "expected at least one per process (add validation samples or use fewer devices)"
             )
         self.refs = refs[rank::world]
