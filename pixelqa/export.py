@@ -5,13 +5,18 @@ folder. OUT gets `config.json` (model_type pixel_qwen2_5_vl), `model.safetensors
 the transformers-4 names the release uses, our new-token rows written into the embedding / LM-head rows, SAM's
 fuser scale saved as `weight`) and the tokenizer / processor files, so `model=unipixel-3b model.path=OUT` (and the
 official builder) read it back. The write is atomic (a temporary folder renamed into place); OUT must be a new
-name or an empty folder, unless `--overwrite` allows replacing a folder whole.
+name or an empty folder, or with `--overwrite` an earlier export (a folder holding only `EXPORT_FILES`, the names an
+export, the release or `save_pretrained` write), which is replaced whole. A folder holding anything else is
+refused, and so are, always, the root folder, the home folder, the current folder and any folder holding one of
+them, and a folder that holds the model being exported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +44,30 @@ TEXT_KEYS = (
     "max_window_layers",
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The names in an earlier export that `--overwrite` may replace: what `export` writes (config.json, the weights, the
+# tokenizer / processor files and the chat template; older transformers add the vocab, merges and special-token
+# files), what the released folders hold beside them (generation config, sharded weights and their index), and a
+# `save_pretrained` folder's two files. Anything else in OUT is someone's data: refused.
+EXPORT_FILES = (
+    "config.json",
+    release.SINGLE_FILE,
+    release.INDEX_FILE,
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "unipixel_config.json",  # pixelqa.model.unipixel.CONFIG_FILE / WEIGHTS_FILE (save_pretrained), without importing
+    "unipixel.pt",  # the model stack before the model loads
+)
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+SHOWN_ENTRIES = 3  # foreign entries a refusal names
 
 
 def load_any(path: str | Path, trust: bool = False) -> UniPixel:
@@ -143,21 +172,60 @@ def release_state_dict(model: UniPixel, dtype: torch.dtype) -> tuple[dict[str, t
     return {k: v.to(dtype).contiguous() for k, v in out.items()}, tied
 
 
-def check_out(out: str | Path, overwrite: bool = False) -> Path:
-    """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` a folder replaced whole;
-    its parent folder must take new entries (tried, before a model loads for minutes only to fail at the write)."""
-    from pixelqa.files import replaceable_folder
+def is_export_name(name: str) -> bool:
+    """Whether a name in OUT is one an earlier export (or release, or save_pretrained) holds: `EXPORT_FILES`."""
+    return name in EXPORT_FILES or _SHARD.fullmatch(name) is not None
+
+
+def check_out(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """`out` as a folder export may write: a new name, an empty folder, or with `overwrite` an earlier export
+    (replaced whole); never the root, home or current folder or one holding them, nor a folder holding `source`
+    (the model being exported). Its parent folder must take new entries (tried, before a model loads for minutes
+    only to fail at the write)."""
+    from pixelqa.files import foreign_entries, refuse_protected, replaceable_folder
 
     target = Path(out)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FileExistsError(f"out: {str(target)!r} exists and is not a folder; expected a new folder name")
+    refuse_protected(target, "out: ")
+    if source is not None and holds_source(target, source):
+        raise FileExistsError(
+            f"out: {str(target)!r} holds the model being exported ({str(source)!r}); it is never replaced, choose a "
+            "new folder for the output"
+        )
+    foreign = foreign_entries(target, is_export_name)
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:SHOWN_ENTRIES]) + (
+            f" and {len(foreign) - SHOWN_ENTRIES} more" if len(foreign) > SHOWN_ENTRIES else ""
+        )
+        raise FileExistsError(
+            f"out: {str(target)!r} is a folder that is not empty and holds what no export writes ({shown}); "
+            "expected a new folder name, an empty folder or an earlier export (which --overwrite replaces)"
+        )
     if not overwrite and not replaceable_folder(target):
         raise FileExistsError(
-            f"out: {str(target)!r} is a folder that is not empty; expected a new folder name, or pass --overwrite to "
-            "replace it (everything in it is deleted)"
+            f"out: {str(target)!r} is a folder that is not empty (an earlier export); expected a new folder name, "
+            "or pass --overwrite to replace it"
         )
     check_writable(target.parent)
     return target
+
+
+def holds_source(out: Path, source: str | Path) -> bool:
+    """Whether the folder `out` holds (or is) the model `source` or a file it is read from: the path itself, the
+    entries of a folder (a released folder's files, a run folder's `checkpoints/last.ckpt`), links followed."""
+    if not out.is_dir():
+        return False
+    folder = Path(os.path.realpath(out))
+    src = Path(source)
+    paths = [src, src / "checkpoints" / "last.ckpt"]
+    if src.is_dir():
+        paths += list(src.iterdir())
+    for path in paths:
+        real = Path(os.path.realpath(path))
+        if real == folder or folder in real.parents:
+            return True
+    return False
 
 
 def check_writable(folder: Path) -> None:
@@ -186,16 +254,19 @@ class OutError(ValueError):
     """An output folder export cannot write in."""
 
 
-def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export(
+    model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: bool = False, source: str | Path | None = None
+) -> Path:
     """Write `model` to `out` in the released format, atomically; returns the folder. An existing non-empty `out`
-    is replaced whole only with `overwrite` (it could be the base weights, or anything else)."""
+    is replaced whole only with `overwrite`, and only when it is an earlier export (`check_out`; `source`, the path
+    the model was read from, is never replaced)."""
     from safetensors.torch import save_file
 
     from pixelqa.files import FolderTaken, atomic_folder
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}, expected one of {sorted(DTYPES)}")
-    target = check_out(out, overwrite)
+    target = check_out(out, overwrite, source)
     # without --overwrite, a folder another export finished meanwhile is not replaced: FolderTaken, one line
     try:
         with atomic_folder(target, replace=overwrite) as tmp:
@@ -209,6 +280,8 @@ def export(model: UniPixel, out: str | Path, dtype: str = "float32", overwrite: 
             template = model.processor.chat_template or model.tokenizer.chat_template
             if template:
                 (tmp / "chat_template.jinja").write_text(template)
+            if overwrite:  # checked again: what appeared there during the minutes of writing is not replaced either
+                check_out(target, overwrite, source)
     except FolderTaken as exc:
         raise FolderTaken(f"out: {exc}; export to another folder, or pass --overwrite to replace it") from None
     return target
@@ -218,18 +291,26 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit status 0 on success, 2 on a user error."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.export", description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="Lightning checkpoint / run folder, save_pretrained folder, or released folder")
-    parser.add_argument("out", help="output folder: a new name or an empty folder (written atomically)")
+    parser.add_argument(
+        "out", help="output folder: a new name, an empty folder or (--overwrite) an earlier export; written atomically"
+    )
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="saved dtype (release: bfloat16)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder and all it holds")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT when it holds an earlier export (only the files an export writes); a folder holding "
+        "anything else, the root, home or current folder (or one holding them) and the model's own folder are "
+        "always refused",
+    )
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
     args = parser.parse_args(argv)
     from pixelqa.quiet import silence_library_noise
 
     silence_library_noise()  # transformers' notes on a released config.json
     try:
-        check_out(args.out, args.overwrite)  # before the model loads (minutes at 7B)
+        check_out(args.out, args.overwrite, args.ckpt)  # before the model loads (minutes at 7B)
         model = load_any(args.ckpt, args.trust_checkpoint)
-        folder = export(model, args.out, args.dtype, overwrite=args.overwrite)
+        folder = export(model, args.out, args.dtype, overwrite=args.overwrite, source=args.ckpt)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -199,6 +199,16 @@ def recover_folder(directory: str | os.PathLike) -> Path | None:
     return target
 
 
+def foreign_entries(directory: str | os.PathLike, own: Callable[[str], bool] | None = None) -> list[str]:
+    """The names in the folder `directory` that are not `own` (sorted; [] for an absent or empty folder). A folder
+    a killed replacement left as `.NAME.old` is put back first (`recover_folder`)."""
+    target = Path(directory)
+    recover_folder(target)
+    if not target.is_dir() or target.is_symlink():
+        return []
+    return sorted(child.name for child in target.iterdir() if own is None or not own(child.name))
+
+
 def replaceable_folder(directory: str | os.PathLike, own: Callable[[str], bool] | None = None) -> bool:
     """Whether replacing `directory` whole loses nothing: it is absent, empty, or every entry's name is `own`
     (a folder a killed replacement left as `.NAME.old` is put back first: `recover_folder`)."""
@@ -206,9 +216,56 @@ def replaceable_folder(directory: str | os.PathLike, own: Callable[[str], bool] 
     recover_folder(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         return False
-    if not target.exists():
-        return True
-    return all(own is not None and own(child.name) for child in target.iterdir())
+    return not foreign_entries(target, own)
+
+
+def _homes() -> list[Path]:
+    """The user's home folder as $HOME names it and as the password database does (they can differ: a `HOME=`
+    set for one command), each resolved."""
+    homes = []
+    try:
+        homes.append(Path.home())
+    except (RuntimeError, KeyError, OSError):  # no HOME and no password entry
+        pass
+    try:
+        import pwd
+
+        homes.append(Path(pwd.getpwuid(os.getuid()).pw_dir))
+    except (ImportError, KeyError, OSError):
+        pass
+    return [Path(os.path.realpath(h)) for h in homes]
+
+
+def protected_folder(directory: str | os.PathLike) -> str | None:
+    """Why `directory` must never be replaced whole, or None: it is the root folder, the home folder (or a folder
+    holding it), or the current folder (or a folder holding it); `.`, `..` and links are resolved first, so any
+    spelling is caught. What a replacement would lose there is no output of ours, whatever it holds."""
+    target = Path(os.path.realpath(directory))
+    if target == Path(target.anchor):
+        return "the root folder"
+    for home in _homes():
+        if target == home:
+            return "the home folder"
+        if target in home.parents:
+            return f"a folder holding the home folder {str(home)!r}"
+    try:
+        cwd = Path(os.path.realpath(Path.cwd()))
+    except OSError:  # the current folder was removed
+        return None
+    if target == cwd:
+        return "the current folder"
+    if target in cwd.parents:
+        return f"a folder holding the current folder {str(cwd)!r}"
+    return None
+
+
+def refuse_protected(directory: str | os.PathLike, what: str = "") -> None:
+    """Raise ValueError when `directory` is a `protected_folder` (`what` prefixes the message, e.g. "out: ")."""
+    reason = protected_folder(directory)
+    if reason is not None:
+        raise ValueError(
+            f"{what}{str(directory)!r} is {reason}; it is never replaced, choose a new folder for the output"
+        )
 
 
 def _plain_modes(folder: Path) -> None:
@@ -233,8 +290,13 @@ def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterato
     without it, only an absent or empty one is, and a folder found full at the end (another process's, finished
     while this one wrote) is left as it is: FolderTaken. So is a folder that another writer put in place between
     this one's two renames. A file or a link there is refused. Temporaries of `directory` that killed writes left
-    are removed first, and a folder a kill left only as `.NAME.old` is put back (`recover_folder`)."""
+    are removed first, and a folder a kill left only as `.NAME.old` is put back (`recover_folder`).
+
+    The root folder, the home folder, the current folder and any folder holding one of them are never written
+    (ValueError, `protected_folder`), whatever the caller checked: the last line of defence against a typo such as
+    `export CKPT ~ --overwrite`."""
     target = Path(directory)
+    refuse_protected(target)
     recover_folder(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")

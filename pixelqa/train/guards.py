@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -111,29 +112,124 @@ def base_reference(model: Any) -> dict[str, Any]:
     return ref
 
 
-def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """The PixelQA entries, step and hyperparameters of a checkpoint (file, or DeepSpeed directory), its tensors
-    memory-mapped (not read);
-    loaded without running code from it unless `trust` (`pixelqa.checkpoints`)."""
+# What a genuine DeepSpeed checkpoint's optimizer-state files name besides tensors and plain data (ZeRO-1/2/3 with
+# bf16 or fp32, and fp16's dynamic loss scaler): plain-data classes whose construction runs no code of the file.
+DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+)
+DEEPSPEED_LATEST = ("latest", "latest_universal")  # the files DeepSpeed reads its checkpoint tag (a folder) from
+
+
+def _deepspeed_allowed() -> list[Any]:
+    """The safe-load allow-list of a DeepSpeed checkpoint folder: DEEPSPEED_GLOBALS (those that import) and, under
+    the name `builtins.getattr` (how Python pickles an enum member, `ZeroStageEnum.gradients`), a getattr that only
+    reads a member of one of those enums."""
+    import enum
+    import importlib
+    import pickle
+
+    classes = []
+    for name in DEEPSPEED_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        try:
+            classes.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # no DeepSpeed (or another version): files naming them are refused
+            continue
+    enums = tuple(c for c in classes if isinstance(c, type) and issubclass(c, enum.Enum))
+
+    def enum_member(cls: Any, name: str) -> Any:
+        if cls in enums and isinstance(name, str) and name in cls.__members__:
+            return cls[name]
+        raise pickle.UnpicklingError(f"getattr({cls!r}, {name!r}) is not a member of an allowed enum")
+
+    return [*classes, (enum_member, "builtins.getattr")]
+
+
+def _safe_metadata_load(path: Path, extra: list[Any] | None = None) -> Any:
+    """torch.load of `path` with weights_only=True, ALLOWED_GLOBALS (+ `extra`) and its tensors memory-mapped; a
+    refusal or a damaged file is one CheckpointError line naming the file (and the globals it needs)."""
     import torch
 
-    from pixelqa.checkpoints import ALLOWED_GLOBALS, CheckpointError
+    from pixelqa.checkpoints import ALLOWED_GLOBALS, CheckpointError, unsafe_globals
+
+    try:
+        with torch.serialization.safe_globals([*ALLOWED_GLOBALS, *(extra or [])]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001  (any refusal or damage: one clear message)
+        allowed = {f"{t.__module__}.{t.__qualname__}" for t in (extra or []) if isinstance(t, type)}
+        names = [n for n in unsafe_globals(path) if n not in allowed and n != "builtins.getattr"]
+        if names or "unsupported global" in str(exc).lower() or "unpickl" in type(exc).__name__.lower():
+            needs = ", ".join(names[:5]) if names else "objects outside tensors and plain data"
+            raise CheckpointError(
+                f"ckpt: {str(path)!r} needs unpickling of {needs}, which could run code; refused. Set "
+                "trust_checkpoint=true only for a file you trust"
+            ) from None
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"ckpt: {str(path)!r} cannot be read as a checkpoint ({said}); refused") from None
+
+
+def deepspeed_files(folder: str | Path, trust: bool = False) -> tuple[Path, list[Path]]:
+    """(the model-states file holding Lightning's entries, every `*.pt` a resume may unpickle) of a DeepSpeed
+    checkpoint folder. DeepSpeed reads the tag folder from `latest` and loads every rank's model and optimizer
+    states there; unless `trust`, the tag must name a folder inside `folder` (DeepSpeed would follow `../x` or `/x`
+    anywhere)."""
+    from pixelqa.checkpoints import CheckpointError
+
+    folder = Path(folder)
+    root = Path(os.path.realpath(folder))
+    tags = []
+    for name in DEEPSPEED_LATEST:
+        latest = folder / name
+        if latest.is_file():
+            tag = latest.read_text(errors="replace").strip()
+            tag_dir = Path(os.path.realpath(folder / tag))
+            if not trust and root not in tag_dir.parents:
+                raise CheckpointError(
+                    f"ckpt: {str(latest)!r} names the tag folder {tag!r}, which is not a folder inside "
+                    f"{str(folder)!r}; refused. Set trust_checkpoint=true only for a checkpoint you trust"
+                )
+            tags.append(tag_dir)
+    tags = tags or [Path(os.path.realpath(folder / "checkpoint"))]  # Lightning's tag
+    # named as they are on disk (links followed): the tag folder's files, which DeepSpeed loads, and any other
+    files = {Path(os.path.realpath(p)) for tag_dir in tags for p in tag_dir.glob("*.pt")}
+    files |= {Path(os.path.realpath(p)) for p in folder.rglob("*.pt") if p.is_file()}
+    states = [p for tag_dir in tags for p in sorted(tag_dir.glob("mp_rank_*_model_states.pt"))]
+    states += [p for tag_dir in tags for p in sorted(tag_dir.glob("*model_states.pt"))]
+    if not states:
+        raise FileNotFoundError(f"ckpt={folder}: a directory without DeepSpeed model states (checkpoint/*.pt)")
+    return Path(os.path.realpath(states[0])), sorted(files)
+
+
+def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The PixelQA entries, step and hyperparameters of a checkpoint (file, or DeepSpeed directory), its tensors
+    memory-mapped (not read); loaded without running code from it unless `trust` (`pixelqa.checkpoints`).
+
+    A DeepSpeed directory is resumed by DeepSpeed's own loader, which unpickles every model- and optimizer-state
+    file of its tag folder in full; so every `*.pt` in the directory is safe-loaded here first, and one that needs
+    more than tensors, plain data and DeepSpeed's own plain classes refuses the resume (one line naming the file)."""
+    import torch
 
     path = Path(path)
     if path.is_dir():  # a DeepSpeed checkpoint directory: Lightning keeps its own entries in the client state
-        files = sorted(path.glob("checkpoint/mp_rank_*_model_states.pt")) + sorted(path.glob("*model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"ckpt={path}: a directory without DeepSpeed model states (checkpoint/*.pt)")
-        path = files[0]
+        path, every = deepspeed_files(path, trust)
+        if not trust:
+            allowed = _deepspeed_allowed()
+            for file in every:  # the optimizer states too: DeepSpeed's loader unpickles them with weights_only=False
+                if file != path:
+                    _safe_metadata_load(file, allowed)
+            return _entries(_safe_metadata_load(path, allowed))
     if trust:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    else:
-        try:
-            with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
-                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # noqa: BLE001  (any refusal or damage: one clear message)
-            raise CheckpointError(
-                f"ckpt: {str(path)!r} cannot be read without unpickling code ({exc}); set trust_checkpoint=true "
-                "only for a file you trust"
-            ) from None
+        return _entries(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+    return _entries(_safe_metadata_load(path))
+
+
+def _entries(ckpt: Any) -> dict[str, Any]:
+    """The entries of a loaded checkpoint a resume checks."""
+    if not isinstance(ckpt, dict):
+        from pixelqa.checkpoints import CheckpointError
+
+        raise CheckpointError(f"ckpt: holds a {type(ckpt).__name__}, expected a checkpoint (a dict)")
     return {k: v for k, v in ckpt.items() if k.startswith("pixelqa_") or k in ("global_step", "hyper_parameters")}
