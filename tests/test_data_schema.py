@@ -274,3 +274,108 @@ def test_parse_json_matches_the_standard_parser_and_falls_back_for_what_json_dum
     assert math.isnan(nan["fps"]) and nan["big"] == 2**70
     with pytest.raises(ValueError):
         parse_json(b'\xff{,]"media"')
+
+
+def test_frame_size_reads_the_header_a_decoder_would_allocate_by():
+    from pixelqa.data.schema import FrameDecodeError, decode_frame, frame_size
+
+    rgb = np.zeros((37, 53, 3), np.uint8)
+    for ext in ("jpg", "png", "ppm"):
+        data = encode_frame(rgb, ext)
+        assert frame_size(data) == frame_size(memoryview(data)) == decode_frame(data).shape[:2] == (37, 53), ext
+    for fmt, kw in [("JPEG", {"progressive": True}), ("JPEG", {"exif": b"Exif\0\0" + bytes(64)}), ("WEBP", {})]:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, fmt, **kw)  # progressive: SOF2; EXIF: an APP1 segment first; WebP: PIL reads it
+        assert frame_size(buf.getvalue()) == (37, 53), (fmt, kw)
+    jpg = encode_frame(rgb, "jpg")
+    cut = 4 + int.from_bytes(jpg[4:6], "big")  # after the first segment (APP0)
+    junk = jpg[:cut] + b"junk" + jpg[cut:]  # bytes between segments, which libjpeg skips: PIL reads that header
+    assert frame_size(junk) == decode_frame(junk).shape[:2] == (37, 53)
+    for bad in (b"not an image", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P6 12"):
+        with pytest.raises(FrameDecodeError):
+            frame_size(bad)
+
+
+def _png_of_size(h: int, w: int) -> bytes:
+    """A PNG whose header says h x w: valid, and a few KB for any size (rows of zeros compress to nothing)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    rows = zlib.compress(b"".join(b"\0" + bytes(w * 3) for _ in range(h)), 9)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_a_frame_whose_header_disagrees_with_media_size_is_refused_before_decoding(monkeypatch):
+    import cv2
+
+    from pixelqa.data import schema
+
+    s = _sample(frames=3)
+    s.media.frames[2] = _png_of_size(3000, 3000)  # the sample says 20 x 30: 27 MB if decoded
+    rec = s.to_record()
+    with pytest.raises(SampleError, match=r"media.frames\[2\]: its header gives 3000x3000 .* media.size 20x30"):
+        Sample.from_record(rec)  # what every shard reader goes through: a counted damaged record
+
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(schema.cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    with pytest.raises(FrameDecodeError, match=r"media.frames\[2\].*not decoded"):
+        s.decode_frames()  # a sample built another way: every header is checked before any frame is decoded
+    assert decoded == []
+    assert s.decode_frames([0, 1]).shape == (2, 20, 30, 3) and len(decoded) == 2
+    with pytest.raises(SampleError, match=r"media.frames\[2\]: got 'header size \(3000, 3000\)'"):
+        s.validate(check_frames=True)
+    assert len(decoded) == 4  # frames 0 and 1 only
+
+
+@pytest.mark.parametrize("key", ["../../x", "/tmp/x", "a/b", "a.b", "ok\n", "", "-lead", 7, None])
+def test_from_record_refuses_a_key_that_is_no_plain_file_name(key):
+    rec = _sample().to_record()
+    d = json.loads(rec["json"])
+    d["key"] = key
+    with pytest.raises(SampleError, match="key: got"):
+        Sample.from_record(dict(rec, json=json.dumps(d).encode()))  # inspect makes the key a file name
+    from pixelqa.data.schema import is_key
+
+    assert not is_key(key) and is_key("synthetic-val-0000010") and is_key("a_b-C9")
+
+
+def _deep(n: int) -> list:
+    """A list nested n levels deep."""
+    v: list = []
+    for _ in range(n - 1):
+        v = [v]
+    return v
+
+
+def test_json_nested_past_the_parsers_is_a_value_error():
+    from pixelqa.data.schema import parse_json
+
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(b"[" * 100_000 + b"]" * 100_000)  # orjson refuses; the standard parser would recurse
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(b'{"fps": NaN, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")  # the fallback path
+
+
+def test_values_nested_past_the_limit_are_refused_where_pickle_or_repr_would_recurse_out():
+    from pixelqa.data.schema import MAX_NESTING
+
+    rec = _sample().to_record()
+    d = json.loads(rec["json"])
+    for field, value in [("meta", {"x": _deep(MAX_NESTING)}), ("choices", _deep(MAX_NESTING + 1))]:
+        with pytest.raises(SampleError, match=f"{field}: .*at most {MAX_NESTING} levels"):
+            Sample.from_record(dict(rec, json=json.dumps({**d, field: value}).encode()))
+    ok = {**d, "meta": {"x": _deep(MAX_NESTING - 1)}}  # MAX_NESTING levels with the dict: still read
+    assert Sample.from_record(dict(rec, json=json.dumps(ok).encode())).meta == ok["meta"]
+    s = _sample()
+    s.meta = {"x": _deep(5000)}
+    with pytest.raises(SampleError, match="meta"):
+        s.validate()  # json.dumps would recurse out
+    s.meta = {}
+    s.prompts[0].coords = _deep(5000)
+    with pytest.raises(SampleError, match=r"prompts\[0\]\.coords: got a list nested too deeply"):
+        s.validate()  # the message's repr would recurse out

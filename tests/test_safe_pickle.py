@@ -74,3 +74,16 @@ def test_damaged_pickle_names_the_file(tmp_path):
         load_plain_pickle(path)
     with pytest.raises(FileNotFoundError, match="missing.p"):
         load_plain_pickle(tmp_path / "missing.p")
+
+
+@pytest.mark.parametrize("kind", [b"bytes", b"bytearray"])
+def test_an_allocation_by_an_admitted_builtin_is_an_unreadable_pickle_not_a_memory_error(kind):
+    # bytes(2**40) / bytearray(2**40) by REDUCE: an admitted global called with an integer would allocate 1 TiB
+    payload = b"\x80\x02c__builtin__\n" + kind + b"\n\x8a\x06\x00\x00\x00\x00\x00\x01\x85R."
+    with pytest.raises(ValueError, match=r"mask_dict\.pkl: not a readable pickle \(TypeError: .*integer would alloc"):
+        loads_plain_pickle(payload, "mask_dict.pkl")
+    bad_encoding = b"\x80\x02c__builtin__\n" + kind + b"\nX\x01\x00\x00\x00aX\x03\x00\x00\x00bad\x86R."
+    with pytest.raises(ValueError, match=r"not a readable pickle \(LookupError"):
+        loads_plain_pickle(bad_encoding, "mask_dict.pkl")
+    from_ints = b"\x80\x02c__builtin__\n" + kind + b"\n]q\x00(K\x01K\x02e\x85R."  # what data can still build
+    assert loads_plain_pickle(from_ints) == b"\x01\x02"

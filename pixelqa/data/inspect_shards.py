@@ -1,7 +1,9 @@
 """Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task.
 
 Both read through `pixelqa.data.shard_reader`: damaged records are skipped with a warning naming shard and byte
-offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError). Shards of a
+offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError). `inspect` also
+validates each sample it prints (a record that fails is damage too) and names an overlay after its sample's key,
+which the reader has checked to be a plain file name (`overlay_path` keeps any other inside --out). Shards of a
 build that has not finished (a progress file, or no manifest: `pixelqa.data.shards.unfinished_build`) are marked
 INCOMPLETE, with the command that finishes the build: their counts are part of a source, not all of it.
 """
@@ -16,8 +18,8 @@ import cv2
 import numpy as np
 
 from pixelqa.data import masks
-from pixelqa.data.schema import Sample, encode_frame
-from pixelqa.data.shard_reader import DamageLog, RecordDamaged, iter_shard_records, to_sample
+from pixelqa.data.schema import Sample, encode_frame, is_key, make_key
+from pixelqa.data.shard_reader import Damage, DamageLog, RecordDamaged, iter_shard_records, to_sample
 from pixelqa.data.shard_reader import iter_samples as iter_checked_samples
 from pixelqa.data.shards import Unfinished, unfinished_build
 
@@ -115,9 +117,32 @@ def render_overlay(sample: Sample, max_frames: int = 8) -> np.ndarray:
     return np.concatenate(list(out), axis=1)  # (T, H, W, 3) -> (H, T*W, 3)
 
 
+def overlay_path(out: str | Path, key: str) -> Path:
+    """`<out>/<key>.png`, always inside `out`: a key that is not a shard-safe name (slashes, dots, an absolute path)
+    is made one with `make_key`. The reader already counts a record with such a key as damaged."""
+    name = key if is_key(key) else make_key("key", key)
+    return Path(out) / f"{name}.png"
+
+
 def iter_samples(paths: Sequence[str | Path], damage: DamageLog | None = None) -> Iterator[Sample]:
     """Samples of the shards found under `paths`, in order; damaged records are skipped and go to `damage`."""
     yield from iter_checked_samples(find_shards(paths), damage if damage is not None else DamageLog())
+
+
+def _whole_samples(paths: Sequence[str | Path], damage: DamageLog) -> Iterator[Sample]:
+    """The samples of `iter_samples` that also pass `Sample.validate()`, which `describe` and `render_overlay` rely
+    on (masks of the frame size, prompts on existing frames); a record that fails it is counted as damaged."""
+    for shard in find_shards(paths):
+        for ref, record in iter_shard_records(shard, damage):
+            try:
+                sample = to_sample(record, ref).validate()
+            except RecordDamaged as err:
+                damage.report(err.damage)
+                continue
+            except (ValueError, TypeError, RecursionError) as err:  # TypeError: a crafted value of another type
+                damage.report(Damage(ref.shard, ref.start, f"record {ref.key!r} fails validation: {err}"))
+                continue
+            yield sample
 
 
 def inspect_shards(
@@ -130,12 +155,12 @@ def inspect_shards(
         print(line)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-    for i, sample in enumerate(iter_samples(paths, damage)):
+    for i, sample in enumerate(_whole_samples(paths, damage)):
         if i >= n:
             break
         print(describe(sample))
         if out is not None:
-            path = Path(out) / f"{sample.key}.png"
+            path = overlay_path(out, sample.key)
             path.write_bytes(encode_frame(render_overlay(sample), ext="png"))
             written.append(path)
             print(f"  overlay: {path}")
@@ -156,7 +181,7 @@ def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
         nbytes += shard.stat().st_size
         for ref, record in iter_shard_records(shard, damage):
             try:
-                sample = to_sample(record, ref)  # no frame decoding: JSON and frame files checked only
+                sample = to_sample(record, ref)  # no frame decoding: JSON, frame files and frame headers checked
             except RecordDamaged as err:
                 damage.report(err.damage)
                 continue

@@ -315,11 +315,13 @@ class ShardDataset(IterableDataset):
         return int(sum(counts))
 
     def _to_sample(self, ref: RecordRef, record: dict) -> Sample:
+        # to_sample checks the key and the frame headers whatever the checksum says: an index file can be crafted with
+        # its shard, and it only shows that the bytes are unchanged
         sample = to_sample(record, ref)
         if self.validate and ref.digest is None:  # a record that matches its checksum is what the build validated
             try:
                 sample.validate()
-            except ValueError as err:
+            except (ValueError, TypeError, RecursionError) as err:  # TypeError: a crafted value of another type
                 raise RecordDamaged(
                     Damage(ref.shard, ref.start, f"record {ref.key!r} fails validation: {err}")
                 ) from None

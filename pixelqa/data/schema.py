@@ -31,10 +31,16 @@ API summary (stable; converters build these objects and yield `Sample`s):
         .to_record() -> dict                       webdataset record {"__key__", "json", "000.jpg", ...}
         Sample.from_record(record) -> Sample       inverse (record values bytes; "json" bytes/str/dict)
         .seg_object_ids() -> list[int]             object id of every <|seg|> of the conversation, in order
-        .to_json() -> dict / Sample.from_json(d, frames)   the JSON part alone
-        .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB
+        .to_json() -> dict / Sample.from_json(d, frames)   the JSON part alone; from_json (and so from_record)
+                                                   checks what could harm a reader: the key (it names files) and
+                                                   each frame's header size against media.size (SampleError)
+        .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB; each frame's header must give
+                                                   media.size before anything is decoded (FrameDecodeError)
     make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts
+    is_key(value) -> bool       whether `value` is such a key (safe as a file name: no dots, no slashes)
+    frame_size(data) -> (H, W)  an encoded frame's size from its header alone (JPEG, PNG, PPM; FrameDecodeError)
     encode_frame(rgb, ext="jpg", quality=95) -> bytes;  decode_frame(data) -> (H, W, 3) uint8 RGB
+    parse_json(raw) -> Any      a record's JSON member; damaged or too deeply nested JSON raises ValueError
     SampleError(ValueError): schema violations;  FrameDecodeError(ValueError): undecodable frame bytes
 
 Object ids are integers >= 0 (they become the ``[k]`` tags of the memory bank; the released data numbers
@@ -43,8 +49,10 @@ VideoRefer objects from 0).
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +96,10 @@ _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]+")
+# Free-form values a record carries into its batch untouched (meta, choices, answer: a batch's meta, which DataLoader
+# workers pickle) may nest this deep: far more than any converter writes, far less than where pickle (about 500
+# levels) or the standard json module (about 1000) would recurse past Python's limit
+MAX_NESTING = 64
 
 
 class SampleError(ValueError):
@@ -100,17 +112,38 @@ class FrameDecodeError(ValueError):
 
 def _fail(field_name: str, value: Any, expected: str) -> None:
     """Raise a SampleError with the house format."""
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:  # a value nested past Python's recursion limit (read from a crafted record)
+        shown = f"a {type(value).__name__} nested too deeply to show"
     if len(shown) > 120:
         shown = shown[:117] + "..."
     raise SampleError(f"{field_name}: got {shown}, expected {expected}")
+
+
+def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether dicts / lists in `value` nest more than `limit` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in v.values() if isinstance(v, dict) else v:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def is_key(value: Any) -> bool:
+    """Whether `value` is a shard-safe key: [A-Za-z0-9_-], starting with a letter or digit (a safe file name)."""
+    return isinstance(value, str) and _KEY.fullmatch(value) is not None
 
 
 def make_key(*parts: Any) -> str:
     """A shard-safe key from arbitrary parts: non [A-Za-z0-9_-] runs become '_', parts joined by '-'."""
     cleaned = [_KEY_BAD.sub("_", str(p)).strip("_") for p in parts]
     key = "-".join(p for p in cleaned if p)
-    if not key or not _KEY.match(key):
+    if not is_key(key):
         raise ValueError(f"parts: got {parts!r}, expected parts that leave at least one [A-Za-z0-9] character")
     return key
 
@@ -163,16 +196,103 @@ def _ppm_view(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=head.end()).reshape(h, w, 3)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic): the frame header (size)
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers without a length field
+_JPEG_SEGMENT = struct.Struct(">BBH")  # 0xFF, marker, segment length
+_HW16 = struct.Struct(">HH")
+_WH32 = struct.Struct(">II")
+
+
+def frame_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(H, W) of an encoded frame read from its header alone, the size a decoder would allocate.
+
+    PPM, PNG (IHDR) and JPEG (the start-of-frame segment) are read here in microseconds; a header this does not
+    follow (another format, a JPEG with bytes between its segments) is left to PIL, which also reads the header
+    only. Raises FrameDecodeError when no header gives a size.
+    """
+    start = bytes(data[:64])
+    if start[:2] == b"P6":  # what _pixels reads as PPM
+        head = _PPM_HEADER.match(start)
+        if head is None:
+            raise FrameDecodeError(f"data: got {start[:16]!r}..., expected an 8-bit binary PPM header 'P6 W H 255'")
+        return int(head.group(2)), int(head.group(1))
+    if start[:8] == _PNG_SIGNATURE and start[12:16] == b"IHDR" and len(start) >= 24:
+        w, h = _WH32.unpack_from(start, 16)
+        return h, w
+    n = len(data)
+    if start[:3] == b"\xff\xd8\xff":
+        pos = 2
+        while pos + 4 <= n:
+            ff, marker, length = _JPEG_SEGMENT.unpack_from(data, pos)
+            if ff != 0xFF:
+                break
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in _JPEG_NO_LENGTH:
+                pos += 2
+                continue
+            if marker == 0xD9 or marker == 0xDA:  # end of image, start of scan: no frame header before them
+                break
+            if marker in _JPEG_SOF:
+                if length < 8 or pos + 9 > n:
+                    break
+                h, w = _HW16.unpack_from(data, pos + 5)
+                return h, w
+            if length < 2:
+                break
+            pos += 2 + length
+    return _pil_size(data)
+
+
+def _pil_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(H, W) from PIL's header parser (it decodes no pixels); FrameDecodeError when PIL cannot read one."""
+    from PIL import Image  # only for frames the header parsers above do not follow
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            w, h = im.size
+    except Exception as err:  # PIL raises many types for bytes that are not an image (and for huge headers)
+        raise FrameDecodeError(
+            f"data: got {len(data)} bytes whose header gives no image size ({type(err).__name__}), "
+            "expected a JPEG or PNG image"
+        ) from None
+    return int(h), int(w)
+
+
 def parse_json(raw: bytes | str) -> Any:
     """A record's JSON member parsed (orjson, about 2.4x the standard parser on our records).
 
     Text orjson refuses (NaN / Infinity, which `json.dumps` writes; integers past 64 bits) goes to the standard
-    parser, which accepts exactly what `json.dumps` writes; damaged JSON raises its ValueError.
+    parser, which accepts exactly what `json.dumps` writes; damaged JSON raises its ValueError, and so does JSON
+    nested too deeply for either parser (orjson stops at 1024 levels; the standard parser would recurse until
+    Python's recursion limit, a RecursionError).
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+        try:
+            return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply for the standard parser") from None
+
+
+def _check_frame_headers(frames: Sequence[bytes | memoryview], size: tuple[int, int], indices: Sequence[int]) -> None:
+    """FrameDecodeError naming the first of `frames[indices]` whose header does not give `size` (H, W): what a decoder
+    would allocate, checked before it does."""
+    size = tuple(size)
+    i = -1
+    try:
+        for i in indices:
+            got = frame_size(frames[i])
+            if got != size:
+                raise FrameDecodeError(
+                    f"its header gives {got[0]}x{got[1]} (H x W), expected media.size {size[0]}x{size[1]} (not decoded)"
+                )
+    except FrameDecodeError as err:
+        raise FrameDecodeError(f"media.frames[{i}]: {err}") from None
 
 
 def transcode_media(media: Media, ext: str) -> None:
@@ -255,11 +375,11 @@ class Sample:
     # ------------------------------------------------------------------ validation
     def validate(self, check_frames: bool = False) -> Sample:
         """Check every field; raise SampleError naming field, value and expectation. Returns self."""
-        if not isinstance(self.key, str) or not _KEY.match(self.key):
+        if not is_key(self.key):
             _fail("key", self.key, "a non-empty string of [A-Za-z0-9_-] (no dots or slashes); see make_key()")
         for name in ("source", "split"):
             v = getattr(self, name)
-            if not isinstance(v, str) or not v or not _KEY.match(v):
+            if not is_key(v):
                 _fail(name, v, "a non-empty string of [A-Za-z0-9_-]")
         if self.task not in TASKS:
             _fail("task", self.task, f"one of {sorted(TASKS)}")
@@ -282,6 +402,8 @@ class Sample:
             json.dumps(self.meta)
         except (TypeError, ValueError) as e:
             _fail("meta", self.meta, f"JSON-serialisable values ({e})")
+        except RecursionError:
+            _fail("meta", "nested too deeply", "JSON-serialisable values")
         return self
 
     def _validate_media(self, check_frames: bool) -> None:
@@ -314,9 +436,12 @@ class Sample:
         if check_frames:
             for i, f in enumerate(m.frames):
                 try:
-                    arr = decode_frame(bytes(f))
+                    header = frame_size(f)
+                    arr = decode_frame(bytes(f)) if header == m.size else None  # another size is not decoded
                 except FrameDecodeError:
                     _fail(f"media.frames[{i}]", f"{len(f)} bytes", "a decodable JPEG or PNG image")
+                if arr is None:
+                    _fail(f"media.frames[{i}]", f"header size {header}", f"media.size {m.size}")
                 if arr.shape[:2] != m.size:
                     _fail(f"media.frames[{i}]", f"decoded size {arr.shape[:2]}", f"media.size {m.size}")
 
@@ -462,10 +587,19 @@ class Sample:
 
     @classmethod
     def from_json(cls, d: dict, frames: Sequence[bytes]) -> Sample:
-        """Rebuild a Sample from `to_json()` output plus the encoded frames (not validated)."""
+        """Rebuild a Sample from `to_json()` output plus the encoded frames (not validated).
+
+        What stored data could harm a reader with is checked (SampleError), even where `validate()` is skipped:
+        the key, which `inspect` makes a file name; each frame's header size against media.size, which is
+        what decoding the frame would allocate (a tiny PNG can say 12000 x 12000); and the nesting of the free-form
+        values a batch carries (meta, choices, answer: at most MAX_NESTING levels, which pickle can send from a
+        DataLoader worker). These cost microseconds.
+        """
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             _fail("schema_version", version, f"{SCHEMA_VERSION} (rebuild the shards with this version)")
+        if not is_key(d["key"]):
+            _fail("key", d["key"], "a non-empty string of [A-Za-z0-9_-] (no dots or slashes); see make_key()")
         md = d["media"]
         if len(frames) != md["num_frames"]:
             _fail("frames", f"{len(frames)} frame files", f"media.num_frames = {md['num_frames']}")
@@ -477,6 +611,13 @@ class Sample:
             fps=md.get("fps"),
             frame_ids=md.get("frame_ids"),
         )
+        try:
+            _check_frame_headers(media.frames, media.size, range(len(media.frames)))
+        except FrameDecodeError as err:
+            raise SampleError(str(err)) from None
+        for name, value in (("meta", d.get("meta")), ("choices", d.get("choices")), ("answer", d.get("answer"))):
+            if isinstance(value, (dict, list)) and _too_deep(value):
+                _fail(name, f"a {type(value).__name__} nested too deeply", f"at most {MAX_NESTING} levels of nesting")
         objects = {
             int(oid): ObjectTrack(
                 masks={int(fi): rle for fi, rle in o["masks"].items()},
@@ -541,11 +682,20 @@ class Sample:
         return cls.from_json(d, [record[k] for k in frame_keys])
 
     def decode_frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """Decode frames (all, or `indices`) to (T, H, W, 3) uint8 RGB; a frame of another size raises."""
+        """Decode frames (all, or `indices`) to (T, H, W, 3) uint8 RGB; a frame of another size raises.
+
+        Every frame's header is checked against media.size before any pixels are decoded, so nothing is allocated
+        for a size the sample does not declare (FrameDecodeError).
+        """
         idx = list(range(self.media.num_frames) if indices is None else indices)
         if not idx:
             raise ValueError("indices: got none, expected at least one frame index")
+        _check_frame_headers(self.media.frames, self.media.size, idx)
         first = _pixels(self.media.frames[idx[0]])  # PPM: a view, copied once into `out`
+        h, w = self.media.size
+        if first.shape[:2] not in ((h, w), (w, h)):  # (W, H): a JPEG's EXIF rotation, which OpenCV applies
+            got = first.shape[:2]
+            raise FrameDecodeError(f"media.frames[{idx[0]}]: decoded to {got}, expected media.size ({h}, {w})")
         out = np.empty((len(idx), *first.shape), dtype=np.uint8)  # each frame decoded into place: no stacking copy
         out[0] = first
         for j, i in enumerate(idx[1:], start=1):

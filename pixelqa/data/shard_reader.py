@@ -8,9 +8,11 @@ One reader serves training (random access), evaluation (exact passes), `inspect`
   header by header, each 512-byte header checked against its own checksum, resyncing after a bad one; when a
   manifest lists it, its size and SHA-256 are compared and records the scan cannot find are counted as lost.
 - read: each record is checked in the shard's memory map; its checksum is verified (index files), its JSON must parse
-  and its frames must all be there. Index files written since format 2 use XXH3-64 (about 20 GB/s here, against
-  7 GB/s for zlib's CRC-32, which was the largest single cost of reading a sample of uncompressed frames); format 1
-  files (CRC-32) still read.
+  (and not nest deeper than the parsers go), its frames must all be there, its key must be a plain file name and
+  each frame's header must give the sample's media.size (checked whether or not an index checksum matched: an index
+  file can be crafted along with its shard, and a header that lies would make a decoder allocate its size). Index
+  files written since format 2 use XXH3-64 (about 20 GB/s here, against 7 GB/s for zlib's CRC-32, which was the
+  largest single cost of reading a sample of uncompressed frames); format 1 files (CRC-32) still read.
   A pass over a shard (`iter_shard_records`) copies each record's members out once; the evaluation stream
   (`copy=False`) and random access (`read_record`, what fit's data module uses; the last 64 shards' maps are kept)
   take the frames as read-only slices of the map instead, not copied before they are decoded.
@@ -412,10 +414,15 @@ def read_record(ref: RecordRef) -> dict:
 
 
 def to_sample(record: dict, ref: RecordRef | None = None) -> Sample:
-    """A Sample from a checked record; JSON or frame damage raises RecordDamaged naming the shard and offset."""
+    """A Sample from a checked record; JSON or frame damage raises RecordDamaged naming the shard and offset.
+
+    Besides the JSON and the frame files, `Sample.from_record` checks the key (a file name for `inspect`) and each
+    frame's header size against media.size (what decoding it would allocate): the checks a record needs even when
+    its index checksum matches and `validate()` is skipped. JSON nested past the parsers' depth is damage too.
+    """
     try:
         return Sample.from_record(record)  # checks frame files against media.num_frames
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as err:
         shard, offset = (ref.shard, ref.start) if ref is not None else (record.get("__url__", "?"), -1)
         key = record.get("__key__")
         raise RecordDamaged(Damage(shard, offset, f"record {key!r} unreadable: {type(err).__name__}: {err}")) from None

@@ -27,12 +27,28 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return codecs.encode(text, "latin1", errors)
 
 
+def _from_data(kind: type) -> Any:
+    """`bytes` / `bytearray` as pickles call them, from data only: a str (with its encoding), bytes or a list of
+    ints. An integer argument, which allocates that many zero bytes (`bytes(2**40)`), is refused."""
+
+    def build(source: Any = b"", *args: Any) -> Any:
+        if not isinstance(source, (str, bytes, bytearray, list, tuple)):
+            raise TypeError(
+                f"{kind.__name__}: got an argument of type {type(source).__name__}, expected str, bytes or a list "
+                "of ints (an integer would allocate that many bytes)"
+            )
+        return kind(source, *args)
+
+    build.__name__ = build.__qualname__ = kind.__name__
+    return build
+
+
 # (module, name) -> what a plain-data pickle may reference; Python-2 names arrive mapped by fix_imports
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "bytes"): bytes,
+    ("builtins", "bytearray"): _from_data(bytearray),
+    ("builtins", "bytes"): _from_data(bytes),
     ("builtins", "complex"): complex,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("_codecs", "encode"): _latin1_encode,
@@ -82,5 +98,16 @@ def loads_plain_pickle(data: bytes, where: str = "pickle") -> Any:
         return _PlainDataUnpickler(io.BytesIO(data), where).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        TypeError,
+        ValueError,  # an admitted call's own (a bad encoding name is a LookupError, a bad code point a ValueError)
+        LookupError,
+        OverflowError,
+        MemoryError,  # whatever still asks for more memory than there is
+    ) as e:
         raise ValueError(f"{where}: not a readable pickle ({type(e).__name__}: {e})") from e
