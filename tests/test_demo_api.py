@@ -73,7 +73,7 @@ class Client:
     def __init__(self, base: str) -> None:
         self.base = base
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        assert self.opener.open(base + "/").status == 200  # the page starts the session
+        assert self.opener.open(base + "/").status == 200  # the page; its first upload or sample opens a session
 
     def call(self, path: str, data: bytes | dict | None = None, raw: bool = False):
         body = json.dumps(data).encode() if isinstance(data, dict) else data
@@ -143,9 +143,9 @@ def test_bad_uploads_show_one_line_naming_the_file_without_server_paths(tmp_path
         client = Client(base)
         status, answer = client.call("/api/frame/0")  # no media yet: a user error, not a server error
         assert status == 400 and answer["error"] == "frame: got 0, expected a frame of the media", answer
-        folder = str(session_of(demo).folder)
         for name, (data, expected) in cases.items():
             status, answer = client.call(f"/api/upload?name={name}", data)
+            folder = str(session_of(demo).folder)  # opened by the first upload, refused or not
             assert status == 400, (name, answer)
             text = answer["error"]
             assert expected in text and "\n" not in text, (name, text)
@@ -255,7 +255,8 @@ def test_session_folder_removed_when_the_page_ends_or_goes_idle(tmp_path):
         assert not folder.exists() and len(demo.store) == 0
         status, answer = client.call("/api/state")
         assert status == 401 and "reload the page" in answer["error"]
-        Client(base)  # a page left open and unseen: the server's reaper removes it
+        # a page left open and unseen: the server's reaper removes its session
+        assert Client(base).call("/api/sample", {"name": "shapes-image"})[0] == 200
         folder = session_of(demo).folder
         deadline = time.monotonic() + 5
         while folder.exists() and time.monotonic() < deadline:

@@ -3,11 +3,16 @@
 Every route works on the caller's session (an HttpOnly cookie); files are served from the session folder by
 fixed names, never by a path from the request. User errors answer 400 with one line; anything else is logged
 here and answers a generic message, so no exception or server path reaches the page.
+
+Viewing the page opens no session: an upload or a sample does (and sets the cookie); until then the API answers
+as for a session without media. JSON bodies are capped (`JSON_MAX`, `ASK_MAX`: Content-Length first, then while
+read), and an upload is probed and decoded in a worker thread, so one page's file never stalls the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -17,8 +22,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -27,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pixelqa.demo import media as demo_media
-from pixelqa.demo.messages import INTERNAL, display_name, user_message
+from pixelqa.demo.messages import INTERNAL, display_name, json_kind, user_message
 from pixelqa.demo.sessions import Session, SessionStore
 from pixelqa.demo.turns import run_in_background
 from pixelqa.predict.errors import PredictInputError
@@ -44,7 +51,15 @@ HEADERS = {
 }
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 DRAIN = 64 * 2**20  # bytes past the upload cap read and dropped before answering (see upload)
+JSON_MAX = 64 * 2**10  # bytes of a JSON body (a sample's name)
+ASK_MAX = 8 * 2**20  # bytes of a question's body: its drawn masks travel in it as PNG data
 log = logging.getLogger("pixelqa.demo")
+
+
+class BodyTooLarge(PredictInputError):
+    """A request body over its cap (answered 413)."""
+
+    status = 413
 
 
 class Demo:
@@ -56,10 +71,11 @@ class Demo:
         self.store = store
         self.model_lock = threading.Lock()
 
-    def message(self, exc: BaseException, session: Session | None) -> str:
-        """The page's message for a failure: a user error without server paths, or the generic one (logged)."""
+    def message(self, exc: BaseException, session: Session | None, names: dict[str, str] | None = None) -> str:
+        """The page's message for a failure: a user error without server paths (`names`: more paths and what to
+        show for them), or the generic one (logged)."""
         if isinstance(exc, PredictInputError):
-            swap = {str(self.store.root): "(server)"}
+            swap = {str(self.store.root): "(server)", **(names or {})}
             if session is not None:
                 swap[str(session.folder)] = "(session)"
                 if session.upload is not None:
@@ -74,6 +90,33 @@ class Demo:
 def _error(text: str, status: int = 400) -> JSONResponse:
     """A JSON error the page shows as one line."""
     return JSONResponse({"error": text}, status_code=status, headers=HEADERS)
+
+
+def _status(exc: BaseException) -> int:
+    """The HTTP status of a failure: a user error's (400 unless it says), else 500."""
+    return getattr(exc, "status", 400) if isinstance(exc, PredictInputError) else 500
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The request's JSON object, at most `limit` bytes: refused by its Content-Length before a byte is read, and
+    while read when it has none or it lies."""
+    too_large = BodyTooLarge(f"request: the body is over {limit // 1024} KiB; expected at most that much JSON")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), too deeply nested, an integer of 5000 digits
+        data = None
+    if not isinstance(data, dict):
+        raise PredictInputError("request: expected a JSON object")
+    return data
 
 
 def state(demo: Demo, s: Session) -> dict[str, Any]:
@@ -131,6 +174,13 @@ def state(demo: Demo, s: Session) -> dict[str, Any]:
     return out
 
 
+def png(rgb: np.ndarray) -> bytes:
+    """The PNG bytes of (H, W, 3) uint8 pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
     """The Starlette app of the demo; requests naming another Host than `allowed_hosts` (default: loopback names)
     are refused, so that a web site whose name resolves to 127.0.0.1 cannot drive the local demo."""
@@ -138,42 +188,69 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
     def session_of(request: Request) -> Session | None:
         return demo.store.get(request.cookies.get(COOKIE))
 
-    def with_session(handler):
+    def with_session(handler, create: bool = False):
+        """The route calling `handler(request, session)`. Without a cookie, a route that makes a session (`create`:
+        upload, sample; also after the cookie's session ended) opens one and sets the cookie; the others get a
+        blank session that is not stored (no media, no turns), so they answer as for a new page. A cookie whose
+        session ended answers 401 there: the page is out of date."""
+
         async def route(request: Request) -> Response:
-            s = session_of(request)
-            if s is None:
+            cookie = request.cookies.get(COOKIE)
+            s, created = demo.store.get(cookie), False
+            if s is None and create:
+                s, created = demo.store.create(), True
+                if s is None:
+                    return _error("session: every session of the demo is busy; try again in a few minutes", 503)
+            elif s is None and cookie:
                 return _error("session: this page's session has ended; reload the page", 401)
+            elif s is None:
+                s = Session("", demo.store.root / "no-session", 0.0)  # never stored: nothing is written for it
             try:
-                return await handler(request, s)
+                response = await handler(request, s)
             except Exception as exc:  # noqa: BLE001  (one line on the page, details only in the server log)
-                return _error(demo.message(exc, s), 400 if isinstance(exc, PredictInputError) else 500)
+                response = _error(demo.message(exc, s), _status(exc))
+            if created:
+                response.set_cookie(COOKIE, s.sid, httponly=True, samesite="strict", path="/")
+            return response
 
         return route
 
     async def index(request: Request) -> Response:
         page = FileResponse(STATIC / "index.html", headers=HEADERS)
-        if session_of(request) is None:
-            s = demo.store.create()
-            if s is None:
-                return Response(
-                    "The demo is at its limit of open sessions; try again in a few minutes.",
-                    status_code=503,
-                    headers=HEADERS,
-                )
-            page.set_cookie(COOKIE, s.sid, httponly=True, samesite="strict", path="/")
+        if request.cookies.get(COOKIE) and session_of(request) is None:  # its session ended: start afresh
+            page.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return page
 
     async def get_state(request: Request, s: Session) -> Response:
         return JSONResponse(state(demo, s), headers=HEADERS)
 
-    def load(s: Session, media, name: str, upload: Path | None) -> None:
+    def load(s: Session, media, name: str, incoming: Path | None) -> None:
+        """Make `media` the session's (its conversation forgotten); an upload's file moves from `incoming` to
+        `upload<suffix>`. Until here nothing of the session changed, so a refused upload leaves it as it was."""
         if s.progress.running:
             raise PredictInputError("upload: a turn is running; wait for it to finish")
         s.reset()
         for old in s.folder.glob("upload*"):
-            if old != upload:
-                old.unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+        upload = None
+        if incoming is not None:
+            upload = incoming.with_name(f"upload{incoming.suffix}")  # a fixed name, like incoming's
+            incoming.replace(upload)
+            media.info = dataclasses.replace(media.info, path=str(upload))
         s.media, s.media_name, s.upload = media, name, upload
+
+    async def receive(request: Request, path: Path) -> int:
+        """Write the request's body to `path` up to the byte cap; returns its size (past the cap the rest is read
+        and dropped, up to DRAIN, so that the browser, still sending, gets the message, not a reset connection)."""
+        size = 0
+        with open(path, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > demo.limits.max_bytes + DRAIN:
+                    break
+                if size <= demo.limits.max_bytes:
+                    f.write(chunk)
+        return size
 
     async def upload(request: Request, s: Session) -> Response:
         name = display_name(request.query_params.get("name"))
@@ -181,48 +258,44 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > demo.limits.max_bytes + DRAIN:
             demo_media.check_size(int(declared), demo.limits)  # far too large: refused before reading a byte
-        path = s.folder / f"upload{suffix}"  # a fixed name: the user's name never reaches the file system
-        before = s.upload, s.media_name
-        s.upload, s.media_name = path, name  # so that a message about this file names it as the user does
-        size = 0
-        with open(path, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > demo.limits.max_bytes + DRAIN:
-                    break
-                if size <= demo.limits.max_bytes:  # past the cap the rest is read and dropped, so that the
-                    f.write(chunk)  # browser, still sending, gets the message rather than a reset connection
+        if s.uploading:
+            raise PredictInputError("upload: another upload of this page is still being read; wait for it")
+        # a fixed name (the user's never reaches the file system), apart from the media in use until it is accepted
+        path = s.folder / f"incoming{suffix}"
+        s.uploading = True
         try:
+            size = await receive(request, path)
             demo_media.check_size(size, demo.limits)
             if size == 0:
                 raise PredictInputError(f"upload: {name!r} is empty")
-            media = demo_media.open_upload(path, demo.limits)
+            if s.progress.running:  # refused before its decoding, and again when loaded (a turn may start meanwhile)
+                raise PredictInputError("upload: a turn is running; wait for it to finish")
+            media = await run_in_threadpool(demo_media.open_upload, path, demo.limits)  # blocking: off the loop
+            if not s.folder.is_dir():
+                return _error("session: this page's session has ended; reload the page", 401)
+            load(s, media, name, path)
         except Exception as exc:  # noqa: BLE001  (the message is made while the upload's name is known)
-            text = demo.message(exc, s)
             path.unlink(missing_ok=True)
-            s.upload, s.media_name = before
-            return _error(text, 400 if isinstance(exc, PredictInputError) else 500)
-        load(s, media, name, path)
+            return _error(demo.message(exc, s, {str(path): name}), _status(exc))
+        finally:
+            s.uploading = False
         return JSONResponse(state(demo, s), headers=HEADERS)
 
-    async def body(request: Request) -> dict:
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            data = None
-        if not isinstance(data, dict):
-            raise PredictInputError("request: expected a JSON object")
-        return data
-
     async def sample(request: Request, s: Session) -> Response:
-        name = (await body(request)).get("name")
-        load(s, demo_media.sample_media(name), f"sample: {name}", None)
+        name = (await read_json(request, JSON_MAX)).get("name")
+        media = await run_in_threadpool(demo_media.sample_media, name)
+        load(s, media, f"sample: {name}", None)
         return JSONResponse(state(demo, s), headers=HEADERS)
 
     async def ask(request: Request, s: Session) -> Response:
-        data = await body(request)
+        data = await read_json(request, ASK_MAX)
         if s.progress.running:
             raise PredictInputError("question: a turn is running; wait for it to finish")
+        if s.media is None:
+            raise PredictInputError("upload: no image or video yet; upload one or pick a sample first")
+        text = data.get("text")
+        if text is not None and not isinstance(text, str):
+            raise PredictInputError(f"question: got {json_kind(text)}, expected a string (the question or instruction)")
         run_in_background(
             s, demo.predictor, data.get("text"), data.get("prompts", []), demo.model_lock, lambda e: demo.message(e, s)
         )
@@ -253,9 +326,7 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
     async def frame(request: Request, s: Session) -> Response:
         pos = position(s, request)  # first: it refuses a session without media (s.media is None)
         rgb = s.media.frames[pos].permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png", headers=HEADERS)
+        return Response(await run_in_threadpool(png, rgb), media_type="image/png", headers=HEADERS)
 
     async def overlay(request: Request, s: Session) -> Response:
         folder, pos = turn_dir(s, request), position(s, request)
@@ -300,8 +371,8 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
     routes = [
         Route("/", index),
         Route("/api/state", with_session(get_state)),
-        Route("/api/upload", with_session(upload), methods=["POST"]),
-        Route("/api/sample", with_session(sample), methods=["POST"]),
+        Route("/api/upload", with_session(upload, create=True), methods=["POST"]),
+        Route("/api/sample", with_session(sample, create=True), methods=["POST"]),
         Route("/api/ask", with_session(ask), methods=["POST"]),
         Route("/api/reset", with_session(reset), methods=["POST"]),
         Route("/api/end", end, methods=["POST"]),

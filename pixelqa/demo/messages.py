@@ -19,6 +19,20 @@ def display_name(name: str | None, limit: int = 60) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A request's value as a message may repeat it: its repr, shortened to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_kind(value: object) -> str:
+    """What a decoded JSON value is, in the page's words: a list, an object, a number, ..."""
+    if value is None:
+        return "null"
+    kinds = {bool: "true/false", str: "a string", list: "a list", dict: "an object", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def user_message(exc: BaseException, replacements: dict[str, str]) -> str:
     """A user error's message for the page: each server path of `replacements` swapped for what the user knows.
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pixelqa import viz
+from pixelqa.demo.messages import json_kind, shown
 from pixelqa.demo.sessions import Session
 from pixelqa.files import atomic_file
 from pixelqa.predict.errors import PredictInputError
@@ -37,7 +38,7 @@ def _field(d: dict, key: str, kind: str, i: int) -> float:
     """A number field of prompt i, or the error naming it."""
     value = d.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PredictInputError(f"prompt {i} ({kind}): {key} got {value!r}, expected a number of pixels")
+        raise PredictInputError(f"prompt {i} ({kind}): {key} got {shown(value)}, expected a number of pixels")
     return float(value)
 
 
@@ -50,10 +51,10 @@ def page_prompts(items: Any, session: Session) -> list[PromptSpec]:
     for i, d in enumerate(items):
         kind = d.get("kind") if isinstance(d, dict) else None
         if kind not in ("point", "box", "mask"):
-            raise PredictInputError(f"prompt {i}: kind got {kind!r}, expected point, box or mask")
+            raise PredictInputError(f"prompt {i}: kind got {shown(kind)}, expected point, box or mask")
         pos = d.get("frame")
         if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < len(media.frame_ids):
-            raise PredictInputError(f"prompt {i}: frame got {pos!r}, expected 0..{len(media.frame_ids) - 1}")
+            raise PredictInputError(f"prompt {i}: frame got {shown(pos)}, expected 0..{len(media.frame_ids) - 1}")
         frame = media.frame_ids[pos]
         if kind == "mask":
             path = session.folder / f"prompt{len(session.turns) + 1}_{i}.png"
@@ -133,7 +134,9 @@ def run_turn(
     progress = session.progress
     if session.media is None:
         raise PredictInputError("upload: no image or video yet; upload one or pick a sample first")
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise PredictInputError(f"question: got {json_kind(text)}, expected a string (the question or instruction)")
+    if not text or not text.strip():
         raise PredictInputError("question: got an empty text, expected a question or instruction")
     if len(text) > MAX_QUESTION_CHARS:  # a page's question, not a document: it would fill the model's context
         raise PredictInputError(f"question: got {len(text)} characters, expected at most {MAX_QUESTION_CHARS}")
