@@ -4,6 +4,16 @@
 frames at chosen indices into a `Media` of (T, 3, H, W) uint8. Files are decoded by Pillow / PyAV only (no shell
 commands are built from file names). Every failure is a `PredictInputError` naming `--media` and the path.
 
+A frames folder's frames are its image files (FRAME_SUFFIXES, any case) in time order: by the number in their names
+(`frame_2` before `frame_10`, as the data converters order them: `pixelqa.data.sources._frame_order`), names without
+a number by name; a prompt's frame `t` is the position in that order. Hidden files (`.DS_Store`, macOS's `._*`
+twins, `.thumb.png`) are skipped silently, other files with a note (`media_warnings`); two frames of one name
+(`00000.jpg`, `00000.png`) are refused, since outputs are named by it. A file whose suffix names no image or video
+format (or none) is sniffed by Pillow: an image when Pillow reads it as one picture, else a video (PyAV). An image
+file of several pages or frames (multi-page TIFF, APNG, animated WebP) is read at its first, with a note.
+Images of more than 8 bits per sample (16-bit PNG / TIFF, 32-bit integer or float) are scaled to 8 bits as the
+data converters do (`pixelqa.data.sources._image_files.eight_bit`), not clipped.
+
 Images and frames are turned upright by their EXIF orientation (`ImageOps.exif_transpose`), so pixel coordinates
 are those of the picture as a viewer shows it; `Media.meta["exif_orientation"]` names the frames that were turned.
 Videos likewise follow their display matrix (a phone's portrait clip is stored as landscape frames plus a quarter
@@ -32,6 +42,9 @@ from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FRAME_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # a frames folder's frames (a GIF frame: its first picture)
+# files read as videos without asking Pillow (a .gif or an unknown suffix is sniffed: one picture or several)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv")
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2..8 mirrored and / or turned
 # EXIF orientation -> (transpose, mirror left-right, mirror top-bottom), applied in that order to stored pixels to
 # show them upright (EXIF 2.3 tag 0x0112; the same turns as PIL's exif_transpose, which the tests check)
@@ -63,6 +76,7 @@ class MediaInfo:
     declared_seconds: float | None = None  # the video's end as a webm / mkv declares it (None: not declared)
     decoded_seconds: float | None = None  # where the last decoded frame of a video ends
     decode_error: str | None = None  # the error that stopped a video's decoding after some frames (None: none)
+    notes: list[str] = field(default_factory=list)  # lines the user should see: files skipped, pages not read
 
 
 @dataclass
@@ -91,23 +105,58 @@ def _bad(path: str | Path, what: str) -> PredictInputError:
     return PredictInputError(f"--media: {str(path)!r} {what}")
 
 
+def _folder_frames(folder: Path, media: str | Path) -> tuple[list[Path], list[str]]:
+    """(the frame files of a frames folder in time order, names of the other visible files skipped); two frames of
+    one name are refused (outputs are named by it)."""
+    from pixelqa.data.sources._frame_order import frame_order, is_hidden
+
+    frames: list[Path] = []
+    skipped: list[str] = []
+    for p in folder.iterdir():
+        if is_hidden(p) or not p.is_file():  # dotfiles (`._*`, `.DS_Store`), folders, broken links
+            continue
+        if p.suffix.lower() in FRAME_SUFFIXES:
+            frames.append(p)
+        else:
+            skipped.append(p.name)
+    frames = frame_order(frames)
+    seen: dict[str, Path] = {}
+    for f in frames:
+        if f.stem in seen:
+            raise _bad(
+                media,
+                f"holds frames {seen[f.stem].name} and {f.name} of the same name {f.stem!r}; expected one file per "
+                "frame name (outputs are named by it)",
+            )
+        seen[f.stem] = f
+    return frames, sorted(skipped)
+
+
 def frame_files(folder: Path) -> list[Path]:
-    """The image files of a frames folder, in name order (natural for zero-padded names)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The frame files of a frames folder in time order: by the number in their names (`frame_2` before
+    `frame_10`), hidden files skipped (see the module docstring)."""
+    return _folder_frames(Path(folder), folder)[0]
 
 
-def _open_image(path: Path, media: str | Path) -> tuple[np.ndarray, int]:
-    """((H, W, 3) uint8 RGB upright by its EXIF orientation, that orientation (1: none)), or a PredictInputError."""
+def _open_image(path: Path, media: str | Path) -> tuple[np.ndarray, int, int]:
+    """((H, W, 3) uint8 RGB upright by its EXIF orientation, that orientation (1: none), the number of pages or
+    frames the file holds (only the first is read)), or a PredictInputError."""
+    from pixelqa.data.sources._image_files import eight_bit
+
+    where = "" if Path(media) == path else f" (frame {path.name})"
     try:
         with Image.open(path) as im:
+            pages = int(getattr(im, "n_frames", 1) or 1)
             orientation = im.getexif().get(ORIENTATION_TAG, 1)
             # only 2..8 turn or mirror (exif_transpose ignores anything else, so it is not reported as applied)
             orientation = orientation if isinstance(orientation, int) and 2 <= orientation <= 8 else 1
             # users click on the picture as viewers show it: a phone's JPEG stored sideways is turned upright
             upright = ImageOps.exif_transpose(im)
-            return np.asarray(upright.convert("RGB")), orientation
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        where = "" if Path(media) == path else f" (frame {path.name})"
+            # 16-bit / 32-bit / float pictures scaled to 8 bits as the converters do (convert alone clips at 255)
+            return np.asarray(eight_bit(upright).convert("RGB")), orientation, pages
+    except Image.DecompressionBombError as exc:
+        raise _bad(media, f"is too large to decode safely{where}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _bad(media, f"cannot be decoded as an image{where}: {exc}") from None
 
 
@@ -127,9 +176,22 @@ def image_header_size(path: Path, media: str | Path) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # these four turn the picture by 90 degrees
 
 
-def _image_size(path: Path, media: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file as shown (fully decoded, so that a truncated file is found here)."""
-    return tuple(_open_image(path, media)[0].shape[:2])  # type: ignore[return-value]
+def _image_size(path: Path, media: str | Path) -> tuple[int, int, int]:
+    """(H, W) of an image file as shown, and its number of pages / frames (fully decoded, so that a truncated file
+    is found here)."""
+    rgb, _, pages = _open_image(path, media)
+    return int(rgb.shape[0]), int(rgb.shape[1]), pages
+
+
+def _pillow_frames(path: Path) -> int | None:
+    """How many pictures Pillow finds in a file (None: Pillow does not read it as an image), from its header."""
+    try:
+        with Image.open(path) as im:
+            return max(1, int(getattr(im, "n_frames", 1) or 1))
+    except Image.DecompressionBombError:
+        return 1  # an image, too large: its probe says so
+    except (UnidentifiedImageError, OSError, ValueError, EOFError):
+        return None
 
 
 def display_orientation(matrix: Sequence[int]) -> int:
@@ -157,12 +219,28 @@ def orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _frame_orientation(frame) -> int:
-    """The EXIF orientation of a decoded video frame's display matrix (1: it carries none)."""
-    side = frame.side_data.get("DISPLAYMATRIX")
+    """The EXIF orientation of a decoded video frame's display matrix (1: it carries none or it cannot be read)."""
+    try:
+        side = frame.side_data.get("DISPLAYMATRIX")
+    except (ValueError, KeyError, TypeError):
+        # PyAV names every side data of the frame, and one of a type it does not know fails (FFmpeg 8 attaches
+        # EXIF, type 31, to JPEG-coded frames that carry it: MJPEG AVIs from cameras): read the matrix's turn alone
+        return _rotation_orientation(frame)
     if side is None:
         return 1
     data = bytes(side)
     return display_orientation(struct.unpack("=9i", data[:36])) if len(data) >= 36 else 1
+
+
+def _rotation_orientation(frame) -> int:
+    """The EXIF orientation of a frame's display rotation (PyAV's `rotation`, degrees counter-clockwise, to a
+    quarter turn; mirroring is not seen); 1 when it cannot be read."""
+    try:
+        degrees = float(frame.rotation)
+    except (AttributeError, ValueError, TypeError):
+        return 1
+    # a viewer turns the stored picture counter-clockwise by `degrees`: 90 is EXIF 8, 180 is 3, 270 (-90) is 6
+    return {0: 1, 1: 8, 2: 3, 3: 6}[round(degrees / 90) % 4]
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -222,14 +300,52 @@ def probe_media(path: str | Path) -> MediaInfo:
     if not p.exists():
         raise _bad(path, "does not exist; expected an image, a video file or a folder of frames")
     if p.is_dir():
-        files = frame_files(p)
+        files, skipped = _folder_frames(p, path)
         if not files:
-            raise _bad(path, f"is a folder without frame images ({', '.join(IMAGE_SUFFIXES)})")
-        h, w = _image_size(files[0], path)
-        return MediaInfo(str(p), "frames", len(files), h, w)
-    if p.suffix.lower() in IMAGE_SUFFIXES:
-        h, w = _image_size(p, path)
-        return MediaInfo(str(p), "image", 1, h, w)
+            raise _bad(path, f"is a folder without frame images ({', '.join(FRAME_SUFFIXES)})")
+        h, w, _ = _image_size(files[0], path)
+        notes = []
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f", ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
+            notes.append(
+                f"--media: {str(path)!r} skipped {len(skipped)} file(s) that are not frame images "
+                f"({', '.join(FRAME_SUFFIXES)}): {shown}"
+            )
+        return MediaInfo(str(p), "frames", len(files), h, w, notes=notes)
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _probe_image(p, path)
+    if suffix in VIDEO_SUFFIXES:
+        return _probe_video(p, path)
+    # no suffix, or one that names no format: Pillow sniffs the content; one picture is an image, several a video
+    # (an animated GIF), and what Pillow does not read goes to PyAV
+    pictures = _pillow_frames(p)
+    if pictures is None:
+        return _probe_video(p, path)
+    first, second = (_probe_image, _probe_video) if pictures == 1 else (_probe_video, _probe_image)
+    try:
+        return first(p, path)
+    except PredictInputError as exc:
+        try:
+            return second(p, path)
+        except PredictInputError:
+            raise exc from None
+
+
+def _probe_image(p: Path, path: str | Path) -> MediaInfo:
+    """The MediaInfo of an image file (a file of several pages or frames: its first, with a note)."""
+    h, w, pages = _image_size(p, path)
+    notes = []
+    if pages > 1:
+        notes.append(
+            f"--media: {str(path)!r} holds {pages} pages / frames; only the first is read (give a video file or a "
+            "folder of frames to use them all)"
+        )
+    return MediaInfo(str(p), "image", 1, h, w, notes=notes)
+
+
+def _probe_video(p: Path, path: str | Path) -> MediaInfo:
+    """The MediaInfo of a video file, decoded once by PyAV to count its frames."""
     import av
 
     count, size, fps, declared, orientation = 0, None, None, None, 1
@@ -265,8 +381,14 @@ def probe_media(path: str | Path) -> MediaInfo:
 
 
 def media_warnings(info: MediaInfo) -> list[str]:
-    """One line per sign of damage in the media (a video decoding to fewer frames or seconds than it declares, or
-    stopped by a decoding error)."""
+    """One line per thing the user should know about the media: files of a frames folder skipped, pages of an image
+    file not read (`MediaInfo.notes`), and signs of damage (a video decoding to fewer frames or seconds than it
+    declares, or stopped by a decoding error)."""
+    return [*info.notes, *_damage(info)]
+
+
+def _damage(info: MediaInfo) -> list[str]:
+    """The line of `media_warnings` on damage, if any."""
     if info.decode_error is not None:
         return [
             f"--media: {info.path!r} stops decoding after frame {info.num_frames - 1} ({info.decode_error}; "
@@ -303,9 +425,11 @@ def read_media(
     names: list[str] = []
     turned: dict[str, int] = {}
     if info.kind in ("image", "frames"):
-        listed = [p] if info.kind == "image" else frame_files(p)
+        listed = [p] if info.kind == "image" else _folder_frames(p, path)[0]
+        if len(listed) != info.num_frames:
+            raise _bad(path, f"holds {len(listed)} frames now but {info.num_frames} when probed (changed while read?)")
         for f in [listed[i] for i in wanted]:
-            rgb, orientation = _open_image(f, path)
+            rgb, orientation, _ = _open_image(f, path)
             name = f"{0:05d}" if info.kind == "image" else f.stem
             arrays.append(rgb)
             names.append(name)
@@ -332,13 +456,23 @@ def read_media(
 
 
 def media_from_tensor(frames: torch.Tensor, kind: str | None = None) -> Media:
-    """A Media around (T, 3, H, W) uint8 frames given in memory (kind: image when T == 1 unless told)."""
+    """A Media around (T, 3, H, W) uint8 frames given in memory (kind: image when T == 1 unless told; an image is
+    one frame)."""
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
-        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        if isinstance(frames, torch.Tensor):
+            got = f"a {tuple(frames.shape)} {str(frames.dtype).removeprefix('torch.')} tensor"
+        else:
+            got = type(frames).__name__
         raise PredictInputError(f"media: got {got}, expected a (T, 3, H, W) uint8 tensor or a path")
     t, _, h, w = frames.shape
+    if t == 0:
+        raise PredictInputError(f"media: got 0 frames (a {tuple(frames.shape)} tensor), expected >= 1")
+    if h == 0 or w == 0:
+        raise PredictInputError(f"media: got frames of {w}x{h} (a {tuple(frames.shape)} tensor), expected H, W >= 1")
     kind = kind or ("image" if t == 1 else "video")
     if kind not in ("image", "video"):
         raise PredictInputError(f"kind: got {kind!r}, expected 'image' or 'video'")
+    if kind == "image" and t > 1:
+        raise PredictInputError(f"kind: got 'image' for {t} frames, expected 'video' (or one frame)")
     info = MediaInfo("<tensor>", kind, int(t), int(h), int(w))
     return Media(frames, list(range(t)), [f"{i:05d}" for i in range(t)], info)

@@ -3,13 +3,17 @@
 answer.txt                     the answer text
 masks.json                     per object, per frame: COCO RLE (pycocotools) of its (H, W) mask
 Annotations/<media>/<frame>.png  palette PNGs in the DAVIS layout: pixel = object id + 1, 0 = background
-                               (where objects overlap, the higher id is kept; masks.json keeps each whole)
+                               (where objects overlap, the higher id is kept; masks.json keeps each whole);
+                               <media> is a frames folder's name (`--media .`: the current folder's), a file's
+                               stem, `media` for frames given in memory
 overlays/<frame>.png           frame with each object blended, outlined and labelled `[id]`
-overlay.gif, overlay.mp4       the overlays as an animation (videos only)
+overlay.gif, overlay.mp4       the overlays as an animation (videos only), as long as the source when fewer frames
+                               than it holds were read (`--max-frames`): fps * frames read / frames in the video
 run.json                       model, recipe, media, frames used, prompts, texts, objects, timings, files
 
 run.json's media: `path` absolute, `path_given` as given; `declared_frames` (a video container's own count, null
-when it gives none) beside `num_frames` (the frames that decode) and `warnings` (one line per sign of damage);
+when it gives none) beside `num_frames` (the frames that decode) and `warnings` (one line per sign of damage, file
+skipped in a frames folder or page of an image file not read);
 `exif_orientation` ({frame name: EXIF orientation} of the frames turned upright before use); for a video,
 `video_orientation` (its display matrix in EXIF numbering, 1: none) and, for webm / mkv, `declared_seconds` beside
 `decoded_seconds` (where the last frame ends). Its timings, in
@@ -34,7 +38,7 @@ from pixelqa import viz
 from pixelqa.files import FolderTaken, atomic_folder, replaceable_folder
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
-from pixelqa.predict.media import media_warnings
+from pixelqa.predict.media import MediaInfo, media_warnings
 from pixelqa.predict.predictor import Prediction
 from pixelqa.predict.progress import progress_bar
 
@@ -147,6 +151,24 @@ def out_taken(exc: FolderTaken) -> PredictInputError:
     return PredictInputError(f"--out: {exc}; run again, or give each run its own --out")
 
 
+def sequence_name(info: MediaInfo) -> str:
+    """The DAVIS sequence folder of a media: a frames folder's own name (`.` and `seq.v2` named in full), a file's
+    stem, `media` for frames given in memory or a name that would be empty (the root folder)."""
+    if info.path == "<tensor>":
+        return "media"
+    path = Path(os.path.abspath(info.path))  # `.`, `..`, `seq/` named as the folder they are (links not followed)
+    name = path.name if info.kind == "frames" else path.stem
+    return name or "media"
+
+
+def overlay_fps(info: MediaInfo, frames_read: int) -> float:
+    """The frame rate of overlay.gif / overlay.mp4: the video's, times frames read / frames it holds when fewer were
+    read (`--max-frames`), so the animation lasts as long as the video; 4 when the media has none (a frames folder)."""
+    if not info.fps:
+        return 4.0
+    return info.fps * min(frames_read, info.num_frames) / max(info.num_frames, 1)
+
+
 def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress: bool) -> dict[str, Any]:
     """`write_outputs` into a fresh folder."""
     model_info = pred.model_info
@@ -154,7 +176,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     frames = media.frames.permute(0, 2, 3, 1).cpu().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
     masks = {k: m.cpu().numpy().astype(bool) for k, m in pred.memory.items()}  # every object in memory
     size = media.size
-    seq = Path(media.info.path).stem if media.info.path != "<tensor>" else "media"
+    seq = sequence_name(media.info)
     files: dict[str, Any] = {"answer": "answer.txt", "masks": "masks.json", "annotations": [], "overlays": []}
     (out / "answer.txt").write_text(pred.answer + "\n", encoding="utf-8")
     rles = {str(k): [rle_encode(m[t]) for t in range(len(frames))] for k, m in masks.items()}
@@ -176,7 +198,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
         bar.update(1)
     bar.close()
     if len(frames) > 1:
-        fps = media.info.fps or 4.0
+        fps = overlay_fps(media.info, len(frames))
         viz.save_gif(drawn, out / "overlay.gif", fps=min(fps, 25.0))
         viz.save_mp4(drawn, out / "overlay.mp4", fps=fps)
         files.update(gif="overlay.gif", mp4="overlay.mp4")

@@ -1,10 +1,20 @@
 """Visual prompts from the command line and the text that places them.
 
 `--point x,y[,t]`, `--box x1,y1,x2,y2[,t]` (pixels of the media, frame t of the media, default 0) and
-`--mask PNG[,t]` (non-zero pixels, the media's size) become `PromptSpec`s numbered 0, 1, ... in the order given
-(across the three options); `check_prompts` validates them against the media and `model_prompts` turns them into
-the model's normalised `Point` / `Box` / `Mask`. `place_refs` puts one `[k] <|ref|>` per prompt before a text that
-holds none.
+`--mask PNG[,t]` (an image of the media's size, read as `read_mask_png` says) become `PromptSpec`s numbered 0, 1,
+... in the order given (across the three options); `check_prompts` validates them against the media and
+`model_prompts` turns them into the model's normalised `Point` / `Box` / `Mask`. `place_refs` puts one
+`[k] <|ref|>` per prompt before a text that holds none.
+
+Which pixels of a mask image are the object (`read_mask_png`, MASK_RULE):
+- transparency (RGBA, LA, PA, a PNG tRNS chunk) that leaves some pixels transparent and others not: the opaque
+  pixels (alpha > 127), whatever their colour: a cut-out or selection exported by an editor;
+- a palette image whose index 0 is black (DAVIS / VOC annotations): indices > 0; any other palette is read by its
+  colours (an editor's palette may put white first);
+- 8-bit grey or colour: values above 127 (half range; in any channel) when the image has such values, so JPEG
+  noise and soft edges do not count; a mask whose values all lie in 0..127 (0/1 masks, object-id maps) takes every
+  non-zero pixel;
+- 1-bit, 16-bit, 32-bit and float images: non-zero pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +34,18 @@ from pixelqa.predict.media import MediaInfo
 from pixelqa.prompt_format import REF, count_ref, object_tag
 
 USAGE = {"point": "x,y[,t]", "box": "x1,y1,x2,y2[,t]", "mask": "PNG[,t]"}
+HALF = 127  # 8-bit values above this are the object in a mask that has any (JPEG noise, soft edges below)
+MASK_RULE = (
+    "opaque pixels when some are transparent; a palette PNG with black at index 0 (DAVIS) by index > 0, other "
+    "palettes by colour; 8-bit grey / colour above 127 (any channel) when some value is, else non-zero (0/1 "
+    "masks); 16-bit non-zero"
+)
+HELP = {
+    "point": "a point prompt at pixel x,y of frame t (default 0); prompts are numbered 0, 1, ... in command-line "
+    "order across --point / --box / --mask",
+    "box": "a box prompt, pixels x1,y1,x2,y2 of frame t (default 0)",
+    "mask": f"a mask prompt for frame t (default 0): an image (PNG) of the media's size; object = {MASK_RULE}",
+}
 
 
 @dataclass
@@ -94,22 +116,45 @@ class PromptAction(argparse.Action):
 
     def __init__(self, option_strings, dest, kind: str = "point", **kwargs):
         self.metavar_kind = kind
+        kwargs.setdefault("help", HELP.get(kind))
         super().__init__(option_strings, dest, **kwargs)
 
 
+def _above_half(a: np.ndarray) -> np.ndarray:
+    """Object pixels of 8-bit values (H, W) or (H, W, C): above HALF when any value is (then any channel), else
+    non-zero."""
+    cut = HALF if a.size and int(a.max()) > HALF else 0
+    hit = a > cut
+    return hit if hit.ndim == 2 else hit.any(-1)
+
+
+def mask_pixels(im: Image.Image) -> np.ndarray:
+    """(H, W) bool: the object pixels of a mask image, by the rules of the module docstring (MASK_RULE)."""
+    if "A" in im.getbands() or "transparency" in im.info:
+        opaque = _above_half(np.asarray(im.convert("RGBA"))[..., 3])
+        if opaque.any() and not opaque.all():  # a cut-out: what is not transparent is the object
+            return opaque
+    if im.mode == "P":
+        palette = im.getpalette()
+        if palette is None or list(palette[:3]) == [0, 0, 0]:  # a label map: index 0 (black) is the background
+            return np.asarray(im) > 0
+        im = im.convert("RGB")  # another palette (white first, say): the colours as painted
+    if im.mode in ("1", "I", "F") or im.mode.startswith("I;16"):
+        return np.asarray(im) != 0
+    return _above_half(np.asarray(im if im.mode == "L" else im.convert("RGB")))
+
+
 def read_mask_png(path: str, arg: str) -> np.ndarray:
-    """(H, W) bool of a mask PNG: non-zero pixels (palette / grey index, or any channel of a colour image)."""
+    """(H, W) bool of a mask image (PNG, or any image Pillow reads): its object pixels (`mask_pixels`)."""
     p = Path(path)
     if not p.is_file():
         raise PredictInputError(f"--mask: {path!r} (in {arg!r}) does not exist")
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)  # upright like the media (media.py), as the user drew it
-            grey = im.mode in ("1", "L", "P", "I", "I;16", "F")
-            a = np.asarray(im if grey else im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return mask_pixels(im)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise PredictInputError(f"--mask: {path!r} cannot be read as an image: {exc}") from None
-    return a > 0 if a.ndim == 2 else (a > 0).any(-1)
 
 
 def check_prompts(specs: list[PromptSpec], info: MediaInfo) -> list[PromptSpec]:
@@ -140,7 +185,7 @@ def check_prompts(specs: list[PromptSpec], info: MediaInfo) -> list[PromptSpec]:
                     f"--mask: {s.mask_path!r} is {m.shape[1]}x{m.shape[0]}, expected the media's size {w}x{h}"
                 )
             if not m.any():
-                raise PredictInputError(f"--mask: {s.mask_path!r} is empty (no non-zero pixel)")
+                raise PredictInputError(f"--mask: {s.mask_path!r} is empty (no object pixel; object = {MASK_RULE})")
             s.mask = m
     return specs
 

@@ -3,6 +3,8 @@
 A JPEG or PNG on disk is carried over byte for byte (no re-encoding) unless it carries an EXIF rotation,
 which OpenCV (the schema's decoder) would apply while the annotations are in stored-pixel order; such
 files, and other formats (GIF, BMP, WebP, ...), are decoded without rotation and re-encoded as JPEG.
+Images of more than 8 bits per sample are shown at 8 bits the way OpenCV decodes a 16-bit PNG (the high byte):
+`eight_bit` is that rule for the images PIL decodes, here and in `pixelqa.predict` (one picture, one look).
 This module registers no source (its name starts with '_').
 """
 
@@ -12,6 +14,7 @@ import functools
 import io
 import json
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,47 @@ class ImageFile:
         )
 
 
+def eight_bit(im: Image.Image) -> Image.Image:
+    """`im` with more than 8 bits per sample (PIL modes I;16*, I, F) as an 8-bit greyscale ('L') image, scaled as
+    a viewer shows it; any other image unchanged. 16-bit samples keep their high byte (`v >> 8`, what OpenCV gives
+    for a 16-bit PNG or TIFF); 32-bit integers within 0..65535 likewise, others min-max; floats within 0..1 times
+    255, others min-max. PIL's own `convert` would clip all of these at 255 (a white picture)."""
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return im
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((a.astype(np.uint16) >> 8).astype(np.uint8), "L")
+    a = a.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "I" and lo >= 0 and hi <= 65535:
+        out = a / 256  # as a 16-bit image (PIL reads some 16-bit files as 'I')
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        out = a * 255 + 0.5
+    else:  # min-max: the whole range visible (a constant image is black)
+        out = (a - lo) * (255 / (hi - lo)) + 0.5 if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "L")
+
+
+def _png_chunks(data: bytes) -> set[bytes]:
+    """The chunk types of a PNG file's bytes, read by walking the chunk lengths (no pixel is decoded)."""
+    found, pos = set(), 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        found.add(bytes(data[pos + 4 : pos + 8]))
+        pos += 12 + length
+    return found
+
+
+def stored_orientation(im: Image.Image, data: bytes) -> int:
+    """The EXIF orientation (2..8; 1: none or invalid) of an opened image whose file bytes are `data`: the turn
+    OpenCV applies when it decodes them. A PNG's eXIf chunk may follow the pixels, so the chunk list is walked
+    rather than decoding the image to find it."""
+    if im.format == "PNG" and "exif" not in im.info and b"eXIf" not in _png_chunks(data):
+        return 1
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return orientation if isinstance(orientation, int) and 2 <= orientation <= 8 else 1
+
+
 def read_image(path: Path | str) -> ImageFile:
     """Read an image file as schema-ready bytes; see the module docstring for when it is re-encoded."""
     path = Path(path)
@@ -60,10 +104,10 @@ def read_image(path: Path | str) -> ImageFile:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             w, h = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-            if fmt in _PASSTHROUGH and orientation in (None, 1):
+            if fmt in _PASSTHROUGH and stored_orientation(im, data) == 1:
                 return ImageFile(data=data, ext=_PASSTHROUGH[fmt], size=(int(h), int(w)))
-            rgb = np.asarray(im.convert("RGB"))  # PIL does not apply EXIF rotation: stored pixel order
+            # PIL does not apply EXIF rotation: stored pixel order; 16-bit / float images scaled, not clipped
+            rgb = np.asarray(eight_bit(im).convert("RGB"))
     except OSError as e:
         raise ValueError(f"image file {path}: cannot be decoded ({e}), expected a JPEG/PNG/other PIL image") from e
     return ImageFile(data=encode_frame(np.ascontiguousarray(rgb), "jpg"), ext="jpg", size=(int(h), int(w)))

@@ -35,7 +35,7 @@ import numpy as np
 from pixelqa.data import masks
 from pixelqa.data.registry import Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Sample, Turn, make_key
-from pixelqa.data.sources._frame_order import frame_order
+from pixelqa.data.sources._frame_order import frame_order, is_hidden
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import FrameSet, read_frame_files, read_label_png
 from pixelqa.data.sources.vos import variant, videos_of
@@ -100,7 +100,7 @@ class GroundMoRe(Source):
         if not isinstance(questions, dict):
             raise TypeError(f"{p}: videos[{item!r}].questions: got {type(questions).__name__}, expected a mapping")
         adir = Path(root) / "annotations" / item
-        mask_files = {m.stem: m for m in (adir / "masks").glob("*.png")}
+        mask_files = {m.stem: m for m in (adir / "masks").glob("*.png") if not is_hidden(m)}  # no macOS `._*`
         try:
             names, indices, frames, labels = self.load(adir, split, mask_files)
             problem = None
@@ -181,7 +181,7 @@ class GroundMoRe(Source):
             image_paths = [adir / "images" / f"{n}.jpg" for n in names]
             indices = None
         else:
-            all_images = frame_order((adir / "images").glob("*.jpg"))
+            all_images = frame_order(q for q in (adir / "images").glob("*.jpg") if not is_hidden(q))
             if not all_images:
                 raise FileNotFoundError(f"no frames in {adir / 'images'}")
             indices = groundmore_indices(len(all_images), TEST_FRAMES)[0]

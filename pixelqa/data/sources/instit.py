@@ -39,7 +39,7 @@ from pathlib import Path
 from pixelqa.data import masks, prompts
 from pixelqa.data.registry import Source, register_source, rejected, skipped
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
-from pixelqa.data.sources._frame_order import frame_order
+from pixelqa.data.sources._frame_order import frame_files, frame_order
 from pixelqa.data.sources._image_files import cached_json, first_existing
 from pixelqa.data.sources.video_io import read_frame_files
 from pixelqa.data.sources.videorefer import check_form, key_frame, localize, mask_prompt, option_line, prefill_turns
@@ -174,7 +174,7 @@ class InstITVideoBase(InstITBase):
         segs = e["segmentations"]
         if not isinstance(segs, dict):
             raise TypeError(f"{where}.segmentations: got {type(segs).__name__}, expected {{frame file: instances}}")
-        paths = frame_order(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        paths = frame_files(folder)  # time order, hidden files (macOS `._*`) skipped
         on_disk = {p.name for p in paths}
         missing = frame_order(str(n) for n in segs if str(n) not in on_disk)
         num_frames = len(paths) + len(missing)  # the video's length as annotated: the recipe's filter counts it

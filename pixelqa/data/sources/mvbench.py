@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, Sample, Turn, make_key
+from pixelqa.data.sources._frame_order import frame_files
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, video_info
 from pixelqa.data.sources.videorefer import mcq_text
@@ -97,7 +98,7 @@ class MVBench(Source):
         if kind == "frame" or path.is_dir():
             if not path.is_dir():
                 raise FileNotFoundError(f"{where}: frame folder not found: {path}")
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            files = frame_files(path)  # by frame number (frame_2 before frame_10), hidden files skipped
             if not files:
                 raise FileNotFoundError(f"{where}: no frames in {path}")
             ids = fps_indices(len(files), FRAME_FOLDER_FPS, SAMPLE_FPS, self.num_frames)

@@ -1,12 +1,15 @@
 """Frame access for the video converters: frame folders (JPEG/PNG files) and mp4 files (OpenCV).
 
 Frames stay encoded: a JPEG/PNG file on disk is carried over byte for byte (no re-encoding, no quality
-loss); only frames decoded from a video container are encoded again (JPEG). Everything reads lazily,
+loss); only frames decoded from a video container are encoded again (JPEG), and frame files carrying an EXIF
+rotation, which OpenCV (the schema's decoder) would apply while annotations and the declared size are in stored-pixel
+order: those are re-encoded in stored order, as `_image_files.read_image` does for images. Everything reads lazily,
 one sample at a time, so converters stream.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pixelqa.data.schema import encode_frame
+from pixelqa.data.sources._image_files import stored_orientation
 
 _EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 
@@ -64,22 +68,34 @@ def read_frame_files(paths: Sequence[str]) -> FrameSet:
                 raise ValueError(f"frame {p}: size {rgb.shape[:2]}, expected {size} like the first frame")
             frames.append(encode_frame(rgb, "jpg"))
         return FrameSet(frames, "jpg", size)
+    ext = exts.pop()
     for p in paths:
-        s = image_size(p)
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"frame file not found: {p}")
+        with open(p, "rb") as f:
+            data = f.read()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size  # stored size: what the annotations and the frames as kept are in
+                turned = stored_orientation(im, data) != 1
+        except OSError as e:
+            raise ValueError(f"frame file {p}: cannot be decoded ({e}), expected a JPEG or PNG image") from e
+        s = (int(h), int(w))
         if size is None:
             size = s
         elif s != size:
             raise ValueError(f"frame {p}: size {s}, expected {size} like the first frame of the sample")
-        with open(p, "rb") as f:
-            frames.append(f.read())
-    return FrameSet(frames, exts.pop(), size)
+        # OpenCV would turn an EXIF-rotated frame at decode: re-encoded in stored order, so bytes and size agree
+        frames.append(encode_frame(read_rgb(p), ext) if turned else data)
+    return FrameSet(frames, ext, size)
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB."""
+    """Decode an image file to (H, W, 3) uint8 RGB in stored pixel order (its EXIF orientation is not applied:
+    annotations are in stored order)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"frame file not found: {path}")
-    arr = cv2.imread(path, cv2.IMREAD_COLOR)
+    arr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
         raise ValueError(f"frame file {path}: OpenCV cannot decode it, expected a JPEG or PNG image")
     return np.ascontiguousarray(arr[:, :, ::-1])

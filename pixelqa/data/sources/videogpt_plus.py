@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pixelqa.data.registry import Source, register_source
 from pixelqa.data.schema import Media, Sample, Turn, make_key
+from pixelqa.data.sources._frame_order import frame_files
 from pixelqa.data.sources._image_files import cached_json
 from pixelqa.data.sources.video_io import encode_video_frames, read_frame_files, uniform_indices, video_info
 from pixelqa.data.sources.videorefer import resolve_video, strip_video_tag
@@ -32,7 +33,7 @@ def sampled_frames(
 ) -> tuple[list[bytes], str, tuple[int, int], list[int], float | None]:
     """(encoded frames, ext, size, source frame indices, effective fps) of a video file or frame folder."""
     if video.is_dir():
-        files = sorted(p for p in video.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = frame_files(video)  # by frame number (frame_2 before frame_10), hidden files skipped
         if not files:
             raise FileNotFoundError(f"frame folder {video} has no .jpg/.png frames")
         ids = uniform_indices(len(files), max_frames)

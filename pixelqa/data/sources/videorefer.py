@@ -56,7 +56,7 @@ from typing import Any
 from pixelqa.data import masks
 from pixelqa.data.registry import RecordError, Source, register_source, rejected
 from pixelqa.data.schema import Media, ObjectTrack, Prompt, Sample, Turn, make_key
-from pixelqa.data.sources._frame_order import frame_order
+from pixelqa.data.sources._frame_order import frame_files
 from pixelqa.data.sources._image_files import cached_json, check_polygons_inside
 from pixelqa.data.sources._image_files import read_json as load_json
 from pixelqa.data.sources.video_io import FrameSet, encode_video_frames, read_frame_files, uniform_indices, video_info
@@ -222,7 +222,7 @@ def resolve_video(candidates: Sequence[Path]) -> Path:
 def read_media(video: Path, needed: Sequence[int], context: int = CONTEXT_FRAMES) -> tuple[FrameSet, list[int]]:
     """Frames `needed` (source frame indices) plus `context` frames spread over the video, in time order."""
     if video.is_dir():
-        files = frame_order(p for p in video.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = frame_files(video)  # time order, hidden files (macOS `._*`) skipped
         total = len(files)
     else:
         total, _, _ = video_info(str(video))
