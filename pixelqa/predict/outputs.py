@@ -35,7 +35,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixelqa import viz
-from pixelqa.files import FolderTaken, atomic_folder, replaceable_folder
+from pixelqa.files import FolderTaken, atomic_folder, protected_folder, replaceable_folder
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.media import MediaInfo, media_warnings
@@ -92,6 +92,9 @@ def check_out(out: str | Path) -> Path:
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise PredictInputError(f"--out: {str(out)!r} exists and is not a folder; expected a folder name")
+    reason = protected_folder(out)  # an empty home or current folder would pass the next check, then be replaced
+    if reason is not None:
+        raise PredictInputError(f"--out: {str(out)!r} is {reason}; it is never replaced, choose a new folder")
     if not replaceable_folder(out, is_output_name):
         raise PredictInputError(
             f"--out: {str(out)!r} holds files predict did not write; expected a new folder, an empty one or an "
