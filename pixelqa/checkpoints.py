@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ def safe_torch_load(
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)), warnings.catch_warnings():
+            # a plain pickle (not torch.save) is refused below; torch's note on its protocol only adds noise
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
@@ -63,3 +66,9 @@ def safe_torch_load(
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{what}: {str(path)!r} cannot be read as a checkpoint: {exc}") from None
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError, MemoryError) as exc:
+        # torch's restricted unpickler reading bytes that are no pickle at all (a text file: KeyError 101)
+        raise CheckpointError(
+            f"{what}: {str(path)!r} cannot be read as a checkpoint (not a torch.save file: "
+            f"{type(exc).__name__} while reading)"
+        ) from None

@@ -103,3 +103,12 @@ def test_a_fit_checkpoint_loads_safely_as_it_was_saved(tmp_path):
     model = evaluate.load_model(to_object(load_recipe(["recipe=stage3"])), run / "checkpoints" / "last.ckpt")
     name, weight = next(iter(full["state_dict"].items()))
     assert torch.equal(dict(model.named_parameters())[name.removeprefix("model.")], weight)
+
+
+@pytest.mark.parametrize("content", [b"hello", b"{}", b"\x80\x04\x95garbage"])
+def test_a_file_that_is_no_checkpoint_is_one_clear_error(tmp_path, content, recwarn):
+    path = tmp_path / "notackpt.ckpt"
+    path.write_bytes(content)  # text (torch's unpickler: KeyError 101), JSON, a truncated pickle
+    with pytest.raises(CheckpointError, match=r"--model: .*notackpt.ckpt' cannot be read as a checkpoint"):
+        safe_torch_load(path, what="--model")
+    assert not [w for w in recwarn.list if "pickle protocol" in str(w.message)]
