@@ -156,6 +156,14 @@ def skipped(source: str, split: str, task: str, key: str, reason: str) -> Skippe
 
 
 _REGISTRY: dict[str, Source] = {}
+# name -> (module, qualname) of the class or function registered under it
+_ORIGINS: dict[str, tuple[str, str]] = {}
+
+
+def _origin(obj: Any) -> tuple[str, str]:
+    """(module, qualname) of a registered class or function: the same for a definition run again (a notebook cell
+    re-run, a module reloaded)."""
+    return str(getattr(obj, "__module__", None)), str(getattr(obj, "__qualname__", None) or repr(obj))
 
 
 def register_source(
@@ -163,13 +171,22 @@ def register_source(
     splits: Sequence[str] = (),
     raw_files: Callable[[Path, str], list[Path]] | None = None,
 ) -> Callable:
-    """Decorator registering a converter class (Source subclass) or generator function under `name`."""
+    """Decorator registering a converter class (Source subclass) or generator function under `name`.
+
+    Registering a name again with a definition of the same module and qualified name (a re-run notebook cell, a
+    reloaded module) replaces the earlier one; another class or function under a taken name is refused.
+    """
     if not isinstance(name, str) or not name or any(c in name for c in "./ "):
         raise ValueError(f"name: got {name!r}, expected a non-empty name without '.', '/' or spaces")
 
     def wrap(obj: Any) -> Any:
-        if name in _REGISTRY:
-            raise ValueError(f"name: source {name!r} is already registered (by {type(_REGISTRY[name]).__name__})")
+        origin = _origin(obj)
+        if name in _REGISTRY and _ORIGINS.get(name) != origin:
+            held = ".".join(_ORIGINS[name]) if name in _ORIGINS else type(_REGISTRY[name]).__name__
+            raise ValueError(
+                f"name: source {name!r} is already registered (by {held}), expected a new name for "
+                f"{'.'.join(origin)} (the same definition run again replaces it)"
+            )
         if isinstance(obj, type):
             if not issubclass(obj, Source):
                 raise TypeError(f"{obj.__name__}: got a class that is not a pixelqa.data.registry.Source subclass")
@@ -185,7 +202,7 @@ def register_source(
         inst.name = name
         if splits:
             inst.splits = tuple(splits)
-        _REGISTRY[name] = inst
+        _REGISTRY[name], _ORIGINS[name] = inst, origin
         return obj
 
     return wrap

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -53,8 +55,10 @@ class ImageSegIoU(Metric):
         self.num_samples += p.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
-        """{"cIoU", "gIoU"} as float32 scalars (gIoU is NaN before any update)."""
+        """{"cIoU", "gIoU"} as float32 scalars (both NaN before any update, as the other metrics give)."""
         ciou = self.intersection.double() / (self.union.double() + _CIOU_EPS)
+        if int(self.num_samples) == 0:  # no sample: no score (0 / eps would read as a score of 0)
+            ciou = torch.full_like(ciou, float("nan"))
         giou = self.giou_sum / self.num_samples.double()
         return {"cIoU": ciou.float(), "gIoU": giou.float()}
 
@@ -123,8 +127,11 @@ class RECAccuracy(Metric):
     full_state_update = False
 
     def __init__(self, iou_threshold: float = 0.5, **kwargs) -> None:
+        """iou_threshold: the box IoU a correct prediction reaches, in (0, 1]."""
         super().__init__(**kwargs)
-        self.iou_threshold = iou_threshold
+        if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, numbers.Real) or not 0 < iou_threshold <= 1:
+            raise ValueError(f"iou_threshold: got {iou_threshold!r}, expected a number in (0, 1]")
+        self.iou_threshold = float(iou_threshold)
         self.add_state("correct", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -112,6 +111,8 @@ def revos_rows(records: Iterable[dict]) -> list[dict]:
 
 def drop_small_components(mask: np.ndarray | torch.Tensor, min_size: int = REC_MIN_COMPONENT) -> np.ndarray:
     """The (H, W) mask without its 8-connected components of fewer than `min_size` pixels."""
+    import cv2  # here, not at import: OpenCV's loader rewrites LD_LIBRARY_PATH, which subprocesses inherit
+
     m = _np_bool(mask, "mask", (2,)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     keep = np.zeros(count, dtype=bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -14,13 +15,14 @@ VIDEOREFER_Q_TYPES = ("BQ", "SQ", "RQ", "CQ", "FP")
 
 
 def choice_index(choice: int | str | None) -> int:
-    """A choice as a 0-based index: ints pass through, letters map A -> 0, B -> 1, ...; None/"" (unparsed) -> -1."""
+    """A choice as a 0-based index: ints (numpy's too) pass through, letters map A -> 0, B -> 1, ...; None/""
+    (unparsed) -> -1."""
     if choice is None:
         return -1
     if isinstance(choice, bool):
         raise TypeError(f"choice must be an int index or a letter, got bool {choice}")
-    if isinstance(choice, int):
-        return choice
+    if isinstance(choice, numbers.Integral):
+        return int(choice)
     if isinstance(choice, str):
         text = choice.strip().strip("().").strip()
         if text == "":

@@ -1,12 +1,15 @@
 """Multi-round inference for UniPixel: prompts, memory pre-filling / injection, greedy generation.
 
 One `chat_turn` per user message. The conversation lives in a `ChatState` (media, turns as fed to the model,
-the visual prompts and memory refs of those turns in text order, the object memory bank). What each memory
+the visual prompts and memory refs of those turns in text order, the object memory bank). A turn is atomic: it
+runs on a `ChatState.fork()` of the history and publishes it into the history only once it has completed, so a
+turn that raises or is interrupted (Ctrl-C, out of memory) leaves the history as it was. What each memory
 variant does is documented in `pixelqa.model.memory`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,6 +53,25 @@ class ChatState:
     sam_cache: dict = field(default_factory=dict, repr=False)  # SAM image features of its SAM frames
     processor_kwargs: dict | None = None  # processor call arguments of this conversation (a pixel budget)
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # SAM progress (done, total)
+
+    def fork(self) -> ChatState:
+        """A copy to continue the conversation from: its own turns, prompts, memory refs, injected ids and bank.
+
+        The bank's masks are shared until a turn replaces them (the bank never changes a mask in place); the
+        media, the media-only caches (`visual_cache`, `sam_cache`) and the settings stay shared.
+        """
+        new = copy.copy(self)
+        new.turns = list(self.turns)
+        new.prompts = list(self.prompts)
+        new.memory = list(self.memory)
+        new.injected = set(self.injected)
+        new.bank = self.bank.copy()
+        return new
+
+    def publish(self, turn: ChatState) -> None:
+        """Take over a completed turn's fork in place (the bank object stays the same, its masks are the turn's)."""
+        self.bank.masks = turn.bank.masks
+        vars(self).update({k: v for k, v in vars(turn).items() if k != "bank"})
 
 
 @dataclass
@@ -282,9 +304,11 @@ def chat_turn(
 ) -> ChatResult:
     """One user turn: returns a ChatResult (answer, masks of this turn by object id, bank, updated state).
 
-    `memory` puts given masks (object id -> (T_sam, H, W)) into the bank before the turn, without pre-filling (the
-    ground-truth memory of VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the
-    returned answer); `processor_kwargs` go to every processor call of the conversation (a pixel budget).
+    The turn runs on a fork of `history` and updates `history` in place only when it completes (the result's
+    `state` is `history` then): an error or an interrupt leaves it as it was. `memory` puts given masks (object
+    id -> (T_sam, H, W)) into the bank before the turn, without pre-filling (the ground-truth memory of
+    VideoRefer-Bench); `assistant_prefix` forces the answer's start (it is part of the returned answer);
+    `processor_kwargs` go to every processor call of the conversation (a pixel budget).
     """
     check_prefix(assistant_prefix)  # before any state changes
     was = model.training
@@ -299,8 +323,12 @@ def chat_turn(
             n_sam = int((sam_media if sam_media is not None else media).shape[0])
             state = ChatState(media=media, kind=kind, bank=ObjectMemoryBank(n_sam))
             state.sam_media, state.llm_index = sam_media, list(llm_index) if llm_index is not None else None
+        elif not isinstance(history, ChatState):
+            raise TypeError(
+                f"history: got {type(history).__name__}, expected the ChatState of the previous turn (ChatResult.state)"
+            )
         else:
-            state = history
+            state = history.fork()  # the turn's working copy: published into history once it completes
         if processor_kwargs is not None:
             state.processor_kwargs = processor_kwargs
         if progress is not None:
@@ -393,6 +421,9 @@ def chat_turn(
         state.turns.append((user_text, answer))
         state.prompts = state.prompts + turn_prompts
         state.memory = state.memory + turn_memory
+        if history is not None:
+            history.publish(state)
+            state = history
         return ChatResult(answer, masks, state.bank, state, user_text)
     finally:
         model.train(was)

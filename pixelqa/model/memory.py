@@ -47,14 +47,20 @@ class ObjectMemoryBank:
             raise ValueError(f"num_frames: got {self.num_frames}, expected >= 1")
 
     def put(self, object_id: int, masks: torch.Tensor) -> None:
-        """Store (overwrite) the (T, H, W) masks of an object."""
+        """Store (overwrite) the (T, H, W) masks of an object: the bank keeps its own copy (a caller changing its
+        tensor afterwards does not change the bank), and never changes a stored mask in place."""
         if object_id < 0:
             raise ValueError(f"object_id: got {object_id}, expected >= 0")
         if masks.dim() != 3 or masks.shape[0] != self.num_frames:
             raise ValueError(
                 f"masks of object {object_id}: got shape {tuple(masks.shape)}, expected ({self.num_frames}, H, W)"
             )
-        self.masks[object_id] = masks.bool().cpu()
+        own = masks.bool().cpu()
+        self.masks[object_id] = own.clone() if own is masks else own  # .bool().cpu() of a CPU bool tensor is itself
+
+    def copy(self) -> ObjectMemoryBank:
+        """A bank of its own (adding or replacing an object leaves this one as it is) sharing the stored masks."""
+        return ObjectMemoryBank(self.num_frames, dict(self.masks))
 
     def visible_frames(self) -> dict[int, list[int]]:
         """Object id -> frames where its mask is non-empty (objects visible nowhere map to [])."""

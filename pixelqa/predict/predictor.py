@@ -6,12 +6,18 @@ them, uniform with both ends and every prompt frame forced in (`pixelqa.predict.
 id (the next free one unless it names its own), is placed in the text as `[k] <|ref|>` when the text holds no
 `<|ref|>`, and its object is segmented on every frame and put in the memory bank (the model's pre-fill). Later
 turns pass the previous `Prediction` as `history` and may name memory objects (`What is [0] holding?`).
+
+A `Prediction` is a value: a turn runs on a copy of its history's conversation, so the same `Prediction` may be
+passed as `history` again (a branch from that turn), and a turn that raises or is interrupted changes nothing.
+Its `masks` and `memory` are its own tensors (changing them in place changes no other turn).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
+import operator
 import time
 import warnings
 from collections.abc import Callable
@@ -35,7 +41,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prediction:
-    """One turn's result; pass it as `history` to the next turn of the same conversation."""
+    """One turn's result; pass it as `history` to the next turn of the same conversation.
+
+    It is not changed by later turns: passing it as `history` again continues from this turn (a branch).
+    """
 
     answer: str
     text: str  # the user text with its <|ref|> placed
@@ -65,42 +74,103 @@ def _sam_progress_bar():
     return update, bar
 
 
-def _with_id(p, object_id: int):
-    """A copy of a Point / Box / Mask with its object id set."""
+# the highest object id: outputs store id + 1 in a palette PNG (pixelqa.predict.outputs.id_map)
+MAX_OBJECT_ID = 254
+
+
+def _index(value, name: str, what: str) -> int:
+    """An int of any integer type (numpy's too, not bool), or the error naming the argument."""
+    if isinstance(value, bool):
+        raise PredictInputError(f"{name}: got {value!r}, expected {what}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise PredictInputError(f"{name}: got {value!r} ({type(value).__name__}), expected {what}") from None
+
+
+def _as_prompt_list(prompts) -> list:
+    """The turn's prompts as a list: None -> [], one Point / Box / Mask -> [it], a list or tuple as given."""
+    if prompts is None:
+        return []
+    if isinstance(prompts, (Point, Box, Mask)):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise PredictInputError(
+            f"prompts: got {type(prompts).__name__}, expected a list of Point / Box / Mask of pixelqa.model.chat"
+        )
+    return list(prompts)
+
+
+def _normalised(p, i: int):
+    """A copy of prompts[i] with an int frame (any integer type given), an int or None object id, a tensor mask."""
     if not isinstance(p, (Point, Box, Mask)):
-        raise PredictInputError(f"prompts: got {type(p).__name__}, expected Point, Box or Mask of pixelqa.model.chat")
-    return dataclasses.replace(p, object_id=object_id)
+        raise PredictInputError(
+            f"prompts[{i}]: got {type(p).__name__}, expected Point, Box or Mask of pixelqa.model.chat"
+        )
+    frame = _index(p.frame, f"prompts[{i}].frame", "an integer frame index")
+    k = p.object_id
+    if k is not None:
+        k = _index(k, f"prompts[{i}].object_id", f"an integer in [0, {MAX_OBJECT_ID}] or None")
+        if not 0 <= k <= MAX_OBJECT_ID:
+            raise PredictInputError(
+                f"prompts[{i}].object_id: got {k}, expected an integer in [0, {MAX_OBJECT_ID}] (outputs store id + 1 "
+                f"in a palette PNG) or None"
+            )
+    p = dataclasses.replace(p, frame=frame, object_id=k)
+    if isinstance(p, Mask) and not isinstance(p.mask, torch.Tensor):
+        try:
+            p = dataclasses.replace(p, mask=torch.as_tensor(p.mask))
+        except (TypeError, ValueError, RuntimeError):
+            raise PredictInputError(
+                f"prompts[{i}].mask: got {type(p.mask).__name__}, expected an (H, W) bool tensor or array"
+            ) from None
+    return p
 
 
 def _assign_ids(prompts: list, taken: set[int]) -> list:
-    """Prompts with object ids: their own, else the smallest id used neither in memory nor by an earlier prompt."""
-    out, used = [], set(taken)
+    """Prompts with object ids: their own, else the smallest id used neither in memory nor by a prompt of this turn.
+
+    Two prompts of one turn naming the same object id are refused (the second would replace the first's object);
+    a prompt naming an id already in memory replaces that object.
+    """
+    prompts = [_normalised(p, i) for i, p in enumerate(prompts)]
+    given: dict[int, int] = {}
+    for i, p in enumerate(prompts):
+        if p.object_id is None:
+            continue
+        if p.object_id in given:
+            raise PredictInputError(
+                f"prompts[{i}].object_id: got {p.object_id}, which prompts[{given[p.object_id]}] names too; expected "
+                f"one prompt per object in a turn"
+            )
+        given[p.object_id] = i
+    out, used = [], set(taken) | set(given)
     for p in prompts:
-        k = getattr(p, "object_id", None)
+        k = p.object_id
         if k is None:
             k = 0
             while k in used:
                 k += 1
-        elif not isinstance(k, int) or k < 0:
-            raise PredictInputError(f"prompt object_id: got {k!r}, expected an integer >= 0")
-        used.add(k)
-        out.append(_with_id(p, k))
+            used.add(k)
+        out.append(dataclasses.replace(p, object_id=k))
     return out
 
 
-def _check_prompt(p, media: Media) -> None:
+def _check_prompt(p, i: int, media: Media) -> None:
     """Raise unless a prompt's frame is a media frame, its coordinates are normalised and a mask has the frame size."""
     t = len(media.frame_ids)
-    if not isinstance(p.frame, int) or not 0 <= p.frame < t:
-        raise PredictInputError(f"prompt frame: got {p.frame!r}, expected 0 <= frame < {t} (the media's frames)")
+    if not 0 <= p.frame < t:
+        raise PredictInputError(f"prompts[{i}].frame: got {p.frame!r}, expected 0 <= frame < {t} (the media's frames)")
     if isinstance(p, Point) and not (0 <= p.x <= 1 and 0 <= p.y <= 1):
-        raise PredictInputError(f"point: got ({p.x}, {p.y}), expected normalised coordinates in [0, 1]")
+        raise PredictInputError(f"prompts[{i}]: got point ({p.x}, {p.y}), expected normalised coordinates in [0, 1]")
     if isinstance(p, Box) and not (0 <= p.x1 < p.x2 <= 1 and 0 <= p.y1 < p.y2 <= 1):
         raise PredictInputError(
-            f"box: got ({p.x1}, {p.y1}, {p.x2}, {p.y2}), expected 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1"
+            f"prompts[{i}]: got box ({p.x1}, {p.y1}, {p.x2}, {p.y2}), expected 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1"
         )
     if isinstance(p, Mask) and tuple(p.mask.shape) != media.size:
-        raise PredictInputError(f"mask: got shape {tuple(p.mask.shape)}, expected the media's (H, W) = {media.size}")
+        raise PredictInputError(
+            f"prompts[{i}].mask: got shape {tuple(p.mask.shape)}, expected the media's (H, W) = {media.size}"
+        )
 
 
 def _check_memory(memory: dict | None, media: Media) -> dict[int, torch.Tensor]:
@@ -108,8 +178,9 @@ def _check_memory(memory: dict | None, media: Media) -> dict[int, torch.Tensor]:
     out: dict[int, torch.Tensor] = {}
     want = (len(media.frame_ids), *media.size)
     for k, m in (memory or {}).items():
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise PredictInputError(f"memory: got object id {k!r}, expected an integer >= 0")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= MAX_OBJECT_ID:
+            raise PredictInputError(f"memory: got object id {k!r}, expected an integer in [0, {MAX_OBJECT_ID}]")
+        k = int(k)
         m = torch.as_tensor(m)
         if tuple(m.shape) != want:
             raise PredictInputError(
@@ -120,12 +191,18 @@ def _check_memory(memory: dict | None, media: Media) -> dict[int, torch.Tensor]:
 
 
 def _on_all_frames(masks: torch.Tensor, positions: list[int], total: int) -> torch.Tensor:
-    """(len(positions), H, W) masks placed at `positions` of (total, H, W) (empty elsewhere)."""
+    """(len(positions), H, W) masks placed at `positions` of (total, H, W) (empty elsewhere): always a new tensor,
+    so a Prediction's masks never alias the memory bank's (or another Prediction's)."""
     if masks.shape[0] == total and positions == list(range(total)):
-        return masks.bool().cpu()
+        return masks.bool().cpu().clone()
     out = torch.zeros(total, *masks.shape[1:], dtype=torch.bool)
     out[positions] = masks.bool().cpu()
     return out
+
+
+def _no_flag(exc: PredictInputError) -> PredictInputError:
+    """The error of a helper shared with the CLI naming the Python argument (`text: ...`) instead of its flag."""
+    return PredictInputError(str(exc).removeprefix("--"))
 
 
 def describe_model(model: UniPixel) -> dict:
@@ -139,14 +216,22 @@ class Predictor:
 
     def __init__(
         self,
-        model,
+        model: UniPixel,
         llm_frames: int = LLM_FRAMES,
         max_new_tokens: int = 64,
         progress: bool = False,
         model_info: dict | None = None,
     ) -> None:
+        if not callable(getattr(model, "chat", None)):
+            raise TypeError(
+                f"model: got {type(model).__name__}, expected a UniPixel (pixelqa.model, or load_model's first result)"
+            )
+        llm_frames = _index(llm_frames, "llm_frames", "an integer >= 1")
         if llm_frames < 1:
-            raise PredictInputError(f"llm_frames: got {llm_frames}, expected >= 1")
+            raise PredictInputError(f"llm_frames: got {llm_frames}, expected an integer >= 1")
+        max_new_tokens = _index(max_new_tokens, "max_new_tokens", "an integer >= 0")
+        if max_new_tokens < 0:
+            raise PredictInputError(f"max_new_tokens: got {max_new_tokens}, expected an integer >= 0")
         self.model = model
         self.llm_frames = llm_frames
         self.max_new_tokens = max_new_tokens
@@ -169,6 +254,9 @@ class Predictor:
     ) -> Prediction:
         """One user turn: the answer, masks of this turn's objects on every frame, and the memory bank.
 
+        A later turn passes the previous turn's Prediction as `history` and `media=None` (the conversation keeps
+        the first turn's media); `history` is not changed, so passing it again branches from that turn. prompts
+        are Point / Box / Mask (one, or a list), each naming at most one object id in [0, 254] per turn.
         assistant_prefix forces the answer's start (it begins the returned answer); memory (object id -> (T, H, W)
         bool masks on every media frame) enters the bank before the turn without pre-filling, so the text may name
         those ids (ground-truth memory); processor_kwargs (`PixelBudget.call_kwargs(kind)`) go to every processor
@@ -177,6 +265,16 @@ class Predictor:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         if history is not None:
+            if not isinstance(history, Prediction):
+                raise PredictInputError(
+                    f"history: got {type(history).__name__}, expected the Prediction of the previous turn (what "
+                    f"Predictor.run returned)"
+                )
+            if media is not None and media is not history.media:
+                raise PredictInputError(
+                    f"media: got {type(media).__name__} together with history, expected None on a later turn (the "
+                    f"conversation keeps its first turn's media; start a new conversation for new media)"
+                )
             media = history.media
             llm_pos = history.llm_positions
             bank = history.state.bank
@@ -184,7 +282,10 @@ class Predictor:
             if media is None:
                 raise PredictInputError("media: got None, expected frames or a path on the first turn")
             if isinstance(media, (str, Path)):
-                media = read_media(media)
+                try:
+                    media = read_media(media)
+                except PredictInputError as exc:
+                    raise _no_flag(exc) from None
                 for line in media_warnings(media.info):  # damage is reported (run.json keeps the counts too)
                     warnings.warn(line, stacklevel=2)
             elif isinstance(media, torch.Tensor):
@@ -202,13 +303,16 @@ class Predictor:
                 )
         given = _check_memory(memory, media)
         taken = (set(bank.masks) if bank is not None else set()) | set(given)
-        prompts = _assign_ids(list(prompts or []), taken)
-        for p in prompts:
-            _check_prompt(p, media)
+        prompts = _assign_ids(_as_prompt_list(prompts), taken)
+        for i, p in enumerate(prompts):
+            _check_prompt(p, i, media)
         ids = [p.object_id for p in prompts]
         if not isinstance(text, str):
             raise PredictInputError(f"text: got {type(text).__name__}, expected a str")
-        text = place_refs(text, ids)
+        try:
+            text = place_refs(text, ids)
+        except PredictInputError as exc:
+            raise _no_flag(exc) from None
         in_memory = (set(bank.masks) if bank is not None else set()) | set(given)
         for k in object_ids_in(text):
             if k not in ids and k not in in_memory:
@@ -216,18 +320,19 @@ class Predictor:
                 raise PredictInputError(f"text: names object [{k}], which is not in memory (memory holds {held})")
         if llm_pos is None:
             llm_pos = llm_positions(len(media.frame_ids), [p.frame for p in prompts], self.llm_frames)
-        for p in prompts:
+        for i, p in enumerate(prompts):
             if p.frame not in llm_pos:
                 raise PredictInputError(
-                    f"prompt frame: got {p.frame}, but this conversation's LLM frames are {llm_pos}; a later turn "
-                    f"can only prompt on those"
+                    f"prompts[{i}].frame: got {p.frame}, but this conversation's LLM frames are {llm_pos}; a later "
+                    f"turn can only prompt on those"
                 )
         on_llm = [dataclasses.replace(p, frame=llm_pos.index(p.frame)) for p in prompts]
         kwargs = dict(
             media=media.frames[llm_pos],
             text=text,
             prompts=on_llm,
-            history=history.state if history is not None else None,
+            # a copy: the model updates it in place, and `history` stays the turn it was (a branch point)
+            history=history.state.fork() if history is not None else None,
             max_new_tokens=self.max_new_tokens,
             kind=media.kind,
         )
