@@ -109,9 +109,10 @@ def test_rec_accuracy_threshold_one_means_the_exact_box():
 # ---- imports ------------------------------------------------------------------------------------------------------
 
 
-def test_importing_the_metrics_leaves_opencv_and_the_environment_alone(tmp_path):
+def test_importing_the_metrics_and_data_leaves_opencv_and_the_environment_alone(tmp_path):
     code = (
-        "import json, os, sys; before = dict(os.environ); import pixelqa.metrics, pixelqa.metrics.protocols; "
+        "import json, os, sys; before = dict(os.environ); "
+        "import pixelqa.metrics, pixelqa.metrics.protocols, pixelqa.data; "
         "print(json.dumps({'cv2': 'cv2' in sys.modules, 'env': dict(os.environ) == before}))"
     )
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}

@@ -57,7 +57,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import orjson
 
@@ -156,6 +155,8 @@ def encode_frame(rgb: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
         raise ValueError(f"ext: got {ext!r}, expected one of {FRAME_EXTS}")
     if ext == "ppm":  # RGB rows as they are, after the Netpbm header
         return b"P6\n%d %d\n255\n" % (rgb.shape[1], rgb.shape[0]) + np.ascontiguousarray(rgb).tobytes()
+    import cv2  # here, not at import: OpenCV's loader rewrites LD_LIBRARY_PATH for every later subprocess
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
     ok, buf = cv2.imencode("." + ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
@@ -179,6 +180,8 @@ def _pixels(data: bytes | memoryview) -> np.ndarray:
     if data[:2] == b"P6":
         return _ppm_view(data)
     # IMREAD_COLOR_RGB (OpenCV >= 4.10; setup.cfg pins 5.0): the decoder writes RGB itself, no conversion pass
+    import cv2  # see encode_frame
+
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
     if arr is None:
         raise FrameDecodeError(f"data: got {len(data)} bytes that OpenCV cannot decode, expected a JPEG or PNG image")
