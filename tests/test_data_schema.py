@@ -312,8 +312,6 @@ def _png_of_size(h: int, w: int) -> bytes:
 def test_a_frame_whose_header_disagrees_with_media_size_is_refused_before_decoding(monkeypatch):
     import cv2
 
-    from pixelqa.data import schema
-
     s = _sample(frames=3)
     s.media.frames[2] = _png_of_size(3000, 3000)  # the sample says 20 x 30: 27 MB if decoded
     rec = s.to_record()
@@ -322,7 +320,7 @@ def test_a_frame_whose_header_disagrees_with_media_size_is_refused_before_decodi
 
     decoded = []
     real = cv2.imdecode
-    monkeypatch.setattr(schema.cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))  # the module schema imports
     with pytest.raises(FrameDecodeError, match=r"media.frames\[2\].*not decoded"):
         s.decode_frames()  # a sample built another way: every header is checked before any frame is decoded
     assert decoded == []
