@@ -3,11 +3,14 @@
 A checkpoint stores the model config it was trained with (`hyper_parameters.model`). `adopt_trained_model` sets
 the recipe's `model.*` to it before anything records or fingerprints the recipe, so that evaluate and the suite
 build the model that was trained, as export does (`stored_model_config`); a `model.KEY=...` typed on the command
-line still wins, said in a line.
+line still wins, said in a line. The stored values are data from a file, never recipe syntax: a string such as
+`${oc.env:SECRET}` is merged escaped (`literal`), so it stays that text and is not resolved into recipe.yaml or
+MLflow.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
@@ -59,6 +62,36 @@ def read_stored_model_config(path: Path, trust: bool = False) -> dict[str, Any] 
     return stored_model_config(meta)
 
 
+_INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes right before it
+
+
+def literal(value: Any) -> Any:
+    r"""`value` escaped for OmegaConf so that it reads back as the same plain data, with no interpolation resolved.
+
+    OmegaConf reads `\${` as a literal `${`, and 2n+1 backslashes before `${` as n backslashes and a literal `${`.
+    Strings are escaped inside lists and dicts too; other values are returned as they are.
+    """
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", value)
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    return value
+
+
+def _reads_back(value: Any) -> bool:
+    """Whether `literal(value)` in a config reads back as `value` exactly (resolved alone, outside any recipe)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        container = OmegaConf.to_container(OmegaConf.create({"v": literal(value)}), resolve=True, throw_on_missing=True)
+        return container["v"] == value  # "???" (OmegaConf's missing value) is refused by throw_on_missing
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return False
+
+
 def typed_model_keys(args: Sequence[str]) -> list[str]:
     """The model keys (`memory.pooling`) set on the command line; `model=NAME` sets `preset`."""
     keys = []
@@ -96,8 +129,10 @@ def adopt_trained_model(cfg: Any, args: Sequence[str], ckpt_path: Path | None, t
                 f"model.{key}={value!r} (from ckpt={ckpt_path}) does not exist here; give model.{key}=PATH on the "
                 "command line"
             )
+        if not _reads_back(value):  # the escaping above is the whole defence: anything it would not keep is refused
+            raise RecipeError(f"ckpt={ckpt_path}: its model.{key}={value!r} cannot be taken as plain data")
         try:
-            OmegaConf.update(cfg, f"model.{key}", value, merge=False)
+            OmegaConf.update(cfg, f"model.{key}", literal(value), merge=False)
         except ValidationError as err:
             raise RecipeError(f"ckpt={ckpt_path}: its model.{key}={value!r} does not fit this version: {err}") from None
         taken.append(f"model.{key} {current[key]!r} -> {value!r}")
@@ -139,7 +174,9 @@ def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
             ckpt = read_checkpoint(ckpt_path, bool(getattr(recipe, "trust_checkpoint", False)), what="ckpt")
         except CheckpointError as err:
             raise RecipeError(str(err)) from None
-    model_cfg = OmegaConf.to_container(OmegaConf.structured(recipe.model))
+    # plain data to the model build, which merges it into a config (pixelqa.train.module.model_config): a value that
+    # reads `${...}` (a checkpoint's, adopted above as text) stays that text there too
+    model_cfg = literal(OmegaConf.to_container(OmegaConf.structured(recipe.model)))
     try:
         return model_from_checkpoint(model_cfg, ckpt, str(ckpt_path), recipe.stage, recipe.seed)
     except ValueError as err:

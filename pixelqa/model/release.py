@@ -77,15 +77,78 @@ class ModelFolder:
         return self.root / name
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file of a model folder that must hold an object, with one clear error when it does not."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ReleaseError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise ReleaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ReleaseError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
 def read_config(root: Path) -> dict:
-    """config.json of a folder, with a clear error when missing or not JSON."""
+    """config.json of a folder, with a clear error when missing, not JSON or not an object."""
     path = root / "config.json"
     if not path.is_file():
         raise ReleaseError(f"{path}: missing; a model folder needs config.json (nothing is fetched from the hub)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_object(path)
+
+
+# Keys of a folder's JSON files by which transformers' Auto* classes import and run Python files of the folder
+# (after its "Do you wish to run the custom code?" prompt). A released or base folder never has them: a folder that
+# does is refused up front, so no prompt is shown and nothing of the folder is imported.
+CODE_KEYS = ("auto_map",)
+
+
+def code_config_files(root: Path) -> list[Path]:
+    """The folder's JSON files that transformers reads for classes: config, tokenizer and processor configs."""
+    named = [root / "config.json", root / "tokenizer_config.json"]
+    processors = sorted(p for p in root.glob("*processor_config.json") if p.is_file())
+    return [p for p in named if p.is_file()] + processors
+
+
+def _find_key(data: Any, keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """(dotted key, value) of one of `keys` anywhere in a JSON value (iterative: no recursion limit)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in keys:
+                    return f"{prefix}{k}", v
+                stack.append((f"{prefix}{k}.", v))
+        elif isinstance(node, list):
+            stack.extend((f"{prefix}{i}.", v) for i, v in enumerate(node))
+    return None
+
+
+def check_no_custom_code(root: Path) -> None:
+    """Refuse a folder whose configs name custom code (`auto_map`): never imported, never asked about."""
+    for path in code_config_files(root):
+        found = _find_key(read_json_object(path), CODE_KEYS)
+        if found is not None:
+            key, value = found
+            raise ReleaseError(
+                f"{path}: {key}={_short(value)} names custom code, which PixelQA never runs; refused (expected a "
+                "released UniPixel or Qwen2.5-VL folder, read with transformers' own classes)"
+            )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """repr of a value read from a file, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first lines of an exception's message, joined (transformers' and jinja's run over several lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @contextmanager
@@ -100,14 +163,34 @@ def open_safetensors(path: Path) -> Iterator[Any]:
         raise ReleaseError(f"{path}: not a readable safetensors file ({exc}); expected a complete download") from None
 
 
+def _plain_file_name(name: Any) -> bool:
+    """A bare file name (no folder part, not `.` / `..`, not absolute): a file directly inside the model folder."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and Path(name).name == name
+    )
+
+
 def weight_map(root: Path) -> dict[str, str]:
-    """Tensor name -> safetensors file, from the shard index or the single file (checked to exist)."""
+    """Tensor name -> safetensors file, from the shard index or the single file (checked to exist).
+
+    The index may only name plain file names: every shard is a file of this folder, never one elsewhere.
+    """
     index = root / INDEX_FILE
     if index.is_file():
-        try:
-            mapping = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ReleaseError(f"{index}: expected JSON with a 'weight_map' object ({exc})") from None
+        mapping = read_json_object(index).get("weight_map")
+        if not isinstance(mapping, dict):
+            raise ReleaseError(
+                f"{index}: weight_map={_short(mapping)}; expected an object mapping tensor names to shard file names"
+            )
+        for key, name in mapping.items():
+            if not _plain_file_name(name):
+                raise ReleaseError(
+                    f"{index}: weight_map[{key!r}]={_short(name)}; expected the plain file name of a shard in this "
+                    "folder (no folder part)"
+                )
         for name in sorted(set(mapping.values())):
             if not (root / name).is_file():
                 key = next(k for k, v in mapping.items() if v == name)
@@ -128,6 +211,7 @@ def inspect_folder(preset: str, path: str | None) -> ModelFolder | None:
     if not root.is_dir():
         raise ReleaseError(f"model.path: {path!r} is not a local directory (preset={preset!r})")
     config = read_config(root)
+    check_no_custom_code(root)
     model_type = config.get("model_type")
     if model_type == RELEASE_TYPE:
         kind = "release"
@@ -138,6 +222,7 @@ def inspect_folder(preset: str, path: str | None) -> ModelFolder | None:
             f"{root / 'config.json'}: model_type={model_type!r}; expected {RELEASE_TYPE!r} (a released UniPixel) "
             f"or {BASE_TYPE!r} (a Qwen2.5-VL base)"
         )
+    check_qwen_config(root, config)
     mapping = weight_map(root)
     if kind == "release" and not mapping:
         raise ReleaseError(f"{root}: a released UniPixel folder without {SINGLE_FILE} or {INDEX_FILE}")
@@ -154,6 +239,16 @@ def qwen_config(config: dict, attn: str = "sdpa") -> Qwen2_5_VLConfig:
     cfg = Qwen2_5_VLConfig(**keep)
     cfg._attn_implementation = attn
     return cfg
+
+
+def check_qwen_config(root: Path, config: dict) -> None:
+    """The Qwen config is built from this dict later: a value of the wrong type is named here, with its file."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        qwen_config(config)
+    except (StrictDataclassError, TypeError, ValueError, AttributeError) as exc:
+        raise ReleaseError(f"{root / 'config.json'}: {_first_line(exc)}; expected a Qwen2.5-VL config") from None
 
 
 def qwen_key(name: str) -> str | None:
@@ -256,16 +351,36 @@ def apply_release_config(cfg: UniPixelConfig, folder: ModelFolder) -> None:
     if sam_config not in SAM_ARCHS:
         raise ReleaseError(f"{where}: sam2_config={sam_config!r}; expected one of {sorted(SAM_ARCHS)}")
     cfg.mask_decoder.arch = SAM_ARCHS[sam_config]
-    cfg.mask_decoder.image_size = int(c.get("sam2_image_size", 1024))
-    cfg.mask_decoder.mode = "independent" if c.get("sam2_batch_mode") else "propagate"
+    cfg.mask_decoder.image_size = _stored_int(folder, "sam2_image_size", 1024, SAM_IMAGE_SIZES)
+    batch_mode = c.get("sam2_batch_mode", False)
+    if not isinstance(batch_mode, bool) and batch_mode is not None:
+        raise ReleaseError(f"{where}: sam2_batch_mode={_short(batch_mode)}; expected true or false")
+    cfg.mask_decoder.mode = "independent" if batch_mode else "propagate"
     cfg.mask_decoder.checkpoint = None  # SAM's weights are in the release
-    cfg.hidden_tokens = int(c.get("sam2_hidden_tokens", 2))
+    cfg.hidden_tokens = _stored_int(folder, "sam2_hidden_tokens", 2, HIDDEN_TOKENS)
     # the released blocks, whatever the preset says: our corrections are off when loading a release. Derived from
     # the switch table, so a new switch value is reset too unless switches.RELEASE_KEEPS lists it (the rule's doc)
     for key in SWITCH_CHOICES:
         _set_key(cfg, key, release_value(key, attrgetter(key)(cfg)))
     for key, value in RELEASED_SETTINGS.items():
         _set_key(cfg, key, value)
+
+
+# what a release's stored integers may be: (lowest, highest, multiple of) -- SAM works on 16-pixel patches
+SAM_IMAGE_SIZES = (16, 4096, 16)
+HIDDEN_TOKENS = (1, 64, 1)
+
+
+def _stored_int(folder: ModelFolder, key: str, default: int, bounds: tuple[int, int, int]) -> int:
+    """An integer of config.json, checked for type and range; the error names the file, the key and the value."""
+    value = folder.config.get(key, default)
+    low, high, step = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high or value % step:
+        every = f", a multiple of {step}" if step > 1 else ""
+        raise ReleaseError(
+            f"{folder.file('config.json')}: {key}={_short(value)}; expected an integer from {low} to {high}{every}"
+        )
+    return value
 
 
 def _set_key(cfg: UniPixelConfig, key: str, value: Any) -> None:
@@ -298,6 +413,10 @@ def check_token_ids(folder: ModelFolder, token_ids: dict[str, int]) -> None:
         want = folder.config.get(key)
         if want is None:
             raise ReleaseError(f"{folder.file('config.json')}: missing {key!r} (the id of {token})")
+        if isinstance(want, bool) or not isinstance(want, int):
+            raise ReleaseError(
+                f"{folder.file('config.json')}: {key}={_short(want)}; expected the integer id of {token}"
+            )
         if token_ids.get(token) != want:
             raise ReleaseError(
                 f"{folder.file('config.json')}: {key}={want} but the folder's tokenizer maps {token} to "
@@ -334,34 +453,93 @@ def build_processor(folder: ModelFolder) -> Qwen2_5_VLProcessor:
     """The Qwen2.5-VL processor of a folder, built from its parts (AutoProcessor returns only the tokenizer here).
 
     Resizing is switched on (the release saves do_resize=false because its loader resizes frames beforehand), so
-    media of any size enter within the folder's pixel budget.
+    media of any size enter within the folder's pixel budget. Nothing of the folder is run: transformers' own
+    classes only (`trust_remote_code=False`; a folder naming custom code is refused by `inspect_folder`), and the
+    chat template, rendered in transformers' sandbox, is tried once here so that a broken one is named now.
     """
     from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     root = folder.root
+    check_no_custom_code(root)  # also for a ModelFolder not made by inspect_folder
     for name in ("tokenizer_config.json", "preprocessor_config.json"):
         if not (root / name).is_file():
             raise ReleaseError(f"{root / name}: missing; the folder's tokenizer and processor are needed")
-    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001  (tokenizers / transformers raise many types for a damaged file)
+        raise ReleaseError(
+            f"{root}: the folder's tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja) cannot "
+            f"be read ({_first_line(exc)}); expected those of a Qwen2.5-VL folder"
+        ) from None
     # the release's tokenizer config carries do_resize=false (its loader resized frames beforehand); a processor
     # merges tokenizer settings into every media call, which would switch resizing off for any input
     tokenizer.init_kwargs.pop("do_resize", None)
-    image_processor = Qwen2VLImageProcessor.from_pretrained(str(root), local_files_only=True, do_resize=True)
+    # the explicit processor classes below import nothing named by the folder; trust_remote_code=False all the same
+    try:
+        image_processor = Qwen2VLImageProcessor.from_pretrained(
+            str(root), local_files_only=True, trust_remote_code=False, do_resize=True
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ReleaseError(f"{root / 'preprocessor_config.json'}: {_first_line(exc)}") from None
     # the per-frame budget is the whole rule, as in the released loader: qwen-vl-utils' cap on a whole video's pixels
     # (transformers' cap_pixels_per_frame) only binds past thousands of frames at these budgets
     if (root / "video_preprocessor_config.json").is_file():
-        video_processor = Qwen2VLVideoProcessor.from_pretrained(
-            str(root), local_files_only=True, do_resize=True, cap_pixels_per_frame=False
-        )
+        try:
+            video_processor = Qwen2VLVideoProcessor.from_pretrained(
+                str(root), local_files_only=True, trust_remote_code=False, do_resize=True, cap_pixels_per_frame=False
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise ReleaseError(f"{root / 'video_preprocessor_config.json'}: {_first_line(exc)}") from None
     else:
         video_processor = Qwen2VLVideoProcessor(
             size=dict(image_processor.size), do_sample_frames=False, cap_pixels_per_frame=False
         )
     template_file = root / "chat_template.jinja"
-    template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
+    where = template_file if template_file.is_file() else root / "tokenizer_config.json"
+    try:
+        template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{template_file}: cannot be read as text ({_first_line(exc)})") from None
     if template is None:
         raise ReleaseError(f"{template_file}: missing, and the tokenizer has no chat template either")
+    if not isinstance(template, str):
+        raise ReleaseError(f"{where}: chat_template={_short(template)}; expected one Jinja template (a string)")
     tokenizer.chat_template = template
-    return Qwen2_5_VLProcessor(
+    processor = Qwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
     )
+    check_chat_template(processor, where)
+    return processor
+
+
+# The conversations our code renders (pixelqa.model.chat, pixelqa.data.collate): media in the first user message,
+# then text turns. A template that fails on these would fail on the first question.
+TRIAL_CONVERSATIONS = [
+    [
+        {"role": "user", "content": [{"type": kind}, {"type": "text", "text": "What is <|ref|> doing?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "It is <|seg|> running."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And now?"}]},
+    ]
+    for kind in ("image", "video")
+]
+
+
+def check_chat_template(processor: Qwen2_5_VLProcessor, where: Path) -> None:
+    """Render the chat template on the trial conversations; a template that cannot render is one ReleaseError.
+
+    transformers renders templates in Jinja's sandbox, so an attempt to reach Python objects raises SecurityError
+    (a TemplateError) rather than running anything: that, a syntax error or a failing expression is named here.
+    """
+    for messages in TRIAL_CONVERSATIONS:
+        for last in range(1, len(messages) + 1):
+            try:
+                text = processor.apply_chat_template(
+                    messages[:last], tokenize=False, add_generation_prompt=last % 2 == 1
+                )
+            except Exception as exc:  # noqa: BLE001  (jinja2.TemplateError, or any error the template's code raises)
+                raise ReleaseError(
+                    f"{where}: the chat template cannot be rendered ({type(exc).__name__}: {_first_line(exc)}); "
+                    "expected a Qwen2.5-VL chat template"
+                ) from None
+            if not isinstance(text, str):
+                raise ReleaseError(f"{where}: the chat template renders {type(text).__name__}; expected text")

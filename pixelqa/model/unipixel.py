@@ -891,26 +891,91 @@ class UniPixel(nn.Module):
             torch.save(self.trainable_state_dict(), tmp / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: typing.Any) -> UniPixel:
-        """Rebuild the base (tiny: deterministically; real: from cfg.path) and load our weights."""
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        load_weights: Callable[[Path], typing.Any] | None = None,
+        **overrides: typing.Any,
+    ) -> UniPixel:
+        """Rebuild the base (tiny: deterministically; real: from cfg.path) and load our weights.
+
+        The weights file is read by `load_weights(path)`; by default `torch.load(weights_only=True)`, which refuses
+        a file needing any object besides tensors and plain data (a ValueError naming it: unpickling can run code).
+        A caller that lets its user trust a file passes its own reader (predict: `pixelqa.checkpoints`' reader with
+        `--trust-checkpoint`). A folder that cannot be read is a ValueError naming the file and what was expected
+        (FileNotFoundError when it holds no config).
+        """
         root = Path(directory)
         if not (root / CONFIG_FILE).exists():
             raise FileNotFoundError(f"directory: {str(root)!r} holds no {CONFIG_FILE}; not a saved UniPixel")
-        cfg = config_from_dict(json.loads((root / CONFIG_FILE).read_text()))
+        cfg = _read_saved_config(root / CONFIG_FILE)
         cfg.mask_decoder.checkpoint = None  # SAM weights come from our file
         for key, value in overrides.items():
             if not hasattr(cfg, key):
                 raise ValueError(f"override {key!r}: not a UniPixelConfig field")
             setattr(cfg, key, value)
+        state = (load_weights or _load_saved_weights)(root / WEIGHTS_FILE)  # before the build: a refusal is quick
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise ValueError(
+                f"{root / WEIGHTS_FILE}: holds a {type(state).__name__}, expected a state dict (names -> tensors) "
+                "written by UniPixel.save_pretrained"
+            )
         model = cls(cfg)
-        state = torch.load(root / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a shape that does not fit the model the config builds
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+            raise ValueError(
+                f"{root / WEIGHTS_FILE}: does not fit the model of {root / CONFIG_FILE}: {detail}"
+            ) from None
         model.keep_backbone_weights(state)
         ours = set(model.trainable_state_dict())
         missing = [k for k in missing if k in ours]
         if missing or unexpected:
-            raise RuntimeError(f"{root / WEIGHTS_FILE}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            raise ValueError(f"{root / WEIGHTS_FILE}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         return model
+
+
+def _load_saved_weights(path: Path) -> typing.Any:
+    """`torch.load(weights_only=True)` of a save_pretrained weights file; anything it refuses is one ValueError."""
+    import pickle
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch's note on a pickle that is not torch.save's: the refusal says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        needs = found.group(1) if found else "objects outside tensors and plain data"
+        raise ValueError(
+            f"{path}: needs unpickling of {needs}, which could run code; refused (save_pretrained writes tensors only)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a torch.save file ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _read_saved_config(path: Path) -> UniPixelConfig:
+    """The UniPixelConfig of a save_pretrained folder; a file that is not one is a ValueError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a saved UniPixelConfig), got a {type(data).__name__}")
+    try:
+        cfg = config_from_dict(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a UniPixelConfig of this version ({str(exc).splitlines()[0][:200]})") from None
+    hints = typing.get_type_hints(UniPixelConfig)
+    for f in fields(UniPixelConfig):
+        if is_dataclass(hints[f.name]) and not isinstance(getattr(cfg, f.name), hints[f.name]):
+            raise ValueError(f"{path}: {f.name}={getattr(cfg, f.name)!r:.80}; expected an object of its settings")
+    return cfg
 
 
 # Values of the switches added with the released-model structure that a config saved before them implies.

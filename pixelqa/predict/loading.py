@@ -1,16 +1,18 @@
 """Loading a model for inference without running code from the file: released folders, save_pretrained folders and
 Lightning checkpoints, bf16 on GPU and fp32 on CPU.
 
-A released folder is read from safetensors; a `save_pretrained` folder by `torch.load(weights_only=True)`
-(`UniPixel.from_pretrained`); a Lightning checkpoint by `pixelqa.checkpoints.safe_torch_load`
-(`torch.load(weights_only=True)` with the few extra types our checkpoints may hold allow-listed). A checkpoint
-that needs anything else is refused with a message naming those types, unless the user trusts it
-(`--trust-checkpoint`: plain `torch.load`, which can run code).
+A released folder is read from safetensors and JSON with transformers' own classes (a folder whose configs name
+custom code, `auto_map`, is refused: `release.inspect_folder`); `--trust-checkpoint` has no say there, since no
+unpickling is involved. A `save_pretrained` folder (`UniPixel.from_pretrained`) and a Lightning checkpoint are read
+by `pixelqa.checkpoints.safe_torch_load` (`torch.load(weights_only=True)` with the few extra types our checkpoints
+may hold allow-listed). A file that needs anything else is refused with a message naming those types, unless the
+user trusts it (`--trust-checkpoint`, for both formats alike: plain `torch.load`, which can run code).
 """
 
 from __future__ import annotations
 
-import pickle
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,9 @@ def pick_device(device: str | None = None) -> torch.device:
 def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
     """torch.load without arbitrary unpickling (`pixelqa.checkpoints`); a refusal is a PredictInputError."""
     try:
-        return checkpoints.safe_torch_load(path, trust, what="--model", hint="Pass --trust-checkpoint")
+        with warnings.catch_warnings():  # torch's note on a pickle that is not torch.save's: the refusal says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return checkpoints.safe_torch_load(path, trust, what="--model", hint="Pass --trust-checkpoint")
     except checkpoints.CheckpointError as exc:
         raise PredictInputError(str(exc)) from None
 
@@ -64,6 +68,7 @@ def _checkpoint_file(p: Path) -> Path:
 def load_model(path: str | Path, device: str | None = None, trust: bool = False) -> tuple[UniPixel, dict[str, Any]]:
     """(UniPixel in eval mode on the device, info for run.json) from a released / save_pretrained folder or a ckpt."""
     from pixelqa.model.config import UniPixelConfig
+    from pixelqa.model.release import ReleaseError
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
 
     dev = pick_device(device)
@@ -74,16 +79,21 @@ def load_model(path: str | Path, device: str | None = None, trust: bool = False)
     recipe: dict[str, Any] = {}
     if p.is_dir() and (p / "config.json").is_file():
         kind = "released"
-        model = UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p), dtype=dtype))
+        try:
+            model = UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p), dtype=dtype))
+        except ReleaseError as exc:  # names the file and the key already
+            raise PredictInputError(f"--model: {exc}") from None
         # the release's tokenizer_config.json records do_resize=false (its loader resized frames beforehand) and
         # the processor merges it into every image / video call, so sides not a multiple of 28 would fail there
         model.processor.tokenizer.init_kwargs.pop("do_resize", None)
     elif p.is_dir() and (p / CONFIG_FILE).is_file():
         kind = "save_pretrained"
-        try:
-            model = UniPixel.from_pretrained(p, dtype=dtype)
-        except pickle.UnpicklingError as exc:
-            raise PredictInputError(f"--model: {str(p)!r} holds weights that need unsafe unpickling: {exc}") from None
+        try:  # read as a Lightning checkpoint is: --trust-checkpoint means the same for both formats
+            model = UniPixel.from_pretrained(p, load_weights=lambda f: safe_torch_load(f, trust), dtype=dtype)
+        except PredictInputError:  # a refusal of the weights file, said as for a checkpoint
+            raise
+        except ValueError as exc:  # a ReleaseError or a damaged file: each names the file
+            raise PredictInputError(f"--model: {exc}") from None
     else:
         kind = "lightning"
         ckpt_file = _checkpoint_file(p)
@@ -105,6 +115,7 @@ def _from_lightning(ckpt: Any, path: Path, dtype: str):
     """(UniPixel, recipe) from a loaded Lightning checkpoint dict of pixelqa.fit."""
     from omegaconf import OmegaConf
 
+    from pixelqa.eval.model_loading import literal
     from pixelqa.train.module import model_from_checkpoint
 
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
@@ -112,7 +123,13 @@ def _from_lightning(ckpt: Any, path: Path, dtype: str):
         raise PredictInputError(
             f"--model: {str(path)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint"
         )
-    model_cfg = OmegaConf.to_container(OmegaConf.create(hp["model"]))
+    if not isinstance(hp["model"], Mapping):
+        raise PredictInputError(
+            f"--model: {str(path)!r} records hyper_parameters.model={hp['model']!r:.80}; expected a dict"
+        )
+    # the stored settings are data from the file: escaped, so that the model build (which merges them into a config)
+    # resolves no `${...}` they hold (an environment variable would end up in run.json or an error message)
+    model_cfg = literal(OmegaConf.to_container(OmegaConf.create(hp["model"])))
     model_cfg["dtype"] = dtype
     recipe = OmegaConf.to_container(OmegaConf.create(hp.get("recipe", hp)), resolve=False)
     return model_from_checkpoint(model_cfg, ckpt, str(path), stage=3), recipe
