@@ -79,16 +79,20 @@ def load_any(path: str | Path, trust: bool = False) -> UniPixel:
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         return UniPixel(UniPixelConfig(preset="unipixel-3b", path=str(p)))
-    if p.is_dir() and (p / CONFIG_FILE).is_file():
-        return UniPixel.from_pretrained(p)
-    from pixelqa.eval.model_loading import stored_model_config
+    if p.is_dir() and (p / CONFIG_FILE).is_file():  # its weights read as a Lightning checkpoint's: --trust-checkpoint
+        from pixelqa.checkpoints import safe_torch_load
+
+        hint = "Pass --trust-checkpoint"
+        return UniPixel.from_pretrained(p, load_weights=lambda f: safe_torch_load(f, trust, what="ckpt", hint=hint))
+    from pixelqa.eval.model_loading import literal, stored_model_config
     from pixelqa.train.module import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(p, trust, what="ckpt", hint="Pass --trust-checkpoint")
     model_cfg = stored_model_config(ckpt)  # as evaluate reads it: the model exported is the model trained
     if model_cfg is None:
         raise ValueError(f"ckpt: {str(p)!r} records no model config (hyper_parameters.model); not a PixelQA checkpoint")
-    return model_from_checkpoint(model_cfg, ckpt, str(p), stage=3)
+    # plain data: a stored string reading `${...}` stays that text (the build merges it into a config)
+    return model_from_checkpoint(literal(model_cfg), ckpt, str(p), stage=3)
 
 
 def release_config(model: UniPixel, tied: bool, dtype: str) -> dict:

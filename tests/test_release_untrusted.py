@@ -442,3 +442,17 @@ def test_the_model_build_takes_stored_and_recipe_strings_as_plain_data(tmp_path,
     assert recipe.model.memory.pooling == secret
     with pytest.raises(ValueError, match=said):
         eval_load_model(recipe, None)
+
+
+def test_export_honours_trust_checkpoint_for_a_save_pretrained_folder(saved, tmp_path, capsys):
+    from pixelqa import export
+
+    folder = _variant(saved, tmp_path)
+    state = torch.load(saved / "unipixel.pt", weights_only=True)
+    torch.save(StateDict(state), folder / "unipixel.pt")
+    assert export.main([str(folder), str(tmp_path / "out1")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "needs unpickling of" in line and line.endswith("only for a file you trust")
+    assert not (tmp_path / "out1").exists()
+    assert export.main([str(folder), str(tmp_path / "out2"), "--trust-checkpoint"]) == 0
+    assert (tmp_path / "out2" / "config.json").is_file()
