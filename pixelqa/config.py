@@ -26,6 +26,12 @@ from pixelqa.launch.settings import EXECUTORS, LauncherConfig
 from pixelqa.model.config import UniPixelConfig
 from pixelqa.switches import SWITCH_CHOICES
 
+# `model.seed` (every random initialisation: the tiny backbone, SAM without a checkpoint, projectors, LoRA, new token
+# rows; and the released loss's per-step object draw) follows the run's `seed` unless a preset or `model.seed=N` sets
+# it: `seed=1` is then another replicate (init and data order), `seed=1 model.seed=0` the seed-0 init with another
+# data order. Resolved (a plain int) in recipe.yaml, MLflow params and the checkpoint's hyper_parameters.model.
+MODEL_SEED_DEFAULT = "${seed}"
+
 GROUPS: tuple[str, ...] = ("model", "data", "trainer", "optim", "tracking", "eval", "scale", "launcher")
 # Presets of these groups set keys anywhere in the recipe (merged at the root, not under the group name).
 ROOT_GROUPS: tuple[str, ...] = ("scale",)
@@ -156,6 +162,8 @@ class Recipe:
 
     name: str = "recipe"
     stage: int = 3
+    # data stream, dropout and the per-step RNGs; through model.seed, unless that is set, also the initialisation and
+    # the released loss's object draw (MODEL_SEED_DEFAULT)
     seed: int = 0
     output_dir: str = "runs/${name}"
     init_from: str | None = None  # checkpoint of the previous stage
@@ -365,6 +373,7 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
     order = [(g, groups.get(g, n)) for g, n in order] + [(g, n) for g, n in groups.items() if g not in listed]
     cfg = OmegaConf.structured(Recipe)
     cfg.name = path.stem
+    cfg.model.seed = MODEL_SEED_DEFAULT  # one seed, one replicate (a preset or model.seed=N may pin it)
     for group, name in order:
         if group == "_self_":
             cfg = _merge_checked(cfg, body, f"recipe {path.name}")

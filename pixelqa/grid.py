@@ -25,7 +25,8 @@ run's settings when it starts and its result when it finishes, so a rerun after 
 `launcher=subprocess|slurm` submits each run as a job (pixelqa.launch) and returns: `--status` shows each run's
 job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
 `last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
-parent run gets the result table (CSV + Markdown) and a plot. See docs/cluster.md.
+parent run gets the result table (CSV + Markdown) and a plot: the grid's `metrics`, or without that list every
+metric the cells logged but wall times (`time/*`, kept in state.json and MLflow). See docs/cluster.md.
 
 A stored result counts only for the settings that produced it: state.json keeps each run's `pixelqa.fit`
 arguments (the grid's overrides, the command line's and the cell's; `launcher...` ones excluded, as they say
@@ -401,16 +402,36 @@ def scoring_of(metric: str) -> str | None:
     """Which scoring a fit metric comes from: "free generation" (`val/gen/...`), "teacher-forced" (the other
     `val/...`), None for anything else (training, data, time); `untrained/` ones alike."""
     name = metric.removeprefix("untrained/")
+    if is_time_metric(metric):
+        return None
     if name.startswith("val/gen/"):
         return "free generation"
     return "teacher-forced" if name.startswith("val/") else None
 
 
-def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
-    """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric. CSV headers are
-    the metric names (what scripts and dashboards read); Markdown headers add the scoring, with a legend."""
+# the wall time of fit's generation pass before it was renamed `time/val_gen_s`: a time in a state.json written then
+OLD_TIME_METRICS = ("val/gen/time_s", "untrained/val/gen/time_s")
+
+
+def is_time_metric(metric: str) -> bool:
+    """Whether a metric is a wall time (`time/...`; `val/gen/time_s` of older runs), which no table compares."""
+    return metric.startswith(("time/", "untrained/time/")) or metric in OLD_TIME_METRICS
+
+
+def table_metrics(grid: Grid, results: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The metrics of the result table and plot: the grid's `metrics`, else every metric a cell of the grid logged
+    except wall times (`time/*` differ on every rerun and score nothing; they stay in state.json and MLflow)."""
+    if grid.metrics:
+        return list(grid.metrics)
     cells = {cell_id(c) for c in grid.cells()}
-    metrics = grid.metrics or sorted({m for k, r in results.items() if k in cells for m in r})
+    return sorted({m for k, r in results.items() if k in cells for m in r if not is_time_metric(m)})
+
+
+def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric
+    (`table_metrics`). CSV headers are the metric names (what scripts and dashboards read); Markdown headers add the
+    scoring, with a legend."""
+    metrics = table_metrics(grid, results)
     rows = []
     for cell in grid.cells():
         found = results.get(cell_id(cell))
@@ -433,7 +454,7 @@ def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = [c for c in grid.cells() if cell_id(c) in results]
-    metrics = grid.metrics or sorted({m for c in cells for m in results[cell_id(c)]})
+    metrics = table_metrics(grid, results)
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4 * max(len(metrics), 1), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ax.bar(range(len(cells)), [results[cell_id(c)].get(metric, float("nan")) for c in cells])

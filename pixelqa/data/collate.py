@@ -20,7 +20,10 @@ memory_variant (paper Tab. 11b):
 
 max_pairs (default 3, UniPixel's max_conv_turns): a sample whose request/answer pairs are independent
 (`meta["independent_turns"]`: the converters' per-image groups of referring expressions or classes) keeps a
-random, ordered subset of that many pairs per visit. Frame subsampling leaves `meta["keep_all_frames"]` samples whole.
+random, ordered subset of that many pairs per visit (`keep_pairs`), drawn from numpy's global RNG, which training
+seeds per batch. Evaluation draws them before collation from the sample's key alone (`evaluation_pairs`), so the
+expressions scored do not change with the batch size, the seed or the number of processes.
+Frame subsampling leaves `meta["keep_all_frames"]` samples whole.
 
 prompt_mode ("keep" | "point_box" | "point" | "box"): optionally redraw visual prompts from the GT masks here
 (stage 1: "point_box"), with numpy's global RNG, for pipelines that do not sample prompts in the loader.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +63,31 @@ MEMORY_VARIANTS: tuple[str, ...] = ("memory_bank", "ref_only", "ref_seg", "ref_s
 OVERFLOW: tuple[str, ...] = ("truncate", "drop")
 IGNORE_INDEX = -100
 DEFAULT_FPS = 2.0  # used for second_per_grid_ts when a video has no fps
+MAX_PAIRS = 3  # independent request/answer pairs kept per visit (UniPixel's max_conv_turns)
+PAIRS_SALT = 53  # evaluation_pairs' generator: [salt, crc32(key)]
+
+
+def keep_pairs(sample: Sample, max_pairs: int | None, rng: np.random.Generator | None = None) -> Sample:
+    """At most `max_pairs` request/answer pairs, in order, of a sample whose pairs are independent (the sample itself
+    otherwise, or when it has no more); drawn from `rng`, or from numpy's global RNG when None."""
+    pairs = len(sample.turns) // 2
+    if max_pairs is None or not sample.meta.get("independent_turns") or pairs <= max_pairs:
+        return sample
+    if sample.prompts or len(sample.turns) % 2:
+        return sample  # pairs tied to visual prompts, or an odd turn count: not independent pairs
+    draw = np.random.choice if rng is None else rng.choice
+    keep = sorted(int(k) for k in draw(pairs, max_pairs, replace=False))
+    out = copy.copy(sample)
+    out.turns = [turn for k in keep for turn in sample.turns[2 * k : 2 * k + 2]]
+    return out
+
+
+def evaluation_pairs(sample: Sample, max_pairs: int | None = MAX_PAIRS) -> Sample:
+    """`keep_pairs` for evaluation: a draw seeded by the sample's key alone (a stable hash, not Python's salted
+    `hash()`), the same in every run, batch, process and worker, and leaving the global RNGs alone."""
+    if max_pairs is None or not sample.meta.get("independent_turns") or len(sample.turns) // 2 <= max_pairs:
+        return sample
+    return keep_pairs(sample, max_pairs, np.random.default_rng([PAIRS_SALT, zlib.crc32(sample.key.encode())]))
 
 
 class Collator:
@@ -74,7 +103,7 @@ class Collator:
         system_prompt: str | None = None,
         prompt_mode: str = "keep",
         box_jitter: float = 0.1,
-        max_pairs: int | None = 3,
+        max_pairs: int | None = MAX_PAIRS,
         budget: PixelBudget | None = None,
     ) -> None:
         if memory_variant not in MEMORY_VARIANTS:
@@ -112,16 +141,9 @@ class Collator:
     # ------------------------------------------------------------------ text
     def _subsample_pairs(self, sample: Sample) -> Sample:
         """At most `max_pairs` request/answer pairs of a sample whose pairs are independent (UniPixel's
-        max_conv_turns = 3), drawn from numpy's global RNG (seeded per batch by the DataModule), in order."""
-        pairs = len(sample.turns) // 2
-        if self.max_pairs is None or not sample.meta.get("independent_turns") or pairs <= self.max_pairs:
-            return sample
-        if sample.prompts or len(sample.turns) % 2:
-            return sample  # pairs tied to visual prompts, or an odd turn count: not independent pairs
-        keep = sorted(np.random.choice(pairs, self.max_pairs, replace=False).tolist())
-        out = copy.copy(sample)
-        out.turns = [turn for k in keep for turn in sample.turns[2 * k : 2 * k + 2]]
-        return out
+        max_conv_turns = 3), drawn from numpy's global RNG (seeded per batch by the DataModule), in order; a sample
+        that evaluation already cut (`evaluation_pairs`) has no more and is kept as it is."""
+        return keep_pairs(sample, self.max_pairs)
 
     def _object_prompt(self, sample: Sample, oid: int, visible: list[int]) -> Prompt:
         """The sample's own prompt of object `oid`, else a mask prompt on its first visible frame."""

@@ -323,9 +323,9 @@ def generate_and_score(
     num_overlays: int = 0,
     budget: PixelBudget | None = None,
 ) -> EvalResult:
-    """Generate an answer for each sample (at most `per_task` samples of each task, in order) and score them;
-    the metrics add `gen/time_s`, the overlays show the first samples with targets (ground truth | generated)."""
-    start = time.perf_counter()
+    """Generate an answer for each sample (at most `per_task` samples of each task, in order) and score them; the
+    overlays show the first samples with targets (ground truth | generated). The metrics are scores and counts only:
+    the pass's wall time is a `time/` metric of whoever times it (fit: `time/val_gen_s`; evaluate: `time/eval_s`)."""
     generator = SyntheticGenerator(model, llm_frames, max_new_tokens, budget)
     outcomes, seen, overlays = [], {}, []
     for sample in samples:
@@ -339,7 +339,6 @@ def generate_and_score(
         if len(overlays) < num_overlays and query.targets:
             overlays.append(_overlay(sample, query, prefilled, generated))
     result = score_outcomes(outcomes)
-    result.metrics[f"{GEN}time_s"] = time.perf_counter() - start
     result.overlays = overlays
     return result
 
@@ -450,13 +449,23 @@ def fit_validation_split(recipe: Any) -> str:
     return splits.pop() if len(splits) == 1 else recipe.eval.split
 
 
+def generation_time_metric(prefix: str = "") -> str:
+    """The name of the wall time of fit's generation pass: `time/val_gen_s` (`time/untrained_val_gen_s` for the
+    `untrained/` pass), beside fit's other times and out of the score namespaces."""
+    return f"time/{prefix.strip('/')}{'_' if prefix else ''}val_gen_s"
+
+
 def after_fit_generation(model: Any, recipe: Any, prefix: str = "") -> dict[str, float]:
     """`{prefix}val/gen/...` metrics of free generation when `recipe.eval.scoring` asks for them on synthetic
-    validation data, else {}; over the samples fit's teacher-forced validation scores (`validation_limit`)."""
+    validation data, else {}; over the samples fit's teacher-forced validation scores (`validation_limit`). The
+    pass's wall time is `generation_time_metric(prefix)`."""
     from pixelqa.train.datamodule import validation_limit
 
     if recipe.eval.scoring == "teacher_forced" or _val_sources(recipe) != ["synthetic"]:
         return {}
     limit = validation_limit(recipe.data, recipe.eval.max_samples)  # None only when both are: every sample
+    start = time.perf_counter()
     result = evaluate_synthetic_generate(model, recipe, limit=limit, split=fit_validation_split(recipe))
-    return {f"{prefix}val/{k}": float(v) for k, v in result.metrics.items()}
+    metrics = {f"{prefix}val/{k}": float(v) for k, v in result.metrics.items()}
+    metrics[generation_time_metric(prefix)] = time.perf_counter() - start
+    return metrics

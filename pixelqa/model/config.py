@@ -104,7 +104,9 @@ class UniPixelConfig:
     # released: seg_head = RMSNorm -> Linear -> GELU -> Linear on the pre-final-norm state of the position before
     # each <|seg|>; token: Linear -> GELU -> Linear on the post-norm state of the <|seg|> itself (ours, earlier)
     seg_head: str = "released"  # released | token
-    seed: int = 0  # seed of the tiny preset's random init
+    # seed of every random init (the tiny preset's backbone, SAM without a checkpoint, projectors, LoRA, new token
+    # rows) and of the released loss's per-step object draw; in a recipe it follows the run's `seed` unless set
+    seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16
     gradient_checkpointing: bool = False
     tiny: TinySizeConfig = field(default_factory=TinySizeConfig)  # preset=tiny only

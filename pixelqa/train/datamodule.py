@@ -10,6 +10,8 @@ Samples are read by random access into the tar shards (an index of member offset
 Validation: every sample of `data.val_sources` exactly once, in shard order (capped by `data.val_samples` and, in a
 fit, by `eval.max_samples`: `validation_limit`), split across processes by index. A sample that cannot be scored
 (a damaged record, or one `usable` rejects) is skipped; the pass's `expected` count says how many were asked for.
+A sample of independent request/answer pairs (grouped expressions, semseg / part classes) is scored on the 3 pairs
+its key draws (`pixelqa.data.collate.evaluation_pairs`): the same whatever the batch size, seed or process count.
 
 Collation (`pixelqa.data.collate.Collator`) runs under an RNG seeded by (seed, batch index), so prompt sampling
 and any other data randomness repeat after a resume too.
@@ -45,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pixelqa.config import RecipeError
+from pixelqa.data.collate import MAX_PAIRS, evaluation_pairs
 from pixelqa.data.layout import shard_dir
 from pixelqa.data.loader import UnusableSampleError
 from pixelqa.data.packing import BackgroundReceiver, pack
@@ -456,8 +459,10 @@ class EvalBatches(IterableDataset):
         world: int = 1,
         limit: int | None = None,
         num_frames: int = 8,
+        max_pairs: int | None = MAX_PAIRS,
     ) -> None:
         self.num_frames = int(num_frames)
+        self.max_pairs = max_pairs  # pairs kept of a sample of independent pairs (the collator's max_pairs)
         self.sources = list(sources)
         refs = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
         refs = refs[:limit] if limit is not None else refs
@@ -487,6 +492,8 @@ class EvalBatches(IterableDataset):
             samples = [p for p in (usable(x, self.num_frames) for x in read if x is not None) if p is not None]
             if not samples:
                 continue  # every record of this batch is damaged (each reported)
+            # the pairs scored: a function of the sample's key, not of the batch it falls in (nor of seed or rank)
+            samples = [evaluation_pairs(x, self.max_pairs) for x in samples]
             with seeded(batch_seed(self.seed, b, salt=1)):
                 yield handed_over(self.collate(samples))
 
@@ -622,6 +629,7 @@ class ShardDataModule(L.LightningDataModule):
             world,
             self.val_limit,
             self.data.num_frames,
+            max_pairs=getattr(self.collate, "max_pairs", MAX_PAIRS),
         )
         return self._loader(ds)
 
