@@ -12,10 +12,12 @@ shards built on first use, 2 CPU cores, a few minutes). Each recipe's header sho
 Checkpoints are written during training (`trainer.checkpoint_every_n_steps`, by default a fifth of the run; at
 `scale=paper` every 500 optimizer steps in stages 1-2 and 1,000 in stage 3), the last `trainer.keep_checkpoints`
 kept, and at the end; `last.ckpt` links to the newest (one file per save). Each records the data-stream fingerprint,
-and a resume on another stream is refused unless `--allow-stream-change` is given. Ctrl-C prints the command that
-resumes. At the end the run prints its final metrics (one `name: value` per line after `==== PixelQA fit summary
-====`), then where the checkpoint, the overlays and the MLflow store are, with the `mlflow ui` command that shows
-them. Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflow child of that parent.
+and a resume on another stream is refused unless `--allow-stream-change` is given; and the resolved recipe, so that
+a resume names every other setting it changes (MLflow tag `pixelqa.resumed_with`) and writes its recipe as
+`recipe.resumed-stepNNNNNN.yaml` beside the first start's `recipe.yaml`. Ctrl-C prints the command that resumes.
+At the end the run prints its final metrics (one `name: value` per line after `==== PixelQA fit summary ====`),
+then where the checkpoint, the overlays and the MLflow store are, with the `mlflow ui` command that shows them.
+Grid runners call `run(args, parent_run_id=...)`: the run becomes an MLflow child of that parent.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -43,6 +46,33 @@ FIT_LOCK_ADVICE = (
     "wait for it to finish, or give this run another output_dir= (ckpt=last continues a run once its process has ended)"
 )
 QUIET_RANK_EXIT_DELAY_S = 3.0  # a rank that leaves an error to rank 0's report exits this much later
+RESUMED_WITH_TAG = "pixelqa.resumed_with"  # what each resume changed: `at step N: key: old -> new; ...`, ' | ' apart
+RESUMED_AT_TAG = "pixelqa.resumed_at_step"  # the step each resume continued from, comma-separated
+
+# Recipe keys a resume does not compare with its checkpoint's recipe: none can change a number the run computes
+# (weights, losses, validation scores); a key ending in "." covers its group. Every other key that differs is
+# named in the "resuming with changed settings" line and the pixelqa.resumed_with tag.
+RESUME_UNCOMPARED = (
+    "output_dir",  # where the run writes (ckpt=PATH may continue another folder's checkpoint)
+    "ckpt",  # how this start resumes, and what it accepts
+    "trust_checkpoint",
+    "trainer.allow_stream_change",
+    "init_from",  # a resume loads its checkpoint's weights, not init_from's
+    "presets.",  # preset names: the values they set are compared key by key
+    "launcher.",  # where and how the process was started
+    "tracking.",  # where results are logged (tracking.num_overlays is compared as the module's num_overlays)
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",  # which steps are logged, not their values
+    "trainer.checkpoint_every_n_steps",  # when the state is saved: a resume equals the uninterrupted run
+    "trainer.keep_checkpoints",
+    "trainer.max_steps",  # compared as the module's total_steps (the learning-rate schedule follows it)
+    "data.num_workers",  # the same batches in the same order
+    "data.shuffle_buffer",  # read by make_dataset (users' own loops), not by fit's stream
+    "data.raw_root",  # read by `data build`, not by fit
+    "data.build_if_missing",  # builds missing shards only; the shards' identities are compared
+    "data.strict",  # a damaged record stops the run instead of being skipped: no run finishes with other numbers
+    "eval.before_fit",  # a resume does not score the untrained model
+)
 
 
 def world_size(trainer_cfg: Any) -> int:
@@ -98,9 +128,54 @@ def settings_changes(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) ->
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys()) if str(old[k]) != str(new[k])]
 
 
-def check_resume(recipe: Recipe, resume: Path, fingerprint: dict, hparams: Mapping[str, Any]) -> list[str]:
-    """A resume continues its checkpoint's data stream (unless --allow-stream-change); settings changed since (e.g.
-    a larger trainer.max_steps, whose learning-rate schedule then follows the new total) are printed and returned."""
+def _uncompared(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_UNCOMPARED)
+
+
+def _in_list(key: str) -> bool:
+    """Whether a flattened key is inside a list entry (`data.val_sources.1.name`), not a field of the schema."""
+    return any(part.isdigit() for part in key.split("."))
+
+
+def recipe_changes(saved: Mapping[str, Any], now: Mapping[str, Any], covered: Any = ()) -> list[str]:
+    """`key: old -> new` for each key of the flattened recipe (`pixelqa.config.flatten`) that differs from the
+    checkpoint's, less RESUME_UNCOMPARED and `covered` (keys `settings_changes` compares). A key only one side has
+    is a change inside a list (e.g. a validation source added, `absent` on the other side); elsewhere it is a field
+    another version's schema lacks, not compared, and a note names it."""
+    keys = [k for k in sorted(set(saved) | set(now)) if not _uncompared(k) and k not in covered]
+    unknown = [k for k in keys if (k in saved) != (k in now) and not _in_list(k)]
+    if unknown:
+        print(f"note: not compared with the checkpoint's recipe: {', '.join(unknown)} (keys of another version)")
+    out = []
+    for k in keys:
+        if k in unknown or (k in saved and k in now and saved[k] == now[k]):
+            continue
+        old, new = (repr(side[k]) if k in side else "absent" for side in (saved, now))
+        out.append(f"{k}: {old} -> {new}")
+    return out
+
+
+class Resumed(NamedTuple):
+    """What `check_resume` found: the checkpoint's optimizer step, and what this start changes (settings, then the
+    stream entries --allow-stream-change accepted, as `stream/<entry>`)."""
+
+    step: int
+    changes: list[str]
+
+
+def check_resume(
+    recipe: Recipe,
+    resume: Path,
+    fingerprint: dict,
+    hparams: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+    val_stream: Mapping[str, Any] | None = None,
+) -> Resumed:
+    """A resume continues its checkpoint's data stream (unless --allow-stream-change); settings changed since are
+    printed and returned: module hyperparameters (e.g. a larger trainer.max_steps, whose learning-rate schedule then
+    follows the new total), every other key of the flattened recipe `settings` against the one the checkpoint
+    records (less RESUME_UNCOMPARED), and the validation shards (`val_stream`, manifest/<source>/<split>). A
+    checkpoint that records no recipe (an earlier version) resumes, with a note that its settings were not compared."""
     from pixelqa.train.guards import read_resume_metadata, stream_changes
 
     try:
@@ -115,10 +190,34 @@ def check_resume(recipe: Recipe, resume: Path, fingerprint: dict, hparams: Mappi
         )
     if changes:
         print(f"resuming on a changed data stream ({'; '.join(changes)}), as {ALLOW_STREAM_CHANGE} asks", flush=True)
-    changed = settings_changes(saved.get("hyper_parameters"), hparams)
+    saved_hparams = saved.get("hyper_parameters")
+    changed = settings_changes(saved_hparams, hparams)
+    if settings is not None:
+        old_recipe = saved.get("pixelqa_recipe")
+        if isinstance(old_recipe, Mapping):
+            covered = flatten(dict(saved_hparams)).keys() & flatten(dict(hparams)).keys() if saved_hparams else ()
+            changed += recipe_changes(old_recipe, settings, covered)
+        else:
+            print(
+                f"note: {resume} records no recipe (written by an earlier version): its settings beyond the model, "
+                "the optimizer and the data stream could not be compared with this run's",
+                flush=True,
+            )
+    old_val = saved.get("pixelqa_val_stream")
+    if isinstance(old_val, Mapping) and val_stream is not None:  # unknown (None) on either side: not compared
+        changed += [
+            f"val_stream/{k}: {old_val[k]!r} -> {val_stream[k]!r}"
+            for k in sorted(old_val.keys() & val_stream.keys())
+            if old_val[k] is not None and val_stream[k] is not None and old_val[k] != val_stream[k]
+        ]
     if changed:
-        print(f"resuming with changed settings: {'; '.join(changed)} (MLflow tag pixelqa.resumed_with)", flush=True)
-    return changed
+        print(f"resuming with changed settings: {'; '.join(changed)} (MLflow tag {RESUMED_WITH_TAG})", flush=True)
+    return Resumed(int(saved.get("global_step") or 0), changed + [f"stream/{c}" for c in changes])
+
+
+def resumed_recipe_file(recipe_file: Path, step: int) -> Path:
+    """Where a resume from step `step` writes its resolved recipe: the first start's recipe.yaml stays as it was."""
+    return recipe_file.with_name(f"recipe.resumed-step{step:06d}.yaml")
 
 
 def holds_checkpoints(folder: Path) -> bool:
@@ -326,7 +425,9 @@ def param_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
-    """What MLflow shows beside the recipe: visual-token budgets, checkpoint cadence, the stream fingerprint."""
+    """What MLflow shows beside the recipe: visual-token budgets, checkpoint cadence, the stream fingerprint and the
+    validation shards (`val_stream/manifest/<source>/<split>`). Shards not built yet (synthetic ones are built on
+    first use) are left out here: `shard_params` logs them once the data module is set up."""
     from pixelqa.data.budgets import CELL, PixelBudget
     from pixelqa.train.callbacks import checkpoint_interval
 
@@ -340,7 +441,26 @@ def run_params(recipe: Recipe, module: Any) -> dict[str, Any]:
         **dict(zip(("params/trainable", "params/total"), param_counts(module.model))),
     }
     out.update({f"stream/{k}": v for k, v in (module.stream_fingerprint or {}).items()})
-    return out
+    out.update({f"val_stream/{k}": v for k, v in (module.val_stream or {}).items()})
+    return {k: v for k, v in out.items() if v is not None or not k.startswith(SHARD_PARAMS)}
+
+
+SHARD_PARAMS = ("stream/manifest/", "val_stream/manifest/")  # the shards' identities among the MLflow params
+
+
+def shard_params(module: Any, data: Any) -> dict[str, str]:
+    """The shards' identities known now, as MLflow params: the training stream's `stream/manifest/...` (the data
+    module fills a fingerprint taken before synthetic shards were built) and the validation sources'
+    `val_stream/manifest/<source>/<split>`, whose unknown entries in `module.val_stream` (saved in checkpoints) are
+    set here too."""
+    from pixelqa.train.guards import source_manifests
+
+    val = source_manifests(data, data.val_sources)
+    if module.val_stream is not None:
+        module.val_stream.update({k: v for k, v in val.items() if module.val_stream.get(k) is None})
+    out = {f"stream/{k}": v for k, v in (module.stream_fingerprint or {}).items()}
+    out.update({f"val_stream/{k}": v for k, v in val.items()})
+    return {k: v for k, v in out.items() if k.startswith(SHARD_PARAMS) and v is not None}
 
 
 def validation_log_step(trainer: Any) -> int:
@@ -555,10 +675,10 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
             warning = release_override_warning(recipe.model.path, overridden, "recipe.yaml and MLflow")
             print(warning, file=sys.stderr, flush=True)
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    flat_recipe = flatten(cfg)  # what checkpoints record, for the resume checks (`check_resume`)
     recipe_file = Path(recipe.output_dir) / "recipe.yaml"
     if rank_zero:
         print(banner(recipe))
-        print(f"resolved recipe: {recipe_file} (print it with {PRINT_CONFIG})", flush=True)
     apply_process_settings(recipe.trainer)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     accumulate = accumulation(recipe)
@@ -585,17 +705,29 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
         accumulate=accumulate,
         num_overlays=recipe.tracking.num_overlays if recipe.tracking.log_overlays else 0,
     )
-    from pixelqa.train.guards import base_reference, stream_fingerprint
+    from pixelqa.train.guards import base_reference, source_manifests, stream_fingerprint
 
     module.stream_fingerprint = stream_fingerprint(recipe, world_size(recipe.trainer), accumulate)
     module.base_reference = base_reference(recipe.model)
-    resumed_with = check_resume(recipe, resume, module.stream_fingerprint, module.hparams) if resume else []
+    module.run_recipe = flat_recipe
+    module.val_stream = source_manifests(recipe.data, recipe.data.val_sources)
+    resumed = None
+    if resume is not None:
+        resumed = check_resume(
+            recipe, resume, module.stream_fingerprint, module.hparams, flat_recipe, dict(module.val_stream)
+        )
+    # a resume keeps the first start's recipe.yaml (what MLflow's params show) and writes its own beside it
+    written = recipe_file
+    if resumed is not None and recipe_file.is_file():
+        written = resumed_recipe_file(recipe_file, resumed.step)
     if rank_zero:
+        first = f"; the first start's is {recipe_file.name}" if written != recipe_file else ""
+        print(f"resolved recipe: {written} (print it with {PRINT_CONFIG}{first})", flush=True)
         trainable, total = param_counts(module.model)
         print(f"parameters: {trainable:,} trained of {total:,} (stage {recipe.stage}; MLflow params/trainable)")
-    if rank_zero:  # after the resume checks: a refused resume leaves the run's recipe.yaml as it was
+    if rank_zero:  # after the resume checks: a refused resume leaves the run's recipe files as they were
         recipe_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(recipe_file, recipe_yaml)
+        write_text_atomic(written, recipe_yaml)
     if init_ckpt is not None and resume is None:
         load_init_weights(module, init_ckpt, recipe.init_from)
         if rank_zero:
@@ -620,14 +752,23 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
     callbacks = build_callbacks(recipe, ckpt_dir, logger)
     data_wait = DataWaitTimer()  # the loader's share of step time: summary and MLflow
     fit_timer = FitTimer(start)  # time/fit_s summed across resumes (kept in each checkpoint)
-    callbacks += [data_wait, fit_timer]
+    # the shards' identities, once synthetic shards built on first use exist (params and module.val_stream)
+    shards = tracking.ParamsAtSetup(partial(shard_params, module, recipe.data))
+    callbacks += [data_wait, fit_timer, shards]
     trainer = build_trainer(recipe, logger, callbacks, accumulate)
     if trainer.is_global_zero and logger is not None:
         if run_id is None:
             tracking.log_recipe_params(logger, {**flatten(cfg), **run_params(recipe, module)})
             tracking.log_text(logger, recipe_yaml, "recipe.yaml")
-        elif resumed_with:  # params keep the run's first values (MLflow fixes them); the changes are said here
-            logger.experiment.set_tag(logger.run_id, "pixelqa.resumed_with", "; ".join(resumed_with)[:5000])
+        else:  # a resume: params keep the run's first values (MLflow fixes them); its own recipe beside them
+            tracking.log_text(logger, recipe_yaml, written.name)
+        if resumed is not None:
+            # the steps from here on are logged again (same values when nothing changed): per step, the last point
+            # is the one the final weights went through (docs/training-at-scale.md, "Streams and resumes")
+            tracking.append_tag(logger, RESUMED_AT_TAG, str(resumed.step), ",")
+            if resumed.changes:
+                said = f"at step {resumed.step}: {'; '.join(resumed.changes)}"
+                tracking.append_tag(logger, RESUMED_WITH_TAG, said, " | ")
         tracking.save_run_id(ckpt_dir, logger.run_id)
 
     results: dict[str, float] = {}

@@ -26,10 +26,11 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,6 +45,7 @@ OWNER_TAGS = ("pixelqa.host", "pixelqa.pid", "pixelqa.pid_start")
 SUPERSEDED_TAG = "pixelqa.superseded"
 SUPERSEDED_BY_TAG = "pixelqa.superseded_by"
 SUPERSEDED_REASON_TAG = "pixelqa.superseded_reason"
+TAG_LIMIT = 5000  # characters of a tag value every MLflow store accepts
 
 
 def mlflow_key(name: str) -> str:
@@ -307,6 +309,48 @@ def log_recipe_params(logger: MLFlowLogger | None, flat: Mapping[str, Any]) -> N
         return
     keep = {k: v for k, v in flat.items() if k.split(".", 1)[0] not in EXCLUDED_PARAMS}
     logger.log_hyperparams(keep)
+
+
+def log_new_params(logger: MLFlowLogger | None, params: Mapping[str, Any]) -> list[str]:
+    """Log the params the run does not hold yet (MLflow forbids changing one); returns `key: held -> given` for
+    each it holds with another value (kept: the run's first value stands). A held "None" (an earlier version logged
+    shards not built yet) is no difference."""
+    if logger is None or not params:
+        return []
+    held = logger.experiment.get_run(logger.run_id).data.params
+    new = {k: v for k, v in params.items() if k not in held}
+    if new:
+        logger.log_hyperparams(new)
+    return [f"{k}: {held[k]!r} -> {str(v)!r}" for k, v in params.items() if held.get(k, "None") not in ("None", str(v))]
+
+
+class ParamsAtSetup(Callback):
+    """Logs the params `params()` returns (every rank calls it; rank 0 logs) once the data module is set up, when
+    shards built on first use exist; a param the run holds with another value is said in one note line."""
+
+    def __init__(self, params: Callable[[], Mapping[str, Any]]) -> None:
+        self.params = params
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """After the data module's setup (Lightning calls it before the callbacks'): log what is new."""
+        params = self.params()
+        if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger):
+            kept = log_new_params(trainer.logger, params)
+            if kept:
+                print(f"note: MLflow params keep the run's first values: {'; '.join(kept)}", flush=True)
+
+
+def append_tag(logger: MLFlowLogger | None, key: str, value: str, sep: str) -> str:
+    """Add `value` to the run's tag `key` after `sep` (set it if absent), the oldest part cut past TAG_LIMIT;
+    returns the tag's value."""
+    if logger is None:
+        return ""
+    held = logger.experiment.get_run(logger.run_id).data.tags.get(key)
+    text = f"{held}{sep}{value}" if held else value
+    if len(text) > TAG_LIMIT:
+        text = "..." + text[-(TAG_LIMIT - 3) :]
+    logger.experiment.set_tag(logger.run_id, key, text)
+    return text
 
 
 def log_artifact(logger: MLFlowLogger | None, path: str | Path, artifact_path: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """What a checkpoint records about the run that made it, and the checks a resume makes against it.
 
 - The data-stream fingerprint: mixture (sources, splits, repeats), seed, global batch, world size, the settings
-  that decide which sample lands in which slot, and each training source's shards (`manifest/<source>/<split>`:
+  that decide which sample lands in which slot and what it holds there (prompt mode, memory prompts, sequence cap,
+  pixel budgets), and each training source's shards (`manifest/<source>/<split>`:
   their sample count and a SHA-256 of the shard checksums the manifests list; the source sizes set the draw
   probabilities and the per-epoch permutations). A resume skips `global_step x accumulate` batches of a stream it
   assumes unchanged; with another fingerprint it would silently train on another stream, so it is refused unless
@@ -41,13 +42,14 @@ def shards_identity(folder: str | Path) -> str | None:
     return f"{sum(n for _, n, _ in shards)} samples, shards sha256:{digest}"
 
 
-def source_manifests(data: Any) -> dict[str, str | None]:
-    """`manifest/<source>/<split>` -> `shards_identity` of each training source (None: not built yet)."""
+def source_manifests(data: Any, sources: Any = None) -> dict[str, str | None]:
+    """`manifest/<source>/<split>` -> `shards_identity` of each training source, or of `sources` (e.g.
+    `data.val_sources`: MLflow params `val_stream/manifest/...`); None: not built yet."""
     from pixelqa.data.shards import shard_dir  # the data layer's layout: the data module imports this module
 
     return {
         MANIFEST_KEY.format(source=s.name, split=s.split): shards_identity(shard_dir(data.shards, s.name, s.split))
-        for s in data.sources
+        for s in (data.sources if sources is None else sources)
     }
 
 
@@ -74,6 +76,15 @@ def stream_fingerprint(recipe: Any, world: int, accumulate: int) -> dict[str, An
         "num_frames": int(d.num_frames),
         "group_by_type": bool(getattr(d, "group_by_type", False)),
         "max_redraws": int(getattr(d, "max_redraws", 10)),
+        # what the sample in a slot becomes: its prompts, memory prompts, media budgets and sequence cap (a sample
+        # over max_tokens is cut or redrawn, which moves every later draw of its source)
+        "prompt_mode": str(d.prompt_mode),
+        "memory_prompts": str(d.memory_prompts),
+        "max_tokens": int(d.max_tokens),
+        "min_pixels": int(d.min_pixels),
+        "max_pixels": int(d.max_pixels),
+        "image_min_pixels": int(d.image_min_pixels),
+        "image_max_pixels": int(d.image_max_pixels),
         **source_manifests(d),
     }
 

@@ -118,6 +118,11 @@ class UniPixelModule(L.LightningModule):
         self.count_mismatches = 0
         self.stream_fingerprint: dict[str, Any] | None = None  # set by pixelqa.fit; saved in checkpoints
         self.base_reference: dict[str, Any] | None = None  # the frozen base model's identity, saved in checkpoints
+        # the resolved recipe, flattened (`pixelqa.config.flatten`), and the validation shards' identities
+        # (`val_stream`: manifest/<source>/<split> -> shards_identity): set by pixelqa.fit, saved in checkpoints, so
+        # that a resume names every setting it changes (`pixelqa.fit.check_resume`)
+        self.run_recipe: dict[str, Any] | None = None
+        self.val_stream: dict[str, Any] | None = None
         self.configure_trainable()
         # Checkpoints hold only our weights (not the frozen base backbone, rebuilt from model.path / the tiny
         # seed), so resume loads them non-strictly; `on_load_checkpoint` checks nothing of ours is missing.
@@ -316,13 +321,18 @@ class UniPixelModule(L.LightningModule):
         return int(expected) if expected is not None else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the stage (for `init_from` checks) and drop the frozen base backbone weights."""
+        """Record the stage (for `init_from` checks), the data stream, base model and recipe (for resume checks), and
+        drop the frozen base backbone weights."""
         checkpoint["pixelqa_stage"] = self.stage
         checkpoint["pixelqa_data_counts"] = dict(self.data_counts)
         if self.stream_fingerprint is not None:
             checkpoint["pixelqa_stream"] = dict(self.stream_fingerprint)
         if self.base_reference is not None:
             checkpoint["pixelqa_base"] = dict(self.base_reference)
+        if self.run_recipe is not None:  # plain data: read back without unpickling code (guards.read_resume_metadata)
+            checkpoint["pixelqa_recipe"] = dict(self.run_recipe)
+        if self.val_stream is not None:
+            checkpoint["pixelqa_val_stream"] = dict(self.val_stream)
         ours = {f"model.{k}" for k in self.model.trainable_state_dict()}  # extra_trainable weights included
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in ours}
 
