@@ -270,3 +270,18 @@ def test_teacher_forced_numbers_are_labelled_where_they_are_read(tmp_path, capsy
     assert csv_text.splitlines()[0] == "seed,val/J&F,val/gen/J&F,train/loss"  # keys stay what scripts read
     assert md.splitlines()[0] == "| seed | val/J&F (teacher-forced) | val/gen/J&F (free generation) | train/loss |"
     assert "teacher-forced: the model reads the reference answer" in md
+
+
+def test_evaluate_logs_the_identity_of_the_shards_it_scored(trained, tmp_path):
+    from mlflow import MlflowClient
+
+    from pixelqa.data.layout import shard_dir
+    from pixelqa.train.guards import shards_identity
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = _args(trained, "scored", f"ckpt={trained / 'base'}", "eval.scoring=teacher_forced")
+    evaluate.run([*args, f"tracking.tracking_uri={uri}", f"tracking.artifact_location={tmp_path / 'art'}"])
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    identity = shards_identity(shard_dir(trained / "shards", "synthetic", "val"))
+    assert identity and run.data.params["val_stream/manifest/synthetic/val"] == identity
