@@ -277,3 +277,15 @@ def test_builds_that_stop_early_in_workers_end_cleanly(built, tmp_path):
         m = build_shards("synthetic", ".", out, "train", workers=2, max_samples=10, max_count=4, progress=False)
         assert [s["sha256"] for s in m["shards"]] == [s["sha256"] for s in serial["shards"]]
         assert multiprocessing.active_children() == []  # every worker joined, none left running or unreaped
+
+
+def test_a_build_that_stops_early_cancels_no_worker_task(tmp_path, monkeypatch):
+    """Cancelling a future the executor had already queued, then shutting down, hangs for good on Python 3.11.2
+    (Debian 12's; CPython gh-94440): the tasks in flight are waited for instead."""
+    from concurrent.futures import Future
+
+    cancelled = []
+    real = Future.cancel
+    monkeypatch.setattr(Future, "cancel", lambda self: cancelled.append(self) or real(self))
+    m = build_shards("synthetic", ".", tmp_path, "train", workers=2, max_samples=10, max_count=4, progress=False)
+    assert m["num_samples"] == 10 and cancelled == []

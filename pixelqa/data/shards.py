@@ -32,7 +32,7 @@ import signal
 import tarfile
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -204,7 +204,7 @@ def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
     # Not multiprocessing.Pool: a build that stops early (max_samples) closes this generator with tasks in flight,
     # and Pool.terminate then kills workers that may be writing a result, which can leave its result thread blocked
     # on a half-written message and the build hung for good (seen in CI). The executor's shutdown waits for the
-    # running tasks (a few items each) and cancels the queued ones; a worker that dies raises BrokenProcessPool.
+    # tasks in flight (a few items each; none is cancelled, see below); a worker that dies raises BrokenProcessPool.
     pending: deque = deque()
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
@@ -224,8 +224,10 @@ def _tasks(batches: Iterator[list], workers: int) -> Iterator[list[tuple]]:
                         pending.append(pool.submit(_convert_items, more))
                     yield done
             finally:
-                for future in pending:
-                    future.cancel()
+                # the tasks in flight (at most 2 x workers batches of a few items) are waited for, not cancelled:
+                # on Python 3.11.2 (Debian 12's) a shutdown right after cancelling futures the manager thread had
+                # already queued hung for good (gh-94440, fixed in later 3.11 releases)
+                wait(pending)
     finally:
         cv2.setNumThreads(threads)
 
