@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    ConfigTypeError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from pixelqa.launch.settings import EXECUTORS, LauncherConfig
 from pixelqa.model.config import UniPixelConfig
+from pixelqa.resources import ResourceNotFoundError, resource_dir
 from pixelqa.switches import SWITCH_CHOICES
 
 # `model.seed` (every random initialisation: the tiny backbone, SAM without a checkpoint, projectors, LoRA, new token
@@ -198,11 +205,12 @@ CHOICES: dict[str, tuple] = {
 
 
 def recipes_dir() -> Path:
-    """The folder holding recipes: $PIXELQA_RECIPES, else `recipes/` at the repository root."""
-    env = os.environ.get("PIXELQA_RECIPES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "recipes"
+    """The folder holding recipes: $PIXELQA_RECIPES, $PIXELQA_HOME/recipes, a clone's `recipes/`, else the copies a
+    wheel installs (pixelqa.resources); a RecipeError saying where it looked when there is none."""
+    try:
+        return resource_dir("recipes")
+    except ResourceNotFoundError as err:
+        raise RecipeError(str(err)) from None
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:
@@ -228,7 +236,8 @@ def available_recipes(root: Path | None = None) -> list[str]:
 def _load_preset(group: str, name: str, root: Path) -> DictConfig:
     path = root / group / f"{name}.yaml"
     if not path.is_file():
-        raise RecipeError(f"{group}={name}: no such preset; valid choices: {', '.join(available_presets(group, root))}")
+        valid = ", ".join(available_presets(group, root)) or f"none ({root / group} holds no .yaml file)"
+        raise RecipeError(f"{group}={name}: no such preset; valid choices: {valid}")
     cfg = _read_yaml(path, f"{group}={name}")
     cfg.pop("defaults", None)
     return cfg
@@ -250,14 +259,31 @@ def _split_args(args: list[str]) -> tuple[str | None, dict[str, str], list[str]]
     return recipe, groups, dotlist
 
 
-def _recipe_path(recipe: str, root: Path) -> Path:
-    path = Path(recipe)
+def _recipe_path(recipe: str, root: Callable[[], Path]) -> Path:
+    path = Path(recipe).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    candidate = root / f"{recipe}.yaml"
+        return path.absolute()
+    candidate = root() / f"{recipe}.yaml"
     if not candidate.is_file():
-        raise RecipeError(f"recipe={recipe}: no such recipe; valid choices: {', '.join(available_recipes(root))}")
+        valid = ", ".join(available_recipes(root())) or f"none ({root()} holds no .yaml file)"
+        raise RecipeError(f"recipe={recipe}: no such recipe; valid choices: {valid}")
     return candidate
+
+
+# The file each recipe name was last loaded from (load_recipe), for what is shown from it (fit's banner).
+_RECIPE_SOURCES: dict[str, Path] = {}
+
+
+def recipe_source(name: str) -> Path | None:
+    """The recipe file `load_recipe` last read for a recipe of this name (None when unknown): a recipe given as a
+    path, or found in the recipes folder (pixelqa.resources)."""
+    if name in _RECIPE_SOURCES:
+        return _RECIPE_SOURCES[name]
+    try:
+        path = recipes_dir() / f"{name}.yaml"
+    except RecipeError:
+        return None
+    return path if path.is_file() else None
 
 
 def _defaults_of(cfg: DictConfig, where: str) -> list[tuple[str, str]]:
@@ -301,6 +327,70 @@ def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
         parts.pop()
 
 
+# Stands for '#' while a command-line value is parsed as YAML, which would read ` #...` as a comment and drop it.
+_HASH = "\ue000"
+
+
+def _restore_hash(node: Any) -> Any:
+    if isinstance(node, str):
+        return node.replace(_HASH, "#")
+    if isinstance(node, list):
+        return [_restore_hash(v) for v in node]
+    if isinstance(node, dict):
+        return {_restore_hash(k): _restore_hash(v) for k, v in node.items()}
+    return node
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value (the text after `key=`) typed as YAML, as Hydra does (`5` an int, `true` a bool,
+    `[a, b]` a list, `null` None), except that nothing in it is a comment: `output_dir=/data/run #1` is the folder
+    `/data/run #1`, not `/data/run` (a shell passes the ` #1` only when it is quoted, so it is meant)."""
+    if "#" not in raw or _HASH in raw:
+        return OmegaConf.from_dotlist([f"v={raw}"])["v"]
+    value = OmegaConf.from_dotlist([f"v={raw.replace('#', _HASH)}"])["v"]
+    if isinstance(value, (DictConfig, ListConfig)):
+        return _restore_hash(OmegaConf.to_container(value, resolve=False))
+    return _restore_hash(value)
+
+
+# Recipe keys holding a path (or a sqlite:/// URI) of the local file system: a leading `~` (or `~user`) is expanded
+# when the recipe is loaded, so every writer and reader uses the same folder (Lightning expands it for checkpoints
+# only; the rest went to a folder literally named `~` in the working directory).
+PATH_KEYS: tuple[str, ...] = (
+    "output_dir",
+    "init_from",
+    "ckpt",
+    "data.shards",
+    "data.raw_root",
+    "tracking.tracking_uri",
+    "tracking.artifact_location",
+    "model.path",
+    "model.mask_decoder.checkpoint",
+    "launcher.folder",
+)
+SQLITE_PREFIX = "sqlite:///"
+FILE_PREFIX = "file://"
+
+
+def expand_home(value: str) -> str:
+    """`value` with a leading `~` / `~user` expanded, also after `sqlite:///` and `file://`; otherwise unchanged."""
+    for prefix in (SQLITE_PREFIX, FILE_PREFIX, ""):
+        if value.startswith(prefix + "~"):
+            return prefix + os.path.expanduser(value[len(prefix) :])
+    return value
+
+
+def _expand_home(cfg: DictConfig) -> None:
+    """Expand a leading `~` in the PATH_KEYS of a composed recipe (interpolations inside the value are kept)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for key in PATH_KEYS:
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and expand_home(node) != node:
+            OmegaConf.update(cfg, key, expand_home(node), merge=False)
+
+
 def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str) -> DictConfig:
     """`schema` with `layer` (a config, or `key=value` overrides) merged in; schema violations become RecipeError."""
     key: Any = "?"
@@ -310,7 +400,7 @@ def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str
         cfg = schema.copy()
         for item in layer:
             key, raw = item.split("=", 1)
-            value = OmegaConf.from_dotlist([f"v={raw}"])["v"]  # YAML typing of the value, as Hydra does
+            value = parse_value(raw)
             if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
                 raise ConfigKeyError(key)
             OmegaConf.update(cfg, key, value, merge=True)
@@ -364,7 +454,13 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
     presets listed after `_self_` override the body (the stage recipes use this so that the tiny/synthetic demo
     presets override the paper-scale settings, which apply as soon as a paper-scale preset is chosen).
     """
-    root = recipes_dir()
+    found: list[Path] = []
+
+    def root() -> Path:  # looked up when needed: a recipe given as a file without presets needs no recipes folder
+        if not found:
+            found.append(recipes_dir())
+        return found[0]
+
     recipe, groups, dotlist = _split_args(list(args or []))
     path = _recipe_path(recipe or default, root)
     body = _read_yaml(path, f"recipe={recipe or default}")
@@ -378,13 +474,18 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
         if group == "_self_":
             cfg = _merge_checked(cfg, body, f"recipe {path.name}")
         else:
-            preset = _load_preset(group, name, root)
+            preset = _load_preset(group, name, root())
             layer = preset if group in ROOT_GROUPS else OmegaConf.create({group: preset})
             cfg = _merge_checked(cfg, layer, f"{group}={name}")
     cfg = _merge_checked(cfg, dotlist, "command line")
+    _expand_home(cfg)
     _check_choices(cfg)
     _check_ranges(cfg)
     cfg.presets = {g: n for g, n in order if g != "_self_"}
+    try:
+        _RECIPE_SOURCES[str(cfg.name)] = path
+    except OmegaConfBaseException:  # a name that does not resolve fails later, where the recipe is used
+        pass
     return cfg
 
 

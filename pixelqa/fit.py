@@ -355,12 +355,19 @@ def banner(recipe: Recipe) -> str:
             f"PixelQA fit: recipe={recipe.name}, stage {recipe.stage}, "
             f"model={recipe.model.preset}, data={recipe.data.name}"
         )
+    from pixelqa.config import recipe_source
+
     header = []
-    for line in (Path(__file__).resolve().parents[1] / "recipes" / f"{recipe.name}.yaml").read_text().splitlines():
+    source = recipe_source(recipe.name)  # the file load_recipe read (a path, or one in the recipes folder)
+    try:
+        text = source.read_text(encoding="utf-8") if source is not None else ""
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    for line in text.splitlines():
         if not line.startswith("#"):
             break
         header.append(line)
-    paper = "\n".join(header) if header else f"# see recipes/{recipe.name}.yaml"
+    paper = "\n".join(header) if header else f"# see {source or f'recipes/{recipe.name}.yaml'}"
     return (
         f"PixelQA fit: running the EMBEDDED DEMO of stage {recipe.stage} (tiny random-init model, synthetic data, "
         f"scale={recipe.presets.get('scale', '?')}).\nTo run the paper setting, see the recipe header:\n{paper}"

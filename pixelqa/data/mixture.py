@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from pixelqa.data.catalog import list_sources
-from pixelqa.data.registry import Card, datasets_dir, list_cards, load_card
+from pixelqa.data.registry import Card, list_cards, load_card
+from pixelqa.resources import resource_dir
 
 STAGE_ALIASES = {"sft1m": "stage3", "stage1-mix": "stage1", "stage2-mix": "stage2"}
 
@@ -84,8 +85,9 @@ class MixtureEntry:
 
 
 def recipes_dir() -> Path:
-    """The repository's `recipes/data/` folder."""
-    return datasets_dir().parent / "recipes" / "data"
+    """The `data/` folder of the recipes (the data mixtures): $PIXELQA_RECIPES/data, $PIXELQA_HOME/recipes/data, a
+    clone's, else the copies a wheel installs (pixelqa.resources; a FileNotFoundError when there is none)."""
+    return resource_dir("recipes") / "data"
 
 
 def parse_mixture(data: dict, where: str = "mixture") -> list[MixtureEntry]:
@@ -108,7 +110,7 @@ def parse_mixture(data: dict, where: str = "mixture") -> list[MixtureEntry]:
 
 def load_mixture(name: str) -> list[MixtureEntry]:
     """The mixture `name`: recipes/data/<name>.yaml if it exists, else the stage's repeat factors in the cards."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
+    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
     if path.is_file():
         try:
             data = yaml.safe_load(path.read_text())

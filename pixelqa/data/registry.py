@@ -58,8 +58,8 @@ from typing import Any
 
 import yaml
 
-import pixelqa
 from pixelqa.data.schema import TASKS, Media, Sample, SampleError
+from pixelqa.resources import resource_dir
 
 STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3")
 CARD_KEYS_REQUIRED: tuple[str, ...] = ("name", "tasks", "license", "homepage", "citation", "raw_layout", "splits")
@@ -244,8 +244,9 @@ class Card:
 
 
 def datasets_dir() -> Path:
-    """The repository's `datasets/` folder of cards."""
-    return Path(pixelqa.__file__).resolve().parents[1] / "datasets"
+    """The `datasets/` folder of cards: $PIXELQA_HOME/datasets, a clone's, else the copies a wheel installs
+    (pixelqa.resources); a FileNotFoundError saying where it looked when there is none."""
+    return resource_dir("datasets")
 
 
 def parse_card(data: Any, where: str = "card") -> Card:

@@ -36,6 +36,7 @@ from pixelqa.data.schema import Sample
 from pixelqa.eval.official import Protocol, as_prediction, get_official
 from pixelqa.files import atomic_file
 from pixelqa.locks import folder_lock
+from pixelqa.resources import ResourceNotFoundError, resource_dir
 
 RESULT_FILE = "result.json"
 RECORDS = "records.rank{rank}.jsonl"
@@ -78,18 +79,23 @@ class BenchmarkResult:
 
 
 def suites_dir() -> Path:
-    """The folder of suite files (recipes/suite)."""
-    return Path(__file__).resolve().parents[2] / "recipes" / "suite"
+    """The folder of suite files, `suite/` of the recipes folder (pixelqa.resources: $PIXELQA_RECIPES,
+    $PIXELQA_HOME/recipes, a clone's, else the copies a wheel installs); a SuiteError when there is none."""
+    try:
+        return resource_dir("recipes") / "suite"
+    except ResourceNotFoundError as err:
+        raise SuiteError(f"suite: {err}") from None
 
 
 def load_suite(name_or_path: str) -> Suite:
     """A suite from recipes/suite/<name>.yaml (or a path), every field checked."""
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if not path.suffix:
         path = suites_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in suites_dir().glob("*.yaml"))
-        raise SuiteError(f"suite: got {name_or_path!r}, expected one of {known} or a suite YAML file")
+        folder = suites_dir()
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SuiteError(f"suite: got {name_or_path!r}, expected one of {known} (in {folder}) or a suite YAML file")
     data = yaml.safe_load(path.read_text()) or {}
     items = data.get("benchmarks")
     if not isinstance(items, list) or not items:
