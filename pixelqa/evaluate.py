@@ -18,10 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pixelqa.config import RecipeError, flatten, load_recipe, run_cli, to_object
-from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt, settle_model_settings
+
+# imported by `run`, not here: pixelqa.eval.model_loading imports torchmetrics and the protocols (seconds that
+# `--help` should not wait for); still readable as `pixelqa.evaluate.<name>` (module `__getattr__` below)
+MODEL_LOADING = ("load_model", "resolve_eval_ckpt", "settle_model_settings")
+
+
+def __getattr__(name: str) -> Any:
+    """`load_model`, `resolve_eval_ckpt`, `settle_model_settings` of `pixelqa.eval.model_loading`, on first use."""
+    if name in MODEL_LOADING:
+        from pixelqa.eval import model_loading
+
+        return getattr(model_loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pass_metrics(bench: str, passes: list) -> dict[str, float]:
@@ -73,8 +83,11 @@ def run(args: list[str], parent_run_id: str | None = None) -> dict[str, float]:
 
         check_suite_tracking(args)
         return run_suite(list(args))
+    import torch
+
     from pixelqa import tracking
     from pixelqa.eval import check_split, get_protocol
+    from pixelqa.eval.model_loading import load_model, resolve_eval_ckpt, settle_model_settings
     from pixelqa.eval.runner import counting_passes
     from pixelqa.fit import apply_process_settings
     from pixelqa.preflight import check_run

@@ -17,17 +17,39 @@ from urllib.parse import unquote, urlparse
 from pixelqa.config import RecipeError
 
 
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a path the OS cannot even look up (a name over its length limit) does not."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _nearest_existing(path: Path) -> Path:
     """`path` or its nearest existing ancestor (the folder a run would create `path` in)."""
     p = path.absolute()
-    while not p.exists() and p != p.parent:
+    while not _exists(p) and p != p.parent:
         p = p.parent
     return p
+
+
+def _long_name(path: Path, where: Path) -> str | None:
+    """Why a folder or file of `path` still to be created under `where` cannot be (a name over the file system's
+    length limit), or None."""
+    name_max = _name_max(where)
+    for part in path.absolute().parts[len(where.parts) :]:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            return f"the name {_short(part, 40)!r} is {size} bytes, over the file system's {name_max}"
+    return None
 
 
 def check_writable(path: str | Path, key: str) -> None:
     """`path` (a folder, created later if missing) can be written: a probe file is created and removed there."""
     where = _nearest_existing(Path(path))
+    too_long = _long_name(Path(path), where)
+    if too_long is not None:
+        raise RecipeError(f"{key}={_short(str(path))}: cannot create it ({too_long}); choose a shorter name")
     if not where.is_dir():
         raise RecipeError(f"{key}={path}: {where} is not a folder; expected a writable folder")
     try:
@@ -40,9 +62,54 @@ def check_writable(path: str | Path, key: str) -> None:
         ) from None
 
 
+SQLITE_MAX_PATH = 512  # bytes: SQLite's default SQLITE_MAX_PATHNAME, the longest path its unix VFS opens
+# files SQLite and the store lock (`pixelqa.tracking`) keep beside the database; `-journal` is the longest suffix
+SQLITE_SIBLINGS = ("-journal", "-wal", "-shm", ".lock")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of `folder` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _short(text: str, keep: int = 100) -> str:
+    """`text`, its middle cut to `...` past `keep` characters (a path of hundreds of bytes in a one-line error)."""
+    return text if len(text) <= keep else f"{text[: keep // 3]}...{text[-(keep - keep // 3) :]}"
+
+
+def sqlite_path_problem(db: Path) -> str | None:
+    """Why SQLite (or the store lock beside it) cannot open a database at `db`, as far as its length says: SQLite
+    refuses a path over its 512 bytes (the `-journal` it writes beside the database included) only after MLflow's
+    minutes of retries, and a name whose `.lock` or `-journal` exceeds the file system's limit fails as deep; None
+    when the length is fine."""
+    full = Path(os.path.realpath(db))  # SQLite opens the path with symlinks followed
+    where = _nearest_existing(full)
+    too_long = _long_name(full.parent, where) if where != full else None
+    if too_long is not None:
+        return too_long
+    name_max = _name_max(where)
+    suffix = max(SQLITE_SIBLINGS, key=len)
+    name = len(os.fsencode(full.name))
+    if name + len(suffix) > name_max:
+        return (
+            f"its file name is {name} bytes; the {suffix} file SQLite writes beside it must fit in the file system's "
+            f"{name_max}, so the name may have at most {name_max - len(suffix)} bytes"
+        )
+    size = len(os.fsencode(str(full)))
+    if size + len(suffix) > SQLITE_MAX_PATH:
+        return (
+            f"the path is {size} bytes; SQLite opens paths of at most {SQLITE_MAX_PATH} bytes, its {suffix} file's "
+            f"included, so the database path may have at most {SQLITE_MAX_PATH - len(suffix)} bytes"
+        )
+    return None
+
+
 def check_tracking(tracking: Any) -> None:
     """The tracking URI names a store MLflow supports; the SQLite file, its folder and the artifact folder can be
-    written."""
+    written, and the SQLite path is short enough for SQLite (`sqlite_path_problem`)."""
     if not getattr(tracking, "enabled", True):
         return
     from pixelqa.tracking import resolve_uris, tracking_uri_problem
@@ -53,6 +120,12 @@ def check_tracking(tracking: Any) -> None:
         raise RecipeError(f"tracking.tracking_uri={tracking.tracking_uri!r}: {problem}")
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
+        too_long = sqlite_path_problem(db)
+        if too_long is not None:
+            raise RecipeError(
+                f"tracking.tracking_uri={_short(str(tracking.tracking_uri))}: SQLite cannot open {_short(str(db))} "
+                f"({too_long}); choose a shorter path"
+            )
         check_writable(db.parent, "tracking.tracking_uri")
         if db.exists():
             try:

@@ -1,7 +1,9 @@
 """MLflow tracking: logger factory, parent/child runs, params, artifacts and result tables.
 
 Every fit or evaluation is one MLflow run in a local SQLite store (`mlruns.db` in the working directory by
-default) with an explicit artifact folder. A grid (`pixelqa.grid`) is one parent run with one child run per cell:
+default) with an explicit artifact folder: `tracking.artifact_location`, by default `mlartifacts` beside a local
+store (the SQLite file's folder; see `resolve_uris`), so that a store moved elsewhere takes its artifacts along.
+A grid (`pixelqa.grid`) is one parent run with one child run per cell:
 
     parent = start_parent_run("my-grid", tracking_cfg)          # returns the parent's run id
     for cell in cells:
@@ -28,10 +30,11 @@ import socket
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import MLFlowLogger
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -48,6 +51,11 @@ SUPERSEDED_REASON_TAG = "pixelqa.superseded_reason"
 TAG_LIMIT = 5000  # characters of a tag value every MLflow store accepts
 
 
+# The defaults of `pixelqa.config.TrackingConfig` (recipes/tracking/mlflow.yaml writes the same values).
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
 def mlflow_key(name: str) -> str:
     """A metric name MLflow accepts ('&' is not allowed): `val/J&F` -> `val/J_and_F`."""
     return name.replace("&", "_and_")
@@ -57,17 +65,44 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
 
 
-def resolve_uris(tracking: Any, workdir: str | Path | None = None) -> tuple[str, str]:
-    """(tracking URI, artifact location URI) with relative paths anchored at `workdir` (default: the cwd)."""
+def store_folder(uri: str, workdir: str | Path | None = None) -> Path | None:
+    """The folder a local tracking store lies in: a SQLite file's folder (`sqlite:///PATH`), or the folder holding a
+    file store (a folder path or `file:///PATH`); None for a server or a database URL. Relative paths are anchored
+    at `workdir` (default: the cwd)."""
     root = Path(workdir or Path.cwd()).resolve()
-    uri = str(_get(tracking, "tracking_uri", "sqlite:///mlruns.db"))
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :].split("?", 1)[0]
+        if not path or path == ":memory:":
+            return None
+    elif uri.startswith("file:"):
+        path = unquote(urlparse(uri).path)
+    elif "://" in uri or not uri.strip():
+        return None
+    else:
+        path = uri
+    return (root / Path(path)).resolve().parent  # an absolute path stays itself under `root /`
+
+
+def resolve_uris(tracking: Any, workdir: str | Path | None = None) -> tuple[str, str]:
+    """(tracking URI, artifact location URI) with relative paths anchored at `workdir` (default: the cwd).
+
+    `tracking.artifact_location` left at its default (`mlartifacts`) is the folder `mlartifacts` beside a local store
+    (`store_folder`: the SQLite file's folder, or the folder holding a file store), so that moving
+    `tracking.tracking_uri` moves the artifacts with it; for a server or a database URL, and for any other relative
+    value, it is anchored at `workdir`. With the default `sqlite:///mlruns.db` both are in the working directory.
+    """
+    root = Path(workdir or Path.cwd()).resolve()
+    uri = str(_get(tracking, "tracking_uri", DEFAULT_TRACKING_URI))
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         uri = prefix + str(root / uri[len(prefix) :])
-    artifacts = str(_get(tracking, "artifact_location", "mlartifacts"))
+    artifacts = str(_get(tracking, "artifact_location", DEFAULT_ARTIFACTS))
     if "://" not in artifacts:
         path = Path(artifacts)
-        artifacts = (path if path.is_absolute() else root / path).resolve().as_uri()
+        anchor = root
+        if artifacts == DEFAULT_ARTIFACTS:
+            anchor = store_folder(uri, root) or root
+        artifacts = (path if path.is_absolute() else anchor / path).resolve().as_uri()
     return uri, artifacts
 
 
@@ -182,6 +217,9 @@ class _StoreLock:
             os.close(self.fd)  # releases the lock
 
 
+_NOTED: set[tuple[str, str, str]] = set()  # (store, experiment, artifacts) whose artifact-location note was printed
+
+
 def prepare_store(tracking: Any) -> str:
     """Create the store and the tagged experiment if missing, mark dead runs KILLED; returns the experiment id."""
     uri, artifacts = resolve_uris(tracking)
@@ -192,18 +230,63 @@ def prepare_store(tracking: Any) -> str:
         client = MlflowClient(tracking_uri=uri)  # a fresh SQLite store gets its tables here, one process at a time
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(name, artifact_location=artifacts)
+        if exp is not None and exp.artifact_location != artifacts and (uri, name, artifacts) not in _NOTED:
+            _NOTED.add((uri, name, artifacts))  # once per process (a grid's cells open the same store)
+            print(
+                f"note: experiment {name!r} of {uri} keeps its artifacts in {exp.artifact_location} (set when it was "
+                f"created), not {artifacts}; a new tracking.experiment name takes tracking.artifact_location",
+                flush=True,
+            )
         if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         mark_dead_runs(client)
     return exp_id
 
 
-class PixelQALogger(MLFlowLogger):
-    """Lightning's MLFlowLogger with MLflow-safe metric names (see `mlflow_key`)."""
+LIGHTNING_CLASSES = ("PixelQALogger", "ParamsAtSetup")
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics under MLflow-safe names."""
-        super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
+
+def _lightning_class(name: str) -> type:
+    """`PixelQALogger` or `ParamsAtSetup` (module attributes too), defined on first use: importing Lightning takes
+    seconds, which the commands importing this module (pixelqa.grid) should not pay before parsing `--help`."""
+    if name not in globals():
+        from lightning.pytorch.callbacks import Callback
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class PixelQALogger(MLFlowLogger):
+            """Lightning's MLFlowLogger with MLflow-safe metric names (see `mlflow_key`)."""
+
+            def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+                """Log metrics under MLflow-safe names."""
+                super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
+
+        class ParamsAtSetup(Callback):
+            """Logs the params `params()` returns (every rank calls it; rank 0 logs) once the data module is set up,
+            when shards built on first use exist; a param the run holds with another value is said in one note
+            line."""
+
+            def __init__(self, params: Callable[[], Mapping[str, Any]]) -> None:
+                self.params = params
+
+            def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+                """After the data module's setup (Lightning calls it before the callbacks'): log what is new."""
+                params = self.params()
+                if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger):
+                    kept = log_new_params(trainer.logger, params)
+                    if kept:
+                        print(f"note: MLflow params keep the run's first values: {'; '.join(kept)}", flush=True)
+
+        for cls in (PixelQALogger, ParamsAtSetup):
+            cls.__qualname__ = cls.__name__  # pickled by reference as pixelqa.tracking.<name>, as before
+            globals()[cls.__name__] = cls
+    return globals()[name]
+
+
+def __getattr__(name: str) -> Any:
+    """`tracking.PixelQALogger` / `tracking.ParamsAtSetup`: Lightning is imported on first use (`_lightning_class`)."""
+    if name in LIGHTNING_CLASSES:
+        return _lightning_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_logger(
@@ -212,7 +295,7 @@ def build_logger(
     run_id: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
-) -> PixelQALogger | None:
+) -> MLFlowLogger | None:
     """The run's logger (None when `tracking.enabled` is false); `run_id` continues an existing run."""
     if not _get(tracking, "enabled", True):
         return None
@@ -221,7 +304,7 @@ def build_logger(
     all_tags = {**(tags or {}), **owner_tags()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    logger = PixelQALogger(
+    logger = _lightning_class("PixelQALogger")(
         experiment_name=str(_get(tracking, "experiment", "pixelqa")),
         run_name=_get(tracking, "run_name") or run_name,
         tracking_uri=uri,
@@ -322,22 +405,6 @@ def log_new_params(logger: MLFlowLogger | None, params: Mapping[str, Any]) -> li
     if new:
         logger.log_hyperparams(new)
     return [f"{k}: {held[k]!r} -> {str(v)!r}" for k, v in params.items() if held.get(k, "None") not in ("None", str(v))]
-
-
-class ParamsAtSetup(Callback):
-    """Logs the params `params()` returns (every rank calls it; rank 0 logs) once the data module is set up, when
-    shards built on first use exist; a param the run holds with another value is said in one note line."""
-
-    def __init__(self, params: Callable[[], Mapping[str, Any]]) -> None:
-        self.params = params
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """After the data module's setup (Lightning calls it before the callbacks'): log what is new."""
-        params = self.params()
-        if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger):
-            kept = log_new_params(trainer.logger, params)
-            if kept:
-                print(f"note: MLflow params keep the run's first values: {'; '.join(kept)}", flush=True)
 
 
 def append_tag(logger: MLFlowLogger | None, key: str, value: str, sep: str) -> str:

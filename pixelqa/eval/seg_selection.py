@@ -18,9 +18,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch and numpy are imported where used: `--help` answers without them
+    import torch
 
 SEG_TASKS = ("res", "rec", "rvos", "reasonseg", "reason_vos")
 KINDS = ("target", "other", "empty")
@@ -57,6 +58,8 @@ def candidates_of(logits: torch.Tensor, ious: torch.Tensor, objects: torch.Tenso
             f"logits/ious/objects: got {tuple(logits.shape)} / {tuple(ious.shape)} / {tuple(objects.shape)}, "
             "expected (M,h,w) / (M,) / (K,H,W)"
         )
+    import torch
+
     up = torch.nn.functional.interpolate(logits[:, None].float(), size=objects.shape[-2:], mode="bilinear") > 0
     hits = [classify(m, objects[:, None], target)[0] == "target" for m in up]  # each (1, H, W) against (K, 1, H, W)
     return any(hits), hits[int(ious.argmax())]
@@ -81,6 +84,9 @@ class PromptedFrameCandidates:
 
 def selection(model: torch.nn.Module, samples_per_task: int, num_frames: int = 4) -> dict:
     """The selection figures of `model` on the first `samples_per_task` validation samples of each seg task."""
+    import numpy as np
+    import torch
+
     from pixelqa.data.collate import Collator
     from pixelqa.data.loader import object_masks, subsample_frames
     from pixelqa.data.synthetic import make_sample
@@ -126,10 +132,6 @@ def selection(model: torch.nn.Module, samples_per_task: int, num_frames: int = 4
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the selection figures of a model as one JSON line; bad arguments exit 2 with one line."""
-    from pixelqa.checkpoints import CheckpointError
-    from pixelqa.predict.errors import PredictInputError
-    from pixelqa.predict.loading import load_model
-
     ap = argparse.ArgumentParser(prog="python -m pixelqa.eval.seg_selection", description=__doc__.splitlines()[0])
     ap.add_argument("model", help="Lightning checkpoint, run folder, save_pretrained or released folder")
     ap.add_argument("--samples", type=int, default=40, help="validation samples of each seg task (default 40)")
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.samples < 1:
         print(f"error: --samples: got {args.samples}, expected an integer >= 1", file=sys.stderr)
         sys.exit(2)
+    from pixelqa.checkpoints import CheckpointError
+    from pixelqa.predict.errors import PredictInputError
+    from pixelqa.predict.loading import load_model
+
     try:
         model, _ = load_model(args.model, "cpu", trust=args.trust_checkpoint)
     except (PredictInputError, CheckpointError) as err:

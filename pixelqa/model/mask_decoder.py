@@ -3,7 +3,8 @@
 The prompt is a set of sparse prompt embeddings (K, n, 256) per object, e.g. the L->M tokens of a <|seg|>.
 `propagate` decodes them on frame 0 (SAM 2's init-conditioning step) and tracks the objects through the
 later frames with SAM 2's memory attention, all with gradients (training path). `independent` decodes
-every frame from the same tokens with no memory (frames as a batch).
+every frame from the same tokens with no memory (frames as a batch; streamed frames, `StreamedFrames`, one batch per
+chunk of frames).
 
 As released: the prompted frame's sparse prompt is SAM's two "not a point" padding tokens followed by the
 <|seg|> tokens (`prompt_padding=released`); frames are resized with antialiasing; masks are gated to "no object"
@@ -311,7 +312,7 @@ class MaskDecoder(nn.Module):
 
     def forward(
         self,
-        features: FrameFeatures,
+        features: FrameFeatures | StreamedFrames,
         frame_ids: list[int] | torch.Tensor,
         sparse: torch.Tensor,
         memory_dtype: torch.dtype | None = None,
@@ -320,9 +321,9 @@ class MaskDecoder(nn.Module):
         """Decode K objects over T frames; objects of several videos of equal length decode as one batch.
 
         frame_ids: indices into `features` in time order, a list shared by all objects or (K, T) per object.
-        sparse: (K, n, 256) prompt embeddings applied on each object's first frame. `memory_dtype` rounds the
-        stored memory features (SAM2VideoPredictor keeps them in bfloat16; used by equivalence tests).
-        `on_frame(done, total)` is called after each frame (a progress bar on long videos).
+        sparse: (K, n, 256) prompt embeddings applied on each object's first frame (`independent`: on every frame).
+        `memory_dtype` rounds the stored memory features (SAM2VideoPredictor keeps them in bfloat16; used by
+        equivalence tests). `on_frame(done, total)` is called after each frame (a progress bar on long videos).
         """
         K = sparse.shape[0]
         index = torch.as_tensor(frame_ids, device=sparse.device)
@@ -332,7 +333,7 @@ class MaskDecoder(nn.Module):
             raise ValueError(f"frame_ids: got {tuple(index.shape)}, expected ({K}, T) or (T,)")
         T = index.shape[1]
         if self.mode == "independent":
-            return self._independent(features, index, sparse)
+            return self._independent(features, index, sparse, on_frame)
         output_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         lows, raws, ious, scores, multis, multi_ious = [], [], [], [], [], []
         # SAM 2 attends to the last num_maskmem memories and max_obj_ptrs_in_encoder object pointers only: at
@@ -421,21 +422,54 @@ class MaskDecoder(nn.Module):
         )
         return sparse
 
-    def _independent(self, features: FrameFeatures, index: torch.Tensor, sparse: torch.Tensor) -> DecodedMasks:
-        """Every frame decoded from the same prompt, no memory: frames x objects as one batch."""
+    def _independent(
+        self,
+        features: FrameFeatures | StreamedFrames,
+        index: torch.Tensor,
+        sparse: torch.Tensor,
+        on_frame: Callable[[int, int], None] | None = None,
+    ) -> DecodedMasks:
+        """Every frame decoded from the same prompt, no memory: frames x objects as one batch, or with streamed
+        features (`StreamedFrames`, inference) one batch per chunk of frames, chunks in order, so that no more than
+        one chunk's features are held. `on_frame(done, T)` is called as each time step is complete."""
         K, T = index.shape
         idx = index.t().reshape(-1)  # (K, T) -> (T*K,) frame-major
-        feats = [x[:, idx] for x in features.vision_feats]
-        pos = [x[:, idx] for x in features.vision_pos]
         sparse_tk = sparse.repeat(T, 1, 1)  # (T*K, n, 256)
-        out = self._prompted_step(feats, pos, features.feat_sizes, sparse_tk, {}, 1, 0, False)
-        low = out["pred_masks"][:, 0].view(T, K, *out["pred_masks"].shape[-2:]).transpose(0, 1)
-        raw = out["raw_masks"][:, 0].view(T, K, *out["raw_masks"].shape[-2:]).transpose(0, 1)
-        ious = out["ious"][:, 0].view(T, K).transpose(0, 1)
-        scores = out["object_score_logits"][:, 0].view(T, K).transpose(0, 1)
-        multi = out["raw_multi"].view(T, K, *out["raw_multi"].shape[1:]).transpose(0, 1)
-        multi_ious = out["ious_multi"].view(T, K, -1).transpose(0, 1)
-        return DecodedMasks(low, raw, ious, scores, multi, multi_ious)
+        if isinstance(features, StreamedFrames):
+            chunk_of = idx // features.chunk
+            groups = [(chunk_of == c).nonzero().flatten() for c in torch.unique(chunk_of).tolist()]
+        else:
+            groups = [torch.arange(T * K, device=idx.device)]
+        parts: list[dict] = []
+        done = torch.zeros(T * K, dtype=torch.bool)
+        reported = 0
+        for pairs in groups:
+            feats, pos = features.select(idx[pairs])
+            parts.append(self._prompted_step(feats, pos, features.feat_sizes, sparse_tk[pairs], {}, 1, 0, False))
+            if on_frame is not None:
+                done[pairs.cpu()] = True
+                complete = int(done.view(T, K).all(1).sum())
+                for step in range(reported + 1, complete + 1):
+                    on_frame(step, T)
+                reported = complete
+
+        def gather(key: str) -> torch.Tensor:
+            """(T*K, ...) output `key` of every pair, in frame-major order."""
+            if len(parts) == 1:
+                return parts[0][key]
+            order = torch.cat(groups).to(parts[0][key].device)
+            return torch.cat([p[key] for p in parts])[torch.argsort(order)]
+
+        low, raw, ious = gather("pred_masks"), gather("raw_masks"), gather("ious")
+        scores, multi, multi_ious = gather("object_score_logits"), gather("raw_multi"), gather("ious_multi")
+        return DecodedMasks(
+            low[:, 0].view(T, K, *low.shape[-2:]).transpose(0, 1),
+            raw[:, 0].view(T, K, *raw.shape[-2:]).transpose(0, 1),
+            ious[:, 0].view(T, K).transpose(0, 1),
+            scores[:, 0].view(T, K).transpose(0, 1),
+            multi.view(T, K, *multi.shape[1:]).transpose(0, 1),
+            multi_ious.view(T, K, -1).transpose(0, 1),
+        )
 
     def upsample(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(..., h, w) low-res logits -> (..., H, W) at a frame's source size (as SAM2VideoPredictor does)."""

@@ -763,22 +763,24 @@ class UniPixel(nn.Module):
         backward to frame 0. Frames are encoded in chunks of `chunk`. `progress(done, total)` follows the frames
         decoded (all objects and directions counted). `store`: a dict a conversation keeps for these same frames, so
         SAM's image encoder runs once per conversation for clips up to 64 frames (bidirectional decoding keeps one of
-        its own when none is given: its frame scores and every walk read the same features).
+        its own when none is given: its frame scores and every walk read the same features). With
+        `mask_decoder.mode=independent` every frame is decoded from the prompt alone (no memory, no direction):
+        `propagation` and `start` then change nothing.
         """
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
         if states.shape[0] == 0:
             return torch.zeros(0, T, H, W)
         propagation = propagation or self.cfg.mask_decoder.propagation
+        if propagation not in ("forward", "bidirectional"):
+            raise ValueError(f"propagation: got {propagation!r}, expected 'forward' or 'bidirectional'")
         tokens = self.l2m(states.float().to(device))  # (N, D) -> (N, hidden_tokens, 256)
-        if propagation == "forward":
+        if propagation == "forward" or self.mask_decoder.mode == "independent":
             tick = None if progress is None else (lambda done, _total: progress(done, T))
             dec = self.mask_decoder(
                 StreamedFrames(self.mask_decoder, frames, chunk, store), list(range(T)), tokens, on_frame=tick
             )
             return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
-        if propagation != "bidirectional":
-            raise ValueError(f"propagation: got {propagation!r}, expected 'forward' or 'bidirectional'")
         starts = list(start) if start is not None else [None] * tokens.shape[0]
         if len(starts) != tokens.shape[0]:
             raise ValueError(f"start: got {len(starts)} frames, expected one per state ({tokens.shape[0]})")

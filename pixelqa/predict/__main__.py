@@ -102,7 +102,12 @@ def join_dash_values(parser: OneLineParser, argv: list[str]) -> list[str]:
 def build_parser() -> OneLineParser:
     """The command-line options of predict."""
     parser = OneLineParser(prog="python -m pixelqa.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="released folder, save_pretrained folder or Lightning ckpt")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="released folder, save_pretrained folder or Lightning ckpt; 'tiny': the tiny model with random weights "
+        "(on CPU unless --device names one), for trying the command",
+    )
     parser.add_argument("--media", required=True, help="image file, video file (mp4/webm/avi/...) or frames folder")
     parser.add_argument("--text", help="the question or instruction (optional with --chat: asked for)")
     for kind, meta in (("point", "x,y[,t]"), ("box", "x1,y1,x2,y2[,t]"), ("mask", "PNG[,t]")):
@@ -155,7 +160,7 @@ def memory_summary(pred: Prediction) -> str:
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
     from pixelqa.files import FolderTaken, atomic_folder
-    from pixelqa.predict.loading import load_model
+    from pixelqa.predict.loading import TINY_NOTE, is_tiny, load_model
     from pixelqa.predict.outputs import check_out, out_taken, write_outputs
     from pixelqa.predict.predictor import Predictor
 
@@ -164,8 +169,13 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     progress = not args.no_progress  # TQDM_DISABLE is honoured where bars are made (pixelqa.predict.progress)
     _check_counts(args)
     out = check_out(args.out)  # before any slow work: a file there, someone else's folder, no write access
-    if not Path(args.model).exists():  # before any slow work
-        raise PredictInputError(f"--model: {args.model!r} does not exist; expected a model folder or a checkpoint file")
+    tiny = is_tiny(args.model)
+    if not tiny and not Path(args.model).exists():  # before any slow work
+        raise PredictInputError(
+            f"--model: {args.model!r} does not exist; expected a model folder, a checkpoint file or 'tiny' (random)"
+        )
+    if tiny:
+        print(TINY_NOTE, file=sys.stderr)
     specs = [parse_prompt(kind, value) for kind, value in args.prompts]
     ids = list(range(len(specs)))
     if args.text is not None or not args.chat:

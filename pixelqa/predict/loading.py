@@ -26,7 +26,13 @@ from pixelqa.predict.errors import PredictInputError
 if TYPE_CHECKING:
     from pixelqa.model.unipixel import UniPixel
 
-__all__ = ["ALLOWED_GLOBALS", "load_model", "pick_device", "safe_torch_load"]
+__all__ = ["ALLOWED_GLOBALS", "TINY", "build_tiny", "load_model", "pick_device", "safe_torch_load"]
+
+TINY = "tiny"  # `--model tiny`: the tiny configuration with random weights (when no file of that name is there)
+TINY_NOTE = (
+    "note: --model tiny is the tiny configuration with random weights (nothing trained), for trying the command: "
+    "its answers and masks mean nothing"
+)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -52,6 +58,28 @@ def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
         raise PredictInputError(str(exc)) from None
 
 
+def build_tiny(device: str | None = "cpu", seed: int = 0) -> tuple[UniPixel, dict[str, Any]]:
+    """(UniPixel in eval mode, info for run.json): the tiny configuration with random weights, on CPU unless a device
+    is named, for trying predict without any download (as `python -m pixelqa.demo --model tiny`)."""
+    from pixelqa.model.config import UniPixelConfig
+    from pixelqa.model.unipixel import UniPixel
+
+    dev = pick_device("cpu" if device in (None, "auto") else device)
+    cfg = UniPixelConfig(preset="tiny", seed=seed)
+    # random weights give object scores near zero, which would gate every mask away; without the gate the
+    # untrained decoder still draws a mask around the prompt, so the outputs have something to show
+    cfg.mask_decoder.pred_obj_scores = False
+    model = UniPixel(cfg).to(dev).eval()
+    info = {"path": TINY, "format": "tiny (random weights)", "device": str(dev), "dtype": cfg.dtype}
+    info.update(config=asdict(cfg), recipe={})
+    return model, info
+
+
+def is_tiny(path: str | Path) -> bool:
+    """Whether `--model` names the random tiny model (`tiny`, with no file or folder of that name here)."""
+    return str(path) == TINY and not Path(path).exists()
+
+
 def _checkpoint_file(p: Path) -> Path:
     """The checkpoint file of a path: itself, or a run folder's checkpoints/last.ckpt."""
     if p.is_dir():
@@ -66,16 +94,21 @@ def _checkpoint_file(p: Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | None = None, trust: bool = False) -> tuple[UniPixel, dict[str, Any]]:
-    """(UniPixel in eval mode on the device, info for run.json) from a released / save_pretrained folder or a ckpt."""
+    """(UniPixel in eval mode on the device, info for run.json) from a released / save_pretrained folder or a ckpt,
+    or `tiny` (`build_tiny`: random weights)."""
     from pixelqa.model.config import UniPixelConfig
     from pixelqa.model.release import ReleaseError
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
 
+    if is_tiny(path):
+        return build_tiny(device)
     dev = pick_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     p = Path(path)
     if not p.exists():
-        raise PredictInputError(f"--model: {str(p)!r} does not exist; expected a model folder or a checkpoint file")
+        raise PredictInputError(
+            f"--model: {str(p)!r} does not exist; expected a model folder, a checkpoint file or 'tiny' (random)"
+        )
     recipe: dict[str, Any] = {}
     if p.is_dir() and (p / "config.json").is_file():
         kind = "released"

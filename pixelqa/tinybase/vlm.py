@@ -29,7 +29,6 @@ from pixelqa.data.collate import Collator
 from pixelqa.data.loader import object_masks, subsample_frames
 from pixelqa.data.schema import Sample, Turn
 from pixelqa.data.synthetic import ATTRIBUTES, LETTERS, TASK_CYCLE, attribute_indices, make_sample
-from pixelqa.metrics.answers import answer_exact_match
 from pixelqa.model.config import TinySizeConfig
 from pixelqa.tinybase.loop import HELD_OUT_OFFSET, adamw_warmup_cosine, batch_indices, optimizer_step
 
@@ -182,6 +181,8 @@ def encode_pool(collator: Collator, n: int, split: str, seed: int, num_frames: i
 
 def answer_accuracy(model: UniPixel, collator: Collator, encs: list[dict], batch_size: int = 16) -> dict[str, float]:
     """Share of samples whose every answer token is the teacher-forced arg-max, per task (`VLM_TASKS`)."""
+    from pixelqa.metrics.answers import answer_exact_match  # torchmetrics: seconds that `--help` should not wait for
+
     right: dict[str, list[bool]] = {}
     model.eval()
     with torch.no_grad():
