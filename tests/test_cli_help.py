@@ -27,11 +27,6 @@ else:
 print("HEAVY", *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)
 sys.exit(code)
 """
-EVAL_INIT = pytest.mark.xfail(
-    reason="pixelqa/eval/__init__.py imports every protocol (torchmetrics) when the package loads; the fix is a lazy "
-    "__init__ (get_protocol / list_benchmarks importing the protocols when called)",
-    strict=False,
-)
 
 
 def _help(module: str) -> tuple[int, str, list[str]]:
@@ -56,8 +51,8 @@ def _help(module: str) -> tuple[int, str, list[str]]:
         "pixelqa.grid",
         "pixelqa.tinybase",
         "pixelqa.bench",
-        pytest.param("pixelqa.eval.seg_selection", marks=EVAL_INIT),
-        pytest.param("pixelqa.eval.judge", marks=EVAL_INIT),
+        "pixelqa.eval.seg_selection",
+        "pixelqa.eval.judge",
     ],
 )
 def test_help_imports_no_lightning_or_torchmetrics(module):

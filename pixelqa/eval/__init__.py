@@ -21,21 +21,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS, evaluate_image_seg
-from pixelqa.eval.runner import EvalResult
-from pixelqa.eval.synthetic import evaluate_synthetic
-from pixelqa.eval.video_seg import evaluate_video_seg, video_seg_benchmarks
+if TYPE_CHECKING:
+    from pixelqa.eval.runner import EvalResult
+
+
+def __getattr__(name: str) -> Any:
+    """`EvalResult`, imported on first use: the protocols import torchmetrics, seconds that the CLIs of this package
+    (`python -m pixelqa.eval.judge|seg_selection --help`) should not wait for."""
+    if name == "EvalResult":
+        from pixelqa.eval.runner import EvalResult
+
+        return EvalResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_benchmarks() -> list[str]:
     """Every benchmark name `get_protocol` knows."""
+    from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS
+    from pixelqa.eval.video_seg import video_seg_benchmarks
+
     return ["synthetic", *video_seg_benchmarks(), *IMAGE_SEG_BENCHMARKS]
 
 
 def get_protocol(name: str) -> Callable[..., EvalResult]:
     """The protocol function of a benchmark: fn(model, recipe, num_overlays=4) -> EvalResult."""
+    from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS, evaluate_image_seg
+    from pixelqa.eval.synthetic import evaluate_synthetic
+    from pixelqa.eval.video_seg import evaluate_video_seg, video_seg_benchmarks
+
     if name == "synthetic":
         return evaluate_synthetic
     if name in video_seg_benchmarks():
