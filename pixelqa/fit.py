@@ -390,6 +390,7 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
     """The Lightning Trainer of a recipe (validation every `trainer.val_check_interval` steps, else at the end)."""
     import lightning as L
 
+    from pixelqa.quiet import progress_enabled
     from pixelqa.train.checkpoint_io import AtomicCheckpointIO
     from pixelqa.train.strategies import build_strategy, strategy_spec
 
@@ -414,7 +415,7 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=bool(t.enable_progress_bar) and progress_enabled(True),  # TQDM_DISABLE too
         deterministic=t.deterministic,
         logger=logger if logger is not None else False,
         callbacks=callbacks,

@@ -71,3 +71,13 @@ def silence_library_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, MessageFilter) for f in logger.filters):
             logger.addFilter(MessageFilter(patterns))
+
+
+OFF_WORDS = ("", "0", "false", "no", "off")  # TQDM_DISABLE values that leave progress bars on
+
+
+def progress_enabled(progress: bool) -> bool:
+    """Whether progress bars are drawn: `progress` asked for them and TQDM_DISABLE does not turn them off (any value
+    but empty, 0, false, no or off). tqdm reads the variable only as the default of `disable`, which predict and
+    Lightning's bar pass explicitly, so it is honoured here."""
+    return progress and os.environ.get("TQDM_DISABLE", "").strip().lower() in OFF_WORDS

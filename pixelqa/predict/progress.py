@@ -6,17 +6,13 @@ is honoured here: any value but empty, 0, false, no or off turns bars off.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from tqdm import tqdm
 
-OFF_WORDS = ("", "0", "false", "no", "off")
+from pixelqa.quiet import OFF_WORDS, progress_enabled
 
-
-def progress_enabled(progress: bool) -> bool:
-    """Whether bars are drawn: `progress` asked for them and TQDM_DISABLE does not turn them off."""
-    return progress and os.environ.get("TQDM_DISABLE", "").strip().lower() in OFF_WORDS
+__all__ = ["OFF_WORDS", "progress_bar", "progress_enabled"]
 
 
 def progress_bar(progress: bool, **kwargs: Any) -> tqdm:

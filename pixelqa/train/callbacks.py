@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 
 from pixelqa import tracking
 from pixelqa.files import atomic_file, atomic_symlink
+from pixelqa.quiet import progress_enabled
 
 # MLflow lists metrics alphabetically; J&F is logged as `val/J_and_F` (the module's name, '&' made MLflow-safe) and
 # again under this name: a leading digit sorts before every name that starts with a letter, in byte order,
@@ -245,7 +246,7 @@ def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
             enable_version_counter=False,
         )
     ]
-    if recipe.trainer.enable_progress_bar:
+    if recipe.trainer.enable_progress_bar and progress_enabled(True):  # TQDM_DISABLE=1 turns it off too
         callbacks.append(TQDMProgressBar(refresh_rate=10))  # plain text: readable in logs too
     if logger is not None:
         callbacks += [LearningRateMonitor(logging_interval="step"), HeadlineMetrics()]
