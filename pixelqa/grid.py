@@ -144,11 +144,28 @@ def _prerequisites(raw: Any, where: str) -> dict[str, Prerequisite]:
     return ordered
 
 
+def grid_file(path: str | Path) -> Path:
+    """The grid file `path` names: the path itself, else (a relative `experiments/NAME.yaml` or `NAME.yaml`) the
+    shipped grid of that name (`pixelqa.resources`: a clone's experiments/ or an installed package's copy)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    if not given.is_absolute():
+        from pixelqa.resources import ResourceNotFoundError, resource_dir
+
+        parts = given.parts[1:] if given.parts[:1] == ("experiments",) else given.parts
+        try:
+            shipped = resource_dir("experiments").joinpath(*parts)
+        except ResourceNotFoundError:
+            shipped = None
+        if shipped is not None and shipped.is_file():
+            return shipped
+    raise FileNotFoundError(f"grid file {path} does not exist (nor among the shipped experiments/)")
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} does not exist")
+    path = grid_file(path)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(raw, dict):
         raise GridError(f"{path}: expected a mapping with keys name, recipe, overrides, grid, metrics")

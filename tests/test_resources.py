@@ -260,3 +260,14 @@ def test_a_wheel_installed_with_target_and_without_its_copies(wheel, tmp_path):
     clone = {"PIXELQA_HOME": str(ROOT)}
     fit = run_installed(site, cwd, "-m", "pixelqa.fit", "recipe=stage3", "--print-config", env=clone)
     assert fit.returncode == 0 and "name: stage3" in fit.stdout, fit.stderr
+
+
+def test_a_shipped_grid_is_found_from_any_folder(tmp_path, monkeypatch):
+    from pixelqa.grid import grid_file, load_grid
+
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    name = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))[0]
+    for spelling in (f"experiments/{name}", name):
+        assert grid_file(spelling).name == name and load_grid(spelling).name
+    with pytest.raises(FileNotFoundError, match="grid file experiments/none.yaml does not exist"):
+        grid_file("experiments/none.yaml")
