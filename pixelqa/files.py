@@ -69,14 +69,21 @@ def temp_prefix(target: Path) -> str:
     return f".{target.name}{TEMP_MARK}{os.getpid()}~{_host()}~"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running: it exists (another user's counts) and is no zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: alive
         return True
-    return True
+    except (OSError, OverflowError):  # not a process id at all
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS), or the process ended meanwhile: as kill said
+        return True
+    return state not in ("Z", "X")
 
 
 def stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
@@ -92,7 +99,7 @@ def stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path
         if m is None or (name is not None and m["name"] != name) or m["host"] != host:
             continue
         pid = int(m["pid"])
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             found.append(entry)
     return found
 

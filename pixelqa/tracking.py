@@ -166,13 +166,10 @@ def owner_tags() -> dict[str, str]:
 
 
 def _alive(pid: int, start: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    return not start or _process_start(pid) in ("", start)
+    """Whether the process `pid` that started at `start` (`_process_start`; "" unknown) still runs."""
+    from pixelqa.files import pid_alive
+
+    return pid_alive(pid) and (not start or _process_start(pid) in ("", start))
 
 
 def mark_dead_runs(client: Any) -> list[str]:

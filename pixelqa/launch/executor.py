@@ -7,12 +7,12 @@ scheduler_state(launcher, folder, job.job_id)   # RUNNING, PENDING, ..., ENDED o
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pixelqa.config import RecipeError
+from pixelqa.files import pid_alive
 from pixelqa.launch.settings import EXECUTORS
 
 # SLURM states (sacct) of a job that is still queued or running; anything else has ended.
@@ -104,19 +104,6 @@ def make_executor(launcher: Any, folder: str | Path, name: str, dependencies: li
     return ex
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this machine is running (not gone, not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def scheduler_state(launcher: Any, folder: str | Path, job_id: str) -> str:
