@@ -182,7 +182,7 @@ def test_image_point_then_second_round_naming_memory_and_downloads(server):
     )
     assert not state["progress"]["error"], state["progress"]
     session = next(s for s in demo.store._sessions.values() if s.media_name == "my shot.png")
-    first = session.turns[0]
+    first = session.latest
     assert first.prompts[0] == Point(24 / W, 12 / H, frame=0, object_id=0)
     assert isinstance(first.prompts[1], Mask) and first.prompts[1].object_id == 1
     assert np.array_equal(first.prompts[1].mask.numpy(), mask)
@@ -199,7 +199,7 @@ def test_image_point_then_second_round_naming_memory_and_downloads(server):
     assert state["progress"]["error"] == "question: got 5000 characters, expected at most 2000"
     assert len(state["turns"]) == 2
     # downloads: RLE JSON and PNG zip both equal the memory bank of the latest turn
-    memory = {k: m.numpy() for k, m in session.turns[1].memory.items()}
+    memory = {k: m.numpy() for k, m in session.latest.memory.items()}
     status, doc = client.call(state["downloads"]["json"])
     assert status == 200 and set(doc["objects"]) == {"0", "1"}
     for k, rles in doc["objects"].items():
@@ -230,7 +230,7 @@ def test_video_prompt_on_a_later_frame_reaches_the_model_on_that_frame(server, t
     state = client.ask("Where does it go?", [{"kind": "box", "frame": 3, "x1": 10, "y1": 4, "x2": 40, "y2": 30}])
     assert not state["progress"]["error"], state["progress"]
     session = next(s for s in demo.store._sessions.values() if s.media_name == "clip.mp4")
-    pred = session.turns[0]
+    pred = session.latest
     assert pred.prompts[0].frame == 3 and pred.media.frame_ids[3] == ids[3]
     assert 3 in pred.llm_positions and state["media"]["llm_positions"] == pred.llm_positions
     assert state["downloads"]["overlay_kind"] == "mp4"

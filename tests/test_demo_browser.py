@@ -78,7 +78,7 @@ def test_upload_click_answer_mask_and_second_round_in_chromium(tmp_path):
             expect(page.locator("#progress")).to_be_hidden()
             expect(page.locator("#message")).to_be_hidden()
             session = next(iter(demo.store._sessions.values()))
-            first = session.turns[0]
+            first = session.latest
             expect(page.locator("#answer")).to_have_text(first.answer.strip() or first.answer, use_inner_text=False)
             assert abs(first.prompts[0].x - 25 / W) < 1.5 / W and abs(first.prompts[0].y - 18 / H) < 1.5 / H
             assert first.prompts[0].frame == 3
@@ -112,7 +112,7 @@ def test_upload_click_answer_mask_and_second_round_in_chromium(tmp_path):
             expect(page.locator("#progress")).to_be_hidden()
             expect(page.locator("#chat li").nth(1)).to_contain_text("You: Is [0] above it?")
             assert len(session.turns) == 2 and "[0]" in session.turns[1].model_text
-            drawn = session.turns[1].prompts[0]
+            drawn = session.latest.prompts[0]
             assert drawn.object_id == 1 and drawn.frame == 3 and session.turns[1].text.startswith("[1] <|ref|>")
             assert drawn.mask[38, 22:50].all() and not drawn.mask[:30].any() and not drawn.mask[:, 55:].any()
             expect(page.locator("#memory li.memory-item")).to_have_count(2)

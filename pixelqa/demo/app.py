@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from pixelqa.demo import media as demo_media
 from pixelqa.demo.messages import INTERNAL, display_name, json_kind, user_message
 from pixelqa.demo.sessions import Session, SessionStore
-from pixelqa.demo.turns import run_in_background
+from pixelqa.demo.turns import TurnWorker, run_in_background
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.predictor import Predictor
 
@@ -70,6 +70,7 @@ class Demo:
         self.limits = limits
         self.store = store
         self.model_lock = threading.Lock()
+        self.worker = TurnWorker()  # every turn runs on its one thread (see TurnWorker)
 
     def message(self, exc: BaseException, session: Session | None, names: dict[str, str] | None = None) -> str:
         """The page's message for a failure: a user error without server paths (`names`: more paths and what to
@@ -124,7 +125,7 @@ def state(demo: Demo, s: Session) -> dict[str, Any]:
     p = s.progress
     out: dict[str, Any] = {
         "media": None,
-        "turns": [{"text": t, "answer": pred.answer} for t, pred in zip(s.texts, s.turns)],
+        "turns": [{"text": t.asked, "answer": t.answer} for t in s.turns],
         "memory": [],
         "latest": len(s.turns),
         "progress": {
@@ -147,10 +148,10 @@ def state(demo: Demo, s: Session) -> dict[str, Any]:
             "size": list(m.size),
             "names": m.names,
             "fps": m.info.fps or 4.0,
-            "llm_positions": s.turns[0].llm_positions if s.turns else None,
+            "llm_positions": s.latest.llm_positions if s.latest is not None else None,
         }
-    if s.turns:
-        last = s.turns[-1]
+    if s.latest is not None:
+        last = s.latest
         n = len(s.turns)
         for k, mask in last.memory.items():
             seen = [t for t in range(mask.shape[0]) if bool(mask[t].any())]
@@ -297,7 +298,13 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
         if text is not None and not isinstance(text, str):
             raise PredictInputError(f"question: got {json_kind(text)}, expected a string (the question or instruction)")
         run_in_background(
-            s, demo.predictor, data.get("text"), data.get("prompts", []), demo.model_lock, lambda e: demo.message(e, s)
+            s,
+            demo.predictor,
+            data.get("text"),
+            data.get("prompts", []),
+            demo.model_lock,
+            lambda e: demo.message(e, s),
+            demo.worker,
         )
         return JSONResponse(state(demo, s), status_code=202, headers=HEADERS)
 
@@ -366,6 +373,7 @@ def build_app(demo: Demo, allowed_hosts: list[str] | None = None) -> Starlette:
             yield
         finally:
             task.cancel()
+            demo.worker.close(timeout=5.0)  # a running turn is not waited for longer (its thread is a daemon)
             demo.store.close()  # the uploads of every session go with the server
 
     routes = [

@@ -7,16 +7,49 @@ running, no upload being read), sessions without media first; only when every se
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixelqa.files import pid_alive
 from pixelqa.predict.media import Media
 from pixelqa.predict.predictor import Prediction
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another libc, another system)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def trim_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc `malloc_trim(0)`); False where there is none.
+
+    A turn frees hundreds of MB of tensors of varying sizes; glibc keeps such freed pages in its arenas, so without
+    this the server's RSS ratchets up with every turn although nothing is referenced any more.
+    """
+    fn = _malloc_trim()
+    if fn is None:
+        return False
+    fn(0)
+    return True
 
 
 @dataclass
@@ -31,6 +64,22 @@ class Progress:
     total: int = 0
 
 
+@dataclass(frozen=True)
+class Turn:
+    """What the page needs of an earlier turn: its texts and answer (its overlays and files stay in `folder`).
+
+    A session keeps the full `Prediction` (masks, memory bank, model state) of its latest turn only: the next turn
+    continues from it, and every turn's images and downloads are served from its folder on disk.
+    """
+
+    turn: int  # 1-based
+    asked: str  # the question as typed
+    text: str  # the user text with its <|ref|> placed
+    model_text: str  # the user text as fed to the model
+    answer: str
+    folder: Path
+
+
 @dataclass
 class Session:
     """One browser session's state; `folder` holds its upload and every turn's outputs."""
@@ -41,8 +90,8 @@ class Session:
     media: Media | None = None
     media_name: str = ""
     upload: Path | None = None
-    turns: list[Prediction] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)  # each turn's question as typed
+    turns: list[Turn] = field(default_factory=list)  # every turn, as text (its files are in its folder)
+    latest: Prediction | None = None  # the latest turn's full result (tensors), which the next turn continues
     progress: Progress = field(default_factory=Progress)
     uploading: bool = False  # an upload of this session is being received or decoded
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -50,6 +99,11 @@ class Session:
     def turn_dir(self, turn: int) -> Path:
         """The outputs folder of turn `turn` (1-based)."""
         return self.folder / f"turn{turn}"
+
+    def add_turn(self, pred: Prediction, asked: str) -> None:
+        """Record a finished turn: its full result replaces the previous turn's, which is kept as text only."""
+        self.turns.append(Turn(pred.turn, asked, pred.text, pred.model_text, pred.answer, self.turn_dir(pred.turn)))
+        self.latest = pred
 
     @property
     def busy(self) -> bool:
@@ -60,8 +114,38 @@ class Session:
         """Forget the conversation and its outputs (the media stays)."""
         for t in range(1, len(self.turns) + 1):
             shutil.rmtree(self.turn_dir(t), ignore_errors=True)
-        self.turns, self.texts = [], []
+        self.turns, self.latest = [], None
         self.progress = Progress()
+
+
+def _drop(session: Session) -> None:
+    """Let an ended session's tensors go (a request or a turn may still hold the object) and trim the heap."""
+    session.latest = None
+    trim_memory()
+
+
+ROOT_PREFIX = "pixelqa-demo-"
+OWNER_FILE = "owner.pid"  # in each root: the id of the process serving it
+
+
+def sweep_stale_roots(tmp: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the session roots (`pixelqa-demo-*` in the temp folder) of this user whose demo process is gone.
+
+    A demo killed hard (kill -9, a crash) cannot remove its root, and the uploads in it would stay; each root names
+    its process in `owner.pid`. Roots of other users, roots without that file and roots of a live process stay.
+    """
+    removed, uid = [], os.getuid() if hasattr(os, "getuid") else None
+    for root in Path(tmp or tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            if root.is_symlink() or not root.is_dir() or (uid is not None and root.stat().st_uid != uid):
+                continue
+            pid = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):  # not ours, no owner file (or one being written), not a number
+            continue
+        if pid > 0 and pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
 
 
 class SessionStore:
@@ -69,7 +153,11 @@ class SessionStore:
     for a new one), each removed after `idle_s` unseen."""
 
     def __init__(self, max_sessions: int = 8, idle_s: float = 1800.0) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="pixelqa-demo-"))  # mode 0700: other users cannot read uploads
+        sweep_stale_roots()  # the uploads a killed demo left behind
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))  # mode 0700: other users cannot read uploads
+        (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n")
+        # the root goes at interpreter exit too, when the store is not closed (the demo embedded in a program)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.max_sessions = max_sessions
         self.idle_s = idle_s
         self._sessions: dict[str, Session] = {}
@@ -94,6 +182,7 @@ class SessionStore:
             self._sessions[sid] = session
         if evicted is not None:
             shutil.rmtree(evicted.folder, ignore_errors=True)
+            _drop(evicted)
         return session
 
     def get(self, sid: str | None) -> Session | None:
@@ -111,6 +200,7 @@ class SessionStore:
         if session is None:
             return False
         shutil.rmtree(session.folder, ignore_errors=True)
+        _drop(session)
         return True
 
     def reap(self) -> int:
@@ -124,7 +214,7 @@ class SessionStore:
         """Remove every session and the root folder (server shutdown)."""
         with self._lock:
             self._sessions.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._cleanup()  # removes the root (once)
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -10,6 +10,7 @@ import base64
 import binascii
 import dataclasses
 import inspect
+import queue
 import threading
 import time
 import zipfile
@@ -22,8 +23,9 @@ from PIL import Image
 
 from pixelqa import viz
 from pixelqa.demo.messages import json_kind, shown
-from pixelqa.demo.sessions import Session
+from pixelqa.demo.sessions import Session, trim_memory
 from pixelqa.files import atomic_file
+from pixelqa.model.chat import ContextTooLongError
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.outputs import write_outputs
 from pixelqa.predict.predictor import Prediction, Predictor
@@ -144,14 +146,19 @@ def run_turn(
     media = session.media
     # ids are left to the Predictor: the next free ones after the memory bank's
     prompts = [dataclasses.replace(p, object_id=None) for p in model_prompts(specs, media.info, media.frame_ids)]
-    history = session.turns[-1] if session.turns else None
+    history = session.latest
     n = len(media.frame_ids)
     progress.phase = "waiting for the model (another session is using it)"
     with model_lock:
         progress.phase = f"running the model: answering and propagating masks through {n} frame(s)"
-        pred: Prediction = predictor.run(
-            media if history is None else None, text, prompts, history, **sam_progress(session, predictor, history)
-        )
+        try:
+            pred: Prediction = predictor.run(
+                media if history is None else None, text, prompts, history, **sam_progress(session, predictor, history)
+            )
+        except PredictInputError as exc:
+            if isinstance(exc.__cause__, ContextTooLongError):  # the user's to fix: reset, or upload again
+                raise PredictInputError(f"{exc.__cause__} (reset the conversation)") from None
+            raise
     if not session.folder.is_dir():  # the page ended while the model ran: write nothing (it would recreate it)
         return {}
     progress.phase = "writing masks and overlays"
@@ -161,9 +168,46 @@ def run_turn(
     for k, m in pred.memory.items():
         viz.save_png(thumbnail(frames, m.numpy()), out / "thumbs" / f"{k}.png")
     _zip_pngs(out / "Annotations", out / "masks_png.zip")
-    session.turns.append(pred)
-    session.texts.append(text)
+    session.add_turn(pred, text)  # the previous turn's tensors go: only the latest turn's are kept
     return run
+
+
+class TurnWorker:
+    """One long-lived (daemon) thread that runs every turn, one after the other, trimming the heap after each.
+
+    A fresh thread per turn makes glibc hand each one its own malloc arena, whose freed pages stay with the process:
+    the server's RSS grew by MBs per turn. One thread reuses one arena, and `trim_memory` returns its free pages.
+    """
+
+    def __init__(self, name: str = "demo-turns") -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue `job` (it must not raise) to run on the worker thread, started on the first job."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            finally:
+                del job  # the turn's tensors go before the trim
+                trim_memory()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread after the queued jobs (waiting at most `timeout` seconds for them)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
 
 
 def run_in_background(
@@ -173,11 +217,13 @@ def run_in_background(
     items: Any,
     model_lock: threading.Lock,
     on_error: Callable[[BaseException], str],
-) -> threading.Thread:
-    """Start `run_turn` in a thread; its progress and error (through `on_error(exc) -> str`) land on the session."""
+    worker: TurnWorker,
+) -> None:
+    """Queue `run_turn` on `worker`; its progress and error (through `on_error(exc) -> str`) land on the session."""
     progress = session.progress
     progress.running, progress.error, progress.started = True, "", time.monotonic()
     progress.done = progress.total = 0
+    progress.phase = "waiting for the model (another session is using it)"
 
     def work() -> None:
         try:
@@ -188,6 +234,4 @@ def run_in_background(
         finally:
             progress.running, progress.phase = False, ""
 
-    thread = threading.Thread(target=work, name=f"demo-turn-{session.sid[:6]}", daemon=True)
-    thread.start()
-    return thread
+    worker.submit(work)

@@ -129,6 +129,38 @@ def to_visual_prompt(p: Point | Box | Mask | VisualPrompt, object_id: int) -> Vi
     raise TypeError(f"prompts: got {type(p).__name__}, expected Point, Box, Mask or VisualPrompt")
 
 
+class ContextTooLongError(ValueError):
+    """A conversation whose prompt no longer fits the language model's positions (start a new conversation)."""
+
+
+def max_positions(model: UniPixel) -> int | None:
+    """The language model's position limit (`max_position_embeddings` of its text config), or None if unknown."""
+    config = getattr(getattr(model, "qwen", None), "config", None)
+    for cfg in (getattr(config, "text_config", None), config):
+        limit = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def check_context(model: UniPixel, state: ChatState, batch: Batch, max_new_tokens: int) -> None:
+    """Raise ContextTooLongError when the prompt plus `max_new_tokens` passes the model's position limit.
+
+    Every turn feeds the whole conversation again (media, earlier turns, injected memory), so the prompt grows with
+    each turn; past the limit the model would read positions it was never trained on, silently.
+    """
+    limit = max_positions(model)
+    if limit is None:
+        return
+    n = int(batch.input_ids.shape[-1])
+    if n + max_new_tokens > limit:
+        raise ContextTooLongError(
+            f"conversation too long: {len(state.turns)} earlier turn(s) make a prompt of {n} tokens, over the "
+            f"model's limit of {limit - max_new_tokens} ({limit} positions minus max_new_tokens {max_new_tokens}); "
+            "start a new conversation"
+        )
+
+
 def _messages(state, user_text: str, answer: str | None) -> list[dict]:
     """Chat-template messages: media in the first user message, history turns, the new turn."""
     turns = list(state.turns) + [(user_text, answer)]
@@ -358,6 +390,7 @@ def chat_turn(
             # and the answer fixed by the prompts (`[k] <|seg|>`), teacher-forced
             prefill_text = prefill_request(tag_refs(text, ids))
             pre = build_batch(model, state, prefill_text, prefill_answer(ids), state.prompts + vps, state.memory)
+            check_context(model, state, pre, 0)  # teacher-forced: it generates nothing
             # bidirectional propagation starts from each prompt's own frame (a SAM frame)
             starts = [state.llm_index[vp.frame] if state.llm_index is not None else vp.frame for vp in vps]
             caches: list = []
@@ -387,6 +420,7 @@ def chat_turn(
         batch = build_batch(
             model, state, user_text, None, state.prompts + turn_prompts, state.memory + turn_memory, assistant_prefix
         )
+        check_context(model, state, batch, max_new_tokens)
         n_user = count_seg(user_text)
         if variant == "ref_seg_pool":
             # the pooled second LLM pass lives in forward: generate and decode through it (uncached)

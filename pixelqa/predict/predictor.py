@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pixelqa.model.chat import Box, Mask, Point
+from pixelqa.model.chat import Box, ContextTooLongError, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, llm_positions
 from pixelqa.predict.media import Media, media_from_tensor, media_warnings, read_media
@@ -354,6 +354,8 @@ class Predictor:
         t0 = time.perf_counter()
         try:
             result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
+        except ContextTooLongError as exc:  # but a conversation grown past the model's positions is: one line
+            raise PredictInputError(f"history: {exc}") from exc  # the cause: callers may add their own advice
         finally:
             if bar is not None:
                 bar.close()
