@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -118,3 +120,18 @@ def training_batch(processor, t: int = 4, size: int = 112) -> Batch:
         "seg_valid": valid,
     }
     return make_batch(processor, [image, video])
+
+
+RELEASED = Path(__file__).resolve().parents[2] / "shared" / "data" / "unipixel-official-tiny" / "checkpoint"
+
+
+def released_copy(tmp_path: Path, name: str = "ckpt") -> Path:
+    """A writable copy of the shared released-format fixture checkpoint, `tmp_path/name` (weights linked)."""
+    out = tmp_path / name
+    out.mkdir()
+    for f in RELEASED.iterdir():
+        if f.suffix == ".safetensors":
+            (out / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, out / f.name)
+    return out

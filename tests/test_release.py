@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -89,16 +88,11 @@ def test_parity_cli_prints_ok_and_exits_0(capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "parity: ok"
 
 
-def _copy(tmp_path: Path) -> Path:
+def _copy(tmp_path: Path, name: str = "ckpt") -> Path:
     """A writable copy of the fixture checkpoint (weights linked)."""
-    out = tmp_path / "ckpt"
-    out.mkdir()
-    for f in CHECKPOINT.iterdir():
-        if f.suffix == ".safetensors":
-            (out / f.name).symlink_to(f)
-        else:
-            shutil.copy(f, out / f.name)
-    return out
+    from model_fixtures import released_copy
+
+    return released_copy(tmp_path, name)
 
 
 def _edit_config(folder: Path, **changes) -> None:

@@ -46,15 +46,10 @@ TEXT_CONFIG = json.loads((CHECKPOINT / "config.json").read_text())["text_config"
 
 
 def _copy(tmp_path: Path, name: str = "ckpt") -> Path:
-    """A writable copy of the released fixture (weights linked)."""
-    out = tmp_path / name
-    out.mkdir()
-    for f in CHECKPOINT.iterdir():
-        if f.suffix == ".safetensors":
-            (out / f.name).symlink_to(f)
-        else:
-            shutil.copy(f, out / f.name)
-    return out
+    """A writable copy of the fixture checkpoint (weights linked)."""
+    from model_fixtures import released_copy
+
+    return released_copy(tmp_path, name)
 
 
 def _edit(folder: Path, file: str, **changes) -> None:
