@@ -104,8 +104,6 @@ def make_executor(launcher: Any, folder: str | Path, name: str, dependencies: li
     return ex
 
 
-
-
 def scheduler_state(launcher: Any, folder: str | Path, job_id: str) -> str:
     """The scheduler's state of a job: a SLURM state (PENDING, RUNNING, FAILED, ...), ENDED (local) or UNKNOWN."""
     executor = str(_get(launcher, "executor"))
