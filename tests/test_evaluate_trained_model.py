@@ -43,17 +43,17 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def built(monkeypatch) -> list:
-    """The models evaluate builds (the real load_model, recorded)."""
-    import pixelqa.evaluate as ev
+    """The models evaluate builds (the real load_model, recorded; evaluate imports it when it runs)."""
+    from pixelqa.eval import model_loading
 
     models: list = []
-    real = ev.load_model
+    real = model_loading.load_model
 
     def spy(recipe, ckpt_path):
         models.append(real(recipe, ckpt_path))
         return models[-1]
 
-    monkeypatch.setattr(ev, "load_model", spy)
+    monkeypatch.setattr(model_loading, "load_model", spy)
     return models
 
 
