@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 
 # Types besides tensors and plain containers that a PixelQA checkpoint may hold (paths in hyper-parameters).
 ALLOWED_GLOBALS = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath)
+# pickle's message when a module has no attribute of the name a file stores (a class of the saving script's __main__)
+_MISSING_ATTRIBUTE = re.compile(r"Can't get attribute '(?P<name>[^']+)' on <module '(?P<module>[^']+)'")
 
 
 class CheckpointError(ValueError):
@@ -46,7 +49,7 @@ def safe_torch_load(
     `what` names the argument in the messages (`--model`, `init_from`), `hint` says how to trust a file.
     """
     if trust:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _trusted_load(path, what)
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)), warnings.catch_warnings():
             # a plain pickle (not torch.save) is refused below; torch's note on its protocol only adds noise
@@ -68,6 +71,40 @@ def safe_torch_load(
         raise CheckpointError(f"{what}: {str(path)!r} cannot be read as a checkpoint: {exc}") from None
     except (KeyError, ValueError, IndexError, TypeError, AttributeError, MemoryError) as exc:
         # torch's restricted unpickler reading bytes that are no pickle at all (a text file: KeyError 101)
+        raise CheckpointError(
+            f"{what}: {str(path)!r} cannot be read as a checkpoint (not a torch.save file: "
+            f"{type(exc).__name__} while reading)"
+        ) from None
+
+
+def _trusted_load(path: str | Path, what: str) -> Any:
+    """Plain `torch.load` (full unpickling) of a file the user trusts; a file that cannot be read is a
+    CheckpointError naming `what`, as in the safe branch (trust lifts the refusal, not the need for a readable file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:  # the file names a class of a module that is not installed here
+        raise CheckpointError(
+            f"{what}: {str(path)!r} needs module {exc.name}, which cannot be imported here; expected a checkpoint "
+            "whose objects are importable (install the package that saved it)"
+        ) from None
+    except AttributeError as exc:  # a class missing from its module: most often one of the saving script's __main__
+        m = _MISSING_ATTRIBUTE.search(str(exc))
+        if m is None:
+            needed = f"an object that is missing ({exc})"
+        else:
+            # the file's own spelling of the class (`__main__.Custom`): the message names the module as it is here
+            # (under `python -m x`, `x.__main__`)
+            stored = [g for g in unsafe_globals(path) if g.rsplit(".", 1)[-1] == m["name"]]
+            needed = f"class {stored[0] if stored else m['module'] + '.' + m['name']}"
+        raise CheckpointError(
+            f"{what}: {str(path)!r} needs {needed}, which cannot be imported here; expected a checkpoint whose "
+            "objects are importable"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{what}: {str(path)!r} cannot be read as a checkpoint: {exc}") from None
+    except (pickle.UnpicklingError, KeyError, ValueError, IndexError, TypeError, ImportError, MemoryError) as exc:
+        # a zip that is no torch.save file (KeyError 'storages'), bytes that are no pickle, a class that will not
+        # build from its stored state
         raise CheckpointError(
             f"{what}: {str(path)!r} cannot be read as a checkpoint (not a torch.save file: "
             f"{type(exc).__name__} while reading)"

@@ -1,17 +1,21 @@
 """Recipe loading: a defaults chain of presets, dotlist overrides, a typed schema check, printing.
 
-A recipe is a YAML file in `recipes/` (e.g. `recipes/stage3.yaml`). Its `defaults:` list names one preset per
-group, each a YAML file in a sub-folder (`recipes/model/tiny.yaml`, `recipes/data/synthetic.yaml`, ...). The
-recipe body is merged over its presets, and command-line arguments over both:
+A recipe is a YAML file in `recipes/` (e.g. `recipes/stage3.yaml`), or a `.yaml` file anywhere given as a path.
+Its `defaults:` list names one preset per group, each a YAML file in a sub-folder: `GROUP/NAME.yaml` beside the
+recipe file first, then in the package's `recipes/` (`recipes/model/tiny.yaml`, `recipes/data/synthetic.yaml`,
+...). The recipe body is merged over its presets, and command-line arguments over both:
 
     python -m pixelqa.fit recipe=stage3 model=unipixel-3b model.path=/ckpt/qwen trainer.max_steps=100
 
-`group=preset` swaps a preset; `a.b.c=value` sets a key. The result is checked against the `Recipe` dataclass
-schema: an unknown key or a value of the wrong type fails with a message naming the key and what is valid.
+`group=preset` swaps a preset; `a.b.c=value` sets a key, its value typed as YAML (`parse_value`); `${a.b}` in a
+value, from a file or the command line, is resolved against the composed recipe. The result is checked against the
+`Recipe` dataclass schema: an unknown key or a value of the wrong type fails with a message naming the key and what
+is valid.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,11 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
     ConfigTypeError,
+    GrammarParseError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
     OmegaConfBaseException,
     ValidationError,
 )
@@ -78,7 +86,9 @@ class DataConfig:
     memory_prompts: str = "keep"  # keep | point_box: memory pre-fill prompts redrawn as points / boxes (as released)
     group_by_type: bool = False  # every micro-batch of an optimizer step, on every rank, holds one data type
     batch_size: int = 1  # per device
-    global_batch_size: int | None = None  # if set: accumulate = global / (batch_size * devices * nodes)
+    # if set: accumulate = global / (batch_size * devices * nodes), recorded as trainer.accumulate_grad_batches; a
+    # trainer.accumulate_grad_batches other than 1 that disagrees is refused (pixelqa.fit.accumulation)
+    global_batch_size: int | None = None
     val_batch_size: int = 1
     num_workers: int = 0
     shuffle_buffer: int = 1000
@@ -96,10 +106,12 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed (see recipes/trainer/*.yaml)
-    precision: str = "32-true"  # 32-true | bf16-mixed
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (CUDA only); not bf16-true (config.REFUSED_CHOICES)
     max_steps: int = 100
     accumulate_grad_batches: int = 1
-    val_check_interval: Any = None  # None = once at the end of the run
+    # validate every N optimizer steps (an integer >= 1); None = once, at the end of the run. Typed Any so that a
+    # float (Lightning's fraction of an epoch) or 0 is refused in one line naming the key (_check_ranges)
+    val_check_interval: Any = None
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = 1.0
     limit_val_batches: Any = None
@@ -194,9 +206,11 @@ CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.mask_decoder.arch": ("micro", "hiera_t", "hiera_s", "hiera_b+", "hiera_l"),
     "model.mask_decoder.mode": ("propagate", "independent"),
+    "model.mask_decoder.prompt_padding": ("released", "none"),
     "model.memory.variant": ("ref_only", "ref_seg", "ref_seg_pool", "memory_bank"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),  # Lightning's names
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),  # 16-mixed: CUDA only (pixelqa.preflight)
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
     "data.memory_prompts": ("keep", "point_box"),
     "launcher.executor": EXECUTORS,
@@ -223,7 +237,7 @@ def _read_yaml(path: Path, what: str) -> DictConfig:
 
 
 def available_presets(group: str, root: Path | None = None) -> list[str]:
-    """Names of the presets of a group (`model`, `data`, ...)."""
+    """Names of the presets of a group (`model`, `data`, ...) in a recipes folder (default: the package's)."""
     folder = (root or recipes_dir()) / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
@@ -233,12 +247,43 @@ def available_recipes(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (root or recipes_dir()).glob("*.yaml"))
 
 
-def _load_preset(group: str, name: str, root: Path) -> DictConfig:
-    path = root / group / f"{name}.yaml"
-    if not path.is_file():
-        valid = ", ".join(available_presets(group, root)) or f"none ({root / group} holds no .yaml file)"
-        raise RecipeError(f"{group}={name}: no such preset; valid choices: {valid}")
-    cfg = _read_yaml(path, f"{group}={name}")
+def _check_preset_name(group: str, name: str) -> None:
+    """Refuse a preset name that is not one file name: `model=../../etc/x` would read a file outside `model/`."""
+    if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise RecipeError(
+            f"{group}={name}: a preset is a file name in a {group}/ folder (e.g. {group}=NAME for {group}/NAME.yaml), "
+            "not a path"
+        )
+
+
+def _preset_folders(beside: Path, root: Callable[[], Path]) -> tuple[list[Path], str]:
+    """Where presets are looked up, in order: the recipe file's folder, then the package's recipes folder (once when
+    they are the same); and a note when there is no package recipes folder."""
+    folders = [beside]
+    try:
+        package = root()
+    except RecipeError:  # a recipe beside its own presets needs no package recipes folder
+        return folders, " (no package recipes folder found: set PIXELQA_HOME=DIR to a PixelQA clone)"
+    if package.resolve() != beside.resolve():
+        folders.append(package)
+    return folders, ""
+
+
+def _preset_path(group: str, name: str, beside: Path, root: Callable[[], Path]) -> Path:
+    """The file of preset `group=name`: `group/name.yaml` beside the recipe file, else in the package's recipes
+    folder; a RecipeError listing the valid choices of both places when neither has it."""
+    _check_preset_name(group, name)
+    folders, note = _preset_folders(beside, root)
+    for folder in folders:
+        path = folder / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    places = "; ".join(f"{', '.join(available_presets(group, f)) or 'none'} (in {f / group})" for f in folders)
+    raise RecipeError(f"{group}={name}: no such preset; valid choices: {places}{note}")
+
+
+def _load_preset(group: str, name: str, beside: Path, root: Callable[[], Path]) -> DictConfig:
+    cfg = _read_yaml(_preset_path(group, name, beside, root), f"{group}={name}")
     cfg.pop("defaults", None)
     return cfg
 
@@ -310,6 +355,9 @@ def _defaults_of(cfg: DictConfig, where: str) -> list[tuple[str, str]]:
 def _check_choices(cfg: DictConfig) -> None:
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
+        refused = REFUSED_CHOICES.get(key, {})
+        if value in refused:
+            raise RecipeError(f"{key}={value!r} is not supported: {refused[value]}")
         if value not in valid:
             raise RecipeError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, valid))}")
 
@@ -327,6 +375,9 @@ def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
         parts.pop()
 
 
+_LITERAL = "write \\${ for a literal ${"  # OmegaConf's escape, in a recipe file as on the command line
+_ABSENT = object()  # what OmegaConf.select returns for a key that does not exist
+
 # Stands for '#' while a command-line value is parsed as YAML, which would read ` #...` as a comment and drop it.
 _HASH = "\ue000"
 
@@ -341,16 +392,38 @@ def _restore_hash(node: Any) -> Any:
     return node
 
 
+def _parse_yaml(raw: str) -> Any:
+    """`raw` read as YAML into plain data (`${...}` kept as text), every `#` kept: nothing in it is a comment."""
+    hide = "#" in raw and _HASH not in raw
+    try:
+        parsed = OmegaConf.from_dotlist([f"v={raw.replace('#', _HASH) if hide else raw}"])
+    except yaml.YAMLError as err:
+        reason = str(err).splitlines()[0]
+        raise RecipeError(f"value {raw!r} is not valid YAML ({reason}); quote it ('...') to take it as text") from None
+    except GrammarParseError as err:
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise RecipeError(f"value {raw!r} holds no valid interpolation ({reason}); {_LITERAL}") from None
+    value = OmegaConf.to_container(parsed, resolve=False)["v"]  # resolved later, against the whole recipe
+    return _restore_hash(value) if hide else value
+
+
+def _is_flow(value: Any, raw: str) -> bool:
+    """Whether a parsed mapping or list was written in YAML flow syntax: `{a: 1}`, `[1, 2]`."""
+    return raw.lstrip().startswith("{" if isinstance(value, dict) else "[")
+
+
 def parse_value(raw: str) -> Any:
     """A command-line value (the text after `key=`) typed as YAML, as Hydra does (`5` an int, `true` a bool,
-    `[a, b]` a list, `null` None), except that nothing in it is a comment: `output_dir=/data/run #1` is the folder
-    `/data/run #1`, not `/data/run` (a shell passes the ` #1` only when it is quoted, so it is meant)."""
-    if "#" not in raw or _HASH in raw:
-        return OmegaConf.from_dotlist([f"v={raw}"])["v"]
-    value = OmegaConf.from_dotlist([f"v={raw.replace('#', _HASH)}"])["v"]
-    if isinstance(value, (DictConfig, ListConfig)):
-        return _restore_hash(OmegaConf.to_container(value, resolve=False))
-    return _restore_hash(value)
+    `[a, b]` a list, `{a: 1}` a mapping, `null` None), except that nothing in it is a comment: `output_dir=/data/run #1`
+    is the folder `/data/run #1`, not `/data/run` (a shell passes the ` #1` only when it is quoted, so it is meant),
+    and that a mapping or list needs braces or brackets: `/data/run: 2` (YAML's block mapping {'/data/run': 2}) and
+    `- a` (a block list) stay that text, stripped. `${...}` is kept, resolved when the whole recipe is composed."""
+    if raw.lstrip()[:1] in ("&", "*", "!"):  # a YAML anchor, alias or tag would eat or fail on the text: text
+        return raw.strip()
+    value = _parse_yaml(raw)
+    if isinstance(value, (dict, list)) and not _is_flow(value, raw):
+        return raw.strip()
+    return value
 
 
 # Recipe keys holding a path (or a sqlite:/// URI) of the local file system: a leading `~` (or `~user`) is expanded
@@ -380,15 +453,69 @@ def expand_home(value: str) -> str:
     return value
 
 
+def _raw_at(raw: Any, key: str) -> Any:
+    """The value at dotted `key` (list items by index) of a plain container; None where there is none."""
+    node = raw
+    for part in key.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _check_interpolations(cfg: DictConfig) -> None:
+    """Resolve every `${...}` of the composed recipe (file and command-line values alike) once, so that one naming
+    a missing key fails here in one line, not in the middle of a run."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except (InterpolationResolutionError, GrammarParseError) as err:
+        key = str(getattr(err, "full_key", "") or "?")
+        written = _raw_at(OmegaConf.to_container(cfg, resolve=False), key)
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        if isinstance(err, InterpolationKeyError):
+            reason += " (a ${...} names a key of the composed recipe, e.g. ${model.preset})"
+        raise RecipeError(f"{key}={written!r} cannot be resolved: {reason}; {_LITERAL}") from None
+
+
 def _expand_home(cfg: DictConfig) -> None:
     """Expand a leading `~` in the PATH_KEYS of a composed recipe (interpolations inside the value are kept)."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     for key in PATH_KEYS:
-        node: Any = raw
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+        node = _raw_at(raw, key)
         if isinstance(node, str) and expand_home(node) != node:
             OmegaConf.update(cfg, key, expand_home(node), merge=False)
+
+
+def _is_open_key(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` exists, or is a new key of a free mapping (`launcher.additional.mail-type`, a dict-typed field)."""
+    if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False) is not _ABSENT:
+        return True
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else None
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+
+
+def _set_override(cfg: DictConfig, key: str, raw: str) -> None:
+    """Set `key` to the command-line value `raw` (parse_value); raises OmegaConf's errors for the caller to word."""
+    try:
+        value = parse_value(raw)
+    except RecipeError as err:
+        raise RecipeError(f"key {key!r}: {err}") from None
+    if not _is_open_key(cfg, key):
+        raise ConfigKeyError(key)
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except ValidationError as err:
+        target = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if isinstance(target, DictConfig) and isinstance(value, str):  # `a: b` without braces stays text
+            reason = str(getattr(err, "msg", err)).splitlines()[0]
+            raise RecipeError(
+                f"key {key!r} takes a mapping, got the text {value!r} ({reason}); write it in braces: {key}={{{value}}}"
+            ) from None
+        raise
 
 
 def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str) -> DictConfig:
@@ -400,11 +527,10 @@ def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str
         cfg = schema.copy()
         for item in layer:
             key, raw = item.split("=", 1)
-            value = parse_value(raw)
-            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                raise ConfigKeyError(key)
-            OmegaConf.update(cfg, key, value, merge=True)
+            _set_override(cfg, key, raw)
         return cfg
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or (key if key != "?" else str(err))
         valid = _valid_keys(schema, key)
@@ -413,38 +539,80 @@ def _merge_checked(schema: DictConfig, layer: DictConfig | list[str], where: str
         key = getattr(err, "full_key", None) or key
         reason = str(getattr(err, "msg", err)).splitlines()[0]
         raise RecipeError(f"{where}: key {key!r} has a value of the wrong type or shape ({reason})") from None
+    except GrammarParseError as err:
+        key = getattr(err, "full_key", None) or key
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise RecipeError(f"{where}: key {key!r} holds no valid interpolation ({reason}); {_LITERAL}") from None
 
 
-# numeric keys a run cannot use outside these bounds: (key, lowest allowed, what the error says is expected)
-RANGES: tuple[tuple[str, float, str], ...] = (
-    ("data.batch_size", 1, "an integer >= 1"),
-    ("data.global_batch_size", 1, "null or an integer >= 1"),
-    ("data.val_batch_size", 1, "an integer >= 1"),
-    ("data.num_frames", 1, "an integer >= 1"),
-    ("data.num_workers", 0, "an integer >= 0"),
-    ("data.max_tokens", 1, "an integer >= 1"),
-    ("data.max_redraws", 0, "an integer >= 0"),
-    ("data.val_samples", 1, "null or an integer >= 1"),
-    ("trainer.accumulate_grad_batches", 1, "an integer >= 1"),
-    ("trainer.num_nodes", 1, "an integer >= 1"),
-    ("trainer.keep_checkpoints", 1, "an integer >= 1"),
-    ("trainer.checkpoint_every_n_steps", 1, "null or an integer >= 1"),
-    ("trainer.cpu_threads", 1, "null or an integer >= 1"),
-    ("optim.lr", 0, "a learning rate >= 0"),
-    ("optim.decoder_lr", 0, "a learning rate >= 0"),
-    ("optim.backbone_lr", 0, "null or a learning rate >= 0"),
-    ("optim.weight_decay", 0, "a value >= 0"),
-    ("optim.warmup_ratio", 0, "a fraction in [0, 1]"),
-    ("eval.max_samples", 1, "null (every sample) or an integer >= 1"),  # 0 scores nothing; < 0 slices from the end
+# numeric keys a run cannot use outside these bounds: (key, lowest allowed, first value too high or None, what the
+# error says is expected)
+RANGES: tuple[tuple[str, float, float | None, str], ...] = (
+    ("seed", 0, 2**32, "an integer from 0 to 2**32 - 1 = 4294967295"),  # numpy's seed range (Lightning seeds it)
+    ("data.batch_size", 1, None, "an integer >= 1"),
+    ("data.global_batch_size", 1, None, "null or an integer >= 1"),
+    ("data.val_batch_size", 1, None, "an integer >= 1"),
+    ("data.num_frames", 1, None, "an integer >= 1"),
+    ("data.num_workers", 0, None, "an integer >= 0"),
+    ("data.max_tokens", 1, None, "an integer >= 1"),
+    ("data.max_redraws", 0, None, "an integer >= 0"),
+    ("data.val_samples", 1, None, "null or an integer >= 1"),
+    ("trainer.accumulate_grad_batches", 1, None, "an integer >= 1"),
+    ("trainer.num_nodes", 1, None, "an integer >= 1"),
+    ("trainer.keep_checkpoints", 1, None, "an integer >= 1"),
+    ("trainer.checkpoint_every_n_steps", 1, None, "null or an integer >= 1"),
+    ("trainer.cpu_threads", 1, None, "null or an integer >= 1"),
+    ("optim.lr", 0, None, "a learning rate >= 0"),
+    ("optim.decoder_lr", 0, None, "a learning rate >= 0"),
+    ("optim.backbone_lr", 0, None, "null or a learning rate >= 0"),
+    ("optim.weight_decay", 0, None, "a value >= 0"),
+    # 1 would leave no step after the warm-up for the cosine decay (pixelqa.train.schedule.warmup_steps)
+    ("optim.warmup_ratio", 0, 1, "a fraction in [0, 1)"),
+    # 0 scores nothing; < 0 slices from the end
+    ("eval.max_samples", 1, None, "null (every sample) or an integer >= 1"),
 )
+
+# Lightning reads a float trainer.val_check_interval as a fraction of an epoch, which a run on an endless stream
+# does not have; 0 meant "only at the end" without saying so, which null says.
+VAL_CHECK_INTERVAL_EXPECTED = (
+    "expected null (validate once, at the end of the run) or an integer >= 1 (optimizer steps between validations)"
+)
+
+# Values a key once listed in CHOICES that no run can use: refused with this advice (not a traceback at the first step).
+REFUSED_CHOICES: dict[str, dict[Any, str]] = {
+    "trainer.precision": {
+        "bf16-true": (
+            "it casts the whole model to bfloat16, but UniPixel keeps SAM and its new modules in float32 (the first "
+            "step fails); set the LLM's dtype with model.dtype=bfloat16 and use trainer.precision=bf16-mixed"
+        ),
+    },
+}
+
+
+def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
+    """The first (dotted key, value) of a plain recipe container whose number is NaN or infinite."""
+    if isinstance(node, float):
+        return None if math.isfinite(node) else (key, node)
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def _check_ranges(cfg: DictConfig) -> None:
-    for key, low, expected in RANGES:
+    # NaN passes every comparison below (all are False) and an infinite rate trains to NaN: no setting takes either
+    bad = _non_finite(OmegaConf.to_container(cfg, resolve=True))
+    if bad is not None:
+        raise RecipeError(f"{bad[0]}={bad[1]!r}: expected a finite number")
+    for key, low, high, expected in RANGES:
         value = OmegaConf.select(cfg, key)
-        too_high = key == "optim.warmup_ratio" and value is not None and value > 1
-        if value is not None and (value < low or too_high):
+        if value is not None and (value < low or (high is not None and value >= high)):
             raise RecipeError(f"{key}={value!r} is out of range; expected {expected}")
+    interval = OmegaConf.select(cfg, "trainer.val_check_interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+        raise RecipeError(f"trainer.val_check_interval={interval!r}: {VAL_CHECK_INTERVAL_EXPECTED}")
 
 
 def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictConfig:
@@ -452,7 +620,8 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
 
     Layers merge in the order of the recipe's `defaults:` list, where `_self_` stands for the recipe body:
     presets listed after `_self_` override the body (the stage recipes use this so that the tiny/synthetic demo
-    presets override the paper-scale settings, which apply as soon as a paper-scale preset is chosen).
+    presets override the paper-scale settings, which apply as soon as a paper-scale preset is chosen). A preset is
+    looked up beside the recipe file, then in the package's recipes folder; `${...}` are resolved (checked) last.
     """
     found: list[Path] = []
 
@@ -474,11 +643,12 @@ def load_recipe(args: list[str] | None = None, default: str = "stage3") -> DictC
         if group == "_self_":
             cfg = _merge_checked(cfg, body, f"recipe {path.name}")
         else:
-            preset = _load_preset(group, name, root())
+            preset = _load_preset(group, name, path.parent, root)
             layer = preset if group in ROOT_GROUPS else OmegaConf.create({group: preset})
             cfg = _merge_checked(cfg, layer, f"{group}={name}")
     cfg = _merge_checked(cfg, dotlist, "command line")
     _expand_home(cfg)
+    _check_interpolations(cfg)
     _check_choices(cfg)
     _check_ranges(cfg)
     cfg.presets = {g: n for g, n in order if g != "_self_"}
@@ -528,8 +698,21 @@ def run_cli(run: Callable[[list[str]], Any], doc: str | None, argv: list[str] | 
         return
     args = ["data.strict=true" if a == "--strict" else a for a in args]  # the flag spelling of data.strict
     args = ["trust_checkpoint=true" if a == "--trust-checkpoint" else a for a in args]  # as predict spells it
+    from pixelqa.data.shard_reader import ShardDamageError
+
     try:
         run(args)
     except RecipeError as err:
         print(f"recipe error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ShardDamageError as err:  # --strict met damage, or shards hold nothing intact: the data, not the code
+        print(f"data error: {damage_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def damage_line(err: BaseException) -> str:
+    """One line of a ShardDamageError, also when a DataLoader worker raised it (its message then holds the worker's
+    whole traceback, the error's own line last)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.split("ShardDamageError: ", 1)[-1]

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import uuid
@@ -169,6 +170,17 @@ class FolderTaken(FileExistsError):
     """`atomic_folder`'s target was written by another process while this one wrote its own: nothing replaced."""
 
 
+class FolderNotReplaceable(PermissionError):
+    """A folder this process may not replace whole (rename aside, then remove): the message says why; nothing was
+    replaced. A PermissionError (EACCES), so that callers mapping disk errors (`disk_error`) keep doing so."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 # what a rename onto a folder another process filled meanwhile fails with (or onto a file or a link put there)
 _TAKEN_ERRNOS = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
@@ -192,6 +204,93 @@ def _rename_new(tmp: Path, target: Path) -> None:
 def _old_name(target: Path) -> Path:
     """Where `atomic_folder` keeps the replaced folder between its two renames."""
     return target.with_name(f".{target.name}.old")
+
+
+def _removal_blocker(folder: Path) -> str | None:
+    """Why this process could not remove the folder `folder` and everything in it, or None: a folder inside that it
+    may not list and change (write-protected, another user's), or a sticky folder holding another user's entries."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    failed: list[str] = []
+    for root, dirs, files in os.walk(folder, onerror=lambda exc: failed.append(f"{exc.filename!r} cannot be read")):
+        if failed:
+            break
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            return f"{root!r} is write-protected or another user's (its entries cannot be removed)"
+        st = os.lstat(root)
+        if st.st_mode & stat.S_ISVTX and euid not in (0, None, st.st_uid):
+            for name in dirs + files:  # in a sticky folder only an entry's owner (or the folder's) may remove it
+                if os.lstat(os.path.join(root, name)).st_uid != euid:
+                    return f"{os.path.join(root, name)!r} is another user's, in a sticky folder"
+    return failed[0] if failed else None
+
+
+def replace_blocker(directory: str | os.PathLike) -> str | None:
+    """Why this process could not replace the existing folder `directory` whole, or None (also for a new name or
+    a file: those are other checks). Replacing renames it aside to `.NAME.old` and removes that after the new folder
+    is in: it needs a writable parent, the right to rename it there (a sticky parent, such as /tmp, lets only the
+    owner) and the right to remove everything in it; a `.NAME.old` left by an earlier replacement must go too.
+    Checked before slow work, so that a run does not fail (or leave the old folder behind) at its end."""
+    target = Path(directory)
+    if target.is_symlink() or not target.is_dir():
+        return None
+    parent = target.absolute().parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its folder {str(parent)!r} is not writable"
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    st_parent, st = os.stat(parent), os.lstat(target)
+    if st_parent.st_mode & stat.S_ISVTX and euid not in (0, None, st_parent.st_uid, st.st_uid):
+        return (
+            f"it belongs to another user (uid {st.st_uid}) and its folder {str(parent)!r} is sticky (only the owner "
+            "may rename it)"
+        )
+    reason = _removal_blocker(target)
+    if reason is not None:
+        return reason
+    old = _old_name(target)
+    if old.is_symlink() or old.exists():
+        reason = _removal_blocker(old) if old.is_dir() and not old.is_symlink() else None
+        if reason is not None:
+            return (
+                f"{str(old)!r} (the folder an earlier write replaced, left beside it) cannot be removed: {reason}; "
+                "remove it by hand"
+            )
+    return None
+
+
+def _clear_aside(old: Path, target: Path) -> None:
+    """Remove `.NAME.old` left by an earlier replacement whose new folder is in place (its removal failed); one that
+    stays is a FolderNotReplaceable naming it, never taken for another writer's work."""
+    if not (old.exists() or old.is_symlink()):
+        return
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+    if old.exists() or old.is_symlink():
+        reason = replace_blocker(target) or (
+            f"{str(old)!r} (the folder an earlier write replaced, left beside it) cannot be removed; remove it by hand"
+        )
+        raise FolderNotReplaceable(f"{str(target)!r} cannot be replaced: {reason}")
+
+
+def _remove_replaced(old: Path) -> None:
+    """Remove the folder a replacement renamed aside; what cannot be removed is said on stderr (the new folder is
+    in place, so the write stands), never left silently."""
+    errors: list[str] = []
+    shutil.rmtree(old, onerror=lambda _fn, path, exc: errors.append(f"{path}: {exc[1]}"))
+    if old.exists():
+        print(
+            f"warning: {old} (the folder this write replaced) could not be removed ({errors[0] if errors else '?'}); "
+            "remove it by hand",
+            file=sys.stderr,
+        )
+
+
+def _check_replaceable(target: Path) -> None:
+    """Raise FolderNotReplaceable when `replace_blocker` finds a reason."""
+    reason = replace_blocker(target)
+    if reason is not None:
+        raise FolderNotReplaceable(f"{str(target)!r} cannot be replaced: {reason}")
 
 
 def recover_folder(directory: str | os.PathLike) -> Path | None:
@@ -297,7 +396,9 @@ def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterato
     without it, only an absent or empty one is, and a folder found full at the end (another process's, finished
     while this one wrote) is left as it is: FolderTaken. So is a folder that another writer put in place between
     this one's two renames. A file or a link there is refused. Temporaries of `directory` that killed writes left
-    are removed first, and a folder a kill left only as `.NAME.old` is put back (`recover_folder`).
+    are removed first, and a folder a kill left only as `.NAME.old` is put back (`recover_folder`). A folder this
+    process could not rename aside and remove (`replace_blocker`: write-protected, another user's, a `.NAME.old` an
+    earlier replacement could not remove) is FolderNotReplaceable, raised before the block runs and nothing touched.
 
     The root folder, the home folder, the current folder and any folder holding one of them are never written
     (ValueError, `protected_folder`), whatever the caller checked: the last line of defence against a typo such as
@@ -309,6 +410,8 @@ def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterato
         raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
     if not replace and target.is_dir() and any(target.iterdir()):
         raise FileExistsError(f"{str(target)!r} is a folder that is not empty; expected a new name or an empty folder")
+    if replace and target.is_dir():
+        _check_replaceable(target)  # before the caller's work: a folder that cannot go would fail only at the end
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent, target.name)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
@@ -319,7 +422,8 @@ def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterato
         # checked now, not at the start: the folder may have appeared while this one was written
         if replace and target.is_dir() and not target.is_symlink():
             old = _old_name(target)
-            shutil.rmtree(old, ignore_errors=True)
+            _clear_aside(old, target)
+            _check_replaceable(target)
             # a kill between these two renames leaves only `old`: the next write (or check) puts it back
             try:
                 os.replace(target, old)
@@ -328,9 +432,71 @@ def atomic_folder(directory: str | os.PathLike, replace: bool = True) -> Iterato
                     raise _taken(target) from None
                 raise
             _rename_new(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_replaced(old)
         else:
             _rename_new(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def folder_temp(directory: str | os.PathLike) -> Path:
+    """A new, empty temporary folder beside `directory` with a plain folder's mode, named as `atomic_folder` names
+    its own (`remove_stale_temps` removes it once its writer has exited); `install_folder` renames it into place."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder gets a plain folder's mode
+    return tmp
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, then each folder's entries, to the disk."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = Path(root, name)
+            if not path.is_symlink():
+                _fsync(path)
+        _fsync(Path(root))
+
+
+def install_folder(tmp: str | os.PathLike, directory: str | os.PathLike, durable: bool = False) -> Path:
+    """Rename the finished folder `tmp` (a `folder_temp` of `directory`) onto `directory`. An older folder of that
+    name is replaced: renamed aside to `.NAME.old`, `tmp` renamed in, the old one removed; a kill between the two
+    renames leaves only `.NAME.old`, which `recover_folder` puts back. A file or a link at `directory` is refused.
+    `durable` syncs the new folder's files before the renames and the parent folder after them. When a rename
+    fails, `directory` is as it was and `tmp` is left to its writer."""
+    tmp, target = Path(tmp), Path(directory)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{str(target)!r} exists and is not a folder; expected a folder to replace or a new name")
+    _plain_modes(tmp)
+    if durable:
+        _fsync_tree(tmp)
+    old = _old_name(target)
+    if target.is_dir():
+        _clear_aside(old, target)  # a leftover of an earlier replacement that finished its renames
+        _check_replaceable(target)
+        os.replace(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.replace(old, target)  # the older folder back under its name
+            raise
+    else:
+        # the only copy of an earlier folder of this name may sit at `old` (a kill between the renames): this newer
+        # folder supersedes it, so it goes once the new one is in place
+        _rename_new(tmp, target)
+    if old.is_dir() and not old.is_symlink():
+        _remove_replaced(old)
+    if durable:
+        _fsync(target.parent)
+    return target
+
+
+def remove_folder(directory: str | os.PathLike) -> None:
+    """Remove the folder `directory` by renaming it to a temporary name first: a kill during the removal leaves a
+    temporary (`remove_stale_temps` removes it), never part of the folder under its own name."""
+    target = Path(directory)
+    aside = target.with_name(temp_prefix(target) + uuid.uuid4().hex[:8])
+    os.rename(target, aside)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -190,6 +190,31 @@ def check_launcher(recipe: Any) -> None:
     )
 
 
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's `accelerator` (a recipe's trainer.accelerator) runs on this machine's CPU: `cpu`, or
+    `auto` where no CUDA or MPS device is available."""
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def check_precision(trainer: Any) -> None:
+    """trainer.precision=16-mixed needs a GPU: on a CPU Lightning runs bf16-mixed instead, with a warning only, while
+    the recipe (recipe.yaml, MLflow, checkpoints) would record 16-mixed."""
+    accelerator = str(trainer.accelerator)
+    if str(trainer.precision) == "16-mixed" and runs_on_cpu(accelerator):
+        found = " (no GPU found)" if accelerator == "auto" else ""
+        raise RecipeError(
+            f"trainer.precision=16-mixed with trainer.accelerator={accelerator}{found}: float16 autocast needs a "
+            "GPU, and on a CPU Lightning would run bf16-mixed instead; use trainer.precision=bf16-mixed (or 32-true)"
+        )
+
+
 def sam_init_warning(recipe: Any) -> str | None:
     """A warning when a real model's SAM 2.1 starts from random weights (a base Qwen folder, no SAM checkpoint, nothing
     to initialise or resume from); None otherwise. Not an error: a random SAM may be wanted for an ablation."""
@@ -242,6 +267,31 @@ def release_override_warning(model_path: str, overridden: list[str], recorded_in
         f"warning: model.path={model_path} is a released UniPixel, which fixes these settings{recorded}: "
         f"{'; '.join(overridden)}"
     )
+
+
+def check_model_files(model: Any) -> Any:
+    """The local files `model` (a recipe's model section) loads exist, before any work: a real preset, or the tiny one
+    given a path, needs a Qwen2.5-VL (or released UniPixel) folder with config.json, and a SAM checkpoint given must
+    be a file (nothing is downloaded). Returns `release.inspect_folder`'s description of the folder, or None."""
+    if model.preset == "tiny" and not model.path:
+        ckpt = model.mask_decoder.checkpoint
+        if ckpt and not Path(ckpt).is_file():
+            raise RecipeError(f"model.mask_decoder.checkpoint={ckpt!r}: no such file; give a local SAM 2.1 .pt file")
+        return None
+    if not model.path or not Path(model.path).is_dir() or not (Path(model.path) / "config.json").is_file():
+        raise RecipeError(
+            f"model.path={model.path!r}: model={model.preset} needs a local Qwen2.5-VL directory with config.json; "
+            f"set model.path=/local/Qwen2.5-VL-... (nothing is downloaded)"
+        )
+    ckpt = model.mask_decoder.checkpoint
+    if ckpt and not Path(ckpt).is_file():
+        raise RecipeError(f"model.mask_decoder.checkpoint={ckpt!r}: no such file; give a local SAM 2.1 .pt file")
+    from pixelqa.model import release
+
+    try:
+        return release.inspect_folder(model.preset, model.path)
+    except release.ReleaseError as err:
+        raise RecipeError(str(err)) from None
 
 
 def check_run(recipe: Any, launcher: bool = True) -> None:

@@ -87,6 +87,9 @@ def test_group_selection_from_the_command_line():
         (["data.sources.0.nam=x"], "valid keys here: data.sources.0.name, data.sources.0.split"),
         (["max_steps"], "argument 'max_steps': expected key=value"),
         (["model.mask_decoder.mode=batch"], "valid choices: propagate, independent"),
+        # found only when SAM or the Trainer was built, after the shards and the model (a traceback) before
+        (["model.mask_decoder.prompt_padding=foo"], "prompt_padding='foo' is not valid; valid choices: released, none"),
+        (["trainer.accelerator=foo"], "trainer.accelerator='foo' is not valid; valid choices: auto, cpu, gpu, cuda"),
     ],
 )
 def test_bad_recipes_name_the_key_and_the_valid_choices(args, message):
@@ -111,3 +114,69 @@ def test_print_config_round_trips_and_flatten_gives_mlflow_params(capsys):
     flat = flatten(cfg)
     assert flat["trainer.max_steps"] == 5 and flat["model.loss.focal"] == 100.0
     assert flat["data.sources.0.name"] == "synthetic"
+
+
+# ------------------------------------------------------------------------------------- presets beside a recipe file
+
+
+def _own_recipe(folder: Path, defaults: str) -> Path:
+    """A user's recipe file in `folder` (outside the package) with its own `model/my-model.yaml` and
+    `data/synthetic.yaml` (the latter shadowing the package's preset of that name) beside it."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "model" / "my-model.yaml").write_text("preset: tiny\nhidden_tokens: 3\n")
+    (folder / "data" / "synthetic.yaml").write_text("name: synthetic\nsynthetic_val: 7\n")
+    recipe = folder / "my.yaml"
+    recipe.write_text(f"defaults:\n{defaults}stage: 3\n")
+    return recipe
+
+
+def test_presets_beside_a_recipe_file_are_found_first(tmp_path):
+    recipe = _own_recipe(tmp_path / "exp", "  - model: my-model\n  - data: synthetic\n  - trainer: cpu\n")
+    cfg = load_recipe([f"recipe={recipe}"])  # was: model=my-model: no such preset
+    assert cfg.model.hidden_tokens == 3 and cfg.presets["model"] == "my-model"
+    assert cfg.data.synthetic_val == 7  # its own data/synthetic.yaml, not the package's (130)
+    assert cfg.trainer.accelerator == OmegaConf.load(RECIPES / "trainer" / "cpu.yaml").accelerator  # the package's
+    swapped = load_recipe([f"recipe={recipe}", "model=tiny"])  # a package preset chosen on the command line
+    assert swapped.model.hidden_tokens == 2 and swapped.presets["model"] == "tiny"  # the schema's default
+
+
+def test_a_missing_preset_lists_the_choices_of_both_places(tmp_path):
+    recipe = _own_recipe(tmp_path / "exp", "  - model: my-model\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe([f"recipe={recipe}", "model=my-modle"])
+    assert str(err.value) == (
+        f"model=my-modle: no such preset; valid choices: my-model (in {tmp_path / 'exp' / 'model'}); "
+        f"tiny, unipixel-3b, unipixel-7b (in {RECIPES / 'model'})"
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(["recipe=stage3", "model=huge"])  # a package recipe: one place, named once
+    assert (
+        str(err.value)
+        == f"model=huge: no such preset; valid choices: tiny, unipixel-3b, unipixel-7b (in {RECIPES / 'model'})"
+    )
+
+
+def test_presets_beside_a_recipe_need_no_package_recipes_folder(tmp_path, monkeypatch):
+    recipe = _own_recipe(tmp_path / "exp", "  - model: my-model\n")
+    monkeypatch.setenv("PIXELQA_RECIPES", str(tmp_path / "missing"))  # the package's folder cannot be found
+    assert load_recipe([f"recipe={recipe}"]).model.hidden_tokens == 3
+    with pytest.raises(RecipeError, match=r"valid choices: my-model \(in .*\) \(no package recipes folder found"):
+        load_recipe([f"recipe={recipe}", "model=tiny"])
+
+
+def _defaults_file(folder: Path, name: str) -> Path:
+    """A recipe naming preset `model: name` in its defaults list (quoted: the name is text)."""
+    path = folder / "named.yaml"
+    path.write_text(f"defaults:\n  - model: '{name}'\n")
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "../my", "/etc/x", "..", "sub/x", "a\\b"])
+def test_a_preset_name_may_not_leave_its_group_folder(tmp_path, name):
+    recipe = _own_recipe(tmp_path / "exp", "  - model: my-model\n")  # model=../my would read exp/model/../my.yaml
+    for args in ([f"recipe={recipe}", f"model={name}"], [f"recipe={_defaults_file(tmp_path, name)}"]):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(args)
+        expected = "a preset is a file name in a model/ folder (e.g. model=NAME for model/NAME.yaml), not a path"
+        assert str(err.value) == f"model={name}: {expected}"
