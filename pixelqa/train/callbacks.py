@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from pixelqa import tracking
 from pixelqa.files import atomic_file, atomic_symlink
 from pixelqa.quiet import progress_enabled
+from pixelqa.train.checkpoint_io import settle
 
 # MLflow lists metrics alphabetically; J&F is logged as `val/J_and_F` (the module's name, '&' made MLflow-safe) and
 # again under this name: a leading digit sorts before every name that starts with a letter, in byte order,
@@ -121,18 +123,49 @@ class StepCheckpoint(ModelCheckpoint):
         last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         return os.path.islink(last) and os.path.realpath(last) == os.path.realpath(filepath)
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Lightning's save (`Trainer.save_checkpoint`), but a write that fails on one rank ends every rank with the
+        error (`pixelqa.train.checkpoint_io.settle`): under DDP rank 0 writes alone, and the others would wait at
+        Lightning's barrier after the write until the process group times out."""
+        if trainer.model is None:
+            raise AttributeError("saving a checkpoint needs a model attached to the Trainer")
+        with trainer.profiler.profile("save_checkpoint"):
+            # outside the guard below: gathering the state may be a collective (FSDP's optimizer state)
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+            error = None
+            try:
+                trainer.strategy.save_checkpoint(checkpoint, filepath)
+            except Exception as exc:  # noqa: BLE001  (any failure: the other ranks must hear of it)
+                error = exc
+            settle(error, f"checkpoint {filepath}")  # also the barrier after the write
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
-        """last.ckpt -> the newest step file, replaced by a rename (Lightning removes it first, then links)."""
+        """last.ckpt -> the newest step file, replaced by a rename (Lightning removes it first, then links); a
+        failure on rank 0 ends every rank (`settle`, in place of Lightning's barrier)."""
+        error = None
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             try:
-                atomic_symlink(filepath, linkpath)
-            except OSError:
-                if not os.path.isfile(filepath):
-                    raise
-                # no symbolic links here (Windows without the right): a copy, renamed into place
-                atomic_file(linkpath, lambda tmp: shutil.copyfile(filepath, tmp), durable=True)
-        trainer.strategy.barrier()
+                _link_or_copy(filepath, linkpath)
+            except Exception as exc:  # noqa: BLE001  (any failure: the other ranks must hear of it)
+                error = exc
+        settle(error, f"checkpoint link {linkpath}")
+
+
+def _link_or_copy(filepath: str, linkpath: str) -> None:
+    """`linkpath` -> `filepath` by `atomic_symlink`; a copy renamed into place where links cannot be made."""
+    try:
+        atomic_symlink(filepath, linkpath)
+    except OSError:
+        if not os.path.isfile(filepath):
+            raise
+        # no symbolic links here (Windows without the right): a copy, renamed into place
+        atomic_file(linkpath, lambda tmp: shutil.copyfile(filepath, tmp), durable=True)
 
 
 def validation_follows(trainer: L.Trainer) -> bool:
@@ -194,6 +227,28 @@ def logger_step(trainer: L.Trainer) -> int:
     return int(stepped) if isinstance(stepped, int) else int(trainer.global_step)
 
 
+class StepLearningRateMonitor(LearningRateMonitor):
+    """Lightning's LearningRateMonitor (`logging_interval="step"`), logging each optimizer step's learning rates once.
+
+    Lightning's monitor logs in `on_train_batch_start`, which runs once per micro-batch, and decides from the count
+    of finished optimizer steps, the same for every micro-batch of a step: with gradient accumulation each logged
+    step was logged once per micro-batch (the module's `_log_last_step` makes the last step one of them). Only the
+    first micro-batch of a step reaches it here; the learning rate does not change within a step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging_interval="step")
+        self._step: int | None = None  # the optimizer step (logger step) whose first micro-batch was seen
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Log the learning rates at the first micro-batch of each optimizer step that Lightning logs."""
+        step = logger_step(trainer)
+        if step == self._step:
+            return
+        self._step = step
+        super().on_train_batch_start(trainer, *args, **kwargs)
+
+
 class OverlayLogger(Callback):
     """After each validation: write ground-truth | prediction overlays of the first val samples and log them.
 
@@ -249,7 +304,7 @@ def build_callbacks(recipe: Any, ckpt_dir: Path, logger: Any) -> list[Callback]:
     if recipe.trainer.enable_progress_bar and progress_enabled(True):  # TQDM_DISABLE=1 turns it off too
         callbacks.append(TQDMProgressBar(refresh_rate=10))  # plain text: readable in logs too
     if logger is not None:
-        callbacks += [LearningRateMonitor(logging_interval="step"), HeadlineMetrics()]
+        callbacks += [StepLearningRateMonitor(), HeadlineMetrics()]
     if recipe.tracking.log_overlays and recipe.tracking.num_overlays > 0:
         callbacks.append(OverlayLogger(Path(recipe.output_dir) / "overlays", logger))
     return callbacks

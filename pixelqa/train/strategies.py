@@ -4,12 +4,14 @@
   cannot infer it from an iterable stream); checkpoints exclude frozen parameters (only the trained weights are
   written); the gradient accumulation is Lightning's, counted once (`pixelqa.train.normalise.loss_scale`).
   `ckpt=last` and `init_from=` accept its checkpoint directories (`pixelqa.train.guards.read_resume_metadata`,
-  `pixelqa.train.module.read_checkpoint`).
+  `pixelqa.train.module.read_checkpoint`). Its checkpoint folders, written by every rank, appear whole or not at
+  all (`pixelqa.train.checkpoint_io.AtomicDeepSpeedStrategy`).
 - `trainer=fsdp`: full sharding with one FSDP unit per Qwen decoder layer, ViT block and SAM block (Hiera blocks,
   two-way attention blocks); bf16 compute over fp32 storage (FSDP flattens a unit's parameters into one tensor of
   one dtype, so a bf16 frozen base and fp32 trainable LoRA / projector weights cannot share a unit: the whole
   model is stored in fp32 and FSDP's mixed precision casts to bf16 for compute, gradients reduced in fp32);
-  `use_orig_params` so frozen and trainable parameters can share a unit.
+  `use_orig_params` so frozen and trainable parameters can share a unit. Full state dicts: rank 0 writes one
+  checkpoint file, atomically (`pixelqa.train.checkpoint_io.AtomicCheckpointIO`).
 
 `strategy_spec` returns plain data (testable on CPU without DeepSpeed); `build_strategy` instantiates it.
 """
@@ -64,15 +66,19 @@ def build_strategy(recipe: Any) -> Any:
     """The `strategy` argument of lightning.Trainer for a recipe."""
     kind, kwargs = strategy_spec(recipe)
     if kind == "deepspeed":
-        from lightning.pytorch.strategies import DeepSpeedStrategy
+        from pixelqa.train.checkpoint_io import AtomicDeepSpeedStrategy
 
-        return DeepSpeedStrategy(**kwargs)
+        return AtomicDeepSpeedStrategy(**kwargs)
     if kind == "fsdp":
         import torch
         from lightning.pytorch.strategies import FSDPStrategy
         from torch.distributed.fsdp import MixedPrecision
 
+        from pixelqa.train.checkpoint_io import AtomicCheckpointIO
+
         mp = MixedPrecision(**{k: getattr(torch, v) for k, v in kwargs["mixed_precision"].items()})
         policy = {_import(p) for p in kwargs["auto_wrap_policy"]}
-        return FSDPStrategy(**{**kwargs, "auto_wrap_policy": policy, "mixed_precision": mp})
+        # full state dicts: rank 0 writes one file through the strategy's CheckpointIO (fit gives FSDP no plugins)
+        io = AtomicCheckpointIO()
+        return FSDPStrategy(**{**kwargs, "auto_wrap_policy": policy, "mixed_precision": mp, "checkpoint_io": io})
     return kind
