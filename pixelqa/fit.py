@@ -92,31 +92,64 @@ def world_size(trainer_cfg: Any) -> int:
 
 
 def accumulation(recipe: Recipe) -> int:
-    """Micro-batches per optimizer step: data.global_batch_size / (batch_size x processes), else the trainer's."""
+    """Micro-batches per optimizer step: data.global_batch_size / (batch_size x processes), else the trainer's; a
+    trainer.accumulate_grad_batches other than 1 (its default) that disagrees with the global batch is refused."""
     gbs = recipe.data.global_batch_size
+    asked = int(recipe.trainer.accumulate_grad_batches)
     if gbs is None:
-        return int(recipe.trainer.accumulate_grad_batches)
-    per_step = recipe.data.batch_size * world_size(recipe.trainer)
+        return asked
+    processes = world_size(recipe.trainer)
+    per_step = recipe.data.batch_size * processes
     if gbs % per_step:
         raise RecipeError(
             f"data.global_batch_size={gbs} is not a multiple of data.batch_size x processes = "
-            f"{recipe.data.batch_size} x {world_size(recipe.trainer)}; "
-            f"choose a global batch size divisible by {per_step}"
+            f"{recipe.data.batch_size} x {processes}; choose a global batch size divisible by {per_step}"
+        )
+    if asked not in (1, gbs // per_step):  # the stage recipes set global_batch_size at scale=paper
+        raise RecipeError(
+            f"trainer.accumulate_grad_batches={asked} disagrees with data.global_batch_size={gbs}, which wins: it "
+            f"accumulates {gbs // per_step} (= {gbs} / (data.batch_size {recipe.data.batch_size} x {processes} "
+            f"processes)); drop trainer.accumulate_grad_batches, or set data.global_batch_size=null to accumulate "
+            f"{asked}"
         )
     return gbs // per_step
 
 
+def record_accumulation(cfg: Any, recipe: Recipe) -> Recipe:
+    """Set the accumulation the run uses (`accumulation`) as `trainer.accumulate_grad_batches` of `cfg`, so that
+    recipe.yaml, the MLflow params and the checkpoints' recipe show it; returns the recipe of the updated `cfg`."""
+    used = accumulation(recipe)
+    if used == recipe.trainer.accumulate_grad_batches:
+        return recipe
+    cfg.trainer.accumulate_grad_batches = used
+    return to_object(cfg)
+
+
 def resolve_ckpt(recipe: Recipe) -> Path | None:
-    """The checkpoint to resume (`ckpt=last` -> <output_dir>/checkpoints/last.ckpt), checked to exist."""
+    """The checkpoint to resume (`ckpt=last` -> <output_dir>/checkpoints/last.ckpt), checked to exist (a DeepSpeed
+    folder a kill left aside while it was being replaced is put back first: `recover_checkpoint_folder`)."""
     if recipe.ckpt in (None, "", "none", "null"):
         return None
     path = Path(recipe.output_dir) / "checkpoints" / "last.ckpt" if recipe.ckpt == "last" else Path(recipe.ckpt)
+    recover_checkpoint_folder(path)
     if not (path.is_file() or (path.is_dir() and (path / "checkpoint").is_dir())):  # a file, or DeepSpeed's folder
         raise RecipeError(
             f"ckpt={recipe.ckpt}: no checkpoint at {path}; train without ckpt= first, or give a .ckpt path "
             "(or a DeepSpeed checkpoint directory)"
         )
     return path
+
+
+def recover_checkpoint_folder(path: Path) -> Path | None:
+    """Put back the DeepSpeed checkpoint folder that `path` (or the link `path`, e.g. last.ckpt) names when a kill
+    between `pixelqa.files.install_folder`'s two renames left it only as `.NAME.old`; returns it, or None."""
+    from pixelqa.files import recover_folder
+
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        return recover_folder(target)
+    except FileNotFoundError:  # another process of this run (a DDP rank) put it back first
+        return None
 
 
 def settings_changes(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
@@ -153,6 +186,69 @@ def recipe_changes(saved: Mapping[str, Any], now: Mapping[str, Any], covered: An
         old, new = (repr(side[k]) if k in side else "absent" for side in (saved, now))
         out.append(f"{k}: {old} -> {new}")
     return out
+
+
+# Recipe keys that decide which parameters train and how the optimizer groups them: a resume restores the
+# checkpoint's trained weights and optimizer state, which belong to its set, so a change cannot resume (a new run
+# from the weights can). model.lora.rank / vit / llm count only when LoRA is on on both sides, optim.backbone_lr only
+# as set or unset (set, the backbone's trained weights get their own group), list values as sets.
+TRAINED_SET_KEYS = (
+    "stage",
+    "model.lora.enabled",
+    "model.lora.rank",
+    "model.lora.vit",
+    "model.lora.llm",
+    "optim.extra_trainable",
+    "optim.extra_groups",
+    "optim.backbone_lr",
+)
+
+
+def trained_set_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """`key changed (old -> new)` for each TRAINED_SET_KEYS entry of the flattened recipes that changes the trained
+    parameters or the optimizer's groups (a key one side lacks, e.g. an earlier version's, is not compared)."""
+    lora_on = bool(saved.get("model.lora.enabled")) and bool(now.get("model.lora.enabled"))
+    out = []
+    for key in TRAINED_SET_KEYS:
+        if key not in saved or key not in now:
+            continue
+        old, new = saved[key], now[key]
+        if key.startswith("model.lora.") and key != "model.lora.enabled" and not lora_on:
+            continue
+        if key == "optim.backbone_lr":
+            same = (old is None) == (new is None)
+        elif isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+            same = sorted(map(str, old or [])) == sorted(map(str, new or []))
+        else:
+            same = old == new
+        if not same:
+            out.append(f"{key} changed ({old!r} -> {new!r})")
+    return out
+
+
+def check_trained_set(recipe: Recipe, resume: Path) -> None:
+    """A resume trains the parameter set its checkpoint was trained with (`TRAINED_SET_KEYS`, compared with the
+    recipe the checkpoint records, else its hyperparameters): otherwise one line saying how to go on, before any
+    model is built or file written (the checkpoint's loading failed later with misleading errors)."""
+    from operator import attrgetter
+
+    from pixelqa.train.guards import read_resume_metadata
+
+    try:
+        saved = read_resume_metadata(resume, recipe.trust_checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise RecipeError(str(err)) from None
+    old = {**flatten(dict(saved.get("hyper_parameters") or {})), **dict(saved.get("pixelqa_recipe") or {})}
+    if "pixelqa_stage" in saved:
+        old["stage"] = saved["pixelqa_stage"]
+    changes = trained_set_changes(old, {key: attrgetter(key)(recipe) for key in TRAINED_SET_KEYS})
+    if changes:
+        back = "set it back" if len(changes) == 1 else "set them back"
+        raise RecipeError(
+            f"ckpt={recipe.ckpt}: {'; '.join(changes)}, which changes the trained parameters (or the optimizer's "
+            f"groups) that a resume restores; {back} to resume, or start a new run from these weights with "
+            f"init_from={resume.resolve()} and another output_dir"
+        )
 
 
 class Resumed(NamedTuple):
@@ -266,22 +362,12 @@ def set_aside_previous(ckpt_dir: Path) -> Path | None:
 def check_model(recipe: Recipe) -> None:
     """A real preset, or the tiny one given a path (a tiny base folder), needs a local model directory (nothing is
     downloaded)."""
-    m = recipe.model
-    if m.preset != "tiny" or m.path:
-        if not m.path or not Path(m.path).is_dir() or not (Path(m.path) / "config.json").is_file():
-            raise RecipeError(
-                f"model.path={m.path!r}: model={m.preset} needs a local Qwen2.5-VL directory with config.json; "
-                f"set model.path=/local/Qwen2.5-VL-... (nothing is downloaded)"
-            )
-        ckpt = m.mask_decoder.checkpoint
-        if ckpt and not Path(ckpt).is_file():
-            raise RecipeError(f"model.mask_decoder.checkpoint={ckpt!r}: no such file; give a local SAM 2.1 .pt file")
+    from pixelqa.preflight import check_model_files
+
+    folder = check_model_files(recipe.model)
+    if folder is not None:
         from pixelqa.model import release
 
-        try:
-            folder = release.inspect_folder(m.preset, m.path)
-        except release.ReleaseError as err:
-            raise RecipeError(str(err)) from None
         if folder.kind == "release" and recipe.stage in (1, 2):
             raise RecipeError(
                 f"{folder.file('config.json')}: model_type={release.RELEASE_TYPE!r} is a released UniPixel, but stage "
@@ -291,9 +377,10 @@ def check_model(recipe: Recipe) -> None:
 
 
 def check_init_from(recipe: Recipe) -> dict | None:
-    """Load and check `init_from` (a stage N-1 checkpoint); returns the checkpoint dict."""
+    """Load and check `init_from` (a stage N-1 checkpoint, its weights finite); returns the checkpoint dict."""
     if not recipe.init_from:
         return None
+    from pixelqa.train.finite import check_finite_weights
     from pixelqa.train.module import check_init_stage, read_checkpoint
 
     try:
@@ -301,6 +388,8 @@ def check_init_from(recipe: Recipe) -> dict | None:
         check_init_stage(ckpt, recipe.stage, recipe.init_from)
     except (FileNotFoundError, ValueError) as err:
         raise RecipeError(str(err)) from None
+    # here, not only when the weights are loaded: NaN / inf weights are refused before recipe.yaml or any run exists
+    check_finite_weights(ckpt.get("state_dict") or {}, f"init_from={recipe.init_from}")
     return ckpt
 
 
@@ -329,7 +418,7 @@ def check_extra_groups(recipe: Recipe) -> None:
 
 def preflight(recipe: Recipe) -> dict | None:
     """Every check that can fail before work starts; returns the `init_from` checkpoint (or None)."""
-    from pixelqa.preflight import check_launcher, check_run
+    from pixelqa.preflight import check_launcher, check_precision, check_run
     from pixelqa.train.datamodule import check_sources
 
     check_launcher(recipe)  # first: a cluster run must not start training on the login node
@@ -342,7 +431,10 @@ def preflight(recipe: Recipe) -> dict | None:
     check_sources(recipe.data)
     check_eval_split(recipe)
     accumulation(recipe)
-    resolve_ckpt(recipe)
+    check_precision(recipe.trainer)
+    resume = resolve_ckpt(recipe)
+    if resume is not None:
+        check_trained_set(recipe, resume)
     check_run(recipe, launcher=False)  # output folders, validation shards and the MLflow store, before any work
     return check_init_from(recipe)
 
@@ -399,7 +491,8 @@ def build_trainer(recipe: Recipe, logger: Any, callbacks: list, accumulate: int)
     # An int interval counts optimizer steps in recipes; Lightning counts micro-batches.
     val_every = int(interval) * accumulate if interval else 10**12
     limit_val = t.limit_val_batches if t.limit_val_batches is not None else 1.0
-    # DeepSpeed and FSDP write their own checkpoint folders; elsewhere Lightning's CheckpointIO writes the file
+    # DeepSpeed and FSDP get their checkpoint writing from `build_strategy` (DeepSpeed's folders written whole or not
+    # at all, FSDP's one file through its own AtomicCheckpointIO); elsewhere AtomicCheckpointIO is given here
     plugins = [] if strategy_spec(recipe)[0] in ("deepspeed", "fsdp") else [AtomicCheckpointIO()]
     return L.Trainer(
         accelerator=t.accelerator,
@@ -530,10 +623,10 @@ def resume_hint(args: list[str]) -> str:
         return f"interrupted. Run again with: {fit_command(args)}"
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if last.is_file():
+    if last.exists():  # a file, or the folder a DeepSpeed checkpoint is
         return f"interrupted. Resume from its last checkpoint ({last}) with:\n  {fit_command(args, 'ckpt=last')}"
     hint = f"interrupted before the first checkpoint. Start again with:\n  {fit_command(args)}"
-    aside = [p for p in set_aside_folders(ckpt_dir) if (p / "last.ckpt").is_file()]
+    aside = [p for p in set_aside_folders(ckpt_dir) if (p / "last.ckpt").exists()]
     if aside and not holds_checkpoints(ckpt_dir):
         prev = aside[-1]
         newest = os.readlink(prev / "last.ckpt") if (prev / "last.ckpt").is_symlink() else "last.ckpt"
@@ -642,7 +735,9 @@ def reports_error(err: RecipeError, rank_zero: bool) -> bool:
 def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[str, float]:
     args = ["trainer.allow_stream_change=true" if a == ALLOW_STREAM_CHANGE else a for a in args]
     if PRINT_CONFIG in args:
-        print_config(load_recipe([a for a in args if a != PRINT_CONFIG]))
+        cfg = load_recipe([a for a in args if a != PRINT_CONFIG])
+        record_accumulation(cfg, to_object(cfg))  # the accumulation the run uses, as its recipe.yaml records it
+        print_config(cfg)
         return {}
     import lightning as L
     from omegaconf import OmegaConf
@@ -682,6 +777,7 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
         if rank_zero:
             warning = release_override_warning(recipe.model.path, overridden, "recipe.yaml and MLflow")
             print(warning, file=sys.stderr, flush=True)
+    recipe = record_accumulation(cfg, recipe)  # data.global_batch_size's accumulation, as recorded
     recipe_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     flat_recipe = flatten(cfg)  # what checkpoints record, for the resume checks (`check_resume`)
     recipe_file = Path(recipe.output_dir) / "recipe.yaml"
@@ -839,13 +935,24 @@ def _is_rank_zero() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry of `python -m pixelqa.fit`: a recipe error exits 2 with its message, Ctrl-C 130 with the resume command."""
+    """Entry of `python -m pixelqa.fit`: a recipe error exits 2 with its message, Ctrl-C 130 with the resume command,
+    a step whose loss or gradient is NaN / inf 1 with the line that says where (`pixelqa.train.finite`)."""
     args = sys.argv[1:] if argv is None else argv
     try:
         run_cli(run, __doc__, args)
     except KeyboardInterrupt:
         print("\n" + resume_hint(args), file=sys.stderr, flush=True)
         sys.exit(130)
+    except RuntimeError as err:
+        from pixelqa.train.finite import NonFiniteStepError  # only now: `-h` and recipe errors stay fast
+
+        if not isinstance(err, NonFiniteStepError):
+            raise
+        if _is_rank_zero():  # every rank stops at the same step: rank 0 says it once
+            print(str(err), file=sys.stderr, flush=True)
+        else:  # a launcher that stops all at the first exit (torchrun) must not stop rank 0 before it reports
+            time.sleep(QUIET_RANK_EXIT_DELAY_S)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

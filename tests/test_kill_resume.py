@@ -185,3 +185,14 @@ def test_a_validation_killed_at_a_checkpoint_step_is_redone_and_the_run_ends_bit
     assert sorted(p.name for p in overlays.iterdir()) == sorted(
         p.name for p in (tmp_path / "ref" / "overlays").iterdir()
     )
+
+
+def test_the_resume_hint_offers_ckpt_last_for_a_deepspeed_checkpoint_folder(tmp_path):
+    from pixelqa.fit import resume_hint
+
+    out = tmp_path / "ds"
+    step = out / "checkpoints" / "step000010.ckpt"  # DeepSpeed writes a folder under the checkpoint's name
+    (step / "checkpoint").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").symlink_to(step.name)
+    hint = resume_hint(["recipe=stage3", f"output_dir={out}"])
+    assert hint.startswith("interrupted. Resume from its last checkpoint") and hint.endswith("ckpt=last")

@@ -52,7 +52,7 @@ from pixelqa.data.layout import shard_dir
 from pixelqa.data.loader import UnusableSampleError
 from pixelqa.data.packing import BackgroundReceiver, pack
 from pixelqa.data.schema import Sample
-from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, open_shard, read_sample
+from pixelqa.data.shard_reader import DamageLog, RecordDamaged, RecordRef, ShardDamageError, open_shard, read_sample
 
 __all__ = ["RecordRef", "read_sample"]  # re-exported: random access is the shard reader's
 
@@ -100,8 +100,8 @@ def check_finished(data: Any, group: str, i: int) -> None:
     unfinished = unfinished_build(folder, data.shards)
     if unfinished is not None:
         raise RecipeError(
-            f"data.{group}[{i}] ({src.name}/{src.split}): the shards in {folder} are an unfinished build "
-            f"({unfinished.reason}); finish it with: {unfinished.command}"
+            f"data.{group}[{i}] ({src.name}/{src.split}): the shards in {folder} are {unfinished.state} "
+            f"({unfinished.reason}); {unfinished.action}: {unfinished.command}"
         )
 
 
@@ -150,7 +150,11 @@ class SourceIndex:
             lost = sum(d.records for d in contents.damage)
             self.expected += contents.expected if contents.expected is not None else len(contents.refs) + lost
         if not self.refs:
-            raise ValueError(f"{name}/{split}: shards in {self.folder} hold no intact samples")
+            # every record damaged: a data error (one line from the recipe CLIs), not a score of nothing
+            raise ShardDamageError(
+                f"{name}/{split}: shards in {self.folder} hold no intact samples ({self.damage.count} damaged "
+                "records); rebuild them (python -m pixelqa.data build ...)"
+            )
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -399,7 +403,7 @@ class TrainBatches(IterableDataset):
             if enc is None:
                 lost += 1
         if not encs:
-            raise ValueError(
+            raise NoUsableSampleError(
                 f"batch {batch}: no usable sample in {len(self.slots(batch))} slots after {self.max_redraws} redraws "
                 "each (see the collate warnings); check the pixel budgets and data.max_tokens"
             )
@@ -416,7 +420,10 @@ class TrainBatches(IterableDataset):
             if sample is not None:
                 break
         else:
-            raise ValueError(f"{source.name}/{source.split}: every record in {source.folder} is damaged")
+            raise DamagedSourceError(
+                f"{source.name}/{source.split}: every record in {source.folder} is damaged (each named in a warning "
+                "above); rebuild its shards with python -m pixelqa.data build"
+            )
         sample = prepare_sample(sample, self.num_frames, rng)
         if self.prompt_mode != "keep":
             from pixelqa.data.prompts import resample_prompts
@@ -444,6 +451,26 @@ class TrainBatches(IterableDataset):
 class EveryRankError(RecipeError):
     """A recipe error that every process of a distributed run raises alike (it depends on the recipe and the number
     of processes only): rank 0 reports it, the other ranks exit with status 2 without repeating it (`pixelqa.fit`)."""
+
+
+class WorkerRecipeError(RecipeError):
+    """A data error the user must fix, raised where a DataLoader worker may raise it: one line, exit status 2. From a
+    worker it reaches the training process rebuilt from a message with the worker's traceback in front (torch's
+    ExceptionWrapper): only its own last line is kept."""
+
+    def __init__(self, message: str) -> None:
+        lines = str(message).strip().splitlines()
+        last = lines[-1] if lines else str(message)
+        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
+
+
+class NoUsableSampleError(WorkerRecipeError):
+    """A training batch without a usable sample after every redraw (pixel budgets or data.max_tokens too small for
+    the data)."""
+
+
+class DamagedSourceError(WorkerRecipeError):
+    """A training source whose every record is damaged: nothing to draw a replacement from."""
 
 
 class EvalBatches(IterableDataset):

@@ -35,6 +35,14 @@ from pixelqa.checkpoints import safe_torch_load
 from pixelqa.metrics.answers import TaskAccuracy, answer_exact_match
 from pixelqa.metrics.video import JAndF
 from pixelqa.model.config import UniPixelConfig
+from pixelqa.train.finite import (
+    WEIGHTS_SHOWN,
+    NonFiniteStepError,
+    check_finite_weights,
+    grad_total_norm,
+    step_flags,
+    stop_message,
+)
 from pixelqa.train.normalise import (
     COUNT_KEYS,
     DATA_KEYS,
@@ -45,9 +53,11 @@ from pixelqa.train.normalise import (
     loss_scale,
     term_means,
 )
-from pixelqa.train.schedule import build_scheduler
+from pixelqa.train.schedule import build_scheduler, rebase_scheduler
 
 log = logging.getLogger(__name__)
+
+EXAMPLE_NAMES = 4  # parameter names shown when an optim.extra_trainable pattern matches none
 
 GROUPS: tuple[str, ...] = (
     "backbone_lora",
@@ -113,7 +123,17 @@ class UniPixelModule(L.LightningModule):
         self.overlays: list[dict[str, np.ndarray | str]] = []  # first val samples, for the overlay callback
         self._micro_step = 0
         self._step_totals: torch.Tensor | None = None  # counts of the current optimizer step, all ranks
-        self._step_sums: dict[str, float] = {}  # loss-term sums of the current step on this rank (for logging)
+        # loss-term sums of the current step on this rank (for logging), float64 on the device: copied to the host
+        # once, at the step's end
+        self._step_sums: dict[str, torch.Tensor] = {}
+        # model.loss.mask=single: the micro-batches' own term means and counts, summed over the current step
+        self._step_means: dict[str, torch.Tensor] = {}
+        self._step_counts: dict[str, torch.Tensor] = {}
+        self._step_parts = 0
+        # the current step's objective and terms on this rank, checked for NaN / inf before its update; device tensors
+        # while its micro-batches run (a float each would be a device sync per micro-batch)
+        self._step_values: dict[str, torch.Tensor | float] = {}
+        self._log_every: int | None = None  # trainer.log_every_n_steps while the run's last step is logged
         self.data_counts = dict.fromkeys(DATA_KEYS, 0.0)  # redraws / dropped / truncated, all ranks, whole run
         self.count_mismatches = 0
         self.stream_fingerprint: dict[str, Any] | None = None  # set by pixelqa.fit; saved in checkpoints
@@ -164,7 +184,13 @@ class UniPixelModule(L.LightningModule):
                     hits[pat] += 1
         unmatched = [pat for pat, n in hits.items() if n == 0]
         if unmatched:
-            raise ValueError(f"optim.extra_trainable: {unmatched} match no parameter name of the model")
+            from pixelqa.train.datamodule import EveryRankError  # every rank builds the same model: rank 0 says it
+
+            names = [name for name, _ in self.model.named_parameters()]
+            raise EveryRankError(
+                f"optim.extra_trainable: {unmatched} match no parameter name of the model (a pattern is a substring "
+                f"of a name; e.g. {', '.join(names[:: max(1, len(names) // EXAMPLE_NAMES)][:EXAMPLE_NAMES])})"
+            )
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError(f"stage {self.stage}: groups {self.trainable} hold no parameters; nothing would train")
 
@@ -173,9 +199,8 @@ class UniPixelModule(L.LightningModule):
         optim.backbone_lr when set, every other trainable parameter at optim.lr."""
         groups = self.groups()
         in_decoder = {id(p) for p in groups["mask_decoder"] + groups["mask_decoder_image_encoder"]}
-        backbone_lr = self.optim_cfg.get("backbone_lr")
-        in_backbone = {id(p) for p in self.model.backbone.parameters()} if backbone_lr is not None else set()
-        lrs = {"main": self.optim_cfg["lr"], "backbone": backbone_lr, "mask_decoder": self.optim_cfg["decoder_lr"]}
+        lrs = self.group_lrs()
+        in_backbone = {id(p) for p in self.model.backbone.parameters()} if lrs["backbone"] is not None else set()
         named: dict[str, list[torch.nn.Parameter]] = {name: [] for name in lrs}
         for p in self.model.parameters():  # unique parameters, extra_trainable ones included
             if p.requires_grad:
@@ -183,18 +208,53 @@ class UniPixelModule(L.LightningModule):
                 named[group].append(p)
         return [{"params": ps, "lr": float(lrs[n]), "name": n} for n, ps in named.items() if ps]
 
+    def group_lrs(self) -> dict[str, float | None]:
+        """The recipe's base lr of each optimizer group by name (backbone: None when optim.backbone_lr is unset)."""
+        backbone_lr = self.optim_cfg.get("backbone_lr")
+        return {
+            "main": float(self.optim_cfg["lr"]),
+            "backbone": None if backbone_lr is None else float(backbone_lr),
+            "mask_decoder": float(self.optim_cfg["decoder_lr"]),
+        }
+
+    def _rebase_schedule(self) -> None:
+        """Lightning restores a resumed run's param groups and scheduler (base lrs included) after
+        `configure_optimizers`: put this recipe's base lrs back, and every group's lr at this schedule's value for
+        the step resumed, so that a changed optim.lr / decoder_lr / backbone_lr or a longer run takes effect there;
+        likewise the recipe's betas and weight_decay (restored per group too). Unchanged settings give back the
+        restored values exactly."""
+        lrs = self.group_lrs()
+        settings = self.adamw_settings()
+        for config in self.trainer.lr_scheduler_configs:
+            groups = config.scheduler.optimizer.param_groups
+            unknown = [g.get("name") for g in groups if lrs.get(g.get("name")) is None]
+            if unknown:
+                raise ValueError(
+                    f"ckpt: optimizer groups {unknown} of the checkpoint have no lr in this recipe, expected groups "
+                    f"from {sorted(n for n, lr in lrs.items() if lr is not None)}"
+                )
+            rebase_scheduler(config.scheduler, [lrs[g["name"]] for g in groups])
+            for group in groups:
+                group.update(settings)
+
+    def adamw_settings(self) -> dict[str, Any]:
+        """The recipe's AdamW betas and weight_decay (the same for every param group)."""
+        betas = tuple(float(b) for b in self.optim_cfg.get("betas", (0.9, 0.999)))
+        return {"betas": betas, "weight_decay": float(self.optim_cfg.get("weight_decay", 0.0))}
+
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step warm-up/cosine schedule over the run's optimizer steps."""
-        betas = tuple(float(b) for b in self.optim_cfg.get("betas", (0.9, 0.999)))
-        opt = torch.optim.AdamW(
-            self.optimizer_groups(), betas=betas, weight_decay=float(self.optim_cfg.get("weight_decay", 0.0))
-        )
+        opt = torch.optim.AdamW(self.optimizer_groups(), **self.adamw_settings())
         sched = build_scheduler(opt, self.total_steps, float(self.optim_cfg.get("warmup_ratio", 0.03)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ steps
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move the Batch / StepBatch dataclass (tensors inside prompt and memory lists too)."""
+        """Move the Batch / StepBatch dataclass (tensors inside prompt and memory lists too). Lightning calls this
+        before any other hook of a training batch: from the run's last step on, that step is logged (`_log_last_step`).
+        """
+        if self._trainer is not None and self.trainer.training:
+            self._log_last_step()
         return (
             batch.to(device)
             if isinstance(batch, (Batch, StepBatch))
@@ -202,8 +262,26 @@ class UniPixelModule(L.LightningModule):
         )
 
     def on_train_start(self) -> None:
-        """Position the micro-batch counter (a resumed run starts where its checkpoint stopped)."""
+        """Position the micro-batch counter (a resumed run starts where its checkpoint stopped) and, on a resume, put
+        this recipe's learning rates into the restored schedule."""
         self._micro_step = self.trainer.global_step * self.accumulate
+        if self.trainer.ckpt_path is not None:
+            self._rebase_schedule()
+
+    def _log_last_step(self) -> None:
+        """Lightning logs only the steps `trainer.log_every_n_steps` divides: a run shorter than it logged no train/*
+        and no learning rate at all, and the last `max_steps % n` steps were never logged. From the run's last step
+        on (set before that step's hooks, so the learning-rate monitor logs it too) every step is logged: the last
+        one, once."""
+        trainer = self.trainer
+        if trainer.log_every_n_steps and 0 < trainer.max_steps <= trainer.global_step + 1:
+            self._log_every = self._log_every or trainer.log_every_n_steps
+            trainer.log_every_n_steps = 1
+
+    def on_train_end(self) -> None:
+        """Give the trainer its `log_every_n_steps` back (changed for the last step by `_log_last_step`)."""
+        if self._log_every is not None:
+            self.trainer.log_every_n_steps, self._log_every = self._log_every, None
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Seed every RNG from (seed, micro-batch index): dropout and sampling repeat exactly after a resume."""
@@ -221,20 +299,32 @@ class UniPixelModule(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         for name, value in (out.losses or {}).items():
             self.log(f"train/{name}", value, batch_size=n)
+        for name, value in {"loss": out.loss, **(out.losses or {})}.items():
+            self._hold_value(name, value)
         return out.loss
+
+    def _hold_value(self, name: str, value: torch.Tensor) -> None:
+        """Keep a micro-batch's term for the step's check, on the device: its latest value, except that a NaN / inf
+        stays until the check (`on_before_optimizer_step`), whatever follows it."""
+        value = value.detach()
+        kept = self._step_values.get(name)
+        self._step_values[name] = value if kept is None else torch.where(torch.isfinite(kept), value, kept)
 
     def _global_step_part(self, part: StepBatch) -> torch.Tensor:
         """This micro-batch's share of the step objective (`pixelqa.train.normalise`); logs at the step's end."""
         if part.index == 0:
             totals = part.counts.to(self.device)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(totals)  # the one collective of the step: counts of every rank
+                torch.distributed.all_reduce(totals)  # counts of every rank (the step's other collective: flags)
             self._step_totals = totals
             self._step_sums = {}
             self._step_local = part.counts.clone()
+            self._step_means, self._step_counts, self._step_parts = {}, {}, 0
         out = self.model(part.batch)
         for k, v in out.sums.items():
-            self._step_sums[k] = self._step_sums.get(k, 0.0) + float(v.detach())
+            self._step_sums[k] = self._step_sums.get(k, 0.0) + v.detach().double()
+        if self.model_cfg.loss.mask != "released":
+            self._add_micro_batch_means(out)
         if part.index == part.per_step - 1:
             self._log_step(part)
         if self.model_cfg.loss.mask != "released":
@@ -254,22 +344,84 @@ class UniPixelModule(L.LightningModule):
 
     @staticmethod
     def _out_counts(out: Any) -> torch.Tensor:
-        return torch.tensor([float(out.counts[k]) for k in COUNT_KEYS], dtype=torch.float64)
+        """(len(COUNT_KEYS),) float64 on the CPU: the forward's loss counts, with one device-to-host copy."""
+        device = out.loss.device
+        counts = [torch.as_tensor(out.counts[k], dtype=torch.float64, device=device).reshape(()) for k in COUNT_KEYS]
+        return torch.stack(counts).cpu()
+
+    def _add_micro_batch_means(self, out: Any) -> None:
+        """model.loss.mask=single: add a micro-batch's own term means (the objective it back-propagates) and counts."""
+        self._step_parts += 1
+        for term, count in DENOMINATOR.items():
+            if term in out.losses:  # on the device: added up without a sync, copied once at the step's end
+                self._step_means[term] = self._step_means.get(term, 0.0) + out.losses[term].detach().double()
+                counted = torch.as_tensor(out.counts[count]).detach().double()
+                self._step_counts[term] = self._step_counts.get(term, 0.0) + counted
+
+    def _step_terms(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Each loss term of the current step on this rank, as the step's objective has it, and its count."""
+        if self.model_cfg.loss.mask == "released":  # the step's sums over its pre-counted totals (`normalise`)
+            index = {k: i for i, k in enumerate(COUNT_KEYS)}
+            local = self._step_local.cpu()
+            means = term_means(dict(zip(self._step_sums, host_floats(list(self._step_sums.values())))), local)
+            return means, {t: float(local[index[DENOMINATOR[t]]]) for t in means}
+        # `single` counts masks only the forward knows: each micro-batch's own means, averaged over the step's
+        # micro-batches as Lightning averages their losses (a micro-batch without masks adds 0 to its mask terms)
+        parts = max(self._step_parts, 1)
+        terms = list(self._step_means)
+        values = host_floats([*(self._step_means[t] for t in terms), *(self._step_counts[t] for t in terms)])
+        return {t: v / parts for t, v in zip(terms, values)}, dict(zip(terms, values[len(terms) :]))
 
     def _log_step(self, part: StepBatch) -> None:
-        """Log the step's loss (this rank's samples, every micro-batch), its terms and the data counters."""
-        local = self._step_local
-        means = term_means(self._step_sums, local)
+        """Log the step's objective (this rank's samples, every micro-batch), each term that some sample of the step
+        has (a term counting nothing leaves a gap, not a 0) and the data counters."""
+        means, counts = self._step_terms()
         w = self.model_cfg.loss
         loss = sum(float(getattr(w, t)) * v for t, v in means.items())
+        self._step_values = {**means, "loss": loss}  # checked before the update (`on_before_optimizer_step`)
         n = part.batch.size
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for name, value in means.items():
-            self.log(f"train/{name}", value, batch_size=n)
+            if counts[name] > 0:
+                self.log(f"train/{name}", value, batch_size=n)
+        self._forget_logged({f"train/{t}" for t, c in counts.items() if c <= 0})
         totals = self._step_totals.cpu()
         for i, key in enumerate(DATA_KEYS):
             self.data_counts[key] += float(totals[len(COUNT_KEYS) + i])
             self.log(f"data/{key}", self.data_counts[key], batch_size=n)
+
+    def _forget_logged(self, names: set[str]) -> None:
+        """Drop `names` from Lightning's step results: it logs a name's last value again at every later logged step,
+        so a term absent from this step would repeat an old value instead of leaving a gap."""
+        results = getattr(self._trainer, "_results", None)  # Lightning's (private) results of the running loop
+        for metric in (results or {}).values():
+            if metric.meta.name in names:
+                metric.has_reset = True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop the run before this update when the step's objective or gradient norm is NaN / inf: every rank alike
+        (`pixelqa.train.finite`), so no weight, and no checkpoint, ever holds the result. Once per optimizer step:
+        DeepSpeed (which accumulates itself) has Lightning call this on every micro-batch, and every rank counts the
+        same micro-batches, so all skip the same calls and make the same all-reduces."""
+        if self._micro_step % max(self.accumulate, 1):
+            # not the step's last micro-batch (the training stream is endless, so every step has `accumulate`
+            # of them, as `on_train_start` and the datamodule's resume position also count): no update runs now
+            return
+        values, self._step_values = self._step_values, {}
+        names = [*DENOMINATOR, "loss"]  # one fixed order: the flags of every rank line up
+        # under fp16 loss scaling an inf gradient is the scaler's cue to skip the step and lower its scale
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        norm = None if scaled else grad_total_norm(p for g in optimizer.param_groups for p in g["params"])
+        flags = step_flags(names, values, norm, self.device)
+        if _dist_world() > 1:  # the objective is per rank: every rank stops if any must
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad = flags.tolist()  # the step's one device-to-host copy of the check
+        if any(bad):
+            shown = {name: float(value) for name, value in values.items()}  # copied only for the message
+            lrs = {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+            bad_terms = [name for name, flag in zip(names, bad) if flag]
+            step = self.trainer.global_step
+            raise NonFiniteStepError(stop_message(step, bad_terms, shown, bool(bad[-1]), lrs, self.optim_cfg))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Teacher-forced forward: loss sums (logged per pass), J&F of the <|seg|> masks, exact-match answers."""
@@ -337,16 +489,24 @@ class UniPixelModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in ours}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint that lacks any of our weights (the base backbone is not stored)."""
+        """Refuse a checkpoint that holds NaN / inf weights, lacks any of ours (the base backbone is not stored) or
+        holds them in other shapes (changed model settings)."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
         self.data_counts.update(checkpoint.get("pixelqa_data_counts") or {})
-        missing = [
-            f"model.{k}" for k in self.model.trainable_state_dict() if f"model.{k}" not in checkpoint["state_dict"]
-        ]
+        if "state_dict" not in checkpoint:
+            # DeepSpeed: Lightning hands over the engine's client state, which leaves the weights out (the engine
+            # loads them itself, from its own model-states files, checked by pixelqa.train.guards before the load)
+            return
+        check_finite_weights(checkpoint["state_dict"], f"ckpt={path or 'checkpoint'}")
+        ours = self.model.trainable_state_dict()
+        missing = [f"model.{k}" for k in ours if f"model.{k}" not in checkpoint["state_dict"]]
         if missing:
             raise ValueError(
                 f"checkpoint: {len(missing)} weights of this model are absent (e.g. {missing[:3]}); expected a "
                 f"stage-{self.stage} checkpoint of the same model config (for another stage use init_from=)"
             )
+        what = f"ckpt={path or 'checkpoint'}"
+        check_shapes(checkpoint["state_dict"], {f"model.{k}": v for k, v in ours.items()}, what)
         self.model.keep_backbone_weights(k.removeprefix("model.") for k in checkpoint["state_dict"])
 
 
@@ -376,6 +536,32 @@ class Stage3Module(UniPixelModule):
         "m2l",
         "l2m",
         "mask_decoder",
+    )
+
+
+def host_floats(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of () tensors on one device, with one device-to-host copy for all of them."""
+    return torch.stack([t.reshape(()) for t in tensors]).tolist() if tensors else []
+
+
+def check_shapes(stored: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse (a recipe error, exit 2) a resume whose stored weights have other shapes than this model's: the model
+    settings changed since the checkpoint (e.g. model.hidden_tokens or model.mask_decoder.arch)."""
+    bad = [
+        (k, tuple(stored[k].shape), tuple(v.shape))
+        for k, v in ours.items()
+        if k in stored and tuple(stored[k].shape) != tuple(v.shape)
+    ]
+    if not bad:
+        return
+    from pixelqa.train.datamodule import EveryRankError  # every rank loads the same file: rank 0 reports it
+
+    shown = "; ".join(f"{k}: {a} in the checkpoint, {b} here" for k, a, b in bad[:WEIGHTS_SHOWN])
+    more = "; ..." if len(bad) > WEIGHTS_SHOWN else ""
+    raise EveryRankError(
+        f"{what}: {len(bad)} stored weights have other shapes than this model's ({shown}{more}); a resume needs the "
+        "model settings of the run it continues: put back the changed model.* settings, or start a new run "
+        "(no ckpt=) to change them"
     )
 
 
@@ -581,10 +767,12 @@ def check_init_stage(ckpt: Mapping[str, Any], stage: int, path: str) -> None:
 
 
 def load_init_weights(module: UniPixelModule, ckpt: Mapping[str, Any], path: str) -> dict[str, list[str]]:
-    """Copy a previous stage's weights into `module`; LoRA keys missing from the source start fresh.
+    """Copy a previous stage's weights into `module`; LoRA keys missing from the source start fresh. Weights holding
+    NaN / inf are refused (a recipe error naming `path` and the first such tensors).
 
     Returns {"missing": [...], "skipped": [...]} (target keys left at init, source keys not used).
     """
+    check_finite_weights(ckpt["state_dict"], f"init_from={path}")
     source = {_normalise_key(k): v for k, v in ckpt["state_dict"].items()}
     target = module.state_dict()
     new_state, missing = {}, []

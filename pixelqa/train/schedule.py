@@ -31,3 +31,18 @@ def build_scheduler(optimizer: Optimizer, total_steps: int, warmup_ratio: float)
     """A per-step LambdaLR applying `warmup_cosine` to every param group's base lr."""
     warmup_steps(total_steps, warmup_ratio)  # validate early, with the field name in the message
     return LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_ratio))
+
+
+def rebase_scheduler(scheduler: LambdaLR, base_lrs: list[float]) -> None:
+    """Give a restored scheduler (and its optimizer) new base lrs, one per param group, and set every group's lr to
+    the schedule's value at the step it stands at: what a run started with those base lrs would use there."""
+    groups = scheduler.optimizer.param_groups
+    if len(base_lrs) != len(groups):
+        raise ValueError(f"base_lrs: got {len(base_lrs)} values, expected one per param group ({len(groups)})")
+    scheduler.base_lrs = [float(lr) for lr in base_lrs]
+    # the same product LambdaLR.get_lr forms, so an unchanged schedule gives bit-identical lrs
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, base, lr in zip(groups, scheduler.base_lrs, lrs, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)  # what get_last_lr() reports until the next step
