@@ -22,6 +22,16 @@ Every cell runs `pixelqa.fit` (train + evaluate) as a child MLflow run (named by
 run's settings when it starts and its result when it finishes, so a rerun after a kill resumes where it stopped
 (same parent run): finished runs are skipped, and the run that was killed continues from its `last.ckpt`
 (`ckpt=last`, same MLflow run; one line says from which step) when its settings are unchanged.
+A run that raises (a NaN, out of memory: any exception but Ctrl-C) does not stop a local grid: its error is
+printed on one line and kept in state.json, its traceback in `<run folder>/failure.log`, its MLflow run ends FAILED,
+the cells that start from it (a failed prerequisite) are not run, and the grid goes on with the next run. The result
+table lists the failed cells as FAILED, the parent run ends FAILED, `--status` shows them FAILED, and the command
+ends with one line naming them and exit status 1; a rerun retries them (from their `last.ckpt` when the settings are
+unchanged) and skips the finished ones, except a run stopped at a NaN/inf step (`NonFiniteStepError`; state.json
+records each failure's error type): with the same settings it would reach the same NaN again (every random draw is
+seeded from the seed and the step), so it stays FAILED, with one line saying so, until its settings change.
+A local grid runs each run inside its own process: a run of several processes (`trainer.devices` or
+`trainer.num_nodes` above 1) is refused before any work; `launcher=subprocess|slurm` runs it as a job.
 `launcher=subprocess|slurm` submits each run as a job (pixelqa.launch) and returns: `--status` shows each run's
 job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
 `last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
@@ -53,6 +63,7 @@ import itertools
 import json
 import re
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +89,37 @@ DEFAULT_ROOT = "runs/grid"  # the grids' folder (relative to the working directo
 OUTPUT_DIR = "output_dir="
 
 
+FAILURE_LOG = "failure.log"  # in a run's folder: the traceback of its last failed attempt (a local grid)
+ERROR_CHARS = 300  # a failure's message on one line, cut here: the whole text is in the failure log
+# the error type (state.json's failed.KEY.type) of a run stopped at a NaN/inf step: every random draw is seeded from
+# the seed and the step, so the same settings reach the same NaN at the same step again
+NONFINITE_STEP = "pixelqa.train.finite.NonFiniteStepError"
+
+
 class GridError(ValueError):
     """A grid file that cannot be used: unknown key, bad value, unknown prerequisite."""
+
+
+class FailedRunsError(RuntimeError):
+    """Runs of a local grid that raised: the grid went on without them; `failed` (key -> `ErrorType: message`)
+    names them, `results` holds the finished cells' metrics (what `run_grid` returns when none fails)."""
+
+    def __init__(
+        self,
+        grid: str,
+        failed: Mapping[str, str],
+        results: dict[str, dict[str, float]],
+        total: int,
+        nonfinite: list[str] | None = None,
+    ) -> None:
+        self.failed = dict(failed)
+        self.results = results
+        # a run stopped at a NaN/inf step is retried only under other settings (`_start_args`): say so here too
+        unless = f" ({', '.join(nonfinite)} stopped at a NaN/inf step: change its settings first)" if nonfinite else ""
+        super().__init__(
+            f"[grid {grid}] {len(failed)} of {total} run(s) FAILED: {', '.join(failed)} (errors above, tracebacks in "
+            f"each run's {FAILURE_LOG}); run the grid again to retry them{unless}"
+        )
 
 
 @dataclass
@@ -444,23 +484,35 @@ def table_metrics(grid: Grid, results: Mapping[str, Mapping[str, float]]) -> lis
     return sorted({m for k, r in results.items() if k in cells for m in r if not is_time_metric(m)})
 
 
-def result_table(grid: Grid, results: dict[str, dict[str, float]]) -> tuple[str, str]:
+def result_table(
+    grid: Grid, results: dict[str, dict[str, float]], failed: Mapping[str, str] | None = None
+) -> tuple[str, str]:
     """(CSV, Markdown) of the finished cells: one row per cell, one column per swept key and metric
     (`table_metrics`). CSV headers are the metric names (what scripts and dashboards read); Markdown headers add the
-    scoring, with a legend."""
+    scoring, with a legend. `failed` (run key -> why, e.g. `RuntimeError: ... (traceback in PATH)`): those cells get a
+    row too, with no metrics, and a `status` column says FAILED or done; the Markdown lists each failed run's why."""
     metrics = table_metrics(grid, results)
+    failed = {k: v for k, v in (failed or {}).items() if k not in results}
+    cells = {cell_id(c) for c in grid.cells()}
     rows = []
     for cell in grid.cells():
         found = results.get(cell_id(cell))
-        if found is not None:
-            row = {k: str(cell[k]) for k in grid.axes}
-            row.update({m: f"{found.get(m, float('nan')):.4f}" for m in metrics})
-            rows.append(row)
+        if found is None and cell_id(cell) not in failed:
+            continue
+        row = {k: str(cell[k]) for k in grid.axes}
+        # a failed cell has no value: empty in the CSV (read as missing), not a number that could be taken for one
+        row.update({m: "" if found is None else f"{found.get(m, float('nan')):.4f}" for m in metrics})
+        if cells & set(failed):
+            row["status"] = "done" if found is not None else "FAILED"
+        rows.append(row)
     # val/J&F and val/gen/J&F sit side by side and can be equal: the header says which is which
     shown = {m: f"{m} ({scoring_of(m)})" if scoring_of(m) else m for m in metrics}
-    md = table_markdown([{shown.get(k, k): v for k, v in r.items()} for r in rows])
+    md = table_markdown([{shown.get(k, k): v or "-" for k, v in r.items()} for r in rows])
     if md and any(scoring_of(m) for m in metrics):
         md += f"\n{RESULTS_LEGEND}\n"
+    if failed:
+        md += "\nFailed runs (run the grid again to retry them):\n"
+        md += "".join(f"- {k}: {v}\n" for k, v in failed.items())
     return table_csv(rows), md
 
 
@@ -483,17 +535,46 @@ def _plot(grid: Grid, results: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _processes(trainer: Any) -> int:
+    """The processes a run's trainer config starts (`pixelqa.fit.world_size`); torch is imported only when the
+    answer is not plainly 1 (`--dry-run` stays fast)."""
+    if str(trainer.devices) == "1" and int(trainer.num_nodes) == 1:
+        return 1
+    from pixelqa.fit import world_size
+
+    return world_size(trainer)
+
+
+def _check_inline_processes(cfg: Any) -> None:
+    """Refuse a run of several processes in a local grid: Lightning starts each extra rank by running this process's
+    command again (the whole grid), and a rank's failure cannot be caught here without leaving the others behind."""
+    if cfg.launcher.executor != "inline":
+        return
+    t = cfg.trainer
+    n = _processes(t)
+    if n == 1:
+        return
+    raise RecipeError(
+        f"trainer.devices={t.devices} (trainer.num_nodes={t.num_nodes}, trainer.strategy={t.strategy}) starts {n} "
+        "processes, but launcher=local runs each run inside the grid's own process, which cannot run several: use "
+        "launcher=subprocess (this machine) or launcher=slurm, which run each run as a job (docs/cluster.md), or "
+        "one process (trainer.devices=1 trainer.num_nodes=1)"
+    )
+
+
 def _check_cells(grid: Grid, extra: list[str]) -> Any:
-    """Load every run's recipe (fail before any work if one is invalid); returns the first cell's recipe."""
+    """Load every run's recipe (fail before any work if one is invalid, or asks a local grid for several processes);
+    returns the first cell's recipe."""
     for pre in grid.prerequisites.values():
         try:
-            load_recipe(prerequisite_args(grid, pre, extra))
+            _check_inline_processes(load_recipe(prerequisite_args(grid, pre, extra)))
         except RecipeError as err:
             raise RecipeError(f"grid {grid.name}, prerequisite {pre.name}: {err}") from None
     first = None
     for cell in grid.cells():
         try:
             cfg = load_recipe(cell_args(grid, cell, extra))
+            _check_inline_processes(cfg)
         except RecipeError as err:
             raise RecipeError(f"grid {grid.name}, cell {cell_id(cell)}: {err}") from None
         first = cfg if first is None else first
@@ -531,8 +612,9 @@ def _load_state(grid: Grid) -> dict[str, Any]:
             f"{path} is not valid JSON ({err}); move it aside to start the grid's bookkeeping afresh (cells whose "
             "results it recorded then run again)"
         ) from None
-    # settings: key -> the run_settings that produced the run's result (or its job, while in flight)
-    return {"parent_run_id": None, "results": {}, "jobs": {}, "settings": {}, **state}
+    # settings: key -> the run_settings that produced the run's result (or its job, while in flight); failed: key ->
+    # {error, type, log} of a local run whose last attempt raised (type: the exception's qualified class name)
+    return {"parent_run_id": None, "results": {}, "jobs": {}, "settings": {}, "failed": {}, **state}
 
 
 def _save_state(grid: Grid, state: dict[str, Any]) -> None:
@@ -551,9 +633,10 @@ def _parent_run(grid: Grid, state: dict[str, Any], tracking: Any) -> str | None:
     return state["parent_run_id"]
 
 
-def _finish(grid: Grid, state: dict[str, Any], tracking: Any) -> None:
-    """Write the result table and plot, attach them to the parent run and close it."""
-    csv_text, md_text = result_table(grid, state["results"])
+def _finish(grid: Grid, state: dict[str, Any], tracking: Any, failed: Mapping[str, str] | None = None) -> None:
+    """Write the result table and plot, attach them to the parent run and close it (FAILED when runs failed:
+    `failed`, run key -> why, as `result_table` takes it)."""
+    csv_text, md_text = result_table(grid, state["results"], failed)
     out = grid_dir(grid)
     _write_atomic(out / "results.csv", csv_text)
     _write_atomic(out / "results.md", md_text)
@@ -562,7 +645,7 @@ def _finish(grid: Grid, state: dict[str, Any], tracking: Any) -> None:
     if parent_id is not None and tracking.enabled:
         for name in ("results.csv", "results.md", "results.png"):
             log_parent_artifact(parent_id, tracking, out / name)
-        end_run(parent_id, tracking)
+        end_run(parent_id, tracking, "FAILED" if failed else "FINISHED")
     print(md_text, end="")
 
 
@@ -746,8 +829,9 @@ def collect_grid(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[st
 
 
 def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str]]:
-    """Print (and return) one row per run: job id, attempt, state, last metric."""
-    from pixelqa.launch.runs import DONE, status_table
+    """Print (and return) one row per run: job id, attempt, state, last metric; then the error and traceback log of
+    each local run whose last attempt failed."""
+    from pixelqa.launch.runs import DONE, FAILED, NOT_RUN, status_table
 
     specs = fit_specs(grid, extra, recipe.launcher)
     state = _load_state(grid)
@@ -761,20 +845,156 @@ def grid_status(grid: Grid, extra: list[str], recipe: Any) -> list[dict[str, str
         recipe.tracking,
         grid.metrics or ["val/J&F", "train/loss"],
     )
-    for row in rows:  # cells run inline are done without a job
+    for row in rows:  # cells run inline are done, or failed, without a job
         if row["run"] in current:
             row["state"] = DONE
         elif row["state"] == DONE and settings_change(state["settings"].get(row["run"]), wanted[row["run"]]):
             row["state"] = "DONE (other settings)"
+        elif row["state"] == NOT_RUN and row["run"] in state["failed"]:
+            row["state"] = FAILED
     print(table_markdown(rows), end="")
+    for key in (row["run"] for row in rows if row["state"] == FAILED and row["run"] in state["failed"]):
+        failure = state["failed"][key]  # a local run's (a job's failure is in its log: the table names the job)
+        where = f"; traceback in {failure['log']}" if failure.get("log") else ""
+        print(f"[grid {grid.name}] {key}: FAILED ({failure['error']}){where}")
     return rows
+
+
+def _start_args(
+    grid: Grid,
+    state: dict[str, Any],
+    spec: Any,
+    wanted: Mapping[str, Any],
+    parent_id: str | None,
+    tracking: Any,
+    head: str,
+) -> list[str] | None:
+    """The fit arguments a run starts with now (`ckpt=last` to resume a killed or failed one), having said why on one
+    line and set aside checkpoints of other settings; None when it is done with these settings (skipped), or when it
+    stopped at a NaN/inf step with these very settings (kept failed: a retry would replay it to the same step)."""
+    args = list(spec.args)
+    stored = state["settings"].get(spec.key)
+    last = _resumable_checkpoint(spec)
+    before = state["failed"].pop(spec.key, None)  # its last attempt raised: this one retries it
+    if before and before.get("type") == NONFINITE_STEP and _settings_diff(stored, wanted) is None:
+        state["failed"][spec.key] = before  # not retried: it stays failed (table, FailedRunsError)
+        print(
+            f"{head}: stopped at a NaN/inf step before ({before['error']}); not retried with the same settings: "
+            "change them for this cell (e.g. optim.lr) and run the grid again"
+        )
+        return None
+    if spec.key in state["results"]:
+        why = settings_change(stored, wanted)
+        if why is None:
+            print(f"{head}: done before, skipped")
+            return None
+        # the rerun starts afresh: the old checkpoints (other settings) must not be resumed
+        moved = _set_aside_checkpoints(spec)
+        print(f"{head}: {why}, rerunning" + (f" (old checkpoints moved to {moved})" if moved else ""))
+        _supersede(grid, tracking, parent_id, spec, why)  # now: a rerun that fails must not bring it back
+    elif last is not None and stored is not None and _settings_diff(stored, wanted) is None:
+        # killed (or failed) after a checkpoint under these very settings: continue it, as a requeued job does
+        args = [*(a for a in args if not a.startswith("ckpt=")), "ckpt=last"]
+        stopped = f"failed before ({before['error']})" if before else "stopped before it finished"
+        print(f"{head}: {stopped}, resuming from {_checkpoint_step(last)} (ckpt=last)")
+    elif last is not None:
+        # checkpoints of other (or unrecorded) settings must not be resumed: start afresh, as for a stored result
+        if stored is None:  # killed under a version that recorded settings only at the end
+            why = "no record of the settings its checkpoints were made with"
+        else:
+            why = f"its checkpoints were made with other settings ({_settings_diff(stored, wanted)})"
+        moved = _set_aside_checkpoints(spec)
+        print(f"{head}: {why}, starting afresh (old checkpoints moved to {moved})")
+        _supersede(grid, tracking, parent_id, spec, why)
+    elif before:
+        print(f"{head}: failed before ({before['error']}), running it again (no checkpoint to resume)")
+    else:
+        print(head)
+    return args
+
+
+def _one_line(err: BaseException) -> str:
+    """`ErrorType: message` on one line (whitespace collapsed, cut at ERROR_CHARS); `ErrorType` without a message."""
+    message = " ".join(str(err).split())
+    if len(message) > ERROR_CHARS:
+        message = message[: ERROR_CHARS - 3] + "..."
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _close_failed_run(tracking: Any, spec: Any) -> None:
+    """End the run's MLflow run FAILED if it is still RUNNING: Lightning ends it so for an error inside training or
+    validation, not for one raised around them (e.g. the generation pass after fit)."""
+    run_id = load_run_id(Path(spec.output_dir) / "checkpoints")
+    if run_id is None or not tracking.enabled:
+        return
+    from mlflow import MlflowClient
+
+    from pixelqa.tracking import resolve_uris
+
+    try:
+        if MlflowClient(tracking_uri=resolve_uris(tracking)[0]).get_run(run_id).info.status == "RUNNING":
+            end_run(run_id, tracking, "FAILED")
+    except Exception as err:  # the store is unreachable: the grid still goes on  # noqa: BLE001
+        print(f"warning: {spec.key}: could not mark MLflow run {run_id} FAILED ({_one_line(err)})", file=sys.stderr)
+
+
+def _record_failure(
+    grid: Grid, state: dict[str, Any], spec: Any, args: list[str], err: Exception, tracking: Any, head: str
+) -> None:
+    """Keep a run's failure: its traceback in `<run folder>/failure.log`, its one-line error in state.json, its
+    MLflow run FAILED, and one printed line naming both."""
+    log = Path(spec.output_dir) / FAILURE_LOG
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    _write_atomic(log, f"[grid {grid.name}] {spec.key}: python -m pixelqa.fit {' '.join(args)}\n\n{trace}")
+    error = _one_line(err)
+    kind = f"{type(err).__module__}.{type(err).__qualname__}"  # a rerun tells a NaN/inf stop from the others
+    state["failed"][spec.key] = {"error": error, "type": kind, "log": str(log)}
+    _save_state(grid, state)
+    _close_failed_run(tracking, spec)
+    print(f"{head}: FAILED ({error}); traceback in {log}", flush=True)
+
+
+def _release_memory() -> None:
+    """Free what a failed run left behind (its model and optimizer, CUDA's cached blocks): after an out-of-memory
+    error the next run must not start on a full device."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # imported by any run that got as far as the device
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _attempt(
+    grid: Grid, state: dict[str, Any], spec: Any, args: list[str], parent_id: str | None, tracking: Any, head: str
+) -> dict[str, float] | None:
+    """One run's fit; its metrics, or None when it raised (recorded by `_record_failure`; the grid goes on).
+    Ctrl-C (KeyboardInterrupt) and SystemExit are not caught: they stop the grid at once, resumable."""
+    from pixelqa.fit import run as fit_run
+
+    try:
+        return fit_run(args, parent_run_id=parent_id)
+    except Exception as err:  # a NaN, out of memory, a bug: this run's failure, not the grid's  # noqa: BLE001
+        _record_failure(grid, state, spec, args, err, tracking, head)
+    _release_memory()  # here, not in the handler: the traceback (whose frames hold the run's model) is gone
+    return None
+
+
+def _failure_notes(state: Mapping[str, Any], keys: list[str]) -> dict[str, str]:
+    """key -> `ErrorType: message (traceback in PATH)` of each of `keys` whose last attempt failed."""
+    failed = state["failed"]
+    return {
+        k: failed[k]["error"] + (f" (traceback in {failed[k]['log']})" if failed[k].get("log") else "")
+        for k in keys
+        if k in failed
+    }
 
 
 @_locked
 def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str, float]]:
-    """Every run in this process, one after another (a rerun skips finished ones and resumes a killed one)."""
-    from pixelqa.fit import run as fit_run
-
+    """Every run in this process, one after another (a rerun skips finished ones, resumes a killed one and retries a
+    failed one, but one stopped at a NaN/inf step only under other settings); a run that raises is recorded and the
+    grid goes on: `FailedRunsError` after the table names them."""
     state = _load_state(grid)
     parent_id = _parent_run(grid, state, recipe.tracking)
     specs = fit_specs(grid, extra)
@@ -783,50 +1003,45 @@ def _run_inline(grid: Grid, extra: list[str], recipe: Any) -> dict[str, dict[str
         _save_state(grid, state)
     for i, spec in enumerate(specs):
         head = f"[grid {grid.name}] run {i + 1}/{len(specs)} {spec.key}"
-        args = list(spec.args)
-        stored = state["settings"].get(spec.key)
-        last = _resumable_checkpoint(spec)
-        if spec.key in state["results"]:
-            why = settings_change(stored, wanted[spec.key])
-            if why is None:
-                print(f"{head}: done before, skipped")
-                continue
-            # the rerun starts afresh: the old checkpoints (other settings) must not be resumed
-            moved = _set_aside_checkpoints(spec)
-            print(f"{head}: {why}, rerunning" + (f" (old checkpoints moved to {moved})" if moved else ""))
-            _supersede(grid, recipe.tracking, parent_id, spec, why)  # now: a rerun that fails must not bring it back
-        elif last is not None and stored is not None and _settings_diff(stored, wanted[spec.key]) is None:
-            # killed (or failed) after a checkpoint under these very settings: continue it, as a requeued job does
-            args = [*(a for a in args if not a.startswith("ckpt=")), "ckpt=last"]
-            print(f"{head}: stopped before it finished, resuming from {_checkpoint_step(last)} (ckpt=last)")
-        elif last is not None:
-            # checkpoints of other (or unrecorded) settings must not be resumed: start afresh, as for a stored result
-            if stored is None:  # killed under a version that recorded settings only at the end
-                why = "no record of the settings its checkpoints were made with"
-            else:
-                why = f"its checkpoints were made with other settings ({_settings_diff(stored, wanted[spec.key])})"
-            moved = _set_aside_checkpoints(spec)
-            print(f"{head}: {why}, starting afresh (old checkpoints moved to {moved})")
-            _supersede(grid, recipe.tracking, parent_id, spec, why)
-        else:
-            print(head)
+        failed_needs = [n for n in spec.needs if n in state["failed"]]
+        if failed_needs:  # it would start from a checkpoint that was never written
+            # a result of its older settings would otherwise stand in the table beside the failure
+            state["results"].pop(spec.key, None)
+            state["failed"][spec.key] = {"error": f"not run: prerequisite {', '.join(failed_needs)} failed"}
+            _save_state(grid, state)
+            print(f"{head}: not run, its prerequisite {', '.join(failed_needs)} failed")
+            continue
+        args = _start_args(grid, state, spec, wanted[spec.key], parent_id, recipe.tracking, head)
+        if args is None:
+            continue
         # Recorded before the run, not after: a kill then leaves the settings its checkpoints were made with, so the
         # next rerun can tell a resumable run from a stale one. A result of other settings is dropped with them.
         state["results"].pop(spec.key, None)
         state["settings"][spec.key] = wanted[spec.key]
         _save_state(grid, state)
-        metrics = fit_run(args, parent_run_id=parent_id)
+        metrics = _attempt(grid, state, spec, args, parent_id, recipe.tracking, head)
+        if metrics is None:
+            continue
         _supersede(grid, recipe.tracking, parent_id, spec, latest=True)
         state["results"][spec.key] = {k: float(v) for k, v in metrics.items()}
+        Path(spec.output_dir, FAILURE_LOG).unlink(missing_ok=True)  # an earlier attempt's: no longer this run's
         _save_state(grid, state)
-    _finish(grid, state, recipe.tracking)
-    return {k: v for k, v in state["results"].items() if k in {cell_id(c) for c in grid.cells()}}
+    failed = _failure_notes(state, [s.key for s in specs])
+    _finish(grid, state, recipe.tracking, failed)
+    results = {k: v for k, v in state["results"].items() if k in {cell_id(c) for c in grid.cells()}}
+    if failed:
+        errors = {k: state["failed"][k]["error"] for k in failed}
+        nonfinite = [k for k in failed if state["failed"][k].get("type") == NONFINITE_STEP]
+        raise FailedRunsError(grid.name, errors, results, len(specs), nonfinite)
+    return results
 
 
 def run_grid(
     path: str | Path, extra: list[str] | None = None, dry_run: bool = False, action: str = "run"
 ) -> dict[str, dict[str, float]]:
-    """Run, submit (or resubmit) every cell of a grid; returns cell id -> final metrics of the finished cells.
+    """Run, submit (or resubmit) every cell of a grid; returns cell id -> final metrics of the finished cells. Run
+    here (`launcher=local`), runs that raised leave the others running: `FailedRunsError` (naming them, holding the
+    finished cells' metrics) is raised once the table is written.
 
     `action` is `run` (the default), `status` (print each run's state) or `collect` (gather finished jobs).
     """
@@ -854,7 +1069,8 @@ def run_grid(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: a bad grid file or recipe ends in one line and exit status 2."""
+    """Command-line entry: a bad grid file or recipe ends in one line and exit status 2; runs of a local grid that
+    failed (the others ran) in one line naming them, and exit status 1."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.grid", description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="grid file, e.g. experiments/hidden_tokens.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the fit command of every run and stop")
@@ -870,6 +1086,9 @@ def main(argv: list[str] | None = None) -> None:
     except (GridError, RecipeError, FileNotFoundError) as err:
         print(f"grid error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FailedRunsError as err:  # the table is written; the last line names the failed runs, for scripts
+        print(err, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

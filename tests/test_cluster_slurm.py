@@ -7,6 +7,7 @@ run on the nodes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -151,3 +152,22 @@ def test_a_requeued_fit_job_resumes_from_last_ckpt_only_when_there_is_one(tmp_pa
     (tmp_path / "out" / "checkpoints").mkdir(parents=True)
     (tmp_path / "out" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_args(args) == ["recipe=stage3", "output_dir=out", "ckpt=last"]
+
+
+@pytest.mark.parametrize("env", [{"LOCAL_RANK": "1"}, {"RANK": "3"}, {"NODE_RANK": "1", "LOCAL_RANK": "0"}])
+def test_a_rank_lightning_starts_inside_a_job_writes_no_status(tmp_path, monkeypatch, env):
+    # Lightning's DDP launcher re-runs the job's command for ranks 1..n-1 with these variables set, while submitit's
+    # environment (inherited) still says global rank 0: only the process it started from may record the job's state
+    import pixelqa.fit
+    from pixelqa.launch.status import job_identity
+
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(pixelqa.fit, "run", lambda args, parent_run_id=None: {"val/J&F": 0.5})
+    FitJob("cell", tmp_path, tmp_path / "rank0.json")(["recipe=stage3"])
+    assert job_identity()["rank"] == 0 and json.loads((tmp_path / "rank0.json").read_text())["state"] == "DONE"
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert job_identity()["rank"] != 0
+    FitJob("cell", tmp_path, tmp_path / "other.json")(["recipe=stage3"])
+    assert not (tmp_path / "other.json").exists()

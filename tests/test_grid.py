@@ -750,14 +750,18 @@ def test_a_rerun_with_other_settings_supersedes_the_old_child_runs(tmp_path, mon
             assert run.info.status == "FINISHED"  # its result stands for its own settings
     assert capsys.readouterr().out.count("tagged superseded") == 2
 
-    # a rerun that crashes: the 50-step runs are superseded at once, not shown beside the crashed ones
-    with pytest.raises(RuntimeError, match="training crashed"):
+    # a rerun that crashes (each cell; the grid goes on after the first): the 50-step runs are superseded at once,
+    # not shown beside the crashed ones
+    from pixelqa.grid import FailedRunsError
+
+    with pytest.raises(FailedRunsError, match=re.escape("2 of 2 run(s) FAILED: seed=0, seed=1")):
         run_grid(path, ["trainer.max_steps=13"])
-    shown = {r.info.run_name: r for r in _children(tmp_path)}  # seed=0 crashed; seed=1 was not reached
-    assert sorted(shown) == ["seed=0", "seed=1"] and shown["seed=1"].info.run_id == new_ids["seed=1"]
-    assert "val/J_and_F" not in shown["seed=0"].data.metrics
-    fifty = next(r for r in _children(tmp_path, include_superseded=True) if r.info.run_id == new_ids["seed=0"])
-    assert fifty.data.tags["pixelqa.superseded"] == "true" and "pixelqa.superseded_by" not in fifty.data.tags
+    shown = {r.info.run_name: r for r in _children(tmp_path)}
+    assert sorted(shown) == ["seed=0", "seed=1"] and not set(new_ids.values()) & {r.info.run_id for r in shown.values()}
+    assert all("val/J_and_F" not in r.data.metrics and r.info.status == "FAILED" for r in shown.values())
+    for key in ("seed=0", "seed=1"):
+        fifty = next(r for r in _children(tmp_path, include_superseded=True) if r.info.run_id == new_ids[key])
+        assert fifty.data.tags["pixelqa.superseded"] == "true" and "pixelqa.superseded_by" not in fifty.data.tags
 
 
 def test_as_jobs_a_failed_run_resubmitted_with_other_settings_is_superseded(tmp_path, monkeypatch, fake_jobs):

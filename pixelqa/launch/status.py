@@ -37,7 +37,17 @@ def job_identity() -> dict[str, Any]:
         ident["job_id"], ident["rank"] = str(env.job_id), int(env.global_rank)
     except RuntimeError:  # not inside a submitit job (e.g. a test calling the job in-process)
         pass
+    if ident["rank"] == 0:
+        ident["rank"] = launched_rank()
     return ident
+
+
+def launched_rank() -> int:
+    """The rank of a process Lightning's DDP launcher started inside a job (it re-runs the job's command with RANK /
+    LOCAL_RANK / NODE_RANK set; submitit's environment, inherited, still says rank 0); 0 for every other process."""
+    local = int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+    node = int(os.environ.get("NODE_RANK") or 0)
+    return local if local or not node else node
 
 
 def write_status(path: str | Path, state: str, **fields: Any) -> None:
