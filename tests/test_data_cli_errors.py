@@ -59,7 +59,8 @@ def test_rebuild_with_other_settings_and_corrupt_state_files(tmp_path, capsys):
     main([*args, "--max-samples", "12"])
     capsys.readouterr()
     err = user_error(capsys, *args, "--max-samples", "13")
-    assert "exists from a different or damaged build" in err and "manifest.json" in err
+    assert "a complete build with other options" in err and "manifest.json" in err
+    assert "(--max-samples 12 then, 13 in this command)" in err  # the option that differs, named
     (tmp_path / "synthetic" / "val" / "manifest.json").write_text('{"source": "synth')  # cut short
     err = user_error(capsys, *args, "--max-samples", "12")
     assert "manifest.json: not valid JSON" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -25,6 +26,7 @@ from pixelqa.data.schema import (
     Turn,
     decode_frame,
     encode_frame,
+    is_key,
     make_key,
 )
 
@@ -120,9 +122,22 @@ def test_transcode_keeps_the_decoded_pixels():
 
 
 def test_make_key():
-    assert make_key("coco", "train2014/0001.jpg", 3) == "coco-train2014_0001_jpg-3"
+    # a part of [A-Za-z0-9_-] is kept as it is (the keys of shards already built do not change)
+    assert make_key("coco", "train_2014", 3, "a-b") == "coco-train_2014-3-a-b"
+    # a part that had to be cleaned carries the first 8 hex digits of the SHA-256 of its text
+    tag = hashlib.sha256(b"train2014/0001.jpg").hexdigest()[:8]
+    assert make_key("coco", "train2014/0001.jpg", 3) == f"coco-train2014_0001_jpg_{tag}-3"
     with pytest.raises(ValueError):
-        make_key("..", "/")
+        make_key("", "")
+
+
+def test_make_key_keeps_distinct_names_distinct():
+    # names that cleaning alone maps to one key ('vid.a' / 'vid_a' -> 'vid_a'; every non-ASCII name -> '1' or '')
+    names = ["vid.a", "vid_a", "vid a", "猫_1", "犬_1", "猫", "犬", "..", "/", "x.1", "x_1"]
+    keys = [make_key(n, 0) for n in names]
+    assert len(set(keys)) == len(names) and all(is_key(k) for k in keys)
+    assert make_key("vid_a", 0) == "vid_a-0" and make_key("猫_1", 0).startswith("1_")
+    assert make_key("猫", 0) == make_key("猫", 0)  # deterministic
 
 
 def test_valid_sample_roundtrips_through_a_real_tar(tmp_path: Path):
@@ -377,3 +392,15 @@ def test_values_nested_past_the_limit_are_refused_where_pickle_or_repr_would_rec
     s.prompts[0].coords = _deep(5000)
     with pytest.raises(SampleError, match=r"prompts\[0\]\.coords: got a list nested too deeply"):
         s.validate()  # the message's repr would recurse out
+
+
+def test_a_frame_past_the_pixel_cap_is_refused_naming_media_size():
+    from pixelqa.data.schema import MAX_FRAME_PIXELS
+
+    s = _sample()
+    s.media.size = (9500, 9500)  # 90.25 M pixels
+    assert 9500 * 9500 > MAX_FRAME_PIXELS == 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS
+    with pytest.raises(SampleError, match=r"media\.size: got \[9500, 9500\].*at most 89478485 pixels"):
+        s.validate()
+    s.media.size = (20, 30)
+    s.validate()  # the sample itself is fine

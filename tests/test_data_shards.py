@@ -99,7 +99,7 @@ def test_resume_after_kill(built, tmp_path, monkeypatch):
     m = build_shards("synthetic", ".", tmp_path, "train", max_samples=60, max_count=16, progress=False)
     assert m["num_samples"] == 60
     assert _tars(folder) == _tars(out / "synthetic" / "train")
-    with pytest.raises(ValueError, match="different"):
+    with pytest.raises(ValueError, match="other options"):
         build_shards("synthetic", ".", tmp_path, "train", max_samples=61, max_count=16, progress=False)
 
 

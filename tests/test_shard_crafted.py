@@ -15,6 +15,7 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,23 @@ def _png_bomb(record: dict) -> None:
     record["003.png"] = png_header_bomb(3000)  # the JSON says 112 x 112; decoding would take 27 MB
 
 
+def _honest_bomb(record: dict) -> None:
+    """Every frame a real PNG of 9500 x 9500 (263 KB, 271 MB decoded) and the JSON saying so: past the pixel cap."""
+    d = json.loads(record["json"])
+    d["media"]["size"] = [9500, 9500]
+    record["json"] = json.dumps(d).encode()
+    bomb = honest_png_bomb()
+    for name in [k for k in record if k.endswith(".png") or k.endswith(".jpg")]:
+        del record[name]
+    for i in range(d["media"]["num_frames"]):
+        record[f"{i:03d}.{d['media']['ext']}"] = bomb
+
+
+@lru_cache(maxsize=1)
+def honest_png_bomb() -> bytes:
+    return png_header_bomb(9500)  # 9500 * 9500 = 90.25 M pixels > MAX_FRAME_PIXELS (89.5 M)
+
+
 CHANGES: dict[str, Callable[[dict], None]] = {
     "key_relative": edit_json(key="../../escaped"),
     "key_absolute": edit_json(key="/tmp/escaped_abs"),  # replaced later by the test's own tmp path
@@ -79,6 +97,7 @@ CHANGES: dict[str, Callable[[dict], None]] = {
     "deep_json": _deep_json,
     "deep_meta": edit_json(meta={"x": nested(600)}),  # orjson parses it; pickling a batch would recurse out
     "png_bomb": _png_bomb,
+    "honest_bomb": _honest_bomb,  # header and JSON agree: refused by the pixel cap, before any decoding
 }
 
 

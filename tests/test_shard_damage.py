@@ -266,3 +266,54 @@ def test_random_access_reads_views_of_a_cached_map_and_sees_a_rebuilt_shard(inta
     fresh = read_sample(open_shard(folder / SHARD).refs[0])
     assert fresh.key == read_sample(open_shard(other).refs[0]).key != sample.key
     np.testing.assert_array_equal(sample.decode_frames(), pixels)  # the old sample still holds the old file's map
+
+
+def test_a_source_whose_every_record_is_damaged_is_one_recipe_error(intact, tmp_path):
+    from pixelqa.config import RecipeError
+    from pixelqa.train.datamodule import DamagedSourceError, TrainBatches
+
+    root = tmp_path / "shards"
+    shutil.copytree(intact, root)
+    folder = root / "synthetic" / "val"
+    for tar in sorted(folder.glob("*.tar")):  # garble every record's JSON (index files still match the spans)
+        data = bytearray(tar.read_bytes())
+        for _, _, members in spans(tar):
+            at = members["json"][1]
+            data[at : at + 4] = b"\xff{,]"
+        tar.write_bytes(bytes(data))
+    index = SourceIndex(root, "synthetic", "val", damage=DamageLog())
+    with pytest.raises(DamagedSourceError) as err:
+        next(iter(TrainBatches([index], lambda samples: samples, 4, seed=1)))
+    assert isinstance(err.value, RecipeError) and "\n" not in str(err.value)
+    assert f"every record in {folder} is damaged" in str(err.value)
+
+
+def test_fit_strict_on_a_damaged_record_is_one_data_error_line(tmp_path, capsys):
+    # ShardDamageError (strict mode) reached the user of fit and evaluate as a traceback with status 1
+    from pixelqa import fit
+
+    root = tmp_path / "shards"
+    build_shards("synthetic", ".", root, "train", max_samples=16, progress=False)
+    (tar,) = sorted((root / "synthetic" / "train").glob("*.tar"))
+    data = bytearray(tar.read_bytes())
+    key, _, members = spans(tar)[VICTIM]
+    data[members["json"][1] + 20] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    args = [
+        "recipe=stage3",
+        f"data.shards={root}",
+        "data.synthetic_train=16",
+        "data.synthetic_val=4",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "tracking=none",
+        "eval.after_fit=false",
+        f"output_dir={tmp_path / 'run'}",
+        "--strict",
+    ]
+    with pytest.raises(SystemExit) as err:
+        fit.main(args)
+    stderr = capsys.readouterr().err
+    last = stderr.strip().splitlines()[-1]
+    assert err.value.code == 2 and "Traceback" not in stderr, stderr
+    assert last.startswith("data error: damaged shard (strict mode): ") and repr(key) in last

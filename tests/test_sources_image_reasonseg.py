@@ -10,6 +10,7 @@ from fixtures_image import build_reasonseg, rect_mask
 
 from pixelqa.data import masks
 from pixelqa.data.catalog import get_source
+from pixelqa.data.registry import SkippedSample
 from pixelqa.prompt_format import SEG
 
 
@@ -22,7 +23,10 @@ def test_reasonseg_train_masks_queries_and_explanatory(tmp_path):
     build_reasonseg(tmp_path)
     src = get_source("reasonseg")
     assert src.items(tmp_path, "train") == ["a_1", "b_2", "c_3"]
-    samples = [s.validate(check_frames=True) for s in src.samples(tmp_path, "train")]
+    everything = list(src.samples(tmp_path, "train"))
+    skipped = [s for s in everything if isinstance(s, SkippedSample)]
+    assert [s.key for s in skipped] == ["c_3-0"] and "no 'target' region" in skipped[0].reason  # counted, not lost
+    samples = [s.validate(check_frames=True) for s in everything if s not in skipped]
     assert [s.key for s in samples] == ["a_1-0", "a_1-1", "a_1-exp", "b_2-0"]  # c_3 has no target
     a0, a1, aexp, b0 = samples
     assert all(s.task == "reasonseg" for s in samples)

@@ -14,7 +14,7 @@ from fixtures_image import (
 )
 
 from pixelqa.data.catalog import get_source
-from pixelqa.data.registry import RejectedSample
+from pixelqa.data.registry import RejectedSample, SkippedSample
 from pixelqa.data.schema import Sample
 from pixelqa.data.shards import build_shards, iter_records, list_shards, shard_dir
 
@@ -40,7 +40,13 @@ def test_image_source_builds_and_round_trips(tmp_path, source, builder, split):
     manifest = build_shards(source, raw, tmp_path / "out", split=split, workers=1, on_error="skip", progress=False)
     # The fixtures' deliberately bad records are the manifest's rejects, one each, with the converter's reason.
     assert [(r["key"], r["reason"]) for r in manifest["rejects"]] == [
-        (s.key, f"RecordError: {s.reason}") for s in everything if isinstance(s, RejectedSample)
+        (s.key, f"RecordError: {s.reason}")
+        for s in everything
+        if isinstance(s, RejectedSample) and not isinstance(s, SkippedSample)
+    ]
+    # items that hold nothing to ask (ReasonSeg's train image without a target) are the manifest's skipped
+    assert [(r["key"], r["reason"]) for r in manifest["skipped"]] == [
+        (s.key, s.reason) for s in everything if isinstance(s, SkippedSample)
     ]
     shards = list_shards(shard_dir(tmp_path / "out", source, split))
     back = [Sample.from_record(r) for r in iter_records(shards)]

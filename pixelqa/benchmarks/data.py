@@ -225,26 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pixelqa.bench data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
-    p.add_argument("--size", type=int, default=112, help="synthetic frame size in pixels")
-    p.add_argument("--frame-ext", choices=("png", "jpg"), default="jpg", help="synthetic frame format (jpg: q95)")
-    p.add_argument("--num-frames", type=int, default=8, help="frames sampled per sample (the recipes' data.num_frames)")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure")
+    p.add_argument("--samples", type=int, default=1000, help="samples built and read (default %(default)s)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="passes per measurement; the best is reported (default %(default)s)"
+    )
+    p.add_argument("--size", type=int, default=112, help="synthetic frame size in pixels (default %(default)s)")
+    p.add_argument(
+        "--frame-ext",
+        choices=("png", "jpg"),
+        default="jpg",
+        help="synthetic frame format (jpg: q95) (default %(default)s)",
+    )
+    p.add_argument(
+        "--num-frames",
+        type=int,
+        default=8,
+        help="frames sampled per sample (the recipes' data.num_frames) (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to measure (default %(default)s)"
+    )
     p.add_argument(
         "--batch",
         type=int,
         default=1,
-        help="samples per DataLoader item (1: unbatched; more: packed into one buffer per item, as training batches)",
+        help="samples per DataLoader item (1: unbatched; more: packed into one buffer per item, as training batches; "
+        "default %(default)s)",
     )
-    p.add_argument("--source", default="synthetic", help="registered source to build and read")
-    p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--source", default="synthetic", help="registered source to build and read (default %(default)s)")
+    p.add_argument("--root", default=".", help="raw files of --source (ignored by synthetic) (default %(default)s)")
+    p.add_argument("--split", default="train", help="split of --source (default %(default)s)")
     p.add_argument(
         "--shard-codec",
         choices=FRAME_CODECS,
         default="keep",
-        help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files",
+        help="frames of the shards the loader reads (build --frame-codec); the baseline keeps the released files "
+        "(default %(default)s)",
     )
     return p
 

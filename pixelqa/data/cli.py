@@ -15,8 +15,9 @@ sources / cards                           list registered converters / dataset c
 build and mixture also take `launcher=subprocess|slurm [launcher.KEY=VALUE ...]`: --num-nodes N array tasks
 and a final verify job (see docs/cluster.md)
 
-Expected failures (damaged data with --on-error fail, a folder from a different build, missing raw files or shard
-paths, an --out that cannot be written, a bad recipe) print one line `error: ...` and exit 2; Ctrl-C exits 130
+Expected failures (damaged data with --on-error fail, a folder from a different build or from raw files that changed
+since, missing raw files, shard paths or shard files, an --out that cannot be written, a full disk, a bad recipe or
+option value) print one line `error: ...` and exit 2; Ctrl-C exits 130
 (build and mixture: rerun the same command to resume); a closed stdout pipe (`... | head`) exits 141 silently.
 """
 
@@ -30,6 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pixelqa.data.schema import FRAME_CODECS  # the package imports the schema anyway
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used; the message names the option, the value and what was expected."""
 
 
 def check_out(out: str | Path) -> None:
@@ -77,6 +82,10 @@ def _build(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from pixelqa.data.inspect_shards import inspect_shards
 
+    if args.n < 1:
+        raise UsageError(f"--n: got {args.n}, expected >= 1 (samples to print)")
+    if args.out is not None:
+        check_out(args.out)
     inspect_shards(args.shards, n=args.n, out=args.out, strict=args.strict)
 
 
@@ -160,10 +169,13 @@ def _mixture(args: argparse.Namespace) -> None:
     if args.out is None:
         print_mixture(entries, shards_root=args.shards)
         return
-    from pixelqa.data.mixture import build_mixture, parse_roots, write_mixture_spec
+    from pixelqa.data.mixture import MixtureError, build_mixture, parse_roots, write_mixture_spec
 
     if args.root is None:
-        raise SystemExit("mixture: --out needs --root RAW (each source is read from RAW/<source> or --roots)")
+        raise MixtureError(
+            "--out: needs --root RAW, expected the raw root (each source is read from RAW/<source>, or "
+            "from its --roots NAME=PATH)"
+        )
     roots = parse_roots(args.roots)
     check_out(args.out)
     build_mixture(
@@ -199,6 +211,17 @@ def _cards(args: argparse.Namespace) -> None:
         print(f"{c.name:32s} {','.join(c.tasks):40s} {c.license:24s} {stages}")
 
 
+# options build and mixture share
+WORKERS = {"default": 1, "help": "converter processes on this node (default %(default)s)"}
+ON_ERROR = {
+    "default": "fail",
+    "help": "fail: a rejected sample (damaged raw data) stops the build; skip: it is left out and recorded in the "
+    "manifest (default %(default)s)",
+}
+NODE_RANK = {"default": 0, "help": "this node's part of a build split over --num-nodes (default %(default)s)"}
+NUM_NODES = {"default": 1, "help": "nodes the build is split over, each with its own --node-rank (default %(default)s)"}
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m pixelqa.data`."""
     p = argparse.ArgumentParser(
@@ -212,16 +235,18 @@ def parser() -> argparse.ArgumentParser:
     )
     b = sub.add_parser("build", help="convert a raw source into shards", epilog=launch)
     b.add_argument("source")
-    b.add_argument("--root", default=".", help="raw files as downloaded (see datasets/<source>.yaml)")
+    b.add_argument(
+        "--root", default=".", help="raw files as downloaded (see datasets/<source>.yaml) (default %(default)s)"
+    )
     b.add_argument("--out", required=True, help="shard root; shards go to OUT/<source>/<split>/")
-    b.add_argument("--split", default="train")
-    b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    b.add_argument("--node-rank", type=int, default=0)
-    b.add_argument("--num-nodes", type=int, default=1)
+    b.add_argument("--split", default="train", help="the source's split to convert (default %(default)s)")
+    b.add_argument("--workers", type=int, **WORKERS)
+    b.add_argument("--on-error", choices=("fail", "skip"), **ON_ERROR)
+    b.add_argument("--node-rank", type=int, **NODE_RANK)
+    b.add_argument("--num-nodes", type=int, **NUM_NODES)
     b.add_argument("--max-samples", type=int, default=None, help="at most this many samples (per node)")
-    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
-    b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard")
+    b.add_argument("--max-count", type=int, default=1000, help="samples per shard (default %(default)s)")
+    b.add_argument("--max-bytes", type=int, default=256 * 2**20, help="bytes per shard (default %(default)s: 256 MiB)")
     b.add_argument("--no-check-frames", action="store_true", help="validate without decoding every frame")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--wait", action="store_true", help="wait for another build of these shards instead of failing")
@@ -229,13 +254,13 @@ def parser() -> argparse.ArgumentParser:
         "choices": FRAME_CODECS,
         "default": "keep",
         "help": "frames as released (keep) or re-encoded; ppm stores decoded pixels: several times the bytes, the "
-        "fastest loader (small frames)",
+        "fastest loader (small frames) (default %(default)s)",
     }
     b.add_argument("--frame-codec", **codec)
     b.set_defaults(fn=_build)
     i = sub.add_parser("inspect", help="print samples and render mask overlays")
     i.add_argument("shards", help="a shard folder, a shard root or .tar files", nargs="+")
-    i.add_argument("--n", type=int, default=4)
+    i.add_argument("--n", type=int, default=4, help="samples to print (default %(default)s)")
     i.add_argument("--out", default=None, help="folder for overlay PNGs")
     i.add_argument("--strict", action="store_true", help="any damaged shard data is fatal")
     i.set_defaults(fn=_inspect)
@@ -249,10 +274,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--root", default=None, help="raw root: source NAME is read from ROOT/NAME")
     m.add_argument("--roots", nargs="*", default=[], help="NAME=PATH raw roots that differ from ROOT/NAME")
     m.add_argument("--out", default=None, help="build every source into this shard root")
-    m.add_argument("--workers", type=int, default=1)
-    m.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    m.add_argument("--node-rank", type=int, default=0)
-    m.add_argument("--num-nodes", type=int, default=1)
+    m.add_argument("--workers", type=int, **WORKERS)
+    m.add_argument("--on-error", choices=("fail", "skip"), **ON_ERROR)
+    m.add_argument("--node-rank", type=int, **NODE_RANK)
+    m.add_argument("--num-nodes", type=int, **NUM_NODES)
     m.add_argument("--max-samples", type=int, default=None)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--frame-codec", **codec)
@@ -279,7 +304,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pixelqa.data.shard_reader import ShardDamageError
     from pixelqa.data.shards import BuildError, BuildInputError
 
-    return (ShardDamageError, BuildError, BuildInputError, MixtureError, FileNotFoundError, NotADirectoryError)
+    return (
+        ShardDamageError,
+        BuildError,
+        BuildInputError,
+        MixtureError,
+        UsageError,
+        FileNotFoundError,
+        NotADirectoryError,
+    )
 
 
 def guarded(command: str, fn: Callable[[], None]) -> None:

@@ -1,7 +1,8 @@
 """Looking at shards: print samples, render mask/prompt overlays to PNG, count samples per source and task.
 
 Both read through `pixelqa.data.shard_reader`: damaged records are skipped with a warning naming shard and byte
-offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError). `inspect` also
+offset, counted, and the count is printed (`strict=True`: the first damage raises ShardDamageError); so is a shard
+that a folder's manifest lists and that is not there, with all the samples it held. `inspect` also
 validates each sample it prints (a record that fails is damage too) and names an overlay after its sample's key,
 which the reader has checked to be a plain file name (`overlay_path` keeps any other inside --out). Shards of a
 build that has not finished (a progress file, or no manifest: `pixelqa.data.shards.unfinished_build`) are marked
@@ -21,7 +22,7 @@ from pixelqa.data import masks
 from pixelqa.data.schema import Sample, encode_frame, is_key, make_key
 from pixelqa.data.shard_reader import Damage, DamageLog, RecordDamaged, iter_shard_records, to_sample
 from pixelqa.data.shard_reader import iter_samples as iter_checked_samples
-from pixelqa.data.shards import Unfinished, unfinished_build
+from pixelqa.data.shards import Unfinished, missing_shards, unfinished_build
 
 # Distinct overlay colours (RGB) for object ids 1, 2, ...
 PALETTE = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230), (255, 140, 0)]
@@ -42,6 +43,23 @@ def find_shards(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def report_missing_shards(paths: Sequence[str | Path], damage: DamageLog) -> None:
+    """Report to `damage` every shard that a manifest under the folders of `paths` lists and that is not there, with
+    the samples it held (counted as lost; strict: fatal). Tar files named one by one are read as they are."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            for folder in sorted({m.parent for m in p.rglob("manifest*.json")}):
+                for lost in missing_shards(folder):
+                    damage.report(
+                        Damage(
+                            str(lost.path),
+                            0,
+                            f"missing ({lost.samples} samples, listed by {lost.manifest})",
+                            lost.samples,
+                        )
+                    )
+
+
 def unfinished_folders(shards: Sequence[Path]) -> dict[Path, Unfinished]:
     """The folders of `shards` whose build has not finished, with why and the command that finishes it."""
     out: dict[Path, Unfinished] = {}
@@ -56,7 +74,7 @@ def incomplete_lines(unfinished: dict[Path, Unfinished]) -> list[str]:
     """One line per unfinished build: the folder, why, and the command that finishes it."""
     return [
         f"INCOMPLETE BUILD {folder}: {u.reason}; its shards hold part of {folder.parent.name}/{folder.name} only; "
-        f"finish it with: {u.command}"
+        f"{u.action}: {u.command}"
         for folder, u in unfinished.items()
     ]
 
@@ -149,10 +167,13 @@ def inspect_shards(
     paths: Sequence[str | Path], n: int = 4, out: str | Path | None = None, strict: bool = False
 ) -> list[Path]:
     """Print the first `n` samples; with `out`, write `<out>/<key>.png` overlays. Returns the PNG paths."""
+    if n < 1:
+        raise ValueError(f"n: got {n}, expected >= 1 samples to print")
     written: list[Path] = []
     damage = DamageLog(strict)
     for line in incomplete_lines(unfinished_folders(find_shards(paths))):
         print(line)
+    report_missing_shards(paths, damage)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     for i, sample in enumerate(_whole_samples(paths, damage)):
@@ -170,13 +191,15 @@ def inspect_shards(
 
 
 def shard_stats(paths: Sequence[str | Path], strict: bool = False) -> dict:
-    """Counts per (source, split), per task, frames and objects, and records lost to damage (frames not decoded)."""
+    """Counts per (source, split), per task, frames and objects, and records lost to damage (frames not decoded) or
+    to shards that a manifest lists and that are not there."""
     per_source: Counter = Counter()
     per_task: Counter = Counter()
     frames = objects = n = 0
     nbytes = 0
     damage = DamageLog(strict)
     found = find_shards(paths)
+    report_missing_shards(paths, damage)
     for shard in found:
         nbytes += shard.stat().st_size
         for ref, record in iter_shard_records(shard, damage):

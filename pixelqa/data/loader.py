@@ -223,7 +223,10 @@ def object_masks(sample: Sample, object_ids: Sequence[int]) -> tuple[np.ndarray,
 
 
 def resolve_shards(path: str | Path, split: str | None = None) -> list[str]:
-    """Tar files of a shard folder (``<source>/<split>``), of ``<source>`` + split, or a single .tar path."""
+    """Tar files of a shard folder (``<source>/<split>``), of ``<source>`` + split, or a single .tar path; a folder
+    whose manifests list a shard that is not there is a FileNotFoundError naming it."""
+    from pixelqa.data.shards import missing_shards  # the builder's module (and its converters) only when listing
+
     p = Path(path)
     if p.suffix == ".tar":
         if not p.is_file():
@@ -232,6 +235,12 @@ def resolve_shards(path: str | Path, split: str | None = None) -> list[str]:
     for folder in ([p / split] if split else []) + [p]:
         tars = sorted(folder.glob("*.tar"))
         if tars:
+            lost = missing_shards(folder)
+            if lost:  # reading on would silently lose its samples (a 2% smaller dataset, unnoticed)
+                more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+                raise FileNotFoundError(
+                    f"shards: {lost[0]}{more}; restore it from where the folder came from, or rebuild {folder}"
+                )
             return [str(t) for t in tars]
     raise FileNotFoundError(f"shards: no .tar files in {p}" + (f" or {p / split}" if split else ""))
 

@@ -193,8 +193,8 @@ def build_status(built: int | None, expected: int | None) -> str:
 
 def mixture_table(entries: list[MixtureEntry], shards_root: str | Path | None = None) -> list[dict]:
     """Rows name, split, repeat, samples, origin, effective (= repeat x samples), share, registered, expected,
-    expected_origin; with shards_root also built (the manifests' count, None if missing) and status
-    (`build_status`)."""
+    expected_origin; with shards_root also built (the manifests' count, None if missing), status (`build_status`, or
+    "lost" when a shard the manifests list is not there) and lost (those shards, in words)."""
     known = set(list_sources())
     rows = []
     for e in entries:
@@ -213,8 +213,14 @@ def mixture_table(entries: list[MixtureEntry], shards_root: str | Path | None = 
             "expected_origin": expected_origin,
         }
         if shards_root is not None:
+            from pixelqa.data.shards import missing_shards, shard_dir
+
             row["built"] = built
             row["status"] = build_status(built, expected)
+            folder = shard_dir(Path(shards_root), e.name, e.split)
+            row["lost"] = [str(m) for m in missing_shards(folder)] if built is not None else []  # JSON: the spec
+            if row["lost"]:  # the manifests count samples whose shard files are gone: not "ok", whatever the count
+                row["status"] = "lost"
         rows.append(row)
     total = sum(r["effective"] for r in rows if r["effective"] is not None)
     for r in rows:
@@ -252,6 +258,9 @@ def print_mixture(entries: list[MixtureEntry], shards_root: str | Path | None = 
             print(f"missing (no shards under {shards_root}; counted at the expected size): {', '.join(missing)}")
         if short:
             print(f"short (built < {SHORT_FRACTION:.0%} of the expected count): {', '.join(short)}")
+        for r in rows:
+            for lost in r["lost"]:
+                print(f"lost ({r['name']}/{r['split']}): {lost}; the count above includes it")
     for r in rows:
         if r["name"] in COUNT_NOTES:
             print(f"note: {r['name']}: {COUNT_NOTES[r['name']]}")
@@ -346,6 +355,10 @@ def check_mixture_inputs(
         raise MixtureError(
             f"mixture: sources {unknown} have no registered converter; see `python -m pixelqa.data sources`"
         )
+    names = sorted({e.name for e in entries})
+    strays = sorted(set(roots or {}) - set(names))
+    if strays:  # a misspelt name would leave its source at <raw root>/<name> without a word
+        raise MixtureError(f"--roots: got {', '.join(strays)}, expected names of the mixture's sources: {names}")
     missing = missing_sources(entries, raw_root, out, roots, node_rank, num_nodes)
     if missing and on_error == "fail":
         # Checked for every source before any is built: one message names them all, and nothing is created.
@@ -399,11 +412,12 @@ def verify_shards(
     entries: list[MixtureEntry], out: str | Path, num_nodes: int = 1, allow_missing: bool = False
 ) -> list[str]:
     """Problems with the built shards of `entries` (empty when sound): every node's manifest is there, built for
-    this partition, and every shard it lists exists with its size and SHA-256; no shard file listed twice.
+    this partition, and every shard it lists exists with its size and SHA-256; no shard file listed twice, and no
+    key in two shards (each node of a build checks its own keys only).
 
     With `allow_missing`, a source with no manifest at all (skipped by `--on-error skip`) is not a problem.
     """
-    from pixelqa.data.shards import manifest_name, sha256_file, shard_dir
+    from pixelqa.data.shards import manifest_name, sha256_file, shard_dir, shard_keys
 
     problems: list[str] = []
     for e in entries:
@@ -429,4 +443,10 @@ def verify_shards(
                     problems.append(f"{path}: missing (listed by {name})")
                 elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
                     problems.append(f"{path}: size or SHA-256 differs from {name}")
+        where: dict[str, str] = {}
+        for shard_name in sorted(n for n in seen if (folder / n).is_file()):
+            for key in shard_keys(folder / shard_name):
+                if key in where:
+                    problems.append(f"{e.name}/{e.split}: key {key!r} is in {where[key]} and {shard_name}")
+                where.setdefault(key, shard_name)
     return problems

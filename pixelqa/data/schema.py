@@ -36,7 +36,8 @@ API summary (stable; converters build these objects and yield `Sample`s):
                                                    each frame's header size against media.size (SampleError)
         .decode_frames(indices=None) -> np.ndarray (T, H, W, 3) uint8 RGB; each frame's header must give
                                                    media.size before anything is decoded (FrameDecodeError)
-    make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts
+    make_key(*parts) -> str     a shard-safe key ([A-Za-z0-9_-], no dots) from arbitrary parts; a part that had to be
+                                cleaned carries a short hash of its original text, so distinct names give distinct keys
     is_key(value) -> bool       whether `value` is such a key (safe as a file name: no dots, no slashes)
     frame_size(data) -> (H, W)  an encoded frame's size from its header alone (JPEG, PNG, PPM; FrameDecodeError)
     encode_frame(rgb, ext="jpg", quality=95) -> bytes;  decode_frame(data) -> (H, W, 3) uint8 RGB
@@ -49,6 +50,7 @@ VideoRefer objects from 0).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -95,10 +97,15 @@ _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]+")
+KEY_HASH_CHARS = 8  # hex digits of SHA-256 that `make_key` appends to a part it had to clean
 # Free-form values a record carries into its batch untouched (meta, choices, answer: a batch's meta, which DataLoader
 # workers pickle) may nest this deep: far more than any converter writes, far less than where pickle (about 500
 # levels) or the standard json module (about 1000) would recurse past Python's limit
 MAX_NESTING = 64
+# Pixels a frame may have (PIL's decompression-bomb limit, `Image.MAX_IMAGE_PIXELS`): a few KB of PNG can honestly
+# declare and hold 10,000 x 10,000 pixels, 300 MB decoded; no dataset this project reads has frames near it (4K video
+# is 8.3 M pixels)
+MAX_FRAME_PIXELS = 89_478_485
 
 
 class SampleError(ValueError):
@@ -138,12 +145,25 @@ def is_key(value: Any) -> bool:
     return isinstance(value, str) and _KEY.fullmatch(value) is not None
 
 
+def _key_part(part: Any) -> str:
+    """One part of a key: kept as it was when made of [A-Za-z0-9_-] only; else cleaned and tagged with a hash."""
+    text = str(part)
+    cleaned = _KEY_BAD.sub("_", text).strip("_")
+    if _KEY_BAD.search(text) is None:
+        # Already safe: the key such a name has always had in built shards (outer "_" stripped, as before).
+        return cleaned
+    # Cleaning lost characters ('vid.a' and 'vid_a', or every non-ASCII name, would meet): the hash of the original
+    # text keeps distinct names distinct, the same on every run and machine.
+    tag = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_HASH_CHARS]
+    return f"{cleaned}_{tag}" if cleaned else tag
+
+
 def make_key(*parts: Any) -> str:
-    """A shard-safe key from arbitrary parts: non [A-Za-z0-9_-] runs become '_', parts joined by '-'."""
-    cleaned = [_KEY_BAD.sub("_", str(p)).strip("_") for p in parts]
-    key = "-".join(p for p in cleaned if p)
+    """A shard-safe key from arbitrary parts joined by '-': a part of [A-Za-z0-9_-] stays as it is, any other has its
+    other characters turned into '_' and a hash of its original text appended (distinct names, distinct keys)."""
+    key = "-".join(p for p in map(_key_part, parts) if p)
     if not is_key(key):
-        raise ValueError(f"parts: got {parts!r}, expected parts that leave at least one [A-Za-z0-9] character")
+        raise ValueError(f"parts: got {parts!r}, expected at least one non-empty part")
     return key
 
 
@@ -280,6 +300,12 @@ def parse_json(raw: bytes | str) -> Any:
             return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
         except RecursionError:
             raise ValueError("JSON nested too deeply for the standard parser") from None
+
+
+def _check_frame_pixels(size: tuple[int, int]) -> None:
+    """SampleError when a frame of `size` (H, W) would exceed MAX_FRAME_PIXELS once decoded."""
+    if size[0] * size[1] > MAX_FRAME_PIXELS:
+        _fail("media.size", list(size), f"at most {MAX_FRAME_PIXELS} pixels a frame (PIL's decompression-bomb limit)")
 
 
 def _check_frame_headers(frames: Sequence[bytes | memoryview], size: tuple[int, int], indices: Sequence[int]) -> None:
@@ -430,6 +456,7 @@ class Sample:
         ):
             _fail("media.size", m.size, "(H, W), two positive integers")
         m.size = (int(size[0]), int(size[1]))
+        _check_frame_pixels(m.size)
         if m.ext not in FRAME_EXTS:
             _fail("media.ext", m.ext, f"one of {FRAME_EXTS}")
         if m.fps is not None and not (isinstance(m.fps, (int, float)) and m.fps > 0):
@@ -593,8 +620,9 @@ class Sample:
         """Rebuild a Sample from `to_json()` output plus the encoded frames (not validated).
 
         What stored data could harm a reader with is checked (SampleError), even where `validate()` is skipped:
-        the key, which `inspect` makes a file name; each frame's header size against media.size, which is
-        what decoding the frame would allocate (a tiny PNG can say 12000 x 12000); and the nesting of the free-form
+        the key, which `inspect` makes a file name; media.size against MAX_FRAME_PIXELS and each frame's header size
+        against media.size, which is what decoding the frame would allocate (a tiny PNG can say, and hold,
+        12000 x 12000); and the nesting of the free-form
         values a batch carries (meta, choices, answer: at most MAX_NESTING levels, which pickle can send from a
         DataLoader worker). These cost microseconds.
         """
@@ -614,6 +642,7 @@ class Sample:
             fps=md.get("fps"),
             frame_ids=md.get("frame_ids"),
         )
+        _check_frame_pixels(media.size)
         try:
             _check_frame_headers(media.frames, media.size, range(len(media.frames)))
         except FrameDecodeError as err:

@@ -21,6 +21,7 @@ layout is refused while one runs (its shard names would collide) and once one ha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import tarfile
 from collections import Counter, deque
@@ -284,8 +286,14 @@ class _ShardSink:
         """Close the open shard without putting it in place (a rerun rewrites it); `remove` deletes its file."""
         if self.writer is None:
             return
-        self.writer.close()
-        self.stream.close()
+        try:
+            self.writer.close()
+        except OSError:  # a full disk fails the flush too: the partial file is rewritten by the rerun anyway
+            pass
+        try:
+            self.stream.close()
+        except OSError:
+            pass
         if remove:
             self.tmp.unlink(missing_ok=True)
         self.writer, self.stream, self.count, self.bytes = None, None, 0, 0
@@ -325,6 +333,14 @@ def _node_block(n_items: int, node_rank: int, num_nodes: int) -> tuple[int, int]
     return n_items * node_rank // num_nodes, n_items * (node_rank + 1) // num_nodes
 
 
+def _raw_name(path: Path, root: Path) -> str:
+    """A raw file's name in manifests: relative to the raw root when it lies under it, else as given."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
     """SHA-256 of each raw annotation file the converter lists (paths relative to root when possible)."""
     sums: dict[str, str] = {}
@@ -332,12 +348,42 @@ def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
         p = Path(p)
         if not p.is_file():
             raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
-        try:
-            name = str(p.resolve().relative_to(root.resolve()))
-        except ValueError:
-            name = str(p)
-        sums[name] = sha256_file(p)
+        sums[_raw_name(p, root)] = sha256_file(p)
     return dict(sorted(sums.items()))
+
+
+def _present_raw_checksums(src: Any, root: Path, split: str) -> dict[str, str] | None:
+    """SHA-256 of the raw annotation files that are there now; None when none is (a complete build no longer needs
+    them: there is nothing to compare its manifest with)."""
+    try:
+        paths = [Path(p) for p in src.raw_files(root, split)]
+    except (FileNotFoundError, NotADirectoryError):  # the raw root (or its split folder) is gone
+        return None
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        return None
+    return dict(sorted((_raw_name(p, root), sha256_file(p)) for p in present))
+
+
+def _items_digest(items: Sequence[Any]) -> str:
+    """SHA-256 of the converter's item list in order (each item's repr: ids, names, tuples of them)."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(repr(item).encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+def _raw_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """The raw files two checksum maps disagree on, as 'NAME changed' / 'NAME added' / 'NAME removed'."""
+    changes = [f"{n} changed" for n in sorted(old.keys() & new.keys()) if old[n] != new[n]]
+    changes += [f"{n} added" for n in sorted(new.keys() - old.keys())]
+    return changes + [f"{n} removed" for n in sorted(old.keys() - new.keys())]
+
+
+def _first_few(things: Sequence[str], shown: int = 3) -> str:
+    """The first `shown` of a list, comma-separated, with the count of the rest."""
+    more = len(things) - shown
+    return ", ".join(things[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def missing_raw_files(src: Any, root: Path, split: str) -> None:
@@ -376,16 +422,24 @@ def _read_state(path: Path, folder: Path) -> dict:
     return state
 
 
-def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[ShardInfo], list[dict], list[dict]]:
-    """Shards, rejects and skipped items recorded by an interrupted build with the same config ([] when none)."""
+def _load_progress(
+    path: Path, cfg: BuildConfig, folder: Path, inputs: dict | None = None
+) -> tuple[list[ShardInfo], list[dict], list[dict]]:
+    """Shards, rejects and skipped items recorded by an interrupted build with the same config ([] when none).
+
+    inputs: {"root", "raw_files", "items"} of this run (`_build_inputs`); a progress file that recorded other raw
+    files or another item list is refused, since its item positions would resume in the wrong place."""
     if not path.is_file():
         return [], [], []
     state = _read_state(path, folder)
     if state.get("config") != cfg.as_dict():
+        diff = _config_diff(state.get("config"), cfg.as_dict())
         raise BuildInputError(
-            f"{path}: an interrupted build with config {state.get('config')} exists, expected {cfg.as_dict()}; "
-            "delete that folder or build into another --out"
+            f"{path}: an interrupted build with other options is there ({diff}); rerun with its options to resume "
+            f"it, or delete {folder} (or build into another --out)"
         )
+    if inputs is not None:
+        _refuse_changed_inputs(path, state, inputs, folder)
     shards = [ShardInfo(**s) for s in state["shards"]]
     kept: list[ShardInfo] = []
     for s in shards:  # keep the longest prefix of intact shards
@@ -402,6 +456,78 @@ def _load_progress(path: Path, cfg: BuildConfig, folder: Path) -> tuple[list[Sha
     rejects = [r for r in state["rejects"] if (r["item"], max(r["offset"], 0)) < resume]
     skips = [r for r in state.get("skipped", []) if (r["item"], max(r["offset"], 0)) < resume]
     return kept, rejects, skips
+
+
+def _build_inputs(root: Path, raw_sums: dict[str, str], items: Sequence[Any]) -> dict:
+    """What a build reads, as its progress file records it: the raw files' checksums and its item list's digest."""
+    return {"root": str(root), "raw_files": raw_sums, "items": {"total": len(items), "sha256": _items_digest(items)}}
+
+
+def _refuse_changed_inputs(path: Path, state: dict, inputs: dict, folder: Path) -> None:
+    """BuildInputError when the raw files or the item list of an interrupted build (its progress `state`) are not
+    those of this run: the recorded item positions would point at other items (lost items, false duplicates)."""
+    old_raw, old_items = state.get("raw_files"), state.get("items")
+    changes = _raw_changes(old_raw, inputs["raw_files"]) if isinstance(old_raw, dict) else []  # older files: none
+    if not changes and isinstance(old_items, dict) and old_items.get("sha256") not in (None, inputs["items"]["sha256"]):
+        changes = [f"the item list ({old_items.get('total')} items then, {inputs['items']['total']} now)"]
+    if changes:
+        raise BuildInputError(
+            f"{path}: the raw files under {inputs['root']} changed since the interrupted build ({_first_few(changes)}"
+            f"; {len(changes)} in all): its complete shards were converted from the old files; delete {folder} (or "
+            "build into another --out) to build from the new files, or restore the old ones and rerun to resume"
+        )
+
+
+def _config_diff(old: Any, new: dict) -> str:
+    """The build options two recorded configs differ in, as the command line spells them."""
+    if not isinstance(old, dict):
+        return f"config {old!r}"
+    defaults = {key: default for key, _, default in _BUILD_OPTIONS}
+    flags = {key: flag for key, flag, _ in _BUILD_OPTIONS}
+    flags.update(check_frames="--no-check-frames", node_rank="--node-rank", num_nodes="--num-nodes")
+    diffs = []
+    for key in sorted(old.keys() | new.keys()):
+        then, now = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if then != now:
+            if key == "check_frames":  # the flag turns it off
+                then, now = ("set" if v is False else "not set" for v in (then, now))
+            then, now = ("not set" if v is None else v for v in (then, now))
+            diffs.append(f"{flags.get(key, key)} {then} then, {now} in this command")
+    return "; ".join(diffs) or "none"
+
+
+def _check_complete(manifest: dict, path: Path, cfg: BuildConfig, folder: Path, src: Any, root: Path) -> None:
+    """BuildInputError when the complete build in `folder` (its `manifest` at `path`) is not what this command would
+    build: other options, a shard missing or changed, or raw files changed since (when they are there to compare)."""
+    if manifest.get("config") != cfg.as_dict():
+        diff = _config_diff(manifest.get("config"), cfg.as_dict())
+        raise BuildInputError(
+            f"{path}: a complete build with other options is there ({diff}); rerun with its options, or delete "
+            f"{folder} (or use another --out) to build with these"
+        )
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise BuildInputError(f"{path}: got shards={shards!r:.60}, expected a list; delete {folder} (or another --out)")
+    missing = [s["name"] for s in shards if not (folder / s["name"]).is_file()]
+    if missing:
+        lost = sum(s["samples"] for s in shards if s["name"] in missing)
+        raise BuildInputError(
+            f"{path}: shard {_first_few(missing)} listed there is missing ({lost} samples); restore it from where the "
+            f"folder came from, or delete {folder} (or use another --out) to build it again"
+        )
+    resized = [s["name"] for s in shards if (folder / s["name"]).stat().st_size != s["bytes"]]
+    if resized:
+        raise BuildInputError(
+            f"{path}: shard {_first_few(resized)} differs in size from what the build wrote; delete {folder} (or use "
+            "another --out) to build it again"
+        )
+    recorded, now = manifest.get("raw_files"), _present_raw_checksums(src, root, cfg.split)
+    changes = _raw_changes(recorded, now) if isinstance(recorded, dict) and now is not None else []
+    if changes:
+        raise BuildInputError(
+            f"{path}: the raw files under {root} changed since this build ({_first_few(changes)}; {len(changes)} in "
+            f"all): its shards hold the old data; delete {folder} (or use another --out) to build from the new files"
+        )
 
 
 def write_index(shard: Path, final: Path | None = None) -> Path:
@@ -529,6 +655,8 @@ def build_shards(
         raise BuildInputError(f"max_count/max_bytes: got {max_count}/{max_bytes}, expected >= 1 / >= 1024")
     if max_samples is not None and max_samples < 0:
         raise BuildInputError(f"max_samples: got {max_samples}, expected None or >= 0")
+    if workers < 1:
+        raise BuildInputError(f"workers: got {workers}, expected >= 1 (converter processes; 1 converts in this one)")
     root, out = Path(root), Path(out)
     src = check_build_inputs(source, split, root, out)
     cfg = BuildConfig(
@@ -565,15 +693,9 @@ def _build_locked(
 
     if manifest_path.is_file() and not progress_path.is_file():
         manifest = _read_state(manifest_path, folder)
-        if manifest.get("config") == cfg.as_dict() and all(
-            (folder / s["name"]).is_file() and (folder / s["name"]).stat().st_size == s["bytes"]
-            for s in manifest["shards"]
-        ):
-            log.info("%s is complete; nothing to do", manifest_path)
-            return manifest
-        raise BuildInputError(
-            f"{manifest_path} exists from a different or damaged build; delete {folder} or use another --out"
-        )
+        _check_complete(manifest, manifest_path, cfg, folder, src, root)
+        log.info("%s is complete; nothing to do", manifest_path)
+        return manifest
 
     raw_sums = _raw_checksums(src, root, split)
     try:
@@ -581,7 +703,8 @@ def _build_locked(
     except (ValueError, TypeError) as err:  # a malformed annotation file: nothing to build from (the file is named)
         raise BuildInputError(f"{source}/{split} raw data under {root}: {err}") from None
     start, stop = _node_block(len(items), node_rank, num_nodes)
-    done, rejects, skips = _load_progress(progress_path, cfg, folder)
+    inputs = _build_inputs(root, raw_sums, items)
+    done, rejects, skips = _load_progress(progress_path, cfg, folder, inputs)
     cursor_item, cursor_offset = (done[-1].next_item, done[-1].next_offset) if done else (start, 0)
     written = sum(s.samples for s in done)
     if done:
@@ -594,6 +717,7 @@ def _build_locked(
 
     def save_progress() -> None:
         state = {"config": cfg.as_dict(), "shards": [asdict(s) for s in done], "rejects": rejects, "skipped": skips}
+        state.update(raw_files=inputs["raw_files"], items=inputs["items"])  # what a resume must find unchanged
         _write_json(progress_path, state)
 
     sink = _ShardSink(folder, cfg, first_local=len(done))
@@ -603,10 +727,8 @@ def _build_locked(
 
         bar = tqdm(total=stop - start, initial=cursor_item - start, desc=f"{source}/{split}", unit="item")
     seen_keys: set[str] = set()
-    if done:  # keys of kept shards, so duplicates across the resume point are still caught
-        for s in done:
-            with tarfile.open(folder / s.name) as tf:
-                seen_keys.update(m.name.split(".", 1)[0] for m in tf.getmembers())
+    for s in done:  # keys of kept shards, so duplicates across the resume point are still caught
+        seen_keys.update(shard_keys(folder / s.name))
     limit_hit = max_samples is not None and written >= max_samples
     last_pos = cursor_item
     try:
@@ -649,14 +771,21 @@ def _build_locked(
                 last_pos = results[-1][1] + 1
             if limit_hit:
                 break
-    except BaseException:
+    except BaseException as err:
         # Ctrl-C or a failure: close the open shard in order (its partial file is rewritten by the rerun); left
         # to the garbage collector, the tar stream would be flushed into a closed file and print a traceback.
+        where = getattr(sink, "tmp", folder)
         sink.abandon()
+        _raise_if_disk_full(err, where)
         raise
     if bar is not None:
         bar.close()
-    last = sink.close(stop, 0)
+    try:
+        last = sink.close(stop, 0)
+    except OSError as err:
+        sink.abandon()
+        _raise_if_disk_full(err, sink.tmp)
+        raise
     if last is not None:
         done.append(last)
     tasks: Counter = Counter()
@@ -680,9 +809,57 @@ def _build_locked(
         "num_skipped": len(skips),
         "skipped": skips,
     }
-    _write_json(manifest_path, manifest)
+    # Under the layout guard, so that of two nodes finishing together the second sees the first's manifest.
+    with file_lock(folder / LAYOUT_GUARD, str(folder), wait=True, error=BuildLocked):
+        if num_nodes > 1:
+            _refuse_keys_of_other_nodes(folder, cfg, seen_keys)
+        try:
+            _write_json(manifest_path, manifest)
+        except OSError as err:
+            _raise_if_disk_full(err, manifest_path)
+            raise
     progress_path.unlink(missing_ok=True)
     return manifest
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _raise_if_disk_full(err: BaseException, where: Path) -> None:
+    """A BuildError (one line) for a full disk or quota: what was being written and what the rerun keeps."""
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+        raise BuildError(
+            f"no space left on the device writing {where} ({err.strerror}); the complete shards are kept: free space "
+            "and run the same command again to resume"
+        ) from None
+
+
+def shard_keys(shard: Path) -> list[str]:
+    """The record keys of a complete shard, in order: from its index file when it has a readable one, else its tar."""
+    try:
+        return [str(r[0]) for r in json.loads(index_path(shard).read_text())["records"]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # no index (an older build) or a damaged one
+        with tarfile.open(shard) as tf:
+            return list(dict.fromkeys(m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()))
+
+
+def _refuse_keys_of_other_nodes(folder: Path, cfg: BuildConfig, keys: set[str]) -> None:
+    """BuildError when a key this node wrote is in the shards of another node that has finished: each node sees its
+    own keys only, so a key two raw items share (which one node rejects as a duplicate) is caught here."""
+    clashes: list[str] = []
+    for rank in range(cfg.num_nodes):
+        path = folder / manifest_name(rank, cfg.num_nodes)
+        if rank == cfg.node_rank or not path.is_file():
+            continue
+        for shard in _read_state(path, folder).get("shards", []):
+            theirs = shard_keys(folder / shard["name"])
+            clashes += [f"{key!r} (also in {shard['name']})" for key in theirs if key in keys]
+    if clashes:
+        raise BuildError(
+            f"{cfg.source}/{cfg.split}: {len(clashes)} key(s) of this node's shards are in another node's shards too: "
+            f"{_first_few(clashes)}; two raw items give one key (a single-node build rejects the second as a "
+            f"duplicate). No manifest was written: give the items distinct names, then delete {folder} and build again"
+        )
 
 
 # a node's manifest or progress file of a build on several nodes (`manifest_name`, `progress_name`); plain
@@ -699,10 +876,13 @@ _BUILD_OPTIONS = (
 
 @dataclass(frozen=True)
 class Unfinished:
-    """A shard folder whose build has not finished: why, in words, and the command that finishes it."""
+    """A shard folder whose build has not finished (or lost a shard since): why, in words, and the command that
+    finishes (or redoes) it; `state` and `action` word both cases for the messages."""
 
     reason: str
     command: str
+    state: str = "an unfinished build"
+    action: str = "finish it with"
 
 
 def _node_of(name: str) -> tuple[int, int]:
@@ -737,8 +917,9 @@ def _recorded_config(path: Path) -> dict | None:
 
 
 def unfinished_build(folder: str | Path, out: str | Path | None = None) -> Unfinished | None:
-    """None when a shard folder holds a finished build (every node's manifest, no progress file); else why not and
-    the command that finishes it (`out`: the shard root as the user gave it, default the folder's grandparent).
+    """None when a shard folder holds a finished build (every node's manifest, no progress file, every shard they
+    list); else why not and the command that finishes (or, for a lost shard, redoes) it (`out`: the shard root as
+    the user gave it, default the folder's grandparent).
 
     A build writes its manifest last and removes its progress file after it: shards beside a progress file, or with
     no manifest, are the first part of a build that was stopped (or still runs), not the dataset."""
@@ -762,7 +943,48 @@ def unfinished_build(folder: str | Path, out: str | Path | None = None) -> Unfin
             config = {**config, "node_rank": missing[0]}
         reason = f"{manifest_name(missing[0], num_nodes)} is missing: node {missing[0]} of {num_nodes} has not finished"
         return Unfinished(reason, finish_command(source, split, out, config))
+    lost = missing_shards(folder)
+    if lost:
+        # Finished once, but a shard has gone since (deleted, not copied): what is left is part of the source only.
+        more = (
+            f" (with {len(lost) - 1} more shards: {sum(m.samples for m in lost)} samples in all)"
+            if len(lost) > 1
+            else ""
+        )
+        reason = f"{lost[0]}{more}; restore it from where the folder came from"
+        config = _recorded_config(folder / lost[0].manifest)
+        rebuild = finish_command(source, split, out, config)
+        if config is not None and int(config.get("num_nodes", 1)) > 1:
+            rebuild += f" (and the same for every other --node-rank of the {config['num_nodes']} nodes)"
+        command = f"rm -r {shlex.quote(str(folder))} && {rebuild}"
+        return Unfinished(reason, command, "a finished build with shards missing", "or delete and rebuild it with")
     return None
+
+
+@dataclass(frozen=True)
+class MissingShard:
+    """A shard a manifest lists that is not on disk: its path, that manifest's name and the samples it held."""
+
+    path: Path
+    manifest: str
+    samples: int
+
+    def __str__(self) -> str:
+        return f"shard {self.path} is missing ({self.samples} samples, listed by {self.manifest})"
+
+
+def missing_shards(folder: str | Path) -> list[MissingShard]:
+    """The shards that the manifests of `folder` list and that are not there (a manifest that cannot be read lists
+    none here: `read_manifests` and `mixture.manifest_samples` name it)."""
+    folder = Path(folder)
+    out: list[MissingShard] = []
+    for path in sorted(folder.glob("manifest*.json")):
+        try:
+            listed = [(str(s["name"]), int(s["samples"])) for s in json.loads(path.read_text())["shards"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out += [MissingShard(folder / name, path.name, n) for name, n in listed if not (folder / name).is_file()]
+    return out
 
 
 def read_manifests(folder: str | Path) -> list[dict]:

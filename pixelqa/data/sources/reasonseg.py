@@ -18,6 +18,7 @@ switch `reasonseg+exclude_ignore` (`pixelqa.eval.official`) leaves it out of I a
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,20 @@ import cv2
 import numpy as np
 
 from pixelqa.data import masks
-from pixelqa.data.registry import Source, register_source
+from pixelqa.data.registry import Source, register_source, rejected, skipped
 from pixelqa.data.schema import ObjectTrack, Sample, Turn, make_key
-from pixelqa.data.sources._image_files import cached_json, first_existing, read_image, read_json, require
+from pixelqa.data.sources._image_files import (
+    cached_json,
+    check_polygons_inside,
+    first_existing,
+    read_image,
+    read_json,
+    require,
+)
 from pixelqa.data.sources._instructions import explain_query, phrase_query, seg_answer, sentence_query
 
 _TARGET, _IGNORE = 1, 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg")  # matched whatever their case ("x.JPG"); the release's images are all .jpg
 
 
 def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +61,8 @@ def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.
         pts = np.asarray(require(shape, "points", f"{where}.shapes[{i}]"), dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 1:
             raise ValueError(f"{where}.shapes[{i}].points: got shape {pts.shape}, expected a list of [x, y]")
+        # a polygon wholly off the image paints nothing: damage, as for the COCO sources (a partial one is clipped)
+        check_polygons_inside([pts.reshape(-1).tolist()], height, width, f"{where}.shapes[{i}].points")
         pts = pts.astype(np.int32).reshape(-1, 1, 2)  # LISA truncates coordinates to integers
         tmp = np.zeros((height, width), dtype=np.uint8)
         cv2.polylines(tmp, [pts], True, 1, 1)
@@ -86,8 +97,18 @@ class ReasonSeg(Source):
         return files + ([exp] if split == "train" and exp.is_file() else [])
 
     def items(self, root: Path, split: str) -> list[str]:
-        """Image names (without .jpg), sorted."""
-        return sorted(p.stem for p in self.split_dir(root, split).glob("*.jpg"))
+        """Names (without extension) of the split's images and annotations, sorted: an annotation without its image,
+        or an image without its annotation, is an item too, so `convert` counts it as damage."""
+        files = [p for p in self.split_dir(root, split).iterdir() if not p.name.startswith(".")]
+        return sorted({p.stem for p in files if p.suffix.lower() in (*IMAGE_SUFFIXES, ".json")})
+
+    def image_path(self, folder: Path, item: str) -> Path | None:
+        """The image of `item` in `folder` (<item>.jpg, else any case of .jpg / .jpeg); None when there is none."""
+        path = folder / f"{item}.jpg"
+        if path.is_file():
+            return path
+        found = [p for p in folder.glob(f"{glob.escape(item)}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        return sorted(found)[0] if found else None
 
     def _explanations(self, root: Path) -> dict[str, dict]:
         """image name (no extension) -> explanatory record; empty when the file is absent."""
@@ -106,17 +127,27 @@ class ReasonSeg(Source):
         """One sample per query of one image (train: empty targets skipped; plus the explanatory one)."""
         d = self.split_dir(root, split)
         json_path = d / f"{item}.json"
+        image_path = self.image_path(d, item)
         if not json_path.is_file():
-            raise FileNotFoundError(f"ReasonSeg annotation not found: {json_path} (next to {item}.jpg)")
+            raise FileNotFoundError(f"ReasonSeg annotation not found: {json_path} (next to {image_path})")
+        if image_path is None:
+            reason = f"{json_path}: image referenced but missing, expected {d / item}.jpg"
+            yield rejected(self.name, split, "reasonseg", make_key(item, 0), reason)
+            return
         ann = read_json(json_path)
         where = str(json_path)
         texts = require(ann, "text", where)
         texts = [texts] if isinstance(texts, str) else list(texts)
         is_sentence = bool(require(ann, "is_sentence", where))
-        image = read_image(d / f"{item}.jpg")
+        image = read_image(image_path)
         h, w = image.size
         target, ignore = polygon_masks(require(ann, "shapes", where), h, w, where)
-        if split == "train" and not target.any():
+        if split == "train" and not target.any():  # LISA's training filter: nothing to segment
+            reason = f"{where}: no 'target' region (ignore or flag shapes only), which the train split leaves out"
+            yield skipped(self.name, split, "reasonseg", make_key(item, 0), reason)
+            return
+        if not texts and (split != "train" or item not in self._explanations(root)):
+            yield skipped(self.name, split, "reasonseg", make_key(item, 0), f"{where}.text: got [], no query to ask")
             return
         rle = masks.encode(target)
         base_meta: dict[str, Any] = {"image": item, "is_sentence": is_sentence}
