@@ -4,7 +4,7 @@
 Raw layout (the HuggingFace release + decoded frames)::
 
     <root>/annotations/<version>/<video id>.json   {"filename", "segmentations": [{"filename": <frame file>,
-                                                    "track_ids": [..], "mask_rles": [RLE ..]}],
+                                                    "is_gt": bool, "track_ids": [..], "mask_rles": [RLE ..]}],
                                                     "object_referrals": [{"prompt", "track_ids": [..]}],
                                                     "caption_parsed_en_gpt", ...}
     <root>/splits/<version>/{train,val,test}.json  list of video ids
@@ -13,6 +13,14 @@ Raw layout (the HuggingFace release + decoded frames)::
 Frames are the annotated frames listed in "segmentations", in frame-number order (the list order of the JSON is
 not trusted; the ViCaS evaluation sorts them too); each referral is one sample whose target is the union of its
 tracks. <version> is the newest of VERSIONS present.
+
+`is_gt` marks each "segmentations" entry: true for the human-annotated masks (about 1 fps), false for the masks SAM 2
+propagated between them (`vicas/dataset.py` of the ViCaS release: `include_auto_annotated_masks`; its LG-VIS
+evaluation scores the `is_gt` frames only). UniPixel's loader reads every entry and never the flag, so `vicas` keeps
+every annotated frame, as released. `vicas_gt` is the switch that honours it: the same referrals on the `is_gt` frames
+only (a train referral naming a track without a human mask is a counted reject, as one naming an unknown track; an
+entry whose `is_gt` is not true or false, or a video without an `is_gt` frame, is one reject per referral). Each is
+its own source, so their shards and manifests never mix.
 
 Nothing leaves silently: a train referral naming a track that no "segmentations" entry holds is a counted reject
 naming the file, the referral and the track ids the video does hold (its target would be empty on every frame;
@@ -47,6 +55,7 @@ class ViCaS(Source):
 
     splits = ("train", "val", "test")
     task = "rvos"
+    only_is_gt = False  # released: every "segmentations" entry, human-annotated or propagated (vicas_gt: True)
 
     def version(self, root: Path) -> str:
         """The newest annotation version present."""
@@ -107,8 +116,9 @@ class ViCaS(Source):
             except TypeError:
                 absent = list(tracks)  # an unhashable id is no track id
             if absent and split == "train":  # val / test keep it empty, as the benchmark scores every referral
+                kept = " with is_gt true" if self.only_is_gt else ""
                 reason = (
-                    f"{where}: track_ids {tracks} name {absent} in no 'segmentations' entry of the video "
+                    f"{where}: track_ids {tracks} name {absent} in no 'segmentations' entry{kept} of the video "
                     f"(track ids there: {id_list(shown)}), expected tracks segmented on some frame"
                 )
                 yield rejected(self.name, split, self.task, key, reason)
@@ -141,7 +151,7 @@ class ViCaS(Source):
             raise ValueError(f"'segmentations': got {segs!r:.80}, expected a non-empty list of frame dicts")
         # by frame number, then name: the JSON's list order is not a promise of time order
         order = sorted(
-            range(len(segs)), key=lambda j: (frame_number(str(segs[j]["filename"])), str(segs[j]["filename"]))
+            self.kept_entries(segs), key=lambda j: (frame_number(str(segs[j]["filename"])), str(segs[j]["filename"]))
         )
         names = [str(segs[j]["filename"]) for j in order]
         frames = read_frame_files([str(root / "video_frames" / vid / n) for n in names])
@@ -165,6 +175,35 @@ class ViCaS(Source):
                 per[tr] = rle
             tracks_on.append(per)
         return names, frames, tracks_on
+
+    def kept_entries(self, segs: list[dict]) -> list[int]:
+        """Positions of the "segmentations" entries whose frames the samples keep: all (released), or with
+        `only_is_gt` those whose `is_gt` is true; raises naming the entry when a flag is neither true nor false."""
+        if not self.only_is_gt:
+            return list(range(len(segs)))
+        kept = []
+        for j, seg in enumerate(segs):
+            flag = seg.get("is_gt")
+            # JSON true / false; 0 / 1 read the same (bool is an int)
+            if not isinstance(flag, int) or flag not in (0, 1):
+                raise ValueError(
+                    f"segmentations[{j}] ({seg.get('filename')}): is_gt got {flag!r:.40}, expected true or false"
+                )
+            if flag:
+                kept.append(j)
+        if not kept:
+            raise ValueError(
+                f"'segmentations': none of its {len(segs)} entries has is_gt true, expected a human-annotated frame"
+            )
+        return kept
+
+
+@register_source("vicas_gt")
+class ViCaSGroundTruthFrames(ViCaS):
+    """`vicas` on the human-annotated frames only (`is_gt`; the frames ViCaS's LG-VIS evaluation scores), without the
+    masks SAM 2 propagated between them: not UniPixel's released data, which reads every entry."""
+
+    only_is_gt = True
 
 
 def id_list(ids: set) -> list:
