@@ -171,16 +171,36 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+GIF_MIN_DELAY_CS = 4  # 25 fps: GIF delays are whole centiseconds, and viewers slow down delays under 2 cs
+
+
+def gif_timing(n: int, fps: float, min_delay_cs: int = GIF_MIN_DELAY_CS) -> list[tuple[int, int]]:
+    """(frame index, delay in centiseconds) of the frames a GIF of `n` frames at `fps` shows, lasting as long as the
+    source (round(100 n / fps) cs, delays adding up to it exactly). Past 100 / `min_delay_cs` fps the GIF shows
+    evenly spaced frames at that rate instead of every frame: slot j starts at round(total j / m) cs and shows the
+    frame playing then (j n // m)."""
+    if n < 1 or not fps > 0:
+        raise ValueError(f"n, fps: got {n}, {fps}, expected n >= 1 and fps > 0")
+    total = max(1, round(100 * n / fps))
+    m = min(n, max(1, total // min_delay_cs))  # frames shown; each for at least min_delay_cs
+    starts = [round(total * j / m) for j in range(m + 1)]
+    return [(j * n // m, starts[j + 1] - starts[j]) for j in range(m)]
+
+
 def save_gif(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as a looping GIF."""
+    """Write (T, H, W, 3) uint8 RGB frames as a looping GIF lasting T / fps seconds (to the centisecond; above 25
+    fps, frames are dropped to keep that duration: `gif_timing`)."""
     if len(frames) == 0:
         raise ValueError("frames: got 0 frames, expected at least one")
     for t, f in enumerate(frames):
         _check_frame(f, f"frames[{t}]")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    timing = gif_timing(len(frames), fps)
+    images = [Image.fromarray(frames[i]) for i, _ in timing]
+    # Pillow takes milliseconds and stores int(ms / 10): whole centiseconds in, exactly those out
+    durations = [cs * 10 for _, cs in timing]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
 
 

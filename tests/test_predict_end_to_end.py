@@ -60,7 +60,9 @@ def check_outputs(out: Path, names: list[str], frames: np.ndarray, pred=None) ->
     """Every output file of one turn: RLE <-> palette PNGs <-> the prediction, overlays, animations, run.json."""
     run = json.loads((out / "run.json").read_text())
     assert RUN_KEYS <= set(run) and {"model_s", "total_s"} <= set(run["timings"])
-    assert run["frames"]["names"] == names and run["model"]["format"] and run["model"]["config"]["preset"]
+    assert run["frames"]["names"] == names and run["model"]["format"]
+    # a preset names the sizes, or (a released folder: preset null) the folder's own sizes are recorded
+    assert run["model"]["config"]["preset"] or run["model"]["sizes"]["hidden_size"]
     answer = (out / "answer.txt").read_text()
     assert answer == run["answer"] + "\n"
     doc = json.loads((out / "masks.json").read_text())
@@ -191,7 +193,7 @@ def test_cli_output_replaces_an_earlier_run_whole_with_plain_modes(files, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_chat_two_rounds_naming_a_memory_object(files, tmp_path):
+def test_cli_chat_two_rounds_naming_a_memory_object(files, tmp_path, capsys):
     out = tmp_path / "chat"
     argv = ["--model", str(files / "tiny"), "--media", str(files / "img.png"), "--text", "What is it?"]
     argv += ["--point", "30,20", "--chat", "--max-new-tokens", "3", "--out", str(out), "--no-progress"]
@@ -200,7 +202,8 @@ def test_cli_chat_two_rounds_naming_a_memory_object(files, tmp_path):
     assert cli.main(argv, stdin=stdin, stdout=stdout) == 0
     said = stdout.getvalue()
     assert said.count("pixelqa> ") == 2 and said.count("memory: [0] ") == 2
-    assert "error: text: names object [7], which is not in memory (memory holds [0])" in said
+    error = "error: text: names object [7], which is not in memory (memory holds [0])"
+    assert error in capsys.readouterr().err and error not in said  # errors on stderr, apart from the transcript
     first = check_outputs(out / "turn1", ["00000"], _rgb(files / "img.png"))
     second = check_outputs(out / "turn2", ["00000"], _rgb(files / "img.png"))
     assert first["turn"] == 1 and second["turn"] == 2 and second["text"] == "What is [0] doing?"
@@ -235,6 +238,7 @@ def test_api_frames_folder_mask_prompt_and_lightning_checkpoint(files, tmp_path)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "pixelqa_stage": 3}, ckpt)
     loaded, info = load_model(tmp_path / "run")
     assert info["format"] == "lightning" and info["recipe"]["stage"] == 3
+    assert info["checkpoint_file"] == str(ckpt.resolve())  # the file a run folder was read from
     theirs = loaded.state_dict()
     for k, v in module.model.state_dict().items():
         assert torch.equal(theirs[k], v), k

@@ -22,18 +22,32 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of the demo."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="'tiny' (random, CPU), a model folder or a checkpoint")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available; tiny: CPU), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--model", default="tiny", help="'tiny' (random, CPU), a model folder or a checkpoint (default %(default)s)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0 picks a free one)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available; tiny: CPU), cpu, cuda, cuda:N (default %(default)s)",
+    )
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
-    parser.add_argument("--max-upload-mb", type=int, default=50, help="largest upload, MiB (default 50)")
-    parser.add_argument("--max-video-frames", type=int, default=900, help="longer videos are refused (default 900)")
-    parser.add_argument("--max-frames", type=int, default=32, help="frames read from a video, uniform (default 32)")
-    parser.add_argument("--llm-frames", type=int, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
-    parser.add_argument("--max-sessions", type=int, default=8, help="browser sessions open at once (default 8)")
-    parser.add_argument("--idle-minutes", type=float, default=30.0, help="a session unseen this long is removed")
+    parser.add_argument("--max-upload-mb", type=int, default=50, help="largest upload, MiB (default %(default)s)")
+    parser.add_argument(
+        "--max-video-frames", type=int, default=900, help="longer videos are refused (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=32, help="frames read from a video, uniform (default %(default)s)"
+    )
+    parser.add_argument("--llm-frames", type=int, default=LLM_FRAMES, help="frames the LLM sees (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default %(default)s)")
+    parser.add_argument(
+        "--max-sessions", type=int, default=8, help="browser sessions open at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--idle-minutes", type=float, default=30.0, help="a session unseen this long is removed (default %(default)s)"
+    )
     return parser
 
 

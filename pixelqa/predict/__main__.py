@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pixelqa.predict.predictor import Prediction
 
 QUIT = ("/quit", "/exit")
+EXIT_INTERRUPTED = 130  # Ctrl-C, as fit and the data commands exit (128 + SIGINT)
 
 
 def for_terminal(text: str) -> str:
@@ -61,15 +62,20 @@ class OneLineParser(argparse.ArgumentParser):
         raise PredictInputError(message.removeprefix("argument "))
 
 
-def count_arg(text: str) -> int:
-    """An integer >= 1 of a count option (argparse names the option in front of the message)."""
+def count_arg(text: str, minimum: int = 1) -> int:
+    """An integer >= `minimum` of a count option (argparse names the option in front of the message)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= {minimum}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= {minimum}")
     return value
+
+
+def length_arg(text: str) -> int:
+    """An integer >= 0 of `--max-new-tokens` (0: segment the prompts without answering, as the API allows)."""
+    return count_arg(text, 0)
 
 
 def join_dash_values(parser: OneLineParser, argv: list[str]) -> list[str]:
@@ -115,14 +121,27 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--out",
         default="predict_out",
-        help="output folder: new, empty or an earlier predict output, replaced whole (default: predict_out)",
+        help="output folder: new, empty or an earlier predict output, replaced whole (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-frames", type=count_arg, default=None, help="read at most N frames (uniform, prompts kept)"
+        "--max-frames",
+        type=count_arg,
+        default=None,
+        help="read N frames of a longer video (uniform with both ends); every prompt frame is read too, so more "
+        "prompt frames than N make more (a warning says so)",
     )
-    parser.add_argument("--llm-frames", type=count_arg, default=LLM_FRAMES, help="frames the LLM sees (default 16)")
-    parser.add_argument("--max-new-tokens", type=count_arg, default=64, help="answer length limit (default 64)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--llm-frames", type=count_arg, default=LLM_FRAMES, help="frames the LLM sees (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=length_arg,
+        default=64,
+        help="answer length limit; 0 segments the prompts without answering (default %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N (default %(default)s)"
+    )
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint needing full unpickling")
     parser.add_argument("--chat", action="store_true", help="interactive multi-round session in the terminal")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (so does TQDM_DISABLE=1)")
@@ -137,11 +156,19 @@ def build_parser() -> OneLineParser:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    """Positive integer options."""
-    for name in ("max_frames", "llm_frames", "max_new_tokens"):
+    """Integer options in range (for a Namespace built without the parser)."""
+    for name, minimum in (("max_frames", 1), ("llm_frames", 1), ("max_new_tokens", 0)):
         value = getattr(args, name)
-        if value is not None and value < 1:
-            raise PredictInputError(f"--{name.replace('_', '-')}: got {value}, expected an integer >= 1")
+        if value is not None and value < minimum:
+            raise PredictInputError(f"--{name.replace('_', '-')}: got {value}, expected an integer >= {minimum}")
+
+
+def _first_turn_flags(exc: PredictInputError) -> PredictInputError:
+    """An API error of the first turn on `--text` (too long for the model) named by the options that set it."""
+    message = str(exc)
+    if message.startswith("text:"):
+        message = "--" + message.replace("llm_frames", "--llm-frames")
+    return PredictInputError(message)
 
 
 def memory_summary(pred: Prediction) -> str:
@@ -159,7 +186,7 @@ def memory_summary(pred: Prediction) -> str:
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Validate the inputs, load the model, run one turn (or a chat session) and write the outputs."""
-    from pixelqa.files import FolderTaken, atomic_folder
+    from pixelqa.files import FolderNotReplaceable, FolderTaken, atomic_folder
     from pixelqa.predict.loading import TINY_NOTE, is_tiny, load_model
     from pixelqa.predict.outputs import check_out, out_taken, write_outputs
     from pixelqa.predict.predictor import Predictor
@@ -169,6 +196,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     progress = not args.no_progress  # TQDM_DISABLE is honoured where bars are made (pixelqa.predict.progress)
     _check_counts(args)
     out = check_out(args.out)  # before any slow work: a file there, someone else's folder, no write access
+    if args.model == "":  # Path("") is the current folder
+        raise PredictInputError("--model: got an empty path, expected a model folder, a checkpoint file or 'tiny'")
     tiny = is_tiny(args.model)
     if not tiny and not Path(args.model).exists():  # before any slow work
         raise PredictInputError(
@@ -184,11 +213,18 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             if k not in ids:
                 raise PredictInputError(f"--text: names object [{k}], which is not in memory (memory is empty)")
     t0 = time.perf_counter()
-    info = probe_media(args.media)  # a video is decoded once here to count its frames: part of read_s
+    info = probe_media(args.media, progress)  # a video is decoded once here to count its frames: part of read_s
     for line in media_warnings(info):
         print(f"warning: {line}", file=sys.stderr)
     check_prompts(specs, info)
     frame_ids = sam_frame_ids(info.num_frames, args.max_frames, [s.frame for s in specs])
+    if args.max_frames is not None and len(frame_ids) > args.max_frames:
+        forced = ", ".join(str(t) for t in sorted({s.frame for s in specs}))
+        print(
+            f"warning: --max-frames: reading {len(frame_ids)} frames, not {args.max_frames}: every prompt frame is "
+            f"read ({forced})",
+            file=sys.stderr,
+        )
     media = read_media(args.media, frame_ids, info, progress=progress)
     read_s = time.perf_counter() - t0
     prompts = model_prompts(specs, info, media.frame_ids)
@@ -204,7 +240,10 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         model.cfg.mask_decoder.propagation = args.propagation
     predictor = Predictor(model, args.llm_frames, args.max_new_tokens, progress=progress, model_info=model_info)
     if not args.chat:
-        pred = predictor.run(media, args.text, prompts)
+        try:
+            pred = predictor.run(media, args.text, prompts)
+        except PredictInputError as exc:
+            raise _first_turn_flags(exc) from None
         pred.timings.update(read_s=read_s, load_s=load_s, end_to_end_s=read_s + load_s + pred.timings["total_s"])
         write_outputs(pred, out, [s.arg for s in specs], progress=progress)
         print(for_terminal(pred.answer), file=stdout)
@@ -216,11 +255,19 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             pass
     except FolderTaken as exc:  # another predict into this --out finished at the same moment: one line
         raise out_taken(exc) from None
+    except FolderNotReplaceable as exc:  # its permissions changed since check_out
+        raise PredictInputError(f"--out: {exc}") from None
     print("chat: type a message, /quit to end; name memory objects as [k]", file=stdout)
+    status = 0
     while True:
         if text is None:
             print("you> ", end="", file=stdout, flush=True)
-            line = stdin.readline()
+            try:
+                line = stdin.readline()
+            except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session as end of input does
+                print(file=stdout)
+                status = EXIT_INTERRUPTED
+                break
             if not line:
                 break
             text = line.strip()
@@ -229,29 +276,40 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             if not text:
                 text = None
                 continue
+        n = turn + 1
         try:
-            turn_prompts = prompts if pred is None else []
-            nxt = predictor.run(media, text, turn_prompts, history=pred)
+            nxt = predictor.run(media, text, prompts if pred is None else [], history=pred)
+            setup_s = read_s + load_s if n == 1 else 0.0
+            nxt.timings.update(
+                read_s=read_s if n == 1 else 0.0,
+                load_s=load_s if n == 1 else 0.0,
+                end_to_end_s=setup_s + nxt.timings["total_s"],
+            )
+            # written before the turn counts: an interrupted write leaves no turn folder and the history as it was
+            write_outputs(nxt, out / f"turn{n}", [s.arg for s in specs] if n == 1 else None, progress)
         except PredictInputError as exc:
-            print(f"error: {exc}", file=stdout)
+            if str(exc).startswith("--out:"):  # this session can write no turn: it ends as a one-turn run does
+                raise
+            if pred is None and text is args.text:  # the first turn's text came from --text: name the options
+                exc = _first_turn_flags(exc)
+            print(f"error: {exc}", file=sys.stderr)  # stderr: a redirected transcript keeps the conversation only
             text = None
             continue
-        pred, text, turn = nxt, None, turn + 1
-        setup_s = read_s + load_s if turn == 1 else 0.0
-        pred.timings.update(
-            read_s=read_s if turn == 1 else 0.0,
-            load_s=load_s if turn == 1 else 0.0,
-            end_to_end_s=setup_s + pred.timings["total_s"],
-        )
-        write_outputs(pred, out / f"turn{turn}", [s.arg for s in specs] if turn == 1 else None, progress)
+        except KeyboardInterrupt:  # the turn is dropped (the API leaves history as it was); the session goes on
+            print(file=stdout)
+            print(f"stopped: turn {n} dropped (Ctrl-C); the conversation is as before it", file=sys.stderr)
+            text = None
+            continue
+        pred, text, turn = nxt, None, n
         print(f"pixelqa> {for_terminal(pred.answer)}", file=stdout)
         print(memory_summary(pred), file=stdout)
     print(f"outputs: {out}", file=stdout)
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr)."""
+    """CLI entry point; exit status 0 on success, 2 on a user error (one line on stderr), 130 on Ctrl-C (in --chat:
+    at the prompt, after the outputs line)."""
     from pixelqa.quiet import silence_library_noise
 
     parser = build_parser()
@@ -266,6 +324,9 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     except PredictInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: a stopped run leaves --out as it was
+        print("\nerror: predict stopped (Ctrl-C); --out holds no partial output", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

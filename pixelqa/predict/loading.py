@@ -100,6 +100,8 @@ def load_model(path: str | Path, device: str | None = None, trust: bool = False)
     from pixelqa.model.release import ReleaseError
     from pixelqa.model.unipixel import CONFIG_FILE, UniPixel
 
+    if str(path) == "":  # Path("") is the current folder
+        raise PredictInputError("--model: got an empty path, expected a model folder, a checkpoint file or 'tiny'")
     if is_tiny(path):
         return build_tiny(device)
     dev = pick_device(device)
@@ -141,7 +143,27 @@ def load_model(path: str | Path, device: str | None = None, trust: bool = False)
         "config": asdict(model.cfg),
         "recipe": recipe,
     }
+    if kind == "lightning":  # a run folder names no file by itself: the one read
+        info["checkpoint_file"] = str(ckpt_file.resolve())
+    if kind == "released":
+        # the config's preset only picks the released-folder loader, and its tiny sizes are unused: the sizes are
+        # the folder's own (config.json), recorded instead
+        info["config"].update(preset=None, tiny=None)
+        info["sizes"] = released_sizes(model)
     return model, info
+
+
+def released_sizes(model: UniPixel) -> dict[str, Any]:
+    """The language and vision sizes of a model built from a released folder (its Qwen2.5-VL config)."""
+    config = model.qwen.config
+    text = getattr(config, "text_config", None) or config
+    vision = getattr(config, "vision_config", None)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    sizes: dict[str, Any] = {k: getattr(text, k, None) for k in (*keys, "vocab_size", "max_position_embeddings")}
+    if vision is not None:
+        sizes["vision_depth"] = getattr(vision, "depth", None)
+        sizes["vision_hidden_size"] = getattr(vision, "hidden_size", None)
+    return sizes
 
 
 def _from_lightning(ckpt: Any, path: Path, dtype: str):

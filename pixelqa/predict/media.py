@@ -28,6 +28,7 @@ is a video whose decoding fails part-way (damaged data in the middle): the frame
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Sequence
@@ -58,6 +59,9 @@ ORIENTATION_STEPS = {
     7: (True, True, True),
     8: (True, False, True),
 }
+PROBE_BAR_DELAY_S = 1.0  # seconds a video's probe runs before its progress bar appears
+# Qwen2.5-VL's processor (transformers' smart_resize) refuses frames whose long side is over 200 times the short one
+MAX_ASPECT = 200
 _MATROSKA_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")  # a track's DURATION tag, e.g. 00:00:03.000000000
 
 
@@ -103,6 +107,25 @@ class Media:
 def _bad(path: str | Path, what: str) -> PredictInputError:
     """The one-line error of an unreadable media path."""
     return PredictInputError(f"--media: {str(path)!r} {what}")
+
+
+def aspect_problem(height: int, width: int) -> str | None:
+    """What is wrong with frames of this size for the model (their aspect ratio is past MAX_ASPECT:1, which the
+    Qwen2.5-VL processor refuses), or None."""
+    if min(height, width) > 0 and max(height, width) / min(height, width) > MAX_ASPECT:
+        return (
+            f"is {width}x{height}; expected an aspect ratio of at most {MAX_ASPECT}:1 (the Qwen2.5-VL processor's "
+            "limit): crop or pad it"
+        )
+    return None
+
+
+def check_aspect(info: MediaInfo) -> MediaInfo:
+    """`info` when its frames' aspect ratio suits the model, else the one-line `--media` error (`aspect_problem`)."""
+    problem = aspect_problem(info.height, info.width)
+    if problem is not None:
+        raise _bad(info.path, problem)
+    return info
 
 
 def _folder_frames(folder: Path, media: str | Path) -> tuple[list[Path], list[str]]:
@@ -294,8 +317,17 @@ def _decoded(container, stream, stopped: list[str] | None = None):
             stopped.append(str(exc))
 
 
-def probe_media(path: str | Path) -> MediaInfo:
-    """Kind, frame count and size of an image, video or frames folder (a video is decoded once to count)."""
+def probe_media(path: str | Path, progress: bool = False) -> MediaInfo:
+    """Kind, frame count and size of an image, video or frames folder (a video is decoded once to count, under a
+    `probing video` bar with `progress`); frames the model cannot take (an aspect ratio past MAX_ASPECT:1) are
+    refused here, before any model is loaded."""
+    if str(path) == "":  # Path("") is the current folder, which would be read as a frames folder
+        raise PredictInputError("--media: got an empty path, expected an image, a video file or a folder of frames")
+    return check_aspect(_probe(path, progress))
+
+
+def _probe(path: str | Path, progress: bool = False) -> MediaInfo:
+    """`probe_media` without the check of the frames' aspect ratio."""
     p = Path(path)
     if not p.exists():
         raise _bad(path, "does not exist; expected an image, a video file or a folder of frames")
@@ -316,13 +348,14 @@ def probe_media(path: str | Path) -> MediaInfo:
     if suffix in IMAGE_SUFFIXES:
         return _probe_image(p, path)
     if suffix in VIDEO_SUFFIXES:
-        return _probe_video(p, path)
+        return _probe_video(p, path, progress)
     # no suffix, or one that names no format: Pillow sniffs the content; one picture is an image, several a video
     # (an animated GIF), and what Pillow does not read goes to PyAV
     pictures = _pillow_frames(p)
     if pictures is None:
-        return _probe_video(p, path)
-    first, second = (_probe_image, _probe_video) if pictures == 1 else (_probe_video, _probe_image)
+        return _probe_video(p, path, progress)
+    video = functools.partial(_probe_video, progress=progress)
+    first, second = (_probe_image, video) if pictures == 1 else (video, _probe_image)
     try:
         return first(p, path)
     except PredictInputError as exc:
@@ -344,12 +377,24 @@ def _probe_image(p: Path, path: str | Path) -> MediaInfo:
     return MediaInfo(str(p), "image", 1, h, w, notes=notes)
 
 
-def _probe_video(p: Path, path: str | Path) -> MediaInfo:
-    """The MediaInfo of a video file, decoded once by PyAV to count its frames."""
+def _expected_frames(container, stream, declared: int | None, fps: float | None) -> int | None:
+    """The frame count a video's container gives or suggests (its count, else its duration x frame rate), for a
+    progress bar only: the probe counts by decoding."""
+    if declared:
+        return declared
+    if fps and container.duration:
+        return max(1, round(container.duration / 1_000_000 * fps))  # AV_TIME_BASE
+    return None
+
+
+def _probe_video(p: Path, path: str | Path, progress: bool = False) -> MediaInfo:
+    """The MediaInfo of a video file, decoded once by PyAV to count its frames (a container's count can be wrong
+    or absent: a cut download, webm / mkv); `progress`: a bar over the count the container suggests."""
     import av
 
     count, size, fps, declared, orientation = 0, None, None, None, 1
     declared_s, decoded_s, last, stopped = None, None, None, []
+    bar = None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
@@ -358,12 +403,19 @@ def _probe_video(p: Path, path: str | Path) -> MediaInfo:
             fps = float(stream.average_rate) if stream.average_rate else None
             declared = int(stream.frames) or None  # 0: the container does not say (webm, mkv, ...)
             declared_s = None if declared else _declared_seconds(container, stream)
+            expected = _expected_frames(container, stream, declared, fps)
+            # a long video takes a while to count: a bar, so that the wait does not look like a hang (shown only
+            # once the count takes PROBE_BAR_DELAY_S: a short clip's probe stays silent)
+            bar = progress_bar(
+                progress, total=expected, desc="probing video", unit="frame", leave=False, delay=PROBE_BAR_DELAY_S
+            )
             for _, frame in _decoded(container, stream, stopped):  # counted by decoding: counts can be absent
                 if size is None:
                     orientation = _frame_orientation(frame)
                     quarter_turn = ORIENTATION_STEPS[orientation][0]  # stored columns are shown as rows
                     size = (frame.width, frame.height) if quarter_turn else (frame.height, frame.width)
                 count += 1
+                bar.update(1)
                 last = (frame.pts, frame.duration, frame.time_base)
             if last is not None and last[0] is not None and last[2]:
                 pts, duration, time_base = last
@@ -373,6 +425,9 @@ def _probe_video(p: Path, path: str | Path) -> MediaInfo:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise _bad(path, f"cannot be decoded as a video or image: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
     if size is None:
         raise _bad(path, "holds no decodable video frame")
     h, w = int(size[0]), int(size[1])
@@ -469,6 +524,9 @@ def media_from_tensor(frames: torch.Tensor, kind: str | None = None) -> Media:
         raise PredictInputError(f"media: got 0 frames (a {tuple(frames.shape)} tensor), expected >= 1")
     if h == 0 or w == 0:
         raise PredictInputError(f"media: got frames of {w}x{h} (a {tuple(frames.shape)} tensor), expected H, W >= 1")
+    problem = aspect_problem(h, w)
+    if problem is not None:
+        raise PredictInputError(f"media: frames of a {tuple(frames.shape)} tensor: {problem}")
     kind = kind or ("image" if t == 1 else "video")
     if kind not in ("image", "video"):
         raise PredictInputError(f"kind: got {kind!r}, expected 'image' or 'video'")

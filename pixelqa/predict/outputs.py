@@ -35,7 +35,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixelqa import viz
-from pixelqa.files import FolderTaken, atomic_folder, protected_folder, replaceable_folder
+from pixelqa.files import (
+    FolderNotReplaceable,
+    FolderTaken,
+    atomic_folder,
+    protected_folder,
+    replace_blocker,
+    replaceable_folder,
+)
 from pixelqa.model.chat import Box, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.media import MediaInfo, media_warnings
@@ -89,8 +96,14 @@ def is_output_name(name: str) -> bool:
 def check_out(out: str | Path) -> Path:
     """`out` as predict may write it: a new name, an empty folder or an earlier predict output (replaced whole, so
     no file of an earlier run is left beside the new ones); anything else is a PredictInputError naming --out."""
+    if str(out) == "":  # Path("") is the current folder
+        raise PredictInputError("--out: got an empty path, expected an output folder name")
     out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise PredictInputError(
+            f"--out: {str(out)!r} is a link; expected a folder name (a link is not followed: give the folder itself)"
+        )
+    if out.exists() and not out.is_dir():
         raise PredictInputError(f"--out: {str(out)!r} exists and is not a folder; expected a folder name")
     reason = protected_folder(out)  # an empty home or current folder would pass the next check, then be replaced
     if reason is not None:
@@ -105,6 +118,12 @@ def check_out(out: str | Path) -> Path:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PredictInputError(f"--out: cannot create {str(out)!r}: {str(parent)!r} is not a writable folder")
+    blocker = replace_blocker(out)  # a protected or foreign earlier output would fail only after the model ran
+    if blocker is not None:
+        raise PredictInputError(
+            f"--out: {str(out)!r} cannot be replaced: {blocker}; expected a folder this user may rename and empty "
+            "(or choose a new --out)"
+        )
     return out
 
 
@@ -147,6 +166,8 @@ def write_outputs(
             return _write(pred, tmp, prompt_args, progress)
     except FolderTaken as exc:  # two predicts into one --out finishing at once: one line, not a traceback
         raise out_taken(exc) from None
+    except FolderNotReplaceable as exc:  # its permissions changed while the model ran (check_out passed them)
+        raise PredictInputError(f"--out: {exc}") from None
 
 
 def out_taken(exc: FolderTaken) -> PredictInputError:
@@ -202,7 +223,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     bar.close()
     if len(frames) > 1:
         fps = overlay_fps(media.info, len(frames))
-        viz.save_gif(drawn, out / "overlay.gif", fps=min(fps, 25.0))
+        viz.save_gif(drawn, out / "overlay.gif", fps=fps)  # as long as the mp4: frames dropped past GIF's 25 fps
         viz.save_mp4(drawn, out / "overlay.mp4", fps=fps)
         files.update(gif="overlay.gif", mp4="overlay.mp4")
     ids = media.frame_ids
@@ -234,6 +255,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
             for i, p in enumerate(pred.prompts)
         ],
         "turn": pred.turn,
+        "text_given": pred.text_given,
         "text": pred.text,
         "model_text": pred.model_text,
         "answer": pred.answer,

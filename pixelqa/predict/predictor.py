@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import numbers
 import operator
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import torch
 from pixelqa.model.chat import Box, ContextTooLongError, Mask, Point
 from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.frames import LLM_FRAMES, llm_positions
-from pixelqa.predict.media import Media, media_from_tensor, media_warnings, read_media
+from pixelqa.predict.media import Media, aspect_problem, media_from_tensor, media_warnings, read_media
 from pixelqa.predict.progress import progress_bar
 from pixelqa.predict.prompts import place_refs
 from pixelqa.prompt_format import SPECIAL_TOKENS, object_ids_in
@@ -59,11 +60,12 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     turn: int = 1
     model_info: dict = field(default_factory=dict, repr=False)  # where the model came from, its config (run.json)
+    text_given: str = ""  # the user text exactly as given (before its <|ref|> were placed)
 
 
-def _sam_progress_bar():
-    """(callback, bar): a tqdm bar over the frames SAM segments, fed by the model's progress(done, total)."""
-    bar = progress_bar(True, total=0, desc="segmenting frames", unit="frame", leave=False)
+def _sam_progress_bar(total: int):
+    """(callback, bar): a tqdm bar over the `total` frames SAM segments, fed by the model's progress(done, total)."""
+    bar = progress_bar(True, total=total, desc="segmenting frames", unit="frame", leave=False)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -116,7 +118,7 @@ def _normalised(p, i: int):
                 f"prompts[{i}].object_id: got {k}, expected an integer in [0, {MAX_OBJECT_ID}] (outputs store id + 1 "
                 f"in a palette PNG) or None"
             )
-    p = dataclasses.replace(p, frame=frame, object_id=k)
+    p = dataclasses.replace(p, frame=frame, object_id=k, **_coordinates(p, i))
     if isinstance(p, Mask) and not isinstance(p.mask, torch.Tensor):
         try:
             p = dataclasses.replace(p, mask=torch.as_tensor(p.mask))
@@ -125,6 +127,24 @@ def _normalised(p, i: int):
                 f"prompts[{i}].mask: got {type(p.mask).__name__}, expected an (H, W) bool tensor or array"
             ) from None
     return p
+
+
+def _coordinates(p, i: int) -> dict[str, float]:
+    """A Point's or Box's coordinates as floats (any real number type given: numpy's, a 0-d tensor), or the error
+    naming the field; {} for a Mask."""
+    names = ("x", "y") if isinstance(p, Point) else ("x1", "y1", "x2", "y2") if isinstance(p, Box) else ()
+    out = {}
+    for name in names:
+        value = getattr(p, name)
+        try:
+            if isinstance(value, (str, bytes, bool)):  # float() would take "0.5"; a bool is no coordinate
+                raise TypeError
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise PredictInputError(
+                f"prompts[{i}].{name}: got {value!r} ({type(value).__name__}), expected a number in [0, 1]"
+            ) from None
+    return out
 
 
 def _assign_ids(prompts: list, taken: set[int]) -> list:
@@ -171,6 +191,8 @@ def _check_prompt(p, i: int, media: Media) -> None:
         raise PredictInputError(
             f"prompts[{i}].mask: got shape {tuple(p.mask.shape)}, expected the media's (H, W) = {media.size}"
         )
+    if isinstance(p, Mask) and not bool(p.mask.any()):  # the model would find no token cell to prompt with
+        raise PredictInputError(f"prompts[{i}].mask: got an empty mask (no pixel set), expected at least one pixel")
 
 
 def _check_memory(memory: dict | None, media: Media) -> dict[int, torch.Tensor]:
@@ -292,6 +314,9 @@ class Predictor:
                 media = media_from_tensor(media)
             elif not isinstance(media, Media):
                 raise PredictInputError(f"media: got {type(media).__name__}, expected a Media, a tensor or a path")
+            problem = aspect_problem(*media.size)  # a Media built by hand: the model's processor would refuse it
+            if problem is not None:
+                raise PredictInputError(f"media: {media.info.path!r} {problem}")
             bank, llm_pos = None, None
         timings["read_s"] = time.perf_counter() - started
         if not isinstance(assistant_prefix, str):
@@ -309,6 +334,7 @@ class Predictor:
         ids = [p.object_id for p in prompts]
         if not isinstance(text, str):
             raise PredictInputError(f"text: got {type(text).__name__}, expected a str")
+        given_text = text
         try:
             text = place_refs(text, ids)
         except PredictInputError as exc:
@@ -348,13 +374,15 @@ class Predictor:
             kwargs["processor_kwargs"] = processor_kwargs
         bar = None
         if progress is None and self.progress:
-            progress, bar = _sam_progress_bar()
+            progress, bar = _sam_progress_bar(len(sam_pos))
         if progress is not None:
             kwargs["progress"] = progress
         t0 = time.perf_counter()
         try:
             result = self.model.chat(**kwargs)  # inputs are checked above: an error in here is not the user's
         except ContextTooLongError as exc:  # but a conversation grown past the model's positions is: one line
+            if history is None:  # no conversation yet: the text (with the media) is what is too long
+                raise PredictInputError(self._too_long(exc, given_text, len(llm_pos))) from exc
             raise PredictInputError(f"history: {exc}") from exc  # the cause: callers may add their own advice
         finally:
             if bar is not None:
@@ -377,5 +405,34 @@ class Predictor:
             state=result.state,
             timings=timings,
             turn=history.turn + 1 if history is not None else 1,
-            model_info={**self.model_info, "config": asdict(self.model.cfg)},  # as run (switches set since load)
+            model_info={**self.model_info, "config": self._config()},
+            text_given=given_text,
+        )
+
+    def _config(self) -> dict:
+        """run.json's model config as run: the model's (switches set since load, such as propagation), with the
+        preset and tiny sizes as load_model recorded them (a released folder's sizes come from its config.json, not
+        from the preset its loader is built with)."""
+        config = asdict(self.model.cfg)
+        recorded = self.model_info.get("config")
+        for key in ("preset", "tiny"):
+            if isinstance(recorded, dict) and key in recorded:
+                config[key] = recorded[key]
+        return config
+
+    def _too_long(self, exc: ContextTooLongError, text: str, frames: int) -> str:
+        """The one-line error of a first turn whose prompt passes the model's positions: the text's share and the
+        rest's (media, prompts, chat template), from the numbers the model's message gives."""
+        found = re.search(r"prompt of (\d+) tokens, over the model's limit of (\d+)", str(exc))
+        try:
+            n_text = len(self.model.tokenizer(text, add_special_tokens=False).input_ids)
+        except Exception:  # noqa: BLE001  (the share is a courtesy; the refusal stands without it)
+            n_text = None
+        if found is None or n_text is None:
+            return f"text: too long for the model ({exc}); expected a shorter text or fewer frames (llm_frames)"
+        n, limit = int(found[1]), int(found[2])
+        return (
+            f"text: too long for the model: the prompt is {n} tokens ({n_text} of them the text, {n - n_text} the "
+            f"media's {frames} LLM frame(s), prompts and chat template), over the limit of {limit}; "
+            "expected a shorter text (or fewer frames for the LLM: llm_frames)"
         )

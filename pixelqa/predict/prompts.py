@@ -147,8 +147,11 @@ def mask_pixels(im: Image.Image) -> np.ndarray:
 def read_mask_png(path: str, arg: str) -> np.ndarray:
     """(H, W) bool of a mask image (PNG, or any image Pillow reads): its object pixels (`mask_pixels`)."""
     p = Path(path)
+    where = "" if arg == path else f" (in {arg!r})"  # the value itself names the file when no `,t` was given
+    if p.is_dir():
+        raise PredictInputError(f"--mask: {path!r}{where} is a folder; expected a mask image (PNG)")
     if not p.is_file():
-        raise PredictInputError(f"--mask: {path!r} (in {arg!r}) does not exist")
+        raise PredictInputError(f"--mask: {path!r}{where} does not exist; expected a mask image (PNG)")
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)  # upright like the media (media.py), as the user drew it
