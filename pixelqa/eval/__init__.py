@@ -6,8 +6,9 @@
 
 Families: `synthetic` (J&F + answer accuracy per task, `pixelqa.eval.synthetic`), video segmentation
 (ReVOS, MeViS, Ref-YouTube-VOS, Ref-DAVIS17, Ref-SAV, GroundMoRe, and any video protocol registered with
-`pixelqa.eval.official.register_protocol`: J, F, J&F, R; `pixelqa.eval.video_seg`) and
-image segmentation (RefCOCO/+/g, RefClef, ReasonSeg: cIoU, gIoU, REC accuracy; `pixelqa.eval.image_seg`).
+`pixelqa.eval.official.register_protocol`: J, F, J&F, R; `pixelqa.eval.video_seg`) and image segmentation
+(RefCOCO/+/g, RefClef, ReasonSeg, and any image protocol registered the same way: cIoU, gIoU, REC accuracy;
+`pixelqa.eval.image_seg`). A registered protocol is a benchmark here when it is named after its source.
 Each reads `<data.shards>/<benchmark>/<eval.split>/` and scores teacher-forced predictions (see `runner`);
 `synthetic` is also scored by free generation (`eval.scoring=generate|both`, `pixelqa.eval.synthetic_generate`).
 
@@ -39,15 +40,15 @@ def __getattr__(name: str) -> Any:
 
 def list_benchmarks() -> list[str]:
     """Every benchmark name `get_protocol` knows."""
-    from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS
+    from pixelqa.eval.image_seg import image_seg_benchmarks
     from pixelqa.eval.video_seg import video_seg_benchmarks
 
-    return ["synthetic", *video_seg_benchmarks(), *IMAGE_SEG_BENCHMARKS]
+    return ["synthetic", *video_seg_benchmarks(), *image_seg_benchmarks()]
 
 
 def get_protocol(name: str) -> Callable[..., EvalResult]:
     """The protocol function of a benchmark: fn(model, recipe, num_overlays=4) -> EvalResult."""
-    from pixelqa.eval.image_seg import IMAGE_SEG_BENCHMARKS, evaluate_image_seg
+    from pixelqa.eval.image_seg import evaluate_image_seg, image_seg_benchmarks
     from pixelqa.eval.synthetic import evaluate_synthetic
     from pixelqa.eval.video_seg import evaluate_video_seg, video_seg_benchmarks
 
@@ -55,7 +56,7 @@ def get_protocol(name: str) -> Callable[..., EvalResult]:
         return evaluate_synthetic
     if name in video_seg_benchmarks():
         return partial(evaluate_video_seg, source=name)
-    if name in IMAGE_SEG_BENCHMARKS:
+    if name in image_seg_benchmarks():
         return partial(evaluate_image_seg, source=name)
     raise ValueError(f"eval.benchmark: got {name!r}, expected one of {list_benchmarks()}")
 

@@ -12,6 +12,11 @@ switches and aggregation) and `pixelqa.metrics.protocols` (REC):
 Only the predictions differ from `python -m pixelqa.evaluate suite=paper`: here the model reads the reference
 answer, so every expression gets a mask (the suite generates, and a missing <|seg|> scores an empty mask), and the
 prompt is the shard's turn text, not the official template. Every expression is scored, empty targets included.
+
+The benchmarks are those `image_seg_benchmarks()` reads from the protocol registry: each registered
+`ImageSegProtocol` named after its source (the six built-in ones, RefCOCO/+/g, RefCOCOg google, RefClef and ReasonSeg,
+then any registered with `pixelqa.eval.official.register_protocol`); `rec_benchmarks()` are those whose protocol
+declares `rec`. `IMAGE_SEG_BENCHMARKS` and `REC_BENCHMARKS` read the same, at the time they are read.
 """
 
 from __future__ import annotations
@@ -27,16 +32,43 @@ from pixelqa.eval.runner import EvalResult, eval_batches
 if TYPE_CHECKING:
     from pixelqa.eval.official import ImageSegProtocol
 
-IMAGE_SEG_BENCHMARKS: tuple[str, ...] = (
-    "refcoco",
-    "refcoco_plus",
-    "refcocog",
-    "refcocog_google",
-    "refclef",
-    "reasonseg",
-)
-# ReasonSeg has no boxes and the official scripts report no REC for it
-REC_BENCHMARKS: tuple[str, ...] = tuple(b for b in IMAGE_SEG_BENCHMARKS if b != "reasonseg")
+
+def image_seg_benchmarks() -> tuple[str, ...]:
+    """The benchmarks `evaluate_image_seg` scores teacher-forced: each registered protocol (`official.list_protocols`)
+    that is an ImageSegProtocol named after the source whose shards it reads, in registration order."""
+    # official is imported on use so that importing pixelqa.eval does not load every protocol
+    from pixelqa.eval.official import ImageSegProtocol, teacher_forced_names
+
+    return teacher_forced_names(ImageSegProtocol)
+
+
+def rec_benchmarks() -> tuple[str, ...]:
+    """The image benchmarks whose protocol declares `rec` (REC@0.5 from the annotation box): not ReasonSeg, which has
+    no boxes and for which the official scripts report no REC."""
+    return tuple(name for name in image_seg_benchmarks() if image_seg_protocol(name).rec)
+
+
+def image_seg_protocol(source: str, switches: Sequence[str] = ()) -> ImageSegProtocol:
+    """The registered protocol of image benchmark `source` with the named switches on (a ValueError naming the
+    benchmarks for any other name)."""
+    from pixelqa.eval.official import ImageSegProtocol, get_official
+
+    names = image_seg_benchmarks()
+    if source not in names:
+        raise ValueError(f"source: got {source!r}, expected an image segmentation benchmark, one of {list(names)}")
+    protocol = get_official(source, switches)
+    if not isinstance(protocol, ImageSegProtocol):  # image_seg_benchmarks() built it as one a moment ago
+        raise TypeError(f"{source}: protocol {type(protocol).__name__}, expected an ImageSegProtocol")
+    return protocol
+
+
+def __getattr__(name: str) -> Any:
+    """`IMAGE_SEG_BENCHMARKS` and `REC_BENCHMARKS` (the names before discovery): read from the registry when read."""
+    if name == "IMAGE_SEG_BENCHMARKS":
+        return image_seg_benchmarks()
+    if name == "REC_BENCHMARKS":
+        return rec_benchmarks()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def image_seg_records(
@@ -77,13 +109,12 @@ def evaluate_image_seg(
 ) -> EvalResult:
     """Score `model` on `source`'s split `recipe.eval.split`: one (H, W) mask per <|seg|> target; `switches` (or
     '+'-suffixes of `source`, 'reasonseg+exclude_ignore') as the official protocol's."""
-    from pixelqa.eval.official import ImageSegProtocol, object_volume, target_ids
+    from pixelqa.eval.official import object_volume, target_ids
     from pixelqa.train.module import overlay_items
 
     source, *named = source.split("+")
-    # the suite's protocol object: its pixel counting, switches and aggregation are this evaluation's too
-    protocol = ImageSegProtocol(source, rec=source in REC_BENCHMARKS)
-    protocol.set_switches([*named, *switches])
+    # the suite's (registered) protocol object: its pixel counting, REC, switches and aggregation are this one's too
+    protocol = image_seg_protocol(source, [*named, *switches])
     records: list[dict[str, Any]] = []
     overlays: list[dict] = []
     for batch, out, samples in eval_batches(model, recipe, source, recipe.eval.split, recipe.eval.max_samples):

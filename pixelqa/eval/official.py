@@ -9,8 +9,9 @@ So every protocol is checked on predictions built by hand, and any model can be 
     get_official("reasonseg+exclude_ignore")     a protocol with named switches on (departures from the official
                                                  run, docs/departures.md; the suite file's `protocol:` takes this)
     @register_protocol("name")                   a new benchmark (a Protocol subclass taking no arguments, or
-    register_protocol("name", factory)           any factory); a VideoSegProtocol named after its source is also
-                                                 scored teacher-forced (`eval.benchmark=name`; docs/extending.md)
+    register_protocol("name", factory)           any factory); a VideoSegProtocol or ImageSegProtocol named after
+                                                 its source is also scored teacher-forced (`eval.benchmark=name`;
+                                                 `teacher_forced_names`, docs/extending.md)
     Request(...)      frames (positions in sample.media.frames) for the LLM and for SAM, text, visual prompts,
                       ground-truth memory, PixelQA's pre-fill text, the forced answer prefix, max_new_tokens
     Prediction(text, masks)   masks: one (len(sam_frames), H, W) bool array per <|seg|> of the answer (only the
@@ -20,6 +21,7 @@ So every protocol is checked on predictions built by hand, and any model can be 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +151,7 @@ def _mean(values: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------- protocols
 
 # benchmark name -> protocol factory (a Protocol subclass taking no arguments, or a function returning a Protocol),
-# in registration order: the teacher-forced video benchmarks (`pixelqa.eval.video_seg_benchmarks`) are read from it
+# in registration order: the teacher-forced video and image benchmarks (`teacher_forced_names`) are read from it
 _PROTOCOLS: dict[str, Callable[[], Protocol]] = {}
 
 
@@ -181,6 +183,26 @@ def unregister_protocol(name: str) -> None:
 def list_protocols() -> list[str]:
     """Every registered benchmark name, in registration order."""
     return list(_PROTOCOLS)
+
+
+def teacher_forced_names(kind: type[Protocol]) -> tuple[str, ...]:
+    """The registered benchmarks whose protocol is a `kind` (VideoSegProtocol, ImageSegProtocol) named after the source
+    whose shards it reads, in registration order: the `eval.benchmark` names that family scores teacher-forced
+    (`mevis_server` reads mevis's shards: not one)."""
+    # read at call time, so a benchmark registered once (even after import) is usable by both routes
+    names = []
+    for name in list_protocols():
+        try:
+            protocol = get_official(name)
+        except Exception as err:  # noqa: BLE001  (a third party's factory: any error)
+            # one broken registration must not take every other benchmark's look-up down with it; said, not hidden
+            said = " ".join(str(err).split()) or type(err).__name__
+            why = f"benchmark {name!r}: its registered protocol cannot be built ({said}); left out"
+            warnings.warn(why, stacklevel=2)
+            continue
+        if isinstance(protocol, kind) and protocol.name == name:
+            names.append(name)
+    return tuple(names)
 
 
 def _registry() -> dict[str, Callable[[], Protocol]]:
@@ -363,7 +385,9 @@ class GroundMoReProtocol(VideoSegProtocol):
 class ImageSegProtocol(Protocol):
     """RefCOCO/+/g RES (+ REC from the mask), ReasonSeg: cIoU = sum I / sum U, gIoU = mean I/U (1 when U = 0),
     at the source resolution; REC: tight box after dropping components under 10 px vs the annotation box.
-    ReasonSeg's don't-care pixels (`meta["ignore_rle"]`) count as background, as the official run scores them."""
+    ReasonSeg's don't-care pixels (`meta["ignore_rle"]`) count as background, as the official run scores them.
+    `rec`: the benchmark also scores REC@0.5, so every sample carries the annotation box `meta["box_xyxy"]`
+    (ReasonSeg has none). Registered under its source's name, it is also a teacher-forced `eval.benchmark`."""
 
     frame_rule = "the image (one frame), up to 4096 visual tokens"
     token_budget = IMAGE_BUDGET
@@ -644,6 +668,10 @@ register_protocol("groundmore", GroundMoReProtocol)
 register_protocol("refcoco", lambda: ImageSegProtocol("refcoco", rec=True))
 register_protocol("refcoco_plus", lambda: ImageSegProtocol("refcoco_plus", rec=True))
 register_protocol("refcocog", lambda: ImageSegProtocol("refcocog", rec=True))
+# not in the paper and run by no official script, but eval_refcoco.py's rules hold for any refer-format split (the
+# converter gives the same meta, REC box included): registered so that they are benchmarks by name like the others
+register_protocol("refcocog_google", lambda: ImageSegProtocol("refcocog_google", rec=True))
+register_protocol("refclef", lambda: ImageSegProtocol("refclef", rec=True))
 register_protocol("reasonseg", lambda: ImageSegProtocol("reasonseg", rec=False))
 register_protocol("videorefer_bench_q", lambda: MCQProtocol("videorefer_bench_q"))
 register_protocol("videorefer_bench_d", DescribeProtocol)
