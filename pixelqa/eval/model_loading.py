@@ -147,7 +147,7 @@ def settle_model_settings(
     import sys
 
     from pixelqa.config import to_object
-    from pixelqa.preflight import apply_release_overrides, release_override_warning
+    from pixelqa.preflight import apply_release_overrides, check_model_files, release_override_warning
 
     for line in adopt_trained_model(cfg, args, ckpt_path, to_object(cfg).trust_checkpoint):
         if speak:
@@ -159,6 +159,7 @@ def settle_model_settings(
         recipe = to_object(cfg)
         if speak:
             print(release_override_warning(recipe.model.path, overridden, recorded_in), file=sys.stderr, flush=True)
+    check_model_files(recipe.model)  # a missing model folder or SAM file: one line now, before any hashing or loading
     return recipe
 
 
@@ -174,6 +175,13 @@ def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
             ckpt = read_checkpoint(ckpt_path, bool(getattr(recipe, "trust_checkpoint", False)), what="ckpt")
         except CheckpointError as err:
             raise RecipeError(str(err)) from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            keys = [str(k) for k in list(ckpt)[:5]] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise RecipeError(
+                f"ckpt={ckpt_path}: holds no 'state_dict' (found {keys}); expected a Lightning checkpoint written by "
+                "pixelqa.fit (a released or Qwen2.5-VL folder goes in model.path, a SAM 2.1 file in "
+                "model.mask_decoder.checkpoint)"
+            )
     # plain data to the model build, which merges it into a config (pixelqa.train.module.model_config): a value that
     # reads `${...}` (a checkpoint's, adopted above as text) stays that text there too
     model_cfg = literal(OmegaConf.to_container(OmegaConf.structured(recipe.model)))
@@ -185,6 +193,7 @@ def load_model(recipe: Any, ckpt_path: Path | None) -> torch.nn.Module:
             raise
         detail = str(err).removeprefix(prefix).partition("; expected")[0]  # its "expected" speaks of fit's stages
         raise RecipeError(
-            f"ckpt={ckpt_path}: {detail}; expected the model settings it was trained with (they are read from it: a "
-            "model.KEY=... given on the command line must keep the weight shapes)"
+            f"ckpt={ckpt_path}: {detail}; expected a pixelqa.fit checkpoint of this model, built with the model "
+            "settings it was trained with (they are read from it: a model.KEY=... given on the command line must keep "
+            "the weight shapes)"
         ) from None

@@ -45,6 +45,12 @@ class PassCount:
     expected: int
     scored: int = 0
     damaged: int = 0
+    available: int | None = None  # samples the shards hold when a limit (eval.max_samples) cut `expected` below it
+
+
+class BenchmarkDataError(ValueError):
+    """Benchmark shards whose samples a protocol cannot score as they are (fields missing or inconsistent between
+    samples); the message names the benchmark and a sample. The CLI prints it as one line (exit status 2)."""
 
 
 _COLLECTORS: list[list[PassCount]] = []
@@ -94,7 +100,7 @@ def eval_batches(
         return collate(samples)
 
     ds = EvalBatches([index], remember, data.val_batch_size, recipe.seed, limit=limit, num_frames=data.num_frames)
-    count = PassCount(source, split, ds.expected)
+    count = PassCount(source, split, ds.expected, available=index.expected if index.expected > ds.expected else None)
     register_pass(count)
     device = next(model.parameters()).device
     was = model.training

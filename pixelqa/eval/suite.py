@@ -3,6 +3,7 @@
 
     load_suite(name) -> Suite                              recipes/suite/<name>.yaml
     missing_shards(spec, shards) -> str | None             None, or the one-line reason with the build command
+    missing_split(name, source, split, shards) -> str | None   the same for any source split (`pixelqa.evaluate`)
     run_benchmark(spec, answer_fn, shards, out, rank, world) -> int      this rank's samples (resumable)
     finish_benchmark(spec, out, ...) -> BenchmarkResult    merges every rank's records, aggregates, writes result.json
     paper_rows(results, size) -> list[dict]                the paper-style table: ours (%), paper, diff
@@ -26,6 +27,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,20 +139,26 @@ def build_command(source: str, split: str, shards: str | Path) -> str:
     return f"python -m pixelqa.data build {source} --root RAW/{source} --out {shards} --split {split}"
 
 
-def missing_shards(spec: BenchmarkSpec, shards: str | Path) -> str | None:
-    """None when the benchmark's shards exist; else the one-line skip reason naming the build command."""
+def missing_split(name: str, source: str, split: str, shards: str | Path) -> str | None:
+    """None when `source`/`split` has finished shards under `shards`; else one line, starting with `name`, that names
+    the folder and the command that builds (or finishes building) them. Shared by the suite and `pixelqa.evaluate`."""
     from pixelqa.data.shards import unfinished_build
 
-    if shard_files(shards, spec.source, spec.split):
+    if shard_files(shards, source, split):
         return None
-    folder = Path(shards) / spec.source / spec.split
+    folder = Path(shards) / source / split
     unfinished = unfinished_build(folder, shards) if any(folder.glob("*.tar")) else None
     if unfinished is not None:
         return (
-            f"{spec.name}: the shards in {folder} are an unfinished build ({unfinished.reason}); finish it with: "
+            f"{name}: the shards in {folder} are {unfinished.state} ({unfinished.reason}); {unfinished.action}: "
             f"{unfinished.command}"
         )
-    return f"{spec.name}: no shards at {folder}; build them with: {build_command(spec.source, spec.split, shards)}"
+    return f"{name}: no shards at {folder}; build them with: {build_command(source, split, shards)}"
+
+
+def missing_shards(spec: BenchmarkSpec, shards: str | Path) -> str | None:
+    """None when the benchmark's shards exist; else the one-line skip reason naming the build command."""
+    return missing_split(spec.name, spec.source, spec.split, shards)
 
 
 def manifest_checksums(shards: str | Path, source: str, split: str) -> dict[str, str]:
@@ -306,17 +314,46 @@ def fingerprint_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> str | N
     return "; ".join(parts) or None
 
 
+def read_result(folder: Path) -> dict | None:
+    """The stored result.json of a benchmark folder, or None; a damaged file is a SuiteError naming it (its records
+    are kept: deleting it merges them again)."""
+    done = folder / RESULT_FILE
+    if not done.is_file():
+        return None
+    try:
+        data = json.loads(done.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise ValueError("expected a JSON object with 'rows', 'metrics' and 'provenance'")
+        return data
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise SuiteError(
+            f"{done}: damaged ({err}); delete it and rerun: the records beside it are merged again"
+        ) from None
+
+
+def is_final(data: dict | None) -> bool:
+    """Whether a stored result is final: one that left out damaged records is scored again on every rerun (the
+    records resume, so only what now reads is scored), so that repaired shards are never left unscored."""
+    return data is not None and not (data.get("provenance") or {}).get("damaged_records")
+
+
+def finished(folder: Path) -> bool:
+    """Whether the benchmark folder holds a final result.json (`is_final`)."""
+    return is_final(read_result(folder))
+
+
 def stale_reason(spec: BenchmarkSpec, out: str | Path, fingerprint: dict[str, Any]) -> str | None:
     """None when the benchmark's result and records under `out` (if any) were produced under `fingerprint`; else
     the one-line reason naming the folder, what differs and how to go on."""
     folder = Path(out) / spec.name
-    done = folder / RESULT_FILE
-    if done.is_file():
-        stored = json.loads(done.read_text()).get("provenance", {}).get("fingerprint")
+    data = read_result(folder)
+    if data is not None:
+        stored = (data.get("provenance") or {}).get("fingerprint")
         diff = fingerprint_diff(stored, fingerprint)
         if diff:
             return f"{folder}: {RESULT_FILE} was not produced with these settings ({diff}); {FRESH_HINT}"
-        return None  # a matching result is reused; its records are not read again
+        if is_final(data):
+            return None  # a matching result is reused; its records are not read again
     for path in sorted(folder.glob("records.rank*.jsonl")):
         header, records = read_records_file(path)
         # a file with no records (only a header, or a kill before the first line) holds nothing to reuse
@@ -365,18 +402,20 @@ def run_benchmark(
     world: int = 1,
     limit: int | None = None,
     fingerprint: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> int:
     """Score this rank's share (sample i where i % world == rank) of the first `limit` samples; returns how many
     this call scored (samples already in the rank's records file are skipped). `fingerprint` is the run's part of
     `benchmark_fingerprint`; stored results or records made under another one raise SuiteError, and so does another
-    process writing the rank's records file now (the file's lock)."""
+    process writing the rank's records file now (the file's lock). Damaged records are skipped and counted (`strict`:
+    the first is a SuiteError); a sample its protocol cannot read is a SuiteError naming it."""
     fp = benchmark_fingerprint(spec, shards, fingerprint, limit)
     reason = stale_reason(spec, out, fp)
     if reason:
         raise SuiteError(reason)
     root, out = Path(out), Path(out) / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    if (out / RESULT_FILE).is_file():
+    if finished(out):
         return 0
     protocol = get_official(spec.protocol)
     path = out / RECORDS.format(rank=rank)
@@ -387,7 +426,7 @@ def run_benchmark(
         reason = stale_reason(spec, root, fp)  # again, under the lock: the first look may have seen a file mid-change
         if reason:
             raise SuiteError(reason)
-        if (out / RESULT_FILE).is_file():
+        if finished(out):
             return 0
         _prepare(protocol, spec, out)
         header, done = read_records_file(path)
@@ -396,20 +435,52 @@ def run_benchmark(
         else:
             cut_torn_tail(path)  # the torn record's sample is not in `done`: it is scored again below
         scored = 0
-        with path.open("a") as f:
-            for i, sample in enumerate(iter_benchmark_samples(spec, shards)):
+        with path.open("a") as f, _damage_is_suite_error(spec, strict) as damage:
+            for i, sample in enumerate(iter_benchmark_samples(spec, shards, damage)):
                 if limit is not None and i >= limit:
                     break
                 if i % world != rank or sample.key in done:
                     continue
-                request = protocol.request(sample)
+                with _sample_errors(spec, sample):
+                    request = protocol.request(sample)
                 pred = as_prediction(answer_fn(request))
-                record = protocol.score(sample, request, pred)
+                with _sample_errors(spec, sample, scoring=True):
+                    record = protocol.score(sample, request, pred)
                 line = {"key": sample.key, "index": i, "text": pred.text, **record}
                 f.write(json.dumps(_json_safe(line)) + "\n")
                 f.flush()
                 scored += 1
     return scored
+
+
+@contextmanager
+def _damage_is_suite_error(spec: BenchmarkSpec, strict: bool) -> Iterator[Any]:
+    """A DamageLog for reading the benchmark's shards; in strict mode the first damage is a SuiteError (one line)."""
+    from pixelqa.data.shard_reader import DamageLog, ShardDamageError
+
+    try:
+        yield DamageLog(strict)
+    except ShardDamageError as err:
+        raise SuiteError(
+            f"{spec.name}: {err}; rebuild the shards, or drop --strict to score the intact samples"
+        ) from None
+
+
+@contextmanager
+def _sample_errors(spec: BenchmarkSpec, sample: Sample, scoring: bool = False) -> Iterator[None]:
+    """A sample its protocol cannot read (a field missing or malformed: damaged or foreign shards) is a SuiteError
+    naming the benchmark and the sample, not a traceback; while scoring, the prediction may be the cause too."""
+    try:
+        yield
+    except (KeyError, ValueError) as err:
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+        advice = "rebuild the shards with this version's converter"
+        if scoring:  # e.g. official.check_mask: masks of another shape than the sample's frames
+            advice = f"check the prediction (its masks must match the sample's frames), or {advice}"
+        raise SuiteError(
+            f"{spec.name} ({spec.source}/{spec.split}): sample {sample.key!r} cannot be scored by protocol "
+            f"{spec.protocol}: {detail}; {advice}"
+        ) from None
 
 
 def merge_records(
@@ -449,20 +520,30 @@ def finish_benchmark(
     provenance: dict[str, Any] | None = None,
     limit: int | None = None,
     fingerprint: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> BenchmarkResult:
-    """Merge the ranks' records, aggregate them into rows and write result.json (atomically, with its fingerprint);
-    a finished benchmark's stored result is returned as it is when its fingerprint matches (else SuiteError)."""
+    """Merge the ranks' records, aggregate them into rows and write result.json (atomically, with its fingerprint,
+    the samples scored and expected and the damaged records left out); a final stored result is returned as it is
+    when its fingerprint matches (else SuiteError). No intact sample to score is a SuiteError, not an empty result."""
     folder = Path(out) / spec.name
     done = folder / RESULT_FILE
     fp = benchmark_fingerprint(spec, shards, fingerprint, limit)
     reason = stale_reason(spec, out, fp)
     if reason:
         raise SuiteError(reason)
-    if done.is_file():
-        data = json.loads(done.read_text())
+    data = read_result(folder)
+    if is_final(data):
         return BenchmarkResult(spec.name, data["rows"], data["metrics"], data["provenance"])
-    expected = sum(1 for _ in iter_benchmark_samples(spec, shards))
-    expected = min(expected, limit) if limit is not None else expected
+    with _quiet_damage(), _damage_is_suite_error(spec, strict) as damage:  # run_benchmark has warned of each
+        intact = sum(1 for _ in iter_benchmark_samples(spec, shards, damage))
+    total = benchmark_expected(spec, shards)
+    total = intact + damage.count if total is None else max(total, intact)
+    expected, total = (min(intact, limit), min(total, limit)) if limit is not None else (intact, total)
+    if expected == 0:
+        raise SuiteError(
+            f"{spec.name}: no intact sample to score in {Path(shards) / spec.source / spec.split} ({damage.count} "
+            "damaged records); rebuild the shards (python -m pixelqa.data build ...)"
+        )
     records = merge_records(folder, expected, records_fingerprint(fp), limit)
     protocol = get_official(spec.protocol)
     rows = protocol.aggregate(records)
@@ -479,15 +560,32 @@ def finish_benchmark(
         **(provenance or {}),
         **protocol.describe(),
         "benchmark": spec.name,
+        "protocol": spec.protocol,
         "source": spec.source,
         "split": spec.split,
         "samples": len(records),
+        "samples_expected": total,
+        "damaged_records": damage.count,
         "shard_manifests": fp["shard_manifests"],
         "fingerprint": fp,
     }
     result = BenchmarkResult(spec.name, rows, _headline(protocol, rows), record)
     _write_json(done, _json_safe(asdict(result)))
     return result
+
+
+@contextmanager
+def _quiet_damage() -> Iterator[None]:
+    """Shard damage warnings off for a second read of the same shards (each was printed by the first)."""
+    import logging
+
+    logger = logging.getLogger("pixelqa.data.shard_reader")
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -573,6 +671,10 @@ def paper_rows(
         coverage = f"{'?' if scored is None else scored} / {'?' if expected is None else expected}"
         if subset:
             coverage += " (subset: no diff)"
+        cap = (result.provenance or {}).get("max_new_tokens_cap")
+        if cap is not None:  # answers cut at a debugging cap are not the official protocol's
+            coverage += f" (answers capped at {cap} tokens: no diff)"
+            subset = True
         for metric, value in result.metrics.items():
             count = metric in COUNT_METRICS
             ours = (int(value) if math.isfinite(value) else None) if count else percent(value)

@@ -205,9 +205,11 @@ def run_suite_benchmarks(
     limit: int | None = None,
     only: Sequence[str] | None = None,
     fingerprint: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> tuple[dict[str, BenchmarkResult], list[str]]:
     """Run every benchmark with shards on this rank, merge on rank 0; returns (results on rank 0, skip lines).
-    `fingerprint` (the run's part, `run_fingerprint`) is stored with records and results; stale ones raise."""
+    `fingerprint` (the run's part, `run_fingerprint`) is stored with records and results; stale ones raise.
+    `strict` (data.strict): a damaged record stops the run instead of being skipped and counted."""
     rank, world = dist_info()
     results: dict[str, BenchmarkResult] = {}
     skipped: list[str] = []
@@ -225,13 +227,47 @@ def run_suite_benchmarks(
         noted = getattr(answer_fn, "departures", None)
         if isinstance(noted, set):
             noted.clear()  # per benchmark
-        run_benchmark(spec, answer_fn, shards, out, rank=rank, world=world, limit=limit, fingerprint=fingerprint)
+        run_benchmark(
+            spec, answer_fn, shards, out, rank=rank, world=world, limit=limit, fingerprint=fingerprint, strict=strict
+        )
         barrier()
         if rank == 0:
             record = {**provenance, "departures": sorted(noted) if isinstance(noted, set) else []}
-            results[spec.name] = finish_benchmark(spec, shards, out, record, limit=limit, fingerprint=fingerprint)
+            result = finish_benchmark(spec, shards, out, record, limit=limit, fingerprint=fingerprint, strict=strict)
+            results[spec.name] = result
+            damaged = result.provenance.get("damaged_records")
+            if damaged:
+                print(
+                    f"WARNING: {spec.name} is scored on {result.provenance.get('samples')} of "
+                    f"{result.provenance.get('samples_expected')} samples ({damaged} damaged records left out); the "
+                    "table marks it a subset, and a rerun scores whatever the shards then hold (rebuild them first)"
+                )
         barrier()
     return results, skipped
+
+
+def child_counts(name: str, result: BenchmarkResult) -> dict[str, float]:
+    """Samples scored / expected and damaged records of a finished benchmark, named as a single evaluation logs them."""
+    prov = result.provenance or {}
+    scored = prov.get("samples")
+    expected = prov.get("samples_expected", scored)
+    out = {}
+    if scored is not None:
+        out[f"{name}/samples_scored"] = float(scored)
+    if expected is not None:
+        out[f"{name}/samples_expected"] = float(expected)
+    out["data/damaged_records"] = float(prov.get("damaged_records") or 0)
+    return out
+
+
+def child_params(result: BenchmarkResult) -> dict[str, str]:
+    """What scored a benchmark, as MLflow params of its child run: protocol, shards, checkpoint, generation, cap."""
+    prov = result.provenance or {}
+    keys = ("protocol", "source", "split", "checkpoint", "model_preset", "model_path", "generation", "seed")
+    out = {k: str(prov[k])[:500] for k in keys if prov.get(k) is not None}
+    out["scoring"] = "official protocol, free generation"
+    out["max_new_tokens_cap"] = str(prov.get("max_new_tokens_cap"))
+    return out
 
 
 def log_mlflow(tracking: Any, suite: Suite, results: dict[str, BenchmarkResult], table: list[dict], out: Path) -> str:
@@ -250,6 +286,10 @@ def log_mlflow(tracking: Any, suite: Suite, results: dict[str, BenchmarkResult],
         child = client.create_run(exp_id, tags=tags).info.run_id
         for key, value in result.metrics.items():
             client.log_metric(child, tr.mlflow_key(f"{name}/{key}"), float(value))
+        for key, value in child_counts(name, result).items():  # a subset must not pass for a whole benchmark
+            client.log_metric(child, tr.mlflow_key(key), value)
+        for key, value in child_params(result).items():
+            client.log_param(child, key, value)
         client.log_dict(child, result.provenance, "provenance.json")
         client.log_text(child, rows_markdown(result.rows), f"tables/{name}.md")
         client.log_text(child, rows_csv(result.rows), f"tables/{name}.csv")
@@ -294,7 +334,7 @@ def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
     unknown = [a for a in args if a.startswith("suite") and a.split("=", 1)[0] not in SUITE_KEYS]
     if unknown:
         raise RecipeError(f"{unknown[0]}: unknown suite option, expected one of {list(SUITE_KEYS)}")
-    if caps and not caps[-1].isdigit():
+    if caps and not (caps[-1].isdigit() and int(caps[-1]) > 0):  # 0 would read as "no cap" downstream
         raise RecipeError(f"suite.max_new_tokens: got {caps[-1]!r}, expected a positive integer")
     if fresh_args and fresh_args[-1] not in ("true", "false"):
         raise RecipeError(f"suite.fresh: got {fresh_args[-1]!r}, expected true or false")
@@ -363,7 +403,7 @@ def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
         "world_size": world,
     }
     results, skipped = run_suite_benchmarks(
-        suite, answer_fn, shards, out, provenance, recipe.eval.max_samples, only, fingerprint
+        suite, answer_fn, shards, out, provenance, recipe.eval.max_samples, only, fingerprint, recipe.data.strict
     )
     if rank != 0:
         return {}

@@ -375,7 +375,8 @@ def read_samples(
     # usable() cuts frames only to check; generation keeps every frame of the sample itself
     samples = [s for s in read if usable(s, int(data.num_frames)) is not None]
     expected = index.expected if limit is None else min(index.expected, limit)
-    return samples, PassCount(f"{source} (generate)", split, expected, len(samples), damage.count)
+    available = index.expected if index.expected > expected else None  # what a limit left out, as runner records
+    return samples, PassCount(f"{source} (generate)", split, expected, len(samples), damage.count, available)
 
 
 def evaluate_synthetic_generate(

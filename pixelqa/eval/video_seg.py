@@ -14,22 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelqa.eval.runner import EvalResult, eval_batches
+from pixelqa.eval.runner import BenchmarkDataError, EvalResult, eval_batches
 
 
 def video_seg_benchmarks() -> tuple[str, ...]:
     """The benchmarks `evaluate_video_seg` scores teacher-forced: each registered protocol (`official.list_protocols`)
     that is a VideoSegProtocol named after the source whose shards it reads (`mevis_server` reads mevis's: not one)."""
-    # read from the protocol registry at call time, so a benchmark registered once (even after import) is usable by
-    # both routes; official is imported on use so that importing pixelqa.eval does not load every protocol
-    from pixelqa.eval.official import VideoSegProtocol, get_official, list_protocols
+    # official is imported on use so that importing pixelqa.eval does not load every protocol
+    from pixelqa.eval.official import VideoSegProtocol, teacher_forced_names
 
-    names = []
-    for name in list_protocols():
-        protocol = get_official(name)
-        if isinstance(protocol, VideoSegProtocol) and protocol.name == name:
-            names.append(name)
-    return tuple(names)
+    return teacher_forced_names(VideoSegProtocol)
 
 
 def _foreground(sample: Any, target: torch.Tensor) -> torch.Tensor | None:
@@ -51,10 +45,15 @@ def evaluate_video_seg(model: Any, recipe: Any, source: str, num_overlays: int =
 
     groups: dict[str, Any] = {}
     overlays: list[dict] = []
+    typed: dict[bool, list[str]] = {True: [], False: []}  # sample keys with / without the per-sample meta fields
+    with_fg: dict[bool, list[str]] = {True: [], False: []}
     for batch, out, samples in eval_batches(model, recipe, source, recipe.eval.split, recipe.eval.max_samples):
         for i in range(batch.size):
             sample = samples.get(batch.keys[i])
-            kind = str((sample.meta or {}).get("expression_type", "all")) if sample is not None else "all"
+            meta = (sample.meta or {}) if sample is not None else {}
+            typed["expression_type" in meta].append(batch.keys[i])
+            with_fg[bool(meta.get("foreground_rles"))].append(batch.keys[i])
+            kind = str(meta.get("expression_type", "all"))
             pred = out.pred_masks[i] > 0  # (K, T, H, W)
             target = batch.seg_masks[i].bool()
             valid = batch.seg_valid[i]
@@ -74,8 +73,15 @@ def evaluate_video_seg(model: Any, recipe: Any, source: str, num_overlays: int =
                         metric.update(p, t)
         if len(overlays) < num_overlays:
             overlays.extend(overlay_items(batch, out.pred_masks, num_overlays - len(overlays)))
+    where = f"{source}/{recipe.eval.split}"
+    for field_name, split_keys in (("expression_type", typed), ("foreground_rles", with_fg)):
+        if split_keys[True] and split_keys[False]:  # a subset row or R computed from what one sample lacks
+            raise BenchmarkDataError(
+                f"{where}: sample {split_keys[False][0]!r} has no meta.{field_name}, which {len(split_keys[True])} "
+                f"other samples have ({len(split_keys[False])} without); the shards are damaged or mixed: rebuild them"
+            )
     if "all" not in groups:
-        raise ValueError(f"{source}/{recipe.eval.split}: no segmentation targets found; expected <|seg|> samples")
+        raise ValueError(f"{where}: no segmentation targets found; expected <|seg|> samples")
     rows = []
     for name in sorted(groups, key=lambda n: (n == "all", n)):
         scores = {k: float(v) for k, v in groups[name].compute().items()}
