@@ -298,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "out", help="output folder: a new name, an empty folder or (--overwrite) an earlier export; written atomically"
     )
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="saved dtype (release: bfloat16)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="saved dtype (release: bfloat16; default %(default)s)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -140,6 +140,49 @@ def test_max_objects_caps_decoded_segs_in_training_only():
         model.cfg.loss.max_objects = old
 
 
+def test_object_draw_is_per_rank_and_rank0_is_the_single_process_stream(monkeypatch):
+    import pixelqa.model.unipixel as up
+
+    model = cached_model()
+    obj = torch.stack([rect(112, 112, 10, 40, 10, 40)] * 8)[:, None]  # 8 objects, 2 kept per step
+    answer = " ".join(f"[{i}] <|seg|>" for i in range(8))
+    batch = make_batch(
+        model.processor,
+        [{"frames": frames(1), "kind": "image", "user": "All.", "answer": answer, "seg_masks": obj}],
+    )
+    old = model.cfg.loss.max_objects
+    model.cfg.loss.max_objects = 2
+
+    def picks(rank: int) -> list[list[int]]:
+        monkeypatch.setattr(up, "_process_rank", lambda: rank)
+        draws = model.mask_draws.clone()
+        out = [model._seg_positions(batch, True, {})[0] for _ in range(6)]
+        model.mask_draws.copy_(draws)
+        return out
+
+    try:
+        model.train()
+        rank0, rank1 = picks(0), picks(1)
+        assert picks(1) == rank1  # each rank's stream is seeded: a rerun draws the same
+        # rank 0 draws exactly what the single-process formula (seed * 1_000_003 + step) gives
+        seg = [int(i) for i in (batch.input_ids[0] == model.token_ids["<|seg|>"]).nonzero().flatten()]
+        step0 = int(model.mask_draws)
+        for k, got in enumerate(rank0):
+            g = torch.Generator().manual_seed(model.cfg.seed * 1_000_003 + step0 + k)
+            assert got == sorted(seg[i] for i in torch.randperm(8, generator=g)[:2].tolist())
+        assert rank0 != rank1  # 6 draws of 2 among 8: equal streams would repeat all six picks
+    finally:
+        model.cfg.loss.max_objects = old
+        model.eval()
+
+
+def test_draw_seeds_never_collide_across_steps_and_ranks():
+    from pixelqa.model.unipixel import draw_seed
+
+    seeds = {draw_seed(3, step, rank) for step in range(2000) for rank in range(16)}
+    assert len(seeds) == 2000 * 16
+
+
 def _one(model, **kw):
     s = {
         "frames": frames(4),

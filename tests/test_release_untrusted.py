@@ -217,6 +217,33 @@ def test_a_stored_value_of_the_wrong_type_names_the_file_and_key(tmp_path, chang
 
 
 @needs_release
+@pytest.mark.parametrize("file", ["preprocessor_config.json", "video_preprocessor_config.json"])
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"patch_size": "14"}, "patch_size='14'; expected a positive integer"),
+        ({"temporal_patch_size": 1.5}, "temporal_patch_size=1.5; expected a positive integer"),
+        ({"merge_size": True}, "merge_size=True; expected a positive integer"),
+        # well-typed, but not the ViT's geometry: frames would be cut into tokens the ViT does not read
+        ({"patch_size": 16}, "patch_size=16; expected 14, the config.json vision_config.patch_size"),
+        ({"merge_size": 1}, "merge_size=1; expected 2, the config.json vision_config.spatial_merge_size"),
+        ({"image_mean": "abc"}, "image_mean='abc'; expected 3 numbers"),
+        ({"image_std": [0.2, 0, 0.3]}, "image_std=(0.2, 0, 0.3); expected 3 positive numbers"),
+        ({"rescale_factor": "x"}, "rescale_factor='x'; expected a positive number"),
+        ({"min_pixels": -5}, "size shortest_edge=-5, longest_edge=12845056 (min_pixels / max_pixels)"),
+        ({"min_pixels": 5000, "max_pixels": 100}, "size shortest_edge=5000, longest_edge=100"),
+    ],
+)
+def test_a_processor_value_the_vit_cannot_use_names_the_file_and_key(tmp_path, file, changes, said):
+    folder = _copy(tmp_path)
+    _edit(folder, file, **changes)
+    with pytest.raises(release.ReleaseError) as err:
+        _build(folder)
+    line = _one_line(err)
+    assert line.startswith(f"{folder / file}: ") and said in line, line
+
+
+@needs_release
 @pytest.mark.parametrize(
     ("template", "said"),
     [
@@ -451,3 +478,16 @@ def test_export_honours_trust_checkpoint_for_a_save_pretrained_folder(saved, tmp
     assert not (tmp_path / "out1").exists()
     assert export.main([str(folder), str(tmp_path / "out2"), "--trust-checkpoint"]) == 0
     assert (tmp_path / "out2" / "config.json").is_file()
+
+
+@needs_release
+def test_without_a_video_processor_config_videos_are_cut_and_normalised_as_the_images(tmp_path):
+    folder = _copy(tmp_path)
+    (folder / "video_preprocessor_config.json").unlink()
+    _edit(folder, "preprocessor_config.json", image_mean=[0.5, 0.25, 0.125], image_std=[0.2, 0.3, 0.4])
+    processor = release.build_processor(release.inspect_folder("unipixel-3b", str(folder)))
+    image, video = processor.image_processor, processor.video_processor
+    for name in ("patch_size", "merge_size", "temporal_patch_size", "rescale_factor"):
+        assert getattr(video, name) == getattr(image, name), name
+    # transformers' defaults are CLIP's mean and std: the folder's own values must reach the video frames too
+    assert list(video.image_mean) == [0.5, 0.25, 0.125] and list(video.image_std) == [0.2, 0.3, 0.4]

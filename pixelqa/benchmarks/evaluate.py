@@ -127,14 +127,24 @@ def time_protocol(benchmark: str, answer_fn: Callable, samples: list[Sample], de
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m pixelqa.bench evaluate`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench evaluate")
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
+    ap.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "unipixel-3b", "unipixel-7b"],
+        help="model size (default %(default)s)",
+    )
     ap.add_argument("--path", default=None, help="a local model folder (default: random init of the preset)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--samples", type=int, default=2, help="samples per benchmark")
-    ap.add_argument("--frames", type=int, default=24, help="frames per video sample")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on (default %(default)s)")
+    ap.add_argument("--samples", type=int, default=2, help="samples per benchmark (default %(default)s)")
+    ap.add_argument("--frames", type=int, default=24, help="frames per video sample (default %(default)s)")
     ap.add_argument("--size", type=int, default=None, help="frame size in px (tiny 112, real 448)")
-    ap.add_argument("--new-tokens", type=int, default=8, help="answer length (a random model never stops early)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--new-tokens",
+        type=int,
+        default=8,
+        help="answer length (a random model never stops early) (default %(default)s)",
+    )
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU) (default %(default)s)")
     ap.add_argument("--only", default=None, help="comma-separated benchmarks (default: all)")
     return ap
 

@@ -256,26 +256,49 @@ def run_preset(preset: str, args: argparse.Namespace, clock: Clock) -> float | N
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m pixelqa.bench gpu`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench gpu", description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="unipixel-3b,unipixel-7b", help="comma-separated, run in this order")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="start no preset that may not end within this")
-    ap.add_argument("--steps", type=int, default=3, help="timed training steps per measurement (median kept)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed evaluation / propagation runs (best kept)")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument(
+        "--presets", default="unipixel-3b,unipixel-7b", help="comma-separated, run in this order (default %(default)s)"
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="start no preset that may not end within this many seconds (default %(default)s)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed training steps per measurement, the median kept (default %(default)s)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed evaluation / propagation runs, the best kept (default %(default)s)",
+    )
+    ap.add_argument("--batch", type=int, default=4, help="videos per training / evaluation batch (default %(default)s)")
+    ap.add_argument("--frames", type=int, default=4, help="frames per video (default %(default)s)")
     ap.add_argument("--size", type=int, default=None, help="frame size in px (default 448; tiny 112)")
-    ap.add_argument("--propagation-frames", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--propagation-frames", type=int, default=16, help="frames of the propagation video (default %(default)s)"
+    )
+    ap.add_argument(
+        "--new-tokens", type=int, default=64, help="tokens generated per generation run (default %(default)s)"
+    )
     ap.add_argument("--ddp", type=int, default=None, help="DDP processes (default: the visible GPUs if > 1, else none)")
     ap.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help="GPU strategies to run one real stage-3 step with (pixelqa.fit), comma-separated; 'none' for none",
+        help="GPU strategies to run one real stage-3 step with (pixelqa.fit), comma-separated; 'none' for none "
+        "(default %(default)s)",
     )
     ap.add_argument(
         "--precision",
         default="bf16-mixed",
         choices=["bf16-mixed", "32-true"],
-        help="the training and evaluation forwards' autocast, as that trainer precision (trainer=gpu: bf16-mixed)",
+        help="the training and evaluation forwards' autocast, as that trainer precision (trainer=gpu: bf16-mixed; "
+        "default %(default)s)",
     )
     ap.add_argument(
         "--tf32",

@@ -100,13 +100,18 @@ def _thread_counts(text: str, default: int) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m pixelqa.bench metrics`."""
     parser = argparse.ArgumentParser(prog="python -m pixelqa.bench metrics", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="device for our implementation (cpu, cuda, cuda:1, ...)")
+    parser.add_argument(
+        "--device", default="cpu", help="device for our implementation (cpu, cuda, cuda:1, ...) (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
         default="1,0",
-        help="torch intra-op thread counts to time ours with, comma-separated (0: torch's default; default 1,0)",
+        help="torch intra-op thread counts to time ours with, comma-separated (0: torch's default; "
+        "default %(default)s)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per measurement, the best kept (default %(default)s)"
+    )
     parser.add_argument(
         "--data",
         type=Path,

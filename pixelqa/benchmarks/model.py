@@ -258,14 +258,19 @@ def time_steps(step: Callable[[], None], steps: int, device: str) -> tuple[float
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m pixelqa.bench model`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench model")
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
+    ap.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "unipixel-3b", "unipixel-7b"],
+        help="model size (default %(default)s)",
+    )
     ap.add_argument("--path", default=None, help="local Qwen2.5-VL dir (real presets); default: random init")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=4, help="videos per batch (default %(default)s)")
+    ap.add_argument("--frames", type=int, default=4, help="frames per video (default %(default)s)")
     ap.add_argument("--size", type=int, default=None, help="frame size in px (tiny 112, real 448)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps of each side (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU) (default %(default)s)")
     ap.add_argument("--sam-arch", default=None, help="SAM 2.1 arch (default: micro for tiny, hiera_b+ otherwise)")
     ap.add_argument("--sam-size", type=int, default=None, help="SAM input size (default: 128 tiny, 768 otherwise)")
     return ap

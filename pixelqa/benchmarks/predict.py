@@ -67,17 +67,29 @@ def first_difference(model: UniPixel, batch: Batch, cached: list[int], uncached:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m pixelqa.bench predict`."""
     ap = argparse.ArgumentParser(prog="python -m pixelqa.bench predict")
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "unipixel-3b", "unipixel-7b"])
+    ap.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "unipixel-3b", "unipixel-7b"],
+        help="model size (default %(default)s)",
+    )
     ap.add_argument("--path", default=None, help="a local model folder (default: random init of the preset)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--prompt-tokens", type=int, default=500)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on (default %(default)s)")
+    ap.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=500,
+        help="the prompt is filled up to at least this many tokens (default %(default)s)",
+    )
+    ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default %(default)s)")
+    ap.add_argument("--frames", type=int, default=8, help="frames of the video (default %(default)s)")
     ap.add_argument("--size", type=int, default=None, help="frame size in px (tiny 112, real 448)")
     # one thread: the tiny model's kernels are too small to share, and on a busy machine a second thread makes every
     # step wait for a descheduled one (2 threads measured 5x slower than 1 at load 2); give real presets the cores
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU); default 1")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the medians are reported")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU) (default %(default)s)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats; the medians are reported (default %(default)s)"
+    )
     ap.add_argument(
         "--llm-dtype",
         choices=["float32", "bfloat16"],

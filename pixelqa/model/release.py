@@ -491,9 +491,21 @@ def build_processor(folder: ModelFolder) -> Qwen2_5_VLProcessor:
         except Exception as exc:  # noqa: BLE001
             raise ReleaseError(f"{root / 'video_preprocessor_config.json'}: {_first_line(exc)}") from None
     else:
+        # frames of a video are cut and normalised as the folder's images are (transformers' defaults otherwise)
+        shared = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
         video_processor = Qwen2VLVideoProcessor(
-            size=dict(image_processor.size), do_sample_frames=False, cap_pixels_per_frame=False
+            size=dict(image_processor.size),
+            do_sample_frames=False,
+            cap_pixels_per_frame=False,
+            **{name: getattr(image_processor, name) for name in shared},
         )
+    vision = folder.config.get("vision_config")
+    vision = vision if isinstance(vision, dict) else {}
+    check_processor_values(image_processor, root / "preprocessor_config.json", vision)
+    video_file = root / "video_preprocessor_config.json"
+    check_processor_values(
+        video_processor, video_file if video_file.is_file() else root / "preprocessor_config.json", vision
+    )
     template_file = root / "chat_template.jinja"
     where = template_file if template_file.is_file() else root / "tokenizer_config.json"
     try:
@@ -510,6 +522,58 @@ def build_processor(folder: ModelFolder) -> Qwen2_5_VLProcessor:
     )
     check_chat_template(processor, where)
     return processor
+
+
+# processor value -> the vision config's key it must equal (the ViT cuts patches and merges tokens with these)
+PROCESSOR_GEOMETRY = {
+    "patch_size": "patch_size",
+    "merge_size": "spatial_merge_size",
+    "temporal_patch_size": "temporal_patch_size",
+}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_processor_values(proc: Any, where: Path, vision: dict) -> None:
+    """ReleaseError naming the first value of an image / video processor config a Qwen2.5-VL processor cannot use.
+
+    transformers loads any JSON value into these attributes; a string or a float, or a patch geometry the folder's
+    ViT does not have, would otherwise fail at the first media (a traceback) or cut frames into wrong tokens.
+    """
+
+    def bad(name: str, expected: str) -> ReleaseError:
+        return ReleaseError(f"{where}: {name}={_short(getattr(proc, name, None))}; expected {expected}")
+
+    for name, vision_key in PROCESSOR_GEOMETRY.items():
+        value = getattr(proc, name, None)
+        if not _positive_int(value):
+            raise bad(name, "a positive integer")
+        want = vision.get(vision_key)
+        if _positive_int(want) and value != want:
+            raise bad(name, f"{want}, the config.json vision_config.{vision_key} the ViT is built with")
+    for name in ("image_mean", "image_std"):
+        value = getattr(proc, name, None)
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_number(v) for v in value)):
+            raise bad(name, "3 numbers (one per RGB channel)")
+    if not all(v > 0 for v in proc.image_std):
+        raise bad("image_std", "3 positive numbers")
+    if not (_number(proc.rescale_factor) and proc.rescale_factor > 0):
+        raise bad("rescale_factor", "a positive number (1/255 for 8-bit frames)")
+    size = getattr(proc, "size", None)  # a dict, or transformers' SizeDict (attributes)
+    lo, hi = (
+        size.get(k) if isinstance(size, dict) else getattr(size, k, None) for k in ("shortest_edge", "longest_edge")
+    )
+    if not (_positive_int(lo) and _positive_int(hi) and lo <= hi):
+        raise ReleaseError(
+            f"{where}: size shortest_edge={_short(lo)}, longest_edge={_short(hi)} (min_pixels / max_pixels); "
+            "expected positive integers, shortest_edge <= longest_edge"
+        )
 
 
 # The conversations our code renders (pixelqa.model.chat, pixelqa.data.collate): media in the first user message,

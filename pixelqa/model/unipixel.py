@@ -118,6 +118,18 @@ def _split_media(batch: Batch, merge_unit: int) -> list[list[tuple[str, int]]]:
     return out
 
 
+def _process_rank() -> int:
+    """This process's rank in torch.distributed (0 when it is not initialised)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def draw_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the released loss's object draw at a training step on a rank; distinct for every (step, rank)."""
+    # steps stay far below the rank stride, so no two (step, rank) pairs of a run share a seed
+    return seed * 1_000_003 + step + rank * 1_000_000_007
+
+
 class UniPixel(nn.Module):
     """The UniPixel network. Submodules: backbone, sparse_prompt_encoder, m2l, l2m, mask_decoder."""
 
@@ -599,8 +611,9 @@ class UniPixel(nn.Module):
         seg_id = self.token_ids[SEG]
         cap = self.cfg.loss.max_objects if self.training else None
         if cap is not None:
-            # a seeded draw per training step, counted in a checkpointed buffer so a resumed run draws the same
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + int(self.mask_draws))
+            # a seeded draw per training step, counted in a checkpointed buffer so a resumed run draws the same;
+            # each rank its own stream (rank 0's is the single-process one), as the released per-process draw is
+            gen = torch.Generator().manual_seed(draw_seed(self.cfg.seed, int(self.mask_draws), _process_rank()))
             self.mask_draws += 1
         picks = []
         for b in range(batch.size):

@@ -44,9 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--out", type=Path, required=True, help="output folder: new, empty or an earlier base (replaced whole)"
     )
-    ap.add_argument("--vit-steps", type=int, default=VisionSettings.steps)
-    ap.add_argument("--vlm-steps", type=int, default=VlmSettings.steps)
-    ap.add_argument("--sam-steps", type=int, default=SamSettings.steps)
+    ap.add_argument(
+        "--vit-steps",
+        type=int,
+        default=VisionSettings.steps,
+        help="steps of the ViT pre-training on dense shape labels, before the VLM's (default %(default)s)",
+    )
+    ap.add_argument(
+        "--vlm-steps", type=int, default=VlmSettings.steps, help="steps of the VLM half (default %(default)s)"
+    )
+    ap.add_argument(
+        "--sam-steps", type=int, default=SamSettings.steps, help="steps of the SAM half (default %(default)s)"
+    )
     ap.add_argument(
         "--what-share",
         type=float,
@@ -55,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--pool", type=int, default=None, help="distinct training samples of each half (default: each's)")
     ap.add_argument("--eval-samples", type=int, default=None, help="held-out samples of each half (default: each's)")
-    ap.add_argument("--jobs", type=int, default=2, help="1: both halves in turn; 2: in two processes (default)")
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="1: both halves in turn; 2: in two processes (default %(default)s)"
+    )
     args = ap.parse_args(argv)
     for name in ("vit_steps", "vlm_steps", "sam_steps", "pool", "eval_samples", "jobs"):
         value = getattr(args, name)
