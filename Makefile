@@ -2,8 +2,9 @@
 #   make demo   create .venv, install the pinned stack into it (once), run the main job on the embedded default
 #   make test   the README's test command (all tests, slow ones included), in .venv
 # PYTHON=python uses an environment you prepared yourself instead of .venv (CI: `.ci/run` calls `make test PYTHON=python`).
-# PYTEST_ARGS passes options to pytest, e.g. `make test PYTEST_ARGS='-m "not slow"'`; PYTEST_STATUS=FILE also writes
-# pytest's exit status there (make itself exits 2 on any failure; CI tells "no tests collected", 5, apart).
+# PYTEST_WORKERS sets pytest-xdist's worker count (default 2; 0: one process). PYTEST_ARGS passes options to
+# pytest, e.g. `make test PYTEST_ARGS='-m "not slow"'`; PYTEST_STATUS=FILE also writes pytest's exit status
+# there (make itself exits 2 on any failure; CI tells "no tests collected", 5, apart).
 
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
@@ -11,6 +12,9 @@ PYTHON ?= $(VENV)/bin/python
 BASE_PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.10,$(shell command -v python$(v) 2>/dev/null)) python3)
 STAMP := $(VENV)/.pixelqa-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: two fit a 2-core machine (tests/conftest.py gives each its share of the threads); 0 runs
+# every test in one process
+PYTEST_WORKERS ?= 2
 PYTEST_STATUS ?=
 
 # Only the default interpreter is set up by make; a PYTHON of your own is used as it is.
@@ -27,7 +31,7 @@ demo: $(SETUP)
 	$(PYTHON) -m pixelqa.fit recipe=stage3
 
 test: $(SETUP)
-	$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; $(if $(PYTEST_STATUS),echo $$rc > "$(PYTEST_STATUS)";) exit $$rc
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; $(if $(PYTEST_STATUS),echo $$rc > "$(PYTEST_STATUS)";) exit $$rc
 
 setup: $(SETUP)
 

@@ -97,7 +97,7 @@ def test_ddp_epoch_metrics_already_summed_over_ranks_do_not_ask_for_sync_dist(mo
     assert len(said) == 2 and all("sync_dist=True" in m for m in said), said
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_ctrl_c_prints_a_resume_command_that_finishes_the_run(tmp_path):
     steps = 23  # not a multiple of the default interval (10): the final step is saved too
     args = [

@@ -6,7 +6,7 @@ import pytest
 from pixelqa import fit
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=240)  # the whole demo: started first (tests/conftest.py)
 def test_default_demo_beats_the_untrained_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     m = fit.run(["recipe=stage3", "eval.before_fit=true", "tracking=none", "trainer.enable_progress_bar=false"])

@@ -57,7 +57,7 @@ def _step_of(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     ref = _fit(_args(tmp_path, "ref"), tmp_path)
     ref_out = ref.communicate(timeout=600)[0]

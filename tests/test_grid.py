@@ -208,7 +208,7 @@ def _until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 def test_a_grid_as_jobs_runs_a_dependency_then_resubmits_a_killed_cell_which_resumes(tmp_path, monkeypatch, capsys):
     """submitit's local executor: a prerequisite and two cells that start from it; one cell is SIGKILLed after
     a checkpoint, --status shows it FAILED, --collect waits for it, a rerun resubmits it alone and it resumes."""

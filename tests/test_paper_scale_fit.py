@@ -27,7 +27,7 @@ def _upscale(folder: Path, size: tuple[int, int], pattern: str) -> None:
         im.resize(size, Image.NEAREST if im.mode == "P" else Image.BILINEAR).save(p)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared released-format fixture not present")
 def test_stage3_paper_scale_on_1080p_images_and_720p_videos(tmp_path):
     raw, shards = tmp_path / "raw", tmp_path / "shards"
