@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         again = (
             "the same command resumes: samples already in the records files are not generated again"
             if any(a.startswith("suite=") for a in args)
-            else "nothing was written; the same command scores again from the start"
+            else "scores are written only once every sample is scored; the same command scores again from the start"
         )
         print(f"\nevaluate stopped (Ctrl-C); {again}", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -297,12 +297,19 @@ def recover_folder(directory: str | os.PathLike) -> Path | None:
     """Put back a folder that a kill between `atomic_folder`'s two renames left only as `.NAME.old` (said on
     stderr); returns it, or None when there was nothing to recover."""
     target = Path(directory)
-    old = _old_name(target)
-    if target.exists() or target.is_symlink() or not old.is_dir() or old.is_symlink():
+    if not recoverable(target):
         return None
+    old = _old_name(target)
     os.replace(old, target)
     print(f"note: restored {target} from {old}, left by a write killed while replacing it", file=sys.stderr)
     return target
+
+
+def recoverable(directory: str | os.PathLike) -> bool:
+    """Whether `recover_folder` would put `directory` back (absent, its `.NAME.old` there)."""
+    target = Path(directory)
+    old = _old_name(target)
+    return not (target.exists() or target.is_symlink()) and old.is_dir() and not old.is_symlink()
 
 
 def foreign_entries(directory: str | os.PathLike, own: Callable[[str], bool] | None = None) -> list[str]:

@@ -617,13 +617,17 @@ def fit_command(args: list[str], *extra: str, module: str = "pixelqa.fit") -> st
 def resume_hint(args: list[str]) -> str:
     """What to type after an interrupted run: resume from its last checkpoint, or start again if it has none (and
     then how to continue the run whose checkpoints a fresh start set aside, when there is one)."""
+    from pixelqa.files import recoverable
+
     try:
         out = Path(str(load_recipe([a for a in args if not a.startswith("ckpt=") and a != PRINT_CONFIG]).output_dir))
     except RecipeError:
         return f"interrupted. Run again with: {fit_command(args)}"
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if last.exists():  # a file, or the folder a DeepSpeed checkpoint is
+    # a file, or the folder a DeepSpeed checkpoint is (a kill while it was replaced left it aside: ckpt=last puts
+    # it back)
+    if last.exists() or (last.is_symlink() and recoverable(os.path.realpath(last))):
         return f"interrupted. Resume from its last checkpoint ({last}) with:\n  {fit_command(args, 'ckpt=last')}"
     hint = f"interrupted before the first checkpoint. Start again with:\n  {fit_command(args)}"
     aside = [p for p in set_aside_folders(ckpt_dir) if (p / "last.ckpt").exists()]

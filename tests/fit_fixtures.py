@@ -24,6 +24,24 @@ def mlflow_fit_args(work: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
+def checkpointing_fit_args(work: Path, name: str, *extra: str, train_samples: int = 16) -> list[str]:
+    """A tiny stage-3 fit on synthetic shards in `work` that checkpoints every step: no MLflow, no validation."""
+    return [
+        "recipe=stage3",
+        "tracking=none",
+        f"data.shards={work / 'shards'}",
+        f"data.synthetic_train={train_samples}",
+        "data.synthetic_val=4",
+        "data.batch_size=2",
+        "trainer.enable_progress_bar=false",
+        "tracking.log_overlays=false",
+        "eval.after_fit=false",
+        "trainer.checkpoint_every_n_steps=1",
+        f"output_dir={work / name}",
+        *extra,
+    ]
+
+
 def mlflow_history(work: Path, name: str) -> dict[str, dict[int, list[float]]]:
     """{metric: {step: [values logged at that step]}} of the MLflow run of `work/name`, read from the sqlite store."""
     client = MlflowClient(f"sqlite:///{work / 'mlruns.db'}")

@@ -110,6 +110,16 @@ def test_a_complete_build_whose_raw_files_changed_says_so(tmp_path, capsys):
     assert build_shards("reasonseg", raw, out, progress=False)["num_samples"] == 3
 
 
+def test_a_complete_build_whose_manifest_entries_are_malformed_is_one_line(tmp_path, capsys):
+    build_shards("synthetic", ".", tmp_path, "val", max_samples=4, max_count=2, progress=False)
+    manifest = tmp_path / "synthetic" / "val" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["shards"][0]["bytes"]  # a KeyError traceback before
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(BuildInputError, match=r"manifest.json: got shards=.*expected a list of entries with name"):
+        build_shards("synthetic", ".", tmp_path, "val", max_samples=4, max_count=2, progress=False)
+
+
 def test_a_rebuild_with_other_options_names_them(tmp_path):
     build_shards("synthetic", ".", tmp_path, "val", max_samples=4, max_count=2, progress=False)
     with pytest.raises(BuildInputError) as info:
@@ -140,7 +150,8 @@ def test_stats_and_inspect_count_a_missing_shard_as_lost(lost_shard, capsys):
     main(["stats", str(out)])
     printed = capsys.readouterr().out
     assert "damaged records skipped: 4" in printed and gone.name in printed
-    assert gone.name in user_error(capsys, "stats", str(out), "--strict")
+    line = user_error(capsys, "stats", str(out), "--strict")
+    assert f"{gone}: missing (4 samples, listed by manifest.json)" in line and "at byte" not in line, line
     assert gone.name in user_error(capsys, "inspect", str(out / "synthetic" / "train"), "--n", "1", "--strict")
 
 
@@ -200,6 +211,11 @@ def test_reasonseg_counts_every_item_that_yields_nothing(tmp_path):
     assert {r["key"]: r["reason"] for r in m["skipped"]}.keys() == {"c_3-0", "notext-0"}
     # every item is accounted for: 3 written (a_1, b_2, upper), 2 rejected, 2 skipped
     assert keys_of(out / "reasonseg" / "train") == ["a_1-0", "a_1-1", "a_1-exp", "b_2-0", "upper-0"]
+    # the benchmark split keeps an image with an off-image polygon (it paints nothing), as the official run scores it
+    write_image(raw / "val" / "outside.jpg", seed=1)
+    annotate(raw / "val", "outside", shapes=[("target", 2, 2, 10, 10), ("ignore", 500, 500, 600, 600)])
+    m = build_shards("reasonseg", raw, out, split="val", on_error="fail", progress=False)
+    assert not m["rejects"] and keys_of(out / "reasonseg" / "val") == ["d_4-0", "outside-0"]
 
 
 # ---------------------------------------------------------------------------------------------- 4: nodes

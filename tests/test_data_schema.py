@@ -137,7 +137,9 @@ def test_make_key_keeps_distinct_names_distinct():
     keys = [make_key(n, 0) for n in names]
     assert len(set(keys)) == len(names) and all(is_key(k) for k in keys)
     assert make_key("vid_a", 0) == "vid_a-0" and make_key("猫_1", 0).startswith("1_")
-    assert make_key("猫", 0) == make_key("猫", 0)  # deterministic
+    # the tag is the first 8 hex digits of the name's SHA-256: the same in every process (hash() is salted)
+    assert make_key("猫", 0) == f"{hashlib.sha256('猫'.encode()).hexdigest()[:8]}-0" == "a810bf84-0"
+    assert make_key("x.1", 0) == "x_1_4598734b-0"
 
 
 def test_valid_sample_roundtrips_through_a_real_tar(tmp_path: Path):

@@ -196,3 +196,8 @@ def test_the_resume_hint_offers_ckpt_last_for_a_deepspeed_checkpoint_folder(tmp_
     (out / "checkpoints" / "last.ckpt").symlink_to(step.name)
     hint = resume_hint(["recipe=stage3", f"output_dir={out}"])
     assert hint.startswith("interrupted. Resume from its last checkpoint") and hint.endswith("ckpt=last")
+    # killed between install_folder's two renames: the folder is only `.step000010.ckpt.old`, last.ckpt dangles;
+    # ckpt=last puts it back, so the hint still offers it (it said "before the first checkpoint")
+    step.rename(step.with_name(f".{step.name}.old"))
+    hint = resume_hint(["recipe=stage3", f"output_dir={out}"])
+    assert hint.startswith("interrupted. Resume from its last checkpoint") and hint.endswith("ckpt=last")

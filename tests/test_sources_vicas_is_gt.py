@@ -162,4 +162,6 @@ def test_vicas_gt_without_a_human_frame_rejects_each_referral(tmp_path):
 def test_vicas_gt_reads_the_vicas_layout_and_card():
     gt, released = get_source("vicas_gt"), get_source("vicas")
     assert gt.splits == released.splits == tuple(load_card("vicas").splits) and gt.task == released.task
+    card = load_card("vicas_gt")  # its own card, with the splits and task of the layout it reads
+    assert card.name == "vicas_gt" and tuple(card.splits) == gt.splits
     assert gt.only_is_gt and not released.only_is_gt

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.multiprocessing as mp
+from fit_fixtures import checkpointing_fit_args
 
 from pixelqa import fit
 from pixelqa.config import RecipeError
@@ -24,21 +25,7 @@ from pixelqa.train.module import UniPixelModule
 
 
 def _args(work: Path, name: str, *extra: str) -> list[str]:
-    """A tiny stage-3 fit on synthetic shards in `work` that checkpoints every step, no MLflow, no validation."""
-    return [
-        "recipe=stage3",
-        "tracking=none",
-        f"data.shards={work / 'shards'}",
-        "data.synthetic_train=16",
-        "data.synthetic_val=4",
-        "data.batch_size=2",
-        "trainer.enable_progress_bar=false",
-        "tracking.log_overlays=false",
-        "eval.after_fit=false",
-        "trainer.checkpoint_every_n_steps=1",
-        f"output_dir={work / name}",
-        *extra,
-    ]
+    return checkpointing_fit_args(work, name, *extra)
 
 
 def _steps_saved(run: Path) -> list[int]:

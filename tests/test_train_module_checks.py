@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fit_fixtures import checkpointing_fit_args
 from omegaconf import OmegaConf
 
 from pixelqa import fit
@@ -20,21 +21,7 @@ from pixelqa.train.module import Stage3Module
 
 
 def _args(work: Path, name: str, *extra: str) -> list[str]:
-    """A tiny stage-3 fit on synthetic shards in `work`, no MLflow, no validation, a checkpoint every step."""
-    return [
-        "recipe=stage3",
-        "tracking=none",
-        f"data.shards={work / 'shards'}",
-        "data.synthetic_train=8",
-        "data.synthetic_val=4",
-        "data.batch_size=2",
-        "trainer.enable_progress_bar=false",
-        "tracking.log_overlays=false",
-        "eval.after_fit=false",
-        "trainer.checkpoint_every_n_steps=1",
-        f"output_dir={work / name}",
-        *extra,
-    ]
+    return checkpointing_fit_args(work, name, *extra, train_samples=8)
 
 
 def test_extra_trainable_matching_no_parameter_is_a_recipe_error_naming_it_and_real_names():

@@ -53,7 +53,7 @@ def report_missing_shards(paths: Sequence[str | Path], damage: DamageLog) -> Non
                     damage.report(
                         Damage(
                             str(lost.path),
-                            0,
+                            None,
                             f"missing ({lost.samples} samples, listed by {lost.manifest})",
                             lost.samples,
                         )

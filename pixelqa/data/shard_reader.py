@@ -60,12 +60,13 @@ class Damage:
     """A damaged span of a shard: where it starts, why it is unreadable, how many records it costs."""
 
     shard: str
-    offset: int
+    offset: int | None  # None: the whole shard (a missing file)
     reason: str
     records: int = 1
 
     def __str__(self) -> str:
-        return f"{self.shard} at byte {self.offset}: {self.reason}"
+        where = "" if self.offset is None else f" at byte {self.offset}"
+        return f"{self.shard}{where}: {self.reason}"
 
 
 class RecordDamaged(Exception):

@@ -506,8 +506,12 @@ def _check_complete(manifest: dict, path: Path, cfg: BuildConfig, folder: Path, 
             f"{folder} (or use another --out) to build with these"
         )
     shards = manifest.get("shards")
-    if not isinstance(shards, list):
-        raise BuildInputError(f"{path}: got shards={shards!r:.60}, expected a list; delete {folder} (or another --out)")
+    entry = ("name", "samples", "bytes")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and all(k in s for k in entry) for s in shards):
+        raise BuildInputError(
+            f"{path}: got shards={shards!r:.60}, expected a list of entries with {', '.join(entry)}; delete {folder} "
+            "(or use another --out) to build it again"
+        )
     missing = [s["name"] for s in shards if not (folder / s["name"]).is_file()]
     if missing:
         lost = sum(s["samples"] for s in shards if s["name"] in missing)

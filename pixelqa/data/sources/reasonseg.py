@@ -14,6 +14,10 @@ a don't-care region, so a smaller polygon drawn later wins where they overlap. O
 explanatory sample per train image that has one); the ignore region goes to `meta["ignore_rle"]`. The official
 UniPixel run scores it as background (it paints -1 into a uint8 canvas, which cv2 saturates to 0); the protocol
 switch `reasonseg+exclude_ignore` (`pixelqa.eval.official`) leaves it out of I and U, as LISA does.
+
+Images are `<name>.jpg` (or `.jpeg`, any case). What yields no sample is counted, never dropped silently: an
+annotation without its image, or (train only) a polygon wholly off the image, is a reject; a train image without a
+target region, or a query-less annotation, is skipped. val / test keep every image the official evaluation scores.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ _TARGET, _IGNORE = 1, 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg")  # matched whatever their case ("x.JPG"); the release's images are all .jpg
 
 
-def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """LISA's painting of ReasonSeg shapes -> (target, ignore) bool masks of (height, width)."""
+def polygon_masks(
+    shapes: Any, height: int, width: int, where: str, inside: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """LISA's painting of ReasonSeg shapes -> (target, ignore) bool masks of (height, width); `inside`: a polygon
+    wholly off the image is damage (ValueError), else it paints nothing, as LISA's and UniPixel's code have it."""
     if not isinstance(shapes, list):
         raise TypeError(f"{where}.shapes: got {type(shapes).__name__}, expected a list of polygon shapes")
     polys: list[tuple[int, int, np.ndarray]] = []  # (area, value, (N, 1, 2) int32 points)
@@ -62,7 +69,8 @@ def polygon_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.
         if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 1:
             raise ValueError(f"{where}.shapes[{i}].points: got shape {pts.shape}, expected a list of [x, y]")
         # a polygon wholly off the image paints nothing: damage, as for the COCO sources (a partial one is clipped)
-        check_polygons_inside([pts.reshape(-1).tolist()], height, width, f"{where}.shapes[{i}].points")
+        if inside:
+            check_polygons_inside([pts.reshape(-1).tolist()], height, width, f"{where}.shapes[{i}].points")
         pts = pts.astype(np.int32).reshape(-1, 1, 2)  # LISA truncates coordinates to integers
         tmp = np.zeros((height, width), dtype=np.uint8)
         cv2.polylines(tmp, [pts], True, 1, 1)
@@ -141,7 +149,9 @@ class ReasonSeg(Source):
         is_sentence = bool(require(ann, "is_sentence", where))
         image = read_image(image_path)
         h, w = image.size
-        target, ignore = polygon_masks(require(ann, "shapes", where), h, w, where)
+        # training drops an image with an off-image polygon as damage; the benchmark splits keep every image the
+        # official evaluation scores (the polygon paints nothing there either)
+        target, ignore = polygon_masks(require(ann, "shapes", where), h, w, where, inside=split == "train")
         if split == "train" and not target.any():  # LISA's training filter: nothing to segment
             reason = f"{where}: no 'target' region (ignore or flag shapes only), which the train split leaves out"
             yield skipped(self.name, split, "reasonseg", make_key(item, 0), reason)
