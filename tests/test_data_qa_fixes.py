@@ -218,6 +218,26 @@ def test_reasonseg_counts_every_item_that_yields_nothing(tmp_path):
     assert not m["rejects"] and keys_of(out / "reasonseg" / "val") == ["d_4-0", "outside-0"]
 
 
+def test_verify_names_a_copied_shard_once_and_skips_the_keys_of_a_damaged_one(tmp_path):
+    build_shards("synthetic", ".", tmp_path, "train", max_samples=12, max_count=4, progress=False)
+    folder = tmp_path / "synthetic" / "train"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    first = manifest["shards"][0]
+    copy = folder / "synthetic-train-copy.tar"  # the same 4 records under another name, listed too
+    copy.write_bytes((folder / first["name"]).read_bytes())
+    manifest["shards"].append({**first, "name": copy.name})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (problem,) = verify_shards([MixtureEntry("synthetic", "train")], tmp_path)
+    assert (
+        problem.startswith("synthetic/train: keys ") and f"and 1 more are in {first['name']} and {copy.name}" in problem
+    )
+    # a damaged (cut) shard is named once and its keys are not read: its tar would not even open
+    last = folder / manifest["shards"][2]["name"]
+    last.write_bytes(last.read_bytes()[:700])
+    problems = verify_shards([MixtureEntry("synthetic", "train")], tmp_path)
+    assert problems[0] == f"{last}: size or SHA-256 differs from manifest.json" and len(problems) == 2
+
+
 # ---------------------------------------------------------------------------------------------- 4: nodes
 
 

@@ -429,6 +429,7 @@ def verify_shards(
         missing = [n for n in names if n not in present]
         problems += [f"{e.name}/{e.split}: no {n} (that node's build did not finish)" for n in missing]
         seen: dict[str, str] = {}
+        damaged: set[str] = set()  # reported as differing: its keys are not read (its tar may not even open)
         for name in present:
             manifest = json.loads((folder / name).read_text())
             config = manifest.get("config", {})
@@ -443,10 +444,16 @@ def verify_shards(
                     problems.append(f"{path}: missing (listed by {name})")
                 elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
                     problems.append(f"{path}: size or SHA-256 differs from {name}")
+                    damaged.add(shard["name"])
         where: dict[str, str] = {}
-        for shard_name in sorted(n for n in seen if (folder / n).is_file()):
+        twice: dict[tuple[str, str], list[str]] = {}  # (first shard, second shard) -> the keys both hold
+        for shard_name in sorted(n for n in seen if (folder / n).is_file() and n not in damaged):
             for key in shard_keys(folder / shard_name):
                 if key in where:
-                    problems.append(f"{e.name}/{e.split}: key {key!r} is in {where[key]} and {shard_name}")
+                    twice.setdefault((where[key], shard_name), []).append(key)
                 where.setdefault(key, shard_name)
+        for (first, second), keys in twice.items():  # one line per pair of shards: a copied shard has thousands
+            shown = ", ".join(repr(k) for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            said = f"key {shown} is" if len(keys) == 1 else f"keys {shown} are"
+            problems.append(f"{e.name}/{e.split}: {said} in {first} and {second}")
     return problems
