@@ -330,4 +330,5 @@ def test_an_output_path_that_is_a_folder_is_one_line(serve, sleeps, tmp_path, ca
     assert judge.main([str(write_input(tmp_path)), "--url", url, "--model", "m"]) == 2
     err = _one_line_error(capsys)
     assert err.startswith(f"error: judge: cannot write {tmp_path / 'scores.json'}: [Errno 21] Is a directory"), err
+    assert err.endswith("; replies.json beside it is this run's, an earlier scores.json is not"), err
     assert json.loads((tmp_path / "replies.json").read_text())[1].startswith("Subject Correspondence: 1")

@@ -452,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in (("replies.json", judged.replies), ("scores.json", scores)):
         problem = write_output(path.parent / name, data)
         if problem:
+            if name == "scores.json":  # replies.json is this run's already: say which files belong together
+                problem += "; replies.json beside it is this run's, an earlier scores.json is not"
             print(problem, file=sys.stderr)
             return 2
     print(f"judge: {args.model}")
