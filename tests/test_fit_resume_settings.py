@@ -257,6 +257,20 @@ def test_recipe_changes_leave_out_only_what_cannot_change_a_number(capsys):
     assert note.count("\n") == 1 and "data.new_key, data.removed_key" in note
 
 
+def test_a_recorded_accumulation_is_no_change_where_the_global_batch_sets_it():
+    # a checkpoint written before record_accumulation holds the recipe's 1; this run records the 4 it uses
+    old = {"data.global_batch_size": 8, "data.batch_size": 2, "trainer.accumulate_grad_batches": 1}
+    assert fit.recipe_changes(old, {**old, "trainer.accumulate_grad_batches": 4}) == []
+    assert fit.recipe_changes(old, {**old, "data.global_batch_size": 16, "trainer.accumulate_grad_batches": 8}) == [
+        "data.global_batch_size: 8 -> 16"
+    ]
+    # without a global batch the value is the recipe's own, and a change is one
+    plain = {"data.global_batch_size": None, "trainer.accumulate_grad_batches": 1}
+    assert fit.recipe_changes(plain, {**plain, "trainer.accumulate_grad_batches": 2}) == [
+        "trainer.accumulate_grad_batches: 1 -> 2"
+    ]
+
+
 class _Experiment:
     def __init__(self) -> None:
         self.tags: dict[str, str] = {}
