@@ -106,7 +106,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed (see recipes/trainer/*.yaml)
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (CUDA only); not bf16-true (config.REFUSED_CHOICES)
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (not on the CPU); not bf16-true (REFUSED_CHOICES)
     max_steps: int = 100
     accumulate_grad_batches: int = 1
     # validate every N optimizer steps (an integer >= 1); None = once, at the end of the run. Typed Any so that a
@@ -210,7 +210,7 @@ CHOICES: dict[str, tuple] = {
     "model.memory.variant": ("ref_only", "ref_seg", "ref_seg_pool", "memory_bank"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_stage_2", "deepspeed_stage_3"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),  # Lightning's names
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),  # 16-mixed: CUDA only (pixelqa.preflight)
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),  # 16-mixed: not on a CPU (preflight)
     "data.prompt_mode": ("keep", "point_box", "point", "box"),
     "data.memory_prompts": ("keep", "point_box"),
     "launcher.executor": EXECUTORS,
