@@ -30,8 +30,9 @@ ends with one line naming them and exit status 1; a rerun retries them (from the
 unchanged) and skips the finished ones, except a run stopped at a NaN/inf step (`NonFiniteStepError`; state.json
 records each failure's error type): with the same settings it would reach the same NaN again (every random draw is
 seeded from the seed and the step), so it stays FAILED, with one line saying so, until its settings change.
-A local grid runs each run inside its own process: a run of several processes (`trainer.devices` or
-`trainer.num_nodes` above 1) is refused before any work; `launcher=subprocess|slurm` runs it as a job.
+A local grid runs every run inside the grid's own process, one after another: a run of several processes
+(`trainer.devices` or `trainer.num_nodes` above 1) is refused before any work; `launcher=subprocess|slurm` runs it
+as a job.
 `launcher=subprocess|slurm` submits each run as a job (pixelqa.launch) and returns: `--status` shows each run's
 job, state and last metric, a rerun resubmits only runs that failed or never ran (resuming from their
 `last.ckpt`), and `--collect` (or `launcher.wait=true`) writes the results once every cell is done. At the end the
