@@ -19,10 +19,10 @@ from pixelqa.eval.suite import (
     BenchmarkSpec,
     Suite,
     SuiteError,
+    benchmark_shards_missing,
     finish_benchmark,
     load_suite,
     merge_records,
-    missing_shards,
     paper_rows,
     read_records,
     rows_markdown,
@@ -343,7 +343,7 @@ def test_cli_unknown_benchmark_names_and_bad_max_samples_are_recipe_errors(shard
 
 
 def test_skip_message_names_the_build_command_and_table(shards, tmp_path):
-    reason = missing_shards(MEVIS, shards)
+    reason = benchmark_shards_missing(MEVIS, shards)
     assert reason.endswith(f"python -m pixelqa.data build mevis --root RAW/mevis --out {shards} --split valid_u")
     suite = Suite("t", [REVOS, MEVIS])
     results, skipped = run_suite_benchmarks(suite, oracle, shards, tmp_path, {"seed": 0})
@@ -625,13 +625,13 @@ def test_an_unfinished_benchmark_build_is_skipped_naming_the_command_that_finish
     shutil.copytree(shards, partial)
     folder = partial / "revos" / "valid"
     (folder / "manifest.json").unlink()  # a build stopped before its manifest
-    reason = missing_shards(REVOS, partial)
+    reason = benchmark_shards_missing(REVOS, partial)
     assert reason.startswith(f"revos: the shards in {folder} are an unfinished build (no manifest.json")
     assert reason.endswith(
         f"finish it with: python -m pixelqa.data build revos --root RAW --out {partial} --split valid"
         " (with the options of the build that stopped)"
     )
     (folder / ".progress-node000-of001.json").write_text(json.dumps({"config": {"max_count": 2}}))
-    assert "--max-count 2" in missing_shards(REVOS, partial)
+    assert "--max-count 2" in benchmark_shards_missing(REVOS, partial)
     results, skipped = run_suite_benchmarks(Suite("t", [REVOS]), oracle, partial, tmp_path / "out", {"seed": 0})
-    assert results == {} and skipped == [missing_shards(REVOS, partial)]
+    assert results == {} and skipped == [benchmark_shards_missing(REVOS, partial)]

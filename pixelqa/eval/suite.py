@@ -2,7 +2,7 @@
 `answer_fn` -> per-sample records -> the paper's rows, with a provenance record per benchmark.
 
     load_suite(name) -> Suite                              recipes/suite/<name>.yaml
-    missing_shards(spec, shards) -> str | None             None, or the one-line reason with the build command
+    benchmark_shards_missing(spec, shards) -> str | None   None, or the one-line reason with the build command
     missing_split(name, source, split, shards) -> str | None   the same for any source split (`pixelqa.evaluate`)
     run_benchmark(spec, answer_fn, shards, out, rank, world) -> int      this rank's samples (resumable)
     finish_benchmark(spec, out, ...) -> BenchmarkResult    merges every rank's records, aggregates, writes result.json
@@ -156,7 +156,7 @@ def missing_split(name: str, source: str, split: str, shards: str | Path) -> str
     return f"{name}: no shards at {folder}; build them with: {build_command(source, split, shards)}"
 
 
-def missing_shards(spec: BenchmarkSpec, shards: str | Path) -> str | None:
+def benchmark_shards_missing(spec: BenchmarkSpec, shards: str | Path) -> str | None:
     """None when the benchmark's shards exist; else the one-line skip reason naming the build command."""
     return missing_split(spec.name, spec.source, spec.split, shards)
 
@@ -173,7 +173,7 @@ def iter_benchmark_samples(spec: BenchmarkSpec, shards: str | Path, damage: Any 
 
     files = shard_files(shards, spec.source, spec.split)
     if not files:
-        raise FileNotFoundError(missing_shards(spec, shards))
+        raise FileNotFoundError(benchmark_shards_missing(spec, shards))
     yield from iter_samples(files, damage if damage is not None else DamageLog())
 
 

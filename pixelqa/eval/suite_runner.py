@@ -29,9 +29,9 @@ from pixelqa.eval.suite import (
     SuiteError,
     _write_json,
     benchmark_fingerprint,
+    benchmark_shards_missing,
     finish_benchmark,
     load_suite,
-    missing_shards,
     paper_rows,
     rows_csv,
     rows_markdown,
@@ -216,7 +216,7 @@ def run_suite_benchmarks(
     for spec in suite.benchmarks:
         if only and spec.name not in only:
             continue
-        reason = missing_shards(spec, shards)
+        reason = benchmark_shards_missing(spec, shards)
         if reason:
             skipped.append(reason)
             if rank == 0:
@@ -356,9 +356,11 @@ def _run_suite(args: list[str], held: ExitStack) -> dict[str, float]:
     # the fingerprint, provenance and MLflow record the model scored, not the recipe's defaults
     recipe = settle_model_settings(cfg, rest, ckpt_path, "provenance.json", speak=dist_info()[0] == 0)
     shards = recipe.data.shards
-    runnable = [s for s in suite.benchmarks if (not only or s.name in only) and missing_shards(s, shards) is None]
+    runnable = [
+        s for s in suite.benchmarks if (not only or s.name in only) and benchmark_shards_missing(s, shards) is None
+    ]
     if not runnable:
-        lines = [missing_shards(s, shards) for s in suite.benchmarks if not only or s.name in only]
+        lines = [benchmark_shards_missing(s, shards) for s in suite.benchmarks if not only or s.name in only]
         raise RecipeError(f"suite={suite.name}: no benchmark has shards under {shards}; first: {lines[0]}")
     rank, world = dist_info()
     if world > 1:
