@@ -2,7 +2,8 @@
 #   make demo   create .venv, install the pinned stack into it (once), run the main job on the embedded default
 #   make test   the README's test command (all tests, slow ones included), in .venv
 # PYTHON=python uses an environment you prepared yourself instead of .venv (CI: `.ci/run` calls `make test PYTHON=python`).
-# PYTEST_WORKERS sets pytest-xdist's worker count (default 2; 0: one process). PYTEST_ARGS passes options to
+# PYTEST_WORKERS sets pytest-xdist's worker count (default 2; 0: one process); the 25 slowest tests are listed at the
+# end (a slow CI run says where its time went). PYTEST_ARGS passes options to
 # pytest, e.g. `make test PYTEST_ARGS='-m "not slow"'`; PYTEST_STATUS=FILE also writes pytest's exit status
 # there (make itself exits 2 on any failure; CI tells "no tests collected", 5, apart).
 
@@ -31,7 +32,7 @@ demo: $(SETUP)
 	$(PYTHON) -m pixelqa.fit recipe=stage3
 
 test: $(SETUP)
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; $(if $(PYTEST_STATUS),echo $$rc > "$(PYTEST_STATUS)";) exit $$rc
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS); rc=$$?; $(if $(PYTEST_STATUS),echo $$rc > "$(PYTEST_STATUS)";) exit $$rc
 
 setup: $(SETUP)
 
