@@ -8,8 +8,8 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """On an xdist worker, use its share of the cores: two workers at torch's default threads each oversubscribe a
-    2-core machine, and the tests that start several processes (DDP ranks, grids) then crawl."""
+    """On an xdist worker, use its share of the cores: at torch's default (one thread per core) in every worker and
+    in every process the tests start, two workers would oversubscribe a 2-core machine."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:
         return

@@ -17,13 +17,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from pixelqa import fit
 from pixelqa.config import load_recipe, to_object
@@ -38,12 +38,6 @@ from pixelqa.train.guards import read_resume_metadata
 from pixelqa.train.strategies import build_strategy
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ds_checkpoint(folder: Path, step: int) -> None:
@@ -220,7 +214,7 @@ with open(os.path.join(folder, f"report{rank}.json"), "w") as f:
 def test_deepspeed_on_two_ranks_a_failed_write_keeps_the_older_folder_and_ends_both_ranks(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", DS_RANK, str(folder), str(rank), port],
@@ -289,7 +283,7 @@ def test_ddp_rank_zero_failing_to_write_a_checkpoint_ends_both_ranks(tmp_path):
         f"output_dir={tmp_path / 'run'}",
         "tracking=none",
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     env["NODE_RANK"] = "0"
     procs = [
         subprocess.Popen(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 from pixelqa.metrics import ImageSegIoU, JAndF, MCQAccuracy, RECAccuracy
 
@@ -74,12 +74,6 @@ def _worker(rank: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_two_process_reduction_equals_single_process() -> None:
     if not dist.is_available() or not dist.is_gloo_available():
@@ -90,7 +84,7 @@ def test_two_process_reduction_equals_single_process() -> None:
 
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
     reduced = queue.get()
     assert set(reduced) == set(expected)
     for key, value in expected.items():
@@ -143,7 +137,7 @@ def test_epoch_values_agree_when_one_process_saw_no_mask() -> None:
 
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.start_processes(_uneven_worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
+    mp.start_processes(_uneven_worker, args=(free_port(), queue), nprocs=WORLD, join=True, start_method="spawn")
     results = sorted(queue.get() for _ in range(WORLD))
     for rank, values, accuracy in results:
         assert values["J&F"] == pytest.approx(expected, abs=1e-6), rank  # rank 1 logs the gathered value too

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 
 from pixelqa.train.module import read_checkpoint
 from pixelqa.train.strategies import build_strategy
@@ -43,7 +44,7 @@ torch.save(net._forward_module.model.l2m.state_dict(), os.path.join(sys.argv[1],
 def test_a_real_zero2_checkpoint_directory_reads_back(tmp_path):
     folder = tmp_path / "step000007.ckpt"
     done = subprocess.run(
-        [sys.executable, "-c", WRITER, str(folder), "29611"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", WRITER, str(folder), str(free_port())], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     ckpt = read_checkpoint(folder)

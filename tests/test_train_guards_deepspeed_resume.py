@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from pixelqa import fit
 from pixelqa.checkpoints import CheckpointError
@@ -213,7 +214,7 @@ engine.save_checkpoint(sys.argv[1], tag="checkpoint", exclude_frozen_parameters=
 def test_a_real_zero2_bf16_checkpoint_folder_is_accepted(tmp_path):
     folder = tmp_path / "step000007.ckpt"
     done = subprocess.run(
-        [sys.executable, "-c", WRITER, str(folder), "29613"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", WRITER, str(folder), str(free_port())], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert (folder / "checkpoint" / OPTIM).is_file()  # what is checked: the optimizer states too
