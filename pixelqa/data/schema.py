@@ -65,6 +65,10 @@ import orjson
 from pixelqa.prompt_format import MEM, REF, SEG, count_ref, count_seg
 
 SCHEMA_VERSION = 1
+# How `make_key` spells a sample's key (not part of the JSON layout, so apart from SCHEMA_VERSION). 2: a name part
+# with characters outside [A-Za-z0-9_-] carries a hash of its original text (1 cleaned them only, so distinct names
+# could meet). A build records it; resuming a build begun under another format is refused (mixed key forms).
+KEY_FORMAT = 2
 
 # One constant for every task name a source may use; extend here (and nowhere else).
 TASKS: frozenset[str] = frozenset(

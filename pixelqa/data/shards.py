@@ -46,7 +46,7 @@ import webdataset as wds
 from pixelqa.data.catalog import get_source
 from pixelqa.data.layout import shard_dir, shard_name
 from pixelqa.data.registry import SkippedSample
-from pixelqa.data.schema import FRAME_CODECS, SCHEMA_VERSION, Sample, transcode_media
+from pixelqa.data.schema import FRAME_CODECS, KEY_FORMAT, SCHEMA_VERSION, Sample, transcode_media
 from pixelqa.data.shard_reader import index_path, make_index
 from pixelqa.files import atomic_file
 from pixelqa.locks import file_lock, holder, release, take
@@ -352,9 +352,24 @@ def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
     return dict(sorted(sums.items()))
 
 
-def _present_raw_checksums(src: Any, root: Path, split: str) -> dict[str, str] | None:
+def _raw_stats(src: Any, root: Path, split: str) -> dict[str, list[int]]:
+    """[size, mtime_ns] of each raw annotation file the converter lists (as `_raw_checksums` names them)."""
+    stats = {}
+    for p in map(Path, src.raw_files(root, split)):
+        st = p.stat()
+        stats[_raw_name(p, root)] = [st.st_size, st.st_mtime_ns]
+    return dict(sorted(stats.items()))
+
+
+def _present_raw_checksums(
+    src: Any, root: Path, split: str, known: dict[str, str] | None = None, stats: dict | None = None
+) -> dict[str, str] | None:
     """SHA-256 of the raw annotation files that are there now; None when none is (a complete build no longer needs
-    them: there is nothing to compare its manifest with)."""
+    them: there is nothing to compare its manifest with).
+
+    known / stats: a manifest's `raw_files` and `raw_stats`; a file whose size and mtime (ns) are those recorded
+    takes its recorded checksum unread (rsync's quick check: a rerun of a complete build over large COCO / refer
+    JSON files stays instant; an edit changes the mtime)."""
     try:
         paths = [Path(p) for p in src.raw_files(root, split)]
     except (FileNotFoundError, NotADirectoryError):  # the raw root (or its split folder) is gone
@@ -362,7 +377,13 @@ def _present_raw_checksums(src: Any, root: Path, split: str) -> dict[str, str] |
     present = [p for p in paths if p.is_file()]
     if not present:
         return None
-    return dict(sorted((_raw_name(p, root), sha256_file(p)) for p in present))
+    known, stats = known or {}, stats or {}
+    sums = {}
+    for p in present:
+        name, st = _raw_name(p, root), p.stat()
+        same = stats.get(name) == [st.st_size, st.st_mtime_ns] and isinstance(known.get(name), str)
+        sums[name] = known[name] if same else sha256_file(p)
+    return dict(sorted(sums.items()))
 
 
 def _items_digest(items: Sequence[Any]) -> str:
@@ -432,6 +453,12 @@ def _load_progress(
     if not path.is_file():
         return [], [], []
     state = _read_state(path, folder)
+    if state.get("key_format", 1) != KEY_FORMAT:
+        raise BuildInputError(
+            f"{path}: the interrupted build was begun by a PixelQA that spelled sample keys another way (key format "
+            f"{state.get('key_format', 1)}, now {KEY_FORMAT}): resuming it would mix both in one build; delete "
+            f"{folder} (or build into another --out) to build it again"
+        )
     if state.get("config") != cfg.as_dict():
         diff = _config_diff(state.get("config"), cfg.as_dict())
         raise BuildInputError(
@@ -525,8 +552,11 @@ def _check_complete(manifest: dict, path: Path, cfg: BuildConfig, folder: Path, 
             f"{path}: shard {_first_few(resized)} differs in size from what the build wrote; delete {folder} (or use "
             "another --out) to build it again"
         )
-    recorded, now = manifest.get("raw_files"), _present_raw_checksums(src, root, cfg.split)
-    changes = _raw_changes(recorded, now) if isinstance(recorded, dict) and now is not None else []
+    recorded, stats = manifest.get("raw_files"), manifest.get("raw_stats")
+    if not isinstance(recorded, dict):  # a manifest from before raw checksums were recorded: nothing to compare
+        return
+    now = _present_raw_checksums(src, root, cfg.split, recorded, stats if isinstance(stats, dict) else None)
+    changes = _raw_changes(recorded, now) if now is not None else []
     if changes:
         raise BuildInputError(
             f"{path}: the raw files under {root} changed since this build ({_first_few(changes)}; {len(changes)} in "
@@ -701,6 +731,7 @@ def _build_locked(
         log.info("%s is complete; nothing to do", manifest_path)
         return manifest
 
+    raw_stats = _raw_stats(src, root, split)  # before hashing: a file edited meanwhile is hashed again next time
     raw_sums = _raw_checksums(src, root, split)
     try:
         items = list(src.items(root, split))
@@ -720,7 +751,8 @@ def _build_locked(
             yield (source, str(root), split, check_frames, cfg.frame_codec, todo[i : i + ITEMS_PER_TASK])
 
     def save_progress() -> None:
-        state = {"config": cfg.as_dict(), "shards": [asdict(s) for s in done], "rejects": rejects, "skipped": skips}
+        state = {"config": cfg.as_dict(), "key_format": KEY_FORMAT, "shards": [asdict(s) for s in done]}
+        state.update(rejects=rejects, skipped=skips)
         state.update(raw_files=inputs["raw_files"], items=inputs["items"])  # what a resume must find unchanged
         _write_json(progress_path, state)
 
@@ -799,6 +831,7 @@ def _build_locked(
         "source": source,
         "split": split,
         "schema_version": SCHEMA_VERSION,
+        "key_format": KEY_FORMAT,
         "config": cfg.as_dict(),
         "num_samples": sum(s.samples for s in done),
         "num_bytes": sum(s.bytes for s in done),
@@ -807,6 +840,7 @@ def _build_locked(
         ],
         "tasks": dict(sorted(tasks.items())),
         "raw_files": raw_sums,
+        "raw_stats": raw_stats,  # size and mtime of each, so a rerun need not hash them again (_check_complete)
         "items": {"total": len(items), "node_start": start, "node_stop": stop},
         "num_rejects": len(rejects),
         "rejects": rejects,
