@@ -841,7 +841,7 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
         recipe_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(written, recipe_yaml)
     if init_ckpt is not None and resume is None:
-        load_init_weights(module, init_ckpt, recipe.init_from)
+        load_init_weights(module, init_ckpt, recipe.init_from, finite_checked=True)  # by check_init_from
         if rank_zero:
             print(f"initialised from {recipe.init_from} (stage {init_ckpt.get('pixelqa_stage')})")
     # eval.max_samples caps fit's validation too: its two scorings and the printed evaluate command, same samples

@@ -65,6 +65,25 @@ def test_init_from_with_nan_weights_is_refused_before_recipe_yaml(tmp_path):
     assert not (run / "checkpoints").exists()
 
 
+def test_resume_metadata_is_read_once_per_start_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    from pixelqa.train import guards
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3, "pixelqa_recipe": {"seed": 0}, "state_dict": {"w": torch.ones(2)}}, ckpt)
+    reads: list[Path] = []
+    real = guards._safe_metadata_load
+    monkeypatch.setattr(guards, "_safe_metadata_load", lambda p, *a: reads.append(Path(p)) or real(p, *a))
+    first = guards.read_resume_metadata(ckpt)
+    first["pixelqa_recipe"]["seed"] = 7  # a caller's edit stays its own
+    second = guards.read_resume_metadata(str(ckpt))
+    assert reads == [ckpt] and second == {"global_step": 3, "pixelqa_recipe": {"seed": 0}}
+    # a newer checkpoint at the same path (a later save): read again, its own entries
+    torch.save({"global_step": 5, "pixelqa_recipe": {"seed": 0}, "state_dict": {"w": torch.ones(3)}}, ckpt)
+    os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 10**9))
+    assert guards.read_resume_metadata(ckpt)["global_step"] == 5 and reads == [ckpt, ckpt]
+    assert guards.read_resume_metadata(ckpt, trust=True)["global_step"] == 5  # another reading mode: not shared
+
+
 def _kill_between_renames(ckpt_dir: Path, name: str) -> None:
     """Replace the DeepSpeed-style folder `ckpt_dir/name` with `install_folder` in a process that is killed (SIGKILL)
     between its two renames: what a real kill there leaves on disk."""

@@ -198,6 +198,20 @@ def test_stage2_weights_move_into_a_lora_stage3(stage3):
     assert report["missing"] and all("lora_" in k or k.startswith("model.backbone.") for k in report["missing"])
 
 
+def test_init_weights_are_scanned_for_nan_once_when_the_caller_has_checked_them(stage3, monkeypatch):
+    from pixelqa.train import module as module_mod
+
+    s2 = Stage2Module(*_cfg(2), total_steps=10)
+    ckpt = {"state_dict": s2.state_dict(), "pixelqa_stage": 2}
+    s2.on_save_checkpoint(ckpt)
+    scans: list[str] = []
+    monkeypatch.setattr(module_mod, "check_finite_weights", lambda state, what: scans.append(what))
+    load_init_weights(stage3, ckpt, "s2.ckpt")
+    assert scans == ["init_from=s2.ckpt"]  # on its own it checks (the API's callers)
+    load_init_weights(stage3, ckpt, "s2.ckpt", finite_checked=True)
+    assert scans == ["init_from=s2.ckpt"]  # fit checked already (check_init_from): no second pass over the weights
+
+
 def test_trained_base_weights_survive_loading_saving_and_a_stage_that_freezes_them(tmp_path):
     from pixelqa.model.unipixel import UniPixel
     from pixelqa.train.module import model_from_checkpoint

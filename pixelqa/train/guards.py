@@ -220,10 +220,33 @@ def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any
 
     A DeepSpeed directory is resumed by DeepSpeed's own loader, which unpickles every model- and optimizer-state
     file of its tag folder in full; so every `*.pt` in the directory is safe-loaded here first, and one that needs
-    more than tensors, plain data and DeepSpeed's own plain classes refuses the resume (one line naming the file)."""
+    more than tensors, plain data and DeepSpeed's own plain classes refuses the resume (one line naming the file).
+
+    A start reads the same checkpoint in several checks (the trained set before the model is built, the settings
+    after): the entries are kept per path and the size and mtime of every file read, so each is read once while
+    the files stay as they were; each caller gets its own copy."""
+    import copy
+
+    key = (os.path.realpath(path), bool(trust), _files_stamp(Path(path)))
+    if key not in _METADATA:
+        _METADATA.clear()  # one checkpoint per start: keep the last one only
+        _METADATA[key] = _read_resume_metadata(Path(path), trust)
+    return copy.deepcopy(_METADATA[key])
+
+
+_METADATA: dict[tuple, dict[str, Any]] = {}
+
+
+def _files_stamp(path: Path) -> tuple:
+    """(name, size, mtime_ns) of a checkpoint file or of every file in a checkpoint directory; () when absent."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+
+
+def _read_resume_metadata(path: Path, trust: bool) -> dict[str, Any]:
+    """`read_resume_metadata` without its cache."""
     import torch
 
-    path = Path(path)
     if path.is_dir():  # a DeepSpeed checkpoint directory: Lightning keeps its own entries in the client state
         path, every = deepspeed_files(path, trust)
         if not trust:

@@ -766,13 +766,18 @@ def check_init_stage(ckpt: Mapping[str, Any], stage: int, path: str) -> None:
         raise ValueError(f"init_from={path}: checkpoint of stage {got}, but this is stage {stage}; expected {start}")
 
 
-def load_init_weights(module: UniPixelModule, ckpt: Mapping[str, Any], path: str) -> dict[str, list[str]]:
+def load_init_weights(
+    module: UniPixelModule, ckpt: Mapping[str, Any], path: str, finite_checked: bool = False
+) -> dict[str, list[str]]:
     """Copy a previous stage's weights into `module`; LoRA keys missing from the source start fresh. Weights holding
-    NaN / inf are refused (a recipe error naming `path` and the first such tensors).
+    NaN / inf are refused (a recipe error naming `path` and the first such tensors), unless the caller has checked
+    this `ckpt` already (`finite_checked`: fit checks before any run exists, and a second scan reads every weight
+    again).
 
     Returns {"missing": [...], "skipped": [...]} (target keys left at init, source keys not used).
     """
-    check_finite_weights(ckpt["state_dict"], f"init_from={path}")
+    if not finite_checked:
+        check_finite_weights(ckpt["state_dict"], f"init_from={path}")
     source = {_normalise_key(k): v for k, v in ckpt["state_dict"].items()}
     target = module.state_dict()
     new_state, missing = {}, []
