@@ -19,10 +19,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from deepspeed_scripts import WRAPPER
 from ports import free_port
 
 from pixelqa import fit
@@ -137,7 +139,8 @@ def test_fsdp_writes_its_single_checkpoint_file_atomically():
     assert isinstance(build_strategy(fsdp).checkpoint_io, AtomicCheckpointIO)
 
 
-DS_RANK = """
+DS_RANK = (
+    """
 import datetime, errno, json, os, sys, torch
 folder, rank, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
@@ -147,16 +150,9 @@ from pixelqa.config import load_recipe, to_object
 from pixelqa.train.strategies import build_strategy
 torch.manual_seed(0)
 
-class Wrapper(torch.nn.Module):  # Lightning's wrapper holds the LightningModule as `_forward_module`
-    def __init__(self):
-        super().__init__()
-        self._forward_module = torch.nn.Module()
-        self._forward_module.model = torch.nn.Module()
-        self._forward_module.model.backbone = torch.nn.Linear(3, 3).requires_grad_(False)
-        self._forward_module.model.l2m = torch.nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self._forward_module.model.l2m(self._forward_module.model.backbone(x))
+"""
+    + WRAPPER
+    + """
 
 net = Wrapper()
 config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
@@ -207,6 +203,22 @@ report["second"] = save(2)
 with open(os.path.join(folder, f"report{rank}.json"), "w") as f:
     json.dump(report, f)
 """
+)
+
+
+def _two_ranks(command: Callable[[int], tuple[list[str], dict]], timeout: float) -> tuple[list[int], list[str]]:
+    """Run ranks 0 and 1 together (`command(rank)`: argv and Popen keywords); their exit codes and outputs. Both
+    are killed when the wait ends, so a rank left waiting for the other fails the test instead of hanging it."""
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        for argv, kwargs in map(command, (0, 1))
+    ]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], outs
 
 
 @pytest.mark.slow
@@ -215,21 +227,8 @@ def test_deepspeed_on_two_ranks_a_failed_write_keeps_the_older_folder_and_ends_b
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", DS_RANK, str(folder), str(rank), port],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], (outs[0][-3000:], outs[1][-3000:])
+    codes, outs = _two_ranks(lambda rank: ([sys.executable, "-c", DS_RANK, str(folder), str(rank), port], {}), 600)
+    assert codes == [0, 0], (outs[0][-3000:], outs[1][-3000:])
     reports = [json.loads((folder / f"report{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["first"] for r in reports] == [None, None]
     # the failing rank says its disk error, the other one stops with it (no wait at DeepSpeed's barrier)
@@ -285,23 +284,14 @@ def test_ddp_rank_zero_failing_to_write_a_checkpoint_ends_both_ranks(tmp_path):
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     env["NODE_RANK"] = "0"
-    procs = [
-        subprocess.Popen(
+    codes, outs = _two_ranks(
+        lambda rank: (
             [sys.executable, "-c", FULL_DISK_ON_RANK_0, *args],
-            cwd=tmp_path,
-            env=dict(env, LOCAL_RANK=str(rank)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [2, 2], (outs[0][-3000:], outs[1][-3000:])
+            {"cwd": tmp_path, "env": dict(env, LOCAL_RANK=str(rank))},
+        ),
+        240,
+    )
+    assert codes == [2, 2], (outs[0][-3000:], outs[1][-3000:])
     said = [line for line in outs[0].splitlines() if line.startswith("recipe error: ")]
     assert len(said) == 1 and "step000001.ckpt: not written (no space left on the device)" in said[0], outs[0][-3000:]
     assert "Traceback" not in outs[1] and "recipe error" not in outs[1], outs[1][-3000:]  # rank 0 said it

@@ -8,25 +8,23 @@ import sys
 
 import pytest
 import torch
+from deepspeed_scripts import WRAPPER
 from ports import free_port
 
 from pixelqa.train.module import read_checkpoint
 from pixelqa.train.strategies import build_strategy
 
-WRITER = """
+WRITER = (
+    """
 import os, sys, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
 
-class Wrapper(torch.nn.Module):  # Lightning's wrapper holds the LightningModule as `_forward_module`
-    def __init__(self):
-        super().__init__()
-        self._forward_module = torch.nn.Module()
-        self._forward_module.model = torch.nn.Module()
-        self._forward_module.model.backbone = torch.nn.Linear(3, 3).requires_grad_(False)
-        self._forward_module.model.l2m = torch.nn.Linear(3, 2)
+"""
+    + WRAPPER
+    + """
 
 net = Wrapper()
 config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
@@ -37,6 +35,7 @@ engine.save_checkpoint(sys.argv[1], tag="checkpoint", exclude_frozen_parameters=
                        client_state={"pixelqa_stage": 3, "global_step": 7, "pixelqa_stream": {"seed": 0}})
 torch.save(net._forward_module.model.l2m.state_dict(), os.path.join(sys.argv[1], "truth.pt"))
 """
+)
 
 
 @pytest.mark.slow

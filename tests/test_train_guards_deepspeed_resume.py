@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from deepspeed_scripts import WRAPPER
 from ports import free_port
 
 from pixelqa import fit
@@ -179,23 +180,17 @@ def test_getattr_is_allowed_only_to_read_a_deepspeed_enum_member(tmp_path):
     assert pickle.loads(pickle.dumps(ZeroStageEnum.gradients)) is ZeroStageEnum.gradients
 
 
-WRITER = """
+WRITER = (
+    """
 import os, sys, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
 
-class Wrapper(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self._forward_module = torch.nn.Module()
-        self._forward_module.model = torch.nn.Module()
-        self._forward_module.model.backbone = torch.nn.Linear(3, 3).requires_grad_(False)
-        self._forward_module.model.l2m = torch.nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self._forward_module.model.l2m(self._forward_module.model.backbone(x))
+"""
+    + WRAPPER
+    + """
 
 net = Wrapper().to(torch.bfloat16)
 optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
@@ -207,6 +202,7 @@ engine.step()
 engine.save_checkpoint(sys.argv[1], tag="checkpoint", exclude_frozen_parameters=True,
                        client_state={"pixelqa_stage": 3, "global_step": 7, "pixelqa_stream": {"seed": 0}})
 """
+)
 
 
 @pytest.mark.slow
