@@ -74,6 +74,20 @@ def test_point_propagation_matches_sam2_video_predictor(tmp_path, pred_obj_score
     torch.testing.assert_close(ours, theirs_t, atol=1e-5, rtol=1e-4)
 
 
+def test_every_frame_but_the_last_is_encoded_into_memory():
+    torch.manual_seed(0)
+    decoder = MaskDecoder("micro", S, "propagate", None, pred_obj_scores=False).eval()
+    frames = torch.randint(0, 255, (4, 3, S, S), dtype=torch.uint8)
+    calls: list[int] = []
+    decoder.sam.memory_encoder.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        feats = decoder.encode_frames(frames)
+        dec = decoder(feats, [0, 1, 2, 3], torch.randn(1, 2, 256))
+    # no later frame attends to the last one's memory: SAM 2's track_step encodes it anyway, we do not (the masks
+    # stay SAM2VideoPredictor's, test_point_propagation_matches_sam2_video_predictor)
+    assert len(calls) == 3 and dec.low_res.shape[1] == 4
+
+
 def test_gradient_reaches_prompt_through_propagation():
     torch.manual_seed(0)
     decoder = MaskDecoder("micro", S, "propagate", None, pred_obj_scores=False).train()

@@ -345,7 +345,8 @@ class MaskDecoder(nn.Module):
                 out = self._prompted_step(feats, pos, features.feat_sizes, sparse, output_dict, T, 0, T > 1)
                 iou = out["ious"][:, 0]
             else:
-                out = self._tracked_step(feats, pos, features.feat_sizes, output_dict, T, t)
+                # the last frame's memory is never read (no later frame attends to it): not encoded
+                out = self._tracked_step(feats, pos, features.feat_sizes, output_dict, T, t, t < T - 1)
                 iou = out["ious"][:, 0]
             if memory_dtype is not None and out.get("maskmem_features") is not None:
                 out["maskmem_features"] = out["maskmem_features"].to(memory_dtype).float()
@@ -378,6 +379,7 @@ class MaskDecoder(nn.Module):
         output_dict: dict,
         num_frames: int,
         frame_idx: int,
+        run_mem_encoder: bool = True,
     ) -> dict:
         """SAM 2's `track_step` on a later frame (memory-conditioned, no prompt), keeping the IoU estimate."""
         sam = self.sam
@@ -400,7 +402,7 @@ class MaskDecoder(nn.Module):
         out = {"point_inputs": None, "mask_inputs": None, "pred_masks": low, "pred_masks_high_res": high}
         out.update(obj_ptr=obj_ptr, object_score_logits=obj_logits, ious=ious, raw_masks=raw)
         out["raw_multi"], out["ious_multi"] = raw_multi, all_ious
-        sam._encode_memory_in_output(feats, sizes, None, True, high, obj_logits, out)
+        sam._encode_memory_in_output(feats, sizes, None, run_mem_encoder, high, obj_logits, out)
         return out
 
     @torch.no_grad()
