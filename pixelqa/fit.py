@@ -757,10 +757,12 @@ def _run(args: list[str], parent_run_id: str | None, held: ExitStack) -> dict[st
     from pixelqa.train.callbacks import FitTimer, OverlayLogger, build_callbacks
     from pixelqa.train.data_wait import DataWaitTimer
     from pixelqa.train.datamodule import ShardDataModule
+    from pixelqa.train.guards import metadata_cache
     from pixelqa.train.module import load_init_weights, module_class
 
     start = time.time()
     silence_library_noise()
+    held.enter_context(metadata_cache())  # preflight's and the resume's checks read the checkpoint once
     cfg = load_recipe(list(args))
     recipe = to_object(cfg)
     init_ckpt = preflight(recipe)

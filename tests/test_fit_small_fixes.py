@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fit_fixtures import mlflow_fit_args, mlflow_history
+from fit_fixtures import checkpointing_fit_args, mlflow_fit_args, mlflow_history
 
 from pixelqa import fit
 from pixelqa.config import RecipeError, load_recipe, to_object
@@ -73,15 +73,33 @@ def test_resume_metadata_is_read_once_per_start_and_again_when_the_file_changes(
     reads: list[Path] = []
     real = guards._safe_metadata_load
     monkeypatch.setattr(guards, "_safe_metadata_load", lambda p, *a: reads.append(Path(p)) or real(p, *a))
-    first = guards.read_resume_metadata(ckpt)
-    first["pixelqa_recipe"]["seed"] = 7  # a caller's edit stays its own
-    second = guards.read_resume_metadata(str(ckpt))
-    assert reads == [ckpt] and second == {"global_step": 3, "pixelqa_recipe": {"seed": 0}}
-    # a newer checkpoint at the same path (a later save): read again, its own entries
-    torch.save({"global_step": 5, "pixelqa_recipe": {"seed": 0}, "state_dict": {"w": torch.ones(3)}}, ckpt)
-    os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 10**9))
-    assert guards.read_resume_metadata(ckpt)["global_step"] == 5 and reads == [ckpt, ckpt]
-    assert guards.read_resume_metadata(ckpt, trust=True)["global_step"] == 5  # another reading mode: not shared
+    with guards.metadata_cache():  # as fit's start holds it
+        first = guards.read_resume_metadata(ckpt)
+        first["pixelqa_recipe"]["seed"] = 7  # a caller's edit stays its own
+        second = guards.read_resume_metadata(str(ckpt))
+        assert reads == [ckpt] and second == {"global_step": 3, "pixelqa_recipe": {"seed": 0}}
+        # a newer checkpoint at the same path (a later save): read again, its own entries
+        torch.save({"global_step": 5, "pixelqa_recipe": {"seed": 0}, "state_dict": {"w": torch.ones(3)}}, ckpt)
+        os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 10**9))
+        stamp = (ckpt.stat().st_size, ckpt.stat().st_mtime_ns)
+        assert guards.read_resume_metadata(ckpt)["global_step"] == 5 and reads == [ckpt, ckpt]
+        assert guards.read_resume_metadata(ckpt, trust=True)["global_step"] == 5  # another reading mode: not shared
+    # outside a start nothing is kept: every call reads (a rewrite within one clock tick could keep the stamp)
+    torch.save({"global_step": 6, "pixelqa_recipe": {"seed": 0}, "state_dict": {"w": torch.ones(3)}}, ckpt)
+    os.utime(ckpt, ns=(0, stamp[1]))
+    assert (ckpt.stat().st_size, ckpt.stat().st_mtime_ns) == stamp  # the step-5 file's size and mtime
+    assert guards.read_resume_metadata(ckpt)["global_step"] == 6 and len(reads) == 3
+
+
+def test_a_resumed_fit_reads_its_checkpoints_entries_once(tmp_path, monkeypatch):
+    from pixelqa.train import guards
+
+    fit.run(checkpointing_fit_args(tmp_path, "run", "trainer.max_steps=1"))
+    reads: list[Path] = []
+    real = guards._read_resume_metadata
+    monkeypatch.setattr(guards, "_read_resume_metadata", lambda p, *a: reads.append(Path(p).name) or real(p, *a))
+    fit.run(checkpointing_fit_args(tmp_path, "run", "trainer.max_steps=2", "ckpt=last"))
+    assert reads == ["last.ckpt"]  # the trained-set check and the settings check: one read (two before)
 
 
 def _kill_between_renames(ckpt_dir: Path, name: str) -> None:

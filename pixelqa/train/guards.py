@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,19 +224,31 @@ def read_resume_metadata(path: str | Path, trust: bool = False) -> dict[str, Any
     file of its tag folder in full; so every `*.pt` in the directory is safe-loaded here first, and one that needs
     more than tensors, plain data and DeepSpeed's own plain classes refuses the resume (one line naming the file).
 
-    A start reads the same checkpoint in several checks (the trained set before the model is built, the settings
-    after): the entries are kept per path and the size and mtime of every file read, so each is read once while
-    the files stay as they were; each caller gets its own copy."""
+    Inside `metadata_cache()` (one fit start, whose checks read the same checkpoint before the model is built and
+    after) each checkpoint is read once while its files keep their size and mtime; each caller gets its own copy."""
     import copy
 
+    if _METADATA is None:
+        return _read_resume_metadata(Path(path), trust)
     key = (os.path.realpath(path), bool(trust), _files_stamp(Path(path)))
     if key not in _METADATA:
-        _METADATA.clear()  # one checkpoint per start: keep the last one only
         _METADATA[key] = _read_resume_metadata(Path(path), trust)
     return copy.deepcopy(_METADATA[key])
 
 
-_METADATA: dict[tuple, dict[str, Any]] = {}
+_METADATA: dict[tuple, dict[str, Any]] | None = None  # None: no cache (outside `metadata_cache`)
+
+
+@contextmanager
+def metadata_cache() -> Iterator[None]:
+    """Keep what `read_resume_metadata` reads until the block ends (a start: file stamps can repeat within a clock
+    tick, so a cache that outlived it could miss a checkpoint rewritten at the same size a few ms later)."""
+    global _METADATA
+    outer, _METADATA = _METADATA, {} if _METADATA is None else _METADATA
+    try:
+        yield
+    finally:
+        _METADATA = outer
 
 
 def _files_stamp(path: Path) -> tuple:
