@@ -32,6 +32,7 @@ import re
 import shlex
 import signal
 import tarfile
+import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -352,13 +353,20 @@ def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
     return dict(sorted(sums.items()))
 
 
-def _raw_stats(src: Any, root: Path, split: str) -> dict[str, list[int]]:
-    """[size, mtime_ns] of each raw annotation file the converter lists (as `_raw_checksums` names them)."""
-    stats = {}
+# A raw file's recorded size and mtime vouch for its checksum only if it was last written this long before they were
+# taken: file times tick coarsely (a few ms), so a same-size edit right after the stat could keep them ("racy git").
+RACY_NS = 2 * 10**9
+
+
+def _raw_stats(src: Any, root: Path, split: str) -> dict[str, Any]:
+    """[size, mtime_ns] of each raw annotation file the converter lists (as `_raw_checksums` names them), and when
+    they were taken (`"at"`, ns)."""
+    files = {}
+    at = time.time_ns()
     for p in map(Path, src.raw_files(root, split)):
         st = p.stat()
-        stats[_raw_name(p, root)] = [st.st_size, st.st_mtime_ns]
-    return dict(sorted(stats.items()))
+        files[_raw_name(p, root)] = [st.st_size, st.st_mtime_ns]
+    return {"at": at, "files": dict(sorted(files.items()))}
 
 
 def _present_raw_checksums(
@@ -367,9 +375,9 @@ def _present_raw_checksums(
     """SHA-256 of the raw annotation files that are there now; None when none is (a complete build no longer needs
     them: there is nothing to compare its manifest with).
 
-    known / stats: a manifest's `raw_files` and `raw_stats`; a file whose size and mtime (ns) are those recorded
-    takes its recorded checksum unread (rsync's quick check: a rerun of a complete build over large COCO / refer
-    JSON files stays instant; an edit changes the mtime)."""
+    known / stats: a manifest's `raw_files` and `raw_stats`; a file whose size and mtime (ns) are those recorded,
+    and were written well before they were (RACY_NS), takes its recorded checksum unread (rsync's quick check: a
+    rerun of a complete build over large COCO / refer JSON files stays instant; an edit changes the mtime)."""
     try:
         paths = [Path(p) for p in src.raw_files(root, split)]
     except (FileNotFoundError, NotADirectoryError):  # the raw root (or its split folder) is gone
@@ -378,11 +386,13 @@ def _present_raw_checksums(
     if not present:
         return None
     known, stats = known or {}, stats or {}
+    at, recorded = stats.get("at"), stats.get("files") or {}
     sums = {}
     for p in present:
         name, st = _raw_name(p, root), p.stat()
-        same = stats.get(name) == [st.st_size, st.st_mtime_ns] and isinstance(known.get(name), str)
-        sums[name] = known[name] if same else sha256_file(p)
+        same = recorded.get(name) == [st.st_size, st.st_mtime_ns] and isinstance(known.get(name), str)
+        settled = isinstance(at, int) and st.st_mtime_ns <= at - RACY_NS
+        sums[name] = known[name] if same and settled else sha256_file(p)
     return dict(sorted(sums.items()))
 
 
