@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from deepspeed_scripts import WRAPPER
+from deepspeed_scripts import NO_SHM_OP, WRAPPER
 from ports import free_port
 
 from pixelqa.train.module import read_checkpoint
@@ -19,6 +19,9 @@ WRITER = (
 import os, sys, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
+"""
+    + NO_SHM_OP
+    + """
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from deepspeed_scripts import WRAPPER
+from deepspeed_scripts import NO_SHM_OP, WRAPPER
 from ports import free_port
 
 from pixelqa import fit
@@ -185,6 +185,9 @@ WRITER = (
 import os, sys, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
+"""
+    + NO_SHM_OP
+    + """
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
 
