@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         given = f" (got {args[0]!r})" if args else ""
         print(f"usage: python -m pixelqa.bench {{{'|'.join(BENCHMARKS)}}} [options]{given}", file=sys.stderr)
         raise SystemExit(2)
+    from pixelqa.quiet import silence_library_noise
+
+    silence_library_noise()  # the figures, not transformers' deprecation notes (PIXELQA_LIBRARY_WARNINGS=1 shows them)
     importlib.import_module(BENCHMARKS[args[0]]).main(args[1:])
 
 

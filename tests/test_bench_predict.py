@@ -58,3 +58,17 @@ def test_in_bfloat16_the_bench_reports_agreement_instead_of_asserting(capsys):
     if same < total:  # then the gap at the first difference is printed with the logit scale
         gap, scale = figures["first_difference_logit_gap"].split(" (max |logit| ")
         assert float(gap) >= 0 and float(scale.rstrip(")")) > 0
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_the_bench_prints_its_figures_without_library_deprecation_notes(recwarn, monkeypatch, capsys, shown):
+    from pixelqa import bench
+
+    if shown:  # the switch that brings them back: the check below sees them when they are there
+        monkeypatch.setenv("PIXELQA_LIBRARY_WARNINGS", "1")
+    else:
+        monkeypatch.delenv("PIXELQA_LIBRARY_WARNINGS", raising=False)
+    bench.main(["predict", "--prompt-tokens", "60", "--new-tokens", "2", "--frames", "2", "--repeats", "1"])
+    notes = [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]
+    assert bool(notes) is shown
+    assert "cached_tokens_per_s: " in capsys.readouterr().out
