@@ -251,19 +251,23 @@ class MaskDecoder(nn.Module):
             # as the released inference: a frame judged object-free outputs the "no object" score everywhere
             low_multi = torch.where(obj_logits[:, :, None, None] > 0, low_multi, -1024.0)
         low_multi = low_multi.float()
+        # all candidates, then the selected one, as SAM 2 does: upsampling the selected one alone rounds differently
+        # (up to 5e-7: ATen vectorises 1 and 3 channels apart), which over the demo's 500 steps moved its figures
+        high_multi = F.interpolate(
+            low_multi, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False
+        )
         token = tokens[:, 0]
         all_ious = ious
         if multimask:
             best = torch.argmax(ious, dim=-1)
             rows = torch.arange(B, device=pix_feat.device)
-            low, raw = low_multi[rows, best].unsqueeze(1), raw_multi[rows, best].unsqueeze(1)
+            low, high = low_multi[rows, best].unsqueeze(1), high_multi[rows, best].unsqueeze(1)
+            raw = raw_multi[rows, best].unsqueeze(1)
             if tokens.shape[1] > 1:
                 token = tokens[rows, best]
             ious = ious[rows, best].unsqueeze(1)
         else:
-            low, raw = low_multi, raw_multi
-        # the selected candidate only (SAM 2 upsamples all, then selects: the same values, per channel)
-        high = F.interpolate(low, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False)
+            low, high, raw = low_multi, high_multi, raw_multi
         obj_ptr = sam.obj_ptr_proj(token)
         if sam.pred_obj_scores:
             appear = obj_logits.sigmoid() if sam.soft_no_obj_ptr else (obj_logits > 0).float()
