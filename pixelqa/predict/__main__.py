@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pixelqa.predict.errors import PredictInputError
+from pixelqa.predict.footprint import available_bytes, check_footprint
 from pixelqa.predict.frames import LLM_FRAMES, sam_frame_ids
 from pixelqa.predict.media import media_warnings, probe_media, read_media
 from pixelqa.predict.prompts import PromptAction, check_prompts, model_prompts, parse_prompt, place_refs
@@ -146,6 +147,11 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--chat", action="store_true", help="interactive multi-round session in the terminal")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (so does TQDM_DISABLE=1)")
     parser.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="read the frames even when their frames and masks look larger than the available memory",
+    )
+    parser.add_argument(
         "--propagation",
         choices=("forward", "bidirectional"),
         default=None,
@@ -225,6 +231,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             f"read ({forced})",
             file=sys.stderr,
         )
+    if not args.no_memory_check:  # before minutes of decoding end in the system killing the process
+        check_footprint(len(frame_ids), (info.height, info.width), len(specs), available_bytes())
     media = read_media(args.media, frame_ids, info, progress=progress)
     read_s = time.perf_counter() - t0
     prompts = model_prompts(specs, info, media.frame_ids)
