@@ -197,10 +197,12 @@ def save_gif(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     timing = gif_timing(len(frames), fps)
-    images = [Image.fromarray(frames[i]) for i, _ in timing]
+    # one RGB image at a time (Pillow iterates append_images): a list held every frame's RGB copy at once
+    rest = (Image.fromarray(frames[i]) for i, _ in timing[1:])
     # Pillow takes milliseconds and stores int(ms / 10): whole centiseconds in, exactly those out
     durations = [cs * 10 for _, cs in timing]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    first = Image.fromarray(frames[timing[0][0]])
+    first.save(path, format="GIF", save_all=True, append_images=rest, duration=durations, loop=0)
     return path
 
 
