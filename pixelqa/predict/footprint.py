@@ -3,7 +3,7 @@
 Measured on the tiny model (peak RSS over 150-600 frames of 640x360 and 1280x720, one and two prompts): about 9 bytes
 a pixel of every frame read (the decoded frames, the model's frame tensor, the overlays drawn) and 6 more per
 object (its mask logits at the media's size while SAM decodes, its boolean masks kept), above what the model itself
-takes. A one-minute 1080p phone video (1800 frames) with one prompt needs about 55 GB: without this check the
+takes. A one-minute 1080p phone video (1800 frames) with one prompt needs about 56 GB: without this check the
 process is killed by the system after minutes of decoding, with no message.
 """
 
