@@ -295,6 +295,37 @@ def test_verify_names_a_copied_shard_once_and_skips_the_keys_of_a_damaged_one(tm
 # ---------------------------------------------------------------------------------------------- 4: nodes
 
 
+@register_source("unit_one_raw_file")
+class _OneRawFile(Source):
+    """Three items read from one annotation file, `ann.json`; item 1 fails (a build stops there)."""
+
+    def raw_files(self, root: Path, split: str) -> list[Path]:
+        return [Path(root) / "ann.json"]
+
+    def items(self, root: Path, split: str) -> list[int]:
+        return [0, 1, 2]
+
+    def convert(self, root: Path, split: str, item: int):
+        if item == 1:
+            raise ValueError("item 1 is damaged")
+        s = make_sample(item, "train")
+        s.source, s.split, s.key = "unit_one_raw_file", split, f"item{item}"
+        yield s
+
+
+def test_a_resume_whose_raw_file_is_gone_names_it(tmp_path):
+    (tmp_path / "ann.json").write_text("{}")
+    with pytest.raises(BuildError):
+        build_shards("unit_one_raw_file", tmp_path, tmp_path / "out", max_count=1, progress=False)
+    (tmp_path / "ann.json").unlink()  # the progress file is there: the build's raw files are read again
+    with pytest.raises(FileNotFoundError) as info:
+        build_shards("unit_one_raw_file", tmp_path, tmp_path / "out", max_count=1, progress=False)
+    assert str(info.value) == (
+        f"raw file of source 'unit_one_raw_file': expected {tmp_path / 'ann.json'} "
+        "(see datasets/unit_one_raw_file.yaml)"
+    )
+
+
 @register_source("unit_twin_keys")
 class _TwinKeys(Source):
     """Four items; items 0 and 3 give the same key (as two raw names that mean one key would)."""

@@ -342,31 +342,26 @@ def _raw_name(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _raw_checksums(src: Any, root: Path, split: str) -> dict[str, str]:
-    """SHA-256 of each raw annotation file the converter lists (paths relative to root when possible)."""
-    sums: dict[str, str] = {}
-    for p in src.raw_files(root, split):
-        p = Path(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
-        sums[_raw_name(p, root)] = sha256_file(p)
-    return dict(sorted(sums.items()))
-
-
 # A raw file's recorded size and mtime vouch for its checksum only if it was last written this long before they were
 # taken: file times tick coarsely (a few ms), so a same-size edit right after the stat could keep them ("racy git").
 RACY_NS = 2 * 10**9
 
 
-def _raw_stats(src: Any, root: Path, split: str) -> dict[str, Any]:
-    """[size, mtime_ns] of each raw annotation file the converter lists (as `_raw_checksums` names them), and when
-    they were taken (`"at"`, ns)."""
-    files = {}
+def _raw_checksums(src: Any, root: Path, split: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """SHA-256 of each raw annotation file the converter lists (paths relative to root when possible), and their
+    stats: [size, mtime_ns] of each, taken before it is hashed (a file edited meanwhile is hashed again next time),
+    and when (`"at"`, ns)."""
+    sums: dict[str, str] = {}
+    stats: dict[str, list[int]] = {}
     at = time.time_ns()
-    for p in map(Path, src.raw_files(root, split)):
-        st = p.stat()
-        files[_raw_name(p, root)] = [st.st_size, st.st_mtime_ns]
-    return {"at": at, "files": dict(sorted(files.items()))}
+    for p in src.raw_files(root, split):
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"raw file of source {src.name!r}: expected {p} (see datasets/{src.name}.yaml)")
+        name, st = _raw_name(p, root), p.stat()
+        stats[name] = [st.st_size, st.st_mtime_ns]
+        sums[name] = sha256_file(p)
+    return dict(sorted(sums.items())), {"at": at, "files": dict(sorted(stats.items()))}
 
 
 def _present_raw_checksums(
@@ -741,8 +736,7 @@ def _build_locked(
         log.info("%s is complete; nothing to do", manifest_path)
         return manifest
 
-    raw_stats = _raw_stats(src, root, split)  # before hashing: a file edited meanwhile is hashed again next time
-    raw_sums = _raw_checksums(src, root, split)
+    raw_sums, raw_stats = _raw_checksums(src, root, split)
     try:
         items = list(src.items(root, split))
     except (ValueError, TypeError) as err:  # a malformed annotation file: nothing to build from (the file is named)
