@@ -17,10 +17,11 @@ class Wrapper(torch.nn.Module):  # Lightning's wrapper holds the LightningModule
         return self._forward_module.model.l2m(self._forward_module.model.backbone(x))
 """
 
-# Put right after `import deepspeed`. On the CPU accelerator DeepSpeed's torch backend JIT-compiles a shared-memory
+# `import deepspeed` for these scripts. On the CPU accelerator DeepSpeed's torch backend JIT-compiles a shared-memory
 # all-reduce op (g++, cached under ~/.cache/torch_extensions) at init_distributed: 40-70 s on a fresh CI machine, the
 # slowest part of these tests. They check checkpoint files, not collectives: gloo's own collectives serve.
-NO_SHM_OP = """
+IMPORT_DEEPSPEED = """
+import deepspeed
 import importlib
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (deepspeed.comm.torch is torch itself)
 """

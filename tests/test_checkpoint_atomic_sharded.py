@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from deepspeed_scripts import NO_SHM_OP, WRAPPER
+from deepspeed_scripts import IMPORT_DEEPSPEED, WRAPPER
 from ports import free_port
 
 from pixelqa import fit
@@ -144,9 +144,8 @@ DS_RANK = (
 import datetime, errno, json, os, sys, torch
 folder, rank, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-import deepspeed
 """
-    + NO_SHM_OP
+    + IMPORT_DEEPSPEED
     + """
 deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=60))  # a hang fails the test
 from pixelqa.config import load_recipe, to_object

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from deepspeed_scripts import NO_SHM_OP, WRAPPER
+from deepspeed_scripts import IMPORT_DEEPSPEED, WRAPPER
 from ports import free_port
 
 from pixelqa import fit
@@ -184,9 +184,8 @@ WRITER = (
     """
 import os, sys, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-import deepspeed
 """
-    + NO_SHM_OP
+    + IMPORT_DEEPSPEED
     + """
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
