@@ -107,6 +107,14 @@ def as_other_user(script: str, cwd, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
+def skip_unless_other_user_imports(modules: str, cwd) -> None:
+    """Skip when the user `as_other_user` runs as cannot import `modules` here: a venv created under umask 077 (CI's)
+    or a checkout inside a folder only its owner may enter (`mktemp -d`) is unreadable to `nobody`."""
+    probe = as_other_user(f"import {modules}", cwd)
+    if probe.returncode != 0:
+        pytest.skip(f"the unprivileged user cannot import {modules} here: {probe.stderr.strip().splitlines()[-1]}")
+
+
 @pytest.fixture
 def shared_dir():
     """A folder every user may write (under /tmp, whose sticky bit lets other users in), removed afterwards."""
@@ -158,6 +166,7 @@ def test_atomic_folder_refuses_what_it_could_not_replace_and_leaves_all_as_it_wa
     sticky.chmod(0o1777)
     # as root, `theirs` is root's and the script runs as nobody; otherwise both are this user's: no foreign folder
     as_root = os.geteuid() == 0
+    skip_unless_other_user_imports("pixelqa.files", shared_dir)
     done = as_other_user(FILES_SCENARIOS, shared_dir, *([str(sticky / "theirs")] if as_root else []))
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
@@ -188,11 +197,8 @@ def test_a_removable_leftover_old_is_removed_by_the_next_replacement(tmp_path):
 
 
 def test_cli_refuses_a_write_protected_earlier_output_before_the_model_loads(shared_dir, img):
-    probe = as_other_user("import torch, transformers", shared_dir)
-    if probe.returncode != 0:
-        # e.g. a venv created under umask 077 (CI's): the unprivileged user cannot read its packages; the sticky
-        # folder test below runs the same CLI check in this process instead
-        pytest.skip(f"the unprivileged user cannot import torch here: {probe.stderr.strip().splitlines()[-1]}")
+    # where it cannot, the sticky folder test below runs the same CLI check in this process instead
+    skip_unless_other_user_imports("torch, transformers, pixelqa.predict", shared_dir)
     shutil.copy(img, shared_dir / "img.png")
     make = "from pathlib import Path; import subprocess\n"
     make += "Path('out/overlays').mkdir(parents=True); Path('out/answer.txt').write_text('old')\n"
