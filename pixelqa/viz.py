@@ -3,7 +3,7 @@ prediction side by side (enlarged, titled), saved as PNG, GIF or MP4."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -187,38 +187,53 @@ def gif_timing(n: int, fps: float, min_delay_cs: int = GIF_MIN_DELAY_CS) -> list
     return [(j * n // m, starts[j + 1] - starts[j]) for j in range(m)]
 
 
-def save_gif(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as a looping GIF lasting T / fps seconds (to the centisecond; above 25
-    fps, frames are dropped to keep that duration: `gif_timing`)."""
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 4.0) -> Path:
+    """Write (H, W, 3) uint8 RGB frames as a looping GIF lasting len(frames) / fps seconds (to the centisecond; above
+    25 fps, frames are dropped to keep that duration: `gif_timing`).
+
+    `frames` is any sequence (an array, or one that reads each frame when indexed): only the frames shown are read,
+    once each, in order.
+    """
     if len(frames) == 0:
         raise ValueError("frames: got 0 frames, expected at least one")
-    for t, f in enumerate(frames):
-        _check_frame(f, f"frames[{t}]")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     timing = gif_timing(len(frames), fps)
+
+    def image(i: int) -> Image.Image:
+        frame = frames[i]
+        _check_frame(frame, f"frames[{i}]")
+        return Image.fromarray(frame)
+
     # one RGB image at a time (Pillow iterates append_images): a list held every frame's RGB copy at once
-    rest = (Image.fromarray(frames[i]) for i, _ in timing[1:])
+    rest = (image(i) for i, _ in timing[1:])
     # Pillow takes milliseconds and stores int(ms / 10): whole centiseconds in, exactly those out
     durations = [cs * 10 for _, cs in timing]
-    first = Image.fromarray(frames[timing[0][0]])
-    first.save(path, format="GIF", save_all=True, append_images=rest, duration=durations, loop=0)
+    image(timing[0][0]).save(path, format="GIF", save_all=True, append_images=rest, duration=durations, loop=0)
     return path
 
 
-def save_mp4(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as an MP4 (mp4v codec of OpenCV)."""
-    if len(frames) == 0:
-        raise ValueError("frames: got 0 frames, expected at least one")
+def save_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = 4.0) -> Path:
+    """Write (H, W, 3) uint8 RGB frames of one size as an MP4 (mp4v codec of OpenCV); `frames` may be a generator,
+    each frame is written as it comes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = None
+    size = None
     try:
-        for f in frames:
+        for t, f in enumerate(frames):
+            _check_frame(f, f"frames[{t}]")
+            if writer is None:
+                size = f.shape[:2]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+            elif f.shape[:2] != size:  # OpenCV drops frames of another size without a word
+                raise ValueError(f"frames[{t}]: got shape {f.shape}, expected the first frame's (H, W) = {size}")
             writer.write(np.ascontiguousarray(f[:, :, ::-1]))
     finally:
-        writer.release()
+        if writer is not None:
+            writer.release()
+    if writer is None:
+        raise ValueError("frames: got 0 frames, expected at least one")
     return path
 
 

@@ -286,8 +286,7 @@ def _decode(model, state, states: torch.Tensor, starts: list[int | None] | None 
     model propagates both ways; None = its best-supported frame); the conversation's `progress` follows SAM."""
     progress = getattr(state, "progress", None)
     frames, store = _sam_frames(state), getattr(state, "sam_cache", None)
-    logits = model.decode_states(frames, states, start=starts, progress=progress, store=store)
-    return [m > 0 for m in logits.cpu()]
+    return list(model.decode_states(frames, states, start=starts, progress=progress, store=store, binary=True))
 
 
 def check_prefix(assistant_prefix: str) -> None:

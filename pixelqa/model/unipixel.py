@@ -767,8 +767,10 @@ class UniPixel(nn.Module):
         start: list[int | None] | None = None,
         progress: Callable[[int, int], None] | None = None,
         store: dict | None = None,
+        binary: bool = False,
     ) -> torch.Tensor:
-        """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits.
+        """<|seg|> states (N, D) on a clip of (T, 3, H, W) uint8 frames -> (N, T, H, W) mask logits (`binary`: bool
+        masks, logits > 0, brought to the frames' size a chunk of frames at a time: no float clip is held).
 
         forward (the default of `mask_decoder.propagation`, as released): decoded on frame 0 and propagated through
         SAM 2's memory. bidirectional: decoded on `start[i]` (a prompt's frame), or where None on the frame that
@@ -783,7 +785,7 @@ class UniPixel(nn.Module):
         T, _, H, W = frames.shape
         device = self.new_token_embed.device
         if states.shape[0] == 0:
-            return torch.zeros(0, T, H, W)
+            return torch.zeros(0, T, H, W, dtype=torch.bool if binary else torch.float32)
         propagation = propagation or self.cfg.mask_decoder.propagation
         if propagation not in ("forward", "bidirectional"):
             raise ValueError(f"propagation: got {propagation!r}, expected 'forward' or 'bidirectional'")
@@ -793,7 +795,7 @@ class UniPixel(nn.Module):
             dec = self.mask_decoder(
                 StreamedFrames(self.mask_decoder, frames, chunk, store), list(range(T)), tokens, on_frame=tick
             )
-            return self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))
+            return self._full_size(dec.low_res.cpu(), (H, W), binary, chunk)
         starts = list(start) if start is not None else [None] * tokens.shape[0]
         if len(starts) != tokens.shape[0]:
             raise ValueError(f"start: got {len(starts)} frames, expected one per state ({tokens.shape[0]})")
@@ -805,7 +807,7 @@ class UniPixel(nn.Module):
                 [self.mask_decoder.frame_scores(streamed.chunk_features(i), tokens) for i in range(0, T, chunk)], dim=1
             )  # (N, T)
             starts = [int(scores[i].argmax()) if s is None else s for i, s in enumerate(starts)]
-        out = torch.zeros(tokens.shape[0], T, H, W)
+        out = torch.zeros(tokens.shape[0], T, H, W, dtype=torch.bool if binary else torch.float32)
         total, done = sum(T + 1 for _ in starts), [0]
 
         def tick(_step: int, _steps: int) -> None:
@@ -819,7 +821,17 @@ class UniPixel(nn.Module):
             order_fwd, order_bwd = list(range(s, T)), list(range(s, -1, -1))
             for order in (order_bwd, order_fwd):  # the forward pass writes frame s last
                 dec = self.mask_decoder(streamed, order, tokens[i : i + 1], on_frame=tick)
-                out[i, order] = self.mask_decoder.upsample(dec.low_res.cpu(), (H, W))[0]
+                out[i, order] = self._full_size(dec.low_res.cpu(), (H, W), binary, chunk)[0]
+        return out
+
+    def _full_size(self, low_res: torch.Tensor, size: tuple[int, int], binary: bool, chunk: int) -> torch.Tensor:
+        """(N, T, h, w) low-res logits -> (N, T, H, W): float logits, or (`binary`) bool masks upsampled `chunk`
+        frames at a time (bilinear per frame, so the same values as the whole clip at once)."""
+        if not binary:
+            return self.mask_decoder.upsample(low_res, size)
+        out = torch.empty(*low_res.shape[:2], *size, dtype=torch.bool)
+        for s in range(0, low_res.shape[1], chunk):
+            out[:, s : s + chunk] = self.mask_decoder.upsample(low_res[:, s : s + chunk], size) > 0
         return out
 
     @torch.no_grad()

@@ -476,37 +476,42 @@ def read_media(
     for i in wanted:
         if not 0 <= i < info.num_frames:
             raise PredictInputError(f"frame index: got {i}, expected 0 <= index < {info.num_frames} frames")
-    arrays: list[np.ndarray] = []
+    # each frame goes straight into its place: a list of frames stacked at the end held the clip three times over
+    frames = torch.empty((len(wanted), 3, info.height, info.width), dtype=torch.uint8)
+    slots = frames.numpy()  # written through numpy: decoders may hand out read-only arrays
     names: list[str] = []
     turned: dict[str, int] = {}
+
+    def put(j: int, name: str, rgb: np.ndarray) -> None:
+        if rgb.shape[:2] != (info.height, info.width):
+            got, want = f"{rgb.shape[1]}x{rgb.shape[0]}", f"{info.width}x{info.height}"
+            raise _bad(path, f"frame {name} is {got}, expected {want} like the first frame")
+        slots[j] = rgb.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
     if info.kind in ("image", "frames"):
         listed = [p] if info.kind == "image" else _folder_frames(p, path)[0]
         if len(listed) != info.num_frames:
             raise _bad(path, f"holds {len(listed)} frames now but {info.num_frames} when probed (changed while read?)")
-        for f in [listed[i] for i in wanted]:
+        for j, f in enumerate([listed[i] for i in wanted]):
             rgb, orientation, _ = _open_image(f, path)
             name = f"{0:05d}" if info.kind == "image" else f.stem
-            arrays.append(rgb)
+            put(j, name, rgb)
             names.append(name)
             if orientation != 1:
                 turned[name] = orientation
     else:
         bar = progress_bar(progress, total=len(wanted), desc="decoding frames", unit="frame")
-        got = {}
+        place = {i: j for j, i in enumerate(wanted)}
+        got: set[int] = set()
         for i, rgb in _video_frames(p, keep=set(wanted)):
-            got[i] = rgb
+            put(place[i], f"{i:05d}", rgb)
+            got.add(i)
             bar.update(1)
         bar.close()
         missing = [i for i in wanted if i not in got]
         if missing:
             raise _bad(path, f"ended before frame {missing[0]} (decoded {len(got)} of the {len(wanted)} wanted)")
-        arrays = [got[i] for i in wanted]
         names = [f"{i:05d}" for i in wanted]
-    for name, a in zip(names, arrays):
-        if a.shape[:2] != (info.height, info.width):
-            got, want = f"{a.shape[1]}x{a.shape[0]}", f"{info.width}x{info.height}"
-            raise _bad(path, f"frame {name} is {got}, expected {want} like the first frame")
-    frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (T, H, W, 3) -> (T, 3, H, W)
     return Media(frames, wanted, names, info, meta={"exif_orientation": turned})
 
 

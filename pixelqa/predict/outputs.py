@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,39 @@ def describe_prompt(p: Point | Box | Mask) -> dict[str, Any]:
     raise TypeError(f"prompt: got {type(p).__name__}, expected Point, Box or Mask")
 
 
-def _overlay_frames(frames: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
-    """(T, H, W, 3) frames with every object blended, outlined and labelled `[id]` in its id's colour."""
+def _overlay_drawer(masks: dict[int, np.ndarray], size: tuple[int, int]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """draw(frame, t): the (H, W, 3) frame t with every object blended, outlined and labelled `[id]` in its id's
+    colour; frames are enlarged (pixels repeated) until the short side is at least 256, so labels stay legible."""
     ids = sorted(masks)
     if not ids:
-        return frames
-    stack = np.stack([masks[k] for k in ids])  # (K, T, H, W)
-    big, (stack,) = viz.upscale(frames, [stack], 256)  # small frames enlarged so labels stay legible
+        return lambda frame, t: frame
+    factor = max(1, -(-256 // min(size)))
     colors = [viz.PALETTE[k % len(viz.PALETTE)] for k in ids]
-    thickness = max(1, min(big.shape[1:3]) // 256)
-    return viz.overlay_video(big, stack, alpha=0.4, thickness=thickness, labels=[f"[{k}]" for k in ids], colors=colors)
+    thickness = max(1, min(size) * factor // 256)
+    labels = [f"[{k}]" for k in ids]
+
+    def draw(frame: np.ndarray, t: int) -> np.ndarray:
+        stack = [masks[k][t] for k in ids]
+        if factor > 1:
+            frame = frame.repeat(factor, axis=0).repeat(factor, axis=1)
+            stack = [m.repeat(factor, axis=0).repeat(factor, axis=1) for m in stack]
+        return viz.overlay_masks(frame, stack, alpha=0.4, colors=colors, thickness=thickness, labels=labels)
+
+    return draw
+
+
+class _PngFrames(Sequence):
+    """The overlay PNGs just written, read back one at a time when indexed (the GIF's frames, never all held)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        with Image.open(self.paths[i]) as im:
+            return np.asarray(im.convert("RGB"))
 
 
 def write_outputs(
@@ -197,8 +221,8 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     """`write_outputs` into a fresh folder."""
     model_info = pred.model_info
     media = pred.media
-    frames = media.frames.permute(0, 2, 3, 1).cpu().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
-    masks = {k: m.cpu().numpy().astype(bool) for k, m in pred.memory.items()}  # every object in memory
+    frames = media.frames.cpu()  # (T, 3, H, W) uint8; each frame is drawn and written in turn, none held twice
+    masks = {k: np.asarray(m.cpu().numpy(), dtype=bool) for k, m in pred.memory.items()}  # every object in memory
     size = media.size
     seq = sequence_name(media.info)
     files: dict[str, Any] = {"answer": "answer.txt", "masks": "masks.json", "annotations": [], "overlays": []}
@@ -207,25 +231,38 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     doc = {"size": list(size), "frames": media.names, "frame_ids": media.frame_ids, "objects": rles}
     (out / "masks.json").write_text(json.dumps(doc), encoding="utf-8")
     palette = davis_palette()
-    drawn = _overlay_frames(frames, masks)
-    bar = progress_bar(progress, total=len(frames), desc="writing frames", unit="frame")
-    for t, name in enumerate(media.names):
-        png = Image.frombytes("P", (size[1], size[0]), id_map(masks, t, size).tobytes())  # indices kept as they are
-        png.putpalette(palette)
-        rel = f"Annotations/{seq}/{name}.png"
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        png.save(out / rel, format="PNG")
-        files["annotations"].append(rel)
-        rel = f"overlays/{name}.png"
-        viz.save_png(drawn[t], out / rel)
-        files["overlays"].append(rel)
-        bar.update(1)
-    bar.close()
+    draw = _overlay_drawer(masks, size)
+    (out / "Annotations" / seq).mkdir(parents=True)
+    (out / "overlays").mkdir()
+
+    def drawn_frames() -> Iterator[np.ndarray]:
+        """Each frame's overlay, after its annotation and overlay PNGs are written."""
+        bar = progress_bar(progress, total=len(frames), desc="writing frames", unit="frame")
+        try:
+            for t, name in enumerate(media.names):
+                png = Image.frombytes("P", (size[1], size[0]), id_map(masks, t, size).tobytes())  # indices as they are
+                png.putpalette(palette)
+                rel = f"Annotations/{seq}/{name}.png"
+                png.save(out / rel, format="PNG")
+                files["annotations"].append(rel)
+                drawn = draw(frames[t].permute(1, 2, 0).numpy(), t)
+                rel = f"overlays/{name}.png"
+                viz.save_png(drawn, out / rel)
+                files["overlays"].append(rel)
+                bar.update(1)
+                yield drawn
+        finally:
+            bar.close()
+
     if len(frames) > 1:
         fps = overlay_fps(media.info, len(frames))
-        viz.save_gif(drawn, out / "overlay.gif", fps=fps)  # as long as the mp4: frames dropped past GIF's 25 fps
-        viz.save_mp4(drawn, out / "overlay.mp4", fps=fps)
+        viz.save_mp4(drawn_frames(), out / "overlay.mp4", fps=fps)  # the PNGs are written as the video is
+        pngs = _PngFrames([out / rel for rel in files["overlays"]])
+        viz.save_gif(pngs, out / "overlay.gif", fps=fps)  # as long as the mp4: frames dropped past GIF's 25 fps
         files.update(gif="overlay.gif", mp4="overlay.mp4")
+    else:
+        for _ in drawn_frames():
+            pass
     ids = media.frame_ids
     run = {
         "model": {k: v for k, v in model_info.items() if k != "recipe"},
