@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu|predict|evaluate [options]`.
+"""Benchmarks: `python -m pixelqa.bench metrics|model|data|gpu|predict|evaluate|footprint [options]`.
 
 Each benchmark measures PixelQA and its baseline in the same run and prints ratios; its last lines are its
 headline figures, one per line, as `name: value`.
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "pixelqa.benchmarks.gpu",
     "predict": "pixelqa.benchmarks.predict",
     "evaluate": "pixelqa.benchmarks.evaluate",
+    "footprint": "pixelqa.benchmarks.footprint",
 }
 
 # One line each for `--help` (written here, so that help imports no benchmark; see each module's docstring)
@@ -27,6 +28,7 @@ SUMMARIES: dict[str, str] = {
     "gpu": "every real-size figure in one command, for a few minutes of a CUDA machine",
     "predict": "inference: cached vs uncached generation, SAM propagation, the two-pass turn",
     "evaluate": "samples per second of the paper suite's official protocols",
+    "footprint": "predict's memory a pixel and a pixel per object, against what its memory check assumes",
 }
 HELP_FLAGS = ("-h", "--help")
 

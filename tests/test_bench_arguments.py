@@ -15,6 +15,10 @@ CASES = [
     (["metrics", "--repeats", "0"], "--repeats: got 0, expected an integer >= 1"),
     (["metrics", "--data", "{tmp}"], "--data: '{tmp}' lacks osvos/ or rvos/"),
     (["gpu", "--presets", "tiny", "--device", "cpu", "--steps", "0"], "--steps: got 0, expected an integer >= 1"),
+    (["footprint", "--frames", "300,150"], "--frames: got '300,150', expected two frame counts, the first >= 1"),
+    (["footprint", "--frames", "a,b"], "--frames: got 'a,b', expected two frame counts such as 150,300"),
+    (["footprint", "--sizes", "641x360"], "--sizes: got '641x360', expected even sides of at least 16 pixels"),
+    (["footprint", "--sizes", "big"], "--sizes: got 'big', expected WIDTHxHEIGHT such as 640x360"),
 ]
 
 

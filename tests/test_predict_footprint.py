@@ -11,9 +11,9 @@ from pixelqa.predict.errors import PredictInputError
 from pixelqa.predict.footprint import check_footprint, frames_bytes
 
 
-def test_the_estimate_is_5_bytes_a_pixel_and_4_more_per_object():
-    assert frames_bytes(1800, (1080, 1920), 1) == 1800 * 1080 * 1920 * (5 + 4)  # a minute of 1080p: 34 GB
-    assert frames_bytes(10, (4, 5), 3) == 10 * 20 * (5 + 12)
+def test_the_estimate_is_5_bytes_a_pixel_and_5_more_per_object():
+    assert frames_bytes(1800, (1080, 1920), 1) == 1800 * 1080 * 1920 * (5 + 5)  # a minute of 1080p: 37 GB
+    assert frames_bytes(10, (4, 5), 3) == 10 * 20 * (5 + 15)
     assert frames_bytes(10, (4, 5), 0) == frames_bytes(10, (4, 5), 1)  # an answer's <|seg|> makes one at least
 
 

@@ -1,12 +1,14 @@
 """How much memory a predict run's frames and masks take, checked before the frames are read.
 
-Measured on the tiny model (slopes of peak RSS between 150 and 300 frames of 640x360 and between 75 and 150 of
-1280x720, one and two prompts): 4.3 bytes a pixel of every frame read (the decoded frames, 3, and Pillow's palette
-copy of each GIF frame) and 3.8 more per object (its boolean masks: SAM's output, the memory bank's copy and the
-Prediction's two), above what the model takes; at 1280x720 the whole came to 5.0 for one object. The constants round
-up. A one-minute 1080p phone video (1800 frames) with one prompt needs about 34 GB (56 GB before frames were read into
-one tensor, masks thresholded a chunk at a time and overlays written frame by frame): without this check the process
-is killed by the system after minutes of decoding, with no message.
+Measured on the tiny model (`python -m pixelqa.bench footprint`: the difference of predict's peak resident memory
+between 150 and 300 frames, of 640x360 and of 1280x720, with one and two prompts): 8.1-8.5 bytes a pixel of every
+frame read with one object, and 3.7-5.4 more for a second, above what the model takes (the 640x360 figures carry about
+1.5 bytes a pixel of noise: tens of megabytes of the allocator's slack over 35 M pixels). What they are: the decoded
+frames (3), Pillow's palette copy of each GIF frame (about 1), and per object its boolean masks four times (SAM's
+output, the memory bank's copy and the Prediction's `masks` and `memory`). The constants round up. A one-minute 1080p
+phone video (1800 frames) with one prompt needs about 37 GB (56 GB before frames were read into one tensor, masks
+thresholded a chunk at a time and overlays written frame by frame): without this check the process is killed by the
+system after minutes of decoding, with no message.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from pixelqa.predict.errors import PredictInputError
 
 BYTES_PER_PIXEL = 5  # per frame read
-BYTES_PER_PIXEL_PER_OBJECT = 4  # per frame read and object segmented
+BYTES_PER_PIXEL_PER_OBJECT = 5  # per frame read and object segmented
 HEADROOM = 0.8  # the share of the available memory a suggested --max-frames may plan to fill
 GIB = 2**30
 
