@@ -24,13 +24,29 @@ def test_peak_rss_is_the_childs_own_peak():
 
 @pytest.mark.slow
 def test_the_benchmark_runs_predict_and_prints_its_figures(capsys):
-    # a tiny size: the run's code paths only (a difference of 8 frames of 64x48 is below the noise of a process)
-    bench.main(["footprint", "--sizes", "64x48", "--frames", "4,12", "--objects", "2"])
+    # a tiny size and one object: the run's code paths (a difference of 8 frames of 64x48 is below a process's noise)
+    bench.main(["footprint", "--sizes", "64x48", "--frames", "4,12", "--objects", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
-    runs = [line for line in lines if re.fullmatch(r"64x48 (4|12) frames, [12] object\(s\): peak \d+\.\d\d GiB", line)]
-    assert len(runs) == 4
-    assert re.fullmatch(r"footprint_64x48_bytes_per_pixel_one_object: -?\d+\.\d\d \(the check assumes 10\)", lines[-3])
-    assert re.fullmatch(
-        r"footprint_64x48_bytes_per_pixel_per_further_object: -?\d+\.\d\d \(the check assumes 5\)", lines[-2]
-    )
+    runs = [line for line in lines if re.fullmatch(r"64x48 (4|12) frames, 1 object\(s\): peak \d+\.\d\d GiB", line)]
+    assert len(runs) == 2
+    assert re.fullmatch(r"footprint_64x48_bytes_per_pixel_one_object: -?\d+\.\d\d \(the check assumes 10\)", lines[-2])
     assert re.fullmatch(r"footprint_measured_vs_assumed_worst: \d+\.\d\dx", lines[-1])
+
+
+def test_the_figures_are_the_peaks_differences_a_pixel(capsys, monkeypatch):
+    import pixelqa.benchmarks.footprint as footprint
+
+    def peaks(args: list[str]) -> int:  # MB of a run by its frame count and prompts (as predict was given them)
+        frames = int(args[args.index("--media") + 1].rsplit("_", 1)[1].removesuffix(".mp4"))
+        objects = args.count("--point") + args.count("--box")
+        return {(10, 1): 500, (30, 1): 524, (10, 2): 510, (30, 2): 545}[frames, objects] * MB
+
+    monkeypatch.setattr(footprint, "peak_rss", peaks)
+    bench.main(["footprint", "--sizes", "128x64", "--frames", "10,30"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    pixels = 20 * 64 * 128  # 20 frames more
+    one, two = 24 * MB / pixels, 35 * MB / pixels  # by hand: 153.6 and 224.0 bytes a pixel
+    assert lines[-3] == f"footprint_128x64_bytes_per_pixel_one_object: {one:.2f} (the check assumes 10)"
+    assert lines[-2] == f"footprint_128x64_bytes_per_pixel_per_further_object: {two - one:.2f} (the check assumes 5)"
+    assert lines[-1] == f"footprint_measured_vs_assumed_worst: {max(one / 10, two / 15):.2f}x"
+    assert (one, two - one) == (153.6, 70.4)
