@@ -1,7 +1,7 @@
 """predict's memory benchmark: `python -m pixelqa.bench footprint [--sizes 640x360,1280x720] [--frames 150,300]`.
 
 Runs `python -m pixelqa.predict` on synthetic videos (PyAV, mpeg4) of two lengths and one and two prompts, each run
-a process of its own, and reads each process's peak resident memory (`os.wait4`). The difference between the two
+a process of its own that reports its own peak resident memory (VmHWM) at exit. The difference between the two
 lengths is what the frames and masks take, whatever the model and the libraries take: bytes a pixel of every frame
 read with one object, and the bytes each further object adds. These are what `pixelqa.predict.footprint` assumes
 when it refuses a run that would not fit (its constants, printed beside them): a measured figure above the assumed

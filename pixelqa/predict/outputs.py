@@ -139,23 +139,20 @@ def describe_prompt(p: Point | Box | Mask) -> dict[str, Any]:
     raise TypeError(f"prompt: got {type(p).__name__}, expected Point, Box or Mask")
 
 
-def _overlay_drawer(masks: dict[int, np.ndarray], size: tuple[int, int]) -> Callable[[np.ndarray, int], np.ndarray]:
+def _overlay_drawer(masks: dict[int, np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
     """draw(frame, t): the (H, W, 3) frame t with every object blended, outlined and labelled `[id]` in its id's
     colour; frames are enlarged (pixels repeated) until the short side is at least 256, so labels stay legible."""
     ids = sorted(masks)
     if not ids:
         return lambda frame, t: frame
-    factor = max(1, -(-256 // min(size)))
     colors = [viz.PALETTE[k % len(viz.PALETTE)] for k in ids]
-    thickness = max(1, min(size) * factor // 256)
     labels = [f"[{k}]" for k in ids]
 
     def draw(frame: np.ndarray, t: int) -> np.ndarray:
-        stack = [masks[k][t] for k in ids]
-        if factor > 1:
-            frame = frame.repeat(factor, axis=0).repeat(factor, axis=1)
-            stack = [m.repeat(factor, axis=0).repeat(factor, axis=1) for m in stack]
-        return viz.overlay_masks(frame, stack, alpha=0.4, colors=colors, thickness=thickness, labels=labels)
+        stack = np.stack([masks[k][t] for k in ids])[:, None]  # (K, 1, H, W): one frame of viz's clip layout
+        big, (stack,) = viz.upscale(frame[None], [stack], 256)  # small frames enlarged so labels stay legible
+        thickness = max(1, min(big.shape[1:3]) // 256)
+        return viz.overlay_masks(big[0], stack[:, 0], alpha=0.4, colors=colors, thickness=thickness, labels=labels)
 
     return draw
 
@@ -231,7 +228,7 @@ def _write(pred: Prediction, out: Path, prompt_args: list[str] | None, progress:
     doc = {"size": list(size), "frames": media.names, "frame_ids": media.frame_ids, "objects": rles}
     (out / "masks.json").write_text(json.dumps(doc), encoding="utf-8")
     palette = davis_palette()
-    draw = _overlay_drawer(masks, size)
+    draw = _overlay_drawer(masks)
     (out / "Annotations" / seq).mkdir(parents=True)
     (out / "overlays").mkdir()
 
